@@ -1,0 +1,84 @@
+"""Train/test split and the preprocessing pipeline (fitted on the training split only)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from sklearn.compose import ColumnTransformer
+from sklearn.feature_selection import SelectKBest, f_classif
+from sklearn.impute import SimpleImputer
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+
+@dataclass(frozen=True)
+class Split:
+    """A stratified, seeded train/test split of features and target."""
+
+    X_train: pd.DataFrame
+    X_test: pd.DataFrame
+    y_train: pd.Series
+    y_test: pd.Series
+
+    @property
+    def classes(self) -> list:
+        return sorted(pd.unique(self.y_train).tolist())
+
+
+def split_frame(frame: pd.DataFrame, target: str, test_size: float = 0.2,
+                seed: int = 42) -> Split:
+    """Stratified split; raises ValueError naming the class that is too rare to split."""
+    X = frame.drop(columns=[target])
+    y = frame[target]
+    counts = y.value_counts()
+    if len(counts) < 2:
+        raise ValueError(f"target {target!r} has a single class {counts.index.tolist()}; "
+                         "a classifier needs at least two")
+    if counts.min() < 2:
+        raise ValueError(f"class {counts.idxmin()!r} of {target!r} has fewer than 2 rows; "
+                         "it cannot be split into train and test")
+    X_train, X_test, y_train, y_test = train_test_split(
+        X, y, test_size=test_size, random_state=seed, stratify=y)
+    return Split(X_train, X_test, y_train, y_test)
+
+
+def _expected_width(X: pd.DataFrame, numeric: list[str], categorical: list[str]) -> int:
+    width = len(numeric)
+    for column in categorical:
+        width += X[column].nunique(dropna=True) + int(X[column].isna().any())
+    return width
+
+
+def build_preprocessor(X_train: pd.DataFrame, kinds: dict[str, str],
+                       k_best: int = 20) -> Pipeline:
+    """Impute + scale numerics, impute + one-hot categoricals, then keep the k best
+    columns by ANOVA F. Unfitted: fit it on the training split only."""
+    numeric = [c for c, kind in kinds.items() if kind in ("numeric", "boolean")]
+    categorical = [c for c, kind in kinds.items() if kind == "categorical"]
+    transformers = []
+    if numeric:
+        transformers.append(("numeric", Pipeline([
+            ("impute", SimpleImputer(strategy="median")),
+            ("scale", StandardScaler()),
+        ]), numeric))
+    if categorical:
+        transformers.append(("categorical", Pipeline([
+            ("impute", SimpleImputer(strategy="constant", fill_value="__missing__")),
+            ("one_hot", OneHotEncoder(handle_unknown="ignore", sparse_output=False,
+                                      dtype=np.float32)),
+        ]), categorical))
+    width = _expected_width(X_train, numeric, categorical)
+    k = "all" if k_best <= 0 or k_best >= width else k_best
+    return Pipeline([
+        ("columns", ColumnTransformer(transformers, remainder="drop",
+                                      verbose_feature_names_out=False)),
+        ("select", SelectKBest(f_classif, k=k)),
+    ])
+
+
+def selected_features(preprocessor: Pipeline) -> list[str]:
+    """Names of the columns the fitted preprocessor passes to the model."""
+    return [str(name) for name in preprocessor.get_feature_names_out()]

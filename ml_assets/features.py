@@ -1,0 +1,76 @@
+"""Features: the seeded, stratified split and the preprocessing fitted on train only."""
+
+import pandas as pd
+from dagster import AssetExecutionContext, Config, Failure, MetadataValue, Output, asset
+from pydantic import Field
+
+from ml_assets.core.features import Split, build_preprocessor, selected_features, split_frame
+from ml_assets.core.provenance import frame_fingerprint
+from ml_assets.resources import DataSourceResource
+
+
+class SplitConfig(Config):
+    test_size: float = Field(default=0.2, gt=0, lt=1,
+                             description="Share of rows held out for evaluation.")
+    seed: int = Field(default=42, description="Seed of the stratified split.")
+
+
+class FeatureConfig(Config):
+    k_best: int = Field(default=20, description="Columns kept by SelectKBest (ANOVA F) after "
+                        "one-hot encoding; 0 keeps all.")
+
+
+def feature_kinds(frame: pd.DataFrame, target: str) -> dict[str, str]:
+    """numeric / boolean / categorical per feature, from the validated (coerced) dtypes."""
+    kinds = {}
+    for column in frame.columns:
+        if column == target:
+            continue
+        dtype = frame[column].dtype
+        if pd.api.types.is_bool_dtype(dtype):
+            kinds[column] = "boolean"
+        elif pd.api.types.is_numeric_dtype(dtype):
+            kinds[column] = "numeric"
+        else:
+            kinds[column] = "categorical"
+    return kinds
+
+
+@asset(group_name="training", kinds={"pandas", "scikit-learn"})
+def data_split(context: AssetExecutionContext, config: SplitConfig,
+               validated_data: pd.DataFrame, data_source: DataSourceResource) -> Output[Split]:
+    """Seeded, stratified train/test split of the validated data.
+
+    The test split is held out: only evaluation and the champion comparison see it.
+    """
+    target = data_source.target_column
+    try:
+        split = split_frame(validated_data, target, config.test_size, config.seed)
+    except ValueError as exc:
+        raise Failure(description=str(exc), allow_retries=False) from None
+    return Output(split, metadata={
+        "train_rows": len(split.X_train),
+        "test_rows": len(split.X_test),
+        "classes": MetadataValue.json([str(c) for c in split.classes]),
+        "train_fingerprint": frame_fingerprint(split.X_train),
+        "seed": config.seed,
+    })
+
+
+@asset(group_name="training", kinds={"scikit-learn"})
+def feature_preprocessor(context: AssetExecutionContext, config: FeatureConfig,
+                         data_split: Split):
+    """Impute, scale numerics, one-hot categoricals, SelectKBest; fitted on the
+    training split only. It becomes the first step of the served Pipeline."""
+    kinds = feature_kinds(data_split.X_train, target="")
+    preprocessor = build_preprocessor(data_split.X_train, kinds, config.k_best)
+    preprocessor.fit(data_split.X_train, data_split.y_train)
+    selected = selected_features(preprocessor)
+    return Output(preprocessor, metadata={
+        "input_features": len(kinds),
+        "numeric": sum(k == "numeric" for k in kinds.values()),
+        "categorical": sum(k == "categorical" for k in kinds.values()),
+        "selected_features": MetadataValue.json(selected),
+        "k_best": config.k_best,
+    })
+

@@ -1,0 +1,20 @@
+"""Build the resources of a profile from settings (environment variables)."""
+
+from __future__ import annotations
+
+from ml_assets.resources.data_source import DataSourceResource
+from ml_assets.resources.mlflow_tracking import MlflowTracking
+from ml_assets.settings import PlatformSettings
+
+
+def build_resources(settings: PlatformSettings | None = None) -> dict:
+    settings = settings or PlatformSettings.from_env()
+    return {
+        "data_source": DataSourceResource(
+            kind=settings.data_source, path=settings.data_path, target=settings.target,
+            schema_dir=str(settings.home / "schemas")),
+        "mlflow_tracking": MlflowTracking(
+            tracking_uri=settings.mlflow_tracking_uri,
+            experiment_name=settings.experiment_name,
+            artifact_location=settings.mlflow_artifact_location),
+    }

@@ -1,0 +1,48 @@
+"""Environment-driven settings: profiles are chosen by configuration, never by code edits.
+
+Every value has an embedded default so that nothing needs setting up on a laptop.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name, "").strip()
+    return value or default
+
+
+@dataclass(frozen=True)
+class PlatformSettings:
+    home: Path
+    mlflow_tracking_uri: str
+    mlflow_artifact_location: str
+    experiment_name: str
+    registered_model_name: str
+    data_source: str
+    data_path: str
+    target: str
+    ingest_retries: int
+    ingest_retry_delay_seconds: float
+    metric_threshold: float
+
+    @classmethod
+    def from_env(cls) -> PlatformSettings:
+        home = Path(_env("ML_PLATFORM_HOME", ".ml_platform")).expanduser().resolve()
+        return cls(
+            home=home,
+            mlflow_tracking_uri=_env("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}"),
+            mlflow_artifact_location=_env("ML_MLFLOW_ARTIFACT_LOCATION",
+                                          (home / "mlartifacts").as_uri()),
+            experiment_name=_env("ML_EXPERIMENT_NAME", "ml_platform"),
+            registered_model_name=_env("ML_REGISTERED_MODEL_NAME", "ml_platform_model"),
+            data_source=_env("ML_DATA_SOURCE", "breast_cancer"),
+            data_path=_env("ML_DATA_PATH", ""),
+            target=_env("ML_TARGET", ""),
+            ingest_retries=int(_env("ML_INGEST_RETRIES", "2")),
+            ingest_retry_delay_seconds=float(_env("ML_INGEST_RETRY_DELAY_SECONDS", "300")),
+            metric_threshold=float(_env("ML_METRIC_THRESHOLD", "0.8")),
+        )
