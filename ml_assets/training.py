@@ -11,7 +11,7 @@ from sklearn.pipeline import Pipeline
 from ml_assets.core import modeling
 from ml_assets.core.features import Split
 from ml_assets.core.provenance import code_version, frame_fingerprint, library_versions
-from ml_assets.core.schemas import model_signature
+from ml_assets.core.model_logging import log_pipeline
 from ml_assets.resources import DataSourceResource, MlflowTracking
 
 
@@ -43,17 +43,6 @@ class TrainingConfig(Config):
 
 def training_fingerprint(split: Split) -> str:
     return frame_fingerprint(split.X_train)[:32] + frame_fingerprint(split.y_train)[:32]
-
-
-def log_model_to_mlflow(pipeline: Pipeline, split: Split, schema, target: str):
-    """Log the whole Pipeline with its schema-derived signature and an input example,
-    serialized with skops (loading never runs arbitrary code)."""
-    sample = split.X_train.head(5)
-    signature = model_signature(schema, target, pipeline.predict(sample))
-    return mlflow.sklearn.log_model(
-        pipeline, name="model", signature=signature, input_example=sample,
-        serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_SKOPS,
-        skops_trusted_types=modeling.SKOPS_TRUSTED_TYPES)
 
 
 @asset(group_name="training", kinds={"scikit-learn", "mlflow"})
@@ -88,7 +77,9 @@ def trained_model(context: AssetExecutionContext, config: TrainingConfig, data_s
         mlflow.log_params({**config.model_dump(), "train_rows": len(data_split.X_train),
                            "features": data_split.X_train.shape[1]})
         mlflow.log_metrics({f"cv_{cv.metric}_mean": cv.mean, f"cv_{cv.metric}_std": cv.std})
-        info = log_model_to_mlflow(pipeline, data_split, schema, target)
+        info = log_pipeline(pipeline, data_split.X_train, schema, target, extra_metadata={
+            "data_fingerprint": fingerprint, "code_version": version,
+            "dagster_run_id": context.run_id})
         mlflow.log_text(schema.to_yaml(), "feature_schema.yaml")
         run_id = run.info.run_id
     context.log.info("CV %s %.4f ± %.4f; logged %s", cv.metric, cv.mean, cv.std,

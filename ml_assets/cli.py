@@ -1,0 +1,101 @@
+"""`ml-platform`: train from the command line, or bring the whole platform up.
+
+    ml-platform train          materialize the training graph once (recorded in the
+                               Dagster instance, so the UI shows it)
+    ml-platform up             train if no model exists yet, then start the Dagster UI
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from ml_assets.settings import PlatformSettings
+
+DAGSTER_YAML = """\
+# Embedded default instance: SQLite storage under this directory.
+telemetry:
+  enabled: false
+"""
+
+
+def prepare_environment(settings: PlatformSettings) -> Path:
+    """Create the platform home and a DAGSTER_HOME in it unless one is configured."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("DAGSTER_HOME", str(settings.home / "dagster_home"))
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    dagster_home = Path(os.environ["DAGSTER_HOME"])
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    config = dagster_home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(DAGSTER_YAML)
+    return dagster_home
+
+
+def train(if_missing: bool = False) -> int:
+    """Run the `train_model` job in this process against the persistent instance."""
+    from dagster import AssetKey, DagsterInstance
+
+    from ml_assets.definitions import defs
+
+    instance = DagsterInstance.get()
+    if if_missing and instance.get_latest_materialization_event(AssetKey("model_metrics")):
+        print("a trained model already exists; skipping training (ml-platform train to retrain)")
+        return 0
+    result = defs.get_job_def("train_model").execute_in_process(
+        instance=instance, raise_on_error=False)
+    if not result.success:
+        failures = [e.message for e in result.all_events
+                    if e.is_step_failure or e.event_type_value == "ASSET_CHECK_EVALUATION"
+                    and not e.event_specific_data.asset_check_evaluation.passed]
+        print("training run failed:\n  " + "\n  ".join(m or "" for m in failures),
+              file=sys.stderr)
+        return 1
+    metrics = result.output_for_node("model_metrics")
+    print("trained; held-out metrics: "
+          + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    return 0
+
+
+def up(host: str, port: int) -> int:
+    """Train once if needed, then run `dagster dev` (webserver + daemon) in the foreground."""
+    code = train(if_missing=True)
+    if code:
+        return code
+    dagster = shutil.which("dagster") or str(Path(sys.executable).with_name("dagster"))
+    workspace = Path(__file__).resolve().parent.parent / "workspace.yaml"
+    command = [dagster, "dev", "-h", host, "-p", str(port)]
+    if workspace.exists():
+        command += ["-w", str(workspace)]
+    else:
+        command += ["-m", "ml_assets.definitions"]
+    print(f"Dagster UI on http://{host}:{port}  (Ctrl-C stops it)")
+    try:
+        return subprocess.call(command)
+    except KeyboardInterrupt:
+        return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ml-platform", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    train_parser = sub.add_parser("train", help="materialize the training graph once")
+    train_parser.add_argument("--if-missing", action="store_true",
+                              help="skip when a model has been trained already")
+    up_parser = sub.add_parser("up", help="train if needed, then start the Dagster UI")
+    up_parser.add_argument("--host", default="127.0.0.1")
+    up_parser.add_argument("--port", type=int, default=3000)
+    args = parser.parse_args(argv)
+    prepare_environment(PlatformSettings.from_env())
+    if args.command == "train":
+        return train(args.if_missing)
+    return up(args.host, args.port)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""Shared fixtures. One MLflow SQLite store per test session: MLflow's first use of
+a new store runs migrations for seconds, so every test shares it and isolates
+itself by experiment / registered-model name instead."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
+
+
+@pytest.fixture(scope="session")
+def mlflow_store(tmp_path_factory) -> dict[str, str]:
+    """A session-wide MLflow tracking/registry store: {'tracking_uri', 'artifact_root'}."""
+    root = tmp_path_factory.mktemp("mlflow")
+    tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
+    artifact_root = (root / "artifacts").as_uri()
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    # Run the migrations once, up front.
+    mlflow.MlflowClient(tracking_uri).search_experiments()
+    return {"tracking_uri": tracking_uri, "artifact_root": artifact_root}
+
+
+@pytest.fixture
+def unique_name() -> str:
+    """A fresh name for an experiment or registered model, so tests never collide."""
+    return f"t_{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def mlflow_tracking(mlflow_store, unique_name, tmp_path: Path):
+    """The typed MLflow resource pointed at the session store, in a fresh experiment."""
+    from ml_assets.resources import MlflowTracking
+
+    return MlflowTracking(tracking_uri=mlflow_store["tracking_uri"],
+                          experiment_name=unique_name,
+                          artifact_location=(tmp_path / "artifacts").as_uri())
