@@ -146,9 +146,12 @@ def validate_frame(frame: pd.DataFrame, schema: pa.DataFrameSchema,
         validated = schema.validate(frame, lazy=True)
     except pa.errors.SchemaErrors as exc:
         cases = exc.failure_cases.copy()
-        cases["column"] = cases["column"].fillna(cases["failure_case"].where(
-            cases["check"].astype(str).str.contains("column_in_dataframe|column_in_schema"))
-        ).astype(str)
+        # Schema-level failures (missing or unexpected column) name the column in
+        # failure_case; report them under that column.
+        schema_level = cases["check"].astype(str).str.contains(
+            "column_in_dataframe|column_in_schema")
+        cases["column"] = cases["column"].astype(object).where(
+            ~schema_level, cases["failure_case"]).astype(str)
         columns = sorted(set(cases["column"].dropna().astype(str)) - {"None", "nan"})
         checks = sorted(set(cases["check"].astype(str)))
         sample = cases[["column", "check", "failure_case", "index"]].head(sample_size)

@@ -1,0 +1,48 @@
+"""Test helpers: resources and runs of the real asset graph on small data."""
+
+from __future__ import annotations
+
+from dagster import AssetKey, DagsterInstance, materialize
+
+from ml_assets.definitions import defs
+from ml_assets.resources import DataSourceResource
+
+ALL_ASSETS = [defs.get_assets_def(key) for key in
+              ["raw_data", "validated_data", "data_split", "feature_preprocessor",
+               "trained_model", "model_metrics"]]
+
+FAST_TRAINING = {"n_estimators": 25, "cv_folds": 3}
+
+
+def run_config(training: dict | None = None, gate: dict | None = None,
+               split: dict | None = None, features: dict | None = None) -> dict:
+    ops = {"trained_model": {"config": {**FAST_TRAINING, **(training or {})}}}
+    if gate:
+        ops["model_metrics"] = {"config": gate}
+    if split:
+        ops["data_split"] = {"config": split}
+    if features:
+        ops["feature_preprocessor"] = {"config": features}
+    return {"ops": ops}
+
+
+def run_graph(data_source: DataSourceResource, mlflow_tracking, instance: DagsterInstance,
+              selection=None, **config):
+    config = run_config(**config)
+    if selection is not None:
+        config["ops"] = {k: v for k, v in config["ops"].items() if k in selection}
+    return materialize(
+        ALL_ASSETS, selection=selection, instance=instance, raise_on_error=False,
+        resources={"data_source": data_source, "mlflow_tracking": mlflow_tracking},
+        run_config=config)
+
+
+def materialized(result, name: str) -> bool:
+    return any(e.asset_key == AssetKey(name) for e in result.get_asset_materialization_events())
+
+
+def check_evaluation(result, check_name: str):
+    for event in result.get_asset_check_evaluations():
+        if event.check_name == check_name:
+            return event
+    raise AssertionError(f"no evaluation of {check_name}")

@@ -1,0 +1,170 @@
+"""Pure features, modeling, metrics and provenance: no Dagster involved."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import skops.io as sio
+from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+
+from ml_assets.core.datasets import SyntheticSpec, load_breast_cancer_frame, make_synthetic
+from ml_assets.core.features import build_preprocessor, selected_features, split_frame
+from ml_assets.core.metrics import (
+    classification_metrics,
+    confusion_matrix_png,
+    confusion_table,
+    failing_metrics,
+)
+from ml_assets.core.modeling import (
+    SKOPS_TRUSTED_TYPES,
+    ModelParams,
+    build_estimator,
+    cross_validate_pipeline,
+    fit_final_pipeline,
+)
+from ml_assets.core.provenance import code_version, frame_fingerprint, library_versions
+from ml_assets.features import feature_kinds
+
+
+@pytest.fixture(scope="module")
+def mixed():
+    spec = SyntheticSpec(n_rows=600, n_numeric=4, n_categorical=2, n_classes=3,
+                         missing_fraction=0.1, seed=5)
+    frame = make_synthetic(spec)
+    split = split_frame(frame, "label", test_size=0.25, seed=1)
+    return frame, split
+
+
+def test_split_is_stratified_and_seeded(mixed):
+    frame, split = mixed
+    assert len(split.X_test) == 150 and "label" not in split.X_train
+    overall = frame["label"].value_counts(normalize=True)
+    test = split.y_test.value_counts(normalize=True)
+    assert (overall - test).abs().max() < 0.01
+    again = split_frame(frame, "label", test_size=0.25, seed=1)
+    assert again.X_test.index.equals(split.X_test.index)
+    other = split_frame(frame, "label", test_size=0.25, seed=2)
+    assert not other.X_test.index.equals(split.X_test.index)
+
+
+def test_split_refuses_a_class_too_rare_to_split():
+    frame = pd.DataFrame({"x": range(6), "y": ["a", "a", "a", "b", "b", "c"]})
+    with pytest.raises(ValueError, match="class 'c'"):
+        split_frame(frame, "y")
+    with pytest.raises(ValueError, match="single class"):
+        split_frame(frame.assign(y="a"), "y")
+
+
+def test_preprocessor_is_fitted_on_train_only(mixed):
+    _, split = mixed
+    kinds = feature_kinds(split.X_train, "")
+    assert kinds == {"num_00": "numeric", "num_01": "numeric", "num_02": "numeric",
+                     "num_03": "numeric", "cat_00": "categorical", "cat_01": "categorical"}
+    pre = build_preprocessor(split.X_train, kinds, k_best=6).fit(split.X_train, split.y_train)
+    scaler = pre.named_steps["columns"].named_transformers_["numeric"].named_steps["scale"]
+    train_median_filled = split.X_train[["num_00"]].fillna(split.X_train["num_00"].median())
+    assert scaler.mean_[0] == pytest.approx(train_median_filled["num_00"].mean())
+    out = pre.transform(split.X_test)
+    assert out.shape == (len(split.X_test), 6) and not np.isnan(out).any()
+    assert len(selected_features(pre)) == 6
+    # Unseen categories at prediction time are ignored, not an error.
+    unseen = split.X_test.head(3).assign(cat_00="never-seen")
+    assert pre.transform(unseen).shape == (3, 6)
+
+
+def test_k_best_is_capped_at_the_encoded_width(mixed):
+    _, split = mixed
+    kinds = feature_kinds(split.X_train, "")
+    pre = build_preprocessor(split.X_train, kinds, k_best=1000)
+    assert pre.named_steps["select"].k == "all"
+
+
+@pytest.mark.parametrize("model_type", ["random_forest", "hist_gradient_boosting"])
+def test_cv_and_final_pipeline_roundtrip_through_skops(mixed, model_type):
+    _, split = mixed
+    kinds = feature_kinds(split.X_train, "")
+    pre = build_preprocessor(split.X_train, kinds, k_best=8)
+    params = ModelParams(model_type=model_type, n_estimators=20, max_iter=20, seed=3)
+    cv = cross_validate_pipeline(pre, build_estimator(params), split.X_train, split.y_train,
+                                 folds=3, seed=3)
+    assert len(cv.scores) == 3 and 0.5 < cv.mean <= 1.0 and cv.std >= 0
+    fitted_pre = pre.fit(split.X_train, split.y_train)
+    pipeline = fit_final_pipeline(fitted_pre, build_estimator(params), split.X_train,
+                                  split.y_train)
+    blob = sio.dumps(pipeline)
+    # The reviewed list covers every type the pipeline needs, and nothing less works.
+    assert set(sio.get_untrusted_types(data=blob)) <= set(SKOPS_TRUSTED_TYPES)
+    loaded = sio.loads(blob, trusted=SKOPS_TRUSTED_TYPES)
+    np.testing.assert_array_equal(loaded.predict_proba(split.X_test),
+                                  pipeline.predict_proba(split.X_test))
+
+
+def test_training_is_reproducible(mixed):
+    _, split = mixed
+    kinds = feature_kinds(split.X_train, "")
+    probas = []
+    for _ in range(2):
+        pre = build_preprocessor(split.X_train, kinds).fit(split.X_train, split.y_train)
+        model = fit_final_pipeline(pre, build_estimator(ModelParams(n_estimators=30, seed=9)),
+                                   split.X_train, split.y_train)
+        probas.append(model.predict_proba(split.X_test))
+    np.testing.assert_array_equal(*probas)
+
+
+def test_unknown_model_type_is_named():
+    with pytest.raises(ValueError, match="unknown model_type 'svm'"):
+        build_estimator(ModelParams(model_type="svm"))
+
+
+def test_cv_needs_two_folds(mixed):
+    _, split = mixed
+    with pytest.raises(ValueError, match="at least 2"):
+        cross_validate_pipeline(build_preprocessor(split.X_train, {"num_00": "numeric"}),
+                                build_estimator(ModelParams()), split.X_train, split.y_train,
+                                folds=1)
+
+
+def test_metrics_match_sklearn_binary_and_multiclass():
+    rng = np.random.default_rng(0)
+    y = np.array(["benign", "malignant"])[rng.integers(0, 2, 200)]
+    proba1 = np.clip(np.where(y == "malignant", 0.7, 0.3) + rng.normal(0, 0.2, 200), 0, 1)
+    proba = np.column_stack([1 - proba1, proba1])
+    pred = np.where(proba1 > 0.5, "malignant", "benign")
+    metrics = classification_metrics(y, pred, proba, ["benign", "malignant"])
+    assert metrics["accuracy"] == pytest.approx(accuracy_score(y, pred))
+    assert metrics["roc_auc"] == pytest.approx(roc_auc_score(y == "malignant", proba1))
+    y3 = np.array(["a", "b", "c"])[rng.integers(0, 3, 300)]
+    p3 = rng.dirichlet([1, 1, 1], 300)
+    pred3 = np.array(["a", "b", "c"])[p3.argmax(1)]
+    m3 = classification_metrics(y3, pred3, p3, ["a", "b", "c"])
+    assert m3["f1_weighted"] == pytest.approx(f1_score(y3, pred3, average="weighted"))
+    assert m3["roc_auc"] == pytest.approx(
+        roc_auc_score(y3, p3, multi_class="ovr", average="weighted"))
+
+
+def test_failing_metrics_names_each_metric():
+    failures = failing_metrics({"accuracy": 0.9, "roc_auc": 0.55, "f1_weighted": float("nan")},
+                               {"accuracy": 0.8, "roc_auc": 0.8, "f1_weighted": 0.8,
+                                "recall_weighted": 0.8})
+    assert set(failures) == {"roc_auc", "f1_weighted", "recall_weighted"}
+    assert failures["roc_auc"] == "0.5500 < 0.8000"
+
+
+def test_confusion_matrix_picture_is_a_png():
+    table = confusion_table(["a", "b", "a"], ["a", "a", "a"], ["a", "b"])
+    assert table.loc["true a", "pred a"] == 2 and table.loc["true b", "pred a"] == 1
+    assert confusion_matrix_png(table).startswith(b"\x89PNG")
+
+
+def test_fingerprint_tracks_values_and_order():
+    frame = load_breast_cancer_frame()
+    assert frame_fingerprint(frame) == frame_fingerprint(frame.copy())
+    changed = frame.copy()
+    changed.iloc[0, 0] += 1e-9
+    assert frame_fingerprint(changed) != frame_fingerprint(frame)
+    assert frame_fingerprint(frame.iloc[::-1]) != frame_fingerprint(frame)
+
+
+def test_code_and_library_versions():
+    assert code_version() != ""
+    versions = library_versions()
+    assert versions["scikit-learn"] == "1.9.1" and "dagster" in versions
