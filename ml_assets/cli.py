@@ -47,18 +47,33 @@ def train(if_missing: bool = False) -> int:
         print("a trained model already exists; skipping training (ml-platform train to retrain)")
         return 0
     result = defs.get_job_def("train_model").execute_in_process(
-        instance=instance, raise_on_error=False)
+        instance=instance, raise_on_error=False,
+        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}})
     if not result.success:
-        failures = [e.message for e in result.all_events
-                    if e.is_step_failure or e.event_type_value == "ASSET_CHECK_EVALUATION"
-                    and not e.event_specific_data.asset_check_evaluation.passed]
-        print("training run failed:\n  " + "\n  ".join(m or "" for m in failures),
+        print("training run failed:\n  " + "\n  ".join(failure_reasons(result)),
               file=sys.stderr)
         return 1
     metrics = result.output_for_node("model_metrics")
     print("trained; held-out metrics: "
           + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
     return 0
+
+
+def failure_reasons(result) -> list[str]:
+    """One line per failed step or failed check, with its own message."""
+    reasons = []
+    for event in result.all_events:
+        if event.is_step_failure:
+            error = event.step_failure_data.error
+            message = error.message.strip() if error else event.message
+            reasons.append(f"{event.step_key}: {message}")
+        elif event.event_type_value == "ASSET_CHECK_EVALUATION":
+            evaluation = event.event_specific_data
+            if not evaluation.passed:
+                reasons.append(f"check {evaluation.check_name} on "
+                               f"{evaluation.asset_key.to_user_string()}: "
+                               f"{evaluation.description}")
+    return reasons or ["run failed; see the Dagster UI for its logs"]
 
 
 def up(host: str, port: int) -> int:

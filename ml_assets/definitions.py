@@ -1,7 +1,11 @@
 """The code location: assembles stage modules; defines nothing itself."""
 
-from dagster import Definitions, in_process_executor, load_asset_checks_from_modules, \
-    load_assets_from_modules
+from dagster import (
+    Definitions,
+    in_process_executor,
+    load_asset_checks_from_modules,
+    load_assets_from_modules,
+)
 
 from ml_assets import automation, evaluation, features, ingestion, training, validation
 from ml_assets.resources.factory import build_resources

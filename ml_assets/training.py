@@ -10,8 +10,8 @@ from sklearn.pipeline import Pipeline
 
 from ml_assets.core import modeling
 from ml_assets.core.features import Split
-from ml_assets.core.provenance import code_version, frame_fingerprint, library_versions
 from ml_assets.core.model_logging import log_pipeline
+from ml_assets.core.provenance import code_version, frame_fingerprint, library_versions
 from ml_assets.resources import DataSourceResource, MlflowTracking
 
 

@@ -57,7 +57,7 @@ def load_tabular_files(path: str | Path, target: str) -> pd.DataFrame:
         except Exception as exc:  # noqa: BLE001 - re-raised with the file named
             raise DataSourceError(f"could not read {file}: {exc}") from exc
     columns = list(frames[0].columns)
-    for file, frame in zip(files, frames):
+    for file, frame in zip(files, frames, strict=False):
         if list(frame.columns) != columns:
             raise DataSourceError(
                 f"{file} has columns {list(frame.columns)}, expected {columns} like {files[0]}"
