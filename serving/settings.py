@@ -1,0 +1,89 @@
+"""Service settings, read from the environment (every value has a laptop default).
+
+The MLflow store, the platform home and the registered-model name come from the
+pipeline's own `PlatformSettings`, so the service serves what the pipeline
+registers without any configuration.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from ml_assets.settings import PlatformSettings
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the service cannot use; the message names it."""
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, "").strip() or default
+
+
+def _number(name: str, default, kind=int, minimum=None):
+    raw = _env(name, str(default))
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+    if minimum is not None and value < minimum:
+        raise SettingsError(f"{name}={raw!r} must be at least {minimum}")
+    return value
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    """Everything the prediction service needs to know (table in docs/serving.md)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # API key; None leaves authentication off.
+    api_key: str | None = None
+    model_name: str = "ml_platform_model"
+    model_alias: str = "champion"
+    tracking_uri: str = field(
+        default_factory=lambda: PlatformSettings.from_env().mlflow_tracking_uri)
+    prediction_log_path: Path = field(
+        default_factory=lambda: PlatformSettings.from_env().home / "prediction_log.db")
+    # Largest batch /predict/batch and /invocations accept, in rows.
+    max_batch: int = 1000
+    # Largest request body in bytes (413 above it).
+    max_body_bytes: int = 4 * 1024 * 1024
+    # How often the alias is polled for a new champion; 0 turns polling off.
+    poll_seconds: float = 30.0
+    # Micro-batching: most rows per predict_proba call, and the longest a batch
+    # waits for requests that are on their way.
+    micro_batch_rows: int = 64
+    micro_batch_wait_ms: float = 1.5
+    # Prediction-log rows held in memory; beyond it writes turn synchronous.
+    log_queue_rows: int = 50_000
+    access_log: bool = False
+
+    @classmethod
+    def from_env(cls, **overrides) -> ServingSettings:
+        """Settings from os.environ; keyword overrides that are not None win (CLI args)."""
+        platform = PlatformSettings.from_env()
+        settings = cls(
+            host=_env("ML_API_HOST", "127.0.0.1"),
+            port=_number("ML_API_PORT", 8000, int, 0),
+            api_key=_env("ML_API_KEY", "") or None,
+            model_name=platform.registered_model_name,
+            model_alias=_env("ML_MODEL_ALIAS", "champion"),
+            tracking_uri=platform.mlflow_tracking_uri,
+            prediction_log_path=Path(_env("ML_PREDICTION_LOG_PATH",
+                                          str(platform.home / "prediction_log.db"))),
+            max_batch=_number("ML_API_MAX_BATCH", 1000, int, 1),
+            max_body_bytes=_number("ML_API_MAX_BODY_BYTES", 4 * 1024 * 1024, int, 1024),
+            poll_seconds=_number("ML_API_POLL_SECONDS", 30.0, float, 0.0),
+            micro_batch_rows=_number("ML_API_MICRO_BATCH_ROWS", 64, int, 1),
+            micro_batch_wait_ms=_number("ML_API_MICRO_BATCH_WAIT_MS", 1.5, float, 0.0),
+            log_queue_rows=_number("ML_PREDICTION_LOG_QUEUE_ROWS", 50_000, int, 1),
+            access_log=_env("ML_API_ACCESS_LOG", "false").lower() in ("1", "true", "yes"),
+        )
+        return replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+
+    @property
+    def model_uri(self) -> str:
+        return f"models:/{self.model_name}@{self.model_alias}"
