@@ -84,8 +84,9 @@ def run_plain(args: dict) -> dict:
 
 
 def run_dagster(args: dict) -> dict:
-    """The whole `train_model` job, materialized in a persistent local instance."""
-    from dagster import DagsterInstance
+    """The whole training graph (raw_data .. model_metrics, the `training` group of the
+    `train_model` job), materialized in a persistent local instance."""
+    from dagster import AssetSelection, DagsterInstance
 
     from ml_assets.definitions import defs
     from ml_assets.resources import DataSourceResource, MlflowTracking
@@ -97,7 +98,8 @@ def run_dagster(args: dict) -> dict:
                                             "cv_folds": args["cv_folds"]}}},
         "loggers": {"console": {"config": {"log_level": "WARNING"}}},
     }
-    job = defs.get_job_def("train_model")
+    job = defs.resolve_implicit_global_asset_job_def().get_subset(
+        asset_selection=AssetSelection.groups("training").resolve(defs.resolve_asset_graph()))
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as home, DagsterInstance.local_temp(home) as instance:
         result = job.execute_in_process(

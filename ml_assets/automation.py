@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from dagster import AssetSelection, define_asset_job
 
-TRAINING_GROUP = "training"
-
 train_model_job = define_asset_job(
     "train_model",
-    selection=AssetSelection.groups(TRAINING_GROUP),
-    description="Materialize the whole training graph: raw data to gated metrics.",
+    selection=AssetSelection.groups("training", "registry"),
+    description="The whole training graph: raw data, validation, features, training, "
+    "the metrics gate, registration and champion/challenger promotion.",
 )
 
 jobs = [train_model_job]

@@ -7,10 +7,18 @@ from dagster import (
     load_assets_from_modules,
 )
 
-from ml_assets import automation, evaluation, features, ingestion, training, validation
+from ml_assets import (
+    automation,
+    evaluation,
+    features,
+    ingestion,
+    registry,
+    training,
+    validation,
+)
 from ml_assets.resources.factory import build_resources
 
-STAGES = [ingestion, validation, features, training, evaluation]
+STAGES = [ingestion, validation, features, training, evaluation, registry]
 
 defs = Definitions(
     assets=load_assets_from_modules(STAGES),

@@ -16,5 +16,6 @@ def build_resources(settings: PlatformSettings | None = None) -> dict:
         "mlflow_tracking": MlflowTracking(
             tracking_uri=settings.mlflow_tracking_uri,
             experiment_name=settings.experiment_name,
-            artifact_location=settings.mlflow_artifact_location),
+            artifact_location=settings.mlflow_artifact_location,
+            registered_model_name=settings.registered_model_name),
     }

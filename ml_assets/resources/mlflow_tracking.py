@@ -26,6 +26,8 @@ class MlflowTracking(ConfigurableResource):
     artifact_location: str = Field(default="", description="Artifact root for a new "
                                    "experiment (file URI or object-store URI).")
     registry_uri: str = Field(default="", description="Registry URI if not the tracking URI.")
+    registered_model_name: str = Field(default="ml_platform_model", description="Registered "
+                                       "model that holds every gated version.")
 
     _client: MlflowClient | None = PrivateAttr(default=None)
 

@@ -1,0 +1,169 @@
+"""Registry: register every gated model as challenger; promote it to champion only
+when it beats the current champion on the same held-out data."""
+
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+import mlflow
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    Config,
+    Failure,
+    MetadataValue,
+    Output,
+    asset,
+)
+from pydantic import Field
+
+from ml_assets.core import registry
+from ml_assets.core.features import Split
+from ml_assets.core.metrics import METRIC_NAMES, classification_metrics
+from ml_assets.core.modeling import TrainedModel
+from ml_assets.core.promotion import PromotionDecision, decide_promotion
+from ml_assets.resources import MlflowTracking
+
+PROMOTION_CHECK = "challenger_beats_champion"
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    name: str
+    version: str
+    model_uri: str
+    run_id: str
+
+
+@dataclass(frozen=True)
+class ChampionComparison:
+    challenger: RegisteredModel
+    champion_version: str | None
+    decision: PromotionDecision
+
+
+class PromotionConfig(Config):
+    metric: str = Field(default="f1_weighted", description="Metric the challenger must "
+                        "improve on: " + ", ".join(METRIC_NAMES) + ".")
+    margin: float = Field(default=0.005, ge=0, description="Minimum improvement over the "
+                          "champion on the same held-out data; a smaller gain keeps the "
+                          "champion.")
+
+
+@asset(group_name="registry", kinds={"mlflow"})
+def registered_model(context: AssetExecutionContext, trained_model: TrainedModel,
+                     model_metrics: dict, mlflow_tracking: MlflowTracking) -> Output:
+    """The gated model as a version in the MLflow model registry, aliased `challenger`.
+
+    Runs only when `model_metrics` passed its blocking gate. Registering the same
+    logged model twice (a re-execution) returns the existing version.
+    """
+    name = mlflow_tracking.registered_model_name
+    client = mlflow_tracking.client
+    version = registry.register_version(
+        client, name, trained_model.model_uri, trained_model.mlflow_run_id,
+        trained_model.model_id,
+        tags={"dagster_run_id": context.run_id, "data_fingerprint":
+              trained_model.data_fingerprint, "code_version": trained_model.code_version,
+              **{f"metric.{k}": f"{v:.6f}" for k, v in model_metrics.items()}})
+    client.set_registered_model_alias(name, registry.CHALLENGER, version.version)
+    registered = RegisteredModel(name, str(version.version),
+                                 f"models:/{name}/{version.version}",
+                                 trained_model.mlflow_run_id)
+    return Output(registered, metadata={
+        "registered_model": name, "version": registered.version,
+        "model_uri": registered.model_uri, "alias": registry.CHALLENGER,
+        "mlflow_run_id": trained_model.mlflow_run_id})
+
+
+def _champion_metrics(uri: str, split: Split) -> dict[str, float]:
+    champion = mlflow.sklearn.load_model(uri)
+    proba = champion.predict_proba(split.X_test)
+    predicted = champion.classes_[proba.argmax(axis=1)]
+    return classification_metrics(split.y_test, predicted, proba, champion.classes_)
+
+
+@asset(
+    group_name="registry",
+    kinds={"mlflow"},
+    check_specs=[AssetCheckSpec(
+        PROMOTION_CHECK, asset="champion_comparison", blocking=True,
+        description="The challenger beats the champion on the same held-out data by the "
+        "margin (or there is no champion yet); otherwise it is not promoted.")],
+)
+def champion_comparison(context: AssetExecutionContext, config: PromotionConfig,
+                        registered_model: RegisteredModel, model_metrics: dict,
+                        data_split: Split, mlflow_tracking: MlflowTracking) -> Iterator:
+    """Challenger vs champion, both scored on this run's held-out split.
+
+    The decision (who, when, why, metrics of both, margin) is written to the
+    challenger's MLflow version tags whether it is promoted or refused.
+    """
+    client = mlflow_tracking.client
+    name = registered_model.name
+    champion = registry.alias_version(client, name, registry.CHAMPION)
+    champion_metrics, champion_error = None, None
+    if champion is not None and str(champion.version) == registered_model.version:
+        champion_metrics = dict(model_metrics)  # re-run of an already promoted version
+    elif champion is not None:
+        try:
+            champion_metrics = _champion_metrics(f"models:/{name}/{champion.version}",
+                                                 data_split)
+        except Exception as exc:  # noqa: BLE001 - e.g. columns changed since it was trained
+            champion_error = f"{type(exc).__name__}: {exc}"[:300]
+    decision = decide_promotion(model_metrics, champion_metrics, config.metric, config.margin,
+                                champion_error)
+    if champion is not None and str(champion.version) == registered_model.version:
+        decision = PromotionDecision(False, "this version is already the champion",
+                                     config.metric, config.margin, model_metrics,
+                                     champion_metrics)
+    record = {**decision.as_tags(), "promotion.compared_with": str(
+        champion.version if champion else None), "promotion.dagster_run_id": context.run_id,
+        "promotion.decided_at": registry.now_utc(), "promotion.decided_by": registry.who()}
+    for key, value in record.items():
+        client.set_model_version_tag(name, registered_model.version, key, value[:5000])
+    comparison = ChampionComparison(registered_model,
+                                    str(champion.version) if champion else None, decision)
+    table = "| metric | challenger | champion | delta |\n|---|---:|---:|---:|\n" + "\n".join(
+        f"| {m} | {decision.challenger[m]:.4f} | "
+        + (f"{decision.champion[m]:.4f} | {decision.deltas.get(m, 0.0):+.4f} |"
+           if decision.champion else "- | - |") for m in decision.challenger)
+    summary = {"challenger_version": registered_model.version,
+               "champion_version": comparison.champion_version,
+               "decision": "promote" if decision.promote else "refuse",
+               "reason": decision.reason, "metric": decision.metric,
+               "margin": decision.margin}
+    yield Output(comparison, metadata={**summary, "comparison": MetadataValue.md(table)})
+    yield AssetCheckResult(
+        check_name=PROMOTION_CHECK, passed=decision.promote,
+        severity=AssetCheckSeverity.ERROR, description=decision.reason,
+        metadata={**summary, "challenger_metrics": MetadataValue.json(decision.challenger),
+                  "champion_metrics": MetadataValue.json(decision.champion or {}),
+                  "deltas": MetadataValue.json(decision.deltas)})
+
+
+@asset(group_name="registry", kinds={"mlflow"})
+def champion_model(context: AssetExecutionContext, champion_comparison: ChampionComparison,
+                   mlflow_tracking: MlflowTracking) -> Output:
+    """The model the prediction API serves: the registry's `champion` alias.
+
+    Moves only when the comparison's blocking check passed; the previous champion
+    stays in the history for a one-step `ml-platform rollback`.
+    """
+    challenger = champion_comparison.challenger
+    try:
+        change = registry.promote(
+            mlflow_tracking.client, challenger.name, challenger.version,
+            champion_comparison.champion_version,
+            {"promotion.reason": champion_comparison.decision.reason,
+             "promotion.dagster_run_id": context.run_id})
+    except registry.RegistryError as exc:
+        raise Failure(description=str(exc), allow_retries=False) from None
+    context.log.info("%s version %s is champion (was %s)", change.name, change.version,
+                     change.previous)
+    return Output(asdict(change), metadata={
+        "registered_model": change.name, "champion_version": change.version,
+        "previous_champion": str(change.previous), "promoted_at": change.at,
+        "promoted_by": change.by, "reason": champion_comparison.decision.reason,
+        "serving_uri": f"models:/{change.name}@{registry.CHAMPION}"})
