@@ -2,7 +2,8 @@
 
     ml-platform train          materialize the training graph once (recorded in the
                                Dagster instance, so the UI shows it)
-    ml-platform up             train if no model exists yet, then start the Dagster UI
+    ml-platform up             train if no model exists yet, then start the prediction
+                               API (port 8000) and the Dagster UI (port 3000)
     ml-platform rollback       restore the previous champion in one step
 """
 
@@ -11,8 +12,10 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from ml_assets.registry import PROMOTION_CHECK
@@ -88,23 +91,39 @@ def failure_reasons(result) -> list[str]:
     return reasons or ["run failed; see the Dagster UI for its logs"]
 
 
-def up(host: str, port: int) -> int:
-    """Train once if needed, then run `dagster dev` (webserver + daemon) in the foreground."""
+def up(host: str, port: int, api_port: int, no_api: bool = False) -> int:
+    """Train once if needed, then run the prediction API and `dagster dev` (webserver +
+    daemon) until Ctrl-C; stopping one stops both (the API flushes its log first)."""
     code = train(if_missing=True)
     if code:
         return code
     dagster = shutil.which("dagster") or str(Path(sys.executable).with_name("dagster"))
     workspace = Path(__file__).resolve().parent.parent / "workspace.yaml"
     command = [dagster, "dev", "-h", host, "-p", str(port)]
-    if workspace.exists():
-        command += ["-w", str(workspace)]
-    else:
-        command += ["-m", "ml_assets.definitions"]
-    print(f"Dagster UI on http://{host}:{port}  (Ctrl-C stops it)")
+    command += ["-w", str(workspace)] if workspace.exists() else ["-m", "ml_assets.definitions"]
+    processes: list[subprocess.Popen] = []
+    if not no_api:
+        api = [sys.executable, "-m", "serving", "--host", host, "--port", str(api_port)]
+        processes.append(subprocess.Popen(api))
+        print(f"Prediction API on http://{host}:{api_port}  (docs at /docs)")
+    processes.append(subprocess.Popen(command))
+    print(f"Dagster UI on http://{host}:{port}  (Ctrl-C stops everything)")
     try:
-        return subprocess.call(command)
+        while all(p.poll() is None for p in processes):
+            time.sleep(0.5)
     except KeyboardInterrupt:
-        return 0
+        pass
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    failures = [p.returncode for p in processes if p.returncode and p.returncode > 0]
+    return failures[0] if failures else 0
 
 
 def rollback(to_version: str | None, reason: str) -> int:
@@ -134,7 +153,10 @@ def main(argv: list[str] | None = None) -> int:
                               help="skip when a model has been trained already")
     up_parser = sub.add_parser("up", help="train if needed, then start the Dagster UI")
     up_parser.add_argument("--host", default="127.0.0.1")
-    up_parser.add_argument("--port", type=int, default=3000)
+    up_parser.add_argument("--port", type=int, default=3000, help="Dagster UI port")
+    up_parser.add_argument("--api-port", type=int,
+                           default=int(os.environ.get("ML_API_PORT", "8000")))
+    up_parser.add_argument("--no-api", action="store_true", help="do not start the API")
     rollback_parser = sub.add_parser("rollback", help="restore the previous champion")
     rollback_parser.add_argument("--to", dest="to_version", help="a specific version")
     rollback_parser.add_argument("--reason", default="manual rollback")
@@ -144,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         return train(args.if_missing)
     if args.command == "rollback":
         return rollback(args.to_version, args.reason)
-    return up(args.host, args.port)
+    return up(args.host, args.port, args.api_port, args.no_api)
 
 
 if __name__ == "__main__":
