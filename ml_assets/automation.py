@@ -1,14 +1,213 @@
-"""Automation: jobs (sensors and schedules join here as the loop closes)."""
+"""Automation: jobs, sensors, schedules and freshness policies, written once here.
 
-from __future__ import annotations
+Everything is on by default, so `dagster dev` (webserver + daemon) closes the loop:
+new production data is materialized as it arrives, drift is scored after it
+(automation condition) and daily (schedule), a failed drift check retrains once per
+episode, the champion is retrained weekly, and failed runs raise an alert.
+"""
 
-from dagster import AssetSelection, define_asset_job
+import json
+import time
+import urllib.request
+from datetime import timedelta
+from pathlib import Path
+
+from dagster import (
+    AssetCheckKey,
+    AssetKey,
+    AssetSelection,
+    AutomationConditionSensorDefinition,
+    DefaultScheduleStatus,
+    DefaultSensorStatus,
+    FreshnessPolicy,
+    RunFailureSensorContext,
+    RunRequest,
+    ScheduleDefinition,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    build_schedule_from_partitioned_job,
+    define_asset_job,
+    run_failure_sensor,
+    sensor,
+)
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+
+from ml_assets.monitoring import DRIFT_CHECK, daily_partitions
+from ml_assets.resources.production import ProductionDataResource
+from ml_assets.settings import PlatformSettings
+
+SETTINGS = PlatformSettings.from_env()
+TRIGGER_TAG = "ml/trigger"
 
 train_model_job = define_asset_job(
     "train_model",
-    selection=AssetSelection.groups("training", "registry"),
-    description="The whole training graph: raw data, validation, features, training, "
-    "the metrics gate, registration and champion/challenger promotion.",
+    selection=AssetSelection.groups("training", "registry")
+    | AssetSelection.assets("reference_profile"),
+    description="The whole training graph: raw data, validation, features, training, the "
+    "metrics gate, registration, champion/challenger promotion and the reference profile.",
 )
 
-jobs = [train_model_job]
+score_drift_job = define_asset_job(
+    "score_drift",
+    selection=AssetSelection.assets("production_data", "drift_scores", "live_performance"),
+    partitions_def=daily_partitions,
+    description="One day of production data, its drift scores and live performance.",
+)
+
+daily_drift_schedule = build_schedule_from_partitioned_job(
+    score_drift_job, name="daily_drift_scoring", hour_of_day=0, minute_of_hour=30,
+    default_status=DefaultScheduleStatus.RUNNING,
+    description="Scores yesterday's partition every day at 00:30 UTC.")
+
+weekly_retrain_schedule = ScheduleDefinition(
+    name="weekly_retrain", job=train_model_job, cron_schedule="0 3 * * 1",
+    execution_timezone="UTC", default_status=DefaultScheduleStatus.RUNNING,
+    tags={TRIGGER_TAG: "weekly_schedule"},
+    description="Retrains every Monday 03:00 UTC on the data of the week so far; "
+    "the challenger is promoted only if it beats the champion.")
+
+monitoring_automation = AutomationConditionSensorDefinition(
+    "monitoring_automation", target=AssetSelection.groups("monitoring"),
+    default_status=DefaultSensorStatus.RUNNING, minimum_interval_seconds=30,
+    description="Evaluates automation conditions: drift_scores eagerly after new "
+    "production data (blocking checks upstream are respected).")
+
+
+@sensor(name="production_data_sensor", minimum_interval_seconds=60,
+        asset_selection=AssetSelection.assets("production_data"),
+        default_status=DefaultSensorStatus.RUNNING)
+def production_data_sensor(context: SensorEvaluationContext,
+                           production: ProductionDataResource) -> SensorResult:
+    """Materializes a `production_data` partition when its day in the prediction log
+    or the landing directory grew since the last request (cursor: row-count and
+    file-time signatures per day)."""
+    seen = json.loads(context.cursor or "{}")
+    signatures = {day.isoformat(): f"log:{production.row_count(day.isoformat())}"
+                  for day in production.prediction_days()}
+    for day, mtime in production.landing_days().items():
+        signatures[day] = signatures.get(day, "") + f"|landing:{mtime:.0f}"
+    valid = set(daily_partitions.get_partition_keys())
+    requests = [RunRequest(run_key=f"production_data:{day}:{signature}", partition_key=day,
+                           tags={TRIGGER_TAG: "new_production_data"})
+                for day, signature in sorted(signatures.items())
+                if day in valid and seen.get(day) != signature]
+    if not requests:
+        return SensorResult(skip_reason=SkipReason("no new production data"),
+                            cursor=context.cursor)
+    return SensorResult(run_requests=requests, cursor=json.dumps(signatures))
+
+
+DRIFT_CHECK_KEY = AssetCheckKey(AssetKey("drift_scores"), DRIFT_CHECK)
+
+
+@sensor(name="retrain_on_drift", job=train_model_job, minimum_interval_seconds=60,
+        default_status=DefaultSensorStatus.RUNNING)
+def retrain_on_drift(context: SensorEvaluationContext) -> SensorResult:
+    """Launches `train_model` when the drift check fails (ERROR). One episode (failing
+    evaluations not interrupted by a passing one) retrains once, and launches are at
+    least ML_RETRAIN_COOLDOWN_SECONDS apart; the run's tags name the partition and
+    the drifted features."""
+    state = json.loads(context.cursor or "{}")
+    last_id = state.get("last_id", 0)
+    records = context.instance.event_log_storage.get_asset_check_execution_history(
+        DRIFT_CHECK_KEY, limit=200, status={AssetCheckExecutionRecordStatus.SUCCEEDED,
+                                            AssetCheckExecutionRecordStatus.FAILED})
+    new = sorted((r for r in records if r.id > last_id), key=lambda r: r.id)
+    if not new:
+        return SensorResult(skip_reason=SkipReason("no new drift evaluations"),
+                            cursor=context.cursor)
+    in_episode = state.get("in_episode", False)
+    last_launch = state.get("last_launch", 0.0)
+    cooldown = SETTINGS.retrain_cooldown_seconds
+    requests, notes = [], []
+    for record in new:
+        evaluation = record.event.dagster_event.event_specific_data if record.event else None
+        failed = (evaluation is not None and not evaluation.passed
+                  and evaluation.severity.value == "ERROR")
+        if not failed:
+            in_episode = False  # a passing (or merely warning) day ends the episode
+            continue
+        if in_episode:
+            notes.append(f"{record.partition or record.run_id[:8]}: same drift episode, "
+                         "already retrained")
+            continue
+        now = time.time()
+        if now - last_launch < cooldown:
+            notes.append(f"{record.partition or record.run_id[:8]}: in cooldown for "
+                         f"{cooldown - (now - last_launch):.0f} s more")
+            in_episode = True
+            continue
+        partition = record.partition or _metadata_value(evaluation, "partition")
+        drifted = evaluation.metadata.get("drifted_features")
+        features = ",".join(drifted.value if drifted else [])[:200]
+        requests.append(RunRequest(
+            run_key=f"retrain-on-drift:{record.id}",
+            tags={TRIGGER_TAG: "drift", "ml/drift_partition": str(partition),
+                  "ml/drifted_features": features or "-",
+                  "ml/drift_check_run": record.run_id}))
+        in_episode, last_launch = True, now
+    cursor = json.dumps({"last_id": new[-1].id, "in_episode": in_episode,
+                         "last_launch": last_launch})
+    if requests:
+        return SensorResult(run_requests=requests, cursor=cursor)
+    return SensorResult(skip_reason=SkipReason("; ".join(notes) or "no drift failure"),
+                        cursor=cursor)
+
+
+def _metadata_value(evaluation, key: str):
+    value = evaluation.metadata.get(key)
+    return value.value if value is not None else None
+
+
+@run_failure_sensor(name="alert_on_run_failure", default_status=DefaultSensorStatus.RUNNING,
+                    monitor_all_code_locations=False)
+def alert_on_run_failure(context: RunFailureSensorContext) -> None:
+    """Records every failed run in $ML_PLATFORM_HOME/alerts.jsonl and posts it to
+    ML_ALERT_WEBHOOK_URL when set. A refused promotion is recorded as such, not paged."""
+    run = context.dagster_run
+    message = context.failure_event.message or ""
+    refused = "challenger_beats_champion" in message
+    alert = {"run_id": run.run_id, "job": run.job_name, "tags": dict(run.tags),
+             "message": message[:2000], "kind": "promotion_refused" if refused else "failure",
+             "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    path = SETTINGS.home / "alerts.jsonl"
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(alert) + "\n")
+    if SETTINGS.alert_webhook_url and not refused:
+        request = urllib.request.Request(SETTINGS.alert_webhook_url,
+                                         data=json.dumps(alert).encode(), method="POST",
+                                         headers={"Content-Type": "application/json"})
+        try:
+            urllib.request.urlopen(request, timeout=10).close()
+        except OSError as exc:
+            context.log.warning("alert webhook %s failed: %s", SETTINGS.alert_webhook_url, exc)
+
+
+def freshness_policies() -> dict[str, FreshnessPolicy]:
+    """The champion must be retrained within ML_RETRAIN_WINDOW_DAYS (default 7);
+    drift must be scored daily. Overdue assets show as failing freshness in the UI."""
+    window = timedelta(days=SETTINGS.retrain_window_days)
+    retrain = FreshnessPolicy.time_window(fail_window=window,
+                                          warn_window=window * 6 / 7)
+    return {"trained_model": retrain, "champion_model": retrain,
+            "drift_scores": FreshnessPolicy.time_window(fail_window=timedelta(hours=26),
+                                                        warn_window=timedelta(hours=24))}
+
+
+jobs = [train_model_job, score_drift_job]
+schedules = [daily_drift_schedule, weekly_retrain_schedule]
+sensors = [production_data_sensor, retrain_on_drift, alert_on_run_failure,
+           monitoring_automation]
+
+
+def with_freshness(assets: list) -> list:
+    """Attach the freshness policies to the assets they name (policy lives here, once)."""
+    policies = freshness_policies()
+
+    def attach(spec):
+        policy = policies.get(spec.key.to_user_string())
+        return spec.replace_attributes(freshness_policy=policy) if policy else spec
+
+    return [a.map_asset_specs(attach) if hasattr(a, "map_asset_specs") else a for a in assets]

@@ -5,6 +5,7 @@
     ml-platform up             train if no model exists yet, then start the prediction
                                API (port 8000) and the Dagster UI (port 3000)
     ml-platform rollback       restore the previous champion in one step
+    ml-platform simulate       send realistic (optionally drifted) traffic to the API
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def train(if_missing: bool = False) -> int:
     if if_missing and instance.get_latest_materialization_event(AssetKey("model_metrics")):
         print("a trained model already exists; skipping training (ml-platform train to retrain)")
         return 0
-    result = defs.get_job_def("train_model").execute_in_process(
+    result = defs.resolve_job_def("train_model").execute_in_process(
         instance=instance, raise_on_error=False,
         run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}})
     reasons = failure_reasons(result)
@@ -144,6 +145,27 @@ def rollback(to_version: str | None, reason: str) -> int:
     return 0
 
 
+def simulate(args) -> int:
+    """Send realistic (optionally drifted) traffic to the API."""
+    from ml_assets.core.traffic import simulate as run
+    from ml_assets.resources.factory import build_resources
+
+    settings = PlatformSettings.from_env()
+    source = build_resources(settings)["data_source"]
+    frame = source.load()
+    result = run(args.url, frame, source.target_column, requests=args.requests,
+                 shift_after=args.shift_after, shift=args.shift, concurrency=args.concurrency,
+                 labels_dir=None if args.no_labels else settings.labels_dir,
+                 api_key=os.environ.get("ML_API_KEY") or None, seed=args.seed,
+                 max_seconds=args.max_seconds)
+    print(f"sent {result.sent} requests in {result.seconds:.1f} s: {result.ok} ok, "
+          f"{result.failed} failed, {result.shifted} shifted; statuses {result.status_counts};"
+          f" model versions {result.model_versions}")
+    if result.labels_file:
+        print(f"true labels written to {result.labels_file}")
+    return 0 if result.ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ml-platform", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -160,10 +182,23 @@ def main(argv: list[str] | None = None) -> int:
     rollback_parser = sub.add_parser("rollback", help="restore the previous champion")
     rollback_parser.add_argument("--to", dest="to_version", help="a specific version")
     rollback_parser.add_argument("--reason", default="manual rollback")
+    sim = sub.add_parser("simulate", help="send realistic traffic to the prediction API")
+    sim.add_argument("--url", default=f"http://127.0.0.1:{os.environ.get('ML_API_PORT', '8000')}")
+    sim.add_argument("--requests", type=int, default=300)
+    sim.add_argument("--shift-after", type=int, default=None,
+                     help="requests after this index are shifted")
+    sim.add_argument("--shift", type=float, default=1.5,
+                     help="shift in reference standard deviations (with --shift-after)")
+    sim.add_argument("--concurrency", type=int, default=4)
+    sim.add_argument("--no-labels", action="store_true", help="do not write true labels")
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--max-seconds", type=float, default=300.0)
     args = parser.parse_args(argv)
     prepare_environment(PlatformSettings.from_env())
     if args.command == "train":
         return train(args.if_missing)
+    if args.command == "simulate":
+        return simulate(args)
     if args.command == "rollback":
         return rollback(args.to_version, args.reason)
     return up(args.host, args.port, args.api_port, args.no_api)

@@ -12,18 +12,21 @@ from ml_assets import (
     evaluation,
     features,
     ingestion,
+    monitoring,
     registry,
     training,
     validation,
 )
 from ml_assets.resources.factory import build_resources
 
-STAGES = [ingestion, validation, features, training, evaluation, registry]
+STAGES = [ingestion, validation, features, training, evaluation, registry, monitoring]
 
 defs = Definitions(
-    assets=load_assets_from_modules(STAGES),
+    assets=automation.with_freshness(load_assets_from_modules(STAGES)),
     asset_checks=load_asset_checks_from_modules(STAGES),
     jobs=automation.jobs,
+    schedules=automation.schedules,
+    sensors=automation.sensors,
     resources=build_resources(),
     # Steps are sequential and each ML step uses every core itself; in-process
     # avoids a Python start-up per step. Celery is the production scale-out.

@@ -28,6 +28,13 @@ class PlatformSettings:
     ingest_retries: int
     ingest_retry_delay_seconds: float
     metric_threshold: float
+    prediction_log_path: Path
+    landing_dir: Path
+    labels_dir: Path
+    monitoring_start_date: str
+    retrain_window_days: float
+    retrain_cooldown_seconds: float
+    alert_webhook_url: str
 
     @classmethod
     def from_env(cls) -> PlatformSettings:
@@ -45,4 +52,12 @@ class PlatformSettings:
             ingest_retries=int(_env("ML_INGEST_RETRIES", "2")),
             ingest_retry_delay_seconds=float(_env("ML_INGEST_RETRY_DELAY_SECONDS", "300")),
             metric_threshold=float(_env("ML_METRIC_THRESHOLD", "0.8")),
+            prediction_log_path=Path(_env("ML_PREDICTION_LOG_PATH",
+                                          str(home / "prediction_log.db"))),
+            landing_dir=Path(_env("ML_LANDING_DIR", str(home / "landing"))),
+            labels_dir=Path(_env("ML_LABELS_DIR", str(home / "labels"))),
+            monitoring_start_date=_env("ML_MONITORING_START_DATE", "2026-11-01"),
+            retrain_window_days=float(_env("ML_RETRAIN_WINDOW_DAYS", "7")),
+            retrain_cooldown_seconds=float(_env("ML_RETRAIN_COOLDOWN_SECONDS", "21600")),
+            alert_webhook_url=_env("ML_ALERT_WEBHOOK_URL", ""),
         )

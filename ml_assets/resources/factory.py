@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ml_assets.resources.data_source import DataSourceResource
 from ml_assets.resources.mlflow_tracking import MlflowTracking
+from ml_assets.resources.production import ProductionDataResource
 from ml_assets.settings import PlatformSettings
 
 
@@ -18,4 +19,7 @@ def build_resources(settings: PlatformSettings | None = None) -> dict:
             experiment_name=settings.experiment_name,
             artifact_location=settings.mlflow_artifact_location,
             registered_model_name=settings.registered_model_name),
+        "production": ProductionDataResource(
+            prediction_log_path=str(settings.prediction_log_path),
+            landing_dir=str(settings.landing_dir), labels_dir=str(settings.labels_dir)),
     }

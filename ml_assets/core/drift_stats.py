@@ -1,0 +1,222 @@
+"""Two-sample drift statistics on pre-sorted, pre-counted data (numpy/scipy only).
+
+Each function reproduces a scipy reference (to 1e-9) from the compact form a
+`ReferenceProfile` stores, so the reference sample is never re-read or re-sorted:
+
+- `ks_numerator` + `ks_pvalue`     -> scipy.stats.ks_2samp (two-sided, same method selection)
+- `wasserstein`                   -> scipy.stats.wasserstein_distance
+- `chi2_homogeneity`              -> scipy.stats.chi2_contingency (2 x K table)
+- `jensenshannon`                 -> scipy.spatial.distance.jensenshannon (natural log)
+- `psi`                           -> population stability index on given bins
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import special, stats
+
+try:  # scipy's compiled kernel for the exact two-sided p-value when n1 != n2
+    from scipy.stats._stats_pythran import (
+        _compute_outer_prob_inside_method as _scipy_outer_prob,
+    )
+except ImportError:  # pragma: no cover - other scipy builds
+    _scipy_outer_prob = None
+
+KS_MAX_AUTO_N = 10_000  # scipy's ks_2samp: method='auto' is exact up to this size
+KS_METHODS = ("auto", "exact", "asymp")
+PSI_EPSILON = 1e-4  # share given to an empty bin, so PSI stays finite
+# Above n*D^2 = 14.2, both scipy's kstwo.sf and the Kolmogorov limit are < 1e-12
+# (Dvoretzky-Kiefer-Wolfowitz-Massart: sf <= 2 exp(-2 n D^2)), so the limit is used:
+# scipy's exact Smirnov sum costs up to 0.5 s there for large n.
+_KS_TAIL_CUTOFF = 0.5 * math.log(2e12)
+
+
+def ks_numerator(ref_values: np.ndarray, ref_counts: np.ndarray, cur_sorted: np.ndarray) -> int:
+    """max |F_ref - F_cur| * N * m, exactly, for a counted reference and a sorted sample.
+
+    `ref_values` is sorted with integer multiplicities `ref_counts` (total N > 0);
+    `cur_sorted` holds m > 0 values. F_ref is constant between consecutive reference
+    values, so the supremum is at one end of each such interval: 2K binary searches
+    into the sample, no pass over it.
+    """
+    n_ref, m = int(ref_counts.sum()), cur_sorted.size
+    upto = np.cumsum(ref_counts, dtype=np.int64)
+    at_or_below = np.searchsorted(cur_sorted, ref_values, side="right").astype(np.int64)
+    below = np.searchsorted(cur_sorted, ref_values, side="left").astype(np.int64)
+    at_start = np.abs(upto * m - at_or_below * n_ref).max()  # F_cur at each ref value
+    before = np.abs(np.r_[0, upto[:-1]] * m - below * n_ref).max()  # just before it
+    return int(max(at_start, before))
+
+
+def wasserstein(ref_values: np.ndarray, ref_counts: np.ndarray,
+                cur_sorted: np.ndarray) -> float:
+    """Wasserstein-1 distance between a counted reference and a sorted sample.
+
+    W1 is the integral of |Q_ref(t) - Q_cur(t)| over t in (0, 1]. On the grid of
+    1/(N m), current rank j covers (jN, (j+1)N] and reference value i covers
+    (C_{i-1} m, C_i m] (C: cumulative counts). Each rank is paired with the reference
+    value at its start (one pass over the sample); the K reference boundaries that
+    fall strictly inside a rank's interval are then corrected for.
+    """
+    n_ref, m = int(ref_counts.sum()), cur_sorted.size
+    bounds = np.cumsum(ref_counts, dtype=np.int64) * m
+    ranks_per_value = np.diff(-(-bounds // n_ref), prepend=0)  # ceil(C_i m / N) steps
+    main = np.abs(np.repeat(ref_values, ranks_per_value) - cur_sorted).sum() * n_ref
+    inner = bounds[:-1]
+    rank = inner // n_ref
+    crossing = inner % n_ref != 0
+    if not crossing.any():
+        return float(main / (n_ref * m))
+    idx = np.flatnonzero(crossing)
+    rank = rank[idx]
+    rank_end = (rank + 1) * n_ref
+    length = np.minimum(bounds[idx + 1], rank_end) - inner[idx]
+    counted_as = np.searchsorted(bounds, rank * n_ref, side="right")
+    cur = cur_sorted[rank]
+    fix = length * (np.abs(ref_values[idx + 1] - cur) - np.abs(ref_values[counted_as] - cur))
+    return float((main + fix.sum()) / (n_ref * m))
+
+
+def ks_pvalue(numerator: int, n1: int, n2: int, method: str = "auto") -> tuple[float, float]:
+    """(D, p-value) of the two-sided two-sample KS test, as scipy.stats.ks_2samp computes.
+
+    `numerator` is max|F1 - F2| * n1 * n2 (from `ks_numerator`). The method selection
+    mirrors scipy 1.17: 'auto' is exact when max(n1, n2) <= 10,000; 'exact' falls back
+    to the asymptotic distribution when lcm(n1, n2) overflows int32 or the exact
+    computation fails.
+    """
+    if method not in KS_METHODS:
+        raise ValueError(f"ks method must be one of {KS_METHODS}, got {method!r}")
+    g = math.gcd(n1, n2)
+    d = numerator / (n1 * n2)
+    mode = method
+    if mode == "auto":
+        mode = "exact" if max(n1, n2) <= KS_MAX_AUTO_N else "asymp"
+    elif mode == "exact" and n1 // g >= np.iinfo(np.int32).max / (n2 // g):
+        mode = "asymp"
+    if mode == "exact":
+        lcm = (n1 // g) * n2
+        h = numerator // g  # == round(D * lcm), exactly
+        ok, prob = _exact_two_sided(n1, n2, g, h)
+        if ok:
+            return h / lcm, float(np.clip(prob, 0, 1))
+    big, small = sorted([float(n1), float(n2)], reverse=True)
+    n_eff = float(np.round(big * small / (big + small)))
+    return d, float(np.clip(_kstwo_sf(d, n_eff), 0, 1))
+
+
+def _kstwo_sf(d: float, n: float) -> float:
+    """scipy.stats.kstwo.sf(d, n), with the Kolmogorov limit where both are < 1e-12."""
+    if n < 1:  # scipy gives nan here (one value per sample, asymptotic method)
+        return math.nan
+    if n * d * d >= _KS_TAIL_CUTOFF:
+        return float(special.kolmogorov(d * math.sqrt(n)))
+    return float(stats.kstwo.sf(d, n))
+
+
+def _exact_two_sided(n1: int, n2: int, g: int, h: int) -> tuple[bool, float]:
+    """scipy's _attempt_exact_2kssamp for alternative='two-sided': (success, p)."""
+    if h == 0:
+        return True, 1.0
+    try:
+        with np.errstate(invalid="raise", over="raise"):
+            if n1 == n2:
+                prob = _prob_outside_square(n1, h)
+            else:
+                prob = _outer_prob_inside(n1, n2, g, h)
+    except (FloatingPointError, OverflowError):
+        return False, math.nan
+    return (0 <= prob <= 1), prob
+
+
+def _prob_outside_square(n: int, h: int) -> float:
+    """Pr(D_{n,n} >= h/n); the same Horner-like recursion as scipy."""
+    prob = 0.0
+    k = int(np.floor(n / h))
+    while k >= 0:
+        p1 = 1.0
+        for j in range(h):
+            p1 = (n - k * h - j) * p1 / (n + k * h + j + 1)
+        prob = p1 * (1.0 - prob)
+        k -= 1
+    return 2 * prob
+
+
+def _outer_prob_inside(m: int, n: int, g: int, h: int) -> float:
+    """Proportion of lattice paths leaving |x/m - y/n| < h/lcm (scipy's kernel)."""
+    if _scipy_outer_prob is not None:
+        return float(_scipy_outer_prob(m, n, g, h))
+    return _outer_prob_inside_python(m, n, g, h)  # pragma: no cover
+
+
+def _outer_prob_inside_python(m: int, n: int, g: int, h: int) -> float:
+    """Pure-Python port of scipy's compiled `_compute_outer_prob_inside_method`."""
+    if m < n:
+        m, n = n, m
+    mg, ng = m // g, n // g
+    minj, maxj = 0, min(int(np.ceil(h / mg)), n + 1)
+    curlen = maxj - minj
+    column = np.ones(min(2 * maxj + 2, n + 1), dtype=np.float64)
+    column[minj:maxj] = 0.0
+    for i in range(1, m + 1):
+        lastminj, lastlen = minj, curlen
+        minj = min(max(int(np.floor((ng * i - h) / mg)) + 1, 0), n)
+        maxj = min(int(np.ceil((ng * i + h) / mg)), n + 1)
+        if maxj <= minj:
+            return 1.0
+        val = 0.0 if minj == 0 else 1.0
+        for jj in range(maxj - minj):
+            j = jj + minj
+            val = (column[jj + minj - lastminj] * i + val * j) / (i + j)
+            column[jj] = val
+        curlen = maxj - minj
+        if lastlen > curlen:
+            column[maxj - minj:maxj - minj + (lastlen - curlen)] = 1
+    return float(column[maxj - minj - 1])
+
+
+def chi2_homogeneity(ref_counts: np.ndarray, cur_counts: np.ndarray) -> tuple[float, float]:
+    """(statistic, p-value) of scipy.stats.chi2_contingency([ref_counts, cur_counts]).
+
+    Categories seen in neither sample are dropped (scipy rejects zero expected
+    frequencies); categories seen in only one sample are what the test is about.
+    Yates' continuity correction applies when there are two categories, as in scipy.
+    Both samples must be non-empty.
+    """
+    observed = np.vstack([ref_counts, cur_counts]).astype(np.float64)
+    observed = observed[:, observed.sum(axis=0) > 0]
+    expected = observed.sum(axis=1, keepdims=True) * observed.sum(axis=0, keepdims=True)
+    expected = expected / observed.sum()
+    dof = observed.shape[1] - 1
+    if dof == 0:
+        return 0.0, 1.0
+    if dof == 1:
+        diff = expected - observed
+        observed = observed + np.minimum(0.5, np.abs(diff)) * np.sign(diff)
+    statistic = float(np.sum((observed - expected) ** 2 / expected))
+    return statistic, float(special.chdtrc(dof, statistic))
+
+
+def jensenshannon(ref_counts: np.ndarray, cur_counts: np.ndarray) -> float:
+    """Jensen-Shannon distance (natural log, in [0, sqrt(ln 2)]) between two count vectors."""
+    p = ref_counts / np.sum(ref_counts, dtype=np.float64)
+    q = cur_counts / np.sum(cur_counts, dtype=np.float64)
+    mid = (p + q) / 2.0
+    js = np.sum(special.rel_entr(p, mid)) + np.sum(special.rel_entr(q, mid))
+    return float(np.sqrt(js / 2.0))
+
+
+def psi(ref_counts: np.ndarray, cur_counts: np.ndarray, epsilon: float = PSI_EPSILON) -> float:
+    """Population stability index sum((q - p) * ln(q / p)) over bins.
+
+    p, q are the reference and current shares per bin; an empty bin counts as
+    `epsilon` (1e-4) so the index stays finite.
+    """
+    p = ref_counts / np.sum(ref_counts, dtype=np.float64)
+    q = cur_counts / np.sum(cur_counts, dtype=np.float64)
+    p = np.where(p == 0, epsilon, p)
+    q = np.where(q == 0, epsilon, q)
+    return float(np.sum((q - p) * np.log(q / p)))
+

@@ -1,0 +1,276 @@
+"""Monitoring: the champion's reference profile, daily production data, drift scores
+and live performance once labels arrive."""
+
+import io
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AutomationCondition,
+    Config,
+    DailyPartitionsDefinition,
+    Failure,
+    MetadataValue,
+    Output,
+    asset,
+)
+from pydantic import Field
+
+from ml_assets.core import registry
+from ml_assets.core.drift import DriftConfig, prediction_columns, score_drift
+from ml_assets.core.drift_profile import ReferenceProfile, build_reference_profile
+from ml_assets.core.features import Split
+from ml_assets.core.metrics import classification_metrics
+from ml_assets.core.model_logging import load_pipeline
+from ml_assets.core.modeling import TrainedModel
+from ml_assets.features import feature_kinds
+from ml_assets.resources import DataSourceResource, MlflowTracking
+from ml_assets.resources.production import ProductionDataResource
+from ml_assets.settings import PlatformSettings
+
+DRIFT_CHECK = "drift_within_limits"
+PROFILE_ARTIFACT = "reference_profile/profile.npz"
+
+daily_partitions = DailyPartitionsDefinition(
+    start_date=PlatformSettings.from_env().monitoring_start_date, end_offset=1)
+
+
+def _profile_for(pipeline, split: Split) -> ReferenceProfile:
+    kinds = feature_kinds(split.X_train, "")
+    proba = pipeline.predict_proba(split.X_test)
+    outputs, output_kinds = prediction_columns(
+        pipeline.classes_[proba.argmax(axis=1)].astype(str), proba,
+        [str(c) for c in pipeline.classes_])
+    reference = pd.concat([split.X_train.reset_index(drop=True),
+                           outputs.reindex(range(len(split.X_train)))], axis=1)
+    # Outputs come from the held-out split (unbiased); features from the training split.
+    return build_reference_profile(reference, kinds, output_kinds)
+
+
+@asset(group_name="monitoring", kinds={"numpy", "mlflow"})
+def reference_profile(context: AssetExecutionContext, champion_model: dict,
+                      trained_model: TrainedModel, data_split: Split,
+                      mlflow_tracking: MlflowTracking) -> Output[ReferenceProfile]:
+    """What the champion was trained on, per feature (quantile sketch and PSI bins,
+    category frequencies, missing rates) and what it predicts on held-out data.
+
+    Built once when a champion is promoted and stored as an artifact of its MLflow
+    run, so drift scoring never re-reads the training data.
+    """
+    client = mlflow_tracking.client
+    version = client.get_model_version(champion_model["name"], champion_model["version"])
+    built_here = version.run_id == trained_model.mlflow_run_id
+    if built_here:
+        profile = _profile_for(trained_model.pipeline, data_split)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "profile.npz"
+            path.write_bytes(profile.to_bytes())
+            client.log_artifact(version.run_id, str(path), "reference_profile")
+    else:
+        try:
+            local = mlflow.artifacts.download_artifacts(run_id=version.run_id,
+                                                        artifact_path=PROFILE_ARTIFACT,
+                                                        tracking_uri=mlflow_tracking.tracking_uri)
+        except Exception as exc:  # noqa: BLE001 - name what is missing
+            raise Failure(description=f"champion version {version.version} has no stored "
+                          f"reference profile ({exc}); retrain to create one",
+                          allow_retries=False) from None
+        profile = ReferenceProfile.from_bytes(Path(local).read_bytes())
+    size = len(profile.to_bytes())
+    return Output(profile, metadata={
+        "champion_version": str(version.version), "mlflow_run_id": version.run_id,
+        "features": len(profile.features), "prediction_columns": len(profile.predictions),
+        "reference_rows": profile.n_rows, "stored_bytes": size,
+        "source": "built from this run's split" if built_here else "champion's artifact"})
+
+
+@asset(group_name="monitoring", partitions_def=daily_partitions, kinds={"pandas"})
+def production_data(context: AssetExecutionContext, production: ProductionDataResource,
+                    data_source: DataSourceResource,
+                    mlflow_tracking: MlflowTracking) -> Output[pd.DataFrame]:
+    """One UTC day of production rows: what the API saw and answered (from its
+    prediction log) plus labelled drops from the landing directory, if any, which
+    the current champion scores so their predictions are monitored too."""
+    day = context.partition_key
+    logged = production.predictions(day)
+    target = data_source.target_column
+    frames = []
+    if len(logged):
+        feature_names = logged.attrs.get("feature_columns") or [
+            c for c in logged.columns if c not in _LOG_META]
+        frame = logged[feature_names].copy()
+        frame["request_id"] = logged["request_id"].astype(str).values
+        frame["model_version"] = logged["model_version"].astype(str).values
+        frame["prediction"] = logged["prediction"].astype(str).values
+        probabilities = pd.DataFrame(list(logged["probabilities"]))
+        for label in probabilities.columns:
+            frame[f"proba_{label}"] = probabilities[label].to_numpy(dtype=float)
+        frame["source"] = "prediction_log"
+        frames.append(frame)
+    landed = production.landing(day, target)
+    if len(landed):
+        labels = landed.pop(target).astype(str)
+        landed = _score_with_champion(landed, mlflow_tracking)
+        landed["label"] = labels.to_numpy()
+        landed["source"] = "landing"
+        frames.append(landed)
+    data = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    versions = sorted(set(data.get("model_version", pd.Series(dtype=str)).dropna()))
+    return Output(data, metadata={
+        "dagster/row_count": len(data),
+        "from_prediction_log": int(len(logged)),
+        "from_landing": int(len(landed)),
+        "model_versions": MetadataValue.json(versions),
+    })
+
+
+def _score_with_champion(rows: pd.DataFrame, mlflow_tracking: MlflowTracking) -> pd.DataFrame:
+    name = mlflow_tracking.registered_model_name
+    champion = registry.alias_version(mlflow_tracking.client, name, registry.CHAMPION)
+    if champion is None:
+        return rows
+    model = load_pipeline(f"models:/{name}/{champion.version}")
+    proba = model.pipeline.predict_proba(rows)
+    outputs, _ = prediction_columns(model.pipeline.classes_[proba.argmax(axis=1)].astype(str),
+                                    proba, [str(c) for c in model.pipeline.classes_],
+                                    index=rows.index)
+    return pd.concat([rows, outputs], axis=1).assign(model_version=str(champion.version))
+
+
+_LOG_META = {"timestamp", "request_id", "row_index", "model_name", "model_version",
+             "prediction", "confidence", "probabilities"}
+
+
+class DriftScoringConfig(Config):
+    warn_share: float = Field(default=0.3, description="Share of drifted features at which "
+                              "the drift check warns.")
+    fail_share: float = Field(default=0.5, description="Share of drifted features at which "
+                              "the drift check fails (and the retrain sensor fires).")
+    fail_on_prediction_drift: bool = Field(default=True, description="Also fail when the "
+                                           "prediction distribution itself drifts.")
+    min_rows: int = Field(default=30, description="Fewer rows than this: no verdict.")
+    tests: dict[str, str] = Field(default_factory=dict, description="Per-column test "
+                                  "override: ks, wasserstein, psi, chi2, jensenshannon.")
+    thresholds: dict[str, float] = Field(default_factory=dict, description="Per-column "
+                                         "threshold override.")
+
+
+def drift_picture(table: pd.DataFrame) -> str:
+    """A bar chart of each feature's drift statistic against its threshold (PNG, base64)."""
+    import base64
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = table.head(40)
+    values = np.where(shown["test"].isin(["ks", "chi2"]), 1 - shown["p_value"].fillna(1.0),
+                      shown["statistic"].fillna(0.0))
+    fig, ax = plt.subplots(figsize=(7, 0.25 * len(shown) + 1.2), dpi=100)
+    colors = ["#d62728" if d else "#1f77b4" for d in shown["drifted"]]
+    ax.barh(shown["feature"].astype(str), values, color=colors)
+    ax.invert_yaxis()
+    ax.set_xlabel("statistic (1 - p for p-value tests); red = drifted")
+    ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+@asset(
+    group_name="monitoring",
+    partitions_def=daily_partitions,
+    kinds={"numpy", "scipy"},
+    automation_condition=AutomationCondition.eager(),
+    check_specs=[AssetCheckSpec(
+        DRIFT_CHECK, asset="drift_scores",
+        description="Warns when the share of drifted features reaches warn_share; fails "
+        "at fail_share or on prediction drift. A failure triggers retrain_on_drift.")],
+)
+def drift_scores(context: AssetExecutionContext, config: DriftScoringConfig,
+                 production_data: pd.DataFrame,
+                 reference_profile: ReferenceProfile) -> Iterator:
+    """Drift of one day's production data against the champion's reference profile:
+    a test per feature chosen by type and reference size, the share of drifted
+    features, and drift of the predictions themselves."""
+    drift_config = DriftConfig(share_threshold=config.fail_share, tests=config.tests,
+                               thresholds=config.thresholds)
+    report = score_drift(reference_profile, production_data, drift_config)
+    table = report.features
+    share = report.share_drifted if np.isfinite(report.share_drifted) else 0.0
+    enough = len(production_data) >= config.min_rows
+    prediction_drift = report.prediction_drifted and config.fail_on_prediction_drift
+    failing = enough and (share >= config.fail_share or prediction_drift)
+    warning = enough and not failing and share >= config.warn_share
+    summary = {"rows": len(production_data), "share_drifted": round(float(share), 4),
+               "drifted_features": report.drifted_features,
+               "prediction_drifted": report.prediction_drifted,
+               "dataset_drifted": report.dataset_drifted}
+    columns = ["feature", "test", "statistic", "p_value", "threshold", "drifted",
+               "missing_rate_ref", "missing_rate_cur", "status"]
+    shown = table[[c for c in columns if c in table.columns]]
+    yield Output(report.to_dict(), metadata={
+        **{k: MetadataValue.json(v) if isinstance(v, list) else v for k, v in summary.items()},
+        "per_feature": MetadataValue.md(shown.to_markdown(index=False, floatfmt=".4g")),
+        "predictions": MetadataValue.md(report.predictions[
+            [c for c in columns if c in report.predictions.columns]].to_markdown(
+                index=False, floatfmt=".4g")),
+        "drift_plot": MetadataValue.md(f"![drift](data:image/png;base64,"
+                                       f"{drift_picture(shown)})") if len(shown) else "none",
+    })
+    if not enough:
+        description = f"only {len(production_data)} rows (< {config.min_rows}): no verdict"
+    else:
+        drifted = ", ".join(report.drifted_features) or "none"
+        description = (f"{share:.0%} of features drifted ({drifted})"
+                       + ("; predictions drifted" if report.prediction_drifted else ""))
+    yield AssetCheckResult(
+        check_name=DRIFT_CHECK, passed=not (failing or warning),
+        severity=AssetCheckSeverity.ERROR if failing else AssetCheckSeverity.WARN,
+        description=description,
+        metadata={**{k: MetadataValue.json(v) if isinstance(v, list) else v
+                     for k, v in summary.items()},
+                  "partition": context.partition_key, "warn_share": config.warn_share,
+                  "fail_share": config.fail_share})
+
+
+@asset(group_name="monitoring", partitions_def=daily_partitions, kinds={"scikit-learn"})
+def live_performance(context: AssetExecutionContext, production_data: pd.DataFrame,
+                     production: ProductionDataResource) -> Output[dict]:
+    """Accuracy and friends for one day, on the predictions whose true labels have
+    arrived (labels files joined on request_id, or labelled landing rows scored by the
+    current champion)."""
+    labels = production.labels()
+    rows = production_data
+    scored = pd.DataFrame()
+    if len(rows) and "request_id" in rows:
+        scored = rows.merge(labels, on="request_id", how="inner", suffixes=("", "_true"))
+        if "label_true" in scored:
+            scored["label"] = scored["label_true"]
+    if not len(scored):
+        return Output({"labelled_rows": 0}, metadata={"labelled_rows": 0,
+                      "note": "no labels yet for this day's predictions"})
+    proba_columns = [c for c in scored.columns if c.startswith("proba_")]
+    classes = [c.removeprefix("proba_") for c in proba_columns]
+    y_true = scored["label"].astype(str).to_numpy()
+    y_pred = scored["prediction"].astype(str).to_numpy()
+    if proba_columns and set(np.unique(y_true)) <= set(classes):
+        metrics = classification_metrics(y_true, y_pred,
+                                         scored[proba_columns].to_numpy(float), classes)
+    else:
+        metrics = {"accuracy": float(np.mean(y_true == y_pred))}
+    metrics = {k: v for k, v in metrics.items() if np.isfinite(v)}
+    return Output({"labelled_rows": len(scored), **metrics}, metadata={
+        "labelled_rows": len(scored), **{k: MetadataValue.float(v) for k, v in metrics.items()},
+        "labelled_share": round(len(scored) / max(len(rows), 1), 4)})

@@ -1,0 +1,95 @@
+"""Where production traffic is read from: the API's prediction log, a landing
+directory of labelled daily drops, and a directory of late-arriving labels."""
+
+from datetime import date
+from pathlib import Path
+
+import pandas as pd
+from dagster import ConfigurableResource
+from pydantic import Field
+
+from ml_assets.core.datasets import DataSourceError, load_tabular_files
+
+
+class ProductionDataResource(ConfigurableResource):
+    """Reads one UTC day of production rows (features, outputs, labels where known)."""
+
+    prediction_log_path: str = Field(description="SQLite prediction log the API appends to.")
+    landing_dir: str = Field(description="Labelled daily drops: <dir>/<YYYY-MM-DD>/*.csv|"
+                             "*.parquet with the feature columns and the target.")
+    labels_dir: str = Field(description="Late labels: <dir>/*.csv with request_id,label.")
+
+    def prediction_days(self) -> list[date]:
+        if not Path(self.prediction_log_path).exists():
+            return []
+        return self._log().days()
+
+    def row_count(self, day: str) -> int:
+        """How many predictions `day` holds (cheap: no rows are decoded)."""
+        import sqlite3
+        from contextlib import closing
+
+        if not Path(self.prediction_log_path).exists():
+            return 0
+        with closing(sqlite3.connect(self.prediction_log_path, timeout=30.0)) as conn:
+            (count,) = conn.execute("SELECT COUNT(*) FROM predictions WHERE day = ?",
+                                    (day,)).fetchone()
+        return int(count)
+
+    def predictions(self, day: str) -> pd.DataFrame:
+        """The API's predictions of `day` (empty frame when there are none)."""
+        if not Path(self.prediction_log_path).exists():
+            return pd.DataFrame()
+        return self._log().read_day(day)
+
+    def _log(self):
+        from serving.prediction_log import SQLitePredictionLog
+
+        return _ReadOnlyLog(SQLitePredictionLog.__new__(SQLitePredictionLog),
+                            Path(self.prediction_log_path))
+
+    def landing_days(self) -> dict[str, float]:
+        """day -> newest file mtime, for every day directory in the landing area."""
+        root = Path(self.landing_dir)
+        if not root.is_dir():
+            return {}
+        days = {}
+        for folder in root.iterdir():
+            files = [f for f in folder.glob("*") if f.suffix.lower() in (".csv", ".parquet")]
+            if folder.is_dir() and files:
+                days[folder.name] = max(f.stat().st_mtime for f in files)
+        return days
+
+    def landing(self, day: str, target: str) -> pd.DataFrame:
+        folder = Path(self.landing_dir) / day
+        if not folder.is_dir():
+            return pd.DataFrame()
+        try:
+            return load_tabular_files(folder, target)
+        except DataSourceError as exc:
+            raise ValueError(f"landing files of {day}: {exc}") from exc
+
+    def labels(self) -> pd.DataFrame:
+        """Every late label (request_id, label); later files win on duplicates."""
+        root = Path(self.labels_dir)
+        files = sorted(root.glob("*.csv")) if root.is_dir() else []
+        frames = [pd.read_csv(f, dtype={"request_id": str, "label": str}) for f in files]
+        frames = [f for f in frames if {"request_id", "label"} <= set(f.columns)]
+        if not frames:
+            return pd.DataFrame(columns=["request_id", "label"])
+        labels = pd.concat(frames, ignore_index=True)[["request_id", "label"]]
+        return labels.drop_duplicates("request_id", keep="last")
+
+
+class _ReadOnlyLog:
+    """read_day/days of the SQLite prediction log without starting its writer thread."""
+
+    def __init__(self, log, path: Path):
+        log.path = path
+        self._log = log
+
+    def read_day(self, day: str) -> pd.DataFrame:
+        return type(self._log).read_day(self._log, day)
+
+    def days(self) -> list[date]:
+        return type(self._log).days(self._log)
