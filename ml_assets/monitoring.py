@@ -1,6 +1,7 @@
 """Monitoring: the champion's reference profile, daily production data, drift scores
 and live performance once labels arrive."""
 
+import dataclasses
 import io
 import tempfile
 from collections.abc import Iterator
@@ -44,15 +45,15 @@ daily_partitions = DailyPartitionsDefinition(
 
 
 def _profile_for(pipeline, split: Split) -> ReferenceProfile:
-    kinds = feature_kinds(split.X_train, "")
+    """Features profiled on the training split; model outputs on the held-out split
+    (predictions on training rows are over-confident, so they are a biased reference)."""
+    features = build_reference_profile(split.X_train, feature_kinds(split.X_train, ""))
     proba = pipeline.predict_proba(split.X_test)
     outputs, output_kinds = prediction_columns(
         pipeline.classes_[proba.argmax(axis=1)].astype(str), proba,
         [str(c) for c in pipeline.classes_])
-    reference = pd.concat([split.X_train.reset_index(drop=True),
-                           outputs.reindex(range(len(split.X_train)))], axis=1)
-    # Outputs come from the held-out split (unbiased); features from the training split.
-    return build_reference_profile(reference, kinds, output_kinds)
+    predictions = build_reference_profile(outputs, {}, output_kinds)
+    return dataclasses.replace(features, predictions=predictions.predictions)
 
 
 @asset(group_name="monitoring", kinds={"numpy", "mlflow"})

@@ -63,7 +63,9 @@ def wasserstein(ref_values: np.ndarray, ref_counts: np.ndarray,
     n_ref, m = int(ref_counts.sum()), cur_sorted.size
     bounds = np.cumsum(ref_counts, dtype=np.int64) * m
     ranks_per_value = np.diff(-(-bounds // n_ref), prepend=0)  # ceil(C_i m / N) steps
-    main = np.abs(np.repeat(ref_values, ranks_per_value) - cur_sorted).sum() * n_ref
+    paired = np.repeat(ref_values, ranks_per_value)
+    np.subtract(paired, cur_sorted, out=paired)  # in place: one m-sized buffer in all
+    main = np.abs(paired, out=paired).sum() * n_ref
     inner = bounds[:-1]
     rank = inner // n_ref
     crossing = inner % n_ref != 0

@@ -1,0 +1,208 @@
+"""Monitoring: sensors (build_sensor_context on a real instance), the monitoring assets
+on a real champion, freshness and schedules."""
+
+import dataclasses
+import datetime as dt
+import json
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from dagster import (
+    AssetCheckEvaluation,
+    AssetCheckSeverity,
+    AssetKey,
+    DagsterInstance,
+    MetadataValue,
+    build_sensor_context,
+)
+
+from ml_assets import automation
+from ml_assets.core.datasets import load_breast_cancer_frame
+from ml_assets.core.traffic import shift_rows
+from ml_assets.definitions import defs
+from ml_assets.monitoring import DRIFT_CHECK
+from ml_assets.resources import DataSourceResource, MlflowTracking
+from ml_assets.resources.production import ProductionDataResource
+from serving.prediction_log import PredictionRecord, SQLitePredictionLog
+
+
+@pytest.fixture
+def instance(tmp_path):
+    (tmp_path / "dagster").mkdir()
+    with DagsterInstance.local_temp(str(tmp_path / "dagster")) as inst:
+        yield inst
+
+
+def _drift_evaluation(instance, passed: bool, partition: str, severity="ERROR",
+                      features=("mean radius",)):
+    instance.report_runless_asset_event(AssetCheckEvaluation(
+        asset_key=AssetKey("drift_scores"), check_name=DRIFT_CHECK, passed=passed,
+        severity=AssetCheckSeverity[severity],
+        metadata={"partition": MetadataValue.text(partition),
+                  "drifted_features": MetadataValue.json(list(features))}))
+
+
+def _tick(instance, cursor=None):
+    return automation.retrain_on_drift(build_sensor_context(instance=instance, cursor=cursor))
+
+
+def test_retrain_on_drift_fires_once_per_episode_with_tags(instance, monkeypatch):
+    monkeypatch.setattr(automation, "SETTINGS", dataclasses.replace(
+        automation.SETTINGS, retrain_cooldown_seconds=0))
+    first = _tick(instance)
+    assert not first.run_requests and "no new drift evaluations" in first.skip_reason.skip_message
+    _drift_evaluation(instance, True, "2026-11-18")
+    _drift_evaluation(instance, False, "2026-11-19", features=("mean radius", "mean area"))
+    result = _tick(instance, first.cursor)
+    (request,) = result.run_requests
+    assert request.tags["ml/trigger"] == "drift"
+    assert request.tags["ml/drift_partition"] == "2026-11-19"
+    assert request.tags["ml/drifted_features"] == "mean radius,mean area"
+    # The same episode goes on: no second retrain.
+    _drift_evaluation(instance, False, "2026-11-20")
+    again = _tick(instance, result.cursor)
+    assert not again.run_requests and "same drift episode" in again.skip_reason.skip_message
+    # A warning is not a failure, and a passing day ends the episode...
+    _drift_evaluation(instance, False, "2026-11-21", severity="WARN")
+    _drift_evaluation(instance, True, "2026-11-22")
+    calm = _tick(instance, again.cursor)
+    assert not calm.run_requests
+    # ...so the next failure is a new episode and retrains again.
+    _drift_evaluation(instance, False, "2026-11-23")
+    new_episode = _tick(instance, calm.cursor)
+    assert [r.tags["ml/drift_partition"] for r in new_episode.run_requests] == ["2026-11-23"]
+    assert new_episode.run_requests[0].run_key != request.run_key
+
+
+def test_retrain_on_drift_respects_the_cooldown(instance, monkeypatch):
+    monkeypatch.setattr(automation, "SETTINGS", dataclasses.replace(
+        automation.SETTINGS, retrain_cooldown_seconds=3600))
+    _drift_evaluation(instance, False, "2026-11-19")
+    launched = _tick(instance)
+    assert len(launched.run_requests) == 1
+    _drift_evaluation(instance, True, "2026-11-20")
+    _drift_evaluation(instance, False, "2026-11-21")  # a new episode, but within the hour
+    cooled = _tick(instance, launched.cursor)
+    assert not cooled.run_requests and "cooldown" in cooled.skip_reason.skip_message
+    state = json.loads(cooled.cursor)
+    state["last_launch"] -= 7200  # as if two hours had passed
+    _drift_evaluation(instance, True, "2026-11-22")
+    _drift_evaluation(instance, False, "2026-11-23")
+    assert len(_tick(instance, json.dumps(state)).run_requests) == 1
+
+
+def _log_rows(path: Path, frame: pd.DataFrame, day: dt.datetime, version="1",
+              model=None) -> None:
+    """Append rows to the prediction log as the API would (real predictions if a model
+    is given)."""
+    if model is not None:
+        classes = [str(c) for c in model.classes_]
+        probabilities = model.predict_proba(frame)
+    else:
+        classes, probabilities = ["benign", "malignant"], [[0.9, 0.1]] * len(frame)
+    log = SQLitePredictionLog(path)
+    log.append_many([
+        PredictionRecord(day, uuid.uuid4().hex, 0, "m", version, list(frame.columns),
+                         row.tolist(), classes[int(max(range(len(p)), key=p.__getitem__))],
+                         dict(zip(classes, map(float, p))))
+        for row, p in zip(frame.to_numpy(), probabilities)])
+    log.close()
+
+
+def test_production_data_sensor_requests_new_days_once(instance, tmp_path):
+    production = ProductionDataResource(prediction_log_path=str(tmp_path / "log.db"),
+                                        landing_dir=str(tmp_path / "landing"),
+                                        labels_dir=str(tmp_path / "labels"))
+    with build_sensor_context(instance=instance, resources={"production": production}) as ctx:
+        assert not automation.production_data_sensor(ctx).run_requests
+    rows = load_breast_cancer_frame().drop(columns="diagnosis").head(5)
+    _log_rows(tmp_path / "log.db", rows, dt.datetime(2026, 11, 20, 10, tzinfo=dt.timezone.utc))
+    (tmp_path / "landing" / "2026-11-21").mkdir(parents=True)
+    load_breast_cancer_frame().head(5).to_csv(tmp_path / "landing" / "2026-11-21" / "a.csv",
+                                              index=False)
+    with build_sensor_context(instance=instance, resources={"production": production}) as ctx:
+        result = automation.production_data_sensor(ctx)
+    assert [r.partition_key for r in result.run_requests] == ["2026-11-20", "2026-11-21"]
+    with build_sensor_context(instance=instance, resources={"production": production},
+                              cursor=result.cursor) as ctx:
+        assert not automation.production_data_sensor(ctx).run_requests
+    _log_rows(tmp_path / "log.db", rows, dt.datetime(2026, 11, 20, 11, tzinfo=dt.timezone.utc))
+    with build_sensor_context(instance=instance, resources={"production": production},
+                              cursor=result.cursor) as ctx:
+        grown = automation.production_data_sensor(ctx)
+    assert [r.partition_key for r in grown.run_requests] == ["2026-11-20"]
+
+
+def test_freshness_and_schedules_are_defined():
+    graph = defs.resolve_asset_graph()
+    champion = graph.get(AssetKey("champion_model")).freshness_policy
+    assert champion.fail_window.to_timedelta() == dt.timedelta(days=7)
+    assert graph.get(AssetKey("drift_scores")).freshness_policy is not None
+    assert graph.get(AssetKey("drift_scores")).automation_condition is not None
+    repository = defs.get_repository_def()
+    schedules = {s.name: s for s in repository.schedule_defs}
+    assert schedules["daily_drift_scoring"].cron_schedule == "30 0 * * *"
+    assert schedules["weekly_retrain"].cron_schedule == "0 3 * * 1"
+    for definition in list(repository.sensor_defs) + list(repository.schedule_defs):
+        assert definition.default_status.value == "RUNNING", definition.name
+
+
+@pytest.mark.slow
+def test_monitoring_assets_on_a_real_champion(instance, tmp_path, mlflow_store, unique_name):
+    tracking = MlflowTracking(tracking_uri=mlflow_store["tracking_uri"],
+                              experiment_name=unique_name, registered_model_name=unique_name,
+                              artifact_location=(tmp_path / "art").as_uri())
+    production = ProductionDataResource(prediction_log_path=str(tmp_path / "log.db"),
+                                        landing_dir=str(tmp_path / "landing"),
+                                        labels_dir=str(tmp_path / "labels"))
+    resources = {"data_source": DataSourceResource(kind="breast_cancer"),
+                 "mlflow_tracking": tracking, "production": production}
+    train = defs.resolve_job_def("train_model")
+    trained = train.execute_in_process(
+        instance=instance, resources=resources,
+        run_config={"ops": {"trained_model": {"config": {"n_estimators": 30, "cv_folds": 2}}}})
+    assert trained.success
+    profile = trained.output_for_node("reference_profile")
+    assert len(profile.features) == 30 and profile.predictions
+    artifacts = tracking.client.list_artifacts(
+        trained.output_for_node("trained_model").mlflow_run_id, "reference_profile")
+    assert [a.path for a in artifacts] == ["reference_profile/profile.npz"]
+
+    frame = load_breast_cancer_frame()
+    features = frame.drop(columns="diagnosis")
+    calm_day = dt.datetime(2026, 11, 20, 9, tzinfo=dt.timezone.utc)
+    drift_day = dt.datetime(2026, 11, 21, 9, tzinfo=dt.timezone.utc)
+    champion = trained.output_for_node("trained_model").pipeline
+    _log_rows(tmp_path / "log.db", features.sample(200, random_state=1), calm_day,
+              model=champion)
+    _log_rows(tmp_path / "log.db", shift_rows(features.sample(200, random_state=2), features,
+                                              2.0), drift_day, model=champion)
+    (tmp_path / "labels").mkdir()
+    score = defs.resolve_job_def("score_drift")
+    outcomes = {}
+    for day in ("2026-11-20", "2026-11-21"):
+        result = score.execute_in_process(instance=instance, resources=resources,
+                                          partition_key=day)
+        (evaluation,) = result.get_asset_check_evaluations()
+        outcomes[day] = evaluation
+        drift = result.output_for_node("drift_scores")
+        assert drift["n_rows"] == 200
+    assert outcomes["2026-11-20"].passed, outcomes["2026-11-20"].description
+    failing = outcomes["2026-11-21"]
+    assert not failing.passed and failing.severity.value == "ERROR"
+    assert "mean radius" in failing.metadata["drifted_features"].value
+
+    # Labelled drops in the landing area are scored by the champion, and their labels
+    # give live performance for that day.
+    (tmp_path / "landing" / "2026-11-22").mkdir(parents=True)
+    frame.sample(120, random_state=3).to_csv(tmp_path / "landing" / "2026-11-22" / "d.csv",
+                                             index=False)
+    result = score.execute_in_process(instance=instance, resources=resources,
+                                      partition_key="2026-11-22", raise_on_error=False)
+    data = result.output_for_node("production_data")
+    assert len(data) == 120 and {"prediction", "label"} <= set(data.columns)
+    performance = result.output_for_node("live_performance")
+    assert performance["labelled_rows"] == 0  # labels come with request ids or landing rows
+
