@@ -167,7 +167,7 @@ def alert_on_run_failure(context: RunFailureSensorContext) -> None:
     ML_ALERT_WEBHOOK_URL when set. A refused promotion is recorded as such, not paged."""
     run = context.dagster_run
     message = context.failure_event.message or ""
-    refused = "challenger_beats_champion" in message
+    refused = _only_refused_promotion(context)
     alert = {"run_id": run.run_id, "job": run.job_name, "tags": dict(run.tags),
              "message": message[:2000], "kind": "promotion_refused" if refused else "failure",
              "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -183,6 +183,22 @@ def alert_on_run_failure(context: RunFailureSensorContext) -> None:
             urllib.request.urlopen(request, timeout=10).close()
         except OSError as exc:
             context.log.warning("alert webhook %s failed: %s", SETTINGS.alert_webhook_url, exc)
+
+
+def _only_refused_promotion(context: RunFailureSensorContext) -> bool:
+    """True when the run failed only because the challenger did not beat the champion
+    (a normal outcome of retraining, recorded but not paged)."""
+    from dagster import DagsterEventType
+
+    failed_checks = {
+        entry.dagster_event.event_specific_data.check_name
+        for entry in context.instance.all_logs(
+            context.dagster_run.run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION)
+        if not entry.dagster_event.event_specific_data.passed}
+    failed_steps = {entry.step_key for entry in context.instance.all_logs(
+        context.dagster_run.run_id, of_type=DagsterEventType.STEP_FAILURE)}
+    return failed_checks == {"challenger_beats_champion"} and failed_steps <= {
+        "champion_comparison"}
 
 
 def freshness_policies() -> dict[str, FreshnessPolicy]:

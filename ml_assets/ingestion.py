@@ -1,11 +1,21 @@
 """Ingestion: the raw frame, exactly as the data source gives it."""
 
 import pandas as pd
-from dagster import AssetExecutionContext, Failure, MetadataValue, Output, RetryPolicy, asset
+from dagster import (
+    AssetExecutionContext,
+    Config,
+    Failure,
+    MetadataValue,
+    Output,
+    RetryPolicy,
+    asset,
+)
+from pydantic import Field
 
 from ml_assets.core.datasets import DataSourceError
 from ml_assets.core.provenance import frame_fingerprint
 from ml_assets.resources import DataSourceResource
+from ml_assets.resources.production import ProductionDataResource, labelled_production_rows
 from ml_assets.settings import PlatformSettings
 
 _settings = PlatformSettings.from_env()
@@ -16,9 +26,19 @@ INGESTION_RETRY_POLICY = RetryPolicy(
     max_retries=_settings.ingest_retries, delay=_settings.ingest_retry_delay_seconds)
 
 
+class IngestionConfig(Config):
+    include_production_labels: bool = Field(
+        default=_settings.train_on_production_labels,
+        description="Append production rows whose true labels have arrived (late labels "
+        "joined on request_id, labelled landing drops), so a retrain after drift learns "
+        "from the new data. Default from ML_TRAIN_ON_PRODUCTION_LABELS (true).")
+
+
 @asset(group_name="training", retry_policy=INGESTION_RETRY_POLICY, kinds={"pandas"})
-def raw_data(context: AssetExecutionContext, data_source: DataSourceResource) -> Output:
-    """Raw rows from the configured data source, unvalidated.
+def raw_data(context: AssetExecutionContext, config: IngestionConfig,
+             data_source: DataSourceResource, production: ProductionDataResource) -> Output:
+    """Raw rows from the configured data source, plus labelled production rows,
+    unvalidated.
 
     Default: scikit-learn's breast cancer data (ships with the package). Retries
     on transient errors (ML_INGEST_RETRIES, ML_INGEST_RETRY_DELAY_SECONDS).
@@ -32,10 +52,22 @@ def raw_data(context: AssetExecutionContext, data_source: DataSourceResource) ->
     if target not in frame.columns:
         raise Failure(description=f"target column {target!r} missing; columns are "
                       f"{list(frame.columns)}", allow_retries=False)
-    context.log.info("loaded %d rows x %d columns from %s", len(frame), frame.shape[1],
-                     data_source.kind)
+    base_rows, production_rows = len(frame), 0
+    if config.include_production_labels:
+        try:
+            labelled = labelled_production_rows(production, list(frame.columns), target)
+        except (ValueError, OSError) as exc:
+            raise Failure(description=f"labelled production data: {exc}",
+                          allow_retries=False) from None
+        if len(labelled):
+            frame = pd.concat([frame, labelled], ignore_index=True)
+            production_rows = len(labelled)
+    context.log.info("loaded %d rows x %d columns from %s (+%d labelled production rows)",
+                     base_rows, frame.shape[1], data_source.kind, production_rows)
     return Output(frame, metadata={
         "source": data_source.kind,
+        "source_rows": base_rows,
+        "production_rows": production_rows,
         "dagster/row_count": len(frame),
         "columns": len(frame.columns),
         "target": target,

@@ -35,6 +35,7 @@ class PlatformSettings:
     retrain_window_days: float
     retrain_cooldown_seconds: float
     alert_webhook_url: str
+    train_on_production_labels: bool
 
     @classmethod
     def from_env(cls) -> PlatformSettings:
@@ -60,4 +61,6 @@ class PlatformSettings:
             retrain_window_days=float(_env("ML_RETRAIN_WINDOW_DAYS", "7")),
             retrain_cooldown_seconds=float(_env("ML_RETRAIN_COOLDOWN_SECONDS", "21600")),
             alert_webhook_url=_env("ML_ALERT_WEBHOOK_URL", ""),
+            train_on_production_labels=_env("ML_TRAIN_ON_PRODUCTION_LABELS", "true").lower()
+            in ("1", "true", "yes"),
         )

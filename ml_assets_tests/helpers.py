@@ -6,6 +6,7 @@ from dagster import AssetKey, DagsterInstance, materialize
 
 from ml_assets.definitions import defs
 from ml_assets.resources import DataSourceResource
+from ml_assets.resources.production import ProductionDataResource
 
 ALL_ASSETS = [defs.get_assets_def(key) for key in
               ["raw_data", "validated_data", "data_split", "feature_preprocessor",
@@ -26,6 +27,12 @@ def run_config(training: dict | None = None, gate: dict | None = None,
     return {"ops": ops}
 
 
+def empty_production(root) -> ProductionDataResource:
+    """A production-data resource over empty directories (no traffic yet)."""
+    return ProductionDataResource(prediction_log_path=f"{root}/none.db",
+                                  landing_dir=f"{root}/landing", labels_dir=f"{root}/labels")
+
+
 def run_graph(data_source: DataSourceResource, mlflow_tracking, instance: DagsterInstance,
               selection=None, **config):
     config = run_config(**config)
@@ -33,7 +40,8 @@ def run_graph(data_source: DataSourceResource, mlflow_tracking, instance: Dagste
         config["ops"] = {k: v for k, v in config["ops"].items() if k in selection}
     return materialize(
         ALL_ASSETS, selection=selection, instance=instance, raise_on_error=False,
-        resources={"data_source": data_source, "mlflow_tracking": mlflow_tracking},
+        resources={"data_source": data_source, "mlflow_tracking": mlflow_tracking,
+                   "production": empty_production(instance.root_directory)},
         run_config=config)
 
 

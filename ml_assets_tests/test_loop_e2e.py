@@ -124,3 +124,7 @@ def test_drifted_traffic_retrains_a_new_version(tmp_path, mlflow_store, unique_n
         assert version.tags["promotion.decision"] in ("promoted", "refused")
         run = instance.get_run_by_id(retrained.run_id)
         assert run.tags["ml/trigger"] == "drift"
+        # The retrain learned from the labelled production traffic.
+        raw = next(e for e in retrained.get_asset_materialization_events()
+                   if e.asset_key == AssetKey("raw_data")).materialization.metadata
+        assert raw["production_rows"].value == 240 and raw["source_rows"].value == 569

@@ -206,3 +206,62 @@ def test_monitoring_assets_on_a_real_champion(instance, tmp_path, mlflow_store, 
     performance = result.output_for_node("live_performance")
     assert performance["labelled_rows"] == 0  # labels come with request ids or landing rows
 
+
+
+@pytest.mark.slow
+def test_run_failure_alerts_page_failures_but_not_refusals(instance, tmp_path, mlflow_store,
+                                                           unique_name, monkeypatch):
+    import http.server
+    import threading
+
+    from dagster import DagsterEventType, DagsterRunStatus, build_run_status_sensor_context
+
+    received = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's naming
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(automation, "SETTINGS", dataclasses.replace(
+        automation.SETTINGS, home=tmp_path / "home",
+        alert_webhook_url=f"http://127.0.0.1:{server.server_port}/hook"))
+    tracking = MlflowTracking(tracking_uri=mlflow_store["tracking_uri"],
+                              experiment_name=unique_name, registered_model_name=unique_name)
+    production = ProductionDataResource(prediction_log_path=str(tmp_path / "none.db"),
+                                        landing_dir=str(tmp_path / "l"),
+                                        labels_dir=str(tmp_path / "b"))
+    train = defs.resolve_job_def("train_model")
+    config = {"ops": {"trained_model": {"config": {"n_estimators": 10, "cv_folds": 2}}}}
+    good = {"data_source": DataSourceResource(kind="breast_cancer"),
+            "mlflow_tracking": tracking, "production": production}
+    assert train.execute_in_process(instance=instance, resources=good, run_config=config).success
+    refused = train.execute_in_process(instance=instance, resources=good, run_config=config,
+                                       raise_on_error=False)  # same metrics: refused
+    broken = train.execute_in_process(
+        instance=instance, raise_on_error=False, run_config=config,
+        resources={**good, "data_source": DataSourceResource(kind="files",
+                                                             path=str(tmp_path / "x.csv"),
+                                                             target="y")})
+    assert not refused.success and not broken.success
+    try:
+        for result in (refused, broken):
+            run = instance.get_run_by_id(result.run_id)
+            assert run.status == DagsterRunStatus.FAILURE
+            (failure,) = [e.dagster_event for e in instance.all_logs(
+                run.run_id, of_type=DagsterEventType.RUN_FAILURE)]
+            automation.alert_on_run_failure(build_run_status_sensor_context(
+                sensor_name="alert_on_run_failure", dagster_event=failure,
+                dagster_instance=instance, dagster_run=run).for_run_failure())
+    finally:
+        server.shutdown()
+    alerts = [json.loads(line) for line in
+              (tmp_path / "home" / "alerts.jsonl").read_text().splitlines()]
+    assert [a["kind"] for a in alerts] == ["promotion_refused", "failure"]
+    assert [a["run_id"] for a in received] == [broken.run_id]

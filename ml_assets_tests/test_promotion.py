@@ -9,7 +9,7 @@ from ml_assets.core import registry
 from ml_assets.core.promotion import decide_promotion
 from ml_assets.registry import PROMOTION_CHECK
 from ml_assets.resources import DataSourceResource, MlflowTracking
-from ml_assets_tests.helpers import ALL_ASSETS, check_evaluation, materialized
+from ml_assets_tests.helpers import ALL_ASSETS, check_evaluation, empty_production, materialized
 
 M = {"accuracy": 0.9, "f1_weighted": 0.9, "roc_auc": 0.95}
 
@@ -67,7 +67,8 @@ def _run(instance, tracking, training, margin=0.005):
     return materialize(
         ALL_ASSETS + _registry_assets(), instance=instance, raise_on_error=False,
         resources={"data_source": DataSourceResource(kind="breast_cancer"),
-                   "mlflow_tracking": tracking},
+                   "mlflow_tracking": tracking,
+                   "production": empty_production(instance.root_directory)},
         run_config={"ops": {"trained_model": {"config": {"cv_folds": 2, **training}},
                             "champion_comparison": {"config": {"margin": margin}}}})
 

@@ -81,6 +81,30 @@ class ProductionDataResource(ConfigurableResource):
         return labels.drop_duplicates("request_id", keep="last")
 
 
+def labelled_production_rows(production: "ProductionDataResource", columns: list[str],
+                             target: str) -> pd.DataFrame:
+    """Every production row whose true label is known, as training rows (`columns`,
+    target last): logged predictions joined with late labels on request_id, plus
+    the labelled landing drops."""
+    frames = []
+    labels = production.labels()
+    features = [c for c in columns if c != target]
+    if len(labels):
+        for day in production.prediction_days():
+            logged = production.predictions(day.isoformat())
+            joined = logged.merge(labels, on="request_id", how="inner")
+            if len(joined):
+                frames.append(joined.reindex(columns=features).assign(
+                    **{target: joined["label"].to_numpy()}))
+    for day in sorted(production.landing_days()):
+        landed = production.landing(day, target)
+        if len(landed):
+            frames.append(landed.reindex(columns=columns))
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    return pd.concat(frames, ignore_index=True)[columns]
+
+
 class _ReadOnlyLog:
     """read_day/days of the SQLite prediction log without starting its writer thread."""
 
