@@ -106,8 +106,8 @@ def _log_rows(path: Path, frame: pd.DataFrame, day: dt.datetime, version="1",
     log.append_many([
         PredictionRecord(day, uuid.uuid4().hex, 0, "m", version, list(frame.columns),
                          row.tolist(), classes[int(max(range(len(p)), key=p.__getitem__))],
-                         dict(zip(classes, map(float, p))))
-        for row, p in zip(frame.to_numpy(), probabilities)])
+                         dict(zip(classes, map(float, p), strict=False)))
+        for row, p in zip(frame.to_numpy(), probabilities, strict=False)])
     log.close()
 
 
