@@ -103,6 +103,11 @@ def up(host: str, port: int, api_port: int, no_api: bool = False) -> int:
     command = [dagster, "dev", "-h", host, "-p", str(port)]
     command += ["-w", str(workspace)] if workspace.exists() else ["-m", "ml_assets.definitions"]
     processes: list[subprocess.Popen] = []
+
+    def stop(signum, frame):  # SIGTERM stops the children too, like Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
     if not no_api:
         api = [sys.executable, "-m", "serving", "--host", host, "--port", str(api_port)]
         processes.append(subprocess.Popen(api))
