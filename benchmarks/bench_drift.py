@@ -1,0 +1,339 @@
+"""Drift scoring speed and agreement: this library vs a per-column scipy loop vs Evidently.
+
+    /tmp/venv/bin/python benchmarks/bench_drift.py                 # 100,000 and 1,000,000 x 20
+    /tmp/venv/bin/python benchmarks/bench_drift.py --rows 100000 --repeats 3   # quicker
+
+Reference and current frames are float64, N rows x 20 numeric features of four shapes
+(normal, lognormal, uniform, gamma); the current frame has 6 of the 20 features shifted
+by +0.5 reference std, so those (and only those) should drift. Variants, each timed in
+its own fresh subprocess (peak RSS = that process's ru_maxrss, data included):
+
+  profile build   build_reference_profile + to_bytes on the reference (training time)
+  library         from_bytes + score_drift on the current frame; default tests (normed
+                  Wasserstein over 1,000 rows), the reference is never loaded
+  library KS      the same with numeric_test='ks' against an exact profile (all distinct
+                  values stored): the same statistic and p-values as the scipy loop
+  scipy loop      scipy.stats.ks_2samp per column, drift when p < 0.05
+  evidently       Report([DataDriftPreset()]) in its own venv (--evidently-python), run in
+                  a subprocess with that venv's python; skipped with a note if absent
+
+Variants alternate within each repeat; the table shows medians. Evidently is never a
+dependency of this project: create its venv with
+    python3 -m venv /tmp/evidently-venv && /tmp/evidently-venv/bin/pip install evidently pandas
+(evidently 0.7.23 fails to import with pandas 3: use "pandas==2.3.3" instead of "pandas").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_EVIDENTLY_PYTHON = "/tmp/evidently-venv/bin/python"
+N_FEATURES = 20
+SHIFTED = range(6)  # features shifted by +0.5 reference std
+SEED = 20261125
+
+
+# -- data ---------------------------------------------------------------------------
+
+def make_data(rows: int, directory: Path) -> None:
+    """reference.npy / current.npy, shape (features, rows): each feature contiguous."""
+    import numpy as np
+
+    rng = np.random.default_rng(SEED + rows)
+
+    def draw(i: int, n: int) -> np.ndarray:
+        shape = i % 4
+        if shape == 0:
+            return rng.normal(i, 1 + i / 10, size=n)
+        if shape == 1:
+            return rng.lognormal(0, 0.5, size=n)
+        if shape == 2:
+            return rng.uniform(-1, 3, size=n)
+        return rng.gamma(2.0, 1.5, size=n)
+
+    reference = np.empty((N_FEATURES, rows))
+    current = np.empty((N_FEATURES, rows))
+    for i in range(N_FEATURES):
+        reference[i] = draw(i, rows)
+        current[i] = draw(i, rows)
+        if i in SHIFTED:
+            current[i] += 0.5 * reference[i].std()
+    np.save(directory / "reference.npy", reference)
+    np.save(directory / "current.npy", current)
+
+
+def load_frame(path: Path):
+    """A DataFrame over the saved (features, rows) array, without copying it."""
+    import numpy as np
+    import pandas as pd
+
+    array = np.load(path)
+    return pd.DataFrame(array.T, columns=[f"f{i}" for i in range(array.shape[0])],
+                        copy=False)
+
+
+def peak_rss_gib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024
+
+
+# -- children: each runs one variant and prints one JSON line -----------------------------
+
+def child_build(data: Path, exact: bool) -> dict:
+    sys.path.insert(0, str(ROOT))
+    from ml_assets.core.drift import build_reference_profile
+
+    reference = load_frame(data / "reference.npy")
+    loaded = peak_rss_gib()
+    kinds = {name: "numeric" for name in reference.columns}
+    start = time.perf_counter()
+    profile = build_reference_profile(
+        reference, kinds, sketch_size=len(reference) if exact else 10_000)
+    blob = profile.to_bytes()
+    seconds = time.perf_counter() - start
+    (data / ("profile_exact.bin" if exact else "profile.bin")).write_bytes(blob)
+    return {"seconds": seconds, "loaded_gib": loaded, "profile_mib": len(blob) / 2**20}
+
+
+def child_library(data: Path, ks: bool) -> dict:
+    sys.path.insert(0, str(ROOT))
+    from ml_assets.core.drift import DriftConfig, ReferenceProfile, score_drift
+
+    current = load_frame(data / "current.npy")
+    blob = (data / ("profile_exact.bin" if ks else "profile.bin")).read_bytes()
+    loaded = peak_rss_gib()
+    config = DriftConfig(numeric_test="ks") if ks else DriftConfig()
+    start = time.perf_counter()
+    report = score_drift(ReferenceProfile.from_bytes(blob), current, config)
+    seconds = time.perf_counter() - start
+    table = report.features
+    column = "p_value" if ks else "statistic"
+    return {"seconds": seconds, "loaded_gib": loaded,
+            "drifted": dict(zip(table["feature"], table["drifted"].astype(bool).tolist(),
+                                strict=True)),
+            "scores": dict(zip(table["feature"], table[column].astype(float).tolist(),
+                               strict=True)),
+            "tests": sorted(set(table["test"]))}
+
+
+def child_scipy(data: Path) -> dict:
+    from scipy import stats
+
+    reference = load_frame(data / "reference.npy")
+    current = load_frame(data / "current.npy")
+    loaded = peak_rss_gib()
+    start = time.perf_counter()
+    pvalues = {name: float(stats.ks_2samp(reference[name].to_numpy(),
+                                          current[name].to_numpy()).pvalue)
+               for name in reference.columns}
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "loaded_gib": loaded,
+            "drifted": {name: p < 0.05 for name, p in pvalues.items()}, "scores": pvalues,
+            "tests": ["ks_2samp"]}
+
+
+def child_evidently(data: Path) -> dict:
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.presets import DataDriftPreset
+
+    reference = load_frame(data / "reference.npy")
+    current = load_frame(data / "current.npy")
+    loaded = peak_rss_gib()
+    start = time.perf_counter()
+    definition = DataDefinition(numerical_columns=list(reference.columns))
+    # include_tests=True adds the per-column pass/fail (drift) flags to the snapshot.
+    snapshot = Report([DataDriftPreset()], include_tests=True).run(
+        current_data=Dataset.from_pandas(current, data_definition=definition),
+        reference_data=Dataset.from_pandas(reference, data_definition=definition))
+    seconds = time.perf_counter() - start
+    result = snapshot.dict()
+    scores, methods, drifted = {}, set(), {}
+    for metric in result["metrics"]:
+        params = metric["config"]
+        if params.get("type", "").endswith("ValueDrift"):
+            scores[params["column"]] = float(metric["value"])
+            methods.add(params["method"])
+    for test in result["tests"]:
+        params = test["metric_config"]["params"]
+        if params.get("type", "").endswith("ValueDrift"):
+            drifted[params["column"]] = test["status"] == "FAIL"
+    return {"seconds": seconds, "loaded_gib": loaded, "drifted": drifted, "scores": scores,
+            "tests": sorted(methods)}
+
+
+CHILDREN = {
+    "build": lambda data: child_build(data, exact=False),
+    "build_exact": lambda data: child_build(data, exact=True),
+    "library": lambda data: child_library(data, ks=False),
+    "library_ks": lambda data: child_library(data, ks=True),
+    "scipy": child_scipy,
+    "evidently": child_evidently,
+}
+LABELS = {
+    "build": "profile build (training time)", "build_exact": "exact profile build",
+    "library": "library: score vs profile", "library_ks": "library: KS vs exact profile",
+    "scipy": "scipy ks_2samp loop", "evidently": "Evidently DataDriftPreset",
+}
+
+
+def run_child(variant: str, data: Path, python: str) -> dict:
+    env = {**os.environ, "DO_NOT_TRACK": "1", "EVIDENTLY_DISABLE_TELEMETRY": "1"}
+    done = subprocess.run([python, __file__, "--child", variant, str(data)], env=env,
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{variant} failed:\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"    {variant:<12} {result['seconds']:8.3f} s  peak {result['peak_gib']:.2f} GiB",
+          flush=True)
+    return result
+
+
+# -- the run ----------------------------------------------------------------------------
+
+def scenario(rows: int, repeats: int, evidently_repeats: int,
+             evidently_python: str | None) -> dict:
+    print(f"\n== {rows:,} rows x {N_FEATURES} numeric features", flush=True)
+    with tempfile.TemporaryDirectory(prefix="bench_drift_") as tmp:
+        data = Path(tmp)
+        make_data(rows, data)
+        runs: dict[str, list[dict]] = {name: [] for name in CHILDREN}
+        for repeat in range(repeats):
+            print(f"  repeat {repeat + 1}/{repeats}", flush=True)
+            for variant in ("build", "build_exact", "library", "library_ks", "scipy"):
+                runs[variant].append(run_child(variant, data, sys.executable))
+            if evidently_python and repeat < evidently_repeats:
+                runs["evidently"].append(run_child("evidently", data, evidently_python))
+    return {"rows": rows, "runs": {k: v for k, v in runs.items() if v}}
+
+
+def summarize(result: dict) -> dict:
+    runs = result["runs"]
+    summary = {name: {"median_s": statistics.median(r["seconds"] for r in rs),
+                      "min_s": min(r["seconds"] for r in rs),
+                      "peak_gib": max(r["peak_gib"] for r in rs),
+                      "loaded_gib": max(r["loaded_gib"] for r in rs), "n": len(rs)}
+               for name, rs in runs.items()}
+    summary["profile_mib"] = runs["build"][0]["profile_mib"]
+    summary["exact_profile_mib"] = runs["build_exact"][0]["profile_mib"]
+    summary["agreement"] = agreement(runs)
+    return summary
+
+
+def agreement(runs: dict) -> dict:
+    """Per-feature verdict agreement (first repeat of each; all are deterministic)."""
+    expected = {f"f{i}": i in SHIFTED for i in range(N_FEATURES)}
+    verdicts = {name: rs[0]["drifted"] for name, rs in runs.items() if "drifted" in rs[0]}
+    out: dict = {"truth": {name: sum(v[f] == expected[f] for f in expected)
+                           for name, v in verdicts.items()}}
+    pairs = [("library", "evidently"), ("library", "scipy"), ("library_ks", "scipy")]
+    for left, right in pairs:
+        if left in verdicts and right in verdicts:
+            differ = [f for f in expected if verdicts[left][f] != verdicts[right][f]]
+            out[f"{left}~{right}"] = {"agree": len(expected) - len(differ), "differ": differ}
+    if "evidently" in runs:
+        ours, theirs = runs["library"][0]["scores"], runs["evidently"][0]["scores"]
+        out["max_abs_diff_wasserstein_vs_evidently"] = max(abs(ours[f] - theirs[f])
+                                                           for f in expected)
+    ks, sp = runs["library_ks"][0]["scores"], runs["scipy"][0]["scores"]
+    out["max_abs_diff_pvalue_vs_scipy"] = max(abs(ks[f] - sp[f]) for f in expected)
+    out["scipy_pvalues_unshifted"] = {f: sp[f] for f in expected if not expected[f]}
+    return out
+
+
+def table(summaries: dict[int, dict]) -> str:
+    lines = ["| rows | variant | median s | min s | runs | peak RSS GiB | data loaded GiB "
+             "| Evidently / this | scipy loop / this |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for rows, summary in summaries.items():
+        evidently = summary.get("evidently", {}).get("median_s")
+        scipy_s = summary["scipy"]["median_s"]
+        for name in ("build", "build_exact", "library", "library_ks", "scipy", "evidently"):
+            if name not in summary:
+                continue
+            s = summary[name]
+            scoring = not name.startswith("build")  # a build is a one-off at training time
+            vs_ev = _ratio(evidently, s["median_s"]) if scoring and evidently else "n/a"
+            vs_sp = _ratio(scipy_s, s["median_s"]) if scoring else "n/a"
+            lines.append(f"| {rows:,} | {LABELS[name]} | {s['median_s']:.3f} | {s['min_s']:.3f} "
+                         f"| {s['n']} | {s['peak_gib']:.2f} | {s['loaded_gib']:.2f} "
+                         f"| {vs_ev} | {vs_sp} |")
+    return "\n".join(lines)
+
+
+def _ratio(slow: float, fast: float) -> str:
+    ratio = slow / fast
+    return f"{ratio:.1f}x" if ratio >= 1 else f"{ratio:.3f}x"
+
+
+def environment() -> dict:
+    import numpy as np
+    import pandas as pd
+    import scipy
+
+    return {"python": platform.python_version(), "numpy": np.__version__,
+            "pandas": pd.__version__, "scipy": scipy.__version__, "cpus": os.cpu_count(),
+            "machine": platform.processor() or platform.machine(),
+            "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="repeats of the library / scipy variants per size")
+    parser.add_argument("--evidently-repeats", type=int, nargs="+", default=[3, 2],
+                        help="Evidently repeats per size (last value reused)")
+    parser.add_argument("--evidently-python", default=DEFAULT_EVIDENTLY_PYTHON,
+                        help="python of the venv that has evidently installed")
+    parser.add_argument("--no-evidently", action="store_true")
+    parser.add_argument("--json-out", type=Path, help="also write all raw results here")
+    args = parser.parse_args()
+
+    if args.child:
+        variant, data = args.child
+        result = CHILDREN[variant](Path(data))
+        result["peak_gib"] = peak_rss_gib()
+        print(json.dumps(result))
+        return
+
+    env = environment()
+    print(json.dumps(env))
+    if env["OPENBLAS_CORETYPE"]:
+        print(f"note: OPENBLAS_CORETYPE={env['OPENBLAS_CORETYPE']} is set (it can slow numpy)")
+    evidently_python = None if args.no_evidently else args.evidently_python
+    if evidently_python and not Path(evidently_python).exists():
+        print(f"note: {evidently_python} not found: Evidently skipped. Create it with\n"
+              "  python3 -m venv /tmp/evidently-venv && "
+              "/tmp/evidently-venv/bin/pip install evidently 'pandas<3'")
+        evidently_python = None
+
+    results, summaries = [], {}
+    for position, rows in enumerate(args.rows):
+        ev_repeats = args.evidently_repeats[min(position, len(args.evidently_repeats) - 1)]
+        result = scenario(rows, args.repeats, ev_repeats, evidently_python)
+        results.append(result)
+        summaries[rows] = summarize(result)
+        print(json.dumps({k: v for k, v in summaries[rows].items()
+                          if k in ("profile_mib", "exact_profile_mib", "agreement")},
+                         indent=1), flush=True)
+    print("\n" + table(summaries))
+    if args.json_out:
+        args.json_out.write_text(json.dumps({"environment": env, "results": results,
+                                             "summaries": summaries}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
