@@ -2,7 +2,6 @@
 
 from dagster import (
     Definitions,
-    in_process_executor,
     load_asset_checks_from_modules,
     load_assets_from_modules,
 )
@@ -17,6 +16,7 @@ from ml_assets import (
     training,
     validation,
 )
+from ml_assets.execution import build_executor
 from ml_assets.resources.factory import build_resources
 
 STAGES = [ingestion, validation, features, training, evaluation, registry, monitoring]
@@ -28,7 +28,5 @@ defs = Definitions(
     schedules=automation.schedules,
     sensors=automation.sensors,
     resources=build_resources(),
-    # Steps are sequential and each ML step uses every core itself; in-process
-    # avoids a Python start-up per step. Celery is the production scale-out.
-    executor=in_process_executor,
+    executor=build_executor(),  # ML_EXECUTOR: in_process (default), multiprocess, celery
 )

@@ -46,7 +46,7 @@ class ServingSettings:
     tracking_uri: str = field(
         default_factory=lambda: PlatformSettings.from_env().mlflow_tracking_uri)
     prediction_log_path: Path = field(
-        default_factory=lambda: PlatformSettings.from_env().home / "prediction_log.db")
+        default_factory=lambda: PlatformSettings.from_env().prediction_log_path)
     # Largest batch /predict/batch and /invocations accept, in rows.
     max_batch: int = 1000
     # Largest request body in bytes (413 above it).
@@ -72,8 +72,7 @@ class ServingSettings:
             model_name=platform.registered_model_name,
             model_alias=_env("ML_MODEL_ALIAS", "champion"),
             tracking_uri=platform.mlflow_tracking_uri,
-            prediction_log_path=Path(_env("ML_PREDICTION_LOG_PATH",
-                                          str(platform.home / "prediction_log.db"))),
+            prediction_log_path=platform.prediction_log_path,
             max_batch=_number("ML_API_MAX_BATCH", 1000, int, 1),
             max_body_bytes=_number("ML_API_MAX_BODY_BYTES", 4 * 1024 * 1024, int, 1024),
             poll_seconds=_number("ML_API_POLL_SECONDS", 30.0, float, 0.0),

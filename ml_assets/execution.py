@@ -1,0 +1,33 @@
+"""Which executor runs the steps, chosen by ML_EXECUTOR (never by editing code).
+
+- in_process (default): the graph is a chain and every ML step already uses all
+  cores, so a Python start-up per step would only add time;
+- multiprocess: one process per step, ML_MAX_CONCURRENT at once;
+- celery: steps go to Celery workers (dagster-celery) over Redis or RabbitMQ
+  (ML_CELERY_BROKER, ML_CELERY_BACKEND), so training and drift scoring run on
+  other processes or machines. Needs a persistent instance (DAGSTER_HOME).
+"""
+
+import os
+
+from dagster import ExecutorDefinition, in_process_executor, multiprocess_executor
+
+EXECUTORS = ("in_process", "multiprocess", "celery")
+
+
+def build_executor(kind: str | None = None) -> ExecutorDefinition:
+    kind = (kind or os.environ.get("ML_EXECUTOR") or "in_process").strip().lower()
+    if kind == "in_process":
+        return in_process_executor
+    if kind == "multiprocess":
+        return multiprocess_executor.configured(
+            {"max_concurrent": int(os.environ.get("ML_MAX_CONCURRENT", "2"))})
+    if kind == "celery":
+        from dagster_celery import celery_executor
+
+        return celery_executor.configured({
+            "broker": os.environ.get("ML_CELERY_BROKER", "redis://127.0.0.1:6379/0"),
+            "backend": os.environ.get("ML_CELERY_BACKEND", "redis://127.0.0.1:6379/1"),
+            "include": ["ml_assets.definitions"],
+        })
+    raise ValueError(f"ML_EXECUTOR={kind!r} is not one of {', '.join(EXECUTORS)}")

@@ -1,0 +1,1 @@
+"""The FastAPI prediction service of the ML platform (`python -m serving`)."""

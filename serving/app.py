@@ -1,0 +1,150 @@
+"""The app factory: `create_app(settings)` wires settings, model store, micro-batcher,
+prediction log, metrics, auth and routes; the lifespan loads the champion at start-up,
+polls for a new one, and flushes the prediction log at shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+from importlib.metadata import PackageNotFoundError, version
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.openapi.utils import get_openapi
+
+from serving.auth import api_key_dependency
+from serving.batcher import MicroBatcher
+from serving.metrics import ServiceMetrics
+from serving.middleware import BodySizeLimit, BodyTooLarge, RequestContext
+from serving.model_store import ModelStore
+from serving.prediction_log import PredictionLog, SQLitePredictionLog
+from serving.request_models import BATCH_MODEL, RECORD_MODEL
+from serving.responses import ErrorResponse, OrjsonResponse
+from serving.routes import open_routes, protected_routes
+from serving.service import Service
+from serving.settings import ServingSettings
+
+logger = logging.getLogger(__name__)
+try:
+    __version__ = version("ml-assets")
+except PackageNotFoundError:  # running from a source tree
+    __version__ = "0.0.0"
+
+STARTUP_LOAD_SECONDS = 60
+
+DESCRIPTION = """Predictions from the champion model of the ML platform's MLflow registry.
+
+The request schema of `/predict` and `/predict/batch` is generated from the served
+model's feature schema and changes when a new champion is swapped in.
+"""
+
+
+async def _poll(service: Service) -> None:
+    """Look for a new champion every poll_seconds (loads run in a thread)."""
+    while True:
+        await asyncio.sleep(service.settings.poll_seconds)
+        try:
+            await asyncio.to_thread(service.store.refresh)
+        except Exception:  # noqa: BLE001 - polling must survive anything
+            logger.exception("polling the registry failed")
+
+
+def create_app(settings: ServingSettings | None = None, *,
+               prediction_log: PredictionLog | None = None) -> FastAPI:
+    """The prediction service. `prediction_log` replaces the SQLite log (the app closes
+    it at shutdown)."""
+    settings = settings or ServingSettings.from_env()
+    metrics = ServiceMetrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        service: Service = app.state.service
+        service.log = prediction_log or SQLitePredictionLog(
+            settings.prediction_log_path, max_queue_rows=settings.log_queue_rows)
+        metrics.log_backlog.set_function(lambda: service.log.backlog)
+        metrics.log_write_failures.set_function(lambda: service.log.write_failures)
+        service.batcher.start()
+        # Serve once the champion is loaded; a registry that does not answer in time
+        # must not keep the service from starting (/ready says 503 meanwhile).
+        initial = asyncio.ensure_future(asyncio.to_thread(service.store.refresh))
+        done, _ = await asyncio.wait({initial}, timeout=STARTUP_LOAD_SECONDS)
+        if done and initial.exception() is not None:
+            logger.error("start-up model load failed", exc_info=initial.exception())
+        elif done:
+            logger.info("start-up model load: %s", initial.result())
+        else:
+            logger.warning("champion still loading after %ss; starting without it",
+                           STARTUP_LOAD_SECONDS)
+        poller = (asyncio.create_task(_poll(service), name="champion-poller")
+                  if settings.poll_seconds > 0 else None)
+        try:
+            yield
+        finally:
+            if poller is not None:
+                poller.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await poller
+            await service.batcher.stop()
+            await asyncio.to_thread(service.log.close)
+            logger.info("prediction log flushed and closed")
+
+    app = FastAPI(title="ML platform prediction service", version=__version__,
+                  description=DESCRIPTION, lifespan=lifespan,
+                  default_response_class=OrjsonResponse)
+    store = ModelStore(settings, metrics, on_swap=lambda _model: _on_swap(app))
+    app.state.service = Service(
+        settings=settings, metrics=metrics, store=store,
+        batcher=MicroBatcher(settings.micro_batch_rows, settings.micro_batch_wait_ms / 1000,
+                             metrics))
+    auth = [Depends(api_key_dependency(settings.api_key))] if settings.api_key else []
+    unauthorized = {401: {"model": ErrorResponse, "description": "Missing or wrong API "
+                          "key (X-API-Key or Authorization: Bearer)."}} if auth else None
+    app.include_router(open_routes)
+    app.include_router(protected_routes, dependencies=auth, responses=unauthorized)
+
+    @app.exception_handler(BodyTooLarge)
+    async def body_too_large(request: Request, exc: BodyTooLarge):
+        return OrjsonResponse({"detail": str(exc)}, status_code=413,
+                              headers={"Connection": "close"})
+
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContext, metrics=metrics)
+    app.openapi = lambda: _openapi(app)
+    return app
+
+
+def _on_swap(app: FastAPI) -> None:
+    app.openapi_schema = None  # rebuilt with the new model's request schema on next read
+    _freeze_heap()
+
+
+def _freeze_heap() -> None:
+    """Move what is alive now (libraries, the model) out of the garbage collector's
+    sight, so that full collections stay short instead of pausing requests for ~0.1 s.
+    Unfreezing first lets this one full collection free the previous model's cycles
+    (its generated request classes); it costs one such pause per swap."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
+_NO_MODEL_SCHEMA = {"type": "object", "description": "No model is loaded yet: the feature "
+                    "schema appears here once a champion is served."}
+
+
+def _openapi(app: FastAPI) -> dict:
+    """FastAPI's schema plus the served model's generated request models."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                         routes=app.routes)
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    model = app.state.service.store.current
+    if model is not None:
+        components.update(model.requests.json_schemas())
+    else:
+        components[RECORD_MODEL] = {**_NO_MODEL_SCHEMA, "title": RECORD_MODEL}
+        components[BATCH_MODEL] = {**_NO_MODEL_SCHEMA, "title": BATCH_MODEL}
+    app.openapi_schema = schema
+    return schema

@@ -1,0 +1,167 @@
+"""Adaptive micro-batching: concurrent requests share one predict_proba call.
+
+A sklearn Pipeline costs about the same for 1 row as for 64 (the per-call
+overhead dominates), so one worker coalesces whatever requests are waiting into
+one DataFrame and runs the pipeline in a thread, keeping the event loop free.
+It waits (at most `max_wait_s`) only when more requests are in flight than are
+queued, or recent batches were larger than what is queued; a lone request is
+never delayed. Requests are grouped by model, so a request that started on the
+old model during a swap finishes on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+
+from serving.metrics import ServiceMetrics
+from serving.model_store import ServedModel
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Job:
+    model: ServedModel
+    rows: list[list]
+    future: asyncio.Future
+
+
+def _predict(model: ServedModel, rows: list[list]) -> tuple[np.ndarray, np.ndarray]:
+    proba = model.predict_proba(rows)
+    return proba, proba.argmax(axis=1)
+
+
+class MicroBatcher:
+    """Queue of prediction jobs drained by one worker task into one thread."""
+
+    def __init__(self, max_rows: int = 64, max_wait_s: float = 0.0015,
+                 metrics: ServiceMetrics | None = None):
+        self.max_rows = max_rows
+        self.max_wait_s = max_wait_s
+        self.metrics = metrics
+        self.in_flight = 0  # requests between arrival and answer
+        self._jobs: deque[_Job] = deque()
+        self._recent_jobs = 1.0  # moving average of jobs per batch
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict")
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._running_batch = False
+
+    def start(self) -> None:
+        self._wakeup = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="micro-batcher")
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Answer every queued job, then stop the worker and its thread."""
+        if self._task is None:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while (self._jobs or self._running_batch) and loop.time() < deadline:
+            await asyncio.sleep(0.005)
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+        self._task = None
+        for job in self._jobs:
+            if not job.future.done():
+                job.future.set_exception(RuntimeError("the service is shutting down"))
+        self._executor.shutdown(wait=True)
+
+    @contextmanager
+    def tracking(self):
+        """Count a request as in flight from arrival to answer (the batcher waits for
+        in-flight requests that are not queued yet)."""
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+
+    async def predict(self, model: ServedModel, rows: list[list]
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities, index of the predicted class) of `rows` under `model`."""
+        if self._task is None:
+            raise RuntimeError("the micro-batcher is not running")
+        future = asyncio.get_running_loop().create_future()
+        self._jobs.append(_Job(model, rows, future))
+        self._wakeup.set()
+        return await future
+
+    def _expected_jobs(self) -> float:
+        return max(self.in_flight, self._recent_jobs)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._jobs:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            deadline = loop.time() + self.max_wait_s
+            while (len(self._jobs) < self._expected_jobs() - 0.5
+                   and sum(len(j.rows) for j in self._jobs) < self.max_rows):
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), remaining)
+                except asyncio.TimeoutError:  # the builtin TimeoutError from 3.11 on
+                    break
+            batch = self._take()
+            self._recent_jobs = 0.7 * self._recent_jobs + 0.3 * len(batch)
+            self._running_batch = True
+            try:
+                await self._execute(batch, loop)
+            finally:
+                self._running_batch = False
+
+    def _take(self) -> list[_Job]:
+        """The oldest job and the jobs after it on the same model, up to max_rows."""
+        first = self._jobs.popleft()
+        batch, rows = [first], len(first.rows)
+        while (self._jobs and self._jobs[0].model is first.model
+               and rows + len(self._jobs[0].rows) <= self.max_rows):
+            job = self._jobs.popleft()
+            batch.append(job)
+            rows += len(job.rows)
+        return batch
+
+    async def _execute(self, batch: list[_Job], loop) -> None:
+        model = batch[0].model
+        rows = batch[0].rows if len(batch) == 1 else [r for job in batch for r in job.rows]
+        if self.metrics is not None:
+            self.metrics.batch_rows.observe(len(rows))
+        try:
+            proba, best = await loop.run_in_executor(self._executor, _predict, model, rows)
+        except Exception as exc:  # noqa: BLE001 - isolate the job that fails
+            if len(batch) == 1:
+                _settle(batch[0].future, exception=exc)
+                return
+            for job in batch:  # one bad job must not fail the others
+                await self._execute([job], loop)
+            return
+        start = 0
+        for job in batch:
+            end = start + len(job.rows)
+            _settle(job.future, result=(proba[start:end], best[start:end]))
+            start = end
+
+
+def _settle(future: asyncio.Future, result=None, exception: BaseException | None = None):
+    if future.done():  # the client went away
+        return
+    if exception is not None:
+        future.set_exception(exception)
+    else:
+        future.set_result(result)

@@ -1,0 +1,78 @@
+"""Prometheus metrics of one app instance (its own registry, so apps never share counts)."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter as Tally
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+disable_created_metrics()  # the *_created series only add noise to every scrape
+
+# Why a model version was rejected or could not be looked up.
+FAILURE_REASONS = ("load_error", "smoke_test_failed", "registry")
+
+# Single-row predictions take milliseconds: resolve that range finely.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.035, 0.05, 0.075,
+                   0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class ServiceMetrics:
+    """Counters, histograms and gauges exposed at GET /metrics."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("ml_api_requests", "HTTP requests by endpoint, method and "
+                                "status code.", ["endpoint", "method", "status"], registry=r)
+        self.latency = Histogram("ml_api_request_duration_seconds", "Request latency by "
+                                 "endpoint.", ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)
+        self.predictions = Counter("ml_api_predictions", "Predicted rows by model version and "
+                                   "predicted class.", ["model_version", "predicted_class"],
+                                   registry=r)
+        self.model_version = Gauge("ml_api_model_version", "Registry version of the served "
+                                   "model (0 while none is loaded).", ["model_name"], registry=r)
+        self.model_loaded_at = Gauge("ml_api_model_loaded_timestamp_seconds", "When the "
+                                     "served model was loaded (Unix time).", registry=r)
+        self.model_load_failures = Counter("ml_api_model_load_failures", "Model versions "
+                                           "rejected (load error, failed smoke prediction) or "
+                                           "registry look-ups that failed.", ["reason"],
+                                           registry=r)
+        for reason in FAILURE_REASONS:  # exported at 0 from the start, for alerts
+            self.model_load_failures.labels(reason)
+        self.model_swaps = Counter("ml_api_model_swaps", "Times a new model version was "
+                                   "swapped in.", registry=r)
+        self.batch_rows = Histogram("ml_api_micro_batch_rows", "Rows per predict_proba call "
+                                    "after micro-batching.", buckets=(1, 2, 4, 8, 16, 32, 64,
+                                                                     128, 256, 512, 1024),
+                                    registry=r)
+        self.log_backlog = Gauge("ml_api_prediction_log_backlog", "Predictions accepted but "
+                                 "not yet written to the prediction log.", registry=r)
+        self.log_write_failures = Gauge("ml_api_prediction_log_write_failures", "Failed "
+                                        "prediction-log writes (retried, never dropped).",
+                                        registry=r)
+
+    def observe_request(self, endpoint: str, method: str, status: int, started: float) -> None:
+        self.requests.labels(endpoint, method, str(status)).inc()
+        self.latency.labels(endpoint).observe(time.perf_counter() - started)
+
+    def count_predictions(self, model_version: str, labels: list[str]) -> None:
+        for label, n in Tally(labels).items():
+            self.predictions.labels(model_version, label).inc(n)
+
+    def set_model(self, name: str, version: str | None, loaded_at: float | None = None) -> None:
+        self.model_version.labels(name).set(float(version) if version else 0.0)
+        if loaded_at is not None:
+            self.model_loaded_at.set(loaded_at)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

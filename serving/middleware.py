@@ -1,0 +1,122 @@
+"""Pure ASGI middleware (cheaper per request than BaseHTTPMiddleware).
+
+`RequestContext`: a request id per request (X-Request-ID echoed or made up),
+request count and latency by endpoint template and status, and a last-resort
+500 that logs the error server-side and never shows a stack trace.
+`BodySizeLimit`: 413 for bodies over the limit, by Content-Length or while
+streaming a chunked body.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+import orjson
+
+from serving.metrics import ServiceMetrics
+
+logger = logging.getLogger(__name__)
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+class BodyTooLarge(Exception):
+    """Raised while reading a streamed body that passes the limit."""
+
+    def __init__(self, limit: int):
+        super().__init__(f"request body exceeds the limit of {limit} bytes "
+                         "(ML_API_MAX_BODY_BYTES)")
+
+
+async def _send_json(send, status: int, body: dict, headers: list | None = None) -> None:
+    payload = orjson.dumps(body)
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(payload)).encode()),
+                            *(headers or [])]})
+    await send({"type": "http.response.body", "body": payload})
+
+
+def request_id_of(scope) -> str:
+    return scope.get("state", {}).get("request_id") or uuid.uuid4().hex
+
+
+class RequestContext:
+    """Request id, metrics and the last-resort error answer."""
+
+    def __init__(self, app, metrics: ServiceMetrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        offered = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"").decode(
+            "latin-1")
+        request_id = offered if _REQUEST_ID.match(offered) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        id_header = (b"x-request-id", request_id.encode())
+        status = 500
+        response_started = False
+
+        async def send_with_id(message):
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                response_started = True
+                message["headers"] = [*message.get("headers", []), id_header]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            logger.exception("unhandled error in %s %s (request %s)", scope["method"],
+                             scope["path"], request_id)
+            status = 500
+            if not response_started:
+                await _send_json(send, 500, {"detail": "internal server error",
+                                             "request_id": request_id}, [id_header])
+        finally:
+            route = scope.get("route")
+            endpoint = getattr(route, "path", None) or "unmatched"
+            self.metrics.observe_request(endpoint, scope["method"], status, started)
+
+
+class BodySizeLimit:
+    """Refuse bodies larger than `max_bytes` with 413 before the app reads them."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await _send_json(send, 413, {"detail": f"request body of {int(length)} bytes "
+                                         f"exceeds the limit of {self.max_bytes} bytes "
+                                         "(ML_API_MAX_BODY_BYTES)"},
+                             [(b"connection", b"close")])
+            return
+        if length is not None:
+            await self.app(scope, receive, send)
+            return
+        received = 0
+        limit = self.max_bytes
+
+        async def counting_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        await self.app(scope, counting_receive, send)

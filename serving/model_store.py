@@ -1,0 +1,266 @@
+"""The served model: loaded from the MLflow registry by alias, checked, swapped atomically.
+
+`ModelStore.current` is the one reference requests read. A request takes it once
+and uses that model to the end, so a swap (a single assignment) never changes
+the model under a request in flight. A candidate version is only swapped in
+after it loads and passes a smoke prediction; otherwise it is rejected, counted,
+and the old model keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import mlflow
+import numpy as np
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from sklearn.pipeline import Pipeline
+
+from ml_assets.core.model_logging import LoadedModel, load_pipeline
+from serving.metrics import ServiceMetrics
+from serving.request_models import (
+    FeatureSpec,
+    RequestModels,
+    build_request_models,
+    example_rows,
+    feature_specs,
+    frame_from_rows,
+)
+from serving.settings import ServingSettings
+
+logger = logging.getLogger(__name__)
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+_PREDICT_LOCK = threading.Lock()
+
+
+class ModelRejected(Exception):
+    """A candidate version that must not serve; the message says why."""
+
+    def __init__(self, version: str, reason: str, message: str):
+        super().__init__(message)
+        self.version = version
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One loaded model version and everything a request needs from it."""
+
+    name: str
+    version: str
+    alias: str
+    run_id: str | None
+    pipeline: Pipeline
+    target: str
+    labels: list[str]
+    class_values: list
+    requests: RequestModels
+    metrics: dict[str, float]
+    loaded_at: datetime
+    metadata: dict = field(repr=False)
+
+    @property
+    def features(self) -> tuple[FeatureSpec, ...]:
+        return self.requests.specs
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return self.requests.feature_names
+
+    def predict_proba(self, rows: list[list]) -> np.ndarray:
+        """Class probabilities for validated rows (one DataFrame, one pipeline call)."""
+        frame = frame_from_rows(rows, self.features)
+        # scikit-learn's joblib wrapper re-installs every process-wide warning filter
+        # for every tree of every call: with the ~15 filters mlflow & co. install, ~40%
+        # of a one-row call of a 200-tree forest. Predict under one filter instead; the
+        # smoke test at load time shows the warnings a model raises. The lock keeps the
+        # smoke test of a candidate from interleaving its filter swaps with these.
+        with _PREDICT_LOCK, warnings.catch_warnings():
+            warnings.resetwarnings()
+            warnings.simplefilter("ignore")
+            return self.pipeline.predict_proba(frame)
+
+    def describe(self) -> dict:
+        """What GET /model shows."""
+        return {
+            "name": self.name, "version": self.version, "alias": self.alias,
+            "run_id": self.run_id, "target": self.target, "classes": self.labels,
+            "metrics": self.metrics, "loaded_at": self.loaded_at.isoformat(),
+            "features": [spec.as_dict() for spec in self.features],
+        }
+
+
+def serving_n_jobs(pipeline: Pipeline) -> Pipeline:
+    """Set every n_jobs in the pipeline to 1: for one row, starting joblib workers costs
+    more than the prediction, and the service batches rows itself."""
+    params = pipeline.get_params(deep=True)
+    pipeline.set_params(**{k: 1 for k in params if k == "n_jobs" or k.endswith("__n_jobs")})
+    return pipeline
+
+
+def _input_example(local_path: str, names: list[str]) -> list[dict] | None:
+    """The model's logged input example as records (None when it has none)."""
+    try:
+        example = mlflow.models.Model.load(local_path).load_input_example(local_path)
+    except Exception:  # noqa: BLE001 - an unreadable example falls back to the schema
+        logger.warning("input example of %s unreadable; using rows from the schema", local_path)
+        return None
+    if example is None or not hasattr(example, "to_dict") or not set(names) <= set(example):
+        return None
+    frame = example[names].head(5).astype(object)
+    return frame.where(frame.notna(), None).to_dict(orient="records")
+
+
+class ModelStore:
+    """Loads `models:/<name>@<alias>` and keeps the one served reference."""
+
+    def __init__(self, settings: ServingSettings, metrics: ServiceMetrics,
+                 on_swap: Callable[[ServedModel], None] | None = None):
+        self.settings = settings
+        self.metrics = metrics
+        self.on_swap = on_swap
+        self.current: ServedModel | None = None
+        self.last_error: str | None = None
+        self.rejected: dict[str, str] = {}  # version -> why, so polling does not retry it
+        self._lock = threading.Lock()
+        mlflow.set_tracking_uri(settings.tracking_uri)
+        self.client = MlflowClient(settings.tracking_uri)
+        metrics.set_model(settings.model_name, None)
+
+    def champion_version(self) -> str | None:
+        """The version the alias points at now; None when there is none (yet)."""
+        try:
+            return str(self.client.get_model_version_by_alias(
+                self.settings.model_name, self.settings.model_alias).version)
+        except MlflowException as exc:
+            code = getattr(exc, "error_code", "")
+            if code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+                return None
+            raise
+
+    def refresh(self, force: bool = False, retry_rejected: bool = False) -> dict:
+        """Swap to the alias's version if it differs from the served one (`force`: reload
+        even the same version). A version rejected before is skipped unless
+        `retry_rejected`, so polling does not count the same failure again. Thread-safe;
+        returns {"status": swapped|unchanged|rejected|no_model|registry_error, ...}."""
+        with self._lock:
+            served = self.current.version if self.current else None
+            try:
+                version = self.champion_version()
+            except Exception as exc:  # noqa: BLE001 - registry down: keep serving
+                self.metrics.model_load_failures.labels("registry").inc()
+                self.last_error = f"registry look-up failed: {exc}"
+                logger.warning("%s; still serving version %s", self.last_error, served)
+                return {"status": "registry_error", "detail": self.last_error,
+                        "serving_version": served}
+            if version is None:
+                self.last_error = (f"no model version has alias {self.settings.model_alias!r} "
+                                   f"in registered model {self.settings.model_name!r} yet")
+                return {"status": "no_model" if served is None else "unchanged",
+                        "detail": self.last_error, "serving_version": served}
+            if version == served and not force:
+                return {"status": "unchanged", "serving_version": served}
+            if version in self.rejected and not (force or retry_rejected):
+                return {"status": "rejected", "detail": self.rejected[version],
+                        "serving_version": served, "candidate_version": version}
+            try:
+                model = self.load(version)
+            except ModelRejected as exc:
+                self.rejected[version] = str(exc)
+                self.last_error = str(exc)
+                self.metrics.model_load_failures.labels(exc.reason).inc()
+                logger.error("rejected %s version %s: %s; still serving version %s",
+                             self.settings.model_name, version, exc, served)
+                return {"status": "rejected", "detail": str(exc), "serving_version": served,
+                        "candidate_version": version}
+            self.swap(model)
+            self.rejected.pop(version, None)
+            return {"status": "swapped", "serving_version": version, "previous_version": served}
+
+    def swap(self, model: ServedModel) -> None:
+        """Serve `model` from the next request on (one reference assignment)."""
+        previous = self.current
+        self.current = model
+        self.last_error = None
+        self.metrics.model_swaps.inc()
+        self.metrics.set_model(model.name, model.version, model.loaded_at.timestamp())
+        logger.info("serving %s version %s (was %s)", model.name, model.version,
+                    previous.version if previous else "none")
+        if self.on_swap is not None:
+            self.on_swap(model)
+
+    def load(self, version: str) -> ServedModel:
+        """Load one registry version and smoke-test it; raises ModelRejected."""
+        name = self.settings.model_name
+        started = time.perf_counter()
+        try:
+            with tempfile.TemporaryDirectory(prefix="serving-model-") as tmp:
+                local = mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"models:/{name}/{version}", dst_path=tmp)
+                loaded: LoadedModel = load_pipeline(local)
+                specs = feature_specs(loaded.schema, loaded.target)
+                example = _input_example(local, [spec.name for spec in specs])
+            details = self.client.get_model_version(name, version)
+            rows = example or example_rows(specs)
+            pipeline = serving_n_jobs(loaded.pipeline)
+            model = ServedModel(
+                name=name, version=version, alias=self.settings.model_alias,
+                run_id=details.run_id, pipeline=pipeline, target=loaded.target,
+                labels=[str(c) for c in pipeline.classes_],
+                class_values=pipeline.classes_.tolist(),
+                requests=build_request_models(specs, self.settings.max_batch, rows[0]),
+                metrics=self._run_metrics(details.run_id),
+                loaded_at=datetime.now(timezone.utc), metadata=loaded.metadata)
+        except Exception as exc:  # noqa: BLE001 - any load failure rejects the version
+            raise ModelRejected(version, "load_error",
+                                f"version {version} failed to load: {exc}") from exc
+        self.smoke_test(model, rows)
+        logger.info("loaded %s version %s in %.2fs", name, version,
+                    time.perf_counter() - started)
+        return model
+
+    @staticmethod
+    def smoke_test(model: ServedModel, rows: list[dict]) -> None:
+        """Rows the request model accepts must get sane probabilities from the pipeline."""
+        try:
+            if not hasattr(model.pipeline, "predict_proba"):
+                raise ValueError("the pipeline has no predict_proba")
+            records = [model.requests.record.model_validate(row) for row in rows]
+            frame = frame_from_rows([model.requests.row_of(r) for r in records], model.features)
+            with _PREDICT_LOCK, warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                proba = model.pipeline.predict_proba(frame)
+            for message in {str(w.message) for w in caught}:
+                logger.warning("version %s warns when predicting: %s", model.version, message)
+            if proba.shape != (len(rows), len(model.labels)):
+                raise ValueError(f"predict_proba returned shape {proba.shape}, expected "
+                                 f"({len(rows)}, {len(model.labels)})")
+            if not np.all(np.isfinite(proba)) or not np.allclose(proba.sum(axis=1), 1.0):
+                raise ValueError("predict_proba returned probabilities that are not finite "
+                                 "or do not sum to 1")
+            expected = model.metadata.get("classes")
+            if expected and [str(c) for c in expected] != model.labels:
+                raise ValueError(f"pipeline classes {model.labels} differ from the logged "
+                                 f"classes {expected}")
+        except Exception as exc:  # noqa: BLE001 - any failure rejects the version
+            raise ModelRejected(model.version, "smoke_test_failed",
+                                f"version {model.version} failed its smoke prediction: "
+                                f"{type(exc).__name__}: {exc}") from exc
+
+    def _run_metrics(self, run_id: str | None) -> dict[str, float]:
+        if not run_id:
+            return {}
+        try:
+            return dict(self.client.get_run(run_id).data.metrics)
+        except MlflowException:
+            logger.warning("metrics of training run %s unavailable", run_id)
+            return {}

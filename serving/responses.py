@@ -1,0 +1,106 @@
+"""Response models (the OpenAPI contract) and the orjson response class.
+
+Handlers build plain dicts and return `OrjsonResponse` (fast); the models here
+document the shapes in OpenAPI and are checked against real answers in tests.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, Field
+from starlette.responses import JSONResponse
+
+
+class OrjsonResponse(JSONResponse):
+    """JSON rendered by orjson (numpy arrays and scalars included). A JSONResponse, so
+    FastAPI documents the route's response model in OpenAPI."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+class RowPrediction(BaseModel):
+    prediction: str = Field(description="The predicted class.")
+    confidence: float = Field(description="Probability of the predicted class.")
+    probabilities: dict[str, float] = Field(description="Probability of every class.")
+
+
+class PredictResponse(RowPrediction):
+    request_id: str = Field(description="Id of this request (X-Request-ID header too); "
+                            "the prediction log records it.")
+    model_name: str
+    model_version: str
+
+
+class PredictBatchResponse(BaseModel):
+    request_id: str
+    model_name: str
+    model_version: str
+    predictions: list[RowPrediction] = Field(description="One per record, in order.")
+
+
+class InvocationsResponse(BaseModel):
+    predictions: list[Any] = Field(description="Predicted class per row, as MLflow's "
+                                   "scoring server answers.")
+
+
+class Health(BaseModel):
+    status: str = "ok"
+
+
+class Readiness(BaseModel):
+    status: str = Field(description="ready or not_ready")
+    model_name: str
+    model_version: str | None = None
+    detail: str | None = None
+
+
+class FeatureInfo(BaseModel):
+    name: str
+    kind: str = Field(description="number, integer, boolean or string")
+    nullable: bool
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    allowed: list | None = None
+    pattern: str | None = None
+    min_length: int | None = None
+    max_length: int | None = None
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+    alias: str
+    model_uri: str
+    run_id: str | None = Field(description="The MLflow run that trained this version.")
+    target: str
+    classes: list[str]
+    metrics: dict[str, float] = Field(description="Metrics of the training run.")
+    loaded_at: str
+    features: list[FeatureInfo] = Field(description="The feature schema requests follow.")
+
+
+class ReloadResult(BaseModel):
+    status: str = Field(description="swapped, unchanged, rejected, no_model or "
+                        "registry_error")
+    serving_version: str | None = None
+    previous_version: str | None = None
+    candidate_version: str | None = None
+    detail: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    detail: Any = Field(description="What is wrong: a message, or a list of "
+                        "{loc, msg, type} naming each failing field.")
+    message: str | None = None
+    request_id: str | None = None
+
+
+class MlflowError(BaseModel):
+    error_code: str
+    message: str
+    detail: list | None = None

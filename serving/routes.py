@@ -1,0 +1,244 @@
+"""HTTP endpoints. `open_routes` never ask for a key; `protected_routes` do when one is set.
+
+Prediction bodies are validated by the served model's generated request models
+(not a static FastAPI body parameter) because they change when the model swaps;
+their OpenAPI schemas are injected by the app factory from the same models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response
+from mlflow.version import VERSION as MLFLOW_VERSION
+from pydantic import ValidationError
+
+from serving import invocations
+from serving.invocations import InvocationError, validation_detail, validation_message
+from serving.middleware import request_id_of
+from serving.request_models import BATCH_MODEL, RECORD_MODEL
+from serving.responses import (
+    ErrorResponse,
+    Health,
+    InvocationsResponse,
+    MlflowError,
+    ModelInfo,
+    OrjsonResponse,
+    PredictBatchResponse,
+    PredictResponse,
+    Readiness,
+    ReloadResult,
+)
+from serving.service import Service, get_service
+
+ServiceDep = Annotated[Service, Depends(get_service)]
+
+open_routes = APIRouter()
+protected_routes = APIRouter()
+
+_ERRORS = {
+    413: {"model": ErrorResponse, "description": "Body larger than ML_API_MAX_BODY_BYTES."},
+    422: {"model": ErrorResponse, "description": "A feature is missing, unknown, mistyped, "
+          "NaN, infinite or outside the schema's checks; `detail` names each."},
+    503: {"model": ErrorResponse, "description": "No model is being served yet."},
+}
+
+
+def _json_body(schema_name: str, description: str) -> dict:
+    return {"requestBody": {"required": True, "description": description, "content": {
+        "application/json": {"schema": {"$ref": f"#/components/schemas/{schema_name}"}}}}}
+
+
+def _unavailable(service: Service, mlflow_style: bool = False) -> Response:
+    reason = service.not_ready_reason()
+    body = ({"error_code": "TEMPORARILY_UNAVAILABLE", "message": reason} if mlflow_style
+            else {"detail": reason})
+    retry = str(max(1, int(service.settings.poll_seconds or 5)))
+    return OrjsonResponse(body, status_code=503, headers={"Retry-After": retry})
+
+
+def _invalid(exc: ValidationError, index_word: str) -> Response:
+    return OrjsonResponse({"detail": validation_detail(exc),
+                           "message": validation_message(exc, index_word)}, status_code=422)
+
+
+# -- health -------------------------------------------------------------------------
+
+@open_routes.get("/health", response_model=Health, tags=["health"])
+async def health() -> Response:
+    """Liveness: the process answers (a model need not be loaded)."""
+    return OrjsonResponse({"status": "ok"})
+
+
+@open_routes.get("/ready", response_model=Readiness, tags=["health"],
+                 responses={503: {"model": Readiness, "description": "No model loaded."}})
+async def ready(service: ServiceDep) -> Response:
+    """Readiness: 200 once a model is loaded, 503 before."""
+    model = service.store.current
+    if model is None:
+        return OrjsonResponse({"status": "not_ready", "model_name": service.settings.model_name,
+                               "detail": service.not_ready_reason()}, status_code=503)
+    return OrjsonResponse({"status": "ready", "model_name": model.name,
+                           "model_version": model.version})
+
+
+@open_routes.get("/ping", tags=["health", "mlflow"], response_class=Response,
+                 responses={200: {"content": {"application/json": {}}},
+                            503: {"description": "No model loaded."}})
+async def ping(service: ServiceDep) -> Response:
+    """MLflow scoring-server health check: 200 once a model is loaded."""
+    status = 200 if service.store.current is not None else 503
+    return Response("\n", status_code=status, media_type="application/json")
+
+
+@open_routes.get("/version", tags=["mlflow"], response_class=Response,
+                 responses={200: {"content": {"text/plain": {}}}})
+async def mlflow_version() -> Response:
+    """The MLflow version, as MLflow's scoring server answers it."""
+    return Response(MLFLOW_VERSION, media_type="text/plain")
+
+
+# -- predictions --------------------------------------------------------------------
+
+@protected_routes.post(
+    "/predict", response_model=PredictResponse, tags=["predict"], responses=_ERRORS,
+    openapi_extra=_json_body(RECORD_MODEL, "One record: the served model's features by "
+                             "name (schema in components.schemas.PredictRequest)."))
+async def predict(request: Request, service: ServiceDep) -> Response:
+    """Predict one record: class, confidence, every class probability, model version."""
+    model = service.store.current  # this request's model, even if a swap happens now
+    if model is None:
+        return _unavailable(service)
+    with service.batcher.tracking():
+        body = await request.body()
+        try:
+            record = model.requests.record.model_validate_json(body)
+        except ValidationError as exc:
+            return _invalid(exc, "record")
+        request_id = request_id_of(request.scope)
+        labels, probabilities, _ = await service.predict_rows(
+            model, [model.requests.row_of(record)], request_id)
+    return OrjsonResponse({
+        "prediction": labels[0], "confidence": probabilities[0][labels[0]],
+        "probabilities": probabilities[0], "request_id": request_id,
+        "model_name": model.name, "model_version": model.version})
+
+
+@protected_routes.post(
+    "/predict/batch", response_model=PredictBatchResponse, tags=["predict"], responses=_ERRORS,
+    openapi_extra=_json_body(BATCH_MODEL, "Records to predict, at most ML_API_MAX_BATCH."))
+async def predict_batch(request: Request, service: ServiceDep) -> Response:
+    """Predict many records (answered in order)."""
+    model = service.store.current
+    if model is None:
+        return _unavailable(service)
+    with service.batcher.tracking():
+        body = await request.body()
+        try:
+            batch = model.requests.batch.model_validate_json(body)
+        except ValidationError as exc:
+            return _invalid(exc, "record")
+        request_id = request_id_of(request.scope)
+        rows = [model.requests.row_of(record) for record in batch.records]
+        labels, probabilities, _ = await service.predict_rows(model, rows, request_id)
+    return OrjsonResponse({
+        "request_id": request_id, "model_name": model.name, "model_version": model.version,
+        "predictions": [{"prediction": label, "confidence": p[label], "probabilities": p}
+                        for label, p in zip(labels, probabilities, strict=True)]})
+
+
+_INVOCATION_FORMATS = {
+    "oneOf": [
+        {"title": "dataframe_split", "type": "object", "required": ["dataframe_split"],
+         "properties": {"dataframe_split": {"type": "object", "required": ["columns", "data"],
+                                            "properties": {
+                                                "columns": {"type": "array",
+                                                            "items": {"type": "string"}},
+                                                "data": {"type": "array",
+                                                         "items": {"type": "array"}},
+                                                "index": {"type": "array"}}},
+                        "params": {"type": "object"}}},
+        {"title": "dataframe_records", "type": "object", "required": ["dataframe_records"],
+         "properties": {"dataframe_records": {"type": "array", "items": {"type": "object"}},
+                        "params": {"type": "object"}}},
+        {"title": "instances", "type": "object", "required": ["instances"],
+         "properties": {"instances": {"type": "array", "items": {"type": "object"}},
+                        "params": {"type": "object"}}},
+        {"title": "inputs", "type": "object", "required": ["inputs"],
+         "properties": {"inputs": {"type": "object", "description": "column name → list of "
+                                   "values (or one record)"},
+                        "params": {"type": "object"}}},
+    ],
+    "description": "MLflow scoring protocol: rows follow components.schemas.PredictRequest; "
+                   "unknown columns are ignored.",
+}
+
+
+@protected_routes.post(
+    "/invocations", response_model=InvocationsResponse, tags=["mlflow"],
+    responses={400: {"model": MlflowError, "description": "Bad input (MLflow's error shape)."},
+               413: _ERRORS[413], 415: {"model": MlflowError},
+               503: {"model": MlflowError}},
+    openapi_extra={"requestBody": {"required": True, "content": {
+        "application/json": {"schema": _INVOCATION_FORMATS},
+        "text/csv": {"schema": {"type": "string", "description": "pandas.DataFrame.to_csv()"}},
+        "application/vnd.apache.parquet": {"schema": {"type": "string", "format": "binary"}},
+    }}})
+async def invocations_endpoint(request: Request, service: ServiceDep) -> Response:
+    """MLflow's scoring protocol; answers {"predictions": [...]} like `mlflow models serve`
+    (model name, version and request id in X-Model-Name, X-Model-Version, X-Request-ID)."""
+    model = service.store.current
+    if model is None:
+        return _unavailable(service, mlflow_style=True)
+    with service.batcher.tracking():
+        body = await request.body()
+        try:
+            rows = invocations.parse_rows(body, request.headers.get("content-type"),
+                                          model.requests, service.settings.max_batch)
+        except InvocationError as exc:
+            return OrjsonResponse(exc.body(), status_code=exc.status)
+        request_id = request_id_of(request.scope)
+        _, _, values = await service.predict_rows(model, rows, request_id)
+    return OrjsonResponse({"predictions": values}, headers={
+        "X-Model-Name": model.name, "X-Model-Version": model.version})
+
+
+# -- model and operations -----------------------------------------------------------
+
+@protected_routes.get("/model", response_model=ModelInfo, tags=["model"],
+                      responses={503: _ERRORS[503]})
+async def model_info(service: ServiceDep) -> Response:
+    """The served model: name, version, alias, training-run metrics and feature schema."""
+    model = service.store.current
+    if model is None:
+        return _unavailable(service)
+    return OrjsonResponse({**model.describe(),
+                           "model_uri": f"models:/{model.name}/{model.version}"})
+
+
+@protected_routes.post(
+    "/admin/reload", response_model=ReloadResult, tags=["operations"],
+    responses={409: {"model": ReloadResult, "description": "The candidate was rejected; the "
+                     "previous model keeps serving."},
+               502: {"model": ReloadResult, "description": "The registry is unreachable."},
+               503: {"model": ReloadResult, "description": "No champion exists yet."}})
+async def reload_model(service: ServiceDep, force: Annotated[bool, Query(
+        description="Reload even if the alias still points at the served version.")] = False
+                       ) -> Response:
+    """Look up the alias now and swap to its version if it changed (loads off the event
+    loop; requests keep being answered by the current model meanwhile)."""
+    result = await asyncio.to_thread(service.store.refresh, force, True)
+    status = {"rejected": 409, "registry_error": 502, "no_model": 503}.get(result["status"],
+                                                                          200)
+    return OrjsonResponse(result, status_code=status)
+
+
+@protected_routes.get("/metrics", tags=["operations"], response_class=Response,
+                      responses={200: {"content": {"text/plain": {}},
+                                       "description": "Prometheus text format."}})
+async def metrics(service: ServiceDep) -> Response:
+    """Prometheus metrics: requests, latency, predictions by class, model version, load
+    failures, prediction-log backlog."""
+    return Response(service.metrics.render(), media_type=service.metrics.content_type)

@@ -1,0 +1,91 @@
+"""Real models for tests, the benchmark and demos, built with the pipeline's own core
+functions (no Dagster): train, log with `log_pipeline`, register, set the alias."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from unittest import mock
+
+import mlflow
+import pandas as pd
+import pandera.pandas as pa
+from mlflow import MlflowClient
+from sklearn.pipeline import Pipeline
+
+from ml_assets.core.datasets import (
+    BREAST_CANCER_TARGET,
+    SyntheticSpec,
+    load_breast_cancer_frame,
+    make_synthetic,
+)
+from ml_assets.core.features import build_preprocessor, split_frame
+from ml_assets.core.model_logging import log_pipeline
+from ml_assets.core.modeling import ModelParams, build_estimator, fit_final_pipeline
+from ml_assets.core.schemas import breast_cancer_schema, feature_columns, synthetic_schema
+
+
+@dataclass(frozen=True)
+class TrainedPipeline:
+    pipeline: Pipeline
+    X_train: pd.DataFrame
+    X_test: pd.DataFrame
+    schema: pa.DataFrameSchema
+    target: str
+
+
+def _train(frame: pd.DataFrame, schema: pa.DataFrameSchema, target: str,
+           params: ModelParams) -> TrainedPipeline:
+    split = split_frame(frame, target, seed=params.seed)
+    kinds = feature_columns(schema, target)
+    preprocessor = build_preprocessor(split.X_train, kinds).fit(split.X_train, split.y_train)
+    pipeline = fit_final_pipeline(preprocessor, build_estimator(params), split.X_train,
+                                  split.y_train)
+    return TrainedPipeline(pipeline, split.X_train, split.X_test, schema, target)
+
+
+def train_breast_cancer(n_estimators: int = 20, seed: int = 42,
+                        max_depth: int | None = None) -> TrainedPipeline:
+    """The platform's default model (RandomForest on scikit-learn's breast cancer data)."""
+    frame = load_breast_cancer_frame()
+    features = [c for c in frame.columns if c != BREAST_CANCER_TARGET]
+    return _train(frame, breast_cancer_schema(features), BREAST_CANCER_TARGET,
+                  ModelParams(n_estimators=n_estimators, seed=seed, max_depth=max_depth))
+
+
+def train_synthetic(spec: SyntheticSpec, n_estimators: int = 20,
+                    seed: int = 42) -> TrainedPipeline:
+    """A model on the seeded synthetic generator (categoricals, missing values, classes)."""
+    return _train(make_synthetic(spec), synthetic_schema(spec), spec.target,
+                  ModelParams(n_estimators=n_estimators, seed=seed))
+
+
+def experiment_id(name: str, artifact_location: str | None = None) -> str:
+    client = MlflowClient()
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    return client.create_experiment(name, artifact_location=artifact_location)
+
+
+def register(trained: TrainedPipeline, model_name: str, experiment: str,
+             alias: str | None = "champion", metrics: dict[str, float] | None = None,
+             schema: pa.DataFrameSchema | None = None,
+             infer_requirements: bool = False) -> tuple[str, object]:
+    """Log `trained` in a new run of `experiment` (an id), register it under `model_name`
+    and point `alias` at it. Returns (version, MLflow ModelInfo).
+
+    MLflow infers pip requirements by loading the model in a subprocess (~3 s); that is
+    skipped unless `infer_requirements` (MLflow's defaults are recorded instead): neither
+    this service nor `mlflow models serve --env-manager local` reads them."""
+    skip = contextlib.nullcontext() if infer_requirements else mock.patch.object(
+        mlflow.models, "infer_pip_requirements", lambda *args, fallback=None, **kw: fallback)
+    with skip, mlflow.start_run(experiment_id=experiment):
+        if metrics:
+            mlflow.log_metrics(metrics)
+        info = log_pipeline(trained.pipeline, trained.X_train, schema or trained.schema,
+                            trained.target)
+    version = str(mlflow.register_model(info.model_uri, model_name).version)
+    if alias:
+        MlflowClient().set_registered_model_alias(model_name, alias, version)
+    return version, info
