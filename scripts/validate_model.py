@@ -1,0 +1,339 @@
+"""Model validation for CI: train the default graph in a throw-away home, then check the
+champion the registry serves.
+
+    python scripts/validate_model.py                      # train in a temp dir, validate
+    python scripts/validate_model.py --min-roc-auc 0.98   # stricter thresholds
+    python scripts/validate_model.py --skip-train         # validate the champion of the
+                                                          # configured MLFLOW_TRACKING_URI
+
+Checks, each a row of the summary table:
+
+- training: `python -m ml_assets.cli train` (the `train_model` job, recorded in a
+  Dagster instance) succeeds and makes a champion;
+- load: `models:/<name>@champion` loads with `mlflow.pyfunc.load_model`;
+- metrics: held-out rows (the pipeline's own seeded split) are predicted by the pyfunc
+  model; accuracy, weighted precision/recall/F1 and ROC AUC must reach the thresholds;
+- reproducible: those metrics equal the ones the training run logged (train mode);
+- pyfunc = pipeline: the pyfunc model and the raw sklearn Pipeline predict the same;
+- signature: the MLflow signature's inputs are exactly the schema's feature columns
+  (names, order, types, required = not nullable), for the schema in the model's
+  metadata and the data source's schema;
+- skops: the model is stored in the skops format, trusts only reviewed types
+  (ml_assets.core.modeling.SKOPS_TRUSTED_TYPES), and loading it while trusting nothing
+  is refused (skops raises UntrustedTypesFoundException instead of running code).
+
+Exit status: 0 when every check passes, 1 otherwise (the failing checks are named),
+2 for bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+METRICS = ("accuracy", "precision_weighted", "recall_weighted", "f1_weighted", "roc_auc")
+DEFAULT_THRESHOLD = 0.9
+HELD_OUT_TOLERANCE = 1e-9
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool
+    detail: str
+
+
+class ValidationError(Exception):
+    """A step could not run at all; the message says which and why."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="validate_model.py", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    for metric in METRICS:
+        parser.add_argument(f"--min-{metric.replace('_', '-')}", dest=f"min_{metric}",
+                            type=float, default=DEFAULT_THRESHOLD, metavar="X",
+                            help=f"minimum held-out {metric} (default {DEFAULT_THRESHOLD})")
+    parser.add_argument("--home", type=Path,
+                        help="platform home to train in (default: a new temporary directory, "
+                        "removed afterwards)")
+    parser.add_argument("--skip-train", action="store_true",
+                        help="do not train: validate the champion of the configured "
+                        "MLFLOW_TRACKING_URI / ML_REGISTERED_MODEL_NAME")
+    parser.add_argument("--model-name", help="registered model (default: "
+                        "ML_REGISTERED_MODEL_NAME or ml_platform_model)")
+    parser.add_argument("--alias", default="champion", help="alias to validate")
+    args = parser.parse_args(argv)
+    for metric in METRICS:
+        value = getattr(args, f"min_{metric}")
+        if not 0.0 <= value <= 1.0:
+            parser.error(f"--min-{metric.replace('_', '-')} must be within [0, 1], got {value}")
+    return args
+
+
+def isolate_environment(home: Path) -> None:
+    """Point every store at `home`, so training never touches a configured instance,
+    tracking server or prediction log; the data-source settings are kept."""
+    home = home.resolve()
+    os.environ.update({
+        "ML_PLATFORM_HOME": str(home),
+        "DAGSTER_HOME": str(home / "dagster_home"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
+        "ML_MLFLOW_ARTIFACT_LOCATION": (home / "mlartifacts").as_uri(),
+        "ML_PREDICTION_LOG_PATH": str(home / "prediction_log.db"),
+        "ML_EXECUTOR": "in_process",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DAGSTER_DISABLE_TELEMETRY": "1",
+        "DO_NOT_TRACK": "1",
+    })
+    for name in ("MLFLOW_REGISTRY_URI", "ML_PREDICTION_LOG_URL", "ML_ALERT_WEBHOOK_URL"):
+        os.environ.pop(name, None)
+
+
+def train() -> Check:
+    """The real entry point, in a child process: `python -m ml_assets.cli train`."""
+    started = time.monotonic()
+    process = subprocess.run([sys.executable, "-m", "ml_assets.cli", "train"], cwd=REPO,
+                             capture_output=True, text=True, timeout=1800)
+    seconds = time.monotonic() - started
+    if process.returncode != 0:
+        tail = "\n".join((process.stderr or process.stdout).strip().splitlines()[-15:])
+        raise ValidationError(f"`ml-platform train` exited {process.returncode} after "
+                              f"{seconds:.0f} s:\n{tail}")
+    summary = process.stdout.strip().splitlines()
+    promoted = [line for line in summary if "champion" in line]
+    if not promoted:
+        raise ValidationError("training finished but made no champion:\n"
+                              + process.stdout.strip())
+    return Check("training", True, f"{seconds:.0f} s; {promoted[-1]}")
+
+
+def held_out_rows(settings):
+    """The held-out split exactly as the pipeline makes it: same data source, schema,
+    validation and seeded split (SplitConfig defaults)."""
+    from ml_assets.core.features import split_frame
+    from ml_assets.core.schemas import validate_frame
+    from ml_assets.features import SplitConfig
+    from ml_assets.resources.factory import build_resources
+
+    source = build_resources(settings)["data_source"]
+    frame = source.load()
+    schema, origin = source.schema_for(frame)
+    validated, report = validate_frame(frame, schema)
+    if not report.passed:
+        raise ValidationError(f"the data source's rows fail their own schema ({origin}): "
+                              f"{report.message}")
+    split_config = SplitConfig()
+    split = split_frame(validated, source.target_column, split_config.test_size,
+                        split_config.seed)
+    return split, schema, source.target_column
+
+
+def expected_inputs(schema, target: str) -> list[tuple[str, str, bool]]:
+    from ml_assets.core.schemas import feature_columns
+
+    types = {"numeric": "double", "boolean": "boolean", "categorical": "string"}
+    return [(name, types[kind], not schema.columns[name].nullable)
+            for name, kind in feature_columns(schema, target).items()]
+
+
+def signature_check(info, model_schema, source_schema, target: str) -> Check:
+    if info.signature is None:
+        return Check("signature", False, "the model has no signature")
+    actual = [(spec.name, _mlflow_type_name(spec), spec.required)
+              for spec in info.signature.inputs.inputs]
+    problems = []
+    for label, schema in (("model metadata schema", model_schema),
+                          ("data source schema", source_schema)):
+        expected = expected_inputs(schema, target)
+        if actual != expected:
+            missing = [e[0] for e in expected if e[0] not in {a[0] for a in actual}]
+            extra = [a[0] for a in actual if a[0] not in {e[0] for e in expected}]
+            differing = [f"{a} != {e}" for a, e in zip(actual, expected, strict=False)
+                         if a != e][:3]
+            problems.append(f"{label}: missing {missing}, extra {extra}, first differences "
+                            f"{differing}")
+    if info.signature.outputs is None:
+        problems.append("no output schema")
+    if problems:
+        return Check("signature", False, "; ".join(problems))
+    kinds = sorted({t for _, t, _ in actual})
+    return Check("signature", True, f"{len(actual)} inputs match the schema columns "
+                 f"(types {', '.join(kinds)}); output {info.signature.outputs.to_dict()}")
+
+
+def _mlflow_type_name(spec) -> str:
+    kind = spec.type
+    return kind.name if hasattr(kind, "name") else str(kind)
+
+
+def skops_check(info, model_uri: str) -> Check:
+    import mlflow
+    import skops.io
+
+    from ml_assets.core.modeling import SKOPS_TRUSTED_TYPES
+
+    flavor = info.flavors.get("sklearn", {})
+    problems = []
+    if flavor.get("serialization_format") != "skops":
+        return Check("skops", False, "sklearn flavor serialization_format is "
+                     f"{flavor.get('serialization_format')!r}, not 'skops' (pickle/cloudpickle "
+                     "would run arbitrary code on load)")
+    declared = list(flavor.get("skops_trusted_types") or [])
+    unreviewed = sorted(set(declared) - set(SKOPS_TRUSTED_TYPES))
+    if unreviewed:
+        problems.append(f"the model trusts unreviewed types {unreviewed}")
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+    path = local / flavor.get("pickled_model", "model.skops")
+    if not path.exists():
+        return Check("skops", False, f"{path.name} not found in the model's artifacts")
+    needed = sorted(skops.io.get_untrusted_types(file=path))
+    not_trusted = sorted(set(needed) - set(declared))
+    if not_trusted:
+        problems.append(f"the file needs types the model does not trust: {not_trusted}")
+    if needed:
+        try:
+            skops.io.load(path, trusted=[])
+            problems.append("skops loaded the file while trusting nothing")
+        except skops.io.exceptions.UntrustedTypesFoundException as exc:
+            refused = str(exc)
+        else:
+            refused = ""
+    else:
+        refused = "no type beyond skops' defaults"
+    if problems:
+        return Check("skops", False, "; ".join(problems))
+    return Check("skops", True, f"format skops; trusts {len(declared)} reviewed types; "
+                 f"loading with no trust refused ({_shorten(refused, 80)})")
+
+
+def _shorten(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def validate(args: argparse.Namespace, trained: bool) -> list[Check]:
+    import mlflow
+    import numpy as np
+    import pandera.pandas as pa
+
+    from ml_assets.core.metrics import classification_metrics, failing_metrics
+    from ml_assets.core.model_logging import FEATURE_SCHEMA_KEY
+    from ml_assets.settings import PlatformSettings
+
+    settings = PlatformSettings.from_env()
+    name = args.model_name or settings.registered_model_name
+    model_uri = f"models:/{name}@{args.alias}"
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    checks = []
+
+    try:
+        info = mlflow.models.get_model_info(model_uri)
+        model = mlflow.pyfunc.load_model(model_uri)
+    except Exception as exc:  # noqa: BLE001 - any failure to load is the finding
+        raise ValidationError(f"cannot load {model_uri} from {settings.mlflow_tracking_uri}: "
+                              f"{type(exc).__name__}: {_shorten(str(exc), 300)}") from None
+    version = mlflow.MlflowClient().get_model_version_by_alias(name, args.alias)
+    checks.append(Check("load", True, f"{model_uri} = version {version.version} "
+                        f"(run {version.run_id}) with mlflow.pyfunc.load_model"))
+
+    split, source_schema, target = held_out_rows(settings)
+    metadata = dict(info.metadata or {})
+    if FEATURE_SCHEMA_KEY not in metadata:
+        checks.append(Check("signature", False, "the model's metadata carries no feature "
+                            "schema"))
+        model_schema = source_schema
+    else:
+        model_schema = pa.DataFrameSchema.from_yaml(metadata[FEATURE_SCHEMA_KEY])
+
+    predicted = np.asarray(model.predict(split.X_test)).astype(str)
+    pipeline = model.get_raw_model()
+    proba = pipeline.predict_proba(split.X_test)
+    classes = [str(c) for c in pipeline.classes_]
+    raw = np.asarray(classes)[proba.argmax(axis=1)]
+    mismatches = int((predicted != raw).sum())
+    checks.append(Check("pyfunc = pipeline", mismatches == 0,
+                        f"{len(predicted)} held-out rows, {mismatches} disagreements"))
+
+    y_true = split.y_test.astype(str).to_numpy()
+    metrics = classification_metrics(y_true, predicted, proba, classes)
+    thresholds = {metric: getattr(args, f"min_{metric}") for metric in METRICS}
+    failures = failing_metrics(metrics, thresholds)
+    for metric in METRICS:
+        value = metrics[metric]
+        checks.append(Check(f"metric {metric}", metric not in failures,
+                            f"{value:.4f} (minimum {thresholds[metric]:.4f})"))
+
+    if not version.run_id:
+        raise ValidationError(f"{name} version {version.version} records no training run")
+    logged = mlflow.MlflowClient().get_run(version.run_id).data.metrics
+    differences = {m: (metrics[m], logged.get(f"test_{m}")) for m in METRICS
+                   if logged.get(f"test_{m}") is None
+                   or not math.isclose(metrics[m], logged[f"test_{m}"], rel_tol=0,
+                                       abs_tol=HELD_OUT_TOLERANCE)}
+    if trained:
+        checks.append(Check("reproducible", not differences,
+                            "held-out metrics equal the run's logged test_* metrics"
+                            if not differences else f"recomputed vs logged: {differences}"))
+    elif differences:
+        print("note: recomputed metrics differ from the run's logged ones (expected when the "
+              "champion was trained on other data, e.g. production labels)")
+
+    checks.append(signature_check(info, model_schema, source_schema, target))
+    checks.append(skops_check(info, model_uri))
+    return checks
+
+
+def print_table(checks: list[Check]) -> None:
+    width = max(len(c.name) for c in checks)
+    print(f"\n{'check':<{width}}  result  detail")
+    print(f"{'-' * width}  ------  {'-' * 60}")
+    for check in checks:
+        print(f"{check.name:<{width}}  {'PASS' if check.passed else 'FAIL':<6}  {check.detail}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    temporary = None
+    checks: list[Check] = []
+    try:
+        if not args.skip_train:
+            if args.home is None:
+                temporary = tempfile.TemporaryDirectory(prefix="validate_model_")
+                home = Path(temporary.name)
+            else:
+                home = args.home
+            home.mkdir(parents=True, exist_ok=True)
+            isolate_environment(home)
+            print(f"training the default graph in {home} ...", flush=True)
+            checks.append(train())
+        checks += validate(args, trained=not args.skip_train)
+    except ValidationError as exc:
+        if checks:
+            print_table(checks)
+        print(f"\nmodel validation FAILED: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if temporary is not None:
+            temporary.cleanup()
+    print_table(checks)
+    failed = [c for c in checks if not c.passed]
+    if failed:
+        print(f"\nmodel validation FAILED: {len(failed)} of {len(checks)} checks: "
+              + "; ".join(f"{c.name}: {c.detail}" for c in failed), file=sys.stderr)
+        return 1
+    print(f"\nmodel validation passed: {len(checks)} checks")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
