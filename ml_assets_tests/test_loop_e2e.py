@@ -5,12 +5,9 @@ evaluated on the real instance, ending with a retrained, registered model versio
 import datetime as dt
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 
-import httpx
 import pytest
 from dagster import AssetKey, DagsterInstance, build_sensor_context
 
@@ -21,27 +18,9 @@ from ml_assets.core.traffic import simulate
 from ml_assets.definitions import defs
 from ml_assets.resources import DataSourceResource, MlflowTracking
 from ml_assets.resources.production import ProductionDataResource
+from ml_assets_tests.test_serving_process import _free_port, _wait_ready
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_ready(url: str, process: subprocess.Popen, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "the API exited during start-up"
-        try:
-            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise AssertionError("the API did not become ready in time")
 
 
 def test_drifted_traffic_retrains_a_new_version(tmp_path, mlflow_store, unique_name,

@@ -45,8 +45,7 @@ class ProductionDataResource(ConfigurableResource):
     def _log(self):
         from serving.prediction_log import SQLitePredictionLog
 
-        return _ReadOnlyLog(SQLitePredictionLog.__new__(SQLitePredictionLog),
-                            Path(self.prediction_log_path))
+        return SQLitePredictionLog(self.prediction_log_path, read_only=True)
 
     def landing_days(self) -> dict[str, float]:
         """day -> newest file mtime, for every day directory in the landing area."""
@@ -104,16 +103,3 @@ def labelled_production_rows(production: "ProductionDataResource", columns: list
         return pd.DataFrame(columns=columns)
     return pd.concat(frames, ignore_index=True)[columns]
 
-
-class _ReadOnlyLog:
-    """read_day/days of the SQLite prediction log without starting its writer thread."""
-
-    def __init__(self, log, path: Path):
-        log.path = path
-        self._log = log
-
-    def read_day(self, day: str) -> pd.DataFrame:
-        return type(self._log).read_day(self._log, day)
-
-    def days(self) -> list[date]:
-        return type(self._log).days(self._log)
