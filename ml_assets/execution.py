@@ -4,8 +4,9 @@
   cores, so a Python start-up per step would only add time;
 - multiprocess: one process per step, ML_MAX_CONCURRENT at once;
 - celery: steps go to Celery workers (dagster-celery) over Redis or RabbitMQ
-  (ML_CELERY_BROKER, ML_CELERY_BACKEND), so training and drift scoring run on
-  other processes or machines. Needs a persistent instance (DAGSTER_HOME).
+  (ML_CELERY_BROKER, ML_CELERY_BACKEND) through the queue ML_CELERY_QUEUE (the
+  workers' `-q`), so training and drift scoring run on other processes or machines.
+  Needs a persistent instance (DAGSTER_HOME) and storage every worker can read.
 """
 
 import os
@@ -13,6 +14,11 @@ import os
 from dagster import ExecutorDefinition, in_process_executor, multiprocess_executor
 
 EXECUTORS = ("in_process", "multiprocess", "celery")
+
+
+def celery_queue() -> str:
+    """The Celery queue steps are sent to; workers consume it with `-q`."""
+    return os.environ.get("ML_CELERY_QUEUE", "").strip() or "dagster"
 
 
 def build_executor(kind: str | None = None) -> ExecutorDefinition:
@@ -29,5 +35,6 @@ def build_executor(kind: str | None = None) -> ExecutorDefinition:
             "broker": os.environ.get("ML_CELERY_BROKER", "redis://127.0.0.1:6379/0"),
             "backend": os.environ.get("ML_CELERY_BACKEND", "redis://127.0.0.1:6379/1"),
             "include": ["ml_assets.definitions"],
+            "config_source": {"task_default_queue": celery_queue()},
         })
     raise ValueError(f"ML_EXECUTOR={kind!r} is not one of {', '.join(EXECUTORS)}")
