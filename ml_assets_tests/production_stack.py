@@ -196,9 +196,10 @@ class ProductionStack:
                               str(self.dagster_home / "workspace.yaml")])
 
     def start_worker(self, name: str, concurrency: int = 1) -> None:
+        """A worker as compose starts it (`-n` gets @host appended by dagster-celery)."""
         self.start(name, [
             "dagster-celery", "worker", "start", "-A", "dagster_celery.app",
-            "-y", str(self.dagster_home / "celery.yaml"), "-n", f"{name}-{self.tag}",  # dagster-celery appends @host
+            "-y", str(self.dagster_home / "celery.yaml"), "-n", f"{name}-{self.tag}",
             "-q", self.queue, "--", f"--concurrency={concurrency}"])
 
     def worker_pool_pids(self, name: str) -> list[int]:
