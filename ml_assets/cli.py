@@ -5,6 +5,8 @@
     ml-platform up             train if no model exists yet, then start the prediction
                                API (port 8000) and the Dagster UI (port 3000)
     ml-platform rollback       restore the previous champion in one step
+    ml-platform reexecute ID   re-run a failed run from its failure (steps that succeeded
+                               are not run again; with Celery the workers execute it)
     ml-platform simulate       send realistic (optionally drifted) traffic to the API
 """
 
@@ -150,6 +152,21 @@ def rollback(to_version: str | None, reason: str) -> int:
     return 0
 
 
+def reexecute(run_id: str) -> int:
+    """Re-execute failed run `run_id` from its failure and wait for the new run."""
+    from ml_assets.recovery import RecoveryError, reexecute_from_failure
+
+    try:
+        outcome = reexecute_from_failure(run_id)
+    except RecoveryError as exc:
+        print(f"reexecute refused: {exc}", file=sys.stderr)
+        return 1
+    state = "succeeded" if outcome.success else "failed"
+    print(f"run {outcome.run_id} ({outcome.job_name}, re-execution of {run_id}) {state}; "
+          f"steps: {', '.join(outcome.steps) or 'none'}")
+    return 0 if outcome.success else 1
+
+
 def simulate(args) -> int:
     """Send realistic (optionally drifted) traffic to the API."""
     from ml_assets.core.traffic import simulate as run
@@ -187,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     rollback_parser = sub.add_parser("rollback", help="restore the previous champion")
     rollback_parser.add_argument("--to", dest="to_version", help="a specific version")
     rollback_parser.add_argument("--reason", default="manual rollback")
+    reexec = sub.add_parser("reexecute", help="re-run a failed run from its failure")
+    reexec.add_argument("run_id", help="the failed run's id (Dagster UI, `dagster run list`)")
     sim = sub.add_parser("simulate", help="send realistic traffic to the prediction API")
     sim.add_argument("--url", default=f"http://127.0.0.1:{os.environ.get('ML_API_PORT', '8000')}")
     sim.add_argument("--requests", type=int, default=300)
@@ -206,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         return simulate(args)
     if args.command == "rollback":
         return rollback(args.to_version, args.reason)
+    if args.command == "reexecute":
+        return reexecute(args.run_id)
     return up(args.host, args.port, args.api_port, args.no_api)
 
 
