@@ -29,6 +29,8 @@ class PlatformSettings:
     ingest_retry_delay_seconds: float
     metric_threshold: float
     prediction_log_path: Path
+    # PostgreSQL prediction log URL; when set it wins over prediction_log_path.
+    prediction_log_url: str
     landing_dir: Path
     labels_dir: Path
     monitoring_start_date: str
@@ -55,6 +57,7 @@ class PlatformSettings:
             metric_threshold=float(_env("ML_METRIC_THRESHOLD", "0.8")),
             prediction_log_path=Path(_env("ML_PREDICTION_LOG_PATH",
                                           str(home / "prediction_log.db"))),
+            prediction_log_url=_env("ML_PREDICTION_LOG_URL", ""),
             landing_dir=Path(_env("ML_LANDING_DIR", str(home / "landing"))),
             labels_dir=Path(_env("ML_LABELS_DIR", str(home / "labels"))),
             monitoring_start_date=_env("ML_MONITORING_START_DATE", "2026-11-01"),

@@ -371,6 +371,7 @@ class Live:
     code_env: dict[str, str]
     api_env: dict[str, str]
     worker_env: dict[str, str]
+    log_db: str  # the prediction log's database
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     logs: dict[str, Path] = field(default_factory=dict)
 
@@ -444,17 +445,22 @@ def live(request, tmp_path_factory) -> Iterator[Live | None]:
               "ML_CELERY_BACKEND": "redis://127.0.0.1:6379/14"}
     # Both containers' entrypoints write workspace.yaml into the same DAGSTER_HOME here.
     code_server = {"DAGSTER_CODE_HOST": "127.0.0.1", "DAGSTER_CODE_PORT": str(code_port)}
+    # The prediction log in a database of its own, as db_init creates `predictions`.
+    log_db = f"deploy_test_{uuid.uuid4().hex[:8]}_predictions"
+    _admin_sql(f'CREATE DATABASE "{log_db}"')
+    log_url = {"ML_PREDICTION_LOG_URL": f"postgresql://postgres@{PG[0]}:{PG[1]}/{log_db}"}
     code_env = container_env(CODE, "user_code", {**instance, **celery, **stores,
-                                                 **code_server}, home)
+                                                 **code_server, **log_url}, home)
     worker_env = container_env(CODE, "celery_worker", {**instance, **celery, **stores,
-                                                       **code_server}, home)
+                                                       **code_server, **log_url}, home)
     worker_env["HOSTNAME"] = socket.gethostname()
     api_env = container_env(API, "api", {
-        "MLFLOW_TRACKING_URI": tracking,
+        "MLFLOW_TRACKING_URI": tracking, **log_url,
         "ML_API_HOST": "127.0.0.1", "ML_API_PORT": str(api_port)}, home)
     for env in (code_env, worker_env):
         env["DAGSTER_HOME"] = str(dagster_home)
-    state = Live(home, dagster_home, code_port, api_port, code_env, api_env, worker_env)
+    state = Live(home, dagster_home, code_port, api_port, code_env, api_env, worker_env,
+                 log_db)
     local = {"/opt/dagster/dagster_home": str(dagster_home)}
     code_cmd = _with_port(_with_port(CODE.exec_form("CMD"), "-p", code_port), "-h", "127.0.0.1")
     state.start("code_server", ["/bin/sh", str(ENTRYPOINT), *code_cmd], code_env)
@@ -465,6 +471,22 @@ def live(request, tmp_path_factory) -> Iterator[Live | None]:
         yield state
     finally:
         state.stop()
+        _admin_sql(f'DROP DATABASE IF EXISTS "{log_db}" WITH (FORCE)')
+
+
+def _admin_sql(statement: str, database: str = "postgres") -> list[tuple]:
+    """Run one statement on the local PostgreSQL as its superuser (autocommit)."""
+    import psycopg2
+
+    conn = psycopg2.connect(host=PG[0], port=PG[1], user="postgres", dbname=database,
+                            connect_timeout=10)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(statement)
+            return cur.fetchall() if cur.description else []
+    finally:
+        conn.close()
 
 
 def _with_port(argv: list[str], flag: str, value: int | str) -> list[str]:
@@ -939,11 +961,19 @@ def test_ports_hosts_and_databases_agree():
         env = environment(SERVICES[service])
         assert env["DAGSTER_PG_HOST"] == "postgres" and env["DAGSTER_PG_DB"] in databases
         assert env["DAGSTER_PG_PORT"] == "5432"
-    urls = [environment(SERVICES["mlflow"])["MLFLOW_BACKEND_STORE_URI"]]
+    log_urls = {environment(SERVICES[s])["ML_PREDICTION_LOG_URL"]
+                for s in [*DAGSTER_SERVICES, "api"]}
+    assert len(log_urls) == 1, "the API and the Dagster services must share one log"
+    (log_url,) = log_urls
+    assert log_url.endswith("/predictions")
+    urls = [environment(SERVICES["mlflow"])["MLFLOW_BACKEND_STORE_URI"], log_url]
     for url in urls:
         match = re.fullmatch(r"postgresql://(\w+):(.+)@postgres:5432/(\w+)", url)
         assert match and match.group(3) in databases, url
         assert match.group(2) == DOT_ENV["POSTGRES_PASSWORD"]
+    from serving.prediction_log import resolve_log_location
+
+    assert resolve_log_location(log_url) == ("postgres", log_url)  # the API's backend
     for service in DAGSTER_SERVICES:
         broker = environment(SERVICES[service])["ML_CELERY_BROKER"]
         assert re.fullmatch(r"redis://redis:6379/\d+", broker), broker
@@ -1068,6 +1098,9 @@ def test_api_starts_and_passes_its_healthcheck(live):
                         headers={"Authorization": f"Bearer {DOT_ENV['ML_API_KEY']}"})
     assert scraped.status_code == 200 and "ml_api_requests_total" in scraped.text
     assert httpx.get(f"{base}/ready").status_code == 503  # no champion in a new store
+    # It opened its prediction log from compose's ML_PREDICTION_LOG_URL: the table exists.
+    assert _admin_sql("SELECT to_regclass('predictions') IS NOT NULL",
+                      state.log_db) == [(True,)]
 
 
 def test_celery_worker_starts_answers_its_healthcheck_and_shuts_down_warm(live):

@@ -18,7 +18,7 @@ from serving.batcher import MicroBatcher
 from serving.metrics import ServiceMetrics
 from serving.middleware import BodySizeLimit, BodyTooLarge, RequestContext
 from serving.model_store import ModelStore
-from serving.prediction_log import PredictionLog, SQLitePredictionLog
+from serving.prediction_log import PredictionLog, open_prediction_log
 from serving.request_models import BATCH_MODEL, RECORD_MODEL
 from serving.responses import ErrorResponse, OrjsonResponse
 from serving.routes import open_routes, protected_routes
@@ -52,16 +52,18 @@ async def _poll(service: Service) -> None:
 
 def create_app(settings: ServingSettings | None = None, *,
                prediction_log: PredictionLog | None = None) -> FastAPI:
-    """The prediction service. `prediction_log` replaces the SQLite log (the app closes
-    it at shutdown)."""
+    """The prediction service. `prediction_log` replaces the configured log (PostgreSQL
+    when `prediction_log_url` is set, else the SQLite file; the app closes it at
+    shutdown)."""
     settings = settings or ServingSettings.from_env()
     metrics = ServiceMetrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         service: Service = app.state.service
-        service.log = prediction_log or SQLitePredictionLog(
-            settings.prediction_log_path, max_queue_rows=settings.log_queue_rows)
+        service.log = prediction_log or open_prediction_log(
+            settings.prediction_log_url or settings.prediction_log_path,
+            max_queue_rows=settings.log_queue_rows, spill_path=settings.prediction_log_path)
         metrics.log_backlog.set_function(lambda: service.log.backlog)
         metrics.log_write_failures.set_function(lambda: service.log.write_failures)
         service.batcher.start()

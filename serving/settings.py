@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ml_assets.settings import PlatformSettings
+from serving.prediction_log import resolve_log_location
 
 
 class SettingsError(ValueError):
@@ -47,6 +48,11 @@ class ServingSettings:
         default_factory=lambda: PlatformSettings.from_env().mlflow_tracking_uri)
     prediction_log_path: Path = field(
         default_factory=lambda: PlatformSettings.from_env().prediction_log_path)
+    # PostgreSQL prediction log (postgresql://user:password@host:port/db); wins over
+    # prediction_log_path, which then only names where unstorable rows are spilled at
+    # shutdown. None (the default when constructed directly) keeps the SQLite file.
+    # Left out of repr: it may hold a password.
+    prediction_log_url: str | None = field(default=None, repr=False)
     # Largest batch /predict/batch and /invocations accept, in rows.
     max_batch: int = 1000
     # Largest request body in bytes (413 above it).
@@ -65,6 +71,12 @@ class ServingSettings:
     def from_env(cls, **overrides) -> ServingSettings:
         """Settings from os.environ; keyword overrides that are not None win (CLI args)."""
         platform = PlatformSettings.from_env()
+        log_url = platform.prediction_log_url or None
+        if log_url is not None:
+            try:
+                resolve_log_location(log_url)
+            except ValueError as exc:
+                raise SettingsError(f"ML_PREDICTION_LOG_URL: {exc}") from None
         settings = cls(
             host=_env("ML_API_HOST", "127.0.0.1"),
             port=_number("ML_API_PORT", 8000, int, 0),
@@ -73,6 +85,7 @@ class ServingSettings:
             model_alias=_env("ML_MODEL_ALIAS", "champion"),
             tracking_uri=platform.mlflow_tracking_uri,
             prediction_log_path=platform.prediction_log_path,
+            prediction_log_url=log_url,
             max_batch=_number("ML_API_MAX_BATCH", 1000, int, 1),
             max_body_bytes=_number("ML_API_MAX_BODY_BYTES", 4 * 1024 * 1024, int, 1024),
             poll_seconds=_number("ML_API_POLL_SECONDS", 30.0, float, 0.0),

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
+from dagster import EnvVar
+
 from ml_assets.resources.data_source import DataSourceResource
 from ml_assets.resources.mlflow_tracking import MlflowTracking
 from ml_assets.resources.production import ProductionDataResource
@@ -10,6 +14,11 @@ from ml_assets.settings import PlatformSettings
 
 def build_resources(settings: PlatformSettings | None = None) -> dict:
     settings = settings or PlatformSettings.from_env()
+    log_url: str = settings.prediction_log_url
+    if log_url and os.environ.get("ML_PREDICTION_LOG_URL", "").strip() == log_url:
+        # Resolved when the resource is used: Dagster shows the variable's name, not the
+        # URL and its password, in the UI.
+        log_url = EnvVar("ML_PREDICTION_LOG_URL")
     return {
         "data_source": DataSourceResource(
             kind=settings.data_source, path=settings.data_path, target=settings.target,
@@ -21,5 +30,6 @@ def build_resources(settings: PlatformSettings | None = None) -> dict:
             registered_model_name=settings.registered_model_name),
         "production": ProductionDataResource(
             prediction_log_path=str(settings.prediction_log_path),
+            prediction_log_url=log_url,
             landing_dir=str(settings.landing_dir), labels_dir=str(settings.labels_dir)),
     }

@@ -1,51 +1,89 @@
-"""Where production traffic is read from: the API's prediction log, a landing
-directory of labelled daily drops, and a directory of late-arriving labels."""
+"""Where production traffic is read from: the API's prediction log (SQLite file or
+PostgreSQL), a landing directory of labelled daily drops, and a directory of
+late-arriving labels."""
 
+from __future__ import annotations
+
+import os
+import threading
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, EnvVar
 from pydantic import Field
 
 from ml_assets.core.datasets import DataSourceError, load_tabular_files
+
+if TYPE_CHECKING:
+    from serving.prediction_log import PredictionLog
+
+# Read-only PostgreSQL logs by (process, URL): a sensor asks for every day's row count
+# each tick, over one connection rather than one per question. Keyed by process id so
+# that a forked child never uses its parent's connection.
+_PG_READERS: dict[tuple[int, str], PredictionLog] = {}
+_PG_READERS_LOCK = threading.Lock()
 
 
 class ProductionDataResource(ConfigurableResource):
     """Reads one UTC day of production rows (features, outputs, labels where known)."""
 
-    prediction_log_path: str = Field(description="SQLite prediction log the API appends to.")
+    prediction_log_path: str = Field(description="SQLite prediction log the API appends to "
+                                     "(read when prediction_log_url is empty).")
+    prediction_log_url: str = Field(
+        default="", description="PostgreSQL prediction log the API appends to "
+        "(postgresql://user:password@host:port/database); when set it wins over "
+        "prediction_log_path.")
     landing_dir: str = Field(description="Labelled daily drops: <dir>/<YYYY-MM-DD>/*.csv|"
                              "*.parquet with the feature columns and the target.")
     labels_dir: str = Field(description="Late labels: <dir>/*.csv with request_id,label.")
 
     def prediction_days(self) -> list[date]:
-        if not Path(self.prediction_log_path).exists():
+        if not self._log_exists():
             return []
         return self._log().days()
 
     def row_count(self, day: str) -> int:
         """How many predictions `day` holds (cheap: no rows are decoded)."""
-        import sqlite3
-        from contextlib import closing
-
-        if not Path(self.prediction_log_path).exists():
+        if not self._log_exists():
             return 0
-        with closing(sqlite3.connect(self.prediction_log_path, timeout=30.0)) as conn:
-            (count,) = conn.execute("SELECT COUNT(*) FROM predictions WHERE day = ?",
-                                    (day,)).fetchone()
-        return int(count)
+        return self._log().row_count(day)
 
     def predictions(self, day: str) -> pd.DataFrame:
         """The API's predictions of `day` (empty frame when there are none)."""
-        if not Path(self.prediction_log_path).exists():
+        if not self._log_exists():
             return pd.DataFrame()
         return self._log().read_day(day)
 
-    def _log(self):
-        from serving.prediction_log import SQLitePredictionLog
+    def _log_url(self) -> str:
+        url = self.prediction_log_url
+        if isinstance(url, EnvVar):  # used outside Dagster, which would have resolved it
+            url = url.get_value() or ""
+        return url.strip()
 
-        return SQLitePredictionLog(self.prediction_log_path, read_only=True)
+    def _log_exists(self) -> bool:
+        """False only for a SQLite log whose file is not there yet (a PostgreSQL log
+        reads as empty until its table exists)."""
+        if self._log_url():
+            return True
+        from serving.prediction_log import resolve_log_location
+
+        kind, where = resolve_log_location(self.prediction_log_path)
+        return kind != "sqlite" or Path(where).exists()
+
+    def _log(self) -> PredictionLog:
+        """The prediction log, read-only: the URL's when set, else the path's."""
+        from serving.prediction_log import open_prediction_log
+
+        url = self._log_url()
+        if not url:
+            return open_prediction_log(self.prediction_log_path, read_only=True)
+        key = (os.getpid(), url)
+        with _PG_READERS_LOCK:
+            if key not in _PG_READERS:  # connects on first read
+                _PG_READERS[key] = open_prediction_log(url, read_only=True)
+            return _PG_READERS[key]
 
     def landing_days(self) -> dict[str, float]:
         """day -> newest file mtime, for every day directory in the landing area."""
@@ -80,7 +118,7 @@ class ProductionDataResource(ConfigurableResource):
         return labels.drop_duplicates("request_id", keep="last")
 
 
-def labelled_production_rows(production: "ProductionDataResource", columns: list[str],
+def labelled_production_rows(production: ProductionDataResource, columns: list[str],
                              target: str) -> pd.DataFrame:
     """Every production row whose true label is known, as training rows (`columns`,
     target last): logged predictions joined with late labels on request_id, plus
@@ -95,8 +133,8 @@ def labelled_production_rows(production: "ProductionDataResource", columns: list
             if len(joined):
                 frames.append(joined.reindex(columns=features).assign(
                     **{target: joined["label"].to_numpy()}))
-    for day in sorted(production.landing_days()):
-        landed = production.landing(day, target)
+    for landing_day in sorted(production.landing_days()):
+        landed = production.landing(landing_day, target)
         if len(landed):
             frames.append(landed.reindex(columns=columns))
     if not frames:
