@@ -9,16 +9,22 @@ episode, the champion is retrained weekly, and failed runs raise an alert.
 import json
 import time
 import urllib.request
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
+from typing import TypeVar
 
 from dagster import (
+    AssetCheckEvaluation,
     AssetCheckKey,
     AssetKey,
+    AssetsDefinition,
     AssetSelection,
+    AssetSpec,
     AutomationConditionSensorDefinition,
     DefaultScheduleStatus,
     DefaultSensorStatus,
+    EventLogEntry,
     FreshnessPolicy,
     RunFailureSensorContext,
     RunRequest,
@@ -122,10 +128,9 @@ def retrain_on_drift(context: SensorEvaluationContext) -> SensorResult:
     cooldown = SETTINGS.retrain_cooldown_seconds
     requests, notes = [], []
     for record in new:
-        evaluation = record.event.dagster_event.event_specific_data if record.event else None
-        failed = (evaluation is not None and not evaluation.passed
-                  and evaluation.severity.value == "ERROR")
-        if not failed:
+        evaluation = _check_evaluation(record.event)
+        if (evaluation is None or evaluation.passed
+                or evaluation.severity.value != "ERROR"):
             in_episode = False  # a passing (or merely warning) day ends the episode
             continue
         if in_episode:
@@ -139,8 +144,7 @@ def retrain_on_drift(context: SensorEvaluationContext) -> SensorResult:
             in_episode = True
             continue
         partition = record.partition or _metadata_value(evaluation, "partition")
-        drifted = evaluation.metadata.get("drifted_features")
-        features = ",".join(drifted.value if drifted else [])[:200]
+        features = ",".join(_drifted_features(evaluation))[:200]
         requests.append(RunRequest(
             run_key=f"retrain-on-drift:{record.id}",
             tags={TRIGGER_TAG: "drift", "ml/drift_partition": str(partition),
@@ -155,9 +159,23 @@ def retrain_on_drift(context: SensorEvaluationContext) -> SensorResult:
                         cursor=cursor)
 
 
-def _metadata_value(evaluation, key: str):
+def _check_evaluation(entry: EventLogEntry | None) -> AssetCheckEvaluation | None:
+    """The check evaluation an event log entry carries, or None for any other entry."""
+    if entry is None or entry.dagster_event is None:
+        return None
+    data = entry.dagster_event.event_specific_data
+    return data if isinstance(data, AssetCheckEvaluation) else None
+
+
+def _metadata_value(evaluation: AssetCheckEvaluation, key: str) -> object:
     value = evaluation.metadata.get(key)
     return value.value if value is not None else None
+
+
+def _drifted_features(evaluation: AssetCheckEvaluation) -> list[str]:
+    """The drift check's `drifted_features` metadata (a JSON list of names), or []."""
+    drifted = _metadata_value(evaluation, "drifted_features")
+    return [str(name) for name in drifted] if isinstance(drifted, list) else []
 
 
 @run_failure_sensor(name="alert_on_run_failure", default_status=DefaultSensorStatus.RUNNING,
@@ -190,11 +208,10 @@ def _only_refused_promotion(context: RunFailureSensorContext) -> bool:
     (a normal outcome of retraining, recorded but not paged)."""
     from dagster import DagsterEventType
 
-    failed_checks = {
-        entry.dagster_event.event_specific_data.check_name
-        for entry in context.instance.all_logs(
-            context.dagster_run.run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION)
-        if not entry.dagster_event.event_specific_data.passed}
+    evaluations = [_check_evaluation(entry) for entry in context.instance.all_logs(
+        context.dagster_run.run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION)]
+    failed_checks = {evaluation.check_name for evaluation in evaluations
+                     if evaluation is not None and not evaluation.passed}
     failed_steps = {entry.step_key for entry in context.instance.all_logs(
         context.dagster_run.run_id, of_type=DagsterEventType.STEP_FAILURE)}
     return failed_checks == {"challenger_beats_champion"} and failed_steps <= {
@@ -218,12 +235,16 @@ sensors = [production_data_sensor, retrain_on_drift, alert_on_run_failure,
            monitoring_automation]
 
 
-def with_freshness(assets: list) -> list:
-    """Attach the freshness policies to the assets they name (policy lives here, once)."""
+_Loaded = TypeVar("_Loaded")
+
+
+def with_freshness(assets: Sequence[_Loaded]) -> list[_Loaded | AssetsDefinition]:
+    """Attach the freshness policies to the assets they name (policy lives here, once).
+    Only an AssetsDefinition can map its specs; anything else passes through as is."""
     policies = freshness_policies()
 
-    def attach(spec):
+    def attach(spec: AssetSpec) -> AssetSpec:
         policy = policies.get(spec.key.to_user_string())
         return spec.replace_attributes(freshness_policy=policy) if policy else spec
 
-    return [a.map_asset_specs(attach) if hasattr(a, "map_asset_specs") else a for a in assets]
+    return [a.map_asset_specs(attach) if isinstance(a, AssetsDefinition) else a for a in assets]

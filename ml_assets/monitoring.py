@@ -214,10 +214,11 @@ def drift_scores(context: AssetExecutionContext, config: DriftScoringConfig,
     prediction_drift = report.prediction_drifted and config.fail_on_prediction_drift
     failing = enough and (share >= config.fail_share or prediction_drift)
     warning = enough and not failing and share >= config.warn_share
-    summary = {"rows": len(production_data), "share_drifted": round(float(share), 4),
-               "drifted_features": report.drifted_features,
-               "prediction_drifted": report.prediction_drifted,
-               "dataset_drifted": report.dataset_drifted}
+    summary: dict[str, int | float | bool | list[str]] = {
+        "rows": len(production_data), "share_drifted": round(float(share), 4),
+        "drifted_features": report.drifted_features,
+        "prediction_drifted": report.prediction_drifted,
+        "dataset_drifted": report.dataset_drifted}
     columns = ["feature", "test", "statistic", "p_value", "threshold", "drifted",
                "missing_rate_ref", "missing_rate_cur", "status"]
     shown = table[[c for c in columns if c in table.columns]]

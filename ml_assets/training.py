@@ -12,6 +12,7 @@ from ml_assets.core import modeling
 from ml_assets.core.features import Split
 from ml_assets.core.model_logging import log_pipeline
 from ml_assets.core.provenance import code_version, frame_fingerprint, library_versions
+from ml_assets.core.schemas import schema_yaml
 from ml_assets.resources import DataSourceResource, MlflowTracking
 
 
@@ -80,7 +81,7 @@ def trained_model(context: AssetExecutionContext, config: TrainingConfig, data_s
         info = log_pipeline(pipeline, data_split.X_train, schema, target, extra_metadata={
             "data_fingerprint": fingerprint, "code_version": version,
             "dagster_run_id": context.run_id})
-        mlflow.log_text(schema.to_yaml(), "feature_schema.yaml")
+        mlflow.log_text(schema_yaml(schema), "feature_schema.yaml")
         run_id = run.info.run_id
     context.log.info("CV %s %.4f ± %.4f; logged %s", cv.metric, cv.mean, cv.std,
                      info.model_uri)

@@ -9,6 +9,7 @@ import contextlib
 import gc
 import logging
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.openapi.utils import get_openapi
@@ -100,8 +101,9 @@ def create_app(settings: ServingSettings | None = None, *,
         batcher=MicroBatcher(settings.micro_batch_rows, settings.micro_batch_wait_ms / 1000,
                              metrics))
     auth = [Depends(api_key_dependency(settings.api_key))] if settings.api_key else []
-    unauthorized = {401: {"model": ErrorResponse, "description": "Missing or wrong API "
-                          "key (X-API-Key or Authorization: Bearer)."}} if auth else None
+    unauthorized: dict[int | str, dict[str, Any]] | None = {
+        401: {"model": ErrorResponse, "description": "Missing or wrong API "
+              "key (X-API-Key or Authorization: Bearer)."}} if auth else None
     app.include_router(open_routes)
     app.include_router(protected_routes, dependencies=auth, responses=unauthorized)
 
@@ -112,7 +114,8 @@ def create_app(settings: ServingSettings | None = None, *,
 
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContext, metrics=metrics)
-    app.openapi = lambda: _openapi(app)
+    # FastAPI's documented way to customise the schema; mypy forbids assigning to a method.
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 
 

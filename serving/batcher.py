@@ -50,7 +50,7 @@ class MicroBatcher:
         self._jobs: deque[_Job] = deque()
         self._recent_jobs = 1.0  # moving average of jobs per batch
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict")
-        self._wakeup: asyncio.Event | None = None
+        self._wakeup = asyncio.Event()  # replaced by start(); bound to a loop on first use
         self._task: asyncio.Task | None = None
         self._running_batch = False
 

@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any, cast
 
 import mlflow
 import numpy as np
@@ -110,7 +111,9 @@ def serving_n_jobs(pipeline: Pipeline) -> Pipeline:
 def _input_example(local_path: str, names: list[str]) -> list[dict] | None:
     """The model's logged input example as records (None when it has none)."""
     try:
-        example = mlflow.models.Model.load(local_path).load_input_example(local_path)
+        # mlflow annotates this `str | None`; it returns the logged example itself
+        # (a DataFrame for these models), hence the cast.
+        example = cast(Any, mlflow.models.Model.load(local_path).load_input_example(local_path))
     except Exception:  # noqa: BLE001 - an unreadable example falls back to the schema
         logger.warning("input example of %s unreadable; using rows from the schema", local_path)
         return None

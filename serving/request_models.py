@@ -12,17 +12,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from operator import itemgetter
+from types import GenericAlias
 from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, create_model
+from pydantic.config import JsonDict
 from pydantic.json_schema import models_json_schema
 
 RECORD_MODEL = "PredictRequest"
 BATCH_MODEL = "PredictBatchRequest"
 _PYTHON_TYPES = {"number": float, "integer": int, "boolean": bool, "string": str}
+FeatureKind = Literal["number", "integer", "boolean", "string"]
 
 
 @dataclass(frozen=True)
@@ -30,7 +33,7 @@ class FeatureSpec:
     """One feature as the API sees it."""
 
     name: str
-    kind: Literal["number", "integer", "boolean", "string"]
+    kind: FeatureKind
     nullable: bool
     ge: float | None = None
     gt: float | None = None
@@ -47,7 +50,7 @@ class FeatureSpec:
                 for k, v in self.__dict__.items() if v is not None}
 
 
-def _kind(dtype) -> str:
+def _kind(dtype) -> FeatureKind:
     name = str(dtype).lower()
     if name.startswith(("float", "int", "uint")):
         return "number" if name.startswith("float") else "integer"
@@ -153,6 +156,12 @@ class RequestModels:
         values = self._getter(record.__dict__)
         return list(values) if len(self.keys) > 1 else [values]
 
+    def records_of(self, batch: BaseModel) -> list[BaseModel]:
+        """The validated records of a `batch` instance (a field of a runtime-built model,
+        so read like `row_of` reads features)."""
+        records: list[BaseModel] = batch.__dict__["records"]
+        return records
+
     def json_schemas(self) -> dict[str, dict]:
         """Component schemas for OpenAPI (feature names as property names)."""
         _, top = models_json_schema([(self.record, "validation"), (self.batch, "validation")],
@@ -167,22 +176,29 @@ def build_request_models(specs: list[FeatureSpec], max_batch: int,
     scoring protocol ignores them too)."""
     keys = tuple(f"f{i}" for i in range(len(specs)))
     fields = {key: _annotation(spec) for key, spec in zip(keys, specs, strict=False)}
-    common = dict(strict=True, populate_by_name=False, regex_engine="python-re")
-    examples = {"examples": [example]} if example else None
+    common = ConfigDict(strict=True, populate_by_name=False, regex_engine="python-re")
+    examples: JsonDict | None = {"examples": [example]} if example else None
     record = create_model(RECORD_MODEL, __config__=ConfigDict(
         extra="forbid", title=RECORD_MODEL, json_schema_extra=examples, **common), **fields)
     record.__doc__ = "One record: every feature of the served model's schema, by name."
     batch = create_model(BATCH_MODEL, __config__=ConfigDict(extra="forbid", title=BATCH_MODEL,
                                                             strict=True),
-                         records=(list[record], Field(min_length=1, max_length=max_batch,
-                                                      description=f"1 to {max_batch} records")))
+                         records=(_list_of(record),
+                                  Field(min_length=1, max_length=max_batch,
+                                        description=f"1 to {max_batch} records")))
     batch.__doc__ = "Many records, answered in order."
     lenient = create_model("InvocationsRecord", __config__=ConfigDict(extra="ignore", **common),
                            **fields)
     return RequestModels(specs=tuple(specs), record=record, batch=batch,
-                         lenient_rows=TypeAdapter(list[lenient]), keys=keys,
+                         lenient_rows=TypeAdapter(_list_of(lenient)), keys=keys,
                          feature_names=tuple(spec.name for spec in specs),
                          _getter=itemgetter(*keys))
+
+
+def _list_of(model: type[BaseModel]) -> Any:
+    """`list[model]` for a model class built at runtime (what that subscript evaluates to;
+    a type checker cannot take a variable as a type argument)."""
+    return GenericAlias(list, (model,))
 
 
 def example_rows(specs: list[FeatureSpec], n: int = 2) -> list[dict]:

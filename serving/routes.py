@@ -8,7 +8,7 @@ their OpenAPI schemas are injected by the app factory from the same models.
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
@@ -38,7 +38,7 @@ ServiceDep = Annotated[Service, Depends(get_service)]
 open_routes = APIRouter()
 protected_routes = APIRouter()
 
-_ERRORS = {
+_ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"model": ErrorResponse, "description": "Body larger than ML_API_MAX_BODY_BYTES."},
     422: {"model": ErrorResponse, "description": "A feature is missing, unknown, mistyped, "
           "NaN, infinite or outside the schema's checks; `detail` names each."},
@@ -141,7 +141,7 @@ async def predict_batch(request: Request, service: ServiceDep) -> Response:
         except ValidationError as exc:
             return _invalid(exc, "record")
         request_id = request_id_of(request.scope)
-        rows = [model.requests.row_of(record) for record in batch.records]
+        rows = [model.requests.row_of(record) for record in model.requests.records_of(batch)]
         labels, probabilities, _ = await service.predict_rows(model, rows, request_id)
     return OrjsonResponse({
         "request_id": request_id, "model_name": model.name, "model_version": model.version,

@@ -42,6 +42,7 @@ class Service:
         probabilities = [dict(zip(labels, p, strict=True)) for p in proba.tolist()]
         now = datetime.now(timezone.utc)
         names = model.feature_names
+        assert self.log is not None, "the app's lifespan opens the prediction log first"
         self.log.append_many([
             PredictionRecord(now, request_id, i, model.name, model.version, names, row,
                              predicted[i], probabilities[i]) for i, row in enumerate(rows)])

@@ -18,7 +18,7 @@ tests and compared as a missing rate.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -257,20 +257,23 @@ def _test_column(ref: ColumnProfile, series: pd.Series, test: str, config: Drift
                  profile_bins: int) -> dict[str, Any]:
     """n_cur, missing rate, and (when both sides have values) the test's result."""
     if isinstance(ref, NumericProfile):
-        sample = finite_sorted(numeric_values(series))
-        n_cur = sample.size
-    else:
-        sample = category_counts(series)
-        n_cur = int(sample[1].sum())
-    result: dict[str, Any] = {"n_cur": n_cur, "missing_rate_cur": 1 - n_cur / len(series)}
+        cur_sorted = finite_sorted(numeric_values(series))
+        return _tested(cur_sorted.size, len(series), ref.n_valid,
+                       lambda: _numeric_test(ref, cur_sorted, test, config, profile_bins))
+    labels, counts = category_counts(series)
+    return _tested(int(counts.sum()), len(series), ref.n_valid,
+                   lambda: _categorical_test(ref, labels, counts, test))
+
+
+def _tested(n_cur: int, n_rows: int, n_ref: int,
+            run_test: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {"n_cur": n_cur, "missing_rate_cur": 1 - n_cur / n_rows}
     if n_cur == 0:
         result["status"] = "all missing"
-    elif ref.n_valid == 0:
+    elif n_ref == 0:
         result["status"] = "reference all missing"
-    elif isinstance(ref, NumericProfile):
-        result.update(_numeric_test(ref, sample, test, config, profile_bins))
     else:
-        result.update(_categorical_test(ref, *sample, test))
+        result.update(run_test())
     return result
 
 

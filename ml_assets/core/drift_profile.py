@@ -253,7 +253,10 @@ class ReferenceProfile:
 
         header = json.dumps(self._meta(stash)).encode()
         buffer = io.BytesIO()
-        np.savez(buffer, header=np.frombuffer(header, dtype=np.uint8), **arrays)
+        # allow_pickle given explicitly so mypy does not map **arrays onto it; from_bytes
+        # loads with allow_pickle=False, so nothing here may need pickling anyway.
+        np.savez(buffer, allow_pickle=False, header=np.frombuffer(header, dtype=np.uint8),
+                 **arrays)
         return buffer.getvalue()
 
     @classmethod

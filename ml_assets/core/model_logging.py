@@ -15,7 +15,7 @@ import pandera.pandas as pa
 from sklearn.pipeline import Pipeline
 
 from ml_assets.core.modeling import SKOPS_TRUSTED_TYPES
-from ml_assets.core.schemas import model_signature
+from ml_assets.core.schemas import model_signature, schema_yaml
 
 FEATURE_SCHEMA_KEY = "feature_schema"
 
@@ -27,7 +27,7 @@ def log_pipeline(pipeline: Pipeline, X_sample: pd.DataFrame, schema: pa.DataFram
     sample = X_sample.head(5)
     signature = model_signature(schema, target, pipeline.predict(sample))
     metadata = {
-        FEATURE_SCHEMA_KEY: schema.to_yaml(),
+        FEATURE_SCHEMA_KEY: schema_yaml(schema),
         "target": target,
         "classes": [str(c) for c in pipeline.classes_],
         **(extra_metadata or {}),

@@ -121,7 +121,7 @@ class SchemaStore:
             "# Inferred from the first data seen. Edit a copy saved as the next\n"
             "# version (v<N+1>.yaml) to tighten or loosen checks; the highest wins.\n"
         )
-        path.write_text(header + schema.to_yaml())
+        path.write_text(header + schema_yaml(schema))
         return version, path
 
 
@@ -166,6 +166,14 @@ def validate_frame(frame: pd.DataFrame, schema: pa.DataFrameSchema,
     empty = pd.DataFrame(columns=["column", "check", "failure_case", "index"])
     return validated, ValidationReport(True, len(frame), [], [], empty, 0,
                                        f"{len(frame)} rows passed {len(schema.columns)} columns")
+
+
+def schema_yaml(schema: pa.DataFrameSchema) -> str:
+    """The schema as YAML text. pandera types `to_yaml` as `str | None`: None only when
+    it writes to a stream, which this never asks for."""
+    text = schema.to_yaml()
+    assert text is not None
+    return text
 
 
 def feature_columns(schema: pa.DataFrameSchema, target: str) -> dict[str, str]:

@@ -51,7 +51,10 @@ class MlflowTracking(ConfigurableResource):
             return self.client.create_experiment(
                 self.experiment_name, artifact_location=self.artifact_location or None)
         except mlflow.exceptions.MlflowException:  # created concurrently by another step
-            return self.client.get_experiment_by_name(self.experiment_name).experiment_id
+            experiment = self.client.get_experiment_by_name(self.experiment_name)
+            if experiment is None:  # not a concurrent creation after all
+                raise
+            return experiment.experiment_id
 
     def run_id_for(self, dagster_run_id: str, run_name: str | None = None,
                    tags: dict[str, str] | None = None) -> str:
