@@ -33,9 +33,9 @@ from ml_assets_tests.production_stack import (
 
 pytestmark = pytest.mark.slow
 
-TRAINING_ASSETS = ["raw_data", "validated_data", "features", "data_split", "trained_model",
-                   "model_metrics", "registered_model", "champion_comparison",
-                   "champion_model"]
+TRAINING_ASSETS = ["raw_data", "validated_data", "data_split", "feature_preprocessor",
+                   "trained_model", "model_metrics", "registered_model", "champion_comparison",
+                   "champion_model", "reference_profile"]
 MODEL_NAME = "ml_platform_model"
 WORKERS = ["w1", "w2"]
 
@@ -75,13 +75,20 @@ def first_run(stack, instance) -> str:
 
 
 def _run_failure(instance, run_id: str) -> str:
+    """The run's failure messages with their errors (step, engine and run failures)."""
     from dagster import DagsterEventType
 
     records = instance.all_logs(run_id, of_type={DagsterEventType.STEP_FAILURE,
                                                  DagsterEventType.RUN_FAILURE,
                                                  DagsterEventType.ENGINE_EVENT})
-    return "\n".join(str(r.dagster_event.message if r.dagster_event else r.user_message)[:800]
-                     for r in records[-10:])
+    lines = []
+    for record in records:
+        event = record.dagster_event
+        if event is None:
+            continue
+        error = getattr(event.event_specific_data, "error", None)
+        lines.append(f"{event.message}" + (f"\n{error.to_string()}" if error else ""))
+    return "\n".join(lines[-12:])
 
 
 def _celery_steps(instance, run_id: str) -> dict[str, str]:
@@ -157,7 +164,7 @@ def test_api_serves_the_champion_from_the_tracking_server(stack, first_run):
         response = httpx.post(f"{url}/predict", json=row, timeout=30)
         assert response.status_code == 200, response.text
         assert response.json()["prediction"] in ("malignant", "benign")
-    response = httpx.post(f"{url}/predict/batch", json={"rows": rows}, timeout=30)
+    response = httpx.post(f"{url}/predict/batch", json={"records": rows}, timeout=30)
     assert response.status_code == 200, response.text
     # Graceful stop flushes the prediction log into PostgreSQL.
     stack.stop("api", signal.SIGTERM, timeout=60)
