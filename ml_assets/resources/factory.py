@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any, cast
 
 from dagster import EnvVar
 
@@ -21,7 +22,8 @@ def build_resources(settings: PlatformSettings | None = None) -> dict:
         log_url = EnvVar("ML_PREDICTION_LOG_URL")
     return {
         "data_source": DataSourceResource(
-            kind=settings.data_source, path=settings.data_path, target=settings.target,
+            # ML_DATA_SOURCE is validated by the resource (pydantic names bad values).
+            kind=cast(Any, settings.data_source), path=settings.data_path, target=settings.target,
             schema_dir=str(settings.home / "schemas")),
         "mlflow_tracking": MlflowTracking(
             tracking_uri=settings.mlflow_tracking_uri,
