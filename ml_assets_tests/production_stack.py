@@ -102,6 +102,7 @@ class ProductionStack:
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     logs: dict[str, Path] = field(default_factory=dict)
     databases: list[str] = field(default_factory=list)
+    extra_env: dict[str, str] = field(default_factory=dict)  # wins over the defaults
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -140,6 +141,7 @@ class ProductionStack:
             "ML_CELERY_BROKER": self.broker,
             "ML_CELERY_BACKEND": f"{REDIS_URL}/{self.redis_db}",
             "ML_CELERY_QUEUE": self.queue,
+            **self.extra_env,
         }
 
     # --- processes -----------------------------------------------------------------------
@@ -289,6 +291,14 @@ class ProductionStack:
                               text=True, timeout=120)
         assert done.returncode == 0, done.stdout + done.stderr
         return run_id
+
+    def sensor(self, action: str, name: str) -> None:
+        """`dagster sensor start|stop` against the stack's code location."""
+        done = subprocess.run(["dagster", "sensor", action, "-w",
+                               str(self.dagster_home / "workspace.yaml"), "-l", "ml_assets",
+                               name], env=self.env, cwd=self.root, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
 
     def wait_run(self, instance, run_id: str, timeout: float = 300) -> str:
         deadline = time.monotonic() + timeout
