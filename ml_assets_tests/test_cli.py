@@ -64,3 +64,46 @@ def test_failed_training_exits_non_zero_with_the_reason(tmp_path, mlflow_store, 
                           env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     assert "does not exist" in done.stderr
+
+
+def test_reexecute_a_failed_run_after_fixing_its_data(tmp_path, mlflow_store, unique_name):
+    """`ml-platform reexecute` re-runs a failed run from its failure in a new run, and
+    names the problem when the run is unknown or did not fail."""
+    data = tmp_path / "data.csv"
+    env = {**os.environ, "ML_PLATFORM_HOME": str(tmp_path / "home"),
+           "DAGSTER_HOME": str(tmp_path / "dagster_home"),
+           "MLFLOW_TRACKING_URI": mlflow_store["tracking_uri"],
+           "ML_EXPERIMENT_NAME": unique_name, "ML_REGISTERED_MODEL_NAME": unique_name,
+           "ML_DATA_SOURCE": "files", "ML_DATA_PATH": str(data), "ML_TARGET": "diagnosis"}
+    cli = str(Path(sys.executable).with_name("ml-platform"))
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([cli, *args], env=env, capture_output=True, text=True,
+                              timeout=300)
+
+    assert run("train").returncode == 1  # the data file is not there yet
+    with DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        (failed,) = instance.get_runs()
+        assert failed.status.value == "FAILURE"
+
+    unknown = run("reexecute", "no-such-run")
+    assert unknown.returncode == 1
+    assert "run 'no-such-run' does not exist" in unknown.stderr
+    assert "Traceback" not in unknown.stderr
+
+    load_breast_cancer_frame().to_csv(data, index=False)  # the fix
+    done = run("reexecute", failed.run_id)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert f"re-execution of {failed.run_id}) succeeded" in done.stdout
+    with DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        (new_run,) = [r for r in instance.get_runs() if r.run_id != failed.run_id]
+        assert new_run.status.value == "SUCCESS"
+        assert new_run.parent_run_id == failed.run_id
+        assert new_run.tags["ml/reexecution_of"] == failed.run_id
+        assert instance.get_latest_materialization_event(AssetKey("champion_model"))
+    versions = mlflow.MlflowClient(mlflow_store["tracking_uri"]).search_model_versions(
+        f"name = '{unique_name}'")
+    assert len(versions) == 1
+
+    again = run("reexecute", new_run.run_id)
+    assert again.returncode == 1 and "only a failed run" in again.stderr

@@ -538,6 +538,7 @@ def test_instance_config_builds_a_postgres_instance(tmp_path, monkeypatch):
         assert {"key": "ml/trigger", "value": "drift", "limit": 1} in \
             queue.tag_concurrency_limits
         assert instance.run_monitoring_enabled
+        assert instance.run_monitoring_max_runtime_seconds == 6 * 3600  # lost workers
         assert not instance.telemetry_enabled
         # A real round trip through the PostgreSQL run storage.
         key, value = f"deploy-test-{uuid.uuid4().hex}", uuid.uuid4().hex
