@@ -28,7 +28,8 @@ INSTANCE_YAML = ROOT / "docker" / "dagster.yaml"
 VENV_BIN = Path(sys.executable).parent
 PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
 REDIS_URL = "redis://127.0.0.1:6379"
-RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
+# guest/guest is RabbitMQ's loopback-only default; CI services set their own user.
+RABBITMQ_URL = os.environ.get("ML_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
 TERMINAL = {"SUCCESS", "FAILURE", "CANCELED"}
 
 

@@ -1243,6 +1243,12 @@ def test_ci_workflow_runs_every_stage_from_the_lock():
         "postgres": ["5432:5432"], "redis": ["6379:6379"], "rabbitmq": ["5672:5672"]}
     assert services["postgres"]["env"]["POSTGRES_DB"] == "test"
     assert services["postgres"]["env"]["POSTGRES_HOST_AUTH_METHOD"] == "trust"
+    # guest is loopback-only in RabbitMQ: the tests get the service's own user.
+    rabbit = services["rabbitmq"]["env"]
+    model_tests = next(s for s in jobs["model-tests"]["steps"] if "pytest" in s.get("run", ""))
+    assert model_tests["env"]["ML_TEST_RABBITMQ_URL"] == \
+        f"amqp://{rabbit['RABBITMQ_DEFAULT_USER']}:{rabbit['RABBITMQ_DEFAULT_PASS']}" \
+        "@127.0.0.1:5672//"
 
     validate = re.search(r"python scripts/validate_model.py([^\n]*(?:\n  [^\n]*)*)",
                          runs["model-validation"])
