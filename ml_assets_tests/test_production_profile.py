@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime, timezone
 
 import httpx
 import pytest
@@ -53,6 +54,9 @@ def stack(tmp_path_factory) -> Iterator[ProductionStack]:
         stack.wait_http("mlflow", f"{stack.mlflow_uri}/health")
         stack.wait_code_server()
         stack.start_daemon()
+        # A drift verdict on the API test's few rows must not start retrains that would
+        # race the registry assertions; retraining is covered by test_loop_e2e.py.
+        stack.sensor("stop", "retrain_on_drift")
         stack.wait_workers(WORKERS)
         yield stack
     finally:
@@ -240,22 +244,52 @@ def test_killed_worker_fails_the_step_cleanly_and_reexecution_completes(stack, i
     assert int(champion.version) == max(int(v.version) for v in after)
 
 
-def test_sensor_ticks_are_recorded_in_postgres(stack, instance):
-    import psycopg2
+def _sensor_ticks(instance) -> dict[str, list]:
     from dagster._core.scheduler.instigation import InstigatorType
 
-    deadline = time.monotonic() + 150
-    ticked: dict[str, list[str]] = {}
-    while time.monotonic() < deadline:
-        for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
-            ticks = instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=5)
-            if ticks:
-                ticked[state.instigator_name] = [t.status.value for t in ticks]
-        if "production_data_sensor" in ticked:
-            break
+    ticks = {}
+    for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
+        found = instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=20)
+        if found:
+            ticks[state.instigator_name] = found
+    return ticks
+
+
+def test_sensors_tick_in_postgres_and_launch_drift_scoring_on_the_workers(stack, instance):
+    """The daemon's production_data_sensor sees the API's predictions in the PostgreSQL
+    log and requests today's partition; the automation sensor then scores its drift; both
+    runs execute on the Celery workers, and every tick is stored in PostgreSQL."""
+    import psycopg2
+    from dagster import AssetKey
+
+    if "api" not in stack.logs:
+        pytest.skip("needs the API test's predictions in the log")
+    today = datetime.now(timezone.utc).date().isoformat()
+    deadline = time.monotonic() + 200
+    requested: list[str] = []
+    while time.monotonic() < deadline and not requested:
+        ticks = _sensor_ticks(instance).get("production_data_sensor", [])
+        requested = [run_id for tick in ticks for run_id in tick.run_ids]
         time.sleep(1)
-    assert "production_data_sensor" in ticked, ticked
-    assert "alert_on_run_failure" in ticked or "retrain_on_drift" in ticked, ticked
+    assert requested, {name: [t.status.value for t in ticks]
+                       for name, ticks in _sensor_ticks(instance).items()}
+    run = instance.get_run_by_id(requested[0])
+    assert run.tags["dagster/partition"] == today
+    assert stack.wait_run(instance, run.run_id, timeout=240) == "SUCCESS"
+    assert "production_data" in _celery_steps(instance, run.run_id)
+
+    deadline = time.monotonic() + 240
+    scored = None
+    while time.monotonic() < deadline and scored is None:
+        scored = instance.get_latest_materialization_event(AssetKey("drift_scores"))
+        if scored is not None and scored.dagster_event.partition != today:
+            scored = None
+        time.sleep(1)
+    assert scored is not None, "drift_scores was not materialized for today"
+    assert "drift_scores" in _celery_steps(instance, scored.run_id)
+
+    ticks = _sensor_ticks(instance)
+    assert "production_data_sensor" in ticks and "alert_on_run_failure" in ticks, set(ticks)
     conn = psycopg2.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=stack.dagster_db)
     try:
         with conn.cursor() as cur:
@@ -263,4 +297,4 @@ def test_sensor_ticks_are_recorded_in_postgres(stack, instance):
             (rows,) = cur.fetchone()
     finally:
         conn.close()
-    assert rows >= len(ticked)
+    assert rows >= sum(len(t) for t in ticks.values())
