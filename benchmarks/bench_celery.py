@@ -44,7 +44,9 @@ from ml_assets_tests.production_stack import (  # noqa: E402
 )
 
 MODEL = "bench_celery_model"
-AUTOMATION = ["production_data_sensor", "monitoring_automation", "retrain_on_drift"]
+AUTOMATION = [("sensor", "production_data_sensor"), ("sensor", "monitoring_automation"),
+              ("sensor", "retrain_on_drift"), ("schedule", "daily_drift_scoring"),
+              ("schedule", "weekly_retrain")]
 
 
 def graph_config(rows: int, features: int, max_iter: int) -> dict:
@@ -159,8 +161,8 @@ def main() -> None:
         stack.wait_code_server()
         stack.start_daemon()
         stack.wait_workers(["w1"])
-        for sensor in AUTOMATION:  # the benchmark launches every run itself
-            stack.sensor("stop", sensor)
+        for kind, name in AUTOMATION:  # the benchmark launches every run itself
+            stack.toggle(kind, "stop", name)
         instance = stack.instance()
 
         config = graph_config(args.rows, args.features, args.max_iter)

@@ -6,8 +6,9 @@
 #                   (DAGSTER_CODE_HOST:DAGSTER_CODE_PORT, named ml_assets), for
 #                   `dagster-webserver -w` and `dagster-daemon run -w`
 #   celery.yaml     the Celery executor config (broker ML_CELERY_BROKER, result backend
-#                   ML_CELERY_BACKEND), for `dagster-celery worker start -y`; the same
-#                   variables configure the executor in ml_assets/execution.py
+#                   ML_CELERY_BACKEND, late acknowledgement), for `dagster-celery worker
+#                   start -y`; the same settings configure the executor in
+#                   ml_assets/execution.py
 #
 # `dagster-celery worker start` runs `celery worker` as its child and would die at once
 # on SIGTERM, taking the worker down mid-step. For that command SIGTERM is ignored
@@ -36,6 +37,9 @@ execution:
       env: ML_CELERY_BROKER
     backend:
       env: ML_CELERY_BACKEND
+    config_source:
+      # as in ml_assets/execution.py: a lost worker's step goes to another worker
+      task_acks_late: true
 EOF
 
 if [ "$#" -eq 0 ]; then

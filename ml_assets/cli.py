@@ -109,12 +109,19 @@ def up(host: str, port: int, api_port: int, no_api: bool = False) -> int:
     def stop(signum, frame):  # SIGTERM stops the children too, like Ctrl-C
         raise KeyboardInterrupt
 
+    def interruptible() -> None:
+        # Started in the background (nohup, `&` in a script), a process inherits an
+        # ignored SIGINT, and `dagster dev` maps SIGTERM onto SIGINT: the children could
+        # then not be stopped at all. They get the default back before they start.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     if not no_api:
         api = [sys.executable, "-m", "serving", "--host", host, "--port", str(api_port)]
-        processes.append(subprocess.Popen(api))
+        processes.append(subprocess.Popen(api, preexec_fn=interruptible))
         print(f"Prediction API on http://{host}:{api_port}  (docs at /docs)")
-    processes.append(subprocess.Popen(command))
+    processes.append(subprocess.Popen(command, preexec_fn=interruptible))
     print(f"Dagster UI on http://{host}:{port}  (Ctrl-C stops everything)")
     try:
         while all(p.poll() is None for p in processes):

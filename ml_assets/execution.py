@@ -16,6 +16,16 @@ from dagster import ExecutorDefinition, in_process_executor, multiprocess_execut
 EXECUTORS = ("in_process", "multiprocess", "celery")
 
 
+# Celery settings shared by the executor and the workers (docker/entrypoint-code.sh
+# writes the same into the workers' celery.yaml). A step's task is acknowledged when it
+# finishes, not when a worker takes it: if the whole worker (container, host) is lost
+# mid-step, the broker hands the task to another worker and the step runs again
+# (RabbitMQ: at once; Redis: after its visibility timeout, one hour by default). A step
+# whose own process dies (OOM kill) still fails cleanly: Celery acknowledges failed
+# tasks, so a step that kills its process is not redelivered forever.
+CELERY_CONFIG = {"task_acks_late": True}
+
+
 def celery_queue() -> str:
     """The Celery queue steps are sent to; workers consume it with `-q`."""
     return os.environ.get("ML_CELERY_QUEUE", "").strip() or "dagster"
@@ -35,6 +45,6 @@ def build_executor(kind: str | None = None) -> ExecutorDefinition:
             "broker": os.environ.get("ML_CELERY_BROKER", "redis://127.0.0.1:6379/0"),
             "backend": os.environ.get("ML_CELERY_BACKEND", "redis://127.0.0.1:6379/1"),
             "include": ["ml_assets.definitions"],
-            "config_source": {"task_default_queue": celery_queue()},
+            "config_source": CELERY_CONFIG | {"task_default_queue": celery_queue()},
         })
     raise ValueError(f"ML_EXECUTOR={kind!r} is not one of {', '.join(EXECUTORS)}")

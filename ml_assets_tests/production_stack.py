@@ -5,8 +5,9 @@ the MLflow server, the code server, the daemon and the Celery workers.
 
 Used by the production integration tests and by benchmarks/bench_celery.py. Every
 process talks only to 127.0.0.1; every wait is bounded. Each stack gets its own
-PostgreSQL databases (Dagster, MLflow, prediction log), its own Celery queue and its own
-Redis result database, and removes them when it closes.
+PostgreSQL databases (Dagster, MLflow, prediction log) and its own Celery queue, and
+removes them when it closes; task results go to a Redis database chosen by the caller
+(Celery expires them after a day).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def require_services(*services: tuple[str, int, str]) -> None:
     missing = [name for host, port, name in services if not reachable(host, port)]
     if missing:
         message = f"not reachable on 127.0.0.1: {', '.join(missing)}"
-        if os.environ.get("CI", "").lower() == "true":
+        if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
 
@@ -70,7 +71,8 @@ def pg_url(database: str, driver: str = "postgresql+psycopg2") -> str:
 def _admin(sql: str) -> None:
     import psycopg2
 
-    conn = psycopg2.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres")
+    conn = psycopg2.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres",
+                            connect_timeout=10)
     try:
         conn.autocommit = True
         with conn.cursor() as cur:
@@ -163,18 +165,27 @@ class ProductionStack:
         return "\n".join(text.splitlines()[-lines:])
 
     def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
+        """Signal the process group of `name` (its children too, even when the leader
+        already exited), then SIGKILL whatever is left after `timeout`."""
         process = self.processes.pop(name, None)
-        if process is None or process.poll() is not None:
+        if process is None:
             return
-        try:
-            os.killpg(process.pid, sig)
-            process.wait(timeout)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
+        for signum, wait in ((sig, timeout), (signal.SIGKILL, 10)):
             try:
+                os.killpg(process.pid, signum)
+            except ProcessLookupError:
+                return  # the whole group is gone
+            try:
+                process.wait(wait)
+            except subprocess.TimeoutExpired:
+                continue
+            if signum == signal.SIGKILL:
+                return
+            try:  # leader gone: children left behind get the kill too
                 os.killpg(process.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            process.wait(10)
+            return
 
     def create_databases(self) -> None:
         for db in (self.dagster_db, self.mlflow_db, self.predictions_db):
@@ -293,9 +304,9 @@ class ProductionStack:
         assert done.returncode == 0, done.stdout + done.stderr
         return run_id
 
-    def sensor(self, action: str, name: str) -> None:
-        """`dagster sensor start|stop` against the stack's code location."""
-        done = subprocess.run(["dagster", "sensor", action, "-w",
+    def toggle(self, kind: str, action: str, name: str) -> None:
+        """`dagster sensor|schedule start|stop <name>` against the stack's code location."""
+        done = subprocess.run(["dagster", kind, action, "-w",
                                str(self.dagster_home / "workspace.yaml"), "-l", "ml_assets",
                                name], env=self.env, cwd=self.root, capture_output=True,
                               text=True, timeout=120)
@@ -315,7 +326,10 @@ class ProductionStack:
 
     def close(self) -> None:
         for name in list(self.processes)[::-1]:
-            self.stop(name)
+            try:
+                self.stop(name)
+            except Exception:  # noqa: BLE001 - keep tearing down the rest
+                pass
         self._delete_queue()
         for db in self.databases:
             try:

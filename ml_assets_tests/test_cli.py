@@ -106,4 +106,19 @@ def test_reexecute_a_failed_run_after_fixing_its_data(tmp_path, mlflow_store, un
     assert len(versions) == 1
 
     again = run("reexecute", new_run.run_id)
-    assert again.returncode == 1 and "only a failed run" in again.stderr
+    assert again.returncode == 1 and "only a failed or canceled run" in again.stderr
+    twice = run("reexecute", failed.run_id)  # would register a second model
+    assert twice.returncode == 1
+    assert f"already re-executed successfully by run {new_run.run_id}" in twice.stderr
+
+
+def test_reexecution_keeps_the_partition_and_drops_the_attempts_own_tags():
+    from ml_assets.recovery import reexecution_tags
+
+    parent = {"dagster/partition": "2026-11-20", "ml/trigger": "drift",
+              "dagster-celery/queue": "gpu", "dagster/failure_reason": "STEP_FAILURE",
+              "dagster/retry_number": "1", "dagster/backfill": "abc",
+              "dagster/parent_run_id": "p", "dagster/root_run_id": "r"}
+    assert reexecution_tags(parent, "run-1") == {
+        "dagster/partition": "2026-11-20", "ml/trigger": "drift",
+        "dagster-celery/queue": "gpu", "ml/reexecution_of": "run-1"}

@@ -54,9 +54,12 @@ def stack(tmp_path_factory) -> Iterator[ProductionStack]:
         stack.wait_http("mlflow", f"{stack.mlflow_uri}/health")
         stack.wait_code_server()
         stack.start_daemon()
-        # A drift verdict on the API test's few rows must not start retrains that would
-        # race the registry assertions; retraining is covered by test_loop_e2e.py.
-        stack.sensor("stop", "retrain_on_drift")
+        # Nothing may train behind the tests' back and race the registry assertions: a
+        # drift verdict on the API's few rows, or a schedule coming due mid-test.
+        # Retraining on drift is covered by test_loop_e2e.py.
+        stack.toggle("sensor", "stop", "retrain_on_drift")
+        stack.toggle("schedule", "stop", "weekly_retrain")
+        stack.toggle("schedule", "stop", "daily_drift_scoring")
         stack.wait_workers(WORKERS)
         yield stack
     finally:
@@ -123,8 +126,12 @@ def test_training_graph_runs_on_celery_workers_with_postgres_storage(stack, inst
     assert isinstance(instance.event_log_storage, PostgresEventLogStorage)
     run = instance.get_run_by_id(first_run)
     assert run.job_name == "train_model"
-    # Queued by `dagster job launch`, started by the daemon's run queue.
-    assert instance.get_run_record_by_id(first_run).start_time is not None
+    # Queued by `dagster job launch`, taken off the queue by the daemon.
+    from dagster import DagsterEventType
+
+    queued = {r.dagster_event_type for r in instance.all_logs(
+        first_run, of_type={DagsterEventType.RUN_ENQUEUED, DagsterEventType.RUN_DEQUEUED})}
+    assert queued == {DagsterEventType.RUN_ENQUEUED, DagsterEventType.RUN_DEQUEUED}
     executed = _celery_steps(instance, first_run)
     assert set(TRAINING_ASSETS) <= set(executed), executed
     hosts = {name.split("@")[0] for name in executed.values()}
@@ -151,7 +158,11 @@ def test_tracking_server_holds_the_run_and_the_registry(stack, first_run):
     assert list((stack.root / "mlartifacts").rglob("MLmodel"))
 
 
-def test_api_serves_the_champion_from_the_tracking_server(stack, first_run):
+@pytest.fixture(scope="module")
+def served(stack, first_run) -> dict:
+    """The API image's command against the tracking server: the model it loaded, and
+    the prediction-log rows in PostgreSQL after its graceful stop."""
+    import psycopg2
     from sklearn.datasets import load_breast_cancer
 
     port = free_port()
@@ -161,28 +172,30 @@ def test_api_serves_the_champion_from_the_tracking_server(stack, first_run):
     url = f"http://127.0.0.1:{port}"
     stack.wait_http("api", f"{url}/ready", timeout=120)
     model = httpx.get(f"{url}/model", timeout=10).json()
-    assert str(model.get("version")) == "1", model
     frame = load_breast_cancer(as_frame=True).frame.drop(columns="target")
     rows = frame.head(20).to_dict(orient="records")
-    for row in rows[:5]:
-        response = httpx.post(f"{url}/predict", json=row, timeout=30)
-        assert response.status_code == 200, response.text
-        assert response.json()["prediction"] in ("malignant", "benign")
-    response = httpx.post(f"{url}/predict/batch", json={"records": rows}, timeout=30)
-    assert response.status_code == 200, response.text
-    # Graceful stop flushes the prediction log into PostgreSQL.
-    stack.stop("api", signal.SIGTERM, timeout=60)
-    import psycopg2
-
+    responses = [httpx.post(f"{url}/predict", json=row, timeout=30) for row in rows[:5]]
+    responses.append(httpx.post(f"{url}/predict/batch", json={"records": rows}, timeout=30))
+    stack.stop("api", signal.SIGTERM, timeout=60)  # graceful: flushes the log
     conn = psycopg2.connect(host=PG_HOST, port=PG_PORT, user=PG_USER,
-                            dbname=stack.predictions_db)
+                            dbname=stack.predictions_db, connect_timeout=10)
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT COUNT(*), COUNT(DISTINCT model_version) FROM predictions")
-            count, versions = cur.fetchone()
+            logged = cur.fetchone()
     finally:
         conn.close()
-    assert (count, versions) == (25, 1)
+    return {"model": model, "responses": responses, "logged": logged}
+
+
+def test_api_serves_the_champion_from_the_tracking_server(served):
+    assert str(served["model"].get("version")) == "1", served["model"]
+    for response in served["responses"]:
+        assert response.status_code == 200, response.text
+    assert all(r.json()["prediction"] in ("malignant", "benign")
+               for r in served["responses"][:5])
+    assert len(served["responses"][-1].json()["predictions"]) == 20
+    assert served["logged"] == (25, 1)  # every row, in PostgreSQL
 
 
 def test_killed_worker_fails_the_step_cleanly_and_reexecution_completes(stack, instance,
@@ -199,17 +212,7 @@ def test_killed_worker_fails_the_step_cleanly_and_reexecution_completes(stack, i
     config = {"ops": {"trained_model": {"config": {"n_jobs": 1, "cv_folds": 25}},
                       "champion_comparison": {"config": {"margin": 0.0}}}}
     run_id = stack.launch("train_model", run_config=config, tags={"test": "worker-kill"})
-    deadline = time.monotonic() + 240
-    victim = None
-    while time.monotonic() < deadline and victim is None:
-        victim = _celery_steps(instance, run_id).get("trained_model")
-        started = instance.all_logs(run_id, of_type=DagsterEventType.STEP_START)
-        if victim and not any(r.step_key == "trained_model" for r in started):
-            victim = None  # delegated, not yet running
-        if instance.get_run_by_id(run_id).status.value in ("SUCCESS", "FAILURE"):
-            pytest.fail("run finished before the step could be interrupted")
-        time.sleep(0.2)
-    assert victim, "trained_model never started"
+    victim = _wait_for_step(stack, instance, run_id, "trained_model")
     worker = next(w for w in WORKERS if victim.startswith(f"{w}-"))
     pool = stack.worker_pool_pids(worker)
     assert pool, f"no pool process under {worker}"
@@ -244,6 +247,53 @@ def test_killed_worker_fails_the_step_cleanly_and_reexecution_completes(stack, i
     assert int(champion.version) == max(int(v.version) for v in after)
 
 
+def _wait_for_step(stack, instance, run_id: str, step: str, timeout: float = 240) -> str:
+    """The worker running `step` of `run_id`, once the step has started there."""
+    from dagster import DagsterEventType
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        worker = _celery_steps(instance, run_id).get(step)
+        started = instance.all_logs(run_id, of_type=DagsterEventType.STEP_START)
+        if worker and any(r.step_key == step for r in started):
+            return worker
+        if instance.get_run_by_id(run_id).status.value in ("SUCCESS", "FAILURE"):
+            pytest.fail(f"run finished before {step} could be interrupted")
+        time.sleep(0.2)
+    raise AssertionError(f"{step} never started")
+
+
+def test_lost_worker_step_is_retried_on_the_other_worker(stack, instance, first_run):
+    """SIGKILL a whole worker (its process group: what losing the container or host
+    does) in the middle of `trained_model`: the task was not acknowledged yet, so the
+    broker hands it to the other worker, the step runs again there and the run
+    succeeds, registering exactly one new version."""
+    from dagster import DagsterEventType
+
+    config = {"ops": {"trained_model": {"config": {"n_jobs": 1, "cv_folds": 25}},
+                      "champion_comparison": {"config": {"margin": 0.0}}}}
+    client = _client(stack)
+    before = client.search_model_versions(f"name = '{MODEL_NAME}'")
+    run_id = stack.launch("train_model", run_config=config, tags={"test": "worker-lost"})
+    victim = _wait_for_step(stack, instance, run_id, "trained_model")
+    lost = next(w for w in WORKERS if victim.startswith(f"{w}-"))
+    survivor = next(w for w in WORKERS if w != lost)
+    stack.stop(lost, signal.SIGKILL)
+    try:
+        assert stack.wait_run(instance, run_id, timeout=300) == "SUCCESS", \
+            _run_failure(instance, run_id)
+        starts = [r for r in instance.all_logs(run_id, of_type=DagsterEventType.STEP_START)
+                  if r.step_key == "trained_model"]
+        assert len(starts) == 2  # the lost attempt and the retry
+        assert _celery_steps(instance, run_id)["trained_model"].startswith(f"{survivor}-")
+        after = client.search_model_versions(f"name = '{MODEL_NAME}'")
+        assert len(after) == len(before) + 1, [v.version for v in after]
+        assert len({v.run_id for v in after}) == len(after)
+    finally:
+        stack.start_worker(lost, concurrency=1)
+        stack.wait_workers(WORKERS)
+
+
 def _sensor_ticks(instance) -> dict[str, list]:
     from dagster._core.scheduler.instigation import InstigatorType
 
@@ -255,15 +305,14 @@ def _sensor_ticks(instance) -> dict[str, list]:
     return ticks
 
 
-def test_sensors_tick_in_postgres_and_launch_drift_scoring_on_the_workers(stack, instance):
+def test_sensors_tick_in_postgres_and_launch_drift_scoring_on_the_workers(stack, instance,
+                                                                           served):
     """The daemon's production_data_sensor sees the API's predictions in the PostgreSQL
     log and requests today's partition; the automation sensor then scores its drift; both
     runs execute on the Celery workers, and every tick is stored in PostgreSQL."""
     import psycopg2
     from dagster import AssetKey
 
-    if "api" not in stack.logs:
-        pytest.skip("needs the API test's predictions in the log")
     today = datetime.now(timezone.utc).date().isoformat()
     deadline = time.monotonic() + 200
     requested: list[str] = []
