@@ -142,6 +142,10 @@ def main() -> None:
     parser.add_argument("--drift-repeats", type=int, default=3)
     parser.add_argument("--keep", action="store_true", help="keep the stack's directory")
     args = parser.parse_args()
+    for name in ("rows", "features", "max_iter", "repeats", "days", "day_rows",
+                 "drift_repeats"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
     for host, port, name in (("127.0.0.1", 5432, "PostgreSQL"), ("127.0.0.1", 6379, "Redis")):
         if not reachable(host, port):
             raise SystemExit(f"{name} is not reachable on {host}:{port}")
@@ -152,6 +156,7 @@ def main() -> None:
         "ML_REGISTERED_MODEL_NAME": MODEL, "ML_EXPERIMENT_NAME": "bench_celery",
         "ML_DATA_SOURCE": "synthetic", "DAGSTER_MAX_CONCURRENT_RUNS": str(args.days)})
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores; stack in {root}")
+    instance = None
     try:
         stack.create_databases()
         stack.start_mlflow()
@@ -194,8 +199,9 @@ def main() -> None:
                     par.append(drift_parallel(stack, instance, days))
                 print(f"drift, {args.days} partitions, {mode}, repeat {repeat + 1}: "
                       f"{(seq if mode == 'seq' else par)[-1]:.1f} s", flush=True)
-        instance.dispose()
     finally:
+        if instance is not None:
+            instance.dispose()
         stack.close()
         if not args.keep:
             import shutil

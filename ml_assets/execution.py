@@ -19,11 +19,28 @@ EXECUTORS = ("in_process", "multiprocess", "celery")
 # Celery settings shared by the executor and the workers (docker/entrypoint-code.sh
 # writes the same into the workers' celery.yaml). A step's task is acknowledged when it
 # finishes, not when a worker takes it: if the whole worker (container, host) is lost
-# mid-step, the broker hands the task to another worker and the step runs again
-# (RabbitMQ: at once; Redis: after its visibility timeout, one hour by default). A step
+# mid-step, the broker hands the task to another worker and the step runs again. A step
 # whose own process dies (OOM kill) still fails cleanly: Celery acknowledges failed
 # tasks, so a step that kills its process is not redelivered forever.
 CELERY_CONFIG = {"task_acks_late": True}
+
+
+def celery_config() -> dict:
+    """CELERY_CONFIG plus the broker's visibility timeout (ML_CELERY_VISIBILITY_TIMEOUT,
+    seconds, Celery's 3600 by default). It matters with Redis only: a task not
+    acknowledged within it goes to another worker, so a lost worker's step is retried
+    after it, and a step running longer than it would run twice: set it above the
+    longest step. RabbitMQ redelivers when the worker's connection drops, at once."""
+    from dagster_celery.defaults import broker_transport_options
+
+    raw = os.environ.get("ML_CELERY_VISIBILITY_TIMEOUT", "").strip() or "3600"
+    try:
+        visibility = int(raw)
+    except ValueError:
+        raise ValueError(f"ML_CELERY_VISIBILITY_TIMEOUT={raw!r} is not a number of "
+                         "seconds") from None
+    return CELERY_CONFIG | {"broker_transport_options": {
+        **broker_transport_options, "visibility_timeout": visibility}}
 
 
 def celery_queue() -> str:
@@ -45,6 +62,6 @@ def build_executor(kind: str | None = None) -> ExecutorDefinition:
             "broker": os.environ.get("ML_CELERY_BROKER", "redis://127.0.0.1:6379/0"),
             "backend": os.environ.get("ML_CELERY_BACKEND", "redis://127.0.0.1:6379/1"),
             "include": ["ml_assets.definitions"],
-            "config_source": CELERY_CONFIG | {"task_default_queue": celery_queue()},
+            "config_source": celery_config() | {"task_default_queue": celery_queue()},
         })
     raise ValueError(f"ML_EXECUTOR={kind!r} is not one of {', '.join(EXECUTORS)}")
