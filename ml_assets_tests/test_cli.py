@@ -122,3 +122,56 @@ def test_reexecution_keeps_the_partition_and_drops_the_attempts_own_tags():
     assert reexecution_tags(parent, "run-1") == {
         "dagster/partition": "2026-11-20", "ml/trigger": "drift",
         "dagster-celery/queue": "gpu", "ml/reexecution_of": "run-1"}
+
+
+def test_up_stops_everything_on_sigterm_even_when_started_in_the_background(
+        tmp_path, mlflow_store, unique_name):
+    """Started in the background, a process inherits an ignored SIGINT (and `dagster dev`
+    maps SIGTERM onto SIGINT): SIGTERM to `ml-platform up` must still stop the API, the
+    Dagster UI and the daemon, leaving no process behind."""
+    import signal
+    import time
+
+    import httpx
+
+    from ml_assets_tests.production_stack import free_port
+
+    ui_port, api_port = free_port(), free_port()
+    env = {**os.environ, "ML_PLATFORM_HOME": str(tmp_path / "home"),
+           "DAGSTER_HOME": str(tmp_path / "dagster_home"),
+           "MLFLOW_TRACKING_URI": mlflow_store["tracking_uri"],
+           "ML_EXPERIMENT_NAME": unique_name, "ML_REGISTERED_MODEL_NAME": unique_name}
+    cli = str(Path(sys.executable).with_name("ml-platform"))
+    process = subprocess.Popen(
+        [cli, "up", "--port", str(ui_port), "--api-port", str(api_port)], env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        deadline = time.monotonic() + 240
+        ready = set()
+        while time.monotonic() < deadline and len(ready) < 2 and process.poll() is None:
+            for name, url in (("ui", f"http://127.0.0.1:{ui_port}/server_info"),
+                              ("api", f"http://127.0.0.1:{api_port}/ready")):
+                try:
+                    if httpx.get(url, timeout=2).status_code == 200:
+                        ready.add(name)
+                except httpx.TransportError:
+                    pass
+            time.sleep(0.5)
+        assert ready == {"ui", "api"}, ready
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=90) == 0
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(process.pid, 0)  # anything left in its session?
+            except ProcessLookupError:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("processes of `ml-platform up` outlived it")
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
