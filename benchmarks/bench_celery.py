@@ -40,8 +40,8 @@ from ml_assets_tests.production_stack import (  # noqa: E402
     REDIS_URL,
     ProductionStack,
     pg_url,
-    reachable,
 )
+from ml_assets_tests.services import reachable  # noqa: E402
 
 MODEL = "bench_celery_model"
 AUTOMATION = [("sensor", "production_data_sensor"), ("sensor", "monitoring_automation"),

@@ -23,6 +23,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ml_assets_tests.services import free_port, wait_http
+
 ROOT = Path(__file__).resolve().parent.parent
 ENTRYPOINT = ROOT / "docker" / "entrypoint-code.sh"
 INSTANCE_YAML = ROOT / "docker" / "dagster.yaml"
@@ -34,34 +36,8 @@ RABBITMQ_URL = os.environ.get("ML_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.
 TERMINAL = {"SUCCESS", "FAILURE", "CANCELED"}
 
 
-def reachable(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-def require_services(*services: tuple[str, int, str]) -> None:
-    """Skip when a server is missing on a developer machine; fail under CI=true."""
-    import pytest
-
-    missing = [name for host, port, name in services if not reachable(host, port)]
-    if missing:
-        message = f"not reachable on 127.0.0.1: {', '.join(missing)}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-
-
 SERVICES = ((PG_HOST, PG_PORT, "PostgreSQL"), ("127.0.0.1", 6379, "Redis"),
             ("127.0.0.1", 5672, "RabbitMQ"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def pg_url(database: str, driver: str = "postgresql+psycopg2") -> str:
@@ -225,21 +201,7 @@ class ProductionStack:
     # --- readiness -----------------------------------------------------------------------
 
     def wait_http(self, name: str, url: str, timeout: float = 120) -> None:
-        import httpx
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            process = self.processes.get(name)
-            if process is not None and process.poll() is not None:
-                raise AssertionError(f"{name} exited with {process.returncode}:\n"
-                                     f"{self.log_tail(name)}")
-            try:
-                if httpx.get(url, timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        raise AssertionError(f"{name} not ready after {timeout}s:\n{self.log_tail(name)}")
+        wait_http(url, self.processes.get(name), timeout, lambda: self.log_tail(name))
 
     def wait_code_server(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout

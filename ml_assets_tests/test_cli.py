@@ -134,7 +134,7 @@ def test_up_stops_everything_on_sigterm_even_when_started_in_the_background(
 
     import httpx
 
-    from ml_assets_tests.production_stack import free_port
+    from ml_assets_tests.services import free_port
 
     ui_port, api_port = free_port(), free_port()
     env = {**os.environ, "ML_PLATFORM_HOME": str(tmp_path / "home"),

@@ -41,6 +41,9 @@ import click
 import pytest
 import yaml
 
+from ml_assets_tests import services
+from ml_assets_tests.services import free_port, reachable
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
 CODE_DOCKERFILE = DOCKER / "Dockerfile.code"
@@ -317,27 +320,8 @@ def run_entrypoint(dagster_home: Path, env: dict[str, str], *command: str,
 
 # --- live services: started early, in parallel, waited on by the tests -----------------
 
-def reachable(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
 def require(host: str, port: int, what: str) -> None:
-    if reachable(host, port):
-        return
-    message = f"{what} is not reachable on {host}:{port}"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message + " (CI=true: the deployment checks need it)")
-    pytest.skip(message)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    services.require((host, port, what))
 
 
 def base_env() -> dict[str, str]:
@@ -1023,9 +1007,7 @@ def test_volumes_are_shared_where_steps_meet():
 def test_db_init_script_creates_the_databases_idempotently():
     require(*PG, "PostgreSQL")
     if shutil.which("psql") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("psql is needed to run compose's db_init script")
-        pytest.skip("psql is not installed")
+        services.skip_or_fail("psql is needed to run compose's db_init script")
     service = SERVICES["db_init"]
     script = service["command"][0]
     names = [f"deploy_test_{uuid.uuid4().hex[:8]}_{i}" for i in range(2)]

@@ -18,7 +18,7 @@ from ml_assets.core.traffic import simulate
 from ml_assets.definitions import defs
 from ml_assets.resources import DataSourceResource, MlflowTracking
 from ml_assets.resources.production import ProductionDataResource
-from ml_assets_tests.test_serving_process import _free_port, _wait_ready
+from ml_assets_tests.services import free_port, wait_http
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +45,7 @@ def test_drifted_traffic_retrains_a_new_version(tmp_path, mlflow_store, unique_n
         client, name = tracking.client, tracking.registered_model_name
         assert str(registry.alias_version(client, name, "champion").version) == "1"
 
-        port = _free_port()
+        port = free_port()
         env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store["tracking_uri"],
                "ML_REGISTERED_MODEL_NAME": name, "ML_PLATFORM_HOME": str(tmp_path / "home"),
                "ML_PREDICTION_LOG_PATH": str(tmp_path / "log.db"), "ML_API_HOST": "127.0.0.1",
@@ -54,7 +54,7 @@ def test_drifted_traffic_retrains_a_new_version(tmp_path, mlflow_store, unique_n
                                env=env)
         try:
             url = f"http://127.0.0.1:{port}"
-            _wait_ready(url, api)
+            wait_http(f"{url}/ready", api)
             frame = load_breast_cancer_frame()
             result = simulate(url, frame, "diagnosis", requests=240, shift_after=40,
                               shift=2.0, concurrency=4, labels_dir=tmp_path / "labels",

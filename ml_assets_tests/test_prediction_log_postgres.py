@@ -10,7 +10,6 @@ server these tests skip, except under CI=true, where they fail.
 from __future__ import annotations
 
 import math
-import os
 import threading
 import time
 import uuid
@@ -23,6 +22,7 @@ import pandas as pd
 import pytest
 
 from ml_assets.resources.production import ProductionDataResource
+from ml_assets_tests.services import skip_or_fail
 from ml_assets_tests.test_serving_prediction_log import NAMES, _record
 from serving.prediction_log import (
     META_COLUMNS,
@@ -57,10 +57,7 @@ def _require_postgres() -> None:
     try:
         _admin("SELECT 1")
     except psycopg2.OperationalError as exc:
-        message = f"PostgreSQL is not reachable on {PG_HOST}:{PG_PORT}: {exc}".strip()
-        if os.environ.get("CI") == "true":
-            pytest.fail(message + " (CI=true: the PostgreSQL prediction log needs it)")
-        pytest.skip(message)
+        skip_or_fail(f"PostgreSQL is not reachable on {PG_HOST}:{PG_PORT}: {exc}".strip())
 
 
 @pytest.fixture

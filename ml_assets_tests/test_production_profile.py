@@ -28,9 +28,8 @@ from ml_assets_tests.production_stack import (
     PG_USER,
     SERVICES,
     ProductionStack,
-    free_port,
-    require_services,
 )
+from ml_assets_tests.services import free_port, require
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +42,7 @@ WORKERS = ["w1", "w2"]
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> Iterator[ProductionStack]:
-    require_services(*SERVICES)
+    require(*SERVICES)
     stack = ProductionStack(tmp_path_factory.mktemp("production"))
     try:
         stack.create_databases()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,6 +16,7 @@ import pandas as pd
 import pytest
 from mlflow.pyfunc.scoring_server.client import ScoringServerClient
 
+from ml_assets_tests.services import free_port, wait_http
 from serving.prediction_log import SQLitePredictionLog
 from serving.testing import experiment_id, register, train_breast_cancer
 
@@ -24,26 +24,6 @@ REPO = Path(__file__).resolve().parent.parent
 CLIENTS = 4
 MAX_REQUESTS = 4000
 MAX_SECONDS = 60.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_ready(url: str, process: subprocess.Popen, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited with {process.returncode}")
-        try:
-            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"server not ready after {timeout}s")
 
 
 class ClientLoop:
@@ -100,7 +80,7 @@ def test_promotion_under_load_drops_no_request(mlflow_store, unique_name, tmp_pa
     new = train_breast_cancer(n_estimators=20, seed=2)
     experiment = experiment_id(unique_name, mlflow_store["artifact_root"])
     register(old, unique_name, experiment)
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = tmp_path / "prediction_log.db"
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store["tracking_uri"],
@@ -111,7 +91,7 @@ def test_promotion_under_load_drops_no_request(mlflow_store, unique_name, tmp_pa
     process = subprocess.Popen([sys.executable, "-m", "serving", "--log-level", "warning"],
                                cwd=REPO, env=env, stdout=server_log, stderr=subprocess.STDOUT)
     try:
-        _wait_ready(url, process)
+        wait_http(f"{url}/ready", process)
         row = new.X_test.iloc[0].to_dict()
         with ClientLoop(url, row) as loop:
             assert loop.wait_for(lambda: len(loop.results) >= 100, 30)
