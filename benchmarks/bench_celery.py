@@ -81,8 +81,8 @@ def write_prediction_log(stack: ProductionStack, days: list[str], rows: int,
     import mlflow
 
     from ml_assets.core.datasets import SyntheticSpec, make_synthetic
-    from ml_assets.core.model_logging import load_pipeline
-    from serving.prediction_log import PredictionRecord, open_prediction_log
+    from ml_assets.core.model_loading import load_pipeline
+    from ml_assets.core.prediction_log import PredictionRecord, open_prediction_log
 
     mlflow.set_tracking_uri(stack.mlflow_uri)
     model = load_pipeline(f"models:/{MODEL}@champion")

@@ -183,7 +183,7 @@ def prepare(workdir: Path) -> dict:
     import mlflow
     import numpy as np
 
-    from ml_assets.core.model_logging import load_pipeline
+    from ml_assets.core.model_loading import load_pipeline
     from serving.model_store import ServedModel, serving_n_jobs
     from serving.request_models import build_request_models, feature_specs
     from serving.testing import experiment_id, register, train_breast_cancer

@@ -143,14 +143,22 @@ def up(host: str, port: int, api_port: int, no_api: bool = False) -> int:
 
 def rollback(to_version: str | None, reason: str) -> int:
     """Point `champion` back at the previous champion (or a named version)."""
+    import mlflow
     from mlflow.tracking import MlflowClient
 
     from ml_assets.core import registry
+    from ml_assets.core.model_loading import check_model
 
     settings = PlatformSettings.from_env()
     client = MlflowClient(settings.mlflow_tracking_uri)
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    name = settings.registered_model_name
+
+    def loadable(version: str) -> None:  # what the API would refuse is not restored
+        check_model(f"models:/{name}/{version}", source=f"version {version}")
+
     try:
-        change = registry.rollback(client, settings.registered_model_name, to_version, reason)
+        change = registry.rollback(client, name, to_version, reason, check=loadable)
     except registry.RegistryError as exc:
         print(f"rollback refused: {exc}", file=sys.stderr)
         return 1

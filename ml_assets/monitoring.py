@@ -30,7 +30,7 @@ from ml_assets.core.drift import DriftConfig, prediction_columns, score_drift
 from ml_assets.core.drift_profile import ReferenceProfile, build_reference_profile
 from ml_assets.core.features import Split
 from ml_assets.core.metrics import classification_metrics
-from ml_assets.core.model_logging import load_pipeline
+from ml_assets.core.model_loading import UntrustedModelError, load_pipeline
 from ml_assets.core.modeling import TrainedModel
 from ml_assets.features import feature_kinds
 from ml_assets.resources import DataSourceResource, MlflowTracking
@@ -138,7 +138,12 @@ def _score_with_champion(rows: pd.DataFrame, mlflow_tracking: MlflowTracking) ->
     champion = registry.alias_version(mlflow_tracking.client, name, registry.CHAMPION)
     if champion is None:
         return rows
-    model = load_pipeline(f"models:/{name}/{champion.version}")
+    try:
+        model = load_pipeline(f"models:/{name}/{champion.version}")
+    except UntrustedModelError as exc:  # the safe loader never opened it
+        raise Failure(description=f"landed rows cannot be scored: champion version "
+                      f"{champion.version} of {name} was refused: {exc}",
+                      allow_retries=False) from exc
     proba = model.pipeline.predict_proba(rows)
     outputs, _ = prediction_columns(model.pipeline.classes_[proba.argmax(axis=1)].astype(str),
                                     proba, [str(c) for c in model.pipeline.classes_],

@@ -4,7 +4,6 @@ when it beats the current champion on the same held-out data."""
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
-import mlflow
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
@@ -21,6 +20,7 @@ from pydantic import Field
 from ml_assets.core import registry
 from ml_assets.core.features import Split
 from ml_assets.core.metrics import METRIC_NAMES, classification_metrics
+from ml_assets.core.model_loading import UntrustedModelError, load_pipeline
 from ml_assets.core.modeling import TrainedModel
 from ml_assets.core.promotion import PromotionDecision, decide_promotion
 from ml_assets.resources import MlflowTracking
@@ -78,7 +78,9 @@ def registered_model(context: AssetExecutionContext, trained_model: TrainedModel
 
 
 def _champion_metrics(uri: str, split: Split) -> dict[str, float]:
-    champion = mlflow.sklearn.load_model(uri)
+    """The champion's metrics on `split`, opened by the platform's safe loader (an
+    unsafe or unreviewed champion raises UntrustedModelError, naming the version)."""
+    champion = load_pipeline(uri).pipeline
     proba = champion.predict_proba(split.X_test)
     predicted = champion.classes_[proba.argmax(axis=1)]
     return classification_metrics(split.y_test, predicted, proba, champion.classes_)
@@ -110,6 +112,10 @@ def champion_comparison(context: AssetExecutionContext, config: PromotionConfig,
         try:
             champion_metrics = _champion_metrics(f"models:/{name}/{champion.version}",
                                                  data_split)
+        except UntrustedModelError as exc:  # never opened: it cannot serve either
+            context.log.error("champion version %s refused by the safe loader: %s",
+                              champion.version, exc)
+            champion_error = f"champion version {champion.version} refused: {exc}"[:300]
         except Exception as exc:  # noqa: BLE001 - e.g. columns changed since it was trained
             champion_error = f"{type(exc).__name__}: {exc}"[:300]
     decision = decide_promotion(model_metrics, champion_metrics, config.metric, config.margin,

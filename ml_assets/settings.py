@@ -38,6 +38,9 @@ class PlatformSettings:
     retrain_cooldown_seconds: float
     alert_webhook_url: str
     train_on_production_labels: bool
+    # Types skops may load beyond the platform's reviewed list (operator-reviewed,
+    # comma-separated ML_SKOPS_TRUSTED_TYPES); the model artifact's own list never counts.
+    skops_trusted_types: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls) -> PlatformSettings:
@@ -66,4 +69,12 @@ class PlatformSettings:
             alert_webhook_url=_env("ML_ALERT_WEBHOOK_URL", ""),
             train_on_production_labels=_env("ML_TRAIN_ON_PRODUCTION_LABELS", "true").lower()
             in ("1", "true", "yes"),
+            skops_trusted_types=parse_type_list(_env("ML_SKOPS_TRUSTED_TYPES", "")),
         )
+
+
+def parse_type_list(value: str) -> tuple[str, ...]:
+    """Comma-separated, fully qualified type names (`module.Name`), blanks dropped,
+    duplicates removed, order kept."""
+    names = [part.strip() for part in value.split(",")]
+    return tuple(dict.fromkeys(name for name in names if name))

@@ -959,7 +959,7 @@ def test_ports_hosts_and_databases_agree():
         match = re.fullmatch(r"postgresql://(\w+):(.+)@postgres:5432/(\w+)", url)
         assert match and match.group(3) in databases, url
         assert match.group(2) == DOT_ENV["POSTGRES_PASSWORD"]
-    from serving.prediction_log import resolve_log_location
+    from ml_assets.core.prediction_log import resolve_log_location
 
     assert resolve_log_location(log_url) == ("postgres", log_url)  # the API's backend
     for service in DAGSTER_SERVICES:
@@ -1123,7 +1123,7 @@ def exported_samples() -> dict[str, set[str]]:
     metrics.model_swaps.inc()
     metrics.batch_rows.observe(3)
     metrics.log_backlog.set(0)
-    metrics.log_write_failures.set(0)
+    metrics.log_write_failures.inc(0)
     samples: dict[str, set[str]] = {}
     for family in text_string_to_metric_families(metrics.render().decode()):
         for sample in family.samples:

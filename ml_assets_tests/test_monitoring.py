@@ -20,12 +20,12 @@ from dagster import (
 
 from ml_assets import automation
 from ml_assets.core.datasets import load_breast_cancer_frame
+from ml_assets.core.prediction_log import PredictionRecord, SQLitePredictionLog
 from ml_assets.core.traffic import shift_rows
 from ml_assets.definitions import defs
 from ml_assets.monitoring import DRIFT_CHECK
 from ml_assets.resources import DataSourceResource, MlflowTracking
 from ml_assets.resources.production import ProductionDataResource
-from serving.prediction_log import PredictionRecord, SQLitePredictionLog
 
 
 @pytest.fixture

@@ -21,10 +21,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ml_assets.resources.production import ProductionDataResource
-from ml_assets_tests.services import skip_or_fail
-from ml_assets_tests.test_serving_prediction_log import NAMES, _record
-from serving.prediction_log import (
+from ml_assets.core.prediction_log import (
     META_COLUMNS,
     PostgresPredictionLog,
     PredictionLogError,
@@ -32,6 +29,9 @@ from serving.prediction_log import (
     SQLitePredictionLog,
     open_prediction_log,
 )
+from ml_assets.resources.production import ProductionDataResource
+from ml_assets_tests.services import skip_or_fail
+from ml_assets_tests.test_serving_prediction_log import NAMES, _record
 
 PG_HOST, PG_PORT = "127.0.0.1", 5432
 SERVER = f"postgresql://postgres@{PG_HOST}:{PG_PORT}"
@@ -190,7 +190,7 @@ def test_concurrent_appends_from_threads_lose_nothing(pg_url):
         thread.join(timeout=60)
     log.close()
     assert not errors
-    assert log.sync_writes > 0  # the queue did fill up
+    assert log.producer_waits > 0  # the queue did fill up
     with PostgresPredictionLog(pg_url, read_only=True) as reader:
         frame = reader.read_day(DAY_ONE.date())
         assert len(frame) == reader.row_count(DAY_ONE.date()) == 8 * 40 * 5

@@ -11,8 +11,8 @@ from datetime import datetime, timezone
 import numpy as np
 import pytest
 
+from ml_assets.core.prediction_log import SQLitePredictionLog
 from serving.app import create_app
-from serving.prediction_log import SQLitePredictionLog
 from serving.settings import ServingSettings
 from serving.testing import experiment_id, register, train_breast_cancer
 
@@ -128,7 +128,8 @@ def test_non_finite_feature_gets_422(client, row, literal):
 @pytest.mark.parametrize("content", [b"[1, 2]", b"{oops", b""], ids=["list", "bad-json",
                                                                      "empty"])
 def test_body_that_is_not_a_record_gets_422(client, content):
-    response = client.post("/predict", content=content)
+    response = client.post("/predict", content=content,
+                           headers={"Content-Type": "application/json"})
     assert response.status_code == 422
     assert "Traceback" not in response.text
 
@@ -194,7 +195,7 @@ def test_without_a_champion_the_service_starts_but_is_not_ready(mlflow_store, tm
         assert response.status_code == 503
         assert response.json()["error_code"] == "TEMPORARILY_UNAVAILABLE"
         assert client.get("/ping").status_code == 503
-        reload = client.post("/admin/reload")
+        reload = client.post("/admin/reload", json={})
         assert reload.status_code == 503 and reload.json()["status"] == "no_model"
         assert "ml_api_model_version{model_name=\"" + name + "\"} 0.0" in \
             client.get("/metrics").text

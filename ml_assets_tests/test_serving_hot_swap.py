@@ -60,10 +60,10 @@ def test_admin_reload_swaps_to_the_new_champion(mlflow_store, registry, models, 
     name, experiment = registry
     with TestClient(create_app(settings_for(mlflow_store, name, tmp_path))) as client:
         assert client.post("/predict", json=_row(models)).json()["model_version"] == "1"
-        assert client.post("/admin/reload").json() == {"status": "unchanged",
+        assert client.post("/admin/reload", json={}).json() == {"status": "unchanged",
                                                        "serving_version": "1"}
         register(models[1], name, experiment, metrics={"f1": 0.97})
-        result = client.post("/admin/reload")
+        result = client.post("/admin/reload", json={})
         assert result.status_code == 200
         assert result.json() == {"status": "swapped", "serving_version": "2",
                                  "previous_version": "1"}
@@ -72,8 +72,8 @@ def test_admin_reload_swaps_to_the_new_champion(mlflow_store, registry, models, 
         assert f'ml_api_model_version{{model_name="{name}"}} 2.0' in client.get("/metrics").text
         # Rolling the alias back is a swap like any other.
         MlflowClient().set_registered_model_alias(name, "champion", "1")
-        assert client.post("/admin/reload").json()["serving_version"] == "1"
-        assert client.post("/admin/reload?force=true").json()["status"] == "swapped"
+        assert client.post("/admin/reload", json={}).json()["serving_version"] == "1"
+        assert client.post("/admin/reload?force=true", json={}).json()["status"] == "swapped"
 
 
 def test_polling_picks_up_the_new_champion(mlflow_store, registry, models, tmp_path):
@@ -110,7 +110,7 @@ def test_a_version_that_fails_to_load_is_rejected(mlflow_store, registry, models
         response = client.post("/predict", json=_row(models))
         assert response.status_code == 200 and response.json()["model_version"] == "1"
         assert client.get("/ready").status_code == 200
-        result = client.post("/admin/reload")  # an explicit reload tries it again
+        result = client.post("/admin/reload", json={})  # an explicit reload tries it again
         assert result.status_code == 409
         body = result.json()
         assert body["status"] == "rejected" and body["candidate_version"] == "2"
@@ -132,9 +132,9 @@ def test_a_version_that_fails_its_smoke_prediction_is_rejected(mlflow_store, reg
         assert "smoke prediction" in client.get("/ready").json()["detail"]
         assert _failures(client, "smoke_test_failed") == 1.0
         MlflowClient().set_registered_model_alias(name, "champion", "1")
-        assert client.post("/admin/reload").json()["status"] == "swapped"
+        assert client.post("/admin/reload", json={}).json()["status"] == "swapped"
         MlflowClient().set_registered_model_alias(name, "champion", "2")
-        result = client.post("/admin/reload")
+        result = client.post("/admin/reload", json={})
         assert result.status_code == 409 and "smoke prediction" in result.json()["detail"]
         assert client.post("/predict", json=_row(models)).json()["model_version"] == "1"
         assert _failures(client, "smoke_test_failed") == 2.0
@@ -148,7 +148,7 @@ def test_schema_change_regenerates_the_request_model(mlflow_store, registry, mod
         assert "mean radius" in client.get("/openapi.json").json()["components"]["schemas"][
             "PredictRequest"]["properties"]
         register(train_synthetic(spec), name, experiment)
-        assert client.post("/admin/reload").json()["status"] == "swapped"
+        assert client.post("/admin/reload", json={}).json()["status"] == "swapped"
         request = client.get("/openapi.json").json()["components"]["schemas"]["PredictRequest"]
         assert list(request["properties"]) == ["num_00", "num_01", "cat_00"]
         assert client.post("/predict", json=_row(models)).status_code == 422
@@ -174,7 +174,7 @@ def test_requests_in_flight_during_a_swap_all_succeed(mlflow_store, registry, mo
 
                 register(models[1], name, experiment)
                 before = asyncio.ensure_future(burst(60))
-                reload = asyncio.ensure_future(client.post("/admin/reload"))
+                reload = asyncio.ensure_future(client.post("/admin/reload", json={}))
                 during = await burst(60)
                 swapped = (await reload).json()
                 after = await burst(20)

@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 from mlflow.pyfunc.scoring_server.client import ScoringServerClient
 
+from ml_assets.core.prediction_log import SQLitePredictionLog
 from ml_assets_tests.services import free_port, wait_http
-from serving.prediction_log import SQLitePredictionLog
 from serving.testing import experiment_id, register, train_breast_cancer
 
 REPO = Path(__file__).resolve().parent.parent

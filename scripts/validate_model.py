@@ -10,17 +10,20 @@ Checks, each a row of the summary table:
 
 - training: `python -m ml_assets.cli train` (the `train_model` job, recorded in a
   Dagster instance) succeeds and makes a champion;
-- load: `models:/<name>@champion` loads with `mlflow.pyfunc.load_model`;
-- metrics: held-out rows (the pipeline's own seeded split) are predicted by the pyfunc
-  model; accuracy, weighted precision/recall/F1 and ROC AUC must reach the thresholds;
+- load: `models:/<name>@champion` loads with the platform's safe loader
+  (`ml_assets.core.model_loading.load_pipeline`, the one the API uses; never MLflow's
+  loaders, which trust the artifact's own format and skops list);
+- metrics: held-out rows (the pipeline's own seeded split) are predicted by the loaded
+  pipeline; accuracy, weighted precision/recall/F1 and ROC AUC must reach the thresholds;
 - reproducible: those metrics equal the ones the training run logged (train mode);
-- pyfunc = pipeline: the pyfunc model and the raw sklearn Pipeline predict the same;
+- predict = predict_proba: the pipeline's predict agrees with its probabilities' argmax;
 - signature: the MLflow signature's inputs are exactly the schema's feature columns
   (names, order, types, required = not nullable), for the schema in the model's
   metadata and the data source's schema;
-- skops: the model is stored in the skops format, trusts only reviewed types
-  (ml_assets.core.modeling.SKOPS_TRUSTED_TYPES), and loading it while trusting nothing
-  is refused (skops raises UntrustedTypesFoundException instead of running code).
+- skops: the model is stored in the skops format, needs only reviewed types
+  (ml_assets.core.modeling.SKOPS_TRUSTED_TYPES plus ML_SKOPS_TRUSTED_TYPES), and
+  loading it while trusting nothing is refused (skops raises
+  UntrustedTypesFoundException instead of running code).
 
 Exit status: 0 when every check passes, 1 otherwise (the failing checks are named),
 2 for bad arguments.
@@ -176,43 +179,35 @@ def _mlflow_type_name(spec) -> str:
     return kind.name if hasattr(kind, "name") else str(kind)
 
 
-def skops_check(info, model_uri: str) -> Check:
-    import mlflow
+def skops_check(model_uri: str) -> Check:
     import skops.io
 
+    from ml_assets.core.model_loading import (
+        UntrustedModelError,
+        inspect_model,
+        model_directory,
+        operator_trusted_types,
+    )
     from ml_assets.core.modeling import SKOPS_TRUSTED_TYPES
 
-    flavor = info.flavors.get("sklearn", {})
-    problems = []
-    if flavor.get("serialization_format") != "skops":
-        return Check("skops", False, "sklearn flavor serialization_format is "
-                     f"{flavor.get('serialization_format')!r}, not 'skops' (pickle/cloudpickle "
-                     "would run arbitrary code on load)")
-    declared = list(flavor.get("skops_trusted_types") or [])
-    unreviewed = sorted(set(declared) - set(SKOPS_TRUSTED_TYPES))
-    if unreviewed:
-        problems.append(f"the model trusts unreviewed types {unreviewed}")
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
-    path = local / flavor.get("pickled_model", "model.skops")
-    if not path.exists():
-        return Check("skops", False, f"{path.name} not found in the model's artifacts")
-    needed = sorted(skops.io.get_untrusted_types(file=path))
-    not_trusted = sorted(set(needed) - set(declared))
-    if not_trusted:
-        problems.append(f"the file needs types the model does not trust: {not_trusted}")
-    if needed:
+    with model_directory(model_uri) as local:
         try:
-            skops.io.load(path, trusted=[])
-            problems.append("skops loaded the file while trusting nothing")
-        except skops.io.exceptions.UntrustedTypesFoundException as exc:
-            refused = str(exc)
+            model = inspect_model(local, model_uri)
+        except UntrustedModelError as exc:
+            return Check("skops", False, str(exc))
+        needed = model.needed_types
+        if needed:
+            try:
+                skops.io.load(model.path, trusted=[])
+            except skops.io.exceptions.UntrustedTypesFoundException as exc:
+                refused = str(exc)
+            else:
+                return Check("skops", False, "skops loaded the file while trusting nothing")
         else:
-            refused = ""
-    else:
-        refused = "no type beyond skops' defaults"
-    if problems:
-        return Check("skops", False, "; ".join(problems))
-    return Check("skops", True, f"format skops; trusts {len(declared)} reviewed types; "
+            refused = "no type beyond skops' defaults"
+    extras = sorted(set(needed) & set(operator_trusted_types()) - set(SKOPS_TRUSTED_TYPES))
+    note = f"; needs operator-trusted types {extras} (review them)" if extras else ""
+    return Check("skops", True, f"format skops; needs {len(needed)} reviewed types{note}; "
                  f"loading with no trust refused ({_shorten(refused, 80)})")
 
 
@@ -227,7 +222,7 @@ def validate(args: argparse.Namespace, trained: bool) -> list[Check]:
     import pandera.pandas as pa
 
     from ml_assets.core.metrics import classification_metrics, failing_metrics
-    from ml_assets.core.model_logging import FEATURE_SCHEMA_KEY
+    from ml_assets.core.model_loading import FEATURE_SCHEMA_KEY, load_pipeline
     from ml_assets.settings import PlatformSettings
 
     settings = PlatformSettings.from_env()
@@ -238,13 +233,13 @@ def validate(args: argparse.Namespace, trained: bool) -> list[Check]:
 
     try:
         info = mlflow.models.get_model_info(model_uri)
-        model = mlflow.pyfunc.load_model(model_uri)
+        loaded = load_pipeline(model_uri)
     except Exception as exc:  # noqa: BLE001 - any failure to load is the finding
         raise ValidationError(f"cannot load {model_uri} from {settings.mlflow_tracking_uri}: "
                               f"{type(exc).__name__}: {_shorten(str(exc), 300)}") from None
     version = mlflow.MlflowClient().get_model_version_by_alias(name, args.alias)
     checks.append(Check("load", True, f"{model_uri} = version {version.version} "
-                        f"(run {version.run_id}) with mlflow.pyfunc.load_model"))
+                        f"(run {version.run_id}) with the platform's safe loader"))
 
     split, source_schema, target = held_out_rows(settings)
     metadata = dict(info.metadata or {})
@@ -255,13 +250,13 @@ def validate(args: argparse.Namespace, trained: bool) -> list[Check]:
     else:
         model_schema = pa.DataFrameSchema.from_yaml(metadata[FEATURE_SCHEMA_KEY])
 
-    predicted = np.asarray(model.predict(split.X_test)).astype(str)
-    pipeline = model.get_raw_model()
+    pipeline = loaded.pipeline
+    predicted = np.asarray(pipeline.predict(split.X_test)).astype(str)
     proba = pipeline.predict_proba(split.X_test)
     classes = [str(c) for c in pipeline.classes_]
     raw = np.asarray(classes)[proba.argmax(axis=1)]
     mismatches = int((predicted != raw).sum())
-    checks.append(Check("pyfunc = pipeline", mismatches == 0,
+    checks.append(Check("predict = predict_proba", mismatches == 0,
                         f"{len(predicted)} held-out rows, {mismatches} disagreements"))
 
     y_true = split.y_test.astype(str).to_numpy()
@@ -289,7 +284,7 @@ def validate(args: argparse.Namespace, trained: bool) -> list[Check]:
               "champion was trained on other data, e.g. production labels)")
 
     checks.append(signature_check(info, model_schema, source_schema, target))
-    checks.append(skops_check(info, model_uri))
+    checks.append(skops_check(model_uri))
     return checks
 
 

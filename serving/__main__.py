@@ -7,16 +7,21 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 
 import uvicorn
 
-from serving.app import create_app
+from ml_assets.core.prediction_log import PredictionLogError
+from serving.app import create_app, open_log
 from serving.settings import ServingSettings, SettingsError
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Models open only through ml_assets.core.model_loading; MLflow's own loaders
+    # (which trust the artifact's format and skops list) are disabled in this process.
+    os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
     parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__)
     parser.add_argument("--host", help="bind address (ML_API_HOST, default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (ML_API_PORT, default 8000)")
@@ -35,13 +40,25 @@ def main(argv: list[str] | None = None) -> int:
     sys.setswitchinterval(0.001)
     # uvicorn shuts down gracefully on SIGINT/SIGTERM (in-flight requests answered,
     # prediction log flushed), then re-raises the signal; that is a clean exit.
-    signal.signal(signal.SIGTERM, _stopped)
+    # Pre-flight: a log that cannot be opened is a configuration error, named now.
     try:
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, workers=1,
+        log = open_log(settings)
+    except PredictionLogError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _stopped)
+    app = create_app(settings, prediction_log=log)
+    try:
+        uvicorn.run(app, host=settings.host, port=settings.port, workers=1,
                     log_level=args.log_level, access_log=settings.access_log,
                     timeout_graceful_shutdown=30)
     except (KeyboardInterrupt, _Stopped):
         pass
+    lost = getattr(app.state, "prediction_log_lost_rows", 0)
+    if lost:
+        print(f"error: {lost} prediction-log rows were neither stored nor spilled "
+              "(see the log above)", file=sys.stderr)
+        return 1
     return 0
 
 

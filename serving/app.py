@@ -8,18 +8,25 @@ import asyncio
 import contextlib
 import gc
 import logging
+import math
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 
+from ml_assets.core.prediction_log import (
+    PredictionLog,
+    PredictionLogError,
+    PredictionLogUnavailable,
+    open_prediction_log,
+    resolve_log_location,
+)
 from serving.auth import api_key_dependency
 from serving.batcher import MicroBatcher
 from serving.metrics import ServiceMetrics
-from serving.middleware import BodySizeLimit, BodyTooLarge, RequestContext
+from serving.middleware import BodySizeLimit, BodyTooLarge, RequestContext, request_id_of
 from serving.model_store import ModelStore
-from serving.prediction_log import PredictionLog, open_prediction_log
 from serving.request_models import BATCH_MODEL, RECORD_MODEL
 from serving.responses import ErrorResponse, OrjsonResponse
 from serving.routes import open_routes, protected_routes
@@ -33,6 +40,7 @@ except PackageNotFoundError:  # running from a source tree
     __version__ = "0.0.0"
 
 STARTUP_LOAD_SECONDS = 60
+LOG_CLOSE_SECONDS = 20  # at shutdown, how long the log may take to store what it holds
 
 DESCRIPTION = """Predictions from the champion model of the ML platform's MLflow registry.
 
@@ -51,22 +59,44 @@ async def _poll(service: Service) -> None:
             logger.exception("polling the registry failed")
 
 
+def open_log(settings: ServingSettings) -> PredictionLog:
+    """The configured prediction log, opened for writing (does I/O: call it off the event
+    loop). PredictionLogError names the location and the variable that set it."""
+    location = settings.prediction_log_url or settings.prediction_log_path
+    setting = settings.log_location_setting
+    options: dict[str, Any] = {
+        "max_queue_rows": settings.log_queue_rows, "spill_path": settings.prediction_log_path,
+        "stall_seconds": settings.log_commit_timeout_seconds}
+    try:
+        if resolve_log_location(location)[0] == "sqlite":
+            options.update(busy_timeout=settings.log_busy_timeout_seconds,
+                           synchronous=settings.log_sqlite_synchronous)
+        return open_prediction_log(location, **options)
+    except (PredictionLogError, ValueError, OSError) as exc:
+        raise PredictionLogError(f"{exc} (the prediction log location comes from {setting}; "
+                                 "point it at a writable file or a reachable "
+                                 "database)") from exc
+
+
 def create_app(settings: ServingSettings | None = None, *,
                prediction_log: PredictionLog | None = None) -> FastAPI:
     """The prediction service. `prediction_log` replaces the configured log (PostgreSQL
-    when `prediction_log_url` is set, else the SQLite file; the app closes it at
-    shutdown)."""
+    when `prediction_log_url` is set, else the SQLite file; see `open_log`); the app
+    closes it at shutdown and records on `app.state.prediction_log_lost_rows` how many
+    rows could be neither stored nor spilled."""
     settings = settings or ServingSettings.from_env()
     metrics = ServiceMetrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         service: Service = app.state.service
-        service.log = prediction_log or open_prediction_log(
-            settings.prediction_log_url or settings.prediction_log_path,
-            max_queue_rows=settings.log_queue_rows, spill_path=settings.prediction_log_path)
-        metrics.log_backlog.set_function(lambda: service.log.backlog)
-        metrics.log_write_failures.set_function(lambda: service.log.write_failures)
+        log = (prediction_log if prediction_log is not None
+               else await asyncio.to_thread(open_log, settings))
+        service.log = log
+        app.state.prediction_log_lost_rows = 0
+        metrics.log_backlog.set_function(lambda: log.backlog)
+        log.on_commit = metrics.observe_log_commit
+        log.on_write_failure = metrics.log_write_failures.inc
         service.batcher.start()
         # Serve once the champion is loaded; a registry that does not answer in time
         # must not keep the service from starting (/ready says 503 meanwhile).
@@ -89,8 +119,16 @@ def create_app(settings: ServingSettings | None = None, *,
                 with contextlib.suppress(asyncio.CancelledError):
                     await poller
             await service.batcher.stop()
-            await asyncio.to_thread(service.log.close)
-            logger.info("prediction log flushed and closed")
+            lost = await asyncio.to_thread(log.close, LOG_CLOSE_SECONDS)
+            app.state.prediction_log_lost_rows = lost
+            if lost:
+                logger.error("prediction log closed: %d rows LOST (neither stored nor "
+                             "spilled)", lost)
+            elif log.spilled_rows:
+                logger.error("prediction log closed: %d rows not stored, spilled to %s",
+                             log.spilled_rows, ", ".join(map(str, log.spilled_to)))
+            else:
+                logger.info("prediction log flushed and closed")
 
     app = FastAPI(title="ML platform prediction service", version=__version__,
                   description=DESCRIPTION, lifespan=lifespan,
@@ -106,6 +144,17 @@ def create_app(settings: ServingSettings | None = None, *,
               "key (X-API-Key or Authorization: Bearer)."}} if auth else None
     app.include_router(open_routes)
     app.include_router(protected_routes, dependencies=auth, responses=unauthorized)
+
+    @app.exception_handler(PredictionLogUnavailable)
+    async def log_unavailable(request: Request, exc: PredictionLogUnavailable):
+        # Nothing was acknowledged: the client may send the same request again.
+        message = f"prediction not answered: it could not be logged durably ({exc}); retry"
+        retry = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+        if request.url.path.rstrip("/") == "/invocations":  # MLflow's error shape
+            return OrjsonResponse({"error_code": "TEMPORARILY_UNAVAILABLE",
+                                   "message": message}, status_code=503, headers=retry)
+        return OrjsonResponse({"detail": message, "request_id": request_id_of(request.scope)},
+                              status_code=503, headers=retry)
 
     @app.exception_handler(BodyTooLarge)
     async def body_too_large(request: Request, exc: BodyTooLarge):

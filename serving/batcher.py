@@ -20,8 +20,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from serving.input_limits import InputOverflow, diagnose_overflow, is_overflow_error
 from serving.metrics import ServiceMetrics
 from serving.model_store import ServedModel
+from serving.request_models import frame_from_rows
+
+__all__ = ["InputOverflow", "MicroBatcher"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +38,17 @@ class _Job:
 
 
 def _predict(model: ServedModel, rows: list[list]) -> tuple[np.ndarray, np.ndarray]:
-    proba = model.predict_proba(rows)
+    """Runs in the predict thread. Client values the pipeline cannot hold (a value its
+    preprocessing scales past float32) raise `InputOverflow` naming the features; the
+    batcher retries the jobs of a failed batch one by one, so only the guilty job gets
+    it."""
+    try:
+        proba = model.predict_proba(rows)
+    except Exception as exc:
+        if not is_overflow_error(exc):
+            raise
+        raise diagnose_overflow(model.pipeline, frame_from_rows(rows, model.features)
+                                ) from None
     return proba, proba.argmax(axis=1)
 
 

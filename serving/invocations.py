@@ -11,15 +11,18 @@ Errors use MLflow's shape, {"error_code": ..., "message": ...}, with status 400
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import math
 from typing import Any
 
 import orjson
-import pandas as pd
+import pyarrow as pa  # type: ignore[import-untyped]
+import pyarrow.parquet as pq  # type: ignore[import-untyped]
 from pydantic import ValidationError
 
+from serving.input_limits import excerpt, excerpt_loc
 from serving.request_models import FeatureSpec, RequestModels
 
 FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
@@ -48,36 +51,43 @@ class InvocationError(Exception):
 
 def parse_rows(body: bytes, content_type: str | None, requests: RequestModels,
                max_rows: int) -> list[list]:
-    """Validated feature rows (schema order) from an /invocations body."""
+    """Validated feature rows (schema order) from an /invocations body. The row cap is
+    enforced before the body is materialized: from Parquet metadata, while counting CSV
+    rows, and on list lengths right after JSON parsing."""
     mime, charset, others = _content_type(content_type)
     if charset != "utf-8":
         raise InvocationError("The scoring server only supports UTF-8", 415,
                               "UNSUPPORTED_MEDIA_TYPE")
     if others:
-        raise InvocationError(f"Unrecognized content type parameters: {', '.join(others)}",
-                              415, "UNSUPPORTED_MEDIA_TYPE")
+        raise InvocationError("Unrecognized content type parameters: "
+                              f"{excerpt(', '.join(others))}", 415, "UNSUPPORTED_MEDIA_TYPE")
     if mime == CONTENT_JSON:
-        records = _json_records(body, requests.specs)
+        records = _json_records(body, requests.specs, max_rows)
     elif mime == CONTENT_CSV:
-        records = _csv_records(body, requests.specs)
+        records = _csv_records(body, requests.specs, max_rows)
     elif mime == CONTENT_PARQUET:
-        records = _parquet_records(body, requests.specs)
+        records = _parquet_records(body, requests.specs, max_rows)
     else:
         raise InvocationError(
             f"This predictor only supports the following content types: "
-            f"{[CONTENT_JSON, CONTENT_CSV, CONTENT_PARQUET]}. Got {content_type!r}.",
-            415, "UNSUPPORTED_MEDIA_TYPE")
+            f"{[CONTENT_JSON, CONTENT_CSV, CONTENT_PARQUET]}. Got "
+            f"{excerpt(repr(content_type))}.", 415, "UNSUPPORTED_MEDIA_TYPE")
     if not records:
         raise InvocationError("the input holds no rows")
-    if len(records) > max_rows:
-        raise InvocationError(f"{len(records)} rows exceed the limit of {max_rows} rows per "
-                              "request (ML_API_MAX_BATCH); split the input")
+    _check_rows(len(records), max_rows)
     try:
         validated = requests.lenient_rows.validate_python(records)
     except ValidationError as exc:
         raise InvocationError(validation_message(exc, "row"),
                               detail=validation_detail(exc)) from None
     return [requests.row_of(record) for record in validated]
+
+
+def _check_rows(count: int, max_rows: int, more: bool = False) -> None:
+    if count > max_rows:
+        counted = f"more than {max_rows}" if more else str(count)
+        raise InvocationError(f"{counted} rows exceed the limit of {max_rows} rows per "
+                              "request (ML_API_MAX_BATCH); split the input")
 
 
 def _content_type(header: str | None) -> tuple[str, str, list[str]]:
@@ -87,23 +97,35 @@ def _content_type(header: str | None) -> tuple[str, str, list[str]]:
     return parts[0].lower(), charset, sorted(params)
 
 
+_NON_FINITE_TOKENS = (b"NaN", b"Infinity")
+
+
 def _load_json(body: bytes) -> tuple[Any, bool]:
     """The parsed body, and whether it held NaN/Infinity (not JSON, but Python's json
-    and MLflow's client write them for missing values)."""
+    and MLflow's client write them for missing values). orjson parses; Python's json
+    only when orjson refused a body holding such a token (nesting is bounded by orjson
+    at 1,024 levels, and a RecursionError of the fallback is a 400)."""
     try:
         return orjson.loads(body), False
-    except orjson.JSONDecodeError:
-        pass
+    except orjson.JSONDecodeError as exc:
+        error = exc
+    if not any(token in body for token in _NON_FINITE_TOKENS):
+        raise InvocationError("Ensure that input is a valid JSON formatted string. "
+                              f"Error: {excerpt(error)}") from None
     try:
-        return json.loads(body), True
+        payload = json.loads(body)
+    except RecursionError:
+        raise InvocationError("Ensure that input is a valid JSON formatted string. "
+                              "Error: nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvocationError(f"Ensure that input is a valid JSON formatted string. "
-                              f"Error: {exc}") from None
+                              f"Error: {excerpt(exc)}") from None
+    return payload, True
 
 
-def _json_records(body: bytes, specs: tuple[FeatureSpec, ...]) -> list[dict]:
+def _json_records(body: bytes, specs: tuple[FeatureSpec, ...], max_rows: int) -> list[dict]:
     payload, non_finite = _load_json(body)
-    records = _payload_records(payload)
+    records = _payload_records(payload, max_rows)
     nullable = {spec.name for spec in specs if spec.nullable}
     if non_finite and nullable:  # NaN is how pandas spells "missing": null where allowed
         records = [{k: None if k in nullable and _is_nan(v) else v for k, v in r.items()}
@@ -115,7 +137,12 @@ def _is_nan(value) -> bool:
     return isinstance(value, float) and math.isnan(value)
 
 
-def _payload_records(payload) -> list[dict]:
+def _keys(payload: dict, limit: int = 10) -> str:
+    keys = [excerpt(k, 40) for k in list(payload)[:limit]]
+    return excerpt(str(keys) + (" ..." if len(payload) > limit else ""), 200)
+
+
+def _payload_records(payload, max_rows: int) -> list[dict]:
     if not isinstance(payload, dict):
         raise InvocationError(f"The input must be a JSON dictionary with exactly one of the "
                               f"input fields {set(FORMATS)}. Received a "
@@ -124,30 +151,37 @@ def _payload_records(payload) -> list[dict]:
     if len(found) != 1:
         raise InvocationError(f"The input must be a JSON dictionary with exactly one of the "
                               f"input fields {set(FORMATS)}. Received dictionary with input "
-                              f"fields: {list(payload)}.")
+                              f"fields: {_keys(payload)}.")
     key = found[0]
     data = payload[key]
     if key == "dataframe_split":
-        return _split_records(data)
+        return _split_records(data, max_rows)
     if key == "dataframe_records":
+        if isinstance(data, list):
+            _check_rows(len(data), max_rows)
         if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
             raise InvocationError("Dataframe records format must be a list of records "
                                   "(objects mapping column names to values).")
         return data
-    return _tensor_records(key, data)
+    return _tensor_records(key, data, max_rows)
 
 
-def _split_records(data) -> list[dict]:
+def _split_records(data, max_rows: int) -> list[dict]:
     if not isinstance(data, dict):
         raise InvocationError("Dataframe split format must be a dictionary.")
     extra = set(data) - {"columns", "data", "index"}
     if "data" not in data or extra:
         raise InvocationError("Dataframe split format must have 'data' field and optionally "
-                              f"'columns' and 'index' fields. Got {sorted(data)}.")
+                              f"'columns' and 'index' fields. Got {_keys(data)}.")
     columns, rows = data.get("columns"), data["data"]
     if not isinstance(columns, list) or not isinstance(rows, list):
         raise InvocationError("dataframe_split needs 'columns' (the feature names) and "
                               "'data' (a list of rows)")
+    _check_rows(len(rows), max_rows)
+    for i, name in enumerate(columns):
+        if not isinstance(name, str):
+            raise InvocationError(f"dataframe_split column {i} is a "
+                                  f"{type(name).__name__}: column names must be strings")
     width = len(columns)
     for i, row in enumerate(rows):
         if not isinstance(row, list) or len(row) != width:
@@ -157,17 +191,20 @@ def _split_records(data) -> list[dict]:
     return [dict(zip(columns, row, strict=False)) for row in rows]
 
 
-def _tensor_records(key: str, data) -> list[dict]:
+def _tensor_records(key: str, data, max_rows: int) -> list[dict]:
     """`instances`/`inputs`: a list of records, columns as lists, or one record."""
-    if isinstance(data, list) and all(isinstance(r, dict) for r in data):
-        return data
+    if isinstance(data, list):
+        _check_rows(len(data), max_rows)
+        if all(isinstance(r, dict) for r in data):
+            return data
     if isinstance(data, dict) and data:
         values = list(data.values())
         if all(isinstance(v, list) for v in values):
             lengths = {len(v) for v in values}
+            _check_rows(max(lengths), max_rows)
             if len(lengths) != 1:
                 raise InvocationError(f"'{key}' columns have different lengths: "
-                                      f"{sorted(lengths)}")
+                                      f"{excerpt(sorted(lengths))}")
             names = list(data)
             return [dict(zip(names, row, strict=False)) for row in zip(*values, strict=False)]
         if not any(isinstance(v, (list, dict)) for v in values):
@@ -189,47 +226,96 @@ def _csv_value(text: str, spec: FeatureSpec):
             return True
         if lowered in ("false", "0"):
             return False
-        raise ValueError(f"{text!r} is not a boolean")
+        raise ValueError(f"{excerpt(repr(text))} is not a boolean")
     return text
 
 
-def _csv_records(body: bytes, specs: tuple[FeatureSpec, ...]) -> list[dict]:
+def _csv_fail(error) -> InvocationError:
+    return InvocationError("Failed to parse input as a Pandas DataFrame. Ensure that the "
+                           "input is a valid CSV-formatted Pandas DataFrame. Error: "
+                           f"{excerpt(error)}")
+
+
+def _csv_records(body: bytes, specs: tuple[FeatureSpec, ...], max_rows: int) -> list[dict]:
+    """Rows of a CSV body as `DataFrame.to_csv(index=False)` writes it (header, then one
+    line per row; blank lines skipped), read with the csv module: rows are counted as
+    they are read and the body is refused at max_rows + 1, before any frame is built.
+    Cells are capped by the csv module's field size limit (128 KiB)."""
     try:
-        frame = pd.read_csv(io.BytesIO(body), dtype=str, keep_default_na=False,
-                            encoding="utf-8")
-    except Exception as exc:  # noqa: BLE001 - pandas raises many kinds
-        raise InvocationError(f"Failed to parse input as a Pandas DataFrame. Ensure that the "
-                              f"input is a valid CSV-formatted Pandas DataFrame. Error: {exc}"
-                              ) from None
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _csv_fail(exc) from None
+    reader = csv.reader(io.StringIO(text))
+    try:
+        header = next((row for row in reader if row), None)
+        if header is None:
+            raise _csv_fail("No columns to parse from file")
+        lines: list[list[str]] = []
+        for row in reader:
+            if not row:
+                continue
+            lines.append(row)
+            if len(lines) > max_rows:
+                _check_rows(len(lines), max_rows, more=True)
+    except csv.Error as exc:
+        raise _csv_fail(exc) from None
+    width = len(header)
     by_name = {spec.name: spec for spec in specs}
-    columns = [c for c in frame.columns if c in by_name]
-    records: list[dict] = [{} for _ in range(len(frame))]
+    columns = [(i, by_name[name]) for i, name in enumerate(header) if name in by_name]
+    records: list[dict] = []
     problems = []
-    for column in columns:
-        spec = by_name[column]
-        for i, text in enumerate(frame[column].tolist()):
+    for r, line in enumerate(lines):
+        if len(line) > width:
+            raise _csv_fail(f"Expected {width} fields in line {r + 2}, saw {len(line)}")
+        record = {}
+        for i, spec in columns:
+            cell = line[i] if i < len(line) else ""
             try:
-                records[i][column] = _csv_value(text, spec)
+                record[spec.name] = _csv_value(cell, spec)
             except ValueError:
-                problems.append({"loc": [i, column], "type": f"{spec.kind}_parsing",
-                                 "msg": f"{text!r} is not a valid {spec.kind}"})
+                problems.append({"loc": [r, excerpt(spec.name)], "type": f"{spec.kind}_parsing",
+                                 "msg": f"{excerpt(repr(cell))} is not a valid {spec.kind}"})
+        records.append(record)
     if problems:
-        raise InvocationError(_summary(problems, "row"), detail=problems)
+        raise InvocationError(_summary(problems, "row"), detail=problems[:100])
     return records
 
 
-def _parquet_records(body: bytes, specs: tuple[FeatureSpec, ...]) -> list[dict]:
+def _parquet_records(body: bytes, specs: tuple[FeatureSpec, ...], max_rows: int
+                     ) -> list[dict]:
+    """Rows of a Parquet body. The row count and the uncompressed size of the known
+    columns come from the file's metadata and are checked before any data page is read;
+    then only the known columns are read."""
     try:
-        frame = pd.read_parquet(io.BytesIO(body))
+        parquet = pq.ParquetFile(pa.BufferReader(body))
+        metadata = parquet.metadata
     except Exception as exc:  # noqa: BLE001 - pyarrow raises many kinds
         raise InvocationError(f"Failed to parse input as a Pandas DataFrame. Ensure that the "
-                              f"input is a valid Parquet file. Error: {exc}") from None
-    nullable = {spec.name for spec in specs if spec.nullable}
+                              f"input is a valid Parquet file. Error: {excerpt(exc)}"
+                              ) from None
+    _check_rows(metadata.num_rows, max_rows)
     known = {spec.name for spec in specs}
-    columns = [c for c in frame.columns if c in known]
-    records: list[dict] = [{} for _ in range(len(frame))]
+    columns = [name for name in parquet.schema_arrow.names if name in known]
+    indices = {i for i in range(metadata.num_columns)
+               if metadata.schema.column(i).path.split(".")[0] in known}
+    size = sum(metadata.row_group(g).column(i).total_uncompressed_size
+               for g in range(metadata.num_row_groups) for i in indices)
+    if size > _parquet_byte_limit(max_rows, len(columns)):
+        raise InvocationError(f"the Parquet input's columns hold {size} bytes uncompressed, "
+                              f"more than {_parquet_byte_limit(max_rows, len(columns))} "
+                              f"for {max_rows} rows; split the input")
+    try:
+        table = parquet.read(columns=columns, use_pandas_metadata=False)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises many kinds
+        raise InvocationError(f"Failed to parse input as a Pandas DataFrame. Ensure that the "
+                              f"input is a valid Parquet file. Error: {excerpt(exc)}"
+                              ) from None
+    if table.num_rows > max_rows:  # metadata that lied
+        _check_rows(table.num_rows, max_rows)
+    nullable = {spec.name for spec in specs if spec.nullable}
+    records: list[dict] = [{} for _ in range(table.num_rows)]
     for column in columns:
-        values = frame[column].tolist()
+        values = table.column(column).to_pylist()
         if column in nullable:  # pandas writes a missing value as NaN
             values = [None if _is_nan(v) else v for v in values]
         for record, value in zip(records, values, strict=True):
@@ -237,13 +323,21 @@ def _parquet_records(body: bytes, specs: tuple[FeatureSpec, ...]) -> list[dict]:
     return records
 
 
-def validation_detail(exc: ValidationError) -> list[dict]:
-    """Pydantic errors as FastAPI shows them (loc, msg, type), without echoing input."""
-    return [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
-            for e in exc.errors(include_url=False, include_input=False)]
+def _parquet_byte_limit(max_rows: int, n_columns: int) -> int:
+    """Uncompressed bytes the known columns may hold: 1 KiB per cell (far more than any
+    number or category needs), at least 16 MiB."""
+    return max(16 * 1024 * 1024, max_rows * max(1, n_columns) * 1024)
 
 
-def _summary(detail: list[dict], index_word: str, limit: int = 5) -> str:
+def validation_detail(exc: ValidationError, limit: int = 100) -> list[dict]:
+    """Pydantic errors as FastAPI shows them (loc, msg, type), without echoing input:
+    at most `limit` errors, keys and messages cut to short excerpts."""
+    return [{"loc": excerpt_loc(e["loc"]), "msg": excerpt(e["msg"], 200), "type": e["type"]}
+            for e in exc.errors(include_url=False, include_input=False)[:limit]]
+
+
+def _summary(detail: list[dict], index_word: str, limit: int = 5,
+             total: int | None = None) -> str:
     parts = []
     for item in detail[:limit]:
         loc = list(item["loc"])
@@ -252,10 +346,11 @@ def _summary(detail: list[dict], index_word: str, limit: int = 5) -> str:
             where = f"{index_word} {loc.pop(0)}: "
         name = ".".join(str(p) for p in loc) or "body"
         parts.append(f"{where}{name!s}: {item['msg']}")
-    more = f" (and {len(detail) - limit} more)" if len(detail) > limit else ""
+    total = len(detail) if total is None else total
+    more = f" (and {total - limit} more)" if total > limit else ""
     return "invalid input: " + "; ".join(parts) + more
 
 
 def validation_message(exc: ValidationError, index_word: str = "row") -> str:
     """One line naming each failing field and its problem."""
-    return _summary(validation_detail(exc), index_word)
+    return _summary(validation_detail(exc, 6), index_word, total=exc.error_count())

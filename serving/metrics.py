@@ -16,8 +16,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 disable_created_metrics()  # the *_created series only add noise to every scrape
 
-# Why a model version was rejected or could not be looked up.
-FAILURE_REASONS = ("load_error", "smoke_test_failed", "registry")
+# Why a model version was rejected or could not be looked up ("untrusted_model": the
+# safe loader refused it unopened: pickle/cloudpickle, or skops types nobody reviewed).
+FAILURE_REASONS = ("load_error", "smoke_test_failed", "untrusted_model", "registry")
 
 # Single-row predictions take milliseconds: resolve that range finely.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.035, 0.05, 0.075,
@@ -44,8 +45,9 @@ class ServiceMetrics:
         self.model_loaded_at = Gauge("ml_api_model_loaded_timestamp_seconds", "When the "
                                      "served model was loaded (Unix time).", registry=r)
         self.model_load_failures = Counter("ml_api_model_load_failures", "Model versions "
-                                           "rejected (load error, failed smoke prediction) or "
-                                           "registry look-ups that failed.", ["reason"],
+                                           "rejected (load error, failed smoke prediction, "
+                                           "refused as untrusted) or registry look-ups "
+                                           "that failed.", ["reason"],
                                            registry=r)
         for reason in FAILURE_REASONS:  # exported at 0 from the start, for alerts
             self.model_load_failures.labels(reason)
@@ -57,9 +59,20 @@ class ServiceMetrics:
                                     registry=r)
         self.log_backlog = Gauge("ml_api_prediction_log_backlog", "Predictions accepted but "
                                  "not yet written to the prediction log.", registry=r)
-        self.log_write_failures = Gauge("ml_api_prediction_log_write_failures", "Failed "
-                                        "prediction-log writes (retried, never dropped).",
-                                        registry=r)
+        self.log_write_failures = Counter("ml_api_prediction_log_write_failures", "Failed "
+                                          "prediction-log writes (rows kept and retried; "
+                                          "waiting requests answered 503).", registry=r)
+        self.log_dropped_rows = Counter("ml_api_prediction_log_dropped_rows", "Rows not "
+                                        "logged because the queue was full "
+                                        "(ML_PREDICTION_LOG_ACK=async only).", registry=r)
+        self.log_commit_seconds = Histogram("ml_api_prediction_log_commit_seconds",
+                                            "Duration of one prediction-log commit (one "
+                                            "transaction of grouped requests).",
+                                            buckets=LATENCY_BUCKETS, registry=r)
+        self.log_commit_rows = Histogram("ml_api_prediction_log_commit_rows", "Rows per "
+                                         "prediction-log commit (group commit).",
+                                         buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512,
+                                                  1024, 2048, 4096, 8192), registry=r)
 
     def observe_request(self, endpoint: str, method: str, status: int, started: float) -> None:
         self.requests.labels(endpoint, method, str(status)).inc()
@@ -68,6 +81,10 @@ class ServiceMetrics:
     def count_predictions(self, model_version: str, labels: list[str]) -> None:
         for label, n in Tally(labels).items():
             self.predictions.labels(model_version, label).inc(n)
+
+    def observe_log_commit(self, rows: int, seconds: float) -> None:
+        self.log_commit_rows.observe(rows)
+        self.log_commit_seconds.observe(seconds)
 
     def set_model(self, name: str, version: str | None, loaded_at: float | None = None) -> None:
         self.model_version.labels(name).set(float(version) if version else 0.0)

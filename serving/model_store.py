@@ -4,7 +4,9 @@
 and uses that model to the end, so a swap (a single assignment) never changes
 the model under a request in flight. A candidate version is only swapped in
 after it loads and passes a smoke prediction; otherwise it is rejected, counted,
-and the old model keeps serving.
+and the old model keeps serving. Models are opened only by the platform's safe
+loader (`ml_assets.core.model_loading`): a version it refuses (pickle, unreviewed
+skops types) is rejected as `untrusted_model` and never runs a line of its code.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from sklearn.pipeline import Pipeline
 
-from ml_assets.core.model_logging import LoadedModel, load_pipeline
+from ml_assets.core.model_loading import LoadedModel, UntrustedModelError, load_pipeline
 from serving.metrics import ServiceMetrics
 from serving.request_models import (
     FeatureSpec,
@@ -134,6 +136,9 @@ class ModelStore:
         self.current: ServedModel | None = None
         self.last_error: str | None = None
         self.rejected: dict[str, str] = {}  # version -> why, so polling does not retry it
+        # The last candidate refused while another version serves: {version, reason,
+        # detail}; shown by /ready and /model until a swap or the alias moves back.
+        self.refused: dict[str, str] | None = None
         self._lock = threading.Lock()
         mlflow.set_tracking_uri(settings.tracking_uri)
         self.client = MlflowClient(settings.tracking_uri)
@@ -171,6 +176,7 @@ class ModelStore:
                 return {"status": "no_model" if served is None else "unchanged",
                         "detail": self.last_error, "serving_version": served}
             if version == served and not force:
+                self.refused = None  # the alias is back on the served version
                 return {"status": "unchanged", "serving_version": served}
             if version in self.rejected and not (force or retry_rejected):
                 return {"status": "rejected", "detail": self.rejected[version],
@@ -180,6 +186,7 @@ class ModelStore:
             except ModelRejected as exc:
                 self.rejected[version] = str(exc)
                 self.last_error = str(exc)
+                self.refused = {"version": version, "reason": exc.reason, "detail": str(exc)}
                 self.metrics.model_load_failures.labels(exc.reason).inc()
                 logger.error("rejected %s version %s: %s; still serving version %s",
                              self.settings.model_name, version, exc, served)
@@ -194,12 +201,22 @@ class ModelStore:
         previous = self.current
         self.current = model
         self.last_error = None
+        self.refused = None
         self.metrics.model_swaps.inc()
         self.metrics.set_model(model.name, model.version, model.loaded_at.timestamp())
         logger.info("serving %s version %s (was %s)", model.name, model.version,
                     previous.version if previous else "none")
         if self.on_swap is not None:
             self.on_swap(model)
+
+    def refusal_detail(self) -> str | None:
+        """'serving version 1; version 2 refused (untrusted_model): ...' while a refused
+        candidate waits behind the served model; None otherwise."""
+        refused, current = self.refused, self.current
+        if refused is None or current is None:
+            return None
+        return (f"serving version {current.version}; version {refused['version']} refused "
+                f"({refused['reason']}): {refused['detail']}")
 
     def load(self, version: str) -> ServedModel:
         """Load one registry version and smoke-test it; raises ModelRejected."""
@@ -209,7 +226,8 @@ class ModelStore:
             with tempfile.TemporaryDirectory(prefix="serving-model-") as tmp:
                 local = mlflow.artifacts.download_artifacts(
                     artifact_uri=f"models:/{name}/{version}", dst_path=tmp)
-                loaded: LoadedModel = load_pipeline(local)
+                loaded: LoadedModel = load_pipeline(
+                    local, source=f"version {version} (models:/{name}/{version})")
                 specs = feature_specs(loaded.schema, loaded.target)
                 example = _input_example(local, [spec.name for spec in specs])
             details = self.client.get_model_version(name, version)
@@ -220,9 +238,12 @@ class ModelStore:
                 run_id=details.run_id, pipeline=pipeline, target=loaded.target,
                 labels=[str(c) for c in pipeline.classes_],
                 class_values=pipeline.classes_.tolist(),
-                requests=build_request_models(specs, self.settings.max_batch, rows[0]),
+                requests=build_request_models(specs, self.settings.max_batch, rows[0],
+                                              pipeline),
                 metrics=self._run_metrics(details.run_id),
                 loaded_at=datetime.now(timezone.utc), metadata=loaded.metadata)
+        except UntrustedModelError as exc:  # refused unopened: nothing of it ran
+            raise ModelRejected(version, "untrusted_model", str(exc)) from exc
         except Exception as exc:  # noqa: BLE001 - any load failure rejects the version
             raise ModelRejected(version, "load_error",
                                 f"version {version} failed to load: {exc}") from exc

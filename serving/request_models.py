@@ -4,8 +4,10 @@ Columns other than the target are features. float → JSON number, int → integ
 bool → boolean, anything else → string; `nullable` features may be null or left
 out. Simple Pandera checks become constraints the API enforces and OpenAPI shows:
 ge/gt/le/lt/in_range → minimum/maximum, isin → enum, str_matches → pattern,
-str_length → min/max length. Every number must be finite; values are strict
-(a string is never read as a number).
+str_length → min/max length. Every number must be finite and within what the
+model holds (float32's range, narrower where the fitted preprocessing would
+scale it past that; int64 for integers); values are strict (a string is never
+read as a number).
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ import pandera.pandas as pa
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, create_model
 from pydantic.config import JsonDict
 from pydantic.json_schema import models_json_schema
+from pydantic_core import PydanticCustomError
+
+from serving.input_limits import FLOAT32_MAX, INT64_MAX, INT64_MIN, derived_bounds
 
 RECORD_MODEL = "PredictRequest"
 BATCH_MODEL = "PredictBatchRequest"
@@ -111,7 +116,47 @@ def _member_of(allowed: tuple):
     return AfterValidator(check)
 
 
-def _annotation(spec: FeatureSpec):
+def _range_check(spec: FeatureSpec, derived: tuple[float, float] | None) -> list:
+    """What keeps a number inside what the model holds: float32's range for numbers
+    (int64's for integers), tighter where the pipeline's preprocessing would overflow
+    (`derived`); sides the schema's own checks already bound more tightly are left out.
+    Returns [AfterValidator, Field(json_schema_extra)] or []."""
+    low, high = ((-FLOAT32_MAX, FLOAT32_MAX) if spec.kind == "number"
+                 else (float(INT64_MIN), float(INT64_MAX)))
+    if derived is not None:
+        low, high = max(low, derived[0]), min(high, derived[1])
+    upper = min((v for v in (spec.le, spec.lt) if v is not None), default=None)
+    lower = max((v for v in (spec.ge, spec.gt) if v is not None), default=None)
+    high_bound = None if upper is not None and upper <= high else high
+    low_bound = None if lower is not None and lower >= low else low
+    if high_bound is None and low_bound is None:
+        return []
+    why = ("larger magnitudes overflow the model's float32 input" if spec.kind == "number"
+           else "the model's integer input holds int64 values")
+    if derived is not None:
+        why = "larger magnitudes overflow the model's float32 input after its preprocessing"
+    kind = "value_too_large"
+    schema: dict[str, Any] = {}
+    if high_bound is not None:
+        schema["maximum"] = int(high_bound) if spec.kind == "integer" else high_bound
+    if low_bound is not None:
+        schema["minimum"] = int(low_bound) if spec.kind == "integer" else low_bound
+
+    def check(value):
+        if value is None or isinstance(value, bool):
+            return value
+        if high_bound is not None and value > high_bound:
+            raise PydanticCustomError(kind, "Input should be at most {limit}: {why}",
+                                      {"limit": schema["maximum"], "why": why})
+        if low_bound is not None and value < low_bound:
+            raise PydanticCustomError(kind, "Input should be at least {limit}: {why}",
+                                      {"limit": schema["minimum"], "why": why})
+        return value
+
+    return [AfterValidator(check), Field(json_schema_extra=schema)]
+
+
+def _annotation(spec: FeatureSpec, derived: tuple[float, float] | None = None):
     """The pydantic type and Field of one feature."""
     python_type: Any = _PYTHON_TYPES[spec.kind]
     extra: list = []
@@ -132,6 +177,11 @@ def _annotation(spec: FeatureSpec):
             constraints["min_length"] = spec.min_length
         if spec.max_length is not None:
             constraints["max_length"] = spec.max_length
+    if spec.kind in ("number", "integer"):
+        # constraints inside the nullable union, so OpenAPI shows them on the number
+        python_type = Annotated[(python_type, Field(**constraints),
+                                 *_range_check(spec, derived))]
+        constraints = {}
     if spec.nullable:
         python_type = python_type | None
     field = Field(alias=spec.name, title=spec.name, **constraints)
@@ -170,12 +220,15 @@ class RequestModels:
 
 
 def build_request_models(specs: list[FeatureSpec], max_batch: int,
-                         example: dict | None = None) -> RequestModels:
+                         example: dict | None = None, pipeline=None) -> RequestModels:
     """PredictRequest (one record, extra fields forbidden), PredictBatchRequest (`records`,
     1..max_batch of them) and a list validator that ignores unknown columns (the MLflow
-    scoring protocol ignores them too)."""
+    scoring protocol ignores them too). With the fitted `pipeline`, number ranges are
+    narrowed to what its preprocessing keeps within float32 (`derived_bounds`)."""
     keys = tuple(f"f{i}" for i in range(len(specs)))
-    fields = {key: _annotation(spec) for key, spec in zip(keys, specs, strict=False)}
+    derived = derived_bounds(pipeline, specs, example) if pipeline is not None else {}
+    fields = {key: _annotation(spec, derived.get(spec.name))
+              for key, spec in zip(keys, specs, strict=False)}
     common = ConfigDict(strict=True, populate_by_name=False, regex_engine="python-re")
     examples: JsonDict | None = {"examples": [example]} if example else None
     record = create_model(RECORD_MODEL, __config__=ConfigDict(

@@ -54,7 +54,8 @@ class Readiness(BaseModel):
     status: str = Field(description="ready or not_ready")
     model_name: str
     model_version: str | None = None
-    detail: str | None = None
+    detail: str | None = Field(default=None, description="Not ready: why. Ready: a "
+                               "candidate version that was refused, if any.")
 
 
 class FeatureInfo(BaseModel):
@@ -71,6 +72,13 @@ class FeatureInfo(BaseModel):
     max_length: int | None = None
 
 
+class RefusedVersion(BaseModel):
+    version: str = Field(description="The candidate version that was not swapped in.")
+    reason: str = Field(description="untrusted_model (the safe loader refused it unopened), "
+                        "load_error or smoke_test_failed.")
+    detail: str = Field(description="Why, and how to allow it when that is a setting.")
+
+
 class ModelInfo(BaseModel):
     name: str
     version: str
@@ -82,6 +90,9 @@ class ModelInfo(BaseModel):
     metrics: dict[str, float] = Field(description="Metrics of the training run.")
     loaded_at: str
     features: list[FeatureInfo] = Field(description="The feature schema requests follow.")
+    refused: RefusedVersion | None = Field(default=None, description="The candidate "
+                                           "version last refused while this one kept "
+                                           "serving (None when there is none).")
 
 
 class ReloadResult(BaseModel):

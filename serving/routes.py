@@ -10,12 +10,15 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from mlflow.version import VERSION as MLFLOW_VERSION
 from pydantic import ValidationError
 
 from serving import invocations
+from serving.guards import UNSUPPORTED_MEDIA_TYPE, off_loop, require_json
+from serving.input_limits import InputOverflow
 from serving.invocations import InvocationError, validation_detail, validation_message
 from serving.middleware import request_id_of
 from serving.request_models import BATCH_MODEL, RECORD_MODEL
@@ -40,10 +43,13 @@ protected_routes = APIRouter()
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"model": ErrorResponse, "description": "Body larger than ML_API_MAX_BODY_BYTES."},
+    **UNSUPPORTED_MEDIA_TYPE,
     422: {"model": ErrorResponse, "description": "A feature is missing, unknown, mistyped, "
-          "NaN, infinite or outside the schema's checks; `detail` names each."},
+          "NaN, infinite, outside the schema's checks or too large for the model (after "
+          "its preprocessing); `detail` names each."},
     503: {"model": ErrorResponse, "description": "No model is being served yet."},
 }
+_JSON_ONLY = [Depends(require_json)]
 
 
 def _json_body(schema_name: str, description: str) -> dict:
@@ -64,6 +70,16 @@ def _invalid(exc: ValidationError, index_word: str) -> Response:
                            "message": validation_message(exc, index_word)}, status_code=422)
 
 
+def _overflow(exc: InputOverflow, mlflow_style: bool = False) -> Response:
+    """Client values the model cannot hold even after validation: 422 (400 MLflow-style
+    on /invocations) naming the features, never a 500."""
+    if mlflow_style:
+        return OrjsonResponse({"error_code": "BAD_REQUEST", "message": f"invalid input: {exc}",
+                               "detail": exc.detail()}, status_code=400)
+    return OrjsonResponse({"detail": exc.detail(), "message": f"invalid input: {exc}"},
+                          status_code=422)
+
+
 # -- health -------------------------------------------------------------------------
 
 @open_routes.get("/health", response_model=Health, tags=["health"])
@@ -75,13 +91,15 @@ async def health() -> Response:
 @open_routes.get("/ready", response_model=Readiness, tags=["health"],
                  responses={503: {"model": Readiness, "description": "No model loaded."}})
 async def ready(service: ServiceDep) -> Response:
-    """Readiness: 200 once a model is loaded, 503 before."""
+    """Readiness: 200 once a model is loaded, 503 before. While ready, `detail` names a
+    candidate version that was refused (the served one keeps serving)."""
     model = service.store.current
     if model is None:
         return OrjsonResponse({"status": "not_ready", "model_name": service.settings.model_name,
                                "detail": service.not_ready_reason()}, status_code=503)
-    return OrjsonResponse({"status": "ready", "model_name": model.name,
-                           "model_version": model.version})
+    body = {"status": "ready", "model_name": model.name, "model_version": model.version}
+    refusal = service.store.refusal_detail()
+    return OrjsonResponse({**body, "detail": refusal} if refusal else body)
 
 
 @open_routes.get("/ping", tags=["health", "mlflow"], response_class=Response,
@@ -104,6 +122,7 @@ async def mlflow_version() -> Response:
 
 @protected_routes.post(
     "/predict", response_model=PredictResponse, tags=["predict"], responses=_ERRORS,
+    dependencies=_JSON_ONLY,
     openapi_extra=_json_body(RECORD_MODEL, "One record: the served model's features by "
                              "name (schema in components.schemas.PredictRequest)."))
 async def predict(request: Request, service: ServiceDep) -> Response:
@@ -118,8 +137,11 @@ async def predict(request: Request, service: ServiceDep) -> Response:
         except ValidationError as exc:
             return _invalid(exc, "record")
         request_id = request_id_of(request.scope)
-        labels, probabilities, _ = await service.predict_rows(
-            model, [model.requests.row_of(record)], request_id)
+        try:
+            labels, probabilities, _ = await service.predict_rows(
+                model, [model.requests.row_of(record)], request_id)
+        except InputOverflow as exc:
+            return _overflow(exc)
     return OrjsonResponse({
         "prediction": labels[0], "confidence": probabilities[0][labels[0]],
         "probabilities": probabilities[0], "request_id": request_id,
@@ -128,6 +150,7 @@ async def predict(request: Request, service: ServiceDep) -> Response:
 
 @protected_routes.post(
     "/predict/batch", response_model=PredictBatchResponse, tags=["predict"], responses=_ERRORS,
+    dependencies=_JSON_ONLY,
     openapi_extra=_json_body(BATCH_MODEL, "Records to predict, at most ML_API_MAX_BATCH."))
 async def predict_batch(request: Request, service: ServiceDep) -> Response:
     """Predict many records (answered in order)."""
@@ -136,13 +159,16 @@ async def predict_batch(request: Request, service: ServiceDep) -> Response:
         return _unavailable(service)
     with service.batcher.tracking():
         body = await request.body()
-        try:
-            batch = model.requests.batch.model_validate_json(body)
+        try:  # a large body is validated in a parser thread, off the event loop
+            batch = await off_loop(body, model.requests.batch.model_validate_json, body)
         except ValidationError as exc:
             return _invalid(exc, "record")
         request_id = request_id_of(request.scope)
         rows = [model.requests.row_of(record) for record in model.requests.records_of(batch)]
-        labels, probabilities, _ = await service.predict_rows(model, rows, request_id)
+        try:
+            labels, probabilities, _ = await service.predict_rows(model, rows, request_id)
+        except InputOverflow as exc:
+            return _overflow(exc)
     return OrjsonResponse({
         "request_id": request_id, "model_name": model.name, "model_version": model.version,
         "predictions": [{"prediction": label, "confidence": p[label], "probabilities": p}
@@ -194,13 +220,17 @@ async def invocations_endpoint(request: Request, service: ServiceDep) -> Respons
         return _unavailable(service, mlflow_style=True)
     with service.batcher.tracking():
         body = await request.body()
-        try:
-            rows = invocations.parse_rows(body, request.headers.get("content-type"),
-                                          model.requests, service.settings.max_batch)
+        try:  # a large body is parsed in a parser thread, off the event loop
+            rows = await off_loop(body, invocations.parse_rows, body,
+                                  request.headers.get("content-type"), model.requests,
+                                  service.settings.max_batch)
         except InvocationError as exc:
             return OrjsonResponse(exc.body(), status_code=exc.status)
         request_id = request_id_of(request.scope)
-        _, _, values = await service.predict_rows(model, rows, request_id)
+        try:
+            _, _, values = await service.predict_rows(model, rows, request_id)
+        except InputOverflow as exc:
+            return _overflow(exc, mlflow_style=True)
     return OrjsonResponse({"predictions": values}, headers={
         "X-Model-Name": model.name, "X-Model-Version": model.version})
 
@@ -210,12 +240,14 @@ async def invocations_endpoint(request: Request, service: ServiceDep) -> Respons
 @protected_routes.get("/model", response_model=ModelInfo, tags=["model"],
                       responses={503: _ERRORS[503]})
 async def model_info(service: ServiceDep) -> Response:
-    """The served model: name, version, alias, training-run metrics and feature schema."""
+    """The served model: name, version, alias, training-run metrics and feature schema;
+    `refused`: the candidate version last refused while this one kept serving."""
     model = service.store.current
     if model is None:
         return _unavailable(service)
     return OrjsonResponse({**model.describe(),
-                           "model_uri": f"models:/{model.name}/{model.version}"})
+                           "model_uri": f"models:/{model.name}/{model.version}",
+                           "refused": service.store.refused})
 
 
 @protected_routes.post(
@@ -223,12 +255,30 @@ async def model_info(service: ServiceDep) -> Response:
     responses={409: {"model": ReloadResult, "description": "The candidate was rejected; the "
                      "previous model keeps serving."},
                502: {"model": ReloadResult, "description": "The registry is unreachable."},
-               503: {"model": ReloadResult, "description": "No champion exists yet."}})
-async def reload_model(service: ServiceDep, force: Annotated[bool, Query(
+               503: {"model": ReloadResult, "description": "No champion exists yet."},
+               413: _ERRORS[413], **UNSUPPORTED_MEDIA_TYPE,
+               422: {"model": ErrorResponse, "description": "A body other than nothing or "
+                     "`{}`, or a `force` that is not a boolean."}},
+    dependencies=_JSON_ONLY,
+    openapi_extra={"requestBody": {"required": True, "description": "`{}` (or nothing): "
+                                   "options are query parameters; Content-Type "
+                                   "application/json is required either way.", "content": {
+                                       "application/json": {"schema": {
+                                           "type": "object", "maxProperties": 0}}}}})
+async def reload_model(request: Request, service: ServiceDep, force: Annotated[bool, Query(
         description="Reload even if the alias still points at the served version.")] = False
                        ) -> Response:
     """Look up the alias now and swap to its version if it changed (loads off the event
     loop; requests keep being answered by the current model meanwhile)."""
+    body = await request.body()
+    if body.strip() and body.strip() != b"{}":
+        try:
+            empty = orjson.loads(body) == {}
+        except orjson.JSONDecodeError:
+            empty = False
+        if not empty:
+            return OrjsonResponse({"detail": "the body must be empty or {}: options are "
+                                   "query parameters"}, status_code=422)
     result = await asyncio.to_thread(service.store.refresh, force, True)
     status = {"rejected": 409, "registry_error": 502, "no_model": 503}.get(result["status"],
                                                                           200)

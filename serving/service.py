@@ -2,21 +2,36 @@
 
 Routes reach it through the `get_service` dependency. `predict_rows` runs
 validated rows through the micro-batcher on the model the request started with,
-then counts and logs every row before the answer goes out.
+then appends every row to the prediction log and, in the default commit mode,
+waits until the log has committed them before the answer goes out: a 200 means
+the rows are stored. When the log cannot take or commit them in time it raises
+`PredictionLogUnavailable`, which the app answers 503 with Retry-After.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import logging
+import math
+import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from fastapi import Request
 
+from ml_assets.core.prediction_log import (
+    PredictionLog,
+    PredictionLogUnavailable,
+    PredictionRecord,
+)
 from serving.batcher import MicroBatcher
 from serving.metrics import ServiceMetrics
 from serving.model_store import ModelStore, ServedModel
-from serving.prediction_log import PredictionLog, PredictionRecord
 from serving.settings import ServingSettings
+
+logger = logging.getLogger(__name__)
+
+DROP_LOG_INTERVAL_SECONDS = 10.0  # at most one "rows dropped" error line per interval
 
 
 @dataclass
@@ -26,15 +41,29 @@ class Service:
     store: ModelStore
     batcher: MicroBatcher
     log: PredictionLog | None = None
+    _dropped_since_report: int = field(default=0, repr=False)
+    _last_drop_report: float = field(default=0.0, repr=False)
 
     def not_ready_reason(self) -> str:
         return ("no model is being served: "
                 + (self.store.last_error or f"{self.settings.model_uri} is not loaded yet"))
 
+    @property
+    def durable(self) -> bool:
+        return self.settings.log_ack == "commit"
+
     async def predict_rows(self, model: ServedModel, rows: list[list], request_id: str
                            ) -> tuple[list[str], list[dict[str, float]], list]:
         """(predicted labels, class probabilities per row, predicted class values) of
-        `rows`; every row is counted and appended to the prediction log."""
+        `rows`; every row is appended to the prediction log (and, in commit mode,
+        committed) and counted. PredictionLogUnavailable when the log cannot take
+        or commit the rows in time: nothing is acknowledged then."""
+        log = self.log
+        assert log is not None, "the app's lifespan opens the prediction log first"
+        if self.durable:
+            reason = log.unavailable_reason()  # refuse before spending model time
+            if reason is not None:
+                raise PredictionLogUnavailable(reason, log.retry_seconds)
         proba, best = await self.batcher.predict(model, rows)
         labels = model.labels
         indices = best.tolist()
@@ -42,12 +71,39 @@ class Service:
         probabilities = [dict(zip(labels, p, strict=True)) for p in proba.tolist()]
         now = datetime.now(timezone.utc)
         names = model.feature_names
-        assert self.log is not None, "the app's lifespan opens the prediction log first"
-        self.log.append_many([
-            PredictionRecord(now, request_id, i, model.name, model.version, names, row,
-                             predicted[i], probabilities[i]) for i, row in enumerate(rows)])
+        records = [PredictionRecord(now, request_id, i, model.name, model.version, names, row,
+                                    predicted[i], probabilities[i])
+                   for i, row in enumerate(rows)]
+        if self.durable:
+            await self._commit(log, records)
+        elif not log.offer(records):
+            self._dropped(len(records))
         self.metrics.count_predictions(model.version, predicted)
         return predicted, probabilities, [model.class_values[i] for i in indices]
+
+    async def _commit(self, log: PredictionLog, records: list[PredictionRecord]) -> None:
+        """Append (in memory, no I/O) and wait for the writer thread's commit."""
+        timeout = self.settings.log_commit_timeout_seconds
+        committed = asyncio.wrap_future(log.append(records))
+        try:
+            await asyncio.wait_for(committed, timeout)
+        except asyncio.TimeoutError:
+            raise PredictionLogUnavailable(
+                f"the prediction log did not commit this request's {len(records)} rows "
+                f"within {timeout:g}s (ML_PREDICTION_LOG_COMMIT_TIMEOUT_SECONDS)",
+                max(1.0, math.ceil(timeout))) from None
+
+    def _dropped(self, rows: int) -> None:
+        self.metrics.log_dropped_rows.inc(rows)
+        self._dropped_since_report += rows
+        now = time.monotonic()
+        if now - self._last_drop_report >= DROP_LOG_INTERVAL_SECONDS:
+            logger.error("prediction log queue full (ML_PREDICTION_LOG_QUEUE_ROWS=%d): %d "
+                         "rows answered but NOT logged since the last report "
+                         "(ML_PREDICTION_LOG_ACK=async)", self.settings.log_queue_rows,
+                         self._dropped_since_report)
+            self._dropped_since_report = 0
+            self._last_drop_report = now
 
 
 async def get_service(request: Request) -> Service:

@@ -11,8 +11,8 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ml_assets.core.prediction_log import resolve_log_location
 from ml_assets.settings import PlatformSettings
-from serving.prediction_log import resolve_log_location
 
 
 class SettingsError(ValueError):
@@ -31,6 +31,14 @@ def _number(name: str, default, kind=int, minimum=None):
         raise SettingsError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
     if minimum is not None and value < minimum:
         raise SettingsError(f"{name}={raw!r} must be at least {minimum}")
+    return value
+
+
+def _choice(name: str, default: str, allowed: tuple[str, ...], upper: bool = False) -> str:
+    raw = _env(name, default)
+    value = raw.upper() if upper else raw.lower()
+    if value not in allowed:
+        raise SettingsError(f"{name}={raw!r}: use one of {', '.join(allowed)}")
     return value
 
 
@@ -63,8 +71,18 @@ class ServingSettings:
     # waits for requests that are on their way.
     micro_batch_rows: int = 64
     micro_batch_wait_ms: float = 1.5
-    # Prediction-log rows held in memory; beyond it writes turn synchronous.
+    # Prediction-log rows held in memory; beyond it new predictions are refused (503,
+    # commit mode) or their rows dropped and counted (async mode).
     log_queue_rows: int = 50_000
+    # "commit": a 200 waits until the request's rows are committed in the log (group
+    # commit). "async": fire-and-forget; rows still queued at a crash are lost.
+    log_ack: str = "commit"
+    # Longest a prediction waits for its commit before it is answered 503.
+    log_commit_timeout_seconds: float = 5.0
+    # SQLite: how long a write waits for another connection's lock before it fails.
+    log_busy_timeout_seconds: float = 2.0
+    # SQLite synchronous level: FULL (a commit survives a power cut) or NORMAL.
+    log_sqlite_synchronous: str = "FULL"
     access_log: bool = False
 
     @classmethod
@@ -92,9 +110,21 @@ class ServingSettings:
             micro_batch_rows=_number("ML_API_MICRO_BATCH_ROWS", 64, int, 1),
             micro_batch_wait_ms=_number("ML_API_MICRO_BATCH_WAIT_MS", 1.5, float, 0.0),
             log_queue_rows=_number("ML_PREDICTION_LOG_QUEUE_ROWS", 50_000, int, 1),
+            log_ack=_choice("ML_PREDICTION_LOG_ACK", "commit", ("commit", "async")),
+            log_commit_timeout_seconds=_number("ML_PREDICTION_LOG_COMMIT_TIMEOUT_SECONDS",
+                                               5.0, float, 0.01),
+            log_busy_timeout_seconds=_number("ML_PREDICTION_LOG_BUSY_TIMEOUT_SECONDS", 2.0,
+                                             float, 0.0),
+            log_sqlite_synchronous=_choice("ML_PREDICTION_LOG_SQLITE_SYNCHRONOUS", "FULL",
+                                           ("FULL", "NORMAL"), upper=True),
             access_log=_env("ML_API_ACCESS_LOG", "false").lower() in ("1", "true", "yes"),
         )
         return replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+
+    @property
+    def log_location_setting(self) -> str:
+        """The variable that chose the prediction log's location (for error messages)."""
+        return "ML_PREDICTION_LOG_URL" if self.prediction_log_url else "ML_PREDICTION_LOG_PATH"
 
     @property
     def model_uri(self) -> str:

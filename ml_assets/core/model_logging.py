@@ -3,27 +3,59 @@
 The model's MLmodel metadata carries the Pandera feature schema (YAML), the
 target name and the classes, so whoever loads `models:/<name>@champion` (the
 prediction service, the drift monitor) gets the one source of truth with it.
+Loading lives in `ml_assets.core.model_loading` (re-exported here).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
 
 import mlflow
 import pandas as pd
 import pandera.pandas as pa
 from sklearn.pipeline import Pipeline
 
+from ml_assets.core.model_loading import (
+    FEATURE_SCHEMA_KEY,
+    OPERATOR_TYPES_KEY,
+    OPERATOR_TYPES_TAG,
+    TRUSTED_TYPES_ENV,
+    LoadedModel,
+    UntrustedModelError,
+    load_pipeline,
+    operator_trusted_types,
+    refuse_untrusted,
+)
 from ml_assets.core.modeling import SKOPS_TRUSTED_TYPES
 from ml_assets.core.schemas import model_signature, schema_yaml
 
-FEATURE_SCHEMA_KEY = "feature_schema"
+__all__ = ["FEATURE_SCHEMA_KEY", "LoadedModel", "UntrustedModelError", "load_pipeline",
+           "log_pipeline", "required_types"]
+
+logger = logging.getLogger(__name__)
+
+
+def required_types(pipeline: Pipeline) -> list[str]:
+    """The types skops would have to be told to trust to load `pipeline` back."""
+    import skops.io
+
+    return sorted(skops.io.get_untrusted_types(data=skops.io.dumps(pipeline)))
 
 
 def log_pipeline(pipeline: Pipeline, X_sample: pd.DataFrame, schema: pa.DataFrameSchema,
                  target: str, extra_metadata: dict | None = None):
     """Log the whole Pipeline in the active MLflow run (skops, schema-derived signature,
-    input example, metadata). Returns MLflow's ModelInfo."""
+    input example, metadata). Returns MLflow's ModelInfo.
+
+    A pipeline needing a type outside the platform's reviewed list and the operator's
+    ML_SKOPS_TRUSTED_TYPES fails here, at training, naming each type: the loader would
+    refuse it anyway. Operator extras it does need are logged and recorded (metadata
+    and run tag) for review; the types are written to the MLmodel file for the record
+    only, the loader never trusts them from there."""
+    extras = operator_trusted_types()
+    needed = required_types(pipeline)
+    refuse_untrusted(needed, "this pipeline", [*SKOPS_TRUSTED_TYPES, *extras], action="log")
+    extras_used = sorted(set(needed) & set(extras) - set(SKOPS_TRUSTED_TYPES))
     sample = X_sample.head(5)
     signature = model_signature(schema, target, pipeline.predict(sample))
     metadata = {
@@ -32,31 +64,14 @@ def log_pipeline(pipeline: Pipeline, X_sample: pd.DataFrame, schema: pa.DataFram
         "classes": [str(c) for c in pipeline.classes_],
         **(extra_metadata or {}),
     }
+    if extras_used:
+        logger.warning("the pipeline needs types trusted only by the operator's %s, not by "
+                       "the platform's reviewed list: %s; recorded in the model's metadata "
+                       "(%s) and run tag %s for review", TRUSTED_TYPES_ENV,
+                       ", ".join(extras_used), OPERATOR_TYPES_KEY, OPERATOR_TYPES_TAG)
+        metadata[OPERATOR_TYPES_KEY] = extras_used
+        mlflow.set_tag(OPERATOR_TYPES_TAG, ",".join(extras_used))
     return mlflow.sklearn.log_model(
         pipeline, name="model", signature=signature, input_example=sample,
         serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_SKOPS,
-        skops_trusted_types=SKOPS_TRUSTED_TYPES, metadata=metadata)
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """A model loaded for serving: the sklearn Pipeline and what describes it."""
-
-    pipeline: Pipeline
-    schema: pa.DataFrameSchema
-    target: str
-    classes: list[str]
-    metadata: dict
-
-
-def load_pipeline(model_uri: str) -> LoadedModel:
-    """Load a Pipeline logged by `log_pipeline` (skops: only the reviewed types load)."""
-    info = mlflow.models.get_model_info(model_uri)
-    metadata = dict(info.metadata or {})
-    if FEATURE_SCHEMA_KEY not in metadata:
-        raise ValueError(f"{model_uri} carries no feature schema; log it with log_pipeline")
-    schema = pa.DataFrameSchema.from_yaml(metadata[FEATURE_SCHEMA_KEY])
-    pipeline = mlflow.sklearn.load_model(model_uri)
-    return LoadedModel(pipeline=pipeline, schema=schema, target=metadata.get("target", ""),
-                       classes=[str(c) for c in metadata.get("classes", [])],
-                       metadata=metadata)
+        skops_trusted_types=needed, metadata=metadata)

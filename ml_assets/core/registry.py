@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import getpass
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -104,8 +105,11 @@ def promote(client: MlflowClient, name: str, version: str, expected_current: str
 
 
 def rollback(client: MlflowClient, name: str, to_version: str | None = None,
-             reason: str = "manual rollback") -> ChampionChange:
-    """Restore the previous champion (or `to_version`) in one step; recorded in tags."""
+             reason: str = "manual rollback",
+             check: Callable[[str], object] | None = None) -> ChampionChange:
+    """Restore the previous champion (or `to_version`) in one step; recorded in tags.
+    `check(version)` runs before the alias moves (e.g. the safe loader's inspection);
+    when it raises, nothing changes and RegistryError names why."""
     current = alias_version(client, name, CHAMPION)
     if current is None:
         raise RegistryError(f"{name} has no champion to roll back from")
@@ -125,6 +129,12 @@ def rollback(client: MlflowClient, name: str, to_version: str | None = None,
         except MlflowException:
             raise RegistryError(f"{name} has no version {to_version}") from None
         entries = entries + [str(to_version)]
+    if check is not None:
+        try:
+            check(str(to_version))
+        except Exception as exc:  # noqa: BLE001 - any refusal keeps the champion
+            raise RegistryError(f"{name} version {to_version} cannot be restored: "
+                                f"{exc}") from exc
     at, by = now_utc(), who()
     client.set_registered_model_alias(name, CHAMPION, str(to_version))
     client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(entries[-HISTORY_LIMIT:]))

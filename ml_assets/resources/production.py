@@ -8,16 +8,17 @@ import os
 import threading
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pandas as pd
 from dagster import ConfigurableResource, EnvVar
 from pydantic import Field
 
 from ml_assets.core.datasets import DataSourceError, load_tabular_files
-
-if TYPE_CHECKING:
-    from serving.prediction_log import PredictionLog
+from ml_assets.core.prediction_log import (
+    PredictionLog,
+    open_prediction_log,
+    resolve_log_location,
+)
 
 # Read-only PostgreSQL logs by (process, URL): a sensor asks for every day's row count
 # each tick, over one connection rather than one per question. Keyed by process id so
@@ -67,15 +68,11 @@ class ProductionDataResource(ConfigurableResource):
         reads as empty until its table exists)."""
         if self._log_url():
             return True
-        from serving.prediction_log import resolve_log_location
-
         kind, where = resolve_log_location(self.prediction_log_path)
         return kind != "sqlite" or Path(where).exists()
 
     def _log(self) -> PredictionLog:
         """The prediction log, read-only: the URL's when set, else the path's."""
-        from serving.prediction_log import open_prediction_log
-
         url = self._log_url()
         if not url:
             return open_prediction_log(self.prediction_log_path, read_only=True)
