@@ -374,6 +374,8 @@ def test_main_exits_1_when_rows_are_lost_at_shutdown(mlflow_store, champion, bod
     monkeypatch.setenv("ML_PREDICTION_LOG_ACK", "async")
     monkeypatch.setenv("ML_PREDICTION_LOG_PATH", str(tmp_path / "prediction_log.db"))
     monkeypatch.delenv("ML_PREDICTION_LOG_URL", raising=False)
+    # main() turns MLflow's own model loaders off in its process: undone after the test.
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")
     monkeypatch.setattr(entry, "open_log", lambda settings: BrokenLog.make(tmp_path))
 
     def run(app, **kwargs):  # stands in for uvicorn: start, serve, shut down

@@ -27,7 +27,7 @@ from serving.batcher import MicroBatcher
 from serving.metrics import ServiceMetrics
 from serving.middleware import BodySizeLimit, BodyTooLarge, RequestContext, request_id_of
 from serving.model_store import ModelStore
-from serving.request_models import BATCH_MODEL, RECORD_MODEL
+from serving.request_models import BATCH_MODEL, INVOCATIONS_RECORD_MODEL, RECORD_MODEL
 from serving.responses import ErrorResponse, OrjsonResponse
 from serving.routes import open_routes, protected_routes
 from serving.service import Service
@@ -200,5 +200,7 @@ def _openapi(app: FastAPI) -> dict:
     else:
         components[RECORD_MODEL] = {**_NO_MODEL_SCHEMA, "title": RECORD_MODEL}
         components[BATCH_MODEL] = {**_NO_MODEL_SCHEMA, "title": BATCH_MODEL}
+        components[INVOCATIONS_RECORD_MODEL] = {**_NO_MODEL_SCHEMA,
+                                                "title": INVOCATIONS_RECORD_MODEL}
     app.openapi_schema = schema
     return schema

@@ -153,6 +153,9 @@ def _payload_records(payload, max_rows: int) -> list[dict]:
                               f"input fields {set(FORMATS)}. Received dictionary with input "
                               f"fields: {_keys(payload)}.")
     key = found[0]
+    if not isinstance(payload.get("params", {}), dict):
+        raise InvocationError("'params' must be a JSON object (parameter name → value); "
+                              f"got a {type(payload['params']).__name__}")
     data = payload[key]
     if key == "dataframe_split":
         return _split_records(data, max_rows)

@@ -28,6 +28,7 @@ from pydantic_core import PydanticCustomError
 from serving.input_limits import FLOAT32_MAX, INT64_MAX, INT64_MIN, derived_bounds
 
 RECORD_MODEL = "PredictRequest"
+INVOCATIONS_RECORD_MODEL = "InvocationsRecord"
 BATCH_MODEL = "PredictBatchRequest"
 _PYTHON_TYPES = {"number": float, "integer": int, "boolean": bool, "string": str}
 FeatureKind = Literal["number", "integer", "boolean", "string"]
@@ -200,6 +201,7 @@ class RequestModels:
     keys: tuple[str, ...]
     feature_names: tuple[str, ...]
     _getter: Any = None
+    lenient_record: type[BaseModel] | None = None  # a row of /invocations (for OpenAPI)
 
     def row_of(self, record: BaseModel) -> list:
         """Feature values of a validated record, in schema order."""
@@ -214,8 +216,12 @@ class RequestModels:
 
     def json_schemas(self) -> dict[str, dict]:
         """Component schemas for OpenAPI (feature names as property names)."""
-        _, top = models_json_schema([(self.record, "validation"), (self.batch, "validation")],
-                                    ref_template="#/components/schemas/{model}", by_alias=True)
+        models: list[tuple[type[BaseModel], Any]] = [(self.record, "validation"),
+                                                     (self.batch, "validation")]
+        if self.lenient_record is not None:
+            models.append((self.lenient_record, "validation"))
+        _, top = models_json_schema(models, ref_template="#/components/schemas/{model}",
+                                    by_alias=True)
         return top["$defs"]
 
 
@@ -240,12 +246,14 @@ def build_request_models(specs: list[FeatureSpec], max_batch: int,
                                   Field(min_length=1, max_length=max_batch,
                                         description=f"1 to {max_batch} records")))
     batch.__doc__ = "Many records, answered in order."
-    lenient = create_model("InvocationsRecord", __config__=ConfigDict(extra="ignore", **common),
-                           **fields)
+    lenient = create_model(INVOCATIONS_RECORD_MODEL, __config__=ConfigDict(
+        extra="ignore", title=INVOCATIONS_RECORD_MODEL, **common), **fields)
+    lenient.__doc__ = ("One row of /invocations: the features by name; other columns are "
+                       "ignored, as MLflow's scoring server does.")
     return RequestModels(specs=tuple(specs), record=record, batch=batch,
                          lenient_rows=TypeAdapter(_list_of(lenient)), keys=keys,
                          feature_names=tuple(spec.name for spec in specs),
-                         _getter=itemgetter(*keys))
+                         _getter=itemgetter(*keys), lenient_record=lenient)
 
 
 def _list_of(model: type[BaseModel]) -> Any:

@@ -21,7 +21,7 @@ from serving.guards import UNSUPPORTED_MEDIA_TYPE, off_loop, require_json
 from serving.input_limits import InputOverflow
 from serving.invocations import InvocationError, validation_detail, validation_message
 from serving.middleware import request_id_of
-from serving.request_models import BATCH_MODEL, RECORD_MODEL
+from serving.request_models import BATCH_MODEL, INVOCATIONS_RECORD_MODEL, RECORD_MODEL
 from serving.responses import (
     ErrorResponse,
     Health,
@@ -47,7 +47,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     422: {"model": ErrorResponse, "description": "A feature is missing, unknown, mistyped, "
           "NaN, infinite, outside the schema's checks or too large for the model (after "
           "its preprocessing); `detail` names each."},
-    503: {"model": ErrorResponse, "description": "No model is being served yet."},
+    503: {"model": ErrorResponse, "description": "No model is being served yet, or the "
+          "prediction log cannot commit the rows now (Retry-After says when to retry)."},
 }
 _JSON_ONLY = [Depends(require_json)]
 
@@ -175,6 +176,7 @@ async def predict_batch(request: Request, service: ServiceDep) -> Response:
                         for label, p in zip(labels, probabilities, strict=True)]})
 
 
+_INVOCATION_ROW = {"$ref": f"#/components/schemas/{INVOCATIONS_RECORD_MODEL}"}
 _INVOCATION_FORMATS = {
     "oneOf": [
         {"title": "dataframe_split", "type": "object", "required": ["dataframe_split"],
@@ -187,18 +189,21 @@ _INVOCATION_FORMATS = {
                                                 "index": {"type": "array"}}},
                         "params": {"type": "object"}}},
         {"title": "dataframe_records", "type": "object", "required": ["dataframe_records"],
-         "properties": {"dataframe_records": {"type": "array", "items": {"type": "object"}},
+         "properties": {"dataframe_records": {"type": "array", "minItems": 1,
+                                              "items": _INVOCATION_ROW},
                         "params": {"type": "object"}}},
         {"title": "instances", "type": "object", "required": ["instances"],
-         "properties": {"instances": {"type": "array", "items": {"type": "object"}},
+         "properties": {"instances": {"type": "array", "minItems": 1,
+                                      "items": _INVOCATION_ROW},
                         "params": {"type": "object"}}},
         {"title": "inputs", "type": "object", "required": ["inputs"],
          "properties": {"inputs": {"type": "object", "description": "column name → list of "
                                    "values (or one record)"},
                         "params": {"type": "object"}}},
     ],
-    "description": "MLflow scoring protocol: rows follow components.schemas.PredictRequest; "
-                   "unknown columns are ignored.",
+    "description": "MLflow scoring protocol: rows follow "
+                   "components.schemas.InvocationsRecord (the features of PredictRequest; "
+                   "unknown columns are ignored).",
 }
 
 
