@@ -339,3 +339,38 @@ def test_the_service_names_an_unopenable_log_and_its_setting(tmp_path):
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("error: ")
     assert f"{blocker}/log.db" in done.stderr and "ML_PREDICTION_LOG_PATH" in done.stderr
+
+
+def test_normal_mode_fsyncs_the_wal_in_the_background_and_at_close(tmp_path, monkeypatch):
+    import os
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def spy(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    log = SQLitePredictionLog(tmp_path / "log.db", synchronous="NORMAL", sync_interval=0.05)
+    log.append([_record(0)]).result(timeout=10)
+    deadline = time.monotonic() + 5
+    while not log.syncs and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert log.syncs >= 1 and any(p.endswith("log.db-wal") for p in synced)
+    idle = log.syncs
+    time.sleep(0.2)
+    assert log.syncs == idle  # nothing committed since: nothing to sync
+    log.append([_record(1)]).result(timeout=10)
+    log.close()  # the final fsync covers the last commit
+    assert log.syncs == idle + 1
+    assert len(SQLitePredictionLog(tmp_path / "log.db", read_only=True).read_day(
+        datetime.now(timezone.utc).date())) == 2
+
+
+def test_full_mode_needs_no_background_sync(tmp_path):
+    log = SQLitePredictionLog(tmp_path / "log.db", synchronous="FULL", sync_interval=0.05)
+    log.append([_record(0)]).result(timeout=10)
+    time.sleep(0.2)
+    assert log._syncer is None and log.syncs == 0
+    log.close()

@@ -70,7 +70,8 @@ def open_log(settings: ServingSettings) -> PredictionLog:
     try:
         if resolve_log_location(location)[0] == "sqlite":
             options.update(busy_timeout=settings.log_busy_timeout_seconds,
-                           synchronous=settings.log_sqlite_synchronous)
+                           synchronous=settings.log_sqlite_synchronous,
+                           sync_interval=settings.log_sync_interval_seconds)
         return open_prediction_log(location, **options)
     except (PredictionLogError, ValueError, OSError) as exc:
         raise PredictionLogError(f"{exc} (the prediction log location comes from {setting}; "

@@ -81,8 +81,11 @@ class ServingSettings:
     log_commit_timeout_seconds: float = 5.0
     # SQLite: how long a write waits for another connection's lock before it fails.
     log_busy_timeout_seconds: float = 2.0
-    # SQLite synchronous level: FULL (a commit survives a power cut) or NORMAL.
+    # SQLite synchronous level: FULL (every commit fsynced before its answer: survives a
+    # power cut) or NORMAL (a commit survives a process crash at once, a power cut once
+    # the WAL is fsynced, every log_sync_interval_seconds).
     log_sqlite_synchronous: str = "FULL"
+    log_sync_interval_seconds: float = 1.0
     access_log: bool = False
 
     @classmethod
@@ -117,6 +120,8 @@ class ServingSettings:
                                              float, 0.0),
             log_sqlite_synchronous=_choice("ML_PREDICTION_LOG_SQLITE_SYNCHRONOUS", "FULL",
                                            ("FULL", "NORMAL"), upper=True),
+            log_sync_interval_seconds=_number("ML_PREDICTION_LOG_SYNC_INTERVAL_SECONDS", 1.0,
+                                              float, 0.01),
             access_log=_env("ML_API_ACCESS_LOG", "false").lower() in ("1", "true", "yes"),
         )
         return replace(settings, **{k: v for k, v in overrides.items() if v is not None})

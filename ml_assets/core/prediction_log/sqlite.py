@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
+import threading
 from collections.abc import Sequence
 from contextlib import closing
 from datetime import date
@@ -19,9 +22,19 @@ from ml_assets.core.prediction_log.base import (
     _frame,
 )
 
+logger = logging.getLogger("ml_assets.core.prediction_log")
+
 
 class SQLitePredictionLog(PredictionLog):
-    """The embedded default: one SQLite file (WAL), one table indexed by day."""
+    """The embedded default: one SQLite file (WAL), one table indexed by day.
+
+    Durability: every commit is written to the WAL file before its requests are
+    answered, so a process crash loses nothing committed. With `synchronous="NORMAL"`
+    the WAL is fsynced by a background thread every
+    `sync_interval` seconds rather than at every commit: a power cut can lose the
+    commits of the last interval (never corrupts the file). `"FULL"` fsyncs every
+    commit before it is answered (survives a power cut; costs latency, see
+    docs/serving.md); the service's default."""
 
     _DDL = (
         "CREATE TABLE IF NOT EXISTS predictions ("
@@ -45,11 +58,13 @@ class SQLitePredictionLog(PredictionLog):
                " confidence, probabilities, features FROM predictions WHERE day = ? ORDER BY id")
 
     def __init__(self, path: str | Path, read_only: bool = False,
-                 busy_timeout: float = 5.0, synchronous: str = "FULL", **kwargs):
+                 busy_timeout: float = 5.0, synchronous: str = "FULL",
+                 sync_interval: float = 1.0, **kwargs):
         """`read_only`: only read_day/days (monitoring); nothing is created or written.
         `busy_timeout`: how long a write waits for another connection's lock before it
         fails (and is retried). `synchronous`: FULL (a commit survives a power cut) or
-        NORMAL (survives a process crash; a power cut may lose the last commits).
+        NORMAL (survives a process crash; the WAL is fsynced every `sync_interval`
+        seconds, so a power cut may lose the commits of the last interval).
         PredictionLogError, naming the file, when it cannot be opened or created."""
         self.path = Path(path)
         self.read_only = read_only
@@ -57,6 +72,12 @@ class SQLitePredictionLog(PredictionLog):
         self.synchronous = synchronous.upper()
         if self.synchronous not in ("FULL", "NORMAL", "EXTRA"):
             raise ValueError(f"synchronous={synchronous!r}: use FULL or NORMAL")
+        self.sync_interval = sync_interval
+        self.syncs = 0
+        self._unsynced = 0  # commits since the last fsync of the WAL
+        self._stop_syncing = threading.Event()
+        self._sync_lock = threading.Lock()
+        self._syncer: threading.Thread | None = None
         self._conn = None
         if not read_only:
             try:
@@ -71,6 +92,10 @@ class SQLitePredictionLog(PredictionLog):
                 raise PredictionLogError(f"prediction log: cannot open SQLite file "
                                          f"{self.path} for writing: {exc}") from exc
         super().__init__(**kwargs)
+        if not read_only and self.synchronous == "NORMAL" and sync_interval > 0:
+            self._syncer = threading.Thread(target=self._sync_periodically, daemon=True,
+                                            name="prediction-log-wal-sync")
+            self._syncer.start()
 
     def __repr__(self) -> str:
         return f"SQLitePredictionLog({str(self.path)!r})"
@@ -102,6 +127,37 @@ class SQLitePredictionLog(PredictionLog):
         except sqlite3.Error as exc:
             raise PredictionLogError(f"prediction log: writing {len(rows)} rows to "
                                      f"{self.path}: {exc}") from exc
+        with self._sync_lock:
+            self._unsynced += 1
+
+    def sync_wal(self) -> None:
+        """fsync the WAL file now (what NORMAL defers): everything committed so far then
+        survives a power cut. fsync flushes the file whichever descriptor wrote it."""
+        with self._sync_lock:
+            pending, self._unsynced = self._unsynced, 0
+        if not pending:
+            return
+        wal = self.path.with_name(self.path.name + "-wal")
+        try:
+            fd = os.open(wal, os.O_RDONLY)
+        except FileNotFoundError:  # checkpointed away and removed: nothing to sync
+            return
+        try:
+            os.fsync(fd)
+            self.syncs += 1
+        except OSError:
+            with self._sync_lock:
+                self._unsynced += pending  # try again next time
+            raise
+        finally:
+            os.close(fd)
+
+    def _sync_periodically(self) -> None:
+        while not self._stop_syncing.wait(self.sync_interval):
+            try:
+                self.sync_wal()
+            except OSError as exc:
+                logger.error("prediction log: fsync of %s-wal failed: %s", self.path, exc)
 
     def read_day(self, day: date | str) -> pd.DataFrame:
         return _frame(self._query(self._SELECT, (_day(day),)))
@@ -128,5 +184,13 @@ class SQLitePredictionLog(PredictionLog):
                 raise
 
     def _close_storage(self) -> None:
+        self._stop_syncing.set()
+        if self._syncer is not None:
+            self._syncer.join(timeout=5)
         if self._conn is not None:
+            try:
+                self.sync_wal()
+            except OSError as exc:
+                logger.error("prediction log: final fsync of %s-wal failed: %s", self.path,
+                             exc)
             self._conn.close()
