@@ -123,6 +123,8 @@ def test_schemathesis_finds_nothing(mlflow_store, unique_name, tmp_path, api_key
     generated = _generated(output)
     failed = [c for c in checks if c["status"] == "failure"]
     names = {c["name"] for c in checks}
+    print(f"schemathesis ({'auth on' if api_key else 'auth off'}): {generated} cases, "
+          f"{len(checks)} check results, {len(failed)} failed, checks {sorted(names)}")
     assert done.returncode == 0 and not failed, output[-6000:]
     assert "internal server error" not in output
     assert re.search(rf"{generated} generated, {generated} passed", output), output[-3000:]
