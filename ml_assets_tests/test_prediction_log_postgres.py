@@ -452,3 +452,18 @@ def test_api_logs_its_predictions_to_postgres(mlflow_store, pg_url, unique_name,
     assert (frame["model_name"] == unique_name).all() and (frame["model_version"] == "1").all()
     assert frame["mean radius"].tolist() == pytest.approx(
         [r["mean radius"] for r in records])
+
+
+def test_close_does_not_wait_for_a_write_hung_on_the_network(pg_url, tmp_path, monkeypatch):
+    log = PostgresPredictionLog(pg_url, spill_path=tmp_path / "log.db")
+    release = threading.Event()
+    monkeypatch.setattr(log, "_insert_batch", lambda conn, records: release.wait(30))
+    log.append(_records())
+    time.sleep(0.2)  # the writer is inside the hung write now
+    started = time.monotonic()
+    try:
+        assert log.close(timeout=1.0) == 0  # the stuck rows are spilled, not lost
+        assert time.monotonic() - started < 10  # 1 s flush + 1 s join + 5 s lock wait
+        assert log.spilled_rows == len(_records())
+    finally:
+        release.set()

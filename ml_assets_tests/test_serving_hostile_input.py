@@ -264,3 +264,52 @@ def test_auth_comes_before_the_content_type(mlflow_store, client, tmp_path):
                           headers={"Content-Type": "text/plain"}).status_code == 401
         assert keyed.post("/admin/reload", content=b"x", headers={
             "Content-Type": "text/plain", "X-API-Key": "s3cret"}).status_code == 415
+
+
+def test_integer_features_stop_at_int64_exactly():
+    from pydantic import ValidationError
+
+    from serving.request_models import FeatureSpec, frame_from_rows
+
+    models = build_request_models([FeatureSpec("n", "integer", False)], 10)
+    top = 2 ** 63 - 1
+    record = models.record.model_validate_json(f'{{"n": {top}}}')
+    assert frame_from_rows([models.row_of(record)], models.specs)["n"].iloc[0] == top
+    for value, limit in ((2 ** 63, f"at most {top}"), (-(2 ** 63) - 1, f"at least {-top - 1}")):
+        with pytest.raises(ValidationError) as caught:
+            models.record.model_validate_json(f'{{"n": {value}}}')
+        assert caught.value.errors()[0]["loc"] == ("n",) and limit in str(caught.value)
+
+
+def test_a_feature_schema_is_parsed_as_text_never_opened_as_a_path(tmp_path):
+    from ml_assets.core.schemas import breast_cancer_schema, schema_from_yaml, schema_yaml
+
+    text = schema_yaml(breast_cancer_schema(["mean radius"]))
+    assert list(schema_from_yaml(text).columns) == list(
+        breast_cancer_schema(["mean radius"]).columns)
+    on_disk = tmp_path / "schema.yaml"
+    on_disk.write_text(text)
+    with pytest.raises(ValueError, match="not a YAML mapping"):
+        schema_from_yaml(str(on_disk))  # pandera's from_yaml would read the file
+
+
+def test_an_input_example_outside_the_model_directory_is_not_read(tmp_path):
+    from serving.model_store import _input_example
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (tmp_path / "outside.json").write_text(json.dumps(
+        {"dataframe_split": {"columns": ["a"], "data": [[1.0]]}}))
+    (model / "MLmodel").write_text("flavors: {}\nsaved_input_example_info:\n"
+                                   "  artifact_path: ../outside.json\n  type: dataframe\n"
+                                   "  pandas_orient: split\n")
+    assert _input_example(str(model), ["a"]) is None
+
+
+def test_a_queue_smaller_than_a_batch_is_refused_at_start(monkeypatch):
+    from serving.settings import SettingsError
+
+    monkeypatch.setenv("ML_API_MAX_BATCH", "1000")
+    monkeypatch.setenv("ML_PREDICTION_LOG_QUEUE_ROWS", "999")
+    with pytest.raises(SettingsError, match="ML_PREDICTION_LOG_QUEUE_ROWS=999"):
+        ServingSettings.from_env()

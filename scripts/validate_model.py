@@ -219,10 +219,10 @@ def _shorten(text: str, width: int) -> str:
 def validate(args: argparse.Namespace, trained: bool) -> list[Check]:
     import mlflow
     import numpy as np
-    import pandera.pandas as pa
 
     from ml_assets.core.metrics import classification_metrics, failing_metrics
     from ml_assets.core.model_loading import FEATURE_SCHEMA_KEY, load_pipeline
+    from ml_assets.core.schemas import schema_from_yaml
     from ml_assets.settings import PlatformSettings
 
     settings = PlatformSettings.from_env()
@@ -248,7 +248,7 @@ def validate(args: argparse.Namespace, trained: bool) -> list[Check]:
                             "schema"))
         model_schema = source_schema
     else:
-        model_schema = pa.DataFrameSchema.from_yaml(metadata[FEATURE_SCHEMA_KEY])
+        model_schema = schema_from_yaml(metadata[FEATURE_SCHEMA_KEY])
 
     pipeline = loaded.pipeline
     predicted = np.asarray(pipeline.predict(split.X_test)).astype(str)

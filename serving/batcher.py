@@ -47,8 +47,11 @@ def _predict(model: ServedModel, rows: list[list]) -> tuple[np.ndarray, np.ndarr
     except Exception as exc:
         if not is_overflow_error(exc):
             raise
-        raise diagnose_overflow(model.pipeline, frame_from_rows(rows, model.features)
-                                ) from None
+        try:
+            frame = frame_from_rows(rows, model.features)
+        except OverflowError:  # a value no column dtype holds: nothing to diagnose with
+            raise InputOverflow([]) from None
+        raise diagnose_overflow(model.pipeline, frame) from None
     return proba, proba.argmax(axis=1)
 
 

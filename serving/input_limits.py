@@ -60,8 +60,9 @@ class InputOverflow(ValueError):
 def is_overflow_error(exc: BaseException) -> bool:
     """scikit-learn's refusal of values its float32 cast cannot hold."""
     text = str(exc)
-    return isinstance(exc, (ValueError, OverflowError, FloatingPointError)) and (
-        "infinity or a value too large" in text or "overflow" in text.lower())
+    return isinstance(exc, OverflowError) or (
+        isinstance(exc, (ValueError, FloatingPointError))
+        and ("infinity or a value too large" in text or "overflow" in text.lower()))
 
 
 def _transformer(pipeline):

@@ -137,9 +137,9 @@ def _is_nan(value) -> bool:
     return isinstance(value, float) and math.isnan(value)
 
 
-def _keys(payload: dict, limit: int = 10) -> str:
-    keys = [excerpt(k, 40) for k in list(payload)[:limit]]
-    return excerpt(str(keys) + (" ..." if len(payload) > limit else ""), 200)
+def _keys(payload: dict, limit: int = 5) -> str:
+    keys = [excerpt(k, 20) for k in list(payload)[:limit]]
+    return excerpt(str(keys) + (" ..." if len(payload) > limit else ""))
 
 
 def _payload_records(payload, max_rows: int) -> list[dict]:

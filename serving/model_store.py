@@ -20,6 +20,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, cast
 
 import mlflow
@@ -28,7 +29,13 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from sklearn.pipeline import Pipeline
 
-from ml_assets.core.model_loading import LoadedModel, UntrustedModelError, load_pipeline
+from ml_assets.core.model_loading import (
+    LoadedModel,
+    UntrustedModelError,
+    load_pipeline,
+    model_file_path,
+    read_mlmodel,
+)
 from serving.metrics import ServiceMetrics
 from serving.request_models import (
     FeatureSpec,
@@ -111,7 +118,19 @@ def serving_n_jobs(pipeline: Pipeline) -> Pipeline:
 
 
 def _input_example(local_path: str, names: list[str]) -> list[dict] | None:
-    """The model's logged input example as records (None when it has none)."""
+    """The model's logged input example as records (None when it has none). Its file
+    must lie inside the model directory: MLflow joins the path the artifact names
+    without checking it."""
+    try:
+        mlmodel = read_mlmodel(Path(local_path), local_path)
+        info = mlmodel.get("saved_input_example_info")
+        if not isinstance(info, dict):
+            return None
+        model_file_path(Path(local_path), info.get("artifact_path"), local_path)
+    except Exception as exc:  # noqa: BLE001 - no usable example: rows from the schema
+        logger.warning("input example of %s not used (%s); using rows from the schema",
+                       local_path, exc)
+        return None
     try:
         # mlflow annotates this `str | None`; it returns the logged example itself
         # (a DataFrame for these models), hence the cast.

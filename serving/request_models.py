@@ -12,6 +12,7 @@ read as a number).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from operator import itemgetter
 from types import GenericAlias
@@ -126,6 +127,9 @@ def _range_check(spec: FeatureSpec, derived: tuple[float, float] | None) -> list
                  else (float(INT64_MIN), float(INT64_MAX)))
     if derived is not None:
         low, high = max(low, derived[0]), min(high, derived[1])
+    if spec.kind == "integer":  # exact ints: float(INT64_MAX) rounds up to 2**63
+        low = INT64_MIN if low <= INT64_MIN else math.ceil(low)
+        high = INT64_MAX if high >= INT64_MAX else math.floor(high)
     upper = min((v for v in (spec.le, spec.lt) if v is not None), default=None)
     lower = max((v for v in (spec.ge, spec.gt) if v is not None), default=None)
     high_bound = None if upper is not None and upper <= high else high

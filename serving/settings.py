@@ -124,7 +124,12 @@ class ServingSettings:
                                               float, 0.01),
             access_log=_env("ML_API_ACCESS_LOG", "false").lower() in ("1", "true", "yes"),
         )
-        return replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+        settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+        if settings.log_queue_rows < settings.max_batch:
+            raise SettingsError(
+                f"ML_PREDICTION_LOG_QUEUE_ROWS={settings.log_queue_rows} is smaller than "
+                f"ML_API_MAX_BATCH={settings.max_batch}: a full batch could never be logged")
+        return settings
 
     @property
     def log_location_setting(self) -> str:

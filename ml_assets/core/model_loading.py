@@ -40,6 +40,7 @@ from sklearn.base import BaseEstimator
 from sklearn.pipeline import Pipeline
 
 from ml_assets.core.modeling import SKOPS_TRUSTED_TYPES
+from ml_assets.core.schemas import schema_from_yaml
 from ml_assets.settings import PlatformSettings
 
 FEATURE_SCHEMA_KEY = "feature_schema"
@@ -233,7 +234,7 @@ def load_pipeline(model_uri: str, source: str | None = None,
         metadata = model.metadata
         if FEATURE_SCHEMA_KEY not in metadata:
             raise ValueError(f"{source} carries no feature schema; log it with log_pipeline")
-        schema = pa.DataFrameSchema.from_yaml(metadata[FEATURE_SCHEMA_KEY])
+        schema = schema_from_yaml(metadata[FEATURE_SCHEMA_KEY])
         pipeline = load_estimator(model, extra_trusted)
     return LoadedModel(pipeline=cast(Pipeline, pipeline), schema=schema,
                        target=metadata.get("target", ""),

@@ -107,7 +107,7 @@ class SchemaStore:
         version = versions[-1]
         path = self.directory / f"v{version}.yaml"
         try:
-            return version, pa.DataFrameSchema.from_yaml(path.read_text())
+            return version, schema_from_yaml(path.read_text())
         except Exception as exc:  # noqa: BLE001 - a hand-edited file may be broken
             raise ValueError(f"schema file {path} cannot be read: {exc}") from exc
 
@@ -174,6 +174,21 @@ def schema_yaml(schema: pa.DataFrameSchema) -> str:
     text = schema.to_yaml()
     assert text is not None
     return text
+
+
+def schema_from_yaml(text: str) -> pa.DataFrameSchema:
+    """The schema written by `schema_yaml`, from its text only. pandera's own `from_yaml`
+    first tries the string as a file path, so text from a model artifact could make it
+    read any file on the host; this parses the text (yaml.safe_load) and nothing else."""
+    import yaml
+    from pandera.io.pandas_io import deserialize_schema
+
+    if not isinstance(text, str):
+        raise ValueError(f"a feature schema must be YAML text, not {type(text).__name__}")
+    document = yaml.safe_load(text)
+    if not isinstance(document, dict):
+        raise ValueError("the feature schema is not a YAML mapping")
+    return deserialize_schema(document)
 
 
 def feature_columns(schema: pa.DataFrameSchema, target: str) -> dict[str, str]:

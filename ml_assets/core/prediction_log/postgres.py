@@ -337,11 +337,20 @@ class PostgresPredictionLog(PredictionLog):
         found = self._query(self._count, (_day(day),))
         return int(found[0][0]) if found else 0
 
-    def _close_storage(self) -> None:
+    def _close_storage(self, timeout: float = 5.0) -> None:
+        """Close both connections. A connection whose lock is still held after `timeout`
+        (a write hung on the network: close() has already spilled its rows) is left to
+        the exiting process rather than holding shutdown up."""
         for guard, name in ((self._writer_guard, "_writer_conn"),
                             (self._reader_guard, "_reader_conn")):
-            with guard:
+            if not guard.acquire(timeout=timeout):
+                logger.error("prediction log: %s still busy after %.0fs; not waiting to "
+                             "close it", name.strip("_"), timeout)
+                continue
+            try:
                 conn = getattr(self, name)
                 setattr(self, name, None)
                 if conn is not None and not conn.closed:
                     conn.close()
+            finally:
+                guard.release()
