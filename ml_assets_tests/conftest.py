@@ -43,3 +43,25 @@ def mlflow_tracking(mlflow_store, unique_name, tmp_path: Path):
     return MlflowTracking(tracking_uri=mlflow_store["tracking_uri"],
                           experiment_name=unique_name,
                           artifact_location=(tmp_path / "artifacts").as_uri())
+
+
+@pytest.fixture
+def database():
+    """A new, empty PostgreSQL database's name (dropped at teardown, connections and all)."""
+    from ml_assets_tests.services import pg_admin, require_postgres
+
+    require_postgres()
+    name = f"pl_test_{uuid.uuid4().hex[:12]}"
+    pg_admin(f'CREATE DATABASE "{name}"')
+    try:
+        yield name
+    finally:
+        pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_url(database) -> str:
+    """The URL of a new, empty PostgreSQL database."""
+    from ml_assets_tests.services import PG_SERVER
+
+    return f"{PG_SERVER}/{database}"

@@ -59,3 +59,31 @@ def wait_http(url: str, process: subprocess.Popen | None = None, timeout: float 
             pass
         time.sleep(0.2)
     raise AssertionError(f"{url} not ready after {timeout}s\n{detail()}")
+
+
+PG_HOST, PG_PORT = "127.0.0.1", 5432
+PG_SERVER = f"postgresql://postgres@{PG_HOST}:{PG_PORT}"
+
+
+def pg_admin(statement: str, params: tuple = (), database: str = "postgres") -> list[tuple]:
+    """Run one statement on the local PostgreSQL (autocommit); its rows, if any."""
+    import psycopg2
+
+    conn = psycopg2.connect(f"{PG_SERVER}/{database}", connect_timeout=5)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(statement, params)
+            return cur.fetchall() if cur.description else []
+    finally:
+        conn.close()
+
+
+def require_postgres() -> None:
+    """The local PostgreSQL answers: skip, or fail under CI=true."""
+    import psycopg2
+
+    try:
+        pg_admin("SELECT 1")
+    except psycopg2.OperationalError as exc:
+        skip_or_fail(f"PostgreSQL is not reachable on {PG_HOST}:{PG_PORT}: {exc}".strip())

@@ -26,14 +26,13 @@ import pandas as pd
 import pytest
 
 from ml_assets.core.prediction_log import PredictionLog, open_prediction_log
-from ml_assets_tests.services import free_port, skip_or_fail, wait_http
+from ml_assets_tests.services import free_port, wait_http
 from serving.testing import experiment_id, register, train_breast_cancer
 
 REPO = Path(__file__).resolve().parent.parent
 LOAD_SECONDS = 5.0
 MAX_REQUESTS_PER_CLIENT = 3000
 BATCH_ROWS = 1000
-PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
 
 
 @pytest.fixture(scope="module")
@@ -149,41 +148,13 @@ def _missing(acked: list[tuple[str, int]], logged: Counter[str]) -> list[tuple[s
             if logged.get(rid, 0) != rows]
 
 
-def _pg_admin(statement: str) -> None:
-    import psycopg2
-
-    conn = psycopg2.connect(f"{PG_SERVER}/postgres", connect_timeout=5)
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(statement)
-    finally:
-        conn.close()
-
-
-@pytest.fixture
-def pg_database() -> Iterator[str]:
-    import psycopg2
-
-    try:
-        _pg_admin("SELECT 1")
-    except psycopg2.OperationalError as exc:
-        skip_or_fail(f"PostgreSQL is not reachable on 127.0.0.1:5432: {exc}".strip())
-    name = f"dur_{uuid.uuid4().hex[:12]}"
-    _pg_admin(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{PG_SERVER}/{name}"
-    finally:
-        _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
 def log_location(request, tmp_path) -> Iterator[tuple[dict, str]]:
     """(server env, where to read the log back)."""
     if request.param == "sqlite":
         yield {}, str(tmp_path / "prediction_log.db")
     else:
-        url = request.getfixturevalue("pg_database")
+        url = request.getfixturevalue("pg_url")
         yield {"ML_PREDICTION_LOG_URL": url}, url
 
 

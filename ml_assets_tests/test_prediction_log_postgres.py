@@ -12,9 +12,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-import uuid
 import warnings
-from collections.abc import Iterator
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -30,51 +28,12 @@ from ml_assets.core.prediction_log import (
     open_prediction_log,
 )
 from ml_assets.resources.production import ProductionDataResource
-from ml_assets_tests.services import skip_or_fail
+from ml_assets_tests.services import PG_SERVER
+from ml_assets_tests.services import pg_admin as _admin
 from ml_assets_tests.test_serving_prediction_log import NAMES, _record
 
-PG_HOST, PG_PORT = "127.0.0.1", 5432
-SERVER = f"postgresql://postgres@{PG_HOST}:{PG_PORT}"
+SERVER = PG_SERVER
 DAY_ONE = datetime(2026, 3, 1, 23, 59, 58, tzinfo=timezone.utc)
-
-
-def _admin(statement: str, params: tuple = (), database: str = "postgres") -> list[tuple]:
-    import psycopg2
-
-    conn = psycopg2.connect(f"{SERVER}/{database}", connect_timeout=5)
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(statement, params)
-            return cur.fetchall() if cur.description else []
-    finally:
-        conn.close()
-
-
-def _require_postgres() -> None:
-    import psycopg2
-
-    try:
-        _admin("SELECT 1")
-    except psycopg2.OperationalError as exc:
-        skip_or_fail(f"PostgreSQL is not reachable on {PG_HOST}:{PG_PORT}: {exc}".strip())
-
-
-@pytest.fixture
-def database() -> Iterator[str]:
-    """A new, empty database's name (dropped at teardown, connections and all)."""
-    _require_postgres()
-    name = f"pl_test_{uuid.uuid4().hex[:12]}"
-    _admin(f'CREATE DATABASE "{name}"')
-    try:
-        yield name
-    finally:
-        _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@pytest.fixture
-def pg_url(database) -> str:
-    return f"{SERVER}/{database}"
 
 
 def _records() -> list[PredictionRecord]:

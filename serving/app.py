@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import math
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -28,7 +27,7 @@ from serving.metrics import ServiceMetrics
 from serving.middleware import BodySizeLimit, BodyTooLarge, RequestContext, request_id_of
 from serving.model_store import ModelStore
 from serving.request_models import BATCH_MODEL, INVOCATIONS_RECORD_MODEL, RECORD_MODEL
-from serving.responses import ErrorResponse, OrjsonResponse
+from serving.responses import ErrorResponse, OrjsonResponse, unavailable
 from serving.routes import open_routes, protected_routes
 from serving.service import Service
 from serving.settings import ServingSettings
@@ -150,12 +149,9 @@ def create_app(settings: ServingSettings | None = None, *,
     async def log_unavailable(request: Request, exc: PredictionLogUnavailable):
         # Nothing was acknowledged: the client may send the same request again.
         message = f"prediction not answered: it could not be logged durably ({exc}); retry"
-        retry = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
-        if request.url.path.rstrip("/") == "/invocations":  # MLflow's error shape
-            return OrjsonResponse({"error_code": "TEMPORARILY_UNAVAILABLE",
-                                   "message": message}, status_code=503, headers=retry)
-        return OrjsonResponse({"detail": message, "request_id": request_id_of(request.scope)},
-                              status_code=503, headers=retry)
+        return unavailable(message, exc.retry_after,
+                           mlflow_style=request.url.path.rstrip("/") == "/invocations",
+                           request_id=request_id_of(request.scope))
 
     @app.exception_handler(BodyTooLarge)
     async def body_too_large(request: Request, exc: BodyTooLarge):

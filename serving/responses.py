@@ -6,6 +6,7 @@ document the shapes in OpenAPI and are checked against real answers in tests.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import orjson
@@ -19,6 +20,18 @@ class OrjsonResponse(JSONResponse):
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def unavailable(message: str, retry_after: float, mlflow_style: bool = False,
+                request_id: str | None = None) -> OrjsonResponse:
+    """503 with Retry-After: `{"detail", "request_id"}`, or MLflow's
+    `{"error_code": "TEMPORARILY_UNAVAILABLE", "message"}` on /invocations."""
+    body: dict[str, Any] = ({"error_code": "TEMPORARILY_UNAVAILABLE", "message": message}
+                            if mlflow_style else {"detail": message})
+    if request_id is not None and not mlflow_style:
+        body["request_id"] = request_id
+    return OrjsonResponse(body, status_code=503,
+                          headers={"Retry-After": str(max(1, math.ceil(retry_after)))})
 
 
 class RowPrediction(BaseModel):

@@ -33,6 +33,7 @@ from serving.responses import (
     PredictResponse,
     Readiness,
     ReloadResult,
+    unavailable,
 )
 from serving.service import Service, get_service
 
@@ -59,11 +60,8 @@ def _json_body(schema_name: str, description: str) -> dict:
 
 
 def _unavailable(service: Service, mlflow_style: bool = False) -> Response:
-    reason = service.not_ready_reason()
-    body = ({"error_code": "TEMPORARILY_UNAVAILABLE", "message": reason} if mlflow_style
-            else {"detail": reason})
-    retry = str(max(1, int(service.settings.poll_seconds or 5)))
-    return OrjsonResponse(body, status_code=503, headers={"Retry-After": retry})
+    return unavailable(service.not_ready_reason(), int(service.settings.poll_seconds or 5),
+                       mlflow_style)
 
 
 def _invalid(exc: ValidationError, index_word: str) -> Response:
