@@ -168,12 +168,46 @@ def validate_frame(frame: pd.DataFrame, schema: pa.DataFrameSchema,
                                        f"{len(frame)} rows passed {len(schema.columns)} columns")
 
 
+# A column's role rides in its `metadata` (pandera keeps metadata in memory but does not
+# write it to YAML; `schema_yaml` and `schema_from_yaml` carry it). Columns without a
+# role are features. Every other role is validated but never given to the model.
+ROLE_KEY = "role"
+NOTE_KEY = "note"
+FEATURE_ROLE = "feature"
+EXCLUDED_ROLES = ("identifier", "constant", "datetime", "free_text")
+
+
+def column_role(column: pa.Column) -> str:
+    """"feature", or why the column is validated but not used as a feature
+    (one of EXCLUDED_ROLES)."""
+    role = (column.metadata or {}).get(ROLE_KEY, FEATURE_ROLE)
+    return str(role)
+
+
+def column_note(column: pa.Column) -> str | None:
+    """The sentence inference wrote about the column (why it is excluded or flagged)."""
+    note = (column.metadata or {}).get(NOTE_KEY)
+    return None if note is None else str(note)
+
+
+def excluded_columns(schema: pa.DataFrameSchema, target: str) -> dict[str, str]:
+    """Column -> role, for every non-target column that is not a feature."""
+    return {str(name): column_role(column) for name, column in schema.columns.items()
+            if name != target and column_role(column) != FEATURE_ROLE}
+
+
 def schema_yaml(schema: pa.DataFrameSchema) -> str:
-    """The schema as YAML text. pandera types `to_yaml` as `str | None`: None only when
-    it writes to a stream, which this never asks for."""
-    text = schema.to_yaml()
-    assert text is not None
-    return text
+    """The schema as YAML text, each column's `metadata` (its role and note) included."""
+    import yaml
+    from pandera.io.pandas_io import serialize_schema
+
+    document = serialize_schema(schema)
+    for name, column in schema.columns.items():
+        if column.metadata:
+            document["columns"][name]["metadata"] = {
+                str(k): (v if isinstance(v, (str, int, float, bool)) else str(v))
+                for k, v in column.metadata.items()}
+    return yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
 
 
 def schema_from_yaml(text: str) -> pa.DataFrameSchema:
@@ -188,14 +222,27 @@ def schema_from_yaml(text: str) -> pa.DataFrameSchema:
     document = yaml.safe_load(text)
     if not isinstance(document, dict):
         raise ValueError("the feature schema is not a YAML mapping")
-    return deserialize_schema(document)
+    metadata = {}
+    for name, column in (document.get("columns") or {}).items():
+        if isinstance(column, dict) and "metadata" in column:
+            found = column.pop("metadata")
+            if found is not None and not isinstance(found, dict):
+                raise ValueError(f"column {name!r}: metadata must be a mapping")
+            metadata[name] = found or {}
+    schema = deserialize_schema(document)
+    if metadata:
+        schema = schema.update_columns({name: {"metadata": value}
+                                        for name, value in metadata.items()})
+    return schema
 
 
 def feature_columns(schema: pa.DataFrameSchema, target: str) -> dict[str, str]:
-    """Feature name -> kind ("numeric", "categorical" or "boolean"), in schema order."""
+    """Feature name -> kind ("numeric", "categorical" or "boolean"), in schema order;
+    columns whose role is not "feature" (identifiers, constants, datetimes, free text) are
+    left out."""
     kinds = {}
     for name, column in schema.columns.items():
-        if name == target:
+        if name == target or column_role(column) != FEATURE_ROLE:
             continue
         dtype = str(column.dtype)
         if dtype.startswith(("float", "int", "uint")):
