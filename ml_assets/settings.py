@@ -41,6 +41,14 @@ class PlatformSettings:
     # Types skops may load beyond the platform's reviewed list (operator-reviewed,
     # comma-separated ML_SKOPS_TRUSTED_TYPES); the model artifact's own list never counts.
     skops_trusted_types: tuple[str, ...] = ()
+    # CSV dialect overrides (empty: sniffed from the file): ML_CSV_DELIMITER,
+    # ML_CSV_DECIMAL, ML_CSV_ENCODING.
+    csv_delimiter: str = ""
+    csv_decimal: str = ""
+    csv_encoding: str = ""
+    # Promote a challenger whose required inputs differ from the champion's (a breaking
+    # change for API clients) only when this is set (ML_ALLOW_BREAKING_SCHEMA_CHANGE).
+    allow_breaking_schema_change: bool = False
 
     @classmethod
     def from_env(cls) -> PlatformSettings:
@@ -70,6 +78,11 @@ class PlatformSettings:
             train_on_production_labels=_env("ML_TRAIN_ON_PRODUCTION_LABELS", "true").lower()
             in ("1", "true", "yes"),
             skops_trusted_types=parse_type_list(_env("ML_SKOPS_TRUSTED_TYPES", "")),
+            csv_delimiter=os.environ.get("ML_CSV_DELIMITER", ""),
+            csv_decimal=os.environ.get("ML_CSV_DECIMAL", "").strip(),
+            csv_encoding=os.environ.get("ML_CSV_ENCODING", "").strip(),
+            allow_breaking_schema_change=_env("ML_ALLOW_BREAKING_SCHEMA_CHANGE", "false")
+            .lower() in ("1", "true", "yes"),
         )
 
 
