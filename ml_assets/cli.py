@@ -1,7 +1,9 @@
 """`ml-platform`: train from the command line, or bring the whole platform up.
 
     ml-platform train          materialize the training graph once (recorded in the
-                               Dagster instance, so the UI shows it)
+                               Dagster instance, so the UI shows it); with
+                               --allow-breaking-change a model that breaks API
+                               clients' inputs is promoted instead of refused
     ml-platform up             train if no model exists yet, then start the prediction
                                API (port 8000) and the Dagster UI (port 3000)
     ml-platform rollback       restore the previous champion in one step
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -44,19 +47,29 @@ def prepare_environment(settings: PlatformSettings) -> Path:
     return dagster_home
 
 
-def train(if_missing: bool = False) -> int:
-    """Run the `train_model` job in this process against the persistent instance."""
+def train(if_missing: bool = False, allow_breaking_change: bool = False) -> int:
+    """Run the `train_model` job in this process against the persistent instance.
+
+    Resources are built from the environment as it is now (ML_DATA_PATH, ...).
+    `allow_breaking_change` sets `allow_breaking_change: true` in this run's
+    champion_comparison config: a challenger that changes the API's inputs in a way
+    that breaks clients is then promoted (and the change named) instead of refused."""
     from dagster import AssetKey, DagsterInstance
 
     from ml_assets.definitions import defs
+    from ml_assets.resources.factory import build_resources
 
     instance = DagsterInstance.get()
     if if_missing and instance.get_latest_materialization_event(AssetKey("model_metrics")):
         print("a trained model already exists; skipping training (ml-platform train to retrain)")
         return 0
+    run_config: dict = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+    if allow_breaking_change:
+        run_config["ops"] = {"champion_comparison": {"config": {
+            "allow_breaking_change": True}}}
     result = defs.resolve_job_def("train_model").execute_in_process(
-        instance=instance, raise_on_error=False,
-        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}})
+        instance=instance, raise_on_error=False, run_config=run_config,
+        resources=build_resources())
     reasons = failure_reasons(result)
     refused = [r for r in reasons if r.startswith(f"check {PROMOTION_CHECK} ")]
     if not result.success and reasons != refused:
@@ -66,25 +79,69 @@ def train(if_missing: bool = False) -> int:
     print("trained; held-out metrics: "
           + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
     registered = result.output_for_node("registered_model")
+    decision = result.output_for_node("champion_comparison").decision
     if refused:
         print(f"registered {registered.name} version {registered.version} as challenger; "
-              f"not promoted: {refused[0].split(': ', 1)[1]}")
+              f"not promoted: {decision.reason}")
+        if decision.breaking_change and not decision.breaking_change_allowed:
+            print("to promote it anyway: ml-platform train --allow-breaking-change (or "
+                  "ML_ALLOW_BREAKING_SCHEMA_CHANGE=true)")
     else:
         print(f"registered {registered.name} version {registered.version}; it is the "
-              f"champion (models:/{registered.name}@champion)")
+              f"champion (models:/{registered.name}@champion): {decision.reason}")
+        if decision.breaking_change:
+            print(f"breaking change to the API's inputs, allowed by this run: "
+                  f"{decision.schema_change.split(': ', 1)[-1]}; API clients must follow "
+                  "the new request schema (GET /model, /docs)")
+    if decision.schema_change.startswith("compatible: "):
+        print(f"compatible change to the API's inputs: "
+              f"{decision.schema_change.split(': ', 1)[1]}")
+    elif decision.schema_change.startswith("unknown: "):
+        print(f"input change not judged: {decision.schema_change.split(': ', 1)[1]}")
     return 0
 
 
+# "dagster._core.definitions.events.Failure: ": a class path, not part of the sentence.
+_CLASS_PREFIX = re.compile(r"^(?:[A-Za-z_]\w*\.)+[A-Za-z_]\w*: ")
+
+
+def _without_class(message: str, cls_name: str | None = None) -> str:
+    """`message` without a leading "<dotted.module.ClassName>: " (or "<cls_name>: ")."""
+    message = message.strip()
+    if cls_name:
+        own = re.compile(rf"^(?:[A-Za-z_]\w*\.)*{re.escape(cls_name)}: ")
+        if own.match(message):  # only the class's own prefix: the text may hold "a.b: "
+            return own.sub("", message, count=1).strip()
+    return _CLASS_PREFIX.sub("", message, count=1).strip()
+
+
+def _step_failure(step: str, error, user_failure) -> str:
+    """One sentence for a failed step: a `Failure`'s own description; for anything
+    unexpected, the exception's message without its class path."""
+    if error is None:
+        return f"{step} failed (see the Dagster UI for its logs)"
+    if user_failure is not None and user_failure.description:
+        return f"{step}: {user_failure.description.strip()}"
+    if error.cls_name == "Failure":
+        return f"{step}: {_without_class(error.message, error.cls_name)}"
+    cause = error.cause or error
+    if error.cause is not None and error.cause.cls_name == "Failure":
+        return f"{step}: {_without_class(cause.message, cause.cls_name)}"
+    message = _without_class(cause.message, cause.cls_name) or cause.cls_name
+    return f"{step} failed unexpectedly: {message} (see the Dagster UI for the traceback)"
+
+
 def failure_reasons(result) -> list[str]:
-    """One line per failed step or failed check, with its own message."""
+    """One sentence per failed step or failed check, with its own message (framework
+    class names left out)."""
     reasons = []
     for event in result.all_events:
         if event.is_step_failure:
-            error = event.step_failure_data.error
+            data = event.step_failure_data
+            error = data.error
             if error and error.cls_name == "DagsterAssetCheckFailedError":
                 continue  # the failed check itself is reported below
-            message = error.message.strip() if error else event.message
-            reasons.append(f"{event.step_key}: {message}")
+            reasons.append(_step_failure(event.step_key, error, data.user_failure_data))
         elif event.event_type_value == "ASSET_CHECK_EVALUATION":
             evaluation = event.event_specific_data
             if not evaluation.passed:
@@ -210,6 +267,11 @@ def main(argv: list[str] | None = None) -> int:
     train_parser = sub.add_parser("train", help="materialize the training graph once")
     train_parser.add_argument("--if-missing", action="store_true",
                               help="skip when a model has been trained already")
+    train_parser.add_argument("--allow-breaking-change", action="store_true",
+                              help="promote a challenger even when it changes the API's "
+                              "inputs in a way that breaks clients (a feature removed, a "
+                              "required one added, a type or allowed values narrowed); "
+                              "without it such a challenger is refused")
     up_parser = sub.add_parser("up", help="train if needed, then start the Dagster UI")
     up_parser.add_argument("--host", default="127.0.0.1")
     up_parser.add_argument("--port", type=int, default=3000, help="Dagster UI port")
@@ -235,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     prepare_environment(PlatformSettings.from_env())
     if args.command == "train":
-        return train(args.if_missing)
+        return train(args.if_missing, args.allow_breaking_change)
     if args.command == "simulate":
         return simulate(args)
     if args.command == "rollback":

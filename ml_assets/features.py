@@ -6,7 +6,10 @@ from pydantic import Field
 
 from ml_assets.core.features import Split, build_preprocessor, selected_features, split_frame
 from ml_assets.core.provenance import frame_fingerprint
+from ml_assets.core.schema_inference import DATETIME_POLICY
+from ml_assets.core.schemas import feature_columns
 from ml_assets.resources import DataSourceResource
+from ml_assets.validation import not_features
 
 
 class SplitConfig(Config):
@@ -21,7 +24,8 @@ class FeatureConfig(Config):
 
 
 def feature_kinds(frame: pd.DataFrame, target: str) -> dict[str, str]:
-    """numeric / boolean / categorical per feature, from the validated (coerced) dtypes."""
+    """numeric / boolean / categorical per column of a frame, from its dtypes (the
+    graph itself takes the features from the schema: `feature_columns`)."""
     kinds = {}
     for column in frame.columns:
         if column == target:
@@ -44,8 +48,11 @@ def data_split(context: AssetExecutionContext, config: SplitConfig,
     The test split is held out: only evaluation and the champion comparison see it.
     """
     target = data_source.target_column
+    schema, _ = data_source.schema_for(validated_data)
+    features = feature_columns(schema, target)
     try:
-        split = split_frame(validated_data, target, config.test_size, config.seed)
+        split = split_frame(validated_data, target, config.test_size, config.seed, features,
+                            excluded=not_features(schema, target))
     except ValueError as exc:
         raise Failure(description=str(exc), allow_retries=False) from None
     return Output(split, metadata={
@@ -54,6 +61,8 @@ def data_split(context: AssetExecutionContext, config: SplitConfig,
         "classes": MetadataValue.json([str(c) for c in split.classes]),
         "train_fingerprint": frame_fingerprint(split.X_train),
         "seed": config.seed,
+        "features": MetadataValue.json(list(features)),
+        "excluded_columns": MetadataValue.json(split.excluded),
     })
 
 
@@ -61,8 +70,11 @@ def data_split(context: AssetExecutionContext, config: SplitConfig,
 def feature_preprocessor(context: AssetExecutionContext, config: FeatureConfig,
                          data_split: Split):
     """Impute, scale numerics, one-hot categoricals, SelectKBest; fitted on the
-    training split only. It becomes the first step of the served Pipeline."""
-    kinds = feature_kinds(data_split.X_train, target="")
+    training split only, on the schema's feature columns (identifiers, constants,
+    datetimes and free text are left out). It becomes the first step of the served
+    Pipeline."""
+    # The split carries the schema's feature kinds; a bare split: the frame's dtypes.
+    kinds = data_split.features or feature_kinds(data_split.X_train, target="")
     preprocessor = build_preprocessor(data_split.X_train, kinds, config.k_best)
     preprocessor.fit(data_split.X_train, data_split.y_train)
     selected = selected_features(preprocessor)
@@ -72,5 +84,7 @@ def feature_preprocessor(context: AssetExecutionContext, config: FeatureConfig,
         "categorical": sum(k == "categorical" for k in kinds.values()),
         "selected_features": MetadataValue.json(selected),
         "k_best": config.k_best,
+        "excluded_columns": MetadataValue.json(data_split.excluded),
+        "datetime_policy": DATETIME_POLICY,
     })
 

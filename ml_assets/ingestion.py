@@ -14,6 +14,7 @@ from pydantic import Field
 
 from ml_assets.core.datasets import DataSourceError
 from ml_assets.core.provenance import frame_fingerprint
+from ml_assets.core.schema_inference import unknown_column_message
 from ml_assets.resources import DataSourceResource
 from ml_assets.resources.production import ProductionDataResource, labelled_production_rows
 from ml_assets.settings import PlatformSettings
@@ -50,8 +51,9 @@ def raw_data(context: AssetExecutionContext, config: IngestionConfig,
                       allow_retries=False) from None
     target = data_source.target_column
     if target not in frame.columns:
-        raise Failure(description=f"target column {target!r} missing; columns are "
-                      f"{list(frame.columns)}", allow_retries=False)
+        raise Failure(description=unknown_column_message(target, list(frame.columns),
+                                                         data_source.kind),
+                      allow_retries=False)
     base_rows, production_rows = len(frame), 0
     if config.include_production_labels:
         try:

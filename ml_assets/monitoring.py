@@ -125,9 +125,12 @@ def production_data(context: AssetExecutionContext, production: ProductionDataRe
         frames.append(landed)
     data = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     versions = sorted(set(data.get("model_version", pd.Series(dtype=str)).dropna()))
+    flagged, by_reason = _flagged(logged)
     return Output(data, metadata={
         "dagster/row_count": len(data),
         "from_prediction_log": int(len(logged)),
+        "flagged_rows": flagged,
+        "flags_by_reason": MetadataValue.json(by_reason),
         "from_landing": int(len(landed)),
         "model_versions": MetadataValue.json(versions),
     })
@@ -152,7 +155,21 @@ def _score_with_champion(rows: pd.DataFrame, mlflow_tracking: MlflowTracking) ->
 
 
 _LOG_META = {"timestamp", "request_id", "row_index", "model_name", "model_version",
-             "prediction", "confidence", "probabilities"}
+             "prediction", "confidence", "probabilities", "input_flags"}
+
+
+def _flagged(logged: pd.DataFrame) -> tuple[int, dict[str, int]]:
+    """Logged rows the API answered although the schema's checks exclude a value
+    (ML_API_INPUT_POLICY=accept), and the count of flags per reason."""
+    if "input_flags" not in logged:
+        return 0, {}
+    flags = logged["input_flags"].fillna("").astype(str)
+    flags = flags[flags != ""]
+    reasons: dict[str, int] = {}
+    for flag in (f for row in flags for f in row.split(";")):
+        reason = flag.rpartition(":")[2]
+        reasons[reason] = reasons.get(reason, 0) + 1
+    return len(flags), reasons
 
 
 class DriftScoringConfig(Config):

@@ -20,10 +20,18 @@ from pydantic import Field
 from ml_assets.core import registry
 from ml_assets.core.features import Split
 from ml_assets.core.metrics import METRIC_NAMES, classification_metrics
-from ml_assets.core.model_loading import UntrustedModelError, load_pipeline
+from ml_assets.core.model_loading import (
+    UntrustedModelError,
+    load_pipeline,
+    model_directory,
+    read_mlmodel,
+)
 from ml_assets.core.modeling import TrainedModel
 from ml_assets.core.promotion import PromotionDecision, decide_promotion
+from ml_assets.core.schema_diff import ModelSchema, SchemaDiff, diff_models, model_schema
+from ml_assets.core.schemas import feature_columns
 from ml_assets.resources import MlflowTracking
+from ml_assets.settings import PlatformSettings
 
 PROMOTION_CHECK = "challenger_beats_champion"
 
@@ -49,6 +57,11 @@ class PromotionConfig(Config):
     margin: float = Field(default=0.005, ge=0, description="Minimum improvement over the "
                           "champion on the same held-out data; a smaller gain keeps the "
                           "champion.")
+    allow_breaking_change: bool = Field(
+        default_factory=lambda: PlatformSettings.from_env().allow_breaking_schema_change,
+        description="Promote a challenger whose inputs break the API's clients (a feature "
+        "removed, a required one added, a type or allowed values narrowed) instead of "
+        "refusing it. Default: ML_ALLOW_BREAKING_SCHEMA_CHANGE (false).")
 
 
 @asset(group_name="registry", kinds={"mlflow"})
@@ -77,13 +90,56 @@ def registered_model(context: AssetExecutionContext, trained_model: TrainedModel
         "mlflow_run_id": trained_model.mlflow_run_id})
 
 
-def _champion_metrics(uri: str, split: Split) -> dict[str, float]:
+def _champion_metrics(uri: str, split: Split, source: str | None = None) -> dict[str, float]:
     """The champion's metrics on `split`, opened by the platform's safe loader (an
     unsafe or unreviewed champion raises UntrustedModelError, naming the version)."""
-    champion = load_pipeline(uri).pipeline
+    champion = load_pipeline(uri, source=source).pipeline
     proba = champion.predict_proba(split.X_test)
     predicted = champion.classes_[proba.argmax(axis=1)]
     return classification_metrics(split.y_test, predicted, proba, champion.classes_)
+
+
+def _challenger_schema(model_uri: str, version: str) -> ModelSchema:
+    source = f"challenger version {version}"
+    try:
+        with model_directory(model_uri) as directory:
+            return model_schema(read_mlmodel(directory, source), source)
+    except Exception as exc:  # noqa: BLE001 - unreadable: unknown, said so
+        return ModelSchema(None, "", f"{source}'s MLmodel cannot be read: {str(exc)[:200]}")
+
+
+def _compare_with_champion(context: AssetExecutionContext, challenger: RegisteredModel,
+                           version: str, split: Split
+                           ) -> tuple[SchemaDiff, dict[str, float] | None, str | None]:
+    """What the challenger changes for the API's clients (both schemas read from the
+    MLmodel files, nothing deserialized), and the champion's metrics on the held-out
+    split, or why it cannot score it (its columns are gone, or the safe loader refused
+    it): (diff, champion_metrics, champion_error)."""
+    source = f"champion version {version}"
+    new = _challenger_schema(challenger.model_uri, challenger.version)
+    diff = SchemaDiff.unknown(f"{source}'s artifacts cannot be read")
+    try:
+        with model_directory(f"models:/{challenger.name}/{version}") as directory:
+            try:
+                old = model_schema(read_mlmodel(directory, source), source)
+            except Exception as exc:  # noqa: BLE001 - no MLmodel: unknown inputs
+                old = ModelSchema(None, "", f"{source}'s MLmodel cannot be read: "
+                                  f"{str(exc)[:200]}")
+            diff = diff_models(old, new)
+            if not diff.known:
+                context.log.warning("schema change not judged: %s", diff.note)
+            if old.schema is not None:
+                needed = feature_columns(old.schema, old.target or new.target)
+                missing = [c for c in needed if c not in split.X_test.columns]
+                if missing:
+                    return diff, None, (f"{source} needs columns the held-out data no longer "
+                                        f"has: {', '.join(missing)}")[:300]
+            return diff, _champion_metrics(str(directory), split, source), None
+    except UntrustedModelError as exc:  # never opened: it cannot serve either
+        context.log.error("%s refused by the safe loader: %s", source, exc)
+        return diff, None, f"{source} refused: {exc}"[:300]
+    except Exception as exc:  # noqa: BLE001 - e.g. columns changed since it was trained
+        return diff, None, f"{type(exc).__name__}: {exc}"[:300]
 
 
 @asset(
@@ -91,7 +147,8 @@ def _champion_metrics(uri: str, split: Split) -> dict[str, float]:
     kinds={"mlflow"},
     check_specs=[AssetCheckSpec(
         PROMOTION_CHECK, asset="champion_comparison", blocking=True,
-        description="The challenger beats the champion on the same held-out data by the "
+        description="The challenger keeps the API's inputs compatible (or the run allows "
+        "the breaking change) and beats the champion on the same held-out data by the "
         "margin (or there is no champion yet); otherwise it is not promoted.")],
 )
 def champion_comparison(context: AssetExecutionContext, config: PromotionConfig,
@@ -99,31 +156,35 @@ def champion_comparison(context: AssetExecutionContext, config: PromotionConfig,
                         data_split: Split, mlflow_tracking: MlflowTracking) -> Iterator:
     """Challenger vs champion, both scored on this run's held-out split.
 
-    The decision (who, when, why, metrics of both, margin) is written to the
-    challenger's MLflow version tags whether it is promoted or refused.
+    First the schemas: a challenger whose inputs break the API's clients (a feature
+    removed, a required one added, a type, nullability, allowed set or bound narrowed;
+    see `ml_assets.core.schema_diff`) is refused unless `allow_breaking_change`. Then
+    the metrics on the held-out rows, which hold every validated column, so a champion
+    whose columns are still in the data is always scored; one that cannot score them
+    (its columns are gone) is replaced. The decision (who, when, why, metrics of both,
+    margin, schema change) is written to the challenger's MLflow version tags whether it
+    is promoted or refused.
     """
     client = mlflow_tracking.client
     name = registered_model.name
     champion = registry.alias_version(client, name, registry.CHAMPION)
-    champion_metrics, champion_error = None, None
+    champion_metrics, champion_error, diff = None, None, None
     if champion is not None and str(champion.version) == registered_model.version:
         champion_metrics = dict(model_metrics)  # re-run of an already promoted version
     elif champion is not None:
-        try:
-            champion_metrics = _champion_metrics(f"models:/{name}/{champion.version}",
-                                                 data_split)
-        except UntrustedModelError as exc:  # never opened: it cannot serve either
-            context.log.error("champion version %s refused by the safe loader: %s",
-                              champion.version, exc)
-            champion_error = f"champion version {champion.version} refused: {exc}"[:300]
-        except Exception as exc:  # noqa: BLE001 - e.g. columns changed since it was trained
-            champion_error = f"{type(exc).__name__}: {exc}"[:300]
+        diff, champion_metrics, champion_error = _compare_with_champion(
+            context, registered_model, str(champion.version), data_split)
     decision = decide_promotion(model_metrics, champion_metrics, config.metric, config.margin,
-                                champion_error)
+                                champion_error, diff, config.allow_breaking_change)
     if champion is not None and str(champion.version) == registered_model.version:
         decision = PromotionDecision(False, "this version is already the champion",
                                      config.metric, config.margin, model_metrics,
-                                     champion_metrics)
+                                     champion_metrics,
+                                     breaking_change_allowed=config.allow_breaking_change)
+    if decision.breaking_change:
+        log = context.log.warning if decision.breaking_change_allowed else context.log.error
+        log("challenger version %s vs champion: %s", registered_model.version,
+            decision.schema_change)
     record = {**decision.as_tags(), "promotion.compared_with": str(
         champion.version if champion else None), "promotion.dagster_run_id": context.run_id,
         "promotion.decided_at": registry.now_utc(), "promotion.decided_by": registry.who()}
@@ -139,7 +200,10 @@ def champion_comparison(context: AssetExecutionContext, config: PromotionConfig,
                "champion_version": comparison.champion_version,
                "decision": "promote" if decision.promote else "refuse",
                "reason": decision.reason, "metric": decision.metric,
-               "margin": decision.margin}
+               "margin": decision.margin, "schema_change": decision.schema_change,
+               "schema_changes": MetadataValue.json(list(decision.schema_changes)),
+               "breaking_change": decision.breaking_change,
+               "breaking_change_allowed": decision.breaking_change_allowed}
     yield Output(comparison, metadata={**summary, "comparison": MetadataValue.md(table)})
     yield AssetCheckResult(
         check_name=PROMOTION_CHECK, passed=decision.promote,
@@ -162,7 +226,8 @@ def champion_model(context: AssetExecutionContext, champion_comparison: Champion
         change = registry.promote(
             mlflow_tracking.client, challenger.name, challenger.version,
             champion_comparison.champion_version,
-            {"promotion.reason": champion_comparison.decision.reason,
+            {"promotion.reason": champion_comparison.decision.reason[:5000],
+             "promotion.schema_change": champion_comparison.decision.schema_change[:5000],
              "promotion.dagster_run_id": context.run_id})
     except registry.RegistryError as exc:
         raise Failure(description=str(exc), allow_retries=False) from None
@@ -172,4 +237,5 @@ def champion_model(context: AssetExecutionContext, champion_comparison: Champion
         "registered_model": change.name, "champion_version": change.version,
         "previous_champion": str(change.previous), "promoted_at": change.at,
         "promoted_by": change.by, "reason": champion_comparison.decision.reason,
+        "schema_change": champion_comparison.decision.schema_change,
         "serving_uri": f"models:/{change.name}@{registry.CHAMPION}"})

@@ -1,5 +1,6 @@
 """Training: k-fold cross-validation, the final fit, and the MLflow record."""
 
+import json
 from typing import Literal
 
 import mlflow
@@ -12,8 +13,10 @@ from ml_assets.core import modeling
 from ml_assets.core.features import Split
 from ml_assets.core.model_logging import log_pipeline
 from ml_assets.core.provenance import code_version, frame_fingerprint, library_versions
-from ml_assets.core.schemas import schema_yaml
+from ml_assets.core.schema_inference import DATETIME_POLICY
+from ml_assets.core.schemas import excluded_columns, schema_yaml
 from ml_assets.resources import DataSourceResource, MlflowTracking
+from ml_assets.validation import not_features
 
 
 class TrainingConfig(Config):
@@ -69,12 +72,15 @@ def trained_model(context: AssetExecutionContext, config: TrainingConfig, data_s
     libraries = library_versions()
     schema, _ = data_source.schema_for(validated_data)
     target = data_source.target_column
+    excluded = excluded_columns(schema, target)
     tags = {"data_fingerprint": fingerprint, "code_version": version,
             "dagster_job": context.job_name, "data_source": data_source.kind,
             **{f"library.{name}": v for name, v in libraries.items()}}
     with mlflow_tracking.active_run(context.run_id, run_name=f"{context.job_name}-"
                                     f"{context.run_id[:8]}") as run:
         mlflow.set_tags(tags)
+        mlflow.set_tags({"excluded_columns": json.dumps(excluded, sort_keys=True),
+                         "datetime_policy": DATETIME_POLICY})
         mlflow.log_params({**config.model_dump(), "train_rows": len(data_split.X_train),
                            "features": data_split.X_train.shape[1]})
         mlflow.log_metrics({f"cv_{cv.metric}_mean": cv.mean, f"cv_{cv.metric}_std": cv.std})
@@ -101,4 +107,6 @@ def trained_model(context: AssetExecutionContext, config: TrainingConfig, data_s
         "dagster_run_id": context.run_id,
         "library_versions": MetadataValue.json(libraries),
         "params": MetadataValue.json(config.model_dump()),
+        "excluded_columns": MetadataValue.json(not_features(schema, target)),
+        "datetime_policy": DATETIME_POLICY,
     })

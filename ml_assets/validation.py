@@ -8,6 +8,7 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
+    Failure,
     MetadataValue,
     Output,
     TableColumn,
@@ -15,10 +16,17 @@ from dagster import (
     asset,
 )
 
-from ml_assets.core.schemas import validate_frame
+from ml_assets.core.schema_inference import DATETIME_POLICY
+from ml_assets.core.schemas import column_note, excluded_columns, validate_frame
 from ml_assets.resources import DataSourceResource
 
 SCHEMA_CHECK = "schema_conforms"
+
+
+def not_features(schema, target: str) -> dict[str, str]:
+    """Column -> the sentence saying why it is validated but not given to the model."""
+    return {name: column_note(schema.columns[name]) or f"role {role}: not a feature"
+            for name, role in excluded_columns(schema, target).items()}
 
 
 def table_schema(schema) -> TableSchema:
@@ -45,13 +53,24 @@ def validated_data(context: AssetExecutionContext, raw_data: pd.DataFrame,
     first run, written as a versioned YAML file (schemas/<dataset>/v<N>.yaml) and
     used from then on. A failure lists columns, checks and sample failure cases.
     """
-    schema, origin = data_source.schema_for(raw_data)
-    frame, report = validate_frame(raw_data, schema)
+    try:
+        schema, origin = data_source.schema_for(raw_data)
+    except ValueError as exc:  # inference refused the data, or a schema file is broken
+        raise Failure(description=str(exc), allow_retries=False) from None
+    frame, report = validate_frame(raw_data, schema,
+                                   schema_file=data_source.schema_file(origin))
+    if not report.passed:
+        context.log.error(report.message)
+    excluded = not_features(schema, data_source.target_column)
+    for name, note in excluded.items():
+        context.log.info("column %r is not a feature: %s", name, note)
     yield Output(frame, metadata={
         "schema": origin,
         "dagster/column_schema": table_schema(schema),
         "dagster/row_count": len(frame),
         "valid": report.passed,
+        "excluded_columns": MetadataValue.json(excluded),
+        "datetime_policy": DATETIME_POLICY,
     })
     yield AssetCheckResult(
         check_name=SCHEMA_CHECK,

@@ -175,3 +175,40 @@ def test_up_stops_everything_on_sigterm_even_when_started_in_the_background(
             os.killpg(process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+class LedgerCorrupted(Exception):
+    """An exception from some module: its class path must not reach the summary."""
+
+
+def test_failure_reasons_are_sentences_without_class_names(tmp_path):
+    from dagster import Failure, asset, materialize
+
+    from ml_assets.cli import failure_reasons
+
+    @asset
+    def validated_data():
+        raise Failure(description="3 validation failure(s) in column(s) year")
+
+    @asset
+    def trained_model():
+        raise ValueError("Input X contains NaN")
+
+    @asset
+    def ledger():
+        raise LedgerCorrupted("ledger.db: checksum mismatch: expected 1, got 2")
+
+    reasons = []
+    for step in (validated_data, trained_model, ledger):
+        result = materialize([step], raise_on_error=False)
+        reasons += failure_reasons(result)
+    assert reasons == [
+        "validated_data: 3 validation failure(s) in column(s) year",
+        "trained_model failed unexpectedly: Input X contains NaN (see the Dagster UI for "
+        "the traceback)",
+        "ledger failed unexpectedly: ledger.db: checksum mismatch: expected 1, got 2 (see "
+        "the Dagster UI for the traceback)"]
+    for reason in reasons:
+        assert "dagster." not in reason and "Error:" not in reason
+        assert "LedgerCorrupted" not in reason and "ValueError" not in reason
+

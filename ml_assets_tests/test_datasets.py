@@ -81,5 +81,5 @@ def test_files_missing_target_and_mismatched_columns(tmp_path):
     with pytest.raises(DataSourceError, match="target column 'label'"):
         load_tabular_files(tmp_path / "a.csv", "label")
     pd.DataFrame({"b": [1, 2]}).to_csv(tmp_path / "b.csv", index=False)
-    with pytest.raises(DataSourceError, match="has columns"):
+    with pytest.raises(DataSourceError, match="does not have the same columns"):
         load_tabular_files(tmp_path, "a")

@@ -52,6 +52,29 @@ def test_decision_tags_record_both_sides():
     assert tags["promotion.decision"] == "promoted"
     assert tags["promotion.challenger.f1_weighted"] == "0.950000"
     assert tags["promotion.champion.f1_weighted"] == "0.900000"
+    assert tags["promotion.schema_change"] == "none"
+
+
+def test_the_schema_check_comes_before_the_champion_cannot_score_path():
+    import pandera.pandas as pa
+
+    from ml_assets.core.schema_diff import diff_schemas
+
+    def schema(*features: str) -> pa.DataFrameSchema:
+        return pa.DataFrameSchema({**{f: pa.Column(float) for f in features},
+                                   "y": pa.Column(str)})
+
+    removed = diff_schemas(schema("a", "year"), schema("a"), "y")
+    refused = decide_promotion(M, None, champion_error="needs year", schema_diff=removed)
+    assert not refused.promote and "cannot score" not in refused.reason
+    assert refused.reason.startswith("challenger changes the API's inputs: feature 'year' "
+                                     "removed (clients that send it get 422); set "
+                                     "allow_breaking_change: true")
+    allowed = decide_promotion(M, None, champion_error="needs year", schema_diff=removed,
+                               allow_breaking_change=True)
+    assert allowed.promote and "cannot score" in allowed.reason and "'year'" in allowed.reason
+    same = diff_schemas(schema("a"), schema("a"), "y")
+    assert decide_promotion(M, None, champion_error="x", schema_diff=same).promote
 
 
 @pytest.fixture
@@ -103,6 +126,7 @@ def test_promotion_paths_and_rollback_through_the_assets(tracking, tmp_path):
         assert float(tags["promotion.champion.f1_weighted"]) < float(
             tags["promotion.challenger.f1_weighted"])
         assert tags["promotion.dagster_run_id"] == better.run_id
+        assert tags["promotion.schema_change"] == "none"  # same declared schema
         assert tags["promotion.by"] and tags["promotion.at"]
 
         worse = _run(instance, tracking, STUMP)

@@ -97,9 +97,7 @@ BAD_RECORDS = {
     "missing": (lambda r: r.pop("mean radius"), ["mean radius"], "missing"),
     "extra": (lambda r: r.update(surprise=1), ["surprise"], "extra_forbidden"),
     "mistyped": (lambda r: r.update({"mean radius": "large"}), ["mean radius"], "float_type"),
-    "null": (lambda r: r.update({"mean radius": None}), ["mean radius"], "float_type"),
-    "below-check": (lambda r: r.update({"mean radius": -3.0}), ["mean radius"],
-                    "greater_than_equal"),
+    "null": (lambda r: r.update({"mean radius": None}), ["mean radius"], "null_not_allowed"),
 }
 
 
@@ -121,8 +119,22 @@ def test_non_finite_feature_gets_422(client, row, literal):
     response = client.post("/predict", content=text,
                            headers={"Content-Type": "application/json"})
     assert response.status_code == 422
-    assert response.json()["detail"] == [{"loc": ["mean texture"], "type": "finite_number",
-                                          "msg": "Input should be a finite number"}]
+    expected = ({"type": "null_not_allowed", "msg": "may not be null (the model was trained "
+                 "without missing values here)"} if literal == "NaN"  # NaN means missing
+                else {"type": "finite_number", "msg": "Input should be a finite number"})
+    assert response.json()["detail"] == [{"loc": ["mean texture"], **expected}]
+
+
+def test_below_check_is_refused_only_under_the_reject_policy(mlflow_store, champion, tmp_path,
+                                                            client, row):
+    row["mean radius"] = -3.0
+    assert client.post("/predict", json=row).status_code == 200  # default: accept
+    settings = make_settings(mlflow_store, champion, tmp_path, input_policy="reject")
+    with TestClient(create_app(settings)) as strict:
+        response = strict.post("/predict", json=row)
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["mean radius"]
+    assert response.json()["detail"][0]["type"] == "greater_than_equal"
 
 
 @pytest.mark.parametrize("content", [b"[1, 2]", b"{oops", b""], ids=["list", "bad-json",

@@ -97,15 +97,19 @@ def _generated(output: str) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("api_key, max_examples", [(None, 60), ("st-key", 15)],
+# The auth-on run also serves ML_API_INPUT_POLICY=reject, so both OpenAPI documents are
+# checked: reject's enum/minimum/maximum must be enforced (negative_data_rejection), and
+# accept's (the default) must claim no constraint it does not enforce.
+@pytest.mark.parametrize("api_key, max_examples, policy", [(None, 60, "accept"),
+                                                          ("st-key", 15, "reject")],
                          ids=["auth-off", "auth-on"])
 def test_schemathesis_finds_nothing(mlflow_store, unique_name, tmp_path, api_key,
-                                    max_examples):
+                                    max_examples, policy):
     if not ST.exists():
         pytest.fail(f"{ST} missing: install the dev extra (schemathesis)")
     trained = train_breast_cancer(n_estimators=10)
     register(trained, unique_name, experiment_id(unique_name, mlflow_store["artifact_root"]))
-    extra = {"ML_API_KEY": api_key} if api_key else {}
+    extra = {"ML_API_INPUT_POLICY": policy, **({"ML_API_KEY": api_key} if api_key else {})}
     process, log, url = _serve(tmp_path, extra, unique_name, mlflow_store["tracking_uri"])
     try:
         wait_http(f"{url}/ready", process)

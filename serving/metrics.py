@@ -74,6 +74,21 @@ class ServiceMetrics:
                                          buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512,
                                                   1024, 2048, 4096, 8192), registry=r)
 
+        self.input_flags = Counter("ml_api_input_flags", "Answered values the schema's "
+                                   "checks exclude (ML_API_INPUT_POLICY=accept), by "
+                                   "feature and reason: unseen_category (outside its isin "
+                                   "list) or out_of_range (outside its ge/gt/le/lt).",
+                                   ["feature", "reason"], registry=r)
+
+    def declare_input_flags(self, pairs) -> None:
+        """Export (feature, reason) at 0 before the first flag, for rate() alerts."""
+        for feature, reason in pairs:
+            self.input_flags.labels(feature, reason)
+
+    def count_input_flags(self, counts: dict[tuple[str, str], int]) -> None:
+        for (feature, reason), n in counts.items():
+            self.input_flags.labels(feature, reason).inc(n)
+
     def observe_request(self, endpoint: str, method: str, status: int, started: float) -> None:
         self.requests.labels(endpoint, method, str(status)).inc()
         self.latency.labels(endpoint).observe(time.perf_counter() - started)

@@ -36,8 +36,11 @@ from ml_assets.core.model_loading import (
     model_file_path,
     read_mlmodel,
 )
+from ml_assets.core.schemas import excluded_columns
 from serving.metrics import ServiceMetrics
 from serving.request_models import (
+    OUT_OF_RANGE,
+    UNSEEN_CATEGORY,
     FeatureSpec,
     RequestModels,
     build_request_models,
@@ -77,6 +80,8 @@ class ServedModel:
     metrics: dict[str, float]
     loaded_at: datetime
     metadata: dict = field(repr=False)
+    # Schema columns that are no model input, with their roles (identifier, ...).
+    excluded_columns: dict[str, str] = field(default_factory=dict)
 
     @property
     def features(self) -> tuple[FeatureSpec, ...]:
@@ -106,6 +111,8 @@ class ServedModel:
             "run_id": self.run_id, "target": self.target, "classes": self.labels,
             "metrics": self.metrics, "loaded_at": self.loaded_at.isoformat(),
             "features": [spec.as_dict() for spec in self.features],
+            "excluded_columns": self.excluded_columns,
+            "input_policy": self.requests.policy,
         }
 
 
@@ -223,6 +230,10 @@ class ModelStore:
         self.refused = None
         self.metrics.model_swaps.inc()
         self.metrics.set_model(model.name, model.version, model.loaded_at.timestamp())
+        self.metrics.declare_input_flags(
+            (check.name, reason) for check in model.requests.checks
+            for reason, applies in ((UNSEEN_CATEGORY, check.allowed is not None),
+                                    (OUT_OF_RANGE, check.bounded)) if applies)
         logger.info("serving %s version %s (was %s)", model.name, model.version,
                     previous.version if previous else "none")
         if self.on_swap is not None:
@@ -258,9 +269,10 @@ class ModelStore:
                 labels=[str(c) for c in pipeline.classes_],
                 class_values=pipeline.classes_.tolist(),
                 requests=build_request_models(specs, self.settings.max_batch, rows[0],
-                                              pipeline),
+                                              pipeline, self.settings.input_policy),
                 metrics=self._run_metrics(details.run_id),
-                loaded_at=datetime.now(timezone.utc), metadata=loaded.metadata)
+                loaded_at=datetime.now(timezone.utc), metadata=loaded.metadata,
+                excluded_columns=excluded_columns(loaded.schema, loaded.target))
         except UntrustedModelError as exc:  # refused unopened: nothing of it ran
             raise ModelRejected(version, "untrusted_model", str(exc)) from exc
         except Exception as exc:  # noqa: BLE001 - any load failure rejects the version

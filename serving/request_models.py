@@ -1,19 +1,23 @@
 """Request models generated from the model's Pandera feature schema (one source of truth).
 
-Columns other than the target are features. float → JSON number, int → integer,
-bool → boolean, anything else → string; `nullable` features may be null or left
-out. Simple Pandera checks become constraints the API enforces and OpenAPI shows:
-ge/gt/le/lt/in_range → minimum/maximum, isin → enum, str_matches → pattern,
-str_length → min/max length. Every number must be finite and within what the
-model holds (float32's range, narrower where the fitted preprocessing would
-scale it past that; int64 for integers); values are strict (a string is never
-read as a number).
+Columns other than the target whose role is "feature" are features (columns the
+schema marks identifier/constant/datetime/free_text are validated at training but
+are no model input). float → JSON number, int → integer, bool → boolean, anything
+else → string; `nullable` features may be null, NaN or left out. str_matches →
+pattern and str_length → min/max length are always enforced. The input policy
+decides the rest: under "reject", ge/gt/le/lt/in_range → minimum/maximum and
+isin → enum, enforced and shown in OpenAPI; under "accept" those values are
+answered and flagged (`RequestModels.input_flags`), and OpenAPI shows them only
+as a description and `x-known-values` / `x-training-range`. Under both, every
+number must be finite and within what the model holds (float32's range, narrower
+where the fitted preprocessing would scale it past that; int64 for integers);
+values are strict (a string is never read as a number).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from operator import itemgetter
 from types import GenericAlias
 from typing import Annotated, Any, Literal
@@ -21,11 +25,20 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, create_model
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    create_model,
+)
 from pydantic.config import JsonDict
 from pydantic.json_schema import models_json_schema
 from pydantic_core import PydanticCustomError
 
+from ml_assets.core.schemas import FEATURE_ROLE, column_role
 from serving.input_limits import FLOAT32_MAX, INT64_MAX, INT64_MIN, derived_bounds
 
 RECORD_MODEL = "PredictRequest"
@@ -33,6 +46,11 @@ INVOCATIONS_RECORD_MODEL = "InvocationsRecord"
 BATCH_MODEL = "PredictBatchRequest"
 _PYTHON_TYPES = {"number": float, "integer": int, "boolean": bool, "string": str}
 FeatureKind = Literal["number", "integer", "boolean", "string"]
+INPUT_POLICIES = ("accept", "reject")
+UNSEEN_CATEGORY, OUT_OF_RANGE = "unseen_category", "out_of_range"
+# Said of a null (or NaN) sent for a feature that is not nullable.
+NULL_MESSAGE = "may not be null (the model was trained without missing values here)"
+NULL_ERROR_TYPE = "null_not_allowed"
 
 
 @dataclass(frozen=True)
@@ -71,10 +89,11 @@ def _tighter(current, value, pick):
 
 
 def feature_specs(schema: pa.DataFrameSchema, target: str) -> list[FeatureSpec]:
-    """The features of `schema` (every column but `target`), in schema order."""
+    """The features of `schema` (every column but `target` whose role is "feature"; a
+    schema without roles makes every column a feature), in schema order."""
     specs = []
     for name, column in schema.columns.items():
-        if name == target:
+        if name == target or column_role(column) != FEATURE_ROLE:
             continue
         bounds: dict[str, Any] = {}
         for check in column.checks:
@@ -161,8 +180,49 @@ def _range_check(spec: FeatureSpec, derived: tuple[float, float] | None) -> list
     return [AfterValidator(check), Field(json_schema_extra=schema)]
 
 
-def _annotation(spec: FeatureSpec, derived: tuple[float, float] | None = None):
+def _nan_to_none(value):
+    """NaN means missing (pandas and MLflow clients write it so): null where allowed."""
+    return None if type(value) is float and value != value else value
+
+
+_NAN_IS_NULL = BeforeValidator(_nan_to_none)
+
+
+def _policy_free(spec: FeatureSpec) -> FeatureSpec:
+    """`spec` without the checks the accept policy flags instead of enforcing."""
+    return replace(spec, ge=None, gt=None, le=None, lt=None, allowed=None)
+
+
+def _known(spec: FeatureSpec) -> dict[str, Any]:
+    """What the accept policy shows instead of enum/minimum/maximum: a description and
+    `x-` extensions, which validators and fuzzers do not read as constraints."""
+    extra: dict[str, Any] = {}
+    said = []
+    if spec.allowed is not None:
+        extra["x-known-values"] = list(spec.allowed)
+        said.append("known values " + ", ".join(repr(v) for v in spec.allowed))
+    bounds = {k: getattr(spec, k) for k in ("ge", "gt", "le", "lt")
+              if getattr(spec, k) is not None}
+    if bounds:
+        names = {"ge": "minimum", "gt": "exclusiveMinimum", "le": "maximum",
+                 "lt": "exclusiveMaximum"}
+        extra["x-training-range"] = {names[k]: v for k, v in bounds.items()}
+        symbols = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+        said.append("training range " + " and ".join(f"{symbols[k]} {v}"
+                                                      for k, v in bounds.items()))
+    if said:
+        extra["description"] = ("Schema checks: " + "; ".join(said) + ". Other values are "
+                                "answered and flagged (ML_API_INPUT_POLICY=accept).")
+    return extra
+
+
+def _annotation(spec: FeatureSpec, derived: tuple[float, float] | None = None,
+                policy: str = "reject"):
     """The pydantic type and Field of one feature."""
+    shown: dict[str, Any] = {}
+    if policy == "accept":
+        shown = _known(spec)
+        spec = _policy_free(spec)
     python_type: Any = _PYTHON_TYPES[spec.kind]
     extra: list = []
     if spec.allowed is not None and spec.kind == "string":
@@ -189,9 +249,51 @@ def _annotation(spec: FeatureSpec, derived: tuple[float, float] | None = None):
         constraints = {}
     if spec.nullable:
         python_type = python_type | None
-    field = Field(alias=spec.name, title=spec.name, **constraints)
+        extra.insert(0, _NAN_IS_NULL)  # runs before the type is checked
+    description = shown.pop("description", None)
+    field = Field(alias=spec.name, title=spec.name, description=description,
+                  json_schema_extra=shown or None, **constraints)
     default = None if spec.nullable else ...
     return Annotated[(python_type, field, *extra)], default
+
+
+@dataclass(frozen=True)
+class FlagCheck:
+    """One feature the accept policy checks: its values outside `allowed` are unseen
+    categories, outside the bounds out of range (precomputed at model load)."""
+
+    index: int
+    name: str
+    allowed: frozenset | None
+    ge: float | None
+    gt: float | None
+    le: float | None
+    lt: float | None
+    nullable: bool = True
+
+    @property
+    def bounded(self) -> bool:
+        return not (self.ge is None and self.gt is None and self.le is None
+                    and self.lt is None)
+
+    def outside(self, value) -> bool:
+        return ((self.ge is not None and value < self.ge)
+                or (self.gt is not None and value <= self.gt)
+                or (self.le is not None and value > self.le)
+                or (self.lt is not None and value >= self.lt))
+
+
+def flag_checks(specs: list[FeatureSpec] | tuple[FeatureSpec, ...]) -> tuple[FlagCheck, ...]:
+    """The features with an isin or range check, for `RequestModels.input_flags`."""
+    checks = []
+    for i, spec in enumerate(specs):
+        check = FlagCheck(i, spec.name,
+                          frozenset(spec.allowed) if spec.allowed is not None else None,
+                          spec.ge, spec.gt, spec.le, spec.lt, spec.nullable)
+        if check.allowed is not None or (check.bounded and spec.kind in ("number",
+                                                                         "integer")):
+            checks.append(check)
+    return tuple(checks)
 
 
 @dataclass(frozen=True)
@@ -206,6 +308,45 @@ class RequestModels:
     feature_names: tuple[str, ...]
     _getter: Any = None
     lenient_record: type[BaseModel] | None = None  # a row of /invocations (for OpenAPI)
+    policy: str = "reject"
+    checks: tuple[FlagCheck, ...] = ()  # what input_flags checks (accept policy only)
+
+    def input_flags(self, rows: list[list]) -> tuple[list[str], dict[tuple[str, str], int]]:
+        """Per row, "feature:reason;..." for each value the accept policy answered
+        although the schema's checks exclude it ("" for a clean row), and the count per
+        (feature, reason). Cheap on clean batches: one transposition, then per checked
+        feature a set or min/max over its column (C loops); rows are walked only for a
+        feature that has a flagged value. ([], {}) when nothing was flagged."""
+        if not self.checks or not rows:
+            return [], {}
+        columns = list(zip(*rows, strict=True))
+        flagged: dict[int, list[str]] = {}
+        counts: dict[tuple[str, str], int] = {}
+        for check in self.checks:
+            column = columns[check.index]
+            bad: list[int] = []
+            reason = UNSEEN_CATEGORY
+            if check.allowed is not None:
+                seen = set(column)
+                seen.discard(None)
+                if not seen <= check.allowed:
+                    bad = [i for i, v in enumerate(column)
+                           if v is not None and v not in check.allowed]
+            if not bad and check.bounded:
+                values = (column if not check.nullable or None not in column
+                          else [v for v in column if v is not None])
+                if values and (check.outside(min(values)) or check.outside(max(values))):
+                    reason = OUT_OF_RANGE
+                    bad = [i for i, v in enumerate(column)
+                           if v is not None and check.outside(v)]
+            if bad:
+                counts[(check.name, reason)] = len(bad)
+                flag = f"{check.name}:{reason}"
+                for i in bad:
+                    flagged.setdefault(i, []).append(flag)
+        if not flagged:
+            return [], {}
+        return [";".join(flagged[i]) if i in flagged else "" for i in range(len(rows))], counts
 
     def row_of(self, record: BaseModel) -> list:
         """Feature values of a validated record, in schema order."""
@@ -230,14 +371,19 @@ class RequestModels:
 
 
 def build_request_models(specs: list[FeatureSpec], max_batch: int,
-                         example: dict | None = None, pipeline=None) -> RequestModels:
+                         example: dict | None = None, pipeline=None,
+                         policy: str = "reject") -> RequestModels:
     """PredictRequest (one record, extra fields forbidden), PredictBatchRequest (`records`,
     1..max_batch of them) and a list validator that ignores unknown columns (the MLflow
     scoring protocol ignores them too). With the fitted `pipeline`, number ranges are
-    narrowed to what its preprocessing keeps within float32 (`derived_bounds`)."""
+    narrowed to what its preprocessing keeps within float32 (`derived_bounds`).
+    `policy`: "reject" enforces the schema's isin and range checks, "accept" answers
+    such values and flags them (the service passes ML_API_INPUT_POLICY)."""
+    if policy not in INPUT_POLICIES:
+        raise ValueError(f"input policy {policy!r}: use one of {', '.join(INPUT_POLICIES)}")
     keys = tuple(f"f{i}" for i in range(len(specs)))
     derived = derived_bounds(pipeline, specs, example) if pipeline is not None else {}
-    fields = {key: _annotation(spec, derived.get(spec.name))
+    fields = {key: _annotation(spec, derived.get(spec.name), policy)
               for key, spec in zip(keys, specs, strict=False)}
     common = ConfigDict(strict=True, populate_by_name=False, regex_engine="python-re")
     examples: JsonDict | None = {"examples": [example]} if example else None
@@ -257,7 +403,8 @@ def build_request_models(specs: list[FeatureSpec], max_batch: int,
     return RequestModels(specs=tuple(specs), record=record, batch=batch,
                          lenient_rows=TypeAdapter(_list_of(lenient)), keys=keys,
                          feature_names=tuple(spec.name for spec in specs),
-                         _getter=itemgetter(*keys), lenient_record=lenient)
+                         _getter=itemgetter(*keys), lenient_record=lenient, policy=policy,
+                         checks=flag_checks(specs) if policy == "accept" else ())
 
 
 def _list_of(model: type[BaseModel]) -> Any:

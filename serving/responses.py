@@ -102,7 +102,16 @@ class ModelInfo(BaseModel):
     classes: list[str]
     metrics: dict[str, float] = Field(description="Metrics of the training run.")
     loaded_at: str
-    features: list[FeatureInfo] = Field(description="The feature schema requests follow.")
+    features: list[FeatureInfo] = Field(description="The feature schema requests follow "
+                                        "(the model's inputs).")
+    excluded_columns: dict[str, str] = Field(default_factory=dict, description="Columns "
+                                             "of the training schema that are no model "
+                                             "input, with their role: identifier, "
+                                             "constant, datetime or free_text.")
+    input_policy: str = Field(description="ML_API_INPUT_POLICY: accept (unseen categories "
+                              "and out-of-range values are answered, counted and flagged "
+                              "in the prediction log) or reject (422, 400 on "
+                              "/invocations).")
     refused: RefusedVersion | None = Field(default=None, description="The candidate "
                                            "version last refused while this one kept "
                                            "serving (None when there is none).")

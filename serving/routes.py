@@ -46,8 +46,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"model": ErrorResponse, "description": "Body larger than ML_API_MAX_BODY_BYTES."},
     **UNSUPPORTED_MEDIA_TYPE,
     422: {"model": ErrorResponse, "description": "A feature is missing, unknown, mistyped, "
-          "NaN, infinite, outside the schema's checks or too large for the model (after "
-          "its preprocessing); `detail` names each."},
+          "null (or NaN) where it may not be, infinite, too large for the model (after its "
+          "preprocessing), or, under ML_API_INPUT_POLICY=reject, an unseen category or "
+          "outside the schema's range; `detail` names each (in a batch, by record "
+          "index)."},
     503: {"model": ErrorResponse, "description": "No model is being served yet, or the "
           "prediction log cannot commit the rows now (Retry-After says when to retry)."},
 }
@@ -64,9 +66,11 @@ def _unavailable(service: Service, mlflow_style: bool = False) -> Response:
                        mlflow_style)
 
 
-def _invalid(exc: ValidationError, index_word: str) -> Response:
-    return OrjsonResponse({"detail": validation_detail(exc),
-                           "message": validation_message(exc, index_word)}, status_code=422)
+def _invalid(exc: ValidationError, index_word: str, features: tuple[str, ...]) -> Response:
+    names = frozenset(features)
+    return OrjsonResponse({"detail": validation_detail(exc, features=names),
+                           "message": validation_message(exc, index_word, names)},
+                          status_code=422)
 
 
 def _overflow(exc: InputOverflow, mlflow_style: bool = False) -> Response:
@@ -134,7 +138,7 @@ async def predict(request: Request, service: ServiceDep) -> Response:
         try:
             record = model.requests.record.model_validate_json(body)
         except ValidationError as exc:
-            return _invalid(exc, "record")
+            return _invalid(exc, "record", model.feature_names)
         request_id = request_id_of(request.scope)
         try:
             labels, probabilities, _ = await service.predict_rows(
@@ -161,7 +165,7 @@ async def predict_batch(request: Request, service: ServiceDep) -> Response:
         try:  # a large body is validated in a parser thread, off the event loop
             batch = await off_loop(body, model.requests.batch.model_validate_json, body)
         except ValidationError as exc:
-            return _invalid(exc, "record")
+            return _invalid(exc, "record", model.feature_names)
         request_id = request_id_of(request.scope)
         rows = [model.requests.row_of(record) for record in model.requests.records_of(batch)]
         try:
@@ -243,7 +247,8 @@ async def invocations_endpoint(request: Request, service: ServiceDep) -> Respons
 @protected_routes.get("/model", response_model=ModelInfo, tags=["model"],
                       responses={503: _ERRORS[503]})
 async def model_info(service: ServiceDep) -> Response:
-    """The served model: name, version, alias, training-run metrics and feature schema;
+    """The served model: name, version, alias, training-run metrics, the features requests
+    carry, the schema's excluded columns with their roles, the input policy;
     `refused`: the candidate version last refused while this one kept serving."""
     model = service.store.current
     if model is None:

@@ -56,7 +56,9 @@ class Service:
                            ) -> tuple[list[str], list[dict[str, float]], list]:
         """(predicted labels, class probabilities per row, predicted class values) of
         `rows`; every row is appended to the prediction log (and, in commit mode,
-        committed) and counted. PredictionLogUnavailable when the log cannot take
+        committed) and counted; values the accept policy answered although the schema's
+        checks exclude them are counted and flagged in their log rows.
+        PredictionLogUnavailable when the log cannot take
         or commit the rows in time: nothing is acknowledged then."""
         log = self.log
         assert log is not None, "the app's lifespan opens the prediction log first"
@@ -64,6 +66,7 @@ class Service:
             reason = log.unavailable_reason()  # refuse before spending model time
             if reason is not None:
                 raise PredictionLogUnavailable(reason, log.retry_seconds)
+        flags, flag_counts = model.requests.input_flags(rows)  # accept policy only
         proba, best = await self.batcher.predict(model, rows)
         labels = model.labels
         indices = best.tolist()
@@ -72,13 +75,16 @@ class Service:
         now = datetime.now(timezone.utc)
         names = model.feature_names
         records = [PredictionRecord(now, request_id, i, model.name, model.version, names, row,
-                                    predicted[i], probabilities[i])
+                                    predicted[i], probabilities[i],
+                                    flags[i] if flags else "")
                    for i, row in enumerate(rows)]
         if self.durable:
             await self._commit(log, records)
         elif not log.offer(records):
             self._dropped(len(records))
         self.metrics.count_predictions(model.version, predicted)
+        if flag_counts:
+            self.metrics.count_input_flags(flag_counts)
         return predicted, probabilities, [model.class_values[i] for i in indices]
 
     async def _commit(self, log: PredictionLog, records: list[PredictionRecord]) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ml_assets.core.prediction_log import resolve_log_location
 from ml_assets.settings import PlatformSettings
+from serving.request_models import INPUT_POLICIES
 
 
 class SettingsError(ValueError):
@@ -87,6 +88,10 @@ class ServingSettings:
     log_sqlite_synchronous: str = "FULL"
     log_sync_interval_seconds: float = 1.0
     access_log: bool = False
+    # Values outside a feature's isin list (unseen categories) or the schema's range
+    # checks: "accept" answers them, counts them and flags their log rows; "reject"
+    # refuses the request (422, 400 on /invocations). See docs/serving.md.
+    input_policy: str = "accept"
 
     @classmethod
     def from_env(cls, **overrides) -> ServingSettings:
@@ -123,8 +128,12 @@ class ServingSettings:
             log_sync_interval_seconds=_number("ML_PREDICTION_LOG_SYNC_INTERVAL_SECONDS", 1.0,
                                               float, 0.01),
             access_log=_env("ML_API_ACCESS_LOG", "false").lower() in ("1", "true", "yes"),
+            input_policy=_choice("ML_API_INPUT_POLICY", "accept", INPUT_POLICIES),
         )
         settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+        if settings.input_policy not in INPUT_POLICIES:
+            raise SettingsError(f"ML_API_INPUT_POLICY={settings.input_policy!r}: use one of "
+                                f"{', '.join(INPUT_POLICIES)}")
         if settings.log_queue_rows < settings.max_batch:
             raise SettingsError(
                 f"ML_PREDICTION_LOG_QUEUE_ROWS={settings.log_queue_rows} is smaller than "

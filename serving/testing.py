@@ -60,6 +60,15 @@ def train_synthetic(spec: SyntheticSpec, n_estimators: int = 20,
                   ModelParams(n_estimators=n_estimators, seed=seed))
 
 
+def train_frame(frame: pd.DataFrame, schema: pa.DataFrameSchema, target: str,
+                n_estimators: int = 20, seed: int = 42) -> TrainedPipeline:
+    """A model on any frame and its schema; columns the schema excludes from the features
+    (identifiers, ...) are dropped first, as the pipeline's own training does."""
+    keep = [*feature_columns(schema, target), target]
+    return _train(frame[keep], schema, target, ModelParams(n_estimators=n_estimators,
+                                                             seed=seed))
+
+
 def experiment_id(name: str, artifact_location: str | None = None) -> str:
     client = MlflowClient()
     found = client.get_experiment_by_name(name)

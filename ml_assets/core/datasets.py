@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import codecs
+import csv
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,43 +33,187 @@ def load_breast_cancer_frame() -> pd.DataFrame:
     return frame
 
 
-_READERS = {".csv": pd.read_csv, ".parquet": pd.read_parquet, ".pq": pd.read_parquet}
+_SUFFIXES = (".csv", ".parquet", ".pq")
+_DELIMITERS = (",", ";", "\t", "|")
+_DATE_LIKE = re.compile(r"^\d{4}[-/.]\d{1,2}[-/.]\d{1,2}"
+                        r"([T ]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?)?\s*(Z|[+-]\d{2}:?\d{2})?$")
+_DECIMAL_COMMA = re.compile(r"^-?\d+,\d+$")
 
 
-def load_tabular_files(path: str | Path, target: str) -> pd.DataFrame:
+@dataclass(frozen=True)
+class CsvOptions:
+    """CSV dialect overrides; an empty field is sniffed from the file."""
+
+    delimiter: str = ""
+    decimal: str = ""
+    encoding: str = ""
+
+
+def _delimiter(value: str) -> str:
+    # A delimiter given as the two characters backslash-t (or the word tab) means tab.
+    return "\t" if value in ("\\t", "tab", "TAB") else value
+
+
+def _encoding(file: Path, head: bytes) -> str:
+    if head.startswith(b"\xef\xbb\xbf"):
+        return "utf-8-sig"
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+        return "utf-8"
+    except UnicodeDecodeError:
+        pass
+    from charset_normalizer import from_bytes
+
+    best = from_bytes(head).best()
+    if best is None:
+        raise DataSourceError(f"could not tell the text encoding of {file}: save it as UTF-8, "
+                              "or set csv_encoding (ML_CSV_ENCODING)")
+    return str(best.encoding)
+
+
+def sniff_csv(file: Path, options: CsvOptions | None = None) -> CsvOptions:
+    """The file's delimiter (, ; tab |), decimal mark and encoding, overrides first."""
+    options = options or CsvOptions()
+    with open(file, "rb") as handle:
+        head = handle.read(1 << 16)
+    if not head:
+        raise DataSourceError(f"{file} is empty (0 bytes): write a header row and data rows "
+                              "into it, or remove it")
+    if head.startswith(b"PAR1"):
+        raise DataSourceError(f"{file} is a Parquet file with a .csv name: rename it to "
+                              f"{file.with_suffix('.parquet').name}")
+    if b"\x00" in head and not head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DataSourceError(f"{file} is not a CSV text file (it holds binary data): export "
+                              "the table as CSV or Parquet")
+    encoding = options.encoding or _encoding(file, head)
+    text = head.decode(encoding, errors="ignore")
+    lines = [line for line in text.splitlines()[:50] if line.strip()]
+    if len(lines) > 2:
+        lines = lines[:-1]  # the chunk may cut the last line
+    delimiter = _delimiter(options.delimiter)
+    if not delimiter:
+        def widths(candidate: str) -> list[int]:
+            return [len(row) for row in csv.reader(lines, delimiter=candidate)]
+
+        scores = {c: widths(c) for c in _DELIMITERS}
+        consistent = [c for c, w in scores.items() if w and min(w) > 1 and len(set(w)) == 1]
+        pool = consistent or [c for c, w in scores.items() if w and max(w) > 1]
+        delimiter = max(pool, key=lambda c: max(scores[c])) if pool else ","
+    decimal = options.decimal
+    if not decimal:
+        fields = [f.strip() for row in csv.reader(lines[1:], delimiter=delimiter) for f in row]
+        decimal = "," if delimiter != "," and any(_DECIMAL_COMMA.match(f) for f in fields) \
+            else "."
+    return CsvOptions(delimiter=delimiter, decimal=decimal, encoding=encoding)
+
+
+def _read_csv(file: Path, options: CsvOptions) -> pd.DataFrame:
+    dialect = sniff_csv(file, options)
+    try:
+        return pd.read_csv(file, sep=dialect.delimiter, decimal=dialect.decimal,
+                           encoding=dialect.encoding)
+    except pd.errors.EmptyDataError:
+        raise DataSourceError(f"{file} holds no header row: write the column names on the "
+                              "first line") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+        shown = {"\t": "tab"}.get(dialect.delimiter, dialect.delimiter)
+        reason = str(exc).strip().splitlines()[0]
+        raise DataSourceError(
+            f"could not read {file} as CSV with delimiter {shown!r} and encoding "
+            f"{dialect.encoding} ({reason}): fix the file, or set csv_delimiter / "
+            "csv_encoding (ML_CSV_DELIMITER, ML_CSV_ENCODING)") from None
+
+
+def _read_parquet(file: Path) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(file)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises many types; re-raised in words
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
+        raise DataSourceError(f"could not read {file} as Parquet ({reason}): export it "
+                              "again as Parquet or CSV") from None
+
+
+def parse_dates(frame: pd.DataFrame) -> pd.DataFrame:
+    """Text columns whose every non-null value is a year-first date or timestamp
+    (2012-01-31, 2012/01/31, 2012-01-31T08:00:00+01:00) become datetime64; others stay
+    text. Day-first dates (31/01/2012) are ambiguous and stay text."""
+    for column in frame.columns:
+        series = frame[column]
+        if not (series.dtype == object or pd.api.types.is_string_dtype(series)):
+            continue
+        values = series.dropna()
+        if not len(values) or not values.map(lambda v: isinstance(v, str)).all():
+            continue
+        text = values.str.strip()
+        if not text.str.match(_DATE_LIKE).all():
+            continue
+        text = text.str.replace(r"^(\d{4})[/.](\d{1,2})[/.](\d{1,2})", r"\1-\2-\3",
+                                regex=True)
+        try:
+            parsed = pd.to_datetime(text, format="ISO8601")
+            if parsed.dtype == object:  # several UTC offsets: one UTC column
+                parsed = pd.to_datetime(text, format="ISO8601", utc=True)
+        except (ValueError, TypeError):
+            continue
+        frame[column] = parsed.reindex(series.index)
+    return frame
+
+
+def _read(file: Path, csv_options: CsvOptions) -> pd.DataFrame:
+    if file.suffix.lower() == ".csv":
+        frame = _read_csv(file, csv_options)
+    else:
+        frame = _read_parquet(file)
+    return parse_dates(frame)
+
+
+def _match_columns(files: list[Path], frames: list[pd.DataFrame]) -> list[pd.DataFrame]:
+    """Reorder every frame to the first file's column order; different sets are an error."""
+    columns = list(frames[0].columns)
+    matched = []
+    for file, frame in zip(files, frames, strict=True):
+        missing = [c for c in columns if c not in frame.columns]
+        extra = [c for c in frame.columns if c not in columns]
+        if missing or extra:
+            parts = ([f"missing {', '.join(repr(c) for c in missing)}"] if missing else []) + (
+                [f"extra {', '.join(repr(c) for c in extra)}"] if extra else [])
+            raise DataSourceError(
+                f"{file} does not have the same columns as {files[0]} ({'; '.join(parts)}): "
+                f"give every file in {file.parent} the same columns (their order does not "
+                "matter)")
+        matched.append(frame[columns])
+    return matched
+
+
+def load_tabular_files(path: str | Path, target: str,
+                       csv_options: CsvOptions | None = None) -> pd.DataFrame:
     """Read one CSV/Parquet file, or every such file in a directory (sorted by name).
 
-    Files in a directory must share columns; a `source_file` column is not added
-    so that the schema stays the user's own.
+    CSV dialect and encoding are sniffed unless `csv_options` says otherwise; files in a
+    directory are matched by column name. A `source_file` column is not added so that
+    the schema stays the user's own.
     """
     path = Path(path)
     if not path.exists():
         raise DataSourceError(f"data path {path} does not exist")
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in _READERS)
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in _SUFFIXES)
         if not files:
             raise DataSourceError(f"directory {path} holds no .csv or .parquet files")
     else:
-        if path.suffix.lower() not in _READERS:
+        if path.suffix.lower() not in _SUFFIXES:
             raise DataSourceError(f"{path} is not a .csv or .parquet file")
         files = [path]
-    frames = []
-    for file in files:
-        try:
-            frames.append(_READERS[file.suffix.lower()](file))
-        except Exception as exc:  # noqa: BLE001 - re-raised with the file named
-            raise DataSourceError(f"could not read {file}: {exc}") from exc
-    columns = list(frames[0].columns)
-    for file, frame in zip(files, frames, strict=False):
-        if list(frame.columns) != columns:
-            raise DataSourceError(
-                f"{file} has columns {list(frame.columns)}, expected {columns} like {files[0]}"
-            )
+    frames = _match_columns(files, [_read(f, csv_options or CsvOptions()) for f in files])
     frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    if len(frame) == 0:
+        where = f"every file in {path}" if path.is_dir() else str(path)
+        raise DataSourceError(f"{where} has a header but 0 data rows: add rows below the "
+                              "header and run again")
     if target not in frame.columns:
-        raise DataSourceError(
-            f"target column {target!r} is not in {path}; columns are {list(frame.columns)}"
-        )
+        from ml_assets.core.schema_inference import unknown_column_message
+
+        raise DataSourceError(unknown_column_message(target, list(frame.columns), str(path)))
     return frame
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -16,22 +16,51 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 @dataclass(frozen=True)
 class Split:
-    """A stratified, seeded train/test split of features and target."""
+    """A stratified, seeded train/test split of features and target.
+
+    X_train holds the model's features only; X_test keeps every validated column
+    (the pipeline picks its features by name), so a champion trained on another
+    schema version can be scored on the same rows."""
 
     X_train: pd.DataFrame
     X_test: pd.DataFrame
     y_train: pd.Series
     y_test: pd.Series
+    # Feature name -> kind (numeric / boolean / categorical), from the schema.
+    features: dict[str, str] = field(default_factory=dict)
+    # Validated columns that are not features -> why (the schema's note).
+    excluded: dict[str, str] = field(default_factory=dict)
 
     @property
     def classes(self) -> list:
         return sorted(pd.unique(self.y_train).tolist())
 
 
+def model_inputs(frame: pd.DataFrame) -> pd.DataFrame:
+    """pandas nullable columns (Int64, boolean, Float64 with pd.NA) as float64 with NaN
+    and string columns as object, so scikit-learn sees what serving's plain frames hold."""
+    converted = {}
+    for column in frame.columns:
+        dtype = frame[column].dtype
+        if isinstance(dtype, pd.api.extensions.ExtensionDtype) and (
+                pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype)):
+            if frame[column].isna().any() or not pd.api.types.is_bool_dtype(dtype):
+                converted[column] = frame[column].astype("float64")
+            else:
+                converted[column] = frame[column].astype(bool)
+        elif isinstance(dtype, pd.StringDtype):
+            converted[column] = frame[column].astype(object).where(frame[column].notna(), None)
+    return frame.assign(**converted) if converted else frame
+
+
 def split_frame(frame: pd.DataFrame, target: str, test_size: float = 0.2,
-                seed: int = 42) -> Split:
-    """Stratified split; raises ValueError naming the class that is too rare to split."""
-    X = frame.drop(columns=[target])
+                seed: int = 42, features: dict[str, str] | None = None,
+                excluded: dict[str, str] | None = None) -> Split:
+    """Stratified split; raises ValueError naming the class that is too rare to split.
+
+    `features` (name -> kind, as `schemas.feature_columns` gives them; default: every
+    column but the target) are the columns of X_train."""
+    X = model_inputs(frame.drop(columns=[target]))
     y = frame[target]
     counts = y.value_counts()
     if len(counts) < 2:
@@ -39,10 +68,14 @@ def split_frame(frame: pd.DataFrame, target: str, test_size: float = 0.2,
                          "a classifier needs at least two")
     if counts.min() < 2:
         raise ValueError(f"class {counts.idxmin()!r} of {target!r} has fewer than 2 rows; "
-                         "it cannot be split into train and test")
+                         "it cannot be split into train and test: add rows of that class "
+                         "or remove it")
     X_train, X_test, y_train, y_test = train_test_split(
         X, y, test_size=test_size, random_state=seed, stratify=y)
-    return Split(X_train, X_test, y_train, y_test)
+    if features is not None:
+        X_train = X_train[list(features)]
+    return Split(X_train, X_test, y_train, y_test, dict(features or {}),
+                 dict(excluded or {}))
 
 
 def _expected_width(X: pd.DataFrame, numeric: list[str], categorical: list[str]) -> int:

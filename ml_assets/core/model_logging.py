@@ -27,7 +27,7 @@ from ml_assets.core.model_loading import (
     refuse_untrusted,
 )
 from ml_assets.core.modeling import SKOPS_TRUSTED_TYPES
-from ml_assets.core.schemas import model_signature, schema_yaml
+from ml_assets.core.schemas import feature_columns, model_signature, schema_yaml
 
 __all__ = ["FEATURE_SCHEMA_KEY", "LoadedModel", "UntrustedModelError", "load_pipeline",
            "log_pipeline", "required_types"]
@@ -45,7 +45,8 @@ def required_types(pipeline: Pipeline) -> list[str]:
 def log_pipeline(pipeline: Pipeline, X_sample: pd.DataFrame, schema: pa.DataFrameSchema,
                  target: str, extra_metadata: dict | None = None):
     """Log the whole Pipeline in the active MLflow run (skops, schema-derived signature,
-    input example, metadata). Returns MLflow's ModelInfo.
+    input example of the schema's feature columns only, metadata). Returns MLflow's
+    ModelInfo.
 
     A pipeline needing a type outside the platform's reviewed list and the operator's
     ML_SKOPS_TRUSTED_TYPES fails here, at training, naming each type: the loader would
@@ -56,8 +57,9 @@ def log_pipeline(pipeline: Pipeline, X_sample: pd.DataFrame, schema: pa.DataFram
     needed = required_types(pipeline)
     refuse_untrusted(needed, "this pipeline", [*SKOPS_TRUSTED_TYPES, *extras], action="log")
     extras_used = sorted(set(needed) & set(extras) - set(SKOPS_TRUSTED_TYPES))
-    sample = X_sample.head(5)
-    signature = model_signature(schema, target, pipeline.predict(sample))
+    # Only the schema's features: identifiers, datetimes etc. are no model input.
+    sample = X_sample[[c for c in feature_columns(schema, target) if c in X_sample]].head(5)
+    signature = model_signature(schema, target, pipeline.predict(X_sample.head(5)))
     metadata = {
         FEATURE_SCHEMA_KEY: schema_yaml(schema),
         "target": target,

@@ -49,30 +49,11 @@ def synthetic_schema(spec: SyntheticSpec) -> pa.DataFrameSchema:
 
 
 def infer_schema(frame: pd.DataFrame, target: str, name: str = "inferred",
-                 max_categories: int = 50) -> pa.DataFrameSchema:
-    """Infer a schema a person can read and edit.
+                 where: str = "the data") -> pa.DataFrameSchema:
+    """Infer a schema a person can read and edit (rules: `ml_assets.core.schema_inference`)."""
+    from ml_assets.core.schema_inference import infer_schema as infer
 
-    Numeric columns get their dtype and non-negativity when every observed value
-    is non-negative; nullability follows what was observed (edit the file to
-    allow missing values later). String columns with few distinct values, and
-    the target, get an `isin` check of the observed values.
-    """
-    columns: dict[str, pa.Column] = {}
-    for column in frame.columns:
-        series = frame[column]
-        nullable = bool(series.isna().any()) and column != target
-        if column != target and pd.api.types.is_bool_dtype(series):
-            columns[column] = pa.Column(bool, nullable=nullable, coerce=True)
-        elif column != target and pd.api.types.is_numeric_dtype(series):
-            checks = [pa.Check.ge(0)] if series.min(skipna=True) >= 0 else []
-            columns[column] = pa.Column(float, checks=checks, nullable=nullable, coerce=True)
-        else:
-            values = series.dropna().astype(str).unique()
-            checks = []
-            if column == target or len(values) <= max_categories:
-                checks.append(pa.Check.isin(sorted(values.tolist())))
-            columns[column] = pa.Column(str, checks=checks, nullable=nullable, coerce=True)
-    return pa.DataFrameSchema(columns, strict=True, name=name, ordered=False)
+    return infer(frame, target, name=name, where=where)
 
 
 _VERSION_FILE = re.compile(r"^v(\d+)\.yaml$")
@@ -116,11 +97,20 @@ class SchemaStore:
         version = (versions[-1] + 1) if versions else 1
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"v{version}.yaml"
-        header = (
-            f"# Schema for dataset {self.dataset!r}, version {version}.\n"
-            "# Inferred from the first data seen. Edit a copy saved as the next\n"
-            "# version (v<N+1>.yaml) to tighten or loosen checks; the highest wins.\n"
-        )
+        lines = [
+            f"Schema for dataset {self.dataset!r}, version {version}.",
+            "Inferred from the first data seen. Edit a copy saved as the next",
+            f"version (v{version + 1}.yaml) to tighten or loosen checks; the highest wins.",
+            "Columns with a metadata role are validated but not given to the model:",
+        ]
+        excluded = excluded_columns(schema, target="")
+        lines += [f"  {name}: {role} - {column_note(schema.columns[name]) or ''}".rstrip(" -")
+                  for name, role in excluded.items()] or ["  (none)"]
+        if "datetime" in excluded.values():
+            lines += ["Datetime columns are never features: a raw timestamp does not",
+                      "generalise to future rows. Add derived columns (month, weekday)",
+                      "to the data if they carry signal."]
+        header = "".join(f"# {line}\n" for line in lines)
         path.write_text(header + schema_yaml(schema))
         return version, path
 
@@ -138,12 +128,83 @@ class ValidationReport:
     message: str
 
 
-def validate_frame(frame: pd.DataFrame, schema: pa.DataFrameSchema,
-                   sample_size: int = 20) -> tuple[pd.DataFrame, ValidationReport]:
-    """Validate lazily (all errors at once). Returns the coerced frame when valid,
-    the input frame otherwise, and a report that names every failing column/check."""
+def schema_reference(schema_file: str | Path | None) -> tuple[str, str | None]:
+    """How messages name the schema ("schema v1 (<path>)") and the edit that changes it
+    ("copy v1.yaml to v2.yaml"); no edit for declared schemas."""
+    if schema_file is None:
+        return "the declared schema", None
+    path = Path(schema_file)
+    match = _VERSION_FILE.match(path.name)
+    if not match:
+        return f"schema {path}", None
+    version = int(match.group(1))
+    return (f"schema v{version} ({path})",
+            f"copy v{version}.yaml to v{version + 1}.yaml and")
+
+
+def _rows_and_values(cases: pd.DataFrame, limit: int = 5) -> str:
+    rows = [str(int(i) + 1) for i in cases["index"].dropna().head(limit)
+            if str(i).lstrip("-").isdigit()]
+    values = [repr(str(v)) for v in cases["failure_case"].head(limit)]
+    where = f" in data rows {', '.join(rows)}" if rows else ""
+    return f"{where} ({', '.join(values)})" if values else where
+
+
+def _sentence(column: str, check: str, cases: pd.DataFrame, label: str,
+              edit: str | None) -> str:
+    n = len(cases)
+    if check == "column_in_schema":
+        fix = f"{edit} add column {column!r}" if edit else "add it to the schema"
+        return (f"column {column!r} is in the data but not in {label}: {fix}, or drop it "
+                "from the data.")
+    if check == "column_in_dataframe":
+        fix = f"{edit} remove column {column!r}" if edit else "remove it from the schema"
+        return (f"column {column!r} is in {label} but not in the data: {fix}, or add it "
+                "back to the data.")
+    change = f"or {edit} change the column" if edit else "or change the schema"
+    if check.startswith(("coerce_dtype", "dtype", "whole_number")):
+        wanted = check[check.find("(") + 1:check.rfind(")")].strip("'") or "its dtype"
+        return (f"column {column!r} has {n} value(s) that cannot be read as {wanted}"
+                f"{_rows_and_values(cases)}: fix those values (leave a cell empty for a "
+                f"missing value), {change}'s dtype in {label}.")
+    if check == "not_nullable":
+        rows = ", ".join(str(int(i) + 1) for i in cases["index"].dropna().head(5)
+                         if str(i).lstrip("-").isdigit())
+        return (f"column {column!r} is empty in {n} row(s) (data rows {rows}) but "
+                f"{label} does not allow missing values: fill them in, "
+                f"{change} to nullable: true.")
+    if check.startswith("isin"):
+        return (f"column {column!r} has {n} value(s) outside the allowed values of {label}"
+                f"{_rows_and_values(cases)}: fix the data, or if they are valid "
+                f"{edit or 'change the schema and'} add them to the column's isin list.")
+    return (f"column {column!r} fails check {check} of {label} for {n} value(s)"
+            f"{_rows_and_values(cases)}: fix the data, {change}'s check.")
+
+
+def _not_whole_numbers(frame: pd.DataFrame, schema: pa.DataFrameSchema) -> pd.DataFrame:
+    """Failure cases for integer columns holding fractions (pandas would truncate them)."""
+    found = []
+    for name, column in schema.columns.items():
+        dtype = str(column.dtype).lower()
+        if (name in frame.columns and dtype.startswith(("int", "uint"))
+                and pd.api.types.is_float_dtype(frame[name])):
+            values = frame[name]
+            bad = values[values.notna() & (values != values.round())]
+            found += [{"column": str(name), "check": f"whole_number({column.dtype})",
+                       "failure_case": v, "index": i} for i, v in bad.items()]
+    return pd.DataFrame(found, columns=["column", "check", "failure_case", "index"])
+
+
+def validate_frame(frame: pd.DataFrame, schema: pa.DataFrameSchema, sample_size: int = 20,
+                   schema_file: str | Path | None = None
+                   ) -> tuple[pd.DataFrame, ValidationReport]:
+    """Validate lazily (all errors at once). Returns the coerced frame when valid, the
+    input frame otherwise, and a report whose message has one plain sentence per failing
+    column and check: what is wrong, where (rows, values) and the one step to fix it."""
+    fractions = _not_whole_numbers(frame, schema)
     try:
         validated = schema.validate(frame, lazy=True)
+        cases = fractions
     except pa.errors.SchemaErrors as exc:
         cases = exc.failure_cases.copy()
         # Schema-level failures (missing or unexpected column) name the column in
@@ -152,17 +213,22 @@ def validate_frame(frame: pd.DataFrame, schema: pa.DataFrameSchema,
             "column_in_dataframe|column_in_schema")
         cases["column"] = cases["column"].astype(object).where(
             ~schema_level, cases["failure_case"]).astype(str)
-        columns = sorted(set(cases["column"].dropna().astype(str)) - {"None", "nan"})
-        checks = sorted(set(cases["check"].astype(str)))
+        cases = cases[["column", "check", "failure_case", "index"]]
+        if len(fractions):
+            cases = pd.concat([cases, fractions], ignore_index=True)
+    if len(cases):
+        cases["check"] = cases["check"].astype(str)
+        cases["column"] = cases["column"].astype(str)
+        columns = sorted(set(cases["column"].dropna()) - {"None", "nan"})
+        checks = sorted(set(cases["check"]))
+        label, edit = schema_reference(schema_file)
+        sentences = [_sentence(column, check, group, label, edit)
+                     for (column, check), group in cases.groupby(["column", "check"],
+                                                                 sort=True)]
         sample = cases[["column", "check", "failure_case", "index"]].head(sample_size)
         sample = sample.astype(str)
-        message = (f"{len(cases)} validation failure(s) in column(s) {', '.join(columns) or '-'}: "
-                   f"checks {', '.join(checks)}")
         return frame, ValidationReport(False, len(frame), columns, checks, sample,
-                                       len(cases), message)
-    except pa.errors.SchemaError as exc:  # pragma: no cover - lazy mode raises SchemaErrors
-        return frame, ValidationReport(False, len(frame), [], [str(exc)], pd.DataFrame(), 1,
-                                       str(exc))
+                                       len(cases), " ".join(sentences))
     empty = pd.DataFrame(columns=["column", "check", "failure_case", "index"])
     return validated, ValidationReport(True, len(frame), [], [], empty, 0,
                                        f"{len(frame)} rows passed {len(schema.columns)} columns")
@@ -244,10 +310,10 @@ def feature_columns(schema: pa.DataFrameSchema, target: str) -> dict[str, str]:
     for name, column in schema.columns.items():
         if name == target or column_role(column) != FEATURE_ROLE:
             continue
-        dtype = str(column.dtype)
+        dtype = str(column.dtype).lower()
         if dtype.startswith(("float", "int", "uint")):
             kinds[name] = "numeric"
-        elif dtype == "bool":
+        elif dtype in ("bool", "boolean"):
             kinds[name] = "boolean"
         else:
             kinds[name] = "categorical"
@@ -261,8 +327,14 @@ def model_signature(schema: pa.DataFrameSchema, target: str, output_example=None
     from mlflow.types.schema import ColSpec, Schema
 
     kinds = {"numeric": "double", "boolean": "boolean", "categorical": "string"}
+    def spec_type(name: str, kind: str) -> str:
+        # Non-null numpy integers stay long (pyfunc will not cast int64 to double);
+        # nullable Int64 columns reach the model as float64 with NaN.
+        dtype = str(schema.columns[name].dtype)
+        return "long" if kind == "numeric" and dtype.startswith(("int", "uint")) else kinds[kind]
+
     inputs = Schema([
-        ColSpec(kinds[kind], name, required=not schema.columns[name].nullable)
+        ColSpec(spec_type(name, kind), name, required=not schema.columns[name].nullable)
         for name, kind in feature_columns(schema, target).items()])
     outputs = None
     if output_example is not None:

@@ -11,6 +11,7 @@ from dagster import ConfigurableResource
 from pydantic import Field
 
 from ml_assets.core import datasets, schemas
+from ml_assets.core.schema_inference import checked_schema
 
 
 class DataSourceResource(ConfigurableResource):
@@ -27,6 +28,12 @@ class DataSourceResource(ConfigurableResource):
                               "defaults to the file or directory name.")
     schema_dir: str = Field(default=".ml_platform/schemas",
                             description="Where inferred schemas are versioned (v<N>.yaml).")
+    csv_delimiter: str = Field(default="", description="CSV delimiter (, ; \\t |); empty: "
+                               "sniffed from the file. ML_CSV_DELIMITER.")
+    csv_decimal: str = Field(default="", description="CSV decimal mark (. or ,); empty: "
+                             "sniffed (a comma when ';'-separated numbers look like 1,5).")
+    csv_encoding: str = Field(default="", description="CSV text encoding; empty: UTF-8 "
+                              "(with or without BOM), else detected.")
     n_rows: int = Field(default=10_000, description="synthetic: rows.")
     n_numeric: int = Field(default=20, description="synthetic: numeric features.")
     n_categorical: int = Field(default=0, description="synthetic: categorical features.")
@@ -69,11 +76,14 @@ class DataSourceResource(ConfigurableResource):
             return datasets.make_synthetic(self.spec())
         if not self.path:
             raise datasets.DataSourceError("kind=files needs `path`, a file or directory")
-        return datasets.load_tabular_files(self.path, self.target_column)
+        return datasets.load_tabular_files(self.path, self.target_column, datasets.CsvOptions(
+            delimiter=self.csv_delimiter, decimal=self.csv_decimal,
+            encoding=self.csv_encoding))
 
     def schema_for(self, frame: pd.DataFrame) -> tuple[pa.DataFrameSchema, str]:
         """The governing schema and where it came from (declared, or a versioned file,
-        inferred from `frame` and written on first use)."""
+        inferred from `frame` and written on first use). Inference that cannot give a
+        usable schema raises SchemaInferenceError and writes nothing."""
         if self.kind == "breast_cancer":
             features = [c for c in datasets.load_breast_cancer_frame().columns
                         if c != datasets.BREAST_CANCER_TARGET]
@@ -85,6 +95,14 @@ class DataSourceResource(ConfigurableResource):
         if latest is not None:
             version, schema = latest
             return schema, f"file: {store.directory / f'v{version}.yaml'}"
-        inferred = schemas.infer_schema(frame, self.target_column, name=self.name)
+        inferred = checked_schema(frame, self.target_column, name=self.name,
+                                  where=self.path or self.name)
         _, path = store.write(inferred)
         return inferred, f"inferred and written: {path}"
+
+    def schema_file(self, origin: str) -> str | None:
+        """The schema file named in `origin` (as `schema_for` returns it), if any."""
+        for prefix in ("file: ", "inferred and written: "):
+            if origin.startswith(prefix):
+                return origin[len(prefix):]
+        return None

@@ -24,7 +24,8 @@ def build_resources(settings: PlatformSettings | None = None) -> dict:
         "data_source": DataSourceResource(
             # ML_DATA_SOURCE is validated by the resource (pydantic names bad values).
             kind=cast(Any, settings.data_source), path=settings.data_path, target=settings.target,
-            schema_dir=str(settings.home / "schemas")),
+            schema_dir=str(settings.home / "schemas"), csv_delimiter=settings.csv_delimiter,
+            csv_decimal=settings.csv_decimal, csv_encoding=settings.csv_encoding),
         "mlflow_tracking": MlflowTracking(
             tracking_uri=settings.mlflow_tracking_uri,
             experiment_name=settings.experiment_name,

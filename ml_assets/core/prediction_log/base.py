@@ -42,8 +42,11 @@ import pandas as pd
 logger = logging.getLogger("ml_assets.core.prediction_log")
 
 # Columns of read_day's frame besides the features (one column per feature).
+# input_flags: "feature:reason;..." for values the service answered although the
+# schema's checks exclude them (ML_API_INPUT_POLICY=accept; reason unseen_category or
+# out_of_range), "" for a clean row and for rows logged before the column existed.
 META_COLUMNS = ["timestamp", "request_id", "row_index", "model_name", "model_version",
-                "prediction", "confidence", "probabilities"]
+                "prediction", "confidence", "probabilities", "input_flags"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +62,7 @@ class PredictionRecord:
     feature_values: Sequence
     prediction: str
     probabilities: dict[str, float]
+    input_flags: str = ""  # "island:unseen_category;year:out_of_range", "" when clean
 
     @property
     def features(self) -> dict:
@@ -428,17 +432,20 @@ def _as_row(record: PredictionRecord) -> dict:
             "request_id": record.request_id, "row_index": record.row_index,
             "model_name": record.model_name, "model_version": record.model_version,
             "prediction": record.prediction, "confidence": record.confidence,
-            "probabilities": record.probabilities, "features": record.features}
+            "probabilities": record.probabilities, "features": record.features,
+            "input_flags": record.input_flags}
 
 
 def _frame(rows: list[tuple]) -> pd.DataFrame:
     """read_day's frame from stored rows (logged_at, request_id, row_index, model_name,
-    model_version, prediction, confidence, probabilities JSON, features JSON)."""
+    model_version, prediction, confidence, probabilities JSON, features JSON[,
+    input_flags: NULL or missing in logs written before it existed reads as ""])."""
     if not rows:
         return pd.DataFrame({name: pd.Series(dtype=object) for name in META_COLUMNS})
-    meta = pd.DataFrame([row[:7] for row in rows], columns=META_COLUMNS[:-1])
+    meta = pd.DataFrame([row[:7] for row in rows], columns=META_COLUMNS[:7])
     meta["timestamp"] = pd.to_datetime(meta["timestamp"], utc=True, format="ISO8601")
     meta["probabilities"] = [orjson.loads(row[7]) for row in rows]
+    meta["input_flags"] = [(row[9] or "") if len(row) > 9 else "" for row in rows]
     features = pd.DataFrame.from_records([orjson.loads(row[8]) for row in rows])
     # A feature named like a meta column keeps its values under "feature.<name>".
     features.columns = [f"feature.{c}" if c in META_COLUMNS else c for c in features.columns]

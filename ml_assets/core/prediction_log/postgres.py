@@ -111,7 +111,7 @@ class PostgresPredictionLog(PredictionLog):
         self._table = ".".join(quoted)
         index = f'"{table.split(".", 1)[-1]}_by_day"'
         columns = ("day, logged_at, request_id, row_index, model_name, model_version, "
-                   "prediction, confidence, probabilities, features")
+                   "prediction, confidence, probabilities, features, input_flags")
         self._ddl = (
             f"CREATE TABLE IF NOT EXISTS {self._table} ("
             " id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
@@ -125,13 +125,24 @@ class PostgresPredictionLog(PredictionLog):
             " confidence DOUBLE PRECISION,"
             " probabilities JSON NOT NULL,"
             " features JSON NOT NULL,"
-            " batch_id UUID NOT NULL)",
+            " batch_id UUID NOT NULL,"
+            " input_flags TEXT)",
             f"CREATE INDEX IF NOT EXISTS {index} ON {self._table} (day)",
         )
+        # A table created before input_flags existed is migrated in place (the ALTER,
+        # which locks the table, runs only when the column is missing).
+        self._has_flags = ("SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid ="
+                           " %s::regclass AND attname = 'input_flags' AND NOT attisdropped)")
+        self._add_flags = f"ALTER TABLE {self._table} ADD COLUMN IF NOT EXISTS input_flags TEXT"
         self._insert = f"INSERT INTO {self._table} ({columns}, batch_id) VALUES %s"
         self._select = (f"SELECT logged_at, request_id, row_index, model_name, model_version,"
-                        f" prediction, confidence, probabilities::text, features::text"
-                        f" FROM {self._table} WHERE day = %s ORDER BY id")
+                        f" prediction, confidence, probabilities::text, features::text,"
+                        f" input_flags FROM {self._table} WHERE day = %s ORDER BY id")
+        # An old table read without being migrated (read-only): rows without flags.
+        self._select_unflagged = (f"SELECT logged_at, request_id, row_index, model_name,"
+                                  f" model_version, prediction, confidence,"
+                                  f" probabilities::text, features::text"
+                                  f" FROM {self._table} WHERE day = %s ORDER BY id")
         # Distinct days by walking the index (one probe per day, not a scan of the table).
         self._days = (f"WITH RECURSIVE d(day) AS (SELECT min(day) FROM {self._table}"
                       f" UNION ALL SELECT (SELECT min(day) FROM {self._table} t"
@@ -200,6 +211,11 @@ class PostgresPredictionLog(PredictionLog):
                                 (f"prediction-log:{self.table}",))
                     for statement in self._ddl:
                         cur.execute(statement)
+                    cur.execute(self._has_flags, (self._table,))
+                    if not cur.fetchone()[0]:
+                        cur.execute(self._add_flags)
+                        logger.info("prediction log %s: added column input_flags",
+                                    self.table)
                 conn.commit()
             except self._pg.Error as exc:
                 self._reset_writer(self._lost(conn, exc))
@@ -244,7 +260,8 @@ class PostgresPredictionLog(PredictionLog):
                          # NULL like SQLite stores NaN, so both read back the same
                          confidence if confidence == confidence else None,
                          orjson.dumps(r.probabilities).decode(),
-                         orjson.dumps(r.features).decode(), batch_id))
+                         orjson.dumps(r.features).decode(), r.input_flags or None,
+                         batch_id))
         try:
             with conn.cursor() as cur:
                 self._pg.extras.execute_values(cur, self._insert, rows, page_size=1000)
@@ -327,7 +344,12 @@ class PostgresPredictionLog(PredictionLog):
         raise AssertionError("unreachable")  # pragma: no cover
 
     def read_day(self, day: date | str) -> pd.DataFrame:
-        rows = self._query(self._select, (_day(day),))
+        try:
+            rows = self._query(self._select, (_day(day),))
+        except PredictionLogError as exc:
+            if not isinstance(exc.__cause__, self._pg.errors.UndefinedColumn):
+                raise
+            rows = self._query(self._select_unflagged, (_day(day),))
         return _frame([(stamp.isoformat(), *rest) for stamp, *rest in rows])
 
     def days(self) -> list[date]:

@@ -48,14 +48,22 @@ class SQLitePredictionLog(PredictionLog):
         " prediction TEXT NOT NULL,"
         " confidence REAL,"
         " probabilities TEXT NOT NULL,"
-        " features TEXT NOT NULL)",
+        " features TEXT NOT NULL,"
+        " input_flags TEXT)",
         "CREATE INDEX IF NOT EXISTS predictions_by_day ON predictions (day)",
     )
+    # A table created before input_flags existed gets it at open, in place.
+    _ADD_FLAGS = "ALTER TABLE predictions ADD COLUMN input_flags TEXT"
     _INSERT = ("INSERT INTO predictions (day, logged_at, request_id, row_index, model_name,"
-               " model_version, prediction, confidence, probabilities, features)"
-               " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+               " model_version, prediction, confidence, probabilities, features, input_flags)"
+               " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
     _SELECT = ("SELECT logged_at, request_id, row_index, model_name, model_version, prediction,"
-               " confidence, probabilities, features FROM predictions WHERE day = ? ORDER BY id")
+               " confidence, probabilities, features, input_flags FROM predictions"
+               " WHERE day = ? ORDER BY id")
+    # An old log opened read-only (never migrated): the rows without flags.
+    _SELECT_UNFLAGGED = ("SELECT logged_at, request_id, row_index, model_name, model_version,"
+                         " prediction, confidence, probabilities, features FROM predictions"
+                         " WHERE day = ? ORDER BY id")
 
     def __init__(self, path: str | Path, read_only: bool = False,
                  busy_timeout: float = 5.0, synchronous: str = "FULL",
@@ -86,6 +94,7 @@ class SQLitePredictionLog(PredictionLog):
                 with self._conn:
                     for statement in self._DDL:
                         self._conn.execute(statement)
+                self._add_flags_column(self._conn)
             except (OSError, sqlite3.Error) as exc:
                 if self._conn is not None:
                     self._conn.close()
@@ -99,6 +108,20 @@ class SQLitePredictionLog(PredictionLog):
 
     def __repr__(self) -> str:
         return f"SQLitePredictionLog({str(self.path)!r})"
+
+    def _add_flags_column(self, conn: sqlite3.Connection) -> None:
+        """ALTER TABLE ADD COLUMN input_flags on a log created before it existed (old
+        rows read as unflagged); another process migrating at the same time is fine."""
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(predictions)")}
+        if "input_flags" in columns:
+            return
+        try:
+            with conn:
+                conn.execute(self._ADD_FLAGS)
+        except sqlite3.OperationalError as exc:
+            if "duplicate column" not in str(exc):
+                raise
+        logger.info("prediction log %s: added column input_flags", self.path)
 
     def _connect(self) -> sqlite3.Connection:
         # Used by the writer thread only, after the table is created at open.
@@ -119,7 +142,7 @@ class SQLitePredictionLog(PredictionLog):
             rows.append((stamp.date().isoformat(), stamp.isoformat(), r.request_id, r.row_index,
                          r.model_name, r.model_version, r.prediction, r.confidence,
                          orjson.dumps(r.probabilities).decode(),
-                         orjson.dumps(r.features).decode()))
+                         orjson.dumps(r.features).decode(), r.input_flags or None))
         conn = self._conn
         try:
             with conn:  # one transaction: all rows or none
@@ -160,7 +183,12 @@ class SQLitePredictionLog(PredictionLog):
                 logger.error("prediction log: fsync of %s-wal failed: %s", self.path, exc)
 
     def read_day(self, day: date | str) -> pd.DataFrame:
-        return _frame(self._query(self._SELECT, (_day(day),)))
+        try:
+            return _frame(self._query(self._SELECT, (_day(day),)))
+        except sqlite3.OperationalError as exc:
+            if "no such column" not in str(exc):
+                raise
+            return _frame(self._query(self._SELECT_UNFLAGGED, (_day(day),)))
 
     def days(self) -> list[date]:
         found = self._query("SELECT DISTINCT day FROM predictions ORDER BY day")
