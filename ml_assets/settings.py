@@ -49,6 +49,22 @@ class PlatformSettings:
     # Promote a challenger whose required inputs differ from the champion's (a breaking
     # change for API clients) only when this is set (ML_ALLOW_BREAKING_SCHEMA_CHANGE).
     allow_breaking_schema_change: bool = False
+    # The learning task: auto (from the target), classification, binary, multiclass,
+    # regression (ML_TASK).
+    task: str = "auto"
+    # The user's own model, by import path: a class (ML_ESTIMATOR, keyword arguments as
+    # a JSON object in ML_ESTIMATOR_PARAMS) or a factory returning an unfitted estimator
+    # or Pipeline (ML_MODEL_FACTORY). ML_MODEL_PREPROCESSING: `platform` puts the
+    # platform's preprocessing in front of it, `own` fits it on the raw feature columns.
+    estimator: str = ""
+    estimator_params: str = ""
+    model_factory: str = ""
+    model_preprocessing: str = "platform"
+    # Hyper-parameter search before the final fit: ML_TUNING_TRIALS (0 = off),
+    # ML_TUNING_TIMEOUT_SECONDS, ML_TUNING_SPACE (JSON; built-in estimators have one).
+    tuning_trials: int = 0
+    tuning_timeout_seconds: float = 600.0
+    tuning_space: str = ""
 
     @classmethod
     def from_env(cls) -> PlatformSettings:
@@ -83,6 +99,14 @@ class PlatformSettings:
             csv_encoding=os.environ.get("ML_CSV_ENCODING", "").strip(),
             allow_breaking_schema_change=_env("ML_ALLOW_BREAKING_SCHEMA_CHANGE", "false")
             .lower() in ("1", "true", "yes"),
+            task=_env("ML_TASK", "auto").lower(),
+            estimator=_env("ML_ESTIMATOR", ""),
+            estimator_params=_env("ML_ESTIMATOR_PARAMS", ""),
+            model_factory=_env("ML_MODEL_FACTORY", ""),
+            model_preprocessing=_env("ML_MODEL_PREPROCESSING", "platform").lower(),
+            tuning_trials=int(_env("ML_TUNING_TRIALS", "0")),
+            tuning_timeout_seconds=float(_env("ML_TUNING_TIMEOUT_SECONDS", "600")),
+            tuning_space=_env("ML_TUNING_SPACE", ""),
         )
 
 
