@@ -47,13 +47,16 @@ def prepare_environment(settings: PlatformSettings) -> Path:
     return dagster_home
 
 
-def train(if_missing: bool = False, allow_breaking_change: bool = False) -> int:
+def train(if_missing: bool = False, allow_breaking_change: bool = False,
+          verbose: bool = False) -> int:
     """Run the `train_model` job in this process against the persistent instance.
 
     Resources are built from the environment as it is now (ML_DATA_PATH, ...).
     `allow_breaking_change` sets `allow_breaking_change: true` in this run's
     champion_comparison config: a challenger that changes the API's inputs in a way
-    that breaks clients is then promoted (and the change named) instead of refused."""
+    that breaks clients is then promoted (and the change named) instead of refused.
+    Dagster's own event log (with stack traces) goes to the terminal only with
+    `verbose`; it is always in the Dagster UI."""
     from dagster import AssetKey, DagsterInstance
 
     from ml_assets.definitions import defs
@@ -63,7 +66,11 @@ def train(if_missing: bool = False, allow_breaking_change: bool = False) -> int:
     if if_missing and instance.get_latest_materialization_event(AssetKey("model_metrics")):
         print("a trained model already exists; skipping training (ml-platform train to retrain)")
         return 0
-    run_config: dict = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+    level = "INFO" if verbose else "CRITICAL"  # the summary below says what matters
+    run_config: dict = {"loggers": {"console": {"config": {"log_level": level}}}}
+    if not verbose:
+        print("training: ingest, validate, split, fit, evaluate, register, compare "
+              "(Dagster's event log: --verbose, or the run in the Dagster UI)", flush=True)
     if allow_breaking_change:
         run_config["ops"] = {"champion_comparison": {"config": {
             "allow_breaking_change": True}}}
@@ -73,7 +80,8 @@ def train(if_missing: bool = False, allow_breaking_change: bool = False) -> int:
     reasons = failure_reasons(result)
     refused = [r for r in reasons if r.startswith(f"check {PROMOTION_CHECK} ")]
     if not result.success and reasons != refused:
-        print("training run failed:\n  " + "\n  ".join(reasons), file=sys.stderr)
+        print(f"training run {result.run_id} failed:\n  " + "\n  ".join(reasons),
+              file=sys.stderr)
         return 1
     metrics = result.output_for_node("model_metrics")
     print("trained; held-out metrics: "
@@ -272,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
                               "inputs in a way that breaks clients (a feature removed, a "
                               "required one added, a type or allowed values narrowed); "
                               "without it such a challenger is refused")
+    train_parser.add_argument("--verbose", action="store_true",
+                              help="print Dagster's event log (every step, stack traces)")
     up_parser = sub.add_parser("up", help="train if needed, then start the Dagster UI")
     up_parser.add_argument("--host", default="127.0.0.1")
     up_parser.add_argument("--port", type=int, default=3000, help="Dagster UI port")
@@ -297,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     prepare_environment(PlatformSettings.from_env())
     if args.command == "train":
-        return train(args.if_missing, args.allow_breaking_change)
+        return train(args.if_missing, args.allow_breaking_change, args.verbose)
     if args.command == "simulate":
         return simulate(args)
     if args.command == "rollback":
