@@ -20,6 +20,7 @@ from ml_assets.resources.production import ProductionDataResource, labelled_prod
 from ml_assets.settings import PlatformSettings
 
 _settings = PlatformSettings.from_env()
+PRODUCTION_ROWS_ATTR = "production_rows"
 
 # Transient failures (a share not mounted yet, a file still being written) are
 # retried; a misconfigured source fails at once (Failure(allow_retries=False)).
@@ -64,6 +65,10 @@ def raw_data(context: AssetExecutionContext, config: IngestionConfig,
         if len(labelled):
             frame = pd.concat([frame, labelled], ignore_index=True)
             production_rows = len(labelled)
+    # The last `production_rows` rows come from production: they carry the features and
+    # the target only (the API never sees identifiers or datetimes), so validation
+    # checks them against the feature columns of the schema.
+    frame.attrs[PRODUCTION_ROWS_ATTR] = production_rows
     context.log.info("loaded %d rows x %d columns from %s (+%d labelled production rows)",
                      base_rows, frame.shape[1], data_source.kind, production_rows)
     return Output(frame, metadata={

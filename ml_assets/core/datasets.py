@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import codecs
 import csv
+import datetime
+import decimal
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +62,16 @@ def _encoding(file: Path, head: bytes) -> str:
     try:
         codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
         return "utf-8"
+    except UnicodeDecodeError:
+        pass
+    # Not UTF-8: most such tables come from spreadsheet exports in Windows-1252 (a
+    # superset of Latin-1 for text). Take it when every byte decodes to a printable
+    # character; a statistical guess between similar 8-bit code pages would silently
+    # turn Genève into Genčve.
+    try:
+        text = head.decode("cp1252")
+        if all(ch.isprintable() or ch in "\r\n\t" for ch in text):
+            return "cp1252"
     except UnicodeDecodeError:
         pass
     from charset_normalizer import from_bytes
@@ -133,6 +145,10 @@ def _read_parquet(file: Path) -> pd.DataFrame:
                               "again as Parquet or CSV") from None
 
 
+def _has_tz(values: pd.Series) -> bool:
+    return bool(values.map(lambda v: getattr(v, "tzinfo", None) is not None).any())
+
+
 def parse_dates(frame: pd.DataFrame) -> pd.DataFrame:
     """Text columns whose every non-null value is a year-first date or timestamp
     (2012-01-31, 2012/01/31, 2012-01-31T08:00:00+01:00) become datetime64; others stay
@@ -142,6 +158,14 @@ def parse_dates(frame: pd.DataFrame) -> pd.DataFrame:
         if not (series.dtype == object or pd.api.types.is_string_dtype(series)):
             continue
         values = series.dropna()
+        if len(values) and values.map(
+                lambda v: isinstance(v, (datetime.date, datetime.datetime))).all():
+            # Parquet date32 / Python date objects: dates, not text
+            frame[column] = pd.to_datetime(series, utc=_has_tz(values))
+            continue
+        if len(values) and values.map(lambda v: isinstance(v, decimal.Decimal)).all():
+            frame[column] = pd.to_numeric(series).astype("float64")  # Parquet decimals
+            continue
         if not len(values) or not values.map(lambda v: isinstance(v, str)).all():
             continue
         text = values.str.strip()

@@ -1,0 +1,32 @@
+"""Typed reading of user files: Parquet dates and decimals, 8-bit CSV encodings."""
+
+import datetime
+import decimal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ml_assets.core.datasets import load_tabular_files
+from ml_assets.core.schema_inference import checked_schema
+
+
+def test_parquet_date32_is_a_datetime_and_decimal_a_number(tmp_path):
+    days = [datetime.date(2024, 1, 1) + datetime.timedelta(days=i) for i in range(30)]
+    table = pa.table({
+        "day": pa.array(days, pa.date32()),
+        "price": pa.array([decimal.Decimal(f"{i % 7}.25") for i in range(30)],
+                          pa.decimal128(10, 2)),
+        "y": ["a", "b", "c"] * 10})
+    pq.write_table(table, tmp_path / "t.parquet")
+    frame = load_tabular_files(tmp_path / "t.parquet", "y")
+    assert str(frame["day"].dtype) == "datetime64[ns]"
+    assert str(frame["price"].dtype) == "float64" and frame["price"].iloc[1] == 1.25
+    schema = checked_schema(frame, "y")
+    assert schema.columns["day"].metadata["role"] == "datetime"  # never a feature
+    assert "role" not in (schema.columns["price"].metadata or {})
+
+
+def test_a_windows_1252_csv_keeps_its_accents(tmp_path):
+    path = tmp_path / "cities.csv"
+    path.write_bytes("city,y\nGenève,a\nZürich,b\nSão Paulo,a\n".encode("cp1252"))
+    assert load_tabular_files(path, "y")["city"].tolist() == ["Genève", "Zürich", "São Paulo"]
