@@ -30,3 +30,25 @@ def test_a_windows_1252_csv_keeps_its_accents(tmp_path):
     path = tmp_path / "cities.csv"
     path.write_bytes("city,y\nGenève,a\nZürich,b\nSão Paulo,a\n".encode("cp1252"))
     assert load_tabular_files(path, "y")["city"].tolist() == ["Genève", "Zürich", "São Paulo"]
+
+
+def test_a_schema_with_yaml_aliases_or_unknown_metadata_is_refused():
+    import pytest
+
+    from ml_assets.core.schemas import schema_from_yaml
+
+    levels = "\n".join(f"    a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]"
+                       for i in range(1, 8))
+    bomb = ("columns:\n  x:\n    dtype: float64\n    metadata:\n      role: identifier\n"
+            "  z:\n    dtype: str\n    description: &a0 [x, x, x, x, x, x, x, x, x]\n"
+            f"  q:\n    dtype: str\n    title:\n{levels}\n")
+    with pytest.raises(ValueError, match="aliases"):
+        schema_from_yaml(bomb)
+    extra = "columns:\n  x:\n    dtype: float64\n    metadata:\n      role: feature\n      x: 1\n"
+    with pytest.raises(ValueError, match="may hold only 'role' and 'note'"):
+        schema_from_yaml(extra)
+    unknown = "columns:\n  x:\n    dtype: float64\n    metadata:\n      role: [a, b]\n"
+    with pytest.raises(ValueError, match="role must be one of"):
+        schema_from_yaml(unknown)
+    ok = "columns:\n  x:\n    dtype: float64\n    metadata:\n      role: identifier\n"
+    assert schema_from_yaml(ok).columns["x"].metadata == {"role": "identifier"}

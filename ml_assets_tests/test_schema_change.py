@@ -346,7 +346,9 @@ def test_narrowed_bound_compares_both_models_and_is_refused_unless_allowed(
         assert by_env.success
         assert _comparison_metadata(by_env)["schema_change"] == (
             "breaking, allowed: feature 'x3' upper bound narrowed from <= 100 to <= 50 "
-            "(clients that send values outside the new bound get 422)")
+            "(clients that send values outside the new bound get 422 under "
+            "ML_API_INPUT_POLICY=reject, and their rows are flagged out_of_range under "
+            "accept)")
 
 
 @pytest.fixture

@@ -179,7 +179,9 @@ def _bound_change(feature: str, side: str, old: tuple[float, bool] | None,
     narrowed = new is not None and (old is None or pick(old, new) == new)
     what = (f"feature {feature!r} {side} bound {'narrowed' if narrowed else 'loosened'} from "
             f"{_bound_text(old, side)} to {_bound_text(new, side)}")
-    effect = ("clients that send values outside the new bound get 422" if narrowed
+    effect = ("clients that send values outside the new bound get 422 under "
+              "ML_API_INPUT_POLICY=reject, and their rows are flagged out_of_range under "
+              "accept" if narrowed
               else "values accepted before are still accepted")
     return SchemaChange(feature, "bound", narrowed, what, effect)
 
@@ -238,7 +240,8 @@ def _column_changes(feature: str, old: pa.Column, new: pa.Column) -> list[Schema
             changes.append(SchemaChange(
                 feature, "allowed_values", True,
                 f"feature {feature!r} now restricted to {_shown(after.allowed)}",
-                "clients that send other values get 422"))
+                "clients that send other values get 422 under ML_API_INPUT_POLICY=reject, "
+                "and their rows are flagged unseen_category under accept"))
         else:
             dropped = [v for v in before.allowed if v not in set(after.allowed)]
             added = [v for v in after.allowed if v not in set(before.allowed)]
@@ -246,7 +249,9 @@ def _column_changes(feature: str, old: pa.Column, new: pa.Column) -> list[Schema
                 changes.append(SchemaChange(
                     feature, "allowed_values", True,
                     f"feature {feature!r} no longer allows {_shown(dropped)}",
-                    "clients that send those values get 422"))
+                    "clients that send those values get 422 under "
+                    "ML_API_INPUT_POLICY=reject, and their rows are flagged "
+                    "unseen_category under accept"))
             if added:
                 changes.append(SchemaChange(
                     feature, "allowed_values", False,

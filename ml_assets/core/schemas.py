@@ -276,6 +276,32 @@ def schema_yaml(schema: pa.DataFrameSchema) -> str:
     return yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
 
 
+MAX_SCHEMA_CHARS = 10_000_000
+MAX_NOTE_CHARS = 1_000
+
+
+def _column_metadata(name, found) -> dict[str, str]:
+    """A column's `metadata` from a schema file: only `role` (a known role) and `note`
+    (a short text); anything else is refused, never passed on."""
+    if found is None:
+        return {}
+    if not isinstance(found, dict):
+        raise ValueError(f"column {name!r}: metadata must be a mapping of role and note")
+    unknown = sorted(str(k) for k in found if k not in (ROLE_KEY, NOTE_KEY))
+    if unknown:
+        raise ValueError(f"column {name!r}: metadata may hold only {ROLE_KEY!r} and "
+                         f"{NOTE_KEY!r}, not {', '.join(unknown)}")
+    role = found.get(ROLE_KEY, FEATURE_ROLE)
+    if role not in (FEATURE_ROLE, *EXCLUDED_ROLES):
+        raise ValueError(f"column {name!r}: role must be one of "
+                         f"{', '.join((FEATURE_ROLE, *EXCLUDED_ROLES))}, not {str(role)[:50]!r}")
+    note = found.get(NOTE_KEY)
+    if note is not None and (not isinstance(note, str) or len(note) > MAX_NOTE_CHARS):
+        raise ValueError(f"column {name!r}: note must be text of at most {MAX_NOTE_CHARS} "
+                         "characters")
+    return {k: v for k, v in ((ROLE_KEY, role), (NOTE_KEY, note)) if v is not None}
+
+
 def schema_from_yaml(text: str) -> pa.DataFrameSchema:
     """The schema written by `schema_yaml`, from its text only. pandera's own `from_yaml`
     first tries the string as a file path, so text from a model artifact could make it
@@ -285,16 +311,22 @@ def schema_from_yaml(text: str) -> pa.DataFrameSchema:
 
     if not isinstance(text, str):
         raise ValueError(f"a feature schema must be YAML text, not {type(text).__name__}")
+    if len(text) > MAX_SCHEMA_CHARS:
+        raise ValueError(f"the feature schema is {len(text)} characters long; at most "
+                         f"{MAX_SCHEMA_CHARS} are read")
+    # Aliases let a few hundred bytes stand for gigabytes once anything walks the
+    # document ("billion laughs"); schema_yaml never writes them, so none is accepted.
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.AliasEvent):
+            raise ValueError("the feature schema uses YAML aliases (*name), which a schema "
+                             "never needs; write the values out")
     document = yaml.safe_load(text)
     if not isinstance(document, dict):
         raise ValueError("the feature schema is not a YAML mapping")
     metadata = {}
     for name, column in (document.get("columns") or {}).items():
         if isinstance(column, dict) and "metadata" in column:
-            found = column.pop("metadata")
-            if found is not None and not isinstance(found, dict):
-                raise ValueError(f"column {name!r}: metadata must be a mapping")
-            metadata[name] = found or {}
+            metadata[name] = _column_metadata(name, column.pop("metadata"))
     schema = deserialize_schema(document)
     if metadata:
         schema = schema.update_columns({name: {"metadata": value}
