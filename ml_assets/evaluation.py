@@ -1,4 +1,5 @@
-"""Evaluation: held-out metrics and the blocking quality gate."""
+"""Evaluation: held-out metrics and the blocking quality gate (classification or
+regression: each metric gated in its own direction)."""
 
 import base64
 import tempfile
@@ -24,16 +25,25 @@ from ml_assets.core.metrics import (
     confusion_matrix_png,
     confusion_table,
     failing_metrics,
+    residual_plot_png,
 )
 from ml_assets.core.modeling import TrainedModel
+from ml_assets.core.tasks import regression_metrics
 from ml_assets.resources import MlflowTracking
 from ml_assets.settings import PlatformSettings
 
 METRICS_CHECK = "metrics_above_thresholds"
 _DEFAULT = PlatformSettings.from_env().metric_threshold
+CLASSIFICATION_GATES = ("min_accuracy", "min_precision_weighted", "min_recall_weighted",
+                        "min_f1_weighted", "min_roc_auc")
+DEFAULT_MIN_R2 = 0.3
 
 
 class MetricsGateConfig(Config):
+    """Classification thresholds (min_*: higher is better) apply to classifiers only;
+    the regression ones (min_r2, max_rmse, max_mae, max_mape: lower is better) to
+    regressors only. An unset (null) regression threshold is not gated."""
+
     min_accuracy: float = Field(default=_DEFAULT, description="Minimum held-out accuracy.")
     min_precision_weighted: float = Field(default=_DEFAULT,
                                           description="Minimum weighted precision.")
@@ -41,9 +51,30 @@ class MetricsGateConfig(Config):
     min_f1_weighted: float = Field(default=_DEFAULT, description="Minimum weighted F1.")
     min_roc_auc: float = Field(default=_DEFAULT,
                                description="Minimum ROC AUC (one-vs-rest when multiclass).")
+    min_r2: float | None = Field(default=DEFAULT_MIN_R2, description="Regression: minimum "
+                                 "held-out R² (default 0.3); null: not gated.")
+    max_rmse: float | None = Field(default=None, description="Regression: maximum held-out "
+                                   "RMSE, in the target's units; null (default): not gated.")
+    max_mae: float | None = Field(default=None, description="Regression: maximum held-out "
+                                  "MAE, in the target's units; null (default): not gated.")
+    max_mape: float | None = Field(default=None, description="Regression: maximum held-out "
+                                   "MAPE (a fraction: 0.1 = 10%); null (default): not gated. "
+                                   "Fails when MAPE is undefined (a true value is 0).")
 
-    def thresholds(self) -> dict[str, float]:
-        return {name.removeprefix("min_"): value for name, value in self.model_dump().items()}
+    def thresholds(self, task: str = "multiclass") -> dict[str, float]:
+        """Metric -> minimum (higher is better) for `task`."""
+        values = self.model_dump()
+        if task == "regression":
+            return {"r2": self.min_r2} if self.min_r2 is not None else {}
+        return {name.removeprefix("min_"): values[name] for name in CLASSIFICATION_GATES}
+
+    def maximums(self, task: str = "multiclass") -> dict[str, float]:
+        """Metric -> maximum (lower is better) for `task` (regression only)."""
+        if task != "regression":
+            return {}
+        return {name.removeprefix("max_"): value for name, value in
+                (("max_rmse", self.max_rmse), ("max_mae", self.max_mae),
+                 ("max_mape", self.max_mape)) if value is not None}
 
 
 @asset(
@@ -51,14 +82,22 @@ class MetricsGateConfig(Config):
     kinds={"scikit-learn", "mlflow"},
     check_specs=[AssetCheckSpec(
         METRICS_CHECK, asset="model_metrics", blocking=True,
-        description="Every held-out metric is at or above its threshold (default 0.8); "
-        "a failing model is never registered or promoted.")],
+        description="Every held-out metric is on the right side of its threshold "
+        "(classification: at or above, default 0.8; regression: R² at or above 0.3, RMSE, "
+        "MAE, MAPE at or below theirs when set); a failing model is never registered or "
+        "promoted.")],
 )
 def model_metrics(context: AssetExecutionContext, config: MetricsGateConfig,
                   trained_model: TrainedModel, data_split: Split,
                   mlflow_tracking: MlflowTracking) -> Iterator:
-    """Accuracy, weighted precision/recall/F1 and ROC AUC on the held-out split,
-    logged to MLflow (run and logged model) with a confusion-matrix picture."""
+    """Held-out metrics logged to MLflow (run and logged model) and gated.
+
+    Classification: accuracy, weighted precision/recall/F1 and ROC AUC with a
+    confusion-matrix picture. Regression: RMSE, MAE, R² and MAPE (when no true value
+    is 0) with a residual plot."""
+    if trained_model.is_regression:
+        yield from _regression(context, config, trained_model, data_split, mlflow_tracking)
+        return
     pipeline = trained_model.pipeline
     proba = pipeline.predict_proba(data_split.X_test)
     predicted = pipeline.classes_[proba.argmax(axis=1)]
@@ -73,26 +112,60 @@ def model_metrics(context: AssetExecutionContext, config: MetricsGateConfig,
             path.write_bytes(png)
             mlflow.log_artifact(str(path))
             mlflow.log_text(table.to_csv(), "confusion_matrix.csv")
-    thresholds = config.thresholds()
-    failures = failing_metrics(metrics, thresholds)
     image = base64.b64encode(png).decode()
     yield Output(metrics, metadata={
         **{name: MetadataValue.float(value) for name, value in metrics.items()},
+        "task": trained_model.task,
         "test_rows": len(data_split.X_test),
         "mlflow_run_id": trained_model.mlflow_run_id,
         "confusion_matrix": MetadataValue.md(table.to_markdown()),
         "confusion_matrix_plot": MetadataValue.md(f"![confusion matrix](data:image/png;base64,"
                                                   f"{image})"),
     })
-    yield AssetCheckResult(
+    yield _gate(config, trained_model.task, metrics)
+
+
+def _gate(config: MetricsGateConfig, task: str, metrics: dict[str, float]) -> AssetCheckResult:
+    thresholds, maximums = config.thresholds(task), config.maximums(task)
+    failures = failing_metrics(metrics, thresholds, maximums)
+    return AssetCheckResult(
         check_name=METRICS_CHECK,
         passed=not failures,
         severity=AssetCheckSeverity.ERROR,
         description=("all metrics pass" if not failures else
-                     "below threshold: " + "; ".join(f"{k} {v}" for k, v in failures.items())),
+                     "outside threshold: " + "; ".join(f"{k} {v}" for k, v in failures.items())),
         metadata={
+            "task": task,
             "failing_metrics": MetadataValue.json(failures),
             "thresholds": MetadataValue.json(thresholds),
+            "maximums": MetadataValue.json(maximums),
             "metrics": MetadataValue.json(metrics),
         },
     )
+
+
+def _regression(context: AssetExecutionContext, config: MetricsGateConfig,
+                trained_model: TrainedModel, data_split: Split,
+                mlflow_tracking: MlflowTracking) -> Iterator:
+    predicted = trained_model.pipeline.predict(data_split.X_test)
+    computed = regression_metrics(data_split.y_test, predicted)
+    # MAPE is undefined when a true value is 0: left out rather than reported as NaN.
+    metrics = {k: v for k, v in computed.items() if k != "mape" or v == v}
+    png = residual_plot_png(data_split.y_test, predicted)
+    with mlflow_tracking.active_run(context.run_id):
+        mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items()},
+                           model_id=trained_model.model_id)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "residuals.png"
+            path.write_bytes(png)
+            mlflow.log_artifact(str(path))
+    image = base64.b64encode(png).decode()
+    yield Output(metrics, metadata={
+        **{name: MetadataValue.float(value) for name, value in metrics.items()},
+        "task": trained_model.task,
+        "mape_defined": "mape" in metrics,
+        "test_rows": len(data_split.X_test),
+        "mlflow_run_id": trained_model.mlflow_run_id,
+        "residual_plot": MetadataValue.md(f"![residuals](data:image/png;base64,{image})"),
+    })
+    yield _gate(config, trained_model.task, metrics)

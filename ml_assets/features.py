@@ -1,4 +1,7 @@
-"""Features: the seeded, stratified split and the preprocessing fitted on train only."""
+"""Features: the seeded split (stratified for classification) and the preprocessing
+fitted on train only."""
+
+from typing import Literal
 
 import pandas as pd
 from dagster import AssetExecutionContext, Config, Failure, MetadataValue, Output, asset
@@ -9,18 +12,25 @@ from ml_assets.core.provenance import frame_fingerprint
 from ml_assets.core.schema_inference import DATETIME_POLICY
 from ml_assets.core.schemas import feature_columns
 from ml_assets.resources import DataSourceResource
+from ml_assets.settings import PlatformSettings
 from ml_assets.validation import not_features
 
 
 class SplitConfig(Config):
     test_size: float = Field(default=0.2, gt=0, lt=1,
                              description="Share of rows held out for evaluation.")
-    seed: int = Field(default=42, description="Seed of the stratified split.")
+    seed: int = Field(default=42, description="Seed of the split (stratified for "
+                      "classification, plain for regression).")
+    task: Literal["auto", "classification", "binary", "multiclass", "regression"] = Field(
+        default_factory=lambda: PlatformSettings.from_env().task,  # type: ignore[arg-type]
+        description="The learning task: auto (a numeric target with many distinct or "
+        "fractional values is regression, anything else classification), classification, "
+        "binary, multiclass or regression. Default: ML_TASK (auto).")
 
 
 class FeatureConfig(Config):
-    k_best: int = Field(default=20, description="Columns kept by SelectKBest (ANOVA F) after "
-                        "one-hot encoding; 0 keeps all.")
+    k_best: int = Field(default=20, description="Columns kept by SelectKBest (ANOVA F; "
+                        "f_regression for regression) after one-hot encoding; 0 keeps all.")
 
 
 def feature_kinds(frame: pd.DataFrame, target: str) -> dict[str, str]:
@@ -43,7 +53,9 @@ def feature_kinds(frame: pd.DataFrame, target: str) -> dict[str, str]:
 @asset(group_name="training", kinds={"pandas", "scikit-learn"})
 def data_split(context: AssetExecutionContext, config: SplitConfig,
                validated_data: pd.DataFrame, data_source: DataSourceResource) -> Output[Split]:
-    """Seeded, stratified train/test split of the validated data.
+    """Seeded train/test split of the validated data: stratified for classification,
+    plain for regression. The task (binary / multiclass / regression) is detected from
+    the target or configured, and stated in the metadata.
 
     The test split is held out: only evaluation and the champion comparison see it.
     """
@@ -52,10 +64,13 @@ def data_split(context: AssetExecutionContext, config: SplitConfig,
     features = feature_columns(schema, target)
     try:
         split = split_frame(validated_data, target, config.test_size, config.seed, features,
-                            excluded=not_features(schema, target))
+                            excluded=not_features(schema, target), task=config.task)
     except ValueError as exc:
         raise Failure(description=str(exc), allow_retries=False) from None
+    context.log.info("task %s", split.task_reason)
     return Output(split, metadata={
+        "task": split.task,
+        "task_reason": split.task_reason,
         "train_rows": len(split.X_train),
         "test_rows": len(split.X_test),
         "classes": MetadataValue.json([str(c) for c in split.classes]),
@@ -75,7 +90,8 @@ def feature_preprocessor(context: AssetExecutionContext, config: FeatureConfig,
     Pipeline."""
     # The split carries the schema's feature kinds; a bare split: the frame's dtypes.
     kinds = data_split.features or feature_kinds(data_split.X_train, target="")
-    preprocessor = build_preprocessor(data_split.X_train, kinds, config.k_best)
+    preprocessor = build_preprocessor(data_split.X_train, kinds, config.k_best,
+                                      task=data_split.task)
     preprocessor.fit(data_split.X_train, data_split.y_train)
     selected = selected_features(preprocessor)
     return Output(preprocessor, metadata={
@@ -84,6 +100,7 @@ def feature_preprocessor(context: AssetExecutionContext, config: FeatureConfig,
         "categorical": sum(k == "categorical" for k in kinds.values()),
         "selected_features": MetadataValue.json(selected),
         "k_best": config.k_best,
+        "task": data_split.task,
         "excluded_columns": MetadataValue.json(data_split.excluded),
         "datetime_policy": DATETIME_POLICY,
     })

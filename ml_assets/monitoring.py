@@ -24,6 +24,7 @@ from dagster import (
     asset,
 )
 from pydantic import Field
+from sklearn.base import is_regressor
 
 from ml_assets.core import registry
 from ml_assets.core.drift import DriftConfig, prediction_columns, score_drift
@@ -32,6 +33,8 @@ from ml_assets.core.features import Split
 from ml_assets.core.metrics import classification_metrics
 from ml_assets.core.model_loading import UntrustedModelError, load_pipeline
 from ml_assets.core.modeling import TrainedModel
+from ml_assets.core.prediction_log import numeric_predictions
+from ml_assets.core.tasks import regression_metrics
 from ml_assets.features import feature_kinds
 from ml_assets.resources import DataSourceResource, MlflowTracking
 from ml_assets.resources.production import ProductionDataResource
@@ -44,14 +47,28 @@ daily_partitions = DailyPartitionsDefinition(
     start_date=PlatformSettings.from_env().monitoring_start_date, end_offset=1)
 
 
+def is_regression_model(pipeline) -> bool:
+    """A regressor (a predicted number per row, no classes) rather than a classifier."""
+    return is_regressor(pipeline) and not hasattr(pipeline, "classes_")
+
+
+def model_outputs(pipeline, rows: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
+    """What the model answers for `rows`, as drift columns: a classifier's predicted
+    class (categorical) and class probabilities (numeric), or a regressor's predicted
+    value (numeric 'prediction')."""
+    if is_regression_model(pipeline):
+        return prediction_columns(pipeline.predict(rows), index=rows.index, regression=True)
+    proba = pipeline.predict_proba(rows)
+    return prediction_columns(pipeline.classes_[proba.argmax(axis=1)].astype(str), proba,
+                              [str(c) for c in pipeline.classes_], index=rows.index)
+
+
 def _profile_for(pipeline, split: Split) -> ReferenceProfile:
     """Features profiled on the training split; model outputs on the held-out split
-    (predictions on training rows are over-confident, so they are a biased reference)."""
+    (predictions on training rows are over-confident, so they are a biased reference).
+    A regressor's predicted values are profiled as a numeric 'prediction' column."""
     features = build_reference_profile(split.X_train, feature_kinds(split.X_train, ""))
-    proba = pipeline.predict_proba(split.X_test)
-    outputs, output_kinds = prediction_columns(
-        pipeline.classes_[proba.argmax(axis=1)].astype(str), proba,
-        [str(c) for c in pipeline.classes_])
+    outputs, output_kinds = model_outputs(pipeline, split.X_test)
     predictions = build_reference_profile(outputs, {}, output_kinds)
     return dataclasses.replace(features, predictions=predictions.predictions)
 
@@ -110,7 +127,9 @@ def production_data(context: AssetExecutionContext, production: ProductionDataRe
         frame = logged[feature_names].copy()
         frame["request_id"] = logged["request_id"].astype(str).values
         frame["model_version"] = logged["model_version"].astype(str).values
-        frame["prediction"] = logged["prediction"].astype(str).values
+        values = numeric_predictions(logged)  # a regressor's rows: numbers
+        frame["prediction"] = (logged["prediction"].astype(str).values if values is None
+                               else values.to_numpy(dtype=float))
         probabilities = pd.DataFrame(list(logged["probabilities"]))
         for label in probabilities.columns:
             frame[f"proba_{label}"] = probabilities[label].to_numpy(dtype=float)
@@ -147,10 +166,7 @@ def _score_with_champion(rows: pd.DataFrame, mlflow_tracking: MlflowTracking) ->
         raise Failure(description=f"landed rows cannot be scored: champion version "
                       f"{champion.version} of {name} was refused: {exc}",
                       allow_retries=False) from exc
-    proba = model.pipeline.predict_proba(rows)
-    outputs, _ = prediction_columns(model.pipeline.classes_[proba.argmax(axis=1)].astype(str),
-                                    proba, [str(c) for c in model.pipeline.classes_],
-                                    index=rows.index)
+    outputs, _ = model_outputs(model.pipeline, rows)
     return pd.concat([rows, outputs], axis=1).assign(model_version=str(champion.version))
 
 
@@ -272,9 +288,11 @@ def drift_scores(context: AssetExecutionContext, config: DriftScoringConfig,
 @asset(group_name="monitoring", partitions_def=daily_partitions, kinds={"scikit-learn"})
 def live_performance(context: AssetExecutionContext, production_data: pd.DataFrame,
                      production: ProductionDataResource) -> Output[dict]:
-    """Accuracy and friends for one day, on the predictions whose true labels have
-    arrived (labels files joined on request_id, or labelled landing rows scored by the
-    current champion)."""
+    """Accuracy and friends (a classifier) or RMSE, MAE, R² and MAPE (a regressor) for
+    one day, on the predictions whose true labels have arrived (labels files joined on
+    request_id, or labelled landing rows scored by the current champion). The rows say
+    which: numeric predictions are a regressor's (its labels, text in the files, are
+    read as numbers; a label that is no number is left out and counted)."""
     labels = production.labels()
     rows = production_data
     scored = pd.DataFrame()
@@ -285,16 +303,28 @@ def live_performance(context: AssetExecutionContext, production_data: pd.DataFra
     if not len(scored):
         return Output({"labelled_rows": 0}, metadata={"labelled_rows": 0,
                       "note": "no labels yet for this day's predictions"})
-    proba_columns = [c for c in scored.columns if c.startswith("proba_")]
-    classes = [c.removeprefix("proba_") for c in proba_columns]
-    y_true = scored["label"].astype(str).to_numpy()
-    y_pred = scored["prediction"].astype(str).to_numpy()
-    if proba_columns and set(np.unique(y_true)) <= set(classes):
-        metrics = classification_metrics(y_true, y_pred,
-                                         scored[proba_columns].to_numpy(float), classes)
+    extra: dict[str, int | str] = {}
+    if pd.api.types.is_float_dtype(scored["prediction"]):
+        y_num = pd.to_numeric(scored["label"], errors="coerce").to_numpy(dtype=float)
+        y_hat = scored["prediction"].to_numpy(dtype=float)
+        usable = np.isfinite(y_num) & np.isfinite(y_hat)
+        extra = {"task": "regression", "unusable_labels": int((~usable).sum())}
+        scored = scored[usable]
+        if not len(scored):
+            return Output({"labelled_rows": 0, **extra}, metadata={
+                "labelled_rows": 0, **extra, "note": "no label is a number"})
+        metrics = regression_metrics(y_num[usable], y_hat[usable])
     else:
-        metrics = {"accuracy": float(np.mean(y_true == y_pred))}
+        proba_columns = [c for c in scored.columns if c.startswith("proba_")]
+        classes = [c.removeprefix("proba_") for c in proba_columns]
+        y_true = scored["label"].astype(str).to_numpy()
+        y_pred = scored["prediction"].astype(str).to_numpy()
+        if proba_columns and set(np.unique(y_true)) <= set(classes):
+            metrics = classification_metrics(y_true, y_pred,
+                                             scored[proba_columns].to_numpy(float), classes)
+        else:
+            metrics = {"accuracy": float(np.mean(y_true == y_pred))}
     metrics = {k: v for k, v in metrics.items() if np.isfinite(v)}
-    return Output({"labelled_rows": len(scored), **metrics}, metadata={
+    return Output({"labelled_rows": len(scored), **metrics, **extra}, metadata={
         "labelled_rows": len(scored), **{k: MetadataValue.float(v) for k, v in metrics.items()},
-        "labelled_share": round(len(scored) / max(len(rows), 1), 4)})
+        **extra, "labelled_share": round(len(scored) / max(len(rows), 1), 4)})

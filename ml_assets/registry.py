@@ -19,7 +19,7 @@ from pydantic import Field
 
 from ml_assets.core import registry
 from ml_assets.core.features import Split
-from ml_assets.core.metrics import METRIC_NAMES, classification_metrics
+from ml_assets.core.metrics import classification_metrics
 from ml_assets.core.model_loading import (
     UntrustedModelError,
     load_pipeline,
@@ -30,6 +30,14 @@ from ml_assets.core.modeling import TrainedModel
 from ml_assets.core.promotion import PromotionDecision, decide_promotion
 from ml_assets.core.schema_diff import ModelSchema, SchemaDiff, diff_models, model_schema
 from ml_assets.core.schemas import feature_columns
+from ml_assets.core.tasks import (
+    CLASSIFICATION_METRICS,
+    DIRECTIONS,
+    REGRESSION_METRICS,
+    default_metric,
+    regression_metrics,
+    task_metrics,
+)
 from ml_assets.resources import MlflowTracking
 from ml_assets.settings import PlatformSettings
 
@@ -52,16 +60,30 @@ class ChampionComparison:
 
 
 class PromotionConfig(Config):
-    metric: str = Field(default="f1_weighted", description="Metric the challenger must "
-                        "improve on: " + ", ".join(METRIC_NAMES) + ".")
+    metric: str = Field(default="", description="Metric the challenger must improve on, "
+                        "in its direction; empty (default): f1_weighted for classification, "
+                        "rmse (lower is better) for regression. Classification: "
+                        + ", ".join(CLASSIFICATION_METRICS) + "; regression: "
+                        + ", ".join(REGRESSION_METRICS) + ".")
     margin: float = Field(default=0.005, ge=0, description="Minimum improvement over the "
-                          "champion on the same held-out data; a smaller gain keeps the "
-                          "champion.")
+                          "champion on the same held-out data (in the metric's units); a "
+                          "smaller gain keeps the champion.")
     allow_breaking_change: bool = Field(
         default_factory=lambda: PlatformSettings.from_env().allow_breaking_schema_change,
         description="Promote a challenger whose inputs break the API's clients (a feature "
         "removed, a required one added, a type or allowed values narrowed) instead of "
         "refusing it. Default: ML_ALLOW_BREAKING_SCHEMA_CHANGE (false).")
+
+    def metric_for(self, task: str) -> str:
+        """The comparison metric for `task`; a metric the task does not have is an
+        error naming the ones it has."""
+        metric = self.metric.strip() or default_metric(task)  # type: ignore[arg-type]
+        allowed = task_metrics(task)
+        if metric not in allowed:
+            kind = "regression" if task == "regression" else "classification"
+            raise ValueError(f"champion_comparison metric {metric!r} does not exist for a "
+                             f"{kind} model; use one of {', '.join(allowed)}")
+        return metric
 
 
 @asset(group_name="registry", kinds={"mlflow"})
@@ -79,6 +101,8 @@ def registered_model(context: AssetExecutionContext, trained_model: TrainedModel
         trained_model.model_id,
         tags={"dagster_run_id": context.run_id, "data_fingerprint":
               trained_model.data_fingerprint, "code_version": trained_model.code_version,
+              "task": trained_model.task, "estimator": trained_model.estimator,
+              **trained_model.user_code,
               **{f"metric.{k}": f"{v:.6f}" for k, v in model_metrics.items()}})
     client.set_registered_model_alias(name, registry.CHALLENGER, version.version)
     registered = RegisteredModel(name, str(version.version),
@@ -92,8 +116,17 @@ def registered_model(context: AssetExecutionContext, trained_model: TrainedModel
 
 def _champion_metrics(uri: str, split: Split, source: str | None = None) -> dict[str, float]:
     """The champion's metrics on `split`, opened by the platform's safe loader (an
-    unsafe or unreviewed champion raises UntrustedModelError, naming the version)."""
-    champion = load_pipeline(uri, source=source).pipeline
+    unsafe or unreviewed champion raises UntrustedModelError, naming the version). A
+    champion of another task (a classifier against a regression split) cannot score."""
+    loaded = load_pipeline(uri, source=source)
+    champion = loaded.pipeline
+    champion_task = str(loaded.metadata.get("task") or "classification")
+    if (champion_task == "regression") != split.is_regression:
+        raise ValueError(f"{source or uri} is a {champion_task} model; this run's target "
+                         f"is a {split.task} target")
+    if split.is_regression:
+        computed = regression_metrics(split.y_test, champion.predict(split.X_test))
+        return {k: v for k, v in computed.items() if k != "mape" or v == v}
     proba = champion.predict_proba(split.X_test)
     predicted = champion.classes_[proba.argmax(axis=1)]
     return classification_metrics(split.y_test, predicted, proba, champion.classes_)
@@ -174,11 +207,15 @@ def champion_comparison(context: AssetExecutionContext, config: PromotionConfig,
     elif champion is not None:
         diff, champion_metrics, champion_error = _compare_with_champion(
             context, registered_model, str(champion.version), data_split)
-    decision = decide_promotion(model_metrics, champion_metrics, config.metric, config.margin,
-                                champion_error, diff, config.allow_breaking_change)
+    try:
+        metric = config.metric_for(data_split.task)
+        decision = decide_promotion(model_metrics, champion_metrics, metric, config.margin,
+                                    champion_error, diff, config.allow_breaking_change)
+    except ValueError as exc:  # a metric the task does not have
+        raise Failure(description=str(exc), allow_retries=False) from None
     if champion is not None and str(champion.version) == registered_model.version:
         decision = PromotionDecision(False, "this version is already the champion",
-                                     config.metric, config.margin, model_metrics,
+                                     metric, config.margin, model_metrics,
                                      champion_metrics,
                                      breaking_change_allowed=config.allow_breaking_change)
     if decision.breaking_change:
@@ -200,6 +237,7 @@ def champion_comparison(context: AssetExecutionContext, config: PromotionConfig,
                "champion_version": comparison.champion_version,
                "decision": "promote" if decision.promote else "refuse",
                "reason": decision.reason, "metric": decision.metric,
+               "direction": DIRECTIONS.get(decision.metric, "max"), "task": data_split.task,
                "margin": decision.margin, "schema_change": decision.schema_change,
                "schema_changes": MetadataValue.json(list(decision.schema_changes)),
                "breaking_change": decision.breaking_change,

@@ -13,6 +13,7 @@ from ml_assets.core.metrics import (
     confusion_matrix_png,
     confusion_table,
     failing_metrics,
+    residual_plot_png,
 )
 from ml_assets.core.modeling import (
     SKOPS_TRUSTED_TYPES,
@@ -22,6 +23,7 @@ from ml_assets.core.modeling import (
     fit_final_pipeline,
 )
 from ml_assets.core.provenance import code_version, frame_fingerprint, library_versions
+from ml_assets.core.tasks import better, detect_task, regression_metrics
 from ml_assets.features import feature_kinds
 
 
@@ -76,6 +78,106 @@ def test_k_best_is_capped_at_the_encoded_width(mixed):
     kinds = feature_kinds(split.X_train, "")
     pre = build_preprocessor(split.X_train, kinds, k_best=1000)
     assert pre.named_steps["select"].k == "all"
+
+
+@pytest.fixture(scope="module")
+def continuous():
+    """A regression frame: numeric and categorical features, missing values, a
+    continuous target."""
+    spec = SyntheticSpec(n_rows=400, n_numeric=4, n_categorical=2, missing_fraction=0.1,
+                         seed=8)
+    frame = make_synthetic(spec)
+    rng = np.random.default_rng(8)
+    frame["price"] = (3 * frame["num_00"].fillna(0) - 2 * frame["num_01"].fillna(0)
+                      + (frame["cat_00"] == "c0").astype(float) + rng.normal(0, 0.3, 400))
+    frame = frame.drop(columns="label")
+    return frame, split_frame(frame, "price", test_size=0.25, seed=1)
+
+
+@pytest.mark.parametrize("model_type", ["random_forest", "hist_gradient_boosting"])
+def test_regression_pipeline_needs_no_unlisted_type(continuous, model_type):
+    _, split = continuous
+    assert split.task == "regression" and split.classes == []
+    kinds = feature_kinds(split.X_train, "")
+    pre = build_preprocessor(split.X_train, kinds, k_best=6, task="regression")
+    assert pre.named_steps["select"].score_func.__name__ == "f_regression"
+    params = ModelParams(model_type=model_type, n_estimators=20, max_iter=20, seed=3,
+                         task="regression")
+    estimator = build_estimator(params)
+    assert type(estimator).__name__.endswith("Regressor")
+    cv = cross_validate_pipeline(pre, estimator, split.X_train, split.y_train, folds=3,
+                                 seed=3, scoring="neg_root_mean_squared_error",
+                                 stratified=False)
+    assert len(cv.scores) == 3 and cv.mean < 0
+    pipeline = fit_final_pipeline(pre.fit(split.X_train, split.y_train), estimator,
+                                  split.X_train, split.y_train)
+    blob = sio.dumps(pipeline)
+    assert set(sio.get_untrusted_types(data=blob)) <= set(SKOPS_TRUSTED_TYPES)
+    loaded = sio.loads(blob, trusted=SKOPS_TRUSTED_TYPES)
+    # Parallel trees sum their predictions in any order: equal to the last bits only.
+    np.testing.assert_allclose(loaded.predict(split.X_test), pipeline.predict(split.X_test),
+                               rtol=1e-12)
+    metrics = regression_metrics(split.y_test, pipeline.predict(split.X_test))
+    assert metrics["r2"] > 0.5
+
+
+def test_regression_split_is_plain_seeded_and_numeric(continuous):
+    frame, split = continuous
+    assert split.y_train.dtype == "float64" and len(split.X_test) == 100
+    assert "distinct numeric values" in split.task_reason
+    again = split_frame(frame, "price", test_size=0.25, seed=1)
+    assert again.X_test.index.equals(split.X_test.index)
+    # The same rows a plain (unstratified) seeded split gives.
+    from sklearn.model_selection import train_test_split
+
+    _, X_test = train_test_split(frame, test_size=0.25, random_state=1)
+    assert X_test.index.equals(split.X_test.index)
+    forced = split_frame(frame.assign(price=frame["price"].round().clip(-1, 1)), "price",
+                         task="regression")
+    assert forced.task == "regression" and "set in the configuration" in forced.task_reason
+
+
+def test_task_detection():
+    assert detect_task(pd.Series(np.linspace(0, 1, 50), name="y")).task == "regression"
+    assert detect_task(pd.Series([0.5, 1.5, 0.5, 2.5], name="y")).task == "regression"
+    assert detect_task(pd.Series([0, 1, 1, 0] * 10, name="y")).task == "binary"
+    assert detect_task(pd.Series(list(range(5)) * 10, name="y")).task == "multiclass"
+    assert detect_task(pd.Series(["a", "b", "c"] * 9, name="y")).task == "multiclass"
+    assert detect_task(pd.Series(np.arange(100.0), name="y"),
+                       "classification").task == "multiclass"
+    with pytest.raises(ValueError, match="not numbers"):
+        detect_task(pd.Series(["a", "b"] * 5, name="y"), "regression")
+    with pytest.raises(ValueError, match="unknown task 'clustering'"):
+        detect_task(pd.Series([1, 2]), "clustering")  # type: ignore[arg-type]
+
+
+def test_a_continuous_target_is_inferred_as_a_number_not_as_classes():
+    from importlib.resources import files
+
+    from ml_assets.core.schema_inference import infer_schema
+
+    penguins = pd.read_csv(files("palmerpenguins") / "data" / "penguins.csv")
+    penguins = penguins.dropna(subset=["body_mass_g"])
+    schema = infer_schema(penguins, "body_mass_g")
+    target = schema.columns["body_mass_g"]
+    assert str(target.dtype) == "float64" and not target.checks and not target.nullable
+    species = infer_schema(penguins, "species").columns["species"]
+    assert str(species.dtype) == "str" and species.checks  # labels keep their isin list
+    as_classes = infer_schema(penguins, "year", task="classification").columns["year"]
+    assert as_classes.checks  # three years: classes, with an isin list
+
+
+def test_regression_metrics_gate_directions_and_residual_plot():
+    metrics = regression_metrics([1.0, 2.0, 3.0, 4.0], [1.5, 2.0, 2.5, 4.0])
+    assert metrics["rmse"] == pytest.approx(np.sqrt(0.125))
+    assert metrics["mae"] == pytest.approx(0.25) and metrics["r2"] == pytest.approx(0.9)
+    assert metrics["mape"] == pytest.approx((0.5 + 0 + 0.5 / 3) / 4)
+    assert np.isnan(regression_metrics([0.0, 1.0], [0.1, 1.0])["mape"])
+    failures = failing_metrics(metrics, {"r2": 0.95}, {"rmse": 0.1, "mae": 1.0})
+    assert failures == {"r2": "0.9000 < 0.9500", "rmse": f"{metrics['rmse']:.4f} > 0.1000"}
+    assert failing_metrics({"rmse": 1.0}, {}, {"mape": 0.1}) == {"mape": "was not computed"}
+    assert residual_plot_png([1.0, 2.0, 3.0], [1.1, 1.9, 3.2]).startswith(b"\x89PNG")
+    assert better("rmse", 1.0, 2.0) == 1.0 and better("r2", 0.5, 0.7) == pytest.approx(-0.2)
 
 
 @pytest.mark.parametrize("model_type", ["random_forest", "hist_gradient_boosting"])

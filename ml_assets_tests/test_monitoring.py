@@ -265,3 +265,76 @@ def test_run_failure_alerts_page_failures_but_not_refusals(instance, tmp_path, m
               (tmp_path / "home" / "alerts.jsonl").read_text().splitlines()]
     assert [a["kind"] for a in alerts] == ["promotion_refused", "failure"]
     assert [a["run_id"] for a in received] == [broken.run_id]
+
+
+def test_monitoring_a_regression_champion(tmp_path, mlflow_store, unique_name):
+    """A regressor's reference profile holds a numeric 'prediction'; a day of its logged
+    predictions is scored as numbers, and labels (text in the files) give RMSE/MAE/R²."""
+    from types import SimpleNamespace
+
+    from dagster import build_asset_context
+
+    from ml_assets.core.drift import score_drift
+    from ml_assets.core.tasks import regression_metrics
+    from ml_assets.monitoring import _profile_for, live_performance, production_data
+    from serving.testing import DIABETES_TARGET, diabetes_frame, train_regression
+
+    trained = train_regression()
+    profile = _profile_for(trained.pipeline, SimpleNamespace(X_train=trained.X_train,
+                                                             X_test=trained.X_test))
+    assert profile.predictions["prediction"].kind == "numeric"
+    assert set(profile.predictions) == {"prediction"}
+
+    frame = diabetes_frame()
+    calm = frame.sample(200, replace=True, random_state=1)
+    # Heavier patients: the predicted progression moves up.
+    shifted = frame.sample(200, replace=True, random_state=2)
+    shifted = shifted.assign(bmi=shifted["bmi"] + 2 * frame["bmi"].std(),
+                             s5=shifted["s5"] + 2 * frame["s5"].std())
+    log = SQLitePredictionLog(tmp_path / "log.db")
+    days = {"2026-11-20": calm, "2026-11-21": shifted}
+    ids = {}
+    for day, rows in days.items():
+        features = rows.drop(columns=DIABETES_TARGET)
+        values = trained.pipeline.predict(features)
+        stamp = dt.datetime.fromisoformat(day).replace(hour=9, tzinfo=dt.timezone.utc)
+        ids[day] = [uuid.uuid4().hex for _ in range(len(rows))]
+        log.append_many([PredictionRecord(stamp, rid, 0, "m", "1", list(features.columns),
+                                          row.tolist(), repr(float(v)), {})
+                         for rid, row, v in zip(ids[day], features.to_numpy(), values,
+                                                strict=True)]).result(30)
+    log.close()
+    (tmp_path / "labels").mkdir()
+    pd.DataFrame({"request_id": ids["2026-11-20"],
+                  "label": [str(v) for v in calm[DIABETES_TARGET]]}
+                 ).to_csv(tmp_path / "labels" / "late.csv", index=False)
+    production = ProductionDataResource(prediction_log_path=str(tmp_path / "log.db"),
+                                        landing_dir=str(tmp_path / "landing"),
+                                        labels_dir=str(tmp_path / "labels"))
+    tracking = MlflowTracking(tracking_uri=mlflow_store["tracking_uri"],
+                              experiment_name=unique_name, registered_model_name=unique_name)
+    reports, data = {}, {}
+    for day in days:
+        output = production_data(build_asset_context(partition_key=day),
+                                 production=production,
+                                 data_source=DataSourceResource(kind="breast_cancer"),
+                                 mlflow_tracking=tracking)
+        data[day] = output.value
+        assert data[day]["prediction"].dtype == float
+        assert not [c for c in data[day].columns if c.startswith("proba_")]
+        reports[day] = score_drift(profile, data[day])
+    for report in reports.values():
+        row = report.predictions.set_index("feature").loc["prediction"]
+        assert row["kind"] == "numeric" and row["status"] == "ok" and row["n_cur"] == 200
+    assert not reports["2026-11-20"].prediction_drifted
+    assert reports["2026-11-21"].prediction_drifted
+
+    performance = live_performance(build_asset_context(partition_key="2026-11-20"),
+                                   production_data=data["2026-11-20"],
+                                   production=production).value
+    expected = regression_metrics(calm[DIABETES_TARGET].to_numpy(),
+                                  trained.pipeline.predict(calm.drop(
+                                      columns=DIABETES_TARGET)))
+    assert performance["labelled_rows"] == 200 and performance["task"] == "regression"
+    for name in ("rmse", "mae", "r2", "mape"):
+        assert performance[name] == pytest.approx(expected[name], rel=1e-9)

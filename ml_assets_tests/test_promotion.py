@@ -47,6 +47,21 @@ def test_bad_metric_or_margin_is_named():
         decide_promotion(M, M, margin=-1)
 
 
+R = {"rmse": 50.0, "mae": 40.0, "r2": 0.4}
+
+
+def test_a_lower_is_better_metric_promotes_the_lower_value():
+    better = decide_promotion({**R, "rmse": 45.0}, R, metric="rmse", margin=1.0)
+    assert better.promote and "by +5.0000 (lower is better" in better.reason
+    assert better.deltas["rmse"] == pytest.approx(-5.0)  # challenger minus champion
+    worse = decide_promotion({**R, "rmse": 55.0}, R, metric="rmse", margin=0.0)
+    assert not worse.promote and "is worse than" in worse.reason
+    close = decide_promotion({**R, "rmse": 49.5}, R, metric="rmse", margin=1.0)
+    assert not close.promote and "does not beat by the margin" in close.reason
+    assert decide_promotion({**R, "r2": 0.5}, R, metric="r2", margin=0.05).promote
+    assert not decide_promotion({**R, "mae": 41.0}, R, metric="mae").promote
+
+
 def test_decision_tags_record_both_sides():
     tags = decide_promotion({**M, "f1_weighted": 0.95}, M).as_tags()
     assert tags["promotion.decision"] == "promoted"

@@ -15,6 +15,8 @@ from serving.batcher import MicroBatcher
 class FakeModel:
     """Stands in for ServedModel: probabilities (row value, 1 - value), calls recorded."""
 
+    is_regression = False  # a classifier: the batcher calls predict_proba
+
     def __init__(self, name: str, seconds: float = 0.02):
         self.name = name
         self.seconds = seconds

@@ -23,7 +23,7 @@ from ml_assets.core.prediction_log import (
 )
 from serving.auth import api_key_dependency
 from serving.batcher import MicroBatcher
-from serving.metrics import ServiceMetrics
+from serving.metrics import VALUE_BUCKETS, ServiceMetrics
 from serving.middleware import BodySizeLimit, BodyTooLarge, RequestContext, request_id_of
 from serving.model_store import ModelStore
 from serving.request_models import BATCH_MODEL, INVOCATIONS_RECORD_MODEL, RECORD_MODEL
@@ -85,7 +85,7 @@ def create_app(settings: ServingSettings | None = None, *,
     closes it at shutdown and records on `app.state.prediction_log_lost_rows` how many
     rows could be neither stored nor spilled."""
     settings = settings or ServingSettings.from_env()
-    metrics = ServiceMetrics()
+    metrics = ServiceMetrics(settings.predicted_value_buckets or VALUE_BUCKETS)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):

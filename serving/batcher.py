@@ -1,4 +1,5 @@
-"""Adaptive micro-batching: concurrent requests share one predict_proba call.
+"""Adaptive micro-batching: concurrent requests share one predict_proba call (one
+predict call for regressors).
 
 A sklearn Pipeline costs about the same for 1 row as for 64 (the per-call
 overhead dominates), so one worker coalesces whatever requests are waiting into
@@ -37,12 +38,16 @@ class _Job:
     future: asyncio.Future
 
 
-def _predict(model: ServedModel, rows: list[list]) -> tuple[np.ndarray, np.ndarray]:
-    """Runs in the predict thread. Client values the pipeline cannot hold (a value its
+def _predict(model: ServedModel, rows: list[list]) -> tuple[np.ndarray, np.ndarray | None]:
+    """Runs in the predict thread: (probabilities, index of the predicted class) of a
+    classifier, (predicted values, their standard deviations or None) of a regressor.
+    Client values the pipeline cannot hold (a value its
     preprocessing scales past float32) raise `InputOverflow` naming the features; the
     batcher retries the jobs of a failed batch one by one, so only the guilty job gets
     it."""
     try:
+        if model.is_regression:
+            return model.predict_values(rows)
         proba = model.predict_proba(rows)
     except Exception as exc:
         if not is_overflow_error(exc):
@@ -105,8 +110,9 @@ class MicroBatcher:
             self.in_flight -= 1
 
     async def predict(self, model: ServedModel, rows: list[list]
-                      ) -> tuple[np.ndarray, np.ndarray]:
-        """(probabilities, index of the predicted class) of `rows` under `model`."""
+                      ) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probabilities, index of the predicted class) of `rows` under a classifier;
+        (predicted values, standard deviations or None) under a regressor."""
         if self._task is None:
             raise RuntimeError("the micro-batcher is not running")
         future = asyncio.get_running_loop().create_future()
@@ -160,7 +166,7 @@ class MicroBatcher:
         if self.metrics is not None:
             self.metrics.batch_rows.observe(len(rows))
         try:
-            proba, best = await loop.run_in_executor(self._executor, _predict, model, rows)
+            outputs, extra = await loop.run_in_executor(self._executor, _predict, model, rows)
         except Exception as exc:  # noqa: BLE001 - isolate the job that fails
             if len(batch) == 1:
                 _settle(batch[0].future, exception=exc)
@@ -171,7 +177,8 @@ class MicroBatcher:
         start = 0
         for job in batch:
             end = start + len(job.rows)
-            _settle(job.future, result=(proba[start:end], best[start:end]))
+            _settle(job.future, result=(outputs[start:end],
+                                        None if extra is None else extra[start:end]))
             start = end
 
 

@@ -223,7 +223,13 @@ def _csv_value(text: str, spec: FeatureSpec):
     if spec.kind == "number":
         return float(text)
     if spec.kind == "integer":
-        return int(text)
+        try:
+            return int(text)
+        except ValueError:
+            number = float(text)  # "3.0": pandas writes an integer column with gaps so
+            if number.is_integer() and abs(number) < 2.0 ** 63:
+                return int(number)
+            raise ValueError(f"{excerpt(repr(text))} is not a whole number") from None
     if spec.kind == "boolean":
         lowered = text.strip().lower()
         if lowered in ("true", "1"):

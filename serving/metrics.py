@@ -25,12 +25,19 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.035
                    0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
+# Predicted values of regressors (ML_API_PREDICTED_VALUE_BUCKETS overrides): 0, then
+# 1-2.5-5 steps from 0.1 to 50,000 (negative values fall in le="0"). The client library
+# exports _sum only when no bucket bound is negative, so the defaults start at 0 and
+# rate(_sum) / rate(_count) gives the mean predicted value whatever the scale.
+VALUE_BUCKETS = (0.0, *sorted(m * 10.0 ** e for m in (1, 2.5, 5) for e in range(-1, 5)))
+
+
 class ServiceMetrics:
     """Counters, histograms and gauges exposed at GET /metrics."""
 
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self):
+    def __init__(self, value_buckets: tuple[float, ...] = VALUE_BUCKETS):
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("ml_api_requests", "HTTP requests by endpoint, method and "
@@ -40,6 +47,11 @@ class ServiceMetrics:
         self.predictions = Counter("ml_api_predictions", "Predicted rows by model version and "
                                    "predicted class.", ["model_version", "predicted_class"],
                                    registry=r)
+        self.predicted_values = Histogram("ml_api_predicted_value", "Values predicted by "
+                                          "regression models, by model version (classifiers "
+                                          "count ml_api_predictions_total by class instead).",
+                                          ["model_version"], buckets=value_buckets,
+                                          registry=r)
         self.model_version = Gauge("ml_api_model_version", "Registry version of the served "
                                    "model (0 while none is loaded).", ["model_name"], registry=r)
         self.model_loaded_at = Gauge("ml_api_model_loaded_timestamp_seconds", "When the "
@@ -96,6 +108,11 @@ class ServiceMetrics:
     def count_predictions(self, model_version: str, labels: list[str]) -> None:
         for label, n in Tally(labels).items():
             self.predictions.labels(model_version, label).inc(n)
+
+    def observe_values(self, model_version: str, values: list[float]) -> None:
+        histogram = self.predicted_values.labels(model_version)
+        for value in values:
+            histogram.observe(value)
 
     def observe_log_commit(self, rows: int, seconds: float) -> None:
         self.log_commit_rows.observe(rows)

@@ -11,6 +11,7 @@ skops types) is rejected as `untrusted_model` and never runs a line of its code.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import tempfile
@@ -27,6 +28,7 @@ import mlflow
 import numpy as np
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from sklearn.base import is_classifier, is_regressor
 from sklearn.pipeline import Pipeline
 
 from ml_assets.core.model_loading import (
@@ -53,6 +55,13 @@ from serving.settings import ServingSettings
 logger = logging.getLogger(__name__)
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 _PREDICT_LOCK = threading.Lock()
+
+REGRESSION = "regression"
+# Classifiers: "binary" | "multiclass" (a model logged before tasks existed, without a
+# `task` in its metadata, is a classifier unless its final step is a regressor).
+CLASSIFICATION_TASKS = ("binary", "multiclass")
+INTERVAL_LEVEL = 0.95
+INTERVAL_Z = 1.959963984540054  # the standard normal's 97.5% quantile: mean +/- z * std
 
 
 class ModelRejected(Exception):
@@ -82,6 +91,14 @@ class ServedModel:
     metadata: dict = field(repr=False)
     # Schema columns that are no model input, with their roles (identifier, ...).
     excluded_columns: dict[str, str] = field(default_factory=dict)
+    # "binary" | "multiclass" | "regression". Regressors: labels and class_values are
+    # empty, and `interval` says whether the final step's predict takes return_std.
+    task: str = "binary"
+    interval: bool = False
+
+    @property
+    def is_regression(self) -> bool:
+        return self.task == REGRESSION
 
     @property
     def features(self) -> tuple[FeatureSpec, ...]:
@@ -104,16 +121,86 @@ class ServedModel:
             warnings.simplefilter("ignore")
             return self.pipeline.predict_proba(frame)
 
+    def predict_values(self, rows: list[list]) -> tuple[np.ndarray, np.ndarray | None]:
+        """A regressor's predicted values for validated rows, and their standard
+        deviations when the final estimator gives them (`interval`), else None."""
+        frame = frame_from_rows(rows, self.features)
+        with _PREDICT_LOCK, warnings.catch_warnings():  # see predict_proba
+            warnings.resetwarnings()
+            warnings.simplefilter("ignore")
+            return _regression_output(self.pipeline, frame, self.interval)
+
     def describe(self) -> dict:
         """What GET /model shows."""
         return {
             "name": self.name, "version": self.version, "alias": self.alias,
-            "run_id": self.run_id, "target": self.target, "classes": self.labels,
+            "run_id": self.run_id, "target": self.target, "task": self.task,
+            "classes": self.labels, "prediction_interval": self.interval,
             "metrics": self.metrics, "loaded_at": self.loaded_at.isoformat(),
             "features": [spec.as_dict() for spec in self.features],
             "excluded_columns": self.excluded_columns,
             "input_policy": self.requests.policy,
         }
+
+
+def _final_step(pipeline):
+    steps = getattr(pipeline, "steps", None)
+    return steps[-1][1] if steps else pipeline
+
+
+def offers_std(pipeline) -> bool:
+    """Whether the final estimator's predict takes `return_std` (BayesianRidge,
+    GaussianProcessRegressor, ...): then the service answers prediction intervals."""
+    predict = getattr(_final_step(pipeline), "predict", None)
+    if predict is None:
+        return False
+    try:
+        return "return_std" in inspect.signature(predict).parameters
+    except (TypeError, ValueError):  # a predict without a signature: no interval
+        return False
+
+
+def model_task(metadata: dict, pipeline) -> str:
+    """The served task: the metadata's `task` when it names one; otherwise (models logged
+    before tasks existed) "regression" for a regressor, else a classifier's task by its
+    count of classes."""
+    logged = metadata.get("task")
+    if logged == REGRESSION or logged in CLASSIFICATION_TASKS:
+        return str(logged)
+    if logged is not None:
+        raise ValueError(f"unknown task {logged!r} in the model's metadata; expected "
+                         f"{', '.join((*CLASSIFICATION_TASKS, REGRESSION))}")
+    if is_regressor(pipeline) and not hasattr(pipeline, "classes_"):
+        return REGRESSION
+    return "binary" if len(getattr(pipeline, "classes_", ())) == 2 else "multiclass"
+
+
+def _as_vector(values, rows: int, what: str) -> np.ndarray:
+    """A 1-D float64 array of `rows` values ((n, 1) is accepted); ValueError otherwise."""
+    array = np.asarray(values)
+    if array.ndim == 2 and array.shape[1] == 1:
+        array = array[:, 0]
+    if array.shape != (rows,):
+        raise ValueError(f"{what} returned shape {array.shape}, expected ({rows},)")
+    if array.dtype.kind not in "fiub":
+        raise ValueError(f"{what} returned {array.dtype} values, not numbers")
+    return array.astype(np.float64, copy=False)
+
+
+def _regression_output(pipeline, frame, interval: bool
+                       ) -> tuple[np.ndarray, np.ndarray | None]:
+    rows = len(frame)
+    if not interval:
+        return _as_vector(pipeline.predict(frame), rows, "predict"), None
+    mean, std = pipeline.predict(frame, return_std=True)
+    return (_as_vector(mean, rows, "predict"),
+            _as_vector(std, rows, "predict(return_std=True)"))
+
+
+def intervals(values: list[float], std: list[float]) -> list[dict[str, float]]:
+    """The 95% prediction interval of each value: mean +/- 1.96 std (normal errors)."""
+    return [{"lower": v - INTERVAL_Z * s, "upper": v + INTERVAL_Z * s, "level": INTERVAL_LEVEL}
+            for v, s in zip(values, std, strict=True)]
 
 
 def serving_n_jobs(pipeline: Pipeline) -> Pipeline:
@@ -263,11 +350,13 @@ class ModelStore:
             details = self.client.get_model_version(name, version)
             rows = example or example_rows(specs)
             pipeline = serving_n_jobs(loaded.pipeline)
+            task = model_task(loaded.metadata, pipeline)
+            classes = [] if task == REGRESSION else pipeline.classes_.tolist()
             model = ServedModel(
                 name=name, version=version, alias=self.settings.model_alias,
                 run_id=details.run_id, pipeline=pipeline, target=loaded.target,
-                labels=[str(c) for c in pipeline.classes_],
-                class_values=pipeline.classes_.tolist(),
+                labels=[str(c) for c in classes], class_values=classes,
+                task=task, interval=task == REGRESSION and offers_std(pipeline),
                 requests=build_request_models(specs, self.settings.max_batch, rows[0],
                                               pipeline, self.settings.input_policy),
                 metrics=self._run_metrics(details.run_id),
@@ -285,8 +374,12 @@ class ModelStore:
 
     @staticmethod
     def smoke_test(model: ServedModel, rows: list[dict]) -> None:
-        """Rows the request model accepts must get sane probabilities from the pipeline."""
+        """Rows the request model accepts must get sane probabilities (classifiers) or
+        finite numbers, one per row (regressors) from the pipeline."""
         try:
+            if model.is_regression:
+                ModelStore._smoke_regression(model, rows)
+                return
             if not hasattr(model.pipeline, "predict_proba"):
                 raise ValueError("the pipeline has no predict_proba")
             records = [model.requests.record.model_validate(row) for row in rows]
@@ -310,6 +403,27 @@ class ModelStore:
             raise ModelRejected(model.version, "smoke_test_failed",
                                 f"version {model.version} failed its smoke prediction: "
                                 f"{type(exc).__name__}: {exc}") from exc
+
+    @staticmethod
+    def _smoke_regression(model: ServedModel, rows: list[dict]) -> None:
+        if is_classifier(model.pipeline):
+            raise ValueError("the model is logged as a regression model but its pipeline "
+                             "is a classifier")
+        if model.metadata.get("classes"):
+            raise ValueError("the model is logged as a regression model but its metadata "
+                             f"lists classes {model.metadata['classes']}")
+        records = [model.requests.record.model_validate(row) for row in rows]
+        frame = frame_from_rows([model.requests.row_of(r) for r in records], model.features)
+        with _PREDICT_LOCK, warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            values, std = _regression_output(model.pipeline, frame, model.interval)
+        for message in {str(w.message) for w in caught}:
+            logger.warning("version %s warns when predicting: %s", model.version, message)
+        if not np.all(np.isfinite(values)):
+            raise ValueError("predict returned values that are not finite")
+        if std is not None and not (np.all(np.isfinite(std)) and np.all(std >= 0)):
+            raise ValueError("predict(return_std=True) returned standard deviations that "
+                             "are not finite or negative")
 
     def _run_metrics(self, run_id: str | None) -> dict[str, float]:
         if not run_id:

@@ -84,6 +84,15 @@ def _kind(dtype) -> FeatureKind:
     return "string"
 
 
+def _whole_number(value):
+    """3.0 → 3 for an integer feature: pandas holds an integer column with gaps as
+    floats, so its clients (to_json, to_dict, MLflow) send whole numbers as 3.0. A
+    fraction stays a float and is refused by the strict integer type."""
+    if type(value) is float and value.is_integer() and abs(value) < 2.0 ** 63:
+        return int(value)
+    return value
+
+
 def _tighter(current, value, pick):
     return value if current is None else pick(current, value)
 
@@ -244,7 +253,8 @@ def _annotation(spec: FeatureSpec, derived: tuple[float, float] | None = None,
             constraints["max_length"] = spec.max_length
     if spec.kind in ("number", "integer"):
         # constraints inside the nullable union, so OpenAPI shows them on the number
-        python_type = Annotated[(python_type, Field(**constraints),
+        whole = [BeforeValidator(_whole_number)] if spec.kind == "integer" else []
+        python_type = Annotated[(python_type, *whole, Field(**constraints),
                                  *_range_check(spec, derived))]
         constraints = {}
     if spec.nullable:

@@ -34,10 +34,30 @@ def unavailable(message: str, retry_after: float, mlflow_style: bool = False,
                           headers={"Retry-After": str(max(1, math.ceil(retry_after)))})
 
 
+class PredictionInterval(BaseModel):
+    lower: float = Field(description="prediction - 1.96 * std")
+    upper: float = Field(description="prediction + 1.96 * std")
+    level: float = Field(0.95, description="Nominal coverage (normal errors assumed).")
+
+
 class RowPrediction(BaseModel):
-    prediction: str = Field(description="The predicted class.")
-    confidence: float = Field(description="Probability of the predicted class.")
-    probabilities: dict[str, float] = Field(description="Probability of every class.")
+    """A classifier answers prediction (the class, a string), confidence and
+    probabilities; a regressor answers prediction (a number) and, when its estimator
+    gives a standard deviation (BayesianRidge, GaussianProcessRegressor, ...),
+    prediction_interval. Keys that do not apply are absent, never null. GET /model's
+    `task` says which shape the served model answers."""
+
+    prediction: str | float = Field(description="Classifier: the predicted class "
+                                     "(string). Regressor: the predicted value (number).")
+    confidence: float | None = Field(default=None, description="Classifiers only: "
+                                     "probability of the predicted class (absent for "
+                                     "regressors).")
+    probabilities: dict[str, float] | None = Field(default=None, description="Classifiers "
+                                                   "only: probability of every class "
+                                                   "(absent for regressors).")
+    prediction_interval: PredictionInterval | None = Field(
+        default=None, description="Regressors whose estimator's predict takes return_std "
+        "only: the 95% interval prediction +/- 1.96 std (absent otherwise).")
 
 
 class PredictResponse(RowPrediction):
@@ -55,8 +75,9 @@ class PredictBatchResponse(BaseModel):
 
 
 class InvocationsResponse(BaseModel):
-    predictions: list[Any] = Field(description="Predicted class per row, as MLflow's "
-                                   "scoring server answers.")
+    predictions: list[Any] = Field(description="Per row, the predicted class "
+                                   "(classifiers) or the predicted number (regressors), as "
+                                   "MLflow's scoring server answers.")
 
 
 class Health(BaseModel):
@@ -99,7 +120,11 @@ class ModelInfo(BaseModel):
     model_uri: str
     run_id: str | None = Field(description="The MLflow run that trained this version.")
     target: str
-    classes: list[str]
+    task: str = Field(description="binary, multiclass or regression: the response shape "
+                      "of /predict (see RowPrediction).")
+    classes: list[str] = Field(description="The classes (empty for regressors).")
+    prediction_interval: bool = Field(default=False, description="Regressors: whether "
+                                      "answers carry a 95% prediction interval.")
     metrics: dict[str, float] = Field(description="Metrics of the training run.")
     loaded_at: str
     features: list[FeatureInfo] = Field(description="The feature schema requests follow "

@@ -129,7 +129,9 @@ async def mlflow_version() -> Response:
     openapi_extra=_json_body(RECORD_MODEL, "One record: the served model's features by "
                              "name (schema in components.schemas.PredictRequest)."))
 async def predict(request: Request, service: ServiceDep) -> Response:
-    """Predict one record: class, confidence, every class probability, model version."""
+    """Predict one record. Classifier: the class, its confidence, every class
+    probability. Regressor: the predicted number, and `prediction_interval` (95%) when
+    the estimator gives a standard deviation. Both: request id, model name and version."""
     model = service.store.current  # this request's model, even if a swap happens now
     if model is None:
         return _unavailable(service)
@@ -140,15 +142,25 @@ async def predict(request: Request, service: ServiceDep) -> Response:
         except ValidationError as exc:
             return _invalid(exc, "record", model.feature_names)
         request_id = request_id_of(request.scope)
+        rows = [model.requests.row_of(record)]
         try:
-            labels, probabilities, _ = await service.predict_rows(
-                model, [model.requests.row_of(record)], request_id)
+            if model.is_regression:
+                values, bounds = await service.predict_values(model, rows, request_id)
+                answer = _value(values[0], bounds[0] if bounds else None)
+            else:
+                labels, probabilities, _ = await service.predict_rows(model, rows, request_id)
+                answer = {"prediction": labels[0], "confidence": probabilities[0][labels[0]],
+                          "probabilities": probabilities[0]}
         except InputOverflow as exc:
             return _overflow(exc)
-    return OrjsonResponse({
-        "prediction": labels[0], "confidence": probabilities[0][labels[0]],
-        "probabilities": probabilities[0], "request_id": request_id,
-        "model_name": model.name, "model_version": model.version})
+    return OrjsonResponse({**answer, "request_id": request_id, "model_name": model.name,
+                           "model_version": model.version})
+
+
+def _value(value: float, interval: dict | None) -> dict:
+    """A regressor's answer for one row: no confidence, no probabilities."""
+    return {"prediction": value} if interval is None else {"prediction": value,
+                                                           "prediction_interval": interval}
 
 
 @protected_routes.post(
@@ -169,13 +181,19 @@ async def predict_batch(request: Request, service: ServiceDep) -> Response:
         request_id = request_id_of(request.scope)
         rows = [model.requests.row_of(record) for record in model.requests.records_of(batch)]
         try:
-            labels, probabilities, _ = await service.predict_rows(model, rows, request_id)
+            if model.is_regression:
+                values, bounds = await service.predict_values(model, rows, request_id)
+                answers = [_value(v, bounds[i] if bounds else None)
+                           for i, v in enumerate(values)]
+            else:
+                labels, probabilities, _ = await service.predict_rows(model, rows, request_id)
+                answers = [{"prediction": label, "confidence": p[label], "probabilities": p}
+                           for label, p in zip(labels, probabilities, strict=True)]
         except InputOverflow as exc:
             return _overflow(exc)
     return OrjsonResponse({
         "request_id": request_id, "model_name": model.name, "model_version": model.version,
-        "predictions": [{"prediction": label, "confidence": p[label], "probabilities": p}
-                        for label, p in zip(labels, probabilities, strict=True)]})
+        "predictions": answers})
 
 
 _INVOCATION_ROW = {"$ref": f"#/components/schemas/{INVOCATIONS_RECORD_MODEL}"}
@@ -221,7 +239,8 @@ _INVOCATION_FORMATS = {
     }}})
 async def invocations_endpoint(request: Request, service: ServiceDep) -> Response:
     """MLflow's scoring protocol; answers {"predictions": [...]} like `mlflow models serve`
-    (model name, version and request id in X-Model-Name, X-Model-Version, X-Request-ID)."""
+    (the predicted class per row, or a regressor's predicted number; model name, version
+    and request id in X-Model-Name, X-Model-Version, X-Request-ID)."""
     model = service.store.current
     if model is None:
         return _unavailable(service, mlflow_style=True)
@@ -235,7 +254,10 @@ async def invocations_endpoint(request: Request, service: ServiceDep) -> Respons
             return OrjsonResponse(exc.body(), status_code=exc.status)
         request_id = request_id_of(request.scope)
         try:
-            _, _, values = await service.predict_rows(model, rows, request_id)
+            if model.is_regression:
+                values, _ = await service.predict_values(model, rows, request_id)
+            else:
+                _, _, values = await service.predict_rows(model, rows, request_id)
         except InputOverflow as exc:
             return _overflow(exc, mlflow_style=True)
     return OrjsonResponse({"predictions": values}, headers={
@@ -297,6 +319,7 @@ async def reload_model(request: Request, service: ServiceDep, force: Annotated[b
                       responses={200: {"content": {"text/plain": {}},
                                        "description": "Prometheus text format."}})
 async def metrics(service: ServiceDep) -> Response:
-    """Prometheus metrics: requests, latency, predictions by class, model version, load
-    failures, prediction-log backlog."""
+    """Prometheus metrics: requests, latency, predictions by class (classifiers), a
+    histogram of predicted values (regressors), model version, load failures,
+    prediction-log backlog."""
     return Response(service.metrics.render(), media_type=service.metrics.content_type)

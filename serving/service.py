@@ -26,7 +26,7 @@ from ml_assets.core.prediction_log import (
 )
 from serving.batcher import MicroBatcher
 from serving.metrics import ServiceMetrics
-from serving.model_store import ModelStore, ServedModel
+from serving.model_store import ModelStore, ServedModel, intervals
 from serving.settings import ServingSettings
 
 logger = logging.getLogger(__name__)
@@ -69,9 +69,43 @@ class Service:
         flags, flag_counts = model.requests.input_flags(rows)  # accept policy only
         proba, best = await self.batcher.predict(model, rows)
         labels = model.labels
+        assert best is not None, "a classifier's batch gives the predicted class indices"
         indices = best.tolist()
         predicted = [labels[i] for i in indices]
         probabilities = [dict(zip(labels, p, strict=True)) for p in proba.tolist()]
+        await self._store(log, model, rows, request_id, predicted, probabilities, flags)
+        self.metrics.count_predictions(model.version, predicted)
+        if flag_counts:
+            self.metrics.count_input_flags(flag_counts)
+        return predicted, probabilities, [model.class_values[i] for i in indices]
+
+    async def predict_values(self, model: ServedModel, rows: list[list], request_id: str
+                             ) -> tuple[list[float], list[dict[str, float]] | None]:
+        """A regressor's predicted values of `rows`, and their 95% prediction intervals
+        ({lower, upper, level}) when its estimator gives a standard deviation (else
+        None). Logged like `predict_rows`: the value as text in `prediction`, no
+        probabilities (so no confidence); the predicted values are observed in
+        ml_api_predicted_value."""
+        log = self.log
+        assert log is not None, "the app's lifespan opens the prediction log first"
+        if self.durable:
+            reason = log.unavailable_reason()
+            if reason is not None:
+                raise PredictionLogUnavailable(reason, log.retry_seconds)
+        flags, flag_counts = model.requests.input_flags(rows)
+        mean, std = await self.batcher.predict(model, rows)
+        values: list[float] = mean.tolist()
+        await self._store(log, model, rows, request_id, [repr(v) for v in values],
+                          [{}] * len(values), flags)
+        self.metrics.observe_values(model.version, values)
+        if flag_counts:
+            self.metrics.count_input_flags(flag_counts)
+        return values, None if std is None else intervals(values, std.tolist())
+
+    async def _store(self, log: PredictionLog, model: ServedModel, rows: list[list],
+                     request_id: str, predicted: list[str],
+                     probabilities: list[dict[str, float]], flags: list[str] | None) -> None:
+        """Log one request's rows: committed (commit mode) or offered (async mode)."""
         now = datetime.now(timezone.utc)
         names = model.feature_names
         records = [PredictionRecord(now, request_id, i, model.name, model.version, names, row,
@@ -82,10 +116,6 @@ class Service:
             await self._commit(log, records)
         elif not log.offer(records):
             self._dropped(len(records))
-        self.metrics.count_predictions(model.version, predicted)
-        if flag_counts:
-            self.metrics.count_input_flags(flag_counts)
-        return predicted, probabilities, [model.class_values[i] for i in indices]
 
     async def _commit(self, log: PredictionLog, records: list[PredictionRecord]) -> None:
         """Append (in memory, no I/O) and wait for the writer thread's commit."""

@@ -7,6 +7,7 @@ registers without any configuration.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -33,6 +34,20 @@ def _number(name: str, default, kind=int, minimum=None):
     if minimum is not None and value < minimum:
         raise SettingsError(f"{name}={raw!r} must be at least {minimum}")
     return value
+
+
+def _buckets(name: str) -> tuple[float, ...] | None:
+    raw = _env(name, "")
+    if not raw:
+        return None
+    try:
+        values = tuple(float(part) for part in raw.split(",") if part.strip())
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r}: give comma-separated numbers") from None
+    if not values or list(values) != sorted(set(values)) or not all(
+            math.isfinite(v) for v in values):
+        raise SettingsError(f"{name}={raw!r}: give finite numbers in increasing order")
+    return values
 
 
 def _choice(name: str, default: str, allowed: tuple[str, ...], upper: bool = False) -> str:
@@ -92,6 +107,9 @@ class ServingSettings:
     # checks: "accept" answers them, counts them and flags their log rows; "reject"
     # refuses the request (422, 400 on /invocations). See docs/serving.md.
     input_policy: str = "accept"
+    # Bucket bounds of ml_api_predicted_value (regressors' predicted values); None keeps
+    # serving.metrics.VALUE_BUCKETS. ML_API_PREDICTED_VALUE_BUCKETS="0,10,50,100,500".
+    predicted_value_buckets: tuple[float, ...] | None = None
 
     @classmethod
     def from_env(cls, **overrides) -> ServingSettings:
@@ -129,6 +147,7 @@ class ServingSettings:
                                               float, 0.01),
             access_log=_env("ML_API_ACCESS_LOG", "false").lower() in ("1", "true", "yes"),
             input_policy=_choice("ML_API_INPUT_POLICY", "accept", INPUT_POLICIES),
+            predicted_value_buckets=_buckets("ML_API_PREDICTED_VALUE_BUCKETS"),
         )
         settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
         if settings.input_policy not in INPUT_POLICIES:

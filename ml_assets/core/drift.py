@@ -330,15 +330,21 @@ def _missing_drifted(row: Mapping[str, Any], threshold: float | None) -> bool:
 
 def prediction_columns(predicted: Any = None, probabilities: Any = None,
                        classes: Iterable[Any] | None = None,
-                       index: pd.Index | None = None) -> tuple[pd.DataFrame, dict[str, str]]:
-    """Model outputs as drift columns: 'prediction' (the predicted class, categorical) and
-    'proba_<class>' per probability column (numeric). Returns (frame, prediction_kinds)
-    to join onto the feature frame before profiling or scoring."""
+                       index: pd.Index | None = None, *,
+                       regression: bool = False) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Model outputs as drift columns: 'prediction' (the predicted class, categorical;
+    with `regression`, the predicted value, numeric) and 'proba_<class>' per
+    probability column (numeric). Returns (frame, prediction_kinds) to join onto the
+    feature frame before profiling or scoring."""
     frame: dict[str, Any] = {}
     kinds: dict[str, str] = {}
     if predicted is not None:
-        frame["prediction"] = np.asarray(predicted)
-        kinds["prediction"] = "categorical"
+        if regression:
+            frame["prediction"] = np.asarray(predicted, dtype=np.float64).reshape(-1)
+            kinds["prediction"] = "numeric"
+        else:
+            frame["prediction"] = np.asarray(predicted)
+            kinds["prediction"] = "categorical"
     if probabilities is not None:
         proba = np.asarray(probabilities, dtype=np.float64)
         proba = proba[:, None] if proba.ndim == 1 else proba

@@ -10,6 +10,7 @@ code version covers the user's code as well as the platform's.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import importlib.metadata
@@ -92,6 +93,7 @@ def resolve(path: str, project_dir: str | Path | None = None) -> tuple[Any, User
     project = str(Path(project_dir or os.getcwd()).resolve())
     if project not in sys.path:
         sys.path.insert(0, project)
+    fresh = module_name not in sys.modules
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -104,18 +106,32 @@ def resolve(path: str, project_dir: str | Path | None = None) -> tuple[Any, User
             raise UserModelError(f"module {module_name!r} has no attribute {part!r} "
                                  f"(from {path!r})")
         target = getattr(target, part)
-    return target, _code_of(path, module)
+    return target, _code_of(path, module, fresh)
 
 
-def _code_of(path: str, module) -> UserCode:
+# module name -> sha256 of its source when it was imported: a module is imported once
+# per process, so the hash must be of the code that runs, not of the file as it is now.
+_IMPORTED_SOURCE: dict[str, str | None] = {}
+
+
+@functools.lru_cache(maxsize=1)
+def _distributions() -> dict[str, list[str]]:
+    """Top-level module -> distributions (scans every installed package: ~1 s)."""
+    return dict(importlib.metadata.packages_distributions())
+
+
+def _code_of(path: str, module, fresh: bool) -> UserCode:
     file = getattr(module, "__file__", None)
-    digest = None
-    if file and Path(file).is_file():
-        digest = hashlib.sha256(Path(file).read_bytes()).hexdigest()
+    if fresh or module.__name__ not in _IMPORTED_SOURCE:
+        digest = None
+        if file and Path(file).is_file():
+            digest = hashlib.sha256(Path(file).read_bytes()).hexdigest()
+        _IMPORTED_SOURCE[module.__name__] = digest
+    digest = _IMPORTED_SOURCE[module.__name__]
     version = None
     top = module.__name__.split(".")[0]
     try:
-        distributions = importlib.metadata.packages_distributions().get(top, [])
+        distributions = _distributions().get(top, [])
         if distributions:
             version = f"{distributions[0]}=={importlib.metadata.version(distributions[0])}"
     except Exception:  # noqa: BLE001 - metadata is a nicety, never a failure
@@ -143,6 +159,11 @@ def _check_estimator(estimator, origin: str, task: str) -> None:
             and hasattr(estimator, "get_params")):
         raise UserModelError(f"{origin} returned {type(estimator).__name__}, which is not a "
                              "scikit-learn estimator (it needs fit, predict and get_params)")
+    if not isinstance(estimator, BaseEstimator):
+        raise UserModelError(f"{origin} returned {type(estimator).__name__}, which does not "
+                             "derive from sklearn.base.BaseEstimator; subclass it (and a "
+                             "mixin such as ClassifierMixin or RegressorMixin) so the "
+                             "platform can clone, tag and save it")
     if task == "regression" and is_classifier(estimator):
         raise UserModelError(f"{origin} is a classifier but the target is a regression "
                              "target; use a regressor or set ML_TASK=classification")

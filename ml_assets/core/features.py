@@ -7,16 +7,18 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 from sklearn.compose import ColumnTransformer
-from sklearn.feature_selection import SelectKBest, f_classif
+from sklearn.feature_selection import SelectKBest, f_classif, f_regression
 from sklearn.impute import SimpleImputer
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+from ml_assets.core.tasks import TaskDecision, TaskSetting, detect_task
+
 
 @dataclass(frozen=True)
 class Split:
-    """A stratified, seeded train/test split of features and target.
+    """A seeded train/test split of features and target (stratified for classification).
 
     X_train holds the model's features only; X_test keeps every validated column
     (the pipeline picks its features by name), so a champion trained on another
@@ -30,9 +32,19 @@ class Split:
     features: dict[str, str] = field(default_factory=dict)
     # Validated columns that are not features -> why (the schema's note).
     excluded: dict[str, str] = field(default_factory=dict)
+    # binary / multiclass / regression, and why (detected from the target or configured).
+    task: str = "multiclass"
+    task_reason: str = ""
+
+    @property
+    def is_regression(self) -> bool:
+        return self.task == "regression"
 
     @property
     def classes(self) -> list:
+        """The classes of a classification target; [] for regression."""
+        if self.is_regression:
+            return []
         return sorted(pd.unique(self.y_train).tolist())
 
 
@@ -55,13 +67,29 @@ def model_inputs(frame: pd.DataFrame) -> pd.DataFrame:
 
 def split_frame(frame: pd.DataFrame, target: str, test_size: float = 0.2,
                 seed: int = 42, features: dict[str, str] | None = None,
-                excluded: dict[str, str] | None = None) -> Split:
-    """Stratified split; raises ValueError naming the class that is too rare to split.
+                excluded: dict[str, str] | None = None,
+                task: TaskSetting | TaskDecision = "auto") -> Split:
+    """Stratified split for classification (raises ValueError naming the class that is
+    too rare to split); a plain seeded split for regression (the target as float64).
 
+    `task` is a setting (`tasks.detect_task` decides) or a decision already taken.
     `features` (name -> kind, as `schemas.feature_columns` gives them; default: every
     column but the target) are the columns of X_train."""
     X = model_inputs(frame.drop(columns=[target]))
     y = frame[target]
+    decision = task if isinstance(task, TaskDecision) else detect_task(y, task)
+    if decision.is_regression:
+        y = pd.to_numeric(y.astype(object) if isinstance(y.dtype, pd.StringDtype) else y,
+                          errors="raise").astype("float64")
+        if y.nunique() < 2:
+            raise ValueError(f"regression target {target!r} has a single value; a model "
+                             "needs a target that varies")
+        X_train, X_test, y_train, y_test = train_test_split(
+            X, y, test_size=test_size, random_state=seed)
+        if features is not None:
+            X_train = X_train[list(features)]
+        return Split(X_train, X_test, y_train, y_test, dict(features or {}),
+                     dict(excluded or {}), decision.task, decision.reason)
     counts = y.value_counts()
     if len(counts) < 2:
         raise ValueError(f"target {target!r} has a single class {counts.index.tolist()}; "
@@ -75,7 +103,7 @@ def split_frame(frame: pd.DataFrame, target: str, test_size: float = 0.2,
     if features is not None:
         X_train = X_train[list(features)]
     return Split(X_train, X_test, y_train, y_test, dict(features or {}),
-                 dict(excluded or {}))
+                 dict(excluded or {}), decision.task, decision.reason)
 
 
 def _expected_width(X: pd.DataFrame, numeric: list[str], categorical: list[str]) -> int:
@@ -86,9 +114,10 @@ def _expected_width(X: pd.DataFrame, numeric: list[str], categorical: list[str])
 
 
 def build_preprocessor(X_train: pd.DataFrame, kinds: dict[str, str],
-                       k_best: int = 20) -> Pipeline:
+                       k_best: int = 20, task: str = "multiclass") -> Pipeline:
     """Impute + scale numerics, impute + one-hot categoricals, then keep the k best
-    columns by ANOVA F. Unfitted: fit it on the training split only."""
+    columns by ANOVA F (classification) or univariate linear-regression F (regression).
+    Unfitted: fit it on the training split only."""
     numeric = [c for c, kind in kinds.items() if kind in ("numeric", "boolean")]
     categorical = [c for c, kind in kinds.items() if kind == "categorical"]
     transformers = []
@@ -108,7 +137,7 @@ def build_preprocessor(X_train: pd.DataFrame, kinds: dict[str, str],
     return Pipeline([
         ("columns", ColumnTransformer(transformers, remainder="drop",
                                       verbose_feature_names_out=False)),
-        ("select", SelectKBest(f_classif, k=k)),
+        ("select", SelectKBest(f_regression if task == "regression" else f_classif, k=k)),
     ])
 
 

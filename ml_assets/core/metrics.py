@@ -1,4 +1,4 @@
-"""Held-out metrics, threshold gates and the confusion-matrix picture."""
+"""Held-out metrics, threshold gates, the confusion-matrix and residual pictures."""
 
 from __future__ import annotations
 
@@ -42,16 +42,52 @@ def classification_metrics(y_true, y_pred, proba: np.ndarray, classes) -> dict[s
     return {name: float(value) for name, value in metrics.items()}
 
 
-def failing_metrics(metrics: dict[str, float], thresholds: dict[str, float]) -> dict[str, str]:
-    """Metric -> reason, for every metric below its threshold (NaN counts as failing)."""
+def failing_metrics(metrics: dict[str, float], thresholds: dict[str, float],
+                    maximums: dict[str, float] | None = None) -> dict[str, str]:
+    """Metric -> reason, for every metric below its minimum (`thresholds`) or above its
+    maximum (`maximums`, for lower-is-better metrics such as RMSE); NaN counts as
+    failing. The reason names the direction: "0.1200 < 0.3000", "61.2 > 50.0"."""
     failures = {}
-    for name, threshold in thresholds.items():
+    bounds = [(name, threshold, "min") for name, threshold in thresholds.items()]
+    bounds += [(name, threshold, "max") for name, threshold in (maximums or {}).items()]
+    for name, threshold, direction in bounds:
         value = metrics.get(name)
         if value is None:
             failures[name] = "was not computed"
-        elif not np.isfinite(value) or value < threshold:
+        elif not np.isfinite(value):
+            failures[name] = f"{value} is not a number"
+        elif direction == "min" and value < threshold:
             failures[name] = f"{value:.4f} < {threshold:.4f}"
+        elif direction == "max" and value > threshold:
+            failures[name] = f"{value:.4f} > {threshold:.4f}"
     return failures
+
+
+def residual_plot_png(y_true, y_pred, title: str = "Residuals") -> bytes:
+    """Residual (true - predicted) against predicted value, as a PNG (headless)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    truth = np.asarray(y_true, dtype=np.float64)
+    predicted = np.asarray(y_pred, dtype=np.float64)
+    residuals = truth - predicted
+    fig, (scatter, histogram) = plt.subplots(1, 2, figsize=(8.0, 3.4), dpi=100)
+    scatter.scatter(predicted, residuals, s=10, alpha=0.6)
+    scatter.axhline(0.0, color="black", linewidth=1)
+    scatter.set_xlabel("predicted")
+    scatter.set_ylabel("true - predicted")
+    scatter.set_title(title)
+    histogram.hist(residuals, bins=min(30, max(5, len(residuals) // 5)))
+    histogram.set_xlabel("true - predicted")
+    histogram.set_ylabel("rows")
+    histogram.set_title("Residual distribution")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
 
 
 def confusion_table(y_true, y_pred, classes) -> pd.DataFrame:

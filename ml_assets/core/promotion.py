@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ml_assets.core.schema_diff import SchemaDiff
+from ml_assets.core.tasks import DIRECTIONS, better
 
 ALLOW_HINT = ("set allow_breaking_change: true in the champion_comparison config (or "
               "ML_ALLOW_BREAKING_SCHEMA_CHANGE=true) to promote it anyway")
@@ -66,8 +67,11 @@ def decide_promotion(challenger: dict[str, float], champion: dict[str, float] | 
     unless `allow_breaking_change`; then promote when there is no champion (the
     challenger already passed the thresholds upstream), when the champion cannot score
     today's held-out data, or when the challenger beats the champion's `metric` by at
-    least `margin` on the same data. A tie within the margin keeps the champion: churn
-    without evidence is not progress."""
+    least `margin` on the same data, in the metric's direction (`tasks.DIRECTIONS`:
+    higher is better for F1 or R², lower for RMSE, MAE, MAPE). A tie within the margin
+    keeps the champion: churn without evidence is not progress.
+
+    `deltas` are challenger minus champion; the decision uses the improvement."""
     if metric not in challenger:
         raise ValueError(f"comparison metric {metric!r} is not among {sorted(challenger)}")
     if margin < 0:
@@ -97,10 +101,17 @@ def decide_promotion(challenger: dict[str, float], champion: dict[str, float] | 
     if champion is None:
         return decision(True, f"{allowed}first model: no champion yet and the challenger "
                         "passed the thresholds", False)
-    delta = deltas[metric]
-    if delta >= margin:
+    if metric not in champion:
+        return decision(True, f"{allowed}champion has no {metric} on the held-out data "
+                        "(another task?); challenger passed the thresholds", False)
+    gain = better(metric, challenger[metric], champion[metric])
+    direction = ("higher is better" if DIRECTIONS.get(metric, "max") == "max"
+                 else "lower is better")
+    if gain >= margin:
         return decision(True, f"{allowed}challenger {metric} {challenger[metric]:.4f} beats "
-                        f"champion {champion[metric]:.4f} by {delta:+.4f} (margin {margin})")
-    verdict = "is worse than" if delta < 0 else "does not beat by the margin"
+                        f"champion {champion[metric]:.4f} by {gain:+.4f} ({direction}, "
+                        f"margin {margin})")
+    verdict = "is worse than" if gain < 0 else "does not beat by the margin"
     return decision(False, f"{allowed}challenger {metric} {challenger[metric]:.4f} {verdict} "
-                    f"champion {champion[metric]:.4f} ({delta:+.4f}, margin {margin})")
+                    f"champion {champion[metric]:.4f} ({gain:+.4f}, {direction}, "
+                    f"margin {margin})")

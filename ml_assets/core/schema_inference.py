@@ -28,12 +28,14 @@ from ml_assets.core.schemas import (
     schema_yaml,
     validate_frame,
 )
+from ml_assets.core.tasks import detect_task
 
 MAX_CATEGORIES = 50          # a closed isin list holds at most this many values ...
 CATEGORY_SHARE = 0.5         # ... and distinct <= this share of the non-null values
 OPEN_CATEGORY_SHARE = 0.2    # more distinct but <= this share: an open categorical feature
 IDENTIFIER_SHARE = 0.95      # ints/strings with distinct >= this share of non-null rows ...
 IDENTIFIER_MIN_ROWS = 20     # ... over at least this many rows are identifiers
+NAMED_IDENTIFIER_SHARE = 0.5  # named like an id: an identifier when distinct > this share
 FREE_TEXT_WORDS = 3.0        # mean words per value from which text is free text
 MIXED_NUMBER_SHARE = 0.8     # a text column whose values are mostly (>=) numbers is an error
 
@@ -98,16 +100,28 @@ def _integral(series: pd.Series) -> bool:
                                       and np.all(np.abs(values) < 2**53))
 
 
+def _sequential(values: pd.Series) -> bool:
+    """Row numbers, order numbers, auto-increment keys: unique integers that only grow in
+    file order (or fill a range without gaps). Unique incomes or ages are not."""
+    numbers = values.to_numpy(dtype=float)
+    if len(numbers) < 2:
+        return False
+    steps = np.diff(numbers)
+    gapless = numbers.max() - numbers.min() + 1 == len(np.unique(numbers))
+    return bool(np.all(steps > 0) or gapless)
+
+
 def _numeric(name, series: pd.Series, nullable: bool) -> pa.Column:
     checks = [pa.Check.ge(0)] if series.min(skipna=True) >= 0 else []
     non_null = series.dropna()
     if pd.api.types.is_integer_dtype(series) or (nullable and _integral(series)):
         dtype = "Int64" if nullable else "int64"
         unique = non_null.nunique() >= IDENTIFIER_SHARE * len(non_null)
-        if len(non_null) >= IDENTIFIER_MIN_ROWS and unique:
+        if len(non_null) >= IDENTIFIER_MIN_ROWS and unique and _sequential(non_null):
             return _column(dtype, nullable, checks, "identifier",
                            f"integer identifier ({non_null.nunique()} distinct values in "
-                           f"{len(non_null)} rows): validated but not a feature")
+                           f"{len(non_null)} rows, counting up in file order): validated "
+                           "but not a feature")
         return _column(dtype, nullable, checks)
     return _column("float64", nullable, checks)
 
@@ -153,9 +167,20 @@ def _base_dtype(series: pd.Series, nullable: bool):
     return "category" if isinstance(series.dtype, pd.CategoricalDtype) else "str"
 
 
-def infer_column(name, series: pd.Series, target: str) -> pa.Column:
-    """The schema column for one series (see the module docstring for the rules)."""
+def infer_column(name, series: pd.Series, target: str, task: str = "auto") -> pa.Column:
+    """The schema column for one series (see the module docstring for the rules). A
+    regression target (`tasks.detect_task` under `task`) is a float64 column with no
+    closed list of values."""
     is_target = name == target
+    if series.dtype == object:
+        nested = series.map(lambda v: isinstance(v, (list, tuple, dict, set, np.ndarray)))
+        if nested.any():
+            first = series[nested].iloc[0]
+            raise SchemaInferenceError(
+                f"column {name!r} holds lists or nested records (e.g. {str(first)[:60]!r} in "
+                f"data row {_rows(series.index[nested][:1])}); the platform takes one value "
+                "per cell: flatten it into columns, or drop it from the data; no schema was "
+                "written.")
     nullable = bool(series.isna().any()) and not is_target
     if pd.api.types.is_datetime64_any_dtype(series):
         if is_target:
@@ -165,16 +190,20 @@ def infer_column(name, series: pd.Series, target: str) -> pa.Column:
         dtype = f"datetime64[ns, {tz}]" if tz is not None else "datetime64[ns]"
         return _column(dtype, nullable, role="datetime", note=DATETIME_NOTE)
     if is_target:
+        if detect_task(series, task).is_regression:  # type: ignore[arg-type]
+            return pa.Column("float64", nullable=False, coerce=True)
         return _text(name, series, nullable, is_target=True)
     if series.isna().all():
         return _column(None, True, role="constant",
                        note="empty in every row: validated but not a feature")
-    if series.nunique(dropna=True) == 1:
+    if series.nunique(dropna=True) == 1 and not nullable:
         value = series.dropna().iloc[0]
         return _column(_base_dtype(series, nullable), nullable, role="constant", note=(
             f"the same value ({str(value)!r}) in every row: validated but not a feature"))
     fractional = pd.api.types.is_float_dtype(series) and not _integral(series)
-    if (looks_like_identifier_name(str(name)) and not fractional
+    non_null = series.dropna()
+    varied = non_null.nunique() > NAMED_IDENTIFIER_SHARE * len(non_null)
+    if (looks_like_identifier_name(str(name)) and varied and not fractional
             and not pd.api.types.is_bool_dtype(series)):
         return _column(_base_dtype(series, nullable), nullable, role="identifier",
                        note="named like an identifier: validated but not a feature")
@@ -185,7 +214,7 @@ def infer_column(name, series: pd.Series, target: str) -> pa.Column:
     return _text(name, series, nullable, is_target=False)
 
 
-def _check_target(frame: pd.DataFrame, target: str, where: str) -> None:
+def _check_target(frame: pd.DataFrame, target: str, where: str, task: str = "auto") -> None:
     if target not in frame.columns:
         raise SchemaInferenceError(unknown_column_message(target, list(frame.columns), where))
     labels = frame[target]
@@ -200,6 +229,11 @@ def _check_target(frame: pd.DataFrame, target: str, where: str) -> None:
             f"{where} (data rows {_rows(missing.index)}): fill in those labels or remove "
             "the rows; no schema was written.")
     classes = labels.astype(str).value_counts()
+    if len(classes) < 2 and task == "regression":
+        raise SchemaInferenceError(
+            f"regression target {target!r} has a single value ({classes.index[0]!r} in all "
+            f"{len(frame)} rows of {where}); a model needs a target that varies: choose "
+            "another target column; no schema was written.")
     if len(classes) < 2:
         raise SchemaInferenceError(
             f"target column {target!r} has a single class ({classes.index[0]!r} in all "
@@ -220,16 +254,24 @@ def unknown_column_message(target: str, columns: list, where: str) -> str:
 
 
 def infer_schema(frame: pd.DataFrame, target: str, name: str = "inferred",
-                 where: str = "the data") -> pa.DataFrameSchema:
+                 where: str = "the data", task: str = "auto") -> pa.DataFrameSchema:
     """A schema for `frame`, or SchemaInferenceError when no model could learn from it.
 
-    `where` names the data (a file or directory) in the messages."""
+    `where` names the data (a file or directory) in the messages; `task` (ML_TASK)
+    decides, with the target's values, whether the target is a class label (str with a
+    closed isin list) or a regression target (float64, no isin)."""
     if len(frame) == 0:
         raise SchemaInferenceError(
             f"{where} has 0 data rows: add rows below the header and run again; no schema "
             "was written.")
-    _check_target(frame, target, where)
-    columns = {column: infer_column(column, frame[column], target) for column in frame.columns}
+    try:
+        _check_target(frame, target, where, task)
+        columns = {column: infer_column(column, frame[column], target, task)
+                   for column in frame.columns}
+    except SchemaInferenceError:
+        raise
+    except ValueError as exc:  # a task setting the target cannot have
+        raise SchemaInferenceError(f"{exc}; no schema was written.") from None
     schema = pa.DataFrameSchema(columns, strict=True, name=name, ordered=False)
     if not feature_columns(schema, target):
         excluded = ", ".join(f"{c!r} ({role})" for c, role in
@@ -242,11 +284,11 @@ def infer_schema(frame: pd.DataFrame, target: str, name: str = "inferred",
 
 
 def checked_schema(frame: pd.DataFrame, target: str, name: str = "inferred",
-                   where: str = "the data") -> pa.DataFrameSchema:
+                   where: str = "the data", task: str = "auto") -> pa.DataFrameSchema:
     """`infer_schema`, then the guard: the schema, as it will be read back from its YAML
     file, must accept the very frame it was inferred from; otherwise nothing may be
     written (an inference bug must never leave a broken file behind)."""
-    schema = infer_schema(frame, target, name, where)
+    schema = infer_schema(frame, target, name, where, task)
     written = schema_from_yaml(schema_yaml(schema))
     _, report = validate_frame(frame, written)
     if not report.passed:

@@ -49,11 +49,11 @@ def synthetic_schema(spec: SyntheticSpec) -> pa.DataFrameSchema:
 
 
 def infer_schema(frame: pd.DataFrame, target: str, name: str = "inferred",
-                 where: str = "the data") -> pa.DataFrameSchema:
+                 where: str = "the data", task: str = "auto") -> pa.DataFrameSchema:
     """Infer a schema a person can read and edit (rules: `ml_assets.core.schema_inference`)."""
     from ml_assets.core.schema_inference import infer_schema as infer
 
-    return infer(frame, target, name=name, where=where)
+    return infer(frame, target, name=name, where=where, task=task)
 
 
 _VERSION_FILE = re.compile(r"^v(\d+)\.yaml$")

@@ -17,6 +17,7 @@ import pandas as pd
 TaskType = Literal["binary", "multiclass", "regression"]
 TaskSetting = Literal["auto", "classification", "binary", "multiclass", "regression"]
 
+TASK_SETTINGS = ("auto", "classification", "binary", "multiclass", "regression")
 REGRESSION_METRICS = ("rmse", "mae", "r2", "mape")
 CLASSIFICATION_METRICS = ("accuracy", "precision_weighted", "recall_weighted", "f1_weighted",
                           "roc_auc")
@@ -42,7 +43,8 @@ class TaskDecision:
 def _numeric(values: pd.Series) -> pd.Series | None:
     """The target as numbers when every non-null value is one (strings like "3.5"
     included), else None. Booleans are labels, not numbers."""
-    if pd.api.types.is_bool_dtype(values):
+    if pd.api.types.is_bool_dtype(values) or pd.api.types.infer_dtype(
+            values, skipna=True) == "boolean":
         return None
     if pd.api.types.is_numeric_dtype(values):
         return values.astype("float64")
@@ -60,6 +62,9 @@ def detect_task(y: pd.Series, setting: TaskSetting = "auto") -> TaskDecision:
     (binary with two classes). `classification` picks binary or multiclass by the count
     of classes; the other settings are taken as given (a regression target must be
     numeric)."""
+    if setting not in TASK_SETTINGS:
+        raise ValueError(f"unknown task {setting!r}; use one of {', '.join(TASK_SETTINGS)} "
+                         "(ML_TASK)")
     observed = y.dropna()
     distinct = int(observed.nunique())
     numbers = _numeric(observed)
@@ -77,6 +82,9 @@ def detect_task(y: pd.Series, setting: TaskSetting = "auto") -> TaskDecision:
                    else "non-integral numeric values")
             return TaskDecision("regression", f"regression: target {y.name!r} has {why} "
                                 "(set ML_TASK=classification to treat them as classes)")
+    if distinct < 2:
+        raise ValueError(f"target {y.name!r} has a single class "
+                         f"{observed.unique().tolist()[:1]}; a classifier needs at least two")
     task: TaskType = "binary" if distinct == 2 else "multiclass"
     origin = "set in the configuration" if setting == "classification" else (
         f"target {y.name!r} has {distinct} classes")
@@ -100,6 +108,11 @@ def better(metric: str, new: float, old: float) -> float:
     """How much `new` improves on `old` for `metric`: positive is better, whatever the
     metric's direction."""
     return (new - old) if DIRECTIONS.get(metric, "max") == "max" else (old - new)
+
+
+def task_metrics(task: str) -> tuple[str, ...]:
+    """The held-out metrics of `task`."""
+    return REGRESSION_METRICS if task == "regression" else CLASSIFICATION_METRICS
 
 
 def default_metric(task: TaskType) -> str:

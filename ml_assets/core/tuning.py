@@ -10,6 +10,7 @@ earlier ones at the same fold stops early ("pruned").
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -67,6 +68,12 @@ class ParamRange:
         return trial.suggest_categorical(self.name, list(self.choices))
 
 
+def _bound(value, kind: str) -> bool:
+    """A usable bound: a finite number (not a bool), whole for an int range."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value) and (kind == "float" or float(value).is_integer()))
+
+
 def parse_space(space: Mapping[str, Any]) -> list[ParamRange]:
     """`{"C": {"type": "float", "low": 0.001, "high": 10, "log": true},
     "penalty": {"type": "categorical", "choices": ["l2", null]}}` → ranges."""
@@ -79,11 +86,12 @@ def parse_space(space: Mapping[str, Any]) -> list[ParamRange]:
             raise TuningError(f"search space entry {name!r} must be a mapping")
         kind = entry.get("type")
         if kind in ("int", "float"):
-            low, high = entry.get("low"), entry.get("high")
-            if not isinstance(low, (int, float)) or not isinstance(high, (int, float)) \
-                    or low > high:
+            low: Any = entry.get("low")
+            high: Any = entry.get("high")
+            if not _bound(low, kind) or not _bound(high, kind) or low > high:
                 raise TuningError(f"search space entry {name!r}: {kind} needs numbers "
-                                  f"low <= high, got low={low!r} high={high!r}")
+                                  f"low <= high ({'whole' if kind == 'int' else 'finite'}), "
+                                  f"got low={low!r} high={high!r}")
             log = bool(entry.get("log", False))
             if log and low <= 0:
                 raise TuningError(f"search space entry {name!r}: a log range needs low > 0")
@@ -151,6 +159,13 @@ def tune(make_pipeline: Callable[[dict], Any], X: pd.DataFrame, y: pd.Series,
     records: list[TrialRecord] = []
 
     def objective(trial) -> float:
+        try:
+            return folds_of(trial)
+        except (ValueError, ArithmeticError) as exc:  # recorded as a failed trial
+            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:500])
+            raise
+
+    def folds_of(trial) -> float:
         params = {r.name: r.suggest(trial) for r in space}
         scores: list[float] = []
         trial.set_user_attr("fold_scores", scores)
@@ -160,6 +175,7 @@ def tune(make_pipeline: Callable[[dict], Any], X: pd.DataFrame, y: pd.Series,
                 warnings.filterwarnings("ignore", message=".*is greater than n_features.*")
                 pipeline.fit(X.iloc[train], y.iloc[train])
             scores.append(float(scorer(pipeline, X.iloc[valid], y.iloc[valid])))
+            trial.set_user_attr("fold_scores", list(scores))
             trial.report(float(np.mean(scores)), step)
             if trial.should_prune():
                 raise optuna.TrialPruned()

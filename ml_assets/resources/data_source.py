@@ -12,6 +12,7 @@ from pydantic import Field
 
 from ml_assets.core import datasets, schemas
 from ml_assets.core.schema_inference import checked_schema
+from ml_assets.settings import PlatformSettings
 
 
 class DataSourceResource(ConfigurableResource):
@@ -34,6 +35,10 @@ class DataSourceResource(ConfigurableResource):
                              "sniffed (a comma when ';'-separated numbers look like 1,5).")
     csv_encoding: str = Field(default="", description="CSV text encoding; empty: UTF-8 "
                               "(with or without BOM), else detected.")
+    task: str = Field(default="", description="How a new schema reads the target: auto "
+                      "(a numeric target with many distinct or fractional values is a "
+                      "regression target: float64), classification, binary, multiclass or "
+                      "regression; empty: ML_TASK (auto).")
     n_rows: int = Field(default=10_000, description="synthetic: rows.")
     n_numeric: int = Field(default=20, description="synthetic: numeric features.")
     n_categorical: int = Field(default=0, description="synthetic: categorical features.")
@@ -96,7 +101,8 @@ class DataSourceResource(ConfigurableResource):
             version, schema = latest
             return schema, f"file: {store.directory / f'v{version}.yaml'}"
         inferred = checked_schema(frame, self.target_column, name=self.name,
-                                  where=self.path or self.name)
+                                  where=self.path or self.name,
+                                  task=self.task or PlatformSettings.from_env().task)
         _, path = store.write(inferred)
         return inferred, f"inferred and written: {path}"
 

@@ -17,13 +17,14 @@ from ml_assets.core.prediction_log.base import (
     PredictionLogError,
     PredictionLogUnavailable,
     PredictionRecord,
+    numeric_predictions,
 )
 from ml_assets.core.prediction_log.postgres import PostgresPredictionLog, redact_url
 from ml_assets.core.prediction_log.sqlite import SQLitePredictionLog
 
 __all__ = ["META_COLUMNS", "PostgresPredictionLog", "PredictionLog", "PredictionLogError",
            "PredictionLogUnavailable", "PredictionRecord", "SQLitePredictionLog",
-           "open_prediction_log", "redact_url", "resolve_log_location"]
+           "numeric_predictions", "open_prediction_log", "redact_url", "resolve_log_location"]
 
 _POSTGRES_SCHEMES = ("postgresql", "postgres")
 

@@ -45,6 +45,10 @@ logger = logging.getLogger("ml_assets.core.prediction_log")
 # input_flags: "feature:reason;..." for values the service answered although the
 # schema's checks exclude them (ML_API_INPUT_POLICY=accept; reason unseen_category or
 # out_of_range), "" for a clean row and for rows logged before the column existed.
+# prediction: the predicted class (text); a regression model's rows carry the
+# predicted number as text (repr of the float, exact) with no probabilities and a NaN
+# confidence; read_day returns the column as float64 for a day whose every row has no
+# probabilities (all from regressors). See `numeric_predictions`.
 META_COLUMNS = ["timestamp", "request_id", "row_index", "model_name", "model_version",
                 "prediction", "confidence", "probabilities", "input_flags"]
 
@@ -60,8 +64,8 @@ class PredictionRecord:
     model_version: str
     feature_names: Sequence[str]
     feature_values: Sequence
-    prediction: str
-    probabilities: dict[str, float]
+    prediction: str  # the class; a regressor's value as repr(float)
+    probabilities: dict[str, float]  # {} for a regressor
     input_flags: str = ""  # "island:unseen_category;year:out_of_range", "" when clean
 
     @property
@@ -436,6 +440,20 @@ def _as_row(record: PredictionRecord) -> dict:
             "input_flags": record.input_flags}
 
 
+def numeric_predictions(frame: pd.DataFrame) -> pd.Series | None:
+    """The `prediction` column as float64 when every row comes from a regression model
+    (no probabilities, a number as prediction); None otherwise (classes, or a day that
+    mixes a classifier's rows with a regressor's)."""
+    if not len(frame) or "probabilities" not in frame:
+        return None
+    if any(bool(p) for p in frame["probabilities"]):
+        return None
+    values = pd.to_numeric(frame["prediction"], errors="coerce")
+    if values.isna().any():
+        return None
+    return values.astype("float64")
+
+
 def _frame(rows: list[tuple]) -> pd.DataFrame:
     """read_day's frame from stored rows (logged_at, request_id, row_index, model_name,
     model_version, prediction, confidence, probabilities JSON, features JSON[,
@@ -444,8 +462,13 @@ def _frame(rows: list[tuple]) -> pd.DataFrame:
         return pd.DataFrame({name: pd.Series(dtype=object) for name in META_COLUMNS})
     meta = pd.DataFrame([row[:7] for row in rows], columns=META_COLUMNS[:7])
     meta["timestamp"] = pd.to_datetime(meta["timestamp"], utc=True, format="ISO8601")
+    # NULL (no probabilities: a regressor's row) reads as NaN, not None.
+    meta["confidence"] = pd.to_numeric(meta["confidence"], errors="coerce").astype("float64")
     meta["probabilities"] = [orjson.loads(row[7]) for row in rows]
     meta["input_flags"] = [(row[9] or "") if len(row) > 9 else "" for row in rows]
+    values = numeric_predictions(meta)
+    if values is not None:
+        meta["prediction"] = values
     features = pd.DataFrame.from_records([orjson.loads(row[8]) for row in rows])
     # A feature named like a meta column keeps its values under "feature.<name>".
     features.columns = [f"feature.{c}" if c in META_COLUMNS else c for c in features.columns]
