@@ -11,6 +11,7 @@ from ml_assets.core.features import Split, build_preprocessor, selected_features
 from ml_assets.core.provenance import frame_fingerprint
 from ml_assets.core.schema_inference import DATETIME_POLICY
 from ml_assets.core.schemas import feature_columns
+from ml_assets.core.tasks import detect_task
 from ml_assets.resources import DataSourceResource
 from ml_assets.settings import PlatformSettings
 from ml_assets.validation import not_features
@@ -50,6 +51,26 @@ def feature_kinds(frame: pd.DataFrame, target: str) -> dict[str, str]:
     return kinds
 
 
+def task_schema_mismatch(schema, target: str, task: str, origin: str) -> str | None:
+    """Why the schema's reading of the target contradicts this run's task, or None: a
+    schema written for class labels (a closed isin list) cannot govern a regression run,
+    nor a numeric target without classes a classification run."""
+    column = schema.columns.get(target)
+    if column is None:
+        return None
+    closed = any(check.name == "isin" for check in column.checks)
+    numeric = str(column.dtype).startswith(("float", "int", "Int", "Float"))
+    if task == "regression" and closed:
+        reads, fix = "class labels (a closed isin list)", "float64 with no isin list"
+    elif task != "regression" and numeric and not closed:
+        reads, fix = "numbers (no list of classes)", "str with an isin list of the classes"
+    else:
+        return None
+    return (f"the schema ({origin}) reads target {target!r} as {reads}, but this run's task "
+            f"is {task}: copy the schema file to the next version and make the target "
+            f"{fix}, or set ML_TASK to match the schema")
+
+
 @asset(group_name="training", kinds={"pandas", "scikit-learn"})
 def data_split(context: AssetExecutionContext, config: SplitConfig,
                validated_data: pd.DataFrame, data_source: DataSourceResource) -> Output[Split]:
@@ -60,11 +81,15 @@ def data_split(context: AssetExecutionContext, config: SplitConfig,
     The test split is held out: only evaluation and the champion comparison see it.
     """
     target = data_source.target_column
-    schema, _ = data_source.schema_for(validated_data)
+    schema, origin = data_source.schema_for(validated_data)
     features = feature_columns(schema, target)
     try:
+        decision = detect_task(validated_data[target], config.task)
+        mismatch = task_schema_mismatch(schema, target, decision.task, origin)
+        if mismatch:
+            raise ValueError(mismatch)
         split = split_frame(validated_data, target, config.test_size, config.seed, features,
-                            excluded=not_features(schema, target), task=config.task)
+                            excluded=not_features(schema, target), task=decision)
     except ValueError as exc:
         raise Failure(description=str(exc), allow_retries=False) from None
     context.log.info("task %s", split.task_reason)

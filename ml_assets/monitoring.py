@@ -49,7 +49,10 @@ daily_partitions = DailyPartitionsDefinition(
 
 def is_regression_model(pipeline) -> bool:
     """A regressor (a predicted number per row, no classes) rather than a classifier."""
-    return is_regressor(pipeline) and not hasattr(pipeline, "classes_")
+    # A classifier here always has predict_proba (training requires it); a user's
+    # regressor need not declare RegressorMixin, so is_regressor alone misses it.
+    return not hasattr(pipeline, "predict_proba") or (
+        is_regressor(pipeline) and not hasattr(pipeline, "classes_"))
 
 
 def model_outputs(pipeline, rows: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:

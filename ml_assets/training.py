@@ -157,15 +157,18 @@ def _record_trial(client, experiment_id: str, parent_run_id: str, dagster_run_id
         "tuning.state": trial.state, "tuning.dagster_run_id": dagster_run_id,
         **({"tuning.error": trial.error[:500]} if trial.error else {})})
     run_id = child.info.run_id
-    for name, value in trial.params.items():
-        client.log_param(run_id, name, value)
-    for step, score in enumerate(trial.fold_scores):
-        client.log_metric(run_id, f"cv_{scoring}_fold", float(score), step=step)
-    if trial.score is not None:
-        client.log_metric(run_id, f"cv_{scoring}", float(trial.score))
-    client.log_metric(run_id, "seconds", trial.seconds)
-    status = {"complete": "FINISHED", "pruned": "KILLED"}.get(trial.state, "FAILED")
-    client.set_terminated(run_id, status)
+    status = "FAILED"  # unless every record below is written
+    try:
+        for name, value in trial.params.items():
+            client.log_param(run_id, name, value)
+        for step, score in enumerate(trial.fold_scores):
+            client.log_metric(run_id, f"cv_{scoring}_fold", float(score), step=step)
+        if trial.score is not None:
+            client.log_metric(run_id, f"cv_{scoring}", float(trial.score))
+        client.log_metric(run_id, "seconds", trial.seconds)
+        status = {"complete": "FINISHED", "pruned": "KILLED"}.get(trial.state, "FAILED")
+    finally:
+        client.set_terminated(run_id, status)
 
 
 @asset(group_name="training", kinds={"scikit-learn", "mlflow"})

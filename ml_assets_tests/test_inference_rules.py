@@ -46,3 +46,18 @@ def test_a_column_of_lists_is_named_not_a_crash():
                           "y": ["a", "b"] * 10})
     with pytest.raises(SchemaInferenceError, match="'tags' holds lists or nested records"):
         checked_schema(frame, "y")
+
+
+def test_a_schema_that_contradicts_the_task_is_named_with_the_fix():
+    from ml_assets.features import task_schema_mismatch
+
+    rng = np.random.default_rng(0)
+    numbers = pd.DataFrame({"x": rng.normal(size=80), "y": rng.normal(size=80) * 50})
+    regression = checked_schema(numbers, "y", task="regression")
+    assert task_schema_mismatch(regression, "y", "regression", "v1") is None
+    message = task_schema_mismatch(regression, "y", "multiclass", "file: v1.yaml")
+    assert "reads target 'y' as numbers" in message and "str with an isin list" in message
+    labels = pd.DataFrame({"x": rng.normal(size=80), "y": ["a", "b"] * 40})
+    classes = checked_schema(labels, "y")
+    assert task_schema_mismatch(classes, "y", "binary", "v1") is None
+    assert "as class labels" in task_schema_mismatch(classes, "y", "regression", "v1")

@@ -425,3 +425,23 @@ def test_removed_feature_refused_by_the_cli_then_allowed_and_the_api_follows(
         assert answer.status_code == 200, answer.text
         assert answer.json()["prediction"] in {"low", "mid", "high"}
         assert api.post("/predict", json={**row, "year": 2019.5}).status_code == 422
+
+
+def test_a_change_of_task_is_breaking_even_with_the_same_features():
+    from ml_assets.core.schema_diff import ModelSchema, diff_models
+    from ml_assets.core.schemas import schema_from_yaml
+
+    schema = schema_from_yaml("columns:\n  x:\n    dtype: float64\n  y:\n    dtype: float64\n")
+    regressor = ModelSchema(schema, "y", task="regression")
+    classifier = ModelSchema(schema, "y", task="binary")
+    diff = diff_models(regressor, classifier)
+    assert diff.breaking and diff.changes[0].kind == "task"
+    assert "from regression to binary" in diff.changes[0].sentence
+    assert "a class label with probabilities instead of a number" in diff.changes[0].sentence
+    assert not diff_models(ModelSchema(schema, "y", task="binary"),
+                           ModelSchema(schema, "y", task="multiclass")).breaking
+    unknown = diff_models(ModelSchema(None, "y", "no schema", "regression"), classifier)
+    assert unknown.breaking and not unknown.known
+    from ml_assets.core.promotion import schema_change_record
+    assert schema_change_record(unknown, False).startswith(
+        "breaking, refused: the model's task changes from regression to binary")

@@ -66,6 +66,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.add_argument(f"--min-{metric.replace('_', '-')}", dest=f"min_{metric}",
                             type=float, default=DEFAULT_THRESHOLD, metavar="X",
                             help=f"minimum held-out {metric} (default {DEFAULT_THRESHOLD})")
+    parser.add_argument("--min-r2", dest="min_r2", type=float, default=0.3, metavar="X",
+                        help="regression models: minimum held-out R² (default 0.3)")
+    parser.add_argument("--max-rmse", dest="max_rmse", type=float, default=None, metavar="X",
+                        help="regression models: maximum held-out RMSE (default: none)")
     parser.add_argument("--home", type=Path,
                         help="platform home to train in (default: a new temporary directory, "
                         "removed afterwards)")
@@ -137,7 +141,7 @@ def held_out_rows(settings):
                               f"{report.message}")
     split_config = SplitConfig()
     split = split_frame(validated, source.target_column, split_config.test_size,
-                        split_config.seed)
+                        split_config.seed, task=split_config.task)
     return split, schema, source.target_column
 
 
@@ -251,6 +255,11 @@ def validate(args: argparse.Namespace, trained: bool) -> list[Check]:
         model_schema = schema_from_yaml(metadata[FEATURE_SCHEMA_KEY])
 
     pipeline = loaded.pipeline
+    if metadata.get("task") == "regression":
+        checks += regression_checks(pipeline, split, args, version, trained)
+        checks.append(signature_check(info, model_schema, source_schema, target))
+        checks.append(skops_check(model_uri))
+        return checks
     predicted = np.asarray(pipeline.predict(split.X_test)).astype(str)
     proba = pipeline.predict_proba(split.X_test)
     classes = [str(c) for c in pipeline.classes_]
@@ -285,6 +294,36 @@ def validate(args: argparse.Namespace, trained: bool) -> list[Check]:
 
     checks.append(signature_check(info, model_schema, source_schema, target))
     checks.append(skops_check(model_uri))
+    return checks
+
+
+def regression_checks(pipeline, split, args, version, trained: bool) -> list[Check]:
+    """A regressor's held-out RMSE/MAE/R²/MAPE against the gates and the run's logged
+    test_* metrics (no probabilities to compare)."""
+    import mlflow
+    import numpy as np
+
+    from ml_assets.core.tasks import regression_metrics
+
+    predicted = np.asarray(pipeline.predict(split.X_test), dtype=np.float64)
+    checks = [Check("finite predictions", bool(np.all(np.isfinite(predicted))),
+                    f"{len(predicted)} held-out rows")]
+    metrics = regression_metrics(split.y_test.astype(float), predicted)
+    checks.append(Check("metric r2", metrics["r2"] >= args.min_r2,
+                        f"{metrics['r2']:.4f} (minimum {args.min_r2:.4f})"))
+    limit = args.max_rmse
+    checks.append(Check("metric rmse", limit is None or metrics["rmse"] <= limit,
+                        f"{metrics['rmse']:.4f} (maximum {limit if limit is not None else '-'})"))
+    if not version.run_id:
+        raise ValidationError(f"version {version.version} records no training run")
+    logged = mlflow.MlflowClient().get_run(version.run_id).data.metrics
+    differences = {m: (v, logged.get(f"test_{m}")) for m, v in metrics.items()
+                   if math.isfinite(v) and (logged.get(f"test_{m}") is None or not math.isclose(
+                       v, logged[f"test_{m}"], rel_tol=1e-9, abs_tol=HELD_OUT_TOLERANCE))}
+    if trained:
+        checks.append(Check("reproducible", not differences,
+                            "held-out metrics equal the run's logged test_* metrics"
+                            if not differences else f"recomputed vs logged: {differences}"))
     return checks
 
 

@@ -144,8 +144,10 @@ class ServedModel:
 
 
 def _final_step(pipeline):
+    """The last estimator, through nested Pipelines (a user's factory Pipeline is the
+    last step of the served one)."""
     steps = getattr(pipeline, "steps", None)
-    return steps[-1][1] if steps else pipeline
+    return _final_step(steps[-1][1]) if steps else pipeline
 
 
 def offers_std(pipeline) -> bool:

@@ -95,7 +95,7 @@ def split_frame(frame: pd.DataFrame, target: str, test_size: float = 0.2,
         raise ValueError(f"target {target!r} has a single class {counts.index.tolist()}; "
                          "a classifier needs at least two")
     if counts.min() < 2:
-        raise ValueError(f"class {counts.idxmin()!r} of {target!r} has fewer than 2 rows; "
+        raise ValueError(f"class {str(counts.idxmin())!r} of {target!r} has fewer than 2 rows; "
                          "it cannot be split into train and test: add rows of that class "
                          "or remove it")
     X_train, X_test, y_train, y_test = train_test_split(

@@ -46,7 +46,7 @@ def schema_change_record(diff: SchemaDiff | None, allow_breaking_change: bool) -
     """The `promotion.schema_change` value for `diff`."""
     if diff is None:
         return "none"
-    if not diff.known:
+    if not diff.known and not diff.breaking:
         return f"unknown: {diff.note}"
     if not diff.changes:
         return "none"

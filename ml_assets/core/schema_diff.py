@@ -20,7 +20,7 @@ compatible
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pandera.pandas as pa
@@ -326,6 +326,7 @@ class ModelSchema:
     schema: pa.DataFrameSchema | None
     target: str
     problem: str | None = None
+    task: str | None = None  # binary, multiclass, regression; None when not recorded
 
 
 def model_schema(mlmodel: dict, source: str) -> ModelSchema:
@@ -334,21 +335,46 @@ def model_schema(mlmodel: dict, source: str) -> ModelSchema:
     metadata = mlmodel.get("metadata") if isinstance(mlmodel, dict) else None
     metadata = metadata if isinstance(metadata, dict) else {}
     target = str(metadata.get("target") or "")
+    task = metadata.get("task")
+    if task not in ("binary", "multiclass", "regression"):
+        task = "multiclass" if metadata.get("classes") else None  # older models
     text = metadata.get(FEATURE_SCHEMA_KEY)
     if text is None:
-        return ModelSchema(None, target, f"{source} carries no feature schema")
+        return ModelSchema(None, target, f"{source} carries no feature schema", task)
     try:
-        return ModelSchema(schema_from_yaml(text), target)
+        return ModelSchema(schema_from_yaml(text), target, task=task)
     except Exception as exc:  # noqa: BLE001 - a broken schema is an unknown one
         return ModelSchema(None, target, f"{source}'s feature schema cannot be read: "
-                           f"{str(exc)[:200]}")
+                           f"{str(exc)[:200]}", task)
+
+
+def _answer(task: str) -> str:
+    return "a number" if task == "regression" else "a class label with probabilities"
+
+
+def task_change(champion: ModelSchema, challenger: ModelSchema) -> SchemaChange | None:
+    """A classifier replaced by a regressor or the reverse: every client's answer
+    changes shape (`prediction` a number instead of a class, no probabilities)."""
+    old, new = champion.task, challenger.task
+    if old is None or new is None or (old == "regression") == (new == "regression"):
+        return None
+    return SchemaChange("prediction", "task", True,
+                        f"the model's task changes from {old} to {new}",
+                        f"clients get {_answer(new)} instead of {_answer(old)} as "
+                        "`prediction`")
 
 
 def diff_models(champion: ModelSchema, challenger: ModelSchema) -> SchemaDiff:
-    """`diff_schemas` of two models' schemas; unknown when either carries none."""
+    """`diff_schemas` of two models' schemas (unknown when either carries none), with a
+    change of task (classification <-> regression) first: it always breaks clients."""
     if champion.schema is None or challenger.schema is None:
         problem = champion.problem or challenger.problem or "no feature schema"
-        return SchemaDiff.unknown(f"{problem}; its inputs are unknown, so the change is "
+        diff = SchemaDiff.unknown(f"{problem}; its inputs are unknown, so the change is "
                                   "not judged breaking")
-    return diff_schemas(champion.schema, challenger.schema, challenger.target,
-                        champion.target or None)
+    else:
+        diff = diff_schemas(champion.schema, challenger.schema, challenger.target,
+                            champion.target or None)
+    change = task_change(champion, challenger)
+    if change is None:
+        return diff
+    return replace(diff, changes=[change, *diff.changes], breaking=True)

@@ -74,9 +74,12 @@ def detect_task(y: pd.Series, setting: TaskSetting = "auto") -> TaskDecision:
                              "values that are not numbers")
         return TaskDecision("regression", "regression: set in the configuration")
     if setting in ("binary", "multiclass"):
+        if (setting == "binary") != (distinct == 2):
+            raise ValueError(f"target {y.name!r} is set as a {setting} target but has "
+                             f"{distinct} classes; set ML_TASK=classification (or auto)")
         return TaskDecision(setting, f"{setting}: set in the configuration")
     if setting == "auto" and numbers is not None:
-        integral = bool(np.all(np.isclose(numbers, np.round(numbers))))
+        integral = bool(np.all(np.mod(numbers.to_numpy(), 1) == 0))
         if distinct > REGRESSION_MIN_DISTINCT or not integral:
             why = (f"{distinct} distinct numeric values" if distinct > REGRESSION_MIN_DISTINCT
                    else "non-integral numeric values")

@@ -161,7 +161,9 @@ def tune(make_pipeline: Callable[[dict], Any], X: pd.DataFrame, y: pd.Series,
     def objective(trial) -> float:
         try:
             return folds_of(trial)
-        except (ValueError, ArithmeticError) as exc:  # recorded as a failed trial
+        except optuna.TrialPruned:
+            raise
+        except Exception as exc:  # the user's estimator may raise anything: a failed trial
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:500])
             raise
 
@@ -199,7 +201,7 @@ def tune(make_pipeline: Callable[[dict], Any], X: pd.DataFrame, y: pd.Series,
         pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
     started = time.perf_counter()
     study.optimize(objective, n_trials=n_trials, timeout=timeout_seconds, callbacks=[record],
-                   catch=(ValueError, ArithmeticError), gc_after_trial=False)
+                   catch=(Exception,), gc_after_trial=False)  # a trial fails, not the search
     completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not completed:
         raise TuningError(f"no tuning trial completed within the budget ({n_trials} trials, "
