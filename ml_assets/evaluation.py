@@ -77,6 +77,22 @@ class MetricsGateConfig(Config):
                  ("max_mape", self.max_mape)) if value is not None}
 
 
+def _log_held_out(mlflow_tracking: MlflowTracking, dagster_run_id: str,
+                  trained_model: TrainedModel, metrics: dict[str, float], picture: str,
+                  png: bytes, texts: dict[str, str] | None = None) -> None:
+    """The held-out metrics as test_* on the run and the logged model, the picture and
+    any text artifacts."""
+    with mlflow_tracking.active_run(dagster_run_id):
+        mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items()},
+                           model_id=trained_model.model_id)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / picture
+            path.write_bytes(png)
+            mlflow.log_artifact(str(path))
+        for name, text in (texts or {}).items():
+            mlflow.log_text(text, name)
+
+
 @asset(
     group_name="training",
     kinds={"scikit-learn", "mlflow"},
@@ -104,14 +120,8 @@ def model_metrics(context: AssetExecutionContext, config: MetricsGateConfig,
     metrics = classification_metrics(data_split.y_test, predicted, proba, pipeline.classes_)
     table = confusion_table(data_split.y_test, predicted, pipeline.classes_)
     png = confusion_matrix_png(table)
-    with mlflow_tracking.active_run(context.run_id):
-        mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items()},
-                           model_id=trained_model.model_id)
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "confusion_matrix.png"
-            path.write_bytes(png)
-            mlflow.log_artifact(str(path))
-            mlflow.log_text(table.to_csv(), "confusion_matrix.csv")
+    _log_held_out(mlflow_tracking, context.run_id, trained_model, metrics,
+                  "confusion_matrix.png", png, {"confusion_matrix.csv": table.to_csv()})
     image = base64.b64encode(png).decode()
     yield Output(metrics, metadata={
         **{name: MetadataValue.float(value) for name, value in metrics.items()},
@@ -152,13 +162,8 @@ def _regression(context: AssetExecutionContext, config: MetricsGateConfig,
     # MAPE is undefined when a true value is 0: left out rather than reported as NaN.
     metrics = {k: v for k, v in computed.items() if k != "mape" or v == v}
     png = residual_plot_png(data_split.y_test, predicted)
-    with mlflow_tracking.active_run(context.run_id):
-        mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items()},
-                           model_id=trained_model.model_id)
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "residuals.png"
-            path.write_bytes(png)
-            mlflow.log_artifact(str(path))
+    _log_held_out(mlflow_tracking, context.run_id, trained_model, metrics, "residuals.png",
+                  png)
     image = base64.b64encode(png).decode()
     yield Output(metrics, metadata={
         **{name: MetadataValue.float(value) for name, value in metrics.items()},

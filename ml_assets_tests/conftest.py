@@ -30,6 +30,16 @@ def mlflow_store(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.fixture
+def instance(tmp_path):
+    """A fresh, temporary Dagster instance (runs, events, materializations) per test."""
+    from dagster import DagsterInstance
+
+    (tmp_path / "dagster").mkdir()
+    with DagsterInstance.local_temp(str(tmp_path / "dagster")) as inst:
+        yield inst
+
+
+@pytest.fixture
 def unique_name() -> str:
     """A fresh name for an experiment or registered model, so tests never collide."""
     return f"t_{uuid.uuid4().hex[:10]}"

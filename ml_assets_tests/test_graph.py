@@ -4,7 +4,6 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from dagster import DagsterInstance
 
 from ml_assets.core.datasets import SyntheticSpec, load_breast_cancer_frame, make_synthetic
 from ml_assets.evaluation import METRICS_CHECK
@@ -13,13 +12,6 @@ from ml_assets.validation import SCHEMA_CHECK
 from ml_assets_tests.helpers import check_evaluation, materialized, run_graph
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def instance(tmp_path):
-    (tmp_path / "dagster").mkdir()
-    with DagsterInstance.local_temp(str(tmp_path / "dagster")) as inst:
-        yield inst
 
 
 def test_default_dataset_end_to_end_and_reproducible(mlflow_tracking, instance):

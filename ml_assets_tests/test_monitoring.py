@@ -13,7 +13,6 @@ from dagster import (
     AssetCheckEvaluation,
     AssetCheckSeverity,
     AssetKey,
-    DagsterInstance,
     MetadataValue,
     build_sensor_context,
 )
@@ -26,13 +25,6 @@ from ml_assets.definitions import defs
 from ml_assets.monitoring import DRIFT_CHECK
 from ml_assets.resources import DataSourceResource, MlflowTracking
 from ml_assets.resources.production import ProductionDataResource
-
-
-@pytest.fixture
-def instance(tmp_path):
-    (tmp_path / "dagster").mkdir()
-    with DagsterInstance.local_temp(str(tmp_path / "dagster")) as inst:
-        yield inst
 
 
 def _drift_evaluation(instance, passed: bool, partition: str, severity="ERROR",

@@ -10,7 +10,6 @@ import mlflow
 import pandas as pd
 import pytest
 import yaml
-from dagster import DagsterInstance
 
 from ml_assets.core.schemas import schema_from_yaml
 from ml_assets.resources import DataSourceResource
@@ -23,13 +22,6 @@ PENGUINS = files("palmerpenguins") / "data" / "penguins.csv"
 SEATTLE = files("vega_datasets") / "_data" / "seattle-weather.csv"
 FAST = {"n_estimators": 10, "cv_folds": 2}
 ISLANDS = ["Biscoe", "Dream", "Torgersen"]
-
-
-@pytest.fixture
-def instance(tmp_path):
-    (tmp_path / "dagster").mkdir()
-    with DagsterInstance.local_temp(str(tmp_path / "dagster")) as inst:
-        yield inst
 
 
 def _columns(schema_file):

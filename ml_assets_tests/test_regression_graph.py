@@ -5,7 +5,7 @@ gated in their directions, a residual plot, registered and promoted on RMSE."""
 import numpy as np
 import pytest
 import yaml
-from dagster import DagsterInstance, materialize
+from dagster import materialize
 from sklearn.datasets import load_diabetes
 
 from ml_assets.core import registry
@@ -21,13 +21,6 @@ pytestmark = pytest.mark.slow
 REGISTRY = [defs.get_assets_def(k) for k in ("registered_model", "champion_comparison",
                                              "champion_model")]
 FAST = {"n_estimators": 25, "cv_folds": 3, "max_depth": 6}
-
-
-@pytest.fixture
-def instance(tmp_path):
-    (tmp_path / "dagster").mkdir()
-    with DagsterInstance.local_temp(str(tmp_path / "dagster")) as inst:
-        yield inst
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ asset metadata, the same best parameters for the same seed."""
 import json
 
 import pytest
-from dagster import DagsterInstance
 
 from ml_assets.core import tuning
 from ml_assets.resources import DataSourceResource
@@ -15,13 +14,6 @@ from ml_assets_tests.helpers import run_graph
 SPACE = {"n_estimators": {"type": "int", "low": 5, "high": 20},
          "max_depth": {"type": "int", "low": 2, "high": 6},
          "min_samples_leaf": {"type": "int", "low": 1, "high": 8}}
-
-
-@pytest.fixture
-def instance(tmp_path):
-    (tmp_path / "dagster").mkdir()
-    with DagsterInstance.local_temp(str(tmp_path / "dagster")) as inst:
-        yield inst
 
 
 @pytest.mark.slow

@@ -6,7 +6,6 @@ or its own; its skops types must be listed by a person, else training fails nami
 import uuid
 
 import pytest
-from dagster import DagsterInstance
 
 from ml_assets.core import estimators
 from ml_assets.core.model_loading import load_pipeline
@@ -39,13 +38,6 @@ def build(C=1.0):
     return Pipeline([("impute", SimpleImputer()), ("scale", StandardScaler()),
                      ("clip", Clip()), ("classifier", LogisticRegression(C=C, max_iter=500))])
 '''
-
-
-@pytest.fixture
-def instance(tmp_path):
-    (tmp_path / "dagster").mkdir()
-    with DagsterInstance.local_temp(str(tmp_path / "dagster")) as inst:
-        yield inst
 
 
 @pytest.fixture
