@@ -426,3 +426,24 @@ def test_close_does_not_wait_for_a_write_hung_on_the_network(pg_url, tmp_path, m
         assert log.spilled_rows == len(_records())
     finally:
         release.set()
+
+
+def test_an_old_postgres_log_gains_input_flags_in_place(pg_url, database):
+    url = pg_url
+    log = PostgresPredictionLog(url)
+    log.append_many([_record(0, DAY_ONE)]).result(10)
+    log.close()
+    _admin("ALTER TABLE predictions DROP COLUMN input_flags", database=database)  # as before
+    old = PostgresPredictionLog(url, read_only=True)
+    assert old.read_day(DAY_ONE.date())["input_flags"].tolist() == [""]
+    old.close()
+    log = PostgresPredictionLog(url)  # opened for writing: ALTER TABLE ADD COLUMN
+    flagged = PredictionRecord(DAY_ONE, "new", 0, "m", "1", list(NAMES), [1.0] * len(NAMES),
+                               "malignant", {"malignant": 0.6, "benign": 0.4},
+                               "x:out_of_range")
+    log.append_many([flagged]).result(10)
+    log.close()
+    reader = PostgresPredictionLog(url, read_only=True)
+    frame = reader.read_day(DAY_ONE.date())
+    reader.close()
+    assert frame["input_flags"].tolist() == ["", "x:out_of_range"]

@@ -213,6 +213,9 @@ class PostgresPredictionLog(PredictionLog):
                         cur.execute(statement)
                     cur.execute(self._has_flags, (self._table,))
                     if not cur.fetchone()[0]:
+                        # Queued behind a long read, the ALTER's lock would block every
+                        # writer behind it: give up after 5 s, with the error below.
+                        cur.execute("SET LOCAL lock_timeout = '5s'")
                         cur.execute(self._add_flags)
                         logger.info("prediction log %s: added column input_flags",
                                     self.table)
