@@ -272,3 +272,32 @@ def test_rollback_of_a_regression_champion(mlflow_store, unique_name, tmp_path, 
         assert answer["model_version"] == "1" and "prediction_interval" not in answer
         assert _close([answer["prediction"]],
                       forest.pipeline.predict(forest.X_test.head(1)))
+
+
+@pytest.mark.slow
+def test_promotion_and_rollback_of_a_user_factory_champion(mlflow_store, unique_name,
+                                                           tmp_path, forest, monkeypatch):
+    """A user's own Pipeline (custom transformer, listed by the operator) is promoted over
+    a built-in model, served, and rolled back in one step; the API follows both ways."""
+    monkeypatch.setenv("ML_SKOPS_TRUSTED_TYPES", user_factory.TRUSTED)
+    custom = train_regression(user_factory.make_model(), scale=False)
+    experiment = experiment_id(unique_name, mlflow_store["artifact_root"])
+    client_mlflow = MlflowClient()
+    register(forest, unique_name, experiment, alias=None)
+    register(custom, unique_name, experiment, alias=None)
+    champion_registry.promote(client_mlflow, unique_name, "1", None, {"promotion.reason": "t"})
+    row = forest.X_test.iloc[0].to_dict()
+    with TestClient(create_app(_settings(mlflow_store, unique_name, tmp_path))) as client:
+        assert client.post("/predict", json=row).json()["model_version"] == "1"
+        champion_registry.promote(client_mlflow, unique_name, "2", "1",
+                                  {"promotion.reason": "t"})
+        assert client.post("/admin/reload", json={}).json()["serving_version"] == "2"
+        answer = client.post("/predict", json=row).json()
+        assert answer["model_version"] == "2"
+        assert _close([answer["prediction"]], custom.pipeline.predict(forest.X_test.head(1)))
+        assert champion_registry.rollback(client_mlflow, unique_name,
+                                          reason="factory test").version == "1"
+        assert client.post("/admin/reload", json={}).json()["serving_version"] == "1"
+        answer = client.post("/predict", json=row).json()
+        assert answer["model_version"] == "1"
+        assert _close([answer["prediction"]], forest.pipeline.predict(forest.X_test.head(1)))
