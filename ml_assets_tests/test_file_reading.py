@@ -52,3 +52,22 @@ def test_a_schema_with_yaml_aliases_or_unknown_metadata_is_refused():
         schema_from_yaml(unknown)
     ok = "columns:\n  x:\n    dtype: float64\n    metadata:\n      role: identifier\n"
     assert schema_from_yaml(ok).columns["x"].metadata == {"role": "identifier"}
+
+
+def test_a_schema_version_is_never_written_over_one_that_appeared_meanwhile(tmp_path):
+    import pandas as pd
+    import pytest
+
+    from ml_assets.core.schemas import SchemaStore
+
+    frame = pd.DataFrame({"x": [1.5, 2.5, 3.5, 4.5], "y": ["a", "b", "a", "b"]})
+    schema = checked_schema(frame, "y")
+    store = SchemaStore(tmp_path, "shop")
+    store.directory.mkdir(parents=True)
+    original = "# written by another run\n"
+    (store.directory / "v1.yaml").write_text(original)
+    store.versions = lambda: []  # as if v1 appeared after this run looked
+    with pytest.raises(FileExistsError):
+        store.write(schema)
+    assert (store.directory / "v1.yaml").read_text() == original
+    assert [p.name for p in store.directory.iterdir()] == ["v1.yaml"]  # no temporary left

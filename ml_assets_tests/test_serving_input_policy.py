@@ -118,13 +118,17 @@ def _logged(server, request_id: str) -> pd.DataFrame:
     return frame[frame["request_id"] == request_id].sort_values("row_index")
 
 
-def test_model_shows_the_served_feature_set_and_the_policy(servers):
+def test_model_shows_the_served_feature_set_and_the_policy(servers, model):
     for policy, server in servers.items():
         info = httpx.get(f"{server['url']}/model", timeout=10).json()
         assert info["input_policy"] == policy
         assert [f["name"] for f in info["features"]] == ["num_00", "num_01", "cat_00",
                                                          "cat_01"]
         assert info["excluded_columns"] == {"row_id": "identifier"}
+        # A client sending the whole training row, identifier included, is answered.
+        row = {**_rows(model, 1)[0], "row_id": 12345}
+        answer = httpx.post(f"{server['url']}/predict", json=row, timeout=30)
+        assert answer.status_code == 200, answer.text
 
 
 def test_reject_policy_names_each_bad_row_and_field(servers, model):

@@ -301,3 +301,25 @@ def test_promotion_and_rollback_of_a_user_factory_champion(mlflow_store, unique_
         answer = client.post("/predict", json=row).json()
         assert answer["model_version"] == "1"
         assert _close([answer["prediction"]], forest.pipeline.predict(forest.X_test.head(1)))
+
+
+def test_a_non_finite_prediction_is_a_422_naming_the_rows_and_nothing_is_logged(
+        mlflow_store, unique_name, tmp_path, monkeypatch):
+    monkeypatch.setenv("ML_SKOPS_TRUSTED_TYPES", user_factory.OVERFLOW_TRUSTED)
+    model = train_regression(user_factory.OverflowRegressor(limit=1.0), scale=False)
+    experiment = experiment_id(unique_name, mlflow_store["artifact_root"])
+    register(model, unique_name, experiment)
+    rows = _records(model, 3)
+    rows[1][model.X_test.columns[0]] = 5.0  # beyond the limit: the model answers inf
+    with TestClient(create_app(_settings(mlflow_store, unique_name, tmp_path))) as client:
+        response = client.post("/predict/batch", json={"records": rows})
+        assert response.status_code == 422, response.text
+        body = response.json()
+        assert "record(s) 1 is not a finite number" in body["message"]
+        assert body["detail"][0]["loc"] == ["records", 1]
+        ok = client.post("/predict/batch", json={"records": [rows[0], rows[2]]})
+        assert ok.status_code == 200
+    from ml_assets.core.prediction_log import SQLitePredictionLog
+    logged = SQLitePredictionLog(tmp_path / "log.db", read_only=True)
+    day = logged.days()[0]
+    assert len(logged.read_day(day)) == 2  # only the answered request's rows

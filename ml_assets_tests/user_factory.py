@@ -5,7 +5,7 @@ needs `ml_assets_tests.user_factory.ClipScaler` in ML_SKOPS_TRUSTED_TYPES."""
 from __future__ import annotations
 
 import numpy as np
-from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.base import BaseEstimator, RegressorMixin, TransformerMixin
 from sklearn.linear_model import Ridge
 from sklearn.pipeline import Pipeline
 
@@ -33,3 +33,23 @@ class ClipScaler(TransformerMixin, BaseEstimator):
 def make_model(limit: float = 3.0) -> Pipeline:
     """The factory: the user's whole model, preprocessing included."""
     return Pipeline([("clip", ClipScaler(limit)), ("ridge", Ridge(alpha=1.0))])
+
+
+class OverflowRegressor(RegressorMixin, BaseEstimator):
+    """Predicts the training mean, except infinity where the first feature exceeds
+    `limit`: a stand-in for a model extrapolating beyond float64."""
+
+    def __init__(self, limit: float = 1.0):
+        self.limit = limit
+
+    def fit(self, X, y):
+        self.mean_ = float(np.mean(y))
+        self.n_features_in_ = np.asarray(X).shape[1]
+        return self
+
+    def predict(self, X):
+        first = np.asarray(X, dtype=np.float64)[:, 0]
+        return np.where(first > self.limit, np.inf, self.mean_)
+
+
+OVERFLOW_TRUSTED = "ml_assets_tests.user_factory.OverflowRegressor"

@@ -57,6 +57,24 @@ class InputOverflow(ValueError):
                 for name in self.features[:20]]
 
 
+class NonFinitePrediction(InputOverflow):
+    """A regressor answered inf or NaN for some rows: their inputs lie beyond anything
+    the model can extrapolate to. Nothing is answered or logged for the request."""
+
+    def __init__(self, rows: list[int]):
+        self.features = []
+        self.rows = rows
+        shown = ", ".join(str(i) for i in rows[:10]) + (" ..." if len(rows) > 10 else "")
+        ValueError.__init__(self, f"the model's prediction for record(s) {shown} is not a "
+                            "finite number: their values lie too far outside the training "
+                            "data for the model")
+
+    def detail(self) -> list[dict]:
+        return [{"loc": ["records", i], "type": "prediction_not_finite",
+                 "msg": "the model's prediction is not a finite number"}
+                for i in self.rows[:20]]
+
+
 def is_overflow_error(exc: BaseException) -> bool:
     """scikit-learn's refusal of values its float32 cast cannot hold."""
     text = str(exc)

@@ -359,8 +359,10 @@ class ModelStore:
                 run_id=details.run_id, pipeline=pipeline, target=loaded.target,
                 labels=[str(c) for c in classes], class_values=classes,
                 task=task, interval=task == REGRESSION and offers_std(pipeline),
-                requests=build_request_models(specs, self.settings.max_batch, rows[0],
-                                              pipeline, self.settings.input_policy),
+                requests=build_request_models(
+                    specs, self.settings.max_batch, rows[0], pipeline,
+                    self.settings.input_policy,
+                    ignored=excluded_columns(loaded.schema, loaded.target)),
                 metrics=self._run_metrics(details.run_id),
                 loaded_at=datetime.now(timezone.utc), metadata=loaded.metadata,
                 excluded_columns=excluded_columns(loaded.schema, loaded.target))

@@ -382,13 +382,16 @@ class RequestModels:
 
 def build_request_models(specs: list[FeatureSpec], max_batch: int,
                          example: dict | None = None, pipeline=None,
-                         policy: str = "reject") -> RequestModels:
+                         policy: str = "reject",
+                         ignored: dict[str, str] | None = None) -> RequestModels:
     """PredictRequest (one record, extra fields forbidden), PredictBatchRequest (`records`,
     1..max_batch of them) and a list validator that ignores unknown columns (the MLflow
     scoring protocol ignores them too). With the fitted `pipeline`, number ranges are
     narrowed to what its preprocessing keeps within float32 (`derived_bounds`).
     `policy`: "reject" enforces the schema's isin and range checks, "accept" answers
-    such values and flags them (the service passes ML_API_INPUT_POLICY)."""
+    such values and flags them (the service passes ML_API_INPUT_POLICY). `ignored`: the
+    schema's non-feature columns (name -> role): a record may carry them (clients often
+    send the whole training row, identifier included); they are accepted and dropped."""
     if policy not in INPUT_POLICIES:
         raise ValueError(f"input policy {policy!r}: use one of {', '.join(INPUT_POLICIES)}")
     keys = tuple(f"f{i}" for i in range(len(specs)))
@@ -397,8 +400,13 @@ def build_request_models(specs: list[FeatureSpec], max_batch: int,
               for key, spec in zip(keys, specs, strict=False)}
     common = ConfigDict(strict=True, populate_by_name=False, regex_engine="python-re")
     examples: JsonDict | None = {"examples": [example]} if example else None
+    names = {spec.name for spec in specs}
+    passengers: dict[str, Any] = {f"x{i}": (Any, Field(default=None, alias=name, title=name, description=(
+        f"not a model input ({role}): accepted and ignored")))
+        for i, (name, role) in enumerate((ignored or {}).items()) if name not in names}
     record = create_model(RECORD_MODEL, __config__=ConfigDict(
-        extra="forbid", title=RECORD_MODEL, json_schema_extra=examples, **common), **fields)
+        extra="forbid", title=RECORD_MODEL, json_schema_extra=examples, **common),
+        **fields, **passengers)
     record.__doc__ = "One record: every feature of the served model's schema, by name."
     batch = create_model(BATCH_MODEL, __config__=ConfigDict(extra="forbid", title=BATCH_MODEL,
                                                             strict=True),

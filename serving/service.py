@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+import numpy as np
 from fastapi import Request
 
 from ml_assets.core.prediction_log import (
@@ -25,6 +26,7 @@ from ml_assets.core.prediction_log import (
     PredictionRecord,
 )
 from serving.batcher import MicroBatcher
+from serving.input_limits import NonFinitePrediction
 from serving.metrics import ServiceMetrics
 from serving.model_store import ModelStore, ServedModel, intervals
 from serving.settings import ServingSettings
@@ -94,6 +96,9 @@ class Service:
                 raise PredictionLogUnavailable(reason, log.retry_seconds)
         flags, flag_counts = model.requests.input_flags(rows)
         mean, std = await self.batcher.predict(model, rows)
+        finite = np.isfinite(mean) if std is None else np.isfinite(mean) & np.isfinite(std)
+        if not finite.all():
+            raise NonFinitePrediction(np.flatnonzero(~finite).tolist())
         values: list[float] = mean.tolist()
         await self._store(log, model, rows, request_id, [repr(v) for v in values],
                           [{}] * len(values), flags)

@@ -6,6 +6,7 @@ checks, the MLflow signature and (later) the API request model derive from it.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,7 +112,21 @@ class SchemaStore:
                       "generalise to future rows. Add derived columns (month, weekday)",
                       "to the data if they carry signal."]
         header = "".join(f"# {line}\n" for line in lines)
-        path.write_text(header + schema_yaml(schema))
+        # Whole or not at all, and never over a file another run wrote meanwhile: the
+        # text goes to a temporary file, then is linked in place (FileExistsError if
+        # v<N>.yaml appeared in between; the caller reads that one instead).
+        temporary = self.directory / f".v{version}.{os.getpid()}.{id(schema)}.tmp"
+        text = header + schema_yaml(schema)
+        temporary.write_text(text)
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            raise
+        except OSError:  # a file system without hard links: exclusive create instead
+            with open(path, "x") as handle:
+                handle.write(text)
+        finally:
+            temporary.unlink(missing_ok=True)
         return version, path
 
 

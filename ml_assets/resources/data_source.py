@@ -103,7 +103,14 @@ class DataSourceResource(ConfigurableResource):
         inferred = checked_schema(frame, self.target_column, name=self.name,
                                   where=self.path or self.name,
                                   task=self.task or PlatformSettings.from_env().task)
-        _, path = store.write(inferred)
+        try:
+            _, path = store.write(inferred)
+        except FileExistsError:  # another run wrote the first version meanwhile: use it
+            latest = store.latest()
+            if latest is None:
+                raise
+            version, schema = latest
+            return schema, f"file: {store.directory / f'v{version}.yaml'}"
         return inferred, f"inferred and written: {path}"
 
     def schema_file(self, origin: str) -> str | None:
