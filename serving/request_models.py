@@ -401,8 +401,9 @@ def build_request_models(specs: list[FeatureSpec], max_batch: int,
     common = ConfigDict(strict=True, populate_by_name=False, regex_engine="python-re")
     examples: JsonDict | None = {"examples": [example]} if example else None
     names = {spec.name for spec in specs}
-    passengers: dict[str, Any] = {f"x{i}": (Any, Field(default=None, alias=name, title=name, description=(
-        f"not a model input ({role}): accepted and ignored")))
+    passengers: dict[str, Any] = {
+        f"x{i}": (Any, Field(default=None, alias=name, title=name, description=(
+            f"not a model input ({role}): accepted and ignored")))
         for i, (name, role) in enumerate((ignored or {}).items()) if name not in names}
     record = create_model(RECORD_MODEL, __config__=ConfigDict(
         extra="forbid", title=RECORD_MODEL, json_schema_extra=examples, **common),
