@@ -76,7 +76,7 @@ def test_booleans_cannot_be_a_regression_target():
 @pytest.mark.parametrize(("y", "setting", "expected"), [
     (pd.Series(range(50)), "classification", "multiclass"),
     (pd.Series([0.5, 1.5, 0.5, 1.5]), "classification", "binary"),
-    (pd.Series(range(50)), "binary", "binary"),
+    (pd.Series([3, 7, 3]), "binary", "binary"),
     (pd.Series(["a", "b", "a"]), "multiclass", "multiclass"),
     (pd.Series([0, 1, 0, 1]), "regression", "regression"),
     (pd.Series(["1", "2", "1"]), "regression", "regression"),
@@ -85,6 +85,12 @@ def test_settings_override_the_detection(y, setting, expected):
     decision = detect_task(y, setting)
     assert decision.task == expected
     assert "set in the configuration" in decision.reason
+
+
+def test_a_binary_setting_on_more_classes_fails_naming_the_count():
+    with pytest.raises(ValueError, match=r"target 'y' is set as a binary target but has 50 "
+                                         r"classes"):
+        detect_task(pd.Series(range(50), name="y"), "binary")
 
 
 def test_a_regression_setting_on_text_fails_naming_the_target():

@@ -74,8 +74,8 @@ def detect_task(y: pd.Series, setting: TaskSetting = "auto") -> TaskDecision:
                              "values that are not numbers")
         return TaskDecision("regression", "regression: set in the configuration")
     if setting in ("binary", "multiclass"):
-        if (setting == "binary") != (distinct == 2):
-            raise ValueError(f"target {y.name!r} is set as a {setting} target but has "
+        if setting == "binary" and distinct != 2:
+            raise ValueError(f"target {y.name!r} is set as a binary target but has "
                              f"{distinct} classes; set ML_TASK=classification (or auto)")
         return TaskDecision(setting, f"{setting}: set in the configuration")
     if setting == "auto" and numbers is not None:
