@@ -20,6 +20,8 @@ disable_created_metrics()  # the *_created series only add noise to every scrape
 # safe loader refused it unopened: pickle/cloudpickle, or skops types nobody reviewed).
 FAILURE_REASONS = ("load_error", "smoke_test_failed", "untrusted_model", "registry")
 
+RUNTIMES = ("onnx", "sklearn")  # what answers: the compiled graph or the Pipeline
+
 # Single-row predictions take milliseconds: resolve that range finely.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.035, 0.05, 0.075,
                    0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -54,6 +56,12 @@ class ServiceMetrics:
                                           registry=r)
         self.model_version = Gauge("ml_api_model_version", "Registry version of the served "
                                    "model (0 while none is loaded).", ["model_name"], registry=r)
+        self.model_runtime = Gauge("ml_api_model_runtime", "1 for the runtime that answers "
+                                   "for the served model (onnx: its compiled graph, "
+                                   "sklearn: the Pipeline), 0 for the other.", ["runtime"],
+                                   registry=r)
+        for runtime in RUNTIMES:
+            self.model_runtime.labels(runtime).set(0)
         self.model_loaded_at = Gauge("ml_api_model_loaded_timestamp_seconds", "When the "
                                      "served model was loaded (Unix time).", registry=r)
         self.model_load_failures = Counter("ml_api_model_load_failures", "Model versions "
@@ -118,8 +126,11 @@ class ServiceMetrics:
         self.log_commit_rows.observe(rows)
         self.log_commit_seconds.observe(seconds)
 
-    def set_model(self, name: str, version: str | None, loaded_at: float | None = None) -> None:
+    def set_model(self, name: str, version: str | None, loaded_at: float | None = None,
+                  runtime: str | None = None) -> None:
         self.model_version.labels(name).set(float(version) if version else 0.0)
+        for known in RUNTIMES:
+            self.model_runtime.labels(known).set(1.0 if known == runtime else 0.0)
         if loaded_at is not None:
             self.model_loaded_at.set(loaded_at)
 

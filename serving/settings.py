@@ -16,6 +16,8 @@ from ml_assets.core.prediction_log import resolve_log_location
 from ml_assets.settings import PlatformSettings
 from serving.request_models import INPUT_POLICIES
 
+RUNTIMES = ("auto", "onnx", "sklearn")
+
 
 class SettingsError(ValueError):
     """An environment variable holds a value the service cannot use; the message names it."""
@@ -110,6 +112,13 @@ class ServingSettings:
     # Bucket bounds of ml_api_predicted_value (regressors' predicted values); None keeps
     # serving.metrics.VALUE_BUCKETS. ML_API_PREDICTED_VALUE_BUCKETS="0,10,50,100,500".
     predicted_value_buckets: tuple[float, ...] | None = None
+    # Which runtime answers: "auto" serves a version's compiled ONNX graph when it passed
+    # its parity gate at registration (scikit-learn otherwise), "onnx" requires it (a
+    # version without a passing graph is refused), "sklearn" never uses it.
+    runtime: str = "auto"
+    # uvicorn worker processes; above 1, metrics use prometheus-client's multiprocess
+    # mode and every worker follows a reload (see docs/serving.md).
+    workers: int = 1
 
     @classmethod
     def from_env(cls, **overrides) -> ServingSettings:
@@ -148,11 +157,16 @@ class ServingSettings:
             access_log=_env("ML_API_ACCESS_LOG", "false").lower() in ("1", "true", "yes"),
             input_policy=_choice("ML_API_INPUT_POLICY", "accept", INPUT_POLICIES),
             predicted_value_buckets=_buckets("ML_API_PREDICTED_VALUE_BUCKETS"),
+            runtime=_choice("ML_API_RUNTIME", "auto", RUNTIMES),
+            workers=_number("ML_API_WORKERS", 1, int, 1),
         )
         settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
         if settings.input_policy not in INPUT_POLICIES:
             raise SettingsError(f"ML_API_INPUT_POLICY={settings.input_policy!r}: use one of "
                                 f"{', '.join(INPUT_POLICIES)}")
+        if settings.runtime not in RUNTIMES:
+            raise SettingsError(f"ML_API_RUNTIME={settings.runtime!r}: use one of "
+                                f"{', '.join(RUNTIMES)}")
         if settings.log_queue_rows < settings.max_batch:
             raise SettingsError(
                 f"ML_PREDICTION_LOG_QUEUE_ROWS={settings.log_queue_rows} is smaller than "
