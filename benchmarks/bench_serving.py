@@ -1,20 +1,29 @@
-"""Benchmark: this prediction service against `mlflow models serve`, same model, same load.
+"""Benchmark: this service's compiled (ONNX Runtime) and scikit-learn runtimes, 1 and 2
+workers, against `mlflow models serve`; same model, same load, one run.
 
     python benchmarks/bench_serving.py [--seconds 8] [--repeats 3] [--json out.json]
+                                       [--profile profile.html]
 
 One run trains and registers the platform's default model (RandomForest, 200 trees,
-breast cancer) in a fresh MLflow store in a temporary directory, then, one server at
-a time on 127.0.0.1 (each uvicorn, one worker):
+breast cancer) in a fresh MLflow store in a temporary directory; registration
+compiles it to ONNX and checks parity, as the pipeline does. Then, one server at a
+time on 127.0.0.1:
 
-* this service (`python -m serving`), single rows on /predict and /invocations, and
-  1,000-row batches on /predict/batch and /invocations;
+* this service (`python -m serving`, prediction log on, SQLite, commit mode) with
+  ML_API_RUNTIME=onnx and 1 worker, ML_API_RUNTIME=onnx and 2 workers
+  (ML_API_WORKERS=2), and ML_API_RUNTIME=sklearn and 1 worker: single rows on /predict
+  at c=1, 8, 32 and 1,000-row batches on /predict/batch at c=4;
 * MLflow's scoring server (`mlflow models serve -m models:/<name>@champion
-  --env-manager local -w 1`), single rows and 1,000-row batches on /invocations;
+  --env-manager local -w 1`): the same loads on /invocations;
 
 driven from a separate process by wrk when it is installed (`apt-get install wrk`),
 else by a bounded asyncio httpx client in a subprocess. Every cell is the median of
-`--repeats` runs of `--seconds` each, after a warm-up. It also times the in-process
-limit: the loaded Pipeline's predict_proba called directly.
+`--repeats` runs of `--seconds` each, after a warm-up. In-process, it also times the
+limits (the bare onnxruntime call on ready tensors, the compiled model from row
+lists, scikit-learn's predict_proba) and a per-stage profile of one 1,000-row
+/predict/batch request: parse and validate, rows, predict, respond, log (a real
+SQLite prediction log, commit mode). `--profile` writes a pyinstrument profile of
+in-process 1,000-row requests through the whole app.
 """
 
 from __future__ import annotations
@@ -177,15 +186,13 @@ class Server:
 # -- the benchmark ----------------------------------------------------------------------
 
 def prepare(workdir: Path) -> dict:
-    """Train and register the default model; write request bodies; time predict_proba."""
+    """Train and register the default model (compiled at registration); write request
+    bodies; time the in-process limits and the stages of a 1,000-row request."""
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir / 'mlflow.db'}"
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
     import numpy as np
 
-    from ml_assets.core.model_loading import load_pipeline
-    from serving.model_store import ServedModel, serving_n_jobs
-    from serving.request_models import build_request_models, feature_specs
     from serving.testing import experiment_id, register, train_breast_cancer
 
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
@@ -193,6 +200,10 @@ def prepare(workdir: Path) -> dict:
     name = "bench_model"
     register(trained, name, experiment_id("bench", (workdir / "artifacts").as_uri()),
              infer_requirements=True)
+    tags = mlflow.MlflowClient().get_model_version(name, "1").tags
+    print(f"registered {name} version 1: onnx.parity={tags.get('onnx.parity')} "
+          f"max |dp|={tags.get('onnx.parity.max_probability_diff')} "
+          f"{tags.get('onnx.parity.reason', '')}", flush=True)
     X = trained.X_test
     row = X.iloc[[0]]
     rng = np.random.default_rng(0)
@@ -208,33 +219,133 @@ def prepare(workdir: Path) -> dict:
     for key, body in bodies.items():
         paths[key] = workdir / f"{key}.json"
         paths[key].write_text(json.dumps(body))
+    limits = in_process_limits(name, row, batch)
+    stages = stage_profile(name, paths["records_1000"].read_bytes(), workdir)
+    return {"name": name, "paths": paths, "limits": limits, "stages": stages,
+            "parity": {k: v for k, v in tags.items() if k.startswith("onnx.")}}
 
-    loaded = load_pipeline(f"models:/{name}/1")
-    pipeline = serving_n_jobs(loaded.pipeline)
-    specs = feature_specs(loaded.schema, loaded.target)
-    served = ServedModel(name=name, version="1", alias="champion", run_id=None,
-                         pipeline=pipeline, target=loaded.target, labels=[], class_values=[],
-                         requests=build_request_models(specs, BATCH_ROWS), metrics={},
-                         loaded_at=None, metadata={})
-    rows_1 = row.values.tolist()
-    rows_1000 = batch.values.tolist()
 
-    def rate(call, rows: int, seconds: float = 3.0) -> float:
+def _rate(call, rows: int, seconds: float = 3.0) -> float:
+    """Rows per second of `call` repeated for `seconds` (after one warm-up call)."""
+    call()
+    calls, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
         call()
-        calls, started = 0, time.perf_counter()
-        while time.perf_counter() - started < seconds:
-            call()
-            calls += 1
-        return rows * calls / (time.perf_counter() - started)
+        calls += 1
+    return rows * calls / (time.perf_counter() - started)
 
-    limits = {
-        "predict_proba, 1 row": rate(lambda: pipeline.predict_proba(row), 1),
-        "predict_proba, 1,000 rows": rate(lambda: pipeline.predict_proba(batch), BATCH_ROWS),
-        "service predict path, 1 row": rate(lambda: served.predict_proba(rows_1), 1),
-        "service predict path, 1,000 rows": rate(lambda: served.predict_proba(rows_1000),
-                                                 BATCH_ROWS),
+
+def _served(name: str, runtime: str):
+    """The champion as the service loads it (ModelStore.load: compiled graph, checks)."""
+    from serving.metrics import ServiceMetrics
+    from serving.model_store import ModelStore
+    from serving.settings import ServingSettings
+
+    settings = ServingSettings(model_name=name, tracking_uri=os.environ["MLFLOW_TRACKING_URI"],
+                               runtime=runtime, max_batch=BATCH_ROWS, poll_seconds=0)
+    return ModelStore(settings, ServiceMetrics()).load("1")
+
+
+def in_process_limits(name: str, row, batch) -> dict:
+    """One thread, no HTTP: what the model calls alone cost (rows/s)."""
+    onnx_model, sk_model = _served(name, "onnx"), _served(name, "sklearn")
+    compiled = onnx_model.compiled
+    assert compiled is not None, "the benchmark model must have passed parity"
+    rows_1, rows_1000 = row.values.tolist(), batch.values.tolist()
+    tensors_1, tensors_1000 = compiled.inputs(rows_1), compiled.inputs(rows_1000)
+    session = compiled.session
+    pipeline = sk_model.pipeline
+    return {
+        "onnxruntime run on ready tensors, 1 row": _rate(lambda: session.run(None, tensors_1), 1),
+        "onnxruntime run on ready tensors, 1,000 rows":
+            _rate(lambda: session.run(None, tensors_1000), BATCH_ROWS),
+        "compiled model from row lists, 1 row": _rate(lambda: compiled.predict_proba(rows_1), 1),
+        "compiled model from row lists, 1,000 rows":
+            _rate(lambda: compiled.predict_proba(rows_1000), BATCH_ROWS),
+        "sklearn predict_proba (DataFrame), 1 row": _rate(lambda: pipeline.predict_proba(row), 1),
+        "sklearn predict_proba (DataFrame), 1,000 rows":
+            _rate(lambda: pipeline.predict_proba(batch), BATCH_ROWS),
     }
-    return {"name": name, "paths": paths, "limits": limits}
+
+
+def stage_profile(name: str, body: bytes, workdir: Path, repeats: int = 60) -> dict:
+    """Median milliseconds of each stage of one 1,000-row /predict/batch request, run
+    in-process the way the route runs them (compiled runtime, SQLite log, commit)."""
+    from datetime import datetime, timezone
+
+    import orjson
+
+    from ml_assets.core.prediction_log import PredictionRecord, open_prediction_log
+
+    model = _served(name, "onnx")
+    log = open_prediction_log(workdir / "stages.db", max_queue_rows=50_000)
+    times: dict[str, list[float]] = {k: [] for k in ("parse + validate", "rows",
+                                                     "input flags", "predict", "respond",
+                                                     "log (commit)", "total")}
+    try:
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            batch = model.requests.batch.model_validate_json(body)
+            t1 = time.perf_counter()
+            rows = [model.requests.row_of(r) for r in model.requests.records_of(batch)]
+            t2 = time.perf_counter()
+            model.requests.input_flags(rows)
+            t3 = time.perf_counter()
+            proba = model.predict_proba(rows)
+            labels = model.labels
+            predicted = [labels[i] for i in proba.argmax(axis=1).tolist()]
+            probabilities = [dict(zip(labels, p, strict=True)) for p in proba.tolist()]
+            t4 = time.perf_counter()
+            orjson.dumps({"request_id": "x", "model_name": name, "model_version": "1",
+                          "predictions": [{"prediction": label, "confidence": p[label],
+                                           "probabilities": p}
+                                          for label, p in zip(predicted, probabilities,
+                                                              strict=True)]})
+            t5 = time.perf_counter()
+            now = datetime.now(timezone.utc)
+            records = [PredictionRecord(now, "x", i, name, "1", model.feature_names, r,
+                                        predicted[i], probabilities[i], "")
+                       for i, r in enumerate(rows)]
+            log.append(records).result(timeout=30)
+            t6 = time.perf_counter()
+            for key, (a, b) in zip(times, ((t0, t1), (t1, t2), (t2, t3), (t3, t4),
+                                           (t4, t5), (t5, t6), (t0, t6)), strict=True):
+                times[key].append((b - a) * 1000)
+    finally:
+        log.close(30)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def pyinstrument_profile(name: str, body: bytes, workdir: Path, out: Path) -> None:
+    """A pyinstrument profile of 100 in-process 1,000-row requests through the whole
+    app (ASGI, middleware, validation, predict, log)."""
+    import httpx
+    from pyinstrument import Profiler
+
+    from serving.app import create_app
+    from serving.settings import ServingSettings
+
+    settings = ServingSettings(model_name=name, tracking_uri=os.environ["MLFLOW_TRACKING_URI"],
+                               runtime="onnx", max_batch=BATCH_ROWS, poll_seconds=0,
+                               prediction_log_path=workdir / "profile.db")
+    app = create_app(settings)
+
+    async def drive() -> None:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
+                headers = {"Content-Type": "application/json"}
+                for _ in range(5):
+                    await client.post("/predict/batch", content=body, headers=headers)
+                profiler = Profiler(interval=0.0005, async_mode="enabled")
+                profiler.start()
+                for _ in range(100):
+                    await client.post("/predict/batch", content=body, headers=headers)
+                profiler.stop()
+        out.write_text(profiler.output_html())
+        print(profiler.output_text(unicode=False, color=False, show_all=False)[:6000])
+
+    asyncio.run(drive())
 
 
 def measure(load, url: str, body: Path, concurrency: int, seconds: float, repeats: int,
@@ -255,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--client", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--load", choices=["auto", "wrk", "httpx"], default="auto")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--profile", type=Path, help="write a pyinstrument profile (HTML) of "
+                        "in-process 1,000-row requests here")
     args = parser.parse_args(argv)
     if args.client:  # the httpx load generator's own process
         url, body, concurrency, seconds = args.client
@@ -274,79 +387,94 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+SERVERS = (  # (label, ML_API_RUNTIME, ML_API_WORKERS); MLflow's server comes last
+    ("service onnx, 1 worker", "onnx", 1),
+    ("service onnx, 2 workers", "onnx", 2),
+    ("service sklearn, 1 worker", "sklearn", 1),
+)
+MLFLOW = "mlflow models serve"
+
+
 def run(args, load, workdir: Path) -> int:
     setup = prepare(workdir)
     paths, name = setup["paths"], setup["name"]
+    if args.profile:
+        pyinstrument_profile(name, paths["records_1000"].read_bytes(), workdir, args.profile)
     bin_dir = Path(sys.executable).parent
     # As in an activated virtualenv: `mlflow models serve` execs `uvicorn` from PATH.
     env = {**os.environ, "MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"],
            "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1",
            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    ours = Server("service", [sys.executable, "-m", "serving", "--port", "{port}",
-                              "--log-level", "warning"],
-                  {**env, "ML_REGISTERED_MODEL_NAME": name, "ML_API_HOST": "127.0.0.1",
-                   "ML_API_POLL_SECONDS": "0", "ML_PLATFORM_HOME": str(workdir / "home"),
-                   "ML_API_MAX_BATCH": str(BATCH_ROWS)},
-                  "/ready", workdir / "service.log")
+    servers = []
+    for label, runtime, workers in SERVERS:
+        servers.append(Server(label, [sys.executable, "-m", "serving", "--port", "{port}",
+                                      "--log-level", "warning"],
+                              {**env, "ML_REGISTERED_MODEL_NAME": name,
+                               "ML_API_HOST": "127.0.0.1", "ML_API_POLL_SECONDS": "0",
+                               "ML_PLATFORM_HOME": str(workdir / f"home-{runtime}-{workers}"),
+                               "ML_API_MAX_BATCH": str(BATCH_ROWS), "ML_API_RUNTIME": runtime,
+                               "ML_API_WORKERS": str(workers)},
+                              "/ready", workdir / f"service-{runtime}-{workers}.log"))
     mlflow_cli = str(bin_dir / "mlflow") if (bin_dir / "mlflow").exists() else "mlflow"
-    theirs = Server("mlflow", [mlflow_cli, "models", "serve", "-m", f"models:/{name}@champion",
-                               "--env-manager", "local", "-w", "1", "-h", "127.0.0.1", "-p",
-                               "{port}"], env, "/ping", workdir / "mlflow.log")
-
-    cases = []  # (label, server, path, body, concurrency)
-    for c in SINGLE_CONCURRENCY:
-        cases += [(f"1 row, c={c}", "service /predict", ours, "/predict", "record", c),
-                  (f"1 row, c={c}", "service /invocations", ours, "/invocations", "split_1", c),
-                  (f"1 row, c={c}", "mlflow /invocations", theirs, "/invocations", "split_1",
-                   c)]
-    for c in BATCH_CONCURRENCY:
-        label = f"{BATCH_ROWS:,} rows, c={c}"
-        cases += [(label, "service /predict/batch", ours, "/predict/batch", "records_1000", c),
-                  (label, "service /invocations", ours, "/invocations", "split_1000", c),
-                  (label, "mlflow /invocations", theirs, "/invocations", "split_1000", c)]
+    servers.append(Server(MLFLOW, [mlflow_cli, "models", "serve", "-m",
+                                   f"models:/{name}@champion", "--env-manager", "local",
+                                   "-w", "1", "-h", "127.0.0.1", "-p", "{port}"],
+                          env, "/ping", workdir / "mlflow.log"))
+    cases = [(f"1 row, c={c}", c, False) for c in SINGLE_CONCURRENCY]
+    cases += [(f"{BATCH_ROWS:,} rows, c={c}", c, True) for c in BATCH_CONCURRENCY]
 
     results: dict[tuple[str, str], dict] = {}
-    for server in (ours, theirs):
+    for server in servers:
+        ours = server.name != MLFLOW
         with server:
             print(f"{server.name} ready at {server.url}", flush=True)
-            load(server.url + ("/predict" if server is ours else "/invocations"),
-                 paths["record" if server is ours else "split_1"], 8, 2.0, workdir)  # warm-up
-            for label, target, srv, path, body, c in cases:
-                if srv is not server:
-                    continue
-                result = measure(load, server.url + path, paths[body], c, args.seconds,
-                                 args.repeats, workdir)
-                results[(label, target)] = result
-                print(f"  {label:<20} {target:<24} {result['rps']:9.1f} req/s  "
+            single = (server.url + ("/predict" if ours else "/invocations"),
+                      paths["record" if ours else "split_1"])
+            many = (server.url + ("/predict/batch" if ours else "/invocations"),
+                    paths["records_1000" if ours else "split_1000"])
+            load(*single, 8, 2.0, workdir)  # warm-up
+            load(*many, 2, 2.0, workdir)
+            for label, c, is_batch in cases:
+                url, body = many if is_batch else single
+                result = measure(load, url, body, c, args.seconds, args.repeats, workdir)
+                results[(label, server.name)] = result
+                print(f"  {label:<20} {server.name:<26} {result['rps']:9.1f} req/s  "
                       f"p50 {result['p50_ms']:7.2f} ms  p99 {result['p99_ms']:7.2f} ms  "
                       f"errors {result['errors']}", flush=True)
 
-    print_table(results, setup["limits"], args)
+    print_table(results, setup, args)
     if args.json:
         args.json.write_text(json.dumps({
             "results": {f"{k[0]} | {k[1]}": v for k, v in results.items()},
-            "limits": setup["limits"]}, indent=2))
+            "limits": setup["limits"], "stages_ms": setup["stages"],
+            "parity": setup["parity"]}, indent=2))
     return 0
 
 
-def print_table(results: dict, limits: dict, args) -> None:
-    print(f"\n## Results (median of {args.repeats} x {args.seconds:g} s; "
-          f"ratio = service / MLflow)\n")
-    print("| load | server | rows/s | p50 ms | p99 ms | throughput vs MLflow |")
-    print("|---|---|---:|---:|---:|---:|")
+def print_table(results: dict, setup: dict, args) -> None:
+    sklearn = SERVERS[2][0]
+    print(f"\n## Results (median of {args.repeats} x {args.seconds:g} s; wrk, 127.0.0.1)\n")
+    print("| load | server | req/s | rows/s | p50 ms | p99 ms | vs sklearn runtime "
+          "| vs MLflow |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for label in dict.fromkeys(k[0] for k in results):
         rows = BATCH_ROWS if label.startswith(f"{BATCH_ROWS:,}") else 1
-        baseline = results[(label, "mlflow /invocations")]["rps"]
+        base_sk = results[(label, sklearn)]["rps"]
+        base_mlflow = results[(label, MLFLOW)]["rps"]
         for (case, target), r in results.items():
             if case != label:
                 continue
-            ratio = r["rps"] / baseline if baseline else float("nan")
             errors = f" ({r['errors']} errors)" if r["errors"] else ""
-            print(f"| {label} | {target}{errors} | {r['rps'] * rows:,.0f} | "
-                  f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {ratio:.1f}x |")
+            print(f"| {label} | {target}{errors} | {r['rps']:,.1f} | {r['rps'] * rows:,.0f} | "
+                  f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['rps'] / base_sk:.2f}x | "
+                  f"{r['rps'] / base_mlflow:.1f}x |")
     print("\n| in-process limit (one thread) | rows/s |\n|---|---:|")
-    for label, value in limits.items():
+    for label, value in setup["limits"].items():
         print(f"| {label} | {value:,.0f} |")
+    print("\n| stage of one 1,000-row /predict/batch (in-process, onnx) | median ms |")
+    print("|---|---:|")
+    for label, value in setup["stages"].items():
+        print(f"| {label} | {value:.2f} |")
 
 
 if __name__ == "__main__":

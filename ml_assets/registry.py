@@ -18,7 +18,8 @@ from dagster import (
 from pydantic import Field
 
 from ml_assets.core import registry
-from ml_assets.core.features import Split
+from ml_assets.core.compilation import compile_version
+from ml_assets.core.features import Split, model_inputs
 from ml_assets.core.metrics import classification_metrics
 from ml_assets.core.model_loading import (
     UntrustedModelError,
@@ -86,13 +87,21 @@ class PromotionConfig(Config):
         return metric
 
 
-@asset(group_name="registry", kinds={"mlflow"})
+@asset(group_name="registry", kinds={"mlflow", "onnx"})
 def registered_model(context: AssetExecutionContext, trained_model: TrainedModel,
-                     model_metrics: dict, mlflow_tracking: MlflowTracking) -> Output:
-    """The gated model as a version in the MLflow model registry, aliased `challenger`.
+                     model_metrics: dict, data_split: Split,
+                     mlflow_tracking: MlflowTracking) -> Output:
+    """The gated model as a version in the MLflow model registry, aliased `challenger`,
+    with its compiled flavour.
 
     Runs only when `model_metrics` passed its blocking gate. Registering the same
-    logged model twice (a re-execution) returns the existing version.
+    logged model twice (a re-execution) returns the existing version. The whole served
+    Pipeline is converted to ONNX and checked against scikit-learn on the held-out split
+    (plus rows with missing values and unseen categories): labels must be identical and
+    probabilities within tolerance. A graph that passes is logged with the version
+    (`model.onnx`) and the API serves it; one that cannot be converted or fails parity is
+    not used, and the reason is in the version's `onnx.*` tags and this metadata: the
+    version is still registered and served by scikit-learn.
     """
     name = mlflow_tracking.registered_model_name
     client = mlflow_tracking.client
@@ -104,6 +113,18 @@ def registered_model(context: AssetExecutionContext, trained_model: TrainedModel
               "task": trained_model.task, "estimator": trained_model.estimator,
               **trained_model.user_code,
               **{f"metric.{k}": f"{v:.6f}" for k, v in model_metrics.items()}})
+    features = list(data_split.features)
+    parity = compile_version(
+        client, name, str(version.version), trained_model.model_id,
+        trained_model.mlflow_run_id, trained_model.pipeline,
+        model_inputs(data_split.X_train[features]), model_inputs(data_split.X_test[features]),
+        trained_model.task)
+    if parity.passed:
+        context.log.info(f"version {version.version}: compiled ONNX graph passed parity on "
+                         f"{parity.rows + parity.probe_rows} rows; the API serves it")
+    else:
+        context.log.warning(f"version {version.version} is served by scikit-learn: "
+                            f"{parity.reason}")
     client.set_registered_model_alias(name, registry.CHALLENGER, version.version)
     registered = RegisteredModel(name, str(version.version),
                                  f"models:/{name}/{version.version}",
@@ -111,7 +132,9 @@ def registered_model(context: AssetExecutionContext, trained_model: TrainedModel
     return Output(registered, metadata={
         "registered_model": name, "version": registered.version,
         "model_uri": registered.model_uri, "alias": registry.CHALLENGER,
-        "mlflow_run_id": trained_model.mlflow_run_id})
+        "mlflow_run_id": trained_model.mlflow_run_id,
+        "runtime": "onnx" if parity.passed else "sklearn",
+        **{f"onnx_{k}": v for k, v in parity.as_metadata().items()}})
 
 
 def _champion_metrics(uri: str, split: Split, source: str | None = None) -> dict[str, float]:

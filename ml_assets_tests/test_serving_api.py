@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 import numpy as np
 import pytest
 
+from ml_assets.core.onnx_model import PROBABILITY_TOLERANCE
 from ml_assets.core.prediction_log import SQLitePredictionLog
 from serving.app import create_app
 from serving.settings import ServingSettings
@@ -87,7 +88,11 @@ def test_predict_batch_matches_the_pipeline(client, trained):
     body = client.post("/predict/batch", json={"records": records}).json()
     proba = np.array([[p["probabilities"]["benign"], p["probabilities"]["malignant"]]
                       for p in body["predictions"]])
-    np.testing.assert_allclose(proba, trained.pipeline.predict_proba(trained.X_test.head(40)))
+    # The compiled graph serves (its parity gate: identical labels, probabilities within
+    # PROBABILITY_TOLERANCE of the Pipeline's; float32 sums in the tree ensemble).
+    assert client.get("/model").json()["runtime"] == "onnx"
+    np.testing.assert_allclose(proba, trained.pipeline.predict_proba(trained.X_test.head(40)),
+                               rtol=0, atol=PROBABILITY_TOLERANCE)
     assert [p["prediction"] for p in body["predictions"]] == \
         trained.pipeline.predict(trained.X_test.head(40)).tolist()
     assert body["model_version"] == "1" and body["request_id"]
@@ -252,7 +257,8 @@ class ExplodingPipeline:
 
 def test_unexpected_errors_are_500_without_a_stack_trace(client, row, caplog):
     store = client.app.state.service.store
-    store.current = dataclasses.replace(store.current, pipeline=ExplodingPipeline())
+    store.current = dataclasses.replace(store.current, pipeline=ExplodingPipeline(),
+                                        compiled=None)  # the Pipeline answers
     response = client.post("/predict", json=row)
     assert response.status_code == 500
     assert response.json() == {"detail": "internal server error",

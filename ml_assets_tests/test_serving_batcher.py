@@ -16,6 +16,7 @@ class FakeModel:
     """Stands in for ServedModel: probabilities (row value, 1 - value), calls recorded."""
 
     is_regression = False  # a classifier: the batcher calls predict_proba
+    compiled = None  # no ONNX graph: batched in the predict thread
 
     def __init__(self, name: str, seconds: float = 0.02):
         self.name = name

@@ -77,6 +77,7 @@ class FakeRegressor:
     """Stands in for a regressor's ServedModel: value 2 * x, std x (or none)."""
 
     is_regression = True
+    compiled = None  # no ONNX graph: the batcher's predict thread answers
 
     def __init__(self, with_std: bool):
         self.with_std = with_std

@@ -1,5 +1,5 @@
 """Adaptive micro-batching: concurrent requests share one predict_proba call (one
-predict call for regressors).
+predict call for regressors). A compiled (ONNX) model answers small requests inline.
 
 A sklearn Pipeline costs about the same for 1 row as for 64 (the per-call
 overhead dominates), so one worker coalesces whatever requests are waiting into
@@ -29,6 +29,11 @@ from serving.request_models import frame_from_rows
 __all__ = ["InputOverflow", "MicroBatcher"]
 
 logger = logging.getLogger(__name__)
+
+# Rows a compiled (ONNX) model predicts on the event loop itself, not in the predict
+# thread: at ~0.05 ms for one row and ~0.4 ms for 64 of the default forest, the
+# thread hop and the batching wait would cost more than the prediction.
+INLINE_ROWS = 64
 
 
 @dataclass(slots=True)
@@ -115,6 +120,12 @@ class MicroBatcher:
         (predicted values, standard deviations or None) under a regressor."""
         if self._task is None:
             raise RuntimeError("the micro-batcher is not running")
+        if model.compiled is not None and len(rows) <= INLINE_ROWS:
+            # A compiled graph answers a few rows in tens of microseconds: less than
+            # handing them to the predict thread and back; batching would only add wait.
+            if self.metrics is not None:
+                self.metrics.batch_rows.observe(len(rows))
+            return _predict(model, rows)
         future = asyncio.get_running_loop().create_future()
         self._jobs.append(_Job(model, rows, future))
         self._wakeup.set()

@@ -19,13 +19,15 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, cast
 
 import mlflow
 import numpy as np
+from ml_assets.core.compilation import read_compiled
+from ml_assets.core.onnx_model import CompiledModel
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from sklearn.base import is_classifier, is_regressor
@@ -61,6 +63,9 @@ REGRESSION = "regression"
 # `task` in its metadata, is a classifier unless its final step is a regressor).
 CLASSIFICATION_TASKS = ("binary", "multiclass")
 INTERVAL_LEVEL = 0.95
+# The smoke rows' compiled regression answers must be this close (relative, as in the
+# parity gate) to the Pipeline's.
+SMOKE_RELATIVE_TOLERANCE = 1e-3
 INTERVAL_Z = 1.959963984540054  # the standard normal's 97.5% quantile: mean +/- z * std
 
 
@@ -95,10 +100,19 @@ class ServedModel:
     # empty, and `interval` says whether the final step's predict takes return_std.
     task: str = "binary"
     interval: bool = False
+    # The version's compiled ONNX graph when it passed parity and this service may use
+    # it (ML_API_RUNTIME); None: the Pipeline answers, and `runtime_reason` says why.
+    compiled: CompiledModel | None = field(default=None, repr=False)
+    runtime_reason: str = ""
 
     @property
     def is_regression(self) -> bool:
         return self.task == REGRESSION
+
+    @property
+    def runtime(self) -> str:
+        """What answers: "onnx" (the compiled graph) or "sklearn" (the Pipeline)."""
+        return "sklearn" if self.compiled is None else "onnx"
 
     @property
     def features(self) -> tuple[FeatureSpec, ...]:
@@ -109,7 +123,19 @@ class ServedModel:
         return self.requests.feature_names
 
     def predict_proba(self, rows: list[list]) -> np.ndarray:
-        """Class probabilities for validated rows (one DataFrame, one pipeline call)."""
+        """Class probabilities for validated rows: the compiled graph straight from the
+        rows (no DataFrame) when there is one; the Pipeline (one DataFrame, one call)
+        otherwise, and for a batch the graph answers with values that are not finite (a
+        value its float32 arithmetic cannot hold), so the Pipeline's answer or its
+        overflow diagnosis is what the client gets."""
+        if self.compiled is not None:
+            proba = self.compiled.predict_proba(rows)
+            if np.isfinite(proba).all():
+                return proba
+        return self.sklearn_proba(rows)
+
+    def sklearn_proba(self, rows: list[list]) -> np.ndarray:
+        """The Pipeline's class probabilities for validated rows."""
         frame = frame_from_rows(rows, self.features)
         # scikit-learn's joblib wrapper re-installs every process-wide warning filter
         # for every tree of every call: with the ~15 filters mlflow & co. install, ~40%
@@ -123,7 +149,13 @@ class ServedModel:
 
     def predict_values(self, rows: list[list]) -> tuple[np.ndarray, np.ndarray | None]:
         """A regressor's predicted values for validated rows, and their standard
-        deviations when the final estimator gives them (`interval`), else None."""
+        deviations when the final estimator gives them (`interval`), else None. The
+        compiled graph answers when there is one (never for `interval` models: ONNX has no
+        standard deviation), the Pipeline for a batch it gives non-finite values."""
+        if self.compiled is not None:
+            values = self.compiled.predict_values(rows)
+            if np.isfinite(values).all():
+                return values, None
         frame = frame_from_rows(rows, self.features)
         with _PREDICT_LOCK, warnings.catch_warnings():  # see predict_proba
             warnings.resetwarnings()
@@ -136,6 +168,7 @@ class ServedModel:
             "name": self.name, "version": self.version, "alias": self.alias,
             "run_id": self.run_id, "target": self.target, "task": self.task,
             "classes": self.labels, "prediction_interval": self.interval,
+            "runtime": self.runtime, "runtime_reason": self.runtime_reason,
             "metrics": self.metrics, "loaded_at": self.loaded_at.isoformat(),
             "features": [spec.as_dict() for spec in self.features],
             "excluded_columns": self.excluded_columns,
@@ -318,7 +351,8 @@ class ModelStore:
         self.last_error = None
         self.refused = None
         self.metrics.model_swaps.inc()
-        self.metrics.set_model(model.name, model.version, model.loaded_at.timestamp())
+        self.metrics.set_model(model.name, model.version, model.loaded_at.timestamp(),
+                               runtime=model.runtime)
         self.metrics.declare_input_flags(
             (check.name, reason) for check in model.requests.checks
             for reason, applies in ((UNSEEN_CATEGORY, check.allowed is not None),
@@ -349,16 +383,21 @@ class ModelStore:
                     local, source=f"version {version} (models:/{name}/{version})")
                 specs = feature_specs(loaded.schema, loaded.target)
                 example = _input_example(local, [spec.name for spec in specs])
-            details = self.client.get_model_version(name, version)
+                details = self.client.get_model_version(name, version)
+                pipeline = serving_n_jobs(loaded.pipeline)
+                task = model_task(loaded.metadata, pipeline)
+                classes = [] if task == REGRESSION else pipeline.classes_.tolist()
+                interval = task == REGRESSION and offers_std(pipeline)
+                compiled, runtime_reason = self._compiled(
+                    Path(local), dict(details.tags or {}), [spec.name for spec in specs],
+                    task, classes, interval)
             rows = example or example_rows(specs)
-            pipeline = serving_n_jobs(loaded.pipeline)
-            task = model_task(loaded.metadata, pipeline)
-            classes = [] if task == REGRESSION else pipeline.classes_.tolist()
             model = ServedModel(
                 name=name, version=version, alias=self.settings.model_alias,
                 run_id=details.run_id, pipeline=pipeline, target=loaded.target,
                 labels=[str(c) for c in classes], class_values=classes,
-                task=task, interval=task == REGRESSION and offers_std(pipeline),
+                task=task, interval=interval, compiled=compiled,
+                runtime_reason=runtime_reason,
                 requests=build_request_models(
                     specs, self.settings.max_batch, rows[0], pipeline,
                     self.settings.input_policy,
@@ -372,9 +411,62 @@ class ModelStore:
             raise ModelRejected(version, "load_error",
                                 f"version {version} failed to load: {exc}") from exc
         self.smoke_test(model, rows)
-        logger.info("loaded %s version %s in %.2fs", name, version,
-                    time.perf_counter() - started)
+        model = self._runtime_checked(model, rows)
+        logger.info("loaded %s version %s in %.2fs (runtime %s%s)", name, version,
+                    time.perf_counter() - started, model.runtime,
+                    f": {model.runtime_reason}" if model.runtime_reason else "")
         return model
+
+    def _compiled(self, directory: Path, tags: dict, names: list[str], task: str,
+                  classes: list, interval: bool) -> tuple[CompiledModel | None, str]:
+        """The version's compiled graph if this service may serve it, else (None, why).
+        ML_API_RUNTIME=onnx refuses a version without one (ModelRejected)."""
+        runtime = self.settings.runtime
+        if runtime == "sklearn":
+            return None, "ML_API_RUNTIME=sklearn"
+        if interval:
+            compiled, reason = None, ("its prediction intervals need the estimator's "
+                                      "return_std, which the compiled graph does not have")
+        else:
+            compiled, reason = read_compiled(directory, tags, names, task, classes)
+        if compiled is None and runtime == "onnx":
+            raise ValueError(f"ML_API_RUNTIME=onnx requires a compiled graph that passed "
+                             f"parity, and this version has none: {reason}")
+        return compiled, reason
+
+    def _runtime_checked(self, model: ServedModel, rows: list[dict]) -> ServedModel:
+        """The compiled graph must give the Pipeline's answers on the smoke rows too
+        (labels identical; values within the parity tolerance), else the Pipeline
+        serves: a faster answer is never worth a different one."""
+        if model.compiled is None:
+            return model
+        records = [model.requests.record.model_validate(row) for row in rows]
+        validated = [model.requests.row_of(r) for r in records]
+        try:
+            if model.is_regression:
+                fast = model.compiled.predict_values(validated)
+                frame = frame_from_rows(validated, model.features)
+                with _PREDICT_LOCK, warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    slow, _ = _regression_output(model.pipeline, frame, False)
+                agree = bool(np.all(np.abs(fast - slow) <= SMOKE_RELATIVE_TOLERANCE
+                                    * np.maximum(1.0, np.abs(slow))))
+            else:
+                fast_proba = model.compiled.predict_proba(validated)
+                slow_proba = model.sklearn_proba(validated)
+                agree = (fast_proba.shape == slow_proba.shape and bool(np.array_equal(
+                    fast_proba.argmax(axis=1), slow_proba.argmax(axis=1))))
+        except Exception as exc:  # noqa: BLE001 - the Pipeline serves instead
+            reason = f"the compiled graph failed on the smoke rows ({type(exc).__name__}: {exc})"
+        else:
+            if agree:
+                return model
+            reason = "the compiled graph's answers on the smoke rows differ from the Pipeline's"
+        if self.settings.runtime == "onnx":
+            raise ModelRejected(model.version, "load_error",
+                                f"version {model.version}: ML_API_RUNTIME=onnx, but {reason}")
+        logger.warning("version %s: %s; served by scikit-learn", model.version, reason)
+        return replace(model, compiled=None, runtime_reason=reason)
 
     @staticmethod
     def smoke_test(model: ServedModel, rows: list[dict]) -> None:

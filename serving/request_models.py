@@ -460,7 +460,9 @@ def example_rows(specs: list[FeatureSpec], n: int = 2) -> list[dict]:
 
 def frame_from_rows(rows: list[list], specs: tuple[FeatureSpec, ...]) -> pd.DataFrame:
     """One DataFrame for a batch of validated rows, with the dtypes training saw
-    (numbers float64, missing → NaN; strings object, missing → None)."""
+    (numbers float64, missing → NaN; strings object, missing → NaN, which the
+    Pipeline's imputer replaces as it did in training; a None would be an unknown
+    category to it)."""
     columns = list(zip(*rows, strict=False)) if rows else [() for _ in specs]
     data = {}
     for spec, values in zip(specs, columns, strict=False):
@@ -472,5 +474,8 @@ def frame_from_rows(rows: list[list], specs: tuple[FeatureSpec, ...]) -> pd.Data
         elif spec.kind == "integer":
             data[spec.name] = np.array(values, dtype=np.float64)
         else:
-            data[spec.name] = np.array(values, dtype=object)
+            column = np.array(values, dtype=object)
+            if None in values:  # missing is NaN, as in the training frames the
+                column[column == None] = np.nan  # noqa: E711 - imputer learned from
+            data[spec.name] = column
     return pd.DataFrame(data, copy=False)

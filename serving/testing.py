@@ -11,6 +11,7 @@ from unittest import mock
 import mlflow
 import pandas as pd
 import pandera.pandas as pa
+from ml_assets.core.compilation import compile_version
 from mlflow import MlflowClient
 from sklearn.base import BaseEstimator, is_regressor
 from sklearn.model_selection import train_test_split
@@ -150,14 +151,17 @@ def experiment_id(name: str, artifact_location: str | None = None) -> str:
 def register(trained: TrainedPipeline, model_name: str, experiment: str,
              alias: str | None = "champion", metrics: dict[str, float] | None = None,
              schema: pa.DataFrameSchema | None = None,
-             infer_requirements: bool = False) -> tuple[str, object]:
+             infer_requirements: bool = False, compile: bool = True) -> tuple[str, object]:
     """Log `trained` in a new run of `experiment` (an id), register it under `model_name`
     and point `alias` at it. Returns (version, MLflow ModelInfo). A regressor is logged
     with metadata task "regression" and no classes.
 
     MLflow infers pip requirements by loading the model in a subprocess (~3 s); that is
     skipped unless `infer_requirements` (MLflow's defaults are recorded instead): neither
-    this service nor `mlflow models serve --env-manager local` reads them."""
+    this service nor `mlflow models serve --env-manager local` reads them.
+
+    `compile` converts the pipeline to ONNX and checks parity on X_test, as the
+    pipeline's `registered_model` asset does (the version's onnx.* tags say how it went)."""
     skip = contextlib.nullcontext() if infer_requirements else mock.patch.object(
         mlflow.models, "infer_pip_requirements", lambda *args, fallback=None, **kw: fallback)
     with skip, mlflow.start_run(experiment_id=experiment):
@@ -169,6 +173,13 @@ def register(trained: TrainedPipeline, model_name: str, experiment: str,
             info = log_pipeline(trained.pipeline, trained.X_train, schema or trained.schema,
                                 trained.target)
     version = str(mlflow.register_model(info.model_uri, model_name).version)
+    if compile:
+        regression = is_regressor(trained.pipeline) and not hasattr(trained.pipeline, "classes_")
+        classes = getattr(trained.pipeline, "classes_", ())
+        task = "regression" if regression else "binary" if len(classes) == 2 else "multiclass"
+        features = list(trained.X_train.columns)
+        compile_version(MlflowClient(), model_name, version, info.model_id, info.run_id,
+                        trained.pipeline, trained.X_train, trained.X_test[features], task)
     if alias:
         MlflowClient().set_registered_model_alias(model_name, alias, version)
     return version, info

@@ -50,7 +50,9 @@ class Split:
 
 def model_inputs(frame: pd.DataFrame) -> pd.DataFrame:
     """pandas nullable columns (Int64, boolean, Float64 with pd.NA) as float64 with NaN
-    and string columns as object, so scikit-learn sees what serving's plain frames hold."""
+    and string columns as object with NaN for missing (what a CSV's object column holds
+    and the categorical imputer replaces), so scikit-learn sees what serving's plain
+    frames hold."""
     converted = {}
     for column in frame.columns:
         dtype = frame[column].dtype
@@ -61,7 +63,8 @@ def model_inputs(frame: pd.DataFrame) -> pd.DataFrame:
             else:
                 converted[column] = frame[column].astype(bool)
         elif isinstance(dtype, pd.StringDtype):
-            converted[column] = frame[column].astype(object).where(frame[column].notna(), None)
+            converted[column] = frame[column].astype(object).where(frame[column].notna(),
+                                                                   np.nan)
     return frame.assign(**converted) if converted else frame
 
 
