@@ -26,13 +26,12 @@ from typing import Any, cast
 
 import mlflow
 import numpy as np
-from ml_assets.core.compilation import read_compiled
-from ml_assets.core.onnx_model import CompiledModel
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from sklearn.base import is_classifier, is_regressor
 from sklearn.pipeline import Pipeline
 
+from ml_assets.core.compilation import read_compiled
 from ml_assets.core.model_loading import (
     LoadedModel,
     UntrustedModelError,
@@ -40,6 +39,7 @@ from ml_assets.core.model_loading import (
     model_file_path,
     read_mlmodel,
 )
+from ml_assets.core.onnx_model import CompiledModel
 from ml_assets.core.schemas import excluded_columns
 from serving.metrics import ServiceMetrics
 from serving.request_models import (
@@ -131,7 +131,8 @@ class ServedModel:
         if self.compiled is not None:
             proba = self.compiled.predict_proba(rows)
             if np.isfinite(proba).all():
-                return proba
+                # float32 sums of a forest land a hair outside [0, 1] (-1.2e-7, 1.0000001)
+                return np.clip(proba, 0.0, 1.0, out=proba)
         return self.sklearn_proba(rows)
 
     def sklearn_proba(self, rows: list[list]) -> np.ndarray:

@@ -11,13 +11,13 @@ from unittest import mock
 import mlflow
 import pandas as pd
 import pandera.pandas as pa
-from ml_assets.core.compilation import compile_version
 from mlflow import MlflowClient
 from sklearn.base import BaseEstimator, is_regressor
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
+from ml_assets.core.compilation import compile_version
 from ml_assets.core.datasets import (
     BREAST_CANCER_TARGET,
     SyntheticSpec,
