@@ -1,6 +1,8 @@
-"""`python -m serving [--host H] [--port P]`: run the service with uvicorn (one worker).
+"""`python -m serving [--host H] [--port P] [--workers N]`: run the service with uvicorn.
 
-Settings come from the environment (see serving/settings.py); arguments win.
+Settings come from the environment (see serving/settings.py); arguments win. One worker
+(ML_API_WORKERS=1, the default) serves in this process; with more, this process
+supervises that many worker processes on one port (serving/workers.py).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import uvicorn
 from ml_assets.core.prediction_log import PredictionLogError
 from serving.app import create_app, open_log
 from serving.settings import ServingSettings, SettingsError
+from serving.workers import run_workers
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,11 +28,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__)
     parser.add_argument("--host", help="bind address (ML_API_HOST, default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (ML_API_PORT, default 8000)")
+    parser.add_argument("--workers", type=int,
+                        help="worker processes (ML_API_WORKERS, default 1)")
     parser.add_argument("--log-level", default="info",
                         choices=["critical", "error", "warning", "info", "debug"])
     args = parser.parse_args(argv)
     try:
-        settings = ServingSettings.from_env(host=args.host, port=args.port)
+        settings = ServingSettings.from_env(host=args.host, port=args.port,
+                                            workers=args.workers)
+        if settings.workers < 1:
+            raise SettingsError(f"--workers {settings.workers}: give at least 1")
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -38,14 +46,19 @@ def main(argv: list[str] | None = None) -> int:
     # A prediction thread holds the GIL for milliseconds at a time; a shorter switch
     # interval lets the event loop answer in between.
     sys.setswitchinterval(0.001)
-    # uvicorn shuts down gracefully on SIGINT/SIGTERM (in-flight requests answered,
-    # prediction log flushed), then re-raises the signal; that is a clean exit.
     # Pre-flight: a log that cannot be opened is a configuration error, named now.
     try:
         log = open_log(settings)
     except PredictionLogError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if settings.workers > 1:
+        # Each worker opens its own connection; this one only proved the log opens (and
+        # created the table, and the SQLite file in WAL mode, before N writers race).
+        log.close()
+        return run_workers(settings, args.log_level)
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM (in-flight requests answered,
+    # prediction log flushed), then re-raises the signal; that is a clean exit.
     signal.signal(signal.SIGTERM, _stopped)
     app = create_app(settings, prediction_log=log)
     try:

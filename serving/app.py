@@ -9,6 +9,7 @@ import contextlib
 import gc
 import logging
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -26,11 +27,13 @@ from serving.batcher import MicroBatcher
 from serving.metrics import VALUE_BUCKETS, ServiceMetrics
 from serving.middleware import BodySizeLimit, BodyTooLarge, RequestContext, request_id_of
 from serving.model_store import ModelStore
+from serving.open_inference import V2ErrorShape, include_open_inference
 from serving.request_models import BATCH_MODEL, INVOCATIONS_RECORD_MODEL, RECORD_MODEL
 from serving.responses import ErrorResponse, OrjsonResponse, unavailable
 from serving.routes import open_routes, protected_routes
 from serving.service import Service
 from serving.settings import ServingSettings
+from serving.workers import SharedDir, WorkerHeaders, WorkerSync, swap_origin
 
 logger = logging.getLogger(__name__)
 try:
@@ -79,13 +82,18 @@ def open_log(settings: ServingSettings) -> PredictionLog:
 
 
 def create_app(settings: ServingSettings | None = None, *,
-               prediction_log: PredictionLog | None = None) -> FastAPI:
+               prediction_log: PredictionLog | None = None,
+               shared_dir: Path | None = None) -> FastAPI:
     """The prediction service. `prediction_log` replaces the configured log (PostgreSQL
     when `prediction_log_url` is set, else the SQLite file; see `open_log`); the app
     closes it at shutdown and records on `app.state.prediction_log_lost_rows` how many
-    rows could be neither stored nor spilled."""
+    rows could be neither stored nor spilled. `shared_dir`: set in a worker process
+    (serving/workers.py): metrics are merged with the other workers', reloads are
+    passed on and followed, the log's state is reported to the supervisor."""
     settings = settings or ServingSettings.from_env()
-    metrics = ServiceMetrics(settings.predicted_value_buckets or VALUE_BUCKETS)
+    metrics = ServiceMetrics(settings.predicted_value_buckets or VALUE_BUCKETS,
+                             multiprocess_dir=shared_dir)
+    sync = WorkerSync(SharedDir(shared_dir)) if shared_dir is not None else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -94,13 +102,17 @@ def create_app(settings: ServingSettings | None = None, *,
                else await asyncio.to_thread(open_log, settings))
         service.log = log
         app.state.prediction_log_lost_rows = 0
-        metrics.log_backlog.set_function(lambda: log.backlog)
+        metrics.track_backlog(lambda: log.backlog)
         log.on_commit = metrics.observe_log_commit
         log.on_write_failure = metrics.log_write_failures.inc
+        if sync is not None:
+            sync.log_opened()
         service.batcher.start()
         # Serve once the champion is loaded; a registry that does not answer in time
-        # must not keep the service from starting (/ready says 503 meanwhile).
-        initial = asyncio.ensure_future(asyncio.to_thread(service.store.refresh))
+        # must not keep the service from starting (/ready says 503 meanwhile). Every
+        # worker loads it itself: this swap is not passed on.
+        with swap_origin("startup"):
+            initial = asyncio.ensure_future(asyncio.to_thread(service.store.refresh))
         done, _ = await asyncio.wait({initial}, timeout=STARTUP_LOAD_SECONDS)
         if done and initial.exception() is not None:
             logger.error("start-up model load failed", exc_info=initial.exception())
@@ -111,16 +123,21 @@ def create_app(settings: ServingSettings | None = None, *,
                            STARTUP_LOAD_SECONDS)
         poller = (asyncio.create_task(_poll(service), name="champion-poller")
                   if settings.poll_seconds > 0 else None)
+        follower = (asyncio.create_task(sync.run(service), name="worker-sync")
+                    if sync is not None else None)
         try:
             yield
         finally:
-            if poller is not None:
-                poller.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await poller
+            for task in (poller, follower):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             await service.batcher.stop()
             lost = await asyncio.to_thread(log.close, LOG_CLOSE_SECONDS)
             app.state.prediction_log_lost_rows = lost
+            if sync is not None:
+                sync.log_closed(log, lost)
             if lost:
                 logger.error("prediction log closed: %d rows LOST (neither stored nor "
                              "spilled)", lost)
@@ -133,7 +150,13 @@ def create_app(settings: ServingSettings | None = None, *,
     app = FastAPI(title="ML platform prediction service", version=__version__,
                   description=DESCRIPTION, lifespan=lifespan,
                   default_response_class=OrjsonResponse)
-    store = ModelStore(settings, metrics, on_swap=lambda _model: _on_swap(app))
+
+    def on_swap(model) -> None:
+        if sync is not None:
+            sync.on_swap(model)  # the other workers follow
+        _on_swap(app)
+
+    store = ModelStore(settings, metrics, on_swap=on_swap)
     app.state.service = Service(
         settings=settings, metrics=metrics, store=store,
         batcher=MicroBatcher(settings.micro_batch_rows, settings.micro_batch_wait_ms / 1000,
@@ -144,6 +167,7 @@ def create_app(settings: ServingSettings | None = None, *,
               "key (X-API-Key or Authorization: Bearer)."}} if auth else None
     app.include_router(open_routes)
     app.include_router(protected_routes, dependencies=auth, responses=unauthorized)
+    include_open_inference(app, auth)  # /v2: the Open Inference Protocol (KServe V2)
 
     @app.exception_handler(PredictionLogUnavailable)
     async def log_unavailable(request: Request, exc: PredictionLogUnavailable):
@@ -160,6 +184,10 @@ def create_app(settings: ServingSettings | None = None, *,
 
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContext, metrics=metrics)
+    # /v2 paths: the shared error answers above (413, 401, 503, 404) as {"error": ...}
+    app.add_middleware(V2ErrorShape)
+    if sync is not None:  # X-Worker-Pid; a 200 from /admin/reload reaches every worker
+        app.add_middleware(WorkerHeaders, sync=sync, store=store)
     # FastAPI's documented way to customise the schema; mypy forbids assigning to a method.
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

@@ -1,9 +1,20 @@
-"""Prometheus metrics of one app instance (its own registry, so apps never share counts)."""
+"""Prometheus metrics of one app instance.
+
+One process (the default): the app's own registry, so apps never share counts (tests
+build many in one process). Several uvicorn workers (`python -m serving` with
+ML_API_WORKERS > 1): prometheus-client's multiprocess mode, in the directory the
+supervisor creates and exports as PROMETHEUS_MULTIPROC_DIR before the workers start;
+every worker writes its values to its own files there and /metrics, whichever worker
+answers it, merges them (counters and histograms are summed; gauges as their
+`multiprocess_mode` says, see the note above `ServiceMetrics`).
+"""
 
 from __future__ import annotations
 
 import time
 from collections import Counter as Tally
+from collections.abc import Callable
+from pathlib import Path
 
 from prometheus_client import (
     CollectorRegistry,
@@ -12,7 +23,9 @@ from prometheus_client import (
     Histogram,
     disable_created_metrics,
 )
+from prometheus_client import values as prometheus_values
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 disable_created_metrics()  # the *_created series only add noise to every scrape
 
@@ -33,13 +46,43 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.035
 # rate(_sum) / rate(_count) gives the mean predicted value whatever the scale.
 VALUE_BUCKETS = (0.0, *sorted(m * 10.0 ** e for m in (1, 2.5, 5) for e in range(-1, 5)))
 
+# How each gauge is merged across worker processes, its `multiprocess_mode` ("live": a
+# worker's value goes when the supervisor marks it dead; a stopped or crashed worker
+# never lingers).
+# - model_version, model_runtime: livemax. Settled, every worker serves the same version
+#   with the same runtime, so max is that value. While a swap spreads (well under a
+#   second after a reload) the highest version shows, and both runtimes may show 1:
+#   both are answering. 0 (MlApiNoChampionLoaded) means no live worker serves a model:
+#   every prediction is answered 503. A worker that is still loading (0) at start-up
+#   does not hide the others' version.
+# - model_loaded_at: livemax: the latest load by any worker (a swap, or a replaced
+#   worker loading the champion), which is what "when did the served model change" asks.
+# - log_backlog: livesum: rows accepted and not yet stored, over all workers.
+# "mostrecent" would let a worker that is starting (version 0) or failing override the
+# others; "max" without "live" would keep a dead worker's version after a rollback.
+
+
+def multiprocess_values() -> bool:
+    """prometheus-client keeps values in per-process files (PROMETHEUS_MULTIPROC_DIR was
+    set when it was imported)."""
+    return bool(getattr(prometheus_values.ValueClass, "_multiprocess", False))
+
 
 class ServiceMetrics:
     """Counters, histograms and gauges exposed at GET /metrics."""
 
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self, value_buckets: tuple[float, ...] = VALUE_BUCKETS):
+    def __init__(self, value_buckets: tuple[float, ...] = VALUE_BUCKETS,
+                 multiprocess_dir: str | Path | None = None):
+        """`multiprocess_dir`: the workers' shared PROMETHEUS_MULTIPROC_DIR (None: this
+        app's own registry). It must have been in the environment when prometheus_client
+        was first imported, which the supervisor's spawned workers guarantee."""
+        self.multiprocess_dir = Path(multiprocess_dir) if multiprocess_dir else None
+        if self.multiprocess_dir is not None and not multiprocess_values():
+            raise RuntimeError("multiprocess metrics need PROMETHEUS_MULTIPROC_DIR in the "
+                               "environment before prometheus_client is imported")
+        self._backlog: Callable[[], float] | None = None
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("ml_api_requests", "HTTP requests by endpoint, method and "
@@ -55,15 +98,17 @@ class ServiceMetrics:
                                           ["model_version"], buckets=value_buckets,
                                           registry=r)
         self.model_version = Gauge("ml_api_model_version", "Registry version of the served "
-                                   "model (0 while none is loaded).", ["model_name"], registry=r)
+                                   "model (0 while none is loaded).", ["model_name"], registry=r,
+                                   multiprocess_mode="livemax")
         self.model_runtime = Gauge("ml_api_model_runtime", "1 for the runtime that answers "
                                    "for the served model (onnx: its compiled graph, "
                                    "sklearn: the Pipeline), 0 for the other.", ["runtime"],
-                                   registry=r)
+                                   registry=r, multiprocess_mode="livemax")
         for runtime in RUNTIMES:
             self.model_runtime.labels(runtime).set(0)
         self.model_loaded_at = Gauge("ml_api_model_loaded_timestamp_seconds", "When the "
-                                     "served model was loaded (Unix time).", registry=r)
+                                     "served model was loaded (Unix time).", registry=r,
+                                     multiprocess_mode="livemax")
         self.model_load_failures = Counter("ml_api_model_load_failures", "Model versions "
                                            "rejected (load error, failed smoke prediction, "
                                            "refused as untrusted) or registry look-ups "
@@ -78,7 +123,8 @@ class ServiceMetrics:
                                                                      128, 256, 512, 1024),
                                     registry=r)
         self.log_backlog = Gauge("ml_api_prediction_log_backlog", "Predictions accepted but "
-                                 "not yet written to the prediction log.", registry=r)
+                                 "not yet written to the prediction log.", registry=r,
+                                 multiprocess_mode="livesum")
         self.log_write_failures = Counter("ml_api_prediction_log_write_failures", "Failed "
                                           "prediction-log writes (rows kept and retried; "
                                           "waiting requests answered 503).", registry=r)
@@ -125,6 +171,7 @@ class ServiceMetrics:
     def observe_log_commit(self, rows: int, seconds: float) -> None:
         self.log_commit_rows.observe(rows)
         self.log_commit_seconds.observe(seconds)
+        self.sample()  # multiprocess mode: the backlog just shrank
 
     def set_model(self, name: str, version: str | None, loaded_at: float | None = None,
                   runtime: str | None = None) -> None:
@@ -134,5 +181,26 @@ class ServiceMetrics:
         if loaded_at is not None:
             self.model_loaded_at.set(loaded_at)
 
+    def track_backlog(self, backlog: Callable[[], float]) -> None:
+        """ml_api_prediction_log_backlog follows `backlog()`: read at every scrape with one
+        process; with workers (set_function is not supported in multiprocess mode) it is
+        stored by `sample()`: after every commit, twice a second (serving/workers.py)
+        and before this worker renders."""
+        if self.multiprocess_dir is None:
+            self.log_backlog.set_function(lambda: float(backlog()))
+        else:
+            self._backlog = backlog
+            self.sample()
+
+    def sample(self) -> None:
+        """Store the values read from functions (multiprocess mode; a no-op otherwise)."""
+        if self._backlog is not None:
+            self.log_backlog.set(self._backlog())
+
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        self.sample()
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, path=str(self.multiprocess_dir))
+        return generate_latest(merged)
