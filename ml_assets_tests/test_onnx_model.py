@@ -9,6 +9,7 @@ import hashlib
 import json
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import mlflow
@@ -18,10 +19,13 @@ import palmerpenguins
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
+from onnx import TensorProto, helper
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import (
     GradientBoostingClassifier,
     GradientBoostingRegressor,
+    HistGradientBoostingRegressor,
+    RandomForestClassifier,
     RandomForestRegressor,
 )
 from sklearn.impute import SimpleImputer
@@ -43,11 +47,19 @@ from ml_assets.core.onnx_model import (
     check_parity,
     compile_and_check,
     compile_pipeline,
+    near_ties,
     rows_of,
 )
 from ml_assets.core.schemas import breast_cancer_schema, feature_columns, infer_schema
 from ml_assets_tests import user_factory
-from serving.testing import TrainedPipeline, experiment_id, register, train_regression
+from serving.testing import (
+    DIABETES_TARGET,
+    TrainedPipeline,
+    diabetes_frame,
+    experiment_id,
+    register,
+    train_regression,
+)
 
 SPECIES = "species"
 
@@ -107,12 +119,15 @@ def penguin_forest(penguins):
 
 
 def _labels_identical(trained: TrainedPipeline, compiled: CompiledModel) -> None:
-    """Independently of check_parity: the served labels (argmax of the probabilities)
-    of every held-out row are the Pipeline's own predictions."""
+    """Independently of check_parity: the served labels of every held-out row (argmax of
+    the graph's probabilities; the Pipeline's own on near ties, as the service answers
+    them) are the Pipeline's own predictions."""
     rows = rows_of(trained.X_test)
     proba = compiled.predict_proba(rows)
-    labels = np.asarray(trained.pipeline.classes_)[proba.argmax(axis=1)]
-    assert (labels == trained.pipeline.predict(trained.X_test)).all()
+    expected_labels = trained.pipeline.predict(trained.X_test)
+    labels = np.where(near_ties(proba), expected_labels,
+                      np.asarray(trained.pipeline.classes_)[proba.argmax(axis=1)])
+    assert (labels == expected_labels).all()
     expected = trained.pipeline.predict_proba(trained.X_test)
     assert np.abs(proba - expected).max() <= onnx_model.PROBABILITY_TOLERANCE
 
@@ -136,9 +151,8 @@ def test_random_forest_binary_has_identical_labels(forest):
 
 @pytest.mark.parametrize("estimator", [
     GradientBoostingClassifier(n_estimators=30, random_state=0),
-    build_estimator(ModelParams(model_type="hist_gradient_boosting", max_iter=20)),
     LogisticRegression(max_iter=5000),
-], ids=["gradient_boosting", "hist_gradient_boosting", "logistic_regression"])
+], ids=["gradient_boosting", "logistic_regression"])
 def test_other_estimators_behind_the_platform_preprocessor(cancer, cancer_schema, estimator):
     trained, task = _platform(cancer, cancer_schema, BREAST_CANCER_TARGET, estimator)
     data, report = compile_and_check(trained.pipeline, trained.X_train, trained.X_test, task)
@@ -534,3 +548,178 @@ def test_compile_version_of_an_unconvertible_model(mlflow_store, unique_name, mo
                       "ml_assets_tests.user_factory.ClipScaler")
     assert read_compiled(directory, {}, [], "regression", None)[1] == (
         "no compiled graph: the version has no onnx.parity tag")
+
+
+# --- near ties are the Pipeline's to answer ---------------------------------------------
+
+def test_near_ties_flags_rows_whose_top_two_are_within_the_tolerance():
+    two = np.array([[0.499996, 0.500004], [0.5, 0.5], [0.4, 0.6], [0.50000006, 0.49999997]])
+    assert near_ties(two).tolist() == [True, True, False, True]
+    assert near_ties(two, tolerance=1e-7).tolist() == [False, True, False, True]
+    three = np.array([[0.2, 0.399996, 0.400004], [0.2, 0.3, 0.5], [0.45, 0.1, 0.45]])
+    assert near_ties(three).tolist() == [True, False, True]
+    assert near_ties(np.ones((3, 1))).tolist() == [False] * 3  # one class: never a tie
+    assert near_ties(np.empty((0, 2))).shape == (0,)
+
+
+def test_a_real_near_tie_keeps_the_graphs_probabilities_and_the_pipelines_label():
+    """sklearn [0.499996, 0.500004] is class 1; snapping both to the max made the
+    graph's argmax class 0."""
+    X = pd.DataFrame({"x": [-1.0, 1.0, -2.0, 2.0]})
+    model = Pipeline([("model", LogisticRegression())]).fit(X, [0, 1, 0, 1])
+    model[-1].coef_ = np.array([[1.0]])
+    model[-1].intercept_ = np.array([0.0])
+    row = pd.DataFrame({"x": [1.6e-5, 0.5]})
+    expected = model.predict_proba(row)
+    assert 0 < expected[0, 1] - expected[0, 0] < onnx_model.TIE_TOLERANCE
+    assert model.predict(row).tolist() == [1, 1]
+    compiled = CompiledModel.from_bytes(compile_pipeline(model, X, "binary"), ["x"],
+                                        "binary", model.classes_)
+    got = compiled.predict_proba(rows_of(row))
+    assert np.abs(got - expected).max() < 1e-12  # as the graph computes them
+    assert got.argmax(axis=1).tolist() == [1, 1]
+    assert near_ties(got).tolist() == [True, False]
+    report = check_parity(model, compiled, row, "binary")
+    assert report.passed and report.pipeline_rows >= 1, report.reason
+
+
+def test_exact_ties_of_an_even_forest_pass_parity_as_pipeline_rows(cancer, cancer_schema):
+    trained, task = _platform(cancer, cancer_schema, BREAST_CANCER_TARGET,
+                              RandomForestClassifier(n_estimators=4, random_state=0))
+    expected = trained.pipeline.predict_proba(trained.X_test)
+    assert (expected[:, 0] == expected[:, 1]).any()  # exact 0.5 / 0.5 on held-out rows
+    data, report = compile_and_check(trained.pipeline, trained.X_train, trained.X_test, task)
+    assert data is not None and report.passed, report.reason
+    assert report.pipeline_rows >= (expected[:, 0] == expected[:, 1]).sum() >= 1
+    assert report.label_mismatches == 0
+    assert report.as_tags()["onnx.parity.pipeline_rows"] == str(report.pipeline_rows)
+    assert report.as_metadata()["pipeline_rows"] == report.pipeline_rows
+    compiled = CompiledModel.from_bytes(data, list(trained.X_train.columns), task,
+                                        trained.pipeline.classes_)
+    got = compiled.predict_proba(rows_of(trained.X_test))
+    served = ~near_ties(got)  # the rows the graph answers: the Pipeline's labels
+    assert (np.asarray(trained.pipeline.classes_)[got.argmax(axis=1)][served]
+            == trained.pipeline.predict(trained.X_test)[served]).all()
+
+
+# --- float64 estimators are not compiled to float32 -------------------------------------
+
+def test_hist_gradient_boosting_is_refused_with_the_reason(cancer, cancer_schema):
+    for estimator, data_task in (
+            (build_estimator(ModelParams(model_type="hist_gradient_boosting", max_iter=5)),
+             None), (HistGradientBoostingRegressor(max_iter=5), "regression")):
+        if data_task is None:
+            trained, task = _platform(cancer, cancer_schema, BREAST_CANCER_TARGET, estimator)
+        else:
+            trained, task = train_regression(estimator), data_task
+        data, report = compile_and_check(trained.pipeline, trained.X_train, trained.X_test,
+                                         task)
+        assert data is None and report.status == "not_converted"
+        assert report.reason == onnx_model.HIST_GRADIENT_BOOSTING_REASON == (
+            "HistGradientBoosting compares float64 thresholds; ONNX Runtime's tree "
+            "ensemble compares float32: served by scikit-learn")
+
+
+def test_a_double_graph_onnxruntime_refuses_is_not_retried_in_float32(monkeypatch):
+    trained = train_regression(Ridge())
+    monkeypatch.setattr(onnx_model, "_runs", lambda model: "no kernel for MatMul(double)")
+    with pytest.raises(ConversionError, match="cannot run the float64 graph of Ridge.*"
+                                              "no kernel for MatMul"):
+        compile_pipeline(trained.pipeline, trained.X_train, "regression")
+
+
+# --- the regression bound is relative to the target's scale -----------------------------
+
+def test_a_ten_percent_error_on_a_tiny_target_is_detected(monkeypatch):
+    frame = diabetes_frame()
+    frame[DIABETES_TARGET] = frame[DIABETES_TARGET] * 1e-6  # values around 1.5e-4
+    trained = train_regression(Ridge(), frame=frame)
+    data, report = compile_and_check(trained.pipeline, trained.X_train, trained.X_test,
+                                     "regression")
+    assert data is not None and report.passed, report.reason
+    scale = float(np.std(trained.pipeline.predict(trained.X_test)))
+    assert report.relative_scale == pytest.approx(scale)
+    assert report.as_tags()["onnx.parity.relative_scale"] == f"{scale:.6g}"
+    compiled = CompiledModel.from_bytes(data, list(trained.X_train.columns), "regression",
+                                        None)
+    honest = CompiledModel.predict_values
+    monkeypatch.setattr(CompiledModel, "predict_values",
+                        lambda self, rows: honest(self, rows) * 1.1)
+    report = check_parity(trained.pipeline, compiled, trained.X_test, "regression")
+    assert not report.passed and report.max_relative_error is not None
+    assert report.max_relative_error > 0.05
+    assert "relative to max(|sklearn|, " in report.reason
+
+
+# --- a hostile graph is refused before it runs ------------------------------------------
+
+def _hostile(nodes, initializers=(), outputs=None) -> bytes:
+    graph = helper.make_graph(
+        nodes, "hostile", [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [None, 1])],
+        outputs or [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT,
+                                                  [None, 2])],
+        initializer=list(initializers))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    return model.SerializeToString()
+
+
+def _refused_quickly(blob: bytes, match: str) -> None:
+    start = time.perf_counter()
+    with pytest.raises(CompiledModelError, match=match):
+        CompiledModel.from_bytes(blob, ["x"], "binary", [0, 1])
+    assert time.perf_counter() - start < 1.0
+
+
+def test_a_loop_with_a_huge_trip_count_is_refused_unrun():
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"])], "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, [])])
+    trip = helper.make_tensor("trip", TensorProto.INT64, [], [2**62])
+    cond = helper.make_tensor("cond", TensorProto.BOOL, [], [True])
+    blob = _hostile([helper.make_node("Loop", ["trip", "cond"], [], body=body),
+                     helper.make_node("Identity", ["x"], ["probabilities"])], [trip, cond])
+    _refused_quickly(blob, "'Loop' operator")
+
+
+def test_constant_of_shape_two_to_the_forty_is_refused_unrun():
+    shape = helper.make_tensor("shape", TensorProto.INT64, [1], [2**40])
+    blob = _hostile([helper.make_node("ConstantOfShape", ["shape"], ["probabilities"])],
+                    [shape])
+    _refused_quickly(blob, "'ConstantOfShape' operator")
+
+
+def test_a_subgraph_attribute_on_an_allowed_operator_is_refused():
+    body = helper.make_graph([], "hidden", [], [])
+    node = helper.make_node("Identity", ["x"], ["probabilities"])
+    node.attribute.append(helper.make_attribute("payload", body))
+    _refused_quickly(_hostile([node]), "subgraph attribute 'payload'")
+
+
+def test_absurd_or_external_constants_are_refused(monkeypatch):
+    identity = [helper.make_node("Identity", ["x"], ["probabilities"])]
+    huge = TensorProto(name="huge", data_type=TensorProto.FLOAT, dims=[2**40])
+    _refused_quickly(_hostile(identity, [huge]), "dimensions \\[1099511627776\\], over")
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [2**40, 1])
+    _refused_quickly(_hostile([helper.make_node("Reshape", ["x", "shape"], ["probabilities"])],
+                              [shape]), "Reshape's shape has a dimension over")
+    values = helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])
+    values.data_location = TensorProto.EXTERNAL
+    entry = values.external_data.add()
+    entry.key, entry.value = "location", "/etc/passwd"
+    sparse = helper.make_sparse_tensor(values, helper.make_tensor("i", TensorProto.INT64, [1],
+                                                                  [0]), [4])
+    node = helper.make_node("Identity", ["x"], ["probabilities"])
+    node.attribute.append(helper.make_attribute("s", sparse))
+    _refused_quickly(_hostile([node]), "external data")
+    weights = helper.make_tensor("w", TensorProto.DOUBLE, [64], [0.0] * 64)
+    monkeypatch.setattr(onnx_model, "MAX_INITIALIZER_BYTES", 100)
+    _refused_quickly(_hostile(identity, [weights]), "constant tensors are over")
+
+
+def test_every_graph_the_platform_compiles_uses_only_allowed_operators(forest,
+                                                                      penguin_forest):
+    for data in (forest[1], penguin_forest[1]):
+        ops = {(n.domain, n.op_type) for n in onnx.load_from_string(data).graph.node}
+        assert ops <= onnx_model.ALLOWED_OPS

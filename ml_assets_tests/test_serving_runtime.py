@@ -4,6 +4,7 @@ on /model and the runtime on /metrics. Real models in the session MLflow store."
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 import warnings
 from importlib.resources import files
@@ -165,18 +166,89 @@ def test_hot_swap_between_runtimes(mlflow_store, cancer, tmp_path):
         assert answer["prediction"] == cancer.pipeline.predict(cancer.X_test.head(1))[0]
 
 
-def test_values_the_graph_cannot_hold_fall_back_to_the_pipeline(mlflow_store, cancer,
-                                                                compiled_champion, tmp_path):
-    """float32 overflows inside the graph (a huge value scaled): the answer is the
-    Pipeline's (or its 422 naming the feature), never a non-finite probability."""
-    row = _records(cancer.X_test.head(1))[0]
-    huge = {**row, "mean radius": 3.0e38}
-    with _client(mlflow_store, compiled_champion, tmp_path) as fast, \
-            _client(mlflow_store, compiled_champion, tmp_path, runtime="sklearn") as slow:
-        a, b = fast.post("/predict", json=huge), slow.post("/predict", json=huge)
-    assert a.status_code == b.status_code, (a.text, b.text)
-    if a.status_code == 200:
-        assert a.json()["prediction"] == b.json()["prediction"]
-        assert all(np.isfinite(v) for v in a.json()["probabilities"].values())
-    else:
-        assert a.status_code == 422 and a.json()["detail"] == b.json()["detail"]
+class _StubGraph:
+    """A compiled graph whose answers are given: `proba(rows)` -> probabilities."""
+
+    def __init__(self, proba):
+        self.proba = proba
+        self.calls = 0
+
+    def predict_proba(self, rows):
+        self.calls += 1
+        return self.proba(rows)
+
+
+def _sklearn_answers(cancer, records):
+    proba = cancer.pipeline.predict_proba(pd.DataFrame(records))
+    return proba, [str(c) for c in cancer.pipeline.classes_[proba.argmax(axis=1)]]
+
+
+@pytest.mark.parametrize("rows", [1, 100], ids=["inline", "predict_thread"])
+def test_rows_the_graph_cannot_answer_alone_get_the_pipelines_answer(
+        mlflow_store, cancer, compiled_champion, tmp_path, rows):
+    """Non-finite graph answers (float32 overflow) and near ties (the top two within
+    float32 error, where the graph's argmax could differ) are answered by the Pipeline:
+    never a NaN, never the graph's coin flip."""
+    records = _records(cancer.X_test.head(rows))
+    expected, labels = _sklearn_answers(cancer, records)
+    broken = _StubGraph(lambda r: np.full((len(r), 2), np.inf))
+    # Near ties on every row, leaning to the class the Pipeline does NOT pick.
+    leaning = _StubGraph(lambda r: np.array([[0.5 + 2e-6, 0.5 - 2e-6] if label == "malignant"
+                                             else [0.5 - 2e-6, 0.5 + 2e-6]
+                                             for label in labels[:len(r)]]))
+    with _client(mlflow_store, compiled_champion, tmp_path) as client:
+        store = client.app.state.service.store
+        served = store.current
+        for graph in (broken, leaning):
+            store.current = dataclasses.replace(served, compiled=graph)
+            if rows == 1:
+                answers = [client.post("/predict", json=records[0]).json()]
+            else:
+                answers = client.post("/predict/batch",
+                                      json={"records": records}).json()["predictions"]
+            assert graph.calls >= 1
+            assert [a["prediction"] for a in answers] == labels
+            got = np.array([[a["probabilities"]["benign"], a["probabilities"]["malignant"]]
+                            for a in answers])
+            np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+
+
+def test_a_model_that_learned_none_as_a_category_gets_none(mlflow_store, tmp_path):
+    """A version trained on frames whose missing strings were None (before training
+    normalised them to NaN) learned None as a category: serving gives it None, so its
+    answers stay what it was trained to give."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    from ml_assets.core.features import model_inputs
+    from serving.model_store import learned_none_category
+    from serving.testing import TrainedPipeline
+
+    frame = pd.read_csv(PENGUINS).dropna(subset=["bill_length_mm", "bill_depth_mm"])
+    frame["sex"] = frame["sex"].astype(object).where(frame["sex"].notna(), None)
+    features = ["island", "sex", "bill_length_mm", "bill_depth_mm"]
+    pipeline = Pipeline([
+        ("columns", ColumnTransformer([
+            ("categorical", Pipeline([
+                ("impute", SimpleImputer(strategy="constant", fill_value="__missing__")),
+                ("one_hot", OneHotEncoder(handle_unknown="ignore"))]), ["island", "sex"]),
+            ("numeric", "passthrough", ["bill_length_mm", "bill_depth_mm"])])),
+        ("model", RandomForestClassifier(n_estimators=10, random_state=0))])
+    pipeline.fit(frame[features], frame["species"])
+    assert learned_none_category(pipeline)
+    assert model_inputs(frame[features])["sex"].isna().sum() == frame["sex"].isna().sum()
+    assert not any(v is None for v in model_inputs(frame[features])["sex"])  # now NaN
+    schema = checked_schema(frame[[*features, "species"]], "species", name="penguins")
+    trained = TrainedPipeline(pipeline, frame[features], frame[features], schema, "species")
+    name = f"runtime_none_{uuid.uuid4().hex[:8]}"
+    register(trained, name, experiment_id(name, mlflow_store["artifact_root"]), compile=False)
+    rows = frame[frame["sex"].isna()][features].head(5)
+    with _client(mlflow_store, name, tmp_path) as client:
+        answers = client.post("/predict/batch", json={"records": _records(rows)}).json()
+    expected = pipeline.predict_proba(rows)  # None in `sex`, as in training
+    got = np.array([[p["probabilities"][str(c)] for c in pipeline.classes_]
+                    for p in answers["predictions"]])
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)

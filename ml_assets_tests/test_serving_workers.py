@@ -8,6 +8,7 @@ to 127.0.0.1 only; every loop is bounded in count and time."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import signal
@@ -220,6 +221,7 @@ def test_two_workers_share_metrics_log_reloads_and_stop_cleanly(mlflow_store, un
         assert {(status, version) for status, _, version in after} == {(200, "2")}
         metrics = server.metrics()
         assert _sum(metrics, "ml_api_model_version") == 2.0
+        assert _sum(metrics, "ml_api_model_version_min") == 2.0  # nobody left behind
         # Each worker's start-up load, then each worker's swap to version 2.
         assert _sum(metrics, "ml_api_model_swaps_total") == 2 * WORKERS
         assert _sum(metrics, "ml_api_requests_total", endpoint="/predict",
@@ -306,13 +308,36 @@ def test_outcome_exit_codes():
 
 
 class _Store:
-    def __init__(self, version: str | None):
-        self.current = None if version is None else type("M", (), {"version": version})()
+    """ModelStore's refresh, faked: `results` are answered in turn (then "swapped" to
+    `alias`); a swap changes `current`."""
+
+    def __init__(self, version: str | None, alias: str = "2", results=()):
+        self.current = None if version is None else _Model(version)
+        self.alias, self.results = alias, list(results)
         self.calls: list[tuple] = []
 
     def refresh(self, force=False, retry_rejected=False):
         self.calls.append((force, retry_rejected))
-        return {"status": "swapped"}
+        served = self.current.version if self.current else None
+        if self.results:
+            return {"status": self.results.pop(0), "detail": "download failed: timeout",
+                    "serving_version": served, "candidate_version": self.alias}
+        self.current = _Model(self.alias)
+        return {"status": "swapped", "serving_version": self.alias,
+                "previous_version": served}
+
+
+class _Model:
+    def __init__(self, version: str):
+        self.version = version
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def test_a_worker_follows_the_others_generations_only(tmp_path, monkeypatch):
@@ -322,7 +347,7 @@ def test_a_worker_follows_the_others_generations_only(tmp_path, monkeypatch):
     shared = SharedDir(tmp_path)
     shared.bump("1")  # written before this worker started: not its business
     sync = WorkerSync(shared)
-    store = _Store("1")
+    store = _Store("1", alias="2")
     assert follow(store) is None
     shared.bump("1")  # its own write
     assert follow(store) is None and store.calls == []
@@ -330,8 +355,64 @@ def test_a_worker_follows_the_others_generations_only(tmp_path, monkeypatch):
     shared.bump("1")
     assert follow(store) is None  # already serves it
     shared.bump("2")
-    assert follow(store) == {"status": "swapped"}
-    shared.bump("1", force=True)
-    follow(store)
+    assert follow(store)["status"] == "swapped"
+    shared.bump("2", force=True)
+    assert follow(store)["status"] == "swapped"
     assert store.calls == [(False, True), (True, True)]
     assert follow(store) is None  # nothing new
+
+
+def test_a_failed_follow_is_retried_with_backoff_until_it_serves_the_version(
+        tmp_path, monkeypatch, caplog):
+    def follow():
+        return asyncio.run(sync.follow(store))
+
+    clock = _Clock()
+    shared = SharedDir(tmp_path)
+    sync = WorkerSync(shared, clock=clock)
+    store = _Store("2", alias="3", results=["rejected", "registry_error"])
+    monkeypatch.setattr(os, "getpid", lambda: sync.pid + 1)  # another worker swapped
+    shared.bump("3")
+    with caplog.at_level(logging.WARNING, logger="serving.workers"):
+        assert follow()["status"] == "rejected"  # the token is used up, the retry is not
+    assert store.current.version == "2"
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "version 3" in warning.getMessage()
+    assert "download failed: timeout" in warning.getMessage()
+    assert "trying again in 1 s" in warning.getMessage()
+    clock.now += 0.9
+    assert follow() is None and len(store.calls) == 1  # backoff honoured
+    clock.now += 0.1
+    assert follow()["status"] == "registry_error"  # second failure: 2 s next
+    clock.now += 1.9
+    assert follow() is None and len(store.calls) == 2
+    clock.now += 0.1
+    assert follow()["status"] == "swapped"
+    assert store.current.version == "3"
+    assert store.calls == [(False, True)] * 3  # retry_rejected every time
+    clock.now += 60
+    assert follow() is None and len(store.calls) == 3  # done: nothing more to retry
+
+    # A newer generation replaces the one being retried, at once, backoff reset.
+    store.alias, store.results = "5", ["rejected"]
+    shared.bump("4")
+    assert follow()["status"] == "rejected"
+    shared.bump("5")
+    assert follow()["status"] == "swapped" and store.current.version == "5"
+    clock.now += 60
+    assert follow() is None and len(store.calls) == 5
+
+
+def test_a_force_flag_survives_a_following_bump(tmp_path, monkeypatch):
+    shared = SharedDir(tmp_path)
+    sync = WorkerSync(shared)
+    store = _Store("3", alias="3")
+    monkeypatch.setattr(os, "getpid", lambda: sync.pid + 1)
+    shared.bump("3", force=True)  # POST /admin/reload?force=true on another worker
+    shared.bump("3")  # then a poll's bump, within SYNC_SECONDS, overwrites the generation
+    assert shared.generation()["force"] is False
+    result = asyncio.run(sync.follow(store))
+    assert result is not None and result["status"] == "swapped"
+    assert store.calls == [(True, True)]  # forced, though it already served version 3
+    assert asyncio.run(sync.follow(store)) is None
+    assert store.calls == [(True, True)]

@@ -24,7 +24,6 @@ import numpy as np
 from serving.input_limits import InputOverflow, diagnose_overflow, is_overflow_error
 from serving.metrics import ServiceMetrics
 from serving.model_store import ServedModel
-from serving.request_models import frame_from_rows
 
 __all__ = ["InputOverflow", "MicroBatcher"]
 
@@ -58,7 +57,7 @@ def _predict(model: ServedModel, rows: list[list]) -> tuple[np.ndarray, np.ndarr
         if not is_overflow_error(exc):
             raise
         try:
-            frame = frame_from_rows(rows, model.features)
+            frame = model.frame(rows)
         except OverflowError:  # a value no column dtype holds: nothing to diagnose with
             raise InputOverflow([]) from None
         raise diagnose_overflow(model.pipeline, frame) from None
@@ -123,9 +122,13 @@ class MicroBatcher:
         if model.compiled is not None and len(rows) <= INLINE_ROWS:
             # A compiled graph answers a few rows in tens of microseconds: less than
             # handing them to the predict thread and back; batching would only add wait.
-            if self.metrics is not None:
-                self.metrics.batch_rows.observe(len(rows))
-            return _predict(model, rows)
+            # Rows it cannot answer alone (near ties, non-finite values) need the
+            # Pipeline: that goes to the predict thread, never on the event loop.
+            inline = model.compiled_answer(rows)
+            if inline is not None:
+                if self.metrics is not None:
+                    self.metrics.batch_rows.observe(len(rows))
+                return inline
         future = asyncio.get_running_loop().create_future()
         self._jobs.append(_Job(model, rows, future))
         self._wakeup.set()

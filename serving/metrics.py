@@ -55,6 +55,8 @@ VALUE_BUCKETS = (0.0, *sorted(m * 10.0 ** e for m in (1, 2.5, 5) for e in range(
 #   both are answering. 0 (MlApiNoChampionLoaded) means no live worker serves a model:
 #   every prediction is answered 503. A worker that is still loading (0) at start-up
 #   does not hide the others' version.
+# - model_version_min: livemin: with model_version, a worker left behind shows (max >
+#   min) when a follow failed (serving/workers.py retries it).
 # - model_loaded_at: livemax: the latest load by any worker (a swap, or a replaced
 #   worker loading the champion), which is what "when did the served model change" asks.
 # - log_backlog: livesum: rows accepted and not yet stored, over all workers.
@@ -100,6 +102,10 @@ class ServiceMetrics:
         self.model_version = Gauge("ml_api_model_version", "Registry version of the served "
                                    "model (0 while none is loaded).", ["model_name"], registry=r,
                                    multiprocess_mode="livemax")
+        self.model_version_min = Gauge("ml_api_model_version_min", "Lowest registry version "
+                                       "served by a live worker (with one process: "
+                                       "ml_api_model_version).", ["model_name"],
+                                       registry=r, multiprocess_mode="livemin")
         self.model_runtime = Gauge("ml_api_model_runtime", "1 for the runtime that answers "
                                    "for the served model (onnx: its compiled graph, "
                                    "sklearn: the Pipeline), 0 for the other.", ["runtime"],
@@ -176,6 +182,7 @@ class ServiceMetrics:
     def set_model(self, name: str, version: str | None, loaded_at: float | None = None,
                   runtime: str | None = None) -> None:
         self.model_version.labels(name).set(float(version) if version else 0.0)
+        self.model_version_min.labels(name).set(float(version) if version else 0.0)
         for known in RUNTIMES:
             self.model_runtime.labels(known).set(1.0 if known == runtime else 0.0)
         if loaded_at is not None:

@@ -26,6 +26,7 @@ from typing import Any, cast
 
 import mlflow
 import numpy as np
+import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from sklearn.base import is_classifier, is_regressor
@@ -39,7 +40,7 @@ from ml_assets.core.model_loading import (
     model_file_path,
     read_mlmodel,
 )
-from ml_assets.core.onnx_model import CompiledModel
+from ml_assets.core.onnx_model import CompiledModel, near_ties
 from ml_assets.core.schemas import excluded_columns
 from serving.metrics import ServiceMetrics
 from serving.request_models import (
@@ -104,6 +105,9 @@ class ServedModel:
     # it (ML_API_RUNTIME); None: the Pipeline answers, and `runtime_reason` says why.
     compiled: CompiledModel | None = field(default=None, repr=False)
     runtime_reason: str = ""
+    # What a missing categorical reaches the Pipeline as: NaN (its imputer's marker, as
+    # in training frames), or None for a model that learned None as a category.
+    missing_string: Any = np.nan
 
     @property
     def is_regression(self) -> bool:
@@ -122,22 +126,61 @@ class ServedModel:
     def feature_names(self) -> tuple[str, ...]:
         return self.requests.feature_names
 
+    def frame(self, rows: list[list]) -> pd.DataFrame:
+        """The Pipeline's DataFrame for validated rows (training's dtypes)."""
+        return frame_from_rows(rows, self.features, self.missing_string)
+
+    def compiled_proba(self, rows: list[list]) -> np.ndarray | None:
+        """The compiled graph's probabilities when it can answer every row itself; None
+        when there is no graph, or a row's answer is not finite (a value its float32
+        arithmetic cannot hold) or a near tie (the top two within float32 error, where
+        its argmax could differ from the Pipeline's): those go to `predict_proba`."""
+        if self.compiled is None:
+            return None
+        proba = self.compiled.predict_proba(rows)
+        if not np.isfinite(proba).all() or near_ties(proba).any():
+            return None
+        # float32 sums of a forest land a hair outside [0, 1] (-1.2e-7, 1.0000001)
+        return np.clip(proba, 0.0, 1.0, out=proba)
+
+    def compiled_answer(self, rows: list[list]
+                        ) -> tuple[np.ndarray, np.ndarray | None] | None:
+        """What the batcher returns for `rows` ((probabilities, predicted index) or
+        (values, None)) when the compiled graph answers every row alone, else None."""
+        if self.is_regression:
+            values = self.compiled_values(rows)
+            return None if values is None else (values, None)
+        proba = self.compiled_proba(rows)
+        return None if proba is None else (proba, proba.argmax(axis=1))
+
+    def compiled_values(self, rows: list[list]) -> np.ndarray | None:
+        """The compiled graph's predicted values when all are finite; None otherwise or
+        when there is no graph (the Pipeline answers then)."""
+        if self.compiled is None:
+            return None
+        values = self.compiled.predict_values(rows)
+        return values if np.isfinite(values).all() else None
+
     def predict_proba(self, rows: list[list]) -> np.ndarray:
         """Class probabilities for validated rows: the compiled graph straight from the
-        rows (no DataFrame) when there is one; the Pipeline (one DataFrame, one call)
-        otherwise, and for a batch the graph answers with values that are not finite (a
-        value its float32 arithmetic cannot hold), so the Pipeline's answer or its
-        overflow diagnosis is what the client gets."""
-        if self.compiled is not None:
-            proba = self.compiled.predict_proba(rows)
-            if np.isfinite(proba).all():
-                # float32 sums of a forest land a hair outside [0, 1] (-1.2e-7, 1.0000001)
-                return np.clip(proba, 0.0, 1.0, out=proba)
-        return self.sklearn_proba(rows)
+        rows (no DataFrame) when there is one, except that its near-tie rows are
+        answered by the Pipeline, and a batch the graph answers with values that are
+        not finite goes to the Pipeline whole (its answer or its overflow diagnosis is
+        what the client gets); the Pipeline (one DataFrame, one call) otherwise."""
+        if self.compiled is None:
+            return self.sklearn_proba(rows)
+        proba = self.compiled.predict_proba(rows)
+        if not np.isfinite(proba).all():
+            return self.sklearn_proba(rows)
+        np.clip(proba, 0.0, 1.0, out=proba)
+        ties = np.flatnonzero(near_ties(proba))
+        if len(ties):
+            proba[ties] = self.sklearn_proba([rows[i] for i in ties])
+        return proba
 
     def sklearn_proba(self, rows: list[list]) -> np.ndarray:
         """The Pipeline's class probabilities for validated rows."""
-        frame = frame_from_rows(rows, self.features)
+        frame = self.frame(rows)
         # scikit-learn's joblib wrapper re-installs every process-wide warning filter
         # for every tree of every call: with the ~15 filters mlflow & co. install, ~40%
         # of a one-row call of a 200-tree forest. Predict under one filter instead; the
@@ -153,11 +196,10 @@ class ServedModel:
         deviations when the final estimator gives them (`interval`), else None. The
         compiled graph answers when there is one (never for `interval` models: ONNX has no
         standard deviation), the Pipeline for a batch it gives non-finite values."""
-        if self.compiled is not None:
-            values = self.compiled.predict_values(rows)
-            if np.isfinite(values).all():
-                return values, None
-        frame = frame_from_rows(rows, self.features)
+        values = self.compiled_values(rows)
+        if values is not None:
+            return values, None
+        frame = self.frame(rows)
         with _PREDICT_LOCK, warnings.catch_warnings():  # see predict_proba
             warnings.resetwarnings()
             warnings.simplefilter("ignore")
@@ -237,6 +279,27 @@ def intervals(values: list[float], std: list[float]) -> list[dict[str, float]]:
     """The 95% prediction interval of each value: mean +/- 1.96 std (normal errors)."""
     return [{"lower": v - INTERVAL_Z * s, "upper": v + INTERVAL_Z * s, "level": INTERVAL_LEVEL}
             for v, s in zip(values, std, strict=True)]
+
+
+def _estimators(estimator):
+    """`estimator` and every estimator inside it (Pipeline steps, ColumnTransformer
+    transformers, ...), depth first."""
+    yield estimator
+    for attribute in ("steps", "transformers_", "transformer_list"):
+        for item in getattr(estimator, attribute, None) or ():
+            if isinstance(item, tuple) and len(item) >= 2 and hasattr(item[1], "get_params"):
+                yield from _estimators(item[1])
+
+
+def learned_none_category(pipeline) -> bool:
+    """Whether a fitted encoder of the pipeline holds None as a category: the model was
+    trained on frames whose missing strings were None (before training normalised them
+    to NaN), so a missing categorical must reach it as None, not NaN."""
+    for estimator in _estimators(pipeline):
+        for categories in getattr(estimator, "categories_", None) or ():
+            if any(value is None for value in np.asarray(categories, dtype=object).tolist()):
+                return True
+    return False
 
 
 def serving_n_jobs(pipeline: Pipeline) -> Pipeline:
@@ -405,7 +468,8 @@ class ModelStore:
                     ignored=excluded_columns(loaded.schema, loaded.target)),
                 metrics=self._run_metrics(details.run_id),
                 loaded_at=datetime.now(timezone.utc), metadata=loaded.metadata,
-                excluded_columns=excluded_columns(loaded.schema, loaded.target))
+                excluded_columns=excluded_columns(loaded.schema, loaded.target),
+                missing_string=None if learned_none_category(pipeline) else np.nan)
         except UntrustedModelError as exc:  # refused unopened: nothing of it ran
             raise ModelRejected(version, "untrusted_model", str(exc)) from exc
         except Exception as exc:  # noqa: BLE001 - any load failure rejects the version
@@ -446,7 +510,7 @@ class ModelStore:
         try:
             if model.is_regression:
                 fast = model.compiled.predict_values(validated)
-                frame = frame_from_rows(validated, model.features)
+                frame = model.frame(validated)
                 with _PREDICT_LOCK, warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     slow, _ = _regression_output(model.pipeline, frame, False)
@@ -480,7 +544,7 @@ class ModelStore:
             if not hasattr(model.pipeline, "predict_proba"):
                 raise ValueError("the pipeline has no predict_proba")
             records = [model.requests.record.model_validate(row) for row in rows]
-            frame = frame_from_rows([model.requests.row_of(r) for r in records], model.features)
+            frame = model.frame([model.requests.row_of(r) for r in records])
             with _PREDICT_LOCK, warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 proba = model.pipeline.predict_proba(frame)
@@ -510,7 +574,7 @@ class ModelStore:
             raise ValueError("the model is logged as a regression model but its metadata "
                              f"lists classes {model.metadata['classes']}")
         records = [model.requests.record.model_validate(row) for row in rows]
-        frame = frame_from_rows([model.requests.row_of(r) for r in records], model.features)
+        frame = model.frame([model.requests.row_of(r) for r in records])
         with _PREDICT_LOCK, warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             values, std = _regression_output(model.pipeline, frame, model.interval)

@@ -458,11 +458,13 @@ def example_rows(specs: list[FeatureSpec], n: int = 2) -> list[dict]:
     return [dict(row) for _ in range(n)]
 
 
-def frame_from_rows(rows: list[list], specs: tuple[FeatureSpec, ...]) -> pd.DataFrame:
+def frame_from_rows(rows: list[list], specs: tuple[FeatureSpec, ...],
+                    missing_string: Any = np.nan) -> pd.DataFrame:
     """One DataFrame for a batch of validated rows, with the dtypes training saw
     (numbers float64, missing → NaN; strings object, missing → NaN, which the
     Pipeline's imputer replaces as it did in training; a None would be an unknown
-    category to it)."""
+    category to it). `missing_string=None` keeps None, for a model that learned None
+    as a category (trained before missing strings were NaN in training frames)."""
     columns = list(zip(*rows, strict=False)) if rows else [() for _ in specs]
     data = {}
     for spec, values in zip(specs, columns, strict=False):
@@ -475,7 +477,7 @@ def frame_from_rows(rows: list[list], specs: tuple[FeatureSpec, ...]) -> pd.Data
             data[spec.name] = np.array(values, dtype=np.float64)
         else:
             column = np.array(values, dtype=object)
-            if None in values:  # missing is NaN, as in the training frames the
-                column[column == None] = np.nan  # noqa: E711 - imputer learned from
+            if None in values and missing_string is not None:  # NaN, as in the
+                column[column == None] = missing_string  # noqa: E711 - training frames
             data[spec.name] = column
     return pd.DataFrame(data, copy=False)

@@ -12,7 +12,12 @@ model copy, micro-batcher and prediction-log connection). The directory holds:
   when it exits, so its live gauges go;
 - `reload.generation`: written (atomically) when a worker swaps to a new version on
   its own (poll) or answers 200 to POST /admin/reload; every other worker reads it
-  every SYNC_SECONDS and refreshes its store (the force flag of the reload included);
+  every SYNC_SECONDS and refreshes its store. A follow that does not end serving the
+  generation's version (a load that failed, the registry down) is retried with backoff
+  (RETRY_BACKOFF) until it does or a newer generation arrives;
+- `reload.force`: the same, written only by POST /admin/reload?force=true (before the
+  generation), so that a poll's bump that overwrites the generation within
+  SYNC_SECONDS does not lose the force flag;
 - `worker-<pid>.json`: each worker's prediction-log state, "serving" once its log is
   open, "closed" with its lost and spilled rows at shutdown. The supervisor turns
   them into the exit status: 1 when rows were lost, or when a worker ended without
@@ -36,7 +41,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,8 +65,12 @@ logger = logging.getLogger(__name__)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 APP_FACTORY = "serving.workers:create_worker_app"
 SYNC_SECONDS = 0.5  # how often a worker looks at the generation file (and samples gauges)
-RETRY_SECONDS = 5.0  # a follower whose registry look-up failed tries again after this
+# A follow that did not end serving the generation's version is tried again after
+# these delays (then every 30 s) until it does or a newer generation arrives.
+RETRY_BACKOFF = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0)
 GENERATION = "reload.generation"
+FORCED = "reload.force"  # the last forced generation (its own slot: never overwritten
+# by a poll's bump)
 SUPERVISOR = "supervisor.pid"
 GRACEFUL_SECONDS = 30  # uvicorn's timeout_graceful_shutdown, as with one process
 _TRUE = ("1", "true", "yes", "on")
@@ -124,12 +133,21 @@ class SharedDir:
 
     def bump(self, version: str, force: bool = False) -> None:
         """Tell every other worker to refresh (they skip it when they already serve
-        `version`, unless `force`)."""
-        self._write(GENERATION, {"token": f"{os.getpid()}-{time.time_ns()}",
-                                 "pid": os.getpid(), "version": version, "force": force})
+        `version`, unless `force`). A forced bump is also written to its own file,
+        first, so that a later bump (a poll's swap) cannot erase the force flag."""
+        now = time.time_ns()
+        payload = {"token": f"{os.getpid()}-{now}", "pid": os.getpid(), "version": version,
+                   "force": force, "ns": now}
+        if force:
+            self._write(FORCED, payload)
+        self._write(GENERATION, payload)
 
     def generation(self) -> dict | None:
         return self._read(GENERATION)
+
+    def forced(self) -> dict | None:
+        """The last forced generation (also the generation until a later bump)."""
+        return self._read(FORCED)
 
     def report(self, pid: int, **state: Any) -> None:
         self._write(f"worker-{pid}.json", {"pid": pid, **state})
@@ -138,19 +156,34 @@ class SharedDir:
         return self._read(f"worker-{pid}.json")
 
 
+@dataclass
+class Target:
+    """A generation another worker wrote, that this worker follows (until it serves
+    `version`, or a newer generation replaces it)."""
+
+    version: str
+    pid: Any
+    force: bool
+    attempts: int = 0  # refreshes that did not end serving `version`
+
+
 class WorkerSync:
     """One worker's side: passes its swaps on, follows the others', samples the gauges
     that multiprocess mode cannot read from functions, reports its prediction log's
-    state, and shuts down if its supervisor is gone."""
+    state, and shuts down if its supervisor is gone. `clock`: monotonic seconds (the
+    retry backoff; injectable for tests)."""
 
-    def __init__(self, shared: SharedDir, interval: float = SYNC_SECONDS):
+    def __init__(self, shared: SharedDir, interval: float = SYNC_SECONDS,
+                 clock: Callable[[], float] = time.monotonic):
         self.shared = shared
         self.interval = interval
+        self.clock = clock
         self.pid = os.getpid()
         # Generations written before this worker started are not its business: it
         # loads the champion itself at start-up.
-        found = shared.generation()
-        self._token = found.get("token") if found else None
+        self._token = _token(shared.generation())
+        self._force_token = _token(shared.forced())
+        self._pending: Target | None = None  # a follow to retry at _retry_at
         self._retry_at = 0.0
         self._supervisor = shared.supervisor_pid()
         self._orphaned = False
@@ -189,30 +222,64 @@ class WorkerSync:
                 logger.exception("worker %d: following the other workers failed", self.pid)
 
     async def follow(self, store: ModelStore) -> dict | None:
-        """Refresh `store` if another worker wrote a generation this one has not seen;
+        """Refresh `store` if another worker wrote a generation this one has not seen,
+        or retry one that did not end serving its version once its backoff is over;
         the refresh's result, or None when there was nothing to do."""
-        if time.monotonic() < self._retry_at:
-            return None
-        found = self.shared.generation()
-        if found is None or found.get("token") == self._token:
-            return None
-        self._token = found.get("token")
-        if found.get("pid") == self.pid:
-            return None
-        force = bool(found.get("force"))
+        target = self._new_target()
+        if target is None:
+            target = self._pending
+            if target is None or self.clock() < self._retry_at:
+                return None
+        self._pending = None
         current = store.current
-        if not force and current is not None and current.version == str(found.get("version")):
-            return None
-        with swap_origin("follow"):
-            result = await asyncio.to_thread(store.refresh, force, True)
+        if (not target.force and current is not None
+                and current.version == target.version):
+            return None  # already serves it (its own poll may have got there first)
+        try:
+            with swap_origin("follow"):
+                result = await asyncio.to_thread(store.refresh, target.force, True)
+        except Exception as exc:  # noqa: BLE001 - retried like any failed follow
+            result = {"status": "error", "detail": f"{type(exc).__name__}: {exc}",
+                      "serving_version": current.version if current else None}
         self.followed += 1
-        logger.info("worker %d followed worker %s (version %s%s): %s", self.pid,
-                    found.get("pid"), found.get("version"), ", forced" if force else "",
-                    result.get("status"))
-        if result.get("status") == "registry_error":
-            self._token = None  # look at it again after RETRY_SECONDS
-            self._retry_at = time.monotonic() + RETRY_SECONDS
+        status, served = result.get("status"), result.get("serving_version")
+        forced = ", forced" if target.force else ""
+        if status in ("swapped", "unchanged") and served == target.version:
+            logger.info("worker %d followed worker %s (version %s%s): %s%s", self.pid,
+                        target.pid, target.version, forced, status,
+                        f" after {target.attempts + 1} attempts" if target.attempts else "")
+            return result
+        target.attempts += 1
+        delay = RETRY_BACKOFF[min(target.attempts, len(RETRY_BACKOFF)) - 1]
+        self._pending, self._retry_at = target, self.clock() + delay
+        reason = result.get("detail") or (
+            f"the alias names version {served}" if status in ("swapped", "unchanged")
+            else "no detail")
+        logger.warning("worker %d: following worker %s to version %s%s failed (attempt "
+                       "%d, %s: %s); serving version %s, trying again in %g s", self.pid,
+                       target.pid, target.version, forced, target.attempts, status,
+                       reason, served, delay)
         return result
+
+    def _new_target(self) -> Target | None:
+        """The generation (and forced generation) written by other workers since the
+        last look, as one target: the latest version, forced if either bump was."""
+        found, forced = self.shared.generation(), self.shared.forced()
+        fresh = []
+        if found is not None and _token(found) != self._token:
+            self._token = _token(found)
+            fresh.append(found)
+        if forced is not None and _token(forced) != self._force_token:
+            self._force_token = _token(forced)
+            fresh.append(forced)
+        if fresh:  # a newer generation replaces the one being retried (even this
+            self._pending = None  # worker's own: it serves what it just told)
+        fresh = [bump for bump in fresh if bump.get("pid") != self.pid]
+        if not fresh:
+            return None
+        latest = max(fresh, key=lambda bump: int(bump.get("ns") or 0))
+        return Target(version=str(latest.get("version")), pid=latest.get("pid"),
+                      force=any(bool(bump.get("force")) for bump in fresh))
 
     def _check_supervisor(self) -> None:
         if (self._supervisor is not None and not self._orphaned
@@ -266,6 +333,10 @@ class WorkerHeaders:
             return
         with swap_origin("reload"):
             await self.app(scope, receive, send_with_pid)
+
+
+def _token(found: dict | None) -> Any:
+    return found.get("token") if found else None
 
 
 def _force(scope) -> bool:

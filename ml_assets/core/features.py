@@ -62,7 +62,10 @@ def model_inputs(frame: pd.DataFrame) -> pd.DataFrame:
                 converted[column] = frame[column].astype("float64")
             else:
                 converted[column] = frame[column].astype(bool)
-        elif isinstance(dtype, pd.StringDtype):
+        elif isinstance(dtype, pd.StringDtype) or (pd.api.types.is_object_dtype(dtype)
+                                                   and frame[column].isna().any()):
+            # None and pd.NA become NaN, the marker the categorical imputer replaces
+            # (it leaves None alone: an encoder would learn it as a category).
             converted[column] = frame[column].astype(object).where(frame[column].notna(),
                                                                    np.nan)
     return frame.assign(**converted) if converted else frame
