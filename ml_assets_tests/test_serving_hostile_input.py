@@ -88,11 +88,13 @@ def test_3e38_on_a_scaled_feature_is_refused_by_the_derived_bound(client, row):
 @pytest.fixture
 def without_derived_bounds(client):
     """Serve the same model with request models that only know float32's range, so a
-    value the preprocessing overflows reaches the pipeline (the predict-time guard)."""
+    value the preprocessing overflows reaches the pipeline (the predict-time guard, the
+    Pipeline's: the compiled graph relies on the derived bounds, which every served
+    model's request models carry, so it is taken away here)."""
     service = _service(client)
     model = service.store.current
     loose = build_request_models(list(model.features), service.settings.max_batch)
-    service.store.current = dataclasses.replace(model, requests=loose)
+    service.store.current = dataclasses.replace(model, requests=loose, compiled=None)
     yield
     service.store.current = model
 
@@ -117,7 +119,7 @@ def test_overflow_after_preprocessing_is_a_422_naming_the_feature(client, row,
 
 
 def test_predict_guard_raises_input_overflow_only_for_that_job(client, row):
-    model = _service(client).store.current
+    model = dataclasses.replace(_service(client).store.current, compiled=None)  # Pipeline
     names = model.feature_names
     good = [row[n] for n in names]
     bad = [3e38 if n == SCALED else row[n] for n in names]

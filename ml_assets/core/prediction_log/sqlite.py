@@ -6,6 +6,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Sequence
 from contextlib import closing
 from datetime import date
@@ -95,6 +96,11 @@ class SQLitePredictionLog(PredictionLog):
                     for statement in self._DDL:
                         self._conn.execute(statement)
                 self._add_flags_column(self._conn)
+                # Writes wait for another process's lock in _write's own loop (short
+                # sleeps), not SQLite's busy handler, whose back-off sleeps grow to
+                # 25-100 ms: with several API workers on one file that was the p99.
+                self._conn.execute("PRAGMA busy_timeout = 0")
+                self._conn.isolation_level = None  # _write opens its own transactions
             except (OSError, sqlite3.Error) as exc:
                 if self._conn is not None:
                     self._conn.close()
@@ -145,13 +151,37 @@ class SQLitePredictionLog(PredictionLog):
                          orjson.dumps(r.features).decode(), r.input_flags or None))
         conn = self._conn
         try:
-            with conn:  # one transaction: all rows or none
+            self._locked(conn, "BEGIN IMMEDIATE")  # one transaction: all rows or none
+            try:
                 conn.executemany(self._INSERT, rows)
+                self._locked(conn, "COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
         except sqlite3.Error as exc:
             raise PredictionLogError(f"prediction log: writing {len(rows)} rows to "
                                      f"{self.path}: {exc}") from exc
         with self._sync_lock:
             self._unsynced += 1
+
+    def _locked(self, conn: sqlite3.Connection, statement: str) -> None:
+        """Run `statement`, retrying while another connection holds the lock, for up to
+        busy_timeout: sleeps of 0.5 ms growing to 5 ms, so a write queued behind another
+        worker's commit starts within milliseconds of it."""
+        deadline = time.monotonic() + self.busy_timeout
+        delay = 0.0005
+        while True:
+            try:
+                conn.execute(statement)
+                return
+            except sqlite3.OperationalError as exc:
+                text = str(exc)
+                if ("locked" not in text and "busy" not in text) or (
+                        time.monotonic() + delay > deadline):
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.005)
 
     def sync_wal(self) -> None:
         """fsync the WAL file now (what NORMAL defers): everything committed so far then
