@@ -337,13 +337,8 @@ def _custom_converters() -> tuple[dict, dict]:
             if marker is None:
                 convert_sklearn_imputer(scope, operator, container)
                 return
-            shadow = copy.copy(raw)
-            shadow.missing_values = marker
-            operator.raw_operator = shadow
-            try:
-                convert_sklearn_imputer(scope, operator, container)
-            finally:
-                operator.raw_operator = raw
+            _convert_as(convert_sklearn_imputer, scope, operator, container,
+                        missing_values=marker)
             return
         if not isinstance(kind, DoubleTensorType):
             convert_sklearn_imputer(scope, operator, container)
@@ -377,16 +372,25 @@ def _custom_converters() -> tuple[dict, dict]:
             return
         categories = [np.array([_string_marker(c) or c for c in column], dtype=object)
                       for column in raw.categories_]
-        shadow = copy.copy(raw)
-        shadow.categories_ = categories
-        operator.raw_operator = shadow
-        try:
-            convert_sklearn_one_hot_encoder(scope, operator, container)
-        finally:
-            operator.raw_operator = raw
+        _convert_as(convert_sklearn_one_hot_encoder, scope, operator, container,
+                    categories_=categories)
 
     return ({SimpleImputer: imputer, OneHotEncoder: one_hot},
             {SimpleImputer: imputer_shapes, OneHotEncoder: one_hot_shapes})
+
+
+def _convert_as(convert, scope, operator, container, **changes) -> None:
+    """Run skl2onnx's `convert` on a copy of the operator's estimator with `changes`
+    (its missing marker or categories as the graph feeds them), then put it back."""
+    raw = operator.raw_operator
+    shadow = copy.copy(raw)
+    for name, value in changes.items():
+        setattr(shadow, name, value)
+    operator.raw_operator = shadow
+    try:
+        convert(scope, operator, container)
+    finally:
+        operator.raw_operator = raw
 
 
 HIST_GRADIENT_BOOSTING_REASON = (
