@@ -6,6 +6,7 @@ new production data is materialized as it arrives, drift is scored after it
 episode, the champion is retrained weekly, and failed runs raise an alert.
 """
 
+import hashlib
 import json
 import time
 import urllib.request
@@ -14,6 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
 
+import pandas as pd
 from dagster import (
     AssetCheckEvaluation,
     AssetCheckKey,
@@ -39,7 +41,9 @@ from dagster import (
 )
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
+from ml_assets.core.rollout import read_rollout
 from ml_assets.monitoring import DRIFT_CHECK, daily_partitions
+from ml_assets.resources import MlflowTracking
 from ml_assets.resources.production import ProductionDataResource
 from ml_assets.settings import PlatformSettings
 
@@ -76,8 +80,9 @@ weekly_retrain_schedule = ScheduleDefinition(
 monitoring_automation = AutomationConditionSensorDefinition(
     "monitoring_automation", target=AssetSelection.groups("monitoring"),
     default_status=DefaultSensorStatus.RUNNING, minimum_interval_seconds=30,
-    description="Evaluates automation conditions: drift_scores eagerly after new "
-    "production data (blocking checks upstream are respected).")
+    description="Evaluates automation conditions: a day's production_data after its batch "
+    "scoring, live_performance and drift_scores after new production data (blocking "
+    "checks upstream are respected).")
 
 
 @sensor(name="production_data_sensor", minimum_interval_seconds=60,
@@ -102,6 +107,136 @@ def production_data_sensor(context: SensorEvaluationContext,
         return SensorResult(skip_reason=SkipReason("no new production data"),
                             cursor=context.cursor)
     return SensorResult(run_requests=requests, cursor=json.dumps(signatures))
+
+
+def label_files(labels_dir: str | Path) -> dict[str, str]:
+    """file name -> "mtime_ns:size" for every labels file (<dir>/*.csv)."""
+    root = Path(labels_dir)
+    if not root.is_dir():
+        return {}
+    signatures = {}
+    for path in sorted(root.glob("*.csv")):
+        try:
+            stat = path.stat()
+        except OSError:  # removed meanwhile
+            continue
+        signatures[path.name] = f"{stat.st_mtime_ns}:{stat.st_size}"
+    return signatures
+
+
+def _request_ids(path: Path) -> set[str]:
+    """The request ids a labels file names (an unreadable file names none)."""
+    try:
+        frame = pd.read_csv(path, dtype={"request_id": str}, usecols=["request_id"])
+    except (OSError, ValueError, pd.errors.ParserError):
+        return set()
+    return set(frame["request_id"].dropna().astype(str))
+
+
+@sensor(name="live_performance_on_labels", minimum_interval_seconds=30,
+        asset_selection=AssetSelection.assets("production_data", "live_performance"),
+        default_status=DefaultSensorStatus.RUNNING)
+def live_performance_on_labels(context: SensorEvaluationContext,
+                               production: ProductionDataResource) -> SensorResult:
+    """Materializes `live_performance` for the days whose predictions just got labels
+    (new or changed files in ML_LABELS_DIR, matched to the prediction log by request_id
+    over the last ML_LABEL_LOOKBACK_DAYS days), with `production_data` first where that
+    day was never materialized. No waiting for the daily schedule."""
+    seen = json.loads(context.cursor or "{}")
+    files = label_files(production.labels_dir)
+    changed = [name for name, signature in files.items() if seen.get(name) != signature]
+    if not changed:
+        return SensorResult(skip_reason=SkipReason("no new labels"), cursor=context.cursor)
+    wanted: set[str] = set()
+    for name in changed:
+        wanted |= _request_ids(Path(production.labels_dir) / name)
+    valid = set(daily_partitions.get_partition_keys())
+    days = sorted((d.isoformat() for d in production.prediction_days()), reverse=True)
+    days = [d for d in days if d in valid][: SETTINGS.label_lookback_days]
+    labelled_days = []
+    for day in days:  # newest first: labels usually follow their predictions closely
+        if not wanted:
+            break
+        ids = set(production.predictions(day)["request_id"].astype(str))
+        if ids & wanted:
+            labelled_days.append(day)
+            wanted -= ids
+    materialized = context.instance.get_materialized_partitions(AssetKey("production_data"))
+    stamp = hashlib.sha1(json.dumps(files, sort_keys=True).encode()).hexdigest()[:12]
+    requests = [RunRequest(
+        run_key=f"live-performance:{day}:{stamp}", partition_key=day,
+        asset_selection=[AssetKey("live_performance")] if day in materialized
+        else [AssetKey("production_data"), AssetKey("live_performance")],
+        tags={TRIGGER_TAG: "new_labels"}) for day in sorted(labelled_days)]
+    cursor = json.dumps(files)
+    if not requests:
+        return SensorResult(skip_reason=SkipReason(
+            f"{len(changed)} new labels file(s) match no prediction of the last "
+            f"{SETTINGS.label_lookback_days} days"), cursor=cursor)
+    return SensorResult(run_requests=requests, cursor=cursor)
+
+
+@sensor(name="rollout_on_labels", minimum_interval_seconds=30,
+        asset_selection=AssetSelection.assets("rollout_evaluation", "reference_profile"),
+        default_status=DefaultSensorStatus.RUNNING)
+def rollout_on_labels(context: SensorEvaluationContext, production: ProductionDataResource,
+                      mlflow_tracking: MlflowTracking) -> SensorResult:
+    """While a canary or shadow rollout runs, materializes `rollout_evaluation` when
+    labels arrive (and once an hour regardless, for the time limit and the failure
+    guards); after a rollout promoted its challenger, rebuilds `reference_profile` for
+    the new champion so drift is scored against what it was trained on."""
+    state = json.loads(context.cursor or "{}")
+    try:
+        rollout = read_rollout(mlflow_tracking.client, mlflow_tracking.registered_model_name)
+    except Exception as exc:  # noqa: BLE001 - registry down: try again next tick
+        return SensorResult(skip_reason=SkipReason(f"registry unavailable: {exc}"[:300]),
+                            cursor=context.cursor)
+    requests = []
+    ended = rollout.tags.get("rollout.ended_at", "")
+    if rollout.tags.get("rollout.outcome") == "promoted" and state.get("profiled") != ended:
+        requests.append(RunRequest(
+            run_key=f"profile-after-rollout:{rollout.tags.get('rollout.version')}:{ended}",
+            asset_selection=[AssetKey("reference_profile")],
+            tags={TRIGGER_TAG: "rollout_promoted"}))
+        state["profiled"] = ended
+    if rollout.active and rollout.plan is not None:
+        plan = rollout.plan
+        hour = int(plan.elapsed_seconds() // 3600)
+        signature = hashlib.sha1(json.dumps([label_files(production.labels_dir), hour],
+                                            sort_keys=True).encode()).hexdigest()[:12]
+        key = f"{plan.version}:{plan.started_at.isoformat()}"
+        if state.get("rollout") != [key, signature]:
+            requests.append(RunRequest(
+                run_key=f"rollout:{plan.version}:{plan.salt}:{signature}",
+                asset_selection=[AssetKey("rollout_evaluation")],
+                tags={TRIGGER_TAG: "rollout_labels", "ml/rollout_version": plan.version,
+                      "ml/rollout_mode": plan.mode}))
+            state["rollout"] = [key, signature]
+    if not requests:
+        why = "rollout: no new labels" if rollout.active else "no rollout in progress"
+        return SensorResult(skip_reason=SkipReason(why), cursor=json.dumps(state))
+    return SensorResult(run_requests=requests, cursor=json.dumps(state))
+
+
+@sensor(name="batch_input_sensor", minimum_interval_seconds=60,
+        asset_selection=AssetSelection.assets("batch_predictions"),
+        default_status=DefaultSensorStatus.RUNNING)
+def batch_input_sensor(context: SensorEvaluationContext,
+                       production: ProductionDataResource) -> SensorResult:
+    """Scores a day in batch (`batch_predictions`) when files land in, or change in, its
+    ML_BATCH_INPUT_DIR/<YYYY-MM-DD>/ directory; the day's production data and drift
+    follow by their automation conditions."""
+    seen = json.loads(context.cursor or "{}")
+    days = {day: f"{mtime:.3f}" for day, mtime in production.batch_input_days().items()}
+    valid = set(daily_partitions.get_partition_keys())
+    requests = [RunRequest(run_key=f"batch:{day}:{stamp}", partition_key=day,
+                           tags={TRIGGER_TAG: "batch_input"})
+                for day, stamp in sorted(days.items())
+                if day in valid and seen.get(day) != stamp]
+    if not requests:
+        return SensorResult(skip_reason=SkipReason("no new batch input"),
+                            cursor=context.cursor)
+    return SensorResult(run_requests=requests, cursor=json.dumps(days))
 
 
 DRIFT_CHECK_KEY = AssetCheckKey(AssetKey("drift_scores"), DRIFT_CHECK)
@@ -232,7 +367,8 @@ def freshness_policies() -> dict[str, FreshnessPolicy]:
 jobs = [train_model_job, score_drift_job]
 schedules = [daily_drift_schedule, weekly_retrain_schedule]
 sensors = [production_data_sensor, retrain_on_drift, alert_on_run_failure,
-           monitoring_automation]
+           monitoring_automation, live_performance_on_labels, rollout_on_labels,
+           batch_input_sensor]
 
 
 _Loaded = TypeVar("_Loaded")

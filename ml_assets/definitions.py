@@ -8,18 +8,21 @@ from dagster import (
 
 from ml_assets import (
     automation,
+    batch,
     evaluation,
     features,
     ingestion,
     monitoring,
     registry,
+    rollout,
     training,
     validation,
 )
 from ml_assets.execution import build_executor
 from ml_assets.resources.factory import build_resources
 
-STAGES = [ingestion, validation, features, training, evaluation, registry, monitoring]
+STAGES = [ingestion, validation, features, training, evaluation, registry, rollout,
+          monitoring, batch]
 
 defs = Definitions(
     assets=automation.with_freshness(load_assets_from_modules(STAGES)),

@@ -5,6 +5,7 @@ import dataclasses
 import io
 import tempfile
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import mlflow
@@ -87,15 +88,19 @@ def reference_profile(context: AssetExecutionContext, champion_model: dict,
     run, so drift scoring never re-reads the training data.
     """
     client = mlflow_tracking.client
-    version = client.get_model_version(champion_model["name"], champion_model["version"])
+    name = champion_model["name"]
+    # The registry's champion now: after a rollout's promotion it is no longer the
+    # version this run's champion_model recorded.
+    version = (registry.alias_version(client, name, registry.CHAMPION)
+               or client.get_model_version(name, champion_model["version"]))
     built_here = version.run_id == trained_model.mlflow_run_id
     if built_here:
         profile = _profile_for(trained_model.pipeline, data_split)
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "profile.npz"
-            path.write_bytes(profile.to_bytes())
-            client.log_artifact(version.run_id, str(path), "reference_profile")
+        _log_profile(client, trained_model.mlflow_run_id, profile)
     else:
+        if champion_model.get("challenger_version"):  # in rollout: ready for its promotion
+            _log_profile(client, trained_model.mlflow_run_id,
+                         _profile_for(trained_model.pipeline, data_split))
         try:
             local = mlflow.artifacts.download_artifacts(run_id=version.run_id,
                                                         artifact_path=PROFILE_ARTIFACT,
@@ -113,7 +118,31 @@ def reference_profile(context: AssetExecutionContext, champion_model: dict,
         "source": "built from this run's split" if built_here else "champion's artifact"})
 
 
-@asset(group_name="monitoring", partitions_def=daily_partitions, kinds={"pandas"})
+def _log_profile(client, run_id: str, profile: ReferenceProfile) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "profile.npz"
+        path.write_bytes(profile.to_bytes())
+        client.log_artifact(run_id, str(path), "reference_profile")
+
+
+# Recent days only: labels and batch files for a day long past re-materialize nothing.
+RECENT_DAYS = AutomationCondition.in_latest_time_window(timedelta(days=7))
+
+# A day's production data is rebuilt when that day's batch scoring lands (the API's
+# log and the landing area are watched by production_data_sensor).
+BATCH_SCORED = (RECENT_DAYS & AutomationCondition.any_deps_updated().since_last_handled()
+                & ~AutomationCondition.in_progress()).with_label("batch scored")
+
+# Live performance follows its day's production data (new rows; the labels sensor
+# requests it when labels arrive).
+AFTER_PRODUCTION_DATA = (RECENT_DAYS & AutomationCondition.any_deps_updated()
+                         .since_last_handled() & ~AutomationCondition.any_deps_missing()
+                         & ~AutomationCondition.in_progress()).with_label(
+                             "after production data")
+
+
+@asset(group_name="monitoring", partitions_def=daily_partitions, kinds={"pandas"},
+       deps=["batch_predictions"], automation_condition=BATCH_SCORED)
 def production_data(context: AssetExecutionContext, production: ProductionDataResource,
                     data_source: DataSourceResource,
                     mlflow_tracking: MlflowTracking) -> Output[pd.DataFrame]:
@@ -122,6 +151,13 @@ def production_data(context: AssetExecutionContext, production: ProductionDataRe
     the current champion scores so their predictions are monitored too."""
     day = context.partition_key
     logged = production.predictions(day)
+    if "variant" in logged:  # a shadow's answers were never returned: not production data
+        attrs = dict(logged.attrs)
+        kept = logged["variant"].fillna("champion") != "shadow"
+        if "error" in logged:  # a canary's failed attempt (the champion's answer is kept)
+            kept &= logged["error"].fillna("") == ""
+        logged = logged[kept].reset_index(drop=True)
+        logged.attrs.update(attrs)
     target = data_source.target_column
     frames = []
     if len(logged):
@@ -138,6 +174,9 @@ def production_data(context: AssetExecutionContext, production: ProductionDataRe
             frame[f"proba_{label}"] = probabilities[label].to_numpy(dtype=float)
         frame["source"] = "prediction_log"
         frames.append(frame)
+    batch = production.batch_predictions(day)  # rows scored by batch_predictions
+    if len(batch):
+        frames.append(batch)
     landed = production.landing(day, target)
     if len(landed):
         labels = landed.pop(target).astype(str)
@@ -153,6 +192,7 @@ def production_data(context: AssetExecutionContext, production: ProductionDataRe
         "from_prediction_log": int(len(logged)),
         "flagged_rows": flagged,
         "flags_by_reason": MetadataValue.json(by_reason),
+        "from_batch": int(len(batch)),
         "from_landing": int(len(landed)),
         "model_versions": MetadataValue.json(versions),
     })
@@ -174,7 +214,8 @@ def _score_with_champion(rows: pd.DataFrame, mlflow_tracking: MlflowTracking) ->
 
 
 _LOG_META = {"timestamp", "request_id", "row_index", "model_name", "model_version",
-             "prediction", "confidence", "probabilities", "input_flags"}
+             "prediction", "confidence", "probabilities", "input_flags", "variant",
+             "latency_ms", "error"}
 
 
 def _flagged(logged: pd.DataFrame) -> tuple[int, dict[str, int]]:
@@ -288,7 +329,8 @@ def drift_scores(context: AssetExecutionContext, config: DriftScoringConfig,
                   "fail_share": config.fail_share})
 
 
-@asset(group_name="monitoring", partitions_def=daily_partitions, kinds={"scikit-learn"})
+@asset(group_name="monitoring", partitions_def=daily_partitions, kinds={"scikit-learn"},
+       automation_condition=AFTER_PRODUCTION_DATA)
 def live_performance(context: AssetExecutionContext, production_data: pd.DataFrame,
                      production: ProductionDataResource) -> Output[dict]:
     """Accuracy and friends (a classifier) or RMSE, MAE, R² and MAPE (a regressor) for

@@ -29,6 +29,14 @@ from ml_assets.core.model_loading import (
 )
 from ml_assets.core.modeling import TrainedModel
 from ml_assets.core.promotion import PromotionDecision, decide_promotion
+from ml_assets.core.rollout import (
+    MODES,
+    RolloutPlan,
+    end_rollout,
+    read_rollout,
+    start_rollout,
+    step_schedule,
+)
 from ml_assets.core.schema_diff import ModelSchema, SchemaDiff, diff_models, model_schema
 from ml_assets.core.schemas import feature_columns
 from ml_assets.core.tasks import (
@@ -58,6 +66,17 @@ class ChampionComparison:
     challenger: RegisteredModel
     champion_version: str | None
     decision: PromotionDecision
+    # canary | shadow: champion_model starts a rollout instead of promoting.
+    rollout: str = "immediate"
+    rollout_steps: tuple[tuple[float, float], ...] = ()
+
+
+def _shares(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"ML_CANARY_STEPS={text!r}: expected comma-separated shares such as "
+                         "0.25,0.5") from None
 
 
 class PromotionConfig(Config):
@@ -74,6 +93,36 @@ class PromotionConfig(Config):
         description="Promote a challenger whose inputs break the API's clients (a feature "
         "removed, a required one added, a type or allowed values narrowed) instead of "
         "refusing it. Default: ML_ALLOW_BREAKING_SCHEMA_CHANGE (false).")
+    rollout: str = Field(
+        default_factory=lambda: PlatformSettings.from_env().rollout_mode,
+        description="How a challenger that wins here reaches traffic: immediate (it becomes "
+        "champion now), canary (it answers a share of live requests, sticky per "
+        "X-Client-Key) or shadow (it scores a copy of every request; its answers are logged, "
+        "never returned). Canary and shadow end in rollout_evaluation's verdict on live "
+        "labelled traffic. The first model is always immediate. Default: ML_ROLLOUT_MODE "
+        "(immediate).")
+    canary_share: float = Field(
+        default_factory=lambda: PlatformSettings.from_env().canary_share, gt=0, le=1,
+        description="Share of requests the canary answers at first. Default: "
+        "ML_CANARY_SHARE (0.1).")
+    canary_steps: list[float] = Field(
+        default_factory=lambda: _shares(PlatformSettings.from_env().canary_steps),
+        description="Later canary shares, each canary_step_minutes after the previous, "
+        "e.g. [0.25, 0.5]. Default: ML_CANARY_STEPS (comma-separated; none).")
+    canary_step_minutes: float = Field(
+        default_factory=lambda: PlatformSettings.from_env().canary_step_minutes, gt=0,
+        description="Minutes between canary steps. Default: ML_CANARY_STEP_MINUTES (60).")
+
+    def rollout_steps(self) -> tuple[tuple[float, float], ...]:
+        """The canary's (seconds after the start, share) schedule; ValueError names a
+        mode or share that is not allowed."""
+        if self.rollout not in MODES:
+            raise ValueError(f"champion_comparison rollout {self.rollout!r}: use one of "
+                             f"{', '.join(MODES)} (ML_ROLLOUT_MODE)")
+        for share in self.canary_steps:
+            if not 0 < share <= 1:
+                raise ValueError(f"canary step share {share} is outside (0, 1]")
+        return step_schedule(self.canary_share, self.canary_steps, self.canary_step_minutes)
 
     def metric_for(self, task: str) -> str:
         """The comparison metric for `task`; a metric the task does not have is an
@@ -231,6 +280,7 @@ def champion_comparison(context: AssetExecutionContext, config: PromotionConfig,
         diff, champion_metrics, champion_error = _compare_with_champion(
             context, registered_model, str(champion.version), data_split)
     try:
+        steps = config.rollout_steps()
         metric = config.metric_for(data_split.task)
         decision = decide_promotion(model_metrics, champion_metrics, metric, config.margin,
                                     champion_error, diff, config.allow_breaking_change)
@@ -250,8 +300,11 @@ def champion_comparison(context: AssetExecutionContext, config: PromotionConfig,
         "promotion.decided_at": registry.now_utc(), "promotion.decided_by": registry.who()}
     for key, value in record.items():
         client.set_model_version_tag(name, registered_model.version, key, value[:5000])
+    # A first model has nothing to be compared with live: it serves at once.
+    mode = config.rollout if champion is not None else "immediate"
     comparison = ChampionComparison(registered_model,
-                                    str(champion.version) if champion else None, decision)
+                                    str(champion.version) if champion else None, decision,
+                                    mode, steps)
     table = "| metric | challenger | champion | delta |\n|---|---:|---:|---:|\n" + "\n".join(
         f"| {m} | {decision.challenger[m]:.4f} | "
         + (f"{decision.champion[m]:.4f} | {decision.deltas.get(m, 0.0):+.4f} |"
@@ -264,7 +317,8 @@ def champion_comparison(context: AssetExecutionContext, config: PromotionConfig,
                "margin": decision.margin, "schema_change": decision.schema_change,
                "schema_changes": MetadataValue.json(list(decision.schema_changes)),
                "breaking_change": decision.breaking_change,
-               "breaking_change_allowed": decision.breaking_change_allowed}
+               "breaking_change_allowed": decision.breaking_change_allowed,
+               "rollout": mode}
     yield Output(comparison, metadata={**summary, "comparison": MetadataValue.md(table)})
     yield AssetCheckResult(
         check_name=PROMOTION_CHECK, passed=decision.promote,
@@ -280,23 +334,81 @@ def champion_model(context: AssetExecutionContext, champion_comparison: Champion
     """The model the prediction API serves: the registry's `champion` alias.
 
     Moves only when the comparison's blocking check passed; the previous champion
-    stays in the history for a one-step `ml-platform rollback`.
+    stays in the history for a one-step `ml-platform rollback`. With `rollout: canary`
+    or `shadow` the champion stays and the challenger starts a rollout instead (alias
+    `canary`, plan in `rollout.*` tags): `rollout_evaluation` decides it on live
+    traffic. A rollout still running is replaced by a newer winner.
     """
     challenger = champion_comparison.challenger
+    client = mlflow_tracking.client
+    decision = champion_comparison.decision
+    running = read_rollout(client, challenger.name)
+    if champion_comparison.rollout in ("canary", "shadow"):
+        return _start_rollout(context, champion_comparison, mlflow_tracking, running)
     try:
         change = registry.promote(
-            mlflow_tracking.client, challenger.name, challenger.version,
+            client, challenger.name, challenger.version,
             champion_comparison.champion_version,
-            {"promotion.reason": champion_comparison.decision.reason[:5000],
-             "promotion.schema_change": champion_comparison.decision.schema_change[:5000],
+            {"promotion.reason": decision.reason[:5000],
+             "promotion.schema_change": decision.schema_change[:5000],
              "promotion.dagster_run_id": context.run_id})
     except registry.RegistryError as exc:
         raise Failure(description=str(exc), allow_retries=False) from None
+    _replace_running(context, mlflow_tracking, running, challenger.version)
     context.log.info("%s version %s is champion (was %s)", change.name, change.version,
                      change.previous)
     return Output(asdict(change), metadata={
         "registered_model": change.name, "champion_version": change.version,
         "previous_champion": str(change.previous), "promoted_at": change.at,
-        "promoted_by": change.by, "reason": champion_comparison.decision.reason,
-        "schema_change": champion_comparison.decision.schema_change,
+        "promoted_by": change.by, "reason": decision.reason,
+        "schema_change": decision.schema_change, "rollout_mode": "immediate",
         "serving_uri": f"models:/{change.name}@{registry.CHAMPION}"})
+
+
+def _replace_running(context: AssetExecutionContext, mlflow_tracking: MlflowTracking,
+                     running, version: str) -> None:
+    """End a rollout in progress that `version` supersedes (recorded as replaced)."""
+    if running.active and running.plan is not None and running.plan.version != version:
+        end_rollout(mlflow_tracking.client, mlflow_tracking.registered_model_name,
+                    running.plan, "replaced", f"version {version} won a newer comparison "
+                    f"(dagster run {context.run_id})")
+        context.log.warning("rollout of version %s replaced by version %s",
+                            running.plan.version, version)
+
+
+def _start_rollout(context: AssetExecutionContext, comparison: ChampionComparison,
+                   mlflow_tracking: MlflowTracking, running) -> Output:
+    challenger = comparison.challenger
+    client = mlflow_tracking.client
+    champion = comparison.champion_version
+    assert champion is not None, "a first model is promoted immediately"
+    if running.active and running.plan is not None \
+            and running.plan.version == challenger.version:
+        plan: RolloutPlan = running.plan  # a re-execution: the rollout keeps its start
+    else:
+        _replace_running(context, mlflow_tracking, running, challenger.version)
+        try:
+            plan = start_rollout(client, challenger.name, comparison.rollout,
+                                 challenger.version, champion, comparison.rollout_steps)
+        except Exception as exc:  # noqa: BLE001 - RolloutError or the registry's refusal
+            raise Failure(description=f"rollout of version {challenger.version} could not "
+                          f"start: {exc}", allow_retries=False) from None
+    client.set_model_version_tag(challenger.name, challenger.version, "promotion.decision",
+                                 f"rollout:{plan.mode}")
+    steps = ", ".join(f"{share:.0%} from {offset / 60:g} min" for offset, share in plan.steps)
+    context.log.info("version %s starts a %s rollout against champion %s (%s)",
+                     challenger.version, plan.mode, champion,
+                     steps if plan.mode == "canary" else "a copy of every request")
+    current = registry.alias_version(client, challenger.name, registry.CHAMPION)
+    return Output({"name": challenger.name, "version": str(current.version if current
+                                                           else champion),
+                   "previous": None, "action": f"rollout_{plan.mode}",
+                   "at": plan.started_at.isoformat(timespec="seconds"), "by": registry.who(),
+                   "challenger_version": plan.version}, metadata={
+        "registered_model": challenger.name, "champion_version": champion,
+        "rollout_mode": plan.mode, "challenger_version": plan.version,
+        "canary_steps": steps if plan.mode == "canary" else "shadow: every request copied",
+        "started_at": plan.started_at.isoformat(timespec="seconds"),
+        "reason": comparison.decision.reason,
+        "next": "rollout_evaluation decides on live labelled traffic",
+        "serving_uri": f"models:/{challenger.name}@{registry.CHAMPION}"})

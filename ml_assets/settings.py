@@ -65,6 +65,25 @@ class PlatformSettings:
     tuning_trials: int = 0
     tuning_timeout_seconds: float = 600.0
     tuning_space: str = ""
+    # Gradual rollout: ML_ROLLOUT_MODE (immediate, canary, shadow), the canary's first
+    # share (ML_CANARY_SHARE), its later shares (ML_CANARY_STEPS, comma-separated) every
+    # ML_CANARY_STEP_MINUTES; the verdict's ML_ROLLOUT_ALPHA, ML_ROLLOUT_MIN_ROWS and time
+    # limit ML_ROLLOUT_MAX_HOURS.
+    rollout_mode: str = "immediate"
+    canary_share: float = 0.1
+    canary_steps: str = ""
+    canary_step_minutes: float = 60.0
+    rollout_alpha: float = 0.05
+    rollout_min_rows: int = 100
+    rollout_max_hours: float = 168.0
+    # How many recent days of predictions the labels sensor matches new labels against
+    # (ML_LABEL_LOOKBACK_DAYS).
+    label_lookback_days: int = 14
+    # Daily batch scoring (ml_assets/batch.py): <input>/<YYYY-MM-DD>/*.csv|*.parquet in,
+    # <output>/<YYYY-MM-DD>/predictions.parquet out (ML_BATCH_INPUT_DIR,
+    # ML_BATCH_OUTPUT_DIR; default under ML_PLATFORM_HOME/batch).
+    batch_input_dir: Path = Path(".ml_platform/batch/input")
+    batch_output_dir: Path = Path(".ml_platform/batch/output")
 
     @classmethod
     def from_env(cls) -> PlatformSettings:
@@ -107,6 +126,17 @@ class PlatformSettings:
             tuning_trials=int(_env("ML_TUNING_TRIALS", "0")),
             tuning_timeout_seconds=float(_env("ML_TUNING_TIMEOUT_SECONDS", "600")),
             tuning_space=_env("ML_TUNING_SPACE", ""),
+            rollout_mode=_env("ML_ROLLOUT_MODE", "immediate").lower(),
+            canary_share=float(_env("ML_CANARY_SHARE", "0.1")),
+            canary_steps=_env("ML_CANARY_STEPS", ""),
+            canary_step_minutes=float(_env("ML_CANARY_STEP_MINUTES", "60")),
+            rollout_alpha=float(_env("ML_ROLLOUT_ALPHA", "0.05")),
+            rollout_min_rows=int(_env("ML_ROLLOUT_MIN_ROWS", "100")),
+            rollout_max_hours=float(_env("ML_ROLLOUT_MAX_HOURS", "168")),
+            label_lookback_days=int(_env("ML_LABEL_LOOKBACK_DAYS", "14")),
+            batch_input_dir=Path(_env("ML_BATCH_INPUT_DIR", str(home / "batch" / "input"))),
+            batch_output_dir=Path(_env("ML_BATCH_OUTPUT_DIR",
+                                       str(home / "batch" / "output"))),
         )
 
 

@@ -34,5 +34,7 @@ def build_resources(settings: PlatformSettings | None = None) -> dict:
         "production": ProductionDataResource(
             prediction_log_path=str(settings.prediction_log_path),
             prediction_log_url=log_url,
-            landing_dir=str(settings.landing_dir), labels_dir=str(settings.labels_dir)),
+            landing_dir=str(settings.landing_dir), labels_dir=str(settings.labels_dir),
+            batch_input_dir=str(settings.batch_input_dir),
+            batch_output_dir=str(settings.batch_output_dir)),
     }

@@ -1,6 +1,6 @@
 """Where production traffic is read from: the API's prediction log (SQLite file or
-PostgreSQL), a landing directory of labelled daily drops, and a directory of
-late-arriving labels."""
+PostgreSQL), a landing directory of labelled daily drops, a directory of
+late-arriving labels, and the daily batch scoring's input and output directories."""
 
 from __future__ import annotations
 
@@ -26,6 +26,25 @@ from ml_assets.core.prediction_log import (
 _PG_READERS: dict[tuple[int, str], PredictionLog] = {}
 _PG_READERS_LOCK = threading.Lock()
 
+# Daily batch scoring (ml_assets/batch.py) writes <batch_output_dir>/<day>/BATCH_FILE.
+BATCH_FILE = "predictions.parquet"
+# Its columns besides the features (and proba_<class> per class of a classifier).
+BATCH_META_COLUMNS = ("request_id", "model_name", "model_version", "scored_at",
+                      "prediction", "source_file")
+BATCH_SOURCE = "batch"
+
+
+def day_folder(root: str | Path, day: str) -> Path:
+    """`root`/`day` for a UTC day given as YYYY-MM-DD (anything else is refused, so a
+    day can never name a path outside `root`)."""
+    try:
+        parsed = date.fromisoformat(day)
+    except (TypeError, ValueError):
+        raise ValueError(f"day {day!r} is not a date (YYYY-MM-DD)") from None
+    if parsed.isoformat() != day:
+        raise ValueError(f"day {day!r} is not written YYYY-MM-DD")
+    return Path(root) / day
+
 
 class ProductionDataResource(ConfigurableResource):
     """Reads one UTC day of production rows (features, outputs, labels where known)."""
@@ -39,6 +58,12 @@ class ProductionDataResource(ConfigurableResource):
     landing_dir: str = Field(description="Labelled daily drops: <dir>/<YYYY-MM-DD>/*.csv|"
                              "*.parquet with the feature columns and the target.")
     labels_dir: str = Field(description="Late labels: <dir>/*.csv with request_id,label.")
+    batch_input_dir: str = Field(
+        default="", description="Daily batch scoring input: <dir>/<YYYY-MM-DD>/*.csv|"
+        "*.parquet with the champion's feature columns (ML_BATCH_INPUT_DIR).")
+    batch_output_dir: str = Field(
+        default="", description="Daily batch scoring output: <dir>/<YYYY-MM-DD>/"
+        f"{BATCH_FILE}, one scored row per input row (ML_BATCH_OUTPUT_DIR).")
 
     def prediction_days(self) -> list[date]:
         if not self._log_exists():
@@ -102,6 +127,52 @@ class ProductionDataResource(ConfigurableResource):
             return load_tabular_files(folder, target)
         except DataSourceError as exc:
             raise ValueError(f"landing files of {day}: {exc}") from exc
+
+    def batch_input_days(self) -> dict[str, float]:
+        """day -> newest file mtime, for every day directory of batch input."""
+        root = Path(self.batch_input_dir) if self.batch_input_dir else None
+        if root is None or not root.is_dir():
+            return {}
+        days = {}
+        for folder in root.iterdir():
+            files = [f for f in folder.glob("*") if f.suffix.lower() in (".csv", ".parquet")]
+            if folder.is_dir() and files:
+                days[folder.name] = max(f.stat().st_mtime for f in files)
+        return days
+
+    def batch_output_path(self, day: str) -> Path:
+        """Where batch scoring writes (and this resource reads) `day`'s predictions."""
+        if not self.batch_output_dir:
+            raise ValueError("no batch output directory is configured (batch_output_dir, "
+                             "ML_BATCH_OUTPUT_DIR)")
+        return day_folder(self.batch_output_dir, day) / BATCH_FILE
+
+    def batch_predictions(self, day: str) -> pd.DataFrame:
+        """`day`'s batch-scored rows shaped like production_data's logged rows: the
+        feature columns, request_id, model_version, prediction (the class, or a
+        regressor's value), proba_<class>... and source="batch". Empty when the day
+        was not batch-scored (or no output directory is configured)."""
+        if not self.batch_output_dir:
+            return pd.DataFrame()
+        path = self.batch_output_path(day)
+        if not path.is_file():
+            return pd.DataFrame()
+        try:
+            scored = pd.read_parquet(path)
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises many types
+            raise ValueError(f"batch predictions of {day} ({path}) cannot be read: "
+                             f"{exc}") from exc
+        probabilities = [c for c in scored.columns if str(c).startswith("proba_")]
+        features = scored.attrs.get("feature_columns") or [
+            c for c in scored.columns if c not in BATCH_META_COLUMNS and c not in probabilities]
+        frame = scored[list(features)].copy()
+        frame["request_id"] = scored["request_id"].astype(str).to_numpy()
+        frame["model_version"] = scored["model_version"].astype(str).to_numpy()
+        frame["prediction"] = scored["prediction"].to_numpy()
+        for column in probabilities:
+            frame[column] = scored[column].to_numpy(dtype=float)
+        frame["source"] = BATCH_SOURCE
+        return frame
 
     def labels(self) -> pd.DataFrame:
         """Every late label (request_id, label); later files win on duplicates."""
