@@ -38,7 +38,7 @@ from ml_assets.core.prediction_log import numeric_predictions
 from ml_assets.core.tasks import regression_metrics
 from ml_assets.features import feature_kinds
 from ml_assets.resources import DataSourceResource, MlflowTracking
-from ml_assets.resources.production import ProductionDataResource
+from ml_assets.resources.production import ProductionDataResource, answered_rows
 from ml_assets.settings import PlatformSettings
 
 DRIFT_CHECK = "drift_within_limits"
@@ -151,13 +151,7 @@ def production_data(context: AssetExecutionContext, production: ProductionDataRe
     the current champion scores so their predictions are monitored too."""
     day = context.partition_key
     logged = production.predictions(day)
-    if "variant" in logged:  # a shadow's answers were never returned: not production data
-        attrs = dict(logged.attrs)
-        kept = logged["variant"].fillna("champion") != "shadow"
-        if "error" in logged:  # a canary's failed attempt (the champion's answer is kept)
-            kept &= logged["error"].fillna("") == ""
-        logged = logged[kept].reset_index(drop=True)
-        logged.attrs.update(attrs)
+    logged = answered_rows(logged)  # no shadow copies, no failed canary attempts
     target = data_source.target_column
     frames = []
     if len(logged):

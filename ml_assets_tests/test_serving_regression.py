@@ -139,7 +139,8 @@ def test_regression_models_over_http(mlflow_store, unique_name, tmp_path, forest
             expected = forest.pipeline.predict(forest.X_test.head(6))
             one = client.post("/predict", json=rows[0]).json()
             PredictResponse.model_validate(one)
-            assert set(one) == {"prediction", "request_id", "model_name", "model_version"}
+            assert set(one) == {"prediction", "request_id", "model_name", "model_version",
+                                "variant"} and one["variant"] == "champion"
             assert isinstance(one["prediction"], float) and _close([one["prediction"]],
                                                                    expected[:1])
             batch = client.post("/predict/batch", json={"records": rows}).json()

@@ -1,6 +1,7 @@
 """The app factory: `create_app(settings)` wires settings, model store, micro-batcher,
 prediction log, metrics, auth and routes; the lifespan loads the champion at start-up,
-polls for a new one, and flushes the prediction log at shutdown."""
+polls for a new one (and follows a gradual rollout: serving/rollout.py), and flushes
+the prediction log at shutdown."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from serving.model_store import ModelStore
 from serving.open_inference import V2ErrorShape, include_open_inference
 from serving.request_models import BATCH_MODEL, INVOCATIONS_RECORD_MODEL, RECORD_MODEL
 from serving.responses import ErrorResponse, OrjsonResponse, unavailable
+from serving.rollout import RolloutRouter
 from serving.routes import open_routes, protected_routes
 from serving.service import Service
 from serving.settings import ServingSettings
@@ -52,13 +54,26 @@ model's feature schema and changes when a new champion is swapped in.
 
 
 async def _poll(service: Service) -> None:
-    """Look for a new champion every poll_seconds (loads run in a thread)."""
+    """Look for a new champion, and follow the rollout, every poll_seconds (loads run in
+    a thread)."""
     while True:
         await asyncio.sleep(service.settings.poll_seconds)
         try:
             await asyncio.to_thread(service.store.refresh)
         except Exception:  # noqa: BLE001 - polling must survive anything
             logger.exception("polling the registry failed")
+        await _follow_rollout(service)
+
+
+async def _follow_rollout(service: Service, retry_rejected: bool = False) -> dict | None:
+    """The router's refresh (serving/rollout.py), off the event loop; None on failure."""
+    if service.router is None:
+        return None
+    try:
+        return await asyncio.to_thread(service.router.refresh, retry_rejected)
+    except Exception:  # noqa: BLE001 - polling must survive anything
+        logger.exception("following the rollout failed")
+        return None
 
 
 def open_log(settings: ServingSettings) -> PredictionLog:
@@ -121,6 +136,11 @@ def create_app(settings: ServingSettings | None = None, *,
         else:
             logger.warning("champion still loading after %ss; starting without it",
                            STARTUP_LOAD_SECONDS)
+        if done:  # a rollout running now: its challenger answers from the first request
+            following = asyncio.ensure_future(_follow_rollout(service))
+            if not (await asyncio.wait({following}, timeout=STARTUP_LOAD_SECONDS))[0]:
+                logger.warning("rollout challenger still loading after %ss; starting "
+                               "without it", STARTUP_LOAD_SECONDS)
         poller = (asyncio.create_task(_poll(service), name="champion-poller")
                   if settings.poll_seconds > 0 else None)
         follower = (asyncio.create_task(sync.run(service), name="worker-sync")
@@ -133,6 +153,8 @@ def create_app(settings: ServingSettings | None = None, *,
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
+            if service.router is not None:
+                await service.router.drain()  # shadow copies still being scored
             await service.batcher.stop()
             lost = await asyncio.to_thread(log.close, LOG_CLOSE_SECONDS)
             app.state.prediction_log_lost_rows = lost
@@ -160,7 +182,8 @@ def create_app(settings: ServingSettings | None = None, *,
     app.state.service = Service(
         settings=settings, metrics=metrics, store=store,
         batcher=MicroBatcher(settings.micro_batch_rows, settings.micro_batch_wait_ms / 1000,
-                             metrics))
+                             metrics),
+        router=RolloutRouter(store, metrics, settings.shadow_max_in_flight))
     auth = [Depends(api_key_dependency(settings.api_key))] if settings.api_key else []
     unauthorized: dict[int | str, dict[str, Any]] | None = {
         401: {"model": ErrorResponse, "description": "Missing or wrong API "

@@ -146,6 +146,32 @@ class ServiceMetrics:
                                          buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512,
                                                   1024, 2048, 4096, 8192), registry=r)
 
+        # Gradual rollouts (serving/rollout.py): answers by variant, the canary share in
+        # force, the rollout's mode and challenger, the challenger's failures.
+        self.variant_predictions = Counter("ml_api_variant_predictions", "Logged answers "
+                                           "(rows) by variant (champion, canary, shadow) "
+                                           "and the model version that gave them.",
+                                           ["variant", "model_version"], registry=r)
+        self.rollout_share = Gauge("ml_api_rollout_share", "Canary share of the traffic in "
+                                   "force (0 without a canary rollout, and in shadow mode).",
+                                   registry=r, multiprocess_mode="livemax")
+        self.rollout_info = Gauge("ml_api_rollout_info", "1 for the rollout this service "
+                                  "follows (mode canary or shadow, the challenger's "
+                                  "version), 0 for one it followed before.",
+                                  ["mode", "challenger_version"], registry=r,
+                                  multiprocess_mode="livemax")
+        self.rollout_failures = Counter("ml_api_rollout_failures", "Requests the challenger "
+                                        "failed on, by variant (canary: the champion "
+                                        "answered instead; shadow: its copy was not "
+                                        "scored).", ["variant"], registry=r)
+        for variant in ("canary", "shadow"):
+            self.rollout_failures.labels(variant)
+        self.shadow_skipped = Counter("ml_api_shadow_skipped", "Requests not copied to the "
+                                      "shadow challenger because ML_API_SHADOW_MAX_IN_FLIGHT "
+                                      "copies were being scored already.", registry=r)
+        self._rollout_share: Callable[[], float] | None = None
+        self._rollout_labels: tuple[str, str] | None = None
+
         self.input_flags = Counter("ml_api_input_flags", "Answered values the schema's "
                                    "checks exclude (ML_API_INPUT_POLICY=accept), by "
                                    "feature and reason: unseen_category (outside its isin "
@@ -173,6 +199,30 @@ class ServiceMetrics:
         histogram = self.predicted_values.labels(model_version)
         for value in values:
             histogram.observe(value)
+
+    def count_variant(self, variant: str, model_version: str, rows: int) -> None:
+        self.variant_predictions.labels(variant, model_version).inc(rows)
+
+    def set_rollout(self, mode: str | None, challenger_version: str | None) -> None:
+        """ml_api_rollout_info: 1 for (mode, challenger_version), 0 for the previous one;
+        None: no rollout is followed."""
+        labels = (mode, challenger_version) if mode and challenger_version else None
+        if labels == self._rollout_labels:
+            return
+        if self._rollout_labels is not None:
+            self.rollout_info.labels(*self._rollout_labels).set(0)
+        if labels is not None:
+            self.rollout_info.labels(*labels).set(1)
+        self._rollout_labels = labels
+
+    def track_rollout_share(self, share: Callable[[], float]) -> None:
+        """ml_api_rollout_share follows `share()` (the canary share in force moves with
+        the plan's steps): read at every scrape, or stored by `sample()` with workers."""
+        if self.multiprocess_dir is None:
+            self.rollout_share.set_function(lambda: float(share()))
+        else:
+            self._rollout_share = share
+            self.sample()
 
     def observe_log_commit(self, rows: int, seconds: float) -> None:
         self.log_commit_rows.observe(rows)
@@ -203,6 +253,8 @@ class ServiceMetrics:
         """Store the values read from functions (multiprocess mode; a no-op otherwise)."""
         if self._backlog is not None:
             self.log_backlog.set(self._backlog())
+        if self._rollout_share is not None:
+            self.rollout_share.set(self._rollout_share())
 
     def render(self) -> bytes:
         if self.multiprocess_dir is None:

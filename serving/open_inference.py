@@ -40,6 +40,7 @@ from fastapi import APIRouter, Depends, FastAPI, Path, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from ml_assets.core.rollout import CHAMPION
 from serving.guards import json_content_type, off_loop
 from serving.input_limits import FLOAT32_MAX, InputOverflow, excerpt
 from serving.middleware import request_id_of
@@ -209,7 +210,10 @@ class InferenceResponse(BaseModel):
     model_version: str
     id: str = Field(description="The request's id, else the request id.")
     parameters: dict[str, Any] | None = Field(default=None, description="`request_id`: "
-                                              "the id the prediction log records.")
+                                              "the id the prediction log records; "
+                                              "`variant`: canary when a canary "
+                                              "rollout's challenger answered (the "
+                                              "X-Model-Variant header says it always).")
     outputs: list[ResponseOutput]
 
 
@@ -938,13 +942,17 @@ def _content_problem(request: Request) -> str | None:
 
 async def _infer(request: Request, service: Service, name: str, version: str | None
                  ) -> Response:
-    model = _served(service, name, version)  # this request's model, even if a swap
-    if isinstance(model, OrjsonResponse):    # happens now
-        return model
+    champion = _served(service, name, version)  # this request's model, even if a swap
+    if isinstance(champion, OrjsonResponse):    # happens now
+        return champion
     problem = _content_problem(request)
     if problem is not None:
         binary = problem.startswith("the binary")
         return error_response(problem, 400 if binary else 415)
+    request_id = request_id_of(request.scope)
+    # A rollout routes requests to the model, not those addressing one version.
+    model, variant, shadow = (service.choose(champion, request.scope, request_id)
+                              if version is None else (champion, CHAMPION, None))
     with service.batcher.tracking():
         body = await request.body()
         try:  # a large body is parsed and validated in a parser thread
@@ -952,20 +960,28 @@ async def _infer(request: Request, service: Service, name: str, version: str | N
                                      service.settings.max_batch)
         except V2Error as exc:
             return error_response(exc.message, exc.status)
-        request_id = request_id_of(request.scope)
+
+        def rows_for(other: ServedModel) -> list[list]:
+            return decode_request(body, other, service.settings.max_batch).rows
+
         try:
-            if model.is_regression:
-                answer: tuple = await service.predict_values(model, decoded.rows, request_id)
-            else:
-                labels, probabilities, _ = await service.predict_rows(model, decoded.rows,
-                                                                      request_id)
-                answer = (labels, probabilities)
+            result = await service.answer(champion, model, variant, shadow, decoded.rows,
+                                          request_id, rows_for)
         except InputOverflow as exc:  # NonFinitePrediction too
             return error_response(f"invalid input: {exc}", 400)
+        except V2Error as exc:  # the champion's schema, after a canary failed
+            return error_response(exc.message, exc.status)
+    model = result.model
+    answer = ((result.values, result.intervals) if model.is_regression
+              else (result.labels, result.probabilities))
     outputs = _response_outputs(model, decoded.outputs, len(decoded.rows), answer)
+    parameters = {"request_id": request_id}
+    if result.variant != CHAMPION:
+        parameters["variant"] = result.variant
     return OrjsonResponse({"model_name": model.name, "model_version": model.version,
                            "id": decoded.id if decoded.id is not None else request_id,
-                           "parameters": {"request_id": request_id}, "outputs": outputs})
+                           "parameters": parameters, "outputs": outputs},
+                          headers={"X-Model-Variant": result.variant})
 
 
 @protected_routes.post(f"{PREFIX}/models/{{name}}/infer", response_model=InferenceResponse,

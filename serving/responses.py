@@ -60,17 +60,24 @@ class RowPrediction(BaseModel):
         "only: the 95% interval prediction +/- 1.96 std (absent otherwise).")
 
 
+_VARIANT = ("Who answered: champion, or canary (the challenger of a canary rollout, "
+            "for the share of clients it serves; X-Client-Key keeps a client on one "
+            "variant). Also in the X-Model-Variant header.")
+
+
 class PredictResponse(RowPrediction):
     request_id: str = Field(description="Id of this request (X-Request-ID header too); "
                             "the prediction log records it.")
     model_name: str
-    model_version: str
+    model_version: str = Field(description="The version that answered.")
+    variant: str = Field("champion", description=_VARIANT)
 
 
 class PredictBatchResponse(BaseModel):
     request_id: str
     model_name: str
-    model_version: str
+    model_version: str = Field(description="The version that answered.")
+    variant: str = Field("champion", description=_VARIANT)
     predictions: list[RowPrediction] = Field(description="One per record, in order.")
 
 
@@ -113,6 +120,18 @@ class RefusedVersion(BaseModel):
     detail: str = Field(description="Why, and how to allow it when that is a setting.")
 
 
+class RolloutInfo(BaseModel):
+    mode: str = Field(description="canary (the challenger answers a share of the "
+                      "clients) or shadow (it scores a copy of every request; never "
+                      "returned).")
+    challenger_version: str
+    champion_version: str = Field(description="The champion when the rollout started.")
+    started_at: str
+    share: float | None = Field(default=None, description="Canary: the share of clients "
+                                "the challenger answers now (None in shadow mode).")
+    runtime: str = Field(description="What answers for the challenger: onnx or sklearn.")
+
+
 class ModelInfo(BaseModel):
     name: str
     version: str
@@ -140,6 +159,8 @@ class ModelInfo(BaseModel):
     refused: RefusedVersion | None = Field(default=None, description="The candidate "
                                            "version last refused while this one kept "
                                            "serving (None when there is none).")
+    rollout: RolloutInfo | None = Field(default=None, description="The gradual rollout "
+                                        "this service follows (None when there is none).")
 
 
 class ReloadResult(BaseModel):
@@ -149,6 +170,10 @@ class ReloadResult(BaseModel):
     previous_version: str | None = None
     candidate_version: str | None = None
     detail: str | None = None
+    rollout: dict[str, Any] | None = Field(default=None, description="While a rollout "
+                                           "runs or has just ended: what following it "
+                                           "did (status loaded, following, dropped, "
+                                           "rejected or registry_error).")
 
 
 class ErrorResponse(BaseModel):

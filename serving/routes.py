@@ -21,6 +21,7 @@ from serving.guards import UNSUPPORTED_MEDIA_TYPE, off_loop, require_json
 from serving.input_limits import InputOverflow
 from serving.invocations import InvocationError, validation_detail, validation_message
 from serving.middleware import request_id_of
+from serving.model_store import ServedModel
 from serving.request_models import BATCH_MODEL, INVOCATIONS_RECORD_MODEL, RECORD_MODEL
 from serving.responses import (
     ErrorResponse,
@@ -54,6 +55,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
           "prediction log cannot commit the rows now (Retry-After says when to retry)."},
 }
 _JSON_ONLY = [Depends(require_json)]
+# Which variant answered (champion, or canary during a canary rollout): ml_assets.core.rollout.
+VARIANT_HEADER = "X-Model-Variant"
 
 
 def _json_body(schema_name: str, description: str) -> dict:
@@ -132,29 +135,39 @@ async def predict(request: Request, service: ServiceDep) -> Response:
     """Predict one record. Classifier: the class, its confidence, every class
     probability. Regressor: the predicted number, and `prediction_interval` (95%) when
     the estimator gives a standard deviation. Both: request id, model name and version."""
-    model = service.store.current  # this request's model, even if a swap happens now
-    if model is None:
+    champion = service.store.current  # this request's model, even if a swap happens now
+    if champion is None:
         return _unavailable(service)
+    request_id = request_id_of(request.scope)
+    model, variant, shadow = service.choose(champion, request.scope, request_id)
     with service.batcher.tracking():
         body = await request.body()
         try:
             record = model.requests.record.model_validate_json(body)
         except ValidationError as exc:
             return _invalid(exc, "record", model.feature_names)
-        request_id = request_id_of(request.scope)
         rows = [model.requests.row_of(record)]
+
+        def rows_for(other: ServedModel) -> list[list]:
+            return [other.requests.row_of(other.requests.record.model_validate_json(body))]
+
         try:
-            if model.is_regression:
-                values, bounds = await service.predict_values(model, rows, request_id)
-                answer = _value(values[0], bounds[0] if bounds else None)
-            else:
-                labels, probabilities, _ = await service.predict_rows(model, rows, request_id)
-                answer = {"prediction": labels[0], "confidence": probabilities[0][labels[0]],
-                          "probabilities": probabilities[0]}
+            result = await service.answer(champion, model, variant, shadow, rows, request_id,
+                                          rows_for)
         except InputOverflow as exc:
             return _overflow(exc)
+        except ValidationError as exc:  # the champion's schema, after a canary failed
+            return _invalid(exc, "record", champion.feature_names)
+    model = result.model
+    if model.is_regression:
+        answer = _value(result.values[0], result.intervals[0] if result.intervals else None)
+    else:
+        label, probabilities = result.labels[0], result.probabilities[0]
+        answer = {"prediction": label, "confidence": probabilities[label],
+                  "probabilities": probabilities}
     return OrjsonResponse({**answer, "request_id": request_id, "model_name": model.name,
-                           "model_version": model.version})
+                           "model_version": model.version, "variant": result.variant},
+                          headers={VARIANT_HEADER: result.variant})
 
 
 def _value(value: float, interval: dict | None) -> dict:
@@ -169,31 +182,42 @@ def _value(value: float, interval: dict | None) -> dict:
     openapi_extra=_json_body(BATCH_MODEL, "Records to predict, at most ML_API_MAX_BATCH."))
 async def predict_batch(request: Request, service: ServiceDep) -> Response:
     """Predict many records (answered in order)."""
-    model = service.store.current
-    if model is None:
+    champion = service.store.current
+    if champion is None:
         return _unavailable(service)
+    request_id = request_id_of(request.scope)
+    model, variant, shadow = service.choose(champion, request.scope, request_id)
     with service.batcher.tracking():
         body = await request.body()
         try:  # a large body is validated in a parser thread, off the event loop
             batch = await off_loop(body, model.requests.batch.model_validate_json, body)
         except ValidationError as exc:
             return _invalid(exc, "record", model.feature_names)
-        request_id = request_id_of(request.scope)
         rows = [model.requests.row_of(record) for record in model.requests.records_of(batch)]
+
+        def rows_for(other: ServedModel) -> list[list]:
+            parsed = other.requests.batch.model_validate_json(body)
+            return [other.requests.row_of(record) for record in other.requests.records_of(parsed)]
+
         try:
-            if model.is_regression:
-                values, bounds = await service.predict_values(model, rows, request_id)
-                answers = [_value(v, bounds[i] if bounds else None)
-                           for i, v in enumerate(values)]
-            else:
-                labels, probabilities, _ = await service.predict_rows(model, rows, request_id)
-                answers = [{"prediction": label, "confidence": p[label], "probabilities": p}
-                           for label, p in zip(labels, probabilities, strict=True)]
+            result = await service.answer(champion, model, variant, shadow, rows, request_id,
+                                          rows_for)
         except InputOverflow as exc:
             return _overflow(exc)
+        except ValidationError as exc:  # the champion's schema, after a canary failed
+            return _invalid(exc, "record", champion.feature_names)
+    model = result.model
+    if model.is_regression:
+        bounds = result.intervals
+        answers = [_value(v, bounds[i] if bounds else None)
+                   for i, v in enumerate(result.values)]
+    else:
+        answers = [{"prediction": label, "confidence": p[label], "probabilities": p}
+                   for label, p in zip(result.labels, result.probabilities, strict=True)]
     return OrjsonResponse({
         "request_id": request_id, "model_name": model.name, "model_version": model.version,
-        "predictions": answers})
+        "variant": result.variant, "predictions": answers},
+        headers={VARIANT_HEADER: result.variant})
 
 
 _INVOCATION_ROW = {"$ref": f"#/components/schemas/{INVOCATIONS_RECORD_MODEL}"}
@@ -241,27 +265,35 @@ async def invocations_endpoint(request: Request, service: ServiceDep) -> Respons
     """MLflow's scoring protocol; answers {"predictions": [...]} like `mlflow models serve`
     (the predicted class per row, or a regressor's predicted number; model name, version
     and request id in X-Model-Name, X-Model-Version, X-Request-ID)."""
-    model = service.store.current
-    if model is None:
+    champion = service.store.current
+    if champion is None:
         return _unavailable(service, mlflow_style=True)
+    request_id = request_id_of(request.scope)
+    model, variant, shadow = service.choose(champion, request.scope, request_id)
+    content_type = request.headers.get("content-type")
     with service.batcher.tracking():
         body = await request.body()
         try:  # a large body is parsed in a parser thread, off the event loop
-            rows = await off_loop(body, invocations.parse_rows, body,
-                                  request.headers.get("content-type"), model.requests,
-                                  service.settings.max_batch)
+            rows = await off_loop(body, invocations.parse_rows, body, content_type,
+                                  model.requests, service.settings.max_batch)
         except InvocationError as exc:
             return OrjsonResponse(exc.body(), status_code=exc.status)
-        request_id = request_id_of(request.scope)
+
+        def rows_for(other: ServedModel) -> list[list]:
+            return invocations.parse_rows(body, content_type, other.requests,
+                                          service.settings.max_batch)
+
         try:
-            if model.is_regression:
-                values, _ = await service.predict_values(model, rows, request_id)
-            else:
-                _, _, values = await service.predict_rows(model, rows, request_id)
+            result = await service.answer(champion, model, variant, shadow, rows, request_id,
+                                          rows_for)
         except InputOverflow as exc:
             return _overflow(exc, mlflow_style=True)
-    return OrjsonResponse({"predictions": values}, headers={
-        "X-Model-Name": model.name, "X-Model-Version": model.version})
+        except InvocationError as exc:  # the champion's schema, after a canary failed
+            return OrjsonResponse(exc.body(), status_code=exc.status)
+    model = result.model
+    return OrjsonResponse({"predictions": result.values}, headers={
+        "X-Model-Name": model.name, "X-Model-Version": model.version,
+        VARIANT_HEADER: result.variant})
 
 
 # -- model and operations -----------------------------------------------------------
@@ -275,9 +307,10 @@ async def model_info(service: ServiceDep) -> Response:
     model = service.store.current
     if model is None:
         return _unavailable(service)
+    rollout = service.router.describe() if service.router is not None else None
     return OrjsonResponse({**model.describe(),
                            "model_uri": f"models:/{model.name}/{model.version}",
-                           "refused": service.store.refused})
+                           "refused": service.store.refused, "rollout": rollout})
 
 
 @protected_routes.post(
@@ -312,6 +345,13 @@ async def reload_model(request: Request, service: ServiceDep, force: Annotated[b
     result = await asyncio.to_thread(service.store.refresh, force, True)
     status = {"rejected": 409, "registry_error": 502, "no_model": 503}.get(result["status"],
                                                                           200)
+    if service.router is not None:  # the rollout too (a rejected challenger is retried)
+        try:
+            rollout = await asyncio.to_thread(service.router.refresh, True)
+        except Exception as exc:  # noqa: BLE001 - the champion's answer still stands
+            rollout = {"status": "error", "detail": f"{type(exc).__name__}: {exc}"}
+        if rollout.get("status") not in ("none", None):
+            result = {**result, "rollout": rollout}
     return OrjsonResponse(result, status_code=status)
 
 

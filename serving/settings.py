@@ -119,6 +119,9 @@ class ServingSettings:
     # uvicorn worker processes; above 1, metrics use prometheus-client's multiprocess
     # mode and every worker follows a reload (see docs/serving.md).
     workers: int = 1
+    # Shadow rollouts: most copies of requests the challenger scores at once (after the
+    # answers went out); a request beyond it is not copied (ml_api_shadow_skipped_total).
+    shadow_max_in_flight: int = 64
 
     @classmethod
     def from_env(cls, **overrides) -> ServingSettings:
@@ -159,6 +162,7 @@ class ServingSettings:
             predicted_value_buckets=_buckets("ML_API_PREDICTED_VALUE_BUCKETS"),
             runtime=_choice("ML_API_RUNTIME", "auto", RUNTIMES),
             workers=_number("ML_API_WORKERS", 1, int, 1),
+            shadow_max_in_flight=_number("ML_API_SHADOW_MAX_IN_FLIGHT", 64, int, 1),
         )
         settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
         if settings.input_policy not in INPUT_POLICIES:

@@ -6,7 +6,8 @@ with the evidence. The rule, in order:
 
 1. **Guards** (no labels needed): the challenger's failure rate on its own requests
    above `max_error_rate` (after `min_attempts`), or its p95 model time above
-   `max_latency_ratio` times the champion's (and at least 5 ms more): roll back.
+   `max_latency_ratio` times the champion's (and at least LATENCY_FLOOR_MS more): roll
+   back.
 2. **Quality**, once both variants have `min_rows` labelled rows: the always-valid
    mSPRT of `ml_assets.core.sequential` on per-row losses (0/1 error or Brier score
    for a classifier; absolute or squared error for a regressor). Canary: each
@@ -31,6 +32,9 @@ from ml_assets.core.rollout import CANARY, CHAMPION, SHADOW, RolloutPlan
 from ml_assets.core.tasks import regression_metrics
 
 PROMOTE, ROLLBACK, CONTINUE = "promote", "rollback", "continue"
+# The latency guard ignores p95 differences smaller than this (a Pipeline against a
+# compiled graph, queueing on a busy host).
+LATENCY_FLOOR_MS = 10.0
 CLASSIFICATION_LOSSES = ("error", "brier")
 REGRESSION_LOSSES = ("absolute_error", "squared_error")
 
@@ -257,7 +261,7 @@ def evaluate_rollout(log: pd.DataFrame, labels: pd.DataFrame, plan: RolloutPlan,
     slow = (champion.answers >= criteria.min_rows and challenger.answers >= criteria.min_rows
             and np.isfinite(champion.latency_p95_ms) and np.isfinite(challenger.latency_p95_ms)
             and challenger.latency_p95_ms > criteria.max_latency_ratio * champion.latency_p95_ms
-            and challenger.latency_p95_ms > champion.latency_p95_ms + 5.0)
+            and challenger.latency_p95_ms > champion.latency_p95_ms + LATENCY_FLOOR_MS)
     if slow:
         return decided(ROLLBACK, f"challenger p95 model time {challenger.latency_p95_ms:.1f} ms "
                        f"is over {criteria.max_latency_ratio:g}x the champion's "

@@ -17,6 +17,8 @@ import httpx
 import numpy as np
 import pandas as pd
 
+from ml_assets.core.rollout import CHAMPION, CLIENT_KEY_HEADER
+
 
 @dataclass
 class SimulationResult:
@@ -28,6 +30,15 @@ class SimulationResult:
     model_versions: dict[str, int] = field(default_factory=dict)
     labels_file: str | None = None
     seconds: float = 0.0
+    # Answers per `variant` of the response (champion, canary; "champion" for a service
+    # that does not say), and with `client_keys`, the variants each key was answered by
+    # (one per key when the assignment is sticky).
+    variants: dict[str, int] = field(default_factory=dict)
+    key_variants: dict[str, set[str]] = field(default_factory=dict)
+
+    def sticky(self) -> bool:
+        """Whether every client key got one variant on all its requests."""
+        return all(len(seen) == 1 for seen in self.key_variants.values())
 
 
 def shift_rows(rows: pd.DataFrame, reference: pd.DataFrame, shift: float,
@@ -50,13 +61,20 @@ def _record(row: pd.Series) -> dict:
 def simulate(url: str, frame: pd.DataFrame, target: str, requests: int = 200,
              shift_after: int | None = None, shift: float = 0.0, concurrency: int = 4,
              labels_dir: str | Path | None = None, api_key: str | None = None,
-             seed: int = 0, max_seconds: float = 300.0) -> SimulationResult:
+             seed: int = 0, max_seconds: float = 300.0,
+             client_keys: int = 0) -> SimulationResult:
     """Send `requests` single-row POST /predict calls (rows sampled from `frame`), the
     ones from `shift_after` on shifted by `shift` standard deviations. When
     `labels_dir` is given, the true labels are written there as
-    <timestamp>.csv (request_id,label) after the traffic, like labels arriving later."""
+    <timestamp>.csv (request_id,label) after the traffic, like labels arriving later.
+    `client_keys` N > 0: each request carries `X-Client-Key: client-<k>`, k drawn
+    (seeded) from N keys, as clients that keep their rollout variant; 0 sends none."""
+    if client_keys < 0:
+        raise ValueError(f"client_keys must be >= 0, got {client_keys}")
     rng = np.random.default_rng(seed)
     picks = frame.iloc[rng.integers(0, len(frame), size=requests)].reset_index(drop=True)
+    keys = ([f"client-{k}" for k in rng.integers(0, client_keys, size=requests)]
+            if client_keys else None)
     features, labels = picks.drop(columns=[target]), picks[target].astype(str)
     if shift_after is not None and shift:
         tail = features.iloc[shift_after:]
@@ -71,8 +89,10 @@ def simulate(url: str, frame: pd.DataFrame, target: str, requests: int = 200,
         def send(i: int):
             if time.monotonic() > deadline:
                 return None
+            extra = {CLIENT_KEY_HEADER: keys[i]} if keys is not None else None
             try:
-                response = client.post("/predict", json=_record(features.iloc[i]))
+                response = client.post("/predict", json=_record(features.iloc[i]),
+                                       headers=extra)
             except httpx.HTTPError:
                 return (i, 0, None)
             body = response.json() if response.status_code == 200 else {}
@@ -89,6 +109,10 @@ def simulate(url: str, frame: pd.DataFrame, target: str, requests: int = 200,
                     result.ok += 1
                     version = str(body.get("model_version"))
                     result.model_versions[version] = result.model_versions.get(version, 0) + 1
+                    variant = str(body.get("variant") or CHAMPION)
+                    result.variants[variant] = result.variants.get(variant, 0) + 1
+                    if keys is not None:
+                        result.key_variants.setdefault(keys[i], set()).add(variant)
                     truth.append((body["request_id"], labels.iloc[i]))
                 else:
                     result.failed += 1

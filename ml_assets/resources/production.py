@@ -186,6 +186,20 @@ class ProductionDataResource(ConfigurableResource):
         return labels.drop_duplicates("request_id", keep="last")
 
 
+def answered_rows(logged: pd.DataFrame) -> pd.DataFrame:
+    """The logged rows whose answer reached a client: without a shadow's copies (never
+    returned; they share the champion's request ids) and a canary's failed attempts."""
+    if not len(logged) or "variant" not in logged:
+        return logged
+    attrs = dict(logged.attrs)
+    kept = logged["variant"].fillna("champion") != "shadow"
+    if "error" in logged:
+        kept &= logged["error"].fillna("") == ""
+    answered = logged[kept].reset_index(drop=True)
+    answered.attrs.update(attrs)
+    return answered
+
+
 def labelled_production_rows(production: ProductionDataResource, columns: list[str],
                              target: str) -> pd.DataFrame:
     """Every production row whose true label is known, as training rows (`columns`,
@@ -196,7 +210,7 @@ def labelled_production_rows(production: ProductionDataResource, columns: list[s
     features = [c for c in columns if c != target]
     if len(labels):
         for day in production.prediction_days():
-            logged = production.predictions(day.isoformat())
+            logged = answered_rows(production.predictions(day.isoformat()))
             joined = logged.merge(labels, on="request_id", how="inner")
             if len(joined):
                 frames.append(joined.reindex(columns=features).assign(

@@ -24,6 +24,7 @@ the system temp directory) and counts in `lost_rows` what could be saved nowhere
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 import threading
@@ -36,6 +37,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pandas as pd
 
@@ -49,8 +51,14 @@ logger = logging.getLogger("ml_assets.core.prediction_log")
 # predicted number as text (repr of the float, exact) with no probabilities and a NaN
 # confidence; read_day returns the column as float64 for a day whose every row has no
 # probabilities (all from regressors). See `numeric_predictions`.
+# variant: who answered ("champion", "canary": the challenger answered a canary share,
+# "shadow": the challenger scored a copy, never returned; see ml_assets.core.rollout);
+# rows logged before the column existed read as "champion". latency_ms: the model time
+# of the row's request (NaN when unknown). error: non-empty when the challenger failed
+# on this request ("<Type>: <message>"; its prediction is "" then), "" otherwise.
 META_COLUMNS = ["timestamp", "request_id", "row_index", "model_name", "model_version",
-                "prediction", "confidence", "probabilities", "input_flags"]
+                "prediction", "confidence", "probabilities", "input_flags", "variant",
+                "latency_ms", "error"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +75,9 @@ class PredictionRecord:
     prediction: str  # the class; a regressor's value as repr(float)
     probabilities: dict[str, float]  # {} for a regressor
     input_flags: str = ""  # "island:unseen_category;year:out_of_range", "" when clean
+    variant: str = "champion"  # champion | canary | shadow
+    latency_ms: float = float("nan")  # model time of the request, in milliseconds
+    error: str = ""  # the challenger failed on this request: "<Type>: <msg>"
 
     @property
     def features(self) -> dict:
@@ -437,7 +448,14 @@ def _as_row(record: PredictionRecord) -> dict:
             "model_name": record.model_name, "model_version": record.model_version,
             "prediction": record.prediction, "confidence": record.confidence,
             "probabilities": record.probabilities, "features": record.features,
-            "input_flags": record.input_flags}
+            "input_flags": record.input_flags, "variant": record.variant,
+            "latency_ms": _finite_or_none(record.latency_ms), "error": record.error}
+
+
+def _finite_or_none(value: float) -> float | None:
+    """NaN (and infinities) as None: stored as NULL, which both backends read as NaN."""
+    value = float(value)
+    return value if math.isfinite(value) else None
 
 
 def numeric_predictions(frame: pd.DataFrame) -> pd.Series | None:
@@ -449,7 +467,10 @@ def numeric_predictions(frame: pd.DataFrame) -> pd.Series | None:
     if any(bool(p) for p in frame["probabilities"]):
         return None
     values = pd.to_numeric(frame["prediction"], errors="coerce")
-    if values.isna().any():
+    # A challenger's failed rows (error set) have no prediction: NaN there.
+    failed = (frame["error"].astype(bool).to_numpy() if "error" in frame
+              else np.zeros(len(frame), dtype=bool))
+    if values[~failed].isna().any() or failed.all():
         return None
     return values.astype("float64")
 
@@ -457,7 +478,8 @@ def numeric_predictions(frame: pd.DataFrame) -> pd.Series | None:
 def _frame(rows: list[tuple]) -> pd.DataFrame:
     """read_day's frame from stored rows (logged_at, request_id, row_index, model_name,
     model_version, prediction, confidence, probabilities JSON, features JSON[,
-    input_flags: NULL or missing in logs written before it existed reads as ""])."""
+    input_flags, variant, latency_ms, error: NULL or missing in logs written before they
+    existed reads as "", "champion", NaN, ""])."""
     if not rows:
         return pd.DataFrame({name: pd.Series(dtype=object) for name in META_COLUMNS})
     meta = pd.DataFrame([row[:7] for row in rows], columns=META_COLUMNS[:7])
@@ -466,6 +488,12 @@ def _frame(rows: list[tuple]) -> pd.DataFrame:
     meta["confidence"] = pd.to_numeric(meta["confidence"], errors="coerce").astype("float64")
     meta["probabilities"] = [orjson.loads(row[7]) for row in rows]
     meta["input_flags"] = [(row[9] or "") if len(row) > 9 else "" for row in rows]
+    meta["variant"] = [(row[10] or "champion") if len(row) > 10 else "champion"
+                       for row in rows]
+    meta["latency_ms"] = pd.to_numeric(
+        pd.Series([row[11] if len(row) > 11 else None for row in rows], dtype=object),
+        errors="coerce").astype("float64")
+    meta["error"] = [(row[12] or "") if len(row) > 12 else "" for row in rows]
     values = numeric_predictions(meta)
     if values is not None:
         meta["prediction"] = values

@@ -21,12 +21,16 @@ from ml_assets.core.prediction_log.base import (
     PredictionLogError,
     PredictionRecord,
     _day,
+    _finite_or_none,
     _frame,
 )
 
 logger = logging.getLogger("ml_assets.core.prediction_log")
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,55}")
+# Columns added after the first release (created in place at open when missing).
+_ADDED = (("input_flags", "TEXT"), ("variant", "TEXT"), ("latency_ms", "DOUBLE PRECISION"),
+          ("error", "TEXT"))
 
 
 def redact_url(url: str) -> str:
@@ -111,7 +115,8 @@ class PostgresPredictionLog(PredictionLog):
         self._table = ".".join(quoted)
         index = f'"{table.split(".", 1)[-1]}_by_day"'
         columns = ("day, logged_at, request_id, row_index, model_name, model_version, "
-                   "prediction, confidence, probabilities, features, input_flags")
+                   "prediction, confidence, probabilities, features, input_flags, variant, "
+                   "latency_ms, error")
         self._ddl = (
             f"CREATE TABLE IF NOT EXISTS {self._table} ("
             " id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
@@ -126,23 +131,21 @@ class PostgresPredictionLog(PredictionLog):
             " probabilities JSON NOT NULL,"
             " features JSON NOT NULL,"
             " batch_id UUID NOT NULL,"
-            " input_flags TEXT)",
+            " input_flags TEXT,"
+            " variant TEXT,"
+            " latency_ms DOUBLE PRECISION,"
+            " error TEXT)",
             f"CREATE INDEX IF NOT EXISTS {index} ON {self._table} (day)",
         )
-        # A table created before input_flags existed is migrated in place (the ALTER,
-        # which locks the table, runs only when the column is missing).
-        self._has_flags = ("SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid ="
-                           " %s::regclass AND attname = 'input_flags' AND NOT attisdropped)")
-        self._add_flags = f"ALTER TABLE {self._table} ADD COLUMN IF NOT EXISTS input_flags TEXT"
+        # A table created before a column of _ADDED existed is migrated in place (the
+        # ALTER, which locks the table, runs only when a column is missing).
+        self._present = ("SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass"
+                         " AND attnum > 0 AND NOT attisdropped")
         self._insert = f"INSERT INTO {self._table} ({columns}, batch_id) VALUES %s"
-        self._select = (f"SELECT logged_at, request_id, row_index, model_name, model_version,"
-                        f" prediction, confidence, probabilities::text, features::text,"
-                        f" input_flags FROM {self._table} WHERE day = %s ORDER BY id")
-        # An old table read without being migrated (read-only): rows without flags.
-        self._select_unflagged = (f"SELECT logged_at, request_id, row_index, model_name,"
-                                  f" model_version, prediction, confidence,"
-                                  f" probabilities::text, features::text"
-                                  f" FROM {self._table} WHERE day = %s ORDER BY id")
+        self._base = ("logged_at, request_id, row_index, model_name, model_version,"
+                      " prediction, confidence, probabilities::text, features::text")
+        self._select = (f"SELECT {self._base}, input_flags, variant, latency_ms, error"
+                        f" FROM {self._table} WHERE day = %s ORDER BY id")
         # Distinct days by walking the index (one probe per day, not a scan of the table).
         self._days = (f"WITH RECURSIVE d(day) AS (SELECT min(day) FROM {self._table}"
                       f" UNION ALL SELECT (SELECT min(day) FROM {self._table} t"
@@ -211,14 +214,18 @@ class PostgresPredictionLog(PredictionLog):
                                 (f"prediction-log:{self.table}",))
                     for statement in self._ddl:
                         cur.execute(statement)
-                    cur.execute(self._has_flags, (self._table,))
-                    if not cur.fetchone()[0]:
+                    cur.execute(self._present, (self._table,))
+                    present = {name for (name,) in cur.fetchall()}
+                    missing = [(name, kind) for name, kind in _ADDED if name not in present]
+                    if missing:
                         # Queued behind a long read, the ALTER's lock would block every
                         # writer behind it: give up after 5 s, with the error below.
                         cur.execute("SET LOCAL lock_timeout = '5s'")
-                        cur.execute(self._add_flags)
-                        logger.info("prediction log %s: added column input_flags",
-                                    self.table)
+                        cur.execute(f"ALTER TABLE {self._table} " + ", ".join(
+                            f"ADD COLUMN IF NOT EXISTS {name} {kind}"
+                            for name, kind in missing))
+                        logger.info("prediction log %s: added columns %s", self.table,
+                                    ", ".join(name for name, _ in missing))
                 conn.commit()
             except self._pg.Error as exc:
                 self._reset_writer(self._lost(conn, exc))
@@ -264,6 +271,7 @@ class PostgresPredictionLog(PredictionLog):
                          confidence if confidence == confidence else None,
                          orjson.dumps(r.probabilities).decode(),
                          orjson.dumps(r.features).decode(), r.input_flags or None,
+                         r.variant or None, _finite_or_none(r.latency_ms), r.error or None,
                          batch_id))
         try:
             with conn.cursor() as cur:
@@ -352,7 +360,13 @@ class PostgresPredictionLog(PredictionLog):
         except PredictionLogError as exc:
             if not isinstance(exc.__cause__, self._pg.errors.UndefinedColumn):
                 raise
-            rows = self._query(self._select_unflagged, (_day(day),))
+            # An old table read without being migrated (read-only): NULL for the
+            # columns it lacks.
+            present = {name for (name,) in self._query(self._present, (self._table,))}
+            added = ", ".join(name if name in present else f"NULL AS {name}"
+                              for name, _ in _ADDED)
+            rows = self._query(f"SELECT {self._base}, {added} FROM {self._table}"
+                               f" WHERE day = %s ORDER BY id", (_day(day),))
         return _frame([(stamp.isoformat(), *rest) for stamp, *rest in rows])
 
     def days(self) -> list[date]:

@@ -20,6 +20,7 @@ from ml_assets.core.prediction_log.base import (
     PredictionLogError,
     PredictionRecord,
     _day,
+    _finite_or_none,
     _frame,
 )
 
@@ -50,21 +51,25 @@ class SQLitePredictionLog(PredictionLog):
         " confidence REAL,"
         " probabilities TEXT NOT NULL,"
         " features TEXT NOT NULL,"
-        " input_flags TEXT)",
+        " input_flags TEXT,"
+        " variant TEXT,"
+        " latency_ms REAL,"
+        " error TEXT)",
         "CREATE INDEX IF NOT EXISTS predictions_by_day ON predictions (day)",
     )
-    # A table created before input_flags existed gets it at open, in place.
-    _ADD_FLAGS = "ALTER TABLE predictions ADD COLUMN input_flags TEXT"
+    # Columns added after the first release: a table created before one existed gets
+    # it at open, in place (old rows read as unflagged, variant "champion", no latency,
+    # no error).
+    _ADDED = (("input_flags", "TEXT"), ("variant", "TEXT"), ("latency_ms", "REAL"),
+              ("error", "TEXT"))
     _INSERT = ("INSERT INTO predictions (day, logged_at, request_id, row_index, model_name,"
-               " model_version, prediction, confidence, probabilities, features, input_flags)"
-               " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
-    _SELECT = ("SELECT logged_at, request_id, row_index, model_name, model_version, prediction,"
-               " confidence, probabilities, features, input_flags FROM predictions"
+               " model_version, prediction, confidence, probabilities, features, input_flags,"
+               " variant, latency_ms, error)"
+               " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+    _BASE = ("logged_at, request_id, row_index, model_name, model_version, prediction,"
+             " confidence, probabilities, features")
+    _SELECT = (f"SELECT {_BASE}, input_flags, variant, latency_ms, error FROM predictions"
                " WHERE day = ? ORDER BY id")
-    # An old log opened read-only (never migrated): the rows without flags.
-    _SELECT_UNFLAGGED = ("SELECT logged_at, request_id, row_index, model_name, model_version,"
-                         " prediction, confidence, probabilities, features FROM predictions"
-                         " WHERE day = ? ORDER BY id")
 
     def __init__(self, path: str | Path, read_only: bool = False,
                  busy_timeout: float = 5.0, synchronous: str = "FULL",
@@ -95,7 +100,7 @@ class SQLitePredictionLog(PredictionLog):
                 with self._conn:
                     for statement in self._DDL:
                         self._conn.execute(statement)
-                self._add_flags_column(self._conn)
+                self._add_columns(self._conn)
                 # Writes wait for another process's lock in _write's own loop (short
                 # sleeps), not SQLite's busy handler, whose back-off sleeps grow to
                 # 25-100 ms: with several API workers on one file that was the p99.
@@ -115,19 +120,21 @@ class SQLitePredictionLog(PredictionLog):
     def __repr__(self) -> str:
         return f"SQLitePredictionLog({str(self.path)!r})"
 
-    def _add_flags_column(self, conn: sqlite3.Connection) -> None:
-        """ALTER TABLE ADD COLUMN input_flags on a log created before it existed (old
-        rows read as unflagged); another process migrating at the same time is fine."""
+    def _add_columns(self, conn: sqlite3.Connection) -> None:
+        """ALTER TABLE ADD COLUMN for each of `_ADDED` a log created before it existed
+        lacks (old rows read with its default); another process migrating at the same
+        time is fine."""
         columns = {row[1] for row in conn.execute("PRAGMA table_info(predictions)")}
-        if "input_flags" in columns:
-            return
-        try:
-            with conn:
-                conn.execute(self._ADD_FLAGS)
-        except sqlite3.OperationalError as exc:
-            if "duplicate column" not in str(exc):
-                raise
-        logger.info("prediction log %s: added column input_flags", self.path)
+        for name, kind in self._ADDED:
+            if name in columns:
+                continue
+            try:
+                with conn:
+                    conn.execute(f"ALTER TABLE predictions ADD COLUMN {name} {kind}")
+            except sqlite3.OperationalError as exc:
+                if "duplicate column" not in str(exc):
+                    raise
+            logger.info("prediction log %s: added column %s", self.path, name)
 
     def _connect(self) -> sqlite3.Connection:
         # Used by the writer thread only, after the table is created at open.
@@ -148,7 +155,8 @@ class SQLitePredictionLog(PredictionLog):
             rows.append((stamp.date().isoformat(), stamp.isoformat(), r.request_id, r.row_index,
                          r.model_name, r.model_version, r.prediction, r.confidence,
                          orjson.dumps(r.probabilities).decode(),
-                         orjson.dumps(r.features).decode(), r.input_flags or None))
+                         orjson.dumps(r.features).decode(), r.input_flags or None,
+                         r.variant or None, _finite_or_none(r.latency_ms), r.error or None))
         conn = self._conn
         try:
             self._locked(conn, "BEGIN IMMEDIATE")  # one transaction: all rows or none
@@ -218,7 +226,12 @@ class SQLitePredictionLog(PredictionLog):
         except sqlite3.OperationalError as exc:
             if "no such column" not in str(exc):
                 raise
-            return _frame(self._query(self._SELECT_UNFLAGGED, (_day(day),)))
+        # An old log opened read-only (never migrated): NULL for the columns it lacks.
+        present = {row[1] for row in self._query("PRAGMA table_info(predictions)")}
+        added = ", ".join(name if name in present else f"NULL AS {name}"
+                          for name, _ in self._ADDED)
+        return _frame(self._query(f"SELECT {self._BASE}, {added} FROM predictions"
+                                  " WHERE day = ? ORDER BY id", (_day(day),)))
 
     def days(self) -> list[date]:
         found = self._query("SELECT DISTINCT day FROM predictions ORDER BY day")
