@@ -5,8 +5,14 @@
                                --allow-breaking-change a model that breaks API
                                clients' inputs is promoted instead of refused
     ml-platform up             train if no model exists yet, then start the prediction
-                               API (port 8000) and the Dagster UI (port 3000)
+                               API (port 8000) and the Dagster UI (port 3000, `dg dev`);
+                               their output goes to $ML_PLATFORM_HOME/logs/, the terminal
+                               gets one line per training, promotion, drift verdict,
+                               retrain, rollout decision and failed run
     ml-platform rollback       restore the previous champion in one step
+    ml-platform rollout start  put a registered version (default: the `challenger`) in
+                               canary or shadow; `rollout status` shows it, `rollout
+                               stop` ends it (the champion stays)
     ml-platform reexecute ID   re-run a failed run from its failure (steps that succeeded
                                are not run again; with Celery the workers execute it)
     ml-platform simulate       send realistic (optionally drifted) traffic to the API
@@ -16,16 +22,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 from ml_assets.registry import PROMOTION_CHECK
 from ml_assets.settings import PlatformSettings
+from ml_assets.status import failure_reasons
 
 DAGSTER_YAML = """\
 # Embedded default instance: SQLite storage under this directory.
@@ -39,6 +46,7 @@ def prepare_environment(settings: PlatformSettings) -> Path:
     settings.home.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("DAGSTER_HOME", str(settings.home / "dagster_home"))
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     dagster_home = Path(os.environ["DAGSTER_HOME"])
     dagster_home.mkdir(parents=True, exist_ok=True)
     config = dagster_home / "dagster.yaml"
@@ -109,67 +117,67 @@ def train(if_missing: bool = False, allow_breaking_change: bool = False,
     return 0
 
 
-# "dagster._core.definitions.events.Failure: ": a class path, not part of the sentence.
-_CLASS_PREFIX = re.compile(r"^(?:[A-Za-z_]\w*\.)+[A-Za-z_]\w*: ")
+def _console_script(name: str) -> str | None:
+    """The console script `name` of this environment (next to this Python), else on PATH."""
+    sibling = Path(sys.executable).with_name(name)
+    return str(sibling) if sibling.exists() else shutil.which(name)
 
 
-def _without_class(message: str, cls_name: str | None = None) -> str:
-    """`message` without a leading "<dotted.module.ClassName>: " (or "<cls_name>: ")."""
-    message = message.strip()
-    if cls_name:
-        own = re.compile(rf"^(?:[A-Za-z_]\w*\.)*{re.escape(cls_name)}: ")
-        if own.match(message):  # only the class's own prefix: the text may hold "a.b: "
-            return own.sub("", message, count=1).strip()
-    return _CLASS_PREFIX.sub("", message, count=1).strip()
+def dagster_command(host: str, port: int) -> list[str]:
+    """`dg dev` for the dg project this checkout is (pyproject.toml `[tool.dg]`); without
+    dg (or installed without the checkout) `dagster dev` on workspace.yaml or the module."""
+    root = Path(__file__).resolve().parent.parent
+    dg = _console_script("dg")
+    pyproject = root / "pyproject.toml"
+    if dg and pyproject.exists() and "[tool.dg]" in pyproject.read_text(encoding="utf-8"):
+        return [dg, "dev", "--target-path", str(root), "-h", host, "-p", str(port)]
+    dagster = _console_script("dagster") or "dagster"
+    workspace = root / "workspace.yaml"
+    command = [dagster, "dev", "-h", host, "-p", str(port)]
+    return command + (["-w", str(workspace)] if workspace.exists()
+                      else ["-m", "ml_assets.definitions"])
 
 
-def _step_failure(step: str, error, user_failure) -> str:
-    """One sentence for a failed step: a `Failure`'s own description; for anything
-    unexpected, the exception's message without its class path."""
-    if error is None:
-        return f"{step} failed (see the Dagster UI for its logs)"
-    if user_failure is not None and user_failure.description:
-        return f"{step}: {user_failure.description.strip()}"
-    if error.cls_name == "Failure":
-        return f"{step}: {_without_class(error.message, error.cls_name)}"
-    cause = error.cause or error
-    if error.cause is not None and error.cause.cls_name == "Failure":
-        return f"{step}: {_without_class(cause.message, cause.cls_name)}"
-    message = _without_class(cause.message, cause.cls_name) or cause.cls_name
-    return f"{step} failed unexpectedly: {message} (see the Dagster UI for the traceback)"
+def watch_status(stop: threading.Event, ui_url: str, log_hint: str,
+                 interval: float = 2.0) -> None:
+    """Print one line per event that matters (ml_assets.status) until `stop` is set."""
+    from dagster import DagsterInstance
 
+    from ml_assets.status import StatusWatcher
 
-def failure_reasons(result) -> list[str]:
-    """One sentence per failed step or failed check, with its own message (framework
-    class names left out)."""
-    reasons = []
-    for event in result.all_events:
-        if event.is_step_failure:
-            data = event.step_failure_data
-            error = data.error
-            if error and error.cls_name == "DagsterAssetCheckFailedError":
-                continue  # the failed check itself is reported below
-            reasons.append(_step_failure(event.step_key, error, data.user_failure_data))
-        elif event.event_type_value == "ASSET_CHECK_EVALUATION":
-            evaluation = event.event_specific_data
-            if not evaluation.passed:
-                reasons.append(f"check {evaluation.check_name} on "
-                               f"{evaluation.asset_key.to_user_string()}: "
-                               f"{evaluation.description}")
-    return reasons or ["run failed; see the Dagster UI for its logs"]
+    complained = False
+    try:
+        with DagsterInstance.get() as instance:
+            watcher = StatusWatcher(instance, ui_url=ui_url, log_hint=log_hint)
+            while not stop.wait(interval):
+                try:
+                    lines = watcher.poll()
+                    complained = False
+                except Exception as exc:  # noqa: BLE001 - a busy or migrating store: retry
+                    if not complained:
+                        print(f"status: cannot read the Dagster instance yet ({exc}); "
+                              "retrying", flush=True)
+                    complained = True
+                    continue
+                for line in lines:
+                    print(f"{time.strftime('%H:%M:%S')}  {line}", flush=True)
+    except Exception as exc:  # noqa: BLE001 - the platform keeps running without it
+        print(f"status lines stopped: {exc}", file=sys.stderr, flush=True)
 
 
 def up(host: str, port: int, api_port: int, no_api: bool = False) -> int:
-    """Train once if needed, then run the prediction API and `dagster dev` (webserver +
-    daemon) until Ctrl-C; stopping one stops both (the API flushes its log first)."""
+    """Train once if needed, then run the prediction API and `dg dev` (webserver +
+    daemon; `dagster dev` without dg) until Ctrl-C; stopping one stops both (the API
+    flushes its log first). Their output goes to $ML_PLATFORM_HOME/logs/; the terminal
+    gets one line per event that matters (ml_assets.status)."""
     code = train(if_missing=True)
     if code:
         return code
-    dagster = shutil.which("dagster") or str(Path(sys.executable).with_name("dagster"))
-    workspace = Path(__file__).resolve().parent.parent / "workspace.yaml"
-    command = [dagster, "dev", "-h", host, "-p", str(port)]
-    command += ["-w", str(workspace)] if workspace.exists() else ["-m", "ml_assets.definitions"]
-    processes: list[subprocess.Popen] = []
+    settings = PlatformSettings.from_env()
+    logs = settings.home / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    command = dagster_command(host, port)
+    processes: list[tuple[str, subprocess.Popen, Path]] = []
 
     def stop(signum, frame):  # SIGTERM stops the children too, like Ctrl-C
         raise KeyboardInterrupt
@@ -180,30 +188,55 @@ def up(host: str, port: int, api_port: int, no_api: bool = False) -> int:
         # then not be stopped at all. They get the default back before they start.
         signal.signal(signal.SIGINT, signal.SIG_DFL)
 
+    def start(name: str, argv: list[str], log: Path) -> None:
+        with open(log, "ab") as out:  # the child keeps its own descriptor
+            out.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(argv)}\n"
+                      .encode())
+            out.flush()
+            processes.append((name, subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                preexec_fn=interruptible), log))
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    ui_url = f"http://{host}:{port}"
+    dagster_log, api_log = logs / "dagster.log", logs / "api.log"
     if not no_api:
-        api = [sys.executable, "-m", "serving", "--host", host, "--port", str(api_port)]
-        processes.append(subprocess.Popen(api, preexec_fn=interruptible))
-        print(f"Prediction API on http://{host}:{api_port}  (docs at /docs)")
-    processes.append(subprocess.Popen(command, preexec_fn=interruptible))
-    print(f"Dagster UI on http://{host}:{port}  (Ctrl-C stops everything)")
+        start("prediction API",
+              [sys.executable, "-m", "serving", "--host", host, "--port", str(api_port)],
+              api_log)
+        print(f"Prediction API on http://{host}:{api_port}  (docs at /docs; log {api_log})")
+    start("Dagster", command, dagster_log)
+    tool = "dg dev" if Path(command[0]).name == "dg" else "dagster dev"
+    print(f"Dagster UI on {ui_url}  ({tool}: webserver + daemon; log {dagster_log})")
+    print("Ctrl-C stops everything. Status (training, promotion, drift, retrains, "
+          "rollouts, failures) follows:", flush=True)
+    halt = threading.Event()
+    watcher = threading.Thread(target=watch_status, name="ml-platform-status", daemon=True,
+                               args=(halt, ui_url, f"Dagster's output in {dagster_log}"))
+    watcher.start()
     try:
-        while all(p.poll() is None for p in processes):
+        while all(p.poll() is None for _, p, _ in processes):
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
     finally:
-        for process in processes:
+        halt.set()
+        for _, process, _ in processes:
             if process.poll() is None:
                 process.send_signal(signal.SIGINT)
-        for process in processes:
+        for _, process, _ in processes:
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
-    failures = [p.returncode for p in processes if p.returncode and p.returncode > 0]
-    return failures[0] if failures else 0
+                process.wait()
+        watcher.join(timeout=5)
+    failures = [(name, p.returncode, log) for name, p, log in processes
+                if p.returncode and p.returncode > 0]
+    for name, returncode, log in failures:
+        print(f"{name} exited with code {returncode}; see {log}", file=sys.stderr)
+    return failures[0][1] if failures else 0
 
 
 def rollback(to_version: str | None, reason: str) -> int:
@@ -229,6 +262,77 @@ def rollback(to_version: str | None, reason: str) -> int:
         return 1
     print(f"{change.name}: champion is version {change.version} again (was {change.previous}); "
           "a running API picks it up on its next poll or POST /admin/reload")
+    return 0
+
+
+def rollout(action: str, mode: str = "canary", version: str | None = None,
+            share: float = 0.1, steps: list[float] | None = None, step_minutes: float = 60.0,
+            reason: str = "stopped by hand") -> int:
+    """Start, show or stop a rollout of a registered version against the champion (the
+    API follows the registry on its next poll; `rollout_evaluation` decides it)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from ml_assets.core import registry
+    from ml_assets.core.model_loading import check_model
+    from ml_assets.core.rollout import end_rollout, read_rollout, start_rollout, step_schedule
+
+    settings = PlatformSettings.from_env()
+    client = MlflowClient(settings.mlflow_tracking_uri)
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    name = settings.registered_model_name
+    state = read_rollout(client, name)
+    plan = state.plan if state.active else None
+    if action == "status":
+        if plan is None:
+            last = state.tags.get("rollout.outcome")
+            print(f"{name}: no rollout in progress" + (
+                f" (last: {last}: {state.tags.get('rollout.reason', '')})" if last else ""))
+            return 0
+        share_now = (f"canary share now {plan.share_at():.0%}" if plan.mode == "canary"
+                     else "every request copied")
+        print(f"{name}: {plan.mode} rollout of version {plan.version} against champion "
+              f"{plan.champion_version} since {plan.started_at.isoformat(timespec='seconds')}"
+              f" ({share_now}); rollout_evaluation decides as labels arrive")
+        return 0
+    if action == "stop":
+        if plan is None:
+            print(f"{name}: no rollout in progress", file=sys.stderr)
+            return 1
+        end_rollout(client, name, plan, "rolled_back", reason)
+        print(f"{name}: rollout of version {plan.version} stopped; champion "
+              f"{plan.champion_version} answers every request again")
+        return 0
+    champion = registry.alias_version(client, name, registry.CHAMPION)
+    if champion is None:
+        print(f"rollout refused: {name} has no champion yet (ml-platform train)",
+              file=sys.stderr)
+        return 1
+    if version is None:
+        challenger = registry.alias_version(client, name, registry.CHALLENGER)
+        if challenger is None:
+            print(f"rollout refused: {name} has no challenger; name one with --version",
+                  file=sys.stderr)
+            return 1
+        version = str(challenger.version)
+    try:
+        schedule = step_schedule(share, steps or [], step_minutes)
+        # What the API would refuse to load is never rolled out.
+        check_model(f"models:/{name}/{version}", source=f"version {version}")
+        if str(version) == str(champion.version):
+            raise ValueError(f"version {version} is already the champion of {name}")
+        if plan is not None and plan.version != str(version):
+            end_rollout(client, name, plan, "replaced", f"ml-platform rollout start of "
+                        f"version {version}")
+        started = start_rollout(client, name, mode, version, str(champion.version), schedule)
+    except Exception as exc:  # noqa: BLE001 - a clear refusal, no traceback
+        print(f"rollout refused: {exc}", file=sys.stderr)
+        return 1
+    what = (", ".join(f"{s:.0%} from minute {o / 60:g}" for o, s in started.steps)
+            if mode == "canary" else "a copy of every request, answers never returned")
+    print(f"{name}: version {version} in {mode} against champion {champion.version} "
+          f"({what}); the API follows within ML_API_POLL_SECONDS, rollout_evaluation "
+          "decides as labels arrive (ml-platform rollout status)")
     return 0
 
 
@@ -259,10 +363,14 @@ def simulate(args) -> int:
                  shift_after=args.shift_after, shift=args.shift, concurrency=args.concurrency,
                  labels_dir=None if args.no_labels else settings.labels_dir,
                  api_key=os.environ.get("ML_API_KEY") or None, seed=args.seed,
-                 max_seconds=args.max_seconds)
+                 max_seconds=args.max_seconds, client_keys=args.clients)
     print(f"sent {result.sent} requests in {result.seconds:.1f} s: {result.ok} ok, "
           f"{result.failed} failed, {result.shifted} shifted; statuses {result.status_counts};"
           f" model versions {result.model_versions}")
+    variants = getattr(result, "variants", None)
+    if variants:
+        print("variants: " + ", ".join(f"{name} {count}" for name, count in
+                                       sorted(variants.items())))
     if result.labels_file:
         print(f"true labels written to {result.labels_file}")
     return 0 if result.ok else 1
@@ -291,6 +399,16 @@ def main(argv: list[str] | None = None) -> int:
     rollback_parser = sub.add_parser("rollback", help="restore the previous champion")
     rollback_parser.add_argument("--to", dest="to_version", help="a specific version")
     rollback_parser.add_argument("--reason", default="manual rollback")
+    roll = sub.add_parser("rollout", help="start, show or stop a canary/shadow rollout")
+    roll.add_argument("action", choices=["start", "status", "stop"])
+    roll.add_argument("--mode", choices=["canary", "shadow"], default="canary")
+    roll.add_argument("--version", help="the version to roll out (default: the challenger)")
+    roll.add_argument("--share", type=float, default=0.1,
+                      help="the canary's first share of requests (0-1)")
+    roll.add_argument("--steps", type=float, nargs="*", default=[],
+                      help="later canary shares, one every --step-minutes")
+    roll.add_argument("--step-minutes", type=float, default=60.0)
+    roll.add_argument("--reason", default="stopped by hand", help="recorded by `stop`")
     reexec = sub.add_parser("reexecute", help="re-run a failed run from its failure")
     reexec.add_argument("run_id", help="the failed run's id (Dagster UI, `dagster run list`)")
     sim = sub.add_parser("simulate", help="send realistic traffic to the prediction API")
@@ -304,7 +422,12 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--no-labels", action="store_true", help="do not write true labels")
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--max-seconds", type=float, default=300.0)
+    sim.add_argument("--clients", type=int, default=0,
+                     help="send each request with one of N stable client keys, so a canary "
+                     "rollout assigns clients, not requests (0: no key)")
     args = parser.parse_args(argv)
+    if args.command == "simulate" and args.clients < 0:
+        parser.error(f"--clients must be 0 or more, got {args.clients}")
     prepare_environment(PlatformSettings.from_env())
     if args.command == "train":
         return train(args.if_missing, args.allow_breaking_change, args.verbose)
@@ -314,6 +437,9 @@ def main(argv: list[str] | None = None) -> int:
         return rollback(args.to_version, args.reason)
     if args.command == "reexecute":
         return reexecute(args.run_id)
+    if args.command == "rollout":
+        return rollout(args.action, args.mode, args.version, args.share, args.steps,
+                       args.step_minutes, args.reason)
     return up(args.host, args.port, args.api_port, args.no_api)
 
 

@@ -128,7 +128,10 @@ def test_up_stops_everything_on_sigterm_even_when_started_in_the_background(
         tmp_path, mlflow_store, unique_name):
     """Started in the background, a process inherits an ignored SIGINT (and `dagster dev`
     maps SIGTERM onto SIGINT): SIGTERM to `ml-platform up` must still stop the API, the
-    Dagster UI and the daemon, leaving no process behind."""
+    Dagster UI and the daemon, leaving no process behind. Meanwhile the Dagster UI runs
+    under `dg dev`, the children's output goes to $ML_PLATFORM_HOME/logs/, and a training
+    run from another terminal is reported in one line each (training, the refusal of an
+    identical challenger)."""
     import signal
     import time
 
@@ -142,10 +145,12 @@ def test_up_stops_everything_on_sigterm_even_when_started_in_the_background(
            "MLFLOW_TRACKING_URI": mlflow_store["tracking_uri"],
            "ML_EXPERIMENT_NAME": unique_name, "ML_REGISTERED_MODEL_NAME": unique_name}
     cli = str(Path(sys.executable).with_name("ml-platform"))
-    process = subprocess.Popen(
-        [cli, "up", "--port", str(ui_port), "--api-port", str(api_port)], env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    output = tmp_path / "up.out"
+    with open(output, "wb") as out:
+        process = subprocess.Popen(
+            [cli, "up", "--port", str(ui_port), "--api-port", str(api_port)], env=env,
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         deadline = time.monotonic() + 240
         ready = set()
@@ -158,7 +163,25 @@ def test_up_stops_everything_on_sigterm_even_when_started_in_the_background(
                 except httpx.TransportError:
                     pass
             time.sleep(0.5)
-        assert ready == {"ui", "api"}, ready
+        assert ready == {"ui", "api"}, (ready, output.read_text()[-3000:])
+        logs = tmp_path / "home" / "logs"
+        printed = output.read_text()
+        assert f"log {logs / 'dagster.log'}" in printed and "(dg dev:" in printed, printed
+        assert f"log {logs / 'api.log'}" in printed, printed
+        assert " dev " in (logs / "dagster.log").read_text()  # the command line, then its output
+        assert "DEBUG" not in printed
+
+        again = subprocess.run([cli, "train"], env=env, capture_output=True, text=True,
+                               timeout=300)
+        assert again.returncode == 0, again.stderr[-2000:]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "challenger not promoted" not in printed:
+            time.sleep(1)
+            printed = output.read_text()
+        status = [line for line in printed.splitlines() if line[:2].isdigit()]
+        assert len(status) == 2, printed[-3000:]
+        assert "  training run " in status[0] and "held-out f1_weighted=" in status[0]
+        assert "  challenger not promoted (run " in status[1], status
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=90) == 0
         deadline = time.monotonic() + 30
@@ -212,3 +235,32 @@ def test_failure_reasons_are_sentences_without_class_names(tmp_path):
         assert "dagster." not in reason and "Error:" not in reason
         assert "LedgerCorrupted" not in reason and "ValueError" not in reason
 
+
+
+def test_simulate_passes_client_keys_and_prints_the_variants(tmp_path, monkeypatch, capsys):
+    """`ml-platform simulate --clients N` sends N stable client keys (traffic.simulate's
+    `client_keys`) and prints how many answers each variant gave."""
+    from types import SimpleNamespace
+
+    from ml_assets import cli
+    from ml_assets.core import traffic
+
+    seen: dict = {}
+
+    def fake(url, frame, target, **kwargs):
+        seen.update(kwargs, url=url, rows=len(frame), target=target)
+        return SimpleNamespace(sent=10, seconds=0.1, ok=10, failed=0, shifted=0,
+                               status_counts={200: 10}, model_versions={"1": 7, "2": 3},
+                               variants={"champion": 7, "canary": 3}, labels_file=None)
+
+    monkeypatch.setattr(traffic, "simulate", fake)
+    monkeypatch.setenv("ML_PLATFORM_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    assert cli.main(["simulate", "--requests", "10", "--clients", "25", "--no-labels"]) == 0
+    assert seen["client_keys"] == 25 and seen["requests"] == 10 and seen["rows"] > 0
+    assert "variants: canary 3, champion 7" in capsys.readouterr().out
+
+    assert cli.main(["simulate", "--requests", "10", "--no-labels"]) == 0
+    assert seen["client_keys"] == 0  # the default: no key
+    with pytest.raises(SystemExit):
+        cli.main(["simulate", "--clients", "-1"])
