@@ -41,6 +41,7 @@ from dagster import (
 )
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
+from ml_assets.core import registry
 from ml_assets.core.rollout import read_rollout
 from ml_assets.monitoring import DRIFT_CHECK, daily_partitions
 from ml_assets.resources import MlflowTracking
@@ -183,22 +184,22 @@ def rollout_on_labels(context: SensorEvaluationContext, production: ProductionDa
                       mlflow_tracking: MlflowTracking) -> SensorResult:
     """While a canary or shadow rollout runs, materializes `rollout_evaluation` when
     labels arrive (and once an hour regardless, for the time limit and the failure
-    guards); after a rollout promoted its challenger, rebuilds `reference_profile` for
-    the new champion so drift is scored against what it was trained on."""
+    guards); when the champion moved outside training (a rollout's promotion, a
+    rollback), rebuilds `reference_profile` for it so drift is scored against what it
+    was trained on."""
     state = json.loads(context.cursor or "{}")
     try:
         rollout = read_rollout(mlflow_tracking.client, mlflow_tracking.registered_model_name)
+        stale = _profiled_champion(context, mlflow_tracking)
     except Exception as exc:  # noqa: BLE001 - registry down: try again next tick
         return SensorResult(skip_reason=SkipReason(f"registry unavailable: {exc}"[:300]),
                             cursor=context.cursor)
     requests = []
-    ended = rollout.tags.get("rollout.ended_at", "")
-    if rollout.tags.get("rollout.outcome") == "promoted" and state.get("profiled") != ended:
+    if stale is not None:  # the champion moved outside a training run (a rollout's verdict)
         requests.append(RunRequest(
-            run_key=f"profile-after-rollout:{rollout.tags.get('rollout.version')}:{ended}",
+            run_key=f"profile-for-champion:{stale}",
             asset_selection=[AssetKey("reference_profile")],
-            tags={TRIGGER_TAG: "rollout_promoted"}))
-        state["profiled"] = ended
+            tags={TRIGGER_TAG: "champion_changed"}))
     if rollout.active and rollout.plan is not None:
         plan = rollout.plan
         hour = int(plan.elapsed_seconds() // 3600)
@@ -237,6 +238,22 @@ def batch_input_sensor(context: SensorEvaluationContext,
         return SensorResult(skip_reason=SkipReason("no new batch input"),
                             cursor=context.cursor)
     return SensorResult(run_requests=requests, cursor=json.dumps(days))
+
+
+def _profiled_champion(context: SensorEvaluationContext,
+                       mlflow_tracking: MlflowTracking) -> str | None:
+    """The champion's version when `reference_profile` was last built for another one
+    (it must be rebuilt so drift is scored against what the champion was trained on);
+    None when it is current or was never built (training builds it)."""
+    event = context.instance.get_latest_materialization_event(AssetKey("reference_profile"))
+    if event is None or event.asset_materialization is None:
+        return None
+    value = event.asset_materialization.metadata.get("champion_version")
+    champion = registry.alias_version(mlflow_tracking.client,
+                                      mlflow_tracking.registered_model_name, registry.CHAMPION)
+    if champion is None or value is None or str(value.value) == str(champion.version):
+        return None
+    return str(champion.version)
 
 
 DRIFT_CHECK_KEY = AssetCheckKey(AssetKey("drift_scores"), DRIFT_CHECK)

@@ -367,13 +367,17 @@ def champion_model(context: AssetExecutionContext, champion_comparison: Champion
 
 def _replace_running(context: AssetExecutionContext, mlflow_tracking: MlflowTracking,
                      running, version: str) -> None:
-    """End a rollout in progress that `version` supersedes (recorded as replaced)."""
-    if running.active and running.plan is not None and running.plan.version != version:
-        end_rollout(mlflow_tracking.client, mlflow_tracking.registered_model_name,
-                    running.plan, "replaced", f"version {version} won a newer comparison "
-                    f"(dagster run {context.run_id})")
-        context.log.warning("rollout of version %s replaced by version %s",
-                            running.plan.version, version)
+    """End a rollout in progress that `version` supersedes: replaced by a newer winner,
+    or promoted when `version` is the one under rollout (promoted immediately now)."""
+    if not running.active or running.plan is None:
+        return
+    same = running.plan.version == version
+    end_rollout(mlflow_tracking.client, mlflow_tracking.registered_model_name, running.plan,
+                "promoted" if same else "replaced",
+                f"version {version} {'was promoted' if same else 'won a newer comparison'} "
+                f"(dagster run {context.run_id})")
+    context.log.warning("rollout of version %s %s", running.plan.version,
+                        "ended: promoted" if same else f"replaced by version {version}")
 
 
 def _start_rollout(context: AssetExecutionContext, comparison: ChampionComparison,

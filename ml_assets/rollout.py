@@ -9,14 +9,16 @@ keeps collecting, and writes the evidence to MLflow tags and its metadata.
 
 
 import json
-from datetime import date, timedelta
+from datetime import date
 from typing import Any
 
 import pandas as pd
 from dagster import AssetExecutionContext, Config, Failure, MetadataValue, Output, asset
+from mlflow.exceptions import MlflowException
 from pydantic import Field
 
 from ml_assets.core import registry
+from ml_assets.core.prediction_log import PredictionLogError
 from ml_assets.core.rollout import Rollout, end_rollout, read_rollout
 from ml_assets.core.rollout_decision import (
     CONTINUE,
@@ -97,6 +99,15 @@ def _act(context: AssetExecutionContext, client, name: str, rollout: Rollout,
     assert plan is not None
     evidence = {"evidence": json.dumps(decision.evidence(), default=str)[:5000],
                 "dagster_run_id": context.run_id}
+    # Another run may have acted since this one read the plan (a newer rollout, an
+    # earlier verdict): act only on the rollout this verdict is about.
+    now = read_rollout(client, name)
+    if not now.active or now.plan is None or (now.plan.version, now.plan.salt) != (
+            plan.version, plan.salt):
+        context.log.warning("rollout of version %s changed while it was evaluated; this "
+                            "verdict (%s) is recorded here only", plan.version,
+                            decision.action)
+        return "superseded"
     if decision.action == PROMOTE:
         try:
             change = registry.promote(client, name, plan.version, plan.champion_version, {
@@ -140,15 +151,31 @@ def rollout_evaluation(context: AssetExecutionContext, config: RolloutEvaluation
             "decision": "none", "reason": "no rollout in progress",
             "last_outcome": last, "registered_model": name})
     plan = rollout.plan
+    champion = registry.alias_version(client, name, registry.CHAMPION)
+    if champion is None or str(champion.version) != plan.champion_version:
+        # Promoted, trained or rolled back by someone else meanwhile: nothing to compare.
+        now = str(champion.version) if champion else None
+        outcome = "promoted" if now == plan.version else "abandoned"
+        reason = (f"the champion is version {now} now (the rollout compared version "
+                  f"{plan.version} with {plan.champion_version})")
+        end_rollout(client, name, plan, outcome, reason)
+        context.log.warning("rollout of version %s ended (%s): %s", plan.version, outcome,
+                            reason)
+        return Output({"decision": "none", "outcome": outcome, "reason": reason}, metadata={
+            "decision": "none", "outcome": outcome, "reason": reason,
+            "challenger_version": plan.version, "champion_version": str(now)})
     try:
         criteria = config.criteria()
         task = client.get_model_version(name, plan.version).tags.get("task")
-        log = rollout_log_rows(production, plan.started_at.date() - timedelta(days=0))
+        log = rollout_log_rows(production, plan.started_at.date())
         decision = evaluate_rollout(log, production.labels(), plan, criteria,
                                     regression=None if task is None else task == "regression")
     except ValueError as exc:
         raise Failure(description=f"rollout of version {plan.version}: {exc}",
                       allow_retries=False) from None
+    except (MlflowException, PredictionLogError) as exc:  # retried by the next tick
+        raise Failure(description=f"rollout of version {plan.version} not evaluated: the "
+                      f"registry or the prediction log is unavailable: {exc}"[:2000]) from None
     outcome = "collecting" if decision.action == CONTINUE else _act(
         context, client, name, rollout, decision)
     context.log.info("rollout of version %s (%s): %s: %s", plan.version, plan.mode,

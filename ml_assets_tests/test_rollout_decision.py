@@ -57,8 +57,11 @@ def _canary(n_champion: int, n_challenger: int, champion_acc: float, challenger_
 
 def test_a_clearly_better_canary_is_promoted_within_bounded_rows():
     decisions = []
+    everything, labels = _canary(1000 * 7 // 3, 1000, 0.70, 0.95)  # one stream of traffic
+    champion_all = everything[everything["variant"] == "champion"]
+    canary_all = everything[everything["variant"] == "canary"]
     for labelled in range(50, 1001, 50):  # peek after every 50 labelled challenger rows
-        log, labels = _canary(labelled * 7 // 3, labelled, 0.70, 0.95)
+        log = pd.concat([champion_all.head(labelled * 7 // 3), canary_all.head(labelled)])
         decision = evaluate_rollout(log, labels, _plan(), RolloutCriteria(min_rows=100),
                                     regression=False, now=START + dt.timedelta(hours=1))
         decisions.append((labelled, decision.action))
@@ -170,3 +173,71 @@ def test_criteria_refuse_what_does_not_apply():
         RolloutCriteria(alpha=1.5)
     with pytest.raises(ValueError, match="does not apply to a regression"):
         RolloutCriteria(loss="brier").loss_for(regression=True)
+
+
+def test_a_canary_failure_counts_against_it_and_its_fallback_is_no_champion_sample():
+    rng = np.random.default_rng(6)
+    champion, truth_a = _rows("champion", "1", 200, 0.9, rng)
+    canary, truth_b = _rows("canary", "2", 200, 0.9, rng)
+    failed = canary.head(3).assign(request_id=["f0", "f1", "f2"], prediction="",
+                                   error="ValueError: boom")
+    fallback = champion.head(3).assign(request_id=["f0", "f1", "f2"])
+    log = pd.concat([champion, canary, failed, fallback], ignore_index=True)
+    labels = _labels(truth_a, truth_b, [("f0", "B"), ("f1", "M"), ("f2", "B")])
+    decision = evaluate_rollout(log, labels, _plan(), RolloutCriteria(), regression=False,
+                                now=START)
+    assert decision.champion.labelled == 200  # the fallback answers are left out
+    assert decision.test["n_challenger"] == 203  # 200 answers + 3 failures at worst loss
+    assert decision.challenger.failures == 3
+
+
+def test_batch_requests_and_retried_request_ids_are_not_extra_samples():
+    rng = np.random.default_rng(7)
+    champion, truth_a = _rows("champion", "1", 150, 0.9, rng)
+    canary, truth_b = _rows("canary", "2", 150, 0.9, rng)
+    batch = canary.head(5).assign(request_id="batch-1", row_index=range(5))
+    retried = canary.head(10)  # the same request ids and rows logged again
+    log = pd.concat([champion, canary, batch, retried], ignore_index=True)
+    decision = evaluate_rollout(log, _labels(truth_a, truth_b, [("batch-1", "B")]), _plan(),
+                                RolloutCriteria(), regression=False, now=START)
+    assert decision.challenger.labelled == 150
+    assert decision.challenger.answers == 155  # the batch was answered, just not labelled
+
+
+def test_a_challenger_the_api_never_serves_is_rolled_back():
+    rng = np.random.default_rng(8)
+    champion, _ = _rows("champion", "1", 300, 0.9, rng)
+    empty = pd.DataFrame(columns=["request_id", "label"])
+    early = evaluate_rollout(champion, empty, _plan(), RolloutCriteria(), regression=False,
+                             now=START + dt.timedelta(minutes=5))
+    late = evaluate_rollout(champion, empty, _plan(), RolloutCriteria(), regression=False,
+                            now=START + dt.timedelta(minutes=20))
+    assert early.action == CONTINUE
+    assert late.action == ROLLBACK and "never served version 2" in late.reason
+
+
+def test_step_ups_are_compared_period_by_period():
+    """A/A with a loss that drifts over time and a canary share stepping 0.1 -> 0.5
+    halfway: pooling every row (the canary's rows sit late, when errors are higher)
+    makes identical models look different; comparing within each step's period does
+    not."""
+    from ml_assets.core import sequential
+
+    pooled_false = stratified_false = 0
+    runs = 200
+    for seed in range(runs):
+        rng = np.random.default_rng(seed)
+        n = 4000
+        t = np.arange(n) / n
+        error = 0.10 + 0.08 * t  # the same for both models, rising over time
+        share = np.where(t < 0.5, 0.1, 0.5)
+        canary = rng.random(n) < share
+        loss = (rng.random(n) < error).astype(float)
+        first = t < 0.5
+        pooled = sequential.two_sample(loss[~canary], loss[canary])
+        strata = sequential.stratified([(loss[~canary & first], loss[canary & first]),
+                                        (loss[~canary & ~first], loss[canary & ~first])])
+        pooled_false += pooled.decision != "no_difference_yet"
+        stratified_false += strata.decision != "no_difference_yet"
+    assert stratified_false / runs < 0.05
+    assert pooled_false > stratified_false

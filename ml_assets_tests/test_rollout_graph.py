@@ -127,11 +127,56 @@ def test_a_canary_rollout_through_the_graph(instance, tmp_path, mlflow_store, un
     assert [k.to_user_string() for k in profile_request.asset_selection] == [
         "reference_profile"]
     with build_sensor_context(instance=instance, resources=resources,
-                              cursor=refresh.cursor) as context:
-        assert not automation.rollout_on_labels(context).run_requests
+                              cursor=refresh.cursor) as context:  # the same run, once
+        again = automation.rollout_on_labels(context).run_requests
+    assert [r.run_key for r in again] == [profile_request.run_key]
     profile_run = materialize(load_assets_from_modules(STAGES),
                               selection=["reference_profile"], instance=instance,
                               resources=resources)
     assert profile_run.success
     materialization = instance.get_latest_materialization_event(AssetKey("reference_profile"))
     assert materialization.asset_materialization.metadata["champion_version"].value == "2"
+    with build_sensor_context(instance=instance, resources=resources,
+                              cursor=refresh.cursor) as context:  # current: nothing to do
+        assert not automation.rollout_on_labels(context).run_requests
+
+
+def test_a_rollout_whose_champion_moved_or_that_changed_meanwhile_is_not_acted_on(
+        instance, tmp_path, mlflow_store, unique_name):
+    from dagster import build_asset_context
+
+    from ml_assets.core.rollout import start_rollout
+    from ml_assets.core.rollout_decision import RolloutCriteria, evaluate_rollout
+    from ml_assets.rollout import _act
+    from serving.testing import experiment_id, register, train_breast_cancer
+
+    tracking = MlflowTracking(tracking_uri=mlflow_store["tracking_uri"],
+                              experiment_name=unique_name, registered_model_name=unique_name)
+    production = ProductionDataResource(prediction_log_path=str(tmp_path / "log.db"),
+                                        landing_dir=str(tmp_path / "landing"),
+                                        labels_dir=str(tmp_path / "labels"))
+    resources = {"mlflow_tracking": tracking, "production": production}
+    client = tracking.client
+    experiment = experiment_id(unique_name, mlflow_store["artifact_root"])
+    model = train_breast_cancer(n_estimators=3, max_depth=2)
+    for alias in ("champion", None, None):
+        register(model, unique_name, experiment, alias=alias, compile=False)
+    old = start_rollout(client, unique_name, "canary", "2", "1", ((0.0, 0.5),))
+    stale = read_rollout(client, unique_name)
+    # A verdict computed for the old rollout, carried out after a newer one started.
+    start_rollout(client, unique_name, "canary", "3", "1", ((0.0, 0.5),))
+    rows = pd.DataFrame(columns=["request_id", "label"])
+    verdict = evaluate_rollout(pd.DataFrame(), rows, old, RolloutCriteria(max_seconds=1),
+                               regression=False,
+                               now=old.started_at + dt.timedelta(hours=1))
+    assert verdict.action == "rollback"
+    assert _act(build_asset_context(), client, unique_name, stale, verdict) == "superseded"
+    current = read_rollout(client, unique_name)
+    assert current.active and current.plan.version == "3"  # untouched
+    # Someone moves the champion under the running rollout: it ends, nothing else moves.
+    client.set_registered_model_alias(unique_name, "champion", "3")
+    run = materialize([defs.get_assets_def("rollout_evaluation")], instance=instance,
+                      resources=resources)
+    output = run.output_for_node("rollout_evaluation")
+    assert output["outcome"] == "promoted" and "champion is version 3" in output["reason"]
+    assert not read_rollout(client, unique_name).active

@@ -5,15 +5,17 @@ rollout started and the labels that have arrived, and returns a `RolloutDecision
 with the evidence. The rule, in order:
 
 1. **Guards** (no labels needed): the challenger's failure rate on its own requests
-   above `max_error_rate` (after `min_attempts`), or its p95 model time above
-   `max_latency_ratio` times the champion's (and at least LATENCY_FLOOR_MS more): roll
-   back.
+   above `max_error_rate` (after `min_attempts`), its p95 model time above
+   `max_latency_ratio` times the champion's (and at least LATENCY_FLOOR_MS more), or no
+   request served by it in NEVER_SERVED_SECONDS while the champion answers: roll back.
 2. **Quality**, once both variants have `min_rows` labelled rows: the always-valid
    mSPRT of `ml_assets.core.sequential` on per-row losses (0/1 error or Brier score
-   for a classifier; absolute or squared error for a regressor). Canary: each
-   variant on its own traffic (two independent samples). Shadow: both variants on the
-   same rows (paired, so it needs far fewer labels). Challenger significantly better:
-   promote; significantly worse: roll back. Valid however often it is looked at.
+   for a classifier; absolute or squared error for a regressor) of single-row requests.
+   Canary: each variant on its own traffic, stratified by the periods of its share's
+   steps; a labelled request it failed on is its worst loss, and the champion's fallback
+   answer to it is left out. Shadow: both variants on the same rows (paired, so it
+   needs far fewer labels). Challenger significantly better: promote; significantly
+   worse: roll back. Valid however often it is looked at.
 3. **Time limit**: after `max_seconds` (or `max_rows` labelled challenger rows)
    without a verdict the challenger has not shown it is better: roll back.
 4. Otherwise keep collecting, and say how far each variant is.
@@ -35,6 +37,9 @@ PROMOTE, ROLLBACK, CONTINUE = "promote", "rollback", "continue"
 # The latency guard ignores p95 differences smaller than this (a Pipeline against a
 # compiled graph, queueing on a busy host).
 LATENCY_FLOOR_MS = 10.0
+# A challenger the API has not answered a single request with for this long, while the
+# champion answered plenty, is not being served (the API refused it): roll back.
+NEVER_SERVED_SECONDS = 600.0
 CLASSIFICATION_LOSSES = ("error", "brier")
 REGRESSION_LOSSES = ("absolute_error", "squared_error")
 
@@ -153,6 +158,45 @@ def _latency(rows: pd.DataFrame, quantile: float) -> float:
     return float(values.quantile(quantile)) if len(values) else float("nan")
 
 
+def _single_row(rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows of one-row requests: labels name a request, so a label cannot say which row of
+    a batch request it is for (and a batch's rows are no independent samples)."""
+    if not len(rows):
+        return rows
+    sizes = rows.groupby("request_id")["request_id"].transform("size")
+    return rows[sizes.to_numpy() == 1]
+
+
+def _worst_loss(loss: str, *observed: np.ndarray) -> float:
+    if loss == "error":
+        return 1.0
+    if loss == "brier":
+        return 2.0
+    seen = [float(np.max(o)) for o in observed if len(o)]
+    return max(seen, default=0.0)
+
+
+def _strata(plan: RolloutPlan, champion: pd.DataFrame, challenger: pd.DataFrame,
+            failed: pd.DataFrame, champion_losses: np.ndarray, challenger_losses: np.ndarray,
+            failed_losses: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(champion, challenger) losses per period of one canary share (the rows' log time
+    against the plan's steps): one stratum when the share never changed."""
+    offsets = [offset for offset, _ in plan.steps]
+
+    def period(frame: pd.DataFrame) -> np.ndarray:
+        if not len(frame):
+            return np.zeros(0, dtype=int)
+        stamps = pd.to_datetime(frame["timestamp"], utc=True, format="ISO8601")
+        seconds = (stamps - pd.Timestamp(plan.started_at)).dt.total_seconds().to_numpy()
+        return np.searchsorted(offsets, seconds, side="right") - 1
+
+    at_c, at_h, at_f = period(champion), period(challenger), period(failed)
+    challenger_all = np.concatenate([challenger_losses, failed_losses])
+    at_all = np.concatenate([at_h, at_f])
+    periods = sorted(set(at_c.tolist()) | set(at_all.tolist())) or [0]
+    return [(champion_losses[at_c == k], challenger_all[at_all == k]) for k in periods]
+
+
 def _labelled(rows: pd.DataFrame, labels: pd.DataFrame, regression: bool) -> pd.DataFrame:
     if not len(rows) or not len(labels):
         return rows.iloc[0:0].assign(label=pd.Series(dtype=str))
@@ -192,7 +236,9 @@ def rollout_rows(log: pd.DataFrame, plan: RolloutPlan) -> pd.DataFrame:
     mine = (stamps >= started) & (
         ((variant == CHAMPION) & (version == plan.champion_version))
         | (variant.isin([CANARY, SHADOW]) & (version == plan.version)))
-    return rows[mine.to_numpy()].assign(variant=variant[mine.to_numpy()])
+    kept = rows[mine.to_numpy()].assign(variant=variant[mine.to_numpy()])
+    # A client's retry with the same X-Request-ID is one answer, not two samples.
+    return kept.drop_duplicates(["request_id", "row_index", "variant"], keep="first")
 
 
 def evaluate_rollout(log: pd.DataFrame, labels: pd.DataFrame, plan: RolloutPlan,
@@ -207,13 +253,18 @@ def evaluate_rollout(log: pd.DataFrame, labels: pd.DataFrame, plan: RolloutPlan,
         "", index=rows.index)
     failed = rows[error != ""]
     rows = rows[error == ""]
-    champion_rows = rows[rows["variant"] == CHAMPION]
+    # A request the canary failed on was answered by the champion: that answer is no
+    # sample of the champion's own traffic (it would drop the challenger's hard rows).
+    fallback = set(failed["request_id"].astype(str)) if plan.mode == CANARY else set()
+    champion_rows = rows[(rows["variant"] == CHAMPION)
+                         & ~rows["request_id"].astype(str).isin(fallback)]
     challenger_rows = rows[rows["variant"] == challenger_variant]
     if regression is None:
         regression = _is_regression(rows)
     loss = criteria.loss_for(regression)
-    champion_labelled = _labelled(champion_rows, labels, regression)
-    challenger_labelled = _labelled(challenger_rows, labels, regression)
+    champion_labelled = _labelled(_single_row(champion_rows), labels, regression)
+    challenger_labelled = _labelled(_single_row(challenger_rows), labels, regression)
+    failed_labelled = _labelled(_single_row(failed), labels, regression)
     elapsed = plan.elapsed_seconds(now)
     agreement, paired_rows = None, 0
     if plan.mode == SHADOW:
@@ -241,8 +292,12 @@ def evaluate_rollout(log: pd.DataFrame, labels: pd.DataFrame, plan: RolloutPlan,
     else:
         champion_losses = _losses(champion_labelled, loss, regression)
         challenger_losses = _losses(challenger_labelled, loss, regression)
-        result = sequential.two_sample(champion_losses, challenger_losses, criteria.alpha,
-                                       criteria.mixture_sd)
+        # A labelled request the canary failed on counts as its worst answer.
+        worst = _worst_loss(loss, champion_losses, challenger_losses)
+        failed_losses = np.full(len(failed_labelled), worst)
+        strata = _strata(plan, champion_labelled, challenger_labelled, failed_labelled,
+                         champion_losses, challenger_losses, failed_losses)
+        result = sequential.stratified(strata, criteria.alpha, criteria.mixture_sd)
     champion = _stats(CHAMPION, plan.champion_version, champion_rows, 0, champion_labelled,
                       _losses(champion_labelled, loss, regression), regression)
     challenger = _stats(challenger_variant, plan.version, challenger_rows, len(failed),
@@ -258,6 +313,12 @@ def evaluate_rollout(log: pd.DataFrame, labels: pd.DataFrame, plan: RolloutPlan,
         return decided(ROLLBACK, f"challenger version {plan.version} failed on "
                        f"{challenger.failures} of {attempts} requests "
                        f"({challenger.failure_rate:.1%} > {criteria.max_error_rate:.1%})")
+    if (attempts == 0 and champion.answers >= criteria.min_attempts
+            and elapsed >= NEVER_SERVED_SECONDS):
+        return decided(ROLLBACK, f"the API never served version {plan.version} in "
+                       f"{elapsed / 60:.0f} min while the champion answered "
+                       f"{champion.answers} requests (refused at load? see GET /model and "
+                       "ml_api_model_load_failures_total)")
     slow = (champion.answers >= criteria.min_rows and challenger.answers >= criteria.min_rows
             and np.isfinite(champion.latency_p95_ms) and np.isfinite(challenger.latency_p95_ms)
             and challenger.latency_p95_ms > criteria.max_latency_ratio * champion.latency_p95_ms

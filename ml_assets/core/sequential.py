@@ -107,6 +107,7 @@ from __future__ import annotations
 import math
 import numbers
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -327,6 +328,53 @@ def paired(
         mixture_sd=mixture_sd,
     )
     return _result(float(log_lr), float(d) * scale, math.sqrt(float(v)) * scale, n, n, alpha)
+
+
+def stratified(
+    strata: Sequence[tuple[npt.ArrayLike, npt.ArrayLike]],
+    alpha: float = DEFAULT_ALPHA,
+    mixture_sd: float = DEFAULT_MIXTURE_SD,
+) -> SequentialResult:
+    """`two_sample` over strata (champion losses, challenger losses) pooled as one
+    estimate: d = sum_k w_k d_k, V = sum_k w_k^2 V_k with w_k the stratum's share of the
+    rows. For a canary whose share steps up: each step's period is a stratum, so rows
+    the canary answered late (after a step) are compared with the champion's rows of the
+    same period, not with its early ones (a loss that drifts over time would otherwise
+    look like a difference). A stratum with fewer than 2 rows in an arm is left out."""
+    _check_params(alpha, mixture_sd)
+    parts = [(_losses(c, "champion_losses"), _losses(h, "challenger_losses"))
+             for c, h in strata]
+    used = [(c, h) for c, h in parts if c.size >= MIN_ROWS and h.size >= MIN_ROWS]
+    n_c = sum(int(c.size) for c, _ in parts)
+    n_h = sum(int(h.size) for _, h in parts)
+    if not used:
+        return _result(0.0, math.nan, math.nan, n_c, n_h, alpha)
+    if len(used) == 1:
+        return two_sample(used[0][0], used[0][1], alpha, mixture_sd)
+    everything = np.concatenate([x for pair in used for x in pair])
+    binary = _is_zero_one(everything)
+    scale = 1.0 if binary else _scale(everything)
+    total = sum(c.size + h.size for c, h in used)
+    estimate, variance = 0.0, 0.0
+    for c, h in used:
+        c, h = c / scale, h / scale
+        if binary:
+            var_c = float(binary_variance(c.sum(), c.size))
+            var_h = float(binary_variance(h.sum(), h.size))
+        else:
+            var_c, var_h = float(c.var(ddof=1)), float(h.var(ddof=1))
+        weight = (c.size + h.size) / total
+        estimate += weight * float(h.mean() - c.mean())
+        variance += weight ** 2 * (var_c / c.size + var_h / h.size)
+    scaled = everything / scale
+    loss_var = (float(binary_variance(scaled.sum(), scaled.size)) if binary
+                else float(scaled.var(ddof=1)))
+    floor2 = float(_floor2(float(scaled.mean()))) if variance <= 0 else 0.0
+    tau2 = mixture_sd ** 2 * max(loss_var, floor2, 1e-300)
+    log_lr = float(log_mixture_likelihood_ratio(estimate, max(variance, floor2), tau2))
+    if variance <= 0 and estimate == 0:
+        log_lr = 0.0
+    return _result(log_lr, estimate * scale, math.sqrt(variance) * scale, n_c, n_h, alpha)
 
 
 def decide(log_statistic: float, estimate: float, alpha: float) -> str:
