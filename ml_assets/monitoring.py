@@ -160,6 +160,8 @@ def production_data(context: AssetExecutionContext, production: ProductionDataRe
         frame = logged[feature_names].copy()
         frame["request_id"] = logged["request_id"].astype(str).values
         frame["model_version"] = logged["model_version"].astype(str).values
+        frame["variant"] = (logged["variant"].fillna("champion").astype(str).values
+                            if "variant" in logged else "champion")
         values = numeric_predictions(logged)  # a regressor's rows: numbers
         frame["prediction"] = (logged["prediction"].astype(str).values if values is None
                                else values.to_numpy(dtype=float))
@@ -283,7 +285,11 @@ def drift_scores(context: AssetExecutionContext, config: DriftScoringConfig,
     features, and drift of the predictions themselves."""
     drift_config = DriftConfig(share_threshold=config.fail_share, tests=config.tests,
                                thresholds=config.thresholds)
-    report = score_drift(reference_profile, production_data, drift_config)
+    # Features drift whoever answered; the outputs are the champion's (the profile's) only:
+    # a canary's answers come from another model.
+    served = (production_data[production_data["variant"].fillna("champion") == "champion"]
+              if "variant" in production_data else production_data)
+    report = score_drift(reference_profile, production_data, drift_config, served)
     table = report.features
     share = report.share_drifted if np.isfinite(report.share_drifted) else 0.0
     enough = len(production_data) >= config.min_rows

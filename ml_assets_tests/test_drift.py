@@ -484,3 +484,20 @@ def test_core_does_not_import_dagster():
     code = ("import sys, ml_assets.core.drift; "
             "sys.exit(any(m.split('.')[0] == 'dagster' for m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_only_the_champions_answers_are_judged_for_prediction_drift():
+    """While a canary answers half the traffic with another model, its outputs are not
+    the champion's reference distribution: features drift on every row, predictions on
+    the champion's rows (`prediction_rows`)."""
+    rng = np.random.default_rng(0)
+    reference = pd.DataFrame({"x": rng.normal(size=2000), "prediction": rng.normal(size=2000)})
+    profile = build_reference_profile(reference, {"x": "numeric"}, {"prediction": "numeric"})
+    champion = pd.DataFrame({"x": rng.normal(size=300), "prediction": rng.normal(size=300),
+                             "variant": "champion"})
+    canary = pd.DataFrame({"x": rng.normal(size=300), "prediction": rng.normal(3, 1, 300),
+                           "variant": "canary"})
+    day = pd.concat([champion, canary], ignore_index=True)
+    assert score_drift(profile, day).prediction_drifted  # mixing models looks like drift
+    judged = score_drift(profile, day, prediction_rows=day[day["variant"] == "champion"])
+    assert not judged.prediction_drifted and not judged.dataset_drifted

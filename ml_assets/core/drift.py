@@ -194,8 +194,11 @@ def _records(table: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def score_drift(profile: ReferenceProfile, current: pd.DataFrame,
-                config: DriftConfig | None = None) -> DriftReport:
-    """Score a current batch against the reference profile.
+                config: DriftConfig | None = None,
+                prediction_rows: pd.DataFrame | None = None) -> DriftReport:
+    """Score a current batch against the reference profile. `prediction_rows`: the rows
+    whose model outputs are judged (default: all of `current`), e.g. only the champion's
+    answers while a canary answers a share of the traffic with another model.
 
     Never raises on bad data (empty batch, missing columns, NaN/inf, unseen categories):
     those are reported per column. Raises ValueError for a config that names columns
@@ -205,8 +208,10 @@ def score_drift(profile: ReferenceProfile, current: pd.DataFrame,
     _check_overrides(profile, config)
     n_rows = len(current)
     tables = {}
-    for role, group in (("feature", profile.features), ("prediction", profile.predictions)):
-        rows = [_score_column(name, column, current, config, profile.psi_bins)
+    judged_outputs = current if prediction_rows is None else prediction_rows
+    for role, group, frame in (("feature", profile.features, current),
+                               ("prediction", profile.predictions, judged_outputs)):
+        rows = [_score_column(name, column, frame, config, profile.psi_bins)
                 for name, column in group.items()]
         tables[role] = pd.DataFrame(rows, columns=REPORT_COLUMNS)
     features = tables["feature"]
