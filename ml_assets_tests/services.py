@@ -87,3 +87,15 @@ def require_postgres() -> None:
         pg_admin("SELECT 1")
     except psycopg2.OperationalError as exc:
         skip_or_fail(f"PostgreSQL is not reachable on {PG_HOST}:{PG_PORT}: {exc}".strip())
+
+
+def until(predicate, timeout: float = 30.0, every: float = 0.1):
+    """Poll `predicate` until it returns something truthy (that value) or `timeout`
+    seconds pass (then its last value): a bounded wait."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    return predicate()

@@ -143,7 +143,10 @@ def test_up_stops_everything_on_sigterm_even_when_started_in_the_background(
     env = {**os.environ, "ML_PLATFORM_HOME": str(tmp_path / "home"),
            "DAGSTER_HOME": str(tmp_path / "dagster_home"),
            "MLFLOW_TRACKING_URI": mlflow_store["tracking_uri"],
-           "ML_EXPERIMENT_NAME": unique_name, "ML_REGISTERED_MODEL_NAME": unique_name}
+           "ML_EXPERIMENT_NAME": unique_name, "ML_REGISTERED_MODEL_NAME": unique_name,
+           # a small tree trains in a blink: this test is about the processes
+           "ML_ESTIMATOR": "sklearn.tree.DecisionTreeClassifier",
+           "ML_ESTIMATOR_PARAMS": '{"max_depth": 3, "random_state": 0}'}
     cli = str(Path(sys.executable).with_name("ml-platform"))
     output = tmp_path / "up.out"
     with open(output, "wb") as out:

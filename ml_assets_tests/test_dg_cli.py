@@ -19,6 +19,9 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+# A small forest: these tests are about the CLIs, not the model.
+SMALL = json.dumps({"ops": {"trained_model": {"config": {"n_estimators": 10, "cv_folds": 2,
+                                                         "n_jobs": 1}}}})
 TRAINING_UP_TO_METRICS = ["raw_data", "validated_data", "data_split", "feature_preprocessor",
                           "trained_model", "model_metrics"]
 
@@ -70,7 +73,8 @@ def test_dg_check_and_list_defs_from_the_repo_root(env):
 
 
 def test_dg_launch_materializes_the_training_graph_up_to_model_metrics(env):
-    _run(["dg", "launch", "--assets", "*model_metrics"], env, timeout=300)
+    _run(["dg", "launch", "--assets", "*model_metrics", "--config-json", SMALL], env,
+         timeout=300)
     _assert_materialized_in_one_run(env["DAGSTER_HOME"], TRAINING_UP_TO_METRICS)
 
 
@@ -78,5 +82,5 @@ def test_dagster_asset_materialize_still_works_from_the_repo_root(env):
     # `dagster asset materialize` reads no pyproject.toml (only `dagster dev` and the
     # workspace commands read [tool.dagster]): the module is named, as it always was.
     _run(["dagster", "asset", "materialize", "-m", "ml_assets.definitions",
-          "--select", "*model_metrics"], env, timeout=300)
+          "--select", "*model_metrics", "--config-json", SMALL], env, timeout=300)
     _assert_materialized_in_one_run(env["DAGSTER_HOME"], TRAINING_UP_TO_METRICS)

@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -29,7 +28,7 @@ from ml_assets.core.traffic import simulate
 from ml_assets.definitions import defs
 from ml_assets.resources import MlflowTracking
 from ml_assets.resources.production import ProductionDataResource
-from ml_assets_tests.services import free_port, wait_http
+from ml_assets_tests.services import free_port, until, wait_http
 from serving.testing import experiment_id, register, train_breast_cancer, train_frame
 
 pytestmark = pytest.mark.slow
@@ -40,14 +39,6 @@ MAX_ROUNDS = 12  # a verdict within 1,200 requests, ~600 labelled rows per varia
 SHARE = 0.5
 
 
-def _until(predicate, timeout: float = 30.0, every: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    return predicate()
 
 
 def _noise_model():
@@ -125,7 +116,7 @@ def test_canary_promoted_then_a_worse_one_rolled_back_and_the_api_follows(
 
         # 1. A clearly better challenger in canary: promoted, and the API serves it alone.
         start_rollout(client, name, "canary", "2", "1", ((0.0, SHARE),))
-        assert _until(lambda: (rollout() or {}).get("challenger_version") == "2")
+        assert until(lambda: (rollout() or {}).get("challenger_version") == "2")
         verdict, rounds, results = _evaluate_until_verdict(url, frame, labels_dir, instance,
                                                            resources, seed=100)
         assert verdict["action"] == "promote" and verdict["outcome"] == "promoted", verdict
@@ -133,15 +124,15 @@ def test_canary_promoted_then_a_worse_one_rolled_back_and_the_api_follows(
         assert 100 <= labelled <= MAX_ROUNDS * BATCH, verdict
         canary = sum(r.variants.get("canary", 0) for r in results)
         assert 0.3 < canary / (rounds * BATCH) < 0.7  # keyed traffic split as planned
-        assert _until(lambda: httpx.get(f"{url}/ready").json().get("model_version") == "2")
-        assert _until(lambda: rollout() is None)
+        assert until(lambda: httpx.get(f"{url}/ready").json().get("model_version") == "2")
+        assert until(lambda: rollout() is None)
         after = simulate(url, frame, BREAST_CANCER_TARGET, requests=40, seed=1, client_keys=10)
         assert after.model_versions == {"2": 40} and set(after.variants) == {"champion"}
 
         # 2. A clearly worse challenger against the new champion: rolled back.
         register(noise, name, experiment, alias=None)  # v3
         start_rollout(client, name, "canary", "3", "2", ((0.0, SHARE),))
-        assert _until(lambda: (rollout() or {}).get("challenger_version") == "3")
+        assert until(lambda: (rollout() or {}).get("challenger_version") == "3")
         verdict, rounds, _ = _evaluate_until_verdict(url, frame, labels_dir, instance,
                                                      resources, seed=500)
         assert verdict["action"] == "rollback" and verdict["outcome"] == "rolled_back", verdict
@@ -150,7 +141,7 @@ def test_canary_promoted_then_a_worse_one_rolled_back_and_the_api_follows(
         state = read_rollout(client, name)
         assert not state.active and state.tags["rollout.outcome"] == "rolled_back"
         assert str(client.get_model_version_by_alias(name, "champion").version) == "2"
-        assert _until(lambda: rollout() is None)
+        assert until(lambda: rollout() is None)
         after = simulate(url, frame, BREAST_CANCER_TARGET, requests=40, seed=2, client_keys=10)
         assert after.model_versions == {"2": 40}
     finally:

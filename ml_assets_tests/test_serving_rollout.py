@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -36,7 +35,7 @@ from ml_assets.core.rollout import (
     start_rollout,
 )
 from ml_assets.core.traffic import simulate
-from ml_assets_tests.services import free_port, wait_http
+from ml_assets_tests.services import free_port, until, wait_http
 from serving.app import create_app
 from serving.metrics import ServiceMetrics
 from serving.model_store import ModelRejected, ModelStore
@@ -88,14 +87,6 @@ def _stop(client: MlflowClient, name: str) -> None:
         client.delete_registered_model_alias(name, CANARY_ALIAS)
 
 
-def _until(predicate, timeout: float = WAIT_SECONDS, every: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    return predicate()
 
 
 def _metric(text: str, prefix: str) -> float:
@@ -306,7 +297,7 @@ def test_canary_and_shadow_rollouts_in_the_running_service(mlflow_store, registr
 
         assert rollout() is None
         plan = start_rollout(client, name, "canary", "2", "1", ((0.0, 0.3),))
-        seen = _until(lambda: (rollout() or {}).get("challenger_version") == "2" and rollout())
+        seen = until(lambda: (rollout() or {}).get("challenger_version") == "2" and rollout())
         assert seen and seen["mode"] == "canary" and seen["share"] == 0.3
         assert "salt" not in seen and httpx.get(f"{url}/ready").json()["model_version"] == "1"
 
@@ -351,14 +342,14 @@ def test_canary_and_shadow_rollouts_in_the_running_service(mlflow_store, registr
 
         # The rollout ends: champion only again, within a bounded time.
         end_rollout(client, name, plan, "rolled_back", "test")
-        assert _until(lambda: rollout() is None), "the challenger was never dropped"
+        assert until(lambda: rollout() is None), "the challenger was never dropped"
         canary_keys = [key for key, variants in by_key.items() if variants == {"canary"}][:50]
         after = _send(url, [(key, rows[0]) for key in canary_keys])
         assert {(b["variant"], b["model_version"]) for _, b, _ in after} == {("champion", "1")}
 
         # Shadow: the champion answers everything; the challenger's copies are logged.
         start_rollout(client, name, "shadow", "2", "1", ((0.0, 0.0),))
-        assert _until(lambda: (rollout() or {}).get("mode") == "shadow")
+        assert until(lambda: (rollout() or {}).get("mode") == "shadow")
         shadowed = _send(url, [(f"client-{k}", rows[k % len(rows)]) for k in range(200)])
         sent = pd.DataFrame([rows[k % len(rows)] for k in range(200)])
         expected = [str(v) for v in models[0].pipeline.predict(sent)]
@@ -375,7 +366,7 @@ def test_canary_and_shadow_rollouts_in_the_running_service(mlflow_store, registr
             found = frame[frame["request_id"].isin(ids) & (frame["variant"] == "shadow")]
             return (found,) if len(found) >= len(ids) else None
 
-        result = _until(shadow_rows, 15)
+        result = until(shadow_rows, 15)
         assert result is not None, "shadow rows never reached the log"
         (found,) = result
         assert len(found) == len(ids) and set(found["request_id"]) == ids

@@ -46,6 +46,18 @@ def day_folder(root: str | Path, day: str) -> Path:
     return Path(root) / day
 
 
+def _day_folders(root: Path) -> dict[str, float]:
+    """day -> newest CSV/Parquet file mtime, for every day directory under `root`."""
+    if not root.is_dir():
+        return {}
+    days = {}
+    for folder in root.iterdir():
+        files = [f for f in folder.glob("*") if f.suffix.lower() in (".csv", ".parquet")]
+        if folder.is_dir() and files:
+            days[folder.name] = max(f.stat().st_mtime for f in files)
+    return days
+
+
 class ProductionDataResource(ConfigurableResource):
     """Reads one UTC day of production rows (features, outputs, labels where known)."""
 
@@ -109,15 +121,7 @@ class ProductionDataResource(ConfigurableResource):
 
     def landing_days(self) -> dict[str, float]:
         """day -> newest file mtime, for every day directory in the landing area."""
-        root = Path(self.landing_dir)
-        if not root.is_dir():
-            return {}
-        days = {}
-        for folder in root.iterdir():
-            files = [f for f in folder.glob("*") if f.suffix.lower() in (".csv", ".parquet")]
-            if folder.is_dir() and files:
-                days[folder.name] = max(f.stat().st_mtime for f in files)
-        return days
+        return _day_folders(Path(self.landing_dir))
 
     def landing(self, day: str, target: str) -> pd.DataFrame:
         folder = Path(self.landing_dir) / day
@@ -130,15 +134,7 @@ class ProductionDataResource(ConfigurableResource):
 
     def batch_input_days(self) -> dict[str, float]:
         """day -> newest file mtime, for every day directory of batch input."""
-        root = Path(self.batch_input_dir) if self.batch_input_dir else None
-        if root is None or not root.is_dir():
-            return {}
-        days = {}
-        for folder in root.iterdir():
-            files = [f for f in folder.glob("*") if f.suffix.lower() in (".csv", ".parquet")]
-            if folder.is_dir() and files:
-                days[folder.name] = max(f.stat().st_mtime for f in files)
-        return days
+        return _day_folders(Path(self.batch_input_dir)) if self.batch_input_dir else {}
 
     def batch_output_path(self, day: str) -> Path:
         """Where batch scoring writes (and this resource reads) `day`'s predictions."""
