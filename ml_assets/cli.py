@@ -215,6 +215,7 @@ def up(host: str, port: int, api_port: int, no_api: bool = False) -> int:
     watcher = threading.Thread(target=watch_status, name="ml-platform-status", daemon=True,
                                args=(halt, ui_url, f"Dagster's output in {dagster_log}"))
     watcher.start()
+    stopped: set[str] = set()  # interrupted by us: their exit code is no failure
     try:
         while all(p.poll() is None for _, p, _ in processes):
             time.sleep(0.5)
@@ -222,8 +223,9 @@ def up(host: str, port: int, api_port: int, no_api: bool = False) -> int:
         pass
     finally:
         halt.set()
-        for _, process, _ in processes:
+        for name, process, _ in processes:
             if process.poll() is None:
+                stopped.add(name)  # `dg dev` may exit 1 ("Aborted!") on the interrupt
                 process.send_signal(signal.SIGINT)
         for _, process, _ in processes:
             try:
@@ -233,7 +235,7 @@ def up(host: str, port: int, api_port: int, no_api: bool = False) -> int:
                 process.wait()
         watcher.join(timeout=5)
     failures = [(name, p.returncode, log) for name, p, log in processes
-                if p.returncode and p.returncode > 0]
+                if p.returncode and p.returncode > 0 and name not in stopped]
     for name, returncode, log in failures:
         print(f"{name} exited with code {returncode}; see {log}", file=sys.stderr)
     return failures[0][1] if failures else 0
