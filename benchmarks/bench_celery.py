@@ -5,7 +5,7 @@ parallel vs one after another.
     python benchmarks/bench_celery.py                      # 1,000,000 rows, 3 repeats
     python benchmarks/bench_celery.py --rows 100000 --repeats 1 --day-rows 5000   # quick
 
-The stack is the integration tests' (ml_assets_tests/production_stack.py): PostgreSQL
+The stack is the integration tests' (ml_assets_tests/support/production_stack.py): PostgreSQL
 instance storage from docker/dagster.yaml, runs queued and started by the daemon through
 the code server, steps on Celery workers (Redis broker and results), an `mlflow server`
 with a PostgreSQL backend store, the prediction log on PostgreSQL. Needs PostgreSQL and
@@ -36,12 +36,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ml_assets_tests.production_stack import (  # noqa: E402
+from ml_assets_tests.support.production_stack import (  # noqa: E402
     REDIS_URL,
     ProductionStack,
     pg_url,
 )
-from ml_assets_tests.services import reachable  # noqa: E402
+from ml_assets_tests.support.services import reachable  # noqa: E402
 
 MODEL = "bench_celery_model"
 AUTOMATION = [("sensor", "production_data_sensor"), ("sensor", "monitoring_automation"),
@@ -80,8 +80,8 @@ def write_prediction_log(stack: ProductionStack, days: list[str], rows: int,
     every run passes its checks and all of them execute every step)."""
     import mlflow
 
-    from ml_assets.core.datasets import SyntheticSpec, make_synthetic
-    from ml_assets.core.model_loading import load_pipeline
+    from ml_assets.core.artifacts.loading import load_pipeline
+    from ml_assets.core.data.datasets import SyntheticSpec, make_synthetic
     from ml_assets.core.prediction_log import PredictionRecord, open_prediction_log
 
     mlflow.set_tracking_uri(stack.mlflow_uri)

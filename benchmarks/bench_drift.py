@@ -92,7 +92,7 @@ def peak_rss_gib() -> float:
 
 def child_build(data: Path, exact: bool) -> dict:
     sys.path.insert(0, str(ROOT))
-    from ml_assets.core.drift import build_reference_profile
+    from ml_assets.core.drift.scoring import build_reference_profile
 
     reference = load_frame(data / "reference.npy")
     loaded = peak_rss_gib()
@@ -108,7 +108,7 @@ def child_build(data: Path, exact: bool) -> dict:
 
 def child_library(data: Path, ks: bool) -> dict:
     sys.path.insert(0, str(ROOT))
-    from ml_assets.core.drift import DriftConfig, ReferenceProfile, score_drift
+    from ml_assets.core.drift.scoring import DriftConfig, ReferenceProfile, score_drift
 
     current = load_frame(data / "current.npy")
     blob = (data / ("profile_exact.bin" if ks else "profile.bin")).read_bytes()

@@ -55,7 +55,7 @@ def prepare(workdir: Path) -> tuple[str, dict[str, Path]]:
     import mlflow
     import numpy as np
 
-    from serving.testing import experiment_id, register, train_breast_cancer
+    from ml_assets_tests.support.models import experiment_id, register, train_breast_cancer
 
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     trained = train_breast_cancer(n_estimators=200)

@@ -193,7 +193,7 @@ def prepare(workdir: Path) -> dict:
     import mlflow
     import numpy as np
 
-    from serving.testing import experiment_id, register, train_breast_cancer
+    from ml_assets_tests.support.models import experiment_id, register, train_breast_cancer
 
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     trained = train_breast_cancer(n_estimators=200)

@@ -34,16 +34,16 @@ def run_plain(args: dict) -> dict:
     preprocessor, cross-validate, final fit, log to MLflow, held-out metrics + picture."""
     import mlflow
 
-    from ml_assets.core import modeling
-    from ml_assets.core.features import build_preprocessor, split_frame
-    from ml_assets.core.metrics import (
+    from ml_assets.core.artifacts.saving import log_pipeline
+    from ml_assets.core.data.preprocessing import build_preprocessor, split_frame
+    from ml_assets.core.data.provenance import frame_fingerprint
+    from ml_assets.core.data.schemas import validate_frame
+    from ml_assets.core.modeling import pipeline as modeling
+    from ml_assets.core.modeling.metrics import (
         classification_metrics,
         confusion_matrix_png,
         confusion_table,
     )
-    from ml_assets.core.model_logging import log_pipeline
-    from ml_assets.core.provenance import frame_fingerprint
-    from ml_assets.core.schemas import validate_frame
     from ml_assets.features import feature_kinds
     from ml_assets.resources import DataSourceResource
 

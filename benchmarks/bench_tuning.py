@@ -7,7 +7,7 @@ pipeline on the same data, in one run (issue 11: Optuna tuning).
 
 Datasets: scikit-learn's breast cancer (569 x 30, binary, f1_weighted, stratified folds)
 and diabetes (442 x 10, regression, neg_root_mean_squared_error, plain folds);
-optionally a synthetic classification frame (`ml_assets.core.datasets.make_synthetic`).
+optionally a synthetic classification frame (`ml_assets.core.data.datasets.make_synthetic`).
 Every pipeline is `build_preprocessor` (impute, scale, SelectKBest) + the platform's
 default model, RandomForest with 200 trees (seed 42, n_jobs=-1), refitted in every fold.
 
@@ -53,8 +53,9 @@ from sklearn.pipeline import Pipeline
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ml_assets.core import modeling, tuning  # noqa: E402
-from ml_assets.core.features import build_preprocessor  # noqa: E402
+from ml_assets.core.data.preprocessing import build_preprocessor  # noqa: E402
+from ml_assets.core.modeling import pipeline as modeling  # noqa: E402
+from ml_assets.core.modeling import tuning  # noqa: E402
 
 # Every fit / predict of a TimedPipeline, in order: (kind, seconds).
 _CALLS: list[tuple[str, float]] = []
@@ -106,7 +107,7 @@ class Dataset:
 def load_datasets(synthetic_rows: int) -> list[Dataset]:
     from sklearn.datasets import load_diabetes
 
-    from ml_assets.core.datasets import (
+    from ml_assets.core.data.datasets import (
         BREAST_CANCER_TARGET,
         SyntheticSpec,
         load_breast_cancer_frame,

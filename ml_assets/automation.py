@@ -41,8 +41,8 @@ from dagster import (
 )
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
-from ml_assets.core import registry
-from ml_assets.core.rollout import read_rollout
+from ml_assets.core.registry import champion as registry
+from ml_assets.core.rollout.plan import read_rollout
 from ml_assets.monitoring import DRIFT_CHECK, daily_partitions
 from ml_assets.resources import MlflowTracking
 from ml_assets.resources.production import ProductionDataResource

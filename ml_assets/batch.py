@@ -28,11 +28,11 @@ from dagster import (
     asset,
 )
 
-from ml_assets.core import registry
-from ml_assets.core.datasets import CsvOptions, DataSourceError
-from ml_assets.core.datasets import _read as read_tabular_file
-from ml_assets.core.model_loading import LoadedModel, UntrustedModelError, load_pipeline
-from ml_assets.core.schemas import feature_columns, validate_frame
+from ml_assets.core.artifacts.loading import LoadedModel, UntrustedModelError, load_pipeline
+from ml_assets.core.data.datasets import CsvOptions, DataSourceError
+from ml_assets.core.data.datasets import _read as read_tabular_file
+from ml_assets.core.data.schemas import feature_columns, validate_frame
+from ml_assets.core.registry import champion as registry
 from ml_assets.monitoring import daily_partitions, is_regression_model, model_outputs
 from ml_assets.resources import DataSourceResource, MlflowTracking
 from ml_assets.resources.production import (

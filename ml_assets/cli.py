@@ -246,8 +246,8 @@ def rollback(to_version: str | None, reason: str) -> int:
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from ml_assets.core import registry
-    from ml_assets.core.model_loading import check_model
+    from ml_assets.core.artifacts.loading import check_model
+    from ml_assets.core.registry import champion as registry
 
     settings = PlatformSettings.from_env()
     client = MlflowClient(settings.mlflow_tracking_uri)
@@ -275,9 +275,9 @@ def rollout(action: str, mode: str = "canary", version: str | None = None,
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from ml_assets.core import registry
-    from ml_assets.core.model_loading import check_model
-    from ml_assets.core.rollout import end_rollout, read_rollout, start_rollout, step_schedule
+    from ml_assets.core.artifacts.loading import check_model
+    from ml_assets.core.registry import champion as registry
+    from ml_assets.core.rollout.plan import end_rollout, read_rollout, start_rollout, step_schedule
 
     settings = PlatformSettings.from_env()
     client = MlflowClient(settings.mlflow_tracking_uri)
@@ -355,7 +355,7 @@ def reexecute(run_id: str) -> int:
 
 def simulate(args) -> int:
     """Send realistic (optionally drifted) traffic to the API."""
-    from ml_assets.core.traffic import simulate as run
+    from ml_assets.core.rollout.traffic import simulate as run
     from ml_assets.resources.factory import build_resources
 
     settings = PlatformSettings.from_env()

@@ -19,16 +19,16 @@ from dagster import (
 )
 from pydantic import Field
 
-from ml_assets.core.features import Split
-from ml_assets.core.metrics import (
+from ml_assets.core.data.preprocessing import Split
+from ml_assets.core.modeling.metrics import (
     classification_metrics,
     confusion_matrix_png,
     confusion_table,
     failing_metrics,
     residual_plot_png,
 )
-from ml_assets.core.modeling import TrainedModel
-from ml_assets.core.tasks import regression_metrics
+from ml_assets.core.modeling.pipeline import TrainedModel
+from ml_assets.core.modeling.tasks import regression_metrics
 from ml_assets.resources import MlflowTracking
 from ml_assets.settings import PlatformSettings
 

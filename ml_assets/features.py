@@ -7,11 +7,16 @@ import pandas as pd
 from dagster import AssetExecutionContext, Config, Failure, MetadataValue, Output, asset
 from pydantic import Field
 
-from ml_assets.core.features import Split, build_preprocessor, selected_features, split_frame
-from ml_assets.core.provenance import frame_fingerprint
-from ml_assets.core.schema_inference import DATETIME_POLICY
-from ml_assets.core.schemas import feature_columns
-from ml_assets.core.tasks import detect_task
+from ml_assets.core.data.preprocessing import (
+    Split,
+    build_preprocessor,
+    selected_features,
+    split_frame,
+)
+from ml_assets.core.data.provenance import frame_fingerprint
+from ml_assets.core.data.schema_inference import DATETIME_POLICY
+from ml_assets.core.data.schemas import feature_columns
+from ml_assets.core.modeling.tasks import detect_task
 from ml_assets.resources import DataSourceResource
 from ml_assets.settings import PlatformSettings
 from ml_assets.validation import not_features

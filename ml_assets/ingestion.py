@@ -12,9 +12,8 @@ from dagster import (
 )
 from pydantic import Field
 
-from ml_assets.core.datasets import DataSourceError
-from ml_assets.core.provenance import frame_fingerprint
-from ml_assets.core.schema_inference import unknown_column_message
+from ml_assets.core.data.datasets import DataSourceError, unknown_column_message
+from ml_assets.core.data.provenance import frame_fingerprint
 from ml_assets.resources import DataSourceResource
 from ml_assets.resources.production import ProductionDataResource, labelled_production_rows
 from ml_assets.settings import PlatformSettings

@@ -27,15 +27,15 @@ from dagster import (
 from pydantic import Field
 from sklearn.base import is_regressor
 
-from ml_assets.core import registry
-from ml_assets.core.drift import DriftConfig, prediction_columns, score_drift
-from ml_assets.core.drift_profile import ReferenceProfile, build_reference_profile
-from ml_assets.core.features import Split
-from ml_assets.core.metrics import classification_metrics
-from ml_assets.core.model_loading import UntrustedModelError, load_pipeline
-from ml_assets.core.modeling import TrainedModel
+from ml_assets.core.artifacts.loading import UntrustedModelError, load_pipeline
+from ml_assets.core.data.preprocessing import Split
+from ml_assets.core.drift.profile import ReferenceProfile, build_reference_profile
+from ml_assets.core.drift.scoring import DriftConfig, prediction_columns, score_drift
+from ml_assets.core.modeling.metrics import classification_metrics
+from ml_assets.core.modeling.pipeline import TrainedModel
+from ml_assets.core.modeling.tasks import regression_metrics
 from ml_assets.core.prediction_log import numeric_predictions
-from ml_assets.core.tasks import regression_metrics
+from ml_assets.core.registry import champion as registry
 from ml_assets.features import feature_kinds
 from ml_assets.resources import DataSourceResource, MlflowTracking
 from ml_assets.resources.production import ProductionDataResource, answered_rows

@@ -17,35 +17,35 @@ from dagster import (
 )
 from pydantic import Field
 
-from ml_assets.core import registry
-from ml_assets.core.compilation import compile_version
-from ml_assets.core.features import Split, model_inputs
-from ml_assets.core.metrics import classification_metrics
-from ml_assets.core.model_loading import (
+from ml_assets.core.artifacts.compilation import compile_version
+from ml_assets.core.artifacts.loading import (
     UntrustedModelError,
     load_pipeline,
     model_directory,
     read_mlmodel,
 )
-from ml_assets.core.modeling import TrainedModel
-from ml_assets.core.promotion import PromotionDecision, decide_promotion
-from ml_assets.core.rollout import (
-    MODES,
-    RolloutPlan,
-    end_rollout,
-    read_rollout,
-    start_rollout,
-    step_schedule,
-)
-from ml_assets.core.schema_diff import ModelSchema, SchemaDiff, diff_models, model_schema
-from ml_assets.core.schemas import feature_columns
-from ml_assets.core.tasks import (
+from ml_assets.core.data.preprocessing import Split, model_inputs
+from ml_assets.core.data.schema_diff import ModelSchema, SchemaDiff, diff_models, model_schema
+from ml_assets.core.data.schemas import feature_columns
+from ml_assets.core.modeling.metrics import classification_metrics
+from ml_assets.core.modeling.pipeline import TrainedModel
+from ml_assets.core.modeling.tasks import (
     CLASSIFICATION_METRICS,
     DIRECTIONS,
     REGRESSION_METRICS,
     default_metric,
     regression_metrics,
     task_metrics,
+)
+from ml_assets.core.registry import champion as registry
+from ml_assets.core.registry.promotion import PromotionDecision, decide_promotion
+from ml_assets.core.rollout.plan import (
+    MODES,
+    RolloutPlan,
+    end_rollout,
+    read_rollout,
+    start_rollout,
+    step_schedule,
 )
 from ml_assets.resources import MlflowTracking
 from ml_assets.settings import PlatformSettings
@@ -263,7 +263,7 @@ def champion_comparison(context: AssetExecutionContext, config: PromotionConfig,
 
     First the schemas: a challenger whose inputs break the API's clients (a feature
     removed, a required one added, a type, nullability, allowed set or bound narrowed;
-    see `ml_assets.core.schema_diff`) is refused unless `allow_breaking_change`. Then
+    see `ml_assets.core.data.schema_diff`) is refused unless `allow_breaking_change`. Then
     the metrics on the held-out rows, which hold every validated column, so a champion
     whose columns are still in the data is always scored; one that cannot score them
     (its columns are gone) is replaced. The decision (who, when, why, metrics of both,

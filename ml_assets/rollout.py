@@ -17,16 +17,16 @@ from dagster import AssetExecutionContext, Config, Failure, MetadataValue, Outpu
 from mlflow.exceptions import MlflowException
 from pydantic import Field
 
-from ml_assets.core import registry
 from ml_assets.core.prediction_log import PredictionLogError
-from ml_assets.core.rollout import Rollout, end_rollout, read_rollout
-from ml_assets.core.rollout_decision import (
+from ml_assets.core.registry import champion as registry
+from ml_assets.core.rollout.decision import (
     CONTINUE,
     PROMOTE,
     RolloutCriteria,
     RolloutDecision,
     evaluate_rollout,
 )
+from ml_assets.core.rollout.plan import Rollout, end_rollout, read_rollout
 from ml_assets.resources import MlflowTracking
 from ml_assets.resources.production import ProductionDataResource
 from ml_assets.settings import PlatformSettings

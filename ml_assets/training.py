@@ -13,14 +13,15 @@ from pydantic import Field
 from sklearn.base import clone
 from sklearn.pipeline import Pipeline
 
-from ml_assets.core import estimators, modeling, tuning
-from ml_assets.core.features import Split
-from ml_assets.core.model_loading import TRUSTED_TYPES_ENV
-from ml_assets.core.model_logging import UntrustedModelError, check_trusted, log_pipeline
-from ml_assets.core.provenance import code_version, frame_fingerprint, library_versions
-from ml_assets.core.schema_inference import DATETIME_POLICY
-from ml_assets.core.schemas import excluded_columns, schema_yaml
-from ml_assets.core.tasks import default_cv_scoring
+from ml_assets.core.artifacts.loading import TRUSTED_TYPES_ENV
+from ml_assets.core.artifacts.saving import UntrustedModelError, check_trusted, log_pipeline
+from ml_assets.core.data.preprocessing import Split
+from ml_assets.core.data.provenance import code_version, frame_fingerprint, library_versions
+from ml_assets.core.data.schema_inference import DATETIME_POLICY
+from ml_assets.core.data.schemas import excluded_columns, schema_yaml
+from ml_assets.core.modeling import estimators, tuning
+from ml_assets.core.modeling import pipeline as modeling
+from ml_assets.core.modeling.tasks import default_cv_scoring
 from ml_assets.resources import DataSourceResource, MlflowTracking
 from ml_assets.settings import PlatformSettings
 from ml_assets.validation import not_features

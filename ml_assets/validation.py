@@ -17,8 +17,8 @@ from dagster import (
     asset,
 )
 
-from ml_assets.core.schema_inference import DATETIME_POLICY
-from ml_assets.core.schemas import (
+from ml_assets.core.data.schema_inference import DATETIME_POLICY
+from ml_assets.core.data.schemas import (
     ValidationReport,
     column_note,
     excluded_columns,

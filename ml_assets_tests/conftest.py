@@ -1,6 +1,11 @@
-"""Shared fixtures. One MLflow SQLite store per test session: MLflow's first use of
-a new store runs migrations for seconds, so every test shares it and isolates
-itself by experiment / registered-model name instead."""
+"""Shared fixtures, and the layers. One MLflow SQLite store per test session: MLflow's
+first use of a new store runs migrations for seconds, so every test shares it and
+isolates itself by experiment / registered-model name instead.
+
+Each test is marked by the folder it lives in, never by hand: `unit` (pure functions),
+`assets` (the graph in-process), `api` (the service in-process), `e2e` (real processes:
+uvicorn, the CLI, dg) and `production` (PostgreSQL, Redis, RabbitMQ on 127.0.0.1). The
+last two are also `slow`: the inner loop is `pytest -m "not slow"`."""
 
 from __future__ import annotations
 
@@ -13,6 +18,21 @@ import pytest
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
+
+
+LAYERS = ("unit", "assets", "api", "e2e", "production")
+SLOW_LAYERS = {"e2e", "production"}
+
+
+def pytest_collection_modifyitems(config, items):
+    root = Path(__file__).parent
+    for item in items:
+        layer = Path(item.path).relative_to(root).parts[0]
+        if layer not in LAYERS:
+            raise pytest.UsageError(f"{item.nodeid}: tests live in one of {LAYERS}")
+        item.add_marker(getattr(pytest.mark, layer))
+        if layer in SLOW_LAYERS:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -58,7 +78,7 @@ def mlflow_tracking(mlflow_store, unique_name, tmp_path: Path):
 @pytest.fixture
 def database():
     """A new, empty PostgreSQL database's name (dropped at teardown, connections and all)."""
-    from ml_assets_tests.services import pg_admin, require_postgres
+    from ml_assets_tests.support.services import pg_admin, require_postgres
 
     require_postgres()
     name = f"pl_test_{uuid.uuid4().hex[:12]}"
@@ -72,6 +92,6 @@ def database():
 @pytest.fixture
 def pg_url(database) -> str:
     """The URL of a new, empty PostgreSQL database."""
-    from ml_assets_tests.services import PG_SERVER
+    from ml_assets_tests.support.services import PG_SERVER
 
     return f"{PG_SERVER}/{database}"

@@ -11,7 +11,7 @@ Checks, each a row of the summary table:
 - training: `python -m ml_assets.cli train` (the `train_model` job, recorded in a
   Dagster instance) succeeds and makes a champion;
 - load: `models:/<name>@champion` loads with the platform's safe loader
-  (`ml_assets.core.model_loading.load_pipeline`, the one the API uses; never MLflow's
+  (`ml_assets.core.artifacts.loading.load_pipeline`, the one the API uses; never MLflow's
   loaders, which trust the artifact's own format and skops list);
 - metrics: held-out rows (the pipeline's own seeded split) are predicted by the loaded
   pipeline; accuracy, weighted precision/recall/F1 and ROC AUC must reach the thresholds;
@@ -21,7 +21,7 @@ Checks, each a row of the summary table:
   (names, order, types, required = not nullable), for the schema in the model's
   metadata and the data source's schema;
 - skops: the model is stored in the skops format, needs only reviewed types
-  (ml_assets.core.modeling.SKOPS_TRUSTED_TYPES plus ML_SKOPS_TRUSTED_TYPES), and
+  (ml_assets.core.modeling.pipeline.SKOPS_TRUSTED_TYPES plus ML_SKOPS_TRUSTED_TYPES), and
   loading it while trusting nothing is refused (skops raises
   UntrustedTypesFoundException instead of running code).
 
@@ -127,8 +127,8 @@ def train() -> Check:
 def held_out_rows(settings):
     """The held-out split exactly as the pipeline makes it: same data source, schema,
     validation and seeded split (SplitConfig defaults)."""
-    from ml_assets.core.features import split_frame
-    from ml_assets.core.schemas import validate_frame
+    from ml_assets.core.data.preprocessing import split_frame
+    from ml_assets.core.data.schemas import validate_frame
     from ml_assets.features import SplitConfig
     from ml_assets.resources.factory import build_resources
 
@@ -146,7 +146,7 @@ def held_out_rows(settings):
 
 
 def expected_inputs(schema, target: str) -> list[tuple[str, str, bool]]:
-    from ml_assets.core.schemas import feature_columns
+    from ml_assets.core.data.schemas import feature_columns
 
     types = {"numeric": "double", "boolean": "boolean", "categorical": "string"}
     return [(name, types[kind], not schema.columns[name].nullable)
@@ -186,13 +186,13 @@ def _mlflow_type_name(spec) -> str:
 def skops_check(model_uri: str) -> Check:
     import skops.io
 
-    from ml_assets.core.model_loading import (
+    from ml_assets.core.artifacts.loading import (
         UntrustedModelError,
         inspect_model,
         model_directory,
         operator_trusted_types,
     )
-    from ml_assets.core.modeling import SKOPS_TRUSTED_TYPES
+    from ml_assets.core.modeling.pipeline import SKOPS_TRUSTED_TYPES
 
     with model_directory(model_uri) as local:
         try:
@@ -224,9 +224,9 @@ def validate(args: argparse.Namespace, trained: bool) -> list[Check]:
     import mlflow
     import numpy as np
 
-    from ml_assets.core.metrics import classification_metrics, failing_metrics
-    from ml_assets.core.model_loading import FEATURE_SCHEMA_KEY, load_pipeline
-    from ml_assets.core.schemas import schema_from_yaml
+    from ml_assets.core.artifacts.loading import FEATURE_SCHEMA_KEY, load_pipeline
+    from ml_assets.core.data.schemas import schema_from_yaml
+    from ml_assets.core.modeling.metrics import classification_metrics, failing_metrics
     from ml_assets.settings import PlatformSettings
 
     settings = PlatformSettings.from_env()
@@ -303,7 +303,7 @@ def regression_checks(pipeline, split, args, version, trained: bool) -> list[Che
     import mlflow
     import numpy as np
 
-    from ml_assets.core.tasks import regression_metrics
+    from ml_assets.core.modeling.tasks import regression_metrics
 
     predicted = np.asarray(pipeline.predict(split.X_test), dtype=np.float64)
     checks = [Check("finite predictions", bool(np.all(np.isfinite(predicted))),

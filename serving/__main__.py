@@ -22,7 +22,7 @@ from serving.workers import run_workers
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Models open only through ml_assets.core.model_loading; MLflow's own loaders
+    # Models open only through ml_assets.core.artifacts.loading; MLflow's own loaders
     # (which trust the artifact's format and skops list) are disabled in this process.
     os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
     parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__)

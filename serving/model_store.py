@@ -5,7 +5,7 @@ and uses that model to the end, so a swap (a single assignment) never changes
 the model under a request in flight. A candidate version is only swapped in
 after it loads and passes a smoke prediction; otherwise it is rejected, counted,
 and the old model keeps serving. Models are opened only by the platform's safe
-loader (`ml_assets.core.model_loading`): a version it refuses (pickle, unreviewed
+loader (`ml_assets.core.artifacts.loading`): a version it refuses (pickle, unreviewed
 skops types) is rejected as `untrusted_model` and never runs a line of its code.
 """
 
@@ -32,16 +32,16 @@ from mlflow.exceptions import MlflowException
 from sklearn.base import is_classifier, is_regressor
 from sklearn.pipeline import Pipeline
 
-from ml_assets.core.compilation import read_compiled
-from ml_assets.core.model_loading import (
+from ml_assets.core.artifacts.compilation import read_compiled
+from ml_assets.core.artifacts.loading import (
     LoadedModel,
     UntrustedModelError,
     load_pipeline,
     model_file_path,
     read_mlmodel,
 )
-from ml_assets.core.onnx_model import CompiledModel, near_ties
-from ml_assets.core.schemas import excluded_columns
+from ml_assets.core.artifacts.onnx_model import CompiledModel, near_ties
+from ml_assets.core.data.schemas import excluded_columns
 from serving.metrics import ServiceMetrics
 from serving.request_models import (
     OUT_OF_RANGE,

@@ -16,7 +16,7 @@ Values are validated exactly as /predict validates them: every column goes throu
 served model's own generated field validators (`RequestModels.record`), except where a
 vectorised check decides the same answer for a clean column, or a clean all-number
 request, at once (`_fast_column`, `_number_rows`; a property test in
-ml_assets_tests/test_open_inference.py checks they agree with /predict). Rows then
+ml_assets_tests/api/test_open_inference.py checks they agree with /predict). Rows then
 take the one prediction path (`Service.predict_rows` / `predict_values`), so they are
 logged and counted like every other prediction. docs/open_inference.md has the details.
 """
@@ -40,7 +40,7 @@ from fastapi import APIRouter, Depends, FastAPI, Path, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from ml_assets.core.rollout import CHAMPION
+from ml_assets.core.rollout.plan import CHAMPION
 from serving.guards import json_content_type, off_loop
 from serving.input_limits import FLOAT32_MAX, InputOverflow, excerpt
 from serving.middleware import request_id_of

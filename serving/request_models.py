@@ -38,7 +38,7 @@ from pydantic.config import JsonDict
 from pydantic.json_schema import models_json_schema
 from pydantic_core import PydanticCustomError
 
-from ml_assets.core.schemas import FEATURE_ROLE, column_role
+from ml_assets.core.data.schemas import FEATURE_ROLE, column_role
 from serving.input_limits import FLOAT32_MAX, INT64_MAX, INT64_MIN, derived_bounds
 
 RECORD_MODEL = "PredictRequest"

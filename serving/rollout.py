@@ -1,4 +1,4 @@
-"""The API's side of a gradual rollout (ml_assets.core.rollout): the challenger slot,
+"""The API's side of a gradual rollout (ml_assets.core.rollout.plan): the challenger slot,
 which variant answers a request, and the bounded shadow copies.
 
 `RolloutRouter.refresh()` runs on the same poll as the champion's refresh (and on
@@ -24,7 +24,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
-from ml_assets.core.rollout import (
+from ml_assets.core.rollout.plan import (
     CANARY,
     CANARY_ALIAS,
     CHAMPION,

@@ -55,7 +55,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
           "prediction log cannot commit the rows now (Retry-After says when to retry)."},
 }
 _JSON_ONLY = [Depends(require_json)]
-# Which variant answered (champion, or canary during a canary rollout): ml_assets.core.rollout.
+# Which variant answered (champion, or canary during a canary rollout): ml_assets.core.rollout.plan.
 VARIANT_HEADER = "X-Model-Variant"
 
 

@@ -30,7 +30,7 @@ from ml_assets.core.prediction_log import (
     PredictionLogUnavailable,
     PredictionRecord,
 )
-from ml_assets.core.rollout import CANARY, CHAMPION, SHADOW
+from ml_assets.core.rollout.plan import CANARY, CHAMPION, SHADOW
 from serving.batcher import MicroBatcher
 from serving.input_limits import InputOverflow, NonFinitePrediction
 from serving.metrics import ServiceMetrics

@@ -10,8 +10,8 @@ import pandera.pandas as pa
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from ml_assets.core import datasets, schemas
-from ml_assets.core.schema_inference import checked_schema
+from ml_assets.core.data import datasets, schemas
+from ml_assets.core.data.schema_inference import checked_schema
 from ml_assets.settings import PlatformSettings
 
 

@@ -13,7 +13,7 @@ import pandas as pd
 from dagster import ConfigurableResource, EnvVar
 from pydantic import Field
 
-from ml_assets.core.datasets import DataSourceError, load_tabular_files
+from ml_assets.core.data.datasets import DataSourceError, load_tabular_files
 from ml_assets.core.prediction_log import (
     PredictionLog,
     open_prediction_log,

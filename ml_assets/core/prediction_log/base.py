@@ -52,7 +52,7 @@ logger = logging.getLogger("ml_assets.core.prediction_log")
 # confidence; read_day returns the column as float64 for a day whose every row has no
 # probabilities (all from regressors). See `numeric_predictions`.
 # variant: who answered ("champion", "canary": the challenger answered a canary share,
-# "shadow": the challenger scored a copy, never returned; see ml_assets.core.rollout);
+# "shadow": the challenger scored a copy, never returned; see ml_assets.core.rollout.plan);
 # rows logged before the column existed read as "champion". latency_ms: the model time
 # of the row's request (NaN when unknown). error: non-empty when the challenger failed
 # on this request ("<Type>: <message>"; its prediction is "" then), "" otherwise.

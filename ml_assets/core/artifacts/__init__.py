@@ -1,0 +1,1 @@
+"""Model artifacts: the one safe loader, logging to MLflow, the compiled (ONNX) flavour."""

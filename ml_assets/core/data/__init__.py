@@ -1,0 +1,1 @@
+"""Data: datasets, Pandera schemas (declared, inferred, diffed), preprocessing, provenance."""

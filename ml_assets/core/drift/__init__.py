@@ -1,0 +1,1 @@
+"""Drift: the reference profile, per-feature statistics, day scoring."""

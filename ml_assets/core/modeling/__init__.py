@@ -1,0 +1,1 @@
+"""Modeling: tasks, estimators, the fitted Pipeline, metrics, tuning."""

@@ -1,0 +1,1 @@
+"""Registry: the champion alias and its history, promotion decisions."""

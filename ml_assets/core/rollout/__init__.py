@@ -1,0 +1,1 @@
+"""Rollout: the plan in the registry, the sequential test, the decision, traffic."""

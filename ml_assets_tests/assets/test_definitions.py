@@ -1,0 +1,66 @@
+"""Snapshot of every asset, group, check, job, sensor and schedule: a rename is a choice,
+not an accident. Regenerate with
+UPDATE_SNAPSHOTS=1 pytest ml_assets_tests/assets/test_definitions.py"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from ml_assets.definitions import defs
+
+SNAPSHOT = Path(__file__).parent / "snapshots" / "definitions.json"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def describe(definitions) -> dict:
+    graph = definitions.resolve_asset_graph()
+    assets = {}
+    for key in sorted(graph.get_all_asset_keys(), key=lambda k: k.to_user_string()):
+        node = graph.get(key)
+        assets[key.to_user_string()] = {
+            "group": node.group_name,
+            "deps": sorted(d.to_user_string() for d in node.parent_keys),
+            "checks": sorted(c.name for c in node.check_keys),
+            "retry": bool(definitions.get_assets_def(key).op.retry_policy),
+        }
+    checks = {}
+    for check_key in sorted(graph.asset_check_keys, key=lambda k: (k.asset_key.path, k.name)):
+        spec = graph.get_check_spec(check_key)
+        checks[f"{check_key.asset_key.to_user_string()}:{check_key.name}"] = {
+            "blocking": spec.blocking}
+    repository = definitions.get_repository_def()
+    return {
+        "assets": assets,
+        "checks": checks,
+        "jobs": sorted(j.name for j in repository.get_all_jobs()
+                       if not j.name.startswith("__")),
+        "sensors": sorted(s.name for s in repository.sensor_defs),
+        "schedules": sorted(s.name for s in repository.schedule_defs),
+        "resources": sorted(definitions.resources or {}),
+    }
+
+
+def test_definitions_snapshot():
+    current = describe(defs)
+    if os.environ.get("UPDATE_SNAPSHOTS") == "1":
+        SNAPSHOT.parent.mkdir(exist_ok=True)
+        SNAPSHOT.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
+    assert SNAPSHOT.exists(), "no snapshot: run with UPDATE_SNAPSHOTS=1 and review the diff"
+    assert current == json.loads(SNAPSHOT.read_text())
+
+
+def test_every_asset_has_a_docstring_for_the_ui():
+    for key in defs.resolve_asset_graph().get_all_asset_keys():
+        description = defs.get_assets_def(key).descriptions_by_key.get(key)
+        assert description and len(description) > 40, key
+
+
+def test_workspace_loads_like_the_webserver_loads_it(tmp_path):
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "ML_PLATFORM_HOME": str(tmp_path)}
+    done = subprocess.run([Path(sys.executable).with_name("dagster"), "definitions",
+                           "validate", "-w", "workspace.yaml"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "All code locations passed validation" in done.stderr + done.stdout

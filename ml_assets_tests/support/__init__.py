@@ -1,0 +1,1 @@
+"""What the tests share: one API launcher, trained models, graph runs, local services."""
