@@ -1211,30 +1211,31 @@ def test_ci_workflow_runs_every_stage_from_the_lock():
     triggers = workflow.get("on", workflow.get(True))  # YAML 1.1 reads `on` as True
     assert {"push", "pull_request"} <= set(triggers)
     jobs = workflow["jobs"]
-    assert {"lint", "typecheck", "data-quality", "model-tests", "model-validation",
-            "images"} <= set(jobs)
+    layers = sorted(p.name for p in (ROOT / "ml_assets_tests").iterdir()
+                    if p.is_dir() and p.name not in {"support", "__pycache__"}
+                    and any(p.glob("test_*.py")))
+    assert layers == ["api", "assets", "e2e", "production", "unit"]
+    assert {"lint", "typecheck", "model-validation", "images", *layers} <= set(jobs)
     runs = {name: "\n".join(s.get("run", "") for s in job["steps"]) for name, job in jobs.items()}
     for name, script in runs.items():
         for install in re.findall(r"pip install[^\n]*", script):
             assert "-c requirements.lock" in install, (name, install)
     assert "ruff check" in runs["lint"] and "mypy" in runs["typecheck"]
-    data_tests = re.findall(r"ml_assets_tests/\w+\.py", runs["data-quality"])
-    assert set(data_tests) == {"ml_assets_tests/unit/test_schemas.py",
-                               "ml_assets_tests/unit/test_datasets.py"}
-    assert all((ROOT / path).exists() for path in data_tests)
-    for path in data_tests:  # the model tests run the rest
-        assert f"--ignore={path}" in runs["model-tests"]
-    services = jobs["model-tests"]["services"]
-    assert {s: services[s]["ports"] for s in ("postgres", "redis", "rabbitmq")} == {
-        "postgres": ["5432:5432"], "redis": ["6379:6379"], "rabbitmq": ["5672:5672"]}
-    assert services["postgres"]["env"]["POSTGRES_DB"] == "test"
-    assert services["postgres"]["env"]["POSTGRES_HOST_AUTH_METHOD"] == "trust"
-    # guest is loopback-only in RabbitMQ: the tests get the service's own user.
-    rabbit = services["rabbitmq"]["env"]
-    model_tests = next(s for s in jobs["model-tests"]["steps"] if "pytest" in s.get("run", ""))
-    assert model_tests["env"]["ML_TEST_RABBITMQ_URL"] == \
-        f"amqp://{rabbit['RABBITMQ_DEFAULT_USER']}:{rabbit['RABBITMQ_DEFAULT_PASS']}" \
-        "@127.0.0.1:5672//"
+    # one job per layer, each running exactly its folder: together, the whole suite
+    for layer in layers:
+        assert re.findall(r"pytest[^\n]*", runs[layer]) == [f"pytest ml_assets_tests/{layer}"]
+    for layer in ("e2e", "production"):  # the production profile's servers
+        services = jobs[layer]["services"]
+        assert {s: services[s]["ports"] for s in ("postgres", "redis", "rabbitmq")} == {
+            "postgres": ["5432:5432"], "redis": ["6379:6379"], "rabbitmq": ["5672:5672"]}
+        assert services["postgres"]["env"]["POSTGRES_DB"] == "test"
+        assert services["postgres"]["env"]["POSTGRES_HOST_AUTH_METHOD"] == "trust"
+        # guest is loopback-only in RabbitMQ: the tests get the service's own user.
+        rabbit = services["rabbitmq"]["env"]
+        step = next(s for s in jobs[layer]["steps"] if "pytest" in s.get("run", ""))
+        assert step["env"]["ML_TEST_RABBITMQ_URL"] == \
+            f"amqp://{rabbit['RABBITMQ_DEFAULT_USER']}:{rabbit['RABBITMQ_DEFAULT_PASS']}" \
+            "@127.0.0.1:5672//"
 
     validate = re.search(r"python scripts/validate_model.py([^\n]*(?:\n  [^\n]*)*)",
                          runs["model-validation"])
