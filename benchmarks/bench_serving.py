@@ -248,8 +248,8 @@ def _served(name: str, runtime: str):
 
 def in_process_limits(name: str, row, batch) -> dict:
     """One thread, no HTTP: what the model calls alone cost (rows/s)."""
-    onnx_model, sk_model = _served(name, "onnx"), _served(name, "sklearn")
-    compiled = onnx_model.compiled
+    onnx_served, sk_model = _served(name, "onnx"), _served(name, "sklearn")
+    compiled = onnx_served.compiled
     assert compiled is not None, "the benchmark model must have passed parity"
     rows_1, rows_1000 = row.values.tolist(), batch.values.tolist()
     tensors_1, tensors_1000 = compiled.inputs(rows_1), compiled.inputs(rows_1000)

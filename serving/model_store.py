@@ -40,7 +40,7 @@ from ml_assets.core.artifacts.loading import (
     model_file_path,
     read_mlmodel,
 )
-from ml_assets.core.artifacts.onnx_model import CompiledModel, near_ties
+from ml_assets.core.artifacts.onnx.runtime import CompiledModel, near_ties
 from ml_assets.core.data.schemas import excluded_columns
 from serving.metrics import ServiceMetrics
 from serving.request_models import (

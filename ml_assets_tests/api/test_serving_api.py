@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 import numpy as np
 import pytest
 
-from ml_assets.core.artifacts.onnx_model import PROBABILITY_TOLERANCE
+from ml_assets.core.artifacts.onnx.parity import PROBABILITY_TOLERANCE
 from ml_assets.core.prediction_log import SQLitePredictionLog
 from ml_assets_tests.support.models import experiment_id, register, train_breast_cancer
 from serving.app import create_app

@@ -33,20 +33,25 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from ml_assets.core.artifacts import onnx_model
 from ml_assets.core.artifacts.compilation import compile_version, read_compiled
-from ml_assets.core.artifacts.onnx_model import (
+from ml_assets.core.artifacts.onnx.columns import _served_dtypes
+from ml_assets.core.artifacts.onnx.contract import (
     NAN_STRING,
     ONNX_ARTIFACT,
-    CompiledModel,
     CompiledModelError,
     ConversionError,
+)
+from ml_assets.core.artifacts.onnx.convert import compile_pipeline
+from ml_assets.core.artifacts.onnx.convertible import HIST_GRADIENT_BOOSTING_REASON
+from ml_assets.core.artifacts.onnx.gate import compile_and_check
+from ml_assets.core.artifacts.onnx.graph_check import ALLOWED_OPS
+from ml_assets.core.artifacts.onnx.parity import (
+    PROBABILITY_TOLERANCE,
+    RELATIVE_TOLERANCE,
     check_parity,
-    compile_and_check,
-    compile_pipeline,
-    near_ties,
     rows_of,
 )
+from ml_assets.core.artifacts.onnx.runtime import TIE_TOLERANCE, CompiledModel, near_ties
 from ml_assets.core.data.datasets import BREAST_CANCER_TARGET, load_breast_cancer_frame
 from ml_assets.core.data.preprocessing import build_preprocessor, split_frame
 from ml_assets.core.data.schema_inference import infer_schema
@@ -131,7 +136,7 @@ def _labels_identical(trained: TrainedPipeline, compiled: CompiledModel) -> None
                       np.asarray(trained.pipeline.classes_)[proba.argmax(axis=1)])
     assert (labels == expected_labels).all()
     expected = trained.pipeline.predict_proba(trained.X_test)
-    assert np.abs(proba - expected).max() <= onnx_model.PROBABILITY_TOLERANCE
+    assert np.abs(proba - expected).max() <= PROBABILITY_TOLERANCE
 
 
 # --- parity on real models --------------------------------------------------------------
@@ -143,7 +148,7 @@ def test_random_forest_binary_has_identical_labels(forest):
     # 30 features missing + every one missing, each on 3 rows.
     assert report.probe_rows == 31 * 3
     assert report.max_probability_diff is not None
-    assert report.max_probability_diff <= onnx_model.PROBABILITY_TOLERANCE
+    assert report.max_probability_diff <= PROBABILITY_TOLERANCE
     assert report.sha256 == hashlib.sha256(data).hexdigest() == compiled.sha256
     _labels_identical(trained, compiled)
     graph = onnx.load_from_string(data)
@@ -194,7 +199,7 @@ def test_a_missing_category_is_imputed_as_in_training_on_both_runtimes(penguin_f
     from serving.request_models import FeatureSpec, frame_from_rows
 
     trained, _, _, compiled = penguin_forest
-    base = onnx_model._served_dtypes(trained.X_test.head(20)).reset_index(drop=True)
+    base = _served_dtypes(trained.X_test.head(20)).reset_index(drop=True)
     with_none = base.assign(sex=None, island=None)
     with_nan = base.assign(sex=np.nan, island=np.nan)
     pipeline = trained.pipeline
@@ -226,7 +231,7 @@ def test_regression_ridge_and_tree_regressors():
                                          "regression")
         assert data is not None and report.passed, f"{name}: {report.reason}"
         assert report.max_relative_error is not None
-        assert report.max_relative_error <= onnx_model.RELATIVE_TOLERANCE
+        assert report.max_relative_error <= RELATIVE_TOLERANCE
         assert report.max_probability_diff is None and report.rows == len(trained.X_test)
         compiled = CompiledModel.from_bytes(data, list(trained.X_train.columns),
                                             "regression", None)
@@ -339,7 +344,7 @@ def test_a_regression_graph_that_differs_fails_with_figures():
                                         list(other.X_train.columns), "regression", None)
     report = check_parity(trained.pipeline, impostor, trained.X_test, "regression")
     assert not report.passed and report.max_relative_error is not None
-    assert report.max_relative_error > onnx_model.RELATIVE_TOLERANCE
+    assert report.max_relative_error > RELATIVE_TOLERANCE
     assert "values differ by more than 0.0001 relative" in report.reason
     assert "onnx " in report.reason and "sklearn " in report.reason
 
@@ -402,7 +407,7 @@ def test_graphs_that_are_not_the_platforms_are_refused(forest, monkeypatch):
         CompiledModel.from_bytes(data, names, "regression", None)
     with pytest.raises(CompiledModelError, match="for 3 classes|with shape"):
         CompiledModel.from_bytes(data, names, "binary", ["a", "b", "c"])
-    monkeypatch.setattr(onnx_model, "MAX_BYTES", len(data) - 1)
+    monkeypatch.setattr("ml_assets.core.artifacts.onnx.runtime.MAX_BYTES", len(data) - 1)
     with pytest.raises(CompiledModelError, match="over the"):
         CompiledModel.from_bytes(data, names, "binary", classes)
     monkeypatch.undo()
@@ -414,7 +419,7 @@ def test_graphs_that_are_not_the_platforms_are_refused(forest, monkeypatch):
 
 def test_rows_and_frames_give_the_same_inputs_and_answers(forest, penguin_forest):
     for trained, _, _, compiled in (forest, penguin_forest):
-        frame = onnx_model._served_dtypes(trained.X_test).reset_index(drop=True)
+        frame = _served_dtypes(trained.X_test).reset_index(drop=True)
         for i, column in enumerate(frame.columns):  # a missing value in every column
             frame.loc[i, column] = np.nan  # serving's missing value for the Pipeline
         rows = rows_of(frame)  # the service's rows: None
@@ -573,7 +578,7 @@ def test_a_real_near_tie_keeps_the_graphs_probabilities_and_the_pipelines_label(
     model[-1].intercept_ = np.array([0.0])
     row = pd.DataFrame({"x": [1.6e-5, 0.5]})
     expected = model.predict_proba(row)
-    assert 0 < expected[0, 1] - expected[0, 0] < onnx_model.TIE_TOLERANCE
+    assert 0 < expected[0, 1] - expected[0, 0] < TIE_TOLERANCE
     assert model.predict(row).tolist() == [1, 1]
     compiled = CompiledModel.from_bytes(compile_pipeline(model, X, "binary"), ["x"],
                                         "binary", model.classes_)
@@ -617,14 +622,15 @@ def test_hist_gradient_boosting_is_refused_with_the_reason(cancer, cancer_schema
         data, report = compile_and_check(trained.pipeline, trained.X_train, trained.X_test,
                                          task)
         assert data is None and report.status == "not_converted"
-        assert report.reason == onnx_model.HIST_GRADIENT_BOOSTING_REASON == (
+        assert report.reason == HIST_GRADIENT_BOOSTING_REASON == (
             "HistGradientBoosting compares float64 thresholds; ONNX Runtime's tree "
             "ensemble compares float32: served by scikit-learn")
 
 
 def test_a_double_graph_onnxruntime_refuses_is_not_retried_in_float32(monkeypatch):
     trained = train_regression(Ridge())
-    monkeypatch.setattr(onnx_model, "_runs", lambda model: "no kernel for MatMul(double)")
+    monkeypatch.setattr("ml_assets.core.artifacts.onnx.convert._runs",
+                        lambda model: "no kernel for MatMul(double)")
     with pytest.raises(ConversionError, match="cannot run the float64 graph of Ridge.*"
                                               "no kernel for MatMul"):
         compile_pipeline(trained.pipeline, trained.X_train, "regression")
@@ -716,7 +722,7 @@ def test_absurd_or_external_constants_are_refused(monkeypatch):
     node.attribute.append(helper.make_attribute("s", sparse))
     _refused_quickly(_hostile([node]), "external data")
     weights = helper.make_tensor("w", TensorProto.DOUBLE, [64], [0.0] * 64)
-    monkeypatch.setattr(onnx_model, "MAX_INITIALIZER_BYTES", 100)
+    monkeypatch.setattr("ml_assets.core.artifacts.onnx.graph_check.MAX_INITIALIZER_BYTES", 100)
     _refused_quickly(_hostile(identity, [weights]), "constant tensors are over")
 
 
@@ -724,4 +730,4 @@ def test_every_graph_the_platform_compiles_uses_only_allowed_operators(forest,
                                                                       penguin_forest):
     for data in (forest[1], penguin_forest[1]):
         ops = {(n.domain, n.op_type) for n in onnx.load_from_string(data).graph.node}
-        assert ops <= onnx_model.ALLOWED_OPS
+        assert ops <= ALLOWED_OPS

@@ -21,15 +21,11 @@ from pathlib import Path
 import pandas as pd
 from mlflow import MlflowClient
 
-from ml_assets.core.artifacts.onnx_model import (
-    MAX_BYTES,
-    ONNX_ARTIFACT,
-    RUNTIME,
-    CompiledModel,
-    ConversionError,
-    ParityReport,
-    compile_and_check,
-)
+from ml_assets.core.artifacts.onnx.contract import ONNX_ARTIFACT, RUNTIME, ConversionError
+from ml_assets.core.artifacts.onnx.gate import compile_and_check
+from ml_assets.core.artifacts.onnx.graph_check import MAX_BYTES
+from ml_assets.core.artifacts.onnx.parity import ParityReport
+from ml_assets.core.artifacts.onnx.runtime import CompiledModel
 
 __all__ = ["ONNX_ARTIFACT", "compile_version", "read_compiled"]
 
