@@ -60,7 +60,8 @@ def prepare(workdir: Path) -> tuple[str, dict[str, Path]]:
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     trained = train_breast_cancer(n_estimators=200)
     name = "bench_model"
-    register(trained, name, experiment_id("bench", (workdir / "artifacts").as_uri()))
+    register(trained, name, experiment_id("bench", (workdir / "artifacts").as_uri()),
+             compile=True)  # served as in production: the compiled graph
     X = trained.X_test
     batch = X.iloc[np.random.default_rng(0).integers(0, len(X), bs.BATCH_ROWS)]
     bodies = {"record": {k: float(v) for k, v in X.iloc[0].items()},

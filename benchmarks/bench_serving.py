@@ -199,7 +199,7 @@ def prepare(workdir: Path) -> dict:
     trained = train_breast_cancer(n_estimators=200)
     name = "bench_model"
     register(trained, name, experiment_id("bench", (workdir / "artifacts").as_uri()),
-             infer_requirements=True)
+             infer_requirements=True, compile=True)
     tags = mlflow.MlflowClient().get_model_version(name, "1").tags
     print(f"registered {name} version 1: onnx.parity={tags.get('onnx.parity')} "
           f"max |dp|={tags.get('onnx.parity.max_probability_diff')} "

@@ -10,6 +10,7 @@ last two are also `slow`: the inner loop is `pytest -m "not slow"`."""
 from __future__ import annotations
 
 import os
+import signal
 import uuid
 from pathlib import Path
 
@@ -47,6 +48,48 @@ def mlflow_store(tmp_path_factory) -> dict[str, str]:
     # Run the migrations once, up front.
     mlflow.MlflowClient(tracking_uri).search_experiments()
     return {"tracking_uri": tracking_uri, "artifact_root": artifact_root}
+
+
+# The signal dispositions this process started with. Dagster's in-process execution
+# maps SIGTERM onto SIGINT's disposition and leaves it so; when the suite runs in the
+# background (no job control: SIGINT ignored) that is SIG_IGN, which every process a
+# later test starts would inherit (a container's entrypoint could then not be stopped).
+SIGNALS = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore_signals() -> None:
+    for sig, handler in SIGNALS.items():
+        if signal.getsignal(sig) != handler:
+            signal.signal(sig, handler)
+
+
+@pytest.fixture(autouse=True)
+def own_signals():
+    """Each test starts and ends with the dispositions the session started with."""
+    _restore_signals()  # module/session fixtures may have run Dagster just now
+    yield
+    _restore_signals()
+
+
+@pytest.fixture(scope="session")
+def cancer_champion(mlflow_store):
+    """ONE breast-cancer model per session (a 20-tree forest), registered as version 1
+    of its own registered model, champion, compiled (its ONNX graph passed parity) and
+    with a logged metric (cv_f1_weighted_mean 0.95). For the tests that only READ it:
+    serve it, predict, read its metadata. A test that moves an alias, tags a version,
+    registers another version or needs another model registers its own."""
+    from ml_assets_tests.support.models import (
+        Champion,
+        experiment_id,
+        register,
+        train_breast_cancer,
+    )
+
+    trained = train_breast_cancer(n_estimators=20)
+    name = f"shared_bc_{uuid.uuid4().hex[:8]}"
+    version, info = register(trained, name, experiment_id(name, mlflow_store["artifact_root"]),
+                             metrics={"cv_f1_weighted_mean": 0.95}, compile=True)
+    return Champion(name, version, trained, info)
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import pytest
 
 from ml_assets.core.artifacts.onnx.parity import PROBABILITY_TOLERANCE
 from ml_assets.core.prediction_log import SQLitePredictionLog
-from ml_assets_tests.support.models import experiment_id, register, train_breast_cancer
 from serving.app import create_app
 from serving.settings import ServingSettings
 
@@ -23,16 +22,14 @@ with warnings.catch_warnings():  # starlette prefers httpx2 over the pinned http
 
 
 @pytest.fixture(scope="module")
-def trained():
-    return train_breast_cancer(n_estimators=20)
+def trained(cancer_champion):
+    return cancer_champion.trained
 
 
 @pytest.fixture(scope="module")
-def champion(mlflow_store, trained) -> str:
-    name = f"api_{uuid.uuid4().hex[:8]}"
-    experiment = experiment_id(name, mlflow_store["artifact_root"])
-    register(trained, name, experiment, metrics={"cv_f1_weighted_mean": 0.95})
-    return name
+def champion(cancer_champion) -> str:
+    """The session's breast-cancer champion (compiled; metric cv_f1_weighted_mean 0.95)."""
+    return cancer_champion.name
 
 
 def make_settings(mlflow_store, name, tmp_path, **overrides) -> ServingSettings:

@@ -7,7 +7,6 @@ import io
 import json
 import resource
 import time
-import uuid
 import warnings
 
 import numpy as np
@@ -15,7 +14,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ml_assets_tests.support.models import experiment_id, register, train_breast_cancer
 from serving.app import create_app
 from serving.batcher import _predict
 from serving.input_limits import FLOAT32_MAX, InputOverflow
@@ -31,15 +29,14 @@ SCALED = "mean compactness"  # StandardScaler's scale < 1: 3e38 overflows after 
 
 
 @pytest.fixture(scope="module")
-def trained():
-    return train_breast_cancer(n_estimators=10)
+def trained(cancer_champion):
+    return cancer_champion.trained
 
 
 @pytest.fixture(scope="module")
-def client(mlflow_store, trained, tmp_path_factory):
-    name = f"hostile_{uuid.uuid4().hex[:8]}"
-    register(trained, name, experiment_id(name, mlflow_store["artifact_root"]))
-    settings = ServingSettings(tracking_uri=mlflow_store["tracking_uri"], model_name=name,
+def client(mlflow_store, cancer_champion, tmp_path_factory):
+    settings = ServingSettings(tracking_uri=mlflow_store["tracking_uri"],
+                               model_name=cancer_champion.name,
                                poll_seconds=0, prediction_log_path=tmp_path_factory.mktemp(
                                    "hostile") / "log.db")
     with TestClient(create_app(settings)) as c:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import uuid
 import warnings
 
 import mlflow
@@ -13,12 +12,7 @@ import pytest
 from mlflow.utils.proto_json_utils import dump_input_data
 
 from ml_assets.core.data.datasets import SyntheticSpec
-from ml_assets_tests.support.models import (
-    experiment_id,
-    register,
-    train_breast_cancer,
-    train_synthetic,
-)
+from ml_assets_tests.support.models import register_new, train_synthetic
 from serving.app import create_app
 from serving.settings import ServingSettings
 
@@ -30,29 +24,26 @@ SPEC = SyntheticSpec(n_rows=400, n_numeric=3, n_categorical=2, n_categories=3, n
                      missing_fraction=0.1, seed=3)
 
 
-def _serve(mlflow_store, trained, tmp_path_factory, prefix):
-    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
-    register(trained, name, experiment_id(name, mlflow_store["artifact_root"]))
+def _serve(mlflow_store, name, trained, tmp_path_factory, prefix):
+    """A TestClient on champion `name`, `trained`, and MLflow's own pyfunc of version 1."""
     settings = ServingSettings(tracking_uri=mlflow_store["tracking_uri"], model_name=name,
                                poll_seconds=0,
                                prediction_log_path=tmp_path_factory.mktemp(prefix) / "log.db")
-    return name, settings
+    with TestClient(create_app(settings)) as client:
+        yield client, trained, mlflow.pyfunc.load_model(f"models:/{name}/1")
 
 
 @pytest.fixture(scope="module")
-def bc(mlflow_store, tmp_path_factory):
-    trained = train_breast_cancer(n_estimators=20)
-    name, settings = _serve(mlflow_store, trained, tmp_path_factory, "inv_bc")
-    with TestClient(create_app(settings)) as client:
-        yield client, trained, mlflow.pyfunc.load_model(f"models:/{name}/1")
+def bc(mlflow_store, cancer_champion, tmp_path_factory):
+    yield from _serve(mlflow_store, cancer_champion.name, cancer_champion.trained,
+                      tmp_path_factory, "inv_bc")
 
 
 @pytest.fixture(scope="module")
 def mixed(mlflow_store, tmp_path_factory):
     trained = train_synthetic(SPEC, n_estimators=20)
-    name, settings = _serve(mlflow_store, trained, tmp_path_factory, "inv_mixed")
-    with TestClient(create_app(settings)) as client:
-        yield client, trained, mlflow.pyfunc.load_model(f"models:/{name}/1")
+    name = register_new(trained, "inv_mixed", mlflow_store["artifact_root"])
+    yield from _serve(mlflow_store, name, trained, tmp_path_factory, "inv_mixed")
 
 
 def _bodies(frame: pd.DataFrame) -> dict[str, tuple[bytes, str]]:

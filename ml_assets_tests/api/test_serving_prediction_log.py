@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -324,21 +322,6 @@ def test_an_unopenable_sqlite_file_is_named(tmp_path):
     blocker.write_text("x")
     with pytest.raises(PredictionLogError, match=f"cannot open SQLite file {blocker}/log.db"):
         SQLitePredictionLog(blocker / "log.db")
-
-
-def test_the_service_names_an_unopenable_log_and_its_setting(tmp_path):
-    import os
-
-    blocker = tmp_path / "a-file"
-    blocker.write_text("x")
-    env = {**os.environ, "ML_PREDICTION_LOG_PATH": str(blocker / "log.db"),
-           "ML_PLATFORM_HOME": str(tmp_path / "home"), "ML_API_PORT": "1"}
-    env.pop("ML_PREDICTION_LOG_URL", None)
-    done = subprocess.run([sys.executable, "-m", "serving"], env=env, capture_output=True,
-                          text=True, timeout=120)
-    assert done.returncode == 2, done.stderr
-    assert done.stderr.startswith("error: ")
-    assert f"{blocker}/log.db" in done.stderr and "ML_PREDICTION_LOG_PATH" in done.stderr
 
 
 def test_normal_mode_fsyncs_the_wal_in_the_background_and_at_close(tmp_path, monkeypatch):

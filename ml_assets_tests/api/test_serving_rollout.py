@@ -1,25 +1,18 @@
 """Gradual rollouts in the API: a canary answers a sticky share of the clients, a
 shadow scores copies that are logged and never returned, a failing canary falls back
-to the champion. A real uvicorn process and the real MLflow registry; traffic goes to
-127.0.0.1 only and every loop is bounded in count and time."""
+to the champion: the router alone and the app in-process (TestClient), on the real
+MLflow registry. The running service under real traffic:
+ml_assets_tests/e2e/test_serving_rollout_process.py."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
-import subprocess
-import sys
-import uuid
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime, timezone
-from pathlib import Path
 from types import SimpleNamespace
 
-import httpx
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
@@ -34,9 +27,10 @@ from ml_assets.core.rollout.plan import (
     serves_canary,
     start_rollout,
 )
-from ml_assets.core.rollout.traffic import simulate
-from ml_assets_tests.support.models import experiment_id, register, train_breast_cancer
-from ml_assets_tests.support.services import free_port, until, wait_http
+from ml_assets_tests.support.models import (
+    champion_and_challenger,
+    register_champion_and_challenger,
+)
 from serving.app import create_app
 from serving.metrics import ServiceMetrics
 from serving.model_store import ModelRejected, ModelStore
@@ -47,29 +41,19 @@ with warnings.catch_warnings():  # starlette prefers httpx2 over the pinned http
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
-REPO = Path(__file__).resolve().parents[2]
-WAIT_SECONDS = 30.0
-KEYS = 1000
-UNKEYED = 200
-THREADS = 8
-
 
 @pytest.fixture(scope="module")
 def models():
     """Champion (a weak stump forest) and challenger (a real forest): they disagree on
     some rows."""
-    return (train_breast_cancer(n_estimators=5, max_depth=1, seed=1),
-            train_breast_cancer(n_estimators=20, seed=2))
+    return champion_and_challenger()
 
 
 @pytest.fixture(scope="module")
 def registered(mlflow_store, models):
     """v1 champion, v2 registered without an alias (the challenger), once per module:
     (name, client)."""
-    name = f"t_rollout_{uuid.uuid4().hex[:8]}"
-    experiment = experiment_id(name, mlflow_store["artifact_root"])
-    register(models[0], name, experiment)
-    register(models[1], name, experiment, alias=None)
+    name = register_champion_and_challenger(models, "t_rollout", mlflow_store["artifact_root"])
     return name, MlflowClient(mlflow_store["tracking_uri"])
 
 
@@ -242,149 +226,3 @@ def test_a_failing_canary_falls_back_to_the_champion(mlflow_store, registry, mod
     assert failed["error"] == "RuntimeError: boom" and failed["prediction"] == ""
     answered = rows[rows["variant"] == "champion"].iloc[0]
     assert answered["error"] == "" and answered["latency_ms"] >= 0
-
-
-# -- the real process -------------------------------------------------------------
-
-def _send(url: str, jobs: list[tuple[str | None, dict]]) -> list[tuple[str | None, dict,
-                                                                        str]]:
-    """POST /predict for each (key or None, row) from THREADS clients: (key, body,
-    X-Model-Variant header) per request, in order."""
-    def run(chunk):
-        out = []
-        with httpx.Client(base_url=url, timeout=10) as http:
-            for key, row in chunk:
-                headers = {CLIENT_KEY_HEADER: key} if key is not None else {}
-                response = http.post("/predict", json=row, headers=headers)
-                assert response.status_code == 200, response.text
-                out.append((key, response.json(), response.headers["X-Model-Variant"]))
-        return out
-
-    chunks = [jobs[i::THREADS] for i in range(THREADS)]
-    with ThreadPoolExecutor(THREADS) as pool:
-        return [item for part in pool.map(run, chunks) for item in part]
-
-
-def _log_frame(path: Path) -> pd.DataFrame:
-    log = SQLitePredictionLog(path, read_only=True)
-    days = log.days()
-    return (pd.concat([log.read_day(day) for day in days], ignore_index=True) if days
-            else log.read_day("2000-01-01"))
-
-
-def test_canary_and_shadow_rollouts_in_the_running_service(mlflow_store, registry, models,
-                                                           tmp_path):
-    name, client = registry
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log_path = tmp_path / "prediction_log.db"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store["tracking_uri"],
-           "ML_REGISTERED_MODEL_NAME": name, "ML_API_HOST": "127.0.0.1",
-           "ML_API_PORT": str(port), "ML_API_POLL_SECONDS": "0.3",
-           "ML_PREDICTION_LOG_PATH": str(log_path),
-           "ML_PREDICTION_LOG_SQLITE_SYNCHRONOUS": "NORMAL",
-           "ML_PLATFORM_HOME": str(tmp_path / "home")}
-    server_log = open(tmp_path / "server.log", "wb")  # noqa: SIM115 - closed in finally
-    process = subprocess.Popen([sys.executable, "-m", "serving", "--log-level", "warning"],
-                               cwd=REPO, env=env, stdout=server_log, stderr=subprocess.STDOUT)
-    rows = _rows(models)
-    try:
-        wait_http(f"{url}/ready", process)
-
-        def rollout():
-            return httpx.get(f"{url}/model").json()["rollout"]
-
-        assert rollout() is None
-        plan = start_rollout(client, name, "canary", "2", "1", ((0.0, 0.3),))
-        seen = until(lambda: (rollout() or {}).get("challenger_version") == "2" and rollout())
-        assert seen and seen["mode"] == "canary" and seen["share"] == 0.3
-        assert "salt" not in seen and httpx.get(f"{url}/ready").json()["model_version"] == "1"
-
-        # 1,000 keys, 2 requests each, plus unkeyed requests (each assigned on its own).
-        jobs: list[tuple[str | None, dict]] = [
-            (f"client-{k}", rows[(k + r) % len(rows)]) for r in range(2) for k in range(KEYS)]
-        jobs += [(None, rows[i % len(rows)]) for i in range(UNKEYED)]
-        answers = _send(url, jobs)
-        assert len(answers) == 2 * KEYS + UNKEYED
-        for _, body, header in answers:
-            assert header == body["variant"]
-            assert body["model_version"] == {"canary": "2", "champion": "1"}[body["variant"]]
-        keyed = [(key, body["variant"]) for key, body, _ in answers if key is not None]
-        share = sum(variant == "canary" for _, variant in keyed) / len(keyed)
-        assert 0.25 <= share <= 0.35, share
-        by_key: dict[str, set[str]] = {}
-        for key, variant in keyed:
-            by_key.setdefault(key, set()).add(variant)
-        assert len(by_key) == KEYS and all(len(v) == 1 for v in by_key.values())
-        unkeyed = [body["variant"] for key, body, _ in answers if key is None]
-        assert 0.15 <= unkeyed.count("canary") / len(unkeyed) <= 0.45
-
-        # Commit mode: every answered row is in the log, with its variant and version.
-        frame = _log_frame(log_path).set_index("request_id")
-        for _, body, _ in answers:
-            logged = frame.loc[body["request_id"]]
-            assert (logged["variant"], logged["model_version"]) == (body["variant"],
-                                                                    body["model_version"])
-            assert logged["error"] == "" and logged["latency_ms"] >= 0
-        canary_answers = sum(body["variant"] == "canary" for _, body, _ in answers)
-        text = httpx.get(f"{url}/metrics").text
-        assert _metric(text, 'ml_api_variant_predictions_total{model_version="2",'
-                             'variant="canary"} ') == canary_answers
-        assert "ml_api_rollout_share 0.3" in text
-
-        # The simulator's keyed traffic sees the same stickiness.
-        simulated = simulate(url, models[1].X_test.assign(label="x"), "label", requests=120,
-                             concurrency=4, client_keys=30, seed=3, max_seconds=30)
-        assert simulated.ok == 120 and simulated.sticky()
-        assert len(simulated.key_variants) <= 30 and sum(simulated.variants.values()) == 120
-        assert set(simulated.variants) <= {"champion", "canary"}
-
-        # The rollout ends: champion only again, within a bounded time.
-        end_rollout(client, name, plan, "rolled_back", "test")
-        assert until(lambda: rollout() is None), "the challenger was never dropped"
-        canary_keys = [key for key, variants in by_key.items() if variants == {"canary"}][:50]
-        after = _send(url, [(key, rows[0]) for key in canary_keys])
-        assert {(b["variant"], b["model_version"]) for _, b, _ in after} == {("champion", "1")}
-
-        # Shadow: the champion answers everything; the challenger's copies are logged.
-        start_rollout(client, name, "shadow", "2", "1", ((0.0, 0.0),))
-        assert until(lambda: (rollout() or {}).get("mode") == "shadow")
-        shadowed = _send(url, [(f"client-{k}", rows[k % len(rows)]) for k in range(200)])
-        sent = pd.DataFrame([rows[k % len(rows)] for k in range(200)])
-        expected = [str(v) for v in models[0].pipeline.predict(sent)]
-        expected_shadow = [str(v) for v in models[1].pipeline.predict(sent)]
-        by_index = {key: body for key, body, _ in shadowed}
-        for k in range(200):
-            body = by_index[f"client-{k}"]
-            assert (body["variant"], body["model_version"]) == ("champion", "1")
-            assert body["prediction"] == expected[k]
-        ids = {body["request_id"] for _, body, _ in shadowed}
-
-        def shadow_rows():
-            frame = _log_frame(log_path)
-            found = frame[frame["request_id"].isin(ids) & (frame["variant"] == "shadow")]
-            return (found,) if len(found) >= len(ids) else None
-
-        result = until(shadow_rows, 15)
-        assert result is not None, "shadow rows never reached the log"
-        (found,) = result
-        assert len(found) == len(ids) and set(found["request_id"]) == ids
-        assert set(found["model_version"]) == {"2"} and set(found["row_index"]) == {0}
-        assert set(found["error"]) == {""}
-        challenger = dict(zip(found["request_id"], found["prediction"], strict=True))
-        assert [challenger[by_index[f"client-{k}"]["request_id"]]
-                for k in range(200)] == expected_shadow
-        text = httpx.get(f"{url}/metrics").text
-        assert _metric(text, 'ml_api_variant_predictions_total{model_version="2",'
-                             'variant="shadow"} ') == len(ids)
-        assert 'ml_api_rollout_info{challenger_version="2",mode="shadow"} 1.0' in text
-        assert "ml_api_rollout_share 0.0" in text
-        assert _metric(text, "ml_api_shadow_skipped_total ") == 0
-
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=30)
-        server_log.close()

@@ -18,7 +18,6 @@ from ml_assets.core.data.schema_inference import checked_schema
 from ml_assets_tests.support.models import (
     experiment_id,
     register,
-    train_breast_cancer,
     train_frame,
     train_regression,
 )
@@ -34,15 +33,9 @@ PENGUINS = files("palmerpenguins") / "data" / "penguins.csv"
 
 
 @pytest.fixture(scope="module")
-def cancer():
-    return train_breast_cancer(n_estimators=30)
-
-
-@pytest.fixture(scope="module")
-def compiled_champion(mlflow_store, cancer) -> str:
-    name = f"runtime_{uuid.uuid4().hex[:8]}"
-    register(cancer, name, experiment_id(name, mlflow_store["artifact_root"]))
-    return name
+def cancer(cancer_champion):
+    """The session's breast-cancer forest (its champion is registered with its graph)."""
+    return cancer_champion.trained
 
 
 def _client(mlflow_store, name, tmp_path, **overrides) -> TestClient:
@@ -64,7 +57,8 @@ def _runtime_gauge(client: TestClient) -> dict[str, float]:
 
 
 def test_compiled_graph_serves_and_agrees_with_the_pipeline(mlflow_store, cancer,
-                                                           compiled_champion, tmp_path):
+                                                           cancer_champion, tmp_path):
+    compiled_champion = cancer_champion.name
     tags = MlflowClient(mlflow_store["tracking_uri"]).get_model_version(
         compiled_champion, "1").tags
     assert tags["onnx.parity"] == "passed", tags
@@ -96,7 +90,7 @@ def test_categoricals_and_missing_values_through_the_graph(mlflow_store, tmp_pat
     schema = checked_schema(frame, "species", name="penguins")
     trained = train_frame(frame, schema, "species", n_estimators=30)
     name = f"runtime_penguins_{uuid.uuid4().hex[:8]}"
-    register(trained, name, experiment_id(name, mlflow_store["artifact_root"]))
+    register(trained, name, experiment_id(name, mlflow_store["artifact_root"]), compile=True)
     rows = _records(trained.X_test)
     rows[0] = {**rows[0], "sex": None, "bill_length_mm": None}  # missing values
     rows[1] = {**rows[1], "island": "Atlantis"}  # unseen category (accept policy)
@@ -116,7 +110,7 @@ def test_unconvertible_model_is_served_by_sklearn_with_the_reason(mlflow_store, 
     monkeypatch.setenv("ML_SKOPS_TRUSTED_TYPES", TRUSTED)
     trained = train_regression(make_model(), scale=False)
     name = f"runtime_clip_{uuid.uuid4().hex[:8]}"
-    register(trained, name, experiment_id(name, mlflow_store["artifact_root"]))
+    register(trained, name, experiment_id(name, mlflow_store["artifact_root"]), compile=True)
     tags = MlflowClient(mlflow_store["tracking_uri"]).get_model_version(name, "1").tags
     assert tags["onnx.parity"] == "not_converted"
     assert "ClipScaler" in tags["onnx.parity.reason"]
@@ -138,7 +132,7 @@ def test_unconvertible_model_is_served_by_sklearn_with_the_reason(mlflow_store, 
 
 def test_a_graph_that_does_not_match_its_tag_is_not_served(mlflow_store, cancer, tmp_path):
     name = f"runtime_tamper_{uuid.uuid4().hex[:8]}"
-    register(cancer, name, experiment_id(name, mlflow_store["artifact_root"]))
+    register(cancer, name, experiment_id(name, mlflow_store["artifact_root"]), compile=True)
     MlflowClient(mlflow_store["tracking_uri"]).set_model_version_tag(
         name, "1", "onnx.sha256", "0" * 64)
     with _client(mlflow_store, name, tmp_path) as client:
@@ -151,7 +145,7 @@ def test_a_graph_that_does_not_match_its_tag_is_not_served(mlflow_store, cancer,
 def test_hot_swap_between_runtimes(mlflow_store, cancer, tmp_path):
     name = f"runtime_swap_{uuid.uuid4().hex[:8]}"
     experiment = experiment_id(name, mlflow_store["artifact_root"])
-    register(cancer, name, experiment)
+    register(cancer, name, experiment, compile=True)
     row = _records(cancer.X_test.head(1))[0]
     with _client(mlflow_store, name, tmp_path) as client:
         assert client.get("/model").json()["runtime"] == "onnx"
@@ -185,7 +179,7 @@ def _sklearn_answers(cancer, records):
 
 @pytest.mark.parametrize("rows", [1, 100], ids=["inline", "predict_thread"])
 def test_rows_the_graph_cannot_answer_alone_get_the_pipelines_answer(
-        mlflow_store, cancer, compiled_champion, tmp_path, rows):
+        mlflow_store, cancer, cancer_champion, tmp_path, rows):
     """Non-finite graph answers (float32 overflow) and near ties (the top two within
     float32 error, where the graph's argmax could differ) are answered by the Pipeline:
     never a NaN, never the graph's coin flip."""
@@ -196,7 +190,7 @@ def test_rows_the_graph_cannot_answer_alone_get_the_pipelines_answer(
     leaning = _StubGraph(lambda r: np.array([[0.5 + 2e-6, 0.5 - 2e-6] if label == "malignant"
                                              else [0.5 - 2e-6, 0.5 + 2e-6]
                                              for label in labels[:len(r)]]))
-    with _client(mlflow_store, compiled_champion, tmp_path) as client:
+    with _client(mlflow_store, cancer_champion.name, tmp_path) as client:
         store = client.app.state.service.store
         served = store.current
         for graph in (broken, leaning):

@@ -82,3 +82,12 @@ def test_dagster_asset_materialize_still_works_from_the_repo_root(env):
     _run(["dagster", "asset", "materialize", "-m", "ml_assets.definitions",
           "--select", "*model_metrics", "--config-json", SMALL], env, timeout=300)
     _assert_materialized_in_one_run(env["DAGSTER_HOME"], TRAINING_UP_TO_METRICS)
+
+
+def test_workspace_loads_like_the_webserver_loads_it(tmp_path):
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "ML_PLATFORM_HOME": str(tmp_path)}
+    done = subprocess.run([Path(sys.executable).with_name("dagster"), "definitions",
+                           "validate", "-w", "workspace.yaml"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "All code locations passed validation" in done.stderr + done.stdout

@@ -3,10 +3,7 @@ uvicorn process on 127.0.0.1, the simulator sending drifted traffic, the sensors
 evaluated on the real instance, ending with a retrained, registered model version."""
 
 import datetime as dt
-import os
 import signal
-import subprocess
-import sys
 
 from dagster import AssetKey, DagsterInstance, build_sensor_context
 
@@ -17,7 +14,7 @@ from ml_assets.core.rollout.traffic import simulate
 from ml_assets.definitions import defs
 from ml_assets.resources import DataSourceResource, MlflowTracking
 from ml_assets.resources.production import ProductionDataResource
-from ml_assets_tests.support.services import free_port, wait_http
+from ml_assets_tests.support.api_process import api_process
 
 
 def test_drifted_traffic_retrains_a_new_version(tmp_path, mlflow_store, unique_name,
@@ -42,25 +39,17 @@ def test_drifted_traffic_retrains_a_new_version(tmp_path, mlflow_store, unique_n
         client, name = tracking.client, tracking.registered_model_name
         assert str(registry.alias_version(client, name, "champion").version) == "1"
 
-        port = free_port()
-        env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store["tracking_uri"],
+        env = {"MLFLOW_TRACKING_URI": mlflow_store["tracking_uri"],
                "ML_REGISTERED_MODEL_NAME": name, "ML_PLATFORM_HOME": str(tmp_path / "home"),
-               "ML_PREDICTION_LOG_PATH": str(tmp_path / "log.db"), "ML_API_HOST": "127.0.0.1",
-               "ML_API_PORT": str(port)}
-        api = subprocess.Popen([sys.executable, "-m", "serving", "--log-level", "warning"],
-                               env=env)
-        try:
-            url = f"http://127.0.0.1:{port}"
-            wait_http(f"{url}/ready", api)
+               "ML_PREDICTION_LOG_PATH": str(tmp_path / "log.db")}
+        with api_process(env, tmp_path) as api:
             frame = load_breast_cancer_frame()
-            result = simulate(url, frame, "diagnosis", requests=240, shift_after=40,
+            result = simulate(api.url, frame, "diagnosis", requests=240, shift_after=40,
                               shift=2.0, concurrency=4, labels_dir=tmp_path / "labels",
                               seed=7, max_seconds=120)
             assert result.ok == 240 and result.failed == 0 and result.shifted == 200
-        finally:
-            api.send_signal(signal.SIGINT)  # graceful: the prediction log is flushed
-            api.wait(timeout=60)
-        assert api.returncode == 0
+            code, _ = api.stop(signal.SIGINT)  # graceful: the prediction log is flushed
+        assert code == 0
 
         # The production-data sensor sees today's log and asks for that partition.
         with build_sensor_context(instance=instance, resources=resources) as context:

@@ -1,18 +1,16 @@
 """A 200 means the rows are committed in the prediction log: a SIGKILL under load loses
 no acknowledged row (SQLite and PostgreSQL); a log held locked by another process
 makes predictions answer 503 with Retry-After while /health keeps answering; rows
-that can be stored nowhere at shutdown make the process exit non-zero.
+that can be stored nowhere at shutdown make the process exit non-zero; a log that
+cannot be opened is named, with its setting, before the service starts.
 
 Real `python -m serving` processes on 127.0.0.1; every loop is bounded in count and time.
 """
 
 from __future__ import annotations
 
-import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -26,64 +24,32 @@ import pandas as pd
 import pytest
 
 from ml_assets.core.prediction_log import PredictionLog, open_prediction_log
-from ml_assets_tests.support.models import experiment_id, register, train_breast_cancer
-from ml_assets_tests.support.services import free_port, wait_http
+from ml_assets_tests.support.api_process import api_process, start_api
 
-REPO = Path(__file__).resolve().parents[2]
 LOAD_SECONDS = 5.0
 MAX_REQUESTS_PER_CLIENT = 3000
 BATCH_ROWS = 1000
 
 
 @pytest.fixture(scope="module")
-def trained():
-    return train_breast_cancer(n_estimators=20)
+def champion(cancer_champion) -> str:
+    """The session's breast-cancer champion."""
+    return cancer_champion.name
 
 
 @pytest.fixture(scope="module")
-def champion(mlflow_store, trained) -> str:
-    name = f"dur_{uuid.uuid4().hex[:8]}"
-    register(trained, name, experiment_id(name, mlflow_store["artifact_root"]))
-    return name
-
-
-@pytest.fixture(scope="module")
-def bodies(trained) -> dict[str, dict]:
-    rows = trained.X_test.to_dict(orient="records")
+def bodies(cancer_champion) -> dict[str, dict]:
+    rows = cancer_champion.trained.X_test.to_dict(orient="records")
     return {"one": rows[0], "batch": {"records": [rows[i % len(rows)]
                                                   for i in range(BATCH_ROWS)]}}
 
 
-class Server:
-    def __init__(self, tmp_path: Path, mlflow_store: dict, model: str, **env: str):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = tmp_path / "prediction_log.db"
-        self.output = tmp_path / "server.log"
-        self.env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store["tracking_uri"],
-                    "ML_REGISTERED_MODEL_NAME": model, "ML_API_HOST": "127.0.0.1",
-                    "ML_API_PORT": str(self.port), "ML_API_POLL_SECONDS": "0",
-                    "ML_PREDICTION_LOG_PATH": str(self.log_path),
-                    "ML_PLATFORM_HOME": str(tmp_path / "home"), **env}
-        if "ML_PREDICTION_LOG_URL" not in env:
-            self.env.pop("ML_PREDICTION_LOG_URL", None)
-
-    def __enter__(self) -> Server:
-        self._out = open(self.output, "wb")  # noqa: SIM115 - closed in __exit__
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "serving", "--log-level", "warning"], cwd=REPO,
-            env=self.env, stdout=self._out, stderr=subprocess.STDOUT)
-        wait_http(f"{self.url}/ready", self.process, detail=self.text)
-        return self
-
-    def text(self) -> str:
-        return self.output.read_text(errors="replace")[-4000:]
-
-    def __exit__(self, *exc) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=30)
-        self._out.close()
+def _server(tmp_path: Path, mlflow_store: dict, model: str, **env: str):
+    """The service on `model`, its SQLite prediction log at tmp_path/prediction_log.db."""
+    return api_process({"MLFLOW_TRACKING_URI": mlflow_store["tracking_uri"],
+                        "ML_REGISTERED_MODEL_NAME": model,
+                        "ML_PREDICTION_LOG_PATH": str(tmp_path / "prediction_log.db"), **env},
+                       tmp_path)
 
 
 class Load:
@@ -161,14 +127,14 @@ def log_location(request, tmp_path) -> Iterator[tuple[dict, str]]:
 def test_sigkill_under_load_loses_no_acknowledged_row(mlflow_store, champion, bodies,
                                                       tmp_path, log_location):
     env, location = log_location
-    with Server(tmp_path, mlflow_store, champion, **env) as server, \
+    with _server(tmp_path, mlflow_store, champion, **env) as server, \
             Load(server.url, bodies) as load:
         started = time.monotonic()
         while time.monotonic() - started < LOAD_SECONDS:
             time.sleep(0.1)
         server.process.send_signal(signal.SIGKILL)  # requests in flight, rows queued
         assert server.process.wait(timeout=30) == -signal.SIGKILL
-    assert set(load.statuses) <= {200}, (load.statuses, server.text())
+    assert set(load.statuses) <= {200}, (load.statuses, server.log(4000))
     batches = sum(1 for _, rows in load.acked if rows == BATCH_ROWS)
     singles = len(load.acked) - batches
     assert batches >= 3 and singles >= 30, load.statuses  # it was under load
@@ -183,8 +149,8 @@ def test_sigkill_under_load_loses_no_acknowledged_row(mlflow_store, champion, bo
 def test_a_locked_sqlite_log_gets_503_while_health_keeps_answering(mlflow_store, champion,
                                                                    bodies, tmp_path):
     hold_seconds = 3.0
-    with Server(tmp_path, mlflow_store, champion,
-                ML_PREDICTION_LOG_BUSY_TIMEOUT_SECONDS="1") as server:
+    with _server(tmp_path, mlflow_store, champion,
+                 ML_PREDICTION_LOG_BUSY_TIMEOUT_SECONDS="1") as server:
         with httpx.Client(base_url=server.url, timeout=30) as client:
             assert client.post("/predict", json=bodies["one"]).status_code == 200
         health: list[float] = []
@@ -219,7 +185,7 @@ def test_a_locked_sqlite_log_gets_503_while_health_keeps_answering(mlflow_store,
         threads = [threading.Thread(target=poll_health, daemon=True),
                    *(threading.Thread(target=predict, args=(n,), daemon=True)
                      for n in range(2))]
-        holder = sqlite3.connect(server.log_path, isolation_level=None)
+        holder = sqlite3.connect(server.prediction_log, isolation_level=None)
         holder.execute("BEGIN EXCLUSIVE")  # another process holds the log
         locked_at = time.monotonic()
         for thread in threads:
@@ -237,7 +203,7 @@ def test_a_locked_sqlite_log_gets_503_while_health_keeps_answering(mlflow_store,
         for thread in threads:
             thread.join(timeout=30)
         server.process.send_signal(signal.SIGTERM)
-        assert server.process.wait(timeout=60) == 0, server.text()
+        assert server.process.wait(timeout=60) == 0, server.log(4000)
 
     assert len(health) > 50 and max(health) < 0.1, sorted(health)[-5:]
     during = [a for a in answers if a[0] < released_at - 1.2 and a[0] > locked_at]
@@ -248,10 +214,21 @@ def test_a_locked_sqlite_log_gets_503_while_health_keeps_answering(mlflow_store,
     assert {status for _, _, status, *_ in answers} <= {200, 503}
     after = [a for a in answers if a[0] > released_at and a[2] == 200]
     assert len(after) >= 10, answers[-5:]
-    log = open_prediction_log(server.log_path, read_only=True)
+    log = open_prediction_log(server.prediction_log, read_only=True)
     logged = _logged(log)
     assert _missing([(rid, 1) for *_, status, _, rid in answers if status == 200],
                     logged) == []
+
+
+def test_the_service_names_an_unopenable_log_and_its_setting(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    api = start_api({"ML_PREDICTION_LOG_PATH": str(blocker / "log.db")}, tmp_path)
+    api.process.wait(timeout=120)  # it refuses to start
+    code, output = api.stop()
+    assert code == 2, output
+    assert output.startswith("error: ")
+    assert f"{blocker}/log.db" in output and "ML_PREDICTION_LOG_PATH" in output
 
 
 # --- the app: 503 mapping, opt-out drops, lost rows at shutdown -------------------------

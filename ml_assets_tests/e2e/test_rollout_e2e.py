@@ -8,12 +8,6 @@ labelled rows; the API follows the registry by itself both times.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-from pathlib import Path
-
 import httpx
 import numpy as np
 from dagster import build_sensor_context, materialize
@@ -27,10 +21,10 @@ from ml_assets.core.rollout.traffic import simulate
 from ml_assets.definitions import defs
 from ml_assets.resources import MlflowTracking
 from ml_assets.resources.production import ProductionDataResource
+from ml_assets_tests.support.api_process import api_process
 from ml_assets_tests.support.models import experiment_id, register, train_breast_cancer, train_frame
-from ml_assets_tests.support.services import free_port, until, wait_http
+from ml_assets_tests.support.services import until
 
-REPO = Path(__file__).resolve().parents[2]
 BATCH = 100  # requests per round of traffic (then its labels arrive)
 MAX_ROUNDS = 12  # a verdict within 1,200 requests, ~600 labelled rows per variant
 SHARE = 0.5
@@ -86,15 +80,11 @@ def test_canary_promoted_then_a_worse_one_rolled_back_and_the_api_follows(
     register(noise, name, experiment)  # v1: the champion, a bad one
     register(good, name, experiment, alias=None)  # v2: a clearly better challenger
     client = MlflowClient(mlflow_store["tracking_uri"])
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     log_path, labels_dir = tmp_path / "prediction_log.db", tmp_path / "labels"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store["tracking_uri"],
-           "ML_REGISTERED_MODEL_NAME": name, "ML_API_HOST": "127.0.0.1",
-           "ML_API_PORT": str(port), "ML_API_POLL_SECONDS": "0.3",
+    env = {"MLFLOW_TRACKING_URI": mlflow_store["tracking_uri"],
+           "ML_REGISTERED_MODEL_NAME": name, "ML_API_POLL_SECONDS": "0.3",
            "ML_PREDICTION_LOG_PATH": str(log_path),
-           "ML_PREDICTION_LOG_SQLITE_SYNCHRONOUS": "NORMAL",
-           "ML_PLATFORM_HOME": str(tmp_path / "home")}
+           "ML_PREDICTION_LOG_SQLITE_SYNCHRONOUS": "NORMAL"}
     resources = {"mlflow_tracking": MlflowTracking(
                      tracking_uri=mlflow_store["tracking_uri"], experiment_name=name,
                      registered_model_name=name),
@@ -102,11 +92,8 @@ def test_canary_promoted_then_a_worse_one_rolled_back_and_the_api_follows(
                      prediction_log_path=str(log_path), landing_dir=str(tmp_path / "landing"),
                      labels_dir=str(labels_dir))}
     frame = load_breast_cancer_frame()
-    server_log = open(tmp_path / "server.log", "wb")  # noqa: SIM115 - closed in finally
-    process = subprocess.Popen([sys.executable, "-m", "serving", "--log-level", "warning"],
-                               cwd=REPO, env=env, stdout=server_log, stderr=subprocess.STDOUT)
-    try:
-        wait_http(f"{url}/ready", process)
+    with api_process(env, tmp_path, stop_timeout=30) as api:
+        url = api.url
 
         def rollout():
             return httpx.get(f"{url}/model", timeout=10).json().get("rollout")
@@ -141,10 +128,3 @@ def test_canary_promoted_then_a_worse_one_rolled_back_and_the_api_follows(
         assert until(lambda: rollout() is None)
         after = simulate(url, frame, BREAST_CANCER_TARGET, requests=40, seed=2, client_keys=10)
         assert after.model_versions == {"2": 40}
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        server_log.close()

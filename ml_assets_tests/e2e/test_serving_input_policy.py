@@ -5,16 +5,13 @@ numeric and an identifier column the schema excludes. Plus the cheap units aroun
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-import os
 import re
 import sqlite3
-import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 
 import httpx
 import pandas as pd
@@ -24,12 +21,11 @@ import pytest
 from ml_assets.core.data.datasets import SyntheticSpec, make_synthetic
 from ml_assets.core.data.schemas import synthetic_schema
 from ml_assets.core.prediction_log import META_COLUMNS, PredictionRecord, SQLitePredictionLog
-from ml_assets_tests.support.models import experiment_id, register, train_frame
-from ml_assets_tests.support.services import free_port, wait_http
+from ml_assets_tests.support.api_process import api_process
+from ml_assets_tests.support.models import register_new, train_frame
 from serving.invocations import validation_message
 from serving.request_models import build_request_models, feature_specs
 
-REPO = Path(__file__).resolve().parents[2]
 SPEC = SyntheticSpec(n_rows=400, n_numeric=2, n_categorical=2, n_categories=3, n_classes=2,
                      missing_fraction=0.1, seed=5)
 NULL_MSG = "may not be null (the model was trained without missing values here)"
@@ -55,45 +51,23 @@ def _data() -> tuple[pd.DataFrame, pa.DataFrameSchema, float, float]:
 def model(mlflow_store):
     frame, schema, low, high = _data()
     trained = train_frame(frame, schema, SPEC.target)
-    name = f"policy_{uuid.uuid4().hex[:8]}"
-    register(trained, name, experiment_id(name, mlflow_store["artifact_root"]))
+    name = register_new(trained, "policy", mlflow_store["artifact_root"])
     return {"name": name, "trained": trained, "low": low, "high": high}
-
-
-def _start(policy: str, model: dict, mlflow_store, root: Path):
-    port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store["tracking_uri"],
-           "ML_REGISTERED_MODEL_NAME": model["name"], "ML_API_HOST": "127.0.0.1",
-           "ML_API_PORT": str(port), "ML_API_POLL_SECONDS": "0",
-           "ML_API_INPUT_POLICY": policy, "ML_PLATFORM_HOME": str(root / "home"),
-           "ML_PREDICTION_LOG_PATH": str(root / f"{policy}.db")}
-    log = open(root / f"{policy}.log", "wb")  # noqa: SIM115 - closed at teardown
-    process = subprocess.Popen([sys.executable, "-m", "serving", "--log-level", "warning"],
-                               cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    return {"url": f"http://127.0.0.1:{port}", "process": process, "output": log,
-            "log_path": root / f"{policy}.db", "policy": policy}
 
 
 @pytest.fixture(scope="module")
 def servers(model, mlflow_store, tmp_path_factory):
+    """One process per policy, started together: {policy: {"url", "log_path"}}."""
     root = tmp_path_factory.mktemp("policy")
-    started = {policy: _start(policy, model, mlflow_store, root)
-               for policy in ("accept", "reject")}
-    try:
-        for server in started.values():
-            wait_http(f"{server['url']}/ready", server["process"], detail=lambda s=server: (
-                root / f"{s['policy']}.log").read_text(errors="replace"))
-        yield started
-    finally:
-        for server in started.values():
-            if server["process"].poll() is None:
-                server["process"].terminate()
-                try:
-                    server["process"].wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    server["process"].kill()
-                    server["process"].wait(timeout=30)
-            server["output"].close()
+    with contextlib.ExitStack() as stack:
+        started = {policy: stack.enter_context(api_process(
+            {"MLFLOW_TRACKING_URI": mlflow_store["tracking_uri"],
+             "ML_REGISTERED_MODEL_NAME": model["name"], "ML_API_INPUT_POLICY": policy},
+            root, wait=False)) for policy in ("accept", "reject")}
+        for api in started.values():
+            api.wait_ready()
+        yield {policy: {"url": api.url, "log_path": api.prediction_log}
+               for policy, api in started.items()}
 
 
 def _rows(model, n: int = 5) -> list[dict]:

@@ -3,23 +3,17 @@ clients keep sending requests. Traffic goes to 127.0.0.1 only; loops are bounded
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pandas as pd
 from mlflow.pyfunc.scoring_server.client import ScoringServerClient
 
 from ml_assets.core.prediction_log import SQLitePredictionLog
-from ml_assets_tests.support.models import experiment_id, register, train_breast_cancer
-from ml_assets_tests.support.services import free_port, wait_http
+from ml_assets_tests.support.api_process import api_process
+from ml_assets_tests.support.models import champion_and_challenger, experiment_id, register
 
-REPO = Path(__file__).resolve().parents[2]
 CLIENTS = 4
 MAX_REQUESTS = 4000
 MAX_SECONDS = 60.0
@@ -74,22 +68,13 @@ class ClientLoop:
 
 
 def test_promotion_under_load_drops_no_request(mlflow_store, unique_name, tmp_path):
-    old = train_breast_cancer(n_estimators=5, max_depth=1, seed=1)
-    new = train_breast_cancer(n_estimators=20, seed=2)
+    old, new = champion_and_challenger()
     experiment = experiment_id(unique_name, mlflow_store["artifact_root"])
     register(old, unique_name, experiment)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log_path = tmp_path / "prediction_log.db"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store["tracking_uri"],
-           "ML_REGISTERED_MODEL_NAME": unique_name, "ML_API_HOST": "127.0.0.1",
-           "ML_API_PORT": str(port), "ML_API_POLL_SECONDS": "0.5",
-           "ML_PREDICTION_LOG_PATH": str(log_path), "ML_PLATFORM_HOME": str(tmp_path / "home")}
-    server_log = open(tmp_path / "server.log", "wb")  # noqa: SIM115 - closed in finally
-    process = subprocess.Popen([sys.executable, "-m", "serving", "--log-level", "warning"],
-                               cwd=REPO, env=env, stdout=server_log, stderr=subprocess.STDOUT)
-    try:
-        wait_http(f"{url}/ready", process)
+    env = {"MLFLOW_TRACKING_URI": mlflow_store["tracking_uri"],
+           "ML_REGISTERED_MODEL_NAME": unique_name, "ML_API_POLL_SECONDS": "0.5"}
+    with api_process(env, tmp_path) as api:
+        url, log_path = api.url, api.prediction_log
         row = new.X_test.iloc[0].to_dict()
         with ClientLoop(url, row) as loop:
             assert loop.wait_for(lambda: len(loop.results) >= 100, 30)
@@ -109,17 +94,12 @@ def test_promotion_under_load_drops_no_request(mlflow_store, unique_name, tmp_pa
 
         # An unchanged MLflow client gets what MLflow's server would answer.
         frame = new.X_test.head(7)
-        predictions = ScoringServerClient("127.0.0.1", port).invoke(frame).get_predictions()
+        predictions = ScoringServerClient("127.0.0.1", api.port).invoke(frame).get_predictions()
         assert list(predictions.iloc[:, 0]) == new.pipeline.predict(frame).tolist()
         assert httpx.get(f"{url}/model").json()["version"] == "2"
 
-        process.send_signal(signal.SIGTERM)  # graceful: the prediction log is flushed
-        assert process.wait(timeout=60) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=30)
-        server_log.close()
+        code, _ = api.stop()  # SIGTERM, graceful: the prediction log is flushed
+        assert code == 0
 
     log = SQLitePredictionLog(log_path)
     frame = pd.concat([log.read_day(day) for day in log.days()], ignore_index=True)

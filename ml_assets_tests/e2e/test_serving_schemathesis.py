@@ -6,7 +6,6 @@ the documented status codes, content types, headers or response schemas."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -14,10 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from ml_assets_tests.support.models import experiment_id, register, train_breast_cancer
-from ml_assets_tests.support.services import free_port, wait_http
+from ml_assets_tests.support.api_process import api_process
 
-REPO = Path(__file__).resolve().parents[2]
 ST = Path(sys.executable).with_name("st")
 SEED = 42
 
@@ -36,19 +33,6 @@ include-path = "/invocations"
 include-method = "POST"
 checks.positive_data_acceptance.enabled = false
 """
-
-
-def _serve(tmp_path: Path, env_extra: dict[str, str], name: str, tracking_uri: str):
-    port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,
-           "ML_REGISTERED_MODEL_NAME": name, "ML_API_HOST": "127.0.0.1",
-           "ML_API_PORT": str(port), "ML_API_POLL_SECONDS": "0",
-           "ML_PREDICTION_LOG_PATH": str(tmp_path / f"log_{port}.db"),
-           "ML_PLATFORM_HOME": str(tmp_path / "home"), **env_extra}
-    log = open(tmp_path / f"server_{port}.log", "wb")  # noqa: SIM115 - closed by caller
-    process = subprocess.Popen([sys.executable, "-m", "serving", "--log-level", "warning"],
-                               cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    return process, log, f"http://127.0.0.1:{port}"
 
 
 def _checks(event) -> list[dict]:
@@ -102,26 +86,18 @@ def _generated(output: str) -> int:
 @pytest.mark.parametrize("api_key, max_examples, policy", [(None, 60, "accept"),
                                                           ("st-key", 15, "reject")],
                          ids=["auth-off", "auth-on"])
-def test_schemathesis_finds_nothing(mlflow_store, unique_name, tmp_path, api_key,
+def test_schemathesis_finds_nothing(mlflow_store, cancer_champion, tmp_path, api_key,
                                     max_examples, policy):
     if not ST.exists():
         pytest.fail(f"{ST} missing: install the dev extra (schemathesis)")
-    trained = train_breast_cancer(n_estimators=10)
-    register(trained, unique_name, experiment_id(unique_name, mlflow_store["artifact_root"]))
     extra = {"ML_API_INPUT_POLICY": policy, **({"ML_API_KEY": api_key} if api_key else {})}
-    process, log, url = _serve(tmp_path, extra, unique_name, mlflow_store["tracking_uri"])
-    try:
-        wait_http(f"{url}/ready", process)
+    env = {"MLFLOW_TRACKING_URI": mlflow_store["tracking_uri"],
+           "ML_REGISTERED_MODEL_NAME": cancer_champion.name, **extra}
+    with api_process(env, tmp_path) as api:
         # With a key, schemathesis sends it (and its ignored_auth check drops it to see
         # the 401); without one, the endpoints are open.
         headers = [f"X-API-Key: {api_key}"] if api_key else []
-        done, checks = _run_schemathesis(url, tmp_path, max_examples, headers)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=60)
-        finally:
-            log.close()
+        done, checks = _run_schemathesis(api.url, tmp_path, max_examples, headers)
     output = done.stdout + done.stderr
     generated = _generated(output)
     failed = [c for c in checks if c["status"] == "failure"]

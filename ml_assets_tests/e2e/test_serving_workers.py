@@ -12,8 +12,6 @@ import logging
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,11 +22,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ml_assets.core.prediction_log import SQLitePredictionLog
-from ml_assets_tests.support.models import experiment_id, register, train_breast_cancer
-from ml_assets_tests.support.services import free_port, wait_http
+from ml_assets_tests.support.api_process import start_api
+from ml_assets_tests.support.models import (
+    experiment_id,
+    register,
+    train_breast_cancer,
+)
 from serving.workers import Outcome, SharedDir, WorkerSync
 
-REPO = Path(__file__).resolve().parents[2]
 WORKERS = 2
 REQUESTS = 400  # K concurrent one-row predictions
 CONCURRENCY = 16
@@ -40,48 +41,40 @@ class Workers:
     process group only if a test failed and left it running)."""
 
     def __init__(self, tmp_path: Path, tracking_uri: str, model_name: str):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.root = tmp_path
         self.log_path = tmp_path / "prediction_log.db"
-        self.output = tmp_path / "server.log"
-        self.env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,
-                    "ML_REGISTERED_MODEL_NAME": model_name, "ML_API_HOST": "127.0.0.1",
-                    "ML_API_PORT": str(self.port),
+        self.env = {"MLFLOW_TRACKING_URI": tracking_uri, "ML_REGISTERED_MODEL_NAME": model_name,
                     # Polling off: only the reload's generation file can move a worker.
                     "ML_API_POLL_SECONDS": "0",
                     "ML_PREDICTION_LOG_PATH": str(self.log_path),
-                    "ML_PLATFORM_HOME": str(tmp_path / "home")}
-        self.env.pop("ML_PREDICTION_LOG_URL", None)
-        self.env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+                    "PROMETHEUS_MULTIPROC_DIR": None}
 
     def __enter__(self) -> Workers:
-        self.out = open(self.output, "wb")  # noqa: SIM115 - closed in __exit__
+        self.api = start_api(self.env, self.root, workers=WORKERS, log_level="info")
+        self.url, self.process = self.api.url, self.api.process
         # Every request on a new connection ("Connection: close"), so that either
         # worker may accept it; one client (its SSL context is costly to build).
         self.client = httpx.Client(base_url=self.url, timeout=30,
                                    headers={"Connection": "close"},
                                    limits=httpx.Limits(max_connections=CONCURRENCY))
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "serving", "--workers", str(WORKERS), "--log-level",
-             "info"], cwd=REPO, env=self.env, stdout=self.out, stderr=subprocess.STDOUT,
-            start_new_session=True)
-        wait_http(f"{self.url}/ready", self.process, detail=self.log)
-        self.pids = self.wait_for_workers()
+        try:
+            self.api.wait_ready()
+            self.pids = self.wait_for_workers()
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.process.poll() is None:  # a test failed: leave nothing behind
+        if self.api.running:  # a test failed: leave nothing behind
             shared = [_shared_dir(pid) for pid in getattr(self, "pids", ()) if _alive(pid)]
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=30)
+            self.api.stop(signal.SIGKILL, group=True)
             for path in shared[:1]:
                 shutil.rmtree(path, ignore_errors=True)
         self.client.close()
-        self.out.close()
 
     def log(self) -> str:
-        self.out.flush()
-        return self.output.read_text(errors="replace")
+        return self.api.log()
 
     def get(self, path: str) -> httpx.Response:
         """On a new connection, so that either worker may answer it."""
@@ -247,11 +240,9 @@ def test_two_workers_share_metrics_log_reloads_and_stop_cleanly(mlflow_store, un
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
 def test_a_killed_worker_is_replaced_and_the_exit_status_says_rows_may_be_lost(
-        mlflow_store, unique_name, tmp_path):
-    model = train_breast_cancer(n_estimators=5, max_depth=1, seed=1)
-    register(model, unique_name, experiment_id(unique_name, mlflow_store["artifact_root"]))
-    row = model.X_test.iloc[0].to_dict()
-    with Workers(tmp_path, mlflow_store["tracking_uri"], unique_name) as server:
+        mlflow_store, cancer_champion, tmp_path):
+    row = cancer_champion.trained.X_test.iloc[0].to_dict()  # the session's champion
+    with Workers(tmp_path, mlflow_store["tracking_uri"], cancer_champion.name) as server:
         answers = _predict_concurrently(server, row, 40)
         assert {status for status, _, _ in answers} == {200}
         victim = min(server.pids)
@@ -272,12 +263,10 @@ def test_a_killed_worker_is_replaced_and_the_exit_status_says_rows_may_be_lost(
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
-def test_workers_of_a_killed_supervisor_shut_down_and_flush(mlflow_store, unique_name,
-                                                           tmp_path):
-    model = train_breast_cancer(n_estimators=5, max_depth=1, seed=1)
-    register(model, unique_name, experiment_id(unique_name, mlflow_store["artifact_root"]))
-    row = model.X_test.iloc[0].to_dict()
-    with Workers(tmp_path, mlflow_store["tracking_uri"], unique_name) as server:
+def test_workers_of_a_killed_supervisor_shut_down_and_flush(mlflow_store, cancer_champion,
+                                                            tmp_path):
+    row = cancer_champion.trained.X_test.iloc[0].to_dict()  # the session's champion
+    with Workers(tmp_path, mlflow_store["tracking_uri"], cancer_champion.name) as server:
         shared = _shared_dir(next(iter(server.pids)))
         answers = _predict_concurrently(server, row, 40)
         assert {status for status, _, _ in answers} == {200}

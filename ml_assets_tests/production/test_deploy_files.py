@@ -42,6 +42,8 @@ import pytest
 import yaml
 
 from ml_assets_tests.support import services
+from ml_assets_tests.support.api_process import start_api
+from ml_assets_tests.support.processes import LoggedProcess
 from ml_assets_tests.support.services import free_port, reachable
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -356,24 +358,26 @@ class Live:
     api_env: dict[str, str]
     worker_env: dict[str, str]
     log_db: str  # the prediction log's database
-    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
-    logs: dict[str, Path] = field(default_factory=dict)
+    processes: dict[str, LoggedProcess] = field(default_factory=dict)
 
     def start(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        log = self.home / f"{name}.log"
-        self.logs[name] = log
-        self.processes[name] = subprocess.Popen(
-            argv, env=env, cwd=self.home, stdout=log.open("w"), stderr=subprocess.STDOUT,
-            start_new_session=True)
+        self.processes[name] = LoggedProcess(argv, env, self.home / f"{name}.log",
+                                             cwd=self.home)
+
+    def start_api(self) -> None:
+        """The API image's CMD with its container environment, through the one launcher."""
+        self.processes["api"] = start_api({}, self.home, command=API.exec_form("CMD"),
+                                          environ=self.api_env, cwd=self.home)
 
     def log(self, name: str) -> str:
-        return self.logs[name].read_text(errors="replace")[-3000:]
+        return self.processes[name].log(3000)
 
     def wait_for(self, name: str, check, timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.processes[name].poll() is not None:
-                pytest.fail(f"{name} exited {self.processes[name].returncode}:\n{self.log(name)}")
+            process = self.processes[name].process
+            if process.poll() is not None:
+                pytest.fail(f"{name} exited {process.returncode}:\n{self.log(name)}")
             if check():
                 return
             time.sleep(0.2)
@@ -381,22 +385,11 @@ class Live:
 
     def stop(self) -> None:
         for process in self.processes.values():
-            if process.poll() is None:
-                _signal_group(process, signal.SIGTERM)
+            if process.running:
+                process.send(signal.SIGTERM, group=True)
         for process in self.processes.values():
-            try:  # a worker still importing ignores SIGTERM (see entrypoint-code.sh)
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                _signal_group(process, signal.SIGKILL)
-                process.wait(timeout=5)
-            _signal_group(process, signal.SIGKILL)  # stragglers (grandchildren)
-
-
-def _signal_group(process: subprocess.Popen, signum: int) -> None:
-    try:
-        os.killpg(process.pid, signum)
-    except ProcessLookupError:
-        pass
+            # a worker still importing ignores SIGTERM (see entrypoint-code.sh): 5 s
+            process.stop(None, timeout=5)
 
 
 PG = ("127.0.0.1", 5432)
@@ -448,7 +441,7 @@ def live(request, tmp_path_factory) -> Iterator[Live | None]:
     local = {"/opt/dagster/dagster_home": str(dagster_home)}
     code_cmd = _with_port(_with_port(CODE.exec_form("CMD"), "-p", code_port), "-h", "127.0.0.1")
     state.start("code_server", ["/bin/sh", str(ENTRYPOINT), *code_cmd], code_env)
-    state.start("api", API.exec_form("CMD"), api_env)
+    state.start_api()
     worker_cmd = [_localize_path(a, local) for a in argv_of(SERVICES["celery_worker"]["command"])]
     state.start("celery_worker", ["/bin/sh", str(ENTRYPOINT), *worker_cmd], worker_env)
     try:
@@ -1102,7 +1095,7 @@ def test_celery_worker_starts_answers_its_healthcheck_and_shuts_down_warm(live):
     state.wait_for("celery_worker", healthy, timeout=120)
     log = state.log("celery_worker")
     assert "redis://127.0.0.1:6379/13" in log.replace(":**@", "")  # broker from celery.yaml
-    worker = state.processes["celery_worker"]
+    worker = state.processes["celery_worker"].process
     os.killpg(worker.pid, signal.SIGTERM)  # what tini -g does on `docker stop`
     assert worker.wait(timeout=60) == 0, state.log("celery_worker")
     assert "Warm shutdown" in state.log("celery_worker")

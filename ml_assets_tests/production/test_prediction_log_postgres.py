@@ -377,8 +377,7 @@ def test_production_data_resource_reads_the_postgres_log(pg_url, tmp_path):
                                   production.predictions("2026-03-02"))
 
 
-def test_api_logs_its_predictions_to_postgres(mlflow_store, pg_url, unique_name, tmp_path):
-    from ml_assets_tests.support.models import experiment_id, register, train_breast_cancer
+def test_api_logs_its_predictions_to_postgres(mlflow_store, pg_url, cancer_champion, tmp_path):
     from serving.app import create_app
     from serving.settings import ServingSettings
 
@@ -386,10 +385,9 @@ def test_api_logs_its_predictions_to_postgres(mlflow_store, pg_url, unique_name,
         warnings.simplefilter("ignore")
         from fastapi.testclient import TestClient
 
-    trained = train_breast_cancer(n_estimators=5)
-    register(trained, unique_name, experiment_id(unique_name, mlflow_store["artifact_root"]))
+    trained, name = cancer_champion.trained, cancer_champion.name
     settings = ServingSettings(tracking_uri=mlflow_store["tracking_uri"],
-                               model_name=unique_name, poll_seconds=0,
+                               model_name=name, poll_seconds=0,
                                prediction_log_path=tmp_path / "prediction_log.db",
                                prediction_log_url=pg_url)
     records = trained.X_test.head(4).to_dict(orient="records")
@@ -408,7 +406,7 @@ def test_api_logs_its_predictions_to_postgres(mlflow_store, pg_url, unique_name,
     assert frame["row_index"].tolist() == [0, 0, 1, 2]
     assert frame["prediction"].tolist() == [one.json()["prediction"]] + [
         p["prediction"] for p in batch.json()["predictions"]]
-    assert (frame["model_name"] == unique_name).all() and (frame["model_version"] == "1").all()
+    assert (frame["model_name"] == name).all() and (frame["model_version"] == "1").all()
     assert frame["mean radius"].tolist() == pytest.approx(
         [r["mean radius"] for r in records])
 

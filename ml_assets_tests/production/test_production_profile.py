@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -29,7 +28,7 @@ from ml_assets_tests.support.production_stack import (
     SERVICES,
     ProductionStack,
 )
-from ml_assets_tests.support.services import free_port, require
+from ml_assets_tests.support.services import require
 
 TRAINING_ASSETS = ["raw_data", "validated_data", "data_split", "feature_preprocessor",
                    "trained_model", "model_metrics", "registered_model", "champion_comparison",
@@ -164,18 +163,15 @@ def served(stack, first_run) -> dict:
     import psycopg2
     from sklearn.datasets import load_breast_cancer
 
-    port = free_port()
-    env = {**stack.env, "ML_API_HOST": "127.0.0.1", "ML_API_PORT": str(port),
-           "ML_API_POLL_SECONDS": "2"}
-    stack.start("api", [sys.executable, "-m", "serving"], env=env, entrypoint=False)
-    url = f"http://127.0.0.1:{port}"
-    stack.wait_http("api", f"{url}/ready", timeout=120)
-    model = httpx.get(f"{url}/model", timeout=10).json()
-    frame = load_breast_cancer(as_frame=True).frame.drop(columns="target")
-    rows = frame.head(20).to_dict(orient="records")
-    responses = [httpx.post(f"{url}/predict", json=row, timeout=30) for row in rows[:5]]
-    responses.append(httpx.post(f"{url}/predict/batch", json={"records": rows}, timeout=30))
-    stack.stop("api", signal.SIGTERM, timeout=60)  # graceful: flushes the log
+    with stack.api(ML_API_POLL_SECONDS="2") as api:
+        url = api.url
+        model = httpx.get(f"{url}/model", timeout=10).json()
+        frame = load_breast_cancer(as_frame=True).frame.drop(columns="target")
+        rows = frame.head(20).to_dict(orient="records")
+        responses = [httpx.post(f"{url}/predict", json=row, timeout=30) for row in rows[:5]]
+        responses.append(httpx.post(f"{url}/predict/batch", json={"records": rows},
+                                    timeout=30))
+        api.stop(timeout=60)  # SIGTERM, graceful: flushes the log
     conn = psycopg2.connect(host=PG_HOST, port=PG_PORT, user=PG_USER,
                             dbname=stack.predictions_db, connect_timeout=10)
     try:

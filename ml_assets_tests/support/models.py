@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import uuid
 from dataclasses import dataclass
 from unittest import mock
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 from mlflow import MlflowClient
@@ -114,6 +116,13 @@ def train_regression(estimator: BaseEstimator | None = None, seed: int = 42,
     return TrainedPipeline(pipeline, X_train, X_test, schema, target)
 
 
+
+def same_numbers(values, expected) -> bool:
+    """Equal but for floating-point noise (rtol 1e-12, atol 1e-9): a served regressor's
+    answers against its Pipeline's own."""
+    return np.allclose(np.asarray(values, dtype=float), np.asarray(expected, dtype=float),
+                       rtol=1e-12, atol=1e-9)
+
 def _log_regressor(trained: TrainedPipeline, schema: pa.DataFrameSchema):
     """log_pipeline for a regressor: with its `task` parameter when it has one; else
     the same logging with the metadata a regressor carries (task, no classes)."""
@@ -151,7 +160,7 @@ def experiment_id(name: str, artifact_location: str | None = None) -> str:
 def register(trained: TrainedPipeline, model_name: str, experiment: str,
              alias: str | None = "champion", metrics: dict[str, float] | None = None,
              schema: pa.DataFrameSchema | None = None,
-             infer_requirements: bool = False, compile: bool = True) -> tuple[str, object]:
+             infer_requirements: bool = False, compile: bool = False) -> tuple[str, object]:
     """Log `trained` in a new run of `experiment` (an id), register it under `model_name`
     and point `alias` at it. Returns (version, MLflow ModelInfo). A regressor is logged
     with metadata task "regression" and no classes.
@@ -161,7 +170,9 @@ def register(trained: TrainedPipeline, model_name: str, experiment: str,
     this service nor `mlflow models serve --env-manager local` reads them.
 
     `compile` converts the pipeline to ONNX and checks parity on X_test, as the
-    pipeline's `registered_model` asset does (the version's onnx.* tags say how it went)."""
+    pipeline's `registered_model` asset does (the version's onnx.* tags say how it went);
+    it costs seconds, so only the tests about the compiled runtime ask for it. Without
+    it the version has no graph and the service answers with the Pipeline."""
     skip = contextlib.nullcontext() if infer_requirements else mock.patch.object(
         mlflow.models, "infer_pip_requirements", lambda *args, fallback=None, **kw: fallback)
     with skip, mlflow.start_run(experiment_id=experiment):
@@ -183,3 +194,41 @@ def register(trained: TrainedPipeline, model_name: str, experiment: str,
     if alias:
         MlflowClient().set_registered_model_alias(model_name, alias, version)
     return version, info
+
+
+def register_new(trained: TrainedPipeline, prefix: str, artifact_root: str | None = None,
+                 **kwargs) -> str:
+    """`trained` as version 1 and champion of a new registered model (and experiment)
+    named `prefix`_<random>; its name. `kwargs` go to register()."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    register(trained, name, experiment_id(name, artifact_root), **kwargs)
+    return name
+
+
+
+def champion_and_challenger() -> tuple[TrainedPipeline, TrainedPipeline]:
+    """Two breast-cancer forests that disagree on some rows: a weak stump forest (the
+    champion) and a real forest (the challenger)."""
+    return (train_breast_cancer(n_estimators=5, max_depth=1, seed=1),
+            train_breast_cancer(n_estimators=20, seed=2))
+
+
+def register_champion_and_challenger(models: tuple[TrainedPipeline, TrainedPipeline],
+                                     prefix: str, artifact_root: str | None = None) -> str:
+    """models[0] as version 1 and champion, models[1] as version 2 without an alias, of
+    a new registered model named `prefix`_<random>; its name."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    experiment = experiment_id(name, artifact_root)
+    register(models[0], name, experiment)
+    register(models[1], name, experiment, alias=None)
+    return name
+
+@dataclass(frozen=True)
+class Champion:
+    """A registered model whose version `version` is its champion."""
+
+    name: str
+    version: str
+    trained: TrainedPipeline
+    info: object  # MLflow's ModelInfo
+

@@ -12,6 +12,7 @@ removes them when it closes; task results go to a Redis database chosen by the c
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -23,6 +24,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ml_assets_tests.support.api_process import ApiProcess, api_process
+from ml_assets_tests.support.processes import LoggedProcess
 from ml_assets_tests.support.services import free_port, wait_http
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,7 +81,7 @@ class ProductionStack:
     broker: str = RABBITMQ_URL
     redis_db: int = 12
     tag: str = field(default_factory=lambda: uuid.uuid4().hex[:10])
-    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    processes: dict[str, LoggedProcess] = field(default_factory=dict)
     logs: dict[str, Path] = field(default_factory=dict)
     databases: list[str] = field(default_factory=list)
     extra_env: dict[str, str] = field(default_factory=dict)  # wins over the defaults
@@ -126,14 +129,11 @@ class ProductionStack:
     # --- processes -----------------------------------------------------------------------
 
     def start(self, name: str, argv: list[str], env: dict[str, str] | None = None,
-              entrypoint: bool = True) -> subprocess.Popen:
-        log = self.root / f"{name}.log"
+              entrypoint: bool = True) -> LoggedProcess:
         command = ["/bin/sh", str(ENTRYPOINT), *argv] if entrypoint else argv
-        with open(log, "ab") as out:
-            process = subprocess.Popen(command, env=env or self.env, cwd=self.root,
-                                       stdout=out, stderr=subprocess.STDOUT,
-                                       start_new_session=True)
-        self.processes[name], self.logs[name] = process, log
+        process = LoggedProcess(command, env or self.env, self.root / f"{name}.log",
+                                cwd=self.root)
+        self.processes[name], self.logs[name] = process, process.log_path
         return process
 
     def log_tail(self, name: str, lines: int = 40) -> str:
@@ -144,24 +144,15 @@ class ProductionStack:
         """Signal the process group of `name` (its children too, even when the leader
         already exited), then SIGKILL whatever is left after `timeout`."""
         process = self.processes.pop(name, None)
-        if process is None:
-            return
-        for signum, wait in ((sig, timeout), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(process.pid, signum)
-            except ProcessLookupError:
-                return  # the whole group is gone
-            try:
-                process.wait(wait)
-            except subprocess.TimeoutExpired:
-                continue
-            if signum == signal.SIGKILL:
-                return
-            try:  # leader gone: children left behind get the kill too
-                os.killpg(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            return
+        if process is not None:
+            process.stop(sig, timeout, group=True)
+
+    def api(self, **env: str) -> contextlib.AbstractContextManager[ApiProcess]:
+        """The API image's command (`python -m serving`) on 127.0.0.1 and a free port,
+        with the environment compose gives it here (this stack's tracking server, its
+        PostgreSQL prediction log), ready for the block and stopped after it."""
+        return api_process({"ML_API_HOST": "127.0.0.1", **env}, self.root,
+                           environ=self.env, ready_timeout=120)
 
     def create_databases(self) -> None:
         for db in (self.dagster_db, self.mlflow_db, self.predictions_db):
@@ -201,12 +192,14 @@ class ProductionStack:
     # --- readiness -----------------------------------------------------------------------
 
     def wait_http(self, name: str, url: str, timeout: float = 120) -> None:
-        wait_http(url, self.processes.get(name), timeout, lambda: self.log_tail(name))
+        process = self.processes.get(name)
+        wait_http(url, process.process if process else None, timeout,
+                  lambda: self.log_tail(name))
 
     def wait_code_server(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.processes["code_server"].poll() is not None:
+            if not self.processes["code_server"].running:
                 raise AssertionError(f"code server exited:\n{self.log_tail('code_server')}")
             probe = subprocess.run(
                 ["dagster", "api", "grpc-health-check", "-p", str(self.code_port)],
@@ -226,7 +219,7 @@ class ProductionStack:
         try:
             while time.monotonic() < deadline:
                 for n in names:
-                    if self.processes[n].poll() is not None:
+                    if not self.processes[n].running:
                         raise AssertionError(f"{n} exited:\n{self.log_tail(n)}")
                 replies = app.control.ping(timeout=1.0) or []
                 if wanted <= {name for reply in replies for name in reply}:

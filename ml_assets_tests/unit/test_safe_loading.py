@@ -3,21 +3,18 @@
 Hostile versions (a pickle whose `__reduce__` writes a marker file; a skops file whose
 own MLmodel trusts a function that writes one) are pointed at by `champion` and must
 be refused unopened everywhere a model is opened: the real `python -m serving`
-process on /admin/reload (the old champion keeps serving), the promotion comparison
-and the monitoring scorer. The marker file proves no byte of their code ran.
+process on /admin/reload (ml_assets_tests/e2e/test_safe_loading_process.py: the old
+champion keeps serving), the promotion comparison and the monitoring scorer. The marker
+file proves no byte of their code ran.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
-import httpx
 import mlflow
 import pytest
 import yaml
@@ -25,7 +22,6 @@ from mlflow import MlflowClient
 from sklearn.preprocessing import FunctionTransformer
 
 from ml_assets.core.artifacts.loading import (
-    FEATURE_SCHEMA_KEY,
     OPERATOR_TYPES_KEY,
     OPERATOR_TYPES_TAG,
     TRUSTED_TYPES_ENV,
@@ -35,99 +31,22 @@ from ml_assets.core.artifacts.loading import (
 from ml_assets.core.artifacts.saving import log_pipeline
 from ml_assets.core.data.datasets import BREAST_CANCER_TARGET, load_breast_cancer_frame
 from ml_assets.core.data.preprocessing import split_frame
-from ml_assets.core.data.schemas import model_signature, schema_yaml
 from ml_assets.core.modeling.metrics import classification_metrics
 from ml_assets.core.modeling.pipeline import SKOPS_TRUSTED_TYPES
+from ml_assets_tests.support.hostile_models import (
+    HOOK_TYPE,
+    PickleBomb,
+    edit_flavor,
+    hooked,
+    save_dir,
+)
+from ml_assets_tests.support.hostile_models import hostile_registry as registered_hostile
 from ml_assets_tests.support.models import (
     TrainedPipeline,
     experiment_id,
     register,
     train_breast_cancer,
 )
-from ml_assets_tests.support.services import free_port, wait_http
-
-REPO = Path(__file__).resolve().parents[2]
-HOOK_TYPE = f"{__name__}.write_marker"
-PIP = ["scikit-learn"]  # explicit requirements: MLflow does not load the model to infer them
-
-
-# -- the payloads (module level: importable by name, as an attacker's would be) ----------
-
-def _pwned(marker: str, payload):
-    """What unpickling a PickleBomb calls: writes the marker, returns a working model."""
-    Path(marker).write_text("pickle payload ran")
-    return payload
-
-
-class PickleBomb:
-    """Pickles fine; unpickling it runs `_pwned` (the classic `__reduce__` exploit)."""
-
-    def __init__(self, pipeline, marker: Path):
-        self.pipeline, self.marker = pipeline, str(marker)
-
-    def __reduce__(self):
-        return (_pwned, (self.marker, self.pipeline))
-
-
-def write_marker(X, marker: str):
-    """A non-scikit-learn function a FunctionTransformer calls on every prediction."""
-    Path(marker).write_text("skops-trusted function ran")
-    return X
-
-
-def hooked(trained: TrainedPipeline, marker: Path):
-    """The good pipeline behind a FunctionTransformer(write_marker): same predictions, but
-    its skops file needs `HOOK_TYPE`, which nobody reviewed."""
-    from sklearn.pipeline import Pipeline
-
-    hook = FunctionTransformer(write_marker, kw_args={"marker": str(marker)})
-    return Pipeline([("hook", hook.fit(trained.X_train)), ("model", trained.pipeline)])
-
-
-# -- helpers -----------------------------------------------------------------------------
-
-def _metadata(trained: TrainedPipeline) -> dict:
-    return {FEATURE_SCHEMA_KEY: schema_yaml(trained.schema), "target": trained.target,
-            "classes": [str(c) for c in trained.pipeline.classes_]}
-
-
-def _signature(trained: TrainedPipeline):
-    return model_signature(trained.schema, trained.target,
-                           trained.pipeline.predict(trained.X_train.head(5)))
-
-
-def log_raw(model, trained: TrainedPipeline, name: str, experiment: str, fmt: str,
-            trusted: list[str] | None = None, alias: str | None = "champion") -> str:
-    """Log `model` with MLflow directly (the format and trusted list an attacker picks),
-    with the same metadata log_pipeline writes; register it and point `alias` at it."""
-    with mlflow.start_run(experiment_id=experiment):
-        info = mlflow.sklearn.log_model(
-            model, name="model", signature=_signature(trained), serialization_format=fmt,
-            skops_trusted_types=trusted, metadata=_metadata(trained), pip_requirements=PIP)
-    version = str(mlflow.register_model(info.model_uri, name).version)
-    if alias:
-        MlflowClient().set_registered_model_alias(name, alias, version)
-    return version
-
-
-def save_dir(path: Path, model, trained: TrainedPipeline, fmt: str = "skops",
-             trusted: list[str] | None = None) -> Path:
-    mlflow.sklearn.save_model(model, str(path), serialization_format=fmt,
-                              skops_trusted_types=trusted or SKOPS_TRUSTED_TYPES,
-                              metadata=_metadata(trained), signature=_signature(trained),
-                              pip_requirements=PIP)
-    return path
-
-
-def edit_flavor(model_dir: Path, **changes) -> None:
-    mlmodel = model_dir / "MLmodel"
-    document = yaml.safe_load(mlmodel.read_text())
-    for key, value in changes.items():
-        if value is None:
-            document["flavors"]["sklearn"].pop(key, None)
-        else:
-            document["flavors"]["sklearn"][key] = value
-    mlmodel.write_text(yaml.safe_dump(document))
 
 
 @pytest.fixture(scope="module")
@@ -283,9 +202,8 @@ def test_training_a_pipeline_with_an_unlisted_type_fails_naming_it(
                                                                          "malignant"]
 
 
-def test_a_default_pipeline_records_only_reviewed_types(mlflow_store, unique_name, trained):
-    _, info = register(trained, unique_name, experiment_id(unique_name,
-                                                            mlflow_store["artifact_root"]))
+def test_a_default_pipeline_records_only_reviewed_types(cancer_champion):
+    info = cancer_champion.info  # logged by log_pipeline, as every default pipeline
     assert set(info.flavors["sklearn"]["skops_trusted_types"]) <= set(SKOPS_TRUSTED_TYPES)
     assert OPERATOR_TYPES_KEY not in info.metadata
 
@@ -295,84 +213,7 @@ def test_a_default_pipeline_records_only_reviewed_types(mlflow_store, unique_nam
 @pytest.fixture
 def hostile_registry(mlflow_store, unique_name, trained, marker):
     """v1 good; v2 a pickle bomb; v3 a skops file trusting its own hook. No alias yet."""
-    experiment = experiment_id(unique_name, mlflow_store["artifact_root"])
-    register(trained, unique_name, experiment, alias="champion")
-    log_raw(PickleBomb(trained.pipeline, marker), trained, unique_name, experiment,
-            "pickle", alias=None)
-    log_raw(hooked(trained, marker), trained, unique_name, experiment, "skops",
-            trusted=[*SKOPS_TRUSTED_TYPES, HOOK_TYPE], alias=None)
-    marker.unlink(missing_ok=True)  # MLflow's own save-time check predicted with v3
-    return unique_name
-
-
-def _failures(url: str, reason: str) -> float:
-    prefix = f'ml_api_model_load_failures_total{{reason="{reason}"}} '
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    return float(next(x for x in text.splitlines() if x.startswith(prefix)).split()[-1])
-
-
-def test_the_api_refuses_hostile_champions_and_keeps_serving(mlflow_store, hostile_registry,
-                                                             trained, marker, tmp_path):
-    name = hostile_registry
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store["tracking_uri"],
-           "ML_REGISTERED_MODEL_NAME": name, "ML_API_HOST": "127.0.0.1",
-           "ML_API_PORT": str(port), "ML_API_POLL_SECONDS": "0",
-           "ML_PREDICTION_LOG_PATH": str(tmp_path / "prediction_log.db"),
-           "ML_PLATFORM_HOME": str(tmp_path / "home")}
-    env.pop(TRUSTED_TYPES_ENV, None)
-    server_log = open(tmp_path / "server.log", "wb")  # noqa: SIM115 - closed in finally
-    process = subprocess.Popen([sys.executable, "-m", "serving", "--log-level", "warning"],
-                               cwd=REPO, env=env, stdout=server_log, stderr=subprocess.STDOUT)
-    row = trained.X_test.iloc[0].to_dict()
-    try:
-        wait_http(f"{url}/ready", process,
-                  detail=lambda: (tmp_path / "server.log").read_text(errors="replace"))
-        assert _failures(url, "untrusted_model") == 0.0  # exported at 0
-        expected = {"2": ["serialization_format 'pickle'", "only 'skops'"],
-                    "3": [HOOK_TYPE, TRUSTED_TYPES_ENV]}
-        for count, (version, phrases) in enumerate(expected.items(), start=1):
-            MlflowClient().set_registered_model_alias(name, "champion", version)
-            result = httpx.post(f"{url}/admin/reload", json={}, timeout=60)
-            assert result.status_code == 409, result.text
-            body = result.json()
-            assert body["status"] == "rejected" and body["candidate_version"] == version
-            assert body["serving_version"] == "1"
-            assert f"version {version}" in body["detail"]
-            assert all(phrase in body["detail"] for phrase in phrases), body["detail"]
-
-            predicted = httpx.post(f"{url}/predict", json=row, timeout=10)
-            assert predicted.status_code == 200 and predicted.json()["model_version"] == "1"
-            ready = httpx.get(f"{url}/ready", timeout=10)
-            assert ready.status_code == 200 and ready.json()["model_version"] == "1"
-            assert ready.json()["detail"].startswith(
-                f"serving version 1; version {version} refused (untrusted_model): ")
-            info = httpx.get(f"{url}/model", timeout=10).json()
-            assert info["version"] == "1"
-            assert info["refused"]["version"] == version
-            assert info["refused"]["reason"] == "untrusted_model"
-            assert all(phrase in info["refused"]["detail"] for phrase in phrases)
-            assert _failures(url, "untrusted_model") == float(count)
-            assert _failures(url, "load_error") == 0.0
-            assert not marker.exists(), "the hostile model's code ran in the API"
-
-        # The alias back on the served version: the refusal is history, not status.
-        MlflowClient().set_registered_model_alias(name, "champion", "1")
-        assert httpx.post(f"{url}/admin/reload", json={}, timeout=60).json()["status"] == \
-            "unchanged"
-        assert "detail" not in httpx.get(f"{url}/ready", timeout=10).json()
-        assert httpx.get(f"{url}/model", timeout=10).json()["refused"] is None
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-        server_log.close()
-    assert not marker.exists()
+    return registered_hostile(trained, marker, unique_name, mlflow_store["artifact_root"])
 
 
 def _split():
