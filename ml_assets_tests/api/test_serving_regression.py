@@ -34,8 +34,13 @@ from ml_assets_tests.support.models import (
 from ml_assets_tests.support.services import free_port, wait_http
 from serving.app import create_app
 from serving.batcher import MicroBatcher
-from serving.model_store import INTERVAL_Z, offers_std
-from serving.responses import InvocationsResponse, ModelInfo, PredictBatchResponse, PredictResponse
+from serving.http.responses import (
+    InvocationsResponse,
+    ModelInfo,
+    PredictBatchResponse,
+    PredictResponse,
+)
+from serving.model.served import INTERVAL_Z, offers_std
 from serving.settings import ServingSettings
 
 with warnings.catch_warnings():  # starlette prefers httpx2 over the pinned httpx

@@ -38,8 +38,8 @@ from ml_assets.core.rollout.traffic import simulate
 from ml_assets_tests.support.models import experiment_id, register, train_breast_cancer
 from ml_assets_tests.support.services import free_port, until, wait_http
 from serving.app import create_app
-from serving.metrics import ServiceMetrics
-from serving.model_store import ModelRejected, ModelStore
+from serving.http.metrics import ServiceMetrics
+from serving.model.store import ModelRejected, ModelStore
 from serving.rollout import RolloutRouter, RolloutState, request_key
 from serving.settings import ServingSettings
 

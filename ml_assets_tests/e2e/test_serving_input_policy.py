@@ -26,8 +26,9 @@ from ml_assets.core.data.schemas import synthetic_schema
 from ml_assets.core.prediction_log import META_COLUMNS, PredictionRecord, SQLitePredictionLog
 from ml_assets_tests.support.models import experiment_id, register, train_frame
 from ml_assets_tests.support.services import free_port, wait_http
-from serving.invocations import validation_message
-from serving.request_models import build_request_models, feature_specs
+from serving.model.feature_specs import feature_specs
+from serving.model.request_models import build_request_models
+from serving.protocols.validation_errors import validation_message
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC = SyntheticSpec(n_rows=400, n_numeric=2, n_categorical=2, n_categories=3, n_classes=2,

@@ -26,7 +26,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from ml_assets.core.prediction_log import SQLitePredictionLog
 from ml_assets_tests.support.models import experiment_id, register, train_breast_cancer
 from ml_assets_tests.support.services import free_port, wait_http
-from serving.workers import Outcome, SharedDir, WorkerSync
+from serving.workers.shared_dir import SharedDir
+from serving.workers.supervisor import Outcome
+from serving.workers.sync import WorkerSync
 
 REPO = Path(__file__).resolve().parents[2]
 WORKERS = 2
