@@ -237,8 +237,8 @@ def _rate(call, rows: int, seconds: float = 3.0) -> float:
 
 def _served(name: str, runtime: str):
     """The champion as the service loads it (ModelStore.load: compiled graph, checks)."""
-    from serving.metrics import ServiceMetrics
-    from serving.model_store import ModelStore
+    from serving.http.metrics import ServiceMetrics
+    from serving.model.store import ModelStore
     from serving.settings import ServingSettings
 
     settings = ServingSettings(model_name=name, tracking_uri=os.environ["MLFLOW_TRACKING_URI"],

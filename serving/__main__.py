@@ -2,7 +2,7 @@
 
 Settings come from the environment (see serving/settings.py); arguments win. One worker
 (ML_API_WORKERS=1, the default) serves in this process; with more, this process
-supervises that many worker processes on one port (serving/workers.py).
+supervises that many worker processes on one port (serving/workers/).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import uvicorn
 from ml_assets.core.prediction_log import PredictionLogError
 from serving.app import create_app, open_log
 from serving.settings import ServingSettings, SettingsError
-from serving.workers import run_workers
+from serving.workers.supervisor import run_workers
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,19 +23,21 @@ from ml_assets.core.prediction_log import (
     open_prediction_log,
     resolve_log_location,
 )
-from serving.auth import api_key_dependency
 from serving.batcher import MicroBatcher
-from serving.metrics import VALUE_BUCKETS, ServiceMetrics
-from serving.middleware import BodySizeLimit, BodyTooLarge, RequestContext, request_id_of
-from serving.model_store import ModelStore
-from serving.open_inference import V2ErrorShape, include_open_inference
-from serving.request_models import BATCH_MODEL, INVOCATIONS_RECORD_MODEL, RECORD_MODEL
-from serving.responses import ErrorResponse, OrjsonResponse, unavailable
+from serving.http.auth import api_key_dependency
+from serving.http.metrics import VALUE_BUCKETS, ServiceMetrics
+from serving.http.middleware import BodySizeLimit, BodyTooLarge, RequestContext, request_id_of
+from serving.http.responses import ErrorResponse, OrjsonResponse, unavailable
+from serving.model.request_models import BATCH_MODEL, INVOCATIONS_RECORD_MODEL, RECORD_MODEL
+from serving.model.store import ModelStore
+from serving.protocols.native import open_routes, protected_routes
+from serving.protocols.v2.errors import V2ErrorShape
+from serving.protocols.v2.routes import include_open_inference
 from serving.rollout import RolloutRouter
-from serving.routes import open_routes, protected_routes
 from serving.service import Service
 from serving.settings import ServingSettings
-from serving.workers import SharedDir, WorkerHeaders, WorkerSync, swap_origin
+from serving.workers.shared_dir import SharedDir
+from serving.workers.sync import WorkerHeaders, WorkerSync, swap_origin
 
 logger = logging.getLogger(__name__)
 try:
@@ -103,7 +105,7 @@ def create_app(settings: ServingSettings | None = None, *,
     when `prediction_log_url` is set, else the SQLite file; see `open_log`); the app
     closes it at shutdown and records on `app.state.prediction_log_lost_rows` how many
     rows could be neither stored nor spilled. `shared_dir`: set in a worker process
-    (serving/workers.py): metrics are merged with the other workers', reloads are
+    (serving/workers/): metrics are merged with the other workers', reloads are
     passed on and followed, the log's state is reported to the supervisor."""
     settings = settings or ServingSettings.from_env()
     metrics = ServiceMetrics(settings.predicted_value_buckets or VALUE_BUCKETS,

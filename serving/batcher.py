@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from serving.input_limits import InputOverflow, diagnose_overflow, is_overflow_error
-from serving.metrics import ServiceMetrics
-from serving.model_store import ServedModel
+from serving.http.metrics import ServiceMetrics
+from serving.model.input_limits import InputOverflow, diagnose_overflow, is_overflow_error
+from serving.model.served import ServedModel
 
 __all__ = ["InputOverflow", "MicroBatcher"]
 

@@ -34,8 +34,9 @@ from ml_assets.core.rollout.plan import (
     read_rollout,
     serves_canary,
 )
-from serving.metrics import ServiceMetrics
-from serving.model_store import ModelRejected, ModelStore, ServedModel
+from serving.http.metrics import ServiceMetrics
+from serving.model.served import ServedModel
+from serving.model.store import ModelRejected, ModelStore
 
 logger = logging.getLogger(__name__)
 

@@ -32,9 +32,10 @@ from ml_assets.core.prediction_log import (
 )
 from ml_assets.core.rollout.plan import CANARY, CHAMPION, SHADOW
 from serving.batcher import MicroBatcher
-from serving.input_limits import InputOverflow, NonFinitePrediction
-from serving.metrics import ServiceMetrics
-from serving.model_store import ModelStore, ServedModel, intervals
+from serving.http.metrics import ServiceMetrics
+from serving.model.input_limits import InputOverflow, NonFinitePrediction
+from serving.model.served import ServedModel, intervals
+from serving.model.store import ModelStore
 from serving.rollout import RolloutRouter, request_key
 from serving.settings import ServingSettings
 

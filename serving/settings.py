@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ml_assets.core.prediction_log import resolve_log_location
 from ml_assets.settings import PlatformSettings
-from serving.request_models import INPUT_POLICIES
+from serving.model.request_models import INPUT_POLICIES
 
 RUNTIMES = ("auto", "onnx", "sklearn")
 
@@ -110,7 +110,7 @@ class ServingSettings:
     # refuses the request (422, 400 on /invocations). See docs/serving.md.
     input_policy: str = "accept"
     # Bucket bounds of ml_api_predicted_value (regressors' predicted values); None keeps
-    # serving.metrics.VALUE_BUCKETS. ML_API_PREDICTED_VALUE_BUCKETS="0,10,50,100,500".
+    # serving.http.metrics.VALUE_BUCKETS. ML_API_PREDICTED_VALUE_BUCKETS="0,10,50,100,500".
     predicted_value_buckets: tuple[float, ...] | None = None
     # Which runtime answers: "auto" serves a version's compiled ONNX graph when it passed
     # its parity gate at registration (scikit-learn otherwise), "onnx" requires it (a

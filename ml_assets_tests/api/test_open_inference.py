@@ -23,9 +23,11 @@ from pydantic import ValidationError
 from ml_assets.core.data.schemas import ROLE_KEY
 from ml_assets_tests.support.models import register_new, train_frame
 from serving.app import create_app
-from serving.input_limits import FLOAT32_MAX
-from serving.open_inference import V2Error, decode_request
-from serving.request_models import FeatureSpec, build_request_models
+from serving.model.feature_specs import FeatureSpec
+from serving.model.input_limits import FLOAT32_MAX
+from serving.model.request_models import build_request_models
+from serving.protocols.v2.codec import decode_request
+from serving.protocols.v2.errors import V2Error
 from serving.settings import ServingSettings
 
 with warnings.catch_warnings():  # starlette prefers httpx2 over the pinned httpx

@@ -287,7 +287,7 @@ def test_openapi_lists_endpoints_and_generated_schema(client, trained):
 
 
 def test_response_bodies_match_the_documented_models(client, row):
-    from serving.responses import ModelInfo, PredictBatchResponse, PredictResponse
+    from serving.http.responses import ModelInfo, PredictBatchResponse, PredictResponse
 
     PredictResponse.model_validate(client.post("/predict", json=row).json())
     PredictBatchResponse.model_validate(client.post("/predict/batch",

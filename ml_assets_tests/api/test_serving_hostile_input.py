@@ -16,8 +16,8 @@ import pytest
 
 from serving.app import create_app
 from serving.batcher import _predict
-from serving.input_limits import FLOAT32_MAX, InputOverflow
-from serving.request_models import build_request_models
+from serving.model.input_limits import FLOAT32_MAX, InputOverflow
+from serving.model.request_models import build_request_models
 from serving.settings import ServingSettings
 
 with warnings.catch_warnings():  # starlette prefers httpx2 over the pinned httpx
@@ -268,7 +268,7 @@ def test_auth_comes_before_the_content_type(mlflow_store, client, tmp_path):
 def test_integer_features_stop_at_int64_exactly():
     from pydantic import ValidationError
 
-    from serving.request_models import FeatureSpec, frame_from_rows
+    from serving.model.feature_specs import FeatureSpec, frame_from_rows
 
     models = build_request_models([FeatureSpec("n", "integer", False)], 10)
     top = 2 ** 63 - 1
@@ -293,7 +293,7 @@ def test_a_feature_schema_is_parsed_as_text_never_opened_as_a_path(tmp_path):
 
 
 def test_an_input_example_outside_the_model_directory_is_not_read(tmp_path):
-    from serving.model_store import _input_example
+    from serving.model.store import _input_example
 
     model = tmp_path / "model"
     model.mkdir()

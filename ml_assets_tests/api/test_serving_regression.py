@@ -28,7 +28,7 @@ from ml_assets_tests.support.models import (
 from ml_assets_tests.support.models import same_numbers as _close
 from serving.app import create_app
 from serving.batcher import MicroBatcher
-from serving.model_store import offers_std
+from serving.model.served import offers_std
 from serving.settings import ServingSettings
 
 with warnings.catch_warnings():  # starlette prefers httpx2 over the pinned httpx

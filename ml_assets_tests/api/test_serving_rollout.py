@@ -32,8 +32,8 @@ from ml_assets_tests.support.models import (
     register_champion_and_challenger,
 )
 from serving.app import create_app
-from serving.metrics import ServiceMetrics
-from serving.model_store import ModelRejected, ModelStore
+from serving.http.metrics import ServiceMetrics
+from serving.model.store import ModelRejected, ModelStore
 from serving.rollout import RolloutRouter, RolloutState, request_key
 from serving.settings import ServingSettings
 

@@ -219,7 +219,7 @@ def test_a_model_that_learned_none_as_a_category_gets_none(mlflow_store, tmp_pat
 
     from ml_assets.core.data.preprocessing import model_inputs
     from ml_assets_tests.support.models import TrainedPipeline
-    from serving.model_store import learned_none_category
+    from serving.model.served import learned_none_category
 
     frame = pd.read_csv(PENGUINS).dropna(subset=["bill_length_mm", "bill_depth_mm"])
     frame["sex"] = frame["sex"].astype(object).where(frame["sex"].notna(), None)

@@ -23,8 +23,9 @@ from ml_assets.core.data.schemas import synthetic_schema
 from ml_assets.core.prediction_log import META_COLUMNS, PredictionRecord, SQLitePredictionLog
 from ml_assets_tests.support.api_process import api_process
 from ml_assets_tests.support.models import register_new, train_frame
-from serving.invocations import validation_message
-from serving.request_models import build_request_models, feature_specs
+from serving.model.feature_specs import feature_specs
+from serving.model.request_models import build_request_models
+from serving.protocols.validation_errors import validation_message
 
 SPEC = SyntheticSpec(n_rows=400, n_numeric=2, n_categorical=2, n_categories=3, n_classes=2,
                      missing_fraction=0.1, seed=5)

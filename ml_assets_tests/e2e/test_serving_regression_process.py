@@ -16,8 +16,13 @@ from ml_assets_tests.support import user_factory
 from ml_assets_tests.support.api_process import api_process
 from ml_assets_tests.support.models import experiment_id, register, train_regression
 from ml_assets_tests.support.models import same_numbers as _close
-from serving.model_store import INTERVAL_Z
-from serving.responses import InvocationsResponse, ModelInfo, PredictBatchResponse, PredictResponse
+from serving.http.responses import (
+    InvocationsResponse,
+    ModelInfo,
+    PredictBatchResponse,
+    PredictResponse,
+)
+from serving.model.served import INTERVAL_Z
 
 CLASSIFIER_KEYS = {"confidence", "probabilities"}
 

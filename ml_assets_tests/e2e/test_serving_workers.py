@@ -23,12 +23,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ml_assets.core.prediction_log import SQLitePredictionLog
 from ml_assets_tests.support.api_process import start_api
-from ml_assets_tests.support.models import (
-    experiment_id,
-    register,
-    train_breast_cancer,
-)
-from serving.workers import Outcome, SharedDir, WorkerSync
+from ml_assets_tests.support.models import experiment_id, register, train_breast_cancer
+from serving.workers.shared_dir import SharedDir
+from serving.workers.supervisor import Outcome
+from serving.workers.sync import WorkerSync
 
 WORKERS = 2
 REQUESTS = 400  # K concurrent one-row predictions

@@ -966,7 +966,7 @@ def container_ports(service: dict) -> list[str]:
 
 
 def test_http_healthchecks_target_real_routes():
-    from serving.routes import open_routes
+    from serving.protocols.native import open_routes
 
     checks = {"webserver": ("dagster_webserver.webserver", '"/server_info"'),
               "mlflow": ("mlflow.server", '"/health"')}
@@ -1108,7 +1108,7 @@ def exported_samples() -> dict[str, set[str]]:
     has a value."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    from serving.metrics import ServiceMetrics
+    from serving.http.metrics import ServiceMetrics
 
     metrics = ServiceMetrics()
     metrics.observe_request("/predict", "POST", 200, time.perf_counter())
@@ -1146,8 +1146,8 @@ def test_prometheus_config_scrapes_the_api_with_its_key():
 
 
 def test_alert_rules_use_exported_metrics_and_labels():
-    from serving.metrics import FAILURE_REASONS
-    from serving.routes import open_routes, protected_routes
+    from serving.http.metrics import FAILURE_REASONS
+    from serving.protocols.native import open_routes, protected_routes
 
     samples = exported_samples()
     routes = {r.path for r in [*open_routes.routes, *protected_routes.routes]}

@@ -196,7 +196,7 @@ def test_a_missing_category_is_imputed_as_in_training_on_both_runtimes(penguin_f
     (frame_from_rows), and the graph feeds as NaN: both runtimes impute it. A frame's
     None (an unknown category to scikit-learn's NaN imputer) stays told apart on the
     frame path."""
-    from serving.request_models import FeatureSpec, frame_from_rows
+    from serving.model.feature_specs import FeatureSpec, frame_from_rows
 
     trained, _, _, compiled = penguin_forest
     base = _served_dtypes(trained.X_test.head(20)).reset_index(drop=True)

@@ -19,13 +19,9 @@ from ml_assets.core.data.datasets import (
     load_breast_cancer_frame,
 )
 from ml_assets.core.data.schemas import breast_cancer_schema, synthetic_schema
-from serving.invocations import InvocationError, parse_rows
-from serving.request_models import (
-    build_request_models,
-    example_rows,
-    feature_specs,
-    frame_from_rows,
-)
+from serving.model.feature_specs import example_rows, feature_specs, frame_from_rows
+from serving.model.request_models import build_request_models
+from serving.protocols.mlflow import InvocationError, parse_rows
 from serving.settings import ServingSettings, SettingsError
 
 

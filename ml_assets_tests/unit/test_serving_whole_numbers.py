@@ -4,9 +4,10 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from serving import invocations
-from serving.invocations import InvocationError
-from serving.request_models import FeatureSpec, build_request_models
+from serving.model.feature_specs import FeatureSpec
+from serving.model.request_models import build_request_models
+from serving.protocols import mlflow as invocations
+from serving.protocols.mlflow import InvocationError
 
 SPECS = [FeatureSpec("rooms", "integer", True), FeatureSpec("area", "number", False)]
 

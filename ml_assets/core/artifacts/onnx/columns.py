@@ -31,7 +31,7 @@ def _column_kind(name: str, series: pd.Series) -> str:
 def _served_dtypes(frame: pd.DataFrame) -> pd.DataFrame:
     """`frame` with numbers and booleans float64 (missing NaN), strings object (missing
     NaN): the dtypes a served row with missing values reaches the Pipeline in
-    (serving.request_models.frame_from_rows)."""
+    (serving.model.feature_specs.frame_from_rows)."""
     out = {}
     for column in frame.columns:
         series = frame[column]

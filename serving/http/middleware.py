@@ -16,7 +16,7 @@ import uuid
 
 import orjson
 
-from serving.metrics import ServiceMetrics
+from serving.http.metrics import ServiceMetrics
 
 logger = logging.getLogger(__name__)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")

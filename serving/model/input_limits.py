@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from serving.model.feature_specs import frame_from_rows
+
 logger = logging.getLogger(__name__)
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -135,8 +137,6 @@ def derived_bounds(pipeline, specs, example: dict | None) -> dict[str, tuple[flo
     """Per number feature, the (low, high) input range whose preprocessed values stay
     within float32 (each feature probed alone from the example row, to a factor of 2).
     Empty when the pipeline has no preprocessing or cannot be probed."""
-    from serving.request_models import frame_from_rows  # request_models imports this
-
     transformer = _transformer(pipeline)
     numeric = [i for i, s in enumerate(specs) if s.kind in ("number", "integer")]
     if transformer is None or not numeric or not example:

@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 
 from fastapi import HTTPException, Request
 
-from serving.input_limits import excerpt
-from serving.responses import ErrorResponse
+from serving.http.responses import ErrorResponse
+from serving.model.input_limits import excerpt
 
 OFF_LOOP_BYTES = 64 * 1024
 _T = TypeVar("_T")

@@ -56,7 +56,7 @@ VALUE_BUCKETS = (0.0, *sorted(m * 10.0 ** e for m in (1, 2.5, 5) for e in range(
 #   every prediction is answered 503. A worker that is still loading (0) at start-up
 #   does not hide the others' version.
 # - model_version_min: livemin: with model_version, a worker left behind shows (max >
-#   min) when a follow failed (serving/workers.py retries it).
+#   min) when a follow failed (serving/workers/sync.py retries it).
 # - model_loaded_at: livemax: the latest load by any worker (a swap, or a replaced
 #   worker loading the champion), which is what "when did the served model change" asks.
 # - log_backlog: livesum: rows accepted and not yet stored, over all workers.
@@ -241,7 +241,7 @@ class ServiceMetrics:
     def track_backlog(self, backlog: Callable[[], float]) -> None:
         """ml_api_prediction_log_backlog follows `backlog()`: read at every scrape with one
         process; with workers (set_function is not supported in multiprocess mode) it is
-        stored by `sample()`: after every commit, twice a second (serving/workers.py)
+        stored by `sample()`: after every commit, twice a second (serving/workers/sync.py)
         and before this worker renders."""
         if self.multiprocess_dir is None:
             self.log_backlog.set_function(lambda: float(backlog()))

@@ -1,4 +1,7 @@
-"""HTTP endpoints. `open_routes` never ask for a key; `protected_routes` do when one is set.
+"""The REST endpoints outside /v2: the platform's own JSON routes (/health, /ready,
+/predict, /predict/batch, /model, /admin/reload, /metrics) and MLflow's scoring-server
+routes (/ping, /version, /invocations, whose body formats serving/protocols/mlflow.py
+parses). `open_routes` never ask for a key; `protected_routes` do when one is set.
 
 Prediction bodies are validated by the served model's generated request models
 (not a static FastAPI body parameter) because they change when the model swaps;
@@ -16,14 +19,9 @@ from fastapi.responses import Response
 from mlflow.version import VERSION as MLFLOW_VERSION
 from pydantic import ValidationError
 
-from serving import invocations
-from serving.guards import UNSUPPORTED_MEDIA_TYPE, off_loop, require_json
-from serving.input_limits import InputOverflow
-from serving.invocations import InvocationError, validation_detail, validation_message
-from serving.middleware import request_id_of
-from serving.model_store import ServedModel
-from serving.request_models import BATCH_MODEL, INVOCATIONS_RECORD_MODEL, RECORD_MODEL
-from serving.responses import (
+from serving.http.guards import UNSUPPORTED_MEDIA_TYPE, off_loop, require_json
+from serving.http.middleware import request_id_of
+from serving.http.responses import (
     ErrorResponse,
     Health,
     InvocationsResponse,
@@ -36,6 +34,11 @@ from serving.responses import (
     ReloadResult,
     unavailable,
 )
+from serving.model.input_limits import InputOverflow
+from serving.model.request_models import BATCH_MODEL, INVOCATIONS_RECORD_MODEL, RECORD_MODEL
+from serving.model.served import ServedModel
+from serving.protocols.mlflow import InvocationError, parse_rows
+from serving.protocols.validation_errors import validation_detail, validation_message
 from serving.service import Service, get_service
 
 ServiceDep = Annotated[Service, Depends(get_service)]
@@ -274,14 +277,13 @@ async def invocations_endpoint(request: Request, service: ServiceDep) -> Respons
     with service.batcher.tracking():
         body = await request.body()
         try:  # a large body is parsed in a parser thread, off the event loop
-            rows = await off_loop(body, invocations.parse_rows, body, content_type,
-                                  model.requests, service.settings.max_batch)
+            rows = await off_loop(body, parse_rows, body, content_type, model.requests,
+                                  service.settings.max_batch)
         except InvocationError as exc:
             return OrjsonResponse(exc.body(), status_code=exc.status)
 
         def rows_for(other: ServedModel) -> list[list]:
-            return invocations.parse_rows(body, content_type, other.requests,
-                                          service.settings.max_batch)
+            return parse_rows(body, content_type, other.requests, service.settings.max_batch)
 
         try:
             result = await service.answer(champion, model, variant, shadow, rows, request_id,

@@ -1,0 +1,266 @@
+"""One loaded model version (`ServedModel`): its Pipeline, its compiled (ONNX) graph when
+it may answer, its generated request models and task, and how it predicts validated
+rows. The helpers below read a fitted Pipeline at load time (task, prediction
+intervals, how a missing category reaches it); serving/model/store.py loads, checks
+and swaps versions.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.base import is_regressor
+from sklearn.pipeline import Pipeline
+
+from ml_assets.core.artifacts.onnx.runtime import CompiledModel, near_ties
+from serving.model.feature_specs import FeatureSpec, frame_from_rows
+from serving.model.request_models import RequestModels
+
+# Held by every Pipeline prediction (and smoke test) that swaps warning filters.
+PREDICT_LOCK = threading.Lock()
+
+REGRESSION = "regression"
+# Classifiers: "binary" | "multiclass" (a model logged before tasks existed, without a
+# `task` in its metadata, is a classifier unless its final step is a regressor).
+CLASSIFICATION_TASKS = ("binary", "multiclass")
+INTERVAL_LEVEL = 0.95
+INTERVAL_Z = 1.959963984540054  # the standard normal's 97.5% quantile: mean +/- z * std
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One loaded model version and everything a request needs from it."""
+
+    name: str
+    version: str
+    alias: str
+    run_id: str | None
+    pipeline: Pipeline
+    target: str
+    labels: list[str]
+    class_values: list
+    requests: RequestModels
+    metrics: dict[str, float]
+    loaded_at: datetime
+    metadata: dict = field(repr=False)
+    # Schema columns that are no model input, with their roles (identifier, ...).
+    excluded_columns: dict[str, str] = field(default_factory=dict)
+    # "binary" | "multiclass" | "regression". Regressors: labels and class_values are
+    # empty, and `interval` says whether the final step's predict takes return_std.
+    task: str = "binary"
+    interval: bool = False
+    # The version's compiled ONNX graph when it passed parity and this service may use
+    # it (ML_API_RUNTIME); None: the Pipeline answers, and `runtime_reason` says why.
+    compiled: CompiledModel | None = field(default=None, repr=False)
+    runtime_reason: str = ""
+    # What a missing categorical reaches the Pipeline as: NaN (its imputer's marker, as
+    # in training frames), or None for a model that learned None as a category.
+    missing_string: Any = np.nan
+
+    @property
+    def is_regression(self) -> bool:
+        return self.task == REGRESSION
+
+    @property
+    def runtime(self) -> str:
+        """What answers: "onnx" (the compiled graph) or "sklearn" (the Pipeline)."""
+        return "sklearn" if self.compiled is None else "onnx"
+
+    @property
+    def features(self) -> tuple[FeatureSpec, ...]:
+        return self.requests.specs
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return self.requests.feature_names
+
+    def frame(self, rows: list[list]) -> pd.DataFrame:
+        """The Pipeline's DataFrame for validated rows (training's dtypes)."""
+        return frame_from_rows(rows, self.features, self.missing_string)
+
+    def compiled_proba(self, rows: list[list]) -> np.ndarray | None:
+        """The compiled graph's probabilities when it can answer every row itself; None
+        when there is no graph, or a row's answer is not finite (a value its float32
+        arithmetic cannot hold) or a near tie (the top two within float32 error, where
+        its argmax could differ from the Pipeline's): those go to `predict_proba`."""
+        if self.compiled is None:
+            return None
+        proba = self.compiled.predict_proba(rows)
+        if not np.isfinite(proba).all() or near_ties(proba).any():
+            return None
+        # float32 sums of a forest land a hair outside [0, 1] (-1.2e-7, 1.0000001)
+        return np.clip(proba, 0.0, 1.0, out=proba)
+
+    def compiled_answer(self, rows: list[list]
+                        ) -> tuple[np.ndarray, np.ndarray | None] | None:
+        """What the batcher returns for `rows` ((probabilities, predicted index) or
+        (values, None)) when the compiled graph answers every row alone, else None."""
+        if self.is_regression:
+            values = self.compiled_values(rows)
+            return None if values is None else (values, None)
+        proba = self.compiled_proba(rows)
+        return None if proba is None else (proba, proba.argmax(axis=1))
+
+    def compiled_values(self, rows: list[list]) -> np.ndarray | None:
+        """The compiled graph's predicted values when all are finite; None otherwise or
+        when there is no graph (the Pipeline answers then)."""
+        if self.compiled is None:
+            return None
+        values = self.compiled.predict_values(rows)
+        return values if np.isfinite(values).all() else None
+
+    def predict_proba(self, rows: list[list]) -> np.ndarray:
+        """Class probabilities for validated rows: the compiled graph straight from the
+        rows (no DataFrame) when there is one, except that its near-tie rows are
+        answered by the Pipeline, and a batch the graph answers with values that are
+        not finite goes to the Pipeline whole (its answer or its overflow diagnosis is
+        what the client gets); the Pipeline (one DataFrame, one call) otherwise."""
+        if self.compiled is None:
+            return self.sklearn_proba(rows)
+        proba = self.compiled.predict_proba(rows)
+        if not np.isfinite(proba).all():
+            return self.sklearn_proba(rows)
+        np.clip(proba, 0.0, 1.0, out=proba)
+        ties = np.flatnonzero(near_ties(proba))
+        if len(ties):
+            proba[ties] = self.sklearn_proba([rows[i] for i in ties])
+        return proba
+
+    def sklearn_proba(self, rows: list[list]) -> np.ndarray:
+        """The Pipeline's class probabilities for validated rows."""
+        frame = self.frame(rows)
+        # scikit-learn's joblib wrapper re-installs every process-wide warning filter
+        # for every tree of every call: with the ~15 filters mlflow & co. install, ~40%
+        # of a one-row call of a 200-tree forest. Predict under one filter instead; the
+        # smoke test at load time shows the warnings a model raises. The lock keeps the
+        # smoke test of a candidate from interleaving its filter swaps with these.
+        with PREDICT_LOCK, warnings.catch_warnings():
+            warnings.resetwarnings()
+            warnings.simplefilter("ignore")
+            return self.pipeline.predict_proba(frame)
+
+    def predict_values(self, rows: list[list]) -> tuple[np.ndarray, np.ndarray | None]:
+        """A regressor's predicted values for validated rows, and their standard
+        deviations when the final estimator gives them (`interval`), else None. The
+        compiled graph answers when there is one (never for `interval` models: ONNX has no
+        standard deviation), the Pipeline for a batch it gives non-finite values."""
+        values = self.compiled_values(rows)
+        if values is not None:
+            return values, None
+        frame = self.frame(rows)
+        with PREDICT_LOCK, warnings.catch_warnings():  # see predict_proba
+            warnings.resetwarnings()
+            warnings.simplefilter("ignore")
+            return regression_output(self.pipeline, frame, self.interval)
+
+    def describe(self) -> dict:
+        """What GET /model shows."""
+        return {
+            "name": self.name, "version": self.version, "alias": self.alias,
+            "run_id": self.run_id, "target": self.target, "task": self.task,
+            "classes": self.labels, "prediction_interval": self.interval,
+            "runtime": self.runtime, "runtime_reason": self.runtime_reason,
+            "metrics": self.metrics, "loaded_at": self.loaded_at.isoformat(),
+            "features": [spec.as_dict() for spec in self.features],
+            "excluded_columns": self.excluded_columns,
+            "input_policy": self.requests.policy,
+        }
+
+
+def _final_step(pipeline):
+    """The last estimator, through nested Pipelines (a user's factory Pipeline is the
+    last step of the served one)."""
+    steps = getattr(pipeline, "steps", None)
+    return _final_step(steps[-1][1]) if steps else pipeline
+
+
+def offers_std(pipeline) -> bool:
+    """Whether the final estimator's predict takes `return_std` (BayesianRidge,
+    GaussianProcessRegressor, ...): then the service answers prediction intervals."""
+    predict = getattr(_final_step(pipeline), "predict", None)
+    if predict is None:
+        return False
+    try:
+        return "return_std" in inspect.signature(predict).parameters
+    except (TypeError, ValueError):  # a predict without a signature: no interval
+        return False
+
+
+def model_task(metadata: dict, pipeline) -> str:
+    """The served task: the metadata's `task` when it names one; otherwise (models logged
+    before tasks existed) "regression" for a regressor, else a classifier's task by its
+    count of classes."""
+    logged = metadata.get("task")
+    if logged == REGRESSION or logged in CLASSIFICATION_TASKS:
+        return str(logged)
+    if logged is not None:
+        raise ValueError(f"unknown task {logged!r} in the model's metadata; expected "
+                         f"{', '.join((*CLASSIFICATION_TASKS, REGRESSION))}")
+    if is_regressor(pipeline) and not hasattr(pipeline, "classes_"):
+        return REGRESSION
+    return "binary" if len(getattr(pipeline, "classes_", ())) == 2 else "multiclass"
+
+
+def _as_vector(values, rows: int, what: str) -> np.ndarray:
+    """A 1-D float64 array of `rows` values ((n, 1) is accepted); ValueError otherwise."""
+    array = np.asarray(values)
+    if array.ndim == 2 and array.shape[1] == 1:
+        array = array[:, 0]
+    if array.shape != (rows,):
+        raise ValueError(f"{what} returned shape {array.shape}, expected ({rows},)")
+    if array.dtype.kind not in "fiub":
+        raise ValueError(f"{what} returned {array.dtype} values, not numbers")
+    return array.astype(np.float64, copy=False)
+
+
+def regression_output(pipeline, frame, interval: bool
+                       ) -> tuple[np.ndarray, np.ndarray | None]:
+    rows = len(frame)
+    if not interval:
+        return _as_vector(pipeline.predict(frame), rows, "predict"), None
+    mean, std = pipeline.predict(frame, return_std=True)
+    return (_as_vector(mean, rows, "predict"),
+            _as_vector(std, rows, "predict(return_std=True)"))
+
+
+def intervals(values: list[float], std: list[float]) -> list[dict[str, float]]:
+    """The 95% prediction interval of each value: mean +/- 1.96 std (normal errors)."""
+    return [{"lower": v - INTERVAL_Z * s, "upper": v + INTERVAL_Z * s, "level": INTERVAL_LEVEL}
+            for v, s in zip(values, std, strict=True)]
+
+
+def _estimators(estimator):
+    """`estimator` and every estimator inside it (Pipeline steps, ColumnTransformer
+    transformers, ...), depth first."""
+    yield estimator
+    for attribute in ("steps", "transformers_", "transformer_list"):
+        for item in getattr(estimator, attribute, None) or ():
+            if isinstance(item, tuple) and len(item) >= 2 and hasattr(item[1], "get_params"):
+                yield from _estimators(item[1])
+
+
+def learned_none_category(pipeline) -> bool:
+    """Whether a fitted encoder of the pipeline holds None as a category: the model was
+    trained on frames whose missing strings were None (before training normalised them
+    to NaN), so a missing categorical must reach it as None, not NaN."""
+    for estimator in _estimators(pipeline):
+        for categories in getattr(estimator, "categories_", None) or ():
+            if any(value is None for value in np.asarray(categories, dtype=object).tolist()):
+                return True
+    return False
+
+
+def serving_n_jobs(pipeline: Pipeline) -> Pipeline:
+    """Set every n_jobs in the pipeline to 1: for one row, starting joblib workers costs
+    more than the prediction, and the service batches rows itself."""
+    params = pipeline.get_params(deep=True)
+    pipeline.set_params(**{k: 1 for k in params if k == "n_jobs" or k.endswith("__n_jobs")})
+    return pipeline
+
