@@ -35,7 +35,7 @@ def run_plain(args: dict) -> dict:
     import mlflow
 
     from ml_assets.core.artifacts.saving import log_pipeline
-    from ml_assets.core.data.preprocessing import build_preprocessor, split_frame
+    from ml_assets.core.data.preprocessing import build_preprocessor, feature_kinds, split_frame
     from ml_assets.core.data.provenance import frame_fingerprint
     from ml_assets.core.data.schemas import validate_frame
     from ml_assets.core.modeling import pipeline as modeling
@@ -44,7 +44,6 @@ def run_plain(args: dict) -> dict:
         confusion_matrix_png,
         confusion_table,
     )
-    from ml_assets.features import feature_kinds
     from ml_assets.resources import DataSourceResource
 
     start = time.perf_counter()

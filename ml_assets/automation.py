@@ -43,10 +43,10 @@ from dagster._core.storage.asset_check_execution_record import AssetCheckExecuti
 
 from ml_assets.core.registry import champion as registry
 from ml_assets.core.rollout.plan import read_rollout
-from ml_assets.monitoring import DRIFT_CHECK, daily_partitions
 from ml_assets.resources import MlflowTracking
 from ml_assets.resources.production import ProductionDataResource
 from ml_assets.settings import PlatformSettings
+from ml_assets.shared import DRIFT_CHECK, PROMOTION_CHECK, daily_partitions
 
 SETTINGS = PlatformSettings.from_env()
 TRIGGER_TAG = "ml/trigger"
@@ -366,7 +366,7 @@ def _only_refused_promotion(context: RunFailureSensorContext) -> bool:
                      if evaluation is not None and not evaluation.passed}
     failed_steps = {entry.step_key for entry in context.instance.all_logs(
         context.dagster_run.run_id, of_type=DagsterEventType.STEP_FAILURE)}
-    return failed_checks == {"challenger_beats_champion"} and failed_steps <= {
+    return failed_checks == {PROMOTION_CHECK} and failed_steps <= {
         "champion_comparison"}
 
 

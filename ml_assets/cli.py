@@ -30,8 +30,8 @@ import threading
 import time
 from pathlib import Path
 
-from ml_assets.registry import PROMOTION_CHECK
 from ml_assets.settings import PlatformSettings
+from ml_assets.shared import PROMOTION_CHECK
 from ml_assets.status import failure_reasons
 
 DAGSTER_YAML = """\

@@ -10,16 +10,16 @@ from pydantic import Field
 from ml_assets.core.data.preprocessing import (
     Split,
     build_preprocessor,
+    feature_kinds,
     selected_features,
     split_frame,
 )
 from ml_assets.core.data.provenance import frame_fingerprint
 from ml_assets.core.data.schema_inference import DATETIME_POLICY
-from ml_assets.core.data.schemas import feature_columns
+from ml_assets.core.data.schemas import feature_columns, not_features
 from ml_assets.core.modeling.tasks import detect_task
 from ml_assets.resources import DataSourceResource
 from ml_assets.settings import PlatformSettings
-from ml_assets.validation import not_features
 
 
 class SplitConfig(Config):
@@ -37,23 +37,6 @@ class SplitConfig(Config):
 class FeatureConfig(Config):
     k_best: int = Field(default=20, description="Columns kept by SelectKBest (ANOVA F; "
                         "f_regression for regression) after one-hot encoding; 0 keeps all.")
-
-
-def feature_kinds(frame: pd.DataFrame, target: str) -> dict[str, str]:
-    """numeric / boolean / categorical per column of a frame, from its dtypes (the
-    graph itself takes the features from the schema: `feature_columns`)."""
-    kinds = {}
-    for column in frame.columns:
-        if column == target:
-            continue
-        dtype = frame[column].dtype
-        if pd.api.types.is_bool_dtype(dtype):
-            kinds[column] = "boolean"
-        elif pd.api.types.is_numeric_dtype(dtype):
-            kinds[column] = "numeric"
-        else:
-            kinds[column] = "categorical"
-    return kinds
 
 
 def task_schema_mismatch(schema, target: str, task: str, origin: str) -> str | None:

@@ -14,12 +14,12 @@ from pydantic import Field
 
 from ml_assets.core.data.datasets import DataSourceError, unknown_column_message
 from ml_assets.core.data.provenance import frame_fingerprint
+from ml_assets.core.data.validation import PRODUCTION_ROWS_ATTR
 from ml_assets.resources import DataSourceResource
 from ml_assets.resources.production import ProductionDataResource, labelled_production_rows
 from ml_assets.settings import PlatformSettings
 
 _settings = PlatformSettings.from_env()
-PRODUCTION_ROWS_ATTR = "production_rows"
 
 # Transient failures (a share not mounted yet, a file still being written) are
 # retried; a misconfigured source fails at once (Failure(allow_retries=False)).

@@ -18,53 +18,27 @@ from dagster import (
     AssetExecutionContext,
     AutomationCondition,
     Config,
-    DailyPartitionsDefinition,
     Failure,
     MetadataValue,
     Output,
     asset,
 )
 from pydantic import Field
-from sklearn.base import is_regressor
 
 from ml_assets.core.artifacts.loading import UntrustedModelError, load_pipeline
-from ml_assets.core.data.preprocessing import Split
+from ml_assets.core.data.preprocessing import Split, feature_kinds
 from ml_assets.core.drift.profile import ReferenceProfile, build_reference_profile
-from ml_assets.core.drift.scoring import DriftConfig, prediction_columns, score_drift
+from ml_assets.core.drift.scoring import DriftConfig, model_outputs, score_drift
 from ml_assets.core.modeling.metrics import classification_metrics
 from ml_assets.core.modeling.pipeline import TrainedModel
 from ml_assets.core.modeling.tasks import regression_metrics
 from ml_assets.core.prediction_log import numeric_predictions
 from ml_assets.core.registry import champion as registry
-from ml_assets.features import feature_kinds
 from ml_assets.resources import DataSourceResource, MlflowTracking
 from ml_assets.resources.production import ProductionDataResource, answered_rows
-from ml_assets.settings import PlatformSettings
+from ml_assets.shared import DRIFT_CHECK, daily_partitions
 
-DRIFT_CHECK = "drift_within_limits"
 PROFILE_ARTIFACT = "reference_profile/profile.npz"
-
-daily_partitions = DailyPartitionsDefinition(
-    start_date=PlatformSettings.from_env().monitoring_start_date, end_offset=1)
-
-
-def is_regression_model(pipeline) -> bool:
-    """A regressor (a predicted number per row, no classes) rather than a classifier."""
-    # A classifier here always has predict_proba (training requires it); a user's
-    # regressor need not declare RegressorMixin, so is_regressor alone misses it.
-    return not hasattr(pipeline, "predict_proba") or (
-        is_regressor(pipeline) and not hasattr(pipeline, "classes_"))
-
-
-def model_outputs(pipeline, rows: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
-    """What the model answers for `rows`, as drift columns: a classifier's predicted
-    class (categorical) and class probabilities (numeric), or a regressor's predicted
-    value (numeric 'prediction')."""
-    if is_regression_model(pipeline):
-        return prediction_columns(pipeline.predict(rows), index=rows.index, regression=True)
-    proba = pipeline.predict_proba(rows)
-    return prediction_columns(pipeline.classes_[proba.argmax(axis=1)].astype(str), proba,
-                              [str(c) for c in pipeline.classes_], index=rows.index)
 
 
 def _profile_for(pipeline, split: Split) -> ReferenceProfile:

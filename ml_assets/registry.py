@@ -49,8 +49,7 @@ from ml_assets.core.rollout.plan import (
 )
 from ml_assets.resources import MlflowTracking
 from ml_assets.settings import PlatformSettings
-
-PROMOTION_CHECK = "challenger_beats_champion"
+from ml_assets.shared import PROMOTION_CHECK
 
 
 @dataclass(frozen=True)

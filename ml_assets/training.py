@@ -2,7 +2,6 @@
 check and the MLflow record. The estimator is built in, or the user's own by import
 path (ML_ESTIMATOR / ML_MODEL_FACTORY)."""
 
-import dataclasses
 import json
 from typing import Literal
 
@@ -10,21 +9,16 @@ import mlflow
 import pandas as pd
 from dagster import AssetExecutionContext, Config, Failure, MetadataValue, Output, asset
 from pydantic import Field
-from sklearn.base import clone
 from sklearn.pipeline import Pipeline
 
-from ml_assets.core.artifacts.loading import TRUSTED_TYPES_ENV
-from ml_assets.core.artifacts.saving import UntrustedModelError, check_trusted, log_pipeline
 from ml_assets.core.data.preprocessing import Split
-from ml_assets.core.data.provenance import code_version, frame_fingerprint, library_versions
 from ml_assets.core.data.schema_inference import DATETIME_POLICY
-from ml_assets.core.data.schemas import excluded_columns, schema_yaml
-from ml_assets.core.modeling import estimators, tuning
+from ml_assets.core.data.schemas import excluded_columns, not_features
+from ml_assets.core.modeling import estimators, training, tuning
 from ml_assets.core.modeling import pipeline as modeling
 from ml_assets.core.modeling.tasks import default_cv_scoring
 from ml_assets.resources import DataSourceResource, MlflowTracking
 from ml_assets.settings import PlatformSettings
-from ml_assets.validation import not_features
 
 
 def _settings() -> PlatformSettings:
@@ -103,73 +97,20 @@ class TrainingConfig(Config):
 
     def user_model(self, task: str) -> estimators.UserModel | None:
         """The user's estimator or factory, or None for the built-in model_type."""
-        if self.estimator and self.model_factory:
-            raise estimators.UserModelError(
-                "both ML_ESTIMATOR (estimator) and ML_MODEL_FACTORY (model_factory) are set; "
-                "set one of them")
-        params = estimators.parse_params(self.estimator_params)
-        own = self.model_preprocessing == "own"
-        if self.estimator:
-            user = estimators.from_class(self.estimator, params, task)
-            return dataclasses.replace(user, owns_preprocessing=own)
-        if self.model_factory:
-            return estimators.from_factory(self.model_factory, task, own, params=params)
-        if own:
-            raise estimators.UserModelError(
-                "ML_MODEL_PREPROCESSING=own needs your own model (ML_MODEL_FACTORY or "
-                "ML_ESTIMATOR); the built-in estimators take the platform's preprocessing")
-        return None
+        return estimators.user_model(self.estimator, self.estimator_params,
+                                     self.model_factory, self.model_preprocessing, task)
 
     def search_space(self, user: estimators.UserModel | None) -> list[tuning.ParamRange]:
-        if self.tuning_space.strip():
-            try:
-                space = json.loads(self.tuning_space)
-            except json.JSONDecodeError as exc:
-                raise tuning.TuningError(f"ML_TUNING_SPACE is not valid JSON ({exc.msg} at "
-                                         f"column {exc.colno})") from None
-            key = user.code.import_path if user is not None else self.model_type
-            if isinstance(space, dict) and space and all(
-                    isinstance(v, dict) and v and all(isinstance(e, dict) for e in v.values())
-                    for v in space.values()):
-                # Per estimator: {"random_forest": {...}, "pkg.mod:Cls": {...}}.
-                if key not in space:
-                    raise tuning.TuningError(
-                        f"ML_TUNING_SPACE has spaces for {', '.join(map(repr, space))} but "
-                        f"none for the estimator being trained ({key!r})")
-                space = space[key]
-            return tuning.parse_space(space)
-        if user is not None:
-            raise tuning.TuningError(
-                f"tuning {user.code.import_path} needs a search space: set ML_TUNING_SPACE "
-                "(tuning_space), e.g. {\"C\": {\"type\": \"float\", \"low\": 0.01, "
-                "\"high\": 10, \"log\": true}}")
-        return tuning.parse_space(tuning.DEFAULT_SPACES[self.model_type])
+        return tuning.search_space(self.tuning_space, self.model_type,
+                                   user.code.import_path if user is not None else None)
 
-
-def training_fingerprint(split: Split) -> str:
-    return frame_fingerprint(split.X_train)[:32] + frame_fingerprint(split.y_train)[:32]
-
-
-def _record_trial(client, experiment_id: str, parent_run_id: str, dagster_run_id: str,
-                  scoring: str, trial: tuning.TrialRecord) -> None:
-    """One tuning trial as an MLflow child run of the training run."""
-    child = client.create_run(experiment_id, run_name=f"trial-{trial.number}", tags={
-        "mlflow.parentRunId": parent_run_id, "tuning.trial": str(trial.number),
-        "tuning.state": trial.state, "tuning.dagster_run_id": dagster_run_id,
-        **({"tuning.error": trial.error[:500]} if trial.error else {})})
-    run_id = child.info.run_id
-    status = "FAILED"  # unless every record below is written
-    try:
-        for name, value in trial.params.items():
-            client.log_param(run_id, name, value)
-        for step, score in enumerate(trial.fold_scores):
-            client.log_metric(run_id, f"cv_{scoring}_fold", float(score), step=step)
-        if trial.score is not None:
-            client.log_metric(run_id, f"cv_{scoring}", float(trial.score))
-        client.log_metric(run_id, "seconds", trial.seconds)
-        status = {"complete": "FINISHED", "pruned": "KILLED"}.get(trial.state, "FAILED")
-    finally:
-        client.set_terminated(run_id, status)
+    def training_settings(self, user: estimators.UserModel | None
+                          ) -> training.TrainingSettings:
+        return training.TrainingSettings(
+            cv_folds=self.cv_folds, seed=self.seed, params=self.model_dump(),
+            tuning_trials=self.tuning_trials,
+            tuning_timeout_seconds=self.tuning_timeout_seconds,
+            search_space=lambda: self.search_space(user))
 
 
 @asset(group_name="training", kinds={"scikit-learn", "mlflow"})
@@ -189,140 +130,62 @@ def trained_model(context: AssetExecutionContext, config: TrainingConfig, data_s
     code versions (the platform's and the user's) and library versions.
     """
     task = data_split.task
-    stratified = not data_split.is_regression
-    scoring = config.scoring_for(task)
     try:
         user = config.user_model(task)
     except estimators.UserModelError as exc:
         raise Failure(description=str(exc), allow_retries=False) from None
-    preprocessor = None if user is not None and user.owns_preprocessing else feature_preprocessor
-    base = user.fresh() if user is not None else modeling.build_estimator(
-        config.model_params(task))
-    estimator_name = estimators.describe(base)
-    user_tags = user.code.as_tags() if user is not None else {}
-    fingerprint = training_fingerprint(data_split)
-    version = code_version()
-    libraries = library_versions()
+    plan = training.plan_training(data_split, feature_preprocessor, config.model_params(task),
+                                  config.scoring_for(task), user)
     schema, _ = data_source.schema_for(validated_data)
     target = data_source.target_column
-    excluded = excluded_columns(schema, target)
-    tags = {"data_fingerprint": fingerprint, "code_version": version,
-            "dagster_job": context.job_name, "data_source": data_source.kind,
-            "task": task, "task_reason": data_split.task_reason, "estimator": estimator_name,
-            "model_preprocessing": "own" if preprocessor is None else "platform",
-            **user_tags,
-            **({"user_code_version": user.code.version} if user is not None else {}),
-            **{f"library.{name}": v for name, v in libraries.items()}}
-    tuned: dict = {}
     with mlflow_tracking.active_run(context.run_id, run_name=f"{context.job_name}-"
                                     f"{context.run_id[:8]}") as run:
-        run_id = run.info.run_id
-        mlflow.set_tags(tags)
-        mlflow.set_tags({"excluded_columns": json.dumps(excluded, sort_keys=True),
+        mlflow.set_tags(plan.run_tags({"dagster_job": context.job_name,
+                                       "data_source": data_source.kind}))
+        mlflow.set_tags({"excluded_columns": json.dumps(excluded_columns(schema, target),
+                                                        sort_keys=True),
                          "datetime_policy": DATETIME_POLICY})
-        if config.tuning_trials > 0:
-            client, experiment_id = mlflow_tracking.client, run.info.experiment_id
-            try:
-                space = config.search_space(user)
-                result = tuning.tune(
-                    lambda params: modeling.assemble(preprocessor,
-                                                     clone(base).set_params(**params)),
-                    data_split.X_train, data_split.y_train, space,
-                    n_trials=config.tuning_trials,
-                    timeout_seconds=config.tuning_timeout_seconds, seed=config.seed,
-                    folds=config.cv_folds, scoring=scoring, stratified=stratified,
-                    on_trial=lambda trial: _record_trial(client, experiment_id, run_id,
-                                                         context.run_id, scoring, trial))
-            except (tuning.TuningError, ValueError) as exc:
-                raise Failure(description=f"tuning failed: {exc}", allow_retries=False) from None
-            base = clone(base).set_params(**result.best_params)
-            tuned = {"trials": len(result.trials), **result.counts,
-                     "best_params": result.best_params, "best_score": result.best_score,
-                     "scoring": scoring, "seconds": round(result.seconds, 3),
-                     "budget_trials": config.tuning_trials,
-                     "budget_seconds": config.tuning_timeout_seconds}
-            mlflow.set_tags({"tuning.trials": str(len(result.trials)),
-                             **{f"tuning.{k}": str(v) for k, v in result.counts.items()},
-                             "tuning.best_params": json.dumps(result.best_params,
-                                                              sort_keys=True, default=str),
-                             "tuning.best_score": repr(result.best_score),
-                             "tuning.scoring": scoring})
-            mlflow.log_params({f"tuned.{k}": v for k, v in result.best_params.items()})
-            context.log.info("tuning: %d trials (%s), best %s %.4f with %s",
-                             len(result.trials), result.counts, scoring, result.best_score,
-                             result.best_params)
         try:
-            cv = modeling.cross_validate_pipeline(preprocessor, base, data_split.X_train,
-                                                  data_split.y_train, config.cv_folds,
-                                                  config.seed, scoring, stratified)
-            pipeline = modeling.fit_final_pipeline(preprocessor, base, data_split.X_train,
-                                                   data_split.y_train)
-        except Exception as exc:  # noqa: BLE001 - the user's code: named, never a traceback
-            if user is None:
-                raise
-            raise Failure(description=f"{estimator_name} failed to train: "
-                          f"{type(exc).__name__}: {exc}", allow_retries=False) from None
-        # Checked before anything is logged: a model nobody can load is never registered.
-        try:
-            needed = check_trusted(pipeline, f"the trained {estimator_name} model")
-        except UntrustedModelError as exc:
-            mlflow.set_tag("skops.untrusted_types", ",".join(exc.types))
-            context.log.error("%s", exc)
-            raise Failure(
-                description=f"training stopped before the model was logged or registered: "
-                f"{exc}. Types to review: {', '.join(exc.types)}; list every one in "
-                f"{TRUSTED_TYPES_ENV} once reviewed.",
-                metadata={"untrusted_types": MetadataValue.json(exc.types)},
-                allow_retries=False) from None
-        context.log.info("the model needs skops types: %s (beyond skops' defaults)",
-                         ", ".join(needed) or "none")
-        mlflow.set_tag("skops.types_needed", ",".join(needed))
-        mlflow.log_params({**config.model_dump(), "train_rows": len(data_split.X_train),
-                           "features": data_split.X_train.shape[1]})
-        mlflow.log_metrics({f"cv_{cv.metric}_mean": cv.mean, f"cv_{cv.metric}_std": cv.std})
-        package = user.code.package_version if user is not None else None
-        info = log_pipeline(pipeline, data_split.X_train, schema, target, task=task,
-                            needed_types=needed,
-                            extra_requirements=[package] if package else None,
-                            extra_metadata={
-                                "data_fingerprint": fingerprint, "code_version": version,
-                                "dagster_run_id": context.run_id,
-                                "estimator": estimator_name, "skops_types_needed": needed,
-                                **({"user_code": user_tags,
-                                    "user_code_version": user.code.version}
-                                   if user is not None else {}),
-                                **({"tuned_params": tuned["best_params"]} if tuned else {})})
-        mlflow.log_text(schema_yaml(schema), "feature_schema.yaml")
+            trained = training.train_in_run(
+                plan, data_split, schema, target, config.training_settings(user),
+                run_id=run.info.run_id, experiment_id=run.info.experiment_id,
+                client=mlflow_tracking.client, lineage={"dagster_run_id": context.run_id},
+                log=context.log)
+        except training.TrainingFailed as exc:
+            raise Failure(description=str(exc), allow_retries=False, metadata={
+                "untrusted_types": MetadataValue.json(exc.untrusted_types)}
+                if exc.untrusted_types else None) from None
+    cv = trained.cv
     context.log.info("CV %s %.4f ± %.4f; logged %s", cv.metric, cv.mean, cv.std,
-                     info.model_uri)
-    classes = [] if data_split.is_regression else list(pipeline.classes_)
-    trained = modeling.TrainedModel(
-        pipeline=pipeline, classes=classes, mlflow_run_id=run_id,
-        model_uri=info.model_uri, model_id=getattr(info, "model_id", None), cv=cv,
-        params=config.model_dump(), data_fingerprint=fingerprint, code_version=version,
-        task=task, estimator=estimator_name, user_code=user_tags, skops_types=needed,
-        tuning=tuned)
-    return Output(trained, metadata={
-        "task": task,
-        "task_reason": data_split.task_reason,
-        "model_type": config.model_type if user is None else "user",
-        "estimator": estimator_name,
-        "model_preprocessing": "own" if preprocessor is None else "platform",
+                     trained.model_uri)
+    return Output(trained, metadata=_metadata(trained, plan, config, context.run_id,
+                                              not_features(schema, target)))
+
+
+def _metadata(trained: modeling.TrainedModel, plan: training.TrainingPlan,
+              config: TrainingConfig, run_id: str, excluded: dict[str, str]) -> dict:
+    cv, tuned = trained.cv, trained.tuning
+    return {
+        "task": trained.task,
+        "task_reason": plan.task_reason,
+        "model_type": config.model_type if plan.user is None else "user",
+        "estimator": trained.estimator,
+        "model_preprocessing": plan.model_preprocessing,
         f"cv_{cv.metric}_mean": cv.mean,
         f"cv_{cv.metric}_std": cv.std,
         "cv_folds": config.cv_folds,
-        "cv_scoring": scoring,
-        "mlflow_run_id": run_id,
-        "model_uri": info.model_uri,
-        "data_fingerprint": fingerprint,
-        "code_version": version,
-        "user_code": MetadataValue.json(user_tags),
-        "skops_types_needed": MetadataValue.json(needed),
+        "cv_scoring": plan.scoring,
+        "mlflow_run_id": trained.mlflow_run_id,
+        "model_uri": trained.model_uri,
+        "data_fingerprint": trained.data_fingerprint,
+        "code_version": trained.code_version,
+        "user_code": MetadataValue.json(trained.user_code),
+        "skops_types_needed": MetadataValue.json(trained.skops_types),
         "tuning": MetadataValue.json(tuned or {"trials": 0}),
         **({"tuned_params": MetadataValue.json(tuned["best_params"])} if tuned else {}),
-        "dagster_run_id": context.run_id,
-        "library_versions": MetadataValue.json(libraries),
+        "dagster_run_id": run_id,
+        "library_versions": MetadataValue.json(plan.libraries),
         "params": MetadataValue.json(config.model_dump()),
-        "excluded_columns": MetadataValue.json(not_features(schema, target)),
+        "excluded_columns": MetadataValue.json(excluded),
         "datetime_policy": DATETIME_POLICY,
-    })
+    }

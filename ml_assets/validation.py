@@ -1,7 +1,6 @@
 """Validation: the raw frame checked against its Pandera schema (a blocking gate)."""
 
 from collections.abc import Iterator
-from dataclasses import replace
 
 import pandas as pd
 from dagster import (
@@ -18,22 +17,11 @@ from dagster import (
 )
 
 from ml_assets.core.data.schema_inference import DATETIME_POLICY
-from ml_assets.core.data.schemas import (
-    ValidationReport,
-    column_note,
-    excluded_columns,
-    validate_frame,
-)
-from ml_assets.ingestion import PRODUCTION_ROWS_ATTR
+from ml_assets.core.data.schemas import not_features
+from ml_assets.core.data.validation import validate_training_frame
 from ml_assets.resources import DataSourceResource
 
 SCHEMA_CHECK = "schema_conforms"
-
-
-def not_features(schema, target: str) -> dict[str, str]:
-    """Column -> the sentence saying why it is validated but not given to the model."""
-    return {name: column_note(schema.columns[name]) or f"role {role}: not a feature"
-            for name, role in excluded_columns(schema, target).items()}
 
 
 def table_schema(schema) -> TableSchema:
@@ -42,35 +30,6 @@ def table_schema(schema) -> TableSchema:
                     description="; ".join(str(c) for c in column.checks) or None,
                     constraints=None)
         for name, column in schema.columns.items()])
-
-
-def _validate(raw: pd.DataFrame, schema, target: str, schema_file
-              ) -> tuple[pd.DataFrame, ValidationReport]:
-    """The source rows against the whole schema; labelled production rows (the last
-    `production_rows`, see raw_data) against it without the non-feature columns, which
-    the API never receives. Those columns stay empty in the production rows."""
-    produced = int(raw.attrs.get(PRODUCTION_ROWS_ATTR, 0) or 0)
-    excluded = [c for c in not_features(schema, target) if c in schema.columns]
-    if not produced or not excluded or produced > len(raw):
-        return validate_frame(raw, schema, schema_file=schema_file)
-    source, production = raw.iloc[:-produced], raw.iloc[-produced:]
-    if not len(source):
-        return validate_frame(production.drop(columns=excluded, errors="ignore"),
-                              schema.remove_columns(excluded), schema_file=schema_file)
-    source_frame, source_report = validate_frame(source, schema, schema_file=schema_file)
-    production_frame, production_report = validate_frame(
-        production.drop(columns=excluded, errors="ignore"), schema.remove_columns(excluded),
-        schema_file=schema_file)
-    if not (source_report.passed and production_report.passed):
-        failed = source_report if not source_report.passed else production_report
-        where = "" if failed is source_report else "labelled production rows: "
-        return raw, replace(failed, n_rows=len(raw), message=where + failed.message)
-    combined = pd.concat([source_frame, production_frame], ignore_index=True)
-    return combined, replace(source_report, n_rows=len(raw),
-                             message=f"{len(source)} source rows and {produced} labelled "
-                             f"production rows passed {len(schema.columns)} columns "
-                             f"({len(excluded)} not checked on production rows: not "
-                             "features)")
 
 
 @asset(
@@ -93,8 +52,8 @@ def validated_data(context: AssetExecutionContext, raw_data: pd.DataFrame,
         schema, origin = data_source.schema_for(raw_data)
     except ValueError as exc:  # inference refused the data, or a schema file is broken
         raise Failure(description=str(exc), allow_retries=False) from None
-    frame, report = _validate(raw_data, schema, data_source.target_column,
-                              data_source.schema_file(origin))
+    frame, report = validate_training_frame(raw_data, schema, data_source.target_column,
+                                            data_source.schema_file(origin))
     if not report.passed:
         context.log.error(report.message)
     excluded = not_features(schema, data_source.target_column)

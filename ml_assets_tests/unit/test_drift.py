@@ -469,7 +469,7 @@ def test_report_shape_and_json():
 
 
 def test_kinds_from_the_feature_stage_are_accepted():
-    from ml_assets.features import feature_kinds
+    from ml_assets.core.data.preprocessing import feature_kinds
 
     ref, cur, _ = _mixed_frames(n_ref=200, n_cur=50)
     kinds = feature_kinds(ref.assign(target=0), target="target")

@@ -7,7 +7,12 @@ import skops.io as sio
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
 from ml_assets.core.data.datasets import SyntheticSpec, load_breast_cancer_frame, make_synthetic
-from ml_assets.core.data.preprocessing import build_preprocessor, selected_features, split_frame
+from ml_assets.core.data.preprocessing import (
+    build_preprocessor,
+    feature_kinds,
+    selected_features,
+    split_frame,
+)
 from ml_assets.core.data.provenance import code_version, frame_fingerprint, library_versions
 from ml_assets.core.modeling.metrics import (
     classification_metrics,
@@ -24,7 +29,6 @@ from ml_assets.core.modeling.pipeline import (
     fit_final_pipeline,
 )
 from ml_assets.core.modeling.tasks import better, detect_task, regression_metrics
-from ml_assets.features import feature_kinds
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,7 @@ import numpy as np
 import pandas as pd
 
 from ml_assets.core.data.schema_inference import checked_schema
-from ml_assets.ingestion import PRODUCTION_ROWS_ATTR
-from ml_assets.validation import _validate
+from ml_assets.core.data.validation import PRODUCTION_ROWS_ATTR, validate_training_frame
 
 
 def _frames():
@@ -28,7 +27,7 @@ def _frames():
 
 def test_production_rows_validate_without_the_non_feature_columns():
     source, schema, raw = _frames()
-    frame, report = _validate(raw, schema, "y", None)
+    frame, report = validate_training_frame(raw, schema, "y", None)
     assert report.passed, report.message
     assert len(frame) == len(raw) == report.n_rows
     assert "2 labelled production rows passed" in report.message
@@ -39,7 +38,7 @@ def test_production_rows_validate_without_the_non_feature_columns():
 def test_a_bad_production_row_is_named_as_production():
     source, schema, raw = _frames()
     raw.loc[len(raw) - 1, "y"] = "zzz"  # a label outside the schema's classes
-    _, report = _validate(raw, schema, "y", None)
+    _, report = validate_training_frame(raw, schema, "y", None)
     assert not report.passed
     assert report.message.startswith("labelled production rows: ")
     assert "'zzz'" in report.message
@@ -49,5 +48,5 @@ def test_without_production_rows_the_whole_schema_applies():
     source, schema, _ = _frames()
     broken = source.copy()
     broken.loc[3, "customer_id"] = np.nan  # an identifier may not be empty in the source
-    _, report = _validate(broken, schema, "y", None)
+    _, report = validate_training_frame(broken, schema, "y", None)
     assert not report.passed and "customer_id" in report.message

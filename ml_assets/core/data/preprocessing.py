@@ -48,6 +48,23 @@ class Split:
         return sorted(pd.unique(self.y_train).tolist())
 
 
+def feature_kinds(frame: pd.DataFrame, target: str) -> dict[str, str]:
+    """numeric / boolean / categorical per column of a frame, from its dtypes (the
+    graph itself takes the features from the schema: `feature_columns`)."""
+    kinds = {}
+    for column in frame.columns:
+        if column == target:
+            continue
+        dtype = frame[column].dtype
+        if pd.api.types.is_bool_dtype(dtype):
+            kinds[column] = "boolean"
+        elif pd.api.types.is_numeric_dtype(dtype):
+            kinds[column] = "numeric"
+        else:
+            kinds[column] = "categorical"
+    return kinds
+
+
 def model_inputs(frame: pd.DataFrame) -> pd.DataFrame:
     """pandas nullable columns (Int64, boolean, Float64 with pd.NA) as float64 with NaN
     and string columns as object with NaN for missing (what a CSV's object column holds

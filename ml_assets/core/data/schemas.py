@@ -269,6 +269,12 @@ def excluded_columns(schema: pa.DataFrameSchema, target: str) -> dict[str, str]:
             if name != target and column_role(column) != FEATURE_ROLE}
 
 
+def not_features(schema: pa.DataFrameSchema, target: str) -> dict[str, str]:
+    """Column -> the sentence saying why it is validated but not given to the model."""
+    return {name: column_note(schema.columns[name]) or f"role {role}: not a feature"
+            for name, role in excluded_columns(schema, target).items()}
+
+
 def schema_yaml(schema: pa.DataFrameSchema) -> str:
     """The schema as YAML text, each column's `metadata` (its role and note) included."""
     import yaml

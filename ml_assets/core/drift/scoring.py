@@ -47,6 +47,7 @@ from ml_assets.core.drift.stats import (
     psi,
     wasserstein,
 )
+from ml_assets.core.modeling.tasks import is_regression_model
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
@@ -54,6 +55,7 @@ __all__ = [
     "DriftReport",
     "ReferenceProfile",
     "build_reference_profile",
+    "model_outputs",
     "prediction_columns",
     "score_drift",
 ]
@@ -359,3 +361,14 @@ def prediction_columns(predicted: Any = None, probabilities: Any = None,
             frame[f"proba_{label}"] = proba[:, position]
             kinds[f"proba_{label}"] = "numeric"
     return pd.DataFrame(frame, index=index), kinds
+
+
+def model_outputs(pipeline, rows: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
+    """What the model answers for `rows`, as drift columns: a classifier's predicted
+    class (categorical) and class probabilities (numeric), or a regressor's predicted
+    value (numeric 'prediction')."""
+    if is_regression_model(pipeline):
+        return prediction_columns(pipeline.predict(rows), index=rows.index, regression=True)
+    proba = pipeline.predict_proba(rows)
+    return prediction_columns(pipeline.classes_[proba.argmax(axis=1)].astype(str), proba,
+                              [str(c) for c in pipeline.classes_], index=rows.index)

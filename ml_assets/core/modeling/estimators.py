@@ -18,7 +18,7 @@ import inspect
 import json
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -216,6 +216,29 @@ def from_factory(path: str, task: str, owns_preprocessing: bool,
                              "return it unfitted (the platform fits it on the training split)")
     return UserModel(estimator, code, owns_preprocessing=owns_preprocessing,
                      params=dict(params or {}))
+
+
+def user_model(estimator: str, estimator_params: str, model_factory: str,
+               model_preprocessing: str, task: str) -> UserModel | None:
+    """The user's estimator (ML_ESTIMATOR, with ML_ESTIMATOR_PARAMS) or factory
+    (ML_MODEL_FACTORY), behind the platform's preprocessing or its own
+    (ML_MODEL_PREPROCESSING=own); None for the built-in model."""
+    if estimator and model_factory:
+        raise UserModelError(
+            "both ML_ESTIMATOR (estimator) and ML_MODEL_FACTORY (model_factory) are set; "
+            "set one of them")
+    params = parse_params(estimator_params)
+    own = model_preprocessing == "own"
+    if estimator:
+        user = from_class(estimator, params, task)
+        return replace(user, owns_preprocessing=own)
+    if model_factory:
+        return from_factory(model_factory, task, own, params=params)
+    if own:
+        raise UserModelError(
+            "ML_MODEL_PREPROCESSING=own needs your own model (ML_MODEL_FACTORY or "
+            "ML_ESTIMATOR); the built-in estimators take the platform's preprocessing")
+    return None
 
 
 def describe(estimator: BaseEstimator) -> str:

@@ -13,6 +13,7 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+from sklearn.base import is_regressor
 
 TaskType = Literal["binary", "multiclass", "regression"]
 TaskSetting = Literal["auto", "classification", "binary", "multiclass", "regression"]
@@ -126,3 +127,11 @@ def default_metric(task: TaskType) -> str:
 def default_cv_scoring(task: TaskType) -> str:
     """The scikit-learn scorer of the cross-validation when none is configured."""
     return "neg_root_mean_squared_error" if task == "regression" else "f1_weighted"
+
+
+def is_regression_model(pipeline) -> bool:
+    """A regressor (a predicted number per row, no classes) rather than a classifier."""
+    # A classifier here always has predict_proba (training requires it); a user's
+    # regressor need not declare RegressorMixin, so is_regressor alone misses it.
+    return not hasattr(pipeline, "predict_proba") or (
+        is_regressor(pipeline) and not hasattr(pipeline, "classes_"))

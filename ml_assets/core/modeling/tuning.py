@@ -10,6 +10,7 @@ earlier ones at the same fold stops early ("pruned").
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import warnings
@@ -106,6 +107,36 @@ def parse_space(space: Mapping[str, Any]) -> list[ParamRange]:
             raise TuningError(f"search space entry {name!r}: type must be int, float or "
                               f"categorical, not {kind!r}")
     return ranges
+
+
+def search_space(text: str, model_type: str, user_model: str | None = None
+                 ) -> list[ParamRange]:
+    """The space to search (ML_TUNING_SPACE): `text` as JSON, one space or one per
+    estimator keyed by `model_type` or the user's import path (`user_model`); empty: the
+    built-in estimator's default space (a user estimator needs one)."""
+    if text.strip():
+        try:
+            space = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise TuningError(f"ML_TUNING_SPACE is not valid JSON ({exc.msg} at "
+                              f"column {exc.colno})") from None
+        key = user_model if user_model is not None else model_type
+        if isinstance(space, dict) and space and all(
+                isinstance(v, dict) and v and all(isinstance(e, dict) for e in v.values())
+                for v in space.values()):
+            # Per estimator: {"random_forest": {...}, "pkg.mod:Cls": {...}}.
+            if key not in space:
+                raise TuningError(
+                    f"ML_TUNING_SPACE has spaces for {', '.join(map(repr, space))} but "
+                    f"none for the estimator being trained ({key!r})")
+            space = space[key]
+        return parse_space(space)
+    if user_model is not None:
+        raise TuningError(
+            f"tuning {user_model} needs a search space: set ML_TUNING_SPACE "
+            "(tuning_space), e.g. {\"C\": {\"type\": \"float\", \"low\": 0.01, "
+            "\"high\": 10, \"log\": true}}")
+    return parse_space(DEFAULT_SPACES[model_type])
 
 
 @dataclass(frozen=True)

@@ -19,38 +19,13 @@ from ml_assets.core.prediction_log.base import (
     PredictionRecord,
     numeric_predictions,
 )
-from ml_assets.core.prediction_log.postgres import PostgresPredictionLog, redact_url
+from ml_assets.core.prediction_log.location import redact_url, resolve_log_location
+from ml_assets.core.prediction_log.postgres import PostgresPredictionLog
 from ml_assets.core.prediction_log.sqlite import SQLitePredictionLog
 
 __all__ = ["META_COLUMNS", "PostgresPredictionLog", "PredictionLog", "PredictionLogError",
            "PredictionLogUnavailable", "PredictionRecord", "SQLitePredictionLog",
            "numeric_predictions", "open_prediction_log", "redact_url", "resolve_log_location"]
-
-_POSTGRES_SCHEMES = ("postgresql", "postgres")
-
-
-def resolve_log_location(url_or_path: str | Path) -> tuple[str, str | Path]:
-    """("postgres", libpq URL) or ("sqlite", path) for a URL or a plain path; ValueError
-    (naming the value, password hidden) for anything else."""
-    if isinstance(url_or_path, Path):
-        return "sqlite", url_or_path
-    value = str(url_or_path).strip()
-    if not value:
-        raise ValueError("empty prediction log location: give a postgresql:// URL, a "
-                         "sqlite:/// URL or a file path")
-    if "://" not in value:
-        return "sqlite", Path(value)
-    scheme, _, rest = value.partition("://")
-    base, plus, driver = scheme.lower().partition("+")
-    if base in _POSTGRES_SCHEMES and (driver or not plus):
-        return "postgres", f"postgresql://{rest}"  # libpq knows no "+driver"
-    if base == "sqlite" and not plus and rest.startswith("/") and rest.strip("/"):
-        return "sqlite", Path(rest[1:])  # SQLAlchemy's form: sqlite:////absolute/path
-    raise ValueError(f"unsupported prediction log location {redact_url(value)!r}: use "
-                     "postgresql://user:password@host:port/database, sqlite:///path/to/"
-                     "log.db or a file path")
-
-
 
 
 def open_prediction_log(url_or_path: str | Path, read_only: bool = False,

@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, timezone
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 import pandas as pd
@@ -24,6 +23,7 @@ from ml_assets.core.prediction_log.base import (
     _finite_or_none,
     _frame,
 )
+from ml_assets.core.prediction_log.location import redact_url, resolve_log_location
 
 logger = logging.getLogger("ml_assets.core.prediction_log")
 
@@ -31,20 +31,6 @@ _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,55}")
 # Columns added after the first release (created in place at open when missing).
 _ADDED = (("input_flags", "TEXT"), ("variant", "TEXT"), ("latency_ms", "DOUBLE PRECISION"),
           ("error", "TEXT"))
-
-
-def redact_url(url: str) -> str:
-    """`url` with its password (in the user part or a password= parameter) as ***."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return re.sub(r"//[^/@]*@", "//***@", url)
-    if password is not None:
-        userinfo, _, hostport = parts.netloc.rpartition("@")
-        user = userinfo.partition(":")[0]
-        parts = parts._replace(netloc=f"{user}:***@{hostport}")
-    return re.sub(r"(?i)\bpassword=[^&]*", "password=***", urlunsplit(parts))
 
 
 def _psycopg2():
@@ -83,8 +69,6 @@ class PostgresPredictionLog(PredictionLog):
         """`read_only`: nothing is created or written and nothing connects until the
         first read; a missing table reads as empty. Otherwise the table and its index
         are created if missing (PredictionLogError if the database is unreachable)."""
-        from ml_assets.core.prediction_log import resolve_log_location
-
         kind, libpq_url = resolve_log_location(url)
         if kind != "postgres":
             raise ValueError(f"not a PostgreSQL URL: {redact_url(str(url))!r}")

@@ -1,0 +1,253 @@
+"""Batch scoring without Dagster: a day's input files read as training reads files,
+validated against the champion's own feature schema as the API validates requests,
+scored, and written (a temporary file renamed into place) only when the checks of what
+was written pass. The `batch_predictions` asset (ml_assets/batch.py) adds the day's
+partition, the champion's lookup, the asset checks and the metadata."""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pandera.pandas as pa
+
+from ml_assets.core.artifacts.loading import LoadedModel
+from ml_assets.core.data.datasets import CsvOptions, DataSourceError
+from ml_assets.core.data.datasets import _read as read_tabular_file
+from ml_assets.core.data.schemas import feature_columns, validate_frame
+from ml_assets.core.drift.scoring import model_outputs
+
+ROW_COUNT_CHECK = "row_count_matches_input"
+COMPLETE_CHECK = "no_missing_predictions"
+PROBABILITY_CHECK = "probabilities_valid"
+FINITE_CHECK = "predictions_finite"
+INPUT_SUFFIXES = (".csv", ".parquet")
+PROBABILITY_TOLERANCE = 1e-6
+
+
+@dataclass
+class BatchInputError(Exception):
+    """Input that blocks the day: which file, which column(s), what is wrong."""
+
+    file: str
+    problem: str
+    message: str
+    columns: list[str] = field(default_factory=list)
+    sample: pd.DataFrame | None = None
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def input_files(folder: Path) -> list[Path]:
+    """The day's .csv and .parquet files, sorted by name (other files are left alone)."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES)
+
+
+def read_input(file: Path, csv_options: CsvOptions | None = None) -> pd.DataFrame:
+    """One file, read as training reads files (CSV dialect sniffed, Parquet, ISO dates);
+    unreadable or empty: BatchInputError."""
+    try:
+        frame = read_tabular_file(file, csv_options or CsvOptions())
+    except DataSourceError as exc:
+        raise BatchInputError(file.name, "unreadable", str(exc)) from None
+    if not len(frame):
+        raise BatchInputError(file.name, "no rows", f"{file} has a header but 0 data rows: "
+                              "add rows or remove the file")
+    return frame
+
+
+def validate_input(frame: pd.DataFrame, schema: pa.DataFrameSchema, target: str,
+                   file: str, model: str = "the champion") -> pd.DataFrame:
+    """The file's feature columns validated against the champion's own feature schema
+    (dtypes coerced, every value check enforced as the API's reject policy does) and
+    in the schema's order. Other columns (the target, identifiers, anything else) are
+    ignored, as the API ignores them. A failure raises BatchInputError with the
+    schema's sentences (column, rows, values, the fix)."""
+    kinds = feature_columns(schema, target)
+    features = list(kinds)
+    feature_schema = schema.remove_columns([c for c in schema.columns if c not in kinds])
+    rows = frame[[c for c in frame.columns if c in kinds]]
+    validated, report = validate_frame(rows, feature_schema)
+    if not report.passed:
+        # validate_frame words a failed coercion twice (coerce_dtype and dtype): once.
+        sentences = dict.fromkeys(re.split(r"(?<=\.) (?=column ')", report.message))
+        raise BatchInputError(
+            file, ", ".join(report.failing_checks),
+            f"{file}: {' '.join(sentences)} (checked against the feature schema {model} "
+            "was trained with: fix the data, or retrain and promote a model on the new "
+            "columns)", report.failing_columns, report.failure_sample)
+    validated = validated[features]
+    for name in (n for n, kind in kinds.items() if kind == "numeric"):
+        values = pd.to_numeric(validated[name], errors="coerce").to_numpy(dtype=float)
+        infinite = np.flatnonzero(np.isinf(values))
+        if len(infinite):
+            shown = ", ".join(str(i + 1) for i in infinite[:5])
+            raise BatchInputError(
+                file, "not_finite",
+                f"{file}: column {name!r} holds {len(infinite)} infinite value(s) in data "
+                f"rows {shown}: the model takes finite numbers only; fix those values "
+                "(leave a cell empty for a missing value where the schema allows it)",
+                [name])
+    return validated
+
+
+def file_keys(files: list[Path]) -> dict[Path, str]:
+    """The part of a request id naming the file: its stem, or its whole name when two of
+    the day's files share a stem (a.csv and a.parquet)."""
+    stems = [f.stem for f in files]
+    return {f: f.name if stems.count(f.stem) > 1 else f.stem for f in files}
+
+
+def score(model: LoadedModel, rows: pd.DataFrame) -> pd.DataFrame:
+    """The model's answer per row: 'prediction' (the class, or a regressor's value) and,
+    for a classifier, 'proba_<class>' per class (the prediction is the most probable
+    class, as the API answers)."""
+    outputs, _ = model_outputs(model.pipeline, rows)
+    return outputs
+
+
+def scored_frame(rows: pd.DataFrame, outputs: pd.DataFrame, *, day: str, key: str,
+                 source_file: str, model_name: str, model_version: str,
+                 scored_at: datetime) -> pd.DataFrame:
+    """One output row per input row: features, request_id (batch-<day>-<file>-<data
+    row, counted from 1 as validation messages count them>), model name and version,
+    scored_at, prediction, proba_<class>..., source_file."""
+    frame = rows.reset_index(drop=True).copy()
+    frame["request_id"] = [f"batch-{day}-{key}-{i}" for i in range(1, len(frame) + 1)]
+    frame["model_name"] = model_name
+    frame["model_version"] = str(model_version)
+    frame["scored_at"] = pd.Timestamp(scored_at)
+    for column in outputs.columns:
+        frame[column] = outputs[column].to_numpy()
+    frame["source_file"] = source_file
+    return frame
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    name: str
+    passed: bool
+    description: str
+    metadata: dict = field(default_factory=dict)
+
+
+def output_checks(written: pd.DataFrame, input_rows: int, regression: bool
+                  ) -> list[CheckOutcome]:
+    """The checks of a written day: row count, completeness, probabilities (a
+    classifier's: each in [0, 1], summing to 1 per row), finite predictions (a
+    regressor's)."""
+    outcomes = [CheckOutcome(
+        ROW_COUNT_CHECK, len(written) == input_rows,
+        f"{len(written)} rows written for {input_rows} input rows",
+        {"written_rows": len(written), "input_rows": input_rows})]
+    missing = {c: int(written[c].isna().sum()) if c in written else len(written)
+               for c in ("prediction", "model_version")}
+    outcomes.append(CheckOutcome(
+        COMPLETE_CHECK, not any(missing.values()),
+        "; ".join(f"{c}: {n} missing" for c, n in missing.items()), missing))
+    proba = written[[c for c in written.columns if str(c).startswith("proba_")]]
+    if regression:
+        outcomes.append(CheckOutcome(PROBABILITY_CHECK, proba.shape[1] == 0,
+                                     "a regressor: no probabilities"
+                                     if proba.shape[1] == 0 else
+                                     f"a regressor with {proba.shape[1]} proba_ columns"))
+        values = pd.to_numeric(written["prediction"], errors="coerce").to_numpy(dtype=float)
+        bad = int((~np.isfinite(values)).sum())
+        outcomes.append(CheckOutcome(FINITE_CHECK, bad == 0,
+                                     f"{bad} of {len(values)} predictions are not finite "
+                                     "numbers", {"not_finite": bad}))
+        return outcomes
+    values = proba.to_numpy(dtype=float)
+    outside = int((~((values >= 0) & (values <= 1))).any(axis=1).sum()) if values.size else 0
+    sums = values.sum(axis=1) if values.size else np.ones(len(written))
+    unbalanced = int((np.abs(sums - 1) > PROBABILITY_TOLERANCE).sum())
+    passed = proba.shape[1] > 0 and outside == 0 and unbalanced == 0
+    outcomes.append(CheckOutcome(
+        PROBABILITY_CHECK, passed,
+        (f"{proba.shape[1]} classes; rows with a probability outside [0, 1]: {outside}; "
+         f"rows whose probabilities do not sum to 1 (±{PROBABILITY_TOLERANCE:g}): "
+         f"{unbalanced}") if proba.shape[1] else "a classifier without proba_ columns",
+        {"classes": proba.shape[1], "rows_outside_unit_interval": outside,
+         "rows_not_summing_to_one": unbalanced,
+         "max_sum_error": float(np.abs(sums - 1).max()) if len(sums) else 0.0}))
+    outcomes.append(CheckOutcome(FINITE_CHECK, bool(np.isfinite(values).all()),
+                                 "a classifier: every probability is a finite number"
+                                 if np.isfinite(values).all() else
+                                 "a classifier with non-finite probabilities"))
+    return outcomes
+
+
+def write_atomically(frame: pd.DataFrame, path: Path) -> Path:
+    """`frame` as Parquet in a temporary file next to `path` (same file system), for
+    `os.replace` once its checks pass. Returns the temporary file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    try:
+        frame.to_parquet(temporary, index=False)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return temporary
+
+
+@dataclass
+class ScoredDay:
+    """The day's files scored: one frame (attrs["feature_columns"]: the model's features
+    in order), rows per file, and the input columns that are no feature (ignored)."""
+
+    frame: pd.DataFrame
+    per_file: dict[str, int]
+    ignored: set[str]
+
+    @property
+    def input_rows(self) -> int:
+        return sum(self.per_file.values())
+
+
+def score_day(files: list[Path], model: LoadedModel, csv_options: CsvOptions, *, day: str,
+              model_name: str, model_version: str, scored_at: datetime,
+              scorer: Callable[[LoadedModel, pd.DataFrame], pd.DataFrame] = score
+              ) -> ScoredDay:
+    """Every file read, validated and scored by `model` (`scorer`: `score`), in order;
+    the first file that cannot be raises its BatchInputError and nothing is scored."""
+    keys = file_keys(files)
+    model_label = f"champion version {model_version} of {model_name}"
+    frames, per_file, ignored = [], {}, set()
+    for file in files:
+        raw = read_input(file, csv_options)
+        rows = validate_input(raw, model.schema, model.target, file.name, model_label)
+        ignored |= set(raw.columns) - set(rows.columns)
+        per_file[file.name] = len(rows)
+        frames.append(scored_frame(rows, scorer(model, rows), day=day, key=keys[file],
+                                   source_file=file.name, model_name=model_name,
+                                   model_version=model_version, scored_at=scored_at))
+    scored = pd.concat(frames, ignore_index=True)
+    scored.attrs["feature_columns"] = list(feature_columns(model.schema, model.target))
+    return ScoredDay(scored, per_file, ignored)
+
+
+def write_checked(frame: pd.DataFrame, path: Path, input_rows: int, regression: bool
+                  ) -> tuple[pd.DataFrame, list[CheckOutcome]]:
+    """`frame` written to a temporary file next to `path`, read back and checked
+    (`output_checks`); it replaces `path` only when every check passes, and the
+    temporary file never outlives the call. Returns what was written and the checks."""
+    temporary = write_atomically(frame, path)
+    try:
+        written = pd.read_parquet(temporary)  # check what was written, not what was meant
+        outcomes = output_checks(written, input_rows, regression)
+        if all(o.passed for o in outcomes):
+            os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return written, outcomes
