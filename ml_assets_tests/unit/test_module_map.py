@@ -71,3 +71,13 @@ def test_source_paths_in_the_docs_exist():
             if not (ROOT / path).exists():
                 stale.append(f"{doc.name}: {path}")
     assert not stale, f"the docs name files that do not exist: {sorted(stale)}"
+
+
+def test_serving_doc_module_table_lists_every_serving_file():
+    text = (ROOT / "docs/serving.md").read_text()
+    table = text.split("| module (under `serving/`) |", 1)[1].split("\n\n", 1)[0]
+    listed = {m for m in re.findall(r"^\| `([\w/]+\.py)` \|", table, re.M)}
+    files = {p.relative_to(ROOT / "serving").as_posix() for p in (ROOT / "serving").rglob("*.py")
+             if "__pycache__" not in p.parts}
+    assert listed == files, (f"docs/serving.md's module table: missing {sorted(files - listed)}, "
+                             f"stale {sorted(listed - files)}")
