@@ -81,3 +81,11 @@ def test_serving_doc_module_table_lists_every_serving_file():
              if "__pycache__" not in p.parts}
     assert listed == files, (f"docs/serving.md's module table: missing {sorted(files - listed)}, "
                              f"stale {sorted(listed - files)}")
+
+
+def test_no_product_file_is_over_600_lines():
+    """A file a reviewer can read whole: past 600 lines a module holds more than one thing."""
+    long = sorted(f"{p.relative_to(ROOT)}: {n}" for top in ("ml_assets", "serving")
+                  for p in (ROOT / top).rglob("*.py")
+                  if (n := len(p.read_text().splitlines())) > 600)
+    assert not long, f"split these by what they do: {long}"
