@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ml_assets.definitions import defs
 
-SNAPSHOT = Path(__file__).parents[1] / "snapshots" / "definitions.json"
+SNAPSHOT = Path(__file__).parent / "snapshots" / "definitions.json"
 
 
 def describe(definitions) -> dict:
