@@ -84,6 +84,14 @@ class PlatformSettings:
     # ML_BATCH_OUTPUT_DIR; default under ML_PLATFORM_HOME/batch).
     batch_input_dir: Path = Path(".ml_platform/batch/input")
     batch_output_dir: Path = Path(".ml_platform/batch/output")
+    # Caps on a model's skops file (a zip), checked before anything is decompressed
+    # (ml_assets/core/artifacts/archive.py): ML_MODEL_MAX_FILE_BYTES,
+    # ML_MODEL_MAX_UNCOMPRESSED_BYTES, ML_MODEL_MAX_ENTRIES, ML_MODEL_MAX_COMPRESSION_RATIO
+    # (declared size / compressed size, for entries above 1 MiB).
+    model_max_file_bytes: int = 512 * 1024 * 1024
+    model_max_uncompressed_bytes: int = 1024 * 1024 * 1024
+    model_max_entries: int = 10_000
+    model_max_compression_ratio: float = 200.0
 
     @classmethod
     def from_env(cls) -> PlatformSettings:
@@ -137,6 +145,11 @@ class PlatformSettings:
             batch_input_dir=Path(_env("ML_BATCH_INPUT_DIR", str(home / "batch" / "input"))),
             batch_output_dir=Path(_env("ML_BATCH_OUTPUT_DIR",
                                        str(home / "batch" / "output"))),
+            model_max_file_bytes=int(_env("ML_MODEL_MAX_FILE_BYTES", str(512 * 1024 * 1024))),
+            model_max_uncompressed_bytes=int(_env("ML_MODEL_MAX_UNCOMPRESSED_BYTES",
+                                                  str(1024 * 1024 * 1024))),
+            model_max_entries=int(_env("ML_MODEL_MAX_ENTRIES", "10000")),
+            model_max_compression_ratio=float(_env("ML_MODEL_MAX_COMPRESSION_RATIO", "200")),
         )
 
 

@@ -12,21 +12,30 @@ so a crafted artifact could pick pickle or trust `builtins.exec`. Instead:
    no format (which MLflow treats as pickle) are refused;
 3. the `pickled_model` path must name a regular file inside the model directory
    (no absolute path, no `..`, no symlink leading out);
-4. `skops.io.get_untrusted_types` lists what the file needs beyond skops' defaults;
+4. the skops file (a zip) is checked before any byte of it is decompressed: file
+   size, entry count, declared uncompressed size and compression ratio are capped,
+   and every entry is inflated as a bounded stream that must match its declared size
+   and CRC (`archive.check_archive`; ML_MODEL_MAX_* settings);
+5. `skops.io.get_untrusted_types` lists what the file needs beyond skops' defaults;
    any type outside the platform's reviewed list (`SKOPS_TRUSTED_TYPES`) plus the
    operator's `ML_SKOPS_TRUSTED_TYPES` is refused. The artifact's own
    `skops_trusted_types` is ignored;
-5. `skops.io.load(path, trusted=<platform list + operator extras>)`, and the object
-   must be a scikit-learn estimator with `predict`.
+6. `skops.io.load(path, trusted=<platform list + operator extras>)`, and the object
+   must be a scikit-learn estimator with `predict`;
+7. before anything predicts with it, every array-carrying object in it is validated
+   (`validation.validate_model`: tree links and indices, per-feature array shapes),
+   because compiled prediction code trusts those indices.
 
-Refusals raise `UntrustedModelError`, naming the model, what was refused and how an
-operator allows it. No Dagster import, no serving import.
+Refusals raise `UntrustedModelError` (`InvalidModelError` for a failed check, naming
+it), naming the model, what was refused and how an operator allows it. No Dagster
+import, no serving import.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,6 +48,8 @@ import yaml
 from sklearn.base import BaseEstimator
 from sklearn.pipeline import Pipeline
 
+from ml_assets.core.artifacts.archive import ArchiveLimits, check_archive
+from ml_assets.core.artifacts.validation import ModelCheckError, validate_model
 from ml_assets.core.data.schemas import schema_from_yaml
 from ml_assets.core.modeling.pipeline import SKOPS_TRUSTED_TYPES
 from ml_assets.settings import PlatformSettings
@@ -63,6 +74,25 @@ class UntrustedModelError(Exception):
         self.source = source
         self.types = list(types)
         self.serialization_format = serialization_format
+
+
+class InvalidModelError(UntrustedModelError):
+    """A model whose file or arrays failed a check (`check` names it: `archive.entries`,
+    `tree.children`, ...): a zip bomb, or an index compiled code would follow out of
+    bounds. Refused like any untrusted model."""
+
+    def __init__(self, source: str, error: ModelCheckError):
+        super().__init__(source, f"refused to open {source}: {error} (check {error.check})")
+        self.check = error.check
+
+
+def archive_limits(settings: PlatformSettings | None = None) -> ArchiveLimits:
+    """The skops file caps from the ML_MODEL_MAX_* settings."""
+    settings = settings or PlatformSettings.from_env()
+    return ArchiveLimits(max_file_bytes=settings.model_max_file_bytes,
+                         max_uncompressed_bytes=settings.model_max_uncompressed_bytes,
+                         max_entries=settings.model_max_entries,
+                         max_ratio=settings.model_max_compression_ratio)
 
 
 def operator_trusted_types() -> tuple[str, ...]:
@@ -194,6 +224,10 @@ def inspect_model(directory: Path, source: str, extra: Sequence[str] | None = No
             "opened. There is no setting that allows them: re-log the model with "
             "log_pipeline (skops)", serialization_format=None if fmt is None else str(fmt))
     path = model_file_path(directory, flavor.get("pickled_model"), source)
+    try:  # before skops reads (and so decompresses) anything
+        check_archive(path, archive_limits())
+    except ModelCheckError as exc:
+        raise InvalidModelError(source, exc) from exc
     needed = sorted(skops.io.get_untrusted_types(file=path))
     refuse_untrusted(needed, source, trusted_types(extra))
     return ModelFile(source, directory, path, needed, mlmodel)
@@ -201,23 +235,39 @@ def inspect_model(directory: Path, source: str, extra: Sequence[str] | None = No
 
 def check_model(model_uri: str, source: str | None = None,
                 extra_trusted: Sequence[str] | None = None) -> list[str]:
-    """Everything `load_pipeline` checks, without deserializing anything: raises
-    UntrustedModelError; returns the types the model needs beyond skops' defaults."""
+    """Everything `load_pipeline` checks, without predicting anything: raises
+    UntrustedModelError; returns the types the model needs beyond skops' defaults.
+    The object is built (trusted types only) so that its arrays are validated too."""
     with model_directory(model_uri) as directory:
-        return inspect_model(directory, source or model_uri, extra_trusted).needed_types
+        model = inspect_model(directory, source or model_uri, extra_trusted)
+        load_estimator(model, extra_trusted)
+        return model.needed_types
 
 
 def load_estimator(model: ModelFile, extra: Sequence[str] | None = None) -> BaseEstimator:
     """skops.io.load with the platform's list (never the artifact's); the object must
-    be a scikit-learn estimator with predict."""
+    be a scikit-learn estimator with predict, and pass `validate_model` (raises
+    InvalidModelError) before anything predicts with it."""
     import skops.io
 
-    estimator = skops.io.load(model.path, trusted=trusted_types(extra))
+    try:
+        estimator = skops.io.load(model.path, trusted=trusted_types(extra))
+    except (ValueError, TypeError, IndexError, KeyError, OverflowError,
+            zipfile.BadZipFile) as exc:  # e.g. sklearn's Tree refusing mismatched arrays
+        if isinstance(exc, skops.io.exceptions.UntrustedTypesFoundException):
+            raise
+        raise InvalidModelError(model.source, ModelCheckError(
+            "construct", f"skops could not rebuild it: {type(exc).__name__}: {exc}")) from exc
     if not isinstance(estimator, BaseEstimator) or not callable(
             getattr(estimator, "predict", None)):
         raise UntrustedModelError(model.source, f"refused {model.source}: it holds a "
                                   f"{type(estimator).__module__}.{type(estimator).__name__}, "
                                   "not a scikit-learn estimator with predict")
+    operator = operator_trusted_types() if extra is None else tuple(extra)
+    try:
+        validate_model(estimator, model.needed_types, operator)
+    except ModelCheckError as exc:
+        raise InvalidModelError(model.source, exc) from exc
     return estimator
 
 
