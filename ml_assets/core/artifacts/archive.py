@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from ml_assets.core.artifacts.validation import ModelCheckError
+from ml_assets.core.artifacts.checks import ModelCheckError
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
