@@ -217,7 +217,7 @@ def test_control_unvalidated_cycle_never_returns(copy_of, trained, tmp_path):
         return nodes
     edit_array(model_dir, _nodes(tree), loop)
     with pytest.raises(subprocess.TimeoutExpired) as caught:
-        _control(model_dir, x, tmp_path, timeout=15)
+        _control(model_dir, x, tmp_path, timeout=10)
     assert "loaded" in (caught.value.stdout or b"").decode()
 
 
@@ -439,6 +439,48 @@ def test_a_categorical_split_without_a_bitset_row_is_refused(copy_of, hgb):
     with pytest.raises(ModelCheckError, match="node 0's bitset index 5 is outside") as caught:
         VALIDATORS[TreePredictor](crafted, "a predictor")
     assert caught.value.check == "predictor.bitsets"
+
+
+def test_an_array_carrying_type_without_a_validator_needs_the_operators_word(
+        saved, tmp_path, monkeypatch):
+    """A type added to the platform's reviewed list without a validator is refused;
+    the operator's explicit ML_SKOPS_TRUSTED_TYPES lets it through (its arrays are
+    then theirs to vouch for)."""
+    from ml_assets.core.artifacts import loading
+    from ml_assets_tests.support import user_factory
+
+    model = user_factory.make_model().fit(np.random.default_rng(0).normal(size=(40, 3)),
+                                          np.arange(40.0))
+    with pytest.raises(ModelCheckError, match="ClipScaler carries arrays that no "
+                       "validator checks") as caught:
+        validate_model(model, [user_factory.TRUSTED])
+    assert caught.value.check == "unvalidated_type"
+    assert validate_model(model, [user_factory.TRUSTED], [user_factory.TRUSTED]) > 0
+
+    # Through the loader: the platform's list gains the type, the operator's does not.
+    model_dir = Path(shutil.copytree(saved["rf"], tmp_path / "m"))
+    skops.io.dump(Pipeline([("model", model)]), model_dir / "model.skops")
+    monkeypatch.setattr(loading, "SKOPS_TRUSTED_TYPES",
+                        [*SKOPS_TRUSTED_TYPES, user_factory.TRUSTED])
+    monkeypatch.delenv("ML_SKOPS_TRUSTED_TYPES", raising=False)
+    error, _, _ = refused(model_dir)
+    assert error.check == "unvalidated_type" and "ML_SKOPS_TRUSTED_TYPES" in str(error)
+    monkeypatch.setenv("ML_SKOPS_TRUSTED_TYPES", user_factory.TRUSTED)
+    assert load_pipeline(str(model_dir)).pipeline.named_steps["model"] is not None
+
+
+def test_hist_gradient_boosting_known_categories_must_be_codes():
+    from sklearn.datasets import load_breast_cancer
+
+    X, y = load_breast_cancer(return_X_y=True)
+    X = X[:, :3].copy()
+    X[:, 2] = (X[:, 2] > 90) * 2
+    model = HistGradientBoostingClassifier(max_iter=2, categorical_features=[2]).fit(X, y)
+    assert validate_model(model) > 0
+    categorical = int(np.flatnonzero(model._bin_mapper.is_categorical_)[0])
+    model._bin_mapper.bin_thresholds_[categorical] = np.array([0.0, 1000.0])
+    with pytest.raises(ModelCheckError, match="are not codes in 0..255"):
+        validate_model(model)
 
 
 # -- zip bombs and the archive caps -----------------------------------------------------

@@ -326,6 +326,13 @@ def check_hist_gradient_boosting(est: Any, where: str) -> None:
         raise fail("boosting.categorical", where, f"_bin_mapper.is_categorical_ has shape "
                     f"{is_cat.shape}, not ({n},)")
     is_cat = is_cat.astype(bool)
+    known = vars(mapper).get("bin_thresholds_") if hasattr(mapper, "__dict__") else None
+    for f in np.flatnonzero(is_cat):  # known categories become bits of an 8 x 32 bitset
+        values = np.asarray(known[f]) if isinstance(known, list) and len(known) == n else None
+        if values is None or values.ndim != 1 or not np.isfinite(values).all() or (
+                values.size and (values.min() < 0 or values.max() > 255)):
+            raise fail("boosting.categorical", where, f"the known categories of feature {f} "
+                       "are not codes in 0..255")
     for i, row in enumerate(predictors):
         if not isinstance(row, list) or len(row) != k:
             raise fail("boosting.predictors", where, f"iteration {i} holds "
