@@ -69,7 +69,7 @@ def check_categories(est: Any, where: str) -> None:
             not isinstance(c, np.ndarray) or c.ndim != 1 for c in categories):
         size = len(categories) if isinstance(categories, list) else name_of(categories)
         raise fail("encoder.categories", where, f"categories_ holds {size} 1-d arrays, "
-                    f"not n_features_in_ {n}")
+                   f"not n_features_in_ {n}")
     drop = vars(est).get("drop_idx_")
     if isinstance(drop, np.ndarray):
         ok = drop.shape == (n,) and all(
@@ -89,7 +89,7 @@ def check_standard_scaler(est: StandardScaler, where: str) -> None:
         if not isinstance(value, np.ndarray) or value.shape != (n,) \
                 or not np.isfinite(value).all():
             raise fail("scaler.arrays", where, f"{name} is not {n} finite numbers "
-                        f"(n_features_in_ {n})")
+                       f"(n_features_in_ {n})")
 
 
 def check_simple_imputer(est: SimpleImputer, where: str) -> None:
@@ -98,7 +98,7 @@ def check_simple_imputer(est: SimpleImputer, where: str) -> None:
     if value is not None and n is not None and (not isinstance(value, np.ndarray)
                                                 or value.shape != (n,)):
         raise fail("imputer.statistics", where, f"statistics_ has shape "
-                    f"{getattr(value, 'shape', None)}, not ({n},)")
+                   f"{getattr(value, 'shape', None)}, not ({n},)")
 
 
 def check_select_k_best(est: SelectKBest, where: str) -> None:
@@ -110,7 +110,7 @@ def check_select_k_best(est: SelectKBest, where: str) -> None:
         value = vars(est).get(name)
         if value is not None and (not isinstance(value, np.ndarray) or value.shape != (n,)):
             raise fail("selector.scores", where, f"{name} has shape "
-                        f"{getattr(value, 'shape', None)}, not ({n},)")
+                       f"{getattr(value, 'shape', None)}, not ({n},)")
     k = est.k
     if not (k == "all" or (isinstance(k, int | np.integer) and 0 <= int(k) <= n)):
         raise fail("selector.k", where, f"k {k!r} is not 'all' nor in 0..{n}")
@@ -168,7 +168,7 @@ def check_coo(matrix: Any, where: str) -> None:
     for axis, coords in enumerate(matrix.coords):
         if coords.size and (coords.min() < 0 or coords.max() >= matrix.shape[axis]):
             raise fail("sparse.indices", where, f"sparse matrix has an index outside its "
-                        f"shape {matrix.shape}")
+                       f"shape {matrix.shape}")
 
 
 def check_feature_arrays(obj: Any, where: str) -> None:
@@ -182,6 +182,6 @@ def check_feature_arrays(obj: Any, where: str) -> None:
         value = state[name]
         if isinstance(value, np.ndarray) and (value.ndim == 0 or value.shape[-1] != n):
             raise fail("n_features", where, f"{name} has shape {value.shape} but "
-                        f"n_features_in_ is {n}")
+                       f"n_features_in_ is {n}")
 
 

@@ -40,7 +40,7 @@ def _check_links(where: str, left: np.ndarray, right: np.ndarray, split: np.ndar
         at = int(np.flatnonzero(kids == 0)[0])
         node, side = int(parents[at % parents.size]), ("left", "right")[at // parents.size]
         raise fail("tree.cycle", where, f"node {node}'s {side} child is the root (node 0): "
-                    "the tree has a cycle")
+                   "the tree has a cycle")
     counts = np.bincount(kids, minlength=n)
     shared = np.flatnonzero(counts > 1)
     if shared.size:
@@ -48,8 +48,8 @@ def _check_links(where: str, left: np.ndarray, right: np.ndarray, split: np.ndar
         owners = sorted({int(p) for p in parents[(left[parents] == node)
                                                  | (right[parents] == node)]})
         raise fail("tree.cycle", where, f"node {node} is the child of {int(counts[node])} "
-                    f"links (nodes {', '.join(map(str, owners[:5]))}): a node must have "
-                    "exactly one parent; the tree has a cycle or a shared subtree")
+                   f"links (nodes {', '.join(map(str, owners[:5]))}): a node must have "
+                   "exactly one parent; the tree has a cycle or a shared subtree")
     if np.all(kids > np.concatenate([parents, parents])):
         return  # children after parents, one parent each: every node leads back to 0
     reached = np.zeros(n, dtype=bool)
@@ -63,11 +63,11 @@ def _check_links(where: str, left: np.ndarray, right: np.ndarray, split: np.ndar
         if reached[frontier].any():
             node = int(frontier[reached[frontier]][0])
             raise fail("tree.cycle", where, f"node {node} is reached twice from the root: "
-                        "the tree has a cycle")
+                       "the tree has a cycle")
     if not reached.all():
         node = int(np.flatnonzero(~reached)[0])
         raise fail("tree.unreachable", where, f"node {node} is not reachable from the "
-                    "root (node 0); it is part of a detached cycle")
+                   "root (node 0); it is part of a detached cycle")
 
 
 def _check_children_range(where: str, left: np.ndarray, right: np.ndarray,
@@ -77,7 +77,7 @@ def _check_children_range(where: str, left: np.ndarray, right: np.ndarray,
         if bad.any():
             node = int(np.flatnonzero(bad)[0])
             raise fail("tree.children", where, f"node {node}'s {side} child "
-                        f"{int(kids[node])} is outside 0..{n - 1} (node_count {n})")
+                       f"{int(kids[node])} is outside 0..{n - 1} (node_count {n})")
 
 
 def check_tree(tree: Tree, where: str) -> None:
@@ -89,25 +89,25 @@ def check_tree(tree: Tree, where: str) -> None:
     n_outputs, n_classes = int(tree.n_outputs), np.asarray(tree.n_classes)
     if n < 1 or int(tree.capacity) < n:
         raise fail("tree.node_count", where, f"node_count {n} does not fit its capacity "
-                    f"{int(tree.capacity)}")
+                   f"{int(tree.capacity)}")
     lengths = {len(a) for a in (left, right, feature, threshold, tree.impurity,
                                 tree.n_node_samples, tree.weighted_n_node_samples)}
     if lengths != {n}:
         raise fail("tree.lengths", where, f"node arrays have lengths {sorted(lengths)}, not "
-                    f"node_count {n}")
+                   f"node_count {n}")
     if n_outputs < 1 or n_classes.shape != (n_outputs,) or (n_classes < 1).any():
         raise fail("tree.outputs", where, f"n_classes {n_classes.tolist()} does not match "
-                    f"n_outputs {n_outputs}")
+                   f"n_outputs {n_outputs}")
     expected = (n, n_outputs, int(n_classes.max()))
     if value.shape != expected or int(tree.max_n_classes) != expected[2]:
         raise fail("tree.values", where, f"value array has shape {value.shape}, not "
-                    f"(node_count, n_outputs, max_n_classes) = {expected}")
+                   f"(node_count, n_outputs, max_n_classes) = {expected}")
     leaf_left, leaf_right = left == _LEAF, right == _LEAF
     half = leaf_left != leaf_right
     if half.any():
         node = int(np.flatnonzero(half)[0])
         raise fail("tree.leaves", where, f"node {node} has children {int(left[node])} and "
-                    f"{int(right[node])}: -1 (no child) must be on both sides of a leaf")
+                   f"{int(right[node])}: -1 (no child) must be on both sides of a leaf")
     split = ~leaf_left
     _check_children_range(where, left, right, split, n)
     _check_links(where, left, right, split)
@@ -116,7 +116,7 @@ def check_tree(tree: Tree, where: str) -> None:
     if bad.any():
         node = int(np.flatnonzero(bad)[0])
         raise fail("tree.features", where, f"node {node}'s feature {int(feature[node])} is "
-                    f"outside 0..{n_features - 1} (n_features {n_features})")
+                   f"outside 0..{n_features - 1} (n_features {n_features})")
     if np.isnan(threshold[split]).any():
         node = int(np.flatnonzero(split & np.isnan(threshold))[0])
         raise fail("tree.thresholds", where, f"node {node}'s threshold is NaN")
@@ -131,25 +131,25 @@ def check_tree_predictor(predictor: TreePredictor, where: str) -> None:
     if not isinstance(nodes, np.ndarray) or nodes.dtype != PREDICTOR_RECORD_DTYPE \
             or nodes.ndim != 1 or nodes.shape[0] < 1:
         raise fail("predictor.nodes", where, "nodes is not a non-empty 1-d array of "
-                    "sklearn's predictor records")
+                   "sklearn's predictor records")
     n = nodes.shape[0]
     is_leaf = nodes["is_leaf"]
     if (is_leaf > 1).any():
         raise fail("predictor.leaves", where, f"node {int(np.flatnonzero(is_leaf > 1)[0])}"
-                    "'s is_leaf is neither 0 nor 1")
+                   "'s is_leaf is neither 0 nor 1")
     split = is_leaf == 0
     left, right = nodes["left"].astype(np.int64), nodes["right"].astype(np.int64)
     linked_leaf = ~split & ((left != 0) | (right != 0))
     if linked_leaf.any():
         node = int(np.flatnonzero(linked_leaf)[0])
         raise fail("predictor.leaves", where, f"node {node} is a leaf with children "
-                    f"{int(left[node])} and {int(right[node])}")
+                   f"{int(left[node])} and {int(right[node])}")
     _check_children_range(where, left, right, split, n)
     _check_links(where, left, right, split)
     if (nodes["feature_idx"][split] < 0).any():
         node = int(np.flatnonzero(split & (nodes["feature_idx"] < 0))[0])
         raise fail("predictor.features", where, f"node {node}'s feature "
-                    f"{int(nodes['feature_idx'][node])} is negative")
+                   f"{int(nodes['feature_idx'][node])} is negative")
     if np.isnan(nodes["num_threshold"][split]).any():
         node = int(np.flatnonzero(split & np.isnan(nodes["num_threshold"]))[0])
         raise fail("predictor.thresholds", where, f"node {node}'s threshold is NaN")
@@ -165,8 +165,8 @@ def check_tree_predictor(predictor: TreePredictor, where: str) -> None:
         if bad.any():
             node = int(np.flatnonzero(bad)[0])
             raise fail("predictor.bitsets", where, f"node {node}'s bitset index "
-                        f"{int(nodes['bitset_idx'][node])} is outside "
-                        f"0..{bitsets.shape[0] - 1} ({name} has {bitsets.shape[0]} rows)")
+                       f"{int(nodes['bitset_idx'][node])} is outside "
+                       f"0..{bitsets.shape[0] - 1} ({name} has {bitsets.shape[0]} rows)")
 
 
 # -- estimators whose arrays reach compiled code -----------------------------------------
@@ -185,15 +185,15 @@ def check_decision_tree(est: BaseDecisionTree, where: str) -> None:
     n = n_features_of(est, where)
     if n is not None and int(tree.n_features) != n:
         raise fail("tree.n_features", where, f"its tree is built for {int(tree.n_features)} "
-                    f"features but the estimator declares n_features_in_ {n}")
+                   f"features but the estimator declares n_features_in_ {n}")
     n_outputs = vars(est).get("n_outputs_")
     if n_outputs is not None and int(tree.n_outputs) != n_outputs:
         raise fail("tree.outputs", where, f"its tree has {int(tree.n_outputs)} outputs, "
-                    f"the estimator n_outputs_ {n_outputs}")
+                   f"the estimator n_outputs_ {n_outputs}")
     if "n_classes_" in vars(est):  # a classifier
         if not _same_classes(est.n_classes_, tree.n_classes):
             raise fail("tree.classes", where, f"its tree has n_classes "
-                        f"{np.asarray(tree.n_classes).tolist()}, the estimator {est.n_classes_}")
+                       f"{np.asarray(tree.n_classes).tolist()}, the estimator {est.n_classes_}")
 
 
 def _check_trees_fit(est: Any, trees: Iterable[tuple[Any, str]], where: str,
@@ -207,11 +207,11 @@ def _check_trees_fit(est: Any, trees: Iterable[tuple[Any, str]], where: str,
         width = n if widths is None else widths[i]
         if int(tree.n_features) != width or vars(sub).get("n_features_in_", width) != width:
             raise fail("tree.n_features", label, f"it is built for {int(tree.n_features)} "
-                        f"features but {where} passes it {width}")
+                       f"features but {where} passes it {width}")
         if "n_classes_" in vars(est) and "n_classes_" in vars(sub) \
                 and not _same_classes(est.n_classes_, sub.n_classes_):
             raise fail("tree.classes", label, f"it has n_classes {sub.n_classes_}, "
-                        f"{where} {est.n_classes_}")
+                       f"{where} {est.n_classes_}")
 
 
 def check_forest(est: Any, where: str) -> None:
@@ -229,17 +229,18 @@ def check_forest(est: Any, where: str) -> None:
         n = n_features_of(est, where)
         if len(features) != len(subs):
             raise fail("ensemble.features", where, f"{len(features)} estimators_features_ "
-                        f"for {len(subs)} estimators")
+                       f"for {len(subs)} estimators")
         for i, columns in enumerate(features):
             columns = np.asarray(columns)
             if columns.ndim != 1 or columns.dtype.kind not in "iu" or (
                     n is not None and columns.size and (columns.min() < 0
                                                         or columns.max() >= n)):
                 raise fail("ensemble.features", f"estimator {i} of {where}", "its feature "
-                            f"indices are not whole numbers in 0..{(n or 0) - 1}")
+                           f"indices are not whole numbers in 0..{(n or 0) - 1}")
         widths = [len(columns) for columns in features]
-        if isinstance(est, IsolationForest) and vars(est).get("_max_features") == n:
-            widths = [n if n is not None else w for w in widths]  # X is used whole
+        if isinstance(est, IsolationForest) and n is not None \
+                and vars(est).get("_max_features") == n:
+            widths = [n] * len(widths)  # no feature subsampling: each tree sees X whole
     _check_trees_fit(est, labels, where, widths)
 
 
@@ -253,16 +254,16 @@ def check_gradient_boosting(est: Any, where: str) -> None:
     if not isinstance(stages, np.ndarray) or stages.ndim != 2 or stages.dtype != object \
             or stages.shape[1] != k:
         raise fail("boosting.stages", where, f"estimators_ is not an (n_stages, "
-                    f"n_trees_per_iteration_={k}) array of trees")
+                   f"n_trees_per_iteration_={k}) array of trees")
     for sub in stages.ravel():
         if not isinstance(sub, DecisionTreeRegressor):
             raise fail("boosting.stages", where, f"a stage holds a {name_of(sub)}, not a "
-                        "DecisionTreeRegressor")
+                       "DecisionTreeRegressor")
         tree = vars(sub).get("tree_")
         if isinstance(tree, Tree) and (int(tree.n_outputs) != 1 or int(tree.max_n_classes)
                                        != 1):
             raise fail("boosting.stages", where, "a stage's tree is not a single-output "
-                        "regression tree")
+                       "regression tree")
     _check_trees_fit(est, ((sub, f"tree {i // k}{f' (output {i % k})' if k > 1 else ''} "
                                  f"of {where}") for i, sub in enumerate(stages.ravel())), where)
     init, loss = vars(est).get("init_"), vars(est).get("_loss")
@@ -275,7 +276,7 @@ def check_gradient_boosting(est: Any, where: str) -> None:
         width = int(vars(init).get("n_outputs_", 1))
     if width != k:
         raise fail("boosting.init", where, f"its init estimator predicts {width} columns "
-                    f"for n_trees_per_iteration_ {k}")
+                   f"for n_trees_per_iteration_ {k}")
 
 
 def _check_hgb_preprocessor(est: Any, where: str, n: int) -> None:
@@ -296,11 +297,11 @@ def _check_hgb_preprocessor(est: Any, where: str, n: int) -> None:
                           in (None, _check_array())))
         if not one_to_one or mask.dtype != bool or mask.shape != (n,):
             raise fail("boosting.preprocessor", where, "its categorical pre-encoder is not "
-                        "the column-for-column one HistGradientBoosting builds")
+                       "the column-for-column one HistGradientBoosting builds")
         width += int(mask.sum())
     if width != n:
         raise fail("boosting.preprocessor", where, f"its categorical pre-encoder outputs "
-                    f"{width} columns for n_features_in_ {n}")
+                   f"{width} columns for n_features_in_ {n}")
 
 
 def _check_array() -> Callable:
@@ -324,7 +325,7 @@ def check_hist_gradient_boosting(est: Any, where: str) -> None:
     is_cat = np.zeros(n, dtype=bool) if is_cat is None else np.asarray(is_cat)
     if is_cat.ndim != 1 or is_cat.shape[0] != n:
         raise fail("boosting.categorical", where, f"_bin_mapper.is_categorical_ has shape "
-                    f"{is_cat.shape}, not ({n},)")
+                   f"{is_cat.shape}, not ({n},)")
     is_cat = is_cat.astype(bool)
     known = vars(mapper).get("bin_thresholds_") if hasattr(mapper, "__dict__") else None
     for f in np.flatnonzero(is_cat):  # known categories become bits of an 8 x 32 bitset
@@ -336,8 +337,8 @@ def check_hist_gradient_boosting(est: Any, where: str) -> None:
     for i, row in enumerate(predictors):
         if not isinstance(row, list) or len(row) != k:
             raise fail("boosting.predictors", where, f"iteration {i} holds "
-                        f"{len(row) if isinstance(row, list) else name_of(row)} predictors, "
-                        f"not n_trees_per_iteration_ {k}")
+                       f"{len(row) if isinstance(row, list) else name_of(row)} predictors, "
+                       f"not n_trees_per_iteration_ {k}")
         for j, predictor in enumerate(row):
             label = f"predictor {i}{f' (output {j})' if k > 1 else ''} of {where}"
             if not isinstance(predictor, TreePredictor):
@@ -351,12 +352,12 @@ def check_hist_gradient_boosting(est: Any, where: str) -> None:
             if bad.any():
                 node = int(np.flatnonzero(bad)[0])
                 raise fail("predictor.features", label, f"node {node}'s feature "
-                            f"{int(feature[node])} is outside 0..{n - 1} (n_features {n})")
+                           f"{int(feature[node])} is outside 0..{n - 1} (n_features {n})")
             categorical = split & (nodes["is_categorical"] != 0)
             wrong = categorical & ~is_cat[np.clip(feature, 0, n - 1)]
             if wrong.any():
                 node = int(np.flatnonzero(wrong)[0])
                 raise fail("predictor.categorical", label, f"node {node} makes a categorical "
-                            f"split on feature {int(feature[node])}, which is not categorical")
+                           f"split on feature {int(feature[node])}, which is not categorical")
 
 

@@ -237,10 +237,10 @@ def validate_model(model: Any, needed_types: Iterable[str] = (),
         elif typename_of(type(obj)) in needed and typename_of(type(obj)) not in explicit \
                 and _holds_arrays(obj):
             raise fail("unvalidated_type", where, f"{typename_of(type(obj))} carries arrays "
-                        "that no validator checks; add one to VALIDATORS in "
-                        "ml_assets/core/artifacts/validation.py, or, once a person has "
-                        "reviewed that its arrays cannot crash the process, trust it "
-                        "explicitly in ML_SKOPS_TRUSTED_TYPES")
+                       "that no validator checks; add one to VALIDATORS in "
+                       "ml_assets/core/artifacts/validation.py, or, once a person has "
+                       "reviewed that its arrays cannot crash the process, trust it "
+                       "explicitly in ML_SKOPS_TRUSTED_TYPES")
         if isinstance(obj, BaseEstimator):
             check_feature_arrays(obj, where)
         if hasattr(obj, "__dict__"):
