@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # ml_assets_tests.support
 import bench_serving as bs  # noqa: E402 - the shared load generators and server runner
 
 REPO = Path(__file__).resolve().parent.parent

@@ -34,13 +34,17 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the tests' support package: one way to build models
+
+from ml_assets_tests.support.services import free_port, wait_http  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SINGLE_CONCURRENCY = (1, 8, 32)
@@ -130,28 +134,6 @@ def run_httpx(url: str, body: Path, concurrency: int, seconds: float, workdir: P
 
 # -- servers ----------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_ready(url: str, process: subprocess.Popen, timeout: float = 180) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with code {process.returncode}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"{url} not ready after {timeout}s")
-
-
 class Server:
     """A server subprocess, stopped (by its own pid) on exit."""
 
@@ -168,7 +150,7 @@ class Server:
         self.process = subprocess.Popen(command, env=env, cwd=REPO, stdout=self.out,
                                         stderr=subprocess.STDOUT, start_new_session=True)
         self.url = f"http://127.0.0.1:{self.port}"
-        wait_ready(self.url + self.ready_path, self.process)
+        wait_http(self.url + self.ready_path, self.process, timeout=180)
         return self
 
     def __exit__(self, *exc):
