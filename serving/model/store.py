@@ -233,6 +233,11 @@ class ModelStore:
                 excluded_columns=excluded_columns(loaded.schema, loaded.target),
                 missing_string=None if learned_none_category(pipeline) else np.nan)
         except UntrustedModelError as exc:  # refused unopened: nothing of it ran
+            # A file that is no readable archive at all is broken, not hostile: a load
+            # error, as before the archive checks; every other refusal is untrusted.
+            if getattr(exc, "check", None) == "archive.format":
+                raise ModelRejected(version, "load_error",
+                                    f"version {version} failed to load: {exc}") from exc
             raise ModelRejected(version, "untrusted_model", str(exc)) from exc
         except Exception as exc:  # noqa: BLE001 - any load failure rejects the version
             raise ModelRejected(version, "load_error",
