@@ -32,6 +32,14 @@ LAYERS = ("unit", "assets", "api", "e2e", "production")
 SLOW_LAYERS = {"e2e", "production"}
 
 
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto`: a worker per core plus one. Much of the slow layers waits on processes it
+    started (uvicorn, Celery, dg), so one more worker keeps the cores busy meanwhile;
+    ML_TEST_WORKERS overrides."""
+    wanted = os.environ.get("ML_TEST_WORKERS")
+    return int(wanted) if wanted else (os.cpu_count() or 1) + 1
+
+
 def pytest_collection_modifyitems(config, items):
     root = Path(__file__).parent
     for item in items:
