@@ -8,6 +8,15 @@ Each function reproduces a scipy reference (to 1e-9) from the compact form a
 - `chi2_homogeneity`              -> scipy.stats.chi2_contingency (2 x K table)
 - `jensenshannon`                 -> scipy.spatial.distance.jensenshannon (natural log)
 - `psi`                           -> population stability index on given bins
+
+and what calibrated verdicts need (see docs/drift.md, "Calibrated verdicts"):
+
+- `ks_critical`                   the KS critical value at a level (exact or asymptotic)
+- `*_batch`                       the same statistics on B resampled count tables at once
+- `resample_counts`               B multinomial count vectors (the resampled nulls)
+- `resampled_pvalue` / `resampled_critical`   Monte Carlo p-value and critical value
+- `missing_rate_pvalue`           Fisher's exact test of two missing rates
+- `holm` / `bonferroni`           family-wise adjusted p-values
 """
 
 from __future__ import annotations
@@ -82,7 +91,16 @@ def wasserstein(ref_values: np.ndarray, ref_counts: np.ndarray,
 
 
 def ks_pvalue(numerator: int, n1: int, n2: int, method: str = "auto") -> tuple[float, float]:
-    """(D, p-value) of the two-sided two-sample KS test, as scipy.stats.ks_2samp computes.
+    """(D, p-value) of the two-sided two-sample KS test, as scipy.stats.ks_2samp computes
+    (see `ks_pvalue_mode`, which also says which null was used)."""
+    d, p, _ = ks_pvalue_mode(numerator, n1, n2, method)
+    return d, p
+
+
+def ks_pvalue_mode(numerator: int, n1: int, n2: int,
+                   method: str = "auto") -> tuple[float, float, str]:
+    """(D, p-value, 'exact' | 'asymptotic') of the two-sided two-sample KS test, as
+    scipy.stats.ks_2samp computes.
 
     `numerator` is max|F1 - F2| * n1 * n2 (from `ks_numerator`). The method selection
     mirrors scipy 1.17: 'auto' is exact when max(n1, n2) <= 10,000; 'exact' falls back
@@ -103,10 +121,13 @@ def ks_pvalue(numerator: int, n1: int, n2: int, method: str = "auto") -> tuple[f
         h = numerator // g  # == round(D * lcm), exactly
         ok, prob = _exact_two_sided(n1, n2, g, h)
         if ok:
-            return h / lcm, float(np.clip(prob, 0, 1))
+            return h / lcm, float(np.clip(prob, 0, 1)), "exact"
+    return d, float(np.clip(_kstwo_sf(d, _ks_n_eff(n1, n2)), 0, 1)), "asymptotic"
+
+
+def _ks_n_eff(n1: int, n2: int) -> float:
     big, small = sorted([float(n1), float(n2)], reverse=True)
-    n_eff = float(np.round(big * small / (big + small)))
-    return d, float(np.clip(_kstwo_sf(d, n_eff), 0, 1))
+    return float(np.round(big * small / (big + small)))
 
 
 def _kstwo_sf(d: float, n: float) -> float:
@@ -222,3 +243,148 @@ def psi(ref_counts: np.ndarray, cur_counts: np.ndarray, epsilon: float = PSI_EPS
     q = np.where(q == 0, epsilon, q)
     return float(np.sum((q - p) * np.log(q / p)))
 
+
+
+# -- calibrated verdicts: critical values, resampled nulls, multiple testing -------------
+
+def ks_critical(n1: int, n2: int, alpha: float, mode: str) -> float:
+    """The smallest D with KS p-value <= alpha for sample sizes n1, n2, under the 'exact'
+    (bisection on scipy's exact p-value over the lattice of attainable D) or
+    'asymptotic' (scipy.stats.kstwo at n1 n2 / (n1 + n2)) null. D >= it is significant."""
+    if mode == "exact":
+        g = math.gcd(n1, n2)
+        lcm = (n1 // g) * n2
+        low, high = 0, lcm  # p(low) > alpha, p(high) <= alpha (or the fallback below)
+        while high - low > 1:
+            mid = (low + high) // 2
+            ok, prob = _exact_two_sided(n1, n2, g, mid)
+            if not ok:
+                break
+            low, high = (low, mid) if prob <= alpha else (mid, high)
+        else:
+            return high / lcm
+    n_eff = _ks_n_eff(n1, n2)
+    return float(stats.kstwo.isf(alpha, n_eff)) if n_eff >= 1 else math.nan
+
+
+def resample_counts(rng: np.random.Generator, total: int, probs: np.ndarray,
+                    rows: int) -> np.ndarray:
+    """`rows` multinomial(total, probs) count vectors (rows x K, int64). For totals small
+    against K, drawing the values and counting them is cheaper than K binomials a row."""
+    k = probs.size
+    if total < k // 4:
+        edges = np.cumsum(probs)
+        edges /= edges[-1]
+        picks = np.searchsorted(edges, rng.random((rows, total)), side="right")
+        np.minimum(picks, k - 1, out=picks)
+        picks += (np.arange(rows) * k)[:, None]
+        return np.bincount(picks.ravel(), minlength=rows * k).reshape(rows, k)
+    return rng.multinomial(total, probs / probs.sum(), size=rows)
+
+
+def ks_batch(ref: np.ndarray, cur: np.ndarray) -> np.ndarray:
+    """KS D per row of two (B x K) count tables on the same sorted support."""
+    m, n = ref.sum(axis=1, keepdims=True), cur.sum(axis=1, keepdims=True)
+    gap = np.abs(np.cumsum(ref, axis=1) * n - np.cumsum(cur, axis=1) * m).max(axis=1)
+    return gap / (m[:, 0] * n[:, 0])
+
+
+def wasserstein_batch(ref: np.ndarray, cur: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Wasserstein-1 per row of two (B x K) count tables on the sorted support `values`."""
+    m, n = ref.sum(axis=1, keepdims=True), cur.sum(axis=1, keepdims=True)
+    gap = np.abs(np.cumsum(ref, axis=1)[:, :-1] / m - np.cumsum(cur, axis=1)[:, :-1] / n)
+    return gap @ np.diff(values)
+
+
+def chi2_batch(ref: np.ndarray, cur: np.ndarray) -> np.ndarray:
+    """`chi2_homogeneity`'s statistic per row of two (B x K) count tables: empty columns
+    dropped, Yates' correction where a row has exactly two non-empty columns."""
+    ref, cur = ref.astype(np.float64), cur.astype(np.float64)
+    m, n = ref.sum(axis=1, keepdims=True), cur.sum(axis=1, keepdims=True)
+    total = ref + cur
+    filled = total > 0
+    gap = np.abs(ref * n - cur * m)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(filled, gap**2 / (m * n * total), 0.0)
+    statistic = terms.sum(axis=1)
+    two = filled.sum(axis=1) == 2
+    if two.any():  # 2 x 2 tables: every cell is |O - E| = gap / N away from its expectation
+        rows = np.flatnonzero(two)
+        first = filled[rows].argmax(axis=1)
+        size = (m + n)[rows, 0]
+        deviation = np.maximum(gap[rows, first] / size - 0.5, 0.0)
+        inverse_expected = size**2 / (m[rows, 0] * n[rows, 0]) * (
+            1 / total[rows, first] + 1 / (size - total[rows, first]))
+        statistic[rows] = deviation**2 * inverse_expected
+    return statistic
+
+
+def jensenshannon_batch(ref: np.ndarray, cur: np.ndarray) -> np.ndarray:
+    """`jensenshannon` per row of two (B x K) count tables."""
+    p = ref / ref.sum(axis=1, keepdims=True)
+    q = cur / cur.sum(axis=1, keepdims=True)
+    mid = (p + q) / 2.0
+    js = special.rel_entr(p, mid).sum(axis=1) + special.rel_entr(q, mid).sum(axis=1)
+    return np.sqrt(np.maximum(js / 2.0, 0.0))
+
+
+def psi_batch(ref: np.ndarray, cur: np.ndarray, epsilon: float = PSI_EPSILON) -> np.ndarray:
+    """`psi` per row of two (B x K) count tables."""
+    p = ref / ref.sum(axis=1, keepdims=True)
+    q = cur / cur.sum(axis=1, keepdims=True)
+    p = np.where(p == 0, epsilon, p)
+    q = np.where(q == 0, epsilon, q)
+    return np.sum((q - p) * np.log(q / p), axis=1)
+
+
+# Statistics computed by two code paths (one value vs a batch) may differ in the last
+# bits; a null draw this close to the observed value counts as equal (as large).
+_TIE_TOLERANCE = 1e-9
+
+
+def resampled_pvalue(null_sorted: np.ndarray, statistic: float) -> float:
+    """(1 + #{null >= statistic}) / (B + 1): a Monte Carlo p-value (never 0)."""
+    if not math.isfinite(statistic):
+        return math.nan
+    below = np.searchsorted(null_sorted, statistic - _TIE_TOLERANCE * max(abs(statistic), 1.0),
+                            side="left")
+    return float((1 + null_sorted.size - below) / (null_sorted.size + 1))
+
+
+def resampled_critical(null_sorted: np.ndarray, alpha: float) -> float:
+    """The statistic value that must be exceeded for `resampled_pvalue` <= alpha
+    (inf when B is too small for alpha: 1 / (B + 1) > alpha)."""
+    allowed = math.floor(alpha * (null_sorted.size + 1) + 1e-9) - 1  # null draws >= stat
+    if allowed < 0:
+        return math.inf
+    return float(null_sorted[null_sorted.size - allowed - 1])
+
+
+def missing_rate_pvalue(ref_missing: int, ref_rows: int, cur_missing: int,
+                        cur_rows: int) -> float:
+    """Two-sided Fisher exact test that two missing rates are equal (NaN when neither
+    sample has a missing value: nothing to test)."""
+    if ref_missing + cur_missing == 0:
+        return math.nan
+    table = [[ref_missing, ref_rows - ref_missing], [cur_missing, cur_rows - cur_missing]]
+    return float(stats.fisher_exact(table).pvalue)
+
+
+def holm(pvalues: np.ndarray) -> np.ndarray:
+    """Holm's step-down adjusted p-values (valid under any dependence): a hypothesis is
+    rejected at family-wise level alpha when its adjusted p-value <= alpha."""
+    p = np.asarray(pvalues, dtype=np.float64)
+    k = p.size
+    if k == 0:
+        return p.copy()
+    order = np.argsort(p, kind="stable")
+    stepped = np.minimum(1.0, (k - np.arange(k)) * p[order])
+    adjusted = np.empty(k)
+    adjusted[order] = np.maximum.accumulate(stepped)
+    return adjusted
+
+
+def bonferroni(pvalues: np.ndarray) -> np.ndarray:
+    """Bonferroni adjusted p-values: min(1, K p)."""
+    p = np.asarray(pvalues, dtype=np.float64)
+    return np.minimum(1.0, p.size * p)
