@@ -13,7 +13,8 @@ and what calibrated verdicts need (see docs/drift.md, "Calibrated verdicts"):
 
 - `ks_critical`                   the KS critical value at a level (exact or asymptotic)
 - `*_batch`                       the same statistics on B resampled count tables at once
-- `resample_counts`               B multinomial count vectors (the resampled nulls)
+- `chi2_merged`                   chi-squared with sparse categories merged (Cochran)
+- `resample_counts` / `split_counts`   B multinomial / conditional (permutation) draws
 - `resampled_pvalue` / `resampled_critical`   Monte Carlo p-value and critical value
 - `missing_rate_pvalue`           Fisher's exact test of two missing rates
 - `holm` / `bonferroni`           family-wise adjusted p-values
@@ -222,6 +223,36 @@ def chi2_homogeneity(ref_counts: np.ndarray, cur_counts: np.ndarray) -> tuple[fl
     return statistic, float(special.chdtrc(dof, statistic))
 
 
+def chi2_merged(ref_counts: np.ndarray, cur_counts: np.ndarray,
+                min_expected: float = 5.0) -> tuple[float, float, int]:
+    """(statistic, p-value, bins) of the chi-squared homogeneity test after merging sparse
+    categories, so that every expected count is >= `min_expected` (Cochran's rule) and
+    the chi-squared null holds.
+
+    Categories are merged by their pooled count T = ref + cur (needed: T min(m, n) / N >=
+    min_expected): the smallest ones into one bucket, enlarged with the next smallest
+    until it is large enough itself. The merge depends on the pooled counts only, which
+    carry no information on the split under the null, so the test keeps its level;
+    categories seen in one sample only (unseen in the reference, rare ones) land in the
+    bucket unless frequent enough to stand alone. One bin left: (0, 1, 1), no test.
+    """
+    total = ref_counts + cur_counts
+    filled = total > 0
+    ref_counts, cur_counts, total = ref_counts[filled], cur_counts[filled], total[filled]
+    m, n = int(ref_counts.sum()), int(cur_counts.sum())
+    need = min_expected * (m + n) / max(min(m, n), 1)
+    order = np.argsort(total, kind="stable")
+    merged = int(np.searchsorted(total[order], need, side="left"))  # the ones too small
+    if merged:
+        reach = int(np.searchsorted(np.cumsum(total[order]), need, side="left")) + 1
+        merged = min(max(merged, reach), total.size)
+    bucket, alone = order[:merged], order[merged:]
+    ref_bins = np.r_[ref_counts[alone], ref_counts[bucket].sum()] if merged else ref_counts
+    cur_bins = np.r_[cur_counts[alone], cur_counts[bucket].sum()] if merged else cur_counts
+    statistic, p_value = chi2_homogeneity(ref_bins, cur_bins)
+    return statistic, p_value, int(ref_bins.size)
+
+
 def jensenshannon(ref_counts: np.ndarray, cur_counts: np.ndarray) -> float:
     """Jensen-Shannon distance (natural log, in [0, sqrt(ln 2)]) between two count vectors."""
     p = ref_counts / np.sum(ref_counts, dtype=np.float64)
@@ -249,22 +280,51 @@ def psi(ref_counts: np.ndarray, cur_counts: np.ndarray, epsilon: float = PSI_EPS
 
 def ks_critical(n1: int, n2: int, alpha: float, mode: str) -> float:
     """The smallest D with KS p-value <= alpha for sample sizes n1, n2, under the 'exact'
-    (bisection on scipy's exact p-value over the lattice of attainable D) or
-    'asymptotic' (scipy.stats.kstwo at n1 n2 / (n1 + n2)) null. D >= it is significant."""
-    if mode == "exact":
-        g = math.gcd(n1, n2)
-        lcm = (n1 // g) * n2
-        low, high = 0, lcm  # p(low) > alpha, p(high) <= alpha (or the fallback below)
+    null (searched on the lattice of attainable D, h / lcm(n1, n2), from the asymptotic
+    value: a bracket, then bisection) or the 'asymptotic' one (scipy.stats.kstwo at
+    n1 n2 / (n1 + n2)). D >= it is significant."""
+    n_eff = _ks_n_eff(n1, n2)
+    if mode != "exact":
+        return float(stats.kstwo.isf(alpha, n_eff)) if n_eff >= 1 else math.nan
+    g = math.gcd(n1, n2)
+    lcm = (n1 // g) * n2
+
+    def pvalue(h: int) -> float:
+        ok, prob = _exact_two_sided(n1, n2, g, h)
+        if not ok:
+            raise FloatingPointError
+        return prob
+
+    # Start from the Kolmogorov limit with Stephens' small-sample correction, take two
+    # Newton steps on log p (d log p / dD ~ -4 n_eff D), then bracket and bisect.
+    root = math.sqrt(max(n_eff, 1.0))
+    d = float(special.kolmogi(alpha)) / (root + 0.12 + 0.11 / root)
+    try:
+        guess = min(max(math.ceil(d * lcm), 1), lcm)
+        for _ in range(2):
+            prob = pvalue(guess)
+            if not 0 < prob < 1:
+                break
+            d = guess / lcm
+            move = (math.log(prob) - math.log(alpha)) / (4 * n_eff * d)
+            guess = min(max(math.ceil((d + move) * lcm), 1), lcm)
+        step = max(1, guess // 4096)
+        if pvalue(guess) <= alpha:  # bracket: low not significant, high significant
+            high, low = guess, max(guess - step, 0)
+            while low > 0 and pvalue(low) <= alpha:
+                high, step = low, step * 2
+                low = max(high - step, 0)
+        else:
+            low, high = guess, min(guess + step, lcm)
+            while high < lcm and pvalue(high) > alpha:
+                low, step = high, step * 2
+                high = min(low + step, lcm)
         while high - low > 1:
             mid = (low + high) // 2
-            ok, prob = _exact_two_sided(n1, n2, g, mid)
-            if not ok:
-                break
-            low, high = (low, mid) if prob <= alpha else (mid, high)
-        else:
-            return high / lcm
-    n_eff = _ks_n_eff(n1, n2)
-    return float(stats.kstwo.isf(alpha, n_eff)) if n_eff >= 1 else math.nan
+            low, high = (low, mid) if pvalue(mid) <= alpha else (mid, high)
+    except FloatingPointError:
+        return ks_critical(n1, n2, alpha, "asymptotic")
+    return high / lcm
 
 
 def resample_counts(rng: np.random.Generator, total: int, probs: np.ndarray,
@@ -282,6 +342,22 @@ def resample_counts(rng: np.random.Generator, total: int, probs: np.ndarray,
     return rng.multinomial(total, probs / probs.sum(), size=rows)
 
 
+def split_counts(rng: np.random.Generator, ref_counts: np.ndarray, cur_counts: np.ndarray,
+                 rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """`rows` random splits of the pooled counts into a reference of m and a batch of n
+    rows, as a permutation of the pooled rows would give (multivariate hypergeometric):
+    the conditional null of any two-sample statistic, exact whatever the population."""
+    total = ref_counts + cur_counts
+    m, n = int(ref_counts.sum()), int(cur_counts.sum())
+    size = min(m, n)
+    # numpy's two algorithms, chosen by cost: ~0.1 us a drawn row ('count') against
+    # ~0.35 us a category ('marginals').
+    method = "count" if size < 3.5 * total.size else "marginals"
+    drawn = rng.multivariate_hypergeometric(total, size, size=rows, method=method)
+    rest = total - drawn
+    return (drawn, rest) if size == m else (rest, drawn)
+
+
 def ks_batch(ref: np.ndarray, cur: np.ndarray) -> np.ndarray:
     """KS D per row of two (B x K) count tables on the same sorted support."""
     m, n = ref.sum(axis=1, keepdims=True), cur.sum(axis=1, keepdims=True)
@@ -294,29 +370,6 @@ def wasserstein_batch(ref: np.ndarray, cur: np.ndarray, values: np.ndarray) -> n
     m, n = ref.sum(axis=1, keepdims=True), cur.sum(axis=1, keepdims=True)
     gap = np.abs(np.cumsum(ref, axis=1)[:, :-1] / m - np.cumsum(cur, axis=1)[:, :-1] / n)
     return gap @ np.diff(values)
-
-
-def chi2_batch(ref: np.ndarray, cur: np.ndarray) -> np.ndarray:
-    """`chi2_homogeneity`'s statistic per row of two (B x K) count tables: empty columns
-    dropped, Yates' correction where a row has exactly two non-empty columns."""
-    ref, cur = ref.astype(np.float64), cur.astype(np.float64)
-    m, n = ref.sum(axis=1, keepdims=True), cur.sum(axis=1, keepdims=True)
-    total = ref + cur
-    filled = total > 0
-    gap = np.abs(ref * n - cur * m)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(filled, gap**2 / (m * n * total), 0.0)
-    statistic = terms.sum(axis=1)
-    two = filled.sum(axis=1) == 2
-    if two.any():  # 2 x 2 tables: every cell is |O - E| = gap / N away from its expectation
-        rows = np.flatnonzero(two)
-        first = filled[rows].argmax(axis=1)
-        size = (m + n)[rows, 0]
-        deviation = np.maximum(gap[rows, first] / size - 0.5, 0.0)
-        inverse_expected = size**2 / (m[rows, 0] * n[rows, 0]) * (
-            1 / total[rows, first] + 1 / (size - total[rows, first]))
-        statistic[rows] = deviation**2 * inverse_expected
-    return statistic
 
 
 def jensenshannon_batch(ref: np.ndarray, cur: np.ndarray) -> np.ndarray:
@@ -364,10 +417,24 @@ def missing_rate_pvalue(ref_missing: int, ref_rows: int, cur_missing: int,
                         cur_rows: int) -> float:
     """Two-sided Fisher exact test that two missing rates are equal (NaN when neither
     sample has a missing value: nothing to test)."""
-    if ref_missing + cur_missing == 0:
+    total = ref_missing + cur_missing
+    if total == 0:
         return math.nan
-    table = [[ref_missing, ref_rows - ref_missing], [cur_missing, cur_rows - cur_missing]]
-    return float(stats.fisher_exact(table).pvalue)
+    rows = ref_rows + cur_rows
+    # Hypergeometric: cur_missing of the `total` missing rows fall in the batch. Same
+    # two-sided rule as scipy.stats.fisher_exact (outcomes no likelier than the one seen,
+    # with its relative tolerance 1e-7), on the log scale over the whole support.
+    support = np.arange(max(0, total - ref_rows), min(total, cur_rows) + 1)
+    log_pmf = (_log_choose(total, support) + _log_choose(rows - total, cur_rows - support)
+               - _log_choose(rows, cur_rows))
+    seen = log_pmf[cur_missing - support[0]]
+    pvalue = np.exp(log_pmf[log_pmf <= seen + math.log1p(1e-7)]).sum()
+    return float(min(1.0, pvalue))
+
+
+def _log_choose(n: int | np.ndarray, k: int | np.ndarray) -> np.ndarray:
+    return special.gammaln(np.add(n, 1)) - special.gammaln(np.add(k, 1)) - special.gammaln(
+        np.subtract(n, k) + 1)
 
 
 def holm(pvalues: np.ndarray) -> np.ndarray:
