@@ -352,8 +352,10 @@ def split_counts(rng: np.random.Generator, ref_counts: np.ndarray, cur_counts: n
     size = min(m, n)
     # numpy's two algorithms, chosen by cost: ~0.1 us a drawn row ('count') against
     # ~0.35 us a category ('marginals').
-    method = "count" if size < 3.5 * total.size else "marginals"
-    drawn = rng.multivariate_hypergeometric(total, size, size=rows, method=method)
+    if size < 3.5 * total.size:
+        drawn = rng.multivariate_hypergeometric(total, size, size=rows, method="count")
+    else:
+        drawn = rng.multivariate_hypergeometric(total, size, size=rows, method="marginals")
     rest = total - drawn
     return (drawn, rest) if size == m else (rest, drawn)
 
