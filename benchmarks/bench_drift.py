@@ -2,6 +2,8 @@
 
     /tmp/venv/bin/python benchmarks/bench_drift.py                 # 100,000 and 1,000,000 x 20
     /tmp/venv/bin/python benchmarks/bench_drift.py --rows 100000 --repeats 3   # quicker
+    /tmp/venv/bin/python benchmarks/bench_drift.py --rows 1000000 --repeats 7 --no-evidently \
+        --variants library library_warm library_fixed scipy      # the calibration cost
 
 Reference and current frames are float64, N rows x 20 numeric features of four shapes
 (normal, lognormal, uniform, gamma); the current frame has 6 of the 20 features shifted
@@ -9,11 +11,17 @@ by +0.5 reference std, so those (and only those) should drift. Variants, each ti
 its own fresh subprocess (peak RSS = that process's ru_maxrss, data included):
 
   profile build   build_reference_profile + to_bytes on the reference (training time)
-  library         from_bytes + score_drift on the current frame; default tests (normed
-                  Wasserstein over 1,000 rows), the reference is never loaded
-  library KS      the same with numeric_test='ks' against an exact profile (all distinct
-                  values stored): the same statistic and p-values as the scipy loop
-  scipy loop      scipy.stats.ks_2samp per column, drift when p < 0.05
+  library         from_bytes + score_drift on the current frame, DriftConfig(): the
+                  calibrated verdicts (KS at alpha 0.01 + normed Wasserstein >= 0.1), a
+                  fresh process, so the first day of its size (no cached null)
+  library warm    the same, timing a second day of the same size in the same process
+                  (cached nulls and critical values)
+  library fixed   the same with calibration='fixed' (the former default: normed
+                  Wasserstein >= 0.1 over 1,000 rows, no test): what scoring cost before
+  library KS      calibration='fixed', numeric_test='ks' against an exact profile (all
+                  distinct values stored): the same statistic and p-values as the scipy loop
+  scipy loop      scipy.stats.ks_2samp per column, significant when p < 0.01 (the
+                  library's alpha); compared with the library's KS verdicts
   evidently       Report([DataDriftPreset()]) in its own venv (--evidently-python), run in
                   a subprocess with that venv's python; skipped with a note if absent
 
@@ -41,6 +49,7 @@ DEFAULT_EVIDENTLY_PYTHON = "/tmp/evidently-venv/bin/python"
 N_FEATURES = 20
 SHIFTED = range(6)  # features shifted by +0.5 reference std
 SEED = 20261125
+SCIPY_ALPHA = 0.01  # the library's per-feature alpha
 
 
 # -- data ---------------------------------------------------------------------------
@@ -106,25 +115,39 @@ def child_build(data: Path, exact: bool) -> dict:
     return {"seconds": seconds, "loaded_gib": loaded, "profile_mib": len(blob) / 2**20}
 
 
-def child_library(data: Path, ks: bool) -> dict:
+def child_library(data: Path, variant: str) -> dict:
     sys.path.insert(0, str(ROOT))
     from ml_assets.core.drift.scoring import DriftConfig, ReferenceProfile, score_drift
 
     current = load_frame(data / "current.npy")
-    blob = (data / ("profile_exact.bin" if ks else "profile.bin")).read_bytes()
+    ks_exact = variant == "library_ks"
+    blob = (data / ("profile_exact.bin" if ks_exact else "profile.bin")).read_bytes()
     loaded = peak_rss_gib()
-    config = DriftConfig(numeric_test="ks") if ks else DriftConfig()
+    config = {"library": DriftConfig(), "library_warm": DriftConfig(),
+              "library_fixed": DriftConfig(calibration="fixed"),
+              "library_ks": DriftConfig(calibration="fixed", numeric_test="ks")}[variant]
+    if variant == "library_warm":  # a first day of this size fills the caches
+        score_drift(ReferenceProfile.from_bytes(blob), current, config)
     start = time.perf_counter()
     report = score_drift(ReferenceProfile.from_bytes(blob), current, config)
     seconds = time.perf_counter() - start
     table = report.features
-    column = "p_value" if ks else "statistic"
-    return {"seconds": seconds, "loaded_gib": loaded,
-            "drifted": dict(zip(table["feature"], table["drifted"].astype(bool).tolist(),
-                                strict=True)),
-            "scores": dict(zip(table["feature"], table[column].astype(float).tolist(),
-                               strict=True)),
-            "tests": sorted(set(table["test"]))}
+
+    def column(name: str) -> dict:
+        return dict(zip(table["feature"], table[name].astype(float).tolist(), strict=True))
+
+    result = {"seconds": seconds, "loaded_gib": loaded,
+              "drifted": dict(zip(table["feature"], table["drifted"].astype(bool).tolist(),
+                                  strict=True)),
+              "scores": column("p_value" if ks_exact else "statistic"),
+              "tests": sorted(set(table["test"]))}
+    if config.calibrated:
+        result.update(p_values=column("p_value"), effects=column("effect_size"),
+                      significant=dict(zip(table["feature"],
+                                           table["significant"].astype(bool).tolist(),
+                                           strict=True)),
+                      dataset_drifted=report.dataset_drifted)
+    return result
 
 
 def child_scipy(data: Path) -> dict:
@@ -139,8 +162,8 @@ def child_scipy(data: Path) -> dict:
                for name in reference.columns}
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "loaded_gib": loaded,
-            "drifted": {name: p < 0.05 for name, p in pvalues.items()}, "scores": pvalues,
-            "tests": ["ks_2samp"]}
+            "drifted": {name: p < SCIPY_ALPHA for name, p in pvalues.items()},
+            "scores": pvalues, "tests": ["ks_2samp"]}
 
 
 def child_evidently(data: Path) -> dict:
@@ -175,14 +198,19 @@ def child_evidently(data: Path) -> dict:
 CHILDREN = {
     "build": lambda data: child_build(data, exact=False),
     "build_exact": lambda data: child_build(data, exact=True),
-    "library": lambda data: child_library(data, ks=False),
-    "library_ks": lambda data: child_library(data, ks=True),
+    "library": lambda data: child_library(data, "library"),
+    "library_warm": lambda data: child_library(data, "library_warm"),
+    "library_fixed": lambda data: child_library(data, "library_fixed"),
+    "library_ks": lambda data: child_library(data, "library_ks"),
     "scipy": child_scipy,
     "evidently": child_evidently,
 }
 LABELS = {
     "build": "profile build (training time)", "build_exact": "exact profile build",
-    "library": "library: score vs profile", "library_ks": "library: KS vs exact profile",
+    "library": "library: calibrated, first day of its size",
+    "library_warm": "library: calibrated, second day (cache hit)",
+    "library_fixed": "library: fixed thresholds (former default)",
+    "library_ks": "library: KS vs exact profile",
     "scipy": "scipy ks_2samp loop", "evidently": "Evidently DataDriftPreset",
 }
 
@@ -201,8 +229,12 @@ def run_child(variant: str, data: Path, python: str) -> dict:
 
 # -- the run ----------------------------------------------------------------------------
 
+ALL_VARIANTS = ("build", "build_exact", "library", "library_warm", "library_fixed",
+                "library_ks", "scipy")
+
+
 def scenario(rows: int, repeats: int, evidently_repeats: int,
-             evidently_python: str | None) -> dict:
+             evidently_python: str | None, variants: tuple[str, ...] = ALL_VARIANTS) -> dict:
     print(f"\n== {rows:,} rows x {N_FEATURES} numeric features", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_drift_") as tmp:
         data = Path(tmp)
@@ -210,8 +242,11 @@ def scenario(rows: int, repeats: int, evidently_repeats: int,
         runs: dict[str, list[dict]] = {name: [] for name in CHILDREN}
         for repeat in range(repeats):
             print(f"  repeat {repeat + 1}/{repeats}", flush=True)
-            for variant in ("build", "build_exact", "library", "library_ks", "scipy"):
-                runs[variant].append(run_child(variant, data, sys.executable))
+            for variant in ("build", "build_exact", *[v for v in variants
+                                                      if not v.startswith("build")]):
+                if variant in variants or variant == "build" or (
+                        variant == "build_exact" and "library_ks" in variants):
+                    runs[variant].append(run_child(variant, data, sys.executable))
             if evidently_python and repeat < evidently_repeats:
                 runs["evidently"].append(run_child("evidently", data, evidently_python))
     return {"rows": rows, "runs": {k: v for k, v in runs.items() if v}}
@@ -225,7 +260,8 @@ def summarize(result: dict) -> dict:
                       "loaded_gib": max(r["loaded_gib"] for r in rs), "n": len(rs)}
                for name, rs in runs.items()}
     summary["profile_mib"] = runs["build"][0]["profile_mib"]
-    summary["exact_profile_mib"] = runs["build_exact"][0]["profile_mib"]
+    if "build_exact" in runs:
+        summary["exact_profile_mib"] = runs["build_exact"][0]["profile_mib"]
     summary["agreement"] = agreement(runs)
     return summary
 
@@ -236,38 +272,53 @@ def agreement(runs: dict) -> dict:
     verdicts = {name: rs[0]["drifted"] for name, rs in runs.items() if "drifted" in rs[0]}
     out: dict = {"truth": {name: sum(v[f] == expected[f] for f in expected)
                            for name, v in verdicts.items()}}
-    pairs = [("library", "evidently"), ("library", "scipy"), ("library_ks", "scipy")]
+    pairs = [("library", "evidently"), ("library", "scipy"), ("library_fixed", "scipy"),
+             ("library_ks", "scipy"), ("library", "library_warm"),
+             ("library", "library_fixed")]
     for left, right in pairs:
         if left in verdicts and right in verdicts:
             differ = [f for f in expected if verdicts[left][f] != verdicts[right][f]]
             out[f"{left}~{right}"] = {"agree": len(expected) - len(differ), "differ": differ}
-    if "evidently" in runs:
-        ours, theirs = runs["library"][0]["scores"], runs["evidently"][0]["scores"]
+    if "library" in runs and "scipy" in runs:
+        ours, theirs = runs["library"][0], runs["scipy"][0]["scores"]
+        out["library_significant~scipy_p<0.01"] = sum(
+            ours["significant"][f] == (theirs[f] < SCIPY_ALPHA) for f in expected)
+        out["max_abs_diff_pvalue_library_vs_scipy"] = max(
+            abs(ours["p_values"][f] - theirs[f]) for f in expected)
+        out["library_dataset_drifted"] = ours["dataset_drifted"]
+    if "evidently" in runs and "library" in runs:
+        ours, theirs = runs["library"][0]["effects"], runs["evidently"][0]["scores"]
         out["max_abs_diff_wasserstein_vs_evidently"] = max(abs(ours[f] - theirs[f])
                                                            for f in expected)
-    ks, sp = runs["library_ks"][0]["scores"], runs["scipy"][0]["scores"]
-    out["max_abs_diff_pvalue_vs_scipy"] = max(abs(ks[f] - sp[f]) for f in expected)
-    out["scipy_pvalues_unshifted"] = {f: sp[f] for f in expected if not expected[f]}
+    if "library_ks" in runs and "scipy" in runs:
+        ks, sp = runs["library_ks"][0]["scores"], runs["scipy"][0]["scores"]
+        out["max_abs_diff_pvalue_vs_scipy"] = max(abs(ks[f] - sp[f]) for f in expected)
+    if "scipy" in runs:
+        sp = runs["scipy"][0]["scores"]
+        out["scipy_pvalues_unshifted"] = {f: sp[f] for f in expected if not expected[f]}
     return out
 
 
 def table(summaries: dict[int, dict]) -> str:
     lines = ["| rows | variant | median s | min s | runs | peak RSS GiB | data loaded GiB "
-             "| Evidently / this | scipy loop / this |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| Evidently / this | scipy loop / this | this / fixed |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for rows, summary in summaries.items():
         evidently = summary.get("evidently", {}).get("median_s")
-        scipy_s = summary["scipy"]["median_s"]
-        for name in ("build", "build_exact", "library", "library_ks", "scipy", "evidently"):
+        scipy_s = summary.get("scipy", {}).get("median_s")
+        fixed_s = summary.get("library_fixed", {}).get("median_s")
+        for name in (*ALL_VARIANTS, "evidently"):
             if name not in summary:
                 continue
             s = summary[name]
             scoring = not name.startswith("build")  # a build is a one-off at training time
             vs_ev = _ratio(evidently, s["median_s"]) if scoring and evidently else "n/a"
-            vs_sp = _ratio(scipy_s, s["median_s"]) if scoring else "n/a"
+            vs_sp = _ratio(scipy_s, s["median_s"]) if scoring and scipy_s else "n/a"
+            vs_fixed = (f"{s['median_s'] / fixed_s:.2f}" if fixed_s and name.startswith(
+                "library") else "n/a")
             lines.append(f"| {rows:,} | {LABELS[name]} | {s['median_s']:.3f} | {s['min_s']:.3f} "
                          f"| {s['n']} | {s['peak_gib']:.2f} | {s['loaded_gib']:.2f} "
-                         f"| {vs_ev} | {vs_sp} |")
+                         f"| {vs_ev} | {vs_sp} | {vs_fixed} |")
     return "\n".join(lines)
 
 
@@ -299,6 +350,9 @@ def main() -> None:
     parser.add_argument("--evidently-python", default=DEFAULT_EVIDENTLY_PYTHON,
                         help="python of the venv that has evidently installed")
     parser.add_argument("--no-evidently", action="store_true")
+    parser.add_argument("--variants", nargs="+", choices=ALL_VARIANTS, default=ALL_VARIANTS,
+                        help="which variants to run (build always runs: it writes the "
+                             "profile)")
     parser.add_argument("--json-out", type=Path, help="also write all raw results here")
     args = parser.parse_args()
 
@@ -323,7 +377,8 @@ def main() -> None:
     results, summaries = [], {}
     for position, rows in enumerate(args.rows):
         ev_repeats = args.evidently_repeats[min(position, len(args.evidently_repeats) - 1)]
-        result = scenario(rows, args.repeats, ev_repeats, evidently_python)
+        result = scenario(rows, args.repeats, ev_repeats, evidently_python,
+                          tuple(args.variants))
         results.append(result)
         summaries[rows] = summarize(result)
         print(json.dumps({k: v for k, v in summaries[rows].items()

@@ -408,3 +408,39 @@ def test_score_window_reports_pooling_and_insufficient_data():
     assert late.status == "ok" and late.pooled_days == 2 and late.n_rows == 120
     assert late.window_days == list(_span(0, 2))
     assert late.to_dict()["note"] == "pooled with 2 preceding day(s) (2026-11-20, 2026-11-21)"
+
+
+def test_batch_statistics_match_the_single_ones():
+    """The resampled nulls compute each statistic on B count tables at once."""
+    rng = np.random.default_rng(13)
+    ref = rng.multinomial(300, [0.5, 0.3, 0.15, 0.05, 0.0], size=50)
+    cur = rng.multinomial(40, [0.2, 0.2, 0.2, 0.2, 0.2], size=50)
+    cur[:10, 2:] = 0  # some rows down to two (Yates) or one non-empty column
+    ref[:10, 2:] = 0
+    ref[:3, 1] = cur[:3, 1] = 0
+    for batch, single in ((drift_stats.chi2_batch,
+                           lambda r, c: drift_stats.chi2_homogeneity(r, c)[0]),
+                          (drift_stats.jensenshannon_batch, drift_stats.jensenshannon),
+                          (drift_stats.psi_batch, drift_stats.psi)):
+        expected = [single(r, c) for r, c in zip(ref, cur, strict=True)]
+        assert batch(ref, cur) == pytest.approx(expected, abs=1e-9)
+    values = np.arange(5.0) ** 2
+    expected_ks = [drift_stats.ks_numerator(values, r, np.repeat(values, c)) / (r.sum() * c.sum())
+                   for r, c in zip(ref, cur, strict=True)]
+    assert drift_stats.ks_batch(ref, cur) == pytest.approx(expected_ks, abs=1e-12)
+    expected_w1 = [stats.wasserstein_distance(values, values, r, c)
+                   for r, c in zip(ref, cur, strict=True)]
+    assert drift_stats.wasserstein_batch(ref, cur, values) == pytest.approx(expected_w1,
+                                                                           abs=1e-9)
+
+
+def test_tiny_days_of_an_imbalanced_category_get_a_permutation_null():
+    rng = np.random.default_rng(14)
+    labels = np.array(["a", "b", "c"], dtype=object)
+    reference = labels[rng.choice(3, size=2_000, p=[0.9, 0.08, 0.02])]
+    row = _one(reference, labels[rng.choice(3, size=30, p=[0.9, 0.08, 0.02])],
+               kind="categorical")
+    assert row["null"] == "resampled (2000 draws, permutation)" and not row["drifted"]
+    moved = _one(reference, labels[rng.choice(3, size=30, p=[0.3, 0.4, 0.3])],
+                 kind="categorical")
+    assert moved["drifted"]

@@ -52,6 +52,8 @@ from ml_assets.core.drift.profile import (
 from ml_assets.core.drift.stats import (
     KS_METHODS,
     bonferroni,
+    bridge_batch,
+    chi2_batch,
     chi2_homogeneity,
     chi2_merged,
     holm,
@@ -115,6 +117,9 @@ DEFAULT_RESAMPLES = 2000
 KS_EXACT_MAX_PRODUCT = 1_000_000  # calibrated 'auto': exact KS null when n * m <= this
 CHI2_MIN_EXPECTED = 5.0  # Cochran: the chi-squared null needs expected counts >= 5
 DISCRETE_MAX_SUPPORT = 500
+# Resampled KS / Wasserstein nulls of a stored distribution: drawn at (n, m) below this
+# n m / (n + m), from the size-free Brownian-bridge limit above it (checked by the A/A).
+BRIDGE_MIN_N_EFF = 1000
 WASSERSTEIN_MIN_NORM = 0.001  # a constant reference column is normed by this, not by 0
 _RESAMPLE_BLOCK = 2_000_000  # cells of a (draws x support) count table built at once
 REPORT_COLUMNS = [
@@ -587,12 +592,9 @@ def _numeric_value_test(ref: NumericProfile, cur_sorted: np.ndarray, test: str,
     if test == "ks":
         numerator = ks_numerator(ref.values, ref.counts, cur_sorted)
         if _discrete(ref, config):
-            null = _resampled(cache, ("ks", n, draws, config.seed,
-                                      _fingerprint(ref.values, ref.counts)),
-                              lambda rng: _support_null(rng, ref.values, ref.counts, n,
-                                                        draws, "ks"))
             d = numerator / (m * n)
-            return {**out, "statistic": d, **_from_draws(null, d, level)}
+            return {**out, "statistic": d, **_support_test(ref, d, n, "ks", 1.0, level,
+                                                           draws, config, cache)}
         method = config.ks_method
         if method == "auto":
             method = "exact" if n * m <= KS_EXACT_MAX_PRODUCT else "asymp"
@@ -600,11 +602,8 @@ def _numeric_value_test(ref: NumericProfile, cur_sorted: np.ndarray, test: str,
         return {**out, "statistic": d, "p_value": p, "null": source,
                 "threshold": _ks_critical_cached(m, n, level, source)}
     if test == "wasserstein":
-        null = _resampled(cache, ("wasserstein", n, draws, config.seed,
-                                  _fingerprint(ref.values, ref.counts, norm)),
-                          lambda rng: _support_null(rng, ref.values, ref.counts, n, draws,
-                                                    "wasserstein") / norm)
-        return {**out, "statistic": w1, **_from_draws(null, w1, level)}
+        return {**out, "statistic": w1, **_support_test(ref, w1, n, "wasserstein", norm,
+                                                        level, draws, config, cache)}
     edges, ref_counts, exact = _psi_bins(ref, config.psi_bins, profile_bins)
     statistic = psi(ref_counts, bin_counts_sorted(edges, cur_sorted))
     null = _resampled(cache, ("psi", n, draws, config.seed, _fingerprint(ref_counts)),
@@ -641,10 +640,13 @@ def _categorical_value_test(ref: CategoricalProfile, labels: tuple[str, ...],
                            "effect_size": js}
     if test == "chi2":
         statistic, p_value, bins = chi2_merged(ref_counts, cur_counts, CHI2_MIN_EXPECTED)
-        critical = float(special.chdtri(bins - 1, level)) if bins > 1 else math.inf
-        return {**out, "statistic": statistic, "p_value": p_value, "threshold": critical,
-                "null": "asymptotic"}
-    if test == "jensenshannon":
+        if bins > 1:
+            return {**out, "statistic": statistic, "p_value": p_value, "null": "asymptotic",
+                    "threshold": float(special.chdtri(bins - 1, level))}
+        # Too few rows for two bins of 5 expected: chi-squared of the raw table against
+        # its permutation null (exact at any size).
+        statistic, batch = chi2_homogeneity(ref_counts, cur_counts)[0], chi2_batch
+    elif test == "jensenshannon":
         statistic, batch = js, jensenshannon_batch
     else:
         statistic, batch = psi(ref_counts, cur_counts), psi_batch
@@ -689,6 +691,37 @@ def _counts_null(rng: np.random.Generator, population: np.ndarray, m: int, n: in
     return np.concatenate([statistic(resample_counts(rng, m, population, rows),
                                      resample_counts(rng, n, population, rows))
                            for rows in _blocks(draws, population.size)])
+
+
+def _support_test(ref: NumericProfile, statistic: float, n: int, test: str, norm: float,
+                  level: float, draws: int, config: DriftConfig,
+                  cache: NullCache) -> dict[str, Any]:
+    """KS D or normed Wasserstein-1 against its null from the stored distribution: the
+    Brownian-bridge limit (drawn once per column, scaled by sqrt(n_eff)) when
+    n_eff = n m / (n + m) >= BRIDGE_MIN_N_EFF, else both samples drawn at (n, m)."""
+    m = ref.n_valid
+    n_eff = n * m / (n + m)
+    fingerprint = _fingerprint(ref.values, ref.counts, norm)
+    if n_eff < BRIDGE_MIN_N_EFF:
+        null = _resampled(cache, (test, n, draws, config.seed, fingerprint),
+                          lambda rng: _support_null(rng, ref.values, ref.counts, n, draws,
+                                                    test) / norm)
+        return _from_draws(null, statistic, level)
+    limit = _resampled(cache, (test, "bridge", draws, config.seed, fingerprint),
+                       lambda rng: _bridge_null(rng, ref.values, ref.counts, draws,
+                                                test) / norm)
+    scale = math.sqrt(n_eff)
+    result = _from_draws(limit, statistic * scale, level, "Brownian-bridge limit")
+    result["threshold"] /= scale
+    return result
+
+
+def _bridge_null(rng: np.random.Generator, values: np.ndarray, counts: np.ndarray,
+                 draws: int, test: str) -> np.ndarray:
+    shares = counts / counts.sum()
+    support = None if test == "ks" else values
+    return np.concatenate([bridge_batch(rng, shares, rows, support)
+                           for rows in _blocks(draws, values.size)])
 
 
 def _support_null(rng: np.random.Generator, values: np.ndarray, counts: np.ndarray, n: int,

@@ -15,6 +15,7 @@ and what calibrated verdicts need (see docs/drift.md, "Calibrated verdicts"):
 - `*_batch`                       the same statistics on B resampled count tables at once
 - `chi2_merged`                   chi-squared with sparse categories merged (Cochran)
 - `resample_counts` / `split_counts`   B multinomial / conditional (permutation) draws
+- `bridge_batch`                  the Brownian-bridge limit of KS / Wasserstein, discrete
 - `resampled_pvalue` / `resampled_critical`   Monte Carlo p-value and critical value
 - `missing_rate_pvalue`           Fisher's exact test of two missing rates
 - `holm` / `bonferroni`           family-wise adjusted p-values
@@ -360,6 +361,21 @@ def split_counts(rng: np.random.Generator, ref_counts: np.ndarray, cur_counts: n
     return (drawn, rest) if size == m else (rest, drawn)
 
 
+def bridge_batch(rng: np.random.Generator, shares: np.ndarray, rows: int,
+                 values: np.ndarray | None = None) -> np.ndarray:
+    """The large-sample limit of sqrt(n m / (n + m)) times KS D (`values` None) or
+    Wasserstein-1 (on the sorted support `values`) between two samples of a discrete
+    distribution with these shares: max |B(F_k)| or sum |B(F_k)| (v_k+1 - v_k), B a
+    Brownian bridge at the cumulative shares F_k. Free of n and m: one set of draws
+    serves every batch size."""
+    walk = np.cumsum(rng.standard_normal((rows, shares.size)) * np.sqrt(shares), axis=1)
+    cumulative = np.cumsum(shares)
+    bridge = np.abs(walk - cumulative * walk[:, -1:])[:, :-1]
+    if values is None:
+        return bridge.max(axis=1, initial=0.0)
+    return bridge @ np.diff(values)
+
+
 def ks_batch(ref: np.ndarray, cur: np.ndarray) -> np.ndarray:
     """KS D per row of two (B x K) count tables on the same sorted support."""
     m, n = ref.sum(axis=1, keepdims=True), cur.sum(axis=1, keepdims=True)
@@ -372,6 +388,28 @@ def wasserstein_batch(ref: np.ndarray, cur: np.ndarray, values: np.ndarray) -> n
     m, n = ref.sum(axis=1, keepdims=True), cur.sum(axis=1, keepdims=True)
     gap = np.abs(np.cumsum(ref, axis=1)[:, :-1] / m - np.cumsum(cur, axis=1)[:, :-1] / n)
     return gap @ np.diff(values)
+
+
+def chi2_batch(ref: np.ndarray, cur: np.ndarray) -> np.ndarray:
+    """`chi2_homogeneity`'s statistic per row of two (B x K) count tables: empty columns
+    dropped, Yates' correction where a row has exactly two non-empty columns."""
+    ref, cur = ref.astype(np.float64), cur.astype(np.float64)
+    m, n = ref.sum(axis=1, keepdims=True), cur.sum(axis=1, keepdims=True)
+    total = ref + cur
+    filled = total > 0
+    gap = np.abs(ref * n - cur * m)  # every cell is gap / N away from its expectation
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(filled, gap**2 / (m * n * total), 0.0)
+    statistic = terms.sum(axis=1)
+    two = np.flatnonzero(filled.sum(axis=1) == 2)
+    if two.size:  # 2 x 2 tables: Yates moves each cell 0.5 (at most) towards expected
+        first = filled[two].argmax(axis=1)
+        size = (m + n)[two, 0]
+        pooled = total[two, first]
+        deviation = np.maximum(gap[two, first] / size - 0.5, 0.0)
+        statistic[two] = deviation**2 * size**2 / (m[two, 0] * n[two, 0]) * (
+            1 / pooled + 1 / (size - pooled))
+    return statistic
 
 
 def jensenshannon_batch(ref: np.ndarray, cur: np.ndarray) -> np.ndarray:
