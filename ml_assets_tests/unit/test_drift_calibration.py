@@ -74,9 +74,9 @@ def _holm_family(table: pd.DataFrame, names: list[str]) -> bool:
 
 
 # Repeats per reference size: each repeat draws a fresh reference (a two-sample test's
-# level is over both samples) and one day of every size. About 0.11 / 0.14 / 0.22 s of
-# CPU a repeat: ~50 s in all.
-AA_REPEATS = {500: 120, 5_000: 120, 100_000: 80}
+# level is over both samples) and one day of every size. About 0.12 / 0.15 / 0.25 s of
+# CPU a repeat: ~40 s in all.
+AA_REPEATS = {500: 100, 5_000: 100, 100_000: 60}
 # A single (cell, column kind) rate has R trials only: it fails when so many false
 # alarms would have probability < 1e-4 at rate alpha (210 such checks).
 CELL_KIND_PVALUE = 1e-4
