@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -106,13 +107,14 @@ def child_build(data: Path, exact: bool) -> dict:
     reference = load_frame(data / "reference.npy")
     loaded = peak_rss_gib()
     kinds = {name: "numeric" for name in reference.columns}
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     profile = build_reference_profile(
         reference, kinds, sketch_size=len(reference) if exact else 10_000)
     blob = profile.to_bytes()
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     (data / ("profile_exact.bin" if exact else "profile.bin")).write_bytes(blob)
-    return {"seconds": seconds, "loaded_gib": loaded, "profile_mib": len(blob) / 2**20}
+    return {"seconds": seconds, "cpu_seconds": cpu, "loaded_gib": loaded,
+            "profile_mib": len(blob) / 2**20}
 
 
 def child_library(data: Path, variant: str) -> dict:
@@ -128,15 +130,15 @@ def child_library(data: Path, variant: str) -> dict:
               "library_ks": DriftConfig(calibration="fixed", numeric_test="ks")}[variant]
     if variant == "library_warm":  # a first day of this size fills the caches
         score_drift(ReferenceProfile.from_bytes(blob), current, config)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     report = score_drift(ReferenceProfile.from_bytes(blob), current, config)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     table = report.features
 
     def column(name: str) -> dict:
         return dict(zip(table["feature"], table[name].astype(float).tolist(), strict=True))
 
-    result = {"seconds": seconds, "loaded_gib": loaded,
+    result = {"seconds": seconds, "cpu_seconds": cpu, "loaded_gib": loaded,
               "drifted": dict(zip(table["feature"], table["drifted"].astype(bool).tolist(),
                                   strict=True)),
               "scores": column("p_value" if ks_exact else "statistic"),
@@ -156,12 +158,12 @@ def child_scipy(data: Path) -> dict:
     reference = load_frame(data / "reference.npy")
     current = load_frame(data / "current.npy")
     loaded = peak_rss_gib()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     pvalues = {name: float(stats.ks_2samp(reference[name].to_numpy(),
                                           current[name].to_numpy()).pvalue)
                for name in reference.columns}
-    seconds = time.perf_counter() - start
-    return {"seconds": seconds, "loaded_gib": loaded,
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    return {"seconds": seconds, "cpu_seconds": cpu, "loaded_gib": loaded,
             "drifted": {name: p < SCIPY_ALPHA for name, p in pvalues.items()},
             "scores": pvalues, "tests": ["ks_2samp"]}
 
@@ -173,13 +175,13 @@ def child_evidently(data: Path) -> dict:
     reference = load_frame(data / "reference.npy")
     current = load_frame(data / "current.npy")
     loaded = peak_rss_gib()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     definition = DataDefinition(numerical_columns=list(reference.columns))
     # include_tests=True adds the per-column pass/fail (drift) flags to the snapshot.
     snapshot = Report([DataDriftPreset()], include_tests=True).run(
         current_data=Dataset.from_pandas(current, data_definition=definition),
         reference_data=Dataset.from_pandas(reference, data_definition=definition))
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     result = snapshot.dict()
     scores, methods, drifted = {}, set(), {}
     for metric in result["metrics"]:
@@ -191,8 +193,8 @@ def child_evidently(data: Path) -> dict:
         params = test["metric_config"]["params"]
         if params.get("type", "").endswith("ValueDrift"):
             drifted[params["column"]] = test["status"] == "FAIL"
-    return {"seconds": seconds, "loaded_gib": loaded, "drifted": drifted, "scores": scores,
-            "tests": sorted(methods)}
+    return {"seconds": seconds, "cpu_seconds": cpu, "loaded_gib": loaded, "drifted": drifted,
+            "scores": scores, "tests": sorted(methods)}
 
 
 CHILDREN = {
@@ -222,8 +224,8 @@ def run_child(variant: str, data: Path, python: str) -> dict:
     if done.returncode != 0:
         raise RuntimeError(f"{variant} failed:\n{done.stderr[-3000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    print(f"    {variant:<12} {result['seconds']:8.3f} s  peak {result['peak_gib']:.2f} GiB",
-          flush=True)
+    print(f"    {variant:<13} {result['seconds']:8.3f} s  cpu {result['cpu_seconds']:8.3f} s  "
+          f"peak {result['peak_gib']:.2f} GiB", flush=True)
     return result
 
 
@@ -256,6 +258,8 @@ def summarize(result: dict) -> dict:
     runs = result["runs"]
     summary = {name: {"median_s": statistics.median(r["seconds"] for r in rs),
                       "min_s": min(r["seconds"] for r in rs),
+                      "median_cpu_s": statistics.median(r.get("cpu_seconds", math.nan)
+                                                        for r in rs),
                       "peak_gib": max(r["peak_gib"] for r in rs),
                       "loaded_gib": max(r["loaded_gib"] for r in rs), "n": len(rs)}
                for name, rs in runs.items()}
@@ -300,13 +304,15 @@ def agreement(runs: dict) -> dict:
 
 
 def table(summaries: dict[int, dict]) -> str:
-    lines = ["| rows | variant | median s | min s | runs | peak RSS GiB | data loaded GiB "
-             "| Evidently / this | scipy loop / this | this / fixed |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| rows | variant | median s | min s | median CPU s | runs | peak RSS GiB "
+             "| data loaded GiB | Evidently / this | scipy loop / this | this / fixed "
+             "| CPU: this / fixed |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for rows, summary in summaries.items():
         evidently = summary.get("evidently", {}).get("median_s")
         scipy_s = summary.get("scipy", {}).get("median_s")
         fixed_s = summary.get("library_fixed", {}).get("median_s")
+        fixed_cpu = summary.get("library_fixed", {}).get("median_cpu_s")
         for name in (*ALL_VARIANTS, "evidently"):
             if name not in summary:
                 continue
@@ -314,11 +320,14 @@ def table(summaries: dict[int, dict]) -> str:
             scoring = not name.startswith("build")  # a build is a one-off at training time
             vs_ev = _ratio(evidently, s["median_s"]) if scoring and evidently else "n/a"
             vs_sp = _ratio(scipy_s, s["median_s"]) if scoring and scipy_s else "n/a"
-            vs_fixed = (f"{s['median_s'] / fixed_s:.2f}" if fixed_s and name.startswith(
-                "library") else "n/a")
+            library = name.startswith("library")
+            vs_fixed = f"{s['median_s'] / fixed_s:.2f}" if fixed_s and library else "n/a"
+            cpu_fixed = (f"{s['median_cpu_s'] / fixed_cpu:.2f}" if fixed_cpu and library
+                         else "n/a")
             lines.append(f"| {rows:,} | {LABELS[name]} | {s['median_s']:.3f} | {s['min_s']:.3f} "
-                         f"| {s['n']} | {s['peak_gib']:.2f} | {s['loaded_gib']:.2f} "
-                         f"| {vs_ev} | {vs_sp} | {vs_fixed} |")
+                         f"| {s['median_cpu_s']:.3f} | {s['n']} | {s['peak_gib']:.2f} "
+                         f"| {s['loaded_gib']:.2f} | {vs_ev} | {vs_sp} | {vs_fixed} "
+                         f"| {cpu_fixed} |")
     return "\n".join(lines)
 
 

@@ -109,8 +109,8 @@ DEFAULT_EFFECT_THRESHOLDS: Mapping[str, float] = {
     "wasserstein": 0.1, "jensenshannon": 0.05, "psi": 0.1,
 }
 # A 0.5-std mean shift of one feature among 10 is caught by the dataset verdict
-# (Holm, dataset_alpha 0.02) on 80 % of days from about 90 rows, and by its own
-# feature test (alpha 0.01) from about 65 rows (measured: docs/drift.md).
+# (Holm, dataset_alpha 0.02) on >= 80 % of days from about 95 rows (82 % at 100), and
+# by its own feature test (alpha 0.01) from about 75 rows (measured: docs/drift.md).
 DEFAULT_MIN_ROWS = 100
 DEFAULT_MAX_POOLED_DAYS = 7
 DEFAULT_RESAMPLES = 2000
