@@ -152,6 +152,37 @@ def child_library(data: Path, variant: str) -> dict:
     return result
 
 
+def child_ab(data: Path, rounds: int = 11) -> dict:
+    """In one process, `rounds` times in turn: fixed thresholds, calibrated with every
+    cache emptied (a first day of its size), calibrated again (a second day): medians of
+    CPU and wall seconds, free of process start-up and of the load drifting between
+    processes."""
+    sys.path.insert(0, str(ROOT))
+    from ml_assets.core.drift import scoring
+    from ml_assets.core.drift.scoring import DriftConfig, ReferenceProfile, score_drift
+
+    current = load_frame(data / "current.npy")
+    blob = (data / "profile.bin").read_bytes()
+    loaded = peak_rss_gib()
+    fixed, calibrated = DriftConfig(calibration="fixed"), DriftConfig()
+    score_drift(ReferenceProfile.from_bytes(blob), current, fixed)  # warm imports, pages
+    times: dict[str, list[tuple[float, float]]] = {"fixed": [], "cold": [], "warm": []}
+    for _ in range(rounds):
+        for name in ("fixed", "cold", "warm"):
+            if name == "cold":
+                scoring.NULL_CACHE.clear()
+                scoring._KS_CRITICAL.clear()
+            start, cpu_start = time.perf_counter(), time.process_time()
+            score_drift(ReferenceProfile.from_bytes(blob), current,
+                        fixed if name == "fixed" else calibrated)
+            times[name].append((time.perf_counter() - start, time.process_time() - cpu_start))
+    out = {name: {"median_s": statistics.median(t for t, _ in runs),
+                  "median_cpu_s": statistics.median(c for _, c in runs)}
+           for name, runs in times.items()}
+    return {"seconds": out["cold"]["median_s"], "cpu_seconds": out["cold"]["median_cpu_s"],
+            "loaded_gib": loaded, "ab": out}
+
+
 def child_scipy(data: Path) -> dict:
     from scipy import stats
 
@@ -205,6 +236,7 @@ CHILDREN = {
     "library_fixed": lambda data: child_library(data, "library_fixed"),
     "library_ks": lambda data: child_library(data, "library_ks"),
     "scipy": child_scipy,
+    "ab": child_ab,
     "evidently": child_evidently,
 }
 LABELS = {
@@ -236,7 +268,8 @@ ALL_VARIANTS = ("build", "build_exact", "library", "library_warm", "library_fixe
 
 
 def scenario(rows: int, repeats: int, evidently_repeats: int,
-             evidently_python: str | None, variants: tuple[str, ...] = ALL_VARIANTS) -> dict:
+             evidently_python: str | None, variants: tuple[str, ...] = ALL_VARIANTS,
+             ab: bool = False) -> dict:
     print(f"\n== {rows:,} rows x {N_FEATURES} numeric features", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_drift_") as tmp:
         data = Path(tmp)
@@ -251,6 +284,10 @@ def scenario(rows: int, repeats: int, evidently_repeats: int,
                     runs[variant].append(run_child(variant, data, sys.executable))
             if evidently_python and repeat < evidently_repeats:
                 runs["evidently"].append(run_child("evidently", data, evidently_python))
+        if ab:
+            ab_run = run_child("ab", data, sys.executable)["ab"]
+            print("  in one process, medians of 11 rounds: " + json.dumps(ab_run), flush=True)
+            return {"rows": rows, "runs": {k: v for k, v in runs.items() if v}, "ab": ab_run}
     return {"rows": rows, "runs": {k: v for k, v in runs.items() if v}}
 
 
@@ -363,6 +400,9 @@ def main() -> None:
                         help="which variants to run (build always runs: it writes the "
                              "profile)")
     parser.add_argument("--json-out", type=Path, help="also write all raw results here")
+    parser.add_argument("--ab", action="store_true",
+                        help="also time fixed / calibrated first day / second day in turn "
+                             "within one process (11 rounds), per size")
     args = parser.parse_args()
 
     if args.child:
@@ -387,13 +427,23 @@ def main() -> None:
     for position, rows in enumerate(args.rows):
         ev_repeats = args.evidently_repeats[min(position, len(args.evidently_repeats) - 1)]
         result = scenario(rows, args.repeats, ev_repeats, evidently_python,
-                          tuple(args.variants))
+                          tuple(args.variants), args.ab)
         results.append(result)
         summaries[rows] = summarize(result)
         print(json.dumps({k: v for k, v in summaries[rows].items()
                           if k in ("profile_mib", "exact_profile_mib", "agreement")},
                          indent=1), flush=True)
     print("\n" + table(summaries))
+    for result in results:
+        if "ab" in result:
+            ab = result["ab"]
+            print(f"\nIn one process, {result['rows']:,} rows, medians of 11 rounds in turn:\n"
+                  "| scoring | median s | median CPU s | CPU / fixed |\n|---|---:|---:|---:|")
+            for name, label in (("fixed", "fixed thresholds (former default)"),
+                                ("cold", "calibrated, first day of its size"),
+                                ("warm", "calibrated, second day (cache hit)")):
+                print(f"| {label} | {ab[name]['median_s']:.3f} | {ab[name]['median_cpu_s']:.3f} "
+                      f"| {ab[name]['median_cpu_s'] / ab['fixed']['median_cpu_s']:.2f} |")
     if args.json_out:
         args.json_out.write_text(json.dumps({"environment": env, "results": results,
                                              "summaries": summaries}, indent=1))
