@@ -189,18 +189,17 @@ def test_continuous_ks_null_is_scipys_and_threshold_matches_the_verdict(m, n):
                                                     else "asymptotic")
     assert row["statistic"] == pytest.approx(expected.statistic, abs=1e-12)
     assert row["p_value"] == pytest.approx(expected.pvalue, abs=1e-9)
-    # Just above the critical value the test is significant, just below it is not.
+    # The threshold is the critical D: significant at it, not one lattice step below.
     critical = row["threshold"]
-    p_at = stats.kstwo.sf if method == "asymp" else None
-    if p_at is None:
+    if method == "exact":
         g = math.gcd(m, n)
-        lcm = m // g * n
-        h = round(critical * lcm)
+        h = round(critical * (m // g * n))
         assert drift_stats._exact_two_sided(m, n, g, h)[1] <= ALPHA
         assert drift_stats._exact_two_sided(m, n, g, h - 1)[1] > ALPHA
     else:
-        n_eff = round(m * n / (m + n))
-        assert stats.kstwo.sf(critical, n_eff) == pytest.approx(ALPHA, rel=1e-6)
+        assert stats.kstwo.sf(critical, round(m * n / (m + n))) == pytest.approx(ALPHA,
+                                                                                rel=1e-6)
+    assert (row["statistic"] >= critical) == (row["p_value"] <= ALPHA)
 
 
 def test_ties_get_a_resampled_null_that_is_cached_per_size():
