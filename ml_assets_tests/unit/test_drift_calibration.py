@@ -443,3 +443,19 @@ def test_tiny_days_of_an_imbalanced_category_get_a_permutation_null():
     moved = _one(reference, labels[rng.choice(3, size=30, p=[0.3, 0.4, 0.3])],
                  kind="categorical")
     assert moved["drifted"]
+
+
+def test_report_is_json_safe_even_with_infinite_thresholds():
+    import dataclasses
+    import json
+
+    rng = np.random.default_rng(15)
+    profile = build_reference_profile(pd.DataFrame({"x": rng.poisson(3, size=500)}),
+                                      {"x": "numeric"})
+    report = score_drift(profile, pd.DataFrame({"x": rng.poisson(3, size=50)}))
+    # a critical value that cannot be attained (1 / (B + 1) > level) is +inf
+    table = report.features.assign(threshold=math.inf)
+    json.dumps(dataclasses.replace(report, features=table).to_dict(), allow_nan=False)
+    # a small alpha raises the number of draws so that it stays attainable
+    assert DriftConfig(alpha=1e-4).draws_for(10) == 40_000
+    assert drift_stats.resampled_critical(np.zeros(1_999), 1e-4) == math.inf

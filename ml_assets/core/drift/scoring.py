@@ -151,7 +151,8 @@ class DriftConfig:
     min_rows / max_pooled_days: the pooling rule of `pool_windows` (default 100 rows,
         at most 7 days in a window).
     resamples: least number of draws of a resampled null (default 2000; raised to
-        4 K / dataset_alpha for a family of K columns so that Holm can reject);
+        4 K / dataset_alpha for a family of K columns so that Holm can reject, and to
+        4 / alpha);
         seed: their seed. discrete_max_support: a numeric reference with ties and at most
         this many distinct values gets a resampled KS null (default 500).
     ks_method: 'auto' (exact null when n * m <= 1e6, else asymptotic) | 'exact' | 'asymp'.
@@ -257,8 +258,10 @@ class DriftConfig:
 
     def draws_for(self, family_size: int) -> int:
         """Draws of a resampled null in a family of `family_size` columns: enough that
-        its smallest p-value, 1 / (B + 1), is a quarter of Holm's first level."""
-        return max(self.resamples, math.ceil(4 * max(family_size, 1) / self.dataset_alpha))
+        its smallest p-value, 1 / (B + 1), is a quarter of Holm's first level (and of
+        alpha)."""
+        return max(self.resamples, math.ceil(4 * max(family_size, 1) / self.dataset_alpha),
+                   math.ceil(4 / self.alpha))
 
 
 def _require(condition: bool, message: str) -> None:
@@ -402,8 +405,13 @@ def _json_float(value: float) -> float | None:
 
 def _records(table: pd.DataFrame) -> list[dict[str, Any]]:
     records = table.astype(object).where(table.notna(), None).to_dict("records")
-    return [{k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
-            for row in records]
+    return [{k: _json_cell(v.item() if isinstance(v, np.generic) else v)
+             for k, v in row.items()} for row in records]
+
+
+def _json_cell(value: Any) -> Any:
+    """NaN was dropped above; an infinite threshold (no attainable critical value) too."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 # -- scoring -------------------------------------------------------------------------------
