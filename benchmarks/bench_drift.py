@@ -2,6 +2,8 @@
 
     /tmp/venv/bin/python benchmarks/bench_drift.py                 # 100,000 and 1,000,000 x 20
     /tmp/venv/bin/python benchmarks/bench_drift.py --rows 100000 --repeats 3   # quicker
+    /tmp/venv/bin/python benchmarks/bench_drift.py --rows 1000000 --repeats 7 --no-evidently \
+        --variants library library_warm library_fixed scipy      # the calibration cost
 
 Reference and current frames are float64, N rows x 20 numeric features of four shapes
 (normal, lognormal, uniform, gamma); the current frame has 6 of the 20 features shifted
@@ -9,11 +11,17 @@ by +0.5 reference std, so those (and only those) should drift. Variants, each ti
 its own fresh subprocess (peak RSS = that process's ru_maxrss, data included):
 
   profile build   build_reference_profile + to_bytes on the reference (training time)
-  library         from_bytes + score_drift on the current frame; default tests (normed
-                  Wasserstein over 1,000 rows), the reference is never loaded
-  library KS      the same with numeric_test='ks' against an exact profile (all distinct
-                  values stored): the same statistic and p-values as the scipy loop
-  scipy loop      scipy.stats.ks_2samp per column, drift when p < 0.05
+  library         from_bytes + score_drift on the current frame, DriftConfig(): the
+                  calibrated verdicts (KS at alpha 0.01 + normed Wasserstein >= 0.1), a
+                  fresh process, so the first day of its size (no cached null)
+  library warm    the same, timing a second day of the same size in the same process
+                  (cached nulls and critical values)
+  library fixed   the same with calibration='fixed' (the former default: normed
+                  Wasserstein >= 0.1 over 1,000 rows, no test): what scoring cost before
+  library KS      calibration='fixed', numeric_test='ks' against an exact profile (all
+                  distinct values stored): the same statistic and p-values as the scipy loop
+  scipy loop      scipy.stats.ks_2samp per column, significant when p < 0.01 (the
+                  library's alpha); compared with the library's KS verdicts
   evidently       Report([DataDriftPreset()]) in its own venv (--evidently-python), run in
                   a subprocess with that venv's python; skipped with a note if absent
 
@@ -27,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -41,6 +50,7 @@ DEFAULT_EVIDENTLY_PYTHON = "/tmp/evidently-venv/bin/python"
 N_FEATURES = 20
 SHIFTED = range(6)  # features shifted by +0.5 reference std
 SEED = 20261125
+SCIPY_ALPHA = 0.01  # the library's per-feature alpha
 
 
 # -- data ---------------------------------------------------------------------------
@@ -97,34 +107,80 @@ def child_build(data: Path, exact: bool) -> dict:
     reference = load_frame(data / "reference.npy")
     loaded = peak_rss_gib()
     kinds = {name: "numeric" for name in reference.columns}
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     profile = build_reference_profile(
         reference, kinds, sketch_size=len(reference) if exact else 10_000)
     blob = profile.to_bytes()
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     (data / ("profile_exact.bin" if exact else "profile.bin")).write_bytes(blob)
-    return {"seconds": seconds, "loaded_gib": loaded, "profile_mib": len(blob) / 2**20}
+    return {"seconds": seconds, "cpu_seconds": cpu, "loaded_gib": loaded,
+            "profile_mib": len(blob) / 2**20}
 
 
-def child_library(data: Path, ks: bool) -> dict:
+def child_library(data: Path, variant: str) -> dict:
     sys.path.insert(0, str(ROOT))
     from ml_assets.core.drift.scoring import DriftConfig, ReferenceProfile, score_drift
 
     current = load_frame(data / "current.npy")
-    blob = (data / ("profile_exact.bin" if ks else "profile.bin")).read_bytes()
+    ks_exact = variant == "library_ks"
+    blob = (data / ("profile_exact.bin" if ks_exact else "profile.bin")).read_bytes()
     loaded = peak_rss_gib()
-    config = DriftConfig(numeric_test="ks") if ks else DriftConfig()
-    start = time.perf_counter()
+    config = {"library": DriftConfig(), "library_warm": DriftConfig(),
+              "library_fixed": DriftConfig(calibration="fixed"),
+              "library_ks": DriftConfig(calibration="fixed", numeric_test="ks")}[variant]
+    if variant == "library_warm":  # a first day of this size fills the caches
+        score_drift(ReferenceProfile.from_bytes(blob), current, config)
+    start, cpu_start = time.perf_counter(), time.process_time()
     report = score_drift(ReferenceProfile.from_bytes(blob), current, config)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     table = report.features
-    column = "p_value" if ks else "statistic"
-    return {"seconds": seconds, "loaded_gib": loaded,
-            "drifted": dict(zip(table["feature"], table["drifted"].astype(bool).tolist(),
-                                strict=True)),
-            "scores": dict(zip(table["feature"], table[column].astype(float).tolist(),
-                               strict=True)),
-            "tests": sorted(set(table["test"]))}
+
+    def column(name: str) -> dict:
+        return dict(zip(table["feature"], table[name].astype(float).tolist(), strict=True))
+
+    result = {"seconds": seconds, "cpu_seconds": cpu, "loaded_gib": loaded,
+              "drifted": dict(zip(table["feature"], table["drifted"].astype(bool).tolist(),
+                                  strict=True)),
+              "scores": column("p_value" if ks_exact else "statistic"),
+              "tests": sorted(set(table["test"]))}
+    if config.calibrated:
+        result.update(p_values=column("p_value"), effects=column("effect_size"),
+                      significant=dict(zip(table["feature"],
+                                           table["significant"].astype(bool).tolist(),
+                                           strict=True)),
+                      dataset_drifted=report.dataset_drifted)
+    return result
+
+
+def child_ab(data: Path, rounds: int = 11) -> dict:
+    """In one process, `rounds` times in turn: fixed thresholds, calibrated with every
+    cache emptied (a first day of its size), calibrated again (a second day): medians of
+    CPU and wall seconds, free of process start-up and of the load drifting between
+    processes."""
+    sys.path.insert(0, str(ROOT))
+    from ml_assets.core.drift import scoring
+    from ml_assets.core.drift.scoring import DriftConfig, ReferenceProfile, score_drift
+
+    current = load_frame(data / "current.npy")
+    blob = (data / "profile.bin").read_bytes()
+    loaded = peak_rss_gib()
+    fixed, calibrated = DriftConfig(calibration="fixed"), DriftConfig()
+    score_drift(ReferenceProfile.from_bytes(blob), current, fixed)  # warm imports, pages
+    times: dict[str, list[tuple[float, float]]] = {"fixed": [], "cold": [], "warm": []}
+    for _ in range(rounds):
+        for name in ("fixed", "cold", "warm"):
+            if name == "cold":
+                scoring.NULL_CACHE.clear()
+                scoring._KS_CRITICAL.clear()
+            start, cpu_start = time.perf_counter(), time.process_time()
+            score_drift(ReferenceProfile.from_bytes(blob), current,
+                        fixed if name == "fixed" else calibrated)
+            times[name].append((time.perf_counter() - start, time.process_time() - cpu_start))
+    out = {name: {"median_s": statistics.median(t for t, _ in runs),
+                  "median_cpu_s": statistics.median(c for _, c in runs)}
+           for name, runs in times.items()}
+    return {"seconds": out["cold"]["median_s"], "cpu_seconds": out["cold"]["median_cpu_s"],
+            "loaded_gib": loaded, "ab": out}
 
 
 def child_scipy(data: Path) -> dict:
@@ -133,14 +189,14 @@ def child_scipy(data: Path) -> dict:
     reference = load_frame(data / "reference.npy")
     current = load_frame(data / "current.npy")
     loaded = peak_rss_gib()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     pvalues = {name: float(stats.ks_2samp(reference[name].to_numpy(),
                                           current[name].to_numpy()).pvalue)
                for name in reference.columns}
-    seconds = time.perf_counter() - start
-    return {"seconds": seconds, "loaded_gib": loaded,
-            "drifted": {name: p < 0.05 for name, p in pvalues.items()}, "scores": pvalues,
-            "tests": ["ks_2samp"]}
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    return {"seconds": seconds, "cpu_seconds": cpu, "loaded_gib": loaded,
+            "drifted": {name: p < SCIPY_ALPHA for name, p in pvalues.items()},
+            "scores": pvalues, "tests": ["ks_2samp"]}
 
 
 def child_evidently(data: Path) -> dict:
@@ -150,13 +206,13 @@ def child_evidently(data: Path) -> dict:
     reference = load_frame(data / "reference.npy")
     current = load_frame(data / "current.npy")
     loaded = peak_rss_gib()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     definition = DataDefinition(numerical_columns=list(reference.columns))
     # include_tests=True adds the per-column pass/fail (drift) flags to the snapshot.
     snapshot = Report([DataDriftPreset()], include_tests=True).run(
         current_data=Dataset.from_pandas(current, data_definition=definition),
         reference_data=Dataset.from_pandas(reference, data_definition=definition))
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     result = snapshot.dict()
     scores, methods, drifted = {}, set(), {}
     for metric in result["metrics"]:
@@ -168,21 +224,27 @@ def child_evidently(data: Path) -> dict:
         params = test["metric_config"]["params"]
         if params.get("type", "").endswith("ValueDrift"):
             drifted[params["column"]] = test["status"] == "FAIL"
-    return {"seconds": seconds, "loaded_gib": loaded, "drifted": drifted, "scores": scores,
-            "tests": sorted(methods)}
+    return {"seconds": seconds, "cpu_seconds": cpu, "loaded_gib": loaded, "drifted": drifted,
+            "scores": scores, "tests": sorted(methods)}
 
 
 CHILDREN = {
     "build": lambda data: child_build(data, exact=False),
     "build_exact": lambda data: child_build(data, exact=True),
-    "library": lambda data: child_library(data, ks=False),
-    "library_ks": lambda data: child_library(data, ks=True),
+    "library": lambda data: child_library(data, "library"),
+    "library_warm": lambda data: child_library(data, "library_warm"),
+    "library_fixed": lambda data: child_library(data, "library_fixed"),
+    "library_ks": lambda data: child_library(data, "library_ks"),
     "scipy": child_scipy,
+    "ab": child_ab,
     "evidently": child_evidently,
 }
 LABELS = {
     "build": "profile build (training time)", "build_exact": "exact profile build",
-    "library": "library: score vs profile", "library_ks": "library: KS vs exact profile",
+    "library": "library: calibrated, first day of its size",
+    "library_warm": "library: calibrated, second day (cache hit)",
+    "library_fixed": "library: fixed thresholds (former default)",
+    "library_ks": "library: KS vs exact profile",
     "scipy": "scipy ks_2samp loop", "evidently": "Evidently DataDriftPreset",
 }
 
@@ -194,15 +256,20 @@ def run_child(variant: str, data: Path, python: str) -> dict:
     if done.returncode != 0:
         raise RuntimeError(f"{variant} failed:\n{done.stderr[-3000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    print(f"    {variant:<12} {result['seconds']:8.3f} s  peak {result['peak_gib']:.2f} GiB",
-          flush=True)
+    print(f"    {variant:<13} {result['seconds']:8.3f} s  cpu {result['cpu_seconds']:8.3f} s  "
+          f"peak {result['peak_gib']:.2f} GiB", flush=True)
     return result
 
 
 # -- the run ----------------------------------------------------------------------------
 
+ALL_VARIANTS = ("build", "build_exact", "library", "library_warm", "library_fixed",
+                "library_ks", "scipy")
+
+
 def scenario(rows: int, repeats: int, evidently_repeats: int,
-             evidently_python: str | None) -> dict:
+             evidently_python: str | None, variants: tuple[str, ...] = ALL_VARIANTS,
+             ab: bool = False) -> dict:
     print(f"\n== {rows:,} rows x {N_FEATURES} numeric features", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_drift_") as tmp:
         data = Path(tmp)
@@ -210,10 +277,17 @@ def scenario(rows: int, repeats: int, evidently_repeats: int,
         runs: dict[str, list[dict]] = {name: [] for name in CHILDREN}
         for repeat in range(repeats):
             print(f"  repeat {repeat + 1}/{repeats}", flush=True)
-            for variant in ("build", "build_exact", "library", "library_ks", "scipy"):
-                runs[variant].append(run_child(variant, data, sys.executable))
+            for variant in ("build", "build_exact", *[v for v in variants
+                                                      if not v.startswith("build")]):
+                if variant in variants or variant == "build" or (
+                        variant == "build_exact" and "library_ks" in variants):
+                    runs[variant].append(run_child(variant, data, sys.executable))
             if evidently_python and repeat < evidently_repeats:
                 runs["evidently"].append(run_child("evidently", data, evidently_python))
+        if ab:
+            ab_run = run_child("ab", data, sys.executable)["ab"]
+            print("  in one process, medians of 11 rounds: " + json.dumps(ab_run), flush=True)
+            return {"rows": rows, "runs": {k: v for k, v in runs.items() if v}, "ab": ab_run}
     return {"rows": rows, "runs": {k: v for k, v in runs.items() if v}}
 
 
@@ -221,11 +295,14 @@ def summarize(result: dict) -> dict:
     runs = result["runs"]
     summary = {name: {"median_s": statistics.median(r["seconds"] for r in rs),
                       "min_s": min(r["seconds"] for r in rs),
+                      "median_cpu_s": statistics.median(r.get("cpu_seconds", math.nan)
+                                                        for r in rs),
                       "peak_gib": max(r["peak_gib"] for r in rs),
                       "loaded_gib": max(r["loaded_gib"] for r in rs), "n": len(rs)}
                for name, rs in runs.items()}
     summary["profile_mib"] = runs["build"][0]["profile_mib"]
-    summary["exact_profile_mib"] = runs["build_exact"][0]["profile_mib"]
+    if "build_exact" in runs:
+        summary["exact_profile_mib"] = runs["build_exact"][0]["profile_mib"]
     summary["agreement"] = agreement(runs)
     return summary
 
@@ -236,38 +313,58 @@ def agreement(runs: dict) -> dict:
     verdicts = {name: rs[0]["drifted"] for name, rs in runs.items() if "drifted" in rs[0]}
     out: dict = {"truth": {name: sum(v[f] == expected[f] for f in expected)
                            for name, v in verdicts.items()}}
-    pairs = [("library", "evidently"), ("library", "scipy"), ("library_ks", "scipy")]
+    pairs = [("library", "evidently"), ("library", "scipy"), ("library_fixed", "scipy"),
+             ("library_ks", "scipy"), ("library", "library_warm"),
+             ("library", "library_fixed")]
     for left, right in pairs:
         if left in verdicts and right in verdicts:
             differ = [f for f in expected if verdicts[left][f] != verdicts[right][f]]
             out[f"{left}~{right}"] = {"agree": len(expected) - len(differ), "differ": differ}
-    if "evidently" in runs:
-        ours, theirs = runs["library"][0]["scores"], runs["evidently"][0]["scores"]
+    if "library" in runs and "scipy" in runs:
+        ours, theirs = runs["library"][0], runs["scipy"][0]["scores"]
+        out["library_significant~scipy_p<0.01"] = sum(
+            ours["significant"][f] == (theirs[f] < SCIPY_ALPHA) for f in expected)
+        out["max_abs_diff_pvalue_library_vs_scipy"] = max(
+            abs(ours["p_values"][f] - theirs[f]) for f in expected)
+        out["library_dataset_drifted"] = ours["dataset_drifted"]
+    if "evidently" in runs and "library" in runs:
+        ours, theirs = runs["library"][0]["effects"], runs["evidently"][0]["scores"]
         out["max_abs_diff_wasserstein_vs_evidently"] = max(abs(ours[f] - theirs[f])
                                                            for f in expected)
-    ks, sp = runs["library_ks"][0]["scores"], runs["scipy"][0]["scores"]
-    out["max_abs_diff_pvalue_vs_scipy"] = max(abs(ks[f] - sp[f]) for f in expected)
-    out["scipy_pvalues_unshifted"] = {f: sp[f] for f in expected if not expected[f]}
+    if "library_ks" in runs and "scipy" in runs:
+        ks, sp = runs["library_ks"][0]["scores"], runs["scipy"][0]["scores"]
+        out["max_abs_diff_pvalue_vs_scipy"] = max(abs(ks[f] - sp[f]) for f in expected)
+    if "scipy" in runs:
+        sp = runs["scipy"][0]["scores"]
+        out["scipy_pvalues_unshifted"] = {f: sp[f] for f in expected if not expected[f]}
     return out
 
 
 def table(summaries: dict[int, dict]) -> str:
-    lines = ["| rows | variant | median s | min s | runs | peak RSS GiB | data loaded GiB "
-             "| Evidently / this | scipy loop / this |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| rows | variant | median s | min s | median CPU s | runs | peak RSS GiB "
+             "| data loaded GiB | Evidently / this | scipy loop / this | this / fixed "
+             "| CPU: this / fixed |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for rows, summary in summaries.items():
         evidently = summary.get("evidently", {}).get("median_s")
-        scipy_s = summary["scipy"]["median_s"]
-        for name in ("build", "build_exact", "library", "library_ks", "scipy", "evidently"):
+        scipy_s = summary.get("scipy", {}).get("median_s")
+        fixed_s = summary.get("library_fixed", {}).get("median_s")
+        fixed_cpu = summary.get("library_fixed", {}).get("median_cpu_s")
+        for name in (*ALL_VARIANTS, "evidently"):
             if name not in summary:
                 continue
             s = summary[name]
             scoring = not name.startswith("build")  # a build is a one-off at training time
             vs_ev = _ratio(evidently, s["median_s"]) if scoring and evidently else "n/a"
-            vs_sp = _ratio(scipy_s, s["median_s"]) if scoring else "n/a"
+            vs_sp = _ratio(scipy_s, s["median_s"]) if scoring and scipy_s else "n/a"
+            library = name.startswith("library")
+            vs_fixed = f"{s['median_s'] / fixed_s:.2f}" if fixed_s and library else "n/a"
+            cpu_fixed = (f"{s['median_cpu_s'] / fixed_cpu:.2f}" if fixed_cpu and library
+                         else "n/a")
             lines.append(f"| {rows:,} | {LABELS[name]} | {s['median_s']:.3f} | {s['min_s']:.3f} "
-                         f"| {s['n']} | {s['peak_gib']:.2f} | {s['loaded_gib']:.2f} "
-                         f"| {vs_ev} | {vs_sp} |")
+                         f"| {s['median_cpu_s']:.3f} | {s['n']} | {s['peak_gib']:.2f} "
+                         f"| {s['loaded_gib']:.2f} | {vs_ev} | {vs_sp} | {vs_fixed} "
+                         f"| {cpu_fixed} |")
     return "\n".join(lines)
 
 
@@ -299,7 +396,13 @@ def main() -> None:
     parser.add_argument("--evidently-python", default=DEFAULT_EVIDENTLY_PYTHON,
                         help="python of the venv that has evidently installed")
     parser.add_argument("--no-evidently", action="store_true")
+    parser.add_argument("--variants", nargs="+", choices=ALL_VARIANTS, default=ALL_VARIANTS,
+                        help="which variants to run (build always runs: it writes the "
+                             "profile)")
     parser.add_argument("--json-out", type=Path, help="also write all raw results here")
+    parser.add_argument("--ab", action="store_true",
+                        help="also time fixed / calibrated first day / second day in turn "
+                             "within one process (11 rounds), per size")
     args = parser.parse_args()
 
     if args.child:
@@ -323,13 +426,24 @@ def main() -> None:
     results, summaries = [], {}
     for position, rows in enumerate(args.rows):
         ev_repeats = args.evidently_repeats[min(position, len(args.evidently_repeats) - 1)]
-        result = scenario(rows, args.repeats, ev_repeats, evidently_python)
+        result = scenario(rows, args.repeats, ev_repeats, evidently_python,
+                          tuple(args.variants), args.ab)
         results.append(result)
         summaries[rows] = summarize(result)
         print(json.dumps({k: v for k, v in summaries[rows].items()
                           if k in ("profile_mib", "exact_profile_mib", "agreement")},
                          indent=1), flush=True)
     print("\n" + table(summaries))
+    for result in results:
+        if "ab" in result:
+            ab = result["ab"]
+            print(f"\nIn one process, {result['rows']:,} rows, medians of 11 rounds in turn:\n"
+                  "| scoring | median s | median CPU s | CPU / fixed |\n|---|---:|---:|---:|")
+            for name, label in (("fixed", "fixed thresholds (former default)"),
+                                ("cold", "calibrated, first day of its size"),
+                                ("warm", "calibrated, second day (cache hit)")):
+                print(f"| {label} | {ab[name]['median_s']:.3f} | {ab[name]['median_cpu_s']:.3f} "
+                      f"| {ab[name]['median_cpu_s'] / ab['fixed']['median_cpu_s']:.2f} |")
     if args.json_out:
         args.json_out.write_text(json.dumps({"environment": env, "results": results,
                                              "summaries": summaries}, indent=1))

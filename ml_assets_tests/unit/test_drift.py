@@ -71,7 +71,7 @@ def test_ks_matches_scipy(n_ref, n_cur, shift, decimals, method):
     a, b = rng.normal(size=n_ref), rng.normal(shift, size=n_cur)
     if decimals is not None:
         a, b = np.round(a, decimals), np.round(b, decimals)
-    row = _score_one(a, b, tests={"x": "ks"}, ks_method=method)
+    row = _score_one(a, b, tests={"x": "ks"}, ks_method=method, calibration="fixed")
     expected = _scipy_ks(a, b, method)
     assert row["test"] == "ks" and row["exact"]
     assert abs(row["statistic"] - expected.statistic) <= TOL
@@ -85,7 +85,7 @@ def test_ks_exact_falls_back_to_asymp_like_scipy():
     """method='exact' with lcm(n1, n2) beyond int32 switches to asymp in scipy too."""
     rng = np.random.default_rng(3)
     a, b = rng.normal(size=60_000), rng.normal(0.01, size=59_999)
-    row = _score_one(a, b, tests={"x": "ks"}, ks_method="exact")
+    row = _score_one(a, b, tests={"x": "ks"}, ks_method="exact", calibration="fixed")
     expected = _scipy_ks(a, b, "exact")
     assert abs(row["statistic"] - expected.statistic) <= TOL
     assert abs(row["p_value"] - expected.pvalue) <= TOL
@@ -117,7 +117,7 @@ def test_wasserstein_matches_scipy(n_ref, n_cur, shift, decimals):
     a, b = rng.normal(2.0, 3.0, size=n_ref), rng.normal(2.0 + shift, 3.0, size=n_cur)
     if decimals is not None:
         a, b = np.round(a, decimals), np.round(b, decimals)
-    row = _score_one(a, b)  # large reference: the default test is the normed Wasserstein
+    row = _score_one(a, b, calibration="fixed")  # fixed mode, large reference: normed W1
     assert row["test"] == "wasserstein" and row["exact"]
     expected = stats.wasserstein_distance(a, b) / max(np.std(a), 0.001)
     assert abs(row["statistic"] - expected) <= TOL
@@ -175,7 +175,7 @@ def test_chi2_matches_scipy(ref_p, cur_p, n_cur):
     rng = np.random.default_rng(n_cur)
     ref = rng.choice(list("abcd"), size=800, p=ref_p)
     cur = rng.choice(list("abcd"), size=n_cur, p=cur_p)
-    row = _score_one(ref, cur, kind="categorical")
+    row = _score_one(ref, cur, kind="categorical", calibration="fixed")
     assert row["test"] == "chi2"
     table = np.vstack(_aligned_counts(ref, cur))
     expected = stats.chi2_contingency(table[:, table.sum(axis=0) > 0])
@@ -193,7 +193,7 @@ def test_jensenshannon_matches_scipy_with_unseen_categories():
     rng = np.random.default_rng(11)
     ref = rng.choice(list("abc"), size=5_000, p=[0.5, 0.3, 0.2])
     cur = rng.choice(list("abcz"), size=2_000, p=[0.3, 0.3, 0.2, 0.2])
-    row = _score_one(ref, cur, kind="categorical")
+    row = _score_one(ref, cur, kind="categorical", calibration="fixed")
     assert row["test"] == "jensenshannon"
     ref_counts, cur_counts = _aligned_counts(ref, cur)
     assert abs(row["statistic"] - distance.jensenshannon(ref_counts, cur_counts)) <= TOL
@@ -290,7 +290,7 @@ def test_constant_columns():
     same = _score_one(np.full(2_000, 3.0), np.full(500, 3.0))
     assert same["statistic"] == 0.0 and not same["drifted"]
     moved = _score_one(np.full(2_000, 3.0), np.full(500, 3.1))
-    assert moved["statistic"] == pytest.approx(0.1 / 0.001) and moved["drifted"]
+    assert moved["effect_size"] == pytest.approx(0.1 / 0.001) and moved["drifted"]
     small = _score_one(np.full(50, 3.0), np.full(40, 3.0))
     assert small["p_value"] == 1.0 and not small["drifted"]
 
@@ -314,7 +314,7 @@ def test_boolean_columns_are_categorical():
     assert profile.features["flag"].categories == ("False", "True")
     cur = pd.DataFrame({"flag": pd.array([True] * 300 + [None] * 10, dtype="boolean")})
     row = score_drift(profile, cur).features.iloc[0]
-    assert row["test"] == "jensenshannon" and row["drifted"]
+    assert row["test"] == "chi2" and row["drifted"]
     assert row["n_cur"] == 300
 
 
@@ -383,18 +383,23 @@ def test_no_drift_on_same_distribution_and_shift_detected(n):
                           wide=same["wide"] + 0.5 * ref["wide"].std())
     report = score_drift(profile, shifted)
     assert report.drifted_features == ["x", "wide"]
-    assert report.share_drifted == pytest.approx(0.4) and not report.dataset_drifted
-    assert score_drift(profile, shifted, DriftConfig(share_threshold=0.4)).dataset_drifted
+    assert report.share_drifted == pytest.approx(0.4) and report.dataset_drifted
+    fixed = DriftConfig(calibration="fixed")
+    assert not score_drift(profile, shifted, fixed).dataset_drifted
+    assert score_drift(profile, shifted, DriftConfig(share_threshold=0.4,
+                                                     calibration="fixed")).dataset_drifted
 
 
 def test_tests_chosen_by_kind_and_reference_size():
     ref, cur, kinds = _mixed_frames(n_ref=1_500)
-    tests = score_drift(build_reference_profile(ref, kinds), cur).features.set_index(
+    fixed = DriftConfig(calibration="fixed")
+    tests = score_drift(build_reference_profile(ref, kinds), cur, fixed).features.set_index(
         "feature")["test"].to_dict()
     assert tests == {"x": "wasserstein", "ints": "wasserstein", "wide": "wasserstein",
                      "c": "jensenshannon", "flag": "jensenshannon"}
     profile = build_reference_profile(ref, kinds)
-    small = score_drift(profile, cur, DriftConfig(small_reference_max=2_000)).features
+    small = score_drift(profile, cur, DriftConfig(small_reference_max=2_000,
+                                                  calibration="fixed")).features
     assert small.set_index("feature")["test"].to_dict() == {
         "x": "ks", "ints": "ks", "wide": "ks", "c": "chi2", "flag": "chi2"}
     forced = score_drift(profile, cur, DriftConfig(numeric_test="psi", categorical_test="chi2"))
@@ -405,13 +410,13 @@ def test_per_column_overrides():
     ref, cur, kinds = _mixed_frames()
     profile = build_reference_profile(ref, kinds)
     config = DriftConfig(tests={"x": "ks", "c": "psi"}, thresholds={"x": 1e-10, "c": 5.0},
-                         test_thresholds={"wasserstein": 10.0})
+                         test_thresholds={"wasserstein": 10.0}, calibration="fixed")
     table = score_drift(profile, cur, config).features.set_index("feature")
     assert table.loc["x", "test"] == "ks" and table.loc["x", "threshold"] == 1e-10
     assert table.loc["c", "test"] == "psi" and not table.loc["c", "drifted"]
     assert table.loc["wide", "threshold"] == 10.0 and not table.loc["wide", "drifted"]
     assert table.loc["x", "p_value"] < 1e-10 and table.loc["x", "drifted"]
-    strict = DriftConfig(tests={"x": "ks"}, thresholds={"x": 1e-300})
+    strict = DriftConfig(tests={"x": "ks"}, thresholds={"x": 1e-300}, calibration="fixed")
     assert not score_drift(profile, cur, strict).features.set_index("feature").loc[
         "x", "drifted"]
 

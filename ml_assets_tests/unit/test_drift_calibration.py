@@ -1,0 +1,461 @@
+"""Calibrated drift verdicts: seeded A/A simulations (no-drift days are declared drifted
+at most at the stated rates, per feature and per dataset, for references of 500, 5,000
+and 100,000 rows and days of 30 to 20,000 rows), the former fixed-threshold rule failing
+the same check, power, and the pieces: nulls, the cache, Holm, pooling.
+
+A rate is checked against its stated value plus three binomial standard errors,
+alpha + 3 sqrt(alpha (1 - alpha) / R), R being the number of days (per-feature rates of
+one column kind: R days; per dataset: R days). Everything is seeded: the outcome is fixed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from ml_assets.core.drift import stats as drift_stats
+from ml_assets.core.drift.scoring import (
+    DEFAULT_MIN_ROWS,
+    REPORT_COLUMNS,
+    DriftConfig,
+    NullCache,
+    build_reference_profile,
+    pool_windows,
+    score_drift,
+    score_window,
+)
+
+ALPHA, DATASET_ALPHA = 0.01, 0.02
+DAY_SIZES = (30, 50, 100, 200, 500, 2_000, 20_000)
+
+
+def tolerance(rate: float, repeats: int) -> float:
+    return rate + 3 * math.sqrt(rate * (1 - rate) / repeats)
+
+
+# -- the A/A frame: every column kind at once ---------------------------------------------
+
+_IMBALANCED = np.array([0.90, 0.07, 0.02, 0.01])
+_RARE = np.r_[np.full(5, 0.19), np.full(50, 0.001)]
+_ZIPF = 1.0 / np.arange(1, 301) ** 1.3  # long tail: days hold values the reference lacks
+_LABELS = np.array([f"c{i}" for i in range(300)], dtype=object)
+KINDS = {"normal": "numeric", "lognormal": "numeric", "student_t2": "numeric",
+         "poisson_ints": "numeric", "with_missing": "numeric",
+         "balanced": "categorical", "imbalanced": "categorical", "rare": "categorical",
+         "long_tail": "categorical", "flag": "boolean"}
+NUMERIC = [name for name, kind in KINDS.items() if kind == "numeric"]
+CATEGORICAL = [name for name, kind in KINDS.items() if kind != "numeric"]
+
+
+def _choice(rng: np.random.Generator, probs: np.ndarray, n: int) -> np.ndarray:
+    return _LABELS[np.searchsorted(np.cumsum(probs), rng.random(n) * probs.sum())]
+
+
+def mixed_frame(rng: np.random.Generator, n: int) -> pd.DataFrame:
+    with_missing = rng.normal(size=n)
+    with_missing[rng.random(n) < 0.05] = np.nan
+    return pd.DataFrame({
+        "normal": rng.normal(size=n), "lognormal": rng.lognormal(size=n),
+        "student_t2": rng.standard_t(2, size=n), "poisson_ints": rng.poisson(3, size=n),
+        "with_missing": with_missing,
+        "balanced": _LABELS[rng.integers(0, 4, size=n)],
+        "imbalanced": _choice(rng, _IMBALANCED, n), "rare": _choice(rng, _RARE, n),
+        "long_tail": _choice(rng, _ZIPF, n), "flag": rng.random(n) < 0.3})
+
+
+def _holm_family(table: pd.DataFrame, names: list[str]) -> bool:
+    """The dataset verdict of a frame of only these columns (same p-values, same rule)."""
+    p = table.set_index("feature").loc[names, "p_drift"].to_numpy(float)
+    return bool((drift_stats.holm(p) <= DATASET_ALPHA).any())
+
+
+# Repeats per reference size: each repeat draws a fresh reference (a two-sample test's
+# level is over both samples) and one day of every size. About 0.12 / 0.15 / 0.25 s of
+# CPU a repeat: ~40 s in all.
+AA_REPEATS = {500: 100, 5_000: 100, 100_000: 60}
+# A single (cell, column kind) rate has R trials only: it fails when so many false
+# alarms would have probability < 1e-4 at rate alpha (210 such checks).
+CELL_KIND_PVALUE = 1e-4
+
+
+@pytest.mark.parametrize("m", [500, 5_000, 100_000])
+def test_aa_false_alarms_within_the_stated_rates(m):
+    """No-drift days: per-feature rate <= alpha and dataset rate <= dataset_alpha (plus
+    simulation error) in every (reference size, day size) cell, for numeric (normal,
+    lognormal, t(2), integers with ties, missing values), categorical (balanced,
+    imbalanced, rare, long-tailed with unseen values), boolean and mixed frames.
+
+    Per-feature rates are checked per cell over its 10 columns (10 R trials), per
+    column kind over the 7 day sizes (7 R trials), and per (cell, kind) against the
+    binomial tail; dataset rates per cell (R trials) for the mixed frame and its
+    numeric and categorical halves."""
+    repeats = AA_REPEATS[m]
+    rng = np.random.default_rng([2026, m])
+    cache = NullCache()
+    hits = np.zeros((len(DAY_SIZES), len(KINDS)))
+    dataset_hits = np.zeros((len(DAY_SIZES), 3))
+    for _ in range(repeats):
+        profile = build_reference_profile(mixed_frame(rng, m), KINDS)
+        for i, n in enumerate(DAY_SIZES):
+            report = score_drift(profile, mixed_frame(rng, n), cache=cache)
+            table = report.features
+            hits[i] += table["drifted"].to_numpy(bool)
+            dataset_hits[i] += [report.dataset_drifted, _holm_family(table, NUMERIC),
+                                _holm_family(table, CATEGORICAL)]
+        cache.clear()
+    failures = []
+    per_cell = hits.sum(axis=1) / (repeats * len(KINDS))
+    for n, rate in zip(DAY_SIZES, per_cell, strict=True):
+        if rate > tolerance(ALPHA, repeats * len(KINDS)):
+            failures.append(f"m={m} n={n} features: {rate:.4f}")
+    per_kind = hits.sum(axis=0) / (repeats * len(DAY_SIZES))
+    for kind, rate in zip(KINDS, per_kind, strict=True):
+        if rate > tolerance(ALPHA, repeats * len(DAY_SIZES)):
+            failures.append(f"m={m} feature {kind}: {rate:.4f}")
+    for (i, j), count in np.ndenumerate(hits):
+        if stats.binom.sf(count - 1, repeats, ALPHA) < CELL_KIND_PVALUE:
+            failures.append(f"m={m} n={DAY_SIZES[i]} {list(KINDS)[j]}: {count:.0f}/{repeats}")
+    for (i, j), count in np.ndenumerate(dataset_hits):
+        if count / repeats > tolerance(DATASET_ALPHA, repeats):
+            family = ("mixed", "numeric", "categorical")[j]
+            failures.append(f"m={m} n={DAY_SIZES[i]} dataset {family}: {count:.0f}/{repeats}")
+    assert not failures, failures
+
+
+def test_the_former_fixed_rule_fails_where_the_calibrated_one_holds():
+    """The problem this replaces: reference 5,000 x 10 N(0, 1), days from the same
+    distribution. Fixed thresholds (normed Wasserstein >= 0.1, share >= 0.5) declare
+    most small days drifted; the calibrated verdict stays within dataset_alpha. (A fresh
+    reference per day: the stated rate is over references and days, docs/drift.md.)"""
+    rng = np.random.default_rng(1)
+    names = [f"x{i}" for i in range(10)]
+    kinds = dict.fromkeys(names, "numeric")
+    fixed, calibrated = DriftConfig(calibration="fixed"), DriftConfig()
+    repeats = 30
+    for n, least in ((30, 0.9), (50, 0.9), (100, 0.6), (200, 0.1)):
+        old = new = 0
+        for _ in range(repeats):
+            profile = build_reference_profile(
+                pd.DataFrame(rng.normal(size=(5_000, 10)), columns=names), kinds)
+            day = pd.DataFrame(rng.normal(size=(n, 10)), columns=names)
+            old += score_drift(profile, day, fixed).dataset_drifted
+            new += score_drift(profile, day, calibrated).dataset_drifted
+        assert old / repeats >= least, (n, old / repeats)  # measured: 100, 100, 98, 28 %
+        assert old / repeats > 5 * DATASET_ALPHA
+        assert new / repeats <= tolerance(DATASET_ALPHA, repeats), (n, new / repeats)
+
+
+def test_power_half_std_shift_in_three_of_ten_features():
+    """500 rows a day against 5,000: a 0.5-std mean shift in 3 of 10 features is caught
+    by the dataset verdict on >= 90 % of days (and the shifted features are named)."""
+    rng = np.random.default_rng(2)
+    names = [f"x{i}" for i in range(10)]
+    profile = build_reference_profile(pd.DataFrame(rng.normal(size=(5_000, 10)),
+                                                   columns=names),
+                                      dict.fromkeys(names, "numeric"))
+    repeats, detected, named = 50, 0, 0
+    for _ in range(repeats):
+        day = rng.normal(size=(500, 10))
+        day[:, :3] += 0.5
+        report = score_drift(profile, pd.DataFrame(day, columns=names))
+        detected += report.dataset_drifted
+        named += set(report.dataset_drifted_features) == {"x0", "x1", "x2"}
+    assert detected / repeats >= 0.9
+    assert named / repeats >= 0.9
+
+
+# -- the pieces ---------------------------------------------------------------------------
+
+def _one(reference, day, kind="numeric", sketch_size=100_000, **config):
+    ref = pd.DataFrame({"x": reference})
+    profile = build_reference_profile(ref, {"x": kind}, sketch_size=sketch_size)
+    return score_drift(profile, pd.DataFrame({"x": day}), DriftConfig(**config)).features.iloc[0]
+
+
+@pytest.mark.parametrize(("m", "n"), [(500, 30), (800, 1_000), (5_000, 2_000), (100, 20_000)])
+def test_continuous_ks_null_is_scipys_and_threshold_matches_the_verdict(m, n):
+    """Continuous data: the KS p-value is scipy's (exact when n m <= 1e6, else
+    asymptotic); the threshold is the critical D at alpha, consistent with the p-value."""
+    rng = np.random.default_rng(m + n)
+    a, b = rng.normal(size=m), rng.normal(0.05, size=n)
+    row = _one(a, b)
+    method = "exact" if m * n <= 1_000_000 else "asymp"
+    expected = stats.ks_2samp(a, b, method=method)
+    assert row["test"] == "ks" and row["null"] == ("exact" if method == "exact"
+                                                    else "asymptotic")
+    assert row["statistic"] == pytest.approx(expected.statistic, abs=1e-12)
+    assert row["p_value"] == pytest.approx(expected.pvalue, abs=1e-9)
+    # The threshold is the critical D: significant at it, not one lattice step below.
+    critical = row["threshold"]
+    if method == "exact":
+        g = math.gcd(m, n)
+        h = round(critical * (m // g * n))
+        assert drift_stats._exact_two_sided(m, n, g, h)[1] <= ALPHA
+        assert drift_stats._exact_two_sided(m, n, g, h - 1)[1] > ALPHA
+    else:
+        assert stats.kstwo.sf(critical, round(m * n / (m + n))) == pytest.approx(ALPHA,
+                                                                                rel=1e-6)
+    assert (row["statistic"] >= critical) == (row["p_value"] <= ALPHA)
+
+
+def test_ties_get_a_resampled_null_that_is_cached_per_size():
+    """Integers (ties): the KS null is resampled from the stored distribution at (n, m),
+    once; the next day of that size reuses it (a cache hit), another size draws anew."""
+    rng = np.random.default_rng(3)
+    profile = build_reference_profile(pd.DataFrame({"x": rng.poisson(3, size=4_000)}),
+                                      {"x": "numeric"})
+    cache = NullCache()
+    first = score_drift(profile, pd.DataFrame({"x": rng.poisson(3, size=300)}), cache=cache)
+    assert first.features.iloc[0]["null"] == "resampled (2000 draws)"
+    assert (cache.misses, cache.hits) == (1, 0)
+    score_drift(profile, pd.DataFrame({"x": rng.poisson(3, size=300)}), cache=cache)
+    assert (cache.misses, cache.hits) == (1, 1)
+    copy = type(profile).from_bytes(profile.to_bytes())  # the fingerprint is the content
+    score_drift(copy, pd.DataFrame({"x": rng.poisson(3, size=300)}), cache=cache)
+    assert (cache.misses, cache.hits) == (1, 2)
+    score_drift(profile, pd.DataFrame({"x": rng.poisson(3, size=301)}), cache=cache)
+    assert cache.misses == 2
+    # Resampled p-values and thresholds agree: drifted iff statistic > threshold.
+    row = first.features.iloc[0]
+    assert (row["statistic"] > row["threshold"]) == (row["p_value"] <= ALPHA)
+
+
+def test_resampled_pvalue_and_critical_value_agree():
+    null = np.sort(np.random.default_rng(4).normal(size=1_999))
+    for alpha in (0.01, 0.05, 0.0005):
+        critical = drift_stats.resampled_critical(null, alpha)
+        above = np.nextafter(critical, np.inf) + 1e-6
+        assert drift_stats.resampled_pvalue(null, above) <= alpha
+        assert drift_stats.resampled_pvalue(null, critical) > alpha
+    assert drift_stats.resampled_critical(null, 0.0001) == math.inf  # 1 / (B + 1) > alpha
+    assert drift_stats.resampled_pvalue(null, 100.0) == 1 / 2_000
+
+
+def test_significant_but_small_shifts_are_not_drift_on_big_days():
+    """20,000 rows against 100,000: a 0.05-std shift is significant, yet below the
+    effect size (0.1 std) it is not drift; a 0.3-std shift is both."""
+    rng = np.random.default_rng(5)
+    reference = rng.normal(size=100_000)
+    small = _one(reference, rng.normal(0.05, size=20_000), sketch_size=10_000)
+    assert small["significant"] and not small["material"] and not small["drifted"]
+    assert small["effect_measure"] == "wasserstein"
+    assert small["effect_size"] == pytest.approx(0.05, abs=0.02)
+    assert small["p_drift"] == 1.0
+    big = _one(reference, rng.normal(0.3, size=20_000), sketch_size=10_000)
+    assert big["significant"] and big["material"] and big["drifted"]
+
+
+def test_categorical_rare_and_unseen_values_do_not_fire_but_a_new_frequent_one_does():
+    rng = np.random.default_rng(6)
+    population = np.r_[np.full(4, 0.24), np.full(40, 0.001)]
+    labels = np.array([f"k{i}" for i in range(44)], dtype=object)
+    reference = labels[rng.choice(44, size=500, p=population / population.sum())]
+    calm = labels[rng.choice(44, size=20_000, p=population / population.sum())]
+    row = _one(reference, calm, kind="categorical")
+    assert row["test"] == "chi2" and row["null"] == "asymptotic"
+    assert row["unseen_rate"] > 0 and not row["drifted"]
+    new = np.where(rng.random(20_000) < 0.1, "brand new", calm)
+    moved = _one(reference, new, kind="categorical")
+    assert moved["drifted"] and moved["unseen_rate"] > row["unseen_rate"] + 0.08
+
+
+def test_chi2_merged_keeps_every_expected_count_at_five():
+    ref = np.array([500, 300, 150, 30, 10, 5, 3, 1, 1, 0, 0])
+    cur = np.array([50, 30, 12, 4, 0, 1, 0, 0, 0, 2, 1])
+    statistic, p_value, bins = drift_stats.chi2_merged(ref, cur)
+    n, m = cur.sum(), ref.sum()
+    # the bins that stand alone are those with pooled count >= 5 (m + n) / n
+    need = 5 * (m + n) / n
+    alone = (ref + cur) >= need
+    assert bins == alone.sum() + 1
+    table = np.vstack([np.r_[ref[alone], ref[~alone].sum()], np.r_[cur[alone], cur[~alone].sum()]])
+    expected = stats.chi2_contingency(table)
+    assert statistic == pytest.approx(expected.statistic) and p_value == pytest.approx(
+        expected.pvalue)
+    assert (expected.expected_freq >= 5).all()
+    assert drift_stats.chi2_merged(np.array([3, 2]), np.array([1, 0]))[2] == 1  # no test
+
+
+def test_holm_and_bonferroni():
+    p = np.array([0.01, 0.04, 0.03, 0.005, 0.5])
+    adjusted = drift_stats.holm(p)
+    # sorted: .005*5=.025, .01*4=.04, .03*3=.09, .04*2=.08 -> .09 (monotone), .5
+    assert adjusted.tolist() == pytest.approx([0.04, 0.09, 0.09, 0.025, 0.5])
+    assert drift_stats.bonferroni(p).tolist() == pytest.approx([0.05, 0.2, 0.15, 0.025, 1.0])
+
+
+def test_missing_rate_test_is_fishers():
+    for table in ([5, 1000, 30, 200], [0, 500, 1, 30], [40, 100, 40, 100], [0, 10, 0, 5]):
+        a, m, b, n = table
+        ours = drift_stats.missing_rate_pvalue(a, m, b, n)
+        if a + b == 0:
+            assert math.isnan(ours)
+        else:
+            assert ours == pytest.approx(stats.fisher_exact([[a, m - a], [b, n - b]]).pvalue,
+                                         abs=1e-12)
+
+
+def test_missing_rate_moves_need_significance_and_size():
+    rng = np.random.default_rng(8)
+    reference = rng.normal(size=5_000)
+    reference[:250] = np.nan  # 5 %
+    few = rng.normal(size=30)
+    few[:5] = np.nan  # 17 %: more than 0.1 away, but 5 of 30 is not significant
+    row = _one(reference, few)
+    assert abs(row["missing_rate_cur"] - 0.05) > 0.1 and row["p_missing"] > 0.01
+    assert not row["missing_drifted"] and not row["drifted"]
+    many = rng.normal(size=2_000)
+    many[:800] = np.nan
+    assert _one(reference, many)["missing_drifted"]
+    absent = score_drift(build_reference_profile(pd.DataFrame({"x": reference, "y": reference}),
+                                                 {"x": "numeric", "y": "numeric"}),
+                         pd.DataFrame({"x": rng.normal(size=200)}))
+    row = absent.features.set_index("feature").loc["y"]
+    assert row["status"] == "absent" and row["drifted"] and absent.dataset_drifted
+
+
+def test_report_fields_and_dataset_rule():
+    rng = np.random.default_rng(9)
+    names = [f"x{i}" for i in range(4)]
+    profile = build_reference_profile(pd.DataFrame(rng.normal(size=(2_000, 4)),
+                                                   columns=names),
+                                      dict.fromkeys(names, "numeric"))
+    day = rng.normal(size=(400, 4))  # n m <= 1e6: the exact KS null
+    day[:, 1] += 1.0
+    report = score_drift(profile, pd.DataFrame(day, columns=names))
+    assert report.features.columns.tolist() == REPORT_COLUMNS
+    assert report.dataset_rule == "holm" and report.dataset_alpha == DATASET_ALPHA
+    assert report.dataset_threshold == pytest.approx(DATASET_ALPHA / 4)
+    assert report.dataset_drifted and report.dataset_drifted_features == ["x1"]
+    assert report.dataset_p_value <= DATASET_ALPHA
+    row = report.features.set_index("feature").loc["x1"]
+    assert row["null"] == "exact" and row["alpha"] == ALPHA
+    assert row["effect_threshold"] == 0.1 and row["effect_size"] == pytest.approx(1.0, abs=0.15)
+    assert report.to_dict()["dataset_rule"] == "holm"
+    bonf = score_drift(profile, pd.DataFrame(day, columns=names),
+                       DriftConfig(dataset_rule="bonferroni"))
+    assert bonf.dataset_drifted and bonf.dataset_rule == "bonferroni"
+
+
+def test_prediction_drift_uses_the_same_calibrated_machinery():
+    rng = np.random.default_rng(10)
+    reference = pd.DataFrame({"x": rng.normal(size=3_000),
+                              "prediction": rng.choice(["a", "b"], size=3_000, p=[0.7, 0.3]),
+                              "proba_b": rng.beta(2, 5, size=3_000)})
+    profile = build_reference_profile(reference, {"x": "numeric"},
+                                      {"prediction": "categorical", "proba_b": "numeric"})
+    calm = pd.DataFrame({"x": rng.normal(size=300),
+                         "prediction": rng.choice(["a", "b"], size=300, p=[0.7, 0.3]),
+                         "proba_b": rng.beta(2, 5, size=300)})
+    report = score_drift(profile, calm)
+    assert not report.prediction_drifted and report.predictions["null"].notna().all()
+    moved = calm.assign(proba_b=rng.beta(5, 2, size=300))
+    report = score_drift(profile, moved)
+    assert report.prediction_drifted and report.prediction_drifted_columns == ["proba_b"]
+    assert not report.dataset_drifted
+
+
+# -- pooling ---------------------------------------------------------------------------------
+
+def _days(sizes, seed=0):
+    rng = np.random.default_rng(seed)
+    return [(f"2026-11-{20 + i}", pd.DataFrame({"x": rng.normal(size=size)}))
+            for i, size in enumerate(sizes)]
+
+
+def test_pool_windows_rule():
+    windows = pool_windows(_days([500, 40, 30, 0, 20, 150, 10]), min_rows=100, max_days=3)
+    assert [w.status for w in windows] == ["ok", "pooled", "pooled", "empty",
+                                           "insufficient", "ok", "pooled"]
+    assert windows[1].days == _span(0, 1) and windows[1].n_rows == 540
+    assert windows[1].note == "pooled with 1 preceding day(s) (2026-11-20)"
+    assert windows[2].days == _span(0, 2) and windows[2].n_rows == 570
+    assert windows[3].note == "no rows on 2026-11-23: no verdict"
+    # 20 + 0 + 30 rows in the 3 days allowed: not enough yet
+    assert windows[4].days == _span(2, 4) and windows[4].n_rows == 50
+    assert windows[4].note.startswith("not enough data yet: 50 rows over 3 day(s)")
+    assert windows[5].days == _span(5, 5) and windows[5].pooled_days == 0
+    assert windows[6].days == _span(5, 6) and len(windows[6].frame) == 160
+
+
+def test_pool_windows_pools_until_min_rows():
+    windows = pool_windows(_days([60, 30, 30, 50]), min_rows=100, max_days=7)
+    assert [w.status for w in windows] == ["insufficient", "insufficient", "pooled", "pooled"]
+    assert windows[2].days == _span(0, 2) and windows[2].n_rows == 120
+    assert windows[3].days == _span(1, 3) and windows[3].n_rows == 110
+    assert DEFAULT_MIN_ROWS == 100
+
+
+def _span(first, last):
+    return tuple(f"2026-11-{20 + i}" for i in range(first, last + 1))
+
+
+def test_score_window_reports_pooling_and_insufficient_data():
+    rng = np.random.default_rng(12)
+    profile = build_reference_profile(pd.DataFrame({"x": rng.normal(size=2_000)}),
+                                      {"x": "numeric"})
+    windows = pool_windows(_days([40, 30, 50]))
+    early = score_window(profile, windows[1])
+    assert early.status == "insufficient" and not early.dataset_drifted
+    assert early.note.startswith("not enough data yet") and early.n_rows == 70
+    assert early.features["status"].tolist() == ["insufficient"]
+    late = score_window(profile, windows[2])
+    assert late.status == "ok" and late.pooled_days == 2 and late.n_rows == 120
+    assert late.window_days == list(_span(0, 2))
+    assert late.to_dict()["note"] == "pooled with 2 preceding day(s) (2026-11-20, 2026-11-21)"
+
+
+def test_batch_statistics_match_the_single_ones():
+    """The resampled nulls compute each statistic on B count tables at once."""
+    rng = np.random.default_rng(13)
+    ref = rng.multinomial(300, [0.5, 0.3, 0.15, 0.05, 0.0], size=50)
+    cur = rng.multinomial(40, [0.2, 0.2, 0.2, 0.2, 0.2], size=50)
+    cur[:10, 2:] = 0  # some rows down to two (Yates) or one non-empty column
+    ref[:10, 2:] = 0
+    ref[:3, 1] = cur[:3, 1] = 0
+    for batch, single in ((drift_stats.chi2_batch,
+                           lambda r, c: drift_stats.chi2_homogeneity(r, c)[0]),
+                          (drift_stats.jensenshannon_batch, drift_stats.jensenshannon),
+                          (drift_stats.psi_batch, drift_stats.psi)):
+        expected = [single(r, c) for r, c in zip(ref, cur, strict=True)]
+        assert batch(ref, cur) == pytest.approx(expected, abs=1e-9)
+    values = np.arange(5.0) ** 2
+    expected_ks = [drift_stats.ks_numerator(values, r, np.repeat(values, c)) / (r.sum() * c.sum())
+                   for r, c in zip(ref, cur, strict=True)]
+    assert drift_stats.ks_batch(ref, cur) == pytest.approx(expected_ks, abs=1e-12)
+    expected_w1 = [stats.wasserstein_distance(values, values, r, c)
+                   for r, c in zip(ref, cur, strict=True)]
+    assert drift_stats.wasserstein_batch(ref, cur, values) == pytest.approx(expected_w1,
+                                                                           abs=1e-9)
+
+
+def test_tiny_days_of_an_imbalanced_category_get_a_permutation_null():
+    rng = np.random.default_rng(14)
+    labels = np.array(["a", "b", "c"], dtype=object)
+    reference = labels[rng.choice(3, size=2_000, p=[0.9, 0.08, 0.02])]
+    row = _one(reference, labels[rng.choice(3, size=30, p=[0.9, 0.08, 0.02])],
+               kind="categorical")
+    assert row["null"] == "resampled (2000 draws, permutation)" and not row["drifted"]
+    moved = _one(reference, labels[rng.choice(3, size=30, p=[0.3, 0.4, 0.3])],
+                 kind="categorical")
+    assert moved["drifted"]
+
+
+def test_report_is_json_safe_even_with_infinite_thresholds():
+    import dataclasses
+    import json
+
+    rng = np.random.default_rng(15)
+    profile = build_reference_profile(pd.DataFrame({"x": rng.poisson(3, size=500)}),
+                                      {"x": "numeric"})
+    report = score_drift(profile, pd.DataFrame({"x": rng.poisson(3, size=50)}))
+    # a critical value that cannot be attained (1 / (B + 1) > level) is +inf
+    table = report.features.assign(threshold=math.inf)
+    json.dumps(dataclasses.replace(report, features=table).to_dict(), allow_nan=False)
+    # a small alpha raises the number of draws so that it stays attainable
+    assert DriftConfig(alpha=1e-4).draws_for(10) == 40_000
+    assert drift_stats.resampled_critical(np.zeros(1_999), 1e-4) == math.inf
