@@ -102,7 +102,7 @@ def peak_rss_gib() -> float:
 
 def child_build(data: Path, exact: bool) -> dict:
     sys.path.insert(0, str(ROOT))
-    from ml_assets.core.drift.scoring import build_reference_profile
+    from ml_assets.core.drift.profile import build_reference_profile
 
     reference = load_frame(data / "reference.npy")
     loaded = peak_rss_gib()
@@ -119,7 +119,9 @@ def child_build(data: Path, exact: bool) -> dict:
 
 def child_library(data: Path, variant: str) -> dict:
     sys.path.insert(0, str(ROOT))
-    from ml_assets.core.drift.scoring import DriftConfig, ReferenceProfile, score_drift
+    from ml_assets.core.drift.config import DriftConfig
+    from ml_assets.core.drift.profile import ReferenceProfile
+    from ml_assets.core.drift.scoring import score_drift
 
     current = load_frame(data / "current.npy")
     ks_exact = variant == "library_ks"
@@ -158,8 +160,10 @@ def child_ab(data: Path, rounds: int = 11) -> dict:
     CPU and wall seconds, free of process start-up and of the load drifting between
     processes."""
     sys.path.insert(0, str(ROOT))
-    from ml_assets.core.drift import scoring
-    from ml_assets.core.drift.scoring import DriftConfig, ReferenceProfile, score_drift
+    from ml_assets.core.drift import nulls
+    from ml_assets.core.drift.config import DriftConfig
+    from ml_assets.core.drift.profile import ReferenceProfile
+    from ml_assets.core.drift.scoring import score_drift
 
     current = load_frame(data / "current.npy")
     blob = (data / "profile.bin").read_bytes()
@@ -170,8 +174,8 @@ def child_ab(data: Path, rounds: int = 11) -> dict:
     for _ in range(rounds):
         for name in ("fixed", "cold", "warm"):
             if name == "cold":
-                scoring.NULL_CACHE.clear()
-                scoring._KS_CRITICAL.clear()
+                nulls.NULL_CACHE.clear()
+                nulls._KS_CRITICAL.clear()
             start, cpu_start = time.perf_counter(), time.process_time()
             score_drift(ReferenceProfile.from_bytes(blob), current,
                         fixed if name == "fixed" else calibrated)

@@ -36,12 +36,10 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ml_assets.core.drift.scoring import (  # noqa: E402
-    NULL_CACHE,
-    DriftConfig,
-    build_reference_profile,
-    score_drift,
-)
+from ml_assets.core.drift.config import DriftConfig  # noqa: E402
+from ml_assets.core.drift.nulls import NULL_CACHE  # noqa: E402
+from ml_assets.core.drift.profile import build_reference_profile  # noqa: E402
+from ml_assets.core.drift.scoring import score_drift  # noqa: E402
 from ml_assets.core.drift.stats import holm  # noqa: E402
 
 REFERENCE_SIZES = (500, 5_000, 100_000)

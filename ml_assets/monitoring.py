@@ -27,8 +27,9 @@ from pydantic import Field
 
 from ml_assets.core.artifacts.loading import UntrustedModelError, load_pipeline
 from ml_assets.core.data.preprocessing import Split, feature_kinds
+from ml_assets.core.drift.config import DriftConfig
 from ml_assets.core.drift.profile import ReferenceProfile, build_reference_profile
-from ml_assets.core.drift.scoring import DriftConfig, model_outputs, score_drift
+from ml_assets.core.drift.scoring import model_outputs, score_drift
 from ml_assets.core.modeling.metrics import classification_metrics
 from ml_assets.core.modeling.pipeline import TrainedModel
 from ml_assets.core.modeling.tasks import regression_metrics

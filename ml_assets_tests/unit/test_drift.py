@@ -14,14 +14,9 @@ from scipy import stats
 from scipy.spatial import distance
 
 from ml_assets.core.drift import stats as drift_stats
-from ml_assets.core.drift.scoring import (
-    REPORT_COLUMNS,
-    DriftConfig,
-    ReferenceProfile,
-    build_reference_profile,
-    prediction_columns,
-    score_drift,
-)
+from ml_assets.core.drift.config import REPORT_COLUMNS, DriftConfig
+from ml_assets.core.drift.profile import ReferenceProfile, build_reference_profile
+from ml_assets.core.drift.scoring import prediction_columns, score_drift
 
 TOL = 1e-9
 

@@ -18,16 +18,11 @@ import pytest
 from scipy import stats
 
 from ml_assets.core.drift import stats as drift_stats
-from ml_assets.core.drift.scoring import (
-    DEFAULT_MIN_ROWS,
-    REPORT_COLUMNS,
-    DriftConfig,
-    NullCache,
-    build_reference_profile,
-    pool_windows,
-    score_drift,
-    score_window,
-)
+from ml_assets.core.drift.config import DEFAULT_MIN_ROWS, REPORT_COLUMNS, DriftConfig
+from ml_assets.core.drift.nulls import NullCache
+from ml_assets.core.drift.pooling import pool_windows, score_window
+from ml_assets.core.drift.profile import build_reference_profile
+from ml_assets.core.drift.scoring import score_drift
 
 ALPHA, DATASET_ALPHA = 0.01, 0.02
 DAY_SIZES = (30, 50, 100, 200, 500, 2_000, 20_000)

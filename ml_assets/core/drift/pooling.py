@@ -1,0 +1,113 @@
+"""Quiet days pooled with the preceding ones until the window is large enough to judge."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from ml_assets.core.drift.config import (
+    DEFAULT_MAX_POOLED_DAYS,
+    DEFAULT_MIN_ROWS,
+    DriftConfig,
+    _require,
+)
+from ml_assets.core.drift.nulls import NullCache
+from ml_assets.core.drift.profile import (
+    ReferenceProfile,
+)
+from ml_assets.core.drift.scoring import DriftReport, score_drift
+
+# -- quiet days: pooling ---------------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class Window:
+    """What one day is judged on: the day itself, or the day pooled with the days just
+    before it (`days`, oldest first, ending with `day`). status: 'ok' (the day alone has
+    min_rows rows), 'pooled' (it needed `pooled_days` preceding days), 'insufficient'
+    (still fewer than min_rows rows within max_days days: no verdict) or 'empty' (the
+    day has no rows: nothing new to judge)."""
+
+    day: Any
+    frame: pd.DataFrame
+    days: tuple[Any, ...]
+    n_rows: int
+    status: str
+    min_rows: int
+
+    @property
+    def pooled_days(self) -> int:
+        return len(self.days) - 1
+
+    @property
+    def note(self) -> str:
+        if self.status == "empty":
+            return f"no rows on {self.day}: no verdict"
+        if self.status == "insufficient":
+            return (f"not enough data yet: {self.n_rows} rows over {len(self.days)} day(s) "
+                    f"(< {self.min_rows}): no verdict")
+        if self.status == "pooled":
+            earlier = ", ".join(str(d) for d in self.days[:-1])
+            return f"pooled with {self.pooled_days} preceding day(s) ({earlier})"
+        return ""
+
+
+def pool_windows(days: Sequence[tuple[Any, pd.DataFrame]], min_rows: int = DEFAULT_MIN_ROWS,
+                 max_days: int = DEFAULT_MAX_POOLED_DAYS) -> list[Window]:
+    """One window per day (days in time order, as (label, frame) pairs).
+
+    The rule: a day with at least `min_rows` rows is judged alone. A smaller day (but not
+    an empty one) is pooled with the days just before it, most recent first, until the
+    window holds `min_rows` rows, using at most `max_days` days in all (the day
+    included); if even that falls short, the window is 'insufficient' (no verdict yet).
+    A pooled window's verdict speaks for the whole window, not the day alone."""
+    _require(min_rows >= 1 and max_days >= 1, "min_rows and max_days must be >= 1")
+    windows = []
+    for position, (day, frame) in enumerate(days):
+        if len(frame) == 0:
+            windows.append(Window(day, frame, (day,), 0, "empty", min_rows))
+            continue
+        first, total = position, len(frame)
+        while total < min_rows and first > 0 and position - first + 1 < max_days:
+            first -= 1
+            total += len(days[first][1])
+        chosen = days[first:position + 1]
+        pooled = (frame if len(chosen) == 1 else
+                  pd.concat([f for _, f in chosen if len(f)], ignore_index=True))
+        status = ("insufficient" if total < min_rows else
+                  "ok" if len(chosen) == 1 else "pooled")
+        windows.append(Window(day, pooled, tuple(d for d, _ in chosen), total, status,
+                              min_rows))
+    return windows
+
+
+def score_window(profile: ReferenceProfile, window: Window,
+                 config: DriftConfig | None = None,
+                 prediction_rows: Callable[[pd.DataFrame], pd.DataFrame] | None = None, *,
+                 cache: NullCache | None = None) -> DriftReport:
+    """`score_drift` on a window of `pool_windows`: status 'insufficient' (no verdict,
+    per-column rows say so) below min_rows, 'empty' for an empty day; otherwise the
+    report of the (pooled) frame, saying which days it covers. `prediction_rows` picks
+    the rows whose outputs are judged from the window's frame."""
+    config = config or DriftConfig()
+    extra: dict[str, Any] = {"pooled_days": window.pooled_days, "note": window.note,
+                             "window_days": [str(d) for d in window.days]}
+    if window.status in ("insufficient", "empty"):
+        frame = window.frame.iloc[:0]
+        report = score_drift(profile, frame, config, cache=cache)
+        tables = {}
+        for name, table in (("features", report.features),
+                            ("predictions", report.predictions)):
+            table = table.copy()
+            table["status"] = window.status
+            tables[name] = table
+        return dataclasses.replace(report, **tables, status=window.status,
+                                   n_rows=window.n_rows, **extra)
+    rows = prediction_rows(window.frame) if prediction_rows is not None else None
+    report = score_drift(profile, window.frame, config, rows, cache=cache)
+    return dataclasses.replace(report, **extra)
+
+
