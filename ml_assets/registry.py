@@ -1,5 +1,6 @@
 """Registry: register every gated model as challenger; promote it to champion only
-when it beats the current champion on the same held-out data."""
+when it beats the current champion on the same held-out data, beyond the margin and the
+noise of those rows (a seeded paired bootstrap)."""
 
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -19,26 +20,36 @@ from pydantic import Field
 
 from ml_assets.core.artifacts.compilation import compile_version
 from ml_assets.core.artifacts.loading import (
-    UntrustedModelError,
     load_pipeline,
     model_directory,
+    operator_trusted_types,
     read_mlmodel,
 )
 from ml_assets.core.data.preprocessing import Split, model_inputs
 from ml_assets.core.data.schema_diff import ModelSchema, SchemaDiff, diff_models, model_schema
 from ml_assets.core.data.schemas import feature_columns
-from ml_assets.core.modeling.metrics import classification_metrics
 from ml_assets.core.modeling.pipeline import TrainedModel
 from ml_assets.core.modeling.tasks import (
     CLASSIFICATION_METRICS,
     DIRECTIONS,
     REGRESSION_METRICS,
     default_metric,
-    regression_metrics,
     task_metrics,
 )
 from ml_assets.core.registry import champion as registry
+from ml_assets.core.registry.comparison import (
+    HeldOutAnswers,
+    held_out_answers,
+    paired_evidence,
+    unopenable_reason,
+)
 from ml_assets.core.registry.promotion import PromotionDecision, decide_promotion
+from ml_assets.core.registry.significance import (
+    DEFAULT_ALPHA,
+    DEFAULT_RESAMPLES,
+    DEFAULT_SEED,
+    RELATIVE_METRICS,
+)
 from ml_assets.core.rollout.plan import (
     MODES,
     RolloutPlan,
@@ -85,8 +96,20 @@ class PromotionConfig(Config):
                         + ", ".join(CLASSIFICATION_METRICS) + "; regression: "
                         + ", ".join(REGRESSION_METRICS) + ".")
     margin: float = Field(default=0.005, ge=0, description="Minimum improvement over the "
-                          "champion on the same held-out data (in the metric's units); a "
-                          "smaller gain keeps the champion.")
+                          "champion on the same held-out data, on the metric's scale: for "
+                          + ", ".join(RELATIVE_METRICS) + " a share of the champion's error "
+                          "(0.005 = 0.5% lower), for the other metrics a difference (0.005 "
+                          "of F1). The gain must also clear it beyond the noise of the "
+                          "held-out rows (the lower end of the paired bootstrap interval "
+                          "above the margin); otherwise the champion stays.")
+    alpha: float = Field(default=DEFAULT_ALPHA, gt=0, lt=0.5, description="One-sided "
+                         "significance level of the paired test: two models of equal "
+                         "quality are promoted at most about alpha of the time. The "
+                         "recorded interval is the two-sided (1 - 2 alpha) one.")
+    resamples: int = Field(default=DEFAULT_RESAMPLES, ge=100, description="Paired "
+                           "bootstrap resamples of the held-out rows.")
+    seed: int = Field(default=DEFAULT_SEED, description="Seed of the bootstrap resamples "
+                      "(the same data and models give the same decision).")
     allow_breaking_change: bool = Field(
         default_factory=lambda: PlatformSettings.from_env().allow_breaking_schema_change,
         description="Promote a challenger whose inputs break the API's clients (a feature "
@@ -185,22 +208,16 @@ def registered_model(context: AssetExecutionContext, trained_model: TrainedModel
         **{f"onnx_{k}": v for k, v in parity.as_metadata().items()}})
 
 
-def _champion_metrics(uri: str, split: Split, source: str | None = None) -> dict[str, float]:
-    """The champion's metrics on `split`, opened by the platform's safe loader (an
-    unsafe or unreviewed champion raises UntrustedModelError, naming the version). A
-    champion of another task (a classifier against a regression split) cannot score."""
+def _answers(uri: str, split: Split, source: str) -> HeldOutAnswers:
+    """A model's answers and metrics on `split`'s held-out rows, opened by the platform's
+    safe loader (an unsafe or unreviewed model raises UntrustedModelError, naming it). A
+    model of another task (a classifier against a regression split) cannot score."""
     loaded = load_pipeline(uri, source=source)
-    champion = loaded.pipeline
-    champion_task = str(loaded.metadata.get("task") or "classification")
-    if (champion_task == "regression") != split.is_regression:
-        raise ValueError(f"{source or uri} is a {champion_task} model; this run's target "
-                         f"is a {split.task} target")
-    if split.is_regression:
-        computed = regression_metrics(split.y_test, champion.predict(split.X_test))
-        return {k: v for k, v in computed.items() if k != "mape" or v == v}
-    proba = champion.predict_proba(split.X_test)
-    predicted = champion.classes_[proba.argmax(axis=1)]
-    return classification_metrics(split.y_test, predicted, proba, champion.classes_)
+    task = str(loaded.metadata.get("task") or "classification")
+    if (task == "regression") != split.is_regression:
+        raise ValueError(f"{source} is a {task} model; this run's target is a {split.task} "
+                         "target")
+    return held_out_answers(loaded.pipeline, split.X_test, split.y_test, split.is_regression)
 
 
 def _challenger_schema(model_uri: str, version: str) -> ModelSchema:
@@ -212,13 +229,25 @@ def _challenger_schema(model_uri: str, version: str) -> ModelSchema:
         return ModelSchema(None, "", f"{source}'s MLmodel cannot be read: {str(exc)[:200]}")
 
 
+@dataclass(frozen=True)
+class ChampionSide:
+    """What the comparison knows of the champion: the schema change the challenger
+    makes, its answers on the held-out rows, or why it cannot give them (`error`, a
+    sentence with the cause and the fix; `inputs_changed`: its columns are gone)."""
+
+    diff: SchemaDiff
+    answers: HeldOutAnswers | None = None
+    error: str | None = None
+    inputs_changed: bool = False
+
+
 def _compare_with_champion(context: AssetExecutionContext, challenger: RegisteredModel,
-                           version: str, split: Split
-                           ) -> tuple[SchemaDiff, dict[str, float] | None, str | None]:
+                           version: str, split: Split) -> ChampionSide:
     """What the challenger changes for the API's clients (both schemas read from the
-    MLmodel files, nothing deserialized), and the champion's metrics on the held-out
-    split, or why it cannot score it (its columns are gone, or the safe loader refused
-    it): (diff, champion_metrics, champion_error)."""
+    MLmodel files, nothing deserialized), and the champion's answers on the held-out
+    split, or why it cannot give them: its columns are gone, or it cannot be opened in
+    this process (types not trusted here, a module not importable, the safe loader's
+    refusal) or scored."""
     source = f"champion version {version}"
     new = _challenger_schema(challenger.model_uri, challenger.version)
     diff = SchemaDiff.unknown(f"{source}'s artifacts cannot be read")
@@ -236,14 +265,15 @@ def _compare_with_champion(context: AssetExecutionContext, challenger: Registere
                 needed = feature_columns(old.schema, old.target or new.target)
                 missing = [c for c in needed if c not in split.X_test.columns]
                 if missing:
-                    return diff, None, (f"{source} needs columns the held-out data no longer "
-                                        f"has: {', '.join(missing)}")[:300]
-            return diff, _champion_metrics(str(directory), split, source), None
-    except UntrustedModelError as exc:  # never opened: it cannot serve either
-        context.log.error("%s refused by the safe loader: %s", source, exc)
-        return diff, None, f"{source} refused: {exc}"[:300]
-    except Exception as exc:  # noqa: BLE001 - e.g. columns changed since it was trained
-        return diff, None, f"{type(exc).__name__}: {exc}"[:300]
+                    return ChampionSide(diff, error=(
+                        f"{source} needs columns the held-out data no longer has: "
+                        f"{', '.join(missing)}")[:300], inputs_changed=True)
+            return ChampionSide(diff, _answers(str(directory), split, source))
+    except Exception as exc:  # noqa: BLE001 - never compared: the champion stays
+        reason = unopenable_reason(version, challenger.version, exc,
+                                   operator_trusted_types())
+        context.log.error("%s", reason)
+        return ChampionSide(diff, error=reason)
 
 
 @asset(
@@ -263,32 +293,53 @@ def champion_comparison(context: AssetExecutionContext, config: PromotionConfig,
     First the schemas: a challenger whose inputs break the API's clients (a feature
     removed, a required one added, a type, nullability, allowed set or bound narrowed;
     see `ml_assets.core.data.schema_diff`) is refused unless `allow_breaking_change`. Then
-    the metrics on the held-out rows, which hold every validated column, so a champion
-    whose columns are still in the data is always scored; one that cannot score them
-    (its columns are gone) is replaced. The decision (who, when, why, metrics of both,
-    margin, schema change) is written to the challenger's MLflow version tags whether it
-    is promoted or refused.
+    both models answer the held-out rows, which hold every validated column: the
+    challenger is promoted when its gain in the comparison metric clears the margin (on
+    the metric's scale: relative for RMSE, MAE, MAPE) beyond the noise of those rows (a
+    seeded paired bootstrap: the interval's lower end above the margin). A champion
+    that cannot be compared (it cannot be opened in this process: types not trusted
+    here, a module not importable; or it cannot score the rows) is NOT replaced: the
+    check fails naming the cause and the fix. Only the first model, and a champion whose
+    columns a breaking change the run allowed took away, go without a comparison. The
+    decision (who, when, why, metrics of both, margin, gain, interval, p-value, schema
+    change) is written to the challenger's MLflow version tags, promoted or refused.
     """
     client = mlflow_tracking.client
     name = registered_model.name
     champion = registry.alias_version(client, name, registry.CHAMPION)
-    champion_metrics, champion_error, diff = None, None, None
-    if champion is not None and str(champion.version) == registered_model.version:
-        champion_metrics = dict(model_metrics)  # re-run of an already promoted version
-    elif champion is not None:
-        diff, champion_metrics, champion_error = _compare_with_champion(
-            context, registered_model, str(champion.version), data_split)
+    side: ChampionSide | None = None
     try:
         steps = config.rollout_steps()
         metric = config.metric_for(data_split.task)
-        decision = decide_promotion(model_metrics, champion_metrics, metric, config.margin,
-                                    champion_error, diff, config.allow_breaking_change)
     except ValueError as exc:  # a metric the task does not have
         raise Failure(description=str(exc), allow_retries=False) from None
-    if champion is not None and str(champion.version) == registered_model.version:
+    same = champion is not None and str(champion.version) == registered_model.version
+    evidence = None
+    if champion is not None and not same:
+        side = _compare_with_champion(context, registered_model, str(champion.version),
+                                      data_split)
+        if side.answers is not None and metric in side.answers.metrics:
+            mine = _answers(registered_model.model_uri, data_split,
+                            f"challenger version {registered_model.version}")
+            try:
+                evidence = paired_evidence(metric, data_split.y_test, mine, side.answers,
+                                           config.margin, config.alpha, config.resamples,
+                                           config.seed)
+            except ValueError as exc:  # e.g. MAPE with a true value of 0
+                raise Failure(description=f"champion_comparison: {exc}",
+                              allow_retries=False) from None
+    try:
+        decision = decide_promotion(
+            model_metrics, side.answers.metrics if side and side.answers else None, metric,
+            config.margin, side.error if side else None, side.diff if side else None,
+            config.allow_breaking_change, evidence,
+            side.inputs_changed if side else False)
+    except ValueError as exc:  # a metric the task does not have
+        raise Failure(description=str(exc), allow_retries=False) from None
+    if same:  # a re-run of an already promoted version
         decision = PromotionDecision(False, "this version is already the champion",
                                      metric, config.margin, model_metrics,
-                                     champion_metrics,
+                                     dict(model_metrics),
                                      breaking_change_allowed=config.allow_breaking_change)
     if decision.breaking_change:
         log = context.log.warning if decision.breaking_change_allowed else context.log.error
@@ -317,7 +368,8 @@ def champion_comparison(context: AssetExecutionContext, config: PromotionConfig,
                "schema_changes": MetadataValue.json(list(decision.schema_changes)),
                "breaking_change": decision.breaking_change,
                "breaking_change_allowed": decision.breaking_change_allowed,
-               "rollout": mode}
+               "rollout": mode, "margin_scale": decision.scale,
+               **(decision.evidence.as_record() if decision.evidence else {})}
     yield Output(comparison, metadata={**summary, "comparison": MetadataValue.md(table)})
     yield AssetCheckResult(
         check_name=PROMOTION_CHECK, passed=decision.promote,

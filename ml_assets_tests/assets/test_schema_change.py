@@ -202,7 +202,7 @@ def test_breaking_change_is_refused_before_the_metrics_or_the_champion_error():
 def test_allowed_breaking_change_follows_the_normal_rules():
     cannot = decide_promotion(M, None, champion_error="champion version 1 needs columns the "
                               "held-out data no longer has: year", schema_diff=REMOVED,
-                              allow_breaking_change=True)
+                              allow_breaking_change=True, champion_inputs_changed=True)
     assert cannot.promote and cannot.reason == (
         "breaking change to the API's inputs allowed by the run's config: feature 'year' "
         "removed (clients that send it get 422); champion cannot score the held-out data "
@@ -229,8 +229,11 @@ def test_compatible_and_unknown_changes_do_not_block():
                                       "(nullable) (clients that do not send it are still "
                                       "answered)")
     unknown = SchemaDiff.unknown("champion version 1 carries no feature schema")
-    decision = decide_promotion(M, None, champion_error="x", schema_diff=unknown)
+    decision = decide_promotion({**M, "f1_weighted": 0.95}, M, schema_diff=unknown)
     assert decision.promote and decision.schema_change.startswith("unknown: champion")
+    # A champion that cannot be compared is kept, whatever the schema says.
+    kept = decide_promotion(M, None, champion_error="x", schema_diff=unknown)
+    assert not kept.promote and kept.schema_change.startswith("unknown: champion")
     assert decide_promotion(M, None).schema_change == "none"
 
 
@@ -274,14 +277,24 @@ def tracking(mlflow_store, unique_name, tmp_path):
                           artifact_location=(tmp_path / "art").as_uri())
 
 
-def _run(instance, tracking, source, **comparison):
+# A single depth-1 tree: a weak first champion (accuracy about 0.73 on the 60 held-out
+# rows) that the 10-tree forest (0.92) beats beyond the noise, under a lowered gate.
+WEAK = {"n_estimators": 1, "max_depth": 1, "seed": 0}
+LOW_GATE = {name: 0.3 for name in ("min_accuracy", "min_precision_weighted",
+                                   "min_recall_weighted", "min_f1_weighted", "min_roc_auc")}
+
+
+def _run(instance, tracking, source, training=None, **comparison):
+    ops = {"trained_model": {"config": {"n_estimators": 10, "cv_folds": 2, "n_jobs": 1,
+                                        **(training or {})}},
+           "champion_comparison": {"config": {"margin": 0.0, **comparison}}}
+    if training:
+        ops["model_metrics"] = {"config": LOW_GATE}
     return materialize(
         ALL_ASSETS + _registry_assets(), instance=instance, raise_on_error=False,
         resources={"data_source": source, "mlflow_tracking": tracking,
                    "production": empty_production(instance.root_directory)},
-        run_config={"ops": {
-            "trained_model": {"config": {"n_estimators": 10, "cv_folds": 2, "n_jobs": 1}},
-            "champion_comparison": {"config": {"margin": 0.0, **comparison}}}})
+        run_config={"ops": ops})
 
 
 def _comparison_metadata(result) -> dict:
@@ -294,7 +307,8 @@ def test_narrowed_bound_compares_both_models_and_is_refused_unless_allowed(
         tracking, tmp_path, monkeypatch):
     """A bound added to a feature (v2): the champion can still score the held-out rows,
     so both are compared; the change breaks clients, so it is refused by default and
-    promoted on the metric rule when the run allows it. Metadata and tags name it."""
+    decided on the metric rule when the run allows it (a significantly better forest is
+    promoted; an equal one is not). Metadata and tags name it."""
     monkeypatch.delenv("ML_ALLOW_BREAKING_SCHEMA_CHANGE", raising=False)
     data = tmp_path / "shop.csv"
     labelled_frame().to_csv(data, index=False)
@@ -304,7 +318,7 @@ def test_narrowed_bound_compares_both_models_and_is_refused_unless_allowed(
     client, name = tracking.client, tracking.registered_model_name
     (tmp_path / "d").mkdir()
     with DagsterInstance.local_temp(str(tmp_path / "d")) as instance:
-        first = _run(instance, tracking, source)
+        first = _run(instance, tracking, source, training=WEAK)
         assert first.success, [e.message for e in first.all_events if e.is_step_failure]
         document = yaml.safe_load((schemas / "shop" / "v1.yaml").read_text())
         document["columns"]["x3"]["in_range"] = {"min_value": -100.0, "max_value": 100.0,
@@ -337,18 +351,22 @@ def test_narrowed_bound_compares_both_models_and_is_refused_unless_allowed(
                                          "the run's config: feature 'x3' lower bound")
         assert "beats champion" in meta["reason"]  # compared on the metrics (margin 0)
         assert "cannot score" not in meta["reason"]
+        assert meta["significant"] is True and meta["gain_low"] > 0
         tags = client.get_model_version(name, "3").tags
         assert tags["promotion.schema_change"].startswith("breaking, allowed: feature 'x3'")
-        assert float(tags["promotion.champion.f1_weighted"]) > 0.8
+        assert 0 < float(tags["promotion.champion.f1_weighted"]) < float(
+            tags["promotion.challenger.f1_weighted"])
         assert str(client.get_model_version_by_alias(name, "champion").version) == "3"
 
         # The environment's default applies when the config does not say.
         monkeypatch.setenv("ML_ALLOW_BREAKING_SCHEMA_CHANGE", "true")
         document["columns"]["x3"]["in_range"]["max_value"] = 50.0
         (schemas / "shop" / "v3.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
-        by_env = _run(instance, tracking, source)
-        assert by_env.success
-        assert _comparison_metadata(by_env)["schema_change"] == (
+        by_env = _run(instance, tracking, source)  # the same forest as version 3
+        meta = _comparison_metadata(by_env)
+        assert meta["breaking_change_allowed"] is True
+        assert "does not beat by the margin" in meta["reason"]  # the metric rule decides
+        assert meta["schema_change"] == (
             "breaking, allowed: feature 'x3' upper bound narrowed from <= 100 to <= 50 "
             "(clients that send values outside the new bound get 422 under "
             "ML_API_INPUT_POLICY=reject, and their rows are flagged out_of_range under "
