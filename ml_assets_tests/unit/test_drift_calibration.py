@@ -23,6 +23,7 @@ from ml_assets.core.drift.nulls import NullCache
 from ml_assets.core.drift.pooling import pool_windows, score_window
 from ml_assets.core.drift.profile import build_reference_profile
 from ml_assets.core.drift.scoring import score_drift
+from ml_assets_tests.support.drift_frames import CATEGORICAL, KINDS, NUMERIC, mixed_frame
 
 ALPHA, DATASET_ALPHA = 0.01, 0.02
 DAY_SIZES = (30, 50, 100, 200, 500, 2_000, 20_000)
@@ -30,36 +31,6 @@ DAY_SIZES = (30, 50, 100, 200, 500, 2_000, 20_000)
 
 def tolerance(rate: float, repeats: int) -> float:
     return rate + 3 * math.sqrt(rate * (1 - rate) / repeats)
-
-
-# -- the A/A frame: every column kind at once ---------------------------------------------
-
-_IMBALANCED = np.array([0.90, 0.07, 0.02, 0.01])
-_RARE = np.r_[np.full(5, 0.19), np.full(50, 0.001)]
-_ZIPF = 1.0 / np.arange(1, 301) ** 1.3  # long tail: days hold values the reference lacks
-_LABELS = np.array([f"c{i}" for i in range(300)], dtype=object)
-KINDS = {"normal": "numeric", "lognormal": "numeric", "student_t2": "numeric",
-         "poisson_ints": "numeric", "with_missing": "numeric",
-         "balanced": "categorical", "imbalanced": "categorical", "rare": "categorical",
-         "long_tail": "categorical", "flag": "boolean"}
-NUMERIC = [name for name, kind in KINDS.items() if kind == "numeric"]
-CATEGORICAL = [name for name, kind in KINDS.items() if kind != "numeric"]
-
-
-def _choice(rng: np.random.Generator, probs: np.ndarray, n: int) -> np.ndarray:
-    return _LABELS[np.searchsorted(np.cumsum(probs), rng.random(n) * probs.sum())]
-
-
-def mixed_frame(rng: np.random.Generator, n: int) -> pd.DataFrame:
-    with_missing = rng.normal(size=n)
-    with_missing[rng.random(n) < 0.05] = np.nan
-    return pd.DataFrame({
-        "normal": rng.normal(size=n), "lognormal": rng.lognormal(size=n),
-        "student_t2": rng.standard_t(2, size=n), "poisson_ints": rng.poisson(3, size=n),
-        "with_missing": with_missing,
-        "balanced": _LABELS[rng.integers(0, 4, size=n)],
-        "imbalanced": _choice(rng, _IMBALANCED, n), "rare": _choice(rng, _RARE, n),
-        "long_tail": _choice(rng, _ZIPF, n), "flag": rng.random(n) < 0.3})
 
 
 def _holm_family(table: pd.DataFrame, names: list[str]) -> bool:
