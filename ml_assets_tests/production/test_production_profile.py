@@ -202,10 +202,11 @@ def test_killed_worker_fails_the_step_cleanly_and_reexecution_completes(stack, i
     from dagster import DagsterEventType
 
     # n_jobs=1 and 25 CV folds keep the step busy for seconds; the final model and its
-    # held-out metrics do not depend on them, so the retrained model ties the champion
-    # and margin 0 lets it through the promotion gate.
-    config = {"ops": {"trained_model": {"config": {"n_jobs": 1, "cv_folds": 25}},
-                      "champion_comparison": {"config": {"margin": 0.0}}}}
+    # held-out metrics do not depend on them, so the retrained model would tie the
+    # champion, and a tie is no significant gain: the alias is cleared first, so the
+    # run ends by promoting without a comparison, as a first model does.
+    config = {"ops": {"trained_model": {"config": {"n_jobs": 1, "cv_folds": 25}}}}
+    _client(stack).delete_registered_model_alias(MODEL_NAME, "champion")
     run_id = stack.launch("train_model", run_config=config, tags={"test": "worker-kill"})
     victim = _wait_for_step(stack, instance, run_id, "trained_model")
     worker = next(w for w in WORKERS if victim.startswith(f"{w}-"))
@@ -265,9 +266,11 @@ def test_lost_worker_step_is_retried_on_the_other_worker(stack, instance, first_
     succeeds, registering exactly one new version."""
     from dagster import DagsterEventType
 
-    config = {"ops": {"trained_model": {"config": {"n_jobs": 1, "cv_folds": 25}},
-                      "champion_comparison": {"config": {"margin": 0.0}}}}
+    # As above: the retrained model would tie the champion; with the alias cleared the
+    # run ends by promoting without a comparison.
+    config = {"ops": {"trained_model": {"config": {"n_jobs": 1, "cv_folds": 25}}}}
     client = _client(stack)
+    client.delete_registered_model_alias(MODEL_NAME, "champion")
     before = client.search_model_versions(f"name = '{MODEL_NAME}'")
     run_id = stack.launch("train_model", run_config=config, tags={"test": "worker-lost"})
     victim = _wait_for_step(stack, instance, run_id, "trained_model")

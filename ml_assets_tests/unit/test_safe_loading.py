@@ -228,7 +228,7 @@ def test_promotion_refuses_to_open_a_hostile_champion(mlflow_store, hostile_regi
     from ml_assets.registry import (
         PromotionConfig,
         RegisteredModel,
-        _champion_metrics,
+        _answers,
         champion_comparison,
     )
     from ml_assets.resources import MlflowTracking
@@ -236,7 +236,7 @@ def test_promotion_refuses_to_open_a_hostile_champion(mlflow_store, hostile_regi
     name = hostile_registry
     split = _split()
     with pytest.raises(UntrustedModelError, match=f"models:/{name}/{version}"):
-        _champion_metrics(f"models:/{name}/{version}", split)
+        _answers(f"models:/{name}/{version}", split, f"models:/{name}/{version}")
     assert not marker.exists()
 
     # Through the asset: the comparison names the refused champion, opens nothing.
@@ -254,9 +254,13 @@ def test_promotion_refuses_to_open_a_hostile_champion(mlflow_store, hostile_regi
     output = next(e for e in events if isinstance(e, Output))
     check = next(e for e in events if isinstance(e, AssetCheckResult))
     reason = output.value.decision.reason
-    assert f"champion version {version} refused" in reason and check.description == reason
+    # Fails closed: the refused champion is named, and nothing is promoted without a
+    # comparison.
+    assert reason.startswith(f"not promoted without a comparison: the champion (version "
+                             f"{version})") and check.description == reason
+    assert not output.value.decision.promote and not check.passed
     tags = MlflowClient().get_model_version(name, "1").tags
-    assert f"champion version {version} refused" in tags["promotion.reason"]
+    assert f"the champion (version {version})" in tags["promotion.reason"]
     assert not marker.exists()
 
 
