@@ -378,6 +378,16 @@ def simulate(args) -> int:
     return 0 if result.ok else 1
 
 
+def _port(variable: str, default: int) -> int:
+    """A port from the environment, or a one-line refusal naming the variable."""
+    value = os.environ.get(variable, "").strip()
+    if not value:
+        return default
+    if value.isdigit() and 0 < int(value) < 65536:
+        return int(value)
+    raise SystemExit(f"ml-platform: {variable}={value!r} is not a port number (1-65535)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ml-platform", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -394,9 +404,10 @@ def main(argv: list[str] | None = None) -> int:
                               help="print Dagster's event log (every step, stack traces)")
     up_parser = sub.add_parser("up", help="train if needed, then start the Dagster UI")
     up_parser.add_argument("--host", default="127.0.0.1")
-    up_parser.add_argument("--port", type=int, default=3000, help="Dagster UI port")
-    up_parser.add_argument("--api-port", type=int,
-                           default=int(os.environ.get("ML_API_PORT", "8000")))
+    up_parser.add_argument("--port", type=int, default=_port("ML_UI_PORT", 3000),
+                           help="Dagster UI port (default: ML_UI_PORT or 3000)")
+    up_parser.add_argument("--api-port", type=int, default=_port("ML_API_PORT", 8000),
+                           help="prediction API port (default: ML_API_PORT or 8000)")
     up_parser.add_argument("--no-api", action="store_true", help="do not start the API")
     rollback_parser = sub.add_parser("rollback", help="restore the previous champion")
     rollback_parser.add_argument("--to", dest="to_version", help="a specific version")
@@ -414,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     reexec = sub.add_parser("reexecute", help="re-run a failed run from its failure")
     reexec.add_argument("run_id", help="the failed run's id (Dagster UI, `dagster run list`)")
     sim = sub.add_parser("simulate", help="send realistic traffic to the prediction API")
-    sim.add_argument("--url", default=f"http://127.0.0.1:{os.environ.get('ML_API_PORT', '8000')}")
+    sim.add_argument("--url", default=f"http://127.0.0.1:{_port('ML_API_PORT', 8000)}")
     sim.add_argument("--requests", type=int, default=300)
     sim.add_argument("--shift-after", type=int, default=None,
                      help="requests after this index are shifted")
