@@ -81,6 +81,18 @@ def pytest_collection_modifyitems(config, items):
         item.add_marker(getattr(pytest.mark, layer))
         if layer in SLOW_LAYERS:
             item.add_marker(pytest.mark.slow)
+    seed = os.environ.get("ML_TEST_SHUFFLE")
+    if seed:
+        # Order-dependence check: files and the tests inside them in a seeded random order
+        # (the same on every xdist worker, which must collect identically).
+        import random
+
+        random.Random(seed).shuffle(items)
+
+
+def pytest_report_header(config):
+    seed = os.environ.get("ML_TEST_SHUFFLE")
+    return f"test order shuffled with ML_TEST_SHUFFLE={seed}" if seed else None
 
 
 @pytest.fixture(scope="session")
