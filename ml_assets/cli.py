@@ -262,8 +262,10 @@ def rollback(to_version: str | None, reason: str) -> int:
     except registry.RegistryError as exc:
         print(f"rollback refused: {exc}", file=sys.stderr)
         return 1
-    print(f"{change.name}: champion is version {change.version} again (was {change.previous}); "
-          "a running API picks it up on its next poll or POST /admin/reload")
+    now = (f"champion is version {change.version} again" if change.action == "rolled back"
+           else f"champion is now version {change.version}, which was never champion before")
+    print(f"{change.name}: {now} (was {change.previous}); a running API picks it up on its "
+          "next poll or POST /admin/reload")
     return 0
 
 
