@@ -102,6 +102,12 @@ def train(if_missing: bool = False, allow_breaking_change: bool = False,
         if decision.breaking_change and not decision.breaking_change_allowed:
             print("to promote it anyway: ml-platform train --allow-breaking-change (or "
                   "ML_ALLOW_BREAKING_SCHEMA_CHANGE=true)")
+    elif str(champion_change(result).get("action", "")).startswith("rollout_"):
+        change = champion_change(result)
+        mode = str(change["action"]).removeprefix("rollout_")
+        print(f"registered {registered.name} version {registered.version}; a {mode} rollout "
+              f"started against champion {change['version']} (rollout_evaluation decides on "
+              f"live labelled traffic; `ml-platform rollout status`): {decision.reason}")
     else:
         print(f"registered {registered.name} version {registered.version}; it is the "
               f"champion (models:/{registered.name}@champion): {decision.reason}")
@@ -115,6 +121,14 @@ def train(if_missing: bool = False, allow_breaking_change: bool = False,
     elif decision.schema_change.startswith("unknown: "):
         print(f"input change not judged: {decision.schema_change.split(': ', 1)[1]}")
     return 0
+
+
+def champion_change(result) -> dict:
+    """champion_model's output of a run ({} when it did not materialize)."""
+    try:
+        return dict(result.output_for_node("champion_model"))
+    except Exception:  # noqa: BLE001 - Dagster raises when the step did not run
+        return {}
 
 
 def _console_script(name: str) -> str | None:
