@@ -17,6 +17,7 @@ from collections.abc import Collection
 import numpy as np
 import pandas as pd
 
+from ml_assets.core.artifacts.onnx.boosters import register_booster_converters
 from ml_assets.core.artifacts.onnx.columns import _column_kind
 from ml_assets.core.artifacts.onnx.contract import (
     _META_PREFIX,
@@ -32,7 +33,6 @@ from ml_assets.core.artifacts.onnx.contract import (
     _short,
     _version_of,
 )
-from ml_assets.core.artifacts.onnx.boosters import register_booster_converters
 from ml_assets.core.artifacts.onnx.convertible import (
     _float32_input,
     _nan_routing,
@@ -149,9 +149,10 @@ def compile_pipeline(pipeline, X_sample: pd.DataFrame, task: str,
     HistGradientBoosting), one typed input per feature column in X_sample's column
     order (only the columns the Pipeline was fitted on, when it knows them). Raises
     ConversionError naming why it cannot be compiled: an estimator skl2onnx has no
-    converter for (LightGBM and XGBoost are registered, `boosters`), an input that is neither a number, a boolean nor a string, a graph that would treat
-    missing values otherwise, or one ONNX Runtime cannot run in float64 (not retried in
-    float32: scikit-learn computes those in float64).
+    converter for (LightGBM and XGBoost are registered, `boosters`), an input that is
+    neither a number, a boolean nor a string, a graph that would treat missing values
+    otherwise, or one ONNX Runtime cannot run in float64 (not retried in float32:
+    scikit-learn computes those in float64).
 
     `missing`: the features a served row may leave missing (the schema's nullable ones;
     default: every feature). A NaN that can reach an estimator routing it natively is

@@ -21,9 +21,15 @@ def _qualname(obj: Any) -> str:
 
 
 def _steps(estimator) -> list:
-    """The chain of a (possibly nested) Pipeline, flattened; 'passthrough' skipped."""
+    """The chain of a (possibly nested) Pipeline, flattened; 'passthrough' skipped; the
+    platform's label encoding (`EncodedLabelsClassifier`) replaced by the estimator it
+    holds: it changes the class names only, which the graph's metadata carries."""
     from sklearn.pipeline import Pipeline
 
+    from ml_assets.core.modeling.labels import EncodedLabelsClassifier
+
+    if isinstance(estimator, EncodedLabelsClassifier):
+        return _steps(estimator.estimator_)
     if isinstance(estimator, Pipeline):
         flat = []
         for _, step in estimator.steps:
@@ -40,7 +46,12 @@ def _components(estimator):
     from sklearn.compose import ColumnTransformer
     from sklearn.pipeline import FeatureUnion, Pipeline
 
+    from ml_assets.core.modeling.labels import EncodedLabelsClassifier
+
     if isinstance(estimator, str) or estimator is None:
+        return
+    if isinstance(estimator, EncodedLabelsClassifier):
+        yield from _components(estimator.estimator_)
         return
     yield estimator
     if isinstance(estimator, Pipeline):
