@@ -2,7 +2,8 @@
 behind the platform's preprocessing or its own, optionally tuned (each trial an MLflow
 child run), cross-validated (preprocessing refitted per fold), fitted on the training
 split, checked for skops types nobody has reviewed (before anything is logged) and
-logged to the active MLflow run with its params, CV scores, signature, feature schema,
+logged to the active MLflow run with its params (a user's estimator: its effective
+parameters, `run_params`), CV scores, signature, feature schema,
 data fingerprint and code versions.
 
 The `trained_model` asset (ml_assets/training.py) resolves its configuration, opens the
@@ -29,6 +30,7 @@ from ml_assets.core.data.provenance import code_version, frame_fingerprint, libr
 from ml_assets.core.data.schemas import schema_yaml
 from ml_assets.core.modeling import estimators, tuning
 from ml_assets.core.modeling.labels import encode_labels_for
+from ml_assets.core.modeling.run_params import run_params
 from ml_assets.core.modeling.pipeline import (
     CVResult,
     ModelParams,
@@ -237,8 +239,9 @@ def train_in_run(plan: TrainingPlan, split: Split, schema: pa.DataFrameSchema, t
                                                plan.scoring, trial))
     cv, pipeline = fit(plan, base, split, settings)
     needed = trusted_types(plan, pipeline, log)
-    mlflow.log_params({**settings.params, "train_rows": len(split.X_train),
-                       "features": split.X_train.shape[1]})
+    mlflow.log_params(run_params(settings.params, pipeline, plan.user is not None,
+                                 {"train_rows": len(split.X_train),
+                                  "features": split.X_train.shape[1]}))
     mlflow.log_metrics({f"cv_{cv.metric}_mean": cv.mean, f"cv_{cv.metric}_std": cv.std})
     user = plan.user
     package = user.code.package_version if user is not None else None
