@@ -39,16 +39,16 @@ from ml_assets_tests.support.models import DIABETES_TARGET, diabetes_frame
 TREES = 15  # few trees: each case converts and compares in well under a second
 
 CLASSIFIERS = {
-    "lightgbm": lambda: lightgbm.LGBMClassifier(n_estimators=TREES, num_leaves=8, verbose=-1, n_jobs=1,
-                                                random_state=0),
+    "lightgbm": lambda: lightgbm.LGBMClassifier(n_estimators=TREES, num_leaves=8, verbose=-1,
+                                                n_jobs=1, random_state=0),
     "xgboost": lambda: xgboost.XGBClassifier(n_estimators=TREES, max_depth=3, random_state=0,
                                              n_jobs=1),
     "hist_gradient_boosting": lambda: HistGradientBoostingClassifier(max_iter=TREES,
                                                                      random_state=0),
 }
 REGRESSORS = {
-    "lightgbm": lambda: lightgbm.LGBMRegressor(n_estimators=TREES, num_leaves=8, verbose=-1, n_jobs=1,
-                                               random_state=0),
+    "lightgbm": lambda: lightgbm.LGBMRegressor(n_estimators=TREES, num_leaves=8, verbose=-1,
+                                               n_jobs=1, random_state=0),
     "xgboost": lambda: xgboost.XGBRegressor(n_estimators=TREES, max_depth=3, random_state=0,
                                             n_jobs=1),
     "hist_gradient_boosting": lambda: HistGradientBoostingRegressor(max_iter=TREES,

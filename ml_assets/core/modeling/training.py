@@ -30,7 +30,6 @@ from ml_assets.core.data.provenance import code_version, frame_fingerprint, libr
 from ml_assets.core.data.schemas import schema_yaml
 from ml_assets.core.modeling import estimators, tuning
 from ml_assets.core.modeling.labels import encode_labels_for
-from ml_assets.core.modeling.run_params import run_params
 from ml_assets.core.modeling.pipeline import (
     CVResult,
     ModelParams,
@@ -40,6 +39,7 @@ from ml_assets.core.modeling.pipeline import (
     cross_validate_pipeline,
     fit_final_pipeline,
 )
+from ml_assets.core.modeling.run_params import run_params
 
 
 class Log(Protocol):
