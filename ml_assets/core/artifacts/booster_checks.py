@@ -105,7 +105,7 @@ def check_booster_records(path: Path) -> int:
 # -- LightGBM ----------------------------------------------------------------------------
 
 def _fields(block: str) -> dict[str, str]:
-    fields = {}
+    fields: dict[str, str] = {}
     for line in block.splitlines():
         key, sep, value = line.partition("=")
         if sep:
@@ -116,7 +116,8 @@ def _fields(block: str) -> dict[str, str]:
 def _numbers(fields: dict[str, str], key: str, size: int, where: str, kind: type) -> np.ndarray:
     text = fields.get(key, "")
     try:
-        values = np.asarray([kind(v) for v in text.split()] if text else [], dtype=kind)
+        values: np.ndarray = np.asarray([kind(v) for v in text.split()] if text else [],
+                                        dtype=kind)
     except ValueError:
         raise fail("booster.arrays", where, f"{key} is not a list of numbers") from None
     if values.shape != (size,):

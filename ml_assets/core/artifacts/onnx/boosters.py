@@ -19,6 +19,8 @@ from __future__ import annotations
 import importlib.util
 import threading
 
+from ml_assets.core.artifacts.onnx.contract import _lib
+
 # (module, class, skl2onnx alias, classifier?)
 _BOOSTERS = (
     ("lightgbm", "LGBMClassifier", "LightGbmLGBMClassifier", True),
@@ -26,6 +28,12 @@ _BOOSTERS = (
     ("xgboost", "XGBClassifier", "XGBoostXGBClassifier", True),
     ("xgboost", "XGBRegressor", "XGBoostXGBRegressor", False),
 )
+# library -> (onnxmltools module, converter); imported only when the library is installed
+_CONVERTERS = {
+    "lightgbm": ("onnxmltools.convert.lightgbm.operator_converters.LightGbm",
+                 "convert_lightgbm"),
+    "xgboost": ("onnxmltools.convert.xgboost.operator_converters.XGBoost", "convert_xgboost"),
+}
 _registered: set[str] = set()
 _lock = threading.Lock()
 
@@ -42,31 +50,18 @@ def register_booster_converters() -> list[str]:
         pending = [b for b in _BOOSTERS if b[2] not in _registered and installed(b[0])]
         if not pending:
             return sorted(_registered)
-        import importlib
-
-        from skl2onnx import update_registered_converter
-        from skl2onnx.common.shape_calculator import (
-            calculate_linear_classifier_output_shapes,
-            calculate_linear_regressor_output_shapes,
-        )
-
+        update_registered_converter = _lib("skl2onnx").update_registered_converter
+        shapes = _lib("skl2onnx.common.shape_calculator")
         for module, name, alias, classifier in pending:
-            if module == "lightgbm":
-                from onnxmltools.convert.lightgbm.operator_converters.LightGbm import (
-                    convert_lightgbm as convert,
-                )
-            else:
-                from onnxmltools.convert.xgboost.operator_converters.XGBoost import (
-                    convert_xgboost as convert,
-                )
-            cls = getattr(importlib.import_module(module), name)
+            convert = getattr(_lib(_CONVERTERS[module][0]), _CONVERTERS[module][1])
+            cls = getattr(_lib(module), name)
             if classifier:
                 update_registered_converter(
-                    cls, alias, calculate_linear_classifier_output_shapes, convert,
+                    cls, alias, shapes.calculate_linear_classifier_output_shapes, convert,
                     options={"nocl": [True, False], "zipmap": [True, False, "columns"]})
             else:
-                update_registered_converter(cls, alias, calculate_linear_regressor_output_shapes,
-                                            convert)
+                update_registered_converter(
+                    cls, alias, shapes.calculate_linear_regressor_output_shapes, convert)
             _registered.add(alias)
         return sorted(_registered)
 
