@@ -14,6 +14,7 @@ import palmerpenguins
 import pandas as pd
 import pytest
 import xgboost
+from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 from sklearn.pipeline import Pipeline
@@ -221,3 +222,50 @@ def test_categorical_splits_of_hist_gradient_boosting_are_refused_with_the_reaso
     data, report = compile_and_check(pipeline, X, X.head(20), "multiclass")
     assert data is None and report.status == "not_converted"
     assert "categorical splits" in report.reason and "served by scikit-learn" in report.reason
+
+
+# --- a user's own step, with the converter its author registers --------------------------
+
+class Ratio(TransformerMixin, BaseEstimator):
+    """A user's step: each column divided by its training mean (x / mean_)."""
+
+    def fit(self, X, y=None):
+        self.mean_ = np.asarray(X, dtype=np.float64).mean(axis=0)
+        return self
+
+    def transform(self, X):
+        return np.asarray(X, dtype=np.float64) / self.mean_
+
+
+def _ratio_shape(operator):
+    kind = type(operator.inputs[0].type)
+    operator.outputs[0].type = kind([operator.inputs[0].get_first_dimension(),
+                                     len(operator.raw_operator.mean_)])
+
+
+def _ratio_converter(scope, operator, container):
+    mean = scope.get_unique_variable_name("mean")
+    container.add_initializer(mean, onnx.TensorProto.DOUBLE,
+                              [1, len(operator.raw_operator.mean_)],
+                              operator.raw_operator.mean_.tolist())
+    container.add_node("Div", [operator.inputs[0].full_name, mean],
+                       [operator.outputs[0].full_name], name=scope.get_unique_operator_name("Div"))
+
+
+def test_a_users_step_compiles_once_its_converter_is_registered():
+    """docs/serving.md "Your own step": without a converter the step is named and served
+    by scikit-learn; registered with skl2onnx, the whole Pipeline compiles and the
+    parity gate decides as for every other model."""
+    from skl2onnx import update_registered_converter
+
+    frame, schema, target = _diabetes()
+    X, y = frame.drop(columns=target), frame[target]
+    model = REGRESSORS["hist_gradient_boosting"]()  # NaN reaching it keeps its routing
+    pipeline = Pipeline([("ratio", Ratio()), ("model", model)]).fit(X.iloc[:350],
+                                                                    y.iloc[:350])
+    data, report = compile_and_check(pipeline, X.iloc[:350], X.iloc[350:], "regression")
+    assert data is None
+    assert report.reason == f"skl2onnx has no converter for {Ratio.__module__}.Ratio"
+    update_registered_converter(Ratio, "UserRatio", _ratio_shape, _ratio_converter)
+    compiled, report = _compiled(pipeline, X.iloc[:350], X.iloc[350:], "regression")
+    assert report.max_relative_error <= RELATIVE_TOLERANCE
