@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
+import textwrap
 import time
 import zipfile
 from pathlib import Path
@@ -34,6 +37,7 @@ from ml_assets.core.modeling.run_params import run_params
 from ml_assets_tests.support.models import TrainedPipeline, train_breast_cancer
 
 SECONDS = 5.0
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +175,31 @@ def test_boosters_need_only_reviewed_types_and_load_back(models, cancer, saved):
 
 # -- crafted LightGBM model texts ---------------------------------------------------------
 
+CONTROL = textwrap.dedent("""
+    import sys, numpy as np, skops.io
+    from ml_assets.core.modeling.pipeline import SKOPS_TRUSTED_TYPES
+    model = skops.io.load(sys.argv[1], trusted=SKOPS_TRUSTED_TYPES)
+    print("loaded", flush=True)
+    model.predict(np.load(sys.argv[2]))
+    print("predicted", flush=True)
+""")
+
+
+def test_control_an_unchecked_out_of_range_child_crashes_lightgbm(saved, cancer, tmp_path):
+    """Without the check (skops alone, in a subprocess), the crafted text loads and the
+    first prediction kills the process: what the loader's check prevents."""
+    model_dir = saved("lightgbm")
+    edit_lightgbm_text(model_dir, lambda t: _tree_line(
+        t, 0, "left_child", lambda v: ["100000000"] + v[1:]))
+    np.save(tmp_path / "x.npy", cancer.X_test.head(50).to_numpy())
+    done = subprocess.run([sys.executable, "-c", CONTROL, str(model_dir / "model.skops"),
+                           str(tmp_path / "x.npy")], cwd=REPO, capture_output=True, text=True,
+                          timeout=60, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert "loaded" in done.stdout and "predicted" not in done.stdout
+    assert done.returncode == -11, (done.returncode, done.stderr[-500:])  # SIGSEGV
+    assert refused(model_dir).check == "booster.children"
+
+
 @pytest.mark.parametrize(("edit", "check", "words"), [
     (lambda t: _tree_line(t, 0, "left_child", lambda v: ["999"] + v[1:]),
      "booster.children", r"tree 0 of LightGBM booster 0: node 0's left child 999 is "
@@ -183,6 +212,8 @@ def test_boosters_need_only_reviewed_types_and_load_back(models, cancer, saved):
      "booster.features", r"node 0 splits on feature 4000, outside 0\.\.29"),
     (lambda t: re.sub(r"tree_sizes=(\d+)", lambda m: f"tree_sizes={int(m[1]) + 10**9}", t),
      "booster.tree_sizes", r"tree_sizes\[0\] \d+ does not land on a tree"),
+    (lambda t: t.replace("num_tree_per_iteration=1", "num_tree_per_iteration=2", 1),
+     "booster.header", r"num_tree_per_iteration 2 is not num_class 1"),
 ])
 def test_crafted_lightgbm_boosters_are_refused_before_lightgbm_parses_them(
         saved, edit, check, words):
@@ -217,12 +248,17 @@ def _far_feature(trees):
     trees[2]["split_indices"][_first_split(trees[2])] = 4000
 
 
+def _one_iteration_too_many(trees):
+    trees.append(trees[0])  # tree_info and iteration_indptr no longer cover it
+
+
 @pytest.mark.parametrize(("edit", "check", "words"), [
     (_far_child, "tree.children", r"tree 0 of XGBoost booster 0: node \d+'s left child "
                                   r"1000000 is outside"),
     (_cycle, "tree.cycle", r"tree 1 of XGBoost booster 0: .*root"),
     (_short_arrays, "booster.arrays", r"split_conditions does not hold \d+ values"),
     (_far_feature, "booster.features", r"splits on feature 4000, outside 0\.\.29"),
+    (_one_iteration_too_many, "booster.trees", r"tree_info does not list one class per tree"),
 ])
 def test_crafted_xgboost_boosters_are_refused_before_xgboost_parses_them(
         saved, edit, check, words):

@@ -42,7 +42,7 @@ from ml_assets.core.artifacts.tree_checks import _check_children_range, _check_l
 
 LIGHTGBM_BOOSTER = ("lightgbm.basic", "Booster")
 XGBOOST_BOOSTER = ("xgboost.core", "Booster")
-MAX_NESTING = 64  # a skops schema or XGBoost model nested deeper is refused
+MAX_NESTING = 200  # a skops schema or XGBoost model nested deeper is refused
 
 
 # -- finding the boosters in a skops file ------------------------------------------------
@@ -144,6 +144,10 @@ def check_lightgbm_model(text: str, where: str) -> None:
     header = _fields(text[:start])
     features = _integer(header, "max_feature_idx", where) + 1
     per_iteration = _integer(header, "num_tree_per_iteration", where, low=1)
+    classes = _integer(header, "num_class", where, low=1)
+    if per_iteration != classes:  # predictions write one output per tree of an iteration
+        raise fail("booster.header", where, f"num_tree_per_iteration {per_iteration} is not "
+                   f"num_class {classes}")
     body = text[start + 1:].partition("end of trees")[0]
     blocks = body.split("\nTree=")
     if "tree_sizes" in header:
@@ -348,6 +352,13 @@ def check_xgboost_model(data: bytes, where: str) -> None:
     groups = np.asarray(info, dtype=np.int64) if info else np.zeros(0, dtype=np.int64)
     if groups.size and (groups.min() < 0 or groups.max() >= classes):
         raise fail("booster.trees", where, f"tree_info names a class outside 0..{classes - 1}")
+    indptr = model.get("iteration_indptr") if isinstance(model, dict) else None
+    if indptr is not None:
+        bounds = np.asarray(indptr if isinstance(indptr, list) else [-1], dtype=np.int64)
+        if bounds.ndim != 1 or bounds.size == 0 or bounds[0] != 0 or bounds[-1] != len(
+                trees) or (np.diff(bounds) < 0).any():
+            raise fail("booster.trees", where, f"iteration_indptr does not split the "
+                       f"{len(trees)} trees into iterations")
     for i, tree in enumerate(trees):
         _check_xgboost_tree(tree, f"tree {i} of {where}", features)
 
