@@ -364,3 +364,24 @@ def test_simulate_sends_the_champions_held_out_rows(quick_start, mlflow_store, t
     monkeypatch.setenv("ML_REGISTERED_MODEL_NAME", f"none_{uuid.uuid4().hex[:6]}")
     assert cli.main(["simulate", "--requests", "5", "--no-labels"]) == 1
     assert "has no champion yet" in capsys.readouterr().err
+
+
+def test_a_version_registered_before_the_dataset_tag_is_known_by_its_schema(mlflow_store,
+                                                                              unique_name):
+    """Versions registered without the `dataset` tag (before it existed, or by hand) are
+    placed by their feature schema's name, and the tag is written for the next reader."""
+    from mlflow.tracking import MlflowClient
+
+    from ml_assets.core.registry.lineage import DATASET_TAG, model_lineage
+    from ml_assets_tests.support.models import experiment_id, register, train_breast_cancer
+
+    version, _ = register(train_breast_cancer(n_estimators=5), unique_name,
+                          experiment_id(unique_name), alias=None)
+    client = MlflowClient(mlflow_store["tracking_uri"])
+    assert DATASET_TAG not in client.get_model_version(unique_name, version).tags
+    lineage = model_lineage(client, unique_name, "breast_cancer")
+    assert lineage.versions == {version}
+    assert client.get_model_version(unique_name, version).tags[DATASET_TAG] == "breast_cancer"
+    other = model_lineage(client, unique_name, "credit")
+    assert not other.versions
+    assert other.other_versions == {version: "trained on dataset 'breast_cancer'"}

@@ -1,6 +1,6 @@
 """Which versions of a registered model belong to one dataset's lineage: the `dataset`
 tag each version gets at registration, or, for versions registered before the tag, the
-name of the feature schema it was trained with (read once per version, then cached)."""
+name of the feature schema it was trained with (read once, then written as the tag)."""
 
 from __future__ import annotations
 
@@ -33,9 +33,10 @@ def _schema_dataset(name: str, version: str) -> str:
     return str(schema.name or "") if schema is not None else ""
 
 
-def version_dataset(name: str, version) -> str:
+def version_dataset(client: MlflowClient, name: str, version) -> str:
     """The dataset `version` (an MLflow ModelVersion) of `name` was trained on; "" when
-    it records none."""
+    it records none. Found from the schema of a version registered before the tag, it is
+    written as the tag (best effort), so the model is read once, not once per run."""
     tagged = (version.tags or {}).get(DATASET_TAG)
     if tagged:
         return str(tagged)
@@ -46,6 +47,11 @@ def version_dataset(name: str, version) -> str:
     found = _schema_dataset(name, str(version.version))
     with _LOCK:
         _DATASETS[key] = found
+    if found:
+        try:
+            client.set_model_version_tag(name, str(version.version), DATASET_TAG, found)
+        except Exception:  # noqa: BLE001 - a read-only registry: the cache still holds it
+            pass
     return found
 
 
@@ -56,7 +62,7 @@ def model_lineage(client: MlflowClient, name: str, dataset: str) -> Lineage:
     versions = client.search_model_versions(f"name = '{quoted}'")
     ours, others = set(), {}
     for version in versions:
-        found = version_dataset(name, version)
+        found = version_dataset(client, name, version)
         if found == dataset:
             ours.add(str(version.version))
         else:
