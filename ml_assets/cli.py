@@ -369,14 +369,55 @@ def reexecute(run_id: str) -> int:
     return 0 if outcome.success else 1
 
 
+def held_out_traffic(settings: PlatformSettings, frame, target: str):
+    """The data source's rows the champion never trained on (its recorded held-out
+    split, core/data/held_out.py); ValueError naming why they cannot be told apart."""
+    import json
+
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from ml_assets.core.data.held_out import HELD_OUT_ARTIFACT, unseen_rows
+    from ml_assets.core.registry import champion as registry
+
+    name = settings.registered_model_name
+    client = MlflowClient(settings.mlflow_tracking_uri)
+    champion = registry.alias_version(client, name, registry.CHAMPION)
+    if champion is None:
+        raise ValueError(f"{name} has no champion yet (ml-platform train), so no held-out "
+                         "rows are known")
+    try:
+        local = mlflow.artifacts.download_artifacts(
+            run_id=champion.run_id, artifact_path=HELD_OUT_ARTIFACT,
+            tracking_uri=settings.mlflow_tracking_uri)
+        record = json.loads(Path(local).read_text(encoding="utf-8"))
+    except Exception:  # noqa: BLE001 - no record: said by unseen_rows
+        record = None
+    return unseen_rows(frame, target, record)
+
+
 def simulate(args) -> int:
-    """Send realistic (optionally drifted) traffic to the API."""
+    """Send realistic (optionally drifted) traffic to the API: rows the champion never
+    trained on (its held-out split), or with --rows all every row of the data source."""
     from ml_assets.core.rollout.traffic import simulate as run
     from ml_assets.resources.factory import build_resources
 
     settings = PlatformSettings.from_env()
     source = build_resources(settings)["data_source"]
     frame = source.load()
+    if args.rows == "held-out":
+        try:
+            chosen = held_out_traffic(settings, frame, source.target_column)
+        except ValueError as exc:
+            print(f"simulate refused: {exc}; or send every row of the data source, the "
+                  "training rows included, with --rows all (live error then looks better "
+                  "than it is)", file=sys.stderr)
+            return 1
+        frame = chosen.rows
+        print(f"sending {chosen.note}")
+    else:
+        print(f"sending all {len(frame)} rows of the data source, the champion's training "
+              "rows included")
     result = run(args.url, frame, source.target_column, requests=args.requests,
                  shift_after=args.shift_after, shift=args.shift, concurrency=args.concurrency,
                  labels_dir=None if args.no_labels else settings.labels_dir,
@@ -451,6 +492,9 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--no-labels", action="store_true", help="do not write true labels")
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--max-seconds", type=float, default=300.0)
+    sim.add_argument("--rows", choices=["held-out", "all"], default="held-out",
+                     help="held-out (default): the rows the champion never trained on (its "
+                     "recorded held-out split); all: every row of the data source")
     sim.add_argument("--clients", type=int, default=0,
                      help="send each request with one of N stable client keys, so a canary "
                      "rollout assigns clients, not requests (0: no key)")

@@ -169,11 +169,12 @@ def unique_name() -> str:
 
 @pytest.fixture
 def mlflow_tracking(mlflow_store, unique_name, tmp_path: Path):
-    """The typed MLflow resource pointed at the session store, in a fresh experiment."""
+    """The typed MLflow resource pointed at the session store, in a fresh experiment and
+    with a fresh registered model name (versions of one test never meet another's)."""
     from ml_assets.resources import MlflowTracking
 
     return MlflowTracking(tracking_uri=mlflow_store["tracking_uri"],
-                          experiment_name=unique_name,
+                          experiment_name=unique_name, registered_model_name=unique_name,
                           artifact_location=(tmp_path / "artifacts").as_uri())
 
 
