@@ -270,6 +270,7 @@ def test_monitoring_refuses_to_score_with_a_hostile_champion(mlflow_store, hosti
                                                              version):
     from dagster import Failure
 
+    from ml_assets.core.data.production_rows import Lineage
     from ml_assets.monitoring import _score_with_champion
     from ml_assets.resources import MlflowTracking
 
@@ -278,12 +279,14 @@ def test_monitoring_refuses_to_score_with_a_hostile_champion(mlflow_store, hosti
     tracking = MlflowTracking(tracking_uri=mlflow_store["tracking_uri"],
                               experiment_name=name, registered_model_name=name,
                               artifact_location=(tmp_path / "art").as_uri())
+    # Every version of this lineage: the hostile one would score the rows if opened.
+    lineage = Lineage(name, "breast_cancer", frozenset({"1", "2", "3"}), {})
     with pytest.raises(Failure) as caught:
-        _score_with_champion(trained.X_test.head(5), tracking)
+        _score_with_champion(trained.X_test.head(5), tracking, lineage)
     assert f"champion version {version} of {name} was refused" in caught.value.description
     assert not marker.exists()
     MlflowClient().set_registered_model_alias(name, "champion", "1")  # the good one scores
-    scored = _score_with_champion(trained.X_test.head(5), tracking)
+    scored = _score_with_champion(trained.X_test.head(5), tracking, lineage)
     assert set(scored["model_version"]) == {"1"}
 
 
