@@ -155,10 +155,13 @@ def child_library(data: Path, variant: str) -> dict:
 
 
 def child_ab(data: Path, rounds: int = 11) -> dict:
-    """In one process, `rounds` times in turn: fixed thresholds, calibrated with every
-    cache emptied (a first day of its size), calibrated again (a second day): medians of
-    CPU and wall seconds, free of process start-up and of the load drifting between
-    processes."""
+    """In one process, `rounds` interleaved rounds of: fixed thresholds (what scoring cost
+    before calibration), calibrated with every cache emptied (a first day of its size),
+    calibrated again (a second day of the same size: cached nulls and critical values)
+    and the scipy ks_2samp loop. The order rotates from round to round (the calibrated
+    pair kept together, cold first), so no variant always runs after the same one; the
+    medians of CPU and wall seconds are free of process start-up and of the load
+    drifting between processes. Also checks that the verdicts agree with scipy's."""
     sys.path.insert(0, str(ROOT))
     from ml_assets.core.drift import nulls
     from ml_assets.core.drift.config import DriftConfig
@@ -166,37 +169,71 @@ def child_ab(data: Path, rounds: int = 11) -> dict:
     from ml_assets.core.drift.scoring import score_drift
 
     current = load_frame(data / "current.npy")
+    reference = load_frame(data / "reference.npy")
     blob = (data / "profile.bin").read_bytes()
     loaded = peak_rss_gib()
     fixed, calibrated = DriftConfig(calibration="fixed"), DriftConfig()
     score_drift(ReferenceProfile.from_bytes(blob), current, fixed)  # warm imports, pages
-    times: dict[str, list[tuple[float, float]]] = {"fixed": [], "cold": [], "warm": []}
-    for _ in range(rounds):
-        for name in ("fixed", "cold", "warm"):
-            if name == "cold":
-                nulls.NULL_CACHE.clear()
-                nulls._KS_CRITICAL.clear()
-            start, cpu_start = time.perf_counter(), time.process_time()
-            score_drift(ReferenceProfile.from_bytes(blob), current,
-                        fixed if name == "fixed" else calibrated)
-            times[name].append((time.perf_counter() - start, time.process_time() - cpu_start))
+    times: dict[str, list[tuple[float, float]]] = {"fixed": [], "cold": [], "warm": [],
+                                                   "scipy": []}
+    found: dict[str, object] = {}
+
+    def run(name: str) -> None:
+        if name == "cold":
+            nulls.NULL_CACHE.clear()
+            nulls._KS_CRITICAL.clear()
+        start, cpu_start = time.perf_counter(), time.process_time()
+        if name == "scipy":
+            found["scipy"] = scipy_pvalues(reference, current)
+        else:
+            found[name] = score_drift(ReferenceProfile.from_bytes(blob), current,
+                                      fixed if name == "fixed" else calibrated)
+        times[name].append((time.perf_counter() - start, time.process_time() - cpu_start))
+
+    units = [["fixed"], ["cold", "warm"], ["scipy"]]
+    for position in range(rounds):
+        turn = position % len(units)
+        for unit in units[turn:] + units[:turn]:
+            for name in unit:
+                run(name)
     out = {name: {"median_s": statistics.median(t for t, _ in runs),
-                  "median_cpu_s": statistics.median(c for _, c in runs)}
+                  "median_cpu_s": statistics.median(c for _, c in runs),
+                  "min_s": min(t for t, _ in runs)}
            for name, runs in times.items()}
+    table = found["warm"].features.set_index("feature")
+    pvalues = found["scipy"]
+    significant = table["significant"].astype(bool).to_dict()
+    agree = sum(significant[f] == (pvalues[f] < SCIPY_ALPHA) for f in pvalues)
+    expected = {f"f{i}": i in SHIFTED for i in range(N_FEATURES)}
+    verdicts = {name: found[name].features.set_index("feature")["drifted"].astype(bool)
+                .to_dict() for name in ("fixed", "cold", "warm")}
+    verdicts["scipy"] = {f: p < SCIPY_ALPHA for f, p in pvalues.items()}
+
+    def truth(drifted: dict) -> str:
+        return f"{sum(drifted[f] == expected[f] for f in expected)}/{len(expected)}"
+
     return {"seconds": out["cold"]["median_s"], "cpu_seconds": out["cold"]["median_cpu_s"],
-            "loaded_gib": loaded, "ab": out}
+            "loaded_gib": loaded, "ab": out, "rounds": rounds,
+            "ks_significant_agree_with_scipy": f"{agree}/{len(pvalues)}",
+            "max_abs_diff_pvalue_vs_scipy": max(abs(float(table.loc[f, "p_value"])
+                                                    - pvalues[f]) for f in pvalues),
+            "verdicts_match_truth": {name: truth(v) for name, v in verdicts.items()}}
+
+
+def scipy_pvalues(reference, current) -> dict[str, float]:
+    from scipy import stats
+
+    return {name: float(stats.ks_2samp(reference[name].to_numpy(),
+                                       current[name].to_numpy()).pvalue)
+            for name in reference.columns}
 
 
 def child_scipy(data: Path) -> dict:
-    from scipy import stats
-
     reference = load_frame(data / "reference.npy")
     current = load_frame(data / "current.npy")
     loaded = peak_rss_gib()
     start, cpu_start = time.perf_counter(), time.process_time()
-    pvalues = {name: float(stats.ks_2samp(reference[name].to_numpy(),
-                                          current[name].to_numpy()).pvalue)
-               for name in reference.columns}
+    pvalues = scipy_pvalues(reference, current)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     return {"seconds": seconds, "cpu_seconds": cpu, "loaded_gib": loaded,
             "drifted": {name: p < SCIPY_ALPHA for name, p in pvalues.items()},
@@ -240,7 +277,7 @@ CHILDREN = {
     "library_fixed": lambda data: child_library(data, "library_fixed"),
     "library_ks": lambda data: child_library(data, "library_ks"),
     "scipy": child_scipy,
-    "ab": child_ab,
+    "ab": lambda data: child_ab(data, int(os.environ.get("BENCH_DRIFT_ROUNDS", "11"))),
     "evidently": child_evidently,
 }
 LABELS = {
@@ -289,9 +326,14 @@ def scenario(rows: int, repeats: int, evidently_repeats: int,
             if evidently_python and repeat < evidently_repeats:
                 runs["evidently"].append(run_child("evidently", data, evidently_python))
         if ab:
-            ab_run = run_child("ab", data, sys.executable)["ab"]
-            print("  in one process, medians of 11 rounds: " + json.dumps(ab_run), flush=True)
-            return {"rows": rows, "runs": {k: v for k, v in runs.items() if v}, "ab": ab_run}
+            ab_full = run_child("ab", data, sys.executable)
+            ab_run = ab_full["ab"]
+            print(f"  in one process, medians of {ab_full['rounds']} interleaved rounds: "
+                  + json.dumps({k: v for k, v in ab_full.items()
+                                if k not in ("seconds", "cpu_seconds", "loaded_gib",
+                                             "peak_gib")}), flush=True)
+            return {"rows": rows, "runs": {k: v for k, v in runs.items() if v}, "ab": ab_run,
+                    "ab_details": ab_full}
     return {"rows": rows, "runs": {k: v for k, v in runs.items() if v}}
 
 
@@ -405,8 +447,10 @@ def main() -> None:
                              "profile)")
     parser.add_argument("--json-out", type=Path, help="also write all raw results here")
     parser.add_argument("--ab", action="store_true",
-                        help="also time fixed / calibrated first day / second day in turn "
-                             "within one process (11 rounds), per size")
+                        help="also time fixed / calibrated first day / second day / scipy "
+                             "loop in interleaved rounds within one process, per size")
+    parser.add_argument("--rounds", type=int, default=11,
+                        help="rounds of --ab (default 11)")
     args = parser.parse_args()
 
     if args.child:
@@ -416,6 +460,7 @@ def main() -> None:
         print(json.dumps(result))
         return
 
+    os.environ["BENCH_DRIFT_ROUNDS"] = str(args.rounds)  # read by the --ab child
     env = environment()
     print(json.dumps(env))
     if env["OPENBLAS_CORETYPE"]:
@@ -441,13 +486,19 @@ def main() -> None:
     for result in results:
         if "ab" in result:
             ab = result["ab"]
-            print(f"\nIn one process, {result['rows']:,} rows, medians of 11 rounds in turn:\n"
-                  "| scoring | median s | median CPU s | CPU / fixed |\n|---|---:|---:|---:|")
+            print(f"\nIn one process, {result['rows']:,} rows, medians of "
+                  f"{result['ab_details']['rounds']} interleaved rounds:\n"
+                  "| scoring | median s | min s | median CPU s | wall / fixed | CPU / fixed "
+                  "| scipy loop / this |\n|---|---:|---:|---:|---:|---:|---:|")
             for name, label in (("fixed", "fixed thresholds (former default)"),
                                 ("cold", "calibrated, first day of its size"),
-                                ("warm", "calibrated, second day (cache hit)")):
-                print(f"| {label} | {ab[name]['median_s']:.3f} | {ab[name]['median_cpu_s']:.3f} "
-                      f"| {ab[name]['median_cpu_s'] / ab['fixed']['median_cpu_s']:.2f} |")
+                                ("warm", "calibrated, second day (cache hit)"),
+                                ("scipy", "scipy ks_2samp loop")):
+                print(f"| {label} | {ab[name]['median_s']:.3f} | {ab[name]['min_s']:.3f} "
+                      f"| {ab[name]['median_cpu_s']:.3f} "
+                      f"| {ab[name]['median_s'] / ab['fixed']['median_s']:.2f} "
+                      f"| {ab[name]['median_cpu_s'] / ab['fixed']['median_cpu_s']:.2f} "
+                      f"| {ab['scipy']['median_s'] / ab[name]['median_s']:.1f}x |")
     if args.json_out:
         args.json_out.write_text(json.dumps({"environment": env, "results": results,
                                              "summaries": summaries}, indent=1))

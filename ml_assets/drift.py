@@ -7,6 +7,7 @@ import datetime as dt
 import io
 import warnings
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,7 @@ from pydantic import Field
 
 from ml_assets.core.drift.check import CheckOutcome, CheckSettings, decide, judged_answers
 from ml_assets.core.drift.config import DEFAULT_MAX_POOLED_DAYS, DEFAULT_MIN_ROWS
+from ml_assets.core.drift.nulls import NullCache
 from ml_assets.core.drift.pooling import pool_day, score_window
 from ml_assets.core.drift.profile import ReferenceProfile
 from ml_assets.core.drift.scoring import DriftReport
@@ -195,7 +197,8 @@ def drift_scores(context: AssetExecutionContext, config: DriftScoringConfig,
     version = _profile_version(context)
     try:
         report = score_window(reference_profile, window, drift_config,
-                              lambda rows: judged_answers(rows, version))
+                              lambda rows: judged_answers(rows, version),
+                              cache=_null_cache(context))
     except ValueError as exc:  # e.g. a per-column override naming an unknown column
         raise Failure(description=f"drift_scores config: {exc}", allow_retries=False) from None
     outcome = decide(report, settings)
@@ -237,6 +240,12 @@ def _calendar_days(day: str, loaded: Mapping[str, pd.DataFrame],
     keys = [(last - dt.timedelta(days=back)).isoformat() for back in range(count - 1, -1, -1)]
     empty = pd.DataFrame()
     return [(key, loaded[key] if loaded.get(key) is not None else empty) for key in keys]
+
+
+def _null_cache(context: AssetExecutionContext) -> NullCache:
+    """Resampled nulls kept beside the instance's storage: every run is a new process, so
+    an in-memory cache would start empty every day (docs/drift.md, "Cost")."""
+    return NullCache(directory=Path(context.instance.storage_directory()) / "drift_nulls")
 
 
 def _profile_version(context: AssetExecutionContext) -> str | None:

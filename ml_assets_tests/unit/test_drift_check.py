@@ -12,7 +12,9 @@ import pandas as pd
 import pytest
 
 from ml_assets.core.drift.check import CheckSettings, decide, judged_answers
+from ml_assets.core.drift.nulls import NullCache
 from ml_assets.core.drift.pooling import pool_day, pool_windows, score_window
+from ml_assets.core.drift.profile import build_reference_profile
 from ml_assets.core.drift.scoring import score_drift
 from ml_assets_tests.support.drift_frames import model_world as _world
 
@@ -144,3 +146,32 @@ def test_judged_answers_are_the_champions_of_the_profiles_version():
     assert judged_answers(rows)["x"].tolist() == [0, 1, 4, 5]
     assert judged_answers(rows, "3")["x"].tolist() == [0, 1, 5]
     assert judged_answers(rows.drop(columns=["variant", "model_version"]), "3").shape[0] == 6
+
+
+def test_the_null_cache_on_disk_serves_the_next_process_the_same_nulls(tmp_path):
+    """Integer columns (ties) get resampled nulls; a second cache over the same
+    directory (the next Dagster run) reads them instead of drawing them again, and gets
+    the very same report."""
+    rng = np.random.default_rng(9)
+    frame = pd.DataFrame({"visits": rng.poisson(3, 2_000), "age": rng.integers(18, 90, 2_000)})
+    profile = build_reference_profile(frame, dict.fromkeys(frame.columns, "numeric"))
+    day = pd.DataFrame({"visits": rng.poisson(3, 80), "age": rng.integers(18, 90, 80)})
+    first = NullCache(directory=tmp_path / "nulls")
+    report = score_drift(profile, day, cache=first)
+    assert first.misses == 2 and first.disk_hits == 0
+    assert len(list((tmp_path / "nulls").glob("*.npy"))) == 2
+    second = NullCache(directory=tmp_path / "nulls")
+    again = score_drift(profile, day, cache=second)
+    assert (second.misses, second.disk_hits) == (0, 2)
+    pd.testing.assert_frame_equal(report.features, again.features)
+    # A damaged file is drawn again and rewritten; the verdicts do not change.
+    for path in (tmp_path / "nulls").glob("*.npy"):
+        path.write_bytes(b"not an array")
+    third = NullCache(directory=tmp_path / "nulls")
+    pd.testing.assert_frame_equal(score_drift(profile, day, cache=third).features,
+                                  report.features)
+    assert third.misses == 2
+    # At most max_files entries stay on disk.
+    small = NullCache(directory=tmp_path / "few", max_files=1)
+    score_drift(profile, day, cache=small)
+    assert len(list((tmp_path / "few").glob("*.npy"))) == 1
