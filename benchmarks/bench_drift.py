@@ -4,6 +4,9 @@
     /tmp/venv/bin/python benchmarks/bench_drift.py --rows 100000 --repeats 3   # quicker
     /tmp/venv/bin/python benchmarks/bench_drift.py --rows 1000000 --repeats 7 --no-evidently \
         --variants library library_warm library_fixed scipy      # the calibration cost
+    python benchmarks/bench_drift.py --rows 1000000 --repeats 3 --no-evidently \
+        --variants library library_fixed scipy --ab --rounds 11 [--integers]
+        # + interleaved rounds in one process (docs/benchmarks.md, "Drift scoring")
 
 Reference and current frames are float64, N rows x 20 numeric features of four shapes
 (normal, lognormal, uniform, gamma); the current frame has 6 of the 20 features shifted
@@ -25,7 +28,11 @@ its own fresh subprocess (peak RSS = that process's ru_maxrss, data included):
   evidently       Report([DataDriftPreset()]) in its own venv (--evidently-python), run in
                   a subprocess with that venv's python; skipped with a note if absent
 
-Variants alternate within each repeat; the table shows medians. Evidently is never a
+Variants alternate within each repeat; the table shows medians. --ab adds, in one
+process, rounds of fixed / calibrated first day (caches emptied) / calibrated second day
+(cache hit) / calibrated next run (nulls read from the on-disk cache drift_scores keeps,
+memory caches emptied as in a new process) / the scipy loop, in an order rotating from
+round to round. --integers: integer columns with ties (resampled nulls) instead. Evidently is never a
 dependency of this project: create its venv with
     python3 -m venv /tmp/evidently-venv && /tmp/evidently-venv/bin/pip install evidently pandas
 (evidently 0.7.23 fails to import with pandas 3: use "pandas==2.3.3" instead of "pandas").
@@ -55,14 +62,20 @@ SCIPY_ALPHA = 0.01  # the library's per-feature alpha
 
 # -- data ---------------------------------------------------------------------------
 
-def make_data(rows: int, directory: Path) -> None:
-    """reference.npy / current.npy, shape (features, rows): each feature contiguous."""
+def make_data(rows: int, directory: Path, integers: bool = False) -> None:
+    """reference.npy / current.npy, shape (features, rows): each feature contiguous.
+    `integers`: Poisson(3), uniform 0-99, uniform 0-499 and Poisson(30) columns (ties:
+    the calibrated KS gets a resampled null) instead of the four continuous shapes."""
     import numpy as np
 
     rng = np.random.default_rng(SEED + rows)
 
     def draw(i: int, n: int) -> np.ndarray:
         shape = i % 4
+        if integers:
+            return [lambda: rng.poisson(3, size=n), lambda: rng.integers(0, 100, size=n),
+                    lambda: rng.integers(0, 500, size=n),
+                    lambda: rng.poisson(30, size=n)][shape]().astype(float)
         if shape == 0:
             return rng.normal(i, 1 + i / 10, size=n)
         if shape == 1:
@@ -78,6 +91,8 @@ def make_data(rows: int, directory: Path) -> None:
         current[i] = draw(i, rows)
         if i in SHIFTED:
             current[i] += 0.5 * reference[i].std()
+            if integers:
+                current[i] = np.round(current[i])
     np.save(directory / "reference.npy", reference)
     np.save(directory / "current.npy", current)
 
@@ -170,27 +185,33 @@ def child_ab(data: Path, rounds: int = 11) -> dict:
 
     current = load_frame(data / "current.npy")
     reference = load_frame(data / "reference.npy")
+    stored = data / "nulls"  # what drift_scores keeps beside the instance's storage
     blob = (data / "profile.bin").read_bytes()
     loaded = peak_rss_gib()
     fixed, calibrated = DriftConfig(calibration="fixed"), DriftConfig()
     score_drift(ReferenceProfile.from_bytes(blob), current, fixed)  # warm imports, pages
+    score_drift(ReferenceProfile.from_bytes(blob), current, calibrated,
+                cache=nulls.NullCache(directory=stored))  # a first run filled the disk cache
     times: dict[str, list[tuple[float, float]]] = {"fixed": [], "cold": [], "warm": [],
-                                                   "scipy": []}
+                                                   "disk": [], "scipy": []}
     found: dict[str, object] = {}
 
     def run(name: str) -> None:
-        if name == "cold":
+        if name in ("cold", "disk"):  # a new process: nothing cached in memory
             nulls.NULL_CACHE.clear()
             nulls._KS_CRITICAL.clear()
         start, cpu_start = time.perf_counter(), time.process_time()
         if name == "scipy":
             found["scipy"] = scipy_pvalues(reference, current)
+        elif name == "disk":  # the next run of drift_scores: nulls read from disk
+            found[name] = score_drift(ReferenceProfile.from_bytes(blob), current, calibrated,
+                                      cache=nulls.NullCache(directory=stored))
         else:
             found[name] = score_drift(ReferenceProfile.from_bytes(blob), current,
                                       fixed if name == "fixed" else calibrated)
         times[name].append((time.perf_counter() - start, time.process_time() - cpu_start))
 
-    units = [["fixed"], ["cold", "warm"], ["scipy"]]
+    units = [["fixed"], ["cold", "warm"], ["disk"], ["scipy"]]
     for position in range(rounds):
         turn = position % len(units)
         for unit in units[turn:] + units[:turn]:
@@ -206,7 +227,7 @@ def child_ab(data: Path, rounds: int = 11) -> dict:
     agree = sum(significant[f] == (pvalues[f] < SCIPY_ALPHA) for f in pvalues)
     expected = {f"f{i}": i in SHIFTED for i in range(N_FEATURES)}
     verdicts = {name: found[name].features.set_index("feature")["drifted"].astype(bool)
-                .to_dict() for name in ("fixed", "cold", "warm")}
+                .to_dict() for name in ("fixed", "cold", "warm", "disk")}
     verdicts["scipy"] = {f: p < SCIPY_ALPHA for f, p in pvalues.items()}
 
     def truth(drifted: dict) -> str:
@@ -310,11 +331,11 @@ ALL_VARIANTS = ("build", "build_exact", "library", "library_warm", "library_fixe
 
 def scenario(rows: int, repeats: int, evidently_repeats: int,
              evidently_python: str | None, variants: tuple[str, ...] = ALL_VARIANTS,
-             ab: bool = False) -> dict:
+             ab: bool = False, integers: bool = False) -> dict:
     print(f"\n== {rows:,} rows x {N_FEATURES} numeric features", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_drift_") as tmp:
         data = Path(tmp)
-        make_data(rows, data)
+        make_data(rows, data, integers)
         runs: dict[str, list[dict]] = {name: [] for name in CHILDREN}
         for repeat in range(repeats):
             print(f"  repeat {repeat + 1}/{repeats}", flush=True)
@@ -451,6 +472,9 @@ def main() -> None:
                              "loop in interleaved rounds within one process, per size")
     parser.add_argument("--rounds", type=int, default=11,
                         help="rounds of --ab (default 11)")
+    parser.add_argument("--integers", action="store_true",
+                        help="integer columns (ties: resampled nulls) instead of continuous "
+                             "ones")
     args = parser.parse_args()
 
     if args.child:
@@ -476,7 +500,7 @@ def main() -> None:
     for position, rows in enumerate(args.rows):
         ev_repeats = args.evidently_repeats[min(position, len(args.evidently_repeats) - 1)]
         result = scenario(rows, args.repeats, ev_repeats, evidently_python,
-                          tuple(args.variants), args.ab)
+                          tuple(args.variants), args.ab, args.integers)
         results.append(result)
         summaries[rows] = summarize(result)
         print(json.dumps({k: v for k, v in summaries[rows].items()
@@ -493,6 +517,7 @@ def main() -> None:
             for name, label in (("fixed", "fixed thresholds (former default)"),
                                 ("cold", "calibrated, first day of its size"),
                                 ("warm", "calibrated, second day (cache hit)"),
+                                ("disk", "calibrated, next run (nulls from disk)"),
                                 ("scipy", "scipy ks_2samp loop")):
                 print(f"| {label} | {ab[name]['median_s']:.3f} | {ab[name]['min_s']:.3f} "
                       f"| {ab[name]['median_cpu_s']:.3f} "
