@@ -32,8 +32,9 @@ Variants alternate within each repeat; the table shows medians. --ab adds, in on
 process, rounds of fixed / calibrated first day (caches emptied) / calibrated second day
 (cache hit) / calibrated next run (nulls read from the on-disk cache drift_scores keeps,
 memory caches emptied as in a new process) / the scipy loop, in an order rotating from
-round to round. --integers: integer columns with ties (resampled nulls) instead. Evidently is never a
-dependency of this project: create its venv with
+round to round. --integers: integer columns with ties (resampled nulls) instead.
+
+Evidently is never a dependency of this project: create its venv with
     python3 -m venv /tmp/evidently-venv && /tmp/evidently-venv/bin/pip install evidently pandas
 (evidently 0.7.23 fails to import with pandas 3: use "pandas==2.3.3" instead of "pandas").
 """

@@ -100,7 +100,8 @@ def test_a_calm_week_of_50_rows_a_day_is_pooled_and_never_fails(world):
     """A week of 50 rows a day drawn from the training distribution. Alone, every day is
     below min_rows (100): the first has nothing before it (not enough data yet), each
     later one is judged with the day before (100 rows). No day fails the check; under
-    the old rule (fixed thresholds, judged alone from 30 rows) such days failed."""
+    the old rule (fixed thresholds, judged alone from 30 rows) such days failed.
+    About 15 s: seven daily runs (production_data, drift_scores) are the scenario."""
     outcomes = []
     for day in _days("2026-11-02", 7):
         log_day(world.root / "log.db", _traffic(world, 50), day, world.model)
@@ -115,7 +116,7 @@ def test_a_calm_week_of_50_rows_a_day_is_pooled_and_never_fails(world):
         assert value["status"] == "pooled" and value["pooled_days"] == 1, value["note"]
         assert value["window_days"] == [before, day]
         assert (value["rows"], value["day_rows"]) == (100, 50)
-        assert evaluation.severity.value != "ERROR" or evaluation.passed, (
+        assert evaluation.passed or evaluation.severity.value == "WARN", (
             day, evaluation.description)
         assert not value["dataset_drifted"] and not value["prediction_drifted"]
         assert f"pooled with 1 preceding day(s) ({before})" in evaluation.description
@@ -152,8 +153,8 @@ def test_a_strong_shift_on_pooled_days_fails_the_check(world):
     assert "dataset drifted" in evaluation.description
     assert set(value["dataset_drifted_features"]) <= set(
         evaluation.metadata["drifted_features"].value)
-    per_feature = evaluation.metadata  # the asset's table lives on the materialization
-    assert per_feature["check"].value == "fail"
+    assert evaluation.metadata["check"].value == "fail"
+    assert evaluation.metadata["check_alpha"].value == 0.02
 
 
 def test_a_quiet_day_alone_has_no_verdict_and_passes_saying_why(world):
