@@ -214,3 +214,29 @@ def test_the_day_is_scored_when_it_lands_even_if_earlier_days_never_did(instance
     result = evaluate_automation_conditions(defs=defs, instance=instance,
                                             asset_selection=selection, cursor=result.cursor)
     assert result.get_requested_partitions(AssetKey("drift_scores")) == {latest}
+
+
+def test_the_former_share_settings_fail_the_run_naming_the_fix(world):
+    """warn_share / fail_share belong to the former rule: with the calibrated check they
+    are an error that says what to do (they still work with calibration: fixed)."""
+    from dagster import DagsterEventType
+
+    day = "2026-12-05"
+    log_day(world.root / "log.db", _traffic(world, 120), day, world.model)
+    config = {"ops": {"drift_scores": {"config": {"fail_share": 0.6}}}}
+    result = materialize(world.assets, selection=AssetSelection.assets(
+        "production_data", "drift_scores"), partition_key=day, instance=world.instance,
+        resources=world.resources, run_config=config, raise_on_error=False)
+    assert not result.success
+    (failure,) = [e for e in result.all_events
+                  if e.event_type == DagsterEventType.STEP_FAILURE]
+    message = failure.step_failure_data.user_failure_data.description
+    assert message.startswith("drift_scores config: fail_share belong(s) to the former")
+    assert "calibration='fixed'" in message
+    fixed = {"ops": {"drift_scores": {"config": {"calibration": "fixed", "fail_share": 0.6}}}}
+    result = materialize(world.assets, selection=AssetSelection.assets("drift_scores"),
+                         partition_key=day, instance=world.instance,
+                         resources=world.resources, run_config=fixed)
+    (evaluation,) = result.get_asset_check_evaluations()
+    assert evaluation.metadata["fail_share"].value == 0.6
+    assert result.output_for_node("drift_scores")["calibration"] == "fixed"
