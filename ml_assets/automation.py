@@ -11,11 +11,10 @@ import json
 import time
 import urllib.request
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TypeVar
 
-import pandas as pd
 from dagster import (
     AssetCheckEvaluation,
     AssetCheckKey,
@@ -31,16 +30,18 @@ from dagster import (
     RunFailureSensorContext,
     RunRequest,
     ScheduleDefinition,
+    ScheduleEvaluationContext,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
-    build_schedule_from_partitioned_job,
     define_asset_job,
     run_failure_sensor,
+    schedule,
     sensor,
 )
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
+from ml_assets.core.data.production_rows import read_label_files
 from ml_assets.core.registry import champion as registry
 from ml_assets.core.rollout.plan import read_rollout
 from ml_assets.resources import MlflowTracking
@@ -66,10 +67,26 @@ score_drift_job = define_asset_job(
     description="One day of production data, its drift scores and live performance.",
 )
 
-daily_drift_schedule = build_schedule_from_partitioned_job(
-    score_drift_job, name="daily_drift_scoring", hour_of_day=0, minute_of_hour=30,
-    default_status=DefaultScheduleStatus.RUNNING,
-    description="Scores yesterday's partition every day at 00:30 UTC.")
+def previous_day(when: datetime) -> str:
+    """The UTC day before `when` (YYYY-MM-DD): the last complete day at 00:30 UTC."""
+    utc = when.astimezone(timezone.utc) if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    return (utc.date() - timedelta(days=1)).isoformat()
+
+
+@schedule(name="daily_drift_scoring", cron_schedule="30 0 * * *", job=score_drift_job,
+          execution_timezone="UTC", default_status=DefaultScheduleStatus.RUNNING,
+          description="Scores yesterday's partition (the complete previous UTC day) every "
+          "day at 00:30 UTC.")
+def daily_drift_schedule(context: ScheduleEvaluationContext) -> RunRequest | SkipReason:
+    """At 00:30 UTC the newest partition is the day that just began (the partitions
+    reach one day ahead, end_offset=1, so the API's rows of today are scored as they
+    arrive); the end-of-day verdict belongs to yesterday, which is complete."""
+    when = context.scheduled_execution_time or datetime.now(timezone.utc)
+    day = previous_day(when)
+    if day not in set(daily_partitions.get_partition_keys(current_time=when)):
+        return SkipReason(f"{day} is not a partition (before ML_MONITORING_START_DATE)")
+    return RunRequest(run_key=f"daily_drift_scoring:{day}", partition_key=day,
+                      tags={TRIGGER_TAG: "daily_schedule"})
 
 weekly_retrain_schedule = ScheduleDefinition(
     name="weekly_retrain", job=train_model_job, cron_schedule="0 3 * * 1",
@@ -125,13 +142,12 @@ def label_files(labels_dir: str | Path) -> dict[str, str]:
     return signatures
 
 
-def _request_ids(path: Path) -> set[str]:
-    """The request ids a labels file names (an unreadable file names none)."""
-    try:
-        frame = pd.read_csv(path, dtype={"request_id": str}, usecols=["request_id"])
-    except (OSError, ValueError, pd.errors.ParserError):
-        return set()
-    return set(frame["request_id"].dropna().astype(str))
+def _request_ids(path: Path) -> tuple[set[str], str | None]:
+    """The request ids a labels file names, or none and why it cannot be read."""
+    files = read_label_files([path])
+    if files.skipped:
+        return set(), files.skipped[0].reason
+    return set(files.labels["request_id"].dropna().astype(str)), None
 
 
 @sensor(name="live_performance_on_labels", minimum_interval_seconds=30,
@@ -141,16 +157,22 @@ def live_performance_on_labels(context: SensorEvaluationContext,
                                production: ProductionDataResource) -> SensorResult:
     """Materializes `live_performance` for the days whose predictions just got labels
     (new or changed files in ML_LABELS_DIR, matched to the prediction log by request_id
-    over the last ML_LABEL_LOOKBACK_DAYS days), with `production_data` first where that
-    day was never materialized. No waiting for the daily schedule."""
+    over the last ML_LABEL_LOOKBACK_DAYS days), with that day's `production_data`
+    rebuilt first in the same run (it may predate the labelled predictions). No waiting
+    for the daily schedule. A file that cannot be read is named in the log and the skip
+    reason; the other files still count."""
     seen = json.loads(context.cursor or "{}")
     files = label_files(production.labels_dir)
     changed = [name for name, signature in files.items() if seen.get(name) != signature]
     if not changed:
         return SensorResult(skip_reason=SkipReason("no new labels"), cursor=context.cursor)
     wanted: set[str] = set()
+    skipped: dict[str, str] = {}
     for name in changed:
-        wanted |= _request_ids(Path(production.labels_dir) / name)
+        ids, problem = _request_ids(Path(production.labels_dir) / name)
+        wanted |= ids
+        if problem:
+            skipped[name] = problem
     valid = set(daily_partitions.get_partition_keys())
     days = sorted((d.isoformat() for d in production.prediction_days()), reverse=True)
     days = [d for d in days if d in valid][: SETTINGS.label_lookback_days]
@@ -162,18 +184,22 @@ def live_performance_on_labels(context: SensorEvaluationContext,
         if ids & wanted:
             labelled_days.append(day)
             wanted -= ids
-    materialized = context.instance.get_materialized_partitions(AssetKey("production_data"))
     stamp = hashlib.sha1(json.dumps(files, sort_keys=True).encode()).hexdigest()[:12]
+    # production_data is rebuilt in the same run, before live_performance: a day's
+    # materialization may predate the very predictions these labels are for.
     requests = [RunRequest(
         run_key=f"live-performance:{day}:{stamp}", partition_key=day,
-        asset_selection=[AssetKey("live_performance")] if day in materialized
-        else [AssetKey("production_data"), AssetKey("live_performance")],
+        asset_selection=[AssetKey("production_data"), AssetKey("live_performance")],
         tags={TRIGGER_TAG: "new_labels"}) for day in sorted(labelled_days)]
     cursor = json.dumps(files)
+    unreadable = "; ".join(f"{name} ({why})" for name, why in skipped.items())
+    if unreadable:
+        context.log.warning(f"labels file(s) left out: {unreadable}")
     if not requests:
         return SensorResult(skip_reason=SkipReason(
             f"{len(changed)} new labels file(s) match no prediction of the last "
-            f"{SETTINGS.label_lookback_days} days"), cursor=cursor)
+            f"{SETTINGS.label_lookback_days} days"
+            + (f"; left out: {unreadable}"[:1500] if unreadable else "")), cursor=cursor)
     return SensorResult(run_requests=requests, cursor=cursor)
 
 

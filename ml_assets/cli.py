@@ -102,6 +102,12 @@ def train(if_missing: bool = False, allow_breaking_change: bool = False,
         if decision.breaking_change and not decision.breaking_change_allowed:
             print("to promote it anyway: ml-platform train --allow-breaking-change (or "
                   "ML_ALLOW_BREAKING_SCHEMA_CHANGE=true)")
+    elif str(champion_change(result).get("action", "")).startswith("rollout_"):
+        change = champion_change(result)
+        mode = str(change["action"]).removeprefix("rollout_")
+        print(f"registered {registered.name} version {registered.version}; a {mode} rollout "
+              f"started against champion {change['version']} (rollout_evaluation decides on "
+              f"live labelled traffic; `ml-platform rollout status`): {decision.reason}")
     else:
         print(f"registered {registered.name} version {registered.version}; it is the "
               f"champion (models:/{registered.name}@champion): {decision.reason}")
@@ -115,6 +121,14 @@ def train(if_missing: bool = False, allow_breaking_change: bool = False,
     elif decision.schema_change.startswith("unknown: "):
         print(f"input change not judged: {decision.schema_change.split(': ', 1)[1]}")
     return 0
+
+
+def champion_change(result) -> dict:
+    """champion_model's output of a run ({} when it did not materialize)."""
+    try:
+        return dict(result.output_for_node("champion_model"))
+    except Exception:  # noqa: BLE001 - Dagster raises when the step did not run
+        return {}
 
 
 def _console_script(name: str) -> str | None:
@@ -262,8 +276,10 @@ def rollback(to_version: str | None, reason: str) -> int:
     except registry.RegistryError as exc:
         print(f"rollback refused: {exc}", file=sys.stderr)
         return 1
-    print(f"{change.name}: champion is version {change.version} again (was {change.previous}); "
-          "a running API picks it up on its next poll or POST /admin/reload")
+    now = (f"champion is version {change.version} again" if change.action == "rolled back"
+           else f"champion is now version {change.version}, which was never champion before")
+    print(f"{change.name}: {now} (was {change.previous}); a running API picks it up on its "
+          "next poll or POST /admin/reload")
     return 0
 
 
@@ -353,14 +369,55 @@ def reexecute(run_id: str) -> int:
     return 0 if outcome.success else 1
 
 
+def held_out_traffic(settings: PlatformSettings, frame, target: str):
+    """The data source's rows the champion never trained on (its recorded held-out
+    split, core/data/held_out.py); ValueError naming why they cannot be told apart."""
+    import json
+
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from ml_assets.core.data.held_out import HELD_OUT_ARTIFACT, unseen_rows
+    from ml_assets.core.registry import champion as registry
+
+    name = settings.registered_model_name
+    client = MlflowClient(settings.mlflow_tracking_uri)
+    champion = registry.alias_version(client, name, registry.CHAMPION)
+    if champion is None:
+        raise ValueError(f"{name} has no champion yet (ml-platform train), so no held-out "
+                         "rows are known")
+    try:
+        local = mlflow.artifacts.download_artifacts(
+            run_id=champion.run_id, artifact_path=HELD_OUT_ARTIFACT,
+            tracking_uri=settings.mlflow_tracking_uri)
+        record = json.loads(Path(local).read_text(encoding="utf-8"))
+    except Exception:  # noqa: BLE001 - no record: said by unseen_rows
+        record = None
+    return unseen_rows(frame, target, record)
+
+
 def simulate(args) -> int:
-    """Send realistic (optionally drifted) traffic to the API."""
+    """Send realistic (optionally drifted) traffic to the API: rows the champion never
+    trained on (its held-out split), or with --rows all every row of the data source."""
     from ml_assets.core.rollout.traffic import simulate as run
     from ml_assets.resources.factory import build_resources
 
     settings = PlatformSettings.from_env()
     source = build_resources(settings)["data_source"]
     frame = source.load()
+    if args.rows == "held-out":
+        try:
+            chosen = held_out_traffic(settings, frame, source.target_column)
+        except ValueError as exc:
+            print(f"simulate refused: {exc}; or send every row of the data source, the "
+                  "training rows included, with --rows all (live error then looks better "
+                  "than it is)", file=sys.stderr)
+            return 1
+        frame = chosen.rows
+        print(f"sending {chosen.note}")
+    else:
+        print(f"sending all {len(frame)} rows of the data source, the champion's training "
+              "rows included")
     result = run(args.url, frame, source.target_column, requests=args.requests,
                  shift_after=args.shift_after, shift=args.shift, concurrency=args.concurrency,
                  labels_dir=None if args.no_labels else settings.labels_dir,
@@ -376,6 +433,16 @@ def simulate(args) -> int:
     if result.labels_file:
         print(f"true labels written to {result.labels_file}")
     return 0 if result.ok else 1
+
+
+def _port(variable: str, default: int) -> int:
+    """A port from the environment, or a one-line refusal naming the variable."""
+    value = os.environ.get(variable, "").strip()
+    if not value:
+        return default
+    if value.isdigit() and 0 < int(value) < 65536:
+        return int(value)
+    raise SystemExit(f"ml-platform: {variable}={value!r} is not a port number (1-65535)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -394,9 +461,10 @@ def main(argv: list[str] | None = None) -> int:
                               help="print Dagster's event log (every step, stack traces)")
     up_parser = sub.add_parser("up", help="train if needed, then start the Dagster UI")
     up_parser.add_argument("--host", default="127.0.0.1")
-    up_parser.add_argument("--port", type=int, default=3000, help="Dagster UI port")
-    up_parser.add_argument("--api-port", type=int,
-                           default=int(os.environ.get("ML_API_PORT", "8000")))
+    up_parser.add_argument("--port", type=int, default=_port("ML_UI_PORT", 3000),
+                           help="Dagster UI port (default: ML_UI_PORT or 3000)")
+    up_parser.add_argument("--api-port", type=int, default=_port("ML_API_PORT", 8000),
+                           help="prediction API port (default: ML_API_PORT or 8000)")
     up_parser.add_argument("--no-api", action="store_true", help="do not start the API")
     rollback_parser = sub.add_parser("rollback", help="restore the previous champion")
     rollback_parser.add_argument("--to", dest="to_version", help="a specific version")
@@ -414,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     reexec = sub.add_parser("reexecute", help="re-run a failed run from its failure")
     reexec.add_argument("run_id", help="the failed run's id (Dagster UI, `dagster run list`)")
     sim = sub.add_parser("simulate", help="send realistic traffic to the prediction API")
-    sim.add_argument("--url", default=f"http://127.0.0.1:{os.environ.get('ML_API_PORT', '8000')}")
+    sim.add_argument("--url", default=f"http://127.0.0.1:{_port('ML_API_PORT', 8000)}")
     sim.add_argument("--requests", type=int, default=300)
     sim.add_argument("--shift-after", type=int, default=None,
                      help="requests after this index are shifted")
@@ -424,6 +492,9 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--no-labels", action="store_true", help="do not write true labels")
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--max-seconds", type=float, default=300.0)
+    sim.add_argument("--rows", choices=["held-out", "all"], default="held-out",
+                     help="held-out (default): the rows the champion never trained on (its "
+                     "recorded held-out split); all: every row of the data source")
     sim.add_argument("--clients", type=int, default=0,
                      help="send each request with one of N stable client keys, so a canary "
                      "rollout assigns clients, not requests (0: no key)")

@@ -143,7 +143,8 @@ def _gate(config: MetricsGateConfig, task: str, metrics: dict[str, float]) -> As
         passed=not failures,
         severity=AssetCheckSeverity.ERROR,
         description=("all metrics pass" if not failures else
-                     "outside threshold: " + "; ".join(f"{k} {v}" for k, v in failures.items())),
+                     "outside threshold: " + "; ".join(f"{k} {v}" for k, v in failures.items())
+                     + gate_settings_hint(failures, maximums)),
         metadata={
             "task": task,
             "failing_metrics": MetadataValue.json(failures),
@@ -152,6 +153,15 @@ def _gate(config: MetricsGateConfig, task: str, metrics: dict[str, float]) -> As
             "metrics": MetadataValue.json(metrics),
         },
     )
+
+
+def gate_settings_hint(failures: dict[str, str], maximums: dict[str, float]) -> str:
+    """The settings that move the failing thresholds, for the refusal's sentence."""
+    fields = [f"{'max' if name in maximums else 'min'}_{name}" for name in failures]
+    hint = f" (thresholds: model_metrics config {', '.join(fields)}"
+    if any(field in CLASSIFICATION_GATES for field in fields):
+        hint += f"; ML_METRIC_THRESHOLD sets every classification minimum, now {_DEFAULT:g}"
+    return hint + ")"
 
 
 def _regression(context: AssetExecutionContext, config: MetricsGateConfig,

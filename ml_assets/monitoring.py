@@ -3,13 +3,16 @@ performance once labels arrive (drift scores: ml_assets/drift.py)."""
 
 import dataclasses
 import tempfile
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pandas as pd
 from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
     AssetExecutionContext,
     AutomationCondition,
     Failure,
@@ -20,16 +23,16 @@ from dagster import (
 
 from ml_assets.core.artifacts.loading import UntrustedModelError, load_pipeline
 from ml_assets.core.data.preprocessing import Split, feature_kinds
+from ml_assets.core.data.production_rows import Lineage, SkippedFile, scope_rows, skipped_sentences
 from ml_assets.core.drift.profile import ReferenceProfile, build_reference_profile
 from ml_assets.core.drift.scoring import model_outputs
-from ml_assets.core.modeling.metrics import classification_metrics
+from ml_assets.core.modeling.live_performance import live_report, per_version_markdown
 from ml_assets.core.modeling.pipeline import TrainedModel
-from ml_assets.core.modeling.tasks import regression_metrics
 from ml_assets.core.prediction_log import numeric_predictions
 from ml_assets.core.registry import champion as registry
 from ml_assets.resources import DataSourceResource, MlflowTracking
 from ml_assets.resources.production import ProductionDataResource, answered_rows
-from ml_assets.shared import daily_partitions
+from ml_assets.shared import EVIDENCE_CHECK, daily_partitions, lineage_of
 
 PROFILE_ARTIFACT = "reference_profile/profile.npz"
 
@@ -109,62 +112,104 @@ AFTER_PRODUCTION_DATA = (RECENT_DAYS & AutomationCondition.any_deps_updated()
 
 
 @asset(group_name="monitoring", partitions_def=daily_partitions, kinds={"pandas"},
-       deps=["batch_predictions"], automation_condition=BATCH_SCORED)
+       deps=["batch_predictions"], automation_condition=BATCH_SCORED,
+       check_specs=[AssetCheckSpec(
+           EVIDENCE_CHECK, asset="production_data",
+           description="Warns when a landing file of the day cannot be used (unreadable, "
+           "no target column, other columns): it is left out and named, the rest is used.")])
 def production_data(context: AssetExecutionContext, production: ProductionDataResource,
                     data_source: DataSourceResource,
-                    mlflow_tracking: MlflowTracking) -> Output[pd.DataFrame]:
-    """One UTC day of production rows: what the API saw and answered (from its
-    prediction log) plus labelled drops from the landing directory, if any, which
-    the current champion scores so their predictions are monitored too."""
+                    mlflow_tracking: MlflowTracking) -> Iterator:
+    """One UTC day of production rows answered by this registered model on this
+    dataset (rows of another model, or of a version trained on another dataset, are left
+    out and counted): what the API saw and answered (from its prediction log), the day's
+    batch-scored rows, plus labelled drops from the landing directory, if any, which the
+    current champion scores so their predictions are monitored too."""
     day = context.partition_key
-    logged = production.predictions(day)
-    logged = answered_rows(logged)  # no shadow copies, no failed canary attempts
+    lineage = lineage_of(mlflow_tracking, data_source)
+    logged = answered_rows(production.predictions(day))  # no shadows, no failed canaries
+    scoped = scope_rows(logged, lineage)
+    logged = scoped.rows
+    excluded = dict(scoped.excluded)
     target = data_source.target_column
     frames = []
     if len(logged):
-        feature_names = logged.attrs.get("feature_columns") or [
-            c for c in logged.columns if c not in _LOG_META]
-        frame = logged[feature_names].copy()
-        frame["request_id"] = logged["request_id"].astype(str).values
-        frame["model_version"] = logged["model_version"].astype(str).values
-        frame["variant"] = (logged["variant"].fillna("champion").astype(str).values
-                            if "variant" in logged else "champion")
-        values = numeric_predictions(logged)  # a regressor's rows: numbers
-        frame["prediction"] = (logged["prediction"].astype(str).values if values is None
-                               else values.to_numpy(dtype=float))
-        probabilities = pd.DataFrame(list(logged["probabilities"]))
-        for label in probabilities.columns:
-            frame[f"proba_{label}"] = probabilities[label].to_numpy(dtype=float)
-        frame["source"] = "prediction_log"
-        frames.append(frame)
-    batch = production.batch_predictions(day)  # rows scored by batch_predictions
-    if len(batch):
-        frames.append(batch)
-    landed = production.landing(day, target)
+        frames.append(_logged_frame(logged))
+    batch = scope_rows(production.batch_predictions(day), lineage)  # batch_predictions' rows
+    for reason, count in batch.excluded.items():
+        excluded[reason] = excluded.get(reason, 0) + count
+    if len(batch.rows):
+        frames.append(batch.rows.drop(columns="model_name"))
+    landed, skipped = production.landing_files(day, target)
     if len(landed):
         labels = landed.pop(target).astype(str)
-        landed = _score_with_champion(landed, mlflow_tracking)
+        landed = _score_with_champion(landed, mlflow_tracking, lineage)
         landed["label"] = labels.to_numpy()
         landed["source"] = "landing"
         frames.append(landed)
+    for file in skipped:
+        context.log.warning("landing file left out of %s: %s", day, file.sentence())
+    if excluded:
+        context.log.info("left out of %s: %s", day, "; ".join(
+            f"{count} rows {reason}" for reason, count in excluded.items()))
     data = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     versions = sorted(set(data.get("model_version", pd.Series(dtype=str)).dropna()))
     flagged, by_reason = _flagged(logged)
-    return Output(data, metadata={
+    yield Output(data, metadata={
         "dagster/row_count": len(data),
         "from_prediction_log": int(len(logged)),
         "flagged_rows": flagged,
         "flags_by_reason": MetadataValue.json(by_reason),
-        "from_batch": int(len(batch)),
+        "from_batch": int(len(batch.rows)),
         "from_landing": int(len(landed)),
         "model_versions": MetadataValue.json(versions),
+        "lineage": lineage.describe(),
+        "excluded_rows": MetadataValue.json(excluded),
+        "skipped_files": MetadataValue.json(skipped_sentences(skipped)),
     })
+    yield evidence_check(EVIDENCE_CHECK, skipped, "landing")
 
 
-def _score_with_champion(rows: pd.DataFrame, mlflow_tracking: MlflowTracking) -> pd.DataFrame:
+def _logged_frame(logged: pd.DataFrame) -> pd.DataFrame:
+    """Logged rows as production_data holds them: features, request_id, model_version,
+    variant, prediction (a regressor's as numbers), proba_<class>..., source."""
+    feature_names = logged.attrs.get("feature_columns") or [
+        c for c in logged.columns if c not in _LOG_META]
+    frame = logged[feature_names].copy()
+    frame["request_id"] = logged["request_id"].astype(str).values
+    frame["model_version"] = logged["model_version"].astype(str).values
+    frame["variant"] = (logged["variant"].fillna("champion").astype(str).values
+                        if "variant" in logged else "champion")
+    values = numeric_predictions(logged)  # a regressor's rows: numbers
+    frame["prediction"] = (logged["prediction"].astype(str).values if values is None
+                           else values.to_numpy(dtype=float))
+    probabilities = pd.DataFrame(list(logged["probabilities"]))
+    for label in probabilities.columns:
+        frame[f"proba_{label}"] = probabilities[label].to_numpy(dtype=float)
+    frame["source"] = "prediction_log"
+    return frame
+
+
+def evidence_check(name: str, skipped: list[SkippedFile], kind: str) -> AssetCheckResult:
+    """Passes when every file was used; warns naming each file left out and why."""
+    if not skipped:
+        return AssetCheckResult(check_name=name, passed=True,
+                                description=f"every {kind} file was read",
+                                metadata={"skipped_files": MetadataValue.json([])})
+    return AssetCheckResult(
+        check_name=name, passed=False, severity=AssetCheckSeverity.WARN,
+        description=(f"{len(skipped)} {kind} file(s) left out (the rest was used); fix or "
+                     f"remove: " + "; ".join(skipped_sentences(skipped)))[:2000],
+        metadata={"skipped_files": MetadataValue.json(skipped_sentences(skipped))})
+
+
+def _score_with_champion(rows: pd.DataFrame, mlflow_tracking: MlflowTracking,
+                         lineage: Lineage) -> pd.DataFrame:
+    """Landed rows with the champion's outputs, when the champion is of this lineage (a
+    champion trained on another dataset cannot score them: they stay unscored)."""
     name = mlflow_tracking.registered_model_name
     champion = registry.alias_version(mlflow_tracking.client, name, registry.CHAMPION)
-    if champion is None:
+    if champion is None or str(champion.version) not in lineage.versions:
         return rows
     try:
         model = load_pipeline(f"models:/{name}/{champion.version}")
@@ -196,46 +241,34 @@ def _flagged(logged: pd.DataFrame) -> tuple[int, dict[str, int]]:
 
 
 @asset(group_name="monitoring", partitions_def=daily_partitions, kinds={"scikit-learn"},
-       automation_condition=AFTER_PRODUCTION_DATA)
+       automation_condition=AFTER_PRODUCTION_DATA,
+       check_specs=[AssetCheckSpec(
+           EVIDENCE_CHECK, asset="live_performance",
+           description="Warns when a labels file cannot be used (not UTF-8 CSV, no "
+           "request_id/label columns): it is left out and named, the others are used.")])
 def live_performance(context: AssetExecutionContext, production_data: pd.DataFrame,
-                     production: ProductionDataResource) -> Output[dict]:
+                     production: ProductionDataResource) -> Iterator:
     """Accuracy and friends (a classifier) or RMSE, MAE, R² and MAPE (a regressor) for
     one day, on the predictions whose true labels have arrived (labels files joined on
-    request_id, or labelled landing rows scored by the current champion). The rows say
-    which: numeric predictions are a regressor's (its labels, text in the files, are
-    read as numbers; a label that is no number is left out and counted)."""
-    labels = production.labels()
-    rows = production_data
-    scored = pd.DataFrame()
-    if len(rows) and "request_id" in rows:
-        scored = rows.merge(labels, on="request_id", how="inner", suffixes=("", "_true"))
-        if "label_true" in scored:
-            scored["label"] = scored["label_true"]
-    if not len(scored):
-        return Output({"labelled_rows": 0}, metadata={"labelled_rows": 0,
-                      "note": "no labels yet for this day's predictions"})
-    extra: dict[str, int | str] = {}
-    if pd.api.types.is_float_dtype(scored["prediction"]):
-        y_num = pd.to_numeric(scored["label"], errors="coerce").to_numpy(dtype=float)
-        y_hat = scored["prediction"].to_numpy(dtype=float)
-        usable = np.isfinite(y_num) & np.isfinite(y_hat)
-        extra = {"task": "regression", "unusable_labels": int((~usable).sum())}
-        scored = scored[usable]
-        if not len(scored):
-            return Output({"labelled_rows": 0, **extra}, metadata={
-                "labelled_rows": 0, **extra, "note": "no label is a number"})
-        metrics = regression_metrics(y_num[usable], y_hat[usable])
-    else:
-        proba_columns = [c for c in scored.columns if c.startswith("proba_")]
-        classes = [c.removeprefix("proba_") for c in proba_columns]
-        y_true = scored["label"].astype(str).to_numpy()
-        y_pred = scored["prediction"].astype(str).to_numpy()
-        if proba_columns and set(np.unique(y_true)) <= set(classes):
-            metrics = classification_metrics(y_true, y_pred,
-                                             scored[proba_columns].to_numpy(float), classes)
-        else:
-            metrics = {"accuracy": float(np.mean(y_true == y_pred))}
-    metrics = {k: v for k, v in metrics.items() if np.isfinite(v)}
-    return Output({"labelled_rows": len(scored), **metrics, **extra}, metadata={
-        "labelled_rows": len(scored), **{k: MetadataValue.float(v) for k, v in metrics.items()},
-        **extra, "labelled_share": round(len(scored) / max(len(rows), 1), 4)})
+    request_id): one row per model version and variant (`per_version`: a canary day has
+    the champion's and the canary's), and the champion's as the headline keys
+    (`champion_version`: the version of the day's last champion answer). Numeric
+    predictions are a regressor's (its labels, text in the files, are read as numbers;
+    a label that is no number is left out and counted)."""
+    files = production.label_files()
+    for file in files.skipped:
+        context.log.warning("labels file left out: %s", file.sentence())
+    report = live_report(production_data, files.labels)
+    headline = report.headline
+    metadata: dict = {k: (MetadataValue.float(v) if isinstance(v, float) else v)
+                      for k, v in headline.items()}
+    metadata.update({
+        "per_version": MetadataValue.md(per_version_markdown(report.per_version)),
+        "per_version_json": MetadataValue.json(report.per_version),
+        "labelled_share": round(headline["all_labelled_rows"] / max(report.rows, 1), 4)
+        if "all_labelled_rows" in headline else 0.0,
+        "skipped_files": MetadataValue.json(skipped_sentences(files.skipped))})
+    if not report.per_version:
+        metadata["note"] = "no labels yet for this day's predictions"
+    yield Output(report.as_value(), metadata=metadata)
+    yield evidence_check(EVIDENCE_CHECK, files.skipped, "labels")

@@ -43,6 +43,7 @@ from ml_assets.core.registry.comparison import (
     paired_evidence,
     unopenable_reason,
 )
+from ml_assets.core.registry.lineage import DATASET_TAG
 from ml_assets.core.registry.promotion import PromotionDecision, decide_promotion
 from ml_assets.core.registry.significance import (
     DEFAULT_ALPHA,
@@ -58,7 +59,7 @@ from ml_assets.core.rollout.plan import (
     start_rollout,
     step_schedule,
 )
-from ml_assets.resources import MlflowTracking
+from ml_assets.resources import DataSourceResource, MlflowTracking
 from ml_assets.settings import PlatformSettings
 from ml_assets.shared import PROMOTION_CHECK
 
@@ -161,7 +162,8 @@ class PromotionConfig(Config):
 @asset(group_name="registry", kinds={"mlflow", "onnx"})
 def registered_model(context: AssetExecutionContext, trained_model: TrainedModel,
                      model_metrics: dict, data_split: Split,
-                     mlflow_tracking: MlflowTracking) -> Output:
+                     mlflow_tracking: MlflowTracking,
+                     data_source: DataSourceResource) -> Output:
     """The gated model as a version in the MLflow model registry, aliased `challenger`,
     with its compiled flavour.
 
@@ -182,6 +184,8 @@ def registered_model(context: AssetExecutionContext, trained_model: TrainedModel
         tags={"dagster_run_id": context.run_id, "data_fingerprint":
               trained_model.data_fingerprint, "code_version": trained_model.code_version,
               "task": trained_model.task, "estimator": trained_model.estimator,
+              # the lineage its production rows belong to (ml_assets.core.registry.lineage)
+              DATASET_TAG: data_source.name,
               **trained_model.user_code,
               **{f"metric.{k}": f"{v:.6f}" for k, v in model_metrics.items()}})
     features = list(data_split.features)

@@ -1,10 +1,14 @@
 """Dagster objects that more than one module of the code location uses, kept here so the
 stage modules (ingestion ... batch) import this module and the core, never each other:
 the daily partitions of monitoring and batch scoring, and the names of the checks that
-sensors and the CLI look for. It imports no stage module."""
+sensors and the CLI look for, and the model lineage production rows are scoped to. It
+imports no stage module."""
 
-from dagster import DailyPartitionsDefinition
+from dagster import DailyPartitionsDefinition, Failure
 
+from ml_assets.core.data.production_rows import Lineage
+from ml_assets.core.registry.lineage import model_lineage
+from ml_assets.resources import DataSourceResource, MlflowTracking
 from ml_assets.settings import PlatformSettings
 
 # One UTC day of production data, drift scores, live performance and batch predictions.
@@ -15,3 +19,17 @@ daily_partitions = DailyPartitionsDefinition(
 DRIFT_CHECK = "drift_within_limits"
 # champion_comparison's blocking check: a refusal is a normal outcome, not paged.
 PROMOTION_CHECK = "challenger_beats_champion"
+# production_data's and live_performance's check: a labels or landing file left out.
+EVIDENCE_CHECK = "evidence_files_readable"
+
+
+def lineage_of(mlflow_tracking: MlflowTracking, data_source: DataSourceResource) -> Lineage:
+    """The versions of the registered model trained on the data source's dataset: the
+    only ones whose production rows train, or are judged with, this model."""
+    name = mlflow_tracking.registered_model_name
+    try:
+        return model_lineage(mlflow_tracking.client, name, data_source.name)
+    except Exception as exc:  # noqa: BLE001 - registry down: no row is used unproven
+        raise Failure(description=f"the model registry cannot say which versions of {name!r} "
+                      f"were trained on dataset {data_source.name!r} ({str(exc)[:300]}); "
+                      "production rows are only used once it can") from None

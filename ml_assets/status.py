@@ -9,6 +9,8 @@ matters, read from the Dagster instance (the same one the UI shows).
 - a challenger refused (the promotion check failed: why),
 - drift scored (the `drift_within_limits` check: passed, warned or failed, the share of
   drifted features, the partition),
+- a labels or landing file left out of the evidence (the `evidence_files_readable`
+  check warned: the file and why),
 - a retrain launched by drift (a run tagged `ml/trigger=drift`),
 - a rollout decided (`rollout_evaluation` materialized: promote, rollback or continue),
 - a run failed or was canceled (job, first reason, where its log is).
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
 
 PROMOTION_CHECK = "challenger_beats_champion"  # ml_assets.registry.PROMOTION_CHECK
 DRIFT_CHECK = "drift_within_limits"  # ml_assets.monitoring.DRIFT_CHECK
+EVIDENCE_CHECK = "evidence_files_readable"  # ml_assets.shared.EVIDENCE_CHECK
 TRIGGER_TAG = "ml/trigger"  # ml_assets.automation.TRIGGER_TAG
 
 _LAUNCHED: tuple[RunStatusChangeEventType, ...] = (DagsterEventType.RUN_ENQUEUED,
@@ -284,6 +287,12 @@ class StatusWatcher:
                     lines.append(drift_line(
                         evaluation.passed, evaluation.severity.value, evaluation.metadata,
                         evaluation.description, getattr(evaluation, "partition", None)))
+                elif evaluation.check_name == EVIDENCE_CHECK and not evaluation.passed:
+                    where = evaluation.asset_key.to_user_string()
+                    partition = getattr(evaluation, "partition", None)
+                    lines.append(f"files left out of {where}"
+                                 f"{f' {partition}' if partition else ''}: "
+                                 f"{_short(evaluation.description or '', 400)}")
         return lines
 
     def _failure_lines(self, run, events: Sequence[Any]) -> list[str]:

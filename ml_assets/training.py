@@ -11,9 +11,11 @@ from dagster import AssetExecutionContext, Config, Failure, MetadataValue, Outpu
 from pydantic import Field
 from sklearn.pipeline import Pipeline
 
+from ml_assets.core.data.held_out import HELD_OUT_ARTIFACT, held_out_record
 from ml_assets.core.data.preprocessing import Split
 from ml_assets.core.data.schema_inference import DATETIME_POLICY
 from ml_assets.core.data.schemas import excluded_columns, not_features
+from ml_assets.core.data.validation import PRODUCTION_ROWS_ATTR
 from ml_assets.core.modeling import estimators, training, tuning
 from ml_assets.core.modeling import pipeline as modeling
 from ml_assets.core.modeling.tasks import default_cv_scoring
@@ -155,6 +157,10 @@ def trained_model(context: AssetExecutionContext, config: TrainingConfig, data_s
             raise Failure(description=str(exc), allow_retries=False, metadata={
                 "untrusted_types": MetadataValue.json(exc.untrusted_types)}
                 if exc.untrusted_types else None) from None
+        # Which source rows the model never saw: what `ml-platform simulate` sends.
+        mlflow.log_dict(held_out_record(
+            validated_data.index, data_split.y_test,
+            int(validated_data.attrs.get(PRODUCTION_ROWS_ATTR, 0) or 0)), HELD_OUT_ARTIFACT)
     cv = trained.cv
     context.log.info("CV %s %.4f ± %.4f; logged %s", cv.metric, cv.mean, cv.std,
                      trained.model_uri)

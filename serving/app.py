@@ -25,6 +25,7 @@ from ml_assets.core.prediction_log import (
 )
 from serving.batcher import MicroBatcher
 from serving.http.auth import api_key_dependency
+from serving.http.docs import add_offline_docs
 from serving.http.metrics import VALUE_BUCKETS, ServiceMetrics
 from serving.http.middleware import BodySizeLimit, BodyTooLarge, RequestContext, request_id_of
 from serving.http.responses import ErrorResponse, OrjsonResponse, unavailable
@@ -173,7 +174,8 @@ def create_app(settings: ServingSettings | None = None, *,
 
     app = FastAPI(title="ML platform prediction service", version=__version__,
                   description=DESCRIPTION, lifespan=lifespan,
-                  default_response_class=OrjsonResponse)
+                  default_response_class=OrjsonResponse, docs_url=None, redoc_url=None)
+    add_offline_docs(app)  # /docs and /redoc without a CDN
 
     def on_swap(model) -> None:
         if sync is not None:

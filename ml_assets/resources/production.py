@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import threading
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
@@ -13,7 +14,15 @@ import pandas as pd
 from dagster import ConfigurableResource, EnvVar
 from pydantic import Field
 
-from ml_assets.core.data.datasets import DataSourceError, load_tabular_files
+from ml_assets.core.data.production_rows import (
+    LabelFiles,
+    Lineage,
+    SkippedFile,
+    labelled_rows,
+    read_label_files,
+    read_landing_files,
+    scope_rows,
+)
 from ml_assets.core.prediction_log import (
     PredictionLog,
     open_prediction_log,
@@ -123,14 +132,19 @@ class ProductionDataResource(ConfigurableResource):
         """day -> newest file mtime, for every day directory in the landing area."""
         return _day_folders(Path(self.landing_dir))
 
-    def landing(self, day: str, target: str) -> pd.DataFrame:
-        folder = Path(self.landing_dir) / day
+    def landing_files(self, day: str, target: str) -> tuple[pd.DataFrame, list[SkippedFile]]:
+        """`day`'s labelled drops, read file by file: a file that cannot be read, has
+        no `target` column, or has other columns than the day's first file is left out
+        and named (with the reason) instead of failing the day."""
+        folder = day_folder(self.landing_dir, day)
         if not folder.is_dir():
-            return pd.DataFrame()
-        try:
-            return load_tabular_files(folder, target)
-        except DataSourceError as exc:
-            raise ValueError(f"landing files of {day}: {exc}") from exc
+            return pd.DataFrame(), []
+        files = sorted(f for f in folder.iterdir() if f.suffix.lower() in (".csv", ".parquet"))
+        return read_landing_files(files, target)
+
+    def landing(self, day: str, target: str) -> pd.DataFrame:
+        """`day`'s readable labelled drops (`landing_files` names the others)."""
+        return self.landing_files(day, target)[0]
 
     def batch_input_days(self) -> dict[str, float]:
         """day -> newest file mtime, for every day directory of batch input."""
@@ -145,7 +159,7 @@ class ProductionDataResource(ConfigurableResource):
 
     def batch_predictions(self, day: str) -> pd.DataFrame:
         """`day`'s batch-scored rows shaped like production_data's logged rows: the
-        feature columns, request_id, model_version, prediction (the class, or a
+        feature columns, request_id, model_name, model_version, prediction (the class, or a
         regressor's value), proba_<class>... and source="batch". Empty when the day
         was not batch-scored (or no output directory is configured)."""
         if not self.batch_output_dir:
@@ -163,6 +177,7 @@ class ProductionDataResource(ConfigurableResource):
             c for c in scored.columns if c not in BATCH_META_COLUMNS and c not in probabilities]
         frame = scored[list(features)].copy()
         frame["request_id"] = scored["request_id"].astype(str).to_numpy()
+        frame["model_name"] = scored["model_name"].astype(str).to_numpy()
         frame["model_version"] = scored["model_version"].astype(str).to_numpy()
         frame["prediction"] = scored["prediction"].to_numpy()
         for column in probabilities:
@@ -170,16 +185,17 @@ class ProductionDataResource(ConfigurableResource):
         frame["source"] = BATCH_SOURCE
         return frame
 
-    def labels(self) -> pd.DataFrame:
-        """Every late label (request_id, label); later files win on duplicates."""
+    def label_files(self) -> LabelFiles:
+        """Every readable late label (request_id, label; later files win on duplicates)
+        and the files left out, each named with the reason (not UTF-8 CSV, no
+        request_id/label columns)."""
         root = Path(self.labels_dir)
-        files = sorted(root.glob("*.csv")) if root.is_dir() else []
-        frames = [pd.read_csv(f, dtype={"request_id": str, "label": str}) for f in files]
-        frames = [f for f in frames if {"request_id", "label"} <= set(f.columns)]
-        if not frames:
-            return pd.DataFrame(columns=["request_id", "label"])
-        labels = pd.concat(frames, ignore_index=True)[["request_id", "label"]]
-        return labels.drop_duplicates("request_id", keep="last")
+        return read_label_files(sorted(root.glob("*.csv")) if root.is_dir() else [])
+
+    def labels(self) -> pd.DataFrame:
+        """Every readable late label (request_id, label); `label_files` names the files
+        left out."""
+        return self.label_files().labels
 
 
 def answered_rows(logged: pd.DataFrame) -> pd.DataFrame:
@@ -196,26 +212,40 @@ def answered_rows(logged: pd.DataFrame) -> pd.DataFrame:
     return answered
 
 
+@dataclass(frozen=True)
+class LabelledProduction:
+    """Labelled production rows of one lineage, as training rows, with what was left
+    out: rows of other models or datasets (count per reason) and unreadable files."""
+
+    rows: pd.DataFrame
+    excluded: dict[str, int]
+    skipped: list[SkippedFile]
+
+
 def labelled_production_rows(production: ProductionDataResource, columns: list[str],
-                             target: str) -> pd.DataFrame:
-    """Every production row whose true label is known, as training rows (`columns`,
-    target last): logged predictions joined with late labels on request_id, plus
-    the labelled landing drops."""
+                             target: str, lineage: Lineage) -> LabelledProduction:
+    """Every production row of `lineage` whose true label is known, as training rows
+    (`columns`, target last): the lineage's logged predictions joined with late labels
+    on request_id, plus the labelled landing drops (the dataset's own files: a file
+    without `target` or unreadable is left out and named)."""
     frames = []
-    labels = production.labels()
-    features = [c for c in columns if c != target]
-    if len(labels):
+    excluded: dict[str, int] = {}
+    label_files = production.label_files()
+    skipped = list(label_files.skipped)
+    if len(label_files.labels):
         for day in production.prediction_days():
-            logged = answered_rows(production.predictions(day.isoformat()))
-            joined = logged.merge(labels, on="request_id", how="inner")
+            scoped = scope_rows(answered_rows(production.predictions(day.isoformat())),
+                                lineage)
+            for reason, count in scoped.excluded.items():
+                excluded[reason] = excluded.get(reason, 0) + count
+            joined = labelled_rows(scoped.rows, label_files.labels, columns, target)
             if len(joined):
-                frames.append(joined.reindex(columns=features).assign(
-                    **{target: joined["label"].to_numpy()}))
+                frames.append(joined)
     for landing_day in sorted(production.landing_days()):
-        landed = production.landing(landing_day, target)
+        landed, bad = production.landing_files(landing_day, target)
+        skipped.extend(bad)
         if len(landed):
             frames.append(landed.reindex(columns=columns))
-    if not frames:
-        return pd.DataFrame(columns=columns)
-    return pd.concat(frames, ignore_index=True)[columns]
-
+    rows = (pd.concat(frames, ignore_index=True)[columns] if frames
+            else pd.DataFrame(columns=columns))
+    return LabelledProduction(rows, excluded, skipped)

@@ -9,6 +9,7 @@ daily job does, with the filesystem IO manager so that earlier days can be read.
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from types import SimpleNamespace
 
 import numpy as np
@@ -35,6 +36,7 @@ from ml_assets.monitoring import _profile_for, production_data
 from ml_assets.resources import DataSourceResource, MlflowTracking
 from ml_assets.resources.production import ProductionDataResource
 from ml_assets.shared import DRIFT_CHECK, daily_partitions
+from ml_assets_tests.support.graph import lineage_version
 from ml_assets_tests.support.models import train_frame
 from ml_assets_tests.support.production_days import log_day
 
@@ -52,9 +54,14 @@ def world(tmp_path_factory, mlflow_store):
     profile = _profile_for(trained.pipeline, SimpleNamespace(X_train=trained.X_train,
                                                              X_test=trained.X_test))
 
+    name = f"pooling_{uuid.uuid4().hex[:8]}"
+    tracking = MlflowTracking(tracking_uri=mlflow_store["tracking_uri"], experiment_name=name,
+                              registered_model_name=name)
+    version = lineage_version(tracking)  # production rows of this version are evidence
+
     @asset(name="reference_profile", group_name="monitoring")
     def stored_profile() -> Output:
-        return Output(profile, metadata={"champion_version": "1"})
+        return Output(profile, metadata={"champion_version": version})
 
     (root / "dagster").mkdir()
     with DagsterInstance.local_temp(str(root / "dagster")) as instance:
@@ -64,15 +71,20 @@ def world(tmp_path_factory, mlflow_store):
                 prediction_log_path=str(root / "log.db"), landing_dir=str(root / "landing"),
                 labels_dir=str(root / "labels")),
             "data_source": DataSourceResource(kind="breast_cancer"),
-            "mlflow_tracking": MlflowTracking(tracking_uri=mlflow_store["tracking_uri"],
-                                              experiment_name="pooling"),
+            "mlflow_tracking": tracking,
         }
         assert materialize([stored_profile], instance=instance, resources=resources).success
         fresh = frame.iloc[1_500:].drop(columns=SPEC.target).reset_index(drop=True)
         yield SimpleNamespace(instance=instance, resources=resources, root=root,
                               model=trained.pipeline, fresh=fresh, reference=trained.X_train,
+                              version=version, name=name,
                               assets=[stored_profile, production_data, drift_scores],
                               rng=np.random.default_rng(20261207))
+
+
+def _log(world, rows: pd.DataFrame, day: str, model) -> None:
+    log_day(world.root / "log.db", rows, day, model, version=world.version,
+            model_name=world.name)
 
 
 def _traffic(world, n: int, shift: float = 0.0) -> pd.DataFrame:
@@ -104,7 +116,7 @@ def test_a_calm_week_of_50_rows_a_day_is_pooled_and_never_fails(world):
     About 15 s: seven daily runs (production_data, drift_scores) are the scenario."""
     outcomes = []
     for day in _days("2026-11-02", 7):
-        log_day(world.root / "log.db", _traffic(world, 50), day, world.model)
+        _log(world, _traffic(world, 50), day, world.model)
         value, evaluation = _judge(world, day)
         outcomes.append((day, value, evaluation))
     first_value, first = outcomes[0][1], outcomes[0][2]
@@ -142,7 +154,7 @@ def test_a_strong_shift_on_pooled_days_fails_the_check(world):
     calendar days and fails the check on the dataset verdict."""
     first, last = _days("2026-11-16", 2, step=2)
     for day in (first, last):
-        log_day(world.root / "log.db", _traffic(world, 50, shift=2.0), day, world.model)
+        _log(world, _traffic(world, 50, shift=2.0), day, world.model)
     value, evaluation = _judge(world, first)
     assert value["status"] == "insufficient" and evaluation.passed
     value, evaluation = _judge(world, last)
@@ -159,12 +171,13 @@ def test_a_strong_shift_on_pooled_days_fails_the_check(world):
 
 def test_a_quiet_day_alone_has_no_verdict_and_passes_saying_why(world):
     day = "2026-11-30"
-    log_day(world.root / "log.db", _traffic(world, 12, shift=2.0), day, world.model)
+    _log(world, _traffic(world, 12, shift=2.0), day, world.model)
     result = materialize(world.assets, selection=AssetSelection.assets(
         "production_data", "drift_scores"), partition_key=day, instance=world.instance,
         resources=world.resources)
     value = result.output_for_node("drift_scores")
-    (evaluation,) = result.get_asset_check_evaluations()
+    (evaluation,) = [e for e in result.get_asset_check_evaluations()
+                     if e.check_name == DRIFT_CHECK]
     assert value["status"] == "insufficient" and value["check"] == "no verdict"
     assert value["rows"] == 12 and not value["dataset_drifted"]
     assert evaluation.passed
@@ -178,7 +191,7 @@ def test_a_quiet_day_alone_has_no_verdict_and_passes_saying_why(world):
 
 def test_the_per_feature_table_shows_each_verdicts_evidence(world):
     day = "2026-12-03"
-    log_day(world.root / "log.db", _traffic(world, 150), day, world.model)
+    _log(world, _traffic(world, 150), day, world.model)
     result = materialize(world.assets, selection=AssetSelection.assets(
         "production_data", "drift_scores"), partition_key=day, instance=world.instance,
         resources=world.resources)
@@ -192,7 +205,7 @@ def test_the_per_feature_table_shows_each_verdicts_evidence(world):
     assert materialization.metadata["drift_plot"].value.startswith("![drift](data:image/png")
     value = result.output_for_node("drift_scores")
     assert value["pooled_days"] == 0 and value["prediction_rows"] == 150
-    assert value["prediction_version"] == "1"
+    assert value["prediction_version"] == world.version
 
 
 def test_the_day_is_scored_when_it_lands_even_if_earlier_days_never_did(instance):
@@ -222,7 +235,7 @@ def test_the_former_share_settings_fail_the_run_naming_the_fix(world):
     from dagster import DagsterEventType
 
     day = "2026-12-05"
-    log_day(world.root / "log.db", _traffic(world, 120), day, world.model)
+    _log(world, _traffic(world, 120), day, world.model)
     config = {"ops": {"drift_scores": {"config": {"fail_share": 0.6}}}}
     result = materialize(world.assets, selection=AssetSelection.assets(
         "production_data", "drift_scores"), partition_key=day, instance=world.instance,
@@ -237,6 +250,7 @@ def test_the_former_share_settings_fail_the_run_naming_the_fix(world):
     result = materialize(world.assets, selection=AssetSelection.assets("drift_scores"),
                          partition_key=day, instance=world.instance,
                          resources=world.resources, run_config=fixed)
-    (evaluation,) = result.get_asset_check_evaluations()
+    (evaluation,) = [e for e in result.get_asset_check_evaluations()
+                     if e.check_name == DRIFT_CHECK]
     assert evaluation.metadata["fail_share"].value == 0.6
     assert result.output_for_node("drift_scores")["calibration"] == "fixed"

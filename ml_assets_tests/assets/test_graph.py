@@ -79,6 +79,9 @@ def test_a_single_threshold_names_only_that_metric(mlflow_tracking, instance):
     evaluation = check_evaluation(result, METRICS_CHECK)
     assert not evaluation.passed
     assert list(evaluation.metadata["failing_metrics"].value) == ["roc_auc"]
+    assert evaluation.description.endswith(
+        "(thresholds: model_metrics config min_roc_auc; ML_METRIC_THRESHOLD sets every "
+        "classification minimum, now 0.8)"), evaluation.description
 
 
 @pytest.fixture

@@ -16,17 +16,19 @@ from ml_assets.core.prediction_log import PredictionRecord, SQLitePredictionLog
 from ml_assets.definitions import defs
 from ml_assets.resources import DataSourceResource
 from ml_assets.resources.production import ProductionDataResource
+from ml_assets_tests.support.graph import lineage_version
 
 DAY = "2026-11-20"
 
 
-def _log(path: Path, frame: pd.DataFrame, when: dt.datetime) -> list[tuple[str, str]]:
-    """Log `frame`'s rows as the API would (predicting "B" always); returns the
-    (request_id, true label) of each."""
+def _log(path: Path, frame: pd.DataFrame, when: dt.datetime, model: str = "m",
+         version: str = "1") -> list[tuple[str, str]]:
+    """Log `frame`'s rows as the API would (predicting "B" always, answered by `model`
+    version `version`); returns the (request_id, true label) of each."""
     features = frame.drop(columns="diagnosis")
     log = SQLitePredictionLog(path)
     ids = [uuid.uuid4().hex for _ in range(len(frame))]
-    log.append_many([PredictionRecord(when, rid, 0, "m", "1", list(features.columns),
+    log.append_many([PredictionRecord(when, rid, 0, model, version, list(features.columns),
                                       row.tolist(), "B", {"B": 0.8, "M": 0.2})
                      for rid, row in zip(ids, features.to_numpy(), strict=True)]).result(30)
     log.close()
@@ -58,10 +60,12 @@ def test_labels_materialize_live_performance_for_the_days_they_label(
                                         landing_dir=str(tmp_path / "landing"),
                                         labels_dir=str(tmp_path / "labels"))
     frame = load_breast_cancer_frame().sample(120, random_state=7)
+    model = mlflow_tracking.registered_model_name
+    version = lineage_version(mlflow_tracking)
     first = _log(tmp_path / "log.db", frame.head(80),
-                 dt.datetime(2026, 11, 20, 9, tzinfo=dt.timezone.utc))
+                 dt.datetime(2026, 11, 20, 9, tzinfo=dt.timezone.utc), model, version)
     other_day = _log(tmp_path / "log.db", frame.tail(40),
-                     dt.datetime(2026, 11, 21, 9, tzinfo=dt.timezone.utc))
+                     dt.datetime(2026, 11, 21, 9, tzinfo=dt.timezone.utc), model, version)
     assert not _tick(instance, production).run_requests  # no labels yet
 
     _write_labels(tmp_path / "labels", first[:50], "labels-1.csv")
@@ -69,7 +73,7 @@ def test_labels_materialize_live_performance_for_the_days_they_label(
     (request,) = result.run_requests  # only the day those labels belong to
     assert request.partition_key == DAY
     assert [k.to_user_string() for k in request.asset_selection] == [
-        "production_data", "live_performance"]  # the day was never materialized
+        "production_data", "live_performance"]
     run = _run(request, instance, production, mlflow_tracking)
     assert run.success
     performance = run.output_for_node("live_performance")
@@ -79,12 +83,14 @@ def test_labels_materialize_live_performance_for_the_days_they_label(
     assert abs(performance["accuracy"] - expected) < 1e-9
     assert not _tick(instance, production, result.cursor).run_requests  # nothing new
 
-    # More labels for the same day: only live_performance (its data is materialized).
+    # More labels for the same day: its production_data is rebuilt again first (it may
+    # predate the predictions the labels are for), then live_performance.
     _write_labels(tmp_path / "labels", first[50:], "labels-2.csv")
     again = _tick(instance, production, result.cursor)
     (request,) = again.run_requests
     assert request.partition_key == DAY
-    assert [k.to_user_string() for k in request.asset_selection] == ["live_performance"]
+    assert [k.to_user_string() for k in request.asset_selection] == [
+        "production_data", "live_performance"]
     assert request.run_key != result.run_requests[0].run_key
     run = _run(request, instance, production, mlflow_tracking)
     assert run.output_for_node("live_performance")["labelled_rows"] == 80
@@ -98,6 +104,9 @@ def test_labels_materialize_live_performance_for_the_days_they_label(
     (tmp_path / "labels" / "labels-5.csv").write_text("not,a labels file\n\x00\x01")
     broken = _tick(instance, production, later.cursor)
     assert not broken.run_requests and "match no prediction" in broken.skip_reason.skip_message
+    # The file is named with the reason it was left out.
+    assert "labels-5.csv (has no request_id and label column" in \
+        broken.skip_reason.skip_message
 
 
 def test_the_label_sensors_are_on_by_default():

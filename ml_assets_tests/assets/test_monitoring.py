@@ -25,6 +25,7 @@ from ml_assets.definitions import defs
 from ml_assets.resources import DataSourceResource, MlflowTracking
 from ml_assets.resources.production import ProductionDataResource
 from ml_assets.shared import DRIFT_CHECK
+from ml_assets_tests.support.graph import lineage_version
 
 
 def _drift_evaluation(instance, passed: bool, partition: str, severity="ERROR",
@@ -86,9 +87,9 @@ def test_retrain_on_drift_respects_the_cooldown(instance, monkeypatch):
 
 
 def _log_rows(path: Path, frame: pd.DataFrame, day: dt.datetime, version="1",
-              model=None) -> None:
+              model=None, name="m") -> None:
     """Append rows to the prediction log as the API would (real predictions if a model
-    is given)."""
+    is given), answered by registered model `name`, version `version`."""
     if model is not None:
         classes = [str(c) for c in model.classes_]
         probabilities = model.predict_proba(frame)
@@ -96,7 +97,7 @@ def _log_rows(path: Path, frame: pd.DataFrame, day: dt.datetime, version="1",
         classes, probabilities = ["benign", "malignant"], [[0.9, 0.1]] * len(frame)
     log = SQLitePredictionLog(path)
     log.append_many([
-        PredictionRecord(day, uuid.uuid4().hex, 0, "m", version, list(frame.columns),
+        PredictionRecord(day, uuid.uuid4().hex, 0, name, version, list(frame.columns),
                          row.tolist(), classes[int(max(range(len(p)), key=p.__getitem__))],
                          dict(zip(classes, map(float, p), strict=False)))
         for row, p in zip(frame.to_numpy(), probabilities, strict=False)])
@@ -167,16 +168,17 @@ def test_monitoring_assets_on_a_real_champion(instance, tmp_path, mlflow_store, 
     drift_day = dt.datetime(2026, 11, 21, 9, tzinfo=dt.timezone.utc)
     champion = trained.output_for_node("trained_model").pipeline
     _log_rows(tmp_path / "log.db", features.sample(200, random_state=1), calm_day,
-              model=champion)
+              model=champion, name=unique_name)
     _log_rows(tmp_path / "log.db", shift_rows(features.sample(200, random_state=2), features,
-                                              2.0), drift_day, model=champion)
+                                              2.0), drift_day, model=champion, name=unique_name)
     (tmp_path / "labels").mkdir()
     score = defs.resolve_job_def("score_drift")
     outcomes = {}
     for day in ("2026-11-20", "2026-11-21"):
         result = score.execute_in_process(instance=instance, resources=resources,
                                           partition_key=day)
-        (evaluation,) = result.get_asset_check_evaluations()
+        (evaluation,) = [e for e in result.get_asset_check_evaluations()
+                         if e.check_name == DRIFT_CHECK]
         outcomes[day] = evaluation
         drift = result.output_for_node("drift_scores")
         assert drift["n_rows"] == 200
@@ -281,6 +283,9 @@ def test_monitoring_a_regression_champion(tmp_path, mlflow_store, unique_name):
     shifted = frame.sample(200, replace=True, random_state=2)
     shifted = shifted.assign(bmi=shifted["bmi"] + 2 * frame["bmi"].std(),
                              s5=shifted["s5"] + 2 * frame["s5"].std())
+    tracking = MlflowTracking(tracking_uri=mlflow_store["tracking_uri"],
+                              experiment_name=unique_name, registered_model_name=unique_name)
+    version = lineage_version(tracking, "diabetes")  # the files' dataset: diabetes.csv
     log = SQLitePredictionLog(tmp_path / "log.db")
     days = {"2026-11-20": calm, "2026-11-21": shifted}
     ids = {}
@@ -289,8 +294,9 @@ def test_monitoring_a_regression_champion(tmp_path, mlflow_store, unique_name):
         values = trained.pipeline.predict(features)
         stamp = dt.datetime.fromisoformat(day).replace(hour=9, tzinfo=dt.timezone.utc)
         ids[day] = [uuid.uuid4().hex for _ in range(len(rows))]
-        log.append_many([PredictionRecord(stamp, rid, 0, "m", "1", list(features.columns),
-                                          row.tolist(), repr(float(v)), {})
+        log.append_many([PredictionRecord(stamp, rid, 0, unique_name, version,
+                                          list(features.columns), row.tolist(),
+                                          repr(float(v)), {})
                          for rid, row, v in zip(ids[day], features.to_numpy(), values,
                                                 strict=True)]).result(30)
     log.close()
@@ -301,14 +307,13 @@ def test_monitoring_a_regression_champion(tmp_path, mlflow_store, unique_name):
     production = ProductionDataResource(prediction_log_path=str(tmp_path / "log.db"),
                                         landing_dir=str(tmp_path / "landing"),
                                         labels_dir=str(tmp_path / "labels"))
-    tracking = MlflowTracking(tracking_uri=mlflow_store["tracking_uri"],
-                              experiment_name=unique_name, registered_model_name=unique_name)
     reports, data = {}, {}
+    source = DataSourceResource(kind="files", path="diabetes.csv", target=DIABETES_TARGET)
     for day in days:
-        output = production_data(build_asset_context(partition_key=day),
-                                 production=production,
-                                 data_source=DataSourceResource(kind="breast_cancer"),
-                                 mlflow_tracking=tracking)
+        output, check = production_data(build_asset_context(partition_key=day),
+                                        production=production, data_source=source,
+                                        mlflow_tracking=tracking)
+        assert check.passed
         data[day] = output.value
         assert data[day]["prediction"].dtype == float
         assert not [c for c in data[day].columns if c.startswith("proba_")]
@@ -319,9 +324,9 @@ def test_monitoring_a_regression_champion(tmp_path, mlflow_store, unique_name):
     assert not reports["2026-11-20"].prediction_drifted
     assert reports["2026-11-21"].prediction_drifted
 
-    performance = live_performance(build_asset_context(partition_key="2026-11-20"),
-                                   production_data=data["2026-11-20"],
-                                   production=production).value
+    performance = next(live_performance(build_asset_context(partition_key="2026-11-20"),
+                                        production_data=data["2026-11-20"],
+                                        production=production)).value
     expected = regression_metrics(calm[DIABETES_TARGET].to_numpy(),
                                   trained.pipeline.predict(calm.drop(
                                       columns=DIABETES_TARGET)))

@@ -215,3 +215,29 @@ def test_registration_is_idempotent_for_the_same_logged_model(tracking):
 def test_promote_refuses_when_the_champion_moved(tracking):
     with pytest.raises(registry.RegistryError, match="no champion"):
         registry.rollback(tracking.client, tracking.registered_model_name)
+
+
+def test_rollback_to_a_named_version(tracking):
+    """`rollback --to N`: the current champion is refused; an earlier champion is restored
+    and the history returns to it (no duplicate); a version that never was champion is
+    said to be one for the first time."""
+    from ml_assets.core.registry.champion import HISTORY_TAG, promote
+    from ml_assets_tests.support.models import experiment_id, register, train_breast_cancer
+
+    client, name = tracking.client, tracking.registered_model_name
+    trained = train_breast_cancer(n_estimators=5)
+    experiment = experiment_id(name, tracking.artifact_location)
+    for _ in range(4):
+        register(trained, name, experiment, alias=None)
+    promote(client, name, "1", None, {"promotion.reason": "t"})
+    promote(client, name, "2", "1", {"promotion.reason": "t"})
+    promote(client, name, "3", "2", {"promotion.reason": "t"})
+    with pytest.raises(registry.RegistryError, match="version 3 is already the champion"):
+        registry.rollback(client, name, "3")
+    change = registry.rollback(client, name, "1")
+    assert (change.version, change.previous, change.action) == ("1", "3", "rolled back")
+    assert json.loads(client.get_registered_model(name).tags[HISTORY_TAG]) == ["1"]
+    change = registry.rollback(client, name, "4")
+    assert (change.version, change.action) == ("4", "set by hand")
+    assert json.loads(client.get_registered_model(name).tags[HISTORY_TAG]) == ["1", "4"]
+    assert registry.rollback(client, name).version == "1"

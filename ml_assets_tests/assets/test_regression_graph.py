@@ -129,6 +129,8 @@ def test_a_weak_regressor_fails_the_gate_naming_metric_and_direction(diabetes, t
     assert set(failing) == {"r2", "rmse"}, "classification thresholds do not apply"
     assert "< 0.9900" in failing["r2"] and "> 10.0000" in failing["rmse"]
     assert "r2 " in evaluation.description and "rmse " in evaluation.description
+    assert evaluation.description.endswith(
+        "(thresholds: model_metrics config min_r2, max_rmse)"), evaluation.description
 
 
 def test_a_metric_the_task_lacks_is_a_clear_error():

@@ -82,6 +82,10 @@ def test_a_canary_rollout_through_the_graph(instance, tmp_path, mlflow_store, un
     started = instance.get_latest_materialization_event(AssetKey("champion_model"))
     metadata = started.asset_materialization.metadata
     assert metadata["rollout_mode"].value == "canary"
+    from ml_assets.cli import champion_change  # what `ml-platform train` reports from
+
+    assert champion_change(second)["action"] == "rollout_canary"
+    assert champion_change(first)["action"] == "promoted"
     # The challenger's reference profile is stored now, ready for its promotion.
     run_id = second.output_for_node("trained_model").mlflow_run_id
     assert [a.path for a in client.list_artifacts(run_id, "reference_profile")]

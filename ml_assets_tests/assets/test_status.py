@@ -97,6 +97,31 @@ def test_drift_verdicts_name_the_partition_and_share(instance):
         "drift scored for 2026-11-23: passed, 0% of features drifted"]
 
 
+def test_a_file_left_out_of_the_evidence_is_said_at_the_terminal(instance):
+    from ml_assets.core.data.production_rows import SkippedFile
+    from ml_assets.monitoring import evidence_check
+
+    def day_asset(skipped):
+        @asset(name="live_performance",
+               partitions_def=DailyPartitionsDefinition("2026-11-01"),
+               check_specs=[AssetCheckSpec("evidence_files_readable",
+                                           asset="live_performance")])
+        def live_performance():
+            yield Output(1)
+            yield evidence_check("evidence_files_readable", skipped, "labels")
+
+        return live_performance
+
+    watcher = StatusWatcher(instance)
+    bad = SkippedFile("/home/labels/labels-0.csv", "cannot be read as CSV: not UTF-8 text "
+                      "('utf-8' codec can't decode byte 0x87 in position 2)")
+    _run(instance, day_asset([bad]), partition_key="2026-11-21")
+    _run(instance, day_asset([]), partition_key="2026-11-22")  # read: nothing to say
+    (line,) = watcher.poll()
+    assert line.startswith("files left out of live_performance")
+    assert "/home/labels/labels-0.csv: cannot be read as CSV: not UTF-8" in line
+
+
 def test_a_drift_retrain_is_announced_once_with_its_partition(instance):
     watcher = StatusWatcher(instance)
     tags = {"ml/trigger": "drift", "ml/drift_partition": "2026-12-01",
@@ -181,6 +206,9 @@ def test_the_names_it_watches_are_the_platforms():
 
     assert (status.TRIGGER_TAG, status.DRIFT_CHECK, status.PROMOTION_CHECK) == (
         TRIGGER_TAG, DRIFT_CHECK, PROMOTION_CHECK)
+    from ml_assets.shared import EVIDENCE_CHECK
+
+    assert status.EVIDENCE_CHECK == EVIDENCE_CHECK
 
 
 @pytest.mark.parametrize(("asset_name", "metadata", "expected"), [

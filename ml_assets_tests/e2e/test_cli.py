@@ -257,11 +257,12 @@ def test_simulate_passes_client_keys_and_prints_the_variants(tmp_path, monkeypat
     monkeypatch.setattr(traffic, "simulate", fake)
     monkeypatch.setenv("ML_PLATFORM_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
-    assert cli.main(["simulate", "--requests", "10", "--clients", "25", "--no-labels"]) == 0
+    assert cli.main(["simulate", "--requests", "10", "--clients", "25", "--no-labels",
+                     "--rows", "all"]) == 0
     assert seen["client_keys"] == 25 and seen["requests"] == 10 and seen["rows"] > 0
     assert "variants: canary 3, champion 7" in capsys.readouterr().out
 
-    assert cli.main(["simulate", "--requests", "10", "--no-labels"]) == 0
+    assert cli.main(["simulate", "--requests", "10", "--no-labels", "--rows", "all"]) == 0
     assert seen["client_keys"] == 0  # the default: no key
     with pytest.raises(SystemExit):
         cli.main(["simulate", "--clients", "-1"])

@@ -54,3 +54,23 @@ def check_evaluation(result, check_name: str):
         if event.check_name == check_name:
             return event
     raise AssertionError(f"no evaluation of {check_name}")
+
+
+def lineage_version(tracking, dataset: str = "breast_cancer") -> str:
+    """A new version of `tracking`'s registered model recorded as trained on `dataset`
+    (the `dataset` tag registration writes; no model behind it): production rows logged
+    under this name and version belong to that dataset's lineage. Returns the version."""
+    import tempfile
+
+    from mlflow.exceptions import MlflowException
+
+    from ml_assets.core.registry.lineage import DATASET_TAG
+
+    client, name = tracking.client, tracking.registered_model_name
+    try:
+        client.create_registered_model(name)
+    except MlflowException:  # exists already
+        pass
+    version = client.create_model_version(name, source=tempfile.gettempdir(),
+                                          tags={DATASET_TAG: dataset})
+    return str(version.version)

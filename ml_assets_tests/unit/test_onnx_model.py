@@ -24,7 +24,6 @@ from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import (
     GradientBoostingClassifier,
     GradientBoostingRegressor,
-    HistGradientBoostingRegressor,
     RandomForestClassifier,
     RandomForestRegressor,
 )
@@ -42,7 +41,6 @@ from ml_assets.core.artifacts.onnx.contract import (
     ConversionError,
 )
 from ml_assets.core.artifacts.onnx.convert import compile_pipeline
-from ml_assets.core.artifacts.onnx.convertible import HIST_GRADIENT_BOOSTING_REASON
 from ml_assets.core.artifacts.onnx.gate import compile_and_check
 from ml_assets.core.artifacts.onnx.graph_check import ALLOWED_OPS
 from ml_assets.core.artifacts.onnx.parity import (
@@ -610,22 +608,7 @@ def test_exact_ties_of_an_even_forest_pass_parity_as_pipeline_rows(cancer, cance
 
 
 # --- float64 estimators are not compiled to float32 -------------------------------------
-
-def test_hist_gradient_boosting_is_refused_with_the_reason(cancer, cancer_schema):
-    for estimator, data_task in (
-            (build_estimator(ModelParams(model_type="hist_gradient_boosting", max_iter=5)),
-             None), (HistGradientBoostingRegressor(max_iter=5), "regression")):
-        if data_task is None:
-            trained, task = _platform(cancer, cancer_schema, BREAST_CANCER_TARGET, estimator)
-        else:
-            trained, task = train_regression(estimator), data_task
-        data, report = compile_and_check(trained.pipeline, trained.X_train, trained.X_test,
-                                         task)
-        assert data is None and report.status == "not_converted"
-        assert report.reason == HIST_GRADIENT_BOOSTING_REASON == (
-            "HistGradientBoosting compares float64 thresholds; ONNX Runtime's tree "
-            "ensemble compares float32: served by scikit-learn")
-
+# (HistGradientBoosting is compiled in float64: test_onnx_boosters.py)
 
 def test_a_double_graph_onnxruntime_refuses_is_not_retried_in_float32(monkeypatch):
     trained = train_regression(Ridge())

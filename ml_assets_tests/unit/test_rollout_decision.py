@@ -89,6 +89,18 @@ def test_no_verdict_before_the_minimum_sample_even_when_the_gap_is_large():
     assert decision.action == CONTINUE and "60 of 100 labelled rows" in decision.reason
 
 
+def test_before_any_label_the_reason_says_so_without_nan_or_p():
+    log, _ = _canary(150, 60, 0.9, 0.9)
+    decision = evaluate_rollout(log, pd.DataFrame(columns=["request_id", "label"]), _plan(),
+                                RolloutCriteria(min_rows=100), regression=False,
+                                now=START + dt.timedelta(minutes=10))
+    assert decision.action == CONTINUE
+    assert decision.reason == (
+        "collecting: 0 of 100 labelled rows per variant before a verdict; no labelled rows "
+        "yet for the challenger and champion, so no error to compare"), decision.reason
+    assert "nan" not in decision.reason and "p = " not in decision.reason
+
+
 def test_the_time_limit_rolls_back_a_challenger_without_evidence():
     log, labels = _canary(300, 300, 0.9, 0.9, seed=3)
     criteria = RolloutCriteria(max_seconds=3600)

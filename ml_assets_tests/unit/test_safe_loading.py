@@ -302,6 +302,11 @@ def test_rollback_refuses_to_restore_a_hostile_version(mlflow_store, hostile_reg
         assert f"version {version} cannot be restored" in err and phrase in err
         assert str(registry.alias_version(MlflowClient(), name, "champion").version) == "1"
     assert not marker.exists()
-    # The good version passes the same check.
+    # The current champion is no rollback target.
+    assert cli.rollback("1", "test") == 1
+    assert "version 1 is already the champion" in capsys.readouterr().err
+    # The good version passes the same check (it never was champion by the history).
+    MlflowClient().set_registered_model_alias(name, "champion", "2")
     assert cli.rollback("1", "test") == 0
-    assert "champion is version 1 again" in capsys.readouterr().out
+    assert ("champion is now version 1, which was never champion before (was 2)"
+            in capsys.readouterr().out)

@@ -111,7 +111,7 @@ async def ready(service: ServiceDep) -> Response:
     return OrjsonResponse({**body, "detail": refusal} if refusal else body)
 
 
-@open_routes.get("/ping", tags=["health", "mlflow"], response_class=Response,
+@open_routes.get("/ping", tags=["mlflow"], response_class=Response,
                  responses={200: {"content": {"application/json": {}}},
                             503: {"description": "No model loaded."}})
 async def ping(service: ServiceDep) -> Response:

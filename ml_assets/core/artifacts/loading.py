@@ -22,6 +22,9 @@ so a crafted artifact could pick pickle or trust `builtins.exec`. Instead:
    `skops_trusted_types` is ignored;
 6. `skops.io.load(path, trusted=<platform list + operator extras>)`, and the object
    must be a scikit-learn estimator with `predict`;
+6a. before step 6, a LightGBM or XGBoost booster in the file is checked as the file
+   records it (`booster_checks.check_booster_records`: tree sizes, child and feature
+   indices, acyclic trees), because skops hands it to the library's C++ parser;
 7. before anything predicts with it, every array-carrying object in it is validated
    (`validation.validate_model`: tree links and indices, per-feature array shapes),
    because compiled prediction code trusts those indices.
@@ -49,6 +52,7 @@ from sklearn.base import BaseEstimator
 from sklearn.pipeline import Pipeline
 
 from ml_assets.core.artifacts.archive import ArchiveLimits, check_archive
+from ml_assets.core.artifacts.booster_checks import check_booster_records
 from ml_assets.core.artifacts.validation import ModelCheckError, validate_model
 from ml_assets.core.data.schemas import schema_from_yaml
 from ml_assets.core.modeling.pipeline import SKOPS_TRUSTED_TYPES
@@ -250,10 +254,19 @@ def load_estimator(model: ModelFile, extra: Sequence[str] | None = None) -> Base
     InvalidModelError) before anything predicts with it."""
     import skops.io
 
+    if any(t.endswith(".Booster") for t in model.needed_types):
+        try:  # before LightGBM / XGBoost parse it
+            check_booster_records(model.path)
+        except ModelCheckError as exc:
+            raise InvalidModelError(model.source, exc) from exc
+        except (ValueError, KeyError, zipfile.BadZipFile) as exc:
+            raise InvalidModelError(model.source, ModelCheckError(
+                "booster.record", f"its schema cannot be read: {type(exc).__name__}: {exc}")
+            ) from exc
     try:
         estimator = skops.io.load(model.path, trusted=trusted_types(extra))
-    except (ValueError, TypeError, IndexError, KeyError, OverflowError,
-            zipfile.BadZipFile) as exc:  # e.g. sklearn's Tree refusing mismatched arrays
+    except Exception as exc:  # noqa: BLE001 - e.g. sklearn's Tree refusing mismatched
+        # arrays, LightGBM / XGBoost refusing a model they cannot parse
         if isinstance(exc, skops.io.exceptions.UntrustedTypesFoundException):
             raise
         raise InvalidModelError(model.source, ModelCheckError(

@@ -66,6 +66,11 @@ from sklearn.tree import (
 )
 from sklearn.tree._tree import Tree
 
+from ml_assets.core.artifacts.booster_checks import (
+    check_lightgbm_estimator,
+    check_xgboost_estimator,
+    checked_before_load,
+)
 from ml_assets.core.artifacts.checks import (
     ModelCheckError,
     Validator,
@@ -88,11 +93,25 @@ from ml_assets.core.artifacts.tree_checks import (
     check_tree,
     check_tree_predictor,
 )
+from ml_assets.core.modeling.labels import EncodedLabelsClassifier
 
-__all__ = ["VALIDATORS", "ModelCheckError", "validate_model", "validator_for"]
+__all__ = ["NAMED_VALIDATORS", "VALIDATORS", "ModelCheckError", "validate_model",
+           "validator_for"]
 
 
 # -- the registry: type -> validator (looked up along the MRO) ---------------------------
+
+def check_encoded_labels(est: EncodedLabelsClassifier, where: str) -> None:
+    """The platform's label encoding: one class per index its estimator answers."""
+    classes, inner = vars(est).get("classes_"), vars(est).get("estimator_")
+    if classes is None or inner is None:
+        return
+    count = getattr(inner, "n_classes_", None)
+    if not isinstance(classes, np.ndarray) or classes.ndim != 1 or (
+            count is not None and int(count) != len(classes)):
+        raise fail("labels.classes", where, f"classes_ does not name the {count} classes "
+                   "its estimator answers")
+
 
 VALIDATORS: dict[type, Validator] = {
     Tree: check_tree,
@@ -120,6 +139,7 @@ VALIDATORS: dict[type, Validator] = {
     SimpleImputer: check_simple_imputer,
     SelectKBest: check_select_k_best,
     ColumnTransformer: check_column_transformer,
+    EncodedLabelsClassifier: check_encoded_labels,
     sparse.csr_matrix: check_sparse,
     sparse.csc_matrix: check_sparse,
     sparse.bsr_matrix: check_sparse,
@@ -131,8 +151,25 @@ VALIDATORS: dict[type, Validator] = {
 }
 
 
+# Types of libraries that are not imported to validate (LightGBM, XGBoost), by
+# `module.Class` along the MRO; their boosters are checked in the file before they are
+# built (`booster_checks.check_booster_records`, run by the loader).
+NAMED_VALIDATORS: dict[str, Validator] = {
+    "lightgbm.sklearn.LGBMModel": check_lightgbm_estimator,
+    "lightgbm.basic.Booster": checked_before_load,
+    "xgboost.sklearn.XGBModel": check_xgboost_estimator,
+    "xgboost.core.Booster": checked_before_load,
+}
+
+
 def validator_for(kind: type) -> Validator | None:
-    return next((VALIDATORS[c] for c in kind.__mro__ if c in VALIDATORS), None)
+    for cls in kind.__mro__:
+        if cls in VALIDATORS:
+            return VALIDATORS[cls]
+        named = NAMED_VALIDATORS.get(f"{cls.__module__}.{cls.__qualname__}")
+        if named is not None:
+            return named
+    return None
 
 
 # -- the walk ----------------------------------------------------------------------------

@@ -23,6 +23,15 @@ def validate_training_frame(raw: pd.DataFrame, schema: pa.DataFrameSchema, targe
     `production_rows`, see raw_data) against it without the non-feature columns, which
     the API never receives. Those columns stay empty in the production rows."""
     produced = int(raw.attrs.get(PRODUCTION_ROWS_ATTR, 0) or 0)
+    frame, report = _validate(raw, schema, target, schema_file, produced)
+    # The split and the held-out record (core/data/held_out.py) read it downstream.
+    frame.attrs[PRODUCTION_ROWS_ATTR] = produced
+    return frame, report
+
+
+def _validate(raw: pd.DataFrame, schema: pa.DataFrameSchema, target: str,
+              schema_file: str | Path | None, produced: int
+              ) -> tuple[pd.DataFrame, ValidationReport]:
     excluded = [c for c in not_features(schema, target) if c in schema.columns]
     if not produced or not excluded or produced > len(raw):
         return validate_frame(raw, schema, schema_file=schema_file)

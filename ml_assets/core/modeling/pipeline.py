@@ -30,12 +30,25 @@ ModelType = Literal["random_forest", "hist_gradient_boosting"]
 # own estimator or transformer needs its types listed by a person in
 # ML_SKOPS_TRUSTED_TYPES (training reports them and fails until they are).
 # ml_assets_tests/unit/test_features_modeling.py fails when a pipeline needs another type.
+# The supported boosting libraries (LightGBM, XGBoost: classifier and regressor) are
+# reviewed too: their estimators are parameter holders, and their Boosters are checked
+# in the file before the library parses them (ml_assets/core/artifacts/booster_checks.py);
+# collections.OrderedDict is LightGBM's plain parameter mapping. The platform's own
+# label encoding for estimators that need numeric classes is its own reviewed code.
 SKOPS_TRUSTED_TYPES = [
     "numpy.dtype",
     "sklearn.tree._tree.Tree",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
     "sklearn.feature_selection._univariate_selection.f_classif",
     "sklearn.feature_selection._univariate_selection.f_regression",
+    "collections.OrderedDict",
+    "lightgbm.basic.Booster",
+    "lightgbm.sklearn.LGBMClassifier",
+    "lightgbm.sklearn.LGBMRegressor",
+    "xgboost.core.Booster",
+    "xgboost.sklearn.XGBClassifier",
+    "xgboost.sklearn.XGBRegressor",
+    "ml_assets.core.modeling.labels.EncodedLabelsClassifier",
 ]
 
 

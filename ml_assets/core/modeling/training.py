@@ -2,7 +2,8 @@
 behind the platform's preprocessing or its own, optionally tuned (each trial an MLflow
 child run), cross-validated (preprocessing refitted per fold), fitted on the training
 split, checked for skops types nobody has reviewed (before anything is logged) and
-logged to the active MLflow run with its params, CV scores, signature, feature schema,
+logged to the active MLflow run with its params (a user's estimator: its effective
+parameters, `run_params`), CV scores, signature, feature schema,
 data fingerprint and code versions.
 
 The `trained_model` asset (ml_assets/training.py) resolves its configuration, opens the
@@ -28,6 +29,7 @@ from ml_assets.core.data.preprocessing import Split
 from ml_assets.core.data.provenance import code_version, frame_fingerprint, library_versions
 from ml_assets.core.data.schemas import schema_yaml
 from ml_assets.core.modeling import estimators, tuning
+from ml_assets.core.modeling.labels import encode_labels_for
 from ml_assets.core.modeling.pipeline import (
     CVResult,
     ModelParams,
@@ -37,6 +39,7 @@ from ml_assets.core.modeling.pipeline import (
     cross_validate_pipeline,
     fit_final_pipeline,
 )
+from ml_assets.core.modeling.run_params import run_params
 
 
 class Log(Protocol):
@@ -158,7 +161,8 @@ def tune_in_run(plan: TrainingPlan, split: Split, settings: TrainingSettings, *,
     try:
         space = settings.search_space()
         result = tuning.tune(
-            lambda params: assemble(plan.preprocessor, clone(plan.base).set_params(**params)),
+            lambda params: assemble(plan.preprocessor, encode_labels_for(
+                clone(plan.base).set_params(**params), split.y_train)),
             split.X_train, split.y_train, space, n_trials=settings.tuning_trials,
             timeout_seconds=settings.tuning_timeout_seconds, seed=settings.seed,
             folds=settings.cv_folds, scoring=plan.scoring, stratified=plan.stratified,
@@ -185,8 +189,10 @@ def tune_in_run(plan: TrainingPlan, split: Split, settings: TrainingSettings, *,
 
 def fit(plan: TrainingPlan, base: Any, split: Split, settings: TrainingSettings
         ) -> tuple[CVResult, Pipeline]:
-    """k-fold CV, then the final fit on the whole training split. The user's code
+    """k-fold CV, then the final fit on the whole training split (class labels encoded
+    by the platform for an estimator that needs numbers, `labels`). The user's code
     failing is a TrainingFailed naming it; the built-in estimator failing is a bug."""
+    base = encode_labels_for(base, split.y_train)
     try:
         cv = cross_validate_pipeline(plan.preprocessor, base, split.X_train, split.y_train,
                                      settings.cv_folds, settings.seed, plan.scoring,
@@ -233,8 +239,9 @@ def train_in_run(plan: TrainingPlan, split: Split, schema: pa.DataFrameSchema, t
                                                plan.scoring, trial))
     cv, pipeline = fit(plan, base, split, settings)
     needed = trusted_types(plan, pipeline, log)
-    mlflow.log_params({**settings.params, "train_rows": len(split.X_train),
-                       "features": split.X_train.shape[1]})
+    mlflow.log_params(run_params(settings.params, pipeline, plan.user is not None,
+                                 {"train_rows": len(split.X_train),
+                                  "features": split.X_train.shape[1]}))
     mlflow.log_metrics({f"cv_{cv.metric}_mean": cv.mean, f"cv_{cv.metric}_std": cv.std})
     user = plan.user
     package = user.code.package_version if user is not None else None

@@ -113,7 +113,7 @@ def rollback(client: MlflowClient, name: str, to_version: str | None = None,
     current = alias_version(client, name, CHAMPION)
     if current is None:
         raise RegistryError(f"{name} has no champion to roll back from")
-    entries = history(client, name)
+    entries = past = history(client, name)
     if to_version is None:
         earlier = [v for v in entries if v != str(current.version)]
         if entries and entries[-1] == str(current.version):
@@ -124,11 +124,19 @@ def rollback(client: MlflowClient, name: str, to_version: str | None = None,
         to_version = earlier[-1]
         entries = earlier
     else:
+        to_version = str(to_version)
+        if to_version == str(current.version):
+            raise RegistryError(f"{name} version {to_version} is already the champion; "
+                                "nothing to roll back")
         try:
-            client.get_model_version(name, str(to_version))
+            client.get_model_version(name, to_version)
         except MlflowException:
             raise RegistryError(f"{name} has no version {to_version}") from None
-        entries = entries + [str(to_version)]
+        # Back to an earlier champion: the history returns to that point (no duplicate);
+        # a version that never was champion is appended.
+        entries = (entries[:len(entries) - entries[::-1].index(to_version)]
+                   if to_version in entries else entries + [to_version])
+    restored = to_version in past
     if check is not None:
         try:
             check(str(to_version))
@@ -142,4 +150,5 @@ def rollback(client: MlflowClient, name: str, to_version: str | None = None,
     client.set_model_version_tag(name, str(to_version), "rollback.restored_at", at)
     client.set_model_version_tag(name, str(to_version), "rollback.by", by)
     client.set_model_version_tag(name, str(to_version), "rollback.reason", reason)
-    return ChampionChange(name, str(to_version), str(current.version), "rolled back", at, by)
+    return ChampionChange(name, str(to_version), str(current.version),
+                          "rolled back" if restored else "set by hand", at, by)

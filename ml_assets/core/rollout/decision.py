@@ -330,9 +330,14 @@ def evaluate_rollout(log: pd.DataFrame, labels: pd.DataFrame, plan: RolloutPlan,
     counts = ((paired_rows, paired_rows) if plan.mode == SHADOW
               else (champion.labelled, challenger.labelled))
     enough = min(counts) >= criteria.min_rows
-    summary = (f"{loss} {challenger.mean_loss:.4f} (challenger, {counts[1]} labelled rows) vs "
-               f"{champion.mean_loss:.4f} (champion, {counts[0]}); always-valid p = "
-               f"{result.p_value:.4g}, alpha {criteria.alpha:g}")
+    if min(counts) == 0:  # no mean, no test yet: say so rather than "nan" and "p = 1"
+        waiting = " and ".join(side for side, count in (("challenger", counts[1]),
+                                                         ("champion", counts[0])) if not count)
+        summary = f"no labelled rows yet for the {waiting}, so no {loss} to compare"
+    else:
+        summary = (f"{loss} {challenger.mean_loss:.4f} (challenger, {counts[1]} labelled "
+                   f"rows) vs {champion.mean_loss:.4f} (champion, {counts[0]}); always-valid "
+                   f"p = {result.p_value:.4g}, alpha {criteria.alpha:g}")
     if enough and result.decision == "challenger_better":
         return decided(PROMOTE, f"challenger version {plan.version} is better: {summary}")
     if enough and result.decision == "challenger_worse":

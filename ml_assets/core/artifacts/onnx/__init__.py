@@ -10,6 +10,9 @@ that owns it.
 - `convertible`: what skl2onnx would refuse, or convert with other semantics.
 - `custom_converters`: skl2onnx converters for SimpleImputer and OneHotEncoder that keep
   scikit-learn's semantics on missing values.
+- `hist_gradient_boosting`: HistGradientBoosting as one TreeEnsemble (ai.onnx.ml 5) with
+  float64 thresholds, leaf values and sums.
+- `boosters`: onnxmltools' LightGBM and XGBoost converters registered with skl2onnx.
 - `convert`: `compile_pipeline`, a fitted Pipeline to ONNX bytes.
 - `graph_check`: what makes an untrusted graph acceptable (operator allowlist, no
   subgraphs, no external data, size caps, inputs and outputs of the served model).
@@ -21,6 +24,6 @@ that owns it.
   problem: the report says what happened.
 
 Dependencies go one way (each module imports only those before it): contract, columns,
-convertible, custom_converters, convert; graph_check, runtime; parity (runtime,
-columns); gate (convert, runtime, parity).
+boosters, convertible, custom_converters, hist_gradient_boosting, convert; graph_check,
+runtime; parity (runtime, columns); gate (convert, runtime, parity).
 """

@@ -2,9 +2,10 @@
 skl2onnx, refusing what it cannot convert, or would convert with other semantics.
 
 Preprocessing runs in float64 as scikit-learn's does, then a float32 cast in front of
-the trees scikit-learn itself feeds float32 (forests, gradient boosting, decision trees).
-HistGradientBoosting (float64 thresholds) is refused: ONNX Runtime's tree ensembles
-compare float32.
+the trees that are fed float32 (scikit-learn's forests, gradient boosting and decision
+trees; XGBoost; onnxmltools' LightGBM trees). HistGradientBoosting keeps float64 end to
+end: its converter (`hist_gradient_boosting`) writes one TreeEnsemble (ai.onnx.ml 5)
+with double thresholds, so graphs holding it import ai.onnx.ml opset 5.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Collection
 import numpy as np
 import pandas as pd
 
+from ml_assets.core.artifacts.onnx.boosters import register_booster_converters
 from ml_assets.core.artifacts.onnx.columns import _column_kind
 from ml_assets.core.artifacts.onnx.contract import (
     _META_PREFIX,
@@ -33,16 +35,22 @@ from ml_assets.core.artifacts.onnx.contract import (
 )
 from ml_assets.core.artifacts.onnx.convertible import (
     _float32_input,
-    _float64_thresholds,
     _nan_routing,
     _steps,
     _unsupported,
 )
 from ml_assets.core.artifacts.onnx.custom_converters import _custom_converters
+from ml_assets.core.artifacts.onnx.hist_gradient_boosting import (
+    hist_gradient_boosting_converters,
+    raise_ml_opset,
+)
 
 # The opsets the converter may use (it picks the lowest each operator needs, up to
 # these; the file's own imports are in its tags): ai.onnx 18 and ai.onnx.ml 3 are
-# supported by every ONNX Runtime since 1.14.
+# supported by every ONNX Runtime since 1.14. A graph holding HistGradientBoosting
+# imports ai.onnx.ml 5 (TreeEnsemble with double thresholds; ONNX Runtime >= 1.20), where
+# TreeEnsembleClassifier/Regressor are deprecated: only those graphs are raised to it
+# (`hist_gradient_boosting.raise_ml_opset`).
 TARGET_OPSET = {"": 18, "ai.onnx.ml": 3}
 
 
@@ -62,7 +70,8 @@ def _conversion_pipeline(pipeline, columns: list[str], kinds: dict[str, str], ca
     steps = _steps(pipeline)
     join = (len(columns) > 1 and not isinstance(steps[0], ColumnTransformer)
             and all(kinds[c] == "number" for c in columns))
-    if not join and not cast:
+    if not join and not cast and isinstance(pipeline, Pipeline) and list(
+            steps) == [s for _, s in pipeline.steps]:
         return pipeline
     chain = list(steps)
     if join:
@@ -80,6 +89,8 @@ def _convert(pipeline, columns: list[str], kinds: dict[str, str], options: dict 
                 else types.StringTensorType([None, 1])) for c in columns]
 
     converters, shapes = _custom_converters()
+    hist_converters, hist_shapes = hist_gradient_boosting_converters()
+    converters, shapes = {**converters, **hist_converters}, {**shapes, **hist_shapes}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -134,13 +145,14 @@ def _rename_inputs(model, names: list[str]) -> None:
 
 def compile_pipeline(pipeline, X_sample: pd.DataFrame, task: str,
                      missing: Collection[str] | None = None) -> bytes:
-    """The whole fitted Pipeline as ONNX bytes (opset TARGET_OPSET), one typed input per
-    feature column in X_sample's column order (only the columns the Pipeline was fitted
-    on, when it knows them). Raises ConversionError naming why it cannot be compiled: an
-    estimator skl2onnx has no converter for, HistGradientBoosting (float64 thresholds),
-    an input that is neither a number, a boolean nor a string, a graph that would treat
-    missing values otherwise, or one ONNX Runtime cannot run in float64 (not retried in
-    float32: scikit-learn computes those in float64).
+    """The whole fitted Pipeline as ONNX bytes (opset TARGET_OPSET; ai.onnx.ml 5 with
+    HistGradientBoosting), one typed input per feature column in X_sample's column
+    order (only the columns the Pipeline was fitted on, when it knows them). Raises
+    ConversionError naming why it cannot be compiled: an estimator skl2onnx has no
+    converter for (LightGBM and XGBoost are registered, `boosters`), an input that is
+    neither a number, a boolean nor a string, a graph that would treat missing values
+    otherwise, or one ONNX Runtime cannot run in float64 (not retried in float32:
+    scikit-learn computes those in float64).
 
     `missing`: the features a served row may leave missing (the schema's nullable ones;
     default: every feature). A NaN that can reach an estimator routing it natively is
@@ -167,7 +179,8 @@ def compile_pipeline(pipeline, X_sample: pd.DataFrame, task: str,
         raise ConversionError("there are no feature columns to compile")
     sample = X_sample[columns]
     kinds = {c: _column_kind(c, sample[c]) for c in columns}
-    problem = _unsupported(pipeline) or _float64_thresholds(pipeline)
+    register_booster_converters()
+    problem = _unsupported(pipeline)
     if problem:
         raise ConversionError(problem)
     problem = _nan_routing(pipeline, sample, columns if missing is None else set(missing))
@@ -177,6 +190,7 @@ def compile_pipeline(pipeline, X_sample: pd.DataFrame, task: str,
     options = {id(final): {"zipmap": False}} if classifier else None
     cast = _float32_input(final)
     model = _convert(pipeline, columns, kinds, options, cast)
+    raise_ml_opset(model)
     refused = _runs(model)
     if refused:
         raise ConversionError(f"ONNX Runtime cannot run the float64 graph of "

@@ -1,6 +1,6 @@
 """What the converter refuses before converting: an estimator skl2onnx has no converter
-for, HistGradientBoosting (float64 thresholds), a missing value reaching an estimator
-that routes NaN natively; and whether the final estimator is fed float32."""
+for, a missing value reaching an estimator that routes NaN natively where the graph
+would not; and whether the final estimator is fed float32."""
 
 from __future__ import annotations
 
@@ -21,9 +21,15 @@ def _qualname(obj: Any) -> str:
 
 
 def _steps(estimator) -> list:
-    """The chain of a (possibly nested) Pipeline, flattened; 'passthrough' skipped."""
+    """The chain of a (possibly nested) Pipeline, flattened; 'passthrough' skipped; the
+    platform's label encoding (`EncodedLabelsClassifier`) replaced by the estimator it
+    holds: it changes the class names only, which the graph's metadata carries."""
     from sklearn.pipeline import Pipeline
 
+    from ml_assets.core.modeling.labels import EncodedLabelsClassifier
+
+    if isinstance(estimator, EncodedLabelsClassifier):
+        return _steps(estimator.estimator_)
     if isinstance(estimator, Pipeline):
         flat = []
         for _, step in estimator.steps:
@@ -40,7 +46,12 @@ def _components(estimator):
     from sklearn.compose import ColumnTransformer
     from sklearn.pipeline import FeatureUnion, Pipeline
 
+    from ml_assets.core.modeling.labels import EncodedLabelsClassifier
+
     if isinstance(estimator, str) or estimator is None:
+        return
+    if isinstance(estimator, EncodedLabelsClassifier):
+        yield from _components(estimator.estimator_)
         return
     yield estimator
     if isinstance(estimator, Pipeline):
@@ -88,11 +99,16 @@ def _transformed(steps: list, frame: pd.DataFrame) -> np.ndarray | None:
 
 def _nan_routing(pipeline, X_sample: pd.DataFrame, missing: Collection[str]) -> str | None:
     """Why the graph would change what a missing value does, or None: a NaN reaching
-    the final estimator, which scikit-learn accepts (it routes NaN natively: the
-    forests, HistGradientBoosting) and skl2onnx's trees would send down the wrong
-    branch."""
+    the final estimator, which it accepts (it routes NaN natively: the forests,
+    LightGBM, XGBoost) and the converted trees would send down another branch.
+    HistGradientBoosting's graph routes NaN as scikit-learn does (its converter keeps
+    each node's missing side), so a NaN may reach it."""
+    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+
     steps = _steps(pipeline)
     final, transformers = steps[-1], steps[:-1]
+    if isinstance(final, HistGradientBoostingClassifier | HistGradientBoostingRegressor):
+        return None
     columns = [c for c in X_sample.columns if c in missing]
     if len(X_sample) == 0 or not columns:
         return None
@@ -115,29 +131,17 @@ def _nan_routing(pipeline, X_sample: pd.DataFrame, missing: Collection[str]) -> 
     return None
 
 
-HIST_GRADIENT_BOOSTING_REASON = (
-    "HistGradientBoosting compares float64 thresholds; ONNX Runtime's tree ensemble "
-    "compares float32: served by scikit-learn")
-
-
-def _float64_thresholds(pipeline) -> str | None:
-    """Why a component cannot be compiled exactly, or None: HistGradientBoosting compares
-    float64 values with float64 thresholds, and skl2onnx 1.20's tree ensembles (and ONNX
-    Runtime's kernels) compare float32, so a value within float32 rounding of a threshold
-    would take the other branch."""
-    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
-
-    for component in _components(pipeline):
-        if isinstance(component, HistGradientBoostingClassifier | HistGradientBoostingRegressor):
-            return HIST_GRADIENT_BOOSTING_REASON
-    return None
-
-
 def _float32_input(estimator) -> bool:
     """Whether the graph feeds the final estimator float32: scikit-learn's tree module
     does so itself (forests, gradient boosting, decision trees cast X to float32 before
-    thresholding), so the graph's float32 trees see exactly scikit-learn's values."""
+    thresholding), and so does XGBoost, so the graph's float32 trees see exactly their
+    values; onnxmltools' LightGBM trees take float32 too (`boosters`)."""
     from sklearn.ensemble._forest import BaseForest
+
+    from ml_assets.core.artifacts.onnx.boosters import is_booster
+
+    if is_booster(estimator):
+        return True
     from sklearn.ensemble._gb import BaseGradientBoosting
     from sklearn.tree import BaseDecisionTree
 

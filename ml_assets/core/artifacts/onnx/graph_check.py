@@ -27,9 +27,13 @@ MAX_DIMENSION = 2**31  # any constant tensor's dimension, or value of a Reshape 
 # preprocessor (SimpleImputer, StandardScaler, OneHotEncoder, SelectKBest,
 # ColumnTransformer) on breast cancer, penguins and diabetes, plus a few elementwise
 # operators of the same converters' variants (Equal: an imputer's non-NaN marker;
-# Imputer, Scaler, Mul). Nothing here loops, branches or allocates a tensor whose size
-# comes from data (Loop, Scan, If, ConstantOfShape, Expand, Tile, Range, Resize, Pad,
-# sequences...): a hostile file cannot hang or exhaust the loader through them.
+# Imputer, Scaler, Mul); and TreeEnsemble (ai.onnx.ml 5), the one node of
+# `hist_gradient_boosting`'s converter (a tree ensemble like the two before it: a bounded
+# walk per tree, its size the graph's own constants). onnxmltools' LightGBM and XGBoost
+# converters (`boosters`) emit nothing beyond this list. Nothing here loops, branches or
+# allocates a tensor whose size comes from data (Loop, Scan, If, ConstantOfShape, Expand,
+# Tile, Range, Resize, Pad, sequences...): a hostile file cannot hang or exhaust the
+# loader through them.
 ALLOWED_OPS = frozenset({
     ("", "Abs"), ("", "Add"), ("", "ArgMax"), ("", "Cast"), ("", "Concat"), ("", "Div"),
     ("", "Equal"), ("", "Gather"), ("", "Identity"), ("", "IsNaN"), ("", "MatMul"),
@@ -37,7 +41,8 @@ ALLOWED_OPS = frozenset({
     ("", "Sub"), ("", "Where"),
     ("ai.onnx.ml", "ArrayFeatureExtractor"), ("ai.onnx.ml", "Imputer"),
     ("ai.onnx.ml", "LabelEncoder"), ("ai.onnx.ml", "OneHotEncoder"),
-    ("ai.onnx.ml", "Scaler"), ("ai.onnx.ml", "TreeEnsembleClassifier"),
+    ("ai.onnx.ml", "Scaler"), ("ai.onnx.ml", "TreeEnsemble"),
+    ("ai.onnx.ml", "TreeEnsembleClassifier"),
     ("ai.onnx.ml", "TreeEnsembleRegressor"),
 })
 
