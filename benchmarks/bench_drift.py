@@ -4,6 +4,9 @@
     /tmp/venv/bin/python benchmarks/bench_drift.py --rows 100000 --repeats 3   # quicker
     /tmp/venv/bin/python benchmarks/bench_drift.py --rows 1000000 --repeats 7 --no-evidently \
         --variants library library_warm library_fixed scipy      # the calibration cost
+    python benchmarks/bench_drift.py --rows 1000000 --repeats 3 --no-evidently \
+        --variants library library_fixed scipy --ab --rounds 11 [--integers]
+        # + interleaved rounds in one process (docs/benchmarks.md, "Drift scoring")
 
 Reference and current frames are float64, N rows x 20 numeric features of four shapes
 (normal, lognormal, uniform, gamma); the current frame has 6 of the 20 features shifted
@@ -25,8 +28,13 @@ its own fresh subprocess (peak RSS = that process's ru_maxrss, data included):
   evidently       Report([DataDriftPreset()]) in its own venv (--evidently-python), run in
                   a subprocess with that venv's python; skipped with a note if absent
 
-Variants alternate within each repeat; the table shows medians. Evidently is never a
-dependency of this project: create its venv with
+Variants alternate within each repeat; the table shows medians. --ab adds, in one
+process, rounds of fixed / calibrated first day (caches emptied) / calibrated second day
+(cache hit) / calibrated next run (nulls read from the on-disk cache drift_scores keeps,
+memory caches emptied as in a new process) / the scipy loop, in an order rotating from
+round to round. --integers: integer columns with ties (resampled nulls) instead.
+
+Evidently is never a dependency of this project: create its venv with
     python3 -m venv /tmp/evidently-venv && /tmp/evidently-venv/bin/pip install evidently pandas
 (evidently 0.7.23 fails to import with pandas 3: use "pandas==2.3.3" instead of "pandas").
 """
@@ -55,14 +63,20 @@ SCIPY_ALPHA = 0.01  # the library's per-feature alpha
 
 # -- data ---------------------------------------------------------------------------
 
-def make_data(rows: int, directory: Path) -> None:
-    """reference.npy / current.npy, shape (features, rows): each feature contiguous."""
+def make_data(rows: int, directory: Path, integers: bool = False) -> None:
+    """reference.npy / current.npy, shape (features, rows): each feature contiguous.
+    `integers`: Poisson(3), uniform 0-99, uniform 0-499 and Poisson(30) columns (ties:
+    the calibrated KS gets a resampled null) instead of the four continuous shapes."""
     import numpy as np
 
     rng = np.random.default_rng(SEED + rows)
 
     def draw(i: int, n: int) -> np.ndarray:
         shape = i % 4
+        if integers:
+            return [lambda: rng.poisson(3, size=n), lambda: rng.integers(0, 100, size=n),
+                    lambda: rng.integers(0, 500, size=n),
+                    lambda: rng.poisson(30, size=n)][shape]().astype(float)
         if shape == 0:
             return rng.normal(i, 1 + i / 10, size=n)
         if shape == 1:
@@ -78,6 +92,8 @@ def make_data(rows: int, directory: Path) -> None:
         current[i] = draw(i, rows)
         if i in SHIFTED:
             current[i] += 0.5 * reference[i].std()
+            if integers:
+                current[i] = np.round(current[i])
     np.save(directory / "reference.npy", reference)
     np.save(directory / "current.npy", current)
 
@@ -155,10 +171,13 @@ def child_library(data: Path, variant: str) -> dict:
 
 
 def child_ab(data: Path, rounds: int = 11) -> dict:
-    """In one process, `rounds` times in turn: fixed thresholds, calibrated with every
-    cache emptied (a first day of its size), calibrated again (a second day): medians of
-    CPU and wall seconds, free of process start-up and of the load drifting between
-    processes."""
+    """In one process, `rounds` interleaved rounds of: fixed thresholds (what scoring cost
+    before calibration), calibrated with every cache emptied (a first day of its size),
+    calibrated again (a second day of the same size: cached nulls and critical values)
+    and the scipy ks_2samp loop. The order rotates from round to round (the calibrated
+    pair kept together, cold first), so no variant always runs after the same one; the
+    medians of CPU and wall seconds are free of process start-up and of the load
+    drifting between processes. Also checks that the verdicts agree with scipy's."""
     sys.path.insert(0, str(ROOT))
     from ml_assets.core.drift import nulls
     from ml_assets.core.drift.config import DriftConfig
@@ -166,37 +185,77 @@ def child_ab(data: Path, rounds: int = 11) -> dict:
     from ml_assets.core.drift.scoring import score_drift
 
     current = load_frame(data / "current.npy")
+    reference = load_frame(data / "reference.npy")
+    stored = data / "nulls"  # what drift_scores keeps beside the instance's storage
     blob = (data / "profile.bin").read_bytes()
     loaded = peak_rss_gib()
     fixed, calibrated = DriftConfig(calibration="fixed"), DriftConfig()
     score_drift(ReferenceProfile.from_bytes(blob), current, fixed)  # warm imports, pages
-    times: dict[str, list[tuple[float, float]]] = {"fixed": [], "cold": [], "warm": []}
-    for _ in range(rounds):
-        for name in ("fixed", "cold", "warm"):
-            if name == "cold":
-                nulls.NULL_CACHE.clear()
-                nulls._KS_CRITICAL.clear()
-            start, cpu_start = time.perf_counter(), time.process_time()
-            score_drift(ReferenceProfile.from_bytes(blob), current,
-                        fixed if name == "fixed" else calibrated)
-            times[name].append((time.perf_counter() - start, time.process_time() - cpu_start))
+    score_drift(ReferenceProfile.from_bytes(blob), current, calibrated,
+                cache=nulls.NullCache(directory=stored))  # a first run filled the disk cache
+    times: dict[str, list[tuple[float, float]]] = {"fixed": [], "cold": [], "warm": [],
+                                                   "disk": [], "scipy": []}
+    found: dict[str, object] = {}
+
+    def run(name: str) -> None:
+        if name in ("cold", "disk"):  # a new process: nothing cached in memory
+            nulls.NULL_CACHE.clear()
+            nulls._KS_CRITICAL.clear()
+        start, cpu_start = time.perf_counter(), time.process_time()
+        if name == "scipy":
+            found["scipy"] = scipy_pvalues(reference, current)
+        elif name == "disk":  # the next run of drift_scores: nulls read from disk
+            found[name] = score_drift(ReferenceProfile.from_bytes(blob), current, calibrated,
+                                      cache=nulls.NullCache(directory=stored))
+        else:
+            found[name] = score_drift(ReferenceProfile.from_bytes(blob), current,
+                                      fixed if name == "fixed" else calibrated)
+        times[name].append((time.perf_counter() - start, time.process_time() - cpu_start))
+
+    units = [["fixed"], ["cold", "warm"], ["disk"], ["scipy"]]
+    for position in range(rounds):
+        turn = position % len(units)
+        for unit in units[turn:] + units[:turn]:
+            for name in unit:
+                run(name)
     out = {name: {"median_s": statistics.median(t for t, _ in runs),
-                  "median_cpu_s": statistics.median(c for _, c in runs)}
+                  "median_cpu_s": statistics.median(c for _, c in runs),
+                  "min_s": min(t for t, _ in runs)}
            for name, runs in times.items()}
+    table = found["warm"].features.set_index("feature")
+    pvalues = found["scipy"]
+    significant = table["significant"].astype(bool).to_dict()
+    agree = sum(significant[f] == (pvalues[f] < SCIPY_ALPHA) for f in pvalues)
+    expected = {f"f{i}": i in SHIFTED for i in range(N_FEATURES)}
+    verdicts = {name: found[name].features.set_index("feature")["drifted"].astype(bool)
+                .to_dict() for name in ("fixed", "cold", "warm", "disk")}
+    verdicts["scipy"] = {f: p < SCIPY_ALPHA for f, p in pvalues.items()}
+
+    def truth(drifted: dict) -> str:
+        return f"{sum(drifted[f] == expected[f] for f in expected)}/{len(expected)}"
+
     return {"seconds": out["cold"]["median_s"], "cpu_seconds": out["cold"]["median_cpu_s"],
-            "loaded_gib": loaded, "ab": out}
+            "loaded_gib": loaded, "ab": out, "rounds": rounds,
+            "ks_significant_agree_with_scipy": f"{agree}/{len(pvalues)}",
+            "max_abs_diff_pvalue_vs_scipy": max(abs(float(table.loc[f, "p_value"])
+                                                    - pvalues[f]) for f in pvalues),
+            "verdicts_match_truth": {name: truth(v) for name, v in verdicts.items()}}
+
+
+def scipy_pvalues(reference, current) -> dict[str, float]:
+    from scipy import stats
+
+    return {name: float(stats.ks_2samp(reference[name].to_numpy(),
+                                       current[name].to_numpy()).pvalue)
+            for name in reference.columns}
 
 
 def child_scipy(data: Path) -> dict:
-    from scipy import stats
-
     reference = load_frame(data / "reference.npy")
     current = load_frame(data / "current.npy")
     loaded = peak_rss_gib()
     start, cpu_start = time.perf_counter(), time.process_time()
-    pvalues = {name: float(stats.ks_2samp(reference[name].to_numpy(),
-                                          current[name].to_numpy()).pvalue)
-               for name in reference.columns}
+    pvalues = scipy_pvalues(reference, current)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     return {"seconds": seconds, "cpu_seconds": cpu, "loaded_gib": loaded,
             "drifted": {name: p < SCIPY_ALPHA for name, p in pvalues.items()},
@@ -240,7 +299,7 @@ CHILDREN = {
     "library_fixed": lambda data: child_library(data, "library_fixed"),
     "library_ks": lambda data: child_library(data, "library_ks"),
     "scipy": child_scipy,
-    "ab": child_ab,
+    "ab": lambda data: child_ab(data, int(os.environ.get("BENCH_DRIFT_ROUNDS", "11"))),
     "evidently": child_evidently,
 }
 LABELS = {
@@ -273,11 +332,11 @@ ALL_VARIANTS = ("build", "build_exact", "library", "library_warm", "library_fixe
 
 def scenario(rows: int, repeats: int, evidently_repeats: int,
              evidently_python: str | None, variants: tuple[str, ...] = ALL_VARIANTS,
-             ab: bool = False) -> dict:
+             ab: bool = False, integers: bool = False) -> dict:
     print(f"\n== {rows:,} rows x {N_FEATURES} numeric features", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_drift_") as tmp:
         data = Path(tmp)
-        make_data(rows, data)
+        make_data(rows, data, integers)
         runs: dict[str, list[dict]] = {name: [] for name in CHILDREN}
         for repeat in range(repeats):
             print(f"  repeat {repeat + 1}/{repeats}", flush=True)
@@ -289,9 +348,14 @@ def scenario(rows: int, repeats: int, evidently_repeats: int,
             if evidently_python and repeat < evidently_repeats:
                 runs["evidently"].append(run_child("evidently", data, evidently_python))
         if ab:
-            ab_run = run_child("ab", data, sys.executable)["ab"]
-            print("  in one process, medians of 11 rounds: " + json.dumps(ab_run), flush=True)
-            return {"rows": rows, "runs": {k: v for k, v in runs.items() if v}, "ab": ab_run}
+            ab_full = run_child("ab", data, sys.executable)
+            ab_run = ab_full["ab"]
+            print(f"  in one process, medians of {ab_full['rounds']} interleaved rounds: "
+                  + json.dumps({k: v for k, v in ab_full.items()
+                                if k not in ("seconds", "cpu_seconds", "loaded_gib",
+                                             "peak_gib")}), flush=True)
+            return {"rows": rows, "runs": {k: v for k, v in runs.items() if v}, "ab": ab_run,
+                    "ab_details": ab_full}
     return {"rows": rows, "runs": {k: v for k, v in runs.items() if v}}
 
 
@@ -405,8 +469,13 @@ def main() -> None:
                              "profile)")
     parser.add_argument("--json-out", type=Path, help="also write all raw results here")
     parser.add_argument("--ab", action="store_true",
-                        help="also time fixed / calibrated first day / second day in turn "
-                             "within one process (11 rounds), per size")
+                        help="also time fixed / calibrated first day / second day / scipy "
+                             "loop in interleaved rounds within one process, per size")
+    parser.add_argument("--rounds", type=int, default=11,
+                        help="rounds of --ab (default 11)")
+    parser.add_argument("--integers", action="store_true",
+                        help="integer columns (ties: resampled nulls) instead of continuous "
+                             "ones")
     args = parser.parse_args()
 
     if args.child:
@@ -416,6 +485,7 @@ def main() -> None:
         print(json.dumps(result))
         return
 
+    os.environ["BENCH_DRIFT_ROUNDS"] = str(args.rounds)  # read by the --ab child
     env = environment()
     print(json.dumps(env))
     if env["OPENBLAS_CORETYPE"]:
@@ -431,7 +501,7 @@ def main() -> None:
     for position, rows in enumerate(args.rows):
         ev_repeats = args.evidently_repeats[min(position, len(args.evidently_repeats) - 1)]
         result = scenario(rows, args.repeats, ev_repeats, evidently_python,
-                          tuple(args.variants), args.ab)
+                          tuple(args.variants), args.ab, args.integers)
         results.append(result)
         summaries[rows] = summarize(result)
         print(json.dumps({k: v for k, v in summaries[rows].items()
@@ -441,13 +511,20 @@ def main() -> None:
     for result in results:
         if "ab" in result:
             ab = result["ab"]
-            print(f"\nIn one process, {result['rows']:,} rows, medians of 11 rounds in turn:\n"
-                  "| scoring | median s | median CPU s | CPU / fixed |\n|---|---:|---:|---:|")
+            print(f"\nIn one process, {result['rows']:,} rows, medians of "
+                  f"{result['ab_details']['rounds']} interleaved rounds:\n"
+                  "| scoring | median s | min s | median CPU s | wall / fixed | CPU / fixed "
+                  "| scipy loop / this |\n|---|---:|---:|---:|---:|---:|---:|")
             for name, label in (("fixed", "fixed thresholds (former default)"),
                                 ("cold", "calibrated, first day of its size"),
-                                ("warm", "calibrated, second day (cache hit)")):
-                print(f"| {label} | {ab[name]['median_s']:.3f} | {ab[name]['median_cpu_s']:.3f} "
-                      f"| {ab[name]['median_cpu_s'] / ab['fixed']['median_cpu_s']:.2f} |")
+                                ("warm", "calibrated, second day (cache hit)"),
+                                ("disk", "calibrated, next run (nulls from disk)"),
+                                ("scipy", "scipy ks_2samp loop")):
+                print(f"| {label} | {ab[name]['median_s']:.3f} | {ab[name]['min_s']:.3f} "
+                      f"| {ab[name]['median_cpu_s']:.3f} "
+                      f"| {ab[name]['median_s'] / ab['fixed']['median_s']:.2f} "
+                      f"| {ab[name]['median_cpu_s'] / ab['fixed']['median_cpu_s']:.2f} "
+                      f"| {ab['scipy']['median_s'] / ab[name]['median_s']:.1f}x |")
     if args.json_out:
         args.json_out.write_text(json.dumps({"environment": env, "results": results,
                                              "summaries": summaries}, indent=1))

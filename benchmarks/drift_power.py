@@ -4,6 +4,7 @@ docs/drift.md ("Measured false alarms and power") come from this script.
     python benchmarks/drift_power.py --calibration            # A/A: every (m, n) cell
     python benchmarks/drift_power.py --power                  # shifts in 1, 3, 10 features
     python benchmarks/drift_power.py --min-rows               # the n behind min_rows
+    python benchmarks/drift_power.py --check                  # the drift check (asset)
     python benchmarks/drift_power.py --all --repeats 400      # what docs/drift.md shows
 
 A/A: each repeat draws a fresh reference of m rows and, from the same distribution, one
@@ -20,6 +21,11 @@ p-values: what scoring a frame of only those columns gives).
 Power: a reference of 5,000 rows x 10 N(0, 1) features; days of n rows with a mean shift
 of d std in k features (or, for the categorical table, 10 balanced 4-category features
 where one category's share rises from 25 % by s, the others shrinking in proportion).
+Check: the drift_scores check's decision (ml_assets.core.drift.check.decide) with a real
+model (ml_assets_tests.support.drift_frames.model_world: a logistic regression on 6 N(0, 1)
+features, outputs profiled on held-out rows): no-drift windows that fail / warn, with the
+check's budget split between the feature and prediction verdicts (the default) and, for
+comparison, both at the full dataset_alpha; and the power of the check by window size.
 Seeded; rates over --repeats days (the binomial standard error is given).
 """
 
@@ -36,6 +42,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from ml_assets.core.drift.check import CheckSettings, decide  # noqa: E402
 from ml_assets.core.drift.config import DriftConfig  # noqa: E402
 from ml_assets.core.drift.nulls import NULL_CACHE  # noqa: E402
 from ml_assets.core.drift.profile import build_reference_profile  # noqa: E402
@@ -46,6 +53,7 @@ from ml_assets_tests.support.drift_frames import (  # noqa: E402
     KINDS,
     NUMERIC,
     mixed_frame,
+    model_world,
 )
 
 REFERENCE_SIZES = (500, 5_000, 100_000)
@@ -202,6 +210,44 @@ def min_rows_curve(repeats: int, seed: int = 11) -> str:
     return "\n".join(lines)
 
 
+def check_rates(repeats: int, seed: int = 5) -> str:
+    """The drift check (fail = dataset or prediction verdict) on windows of n rows."""
+    profile, day = model_world(seed)
+    split = CheckSettings()
+    union = split.drift_config(False)  # both families at the full dataset_alpha
+    sizes = (50, 100, 200, 500, 2_000)
+    lines = ["The drift check with a model (6 features, a logistic regression's outputs): "
+             "no-drift windows, then a 0.5-std shift in x0 (a feature the model uses) and in "
+             "x5 (one it ignores):", "",
+             "| n | A/A fail (default: 1 % + 1 %) | A/A fail (2 % + 2 %, not used) "
+             "| A/A warn | 0.5 std in x0: fail | 0.5 std in x5: fail |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    for n in sizes:
+        fail = fail_union = warn = 0
+        for _ in range(repeats):
+            frame = day(n)
+            report = score_drift(profile, frame, split.drift_config(True))
+            outcome = decide(report, split).outcome
+            fail += outcome == "fail"
+            warn += outcome == "warn"
+            wide = score_drift(profile, frame, union)
+            fail_union += wide.dataset_drifted or wide.prediction_drifted
+        used = ignored = 0
+        for _ in range(repeats):
+            used += decide(score_drift(profile, day(n, 0.5, 1), split.drift_config(True)),
+                           split).outcome == "fail"
+            shifted = day(n)
+            shifted["x5"] += 0.5
+            ignored += decide(score_drift(profile, shifted, split.drift_config(True)),
+                              split).outcome == "fail"
+        lines.append(f"| {n:,} | {_pct(fail / repeats)} | {_pct(fail_union / repeats)} "
+                     f"| {_pct(warn / repeats)} | {_pct(used / repeats)} "
+                     f"| {_pct(ignored / repeats)} |")
+    se = math.sqrt(0.02 * 0.98 / repeats)
+    lines += ["", f"{repeats} windows per cell (3 standard errors at 2 %: {_pct(3 * se)})."]
+    return "\n".join(lines)
+
+
 def _pct(rate: float) -> str:
     return f"{100 * rate:.1f} %"
 
@@ -212,14 +258,16 @@ def main() -> None:
     parser.add_argument("--calibration", action="store_true", help="A/A tables")
     parser.add_argument("--power", action="store_true", help="power tables")
     parser.add_argument("--min-rows", action="store_true", help="power by n (min_rows)")
+    parser.add_argument("--check", action="store_true",
+                        help="the drift check's false alarms and power (with a model)")
     parser.add_argument("--all", action="store_true")
     parser.add_argument("--repeats", type=int, default=200,
                         help="A/A repeats for m = 500 and 5,000 (half for 100,000); "
                              "days per power cell")
     parser.add_argument("--power-repeats", type=int, default=200)
     args = parser.parse_args()
-    if not (args.calibration or args.power or args.min_rows or args.all):
-        parser.error("choose --calibration, --power, --min-rows or --all")
+    if not (args.calibration or args.power or args.min_rows or args.check or args.all):
+        parser.error("choose --calibration, --power, --min-rows, --check or --all")
     out = []
     if args.calibration or args.all:
         reps = {500: args.repeats, 5_000: args.repeats, 100_000: max(1, args.repeats // 2)}
@@ -228,6 +276,8 @@ def main() -> None:
         out.append(power(args.power_repeats))
     if args.min_rows or args.all:
         out.append(min_rows_curve(args.power_repeats))
+    if args.check or args.all:
+        out.append(check_rates(args.repeats))
     print("\n\n".join(out))
 
 

@@ -1,15 +1,13 @@
-"""Monitoring: the champion's reference profile, daily production data, drift scores
-and live performance once labels arrive."""
+"""Monitoring: the champion's reference profile, daily production data and live
+performance once labels arrive (drift scores: ml_assets/drift.py)."""
 
 import dataclasses
-import io
 import tempfile
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pandas as pd
 from dagster import (
     AssetCheckResult,
@@ -17,27 +15,24 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     AutomationCondition,
-    Config,
     Failure,
     MetadataValue,
     Output,
     asset,
 )
-from pydantic import Field
 
 from ml_assets.core.artifacts.loading import UntrustedModelError, load_pipeline
 from ml_assets.core.data.preprocessing import Split, feature_kinds
 from ml_assets.core.data.production_rows import Lineage, SkippedFile, scope_rows, skipped_sentences
-from ml_assets.core.drift.config import DriftConfig
 from ml_assets.core.drift.profile import ReferenceProfile, build_reference_profile
-from ml_assets.core.drift.scoring import model_outputs, score_drift
+from ml_assets.core.drift.scoring import model_outputs
 from ml_assets.core.modeling.live_performance import live_report, per_version_markdown
 from ml_assets.core.modeling.pipeline import TrainedModel
 from ml_assets.core.prediction_log import numeric_predictions
 from ml_assets.core.registry import champion as registry
 from ml_assets.resources import DataSourceResource, MlflowTracking
 from ml_assets.resources.production import ProductionDataResource, answered_rows
-from ml_assets.shared import DRIFT_CHECK, EVIDENCE_CHECK, daily_partitions, lineage_of
+from ml_assets.shared import EVIDENCE_CHECK, daily_partitions, lineage_of
 
 PROFILE_ARTIFACT = "reference_profile/profile.npz"
 
@@ -243,107 +238,6 @@ def _flagged(logged: pd.DataFrame) -> tuple[int, dict[str, int]]:
         reason = flag.rpartition(":")[2]
         reasons[reason] = reasons.get(reason, 0) + 1
     return len(flags), reasons
-
-
-class DriftScoringConfig(Config):
-    warn_share: float = Field(default=0.3, description="Share of drifted features at which "
-                              "the drift check warns.")
-    fail_share: float = Field(default=0.5, description="Share of drifted features at which "
-                              "the drift check fails (and the retrain sensor fires).")
-    fail_on_prediction_drift: bool = Field(default=True, description="Also fail when the "
-                                           "prediction distribution itself drifts.")
-    min_rows: int = Field(default=30, description="Fewer rows than this: no verdict.")
-    tests: dict[str, str] = Field(default_factory=dict, description="Per-column test "
-                                  "override: ks, wasserstein, psi, chi2, jensenshannon.")
-    thresholds: dict[str, float] = Field(default_factory=dict, description="Per-column "
-                                         "threshold override.")
-
-
-def drift_picture(table: pd.DataFrame) -> str:
-    """A bar chart of each feature's drift statistic against its threshold (PNG, base64)."""
-    import base64
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    shown = table.head(40)
-    values = np.where(shown["test"].isin(["ks", "chi2"]), 1 - shown["p_value"].fillna(1.0),
-                      shown["statistic"].fillna(0.0))
-    fig, ax = plt.subplots(figsize=(7, 0.25 * len(shown) + 1.2), dpi=100)
-    colors = ["#d62728" if d else "#1f77b4" for d in shown["drifted"]]
-    ax.barh(shown["feature"].astype(str), values, color=colors)
-    ax.invert_yaxis()
-    ax.set_xlabel("statistic (1 - p for p-value tests); red = drifted")
-    ax.tick_params(axis="y", labelsize=7)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
-@asset(
-    group_name="monitoring",
-    partitions_def=daily_partitions,
-    kinds={"numpy", "scipy"},
-    automation_condition=AutomationCondition.eager(),
-    check_specs=[AssetCheckSpec(
-        DRIFT_CHECK, asset="drift_scores",
-        description="Warns when the share of drifted features reaches warn_share; fails "
-        "at fail_share or on prediction drift. A failure triggers retrain_on_drift.")],
-)
-def drift_scores(context: AssetExecutionContext, config: DriftScoringConfig,
-                 production_data: pd.DataFrame,
-                 reference_profile: ReferenceProfile) -> Iterator:
-    """Drift of one day's production data against the champion's reference profile:
-    a test per feature chosen by type and reference size, the share of drifted
-    features, and drift of the predictions themselves."""
-    drift_config = DriftConfig(share_threshold=config.fail_share, tests=config.tests,
-                               thresholds=config.thresholds)
-    # Features drift whoever answered; the outputs are the champion's (the profile's) only:
-    # a canary's answers come from another model.
-    served = (production_data[production_data["variant"].fillna("champion") == "champion"]
-              if "variant" in production_data else production_data)
-    report = score_drift(reference_profile, production_data, drift_config, served)
-    table = report.features
-    share = report.share_drifted if np.isfinite(report.share_drifted) else 0.0
-    enough = len(production_data) >= config.min_rows
-    prediction_drift = report.prediction_drifted and config.fail_on_prediction_drift
-    failing = enough and (share >= config.fail_share or prediction_drift)
-    warning = enough and not failing and share >= config.warn_share
-    summary: dict[str, int | float | bool | list[str]] = {
-        "rows": len(production_data), "share_drifted": round(float(share), 4),
-        "drifted_features": report.drifted_features,
-        "prediction_drifted": report.prediction_drifted,
-        "dataset_drifted": report.dataset_drifted}
-    columns = ["feature", "test", "statistic", "p_value", "threshold", "drifted",
-               "missing_rate_ref", "missing_rate_cur", "status"]
-    shown = table[[c for c in columns if c in table.columns]]
-    yield Output(report.to_dict(), metadata={
-        **{k: MetadataValue.json(v) if isinstance(v, list) else v for k, v in summary.items()},
-        "per_feature": MetadataValue.md(shown.to_markdown(index=False, floatfmt=".4g")),
-        "predictions": MetadataValue.md(report.predictions[
-            [c for c in columns if c in report.predictions.columns]].to_markdown(
-                index=False, floatfmt=".4g")),
-        "drift_plot": MetadataValue.md(f"![drift](data:image/png;base64,"
-                                       f"{drift_picture(shown)})") if len(shown) else "none",
-    })
-    if not enough:
-        description = f"only {len(production_data)} rows (< {config.min_rows}): no verdict"
-    else:
-        drifted = ", ".join(report.drifted_features) or "none"
-        description = (f"{share:.0%} of features drifted ({drifted})"
-                       + ("; predictions drifted" if report.prediction_drifted else ""))
-    yield AssetCheckResult(
-        check_name=DRIFT_CHECK, passed=not (failing or warning),
-        severity=AssetCheckSeverity.ERROR if failing else AssetCheckSeverity.WARN,
-        description=description,
-        metadata={**{k: MetadataValue.json(v) if isinstance(v, list) else v
-                     for k, v in summary.items()},
-                  "partition": context.partition_key, "warn_share": config.warn_share,
-                  "fail_share": config.fail_share})
 
 
 @asset(group_name="monitoring", partitions_def=daily_partitions, kinds={"scikit-learn"},

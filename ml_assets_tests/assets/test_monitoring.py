@@ -22,9 +22,9 @@ from ml_assets.core.data.datasets import load_breast_cancer_frame
 from ml_assets.core.prediction_log import PredictionRecord, SQLitePredictionLog
 from ml_assets.core.rollout.traffic import shift_rows
 from ml_assets.definitions import defs
-from ml_assets.monitoring import DRIFT_CHECK
 from ml_assets.resources import DataSourceResource, MlflowTracking
 from ml_assets.resources.production import ProductionDataResource
+from ml_assets.shared import DRIFT_CHECK
 from ml_assets_tests.support.graph import lineage_version
 
 

@@ -201,8 +201,8 @@ def test_a_busy_instance_is_caught_up_over_several_polls_without_loss(instance):
 def test_the_names_it_watches_are_the_platforms():
     from ml_assets import status
     from ml_assets.automation import TRIGGER_TAG
-    from ml_assets.monitoring import DRIFT_CHECK
     from ml_assets.registry import PROMOTION_CHECK
+    from ml_assets.shared import DRIFT_CHECK
 
     assert (status.TRIGGER_TAG, status.DRIFT_CHECK, status.PROMOTION_CHECK) == (
         TRIGGER_TAG, DRIFT_CHECK, PROMOTION_CHECK)

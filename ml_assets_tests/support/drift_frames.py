@@ -1,9 +1,13 @@
 """The A/A frame of the drift calibration: ten columns of every kind the drift tests
 meet (normal, lognormal, heavy-tailed, integers with ties, missing values; balanced,
 imbalanced, rare and long-tailed categories; a flag), drawn vectorised and seeded by
-the caller. Shared by the suite's A/A simulation and benchmarks/drift_power.py."""
+the caller. Shared by the suite's A/A simulation and benchmarks/drift_power.py; and a
+small model world for the drift check's A/A and power (`model_world`)."""
 
 from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -37,3 +41,43 @@ def mixed_frame(rng: np.random.Generator, n: int) -> pd.DataFrame:
         "balanced": _LABELS[rng.integers(0, 4, size=n)],
         "imbalanced": _choice(rng, _IMBALANCED, n), "rare": _choice(rng, _RARE, n),
         "long_tail": _choice(rng, _ZIPF, n), "flag": rng.random(n) < 0.3})
+
+
+MODEL_FEATURES = [f"x{i}" for i in range(6)]
+
+
+def model_world(seed: int = 5) -> tuple[object, Callable[..., pd.DataFrame]]:
+    """A logistic regression on 6 N(0, 1) features (labels from x0-x2), and its reference
+    profile: features from 2,000 training rows, outputs on 1,000 held-out rows. Returns
+    (profile, day) where day(n, shift=0.0, shifted=0) draws n fresh rows, adds `shift`
+    std to the first `shifted` features and appends the model's outputs."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from ml_assets.core.drift.profile import build_reference_profile
+    from ml_assets.core.drift.scoring import model_outputs
+
+    rng = np.random.default_rng(seed)
+    weights = np.array([1.5, -1.0, 0.8, 0, 0, 0])
+
+    def draw(n: int) -> tuple[pd.DataFrame, np.ndarray]:
+        x = rng.normal(size=(n, len(MODEL_FEATURES)))
+        y = (x @ weights + rng.logistic(size=n) > 0).astype(int)
+        return pd.DataFrame(x, columns=MODEL_FEATURES), np.where(y, "yes", "no")
+
+    X_train, y_train = draw(2_000)
+    X_test, _ = draw(1_000)
+    model = make_pipeline(StandardScaler(), LogisticRegression()).fit(X_train, y_train)
+    features = build_reference_profile(X_train, dict.fromkeys(MODEL_FEATURES, "numeric"))
+    outputs, kinds = model_outputs(model, X_test)
+    predictions = build_reference_profile(outputs, {}, kinds)
+    profile = dataclasses.replace(features, predictions=predictions.predictions)
+
+    def day(n: int, shift: float = 0.0, shifted: int = 0) -> pd.DataFrame:
+        x, _ = draw(n)
+        x.iloc[:, :shifted] += shift
+        outputs, _ = model_outputs(model, x)
+        return pd.concat([x, outputs], axis=1)
+
+    return profile, day

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,11 +38,21 @@ class NullCache:
     """Resampled null distributions (sorted draws) by (column fingerprint, test, n, ...):
     scoring the next batch of the same size against the same profile reuses them. The
     fingerprint is a hash of the stored column, so a profile loaded again (from_bytes)
-    hits the same entries. Least recently used entries beyond `max_entries` are dropped."""
+    hits the same entries. Least recently used entries beyond `max_entries` are dropped.
 
-    def __init__(self, max_entries: int = 4096) -> None:
+    `directory`: also kept on disk there (one .npy per entry, at most `max_files`, the
+    least recently written dropped first), so that the next PROCESS (a Dagster run is
+    one) finds them too. A draw is seeded by its key, so a stored entry is exactly what
+    recomputing it would give; an unreadable file is recomputed and rewritten, and a
+    directory that cannot be written only costs the recomputation."""
+
+    def __init__(self, max_entries: int = 4096, directory: str | Path | None = None,
+                 max_files: int = 4096) -> None:
         self.max_entries = max_entries
+        self.directory = Path(directory) if directory is not None else None
+        self.max_files = max_files
         self.hits = 0
+        self.disk_hits = 0
         self.misses = 0
         self._entries: OrderedDict[tuple, np.ndarray] = OrderedDict()
 
@@ -49,19 +61,56 @@ class NullCache:
             self.hits += 1
             self._entries.move_to_end(key)
             return self._entries[key]
-        self.misses += 1
-        value = compute()
+        value = self._load(key)
+        if value is not None:
+            self.disk_hits += 1
+        else:
+            self.misses += 1
+            value = compute()
+            self._store(key, value)
         self._entries[key] = value
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
         return value
 
     def clear(self) -> None:
+        """Forget the entries held in memory (files on disk stay)."""
         self._entries.clear()
-        self.hits = self.misses = 0
+        self.hits = self.disk_hits = self.misses = 0
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def _path(self, key: tuple) -> Path | None:
+        if self.directory is None:
+            return None
+        name = hashlib.blake2b(repr(key).encode(), digest_size=16).hexdigest()
+        return self.directory / f"{name}.npy"
+
+    def _load(self, key: tuple) -> np.ndarray | None:
+        path = self._path(key)
+        if path is None or not path.exists():
+            return None
+        try:
+            return np.load(path, allow_pickle=False)
+        except (OSError, ValueError):  # truncated or foreign: recomputed and rewritten
+            return None
+
+    def _store(self, key: tuple, value: np.ndarray) -> None:
+        path = self._path(key)
+        if path is None:
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_suffix(f".{os.getpid()}.part")
+            with open(partial, "wb") as handle:
+                np.save(handle, value, allow_pickle=False)
+            os.replace(partial, path)  # readers see a whole file or none
+            files = sorted(path.parent.glob("*.npy"), key=lambda f: f.stat().st_mtime)
+            for old in files[:max(0, len(files) - self.max_files)]:
+                old.unlink(missing_ok=True)
+        except OSError:
+            pass  # a cache that cannot be written is only a slower cache
 
 
 NULL_CACHE = NullCache()

@@ -65,23 +65,34 @@ def pool_windows(days: Sequence[tuple[Any, pd.DataFrame]], min_rows: int = DEFAU
     included); if even that falls short, the window is 'insufficient' (no verdict yet).
     A pooled window's verdict speaks for the whole window, not the day alone."""
     _require(min_rows >= 1 and max_days >= 1, "min_rows and max_days must be >= 1")
-    windows = []
-    for position, (day, frame) in enumerate(days):
-        if len(frame) == 0:
-            windows.append(Window(day, frame, (day,), 0, "empty", min_rows))
-            continue
-        first, total = position, len(frame)
-        while total < min_rows and first > 0 and position - first + 1 < max_days:
-            first -= 1
-            total += len(days[first][1])
-        chosen = days[first:position + 1]
-        pooled = (frame if len(chosen) == 1 else
-                  pd.concat([f for _, f in chosen if len(f)], ignore_index=True))
-        status = ("insufficient" if total < min_rows else
-                  "ok" if len(chosen) == 1 else "pooled")
-        windows.append(Window(day, pooled, tuple(d for d, _ in chosen), total, status,
-                              min_rows))
-    return windows
+    return [_window(days, position, min_rows, max_days) for position in range(len(days))]
+
+
+def pool_day(days: Sequence[tuple[Any, pd.DataFrame]], min_rows: int = DEFAULT_MIN_ROWS,
+             max_days: int = DEFAULT_MAX_POOLED_DAYS) -> Window:
+    """The window of the LAST of `days` (in time order, as (label, frame) pairs; a day
+    without data as an empty frame, so that `max_days` counts calendar days): what
+    `pool_windows(days, ...)[-1]` gives, without building the other days' windows."""
+    _require(min_rows >= 1 and max_days >= 1, "min_rows and max_days must be >= 1")
+    _require(len(days) > 0, "pool_day needs at least the day itself")
+    return _window(days, len(days) - 1, min_rows, max_days)
+
+
+def _window(days: Sequence[tuple[Any, pd.DataFrame]], position: int, min_rows: int,
+            max_days: int) -> Window:
+    day, frame = days[position]
+    if len(frame) == 0:
+        return Window(day, frame, (day,), 0, "empty", min_rows)
+    first, total = position, len(frame)
+    while total < min_rows and first > 0 and position - first + 1 < max_days:
+        first -= 1
+        total += len(days[first][1])
+    chosen = days[first:position + 1]
+    pooled = (frame if len(chosen) == 1 else
+              pd.concat([f for _, f in chosen if len(f)], ignore_index=True))
+    status = ("insufficient" if total < min_rows else
+              "ok" if len(chosen) == 1 else "pooled")
+    return Window(day, pooled, tuple(d for d, _ in chosen), total, status, min_rows)
 
 
 def score_window(profile: ReferenceProfile, window: Window,
