@@ -8,7 +8,7 @@ preprocessor applies, so the encoded width never grows with the number of catego
   (rarer ones, and values first seen at serving, which are also flagged unseen).
 
 A column encodes to at most TOP_K_CATEGORIES + 1 float32 columns whatever its number of
-values, so a training row costs a bounded number of bytes (see docs/memory.md). A
+values, so a training row costs a bounded number of bytes (README, "Your own data"). A
 recorded `one_hot` whose training split holds more values than ONE_HOT_MAX_CATEGORIES (a
 schema written from a smaller first file) is encoded as `one_hot_top_k`, and the
 preprocessor's metadata says so.
