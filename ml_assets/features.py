@@ -1,22 +1,25 @@
 """Features: the seeded split (stratified for classification) and the preprocessing
 fitted on train only."""
 
+from dataclasses import replace
 from typing import Literal
 
 import pandas as pd
 from dagster import AssetExecutionContext, Config, Failure, MetadataValue, Output, asset
 from pydantic import Field
 
+from ml_assets.core.data.encodings import RULE
 from ml_assets.core.data.preprocessing import (
     Split,
     build_preprocessor,
+    categorical_encodings,
     feature_kinds,
     selected_features,
     split_frame,
 )
 from ml_assets.core.data.provenance import frame_fingerprint
 from ml_assets.core.data.schema_inference import DATETIME_POLICY
-from ml_assets.core.data.schemas import feature_columns, not_features
+from ml_assets.core.data.schemas import feature_columns, feature_encodings, not_features
 from ml_assets.core.modeling.tasks import detect_task
 from ml_assets.resources import DataSourceResource
 from ml_assets.settings import PlatformSettings
@@ -78,6 +81,7 @@ def data_split(context: AssetExecutionContext, config: SplitConfig,
             raise ValueError(mismatch)
         split = split_frame(validated_data, target, config.test_size, config.seed, features,
                             excluded=not_features(schema, target), task=decision)
+        split = replace(split, encodings=feature_encodings(schema, target))
     except ValueError as exc:
         raise Failure(description=str(exc), allow_retries=False) from None
     context.log.info("task %s", split.task_reason)
@@ -97,20 +101,30 @@ def data_split(context: AssetExecutionContext, config: SplitConfig,
 @asset(group_name="training", kinds={"scikit-learn"})
 def feature_preprocessor(context: AssetExecutionContext, config: FeatureConfig,
                          data_split: Split):
-    """Impute, scale numerics, one-hot categoricals, SelectKBest; fitted on the
-    training split only, on the schema's feature columns (identifiers, constants,
-    datetimes and free text are left out). It becomes the first step of the served
-    Pipeline."""
+    """Impute, scale numerics, one-hot categoricals (one with more than 50 values: its
+    50 most frequent values plus one column for the rest, as the schema records),
+    SelectKBest; fitted on the training split only, on the schema's feature columns
+    (identifiers, constants, datetimes and free text are left out). It becomes the
+    first step of the served Pipeline."""
     # The split carries the schema's feature kinds; a bare split: the frame's dtypes.
     kinds = data_split.features or feature_kinds(data_split.X_train, target="")
+    recorded = getattr(data_split, "encodings", {})  # a split stored before encodings
+    categorical = [c for c, kind in kinds.items() if kind == "categorical"]
+    applied = categorical_encodings(data_split.X_train, categorical, recorded)
+    overridden = {c: e for c, e in applied.items() if recorded.get(c, e) != e}
+    if overridden:
+        context.log.warning("encoded by the rule rather than the schema's record (more "
+                            "values than one-hot allows): %s", overridden)
     preprocessor = build_preprocessor(data_split.X_train, kinds, config.k_best,
-                                      task=data_split.task)
+                                      task=data_split.task, encodings=recorded)
     preprocessor.fit(data_split.X_train, data_split.y_train)
     selected = selected_features(preprocessor)
     return Output(preprocessor, metadata={
         "input_features": len(kinds),
         "numeric": sum(k == "numeric" for k in kinds.values()),
         "categorical": sum(k == "categorical" for k in kinds.values()),
+        "encodings": MetadataValue.json(applied),
+        "encoding_rule": RULE,
         "selected_features": MetadataValue.json(selected),
         "k_best": config.k_best,
         "task": data_split.task,

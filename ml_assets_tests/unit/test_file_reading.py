@@ -45,8 +45,11 @@ def test_a_schema_with_yaml_aliases_or_unknown_metadata_is_refused():
     with pytest.raises(ValueError, match="aliases"):
         schema_from_yaml(bomb)
     extra = "columns:\n  x:\n    dtype: float64\n    metadata:\n      role: feature\n      x: 1\n"
-    with pytest.raises(ValueError, match="may hold only 'role' and 'note'"):
+    with pytest.raises(ValueError, match="may hold only 'role', 'note' and 'encoding'"):
         schema_from_yaml(extra)
+    encoding = "columns:\n  x:\n    dtype: str\n    metadata:\n      encoding: hashing\n"
+    with pytest.raises(ValueError, match="encoding must be one of one_hot, one_hot_top_k"):
+        schema_from_yaml(encoding)
     unknown = "columns:\n  x:\n    dtype: float64\n    metadata:\n      role: [a, b]\n"
     with pytest.raises(ValueError, match="role must be one of"):
         schema_from_yaml(unknown)

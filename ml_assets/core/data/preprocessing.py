@@ -13,6 +13,11 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+from ml_assets.core.data.encodings import (
+    ONE_HOT_TOP_K,
+    TOP_K_CATEGORIES,
+    effective_encoding,
+)
 from ml_assets.core.modeling.tasks import TaskDecision, TaskSetting, detect_task
 
 
@@ -35,6 +40,8 @@ class Split:
     # binary / multiclass / regression, and why (detected from the target or configured).
     task: str = "multiclass"
     task_reason: str = ""
+    # Categorical feature -> the encoding its schema column records (`encodings`).
+    encodings: dict[str, str] = field(default_factory=dict)
 
     @property
     def is_regression(self) -> bool:
@@ -129,33 +136,63 @@ def split_frame(frame: pd.DataFrame, target: str, test_size: float = 0.2,
                  dict(excluded or {}), decision.task, decision.reason)
 
 
-def _expected_width(X: pd.DataFrame, numeric: list[str], categorical: list[str]) -> int:
+def _distinct(X: pd.DataFrame, column: str) -> int:
+    """Values the encoder sees: the distinct values, plus the missing marker if any."""
+    return int(X[column].nunique(dropna=True)) + int(X[column].isna().any())
+
+
+def categorical_encodings(X_train: pd.DataFrame, categorical: list[str],
+                          recorded: dict[str, str] | None = None) -> dict[str, str]:
+    """Categorical column -> the encoding applied (`encodings.effective_encoding`: the
+    schema's record, bounded by the rule on the training split's values)."""
+    recorded = recorded or {}
+    return {column: effective_encoding(recorded.get(column), _distinct(X_train, column))
+            for column in categorical}
+
+
+def _expected_width(X: pd.DataFrame, numeric: list[str], encodings: dict[str, str]) -> int:
     width = len(numeric)
-    for column in categorical:
-        width += X[column].nunique(dropna=True) + int(X[column].isna().any())
+    for column, encoding in encodings.items():
+        distinct = _distinct(X, column)
+        width += min(distinct, TOP_K_CATEGORIES + 1) if encoding == ONE_HOT_TOP_K else distinct
     return width
 
 
 def build_preprocessor(X_train: pd.DataFrame, kinds: dict[str, str],
-                       k_best: int = 20, task: str = "multiclass") -> Pipeline:
-    """Impute + scale numerics, impute + one-hot categoricals, then keep the k best
-    columns by ANOVA F (classification) or univariate linear-regression F (regression).
+                       k_best: int = 20, task: str = "multiclass",
+                       encodings: dict[str, str] | None = None) -> Pipeline:
+    """Impute + scale numerics, impute + one-hot categoricals (the `one_hot_top_k` ones:
+    their TOP_K_CATEGORIES most frequent values plus one column for every other value,
+    `encodings`), then keep the k best columns by ANOVA F (classification) or univariate
+    linear-regression F (regression). `encodings`: what the schema records per
+    categorical column (`schemas.feature_encodings`); the rule decides for the others.
     Unfitted: fit it on the training split only."""
     numeric = [c for c, kind in kinds.items() if kind in ("numeric", "boolean")]
     categorical = [c for c, kind in kinds.items() if kind == "categorical"]
+    applied = categorical_encodings(X_train, categorical, encodings)
+    one_hot = [c for c in categorical if applied[c] != ONE_HOT_TOP_K]
+    top_k = [c for c in categorical if applied[c] == ONE_HOT_TOP_K]
     transformers = []
     if numeric:
         transformers.append(("numeric", Pipeline([
             ("impute", SimpleImputer(strategy="median")),
             ("scale", StandardScaler()),
         ]), numeric))
-    if categorical:
+    if one_hot:
         transformers.append(("categorical", Pipeline([
             ("impute", SimpleImputer(strategy="constant", fill_value="__missing__")),
             ("one_hot", OneHotEncoder(handle_unknown="ignore", sparse_output=False,
                                       dtype=np.float32)),
-        ]), categorical))
-    width = _expected_width(X_train, numeric, categorical)
+        ]), one_hot))
+    if top_k:
+        # Bounded width: rarer and unseen values share the last ("infrequent") column.
+        transformers.append(("categorical_top_k", Pipeline([
+            ("impute", SimpleImputer(strategy="constant", fill_value="__missing__")),
+            ("one_hot", OneHotEncoder(handle_unknown="infrequent_if_exist",
+                                      max_categories=TOP_K_CATEGORIES + 1,
+                                      sparse_output=False, dtype=np.float32)),
+        ]), top_k))
+    width = _expected_width(X_train, numeric, applied)
     k = "all" if k_best <= 0 or k_best >= width else k_best
     return Pipeline([
         ("columns", ColumnTransformer(transformers, remainder="drop",

@@ -7,6 +7,12 @@ Rules (thresholds are module constants):
 - datetimes, identifiers, constants and free text are validated but get a role that
   keeps them out of the features, with a note saying why (`schemas.EXCLUDED_ROLES`);
 - a closed `isin` list only for genuine low-cardinality categories and the target;
+- an open categorical records its encoding (`encodings.encoding_for`: one-hot up to 50
+  values, beyond that the 50 most frequent values plus an "other" column);
+- integers are identifiers when named like one (id, index, rownames ...), when they
+  count up in file order or fill a range without gaps, or when they are unique over so
+  many rows in so narrow a range that chance cannot explain it (`_too_unique`), whatever
+  their order;
 - nothing is returned for a frame no model could learn from (0 rows, target empty or
   with a single class, no usable feature): `SchemaInferenceError` says what to fix.
 """
@@ -20,6 +26,7 @@ import pandas as pd
 import pandera.pandas as pa
 
 from ml_assets.core.data.datasets import unknown_column_message
+from ml_assets.core.data.encodings import ENCODING_KEY, encoding_for, encoding_note
 from ml_assets.core.data.schemas import (
     NOTE_KEY,
     ROLE_KEY,
@@ -37,6 +44,7 @@ OPEN_CATEGORY_SHARE = 0.2    # more distinct but <= this share: an open categori
 IDENTIFIER_SHARE = 0.95      # ints/strings with distinct >= this share of non-null rows ...
 IDENTIFIER_MIN_ROWS = 20     # ... over at least this many rows are identifiers
 NAMED_IDENTIFIER_SHARE = 0.5  # named like an id: an identifier when distinct > this share
+CHANCE_REPEATS = 10.0        # unique ints where this many repeats were expected: an id
 FREE_TEXT_WORDS = 3.0        # mean words per value from which text is free text
 MIXED_NUMBER_SHARE = 0.8     # a text column whose values are mostly (>=) numbers is an error
 
@@ -47,7 +55,9 @@ DATETIME_POLICY = ("Datetime columns are validated but never used as features: a
                    "timestamp does not generalise to future rows. Add derived columns "
                    "(month, weekday, hour) to the data if they carry signal.")
 
-_ID_NAMES = {"id", "uuid", "guid", "key", "index", "rowid", "row_id", "pk", "idx"}
+_ID_NAMES = {"id", "uuid", "guid", "key", "index", "rowid", "row_id", "pk", "idx",
+             "rownames", "rowname", "row_names", "row.names", "row_name", "rownum",
+             "row_num", "row_number", "row_index"}
 _ID_SUFFIX = re.compile(r"[_\-\s.](id|uuid|guid|key)$", re.IGNORECASE)
 _ID_PREFIX = re.compile(r"^(id|uuid|guid)[_\-\s.]", re.IGNORECASE)
 _CAMEL_ID = re.compile(r"(?<=[a-z])(Id|ID|Uuid|Key)$")
@@ -66,12 +76,14 @@ def looks_like_identifier_name(name: str) -> bool:
 
 
 def _column(dtype, nullable: bool, checks=None, role: str | None = None,
-            note: str | None = None) -> pa.Column:
+            note: str | None = None, encoding: str | None = None) -> pa.Column:
     metadata = {}
     if role:
         metadata[ROLE_KEY] = role
     if note:
         metadata[NOTE_KEY] = note
+    if encoding:
+        metadata[ENCODING_KEY] = encoding
     return pa.Column(dtype, checks=checks or [], nullable=nullable, coerce=True,
                      metadata=metadata or None)
 
@@ -112,6 +124,26 @@ def _sequential(values: pd.Series) -> bool:
     return bool(np.all(steps > 0) or gapless)
 
 
+def expected_repeats(rows: int, span: float) -> float:
+    """How many values of `rows` integers drawn at random from a range of `span` values
+    would repeat an earlier one (the birthday problem): rows - span * (1 - e^(-rows/span))."""
+    if rows < 2 or span <= 0:
+        return 0.0
+    return float(rows - span * -np.expm1(-rows / span))
+
+
+def _too_unique(values: pd.Series) -> bool:
+    """Unique integers in a range so narrow for their number that measured quantities
+    would repeat (at least CHANCE_REPEATS repeats expected): keys, in any order. 300,000
+    unique values between 1 and 336,776 are keys; 200 unique incomes between 20,000 and
+    200,000 are not (0.1 repeats expected)."""
+    numbers = values.to_numpy(dtype=float)
+    if len(numbers) < IDENTIFIER_MIN_ROWS or len(np.unique(numbers)) != len(numbers):
+        return False
+    span = numbers.max() - numbers.min() + 1
+    return expected_repeats(len(numbers), span) >= CHANCE_REPEATS
+
+
 def _numeric(name, series: pd.Series, nullable: bool) -> pa.Column:
     checks = [pa.Check.ge(0)] if series.min(skipna=True) >= 0 else []
     non_null = series.dropna()
@@ -123,6 +155,13 @@ def _numeric(name, series: pd.Series, nullable: bool) -> pa.Column:
                            f"integer identifier ({non_null.nunique()} distinct values in "
                            f"{len(non_null)} rows, counting up in file order): validated "
                            "but not a feature")
+        if _too_unique(non_null):
+            span = int(non_null.max() - non_null.min() + 1)
+            return _column(dtype, nullable, checks, "identifier",
+                           f"integer identifier ({len(non_null)} unique values within a "
+                           f"range of {span}, where random values would repeat about "
+                           f"{expected_repeats(len(non_null), span):,.0f} times): "
+                           "validated but not a feature")
         return _column(dtype, nullable, checks)
     return _column("float64", nullable, checks)
 
@@ -139,7 +178,7 @@ def _text(name, series: pd.Series, nullable: bool, is_target: bool) -> pa.Column
     _mixed_numbers(str(name), values)
     n, k = len(values), len(distinct)
     if k <= MAX_CATEGORIES and k <= CATEGORY_SHARE * n:
-        return _column(dtype, nullable, [pa.Check.isin(distinct)])
+        return _column(dtype, nullable, [pa.Check.isin(distinct)], encoding=encoding_for(k))
     words = values.str.split().str.len().mean()
     if words >= FREE_TEXT_WORDS:
         return _column(dtype, nullable, role="free_text", note=(
@@ -149,9 +188,7 @@ def _text(name, series: pd.Series, nullable: bool, is_target: bool) -> pa.Column
         return _column(dtype, nullable, role="identifier", note=(
             f"identifier ({k} distinct values in {n} rows): validated but not a feature"))
     if k <= OPEN_CATEGORY_SHARE * n:
-        return _column(dtype, nullable, note=(
-            f"{k} distinct values: an open categorical feature (no closed list of values); "
-            "values the model has not seen are ignored"))
+        return _column(dtype, nullable, note=encoding_note(k), encoding=encoding_for(k))
     return _column(dtype, nullable, role="free_text", note=(
         f"high-cardinality text ({k} distinct values in {n} rows): validated but not a "
         "feature"))

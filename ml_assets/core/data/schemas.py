@@ -15,6 +15,7 @@ import pandas as pd
 import pandera.pandas as pa
 
 from ml_assets.core.data.datasets import BREAST_CANCER_TARGET, SyntheticSpec
+from ml_assets.core.data.encodings import ENCODING_KEY, ENCODINGS
 
 # Features of the breast cancer data that are ratios or normalised shape
 # measures and so must lie in [0, 1]; every feature is non-negative.
@@ -294,16 +295,22 @@ MAX_NOTE_CHARS = 1_000
 
 
 def _column_metadata(name, found) -> dict[str, str]:
-    """A column's `metadata` from a schema file: only `role` (a known role) and `note`
-    (a short text); anything else is refused, never passed on."""
+    """A column's `metadata` from a schema file: only `role` (a known role), `note` (a
+    short text) and `encoding` (a known categorical encoding); anything else is refused,
+    never passed on."""
     if found is None:
         return {}
     if not isinstance(found, dict):
-        raise ValueError(f"column {name!r}: metadata must be a mapping of role and note")
-    unknown = sorted(str(k) for k in found if k not in (ROLE_KEY, NOTE_KEY))
+        raise ValueError(f"column {name!r}: metadata must be a mapping of role, note and "
+                         "encoding")
+    unknown = sorted(str(k) for k in found if k not in (ROLE_KEY, NOTE_KEY, ENCODING_KEY))
     if unknown:
-        raise ValueError(f"column {name!r}: metadata may hold only {ROLE_KEY!r} and "
-                         f"{NOTE_KEY!r}, not {', '.join(unknown)}")
+        raise ValueError(f"column {name!r}: metadata may hold only {ROLE_KEY!r}, "
+                         f"{NOTE_KEY!r} and {ENCODING_KEY!r}, not {', '.join(unknown)}")
+    encoding = found.get(ENCODING_KEY)
+    if encoding is not None and encoding not in ENCODINGS:
+        raise ValueError(f"column {name!r}: encoding must be one of {', '.join(ENCODINGS)}, "
+                         f"not {str(encoding)[:50]!r}")
     role = found.get(ROLE_KEY, FEATURE_ROLE)
     if role not in (FEATURE_ROLE, *EXCLUDED_ROLES):
         raise ValueError(f"column {name!r}: role must be one of "
@@ -312,7 +319,8 @@ def _column_metadata(name, found) -> dict[str, str]:
     if note is not None and (not isinstance(note, str) or len(note) > MAX_NOTE_CHARS):
         raise ValueError(f"column {name!r}: note must be text of at most {MAX_NOTE_CHARS} "
                          "characters")
-    return {k: v for k, v in ((ROLE_KEY, role), (NOTE_KEY, note)) if v is not None}
+    return {k: v for k, v in ((ROLE_KEY, role), (NOTE_KEY, note), (ENCODING_KEY, encoding))
+            if v is not None}
 
 
 def schema_from_yaml(text: str) -> pa.DataFrameSchema:
@@ -363,6 +371,14 @@ def feature_columns(schema: pa.DataFrameSchema, target: str) -> dict[str, str]:
         else:
             kinds[name] = "categorical"
     return kinds
+
+
+def feature_encodings(schema: pa.DataFrameSchema, target: str) -> dict[str, str]:
+    """Categorical feature -> the encoding its schema column records (`encodings`); a
+    column without a record is left out (the preprocessor applies the rule to it)."""
+    return {name: str(schema.columns[name].metadata[ENCODING_KEY])
+            for name, kind in feature_columns(schema, target).items()
+            if kind == "categorical" and ENCODING_KEY in (schema.columns[name].metadata or {})}
 
 
 def model_signature(schema: pa.DataFrameSchema, target: str, output_example=None):

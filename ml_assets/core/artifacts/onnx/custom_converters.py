@@ -86,6 +86,10 @@ def _custom_converters() -> tuple[dict, dict]:
 
     def one_hot(scope, operator, container):
         raw = operator.raw_operator
+        strings = all(isinstance(i.type, StringTensorType) for i in operator.inputs)
+        if strings and _has_infrequent(raw):
+            _one_hot_with_other(scope, operator, container)
+            return
         if not any(isinstance(i.type, StringTensorType) for i in operator.inputs):
             convert_sklearn_one_hot_encoder(scope, operator, container)
             return
@@ -94,8 +98,84 @@ def _custom_converters() -> tuple[dict, dict]:
         _convert_as(convert_sklearn_one_hot_encoder, scope, operator, container,
                     categories_=categories)
 
+    def one_hot_width(operator):
+        raw = operator.raw_operator
+        if not _has_infrequent(raw):
+            one_hot_shapes(operator)
+            return
+        # One column per frequent value, plus one "infrequent" column where there is one.
+        width = sum(len(raw._compute_transformed_categories(i))
+                    for i in range(len(raw.categories_)))
+        rows = operator.inputs[0].get_first_dimension()
+        operator.outputs[0].type = types.FloatTensorType([rows, width])
+
     return ({SimpleImputer: imputer, OneHotEncoder: one_hot},
-            {SimpleImputer: imputer_shapes, OneHotEncoder: one_hot_shapes})
+            {SimpleImputer: imputer_shapes, OneHotEncoder: one_hot_width})
+
+
+def _has_infrequent(encoder) -> bool:
+    """Whether a fitted OneHotEncoder groups some values into an "infrequent" column."""
+    return bool(getattr(encoder, "_infrequent_enabled", False)) and any(
+        found is not None for found in getattr(encoder, "infrequent_categories_", []))
+
+
+def _one_hot_with_other(scope, operator, container) -> None:
+    """A OneHotEncoder(handle_unknown="infrequent_if_exist", max_categories=...) over
+    string columns (the platform's `one_hot_top_k`): per column, ONNX's OneHotEncoder
+    over the frequent values (zeros for any other value), then the "infrequent" column
+    as 1 - their sum, so rare and unseen values both land there as in scikit-learn.
+    (skl2onnx 1.20 refuses infrequent categories on a single input.)"""
+    from onnx import TensorProto
+
+    raw = operator.raw_operator
+    if len(operator.inputs) != 1:
+        raise NotImplementedError("a OneHotEncoder with infrequent categories is converted "
+                                  "from one input only")
+    if getattr(raw, "drop_idx_", None) is not None:
+        raise NotImplementedError("OneHotEncoder(drop=...) with infrequent categories is "
+                                  "not converted")
+    if np.dtype(raw.dtype) != np.float32:
+        raise NotImplementedError(f"OneHotEncoder(dtype={np.dtype(raw.dtype)}) with "
+                                  "infrequent categories is not converted (float32 only)")
+    apply = _lib("skl2onnx.common._apply_operation")
+    source = operator.inputs[0]
+    one = scope.get_unique_variable_name("one")
+    container.add_initializer(one, TensorProto.FLOAT, [1], [1.0])
+    last_axis = scope.get_unique_variable_name("last_axis")
+    container.add_initializer(last_axis, TensorProto.INT64, [1], [-1])
+    outputs, width = [], 0
+    for index, infrequent in enumerate(raw.infrequent_categories_):
+        kept = list(raw._compute_transformed_categories(index))
+        if infrequent is not None:
+            kept = kept[:-1]  # the last one is scikit-learn's "infrequent_sklearn"
+        column = scope.get_unique_variable_name("column")
+        position = scope.get_unique_variable_name("position")
+        container.add_initializer(position, TensorProto.INT64, [1], [index])
+        container.add_node("Gather", [source.full_name, position], [column], axis=1,
+                           name=scope.get_unique_operator_name("Gather"))
+        encoded = scope.get_unique_variable_name("encoded")
+        container.add_node(
+            "OneHotEncoder", [column], [encoded], op_domain="ai.onnx.ml", zeros=1,
+            cats_strings=[str(_string_marker(c) or c).encode("utf-8") for c in kept],
+            name=scope.get_unique_operator_name("OneHotEncoder"))
+        width += len(kept)
+        if infrequent is not None:
+            total = scope.get_unique_variable_name("frequent")
+            container.add_node("ReduceSum", [encoded, last_axis], [total], keepdims=1,
+                               name=scope.get_unique_operator_name("ReduceSum"))
+            other = scope.get_unique_variable_name("other")
+            container.add_node("Sub", [one, total], [other],
+                               name=scope.get_unique_operator_name("Sub"))
+            joined = scope.get_unique_variable_name("with_other")
+            apply.apply_concat(scope, [encoded, other], joined, container, axis=-1)
+            encoded, width = joined, width + 1
+        outputs.append(encoded)
+    result = outputs[0]
+    if len(outputs) > 1:
+        result = scope.get_unique_variable_name("concat_result")
+        apply.apply_concat(scope, outputs, result, container, axis=-1)
+    apply.apply_reshape(scope, result, operator.output_full_names, container,
+                        desired_shape=(-1, width))
 
 
 def _convert_as(convert, scope, operator, container, **changes) -> None:
