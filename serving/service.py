@@ -38,6 +38,7 @@ from serving.model.served import ServedModel, intervals
 from serving.model.store import ModelStore
 from serving.rollout import RolloutRouter, request_key
 from serving.settings import ServingSettings
+from serving.shadow_lane import shadow_predict
 
 logger = logging.getLogger(__name__)
 
@@ -156,22 +157,27 @@ class Service:
 
     def _copy_to_shadow(self, shadow: ServedModel, model: ServedModel, rows: list[list],
                         request_id: str, rows_for: RowsFor) -> None:
-        """Score `rows` with the shadow challenger in a task of its own (bounded by
-        ML_API_SHADOW_MAX_IN_FLIGHT; over it the copy is skipped and counted) and offer
-        its rows to the log as variant "shadow" (best effort: never waited for)."""
+        """Score `rows` with the shadow challenger in the shadow lane (its own thread,
+        bounded by ML_API_SHADOW_MAX_IN_FLIGHT; over it the copy is shed and counted)
+        and offer its rows to the log as variant "shadow" (best effort: never waited
+        for)."""
         router = self.router
         log = self.log
         if router is None or log is None:
             return
 
+        def in_lane() -> tuple[list[list], np.ndarray, np.ndarray | None]:
+            # In the shadow lane's thread: neither the event loop nor the champion's
+            # predict thread and lock (serving/shadow_lane.py).
+            shadow_rows = rows if same_inputs(shadow, model) else rows_for(shadow)
+            return (shadow_rows, *shadow_predict(shadow, shadow_rows))
+
         async def score() -> None:
             started = time.perf_counter()
             names, shadow_rows = model.feature_names, rows
             try:
-                if not same_inputs(shadow, model):
-                    shadow_rows = await asyncio.to_thread(rows_for, shadow)
-                    names = shadow.feature_names
-                outputs, extra = await self.batcher.predict(shadow, shadow_rows)
+                shadow_rows, outputs, extra = await router.lane.run(in_lane)
+                names = shadow.feature_names
                 latency = (time.perf_counter() - started) * 1000.0
                 _, predicted, probabilities = _answer(shadow, SHADOW, outputs, extra)
             except Exception as exc:  # noqa: BLE001 - counted and logged, never answered
