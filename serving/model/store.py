@@ -45,8 +45,8 @@ from serving.model.feature_specs import example_rows, feature_specs
 from serving.model.request_models import OUT_OF_RANGE, UNSEEN_CATEGORY, build_request_models
 from serving.model.served import (
     PREDICT_LOCK,
-    SHADOW_LOCK,
     REGRESSION,
+    SHADOW_LOCK,
     ServedModel,
     learned_none_category,
     model_task,
