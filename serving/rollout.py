@@ -230,7 +230,7 @@ class RolloutRouter:
         and stop the lane."""
         tasks = set(self._shadow_tasks)
         if not tasks:
-            self.lane.close()
+            await self.lane.stop()
             return
         _, pending = await asyncio.wait(tasks, timeout=timeout)
         for task in pending:
@@ -239,4 +239,4 @@ class RolloutRouter:
             await asyncio.wait(pending, timeout=1.0)
             logger.warning("%d shadow copies still running at shutdown were cancelled",
                            len(pending))
-        self.lane.close()
+        await self.lane.stop()

@@ -38,7 +38,6 @@ from serving.model.served import ServedModel, intervals
 from serving.model.store import ModelStore
 from serving.rollout import RolloutRouter, request_key
 from serving.settings import ServingSettings
-from serving.shadow_lane import shadow_predict
 
 logger = logging.getLogger(__name__)
 
@@ -166,18 +165,16 @@ class Service:
         if router is None or log is None:
             return
 
-        def in_lane() -> tuple[list[list], np.ndarray, np.ndarray | None]:
-            # In the shadow lane's thread: neither the event loop nor the champion's
-            # predict thread and lock (serving/shadow_lane.py).
-            shadow_rows = rows if same_inputs(shadow, model) else rows_for(shadow)
-            return (shadow_rows, *shadow_predict(shadow, shadow_rows))
-
         async def score() -> None:
             started = time.perf_counter()
             names, shadow_rows = model.feature_names, rows
             try:
-                shadow_rows, outputs, extra = await router.lane.run(in_lane)
-                names = shadow.feature_names
+                if not same_inputs(shadow, model):
+                    shadow_rows = await asyncio.to_thread(rows_for, shadow)
+                    names = shadow.feature_names
+                # The shadow lane: neither the event loop nor the champion's predict
+                # thread and lock (serving/shadow_lane.py).
+                outputs, extra = await router.lane.predict(shadow, shadow_rows)
                 latency = (time.perf_counter() - started) * 1000.0
                 _, predicted, probabilities = _answer(shadow, SHADOW, outputs, extra)
             except Exception as exc:  # noqa: BLE001 - counted and logged, never answered

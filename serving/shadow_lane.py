@@ -11,16 +11,10 @@ challenger answers in the lane's thread too, never on the event loop.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
-
 import numpy as np
 
+from serving.batcher import MicroBatcher
 from serving.model.served import SHADOW_LOCK, ServedModel
-
-_T = TypeVar("_T")
 
 
 def shadow_predict(model: ServedModel, rows: list[list]
@@ -38,16 +32,26 @@ def shadow_predict(model: ServedModel, rows: list[list]
 
 
 class ShadowLane:
-    """One thread for shadow scoring; its queue holds at most the router's bound."""
+    """A micro-batcher of its own for shadow copies (concurrent copies on one model share
+    a call, as the champion's do), in its own thread; its queue holds at most the
+    router's bound."""
 
-    def __init__(self) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow")
+    def __init__(self, max_rows: int = 64) -> None:
+        self._batcher = MicroBatcher(max_rows=max_rows, max_wait_s=0.0,
+                                     predict_fn=shadow_predict, inline=False,
+                                     thread_name="shadow")
+        self._started = False
 
-    async def run(self, work: Callable[..., _T], *args) -> _T:
-        """`work(*args)` in the lane's thread."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, work, *args)
+    async def predict(self, model: ServedModel, rows: list[list]
+                      ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The batcher's outputs for `rows`, computed in the lane's thread."""
+        if not self._started:
+            self._batcher.start()
+            self._started = True
+        return await self._batcher.predict(model, rows)
 
-    def close(self) -> None:
-        """Drop queued copies and stop the thread once the running one ends (not
-        waited for: shutdown never waits on a slow shadow)."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
+    async def stop(self, timeout: float = 1.0) -> None:
+        """Answer what is queued (up to `timeout`), then stop the lane's thread."""
+        if self._started:
+            await self._batcher.stop(timeout)
+            self._started = False

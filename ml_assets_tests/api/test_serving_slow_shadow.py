@@ -96,4 +96,4 @@ def test_a_shadow_100x_slower_does_not_delay_the_champion(mlflow_store, tmp_path
     scored = _metric(text, 'ml_api_variant_predictions_total{model_version="2",'
                            'variant="shadow"} ')
     assert shed >= 1 and scored >= 1
-    assert shed + slow.calls == ROUNDS * PER_BLOCK
+    assert shed + scored == ROUNDS * PER_BLOCK  # every copy scored (in batches) or shed
