@@ -14,9 +14,11 @@ import signal
 import sys
 
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
 
 from ml_assets.core.prediction_log import PredictionLogError
 from serving.app import create_app, open_log
+from serving.http.connections import uvicorn_options, with_header_deadline
 from serving.settings import ServingSettings, SettingsError
 from serving.workers.supervisor import run_workers
 
@@ -62,9 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _stopped)
     app = create_app(settings, prediction_log=log)
     try:
-        uvicorn.run(app, host=settings.host, port=settings.port, workers=1,
-                    log_level=args.log_level, access_log=settings.access_log,
-                    timeout_graceful_shutdown=30)
+        config = uvicorn.Config(app, host=settings.host, port=settings.port, workers=1,
+                                log_level=args.log_level, access_log=settings.access_log,
+                                timeout_graceful_shutdown=30, **uvicorn_options(settings))
+        server = uvicorn.Server(with_header_deadline(config, settings))
+        server.run()
+        if not server.started:  # as uvicorn.run: the app could not start
+            sys.exit(STARTUP_FAILURE)
     except (KeyboardInterrupt, _Stopped):
         pass
     lost = getattr(app.state, "prediction_log_lost_rows", 0)

@@ -27,7 +27,13 @@ from serving.batcher import MicroBatcher
 from serving.http.auth import api_key_dependency
 from serving.http.docs import add_offline_docs
 from serving.http.metrics import VALUE_BUCKETS, ServiceMetrics
-from serving.http.middleware import BodySizeLimit, BodyTooLarge, RequestContext, request_id_of
+from serving.http.middleware import (
+    BodyReadTimeout,
+    BodySizeLimit,
+    BodyTooLarge,
+    RequestContext,
+    request_id_of,
+)
 from serving.http.responses import ErrorResponse, OrjsonResponse, unavailable
 from serving.model.request_models import BATCH_MODEL, INVOCATIONS_RECORD_MODEL, RECORD_MODEL
 from serving.model.store import ModelStore
@@ -209,7 +215,13 @@ def create_app(settings: ServingSettings | None = None, *,
         return OrjsonResponse({"detail": str(exc)}, status_code=413,
                               headers={"Connection": "close"})
 
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    @app.exception_handler(BodyReadTimeout)
+    async def body_timeout(request: Request, exc: BodyReadTimeout):
+        return OrjsonResponse({"detail": str(exc)}, status_code=408,
+                              headers={"Connection": "close"})
+
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes,
+                       timeout_seconds=settings.body_timeout_seconds)
     app.add_middleware(RequestContext, metrics=metrics)
     # /v2 paths: the shared error answers above (413, 401, 503, 404) as {"error": ...}
     app.add_middleware(V2ErrorShape)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -68,14 +69,21 @@ class MicroBatcher:
     """Queue of prediction jobs drained by one worker task into one thread."""
 
     def __init__(self, max_rows: int = 64, max_wait_s: float = 0.0015,
-                 metrics: ServiceMetrics | None = None):
+                 metrics: ServiceMetrics | None = None,
+                 predict_fn: Callable[[ServedModel, list[list]],
+                                      tuple[np.ndarray, np.ndarray | None]] | None = None,
+                 inline: bool = True, thread_name: str = "predict"):
+        # predict_fn/inline/thread_name: the shadow lane (serving/shadow_lane.py) runs a
+        # batcher of its own, in its own thread, under its own lock, never inline.
+        self._predict_fn = predict_fn or _predict
+        self.inline = inline
         self.max_rows = max_rows
         self.max_wait_s = max_wait_s
         self.metrics = metrics
         self.in_flight = 0  # requests between arrival and answer
         self._jobs: deque[_Job] = deque()
         self._recent_jobs = 1.0  # moving average of jobs per batch
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name)
         self._wakeup = asyncio.Event()  # replaced by start(); bound to a loop on first use
         self._task: asyncio.Task | None = None
         self._running_batch = False
@@ -119,7 +127,7 @@ class MicroBatcher:
         (predicted values, standard deviations or None) under a regressor."""
         if self._task is None:
             raise RuntimeError("the micro-batcher is not running")
-        if model.compiled is not None and len(rows) <= INLINE_ROWS:
+        if self.inline and model.compiled is not None and len(rows) <= INLINE_ROWS:
             # A compiled graph answers a few rows in tens of microseconds: less than
             # handing them to the predict thread and back; batching would only add wait.
             # Rows it cannot answer alone (near ties, non-finite values) need the
@@ -180,7 +188,8 @@ class MicroBatcher:
         if self.metrics is not None:
             self.metrics.batch_rows.observe(len(rows))
         try:
-            outputs, extra = await loop.run_in_executor(self._executor, _predict, model, rows)
+            outputs, extra = await loop.run_in_executor(self._executor, self._predict_fn, model,
+                                                        rows)
         except Exception as exc:  # noqa: BLE001 - isolate the job that fails
             if len(batch) == 1:
                 _settle(batch[0].future, exception=exc)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
@@ -37,12 +38,14 @@ from ml_assets.core.rollout.plan import (
 from serving.http.metrics import ServiceMetrics
 from serving.model.served import ServedModel
 from serving.model.store import ModelRejected, ModelStore
+from serving.shadow_lane import ShadowLane
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["CLIENT_KEY_HEADER", "RolloutRouter", "RolloutState", "request_key"]
 
 SHADOW_DRAIN_SECONDS = 10.0  # at shutdown, how long shadow copies in flight may finish
+SHED_LOG_INTERVAL_SECONDS = 10.0  # at most one "shadow copies shed" line per interval
 _CLIENT_KEY = CLIENT_KEY_HEADER.lower().encode("latin-1")
 
 
@@ -79,6 +82,11 @@ class RolloutRouter:
         self.shadow_max_in_flight = shadow_max_in_flight
         self.shadow_in_flight = 0
         self._shadow_tasks: set[asyncio.Task] = set()
+        # The lane the copies are scored in: its own thread and lock, never the
+        # champion's (serving/shadow_lane.py).
+        self.lane = ShadowLane()
+        self._shed_since_report = 0
+        self._last_shed_report = -SHED_LOG_INTERVAL_SECONDS
         self._lock = threading.Lock()
         metrics.track_rollout_share(self.share)
 
@@ -186,10 +194,20 @@ class RolloutRouter:
     # -- shadow copies -----------------------------------------------------------------
     def spawn_shadow(self, score: Callable[[], Awaitable[None]]) -> bool:
         """Run `score()` as a task of its own, unless shadow_max_in_flight copies are
-        being scored already: then it is skipped (counted) and False returned. Call it
-        on the event loop."""
+        being scored or waiting for the lane already: then it is shed (counted, and
+        logged at most once per interval) and False returned. Call it on the event
+        loop."""
         if self.shadow_in_flight >= self.shadow_max_in_flight:
             self.metrics.shadow_skipped.inc()
+            self._shed_since_report += 1
+            now = time.monotonic()
+            if now - self._last_shed_report >= SHED_LOG_INTERVAL_SECONDS:
+                logger.warning("shadow lane full (ML_API_SHADOW_MAX_IN_FLIGHT=%d copies in "
+                               "flight): %d shadow copies shed since the last report; the "
+                               "challenger is slower than the traffic",
+                               self.shadow_max_in_flight, self._shed_since_report)
+                self._shed_since_report = 0
+                self._last_shed_report = now
             return False
         self.shadow_in_flight += 1
 
@@ -208,9 +226,11 @@ class RolloutRouter:
         return True
 
     async def drain(self, timeout: float = SHADOW_DRAIN_SECONDS) -> None:
-        """Wait (up to `timeout`) for the shadow copies in flight, then cancel the rest."""
+        """Wait (up to `timeout`) for the shadow copies in flight, then cancel the rest
+        and stop the lane."""
         tasks = set(self._shadow_tasks)
         if not tasks:
+            await self.lane.stop()
             return
         _, pending = await asyncio.wait(tasks, timeout=timeout)
         for task in pending:
@@ -219,3 +239,4 @@ class RolloutRouter:
             await asyncio.wait(pending, timeout=1.0)
             logger.warning("%d shadow copies still running at shutdown were cancelled",
                            len(pending))
+        await self.lane.stop()

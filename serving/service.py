@@ -156,9 +156,10 @@ class Service:
 
     def _copy_to_shadow(self, shadow: ServedModel, model: ServedModel, rows: list[list],
                         request_id: str, rows_for: RowsFor) -> None:
-        """Score `rows` with the shadow challenger in a task of its own (bounded by
-        ML_API_SHADOW_MAX_IN_FLIGHT; over it the copy is skipped and counted) and offer
-        its rows to the log as variant "shadow" (best effort: never waited for)."""
+        """Score `rows` with the shadow challenger in the shadow lane (its own thread,
+        bounded by ML_API_SHADOW_MAX_IN_FLIGHT; over it the copy is shed and counted)
+        and offer its rows to the log as variant "shadow" (best effort: never waited
+        for)."""
         router = self.router
         log = self.log
         if router is None or log is None:
@@ -171,7 +172,9 @@ class Service:
                 if not same_inputs(shadow, model):
                     shadow_rows = await asyncio.to_thread(rows_for, shadow)
                     names = shadow.feature_names
-                outputs, extra = await self.batcher.predict(shadow, shadow_rows)
+                # The shadow lane: neither the event loop nor the champion's predict
+                # thread and lock (serving/shadow_lane.py).
+                outputs, extra = await router.lane.predict(shadow, shadow_rows)
                 latency = (time.perf_counter() - started) * 1000.0
                 _, predicted, probabilities = _answer(shadow, SHADOW, outputs, extra)
             except Exception as exc:  # noqa: BLE001 - counted and logged, never answered

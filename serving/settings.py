@@ -122,6 +122,14 @@ class ServingSettings:
     # Shadow rollouts: most copies of requests the challenger scores at once (after the
     # answers went out); a request beyond it is not copied (ml_api_shadow_skipped_total).
     shadow_max_in_flight: int = 64
+    # Slow clients (serving/http/connections.py): the longest a connection may take to
+    # send a request's headers, and a request's body; idle keep-alive connections are
+    # closed after keepalive_seconds; above max_connections open connections (or
+    # requests in progress) a request is answered 503 at once.
+    header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 30.0
+    keepalive_seconds: float = 5.0
+    max_connections: int = 1000
 
     @classmethod
     def from_env(cls, **overrides) -> ServingSettings:
@@ -163,6 +171,10 @@ class ServingSettings:
             runtime=_choice("ML_API_RUNTIME", "auto", RUNTIMES),
             workers=_number("ML_API_WORKERS", 1, int, 1),
             shadow_max_in_flight=_number("ML_API_SHADOW_MAX_IN_FLIGHT", 64, int, 1),
+            header_timeout_seconds=_number("ML_API_HEADER_TIMEOUT_SECONDS", 10.0, float, 0.1),
+            body_timeout_seconds=_number("ML_API_BODY_TIMEOUT_SECONDS", 30.0, float, 0.1),
+            keepalive_seconds=_number("ML_API_KEEPALIVE_SECONDS", 5.0, float, 0.1),
+            max_connections=_number("ML_API_MAX_CONNECTIONS", 1000, int, 1),
         )
         settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
         if settings.input_policy not in INPUT_POLICIES:

@@ -4,6 +4,8 @@ needs `ml_assets_tests.support.user_factory.ClipScaler` in ML_SKOPS_TRUSTED_TYPE
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin, TransformerMixin
 from sklearn.linear_model import Ridge
@@ -53,3 +55,18 @@ class OverflowRegressor(RegressorMixin, BaseEstimator):
 
 
 OVERFLOW_TRUSTED = "ml_assets_tests.support.user_factory.OverflowRegressor"
+
+
+class SlowClassifier:
+    """A challenger that answers like `pipeline` but sleeps `seconds` in every
+    predict_proba call first: a model far slower than the champion, as a shadow."""
+
+    def __init__(self, pipeline, seconds: float):
+        self.pipeline = pipeline
+        self.seconds = seconds
+        self.calls = 0
+
+    def predict_proba(self, X):
+        self.calls += 1
+        time.sleep(self.seconds)
+        return self.pipeline.predict_proba(X)

@@ -56,4 +56,11 @@ async def off_loop(body: bytes, parse: Callable[..., _T], *args: Any) -> _T:
     """`parse(*args)` on the event loop for small bodies, in a parser thread for large."""
     if len(body) <= OFF_LOOP_BYTES:
         return parse(*args)
+    return await in_parser(parse, *args)
+
+
+async def in_parser(parse: Callable[..., _T], *args: Any) -> _T:
+    """`parse(*args)` in a parser thread whatever the body's size: for formats whose
+    decoded size is unrelated to their length (a few hundred bytes of Parquet can
+    expand to gigabytes before a bound refuses them)."""
     return await asyncio.get_running_loop().run_in_executor(_PARSER, parse, *args)

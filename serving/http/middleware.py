@@ -4,11 +4,13 @@
 request count and latency by endpoint template and status, and a last-resort
 500 that logs the error server-side and never shows a stack trace.
 `BodySizeLimit`: 413 for bodies over the limit, by Content-Length or while
-streaming a chunked body.
+streaming a chunked body; 408 for a body that does not arrive within the body timeout
+(a client trickling it: slowloris).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -28,6 +30,14 @@ class BodyTooLarge(Exception):
     def __init__(self, limit: int):
         super().__init__(f"request body exceeds the limit of {limit} bytes "
                          "(ML_API_MAX_BODY_BYTES)")
+
+
+class BodyReadTimeout(Exception):
+    """Raised when a request's body has not arrived within the body timeout."""
+
+    def __init__(self, seconds: float):
+        super().__init__(f"request body not received within {seconds:g}s "
+                         "(ML_API_BODY_TIMEOUT_SECONDS)")
 
 
 async def _send_json(send, status: int, body: dict, headers: list | None = None) -> None:
@@ -87,11 +97,13 @@ class RequestContext:
 
 
 class BodySizeLimit:
-    """Refuse bodies larger than `max_bytes` with 413 before the app reads them."""
+    """Refuse bodies larger than `max_bytes` with 413 before the app reads them, and
+    bodies that take longer than `timeout_seconds` to arrive (BodyReadTimeout, 408)."""
 
-    def __init__(self, app, max_bytes: int):
+    def __init__(self, app, max_bytes: int, timeout_seconds: float = 30.0):
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_seconds = timeout_seconds
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -104,19 +116,30 @@ class BodySizeLimit:
                                          "(ML_API_MAX_BODY_BYTES)"},
                              [(b"connection", b"close")])
             return
-        if length is not None:
-            await self.app(scope, receive, send)
-            return
         received = 0
         limit = self.max_bytes
+        counted = length is None
+        seconds = self.timeout_seconds
+        deadline: float | None = None
+        complete = False
 
-        async def counting_receive():
-            nonlocal received
-            message = await receive()
+        async def bounded_receive():
+            nonlocal received, deadline, complete
+            if complete:  # the body is in: what follows is the wait for a disconnect
+                return await receive()
+            if deadline is None:
+                deadline = asyncio.get_running_loop().time() + seconds
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise BodyReadTimeout(seconds) from None
             if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise BodyTooLarge(limit)
+                complete = not message.get("more_body", False)
+                if counted:
+                    received += len(message.get("body", b""))
+                    if received > limit:
+                        raise BodyTooLarge(limit)
             return message
 
-        await self.app(scope, counting_receive, send)
+        await self.app(scope, bounded_receive, send)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import inspect
 import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -23,8 +25,47 @@ from ml_assets.core.artifacts.onnx.runtime import CompiledModel, near_ties
 from serving.model.feature_specs import FeatureSpec, frame_from_rows
 from serving.model.request_models import RequestModels
 
-# Held by every Pipeline prediction (and smoke test) that swaps warning filters.
+# Held by the champion's Pipeline predictions (the predict thread); SHADOW_LOCK by the
+# shadow lane's (serving/shadow_lane.py), so a slow shadow never holds up the champion.
+# A smoke test, which records the warnings a model raises, takes both (SHADOW_LOCK
+# first): no prediction then runs under the shared "ignore" filters below.
 PREDICT_LOCK = threading.Lock()
+SHADOW_LOCK = threading.Lock()
+
+
+class _QuietSection:
+    """The process-wide warning filters as one `ignore` while any Pipeline prediction
+    runs, restored when the last one ends. The filters are global, so two threads
+    predicting at once under their own `catch_warnings` could restore each other's
+    `ignore` for good; here the first thread in installs it and the last one out puts
+    the saved filters back (a lock held for microseconds, never during a prediction)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._saved: warnings.catch_warnings | None = None
+
+    @contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self._lock:
+            if self._depth == 0:
+                saved = warnings.catch_warnings()
+                saved.__enter__()
+                warnings.resetwarnings()
+                warnings.simplefilter("ignore")
+                self._saved = saved
+            self._depth += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._depth -= 1
+                if self._depth == 0 and self._saved is not None:
+                    self._saved.__exit__(None, None, None)
+                    self._saved = None
+
+
+quiet_warnings = _QuietSection()
 
 REGRESSION = "regression"
 # Classifiers: "binary" | "multiclass" (a model logged before tasks existed, without a
@@ -116,37 +157,39 @@ class ServedModel:
         values = self.compiled.predict_values(rows)
         return values if np.isfinite(values).all() else None
 
-    def predict_proba(self, rows: list[list]) -> np.ndarray:
+    def predict_proba(self, rows: list[list], lock: threading.Lock = PREDICT_LOCK
+                      ) -> np.ndarray:
         """Class probabilities for validated rows: the compiled graph straight from the
         rows (no DataFrame) when there is one, except that its near-tie rows are
         answered by the Pipeline, and a batch the graph answers with values that are
         not finite goes to the Pipeline whole (its answer or its overflow diagnosis is
         what the client gets); the Pipeline (one DataFrame, one call) otherwise."""
         if self.compiled is None:
-            return self.sklearn_proba(rows)
+            return self.sklearn_proba(rows, lock)
         proba = self.compiled.predict_proba(rows)
         if not np.isfinite(proba).all():
-            return self.sklearn_proba(rows)
+            return self.sklearn_proba(rows, lock)
         np.clip(proba, 0.0, 1.0, out=proba)
         ties = np.flatnonzero(near_ties(proba))
         if len(ties):
-            proba[ties] = self.sklearn_proba([rows[i] for i in ties])
+            proba[ties] = self.sklearn_proba([rows[i] for i in ties], lock)
         return proba
 
-    def sklearn_proba(self, rows: list[list]) -> np.ndarray:
-        """The Pipeline's class probabilities for validated rows."""
+    def sklearn_proba(self, rows: list[list], lock: threading.Lock = PREDICT_LOCK
+                      ) -> np.ndarray:
+        """The Pipeline's class probabilities for validated rows. `lock`: PREDICT_LOCK
+        (the champion's predict thread) or SHADOW_LOCK (the shadow lane)."""
         frame = self.frame(rows)
         # scikit-learn's joblib wrapper re-installs every process-wide warning filter
         # for every tree of every call: with the ~15 filters mlflow & co. install, ~40%
         # of a one-row call of a 200-tree forest. Predict under one filter instead; the
         # smoke test at load time shows the warnings a model raises. The lock keeps the
         # smoke test of a candidate from interleaving its filter swaps with these.
-        with PREDICT_LOCK, warnings.catch_warnings():
-            warnings.resetwarnings()
-            warnings.simplefilter("ignore")
+        with lock, quiet_warnings():
             return self.pipeline.predict_proba(frame)
 
-    def predict_values(self, rows: list[list]) -> tuple[np.ndarray, np.ndarray | None]:
+    def predict_values(self, rows: list[list], lock: threading.Lock = PREDICT_LOCK
+                       ) -> tuple[np.ndarray, np.ndarray | None]:
         """A regressor's predicted values for validated rows, and their standard
         deviations when the final estimator gives them (`interval`), else None. The
         compiled graph answers when there is one (never for `interval` models: ONNX has no
@@ -155,9 +198,7 @@ class ServedModel:
         if values is not None:
             return values, None
         frame = self.frame(rows)
-        with PREDICT_LOCK, warnings.catch_warnings():  # see predict_proba
-            warnings.resetwarnings()
-            warnings.simplefilter("ignore")
+        with lock, quiet_warnings():  # see sklearn_proba
             return regression_output(self.pipeline, frame, self.interval)
 
     def describe(self) -> dict:

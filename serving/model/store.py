@@ -46,6 +46,7 @@ from serving.model.request_models import OUT_OF_RANGE, UNSEEN_CATEGORY, build_re
 from serving.model.served import (
     PREDICT_LOCK,
     REGRESSION,
+    SHADOW_LOCK,
     ServedModel,
     learned_none_category,
     model_task,
@@ -278,7 +279,7 @@ class ModelStore:
             if model.is_regression:
                 fast = model.compiled.predict_values(validated)
                 frame = model.frame(validated)
-                with PREDICT_LOCK, warnings.catch_warnings():
+                with SHADOW_LOCK, PREDICT_LOCK, warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     slow, _ = regression_output(model.pipeline, frame, False)
                 agree = bool(np.all(np.abs(fast - slow) <= SMOKE_RELATIVE_TOLERANCE
@@ -312,7 +313,7 @@ class ModelStore:
                 raise ValueError("the pipeline has no predict_proba")
             records = [model.requests.record.model_validate(row) for row in rows]
             frame = model.frame([model.requests.row_of(r) for r in records])
-            with PREDICT_LOCK, warnings.catch_warnings(record=True) as caught:
+            with SHADOW_LOCK, PREDICT_LOCK, warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 proba = model.pipeline.predict_proba(frame)
             for message in {str(w.message) for w in caught}:
@@ -342,7 +343,7 @@ class ModelStore:
                              f"lists classes {model.metadata['classes']}")
         records = [model.requests.record.model_validate(row) for row in rows]
         frame = model.frame([model.requests.row_of(r) for r in records])
-        with PREDICT_LOCK, warnings.catch_warnings(record=True) as caught:
+        with SHADOW_LOCK, PREDICT_LOCK, warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             values, std = regression_output(model.pipeline, frame, model.interval)
         for message in {str(w.message) for w in caught}:

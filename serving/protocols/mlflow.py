@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 import pyarrow as pa  # type: ignore[import-untyped]
+import pyarrow.compute as pc  # type: ignore[import-untyped]
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
 from pydantic import ValidationError
 
@@ -35,6 +36,7 @@ FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 CONTENT_JSON = "application/json"
 CONTENT_CSV = "text/csv"
 CONTENT_PARQUET = "application/vnd.apache.parquet"
+PARQUET_BATCH_ROWS = 64  # rows decoded at a time while the decoded size is summed
 
 
 class InvocationError(Exception):
@@ -88,6 +90,11 @@ def parse_rows(body: bytes, content_type: str | None, requests: RequestModels,
         raise InvocationError(validation_message(exc, "row", names),
                               detail=validation_detail(exc, features=names)) from None
     return [requests.row_of(record) for record in validated]
+
+
+def is_parquet(content_type: str | None) -> bool:
+    """Whether an /invocations body declares Parquet."""
+    return (content_type or "").split(";")[0].strip().lower() == CONTENT_PARQUET
 
 
 def _check_rows(count: int, max_rows: int, more: bool = False) -> None:
@@ -321,7 +328,10 @@ def _parquet_records(body: bytes, specs: tuple[FeatureSpec, ...], max_rows: int
                               f"more than {_parquet_byte_limit(max_rows, len(columns))} "
                               f"for {max_rows} rows; split the input")
     try:
-        table = parquet.read(columns=columns, use_pandas_metadata=False)
+        table = _decode_bounded(body, parquet, columns, indices, max_rows,
+                                _parquet_byte_limit(max_rows, len(columns)))
+    except InvocationError:
+        raise
     except Exception as exc:  # noqa: BLE001 - pyarrow raises many kinds
         raise InvocationError(f"Failed to parse input as a Pandas DataFrame. Ensure that the "
                               f"input is a valid Parquet file. Error: {excerpt(exc)}"
@@ -337,6 +347,53 @@ def _parquet_records(body: bytes, specs: tuple[FeatureSpec, ...], max_rows: int
         for record, value in zip(records, values, strict=True):
             record[column] = value
     return records
+
+
+def _decode_bounded(body: bytes, parquet, columns: list[str], indices: set[int],
+                    max_rows: int, limit: int) -> pa.Table:
+    """The known columns, decoded batch by batch while their decoded size stays within
+    `limit`: the footer's uncompressed sizes say what the pages hold, not what they
+    expand to (a 2 MiB dictionary string referenced 1,000 times is 2 GB of text).
+    Strings are read dictionary-encoded, so a batch costs its dictionary and indices,
+    and the size each cell would take once decoded is summed before anything is."""
+    metadata = parquet.metadata
+    for g in range(metadata.num_row_groups):
+        group = metadata.row_group(g)
+        for i in indices:  # a nested (list) column: more values than rows
+            if group.column(i).num_values > group.num_rows:
+                raise InvocationError(f"column {excerpt(metadata.schema.column(i).path)!r} "
+                                      "holds lists or nested values; every column of "
+                                      "the input must hold one value per row")
+    strings = [name for name in columns
+               if pa.types.is_string(parquet.schema_arrow.field(name).type)
+               or pa.types.is_large_string(parquet.schema_arrow.field(name).type)
+               or pa.types.is_binary(parquet.schema_arrow.field(name).type)]
+    reader = pq.ParquetFile(pa.BufferReader(body), read_dictionary=strings)
+    batches, decoded, rows = [], 0, 0
+    for batch in reader.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns,
+                                     use_pandas_metadata=False):
+        rows += batch.num_rows
+        if rows > max_rows:  # metadata that lied
+            _check_rows(rows, max_rows, more=True)
+        decoded += sum(_decoded_bytes(column) for column in batch.columns)
+        if decoded > limit:
+            raise InvocationError(f"the Parquet input's columns decode to more than {limit} "
+                                  f"bytes (at most 1 KiB per cell, 16 MiB at least, for "
+                                  f"{max_rows} rows); split the input")
+        batches.append(batch)
+    if not batches:
+        return reader.schema_arrow.empty_table().select(columns)
+    return pa.Table.from_batches(batches)
+
+
+def _decoded_bytes(column: pa.Array) -> int:
+    """The bytes `column` takes once decoded: a dictionary column's referenced values
+    summed per cell (never materialised), any other its buffers."""
+    if pa.types.is_dictionary(column.type):
+        lengths = pc.binary_length(column.dictionary).fill_null(0)
+        taken = lengths.take(column.indices.fill_null(0))
+        return int(pc.sum(taken).as_py() or 0) + 8 * len(column)
+    return column.nbytes
 
 
 def _parquet_byte_limit(max_rows: int, n_columns: int) -> int:

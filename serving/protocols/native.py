@@ -11,6 +11,7 @@ their OpenAPI schemas are injected by the app factory from the same models.
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from typing import Annotated, Any
 
 import orjson
@@ -19,7 +20,8 @@ from fastapi.responses import Response
 from mlflow.version import VERSION as MLFLOW_VERSION
 from pydantic import ValidationError
 
-from serving.http.guards import UNSUPPORTED_MEDIA_TYPE, off_loop, require_json
+from serving.http.guards import UNSUPPORTED_MEDIA_TYPE, in_parser, off_loop, require_json
+from serving.http.key_flood import key_flood
 from serving.http.middleware import request_id_of
 from serving.http.responses import (
     ErrorResponse,
@@ -37,7 +39,7 @@ from serving.http.responses import (
 from serving.model.input_limits import InputOverflow
 from serving.model.request_models import BATCH_MODEL, INVOCATIONS_RECORD_MODEL, RECORD_MODEL
 from serving.model.served import ServedModel
-from serving.protocols.mlflow import InvocationError, parse_rows
+from serving.protocols.mlflow import InvocationError, is_parquet, parse_rows
 from serving.protocols.validation_errors import validation_detail, validation_message
 from serving.service import Service, get_service
 
@@ -77,6 +79,20 @@ def _invalid(exc: ValidationError, index_word: str, features: tuple[str, ...]) -
     return OrjsonResponse({"detail": validation_detail(exc, features=names),
                            "message": validation_message(exc, index_word, names)},
                           status_code=422)
+
+
+async def _flooded(body: bytes, model: ServedModel, max_records: int = 1
+                   ) -> Response | None:
+    """422 naming the problem when the body's records carry far more keys than the
+    schema has columns (serving/http/key_flood.py), before pydantic sees it; else None.
+    Counted off the event loop for large bodies."""
+    columns = len(model.feature_names) + len(model.excluded_columns)
+    problem = await off_loop(body, key_flood, body, columns, max_records)
+    if problem is None:
+        return None
+    return OrjsonResponse({"detail": [{"loc": ["body"], "msg": problem,
+                                       "type": "too_many_fields"}],
+                           "message": f"invalid input: {problem}"}, status_code=422)
 
 
 def _overflow(exc: InputOverflow, mlflow_style: bool = False) -> Response:
@@ -145,8 +161,11 @@ async def predict(request: Request, service: ServiceDep) -> Response:
     model, variant, shadow = service.choose(champion, request.scope, request_id)
     with service.batcher.tracking():
         body = await request.body()
-        try:
-            record = model.requests.record.model_validate_json(body)
+        flooded = await _flooded(body, model)
+        if flooded is not None:
+            return flooded
+        try:  # a large body is validated in a parser thread, off the event loop
+            record = await off_loop(body, model.requests.record.model_validate_json, body)
         except ValidationError as exc:
             return _invalid(exc, "record", model.feature_names)
         rows = [model.requests.row_of(record)]
@@ -192,6 +211,9 @@ async def predict_batch(request: Request, service: ServiceDep) -> Response:
     model, variant, shadow = service.choose(champion, request.scope, request_id)
     with service.batcher.tracking():
         body = await request.body()
+        flooded = await _flooded(body, model, service.settings.max_batch)
+        if flooded is not None:
+            return flooded
         try:  # a large body is validated in a parser thread, off the event loop
             batch = await off_loop(body, model.requests.batch.model_validate_json, body)
         except ValidationError as exc:
@@ -276,9 +298,11 @@ async def invocations_endpoint(request: Request, service: ServiceDep) -> Respons
     content_type = request.headers.get("content-type")
     with service.batcher.tracking():
         body = await request.body()
-        try:  # a large body is parsed in a parser thread, off the event loop
-            rows = await off_loop(body, parse_rows, body, content_type, model.requests,
-                                  service.settings.max_batch)
+        # A large body, and any Parquet one, is parsed in a parser thread.
+        parse = in_parser if is_parquet(content_type) else partial(off_loop, body)
+        try:
+            rows = await parse(parse_rows, body, content_type, model.requests,
+                               service.settings.max_batch)
         except InvocationError as exc:
             return OrjsonResponse(exc.body(), status_code=exc.status)
 

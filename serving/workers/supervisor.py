@@ -20,6 +20,7 @@ from uvicorn.config import LOGGING_CONFIG, STARTUP_FAILURE
 from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 from serving.app import create_app
+from serving.http.connections import uvicorn_options, with_header_deadline
 from serving.settings import ServingSettings
 from serving.workers.shared_dir import MULTIPROC_ENV, SharedDir
 
@@ -182,7 +183,9 @@ def run_workers(settings: ServingSettings, log_level: str = "info") -> int:
                                 port=settings.port, workers=settings.workers,
                                 log_level=log_level, access_log=settings.access_log,
                                 log_config=log_config(log_level),
-                                timeout_graceful_shutdown=GRACEFUL_SECONDS)
+                                timeout_graceful_shutdown=GRACEFUL_SECONDS,
+                                **uvicorn_options(settings))
+        with_header_deadline(config, settings)
         sock = config.bind_socket()
         try:
             supervisor = Supervisor(config, [sock], shared)

@@ -1,0 +1,120 @@
+"""Attacks on the request path, tried as an attacker would (TestClient, real model):
+a Parquet dictionary bomb on /invocations and a /predict body flooded with unknown
+keys are refused cheaply, with bounded memory, and never stall the event loop (other
+requests keep being answered while they are in flight)."""
+
+from __future__ import annotations
+
+import io
+import resource
+import threading
+import time
+import warnings
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from serving.app import create_app
+from serving.settings import ServingSettings
+
+with warnings.catch_warnings():  # starlette prefers httpx2 over the pinned httpx
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+
+PARQUET = {"Content-Type": "application/vnd.apache.parquet"}
+JSON = {"Content-Type": "application/json"}
+
+
+@pytest.fixture(scope="module")
+def client(mlflow_store, cancer_champion, tmp_path_factory):
+    settings = ServingSettings(tracking_uri=mlflow_store["tracking_uri"],
+                               model_name=cancer_champion.name, poll_seconds=0,
+                               prediction_log_path=tmp_path_factory.mktemp("attacks")
+                               / "log.db")
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def _dictionary_bomb(column: str) -> bytes:
+    """582 bytes of Parquet: one 2 MiB string in a dictionary page, referenced by 1,000
+    indices; 2 GB once decoded."""
+    values = pa.DictionaryArray.from_arrays(pa.array([0] * 1000, pa.int32()),
+                                            pa.array(["x" * (2 * 1024 * 1024)]))
+    buffer = io.BytesIO()
+    pq.write_table(pa.table({column: values}), buffer, compression="zstd")
+    return buffer.getvalue()
+
+
+def _health_while(client: TestClient, send, count: int) -> tuple[float, list]:
+    """The slowest /health answer (seconds) while `count` threads run `send()`, and
+    their answers. TestClient runs every request on one event loop (its portal), so a
+    request that blocks the loop delays /health."""
+    answers: list = []
+    threads = [threading.Thread(target=lambda: answers.append(send())) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    slowest = 0.0
+    polls = 0
+    while any(t.is_alive() for t in threads) and polls < 2000:  # bounded
+        started = time.perf_counter()
+        assert client.get("/health").status_code == 200
+        slowest = max(slowest, time.perf_counter() - started)
+        polls += 1
+    for thread in threads:
+        thread.join(60)
+    assert polls > 0 and len(answers) == count
+    return slowest, answers
+
+
+def test_a_parquet_dictionary_bomb_is_refused_from_its_decoded_size(client):
+    body = _dictionary_bomb("mean radius")
+    assert len(body) < 1024
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    slowest, answers = _health_while(
+        client, lambda: client.post("/invocations", content=body, headers=PARQUET), 4)
+    for response in answers:
+        assert response.status_code == 400, response.text
+        message = response.json()["message"]
+        assert "decode to more than 16777216 bytes" in message and "split the input" in message
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
+    assert grown < 200 * 1024, f"peak RSS grew {grown / 1024:.0f} MiB"
+    assert slowest < 0.1, f"/health took {slowest * 1000:.0f} ms during the bombs"
+
+
+def test_parquet_under_the_decoded_bound_is_still_answered(client, cancer_champion):
+    frame = cancer_champion.trained.X_test.head(5)
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer)
+    response = client.post("/invocations", content=buffer.getvalue(), headers=PARQUET)
+    assert response.status_code == 200, response.text
+    assert len(response.json()["predictions"]) == 5
+
+
+def test_a_200k_key_record_is_refused_cheaply_and_names_the_problem(client, cancer_champion):
+    row = cancer_champion.trained.X_test.iloc[0].to_dict()
+    flood = {**row, **{f"k{i:06d}": 1.0 for i in range(200_000)}}
+    body = orjson.dumps(flood)
+    assert len(body) > 2_500_000
+    started = time.perf_counter()
+    slowest, answers = _health_while(
+        client, lambda: client.post("/predict", content=body, headers=JSON), 4)
+    elapsed = time.perf_counter() - started
+    for response in answers:
+        assert response.status_code == 422, response.text
+        assert response.json()["detail"][0]["type"] == "too_many_fields"
+        assert "the record has 200030 fields" in response.json()["message"]
+    assert slowest < 0.1, f"/health took {slowest * 1000:.0f} ms during the floods"
+    assert elapsed < 10
+    batch = client.post("/predict/batch", content=orjson.dumps({"records": [flood]}),
+                        headers=JSON)
+    assert batch.status_code == 422 and "per record" in batch.json()["message"]
+
+
+def test_a_few_unknown_keys_still_get_the_per_field_answer(client, cancer_champion):
+    row = cancer_champion.trained.X_test.iloc[0].to_dict()
+    response = client.post("/predict", json={**row, "extra_a": 1, "extra_b": 2})
+    assert response.status_code == 422
+    assert {item["type"] for item in response.json()["detail"]} == {"extra_forbidden"}
+    assert client.post("/predict", json=row).status_code == 200
