@@ -9,6 +9,7 @@ from dagster import (
 from ml_assets import (
     automation,
     batch,
+    estimation,
     evaluation,
     features,
     ingestion,
@@ -22,7 +23,7 @@ from ml_assets.execution import build_executor
 from ml_assets.resources.factory import build_resources
 
 STAGES = [ingestion, validation, features, training, evaluation, registry, rollout,
-          monitoring, batch]
+          monitoring, estimation, batch]
 
 defs = Definitions(
     assets=automation.with_freshness(load_assets_from_modules(STAGES)),
