@@ -7,7 +7,6 @@ from collections.abc import Iterator
 import numpy as np
 import pandas as pd
 from dagster import (
-    AssetCheckExecutionRecordStatus,
     AssetCheckKey,
     AssetCheckResult,
     AssetCheckSeverity,
@@ -20,6 +19,7 @@ from dagster import (
     Output,
     asset,
 )
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 from pydantic import Field
 
 from ml_assets.core.estimation import evidence
