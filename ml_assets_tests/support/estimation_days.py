@@ -1,4 +1,8 @@
-"""Days of covariate shift on real, packaged tables nobody here wrote (vega_datasets' seattle-weather, palmerpenguins), for the performance estimate: a model trained on one part of the table, calibrated on a second, and scored on days drawn from sub-populations of the third, with the estimate's band against the realised value (shared by the suite and benchmarks/estimation_coverage.py)."""
+"""Days of covariate shift on real, packaged tables nobody here wrote (vega_datasets'
+seattle-weather, palmerpenguins), for the performance estimate: a model trained on one
+part of the table, calibrated on a second, and scored on days drawn from sub-populations
+of the third, with the estimate's band against the realised value (shared by the suite
+and benchmarks/estimation_coverage.py)."""
 
 from __future__ import annotations
 
@@ -85,7 +89,7 @@ class Day:
 
 
 def shifted_day(setup: Setup, rng: np.random.Generator, rows: int,
-                flip_segment: bool = False) -> Day:
+                flip_segment: bool = False, draws: int = 1000) -> Day:
     """One day: a window of one segment column (a random 40% of its quantile range)
     selects the sub-population; up to `rows` of its rows drawn without replacement (a
     day's rows are distinct rows nobody trained or calibrated on). With
@@ -108,7 +112,7 @@ def shifted_day(setup: Setup, rng: np.random.Generator, rows: int,
         rotated = np.asarray([classes[(classes.index(t) + 1) % len(classes)] for t in truth])
         truth = np.where(upper, rotated, truth)
     predicted = np.asarray(classes)[proba.argmax(axis=1)]
-    estimate = estimate_performance(proba, setup.calibrator, predicted,
+    estimate = estimate_performance(proba, setup.calibrator, predicted, draws=draws,
                                     seed=int(rng.integers(1 << 30)))
     realised = classification_metrics(truth, predicted, proba, classes)["accuracy"]
     band = estimate.metrics["accuracy"]
@@ -117,11 +121,11 @@ def shifted_day(setup: Setup, rng: np.random.Generator, rows: int,
 
 
 def coverage(table: Table, days: int, seed: int = 0, min_rows: int = 50,
-             max_rows: int = 200) -> tuple[float, list[Day]]:
+             max_rows: int = 200, draws: int = 1000) -> tuple[float, list[Day]]:
     """The share of `days` covariate-shifted days whose realised accuracy lies in the
     estimate's band, and the days."""
     setup = prepare(table, seed)
     rng = np.random.default_rng(seed)
-    result = [shifted_day(setup, rng, int(rng.integers(min_rows, max_rows + 1)))
-              for _ in range(days)]
+    result = [shifted_day(setup, rng, int(rng.integers(min_rows, max_rows + 1)),
+                          draws=draws) for _ in range(days)]
     return float(np.mean([d.covered for d in result])), result

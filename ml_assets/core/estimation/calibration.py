@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 from sklearn.isotonic import IsotonicRegression
-from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
 FORMAT = "ml_platform.calibrator/1"
@@ -100,17 +99,38 @@ def fit_sigmoid(p: np.ndarray, y: np.ndarray) -> ClassMap:
     """Platt scaling of the probability (as scikit-learn's CalibratedClassifierCV does
     for a predict_proba model: bounded inputs, so a confident mistake at p = 0 or 1 does
     not flatten the curve), with Platt's smoothed targets ((N+ + 1) / (N+ + 2) for a
-    positive, 1 / (N- + 2) for a negative): each row enters twice, weighted."""
-    z = np.asarray(p, dtype=np.float64).reshape(-1, 1)
-    positives, negatives = int(y.sum()), int(len(y) - y.sum())
-    hi, lo = (positives + 1) / (positives + 2), 1 / (negatives + 2)
-    target = np.where(y == 1, hi, lo)
-    X = np.vstack([z, z])
-    labels = np.concatenate([np.ones(len(z)), np.zeros(len(z))])
-    weights = np.concatenate([target, 1 - target])
-    model = LogisticRegression(C=1e6, max_iter=1000)
-    model.fit(X, labels, sample_weight=weights)
-    return ClassMap("sigmoid", a=float(model.coef_[0, 0]), b=float(model.intercept_[0]))
+    positive, 1 / (N- + 2) for a negative), which keep the optimum finite on separable
+    rows. Newton's method with step halving on the two parameters (Platt's own
+    algorithm; the loss is strictly convex)."""
+    z = np.asarray(p, dtype=np.float64)
+    positives, negatives = float(y.sum()), float(len(y) - y.sum())
+    target = np.where(y == 1, (positives + 1) / (positives + 2), 1 / (negatives + 2))
+    X = np.column_stack([z, np.ones_like(z)])
+
+    def loss(theta: np.ndarray) -> float:
+        u = X @ theta  # -log sigmoid(u) = logaddexp(0, -u)
+        return float(np.sum(target * np.logaddexp(0, -u) + (1 - target) * np.logaddexp(0, u)))
+
+    prior = np.log((positives + 1) / (negatives + 1))
+    theta = np.array([0.0, prior])
+    current = loss(theta)
+    for _ in range(100):
+        q = 1 / (1 + np.exp(-(X @ theta)))
+        gradient = X.T @ (q - target)
+        hessian = (X * (q * (1 - q))[:, None]).T @ X + 1e-12 * np.eye(2)
+        step = np.linalg.solve(hessian, gradient)
+        scale = 1.0
+        while scale > 1e-10:
+            candidate = theta - scale * step
+            value = loss(candidate)
+            if value <= current + 1e-4 * scale * float(gradient @ -step):
+                break
+            scale /= 2
+        if scale <= 1e-10 or abs(current - value) < 1e-10 * max(1.0, abs(current)):
+            theta, current = (candidate, value) if value < current else (theta, current)
+            break
+        theta, current = candidate, value
+    return ClassMap("sigmoid", a=float(theta[0]), b=float(theta[1]))
 
 
 def fit_isotonic(p: np.ndarray, y: np.ndarray) -> ClassMap:
