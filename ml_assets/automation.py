@@ -330,7 +330,7 @@ def retrain_on_drift(context: SensorEvaluationContext) -> SensorResult:
 def _evidence_tags(day: evidence.DayEvidence, decision: evidence.Decision) -> dict[str, str]:
     """The run's tags: which day, which check, which estimate (Dagster caps a tag's value,
     so long details are cut)."""
-    return {TRIGGER_TAG: "realised_drop" if decision.evidence == "realised" else "drift",
+    return {TRIGGER_TAG: "drift" if day.drift_failed else "realised_drop",
             "ml/evidence": decision.evidence, "ml/evidence_days": day.partition,
             "ml/drift_partition": day.partition,
             "ml/drift_check": DRIFT_CHECK if day.drift_failed else "-",

@@ -41,10 +41,13 @@ def _tick(instance, cursor=None):
 
 
 def test_retrain_on_drift_fires_once_per_episode_with_tags(instance, monkeypatch):
+    """ML_RETRAIN_ON_ANY_DRIFT: the former rule, a failed drift check retrains on its own
+    (the evidence rule is tested in test_retrain_on_evidence.py)."""
     monkeypatch.setattr(automation, "SETTINGS", dataclasses.replace(
-        automation.SETTINGS, retrain_cooldown_seconds=0))
+        automation.SETTINGS, retrain_cooldown_seconds=0, retrain_on_any_drift=True))
     first = _tick(instance)
-    assert not first.run_requests and "no new drift evaluations" in first.skip_reason.skip_message
+    assert not first.run_requests and "no new drift or performance evidence" in \
+        first.skip_reason.skip_message
     _drift_evaluation(instance, True, "2026-11-18")
     _drift_evaluation(instance, False, "2026-11-19", features=("mean radius", "mean area"))
     result = _tick(instance, first.cursor)
@@ -55,7 +58,7 @@ def test_retrain_on_drift_fires_once_per_episode_with_tags(instance, monkeypatch
     # The same episode goes on: no second retrain.
     _drift_evaluation(instance, False, "2026-11-20")
     again = _tick(instance, result.cursor)
-    assert not again.run_requests and "same drift episode" in again.skip_reason.skip_message
+    assert not again.run_requests and "same episode" in again.skip_reason.skip_message
     # A warning is not a failure, and a passing day ends the episode...
     _drift_evaluation(instance, False, "2026-11-21", severity="WARN")
     _drift_evaluation(instance, True, "2026-11-22")
@@ -70,7 +73,7 @@ def test_retrain_on_drift_fires_once_per_episode_with_tags(instance, monkeypatch
 
 def test_retrain_on_drift_respects_the_cooldown(instance, monkeypatch):
     monkeypatch.setattr(automation, "SETTINGS", dataclasses.replace(
-        automation.SETTINGS, retrain_cooldown_seconds=3600))
+        automation.SETTINGS, retrain_cooldown_seconds=3600, retrain_on_any_drift=True))
     _drift_evaluation(instance, False, "2026-11-19")
     launched = _tick(instance)
     assert len(launched.run_requests) == 1
@@ -176,7 +179,8 @@ def test_monitoring_assets_on_a_real_champion(instance, tmp_path, mlflow_store, 
     for day in ("2026-11-20", "2026-11-21"):
         result = score.execute_in_process(instance=instance, resources=resources,
                                           partition_key=day)
-        (evaluation,) = result.get_asset_check_evaluations()
+        (evaluation,) = [e for e in result.get_asset_check_evaluations()
+                         if e.check_name == DRIFT_CHECK]
         outcomes[day] = evaluation
         drift = result.output_for_node("drift_scores")
         assert drift["n_rows"] == 200
