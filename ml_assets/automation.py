@@ -1,9 +1,10 @@
 """Automation: jobs, sensors, schedules and freshness policies, written once here.
 
 Everything is on by default, so `dagster dev` (webserver + daemon) closes the loop:
-new production data is materialized as it arrives, drift is scored after it
-(automation condition) and daily (schedule), a failed drift check retrains once per
-episode, the champion is retrained weekly, and failed runs raise an alert.
+new production data is materialized as it arrives, drift is scored and performance
+estimated after it (automation condition) and daily (schedule), a failed drift check
+with an estimated (or realised) performance drop retrains once per episode, the
+champion is retrained weekly, and failed runs raise an alert.
 """
 
 import hashlib
@@ -25,7 +26,6 @@ from dagster import (
     AutomationConditionSensorDefinition,
     DefaultScheduleStatus,
     DefaultSensorStatus,
-    EventLogEntry,
     FreshnessPolicy,
     RunFailureSensorContext,
     RunRequest,
@@ -42,12 +42,19 @@ from dagster import (
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
 from ml_assets.core.data.production_rows import read_label_files
+from ml_assets.core.estimation import evidence
 from ml_assets.core.registry import champion as registry
 from ml_assets.core.rollout.plan import read_rollout
 from ml_assets.resources import MlflowTracking
 from ml_assets.resources.production import ProductionDataResource
 from ml_assets.settings import PlatformSettings
-from ml_assets.shared import DRIFT_CHECK, PROMOTION_CHECK, daily_partitions
+from ml_assets.shared import (
+    DRIFT_CHECK,
+    ESTIMATE_CHECK,
+    PROMOTION_CHECK,
+    check_evaluation,
+    daily_partitions,
+)
 
 SETTINGS = PlatformSettings.from_env()
 TRIGGER_TAG = "ml/trigger"
@@ -62,9 +69,11 @@ train_model_job = define_asset_job(
 
 score_drift_job = define_asset_job(
     "score_drift",
-    selection=AssetSelection.assets("production_data", "drift_scores", "live_performance"),
+    selection=AssetSelection.assets("production_data", "drift_scores", "live_performance",
+                                    "estimated_performance"),
     partitions_def=daily_partitions,
-    description="One day of production data, its drift scores and live performance.",
+    description="One day of production data, its drift scores, estimated performance "
+    "and live performance.",
 )
 
 def previous_day(when: datetime) -> str:
@@ -283,66 +292,143 @@ def _profiled_champion(context: SensorEvaluationContext,
 
 
 DRIFT_CHECK_KEY = AssetCheckKey(AssetKey("drift_scores"), DRIFT_CHECK)
+ESTIMATE_CHECK_KEY = AssetCheckKey(AssetKey("estimated_performance"), ESTIMATE_CHECK)
+_HISTORY = 200  # check evaluations and materializations read per tick
+_REMEMBERED_DAYS = 120  # decided days kept in the cursor
 
 
 @sensor(name="retrain_on_drift", job=train_model_job, minimum_interval_seconds=60,
         default_status=DefaultSensorStatus.RUNNING)
 def retrain_on_drift(context: SensorEvaluationContext) -> SensorResult:
-    """Launches `train_model` when the drift check fails (ERROR). One episode (failing
-    evaluations not interrupted by a passing one) retrains once, and launches are at
-    least ML_RETRAIN_COOLDOWN_SECONDS apart; the run's tags name the partition and
-    the drifted features."""
+    """Launches `train_model` when a day's evidence says the model is or will be worse
+    (ml_assets/core/estimation/evidence.py): its drift check failed (ERROR) AND its
+    estimated performance lies below the metrics gate (the estimate check failed), or
+    its labels show a realised drop (live_performance). A drift the estimate does not
+    follow is a warning (logged, and in the skip reason), not a retrain;
+    ML_RETRAIN_ON_ANY_DRIFT=true restores retraining on any failed drift check. One
+    episode (days asking for a retrain, not interrupted by one that does not) retrains
+    once, launches are at least ML_RETRAIN_COOLDOWN_SECONDS apart, and the run's tags
+    carry the evidence: the day, the drift check and its drifted features, the
+    estimate."""
     state = json.loads(context.cursor or "{}")
-    last_id = state.get("last_id", 0)
-    records = context.instance.event_log_storage.get_asset_check_execution_history(
-        DRIFT_CHECK_KEY, limit=200, status={AssetCheckExecutionRecordStatus.SUCCEEDED,
-                                            AssetCheckExecutionRecordStatus.FAILED})
-    new = sorted((r for r in records if r.id > last_id), key=lambda r: r.id)
-    if not new:
-        return SensorResult(skip_reason=SkipReason("no new drift evaluations"),
+    days = _day_evidence(context.instance)
+    seen: dict[str, str] = state.get("seen", {})
+    fresh = {day: item for day, item in days.items() if seen.get(day) != item[1]}
+    if not fresh:
+        return SensorResult(skip_reason=SkipReason("no new drift or performance evidence"),
                             cursor=context.cursor)
     in_episode = state.get("in_episode", False)
     last_launch = state.get("last_launch", 0.0)
     cooldown = SETTINGS.retrain_cooldown_seconds
     requests, notes = [], []
-    for record in new:
-        evaluation = _check_evaluation(record.event)
-        if (evaluation is None or evaluation.passed
-                or evaluation.severity.value != "ERROR"):
-            in_episode = False  # a passing (or merely warning) day ends the episode
+    for day in sorted(fresh):
+        evidence_of_day, signature = fresh[day]
+        decision = evidence.decide(evidence_of_day, SETTINGS.retrain_on_any_drift)
+        if decision.action == "wait":
+            notes.append(decision.reason)  # decided on a later tick, once the estimate is in
+            continue
+        seen[day] = signature
+        if decision.action != "retrain":
+            if decision.action == "warn":
+                context.log.warning(decision.reason)
+                notes.append(f"warning: {decision.reason}")
+            in_episode = False  # a day that asks for no retrain ends the episode
             continue
         if in_episode:
-            notes.append(f"{record.partition or record.run_id[:8]}: same drift episode, "
-                         "already retrained")
+            notes.append(f"{day}: same episode, already retrained")
             continue
         now = time.time()
         if now - last_launch < cooldown:
-            notes.append(f"{record.partition or record.run_id[:8]}: in cooldown for "
-                         f"{cooldown - (now - last_launch):.0f} s more")
+            notes.append(f"{day}: in cooldown for {cooldown - (now - last_launch):.0f} s more")
             in_episode = True
             continue
-        partition = record.partition or _metadata_value(evaluation, "partition")
-        features = ",".join(_drifted_features(evaluation))[:200]
-        requests.append(RunRequest(
-            run_key=f"retrain-on-drift:{record.id}",
-            tags={TRIGGER_TAG: "drift", "ml/drift_partition": str(partition),
-                  "ml/drifted_features": features or "-",
-                  "ml/drift_check_run": record.run_id}))
+        requests.append(RunRequest(run_key=f"retrain-on-evidence:{day}:{signature}",
+                                   tags=_evidence_tags(evidence_of_day, decision)))
         in_episode, last_launch = True, now
-    cursor = json.dumps({"last_id": new[-1].id, "in_episode": in_episode,
-                         "last_launch": last_launch})
+    recent = dict(sorted(seen.items())[-_REMEMBERED_DAYS:])
+    cursor = json.dumps({"seen": recent, "in_episode": in_episode, "last_launch": last_launch})
     if requests:
         return SensorResult(run_requests=requests, cursor=cursor)
-    return SensorResult(skip_reason=SkipReason("; ".join(notes) or "no drift failure"),
-                        cursor=cursor)
+    return SensorResult(skip_reason=SkipReason("; ".join(notes)[:2000] or "no retrain asked "
+                                               "for"), cursor=cursor)
 
 
-def _check_evaluation(entry: EventLogEntry | None) -> AssetCheckEvaluation | None:
-    """The check evaluation an event log entry carries, or None for any other entry."""
-    if entry is None or entry.dagster_event is None:
-        return None
-    data = entry.dagster_event.event_specific_data
-    return data if isinstance(data, AssetCheckEvaluation) else None
+def _evidence_tags(day: evidence.DayEvidence, decision: evidence.Decision) -> dict[str, str]:
+    """The run's tags: which day, which check, which estimate (Dagster caps a tag's value,
+    so long details are cut)."""
+    return {TRIGGER_TAG: "drift" if day.drift_failed else "realised_drop",
+            "ml/evidence": decision.evidence, "ml/evidence_days": day.partition,
+            "ml/drift_partition": day.partition,
+            "ml/drift_check": DRIFT_CHECK if day.drift_failed else "-",
+            "ml/drifted_features": day.drift_detail[:200] or "-",
+            "ml/estimate_check": ESTIMATE_CHECK if day.estimate_verdict else "-",
+            "ml/estimate": (day.estimate_detail or day.estimate_verdict or "-")[:250],
+            "ml/realised": day.realised_detail[:250] or "-"}
+
+
+def _latest_checks(instance, key: AssetCheckKey) -> dict[str, tuple[int, AssetCheckEvaluation]]:
+    """partition -> (record id, evaluation) of the latest evaluation of check `key`."""
+    records = instance.event_log_storage.get_asset_check_execution_history(
+        key, limit=_HISTORY, status={AssetCheckExecutionRecordStatus.SUCCEEDED,
+                                     AssetCheckExecutionRecordStatus.FAILED})
+    latest: dict[str, tuple[int, AssetCheckEvaluation]] = {}
+    for record in records:  # newest first
+        evaluation = _check_evaluation(record.event)
+        if evaluation is None:
+            continue
+        partition = record.partition or _metadata_value(evaluation, "partition")
+        if partition is not None and str(partition) not in latest:
+            latest[str(partition)] = (record.id, evaluation)
+    return latest
+
+
+def _realised(instance, minimums: dict[str, float]) -> dict[str, tuple[int, bool | None, str]]:
+    """partition -> (storage id, realised drop?, detail) from live_performance."""
+    result = instance.fetch_materializations(AssetKey("live_performance"), limit=_HISTORY)
+    found: dict[str, tuple[int, bool | None, str]] = {}
+    for record in result.records:  # newest first
+        partition = record.partition_key
+        if partition is None or partition in found or record.asset_materialization is None:
+            continue
+        metadata = record.asset_materialization.metadata
+        rows = metadata.get("labelled_rows")
+        accuracy = metadata.get("accuracy")
+        drop, detail = evidence.realised_drop(
+            float(accuracy.value) if accuracy is not None else None,
+            int(rows.value) if rows is not None else 0,
+            minimums.get(partition, SETTINGS.metric_threshold))
+        found[partition] = (record.storage_id, drop, detail)
+    return found
+
+
+def _day_evidence(instance) -> dict[str, tuple[evidence.DayEvidence, str]]:
+    """partition -> (its evidence, a signature that changes with any new record of it)."""
+    drift = _latest_checks(instance, DRIFT_CHECK_KEY)
+    estimates = _latest_checks(instance, ESTIMATE_CHECK_KEY)
+    minimums = {}
+    for day, (_, evaluation) in estimates.items():
+        thresholds = _metadata_value(evaluation, "thresholds")
+        if isinstance(thresholds, dict) and "accuracy" in thresholds:
+            minimums[day] = float(thresholds["accuracy"])
+    realised = _realised(instance, minimums)
+    days = {}
+    for day in set(drift) | set(estimates) | set(realised):
+        drift_id, drift_eval = drift.get(day, (0, None))
+        estimate_id, estimate_eval = estimates.get(day, (0, None))
+        realised_id, drop, realised_detail = realised.get(day, (0, None, ""))
+        failed = (None if drift_eval is None else
+                  not drift_eval.passed and drift_eval.severity.value == "ERROR")
+        features = ",".join(_drifted_features(drift_eval)) if drift_eval else ""
+        verdict = _metadata_value(estimate_eval, "verdict") if estimate_eval else None
+        days[day] = (evidence.DayEvidence(
+            day, failed, features or (drift_eval.description or "" if drift_eval else ""),
+            str(verdict) if verdict is not None else None,
+            (estimate_eval.description or "") if estimate_eval else "", drop,
+            realised_detail), f"{drift_id}:{estimate_id}:{realised_id}")
+    return days
+
+
+_check_evaluation = check_evaluation
 
 
 def _metadata_value(evaluation: AssetCheckEvaluation, key: str) -> object:

@@ -10,6 +10,7 @@ from ml_assets import (
     automation,
     batch,
     drift,
+    estimation,
     evaluation,
     features,
     ingestion,
@@ -23,7 +24,7 @@ from ml_assets.execution import build_executor
 from ml_assets.resources.factory import build_resources
 
 STAGES = [ingestion, validation, features, training, evaluation, registry, rollout,
-          monitoring, drift, batch]
+          monitoring, drift, estimation, batch]
 
 defs = Definitions(
     assets=automation.with_freshness(load_assets_from_modules(STAGES)),

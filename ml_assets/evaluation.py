@@ -31,8 +31,8 @@ from ml_assets.core.modeling.pipeline import TrainedModel
 from ml_assets.core.modeling.tasks import regression_metrics
 from ml_assets.resources import MlflowTracking
 from ml_assets.settings import PlatformSettings
+from ml_assets.shared import METRICS_CHECK
 
-METRICS_CHECK = "metrics_above_thresholds"
 _DEFAULT = PlatformSettings.from_env().metric_threshold
 CLASSIFICATION_GATES = ("min_accuracy", "min_precision_weighted", "min_recall_weighted",
                         "min_f1_weighted", "min_roc_auc")

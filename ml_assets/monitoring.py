@@ -26,6 +26,7 @@ from ml_assets.core.data.preprocessing import Split, feature_kinds
 from ml_assets.core.data.production_rows import Lineage, SkippedFile, scope_rows, skipped_sentences
 from ml_assets.core.drift.profile import ReferenceProfile, build_reference_profile
 from ml_assets.core.drift.scoring import model_outputs
+from ml_assets.core.estimation.store import calibrate_model, log_estimation
 from ml_assets.core.modeling.live_performance import live_report, per_version_markdown
 from ml_assets.core.modeling.pipeline import TrainedModel
 from ml_assets.core.prediction_log import numeric_predictions
@@ -67,10 +68,12 @@ def reference_profile(context: AssetExecutionContext, champion_model: dict,
     if built_here:
         profile = _profile_for(trained_model.pipeline, data_split)
         _log_profile(client, trained_model.mlflow_run_id, profile)
+        _log_calibrator(client, trained_model, data_split)
     else:
         if champion_model.get("challenger_version"):  # in rollout: ready for its promotion
             _log_profile(client, trained_model.mlflow_run_id,
                          _profile_for(trained_model.pipeline, data_split))
+            _log_calibrator(client, trained_model, data_split)
         try:
             local = mlflow.artifacts.download_artifacts(run_id=version.run_id,
                                                         artifact_path=PROFILE_ARTIFACT,
@@ -86,6 +89,13 @@ def reference_profile(context: AssetExecutionContext, champion_model: dict,
         "features": len(profile.features), "prediction_columns": len(profile.predictions),
         "reference_rows": profile.n_rows, "stored_bytes": size,
         "source": "built from this run's split" if built_here else "champion's artifact"})
+
+
+def _log_calibrator(client, trained_model: TrainedModel, data_split: Split) -> None:
+    """The probabilities' calibrator on the held-out rows (JSON beside the profile, in
+    performance_estimation/): what estimated_performance estimates each day with."""
+    log_estimation(client, trained_model.mlflow_run_id, calibrate_model(
+        trained_model.pipeline, data_split.X_test, data_split.y_test, data_split.task))
 
 
 def _log_profile(client, run_id: str, profile: ReferenceProfile) -> None:

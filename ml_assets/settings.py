@@ -92,6 +92,9 @@ class PlatformSettings:
     model_max_uncompressed_bytes: int = 1024 * 1024 * 1024
     model_max_entries: int = 10_000
     model_max_compression_ratio: float = 200.0
+    # Retrain on any failed drift check (ML_RETRAIN_ON_ANY_DRIFT=true), the former rule;
+    # by default a drift retrains only with an estimated or realised performance drop.
+    retrain_on_any_drift: bool = False
 
     @classmethod
     def from_env(cls) -> PlatformSettings:
@@ -150,6 +153,8 @@ class PlatformSettings:
                                                   str(1024 * 1024 * 1024))),
             model_max_entries=int(_env("ML_MODEL_MAX_ENTRIES", "10000")),
             model_max_compression_ratio=float(_env("ML_MODEL_MAX_COMPRESSION_RATIO", "200")),
+            retrain_on_any_drift=_env("ML_RETRAIN_ON_ANY_DRIFT", "false").lower()
+            in ("1", "true", "yes"),
         )
 
 

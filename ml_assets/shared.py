@@ -1,10 +1,10 @@
 """Dagster objects that more than one module of the code location uses, kept here so the
 stage modules (ingestion ... batch) import this module and the core, never each other:
-the daily partitions of monitoring and batch scoring, and the names of the checks that
-sensors and the CLI look for, and the model lineage production rows are scoped to. It
-imports no stage module."""
+the daily partitions of monitoring and batch scoring, the names of the checks that
+sensors and the CLI look for, how a check's evaluation is read from the event log, and
+the model lineage production rows are scoped to. It imports no stage module."""
 
-from dagster import DailyPartitionsDefinition, Failure
+from dagster import AssetCheckEvaluation, DailyPartitionsDefinition, EventLogEntry, Failure
 
 from ml_assets.core.data.production_rows import Lineage
 from ml_assets.core.registry.lineage import model_lineage
@@ -33,3 +33,17 @@ def lineage_of(mlflow_tracking: MlflowTracking, data_source: DataSourceResource)
         raise Failure(description=f"the model registry cannot say which versions of {name!r} "
                       f"were trained on dataset {data_source.name!r} ({str(exc)[:300]}); "
                       "production rows are only used once it can") from None
+
+
+# model_metrics' blocking gate; its recorded thresholds are what estimated_performance uses.
+METRICS_CHECK = "metrics_above_thresholds"
+# estimated_performance's check: a failure (ERROR) with a failed drift check retrains.
+ESTIMATE_CHECK = "estimated_performance_above_gate"
+
+
+def check_evaluation(entry: EventLogEntry | None) -> AssetCheckEvaluation | None:
+    """The check evaluation an event log entry carries, or None for any other entry."""
+    if entry is None or entry.dagster_event is None:
+        return None
+    data = entry.dagster_event.event_specific_data
+    return data if isinstance(data, AssetCheckEvaluation) else None

@@ -42,10 +42,13 @@ def _tick(instance, cursor=None):
 
 
 def test_retrain_on_drift_fires_once_per_episode_with_tags(instance, monkeypatch):
+    """ML_RETRAIN_ON_ANY_DRIFT: the former rule, a failed drift check retrains on its own
+    (the evidence rule is tested in test_retrain_on_evidence.py)."""
     monkeypatch.setattr(automation, "SETTINGS", dataclasses.replace(
-        automation.SETTINGS, retrain_cooldown_seconds=0))
+        automation.SETTINGS, retrain_cooldown_seconds=0, retrain_on_any_drift=True))
     first = _tick(instance)
-    assert not first.run_requests and "no new drift evaluations" in first.skip_reason.skip_message
+    assert not first.run_requests and "no new drift or performance evidence" in \
+        first.skip_reason.skip_message
     _drift_evaluation(instance, True, "2026-11-18")
     _drift_evaluation(instance, False, "2026-11-19", features=("mean radius", "mean area"))
     result = _tick(instance, first.cursor)
@@ -56,7 +59,7 @@ def test_retrain_on_drift_fires_once_per_episode_with_tags(instance, monkeypatch
     # The same episode goes on: no second retrain.
     _drift_evaluation(instance, False, "2026-11-20")
     again = _tick(instance, result.cursor)
-    assert not again.run_requests and "same drift episode" in again.skip_reason.skip_message
+    assert not again.run_requests and "same episode" in again.skip_reason.skip_message
     # A warning is not a failure, and a passing day ends the episode...
     _drift_evaluation(instance, False, "2026-11-21", severity="WARN")
     _drift_evaluation(instance, True, "2026-11-22")
@@ -71,7 +74,7 @@ def test_retrain_on_drift_fires_once_per_episode_with_tags(instance, monkeypatch
 
 def test_retrain_on_drift_respects_the_cooldown(instance, monkeypatch):
     monkeypatch.setattr(automation, "SETTINGS", dataclasses.replace(
-        automation.SETTINGS, retrain_cooldown_seconds=3600))
+        automation.SETTINGS, retrain_cooldown_seconds=3600, retrain_on_any_drift=True))
     _drift_evaluation(instance, False, "2026-11-19")
     launched = _tick(instance)
     assert len(launched.run_requests) == 1

@@ -14,6 +14,7 @@ from ml_assets.core.rollout.traffic import simulate
 from ml_assets.definitions import defs
 from ml_assets.resources import DataSourceResource, MlflowTracking
 from ml_assets.resources.production import ProductionDataResource
+from ml_assets.shared import DRIFT_CHECK
 from ml_assets_tests.support.api_process import api_process
 
 
@@ -63,7 +64,7 @@ def test_drifted_traffic_retrains_a_new_version(tmp_path, mlflow_store, unique_n
                                           raise_on_error=False)
         assert len(scored.output_for_node("production_data")) == 240
         (evaluation,) = [e for e in scored.get_asset_check_evaluations()
-                         if e.check_name == "drift_within_limits"]
+                         if e.check_name == DRIFT_CHECK]
         assert not evaluation.passed and evaluation.severity.value == "ERROR"
         performance = scored.output_for_node("live_performance")
         assert performance["labelled_rows"] == 240  # late labels joined on request id

@@ -15,8 +15,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "ml_assets"
 CORE = PACKAGE / "core"
 # The core's domain packages, each checked on its own (a new one is added here).
-DOMAINS = ("artifacts", "batch", "data", "drift", "modeling", "prediction_log", "registry",
-           "rollout")
+DOMAINS = ("artifacts", "batch", "data", "drift", "estimation", "modeling", "prediction_log",
+           "registry", "rollout")
 
 
 def _module(path: Path, root: Path = PACKAGE.parent) -> str:

@@ -1,0 +1,247 @@
+"""Confidence-based performance estimation (CBPE): a day's accuracy, F1 and ROC AUC
+expected from calibrated probabilities, with a band.
+
+If the calibrated probability of class k for a row is q_k, the row's true label is class
+k with probability q_k (that is what calibrated means), and a day's metric is a function
+of its rows' labels. So the labels are simulated: each draw picks a bootstrap replicate
+of the calibrator (its uncertainty), draws every row's label from that replicate's
+probabilities (the day's sampling: a 50-row day varies more than a 5,000-row one), and
+computes the metric exactly as the metrics gate does on true labels (accuracy, weighted
+precision / recall / F1, macro F1, ROC AUC: binary on the positive class, weighted
+one-vs-rest when multiclass, on the model's own scores). The estimate is the draws'
+mean; the band their central `level` interval: where the realised value falls on
+`level` of days when the assumptions hold (calibration carries over to the day, and
+P(label | features) has not changed: no concept drift).
+
+Seeded: the same rows, calibrator and seed give the same estimate and band.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.stats import rankdata
+
+from ml_assets.core.estimation.calibration import Calibrator
+
+GATED = ("accuracy", "precision_weighted", "recall_weighted", "f1_weighted", "roc_auc")
+METRICS = (*GATED, "f1_macro")
+DEFAULT_DRAWS = 1000
+_CELLS_PER_BLOCK = 2_000_000  # draws x rows simulated at once (bounded memory)
+
+
+@dataclass(frozen=True)
+class MetricEstimate:
+    estimate: float
+    low: float
+    high: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {"estimate": self.estimate, "low": self.low, "high": self.high}
+
+
+@dataclass(frozen=True)
+class PerformanceEstimate:
+    """A day's estimated metrics, each with its band."""
+
+    rows: int
+    metrics: dict[str, MetricEstimate]
+    level: float
+    draws: int
+    method: str = "CBPE"
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"rows": self.rows, "level": self.level, "draws": self.draws,
+                "method": self.method, "notes": list(self.notes),
+                "metrics": {k: v.to_dict() for k, v in self.metrics.items()}}
+
+
+def predicted_indices(proba: np.ndarray, predicted, classes) -> np.ndarray:
+    """The column index of each row's answered class (`predicted`), or argmax of
+    `proba` when no answers are given. An answer that is not a class is an error."""
+    if predicted is None:
+        return np.asarray(proba).argmax(axis=1)
+    index = {str(c): k for k, c in enumerate(classes)}
+    answers = [str(v) for v in np.asarray(predicted)]
+    unknown = sorted({a for a in answers if a not in index})
+    if unknown:
+        raise ValueError(f"predicted classes {unknown[:5]} are not among the calibrator's "
+                         f"classes {list(classes)}")
+    return np.asarray([index[a] for a in answers], dtype=np.int64)
+
+
+def _metrics_of_draws(labels: np.ndarray, predicted: np.ndarray, ranks: np.ndarray,
+                      k: int) -> dict[str, np.ndarray]:
+    """Every metric for each simulated row of labels (draws x rows)."""
+    draws, n = labels.shape
+    offsets = (np.arange(draws) * k * k)[:, None]
+    cells = np.bincount((offsets + predicted[None, :] * k + labels).ravel(),
+                        minlength=draws * k * k).reshape(draws, k, k)  # [draw, pred, true]
+    tp = np.diagonal(cells, axis1=1, axis2=2).astype(np.float64)
+    predicted_count = cells.sum(axis=2).astype(np.float64)
+    true_count = cells.sum(axis=1).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(predicted_count > 0, tp / predicted_count, 0.0)
+        recall = np.where(true_count > 0, tp / true_count, 0.0)
+        both = predicted_count + true_count
+        f1 = np.where(both > 0, 2 * tp / both, 0.0)
+    weights = true_count / n
+    present = (true_count + predicted_count) > 0  # sklearn's labels: in y_true or y_pred
+    out = {"accuracy": tp.sum(axis=1) / n,
+           "precision_weighted": (precision * weights).sum(axis=1),
+           "recall_weighted": (recall * weights).sum(axis=1),
+           "f1_weighted": (f1 * weights).sum(axis=1),
+           "f1_macro": (f1 * present).sum(axis=1) / np.maximum(present.sum(axis=1), 1)}
+    out["roc_auc"] = _auc(labels, ranks, true_count, k)
+    return out
+
+
+def _auc(labels: np.ndarray, ranks: np.ndarray, true_count: np.ndarray, k: int
+         ) -> np.ndarray:
+    """ROC AUC per draw by the rank-sum (Mann-Whitney) identity on the model's scores:
+    binary on class 1; multiclass one-vs-rest weighted by the class's share."""
+    n = labels.shape[1]
+    classes = [1] if k == 2 else range(k)
+    total = np.zeros(labels.shape[0])
+    weight = np.zeros(labels.shape[0])
+    for c in classes:
+        positives = true_count[:, c]
+        rank_sum = (labels == c).astype(np.float64) @ ranks[:, c]
+        negatives = n - positives
+        with np.errstate(invalid="ignore", divide="ignore"):
+            auc = (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
+        defined = (positives > 0) & (negatives > 0)
+        w = positives if k > 2 else np.ones_like(positives)
+        total += np.where(defined, auc * w, 0.0)
+        weight += np.where(defined, w, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(weight > 0, total / weight, np.nan)
+
+
+def estimate_performance(proba, calibrator: Calibrator, predicted=None, *,
+                         level: float = 0.95, draws: int = DEFAULT_DRAWS, seed: int = 0
+                         ) -> PerformanceEstimate:
+    """CBPE for one day's rows: `proba` the model's raw probabilities (columns in
+    `calibrator.classes` order), `predicted` the classes it answered (default: argmax)."""
+    if not 0 < level < 1:
+        raise ValueError(f"level must be between 0 and 1, not {level}")
+    if draws < 20:
+        raise ValueError(f"draws must be at least 20, not {draws}")
+    raw = np.asarray(proba, dtype=np.float64)
+    if raw.ndim != 2 or raw.shape[0] == 0:
+        raise ValueError("no rows to estimate performance on")
+    k = len(calibrator.classes)
+    predicted_idx = predicted_indices(raw, predicted, calibrator.classes)
+    ranks = np.column_stack([rankdata(raw[:, c]) for c in range(k)])
+    n = raw.shape[0]
+    rng = np.random.default_rng(seed)
+    replicates = calibrator.replicates
+    calibrated = [np.cumsum(calibrator.calibrate(raw, r), axis=1) for r in range(replicates)]
+    block = max(1, min(draws, _CELLS_PER_BLOCK // n))
+    results: dict[str, list[np.ndarray]] = {name: [] for name in METRICS}
+    done = 0
+    while done < draws:
+        size = min(block, draws - done)
+        which = (np.arange(done, done + size) % replicates)
+        u = rng.random((size, n))
+        labels = np.empty((size, n), dtype=np.int64)
+        for r in np.unique(which):
+            rows = which == r
+            cdf = calibrated[r]
+            # label = the first class whose cumulative probability exceeds u
+            labels[rows] = (u[rows][:, :, None] > cdf[None, :, :-1]).sum(axis=2)
+        for name, values in _metrics_of_draws(labels, predicted_idx, ranks, k).items():
+            results[name].append(values)
+        done += size
+    tail = (1 - level) / 2
+    metrics = {}
+    notes = []
+    for name in METRICS:
+        values = np.concatenate(results[name])
+        finite = values[np.isfinite(values)]
+        if len(finite) < 0.5 * draws:
+            notes.append(f"{name}: undefined on most draws (one class only)")
+            continue
+        metrics[name] = MetricEstimate(float(finite.mean()),
+                                       float(np.quantile(finite, tail)),
+                                       float(np.quantile(finite, 1 - tail)))
+    return PerformanceEstimate(n, metrics, level, draws, notes=notes)
+
+
+def verdict(estimate: PerformanceEstimate, minimums: dict[str, float]
+            ) -> tuple[str, dict[str, str]]:
+    """"below" when some gated metric's whole band lies under its minimum (the model is
+    below the gate beyond the day's noise), "possibly_below" when a point estimate does
+    but its band reaches the minimum, "within" otherwise; with the reason per metric."""
+    below, possibly = {}, {}
+    for name, minimum in minimums.items():
+        value = estimate.metrics.get(name)
+        if value is None:
+            continue
+        if value.high < minimum:
+            below[name] = (f"{value.estimate:.4f} [{value.low:.4f}, {value.high:.4f}] "
+                           f"< {minimum:.4f}")
+        elif value.estimate < minimum:
+            possibly[name] = (f"{value.estimate:.4f} < {minimum:.4f}, band reaches it "
+                              f"[{value.low:.4f}, {value.high:.4f}]")
+    if below:
+        return "below", below
+    return ("possibly_below", possibly) if possibly else ("within", {})
+
+
+@dataclass(frozen=True)
+class EstimateCheck:
+    """An estimate against the realised value once labels arrive."""
+
+    metric: str
+    estimate: float
+    low: float
+    high: float
+    realised: float
+    labelled_rows: int
+
+    @property
+    def error(self) -> float:
+        """realised - estimate (negative: the model did worse than estimated)."""
+        return self.realised - self.estimate
+
+    @property
+    def within_band(self) -> bool:
+        return self.low <= self.realised <= self.high
+
+    def sentence(self) -> str:
+        where = "within" if self.within_band else "OUTSIDE"
+        text = (f"{self.metric}: estimated {self.estimate:.4f} [{self.low:.4f}, "
+                f"{self.high:.4f}], realised {self.realised:.4f} on {self.labelled_rows} "
+                f"labelled rows ({where} the band, error {self.error:+.4f})")
+        if not self.within_band:
+            text += ("; an assumption of the estimate broke: concept drift (labels no "
+                     "longer follow the features as at training) or a calibration that does "
+                     "not carry over to these rows")
+        return text
+
+    def to_dict(self) -> dict:
+        return {"metric": self.metric, "estimate": self.estimate, "low": self.low,
+                "high": self.high, "realised": self.realised, "error": self.error,
+                "within_band": self.within_band, "labelled_rows": self.labelled_rows}
+
+
+def compare_with_realised(estimate: dict, realised: dict[str, float], labelled_rows: int
+                          ) -> list[EstimateCheck]:
+    """Each estimated metric (`PerformanceEstimate.to_dict()["metrics"]`, as the
+    `estimated_performance` asset stores it) against its realised value: the hook
+    `live_performance` calls when labels arrive. Metrics missing on either side are
+    left out. The band was computed for the whole day; labels for only part of it widen
+    the realised value's noise, so `within_band` is informative when most rows are
+    labelled."""
+    checks = []
+    for name, band in estimate.items():
+        value = realised.get(name)
+        if value is None or not math.isfinite(float(value)):
+            continue
+        checks.append(EstimateCheck(name, float(band["estimate"]), float(band["low"]),
+                                    float(band["high"]), float(value), int(labelled_rows)))
+    return checks

@@ -1,0 +1,194 @@
+"""Estimation: each day's performance estimated before labels arrive (CBPE from the
+calibrator stored at training), with its band and a check against the metrics gate's
+thresholds."""
+
+from collections.abc import Iterator
+
+import numpy as np
+import pandas as pd
+from dagster import (
+    AssetCheckKey,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetKey,
+    AutomationCondition,
+    Config,
+    MetadataValue,
+    Output,
+    asset,
+)
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+from pydantic import Field
+
+from ml_assets.core.estimation import evidence
+from ml_assets.core.estimation.calibration import Calibrator
+from ml_assets.core.estimation.cbpe import (
+    GATED,
+    PerformanceEstimate,
+    estimate_performance,
+    verdict,
+)
+from ml_assets.core.estimation.store import NotEstimated, read_estimation
+from ml_assets.core.registry import champion as registry
+from ml_assets.resources import MlflowTracking
+from ml_assets.settings import PlatformSettings
+from ml_assets.shared import (
+    ESTIMATE_CHECK,
+    METRICS_CHECK,
+    check_evaluation,
+    daily_partitions,
+)
+
+
+class EstimationConfig(Config):
+    level: float = Field(default=0.95, gt=0, lt=1, description="Coverage of the band: the "
+                         "realised value falls in it on this share of days when the "
+                         "assumptions hold (calibration carries over, no concept drift).")
+    draws: int = Field(default=1000, ge=20, description="Simulated label draws per day.")
+    seed: int = Field(default=0, description="Seed of the simulation.")
+    min_rows: int = Field(default=30, ge=1, description="Fewer answered rows: no verdict.")
+    thresholds: dict[str, float] = Field(default_factory=dict, description="Metric -> "
+                                         "minimum. Empty (default): the thresholds the "
+                                         "metrics gate last passed a model with, or its "
+                                         "defaults (ML_METRIC_THRESHOLD).")
+
+
+def gate_thresholds(context: AssetExecutionContext, config: EstimationConfig
+                    ) -> tuple[dict[str, float], str]:
+    """The minimums to judge the estimate against, and where they came from."""
+    if config.thresholds:
+        return dict(config.thresholds), "run config"
+    records = context.instance.event_log_storage.get_asset_check_execution_history(
+        AssetCheckKey(AssetKey("model_metrics"), METRICS_CHECK), limit=20,
+        status={AssetCheckExecutionRecordStatus.SUCCEEDED})
+    for record in records:  # newest first
+        evaluation = check_evaluation(record.event)
+        value = evaluation.metadata.get("thresholds") if evaluation else None
+        if value is not None and isinstance(value.value, dict) and value.value:
+            return ({str(k): float(v) for k, v in value.value.items()},
+                    f"metrics gate of run {record.run_id[:8]}")
+    default = PlatformSettings.from_env().metric_threshold
+    return dict.fromkeys(GATED, default), "metrics gate defaults (ML_METRIC_THRESHOLD)"
+
+
+def _served_rows(data: pd.DataFrame) -> pd.DataFrame:
+    """Rows a model answered with probabilities (shadow copies are not in the data)."""
+    if not len(data) or "model_version" not in data:
+        return data.iloc[0:0]
+    return data[data["model_version"].notna()]
+
+
+def _estimate_version(rows: pd.DataFrame, model: Calibrator | NotEstimated,
+                      config: EstimationConfig) -> dict:
+    if isinstance(model, NotEstimated):
+        return {"verdict": evidence.NOT_ESTIMATED, "reason": model.reason, "rows": len(rows)}
+    columns = [f"proba_{c}" for c in model.classes]
+    missing = [c for c in columns if c not in rows]
+    if missing:
+        return {"verdict": evidence.NOT_ESTIMATED, "rows": len(rows),
+                "reason": f"the rows have no probability columns {missing[:3]}"}
+    usable = rows[rows[columns].notna().all(axis=1)]
+    if len(usable) < config.min_rows:
+        return {"verdict": evidence.TOO_FEW_ROWS, "rows": len(usable),
+                "reason": f"{len(usable)} rows with probabilities (< {config.min_rows})"}
+    predicted = usable["prediction"].astype(str) if "prediction" in usable else None
+    estimate = estimate_performance(usable[columns].to_numpy(float), model, predicted,
+                                    level=config.level, draws=config.draws,
+                                    seed=config.seed)
+    return {"verdict": None, "rows": len(usable), "estimate": estimate,
+            "reference": model.reference, "calibration": sorted(
+                {c.method for c in model.per_class}), "notes": estimate.notes}
+
+
+@asset(
+    group_name="monitoring",
+    partitions_def=daily_partitions,
+    kinds={"numpy", "mlflow"},
+    deps=["reference_profile"],
+    automation_condition=AutomationCondition.eager(),
+    check_specs=[AssetCheckSpec(
+        ESTIMATE_CHECK, asset="estimated_performance",
+        description="Fails when some gated metric's estimated band lies wholly below the "
+        "metrics gate's minimum (the model is below the gate beyond the day's noise); warns "
+        "when only the point estimate does. With a failed drift check, a failure asks "
+        "retrain_on_drift for a retrain.")],
+)
+def estimated_performance(context: AssetExecutionContext, config: EstimationConfig,
+                          production_data: pd.DataFrame,
+                          mlflow_tracking: MlflowTracking) -> Iterator:
+    """The day's accuracy, precision, recall, F1 and ROC AUC estimated before any label
+    arrives (confidence-based performance estimation: the model's probabilities
+    calibrated on its held-out rows at training, labels simulated from them), each with a
+    band that holds the realised value on `level` of days when calibration carries over
+    and labels still follow the features as at training. Per model version answering the
+    day's rows; the headline is the current champion's. Regressors are not estimated
+    (the reason is recorded)."""
+    minimums, source = gate_thresholds(context, config)
+    rows = _served_rows(production_data)
+    client, name = mlflow_tracking.client, mlflow_tracking.registered_model_name
+    champion = registry.alias_version(client, name, registry.CHAMPION)
+    per_version: dict[str, dict] = {}
+    for version, group in rows.groupby(rows["model_version"].astype(str)) if len(rows) else []:
+        try:
+            run_id = client.get_model_version(name, str(version)).run_id or ""
+            model: Calibrator | NotEstimated = read_estimation(run_id,
+                                                               mlflow_tracking.tracking_uri)
+        except Exception as exc:  # noqa: BLE001 - a version the registry does not hold
+            model = NotEstimated(f"version {version} of {name} cannot be read: {exc}"[:300])
+        per_version[str(version)] = _estimate_version(group, model, config)
+    headline = (str(champion.version) if champion is not None
+                and str(champion.version) in per_version
+                else max(per_version, key=lambda v: per_version[v]["rows"], default=None))
+    result = per_version.get(headline) if headline else None
+    if result is None:
+        outcome, reasons = evidence.TOO_FEW_ROWS, {"rows": "no answered rows this day"}
+    elif result["verdict"] is not None:
+        outcome, reasons = result["verdict"], {"reason": result["reason"]}
+    else:
+        outcome, reasons = verdict(result["estimate"], minimums)
+    for entry in per_version.values():  # stored as plain numbers
+        if isinstance(entry.get("estimate"), PerformanceEstimate):
+            entry["estimate"] = entry["estimate"].to_dict()
+    value = {"partition": context.partition_key, "verdict": outcome, "model_version": headline,
+             "thresholds": minimums, "per_version": per_version, "reasons": reasons}
+    metrics = (result or {}).get("estimate", {}).get("metrics", {})
+    yield Output(value, metadata={
+        "verdict": outcome, "model_version": str(headline or "-"),
+        "rows": int((result or {}).get("rows", 0)),
+        **{f"estimated_{k}": MetadataValue.float(v["estimate"]) for k, v in metrics.items()},
+        "estimate": MetadataValue.md(_table(metrics, minimums, (result or {}).get(
+            "reference", {})) if metrics else f"not estimated: {reasons}"),
+        "bands": MetadataValue.json(metrics),
+        "thresholds": MetadataValue.json(minimums), "thresholds_from": source,
+        "per_version": MetadataValue.json({v: {k: r[k] for k in ("verdict", "rows", "reason")
+                                               if k in r} for v, r in per_version.items()}),
+        "level": config.level})
+    description = {
+        evidence.BELOW: "estimated below the gate: ",
+        evidence.POSSIBLY_BELOW: "estimate under the gate, band reaches it: ",
+        evidence.WITHIN: "estimated within the gate",
+        evidence.NOT_ESTIMATED: "not estimated: ",
+        evidence.TOO_FEW_ROWS: "no verdict: "}[outcome] + "; ".join(
+            f"{k} {v}" for k, v in reasons.items())
+    yield AssetCheckResult(
+        check_name=ESTIMATE_CHECK, passed=outcome not in (evidence.BELOW,
+                                                          evidence.POSSIBLY_BELOW),
+        severity=(AssetCheckSeverity.ERROR if outcome == evidence.BELOW
+                  else AssetCheckSeverity.WARN),
+        description=description[:1000],
+        metadata={"verdict": outcome, "partition": context.partition_key,
+                  "reasons": MetadataValue.json(reasons),
+                  "thresholds": MetadataValue.json(minimums),
+                  "model_version": str(headline or "-"),
+                  **{f"estimated_{k}": MetadataValue.float(v["estimate"])
+                     for k, v in metrics.items()}})
+
+
+def _table(metrics: dict, minimums: dict[str, float], reference: dict[str, float]) -> str:
+    frame = pd.DataFrame([{
+        "metric": name, "estimate": band["estimate"], "low": band["low"],
+        "high": band["high"], "gate minimum": minimums.get(name, np.nan),
+        "held-out (training)": reference.get(name, np.nan)} for name, band in metrics.items()])
+    return frame.to_markdown(index=False, floatfmt=".4f")

@@ -1,0 +1,159 @@
+"""The loop through real sensors: a real champion (breast cancer, 5 of 30 features kept
+by SelectKBest), days of production traffic answered by it, each day materialized by
+the `score_drift` job (production data, drift scores, estimated performance, live
+performance), and `retrain_on_drift` ticked with `build_sensor_context` on the same
+instance after every day, its cursor carried as the daemon carries it."""
+
+import dataclasses
+import datetime as dt
+import uuid
+
+import numpy as np
+import pandas as pd
+import pytest
+from dagster import AssetKey, build_sensor_context
+
+from ml_assets import automation
+from ml_assets.core.data.datasets import load_breast_cancer_frame
+from ml_assets.core.data.preprocessing import selected_features
+from ml_assets.core.estimation.store import ARTIFACT, load_estimation
+from ml_assets.core.prediction_log import PredictionRecord, SQLitePredictionLog
+from ml_assets.definitions import defs
+from ml_assets.resources import DataSourceResource, MlflowTracking
+from ml_assets.resources.production import ProductionDataResource
+from ml_assets.shared import ESTIMATE_CHECK
+
+
+@pytest.fixture
+def loop(instance, tmp_path, mlflow_store, unique_name, monkeypatch):
+    monkeypatch.setattr(automation, "SETTINGS", dataclasses.replace(
+        automation.SETTINGS, retrain_cooldown_seconds=0, retrain_on_any_drift=False))
+    tracking = MlflowTracking(tracking_uri=mlflow_store["tracking_uri"],
+                              experiment_name=unique_name, registered_model_name=unique_name,
+                              artifact_location=(tmp_path / "art").as_uri())
+    production = ProductionDataResource(prediction_log_path=str(tmp_path / "log.db"),
+                                        landing_dir=str(tmp_path / "landing"),
+                                        labels_dir=str(tmp_path / "labels"))
+    resources = {"data_source": DataSourceResource(kind="breast_cancer"),
+                 "mlflow_tracking": tracking, "production": production}
+    trained = defs.resolve_job_def("train_model").execute_in_process(
+        instance=instance, resources=resources, run_config={"ops": {
+            "trained_model": {"config": {"n_estimators": 30, "cv_folds": 2}},
+            "feature_preprocessor": {"config": {"k_best": 5}}}})
+    assert trained.success
+    model = trained.output_for_node("trained_model")
+    kept = {name.split("__", 1)[-1] for name in
+            selected_features(trained.output_for_node("feature_preprocessor"))}
+    return {"instance": instance, "resources": resources, "model": model, "kept": kept,
+            "split": trained.output_for_node("data_split"), "tracking": tracking,
+            "log": tmp_path / "log.db", "cursor": None}
+
+
+def _answer(loop, rows: pd.DataFrame, day: dt.date) -> None:
+    """Log rows as the API logs them: the champion's answers, by the registered model."""
+    pipeline, name = loop["model"].pipeline, loop["tracking"].registered_model_name
+    proba = pipeline.predict_proba(rows)
+    classes = [str(c) for c in pipeline.classes_]
+    stamp = dt.datetime(day.year, day.month, day.day, 12, tzinfo=dt.timezone.utc)
+    log = SQLitePredictionLog(loop["log"])
+    log.append_many([PredictionRecord(stamp, uuid.uuid4().hex, 0, name, "1",
+                                      list(rows.columns), values.tolist(),
+                                      classes[int(np.argmax(p))],
+                                      dict(zip(classes, map(float, p), strict=True)))
+                     for values, p in zip(rows.to_numpy(), proba, strict=True)])
+    log.close()
+
+
+def _day(loop, rows: pd.DataFrame, day: dt.date):
+    """One day answered, scored by the daily job, and the retrain sensor ticked."""
+    _answer(loop, rows, day)
+    result = defs.resolve_job_def("score_drift").execute_in_process(
+        instance=loop["instance"], resources=loop["resources"], partition_key=day.isoformat())
+    assert result.success
+    tick = automation.retrain_on_drift(build_sensor_context(instance=loop["instance"],
+                                                            cursor=loop["cursor"]))
+    loop["cursor"] = tick.cursor
+    estimate = next(e for e in result.get_asset_check_evaluations()
+                    if e.check_name == ESTIMATE_CHECK)
+    return tick, estimate, result.output_for_node("estimated_performance")
+
+
+SIZES = (50, 120, 200)
+
+
+def _conflicting(loop, rng, size) -> pd.DataFrame:
+    """Benign rows whose values of two of the model's features come from malignant rows:
+    the pair (of the features the model keeps) that leaves the model least sure."""
+    frame = load_breast_cancer_frame()
+    labels = frame.pop("diagnosis").astype(str)
+    benign = frame[labels == "benign"].iloc[rng.integers(0, 300, size)].reset_index(drop=True)
+    malignant = frame[labels == "malignant"].iloc[rng.integers(0, 200, size)].reset_index(
+        drop=True)
+    kept = sorted(loop["kept"])
+    candidates = []
+    for i, first in enumerate(kept):
+        for second in kept[i + 1:]:
+            rows = benign.copy()
+            rows[[first, second]] = malignant[[first, second]]
+            confidence = loop["model"].pipeline.predict_proba(rows).max(axis=1).mean()
+            candidates.append((confidence, first, second, rows))
+    return min(candidates, key=lambda c: c[0])[3]
+
+
+def _calm(loop, rng, size):
+    held_out = loop["split"].X_test
+    return held_out.iloc[rng.integers(0, len(held_out), size)].reset_index(drop=True)
+
+
+def test_quiet_days_retrain_nothing_a_harmful_shift_once_and_an_ignored_one_warns(loop):
+    rng = np.random.default_rng(0)
+    start = dt.date(2026, 11, 2)
+    features = load_breast_cancer_frame().drop(columns="diagnosis")
+    std = features.std()
+
+    # The calibrator was stored beside the reference profile, as JSON.
+    artifact = loop["tracking"].client.download_artifacts(loop["model"].mlflow_run_id,
+                                                          ARTIFACT)
+    calibrator = load_estimation(open(artifact, "rb").read())
+    assert calibrator.classes == ("benign", "malignant")
+
+    # 14 days of 50-200 rows from the held-out distribution: no retrain, and no failed
+    # estimate check (whatever the drift check says about so few rows). Three day sizes
+    # in turn: drift's calibrated nulls are cached per size, which keeps the test short.
+    for offset in range(14):
+        tick, estimate, value = _day(loop, _calm(loop, rng, SIZES[offset % 3]),
+                                     start + dt.timedelta(days=offset))
+        assert not tick.run_requests, tick.skip_reason
+        assert estimate.passed, estimate.description
+        assert value["verdict"] in ("within", "possibly_below")
+
+    # A harmful shift: benign cases arrive with two of the model's features carrying
+    # malignant values (conflicting evidence, where the model is unsure). Two days:
+    # exactly one retrain, on the first.
+    requests = []
+    for offset in (14, 15):
+        rows = _conflicting(loop, rng, 120)
+        tick, estimate, value = _day(loop, rows, start + dt.timedelta(days=offset))
+        assert not estimate.passed and estimate.severity.value == "ERROR", value
+        requests += tick.run_requests
+    (request,) = requests
+    assert request.tags["ml/evidence"] == "estimate"
+    assert request.tags["ml/evidence_days"] == (start + dt.timedelta(days=14)).isoformat()
+    assert request.tags["ml/drift_check"] == "drift_within_limits"
+    assert request.tags["ml/estimate_check"] == ESTIMATE_CHECK
+    assert "accuracy" in request.tags["ml/estimate"]
+
+    # Back to normal for a day (ends the episode), then a shift confined to the 25
+    # features the model does not use: drift fails, the estimate does not move, a warning
+    # and no retrain.
+    _day(loop, _calm(loop, rng, 120), start + dt.timedelta(days=16))
+    ignored = [c for c in features.columns if c not in loop["kept"]]
+    assert len(ignored) == 25
+    rows = _calm(loop, rng, 120)
+    rows[ignored] = rows[ignored] + 3 * std[ignored]
+    tick, estimate, value = _day(loop, rows, start + dt.timedelta(days=17))
+    drift = loop["instance"].get_latest_materialization_event(AssetKey("drift_scores"))
+    assert drift is not None
+    assert estimate.passed and value["verdict"] == "within"
+    assert not tick.run_requests
+    assert "did not move the estimated performance" in tick.skip_reason.skip_message
