@@ -14,6 +14,8 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
+    AssetKey,
+    AssetRecordsFilter,
     AutomationCondition,
     Failure,
     MetadataValue,
@@ -26,6 +28,7 @@ from ml_assets.core.data.preprocessing import Split, feature_kinds
 from ml_assets.core.data.production_rows import Lineage, SkippedFile, scope_rows, skipped_sentences
 from ml_assets.core.drift.profile import ReferenceProfile, build_reference_profile
 from ml_assets.core.drift.scoring import model_outputs
+from ml_assets.core.estimation.cbpe import EstimateCheck, compare_with_realised
 from ml_assets.core.estimation.store import calibrate_model, log_estimation
 from ml_assets.core.modeling.live_performance import live_report, per_version_markdown
 from ml_assets.core.modeling.pipeline import TrainedModel
@@ -250,6 +253,25 @@ def _flagged(logged: pd.DataFrame) -> tuple[int, dict[str, int]]:
     return len(flags), reasons
 
 
+def _estimate_against_realised(context: AssetExecutionContext,
+                               headline: dict) -> list[EstimateCheck]:
+    """The day's estimated_performance (its headline version's bands, read from the
+    instance) against the champion's realised metrics, when both are of one version."""
+    if not headline.get("labelled_rows"):
+        return []
+    records = context.instance.fetch_materializations(AssetRecordsFilter(
+        asset_key=AssetKey("estimated_performance"),
+        asset_partitions=[context.partition_key]), limit=1).records
+    materialization = records[0].asset_materialization if records else None
+    if materialization is None:
+        return []
+    bands, version = (materialization.metadata.get(k) for k in ("bands", "model_version"))
+    if bands is None or version is None or str(version.value) != str(
+            headline.get("champion_version")):
+        return []
+    return compare_with_realised(dict(bands.value), headline, int(headline["labelled_rows"]))
+
+
 @asset(group_name="monitoring", partitions_def=daily_partitions, kinds={"scikit-learn"},
        automation_condition=AFTER_PRODUCTION_DATA,
        check_specs=[AssetCheckSpec(
@@ -280,5 +302,17 @@ def live_performance(context: AssetExecutionContext, production_data: pd.DataFra
         "skipped_files": MetadataValue.json(skipped_sentences(files.skipped))})
     if not report.per_version:
         metadata["note"] = "no labels yet for this day's predictions"
-    yield Output(report.as_value(), metadata=metadata)
+    value = report.as_value()
+    compared = _estimate_against_realised(context, headline)
+    if compared:
+        value["estimate_vs_realised"] = [{**dataclasses.asdict(c), "error": c.error,
+                                          "within_band": c.within_band} for c in compared]
+        metadata["estimate_vs_realised"] = MetadataValue.md("\n".join(
+            f"- {c.sentence()}" for c in compared))
+        metadata["estimate_outside_band"] = MetadataValue.json(
+            [c.metric for c in compared if not c.within_band])
+        for check in compared:
+            if not check.within_band:
+                context.log.warning("estimated performance missed: %s", check.sentence())
+    yield Output(value, metadata=metadata)
     yield evidence_check(EVIDENCE_CHECK, files.skipped, "labels")

@@ -49,19 +49,23 @@ def loop(instance, tmp_path, mlflow_store, unique_name, monkeypatch):
             "log": tmp_path / "log.db", "cursor": None}
 
 
-def _answer(loop, rows: pd.DataFrame, day: dt.date) -> None:
-    """Log rows as the API logs them: the champion's answers, by the registered model."""
+def _answer(loop, rows: pd.DataFrame, day: dt.date) -> list[str]:
+    """Log rows as the API logs them: the champion's answers, by the registered model;
+    their request ids."""
     pipeline, name = loop["model"].pipeline, loop["tracking"].registered_model_name
     proba = pipeline.predict_proba(rows)
     classes = [str(c) for c in pipeline.classes_]
     stamp = dt.datetime(day.year, day.month, day.day, 12, tzinfo=dt.timezone.utc)
+    ids = [uuid.uuid4().hex for _ in range(len(rows))]
     log = SQLitePredictionLog(loop["log"])
-    log.append_many([PredictionRecord(stamp, uuid.uuid4().hex, 0, name, "1",
+    log.append_many([PredictionRecord(stamp, request_id, 0, name, "1",
                                       list(rows.columns), values.tolist(),
                                       classes[int(np.argmax(p))],
                                       dict(zip(classes, map(float, p), strict=True)))
-                     for values, p in zip(rows.to_numpy(), proba, strict=True)])
+                     for request_id, values, p in zip(ids, rows.to_numpy(), proba,
+                                                      strict=True)])
     log.close()
+    return ids
 
 
 def _day(loop, rows: pd.DataFrame, day: dt.date):
@@ -157,3 +161,47 @@ def test_quiet_days_retrain_nothing_a_harmful_shift_once_and_an_ignored_one_warn
     assert estimate.passed and value["verdict"] == "within"
     assert not tick.run_requests
     assert "did not move the estimated performance" in tick.skip_reason.skip_message
+
+
+def test_live_performance_shows_the_estimate_against_the_realised_value(loop, tmp_path):
+    """Labels arriving for a day that was estimated: live_performance reports, per
+    metric, the estimate, its band, the realised value and the error; with the labels
+    of the same rows flipped (concept drift) the realised accuracy leaves the band and
+    the metadata names it."""
+    rng = np.random.default_rng(11)
+    split = loop["split"]
+    picked = rng.integers(0, len(split.X_test), 200)
+    rows = split.X_test.iloc[picked].reset_index(drop=True)
+    truth = split.y_test.iloc[picked].astype(str).to_numpy()
+    day = dt.date(2026, 11, 3)
+    ids = _answer(loop, rows, day)
+    job = defs.resolve_job_def("score_drift")
+
+    def scored_with(labels) -> dict:
+        (tmp_path / "labels").mkdir(exist_ok=True)
+        pd.DataFrame({"request_id": ids, "label": labels}).to_csv(
+            tmp_path / "labels" / "day.csv", index=False)
+        result = job.execute_in_process(instance=loop["instance"],
+                                        resources=loop["resources"],
+                                        partition_key=day.isoformat())
+        assert result.success
+        return result.output_for_node("live_performance")
+
+    first = job.execute_in_process(instance=loop["instance"], resources=loop["resources"],
+                                   partition_key=day.isoformat())
+    assert first.success and "estimate_vs_realised" not in first.output_for_node(
+        "live_performance")  # no labels yet: nothing to compare
+    honest = {c["metric"]: c for c in scored_with(truth)["estimate_vs_realised"]}
+    assert honest["accuracy"]["labelled_rows"] == 200
+    assert honest["accuracy"]["within_band"], honest["accuracy"]
+    assert honest["accuracy"]["low"] <= honest["accuracy"]["estimate"] <= honest[
+        "accuracy"]["high"]
+    classes = sorted(set(truth))
+    flipped = np.where(truth == classes[0], classes[1], classes[0])
+    drifted = {c["metric"]: c for c in scored_with(flipped)["estimate_vs_realised"]}
+    assert not drifted["accuracy"]["within_band"]
+    assert drifted["accuracy"]["error"] < -0.5
+    event = loop["instance"].get_latest_materialization_event(AssetKey("live_performance"))
+    metadata = event.asset_materialization.metadata
+    assert "accuracy" in metadata["estimate_outside_band"].value
+    assert "concept drift" in metadata["estimate_vs_realised"].value
