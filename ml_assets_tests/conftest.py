@@ -3,9 +3,10 @@ first use of a new store runs migrations for seconds, so every test shares it an
 isolates itself by experiment / registered-model name instead.
 
 Each test is marked by the folder it lives in, never by hand: `unit` (pure functions),
-`assets` (the graph in-process), `api` (the service in-process), `e2e` (real processes:
-uvicorn, the CLI, dg) and `production` (PostgreSQL, Redis, RabbitMQ on 127.0.0.1). The
-last two are also `slow`: the inner loop is `pytest -m "not slow"`."""
+`assets` (the graph in-process), `api` (the service in-process), `simulations` (seeded
+statistical simulations and multi-day replays of the loop, in-process), `e2e` (real
+processes: uvicorn, the CLI, dg) and `production` (PostgreSQL, Redis, RabbitMQ on
+127.0.0.1). The last three are also `slow`: the inner loop is `pytest -m "not slow"`."""
 
 from __future__ import annotations
 
@@ -60,8 +61,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
         os.environ.setdefault(_var, "1")
 
 
-LAYERS = ("unit", "assets", "api", "e2e", "production")
-SLOW_LAYERS = {"e2e", "production"}
+LAYERS = ("unit", "assets", "api", "simulations", "e2e", "production")
+SLOW_LAYERS = {"simulations", "e2e", "production"}
 
 
 def pytest_xdist_auto_num_workers(config):

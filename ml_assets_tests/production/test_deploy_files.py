@@ -1207,7 +1207,7 @@ def test_ci_workflow_runs_every_stage_from_the_lock():
     layers = sorted(p.name for p in (ROOT / "ml_assets_tests").iterdir()
                     if p.is_dir() and p.name not in {"support", "__pycache__"}
                     and any(p.glob("test_*.py")))
-    assert layers == ["api", "assets", "e2e", "production", "unit"]
+    assert layers == ["api", "assets", "e2e", "production", "simulations", "unit"]
     assert {"lint", "typecheck", "model-validation", "images", *layers} <= set(jobs)
     runs = {name: "\n".join(s.get("run", "") for s in job["steps"]) for name, job in jobs.items()}
     for name, script in runs.items():
