@@ -312,11 +312,19 @@ def retrain_on_drift(context: SensorEvaluationContext) -> SensorResult:
     estimate."""
     state = json.loads(context.cursor or "{}")
     days = _day_evidence(context.instance)
+    if state and "seen" not in state:  # the former cursor: its history was decided then
+        cursor = json.dumps({"seen": {day: item[1] for day, item in days.items()},
+                             "launched": [], "in_episode": state.get("in_episode", False),
+                             "last_launch": state.get("last_launch", 0.0)})
+        return SensorResult(skip_reason=SkipReason(
+            f"cursor upgraded: {len(days)} earlier day(s) taken as decided"), cursor=cursor)
     seen: dict[str, str] = state.get("seen", {})
+    launched: set[str] = set(state.get("launched", []))
     fresh = {day: item for day, item in days.items() if seen.get(day) != item[1]}
     if not fresh:
         return SensorResult(skip_reason=SkipReason("no new drift or performance evidence"),
                             cursor=context.cursor)
+    newest_decided = max(seen, default="")
     in_episode = state.get("in_episode", False)
     last_launch = state.get("last_launch", 0.0)
     cooldown = SETTINGS.retrain_cooldown_seconds
@@ -328,11 +336,18 @@ def retrain_on_drift(context: SensorEvaluationContext) -> SensorResult:
             notes.append(decision.reason)  # decided on a later tick, once the estimate is in
             continue
         seen[day] = signature
+        # An older day decided again (late labels rebuilt its evidence) neither ends the
+        # current episode nor retrains a day already retrained for.
+        revisited = day <= newest_decided
         if decision.action != "retrain":
             if decision.action == "warn":
                 context.log.warning(decision.reason)
                 notes.append(f"warning: {decision.reason}")
-            in_episode = False  # a day that asks for no retrain ends the episode
+            if not revisited:
+                in_episode = False  # a day that asks for no retrain ends the episode
+            continue
+        if day in launched:
+            notes.append(f"{day}: already retrained for this day")
             continue
         if in_episode:
             notes.append(f"{day}: same episode, already retrained")
@@ -344,9 +359,11 @@ def retrain_on_drift(context: SensorEvaluationContext) -> SensorResult:
             continue
         requests.append(RunRequest(run_key=f"retrain-on-evidence:{day}:{signature}",
                                    tags=_evidence_tags(evidence_of_day, decision)))
+        launched.add(day)
         in_episode, last_launch = True, now
     recent = dict(sorted(seen.items())[-_REMEMBERED_DAYS:])
-    cursor = json.dumps({"seen": recent, "in_episode": in_episode, "last_launch": last_launch})
+    cursor = json.dumps({"seen": recent, "launched": sorted(launched)[-_REMEMBERED_DAYS:],
+                         "in_episode": in_episode, "last_launch": last_launch})
     if requests:
         return SensorResult(run_requests=requests, cursor=cursor)
     return SensorResult(skip_reason=SkipReason("; ".join(notes)[:2000] or "no retrain asked "
@@ -360,7 +377,8 @@ def _evidence_tags(day: evidence.DayEvidence, decision: evidence.Decision) -> di
             "ml/evidence": decision.evidence, "ml/evidence_days": day.partition,
             "ml/drift_partition": day.partition,
             "ml/drift_check": DRIFT_CHECK if day.drift_failed else "-",
-            "ml/drifted_features": day.drift_detail[:200] or "-",
+            "ml/drifted_features": (day.drift_detail if len(day.drift_detail) <= 200
+                                    else day.drift_detail[:197] + "...") or "-",
             "ml/estimate_check": ESTIMATE_CHECK if day.estimate_verdict else "-",
             "ml/estimate": (day.estimate_detail or day.estimate_verdict or "-")[:250],
             "ml/realised": day.realised_detail[:250] or "-"}
@@ -418,7 +436,7 @@ def _day_evidence(instance) -> dict[str, tuple[evidence.DayEvidence, str]]:
         realised_id, drop, realised_detail = realised.get(day, (0, None, ""))
         failed = (None if drift_eval is None else
                   not drift_eval.passed and drift_eval.severity.value == "ERROR")
-        features = ",".join(_drifted_features(drift_eval)) if drift_eval else ""
+        features = names_within(_drifted_features(drift_eval)) if drift_eval else ""
         verdict = _metadata_value(estimate_eval, "verdict") if estimate_eval else None
         days[day] = (evidence.DayEvidence(
             day, failed, features or (drift_eval.description or "" if drift_eval else ""),
@@ -437,9 +455,29 @@ def _metadata_value(evaluation: AssetCheckEvaluation, key: str) -> object:
 
 
 def _drifted_features(evaluation: AssetCheckEvaluation) -> list[str]:
-    """The drift check's `drifted_features` metadata (a JSON list of names), or []."""
-    drifted = _metadata_value(evaluation, "drifted_features")
-    return [str(name) for name in drifted] if isinstance(drifted, list) else []
+    """What failed the drift check: the features of its calibrated dataset verdict and the
+    drifted prediction columns; the per-feature list for the fixed rule. [] if none."""
+    names: list[str] = []
+    for key in ("dataset_drifted_features", "prediction_drifted_columns"):
+        found = _metadata_value(evaluation, key)
+        names += [str(name) for name in found] if isinstance(found, list) else []
+    if not names:
+        found = _metadata_value(evaluation, "drifted_features")
+        names = [str(name) for name in found] if isinstance(found, list) else []
+    return names
+
+
+def names_within(names: list[str], limit: int = 200) -> str:
+    """Names joined by commas within `limit` characters, never cut mid-name: the rest
+    counted ("a,b,+3 more")."""
+    shown: list[str] = []
+    for i, name in enumerate(names):
+        rest = len(names) - i - 1
+        candidate = ",".join([*shown, name]) + (f",+{rest} more" if rest else "")
+        if len(candidate) > limit:
+            return ",".join([*shown, f"+{len(names) - i} more"])
+        shown.append(name)
+    return ",".join(shown)
 
 
 @run_failure_sensor(name="alert_on_run_failure", default_status=DefaultSensorStatus.RUNNING,

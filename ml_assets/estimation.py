@@ -138,12 +138,14 @@ def estimated_performance(context: AssetExecutionContext, config: EstimationConf
         except Exception as exc:  # noqa: BLE001 - a version the registry does not hold
             model = NotEstimated(f"version {version} of {name} cannot be read: {exc}"[:300])
         per_version[str(version)] = _estimate_version(group, model, config)
+    # The headline (its verdict feeds the retrain rule) is the champion's, never another
+    # version's: a day the champion did not answer has no estimate of it.
     headline = (str(champion.version) if champion is not None
-                and str(champion.version) in per_version
-                else max(per_version, key=lambda v: per_version[v]["rows"], default=None))
+                and str(champion.version) in per_version else None)
     result = per_version.get(headline) if headline else None
     if result is None:
-        outcome, reasons = evidence.TOO_FEW_ROWS, {"rows": "no answered rows this day"}
+        outcome = evidence.TOO_FEW_ROWS
+        reasons = {"rows": "no row answered by the champion this day"}
     elif result["verdict"] is not None:
         outcome, reasons = result["verdict"], {"reason": result["reason"]}
     else:

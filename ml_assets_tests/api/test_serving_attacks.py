@@ -112,6 +112,21 @@ def test_a_200k_key_record_is_refused_cheaply_and_names_the_problem(client, canc
     assert batch.status_code == 422 and "per record" in batch.json()["message"]
 
 
+def test_padding_a_batch_with_empty_records_buys_no_room_for_a_flood():
+    """One record with 300,000 unknown keys hidden among 999 empty objects: the slack is
+    per body, so the padding does not raise the allowance."""
+    from serving.http.key_flood import key_flood
+
+    flood = {f"k{i:06d}": 1.0 for i in range(300_000)}
+    padded = orjson.dumps({"records": [flood] + [{}] * 999})
+    refused = key_flood(padded, columns=30, max_records=1000)
+    assert refused is not None and "300000 fields" in refused, refused
+    fair = orjson.dumps({"records": [{f"c{j}": 1.0 for j in range(30)}] * 1000})
+    assert key_flood(fair, columns=30, max_records=1000) is None
+    few = orjson.dumps({"records": [{**{f"c{j}": 1.0 for j in range(30)}, "x": 1}] * 1000})
+    assert key_flood(few, columns=30, max_records=1000) is None  # per-field answers
+
+
 def test_a_few_unknown_keys_still_get_the_per_field_answer(client, cancer_champion):
     row = cancer_champion.trained.X_test.iloc[0].to_dict()
     response = client.post("/predict", json={**row, "extra_a": 1, "extra_b": 2})

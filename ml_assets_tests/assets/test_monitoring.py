@@ -72,6 +72,54 @@ def test_retrain_on_drift_fires_once_per_episode_with_tags(instance, monkeypatch
     assert new_episode.run_requests[0].run_key != request.run_key
 
 
+def test_a_day_re_decided_later_never_retrains_twice_nor_ends_the_episode(instance,
+                                                                          monkeypatch):
+    """Late labels rebuild an old day's evidence (a new check record for it): the day is
+    decided again, but it was retrained for already, and, being older than the days
+    decided since, it does not end the episode those days are in."""
+    monkeypatch.setattr(automation, "SETTINGS", dataclasses.replace(
+        automation.SETTINGS, retrain_cooldown_seconds=0, retrain_on_any_drift=True))
+    first = _tick(instance)
+    _drift_evaluation(instance, False, "2026-11-19")
+    launched = _tick(instance, first.cursor)
+    assert [r.tags["ml/drift_partition"] for r in launched.run_requests] == ["2026-11-19"]
+    _drift_evaluation(instance, False, "2026-11-20")
+    same = _tick(instance, launched.cursor)
+    assert not same.run_requests
+    _drift_evaluation(instance, False, "2026-11-19")  # re-evaluated: still failing
+    again = _tick(instance, same.cursor)
+    assert not again.run_requests
+    assert "2026-11-19: already retrained for this day" in again.skip_reason.skip_message
+    _drift_evaluation(instance, True, "2026-11-19")  # re-evaluated: passing now
+    passed_late = _tick(instance, again.cursor)
+    _drift_evaluation(instance, False, "2026-11-21")
+    still = _tick(instance, passed_late.cursor)
+    assert not still.run_requests, "an old day passing late ended the episode"
+    assert "same episode" in still.skip_reason.skip_message
+
+
+def test_the_former_cursor_takes_its_history_as_decided(instance, monkeypatch):
+    monkeypatch.setattr(automation, "SETTINGS", dataclasses.replace(
+        automation.SETTINGS, retrain_cooldown_seconds=0, retrain_on_any_drift=True))
+    _drift_evaluation(instance, False, "2026-11-19")
+    upgraded = _tick(instance, json.dumps({"last_id": 5, "in_episode": False}))
+    assert not upgraded.run_requests
+    assert "cursor upgraded: 1 earlier day(s)" in upgraded.skip_reason.skip_message
+    _drift_evaluation(instance, False, "2026-11-20")
+    assert [r.tags["ml/drift_partition"] for r in _tick(
+        instance, upgraded.cursor).run_requests] == ["2026-11-20"]
+
+
+def test_the_drifted_features_tag_is_never_cut_mid_name():
+    names = [f"feature_number_{i:03d}" for i in range(40)]
+    tag = automation.names_within(names)
+    assert len(tag) <= 200 and tag.endswith("more")
+    shown = tag.split(",")[:-1]
+    assert shown == names[:len(shown)]
+    assert tag.split(",")[-1] == f"+{len(names) - len(shown)} more"
+    assert automation.names_within(["a", "b"]) == "a,b"
+
+
 def test_retrain_on_drift_respects_the_cooldown(instance, monkeypatch):
     monkeypatch.setattr(automation, "SETTINGS", dataclasses.replace(
         automation.SETTINGS, retrain_cooldown_seconds=3600, retrain_on_any_drift=True))

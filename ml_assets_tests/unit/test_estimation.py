@@ -141,7 +141,11 @@ def test_evidence_retrains_on_drift_with_a_drop_and_warns_on_harmless_drift():
     harmless = evidence.decide(day("d", True, "x", evidence.WITHIN))
     assert harmless.action == "warn" and "did not move" in harmless.reason
     assert evidence.decide(day("d", True, "x", None)).action == "wait"
-    assert evidence.decide(day("d", True, "x", evidence.NOT_ESTIMATED)).action == "warn"
+    for unestimated in (evidence.NOT_ESTIMATED, evidence.TOO_FEW_ROWS):
+        alone = evidence.decide(day("d", True, "x", unestimated))  # a regressor, a quiet day
+        assert (alone.action, alone.evidence) == ("retrain", "drift_unestimated")
+        assert "calibrated drift verdict decides alone" in alone.reason
+    assert evidence.decide(day("d", False, "", evidence.NOT_ESTIMATED)).action == "quiet"
     assert evidence.decide(day("d", True, "x", evidence.WITHIN), any_drift=True
                            ).evidence == "any_drift"
     realised = evidence.decide(day("d", False, realised_below=True, realised_detail="r"))

@@ -6,9 +6,10 @@ instance and `decide` says what to do with it:
 - `retrain` when the labels say the model is worse (a realised drop), or when the day's
   drift verdict failed AND the estimated performance lies below the gate (the whole
   band of some gated metric under its minimum: `cbpe.verdict` "below");
+- `retrain` also when drift failed and the day could not be estimated (a regressor, no
+  calibrator, a day too quiet for the estimate): the calibrated drift verdict decides;
 - `warn` when drift failed but the estimate stays within the gate (the model does not
-  care about this drift), or the model cannot be estimated (a regressor, no calibrator):
-  shown, never retrained;
+  care about this drift): shown, never retrained;
 - `wait` when drift failed and the day's estimate is not there yet;
 - `quiet` otherwise.
 `any_drift=True` (ML_RETRAIN_ON_ANY_DRIFT) restores the former rule: a failed drift
@@ -70,9 +71,12 @@ def decide(day: DayEvidence, any_drift: bool = False) -> Decision:
         return Decision("wait", f"{day.partition}: {drift}; waiting for its "
                         "estimated_performance")
     if verdict in (NOT_ESTIMATED, TOO_FEW_ROWS):
-        return Decision("warn", f"{day.partition}: {drift}, but performance was not "
-                        f"estimated ({day.estimate_detail or verdict}): no retrain until "
-                        "labels show a drop")
+        # Nothing to weigh the drift against (a regressor, no calibrator, a day too quiet
+        # to estimate while drift pooled it with earlier days): the calibrated drift
+        # verdict decides alone, as it did before estimation existed.
+        return Decision("retrain", f"{day.partition}: {drift}; performance not estimated "
+                        f"({day.estimate_detail or verdict}), so the calibrated drift "
+                        "verdict decides alone", "drift_unestimated")
     return Decision("warn", f"{day.partition}: {drift} did not move the estimated "
                     f"performance below the gate ({verdict}"
                     f"{': ' + day.estimate_detail if day.estimate_detail else ''}): "
