@@ -23,6 +23,18 @@ from serving.settings import ServingSettings, SettingsError
 from serving.workers.supervisor import run_workers
 
 
+def serve(app, settings: ServingSettings, log_level: str) -> None:
+    """One uvicorn process serving `app` until a signal, with the header deadline and the
+    connection limits of `settings`; exits STARTUP_FAILURE when the app cannot start."""
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, workers=1,
+                            log_level=log_level, access_log=settings.access_log,
+                            timeout_graceful_shutdown=30, **uvicorn_options(settings))
+    server = uvicorn.Server(with_header_deadline(config, settings))
+    server.run()
+    if not server.started:  # as uvicorn.run: the app could not start
+        sys.exit(STARTUP_FAILURE)
+
+
 def main(argv: list[str] | None = None) -> int:
     # Models open only through ml_assets.core.artifacts.loading; MLflow's own loaders
     # (which trust the artifact's format and skops list) are disabled in this process.
@@ -64,13 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _stopped)
     app = create_app(settings, prediction_log=log)
     try:
-        config = uvicorn.Config(app, host=settings.host, port=settings.port, workers=1,
-                                log_level=args.log_level, access_log=settings.access_log,
-                                timeout_graceful_shutdown=30, **uvicorn_options(settings))
-        server = uvicorn.Server(with_header_deadline(config, settings))
-        server.run()
-        if not server.started:  # as uvicorn.run: the app could not start
-            sys.exit(STARTUP_FAILURE)
+        serve(app, settings, args.log_level)
     except (KeyboardInterrupt, _Stopped):
         pass
     lost = getattr(app.state, "prediction_log_lost_rows", 0)

@@ -32,6 +32,19 @@ def tracking(mlflow_store, tmp_path_factory):
                           artifact_location=tmp_path_factory.mktemp("art").as_uri())
 
 
+UPSTREAM = ["raw_data", "validated_data", "data_split", "feature_preprocessor",
+            "trained_model"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def upstream_in_storage(source, tracking, instance):
+    """Every upstream value in storage before any test, so each test's asset reads its
+    inputs from storage whatever order the tests run in (ML_TEST_SHUFFLE found the file
+    relying on its own order)."""
+    result = run_graph(source, tracking, instance, selection=UPSTREAM)
+    assert result.success, [e.message for e in result.all_events if e.is_failure]
+
+
 def _one(name, source, tracking, instance, **config):
     result = run_graph(source, tracking, instance, selection=[name], **config)
     assert result.success, [e.message for e in result.all_events if e.is_failure]

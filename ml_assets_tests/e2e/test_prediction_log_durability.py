@@ -324,10 +324,10 @@ def test_main_exits_1_when_rows_are_lost_at_shutdown(mlflow_store, champion, bod
     monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")
     monkeypatch.setattr(entry, "open_log", lambda settings: BrokenLog.make(tmp_path))
 
-    def run(app, **kwargs):  # stands in for uvicorn: start, serve, shut down
+    def run(app, settings, log_level):  # stands in for uvicorn: start, serve, shut down
         with _client(app) as client:
             assert client.post("/predict", json=bodies["one"]).status_code == 200
 
-    monkeypatch.setattr(entry.uvicorn, "run", run)
+    monkeypatch.setattr(entry, "serve", run)
     monkeypatch.setattr(entry.signal, "signal", lambda *args: None)
     assert entry.main([]) == 1

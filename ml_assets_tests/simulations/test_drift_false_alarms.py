@@ -136,53 +136,7 @@ def test_power_half_std_shift_in_three_of_ten_features():
 
 # -- the pieces ---------------------------------------------------------------------------
 
-def _one(reference, day, kind="numeric", sketch_size=100_000, **config):
-    ref = pd.DataFrame({"x": reference})
-    profile = build_reference_profile(ref, {"x": kind}, sketch_size=sketch_size)
-    return score_drift(profile, pd.DataFrame({"x": day}), DriftConfig(**config)).features.iloc[0]
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 # -- pooling ---------------------------------------------------------------------------------
-
-def _days(sizes, seed=0):
-    rng = np.random.default_rng(seed)
-    return [(f"2026-11-{20 + i}", pd.DataFrame({"x": rng.normal(size=size)}))
-            for i, size in enumerate(sizes)]
-
-
-
-
-
-
-def _span(first, last):
-    return tuple(f"2026-11-{20 + i}" for i in range(first, last + 1))
-
-
-
-
-
-
 
 

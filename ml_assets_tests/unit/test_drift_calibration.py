@@ -18,33 +18,6 @@ from ml_assets.core.drift.profile import build_reference_profile
 from ml_assets.core.drift.scoring import score_drift
 
 ALPHA, DATASET_ALPHA = 0.01, 0.02
-DAY_SIZES = (30, 50, 100, 200, 500, 2_000, 20_000)
-
-
-def tolerance(rate: float, repeats: int) -> float:
-    return rate + 3 * math.sqrt(rate * (1 - rate) / repeats)
-
-
-def _holm_family(table: pd.DataFrame, names: list[str]) -> bool:
-    """The dataset verdict of a frame of only these columns (same p-values, same rule)."""
-    p = table["p_drift"].to_numpy(float)[table["feature"].isin(names).to_numpy()]
-    assert p.size == len(names)
-    return bool((drift_stats.holm(p) <= DATASET_ALPHA).any())
-
-
-# Repeats per reference size: each repeat draws a fresh reference (a two-sample test's
-# level is over both samples) and one day of every size. About 0.12 / 0.15 / 0.25 s of
-# CPU a repeat: ~40 s in all.
-AA_REPEATS = {500: 100, 5_000: 100, 100_000: 60}
-# A single (cell, column kind) rate has R trials only: it fails when so many false
-# alarms would have probability < 1e-4 at rate alpha (210 such checks).
-CELL_KIND_PVALUE = 1e-4
-
-
-
-
-
-
 
 
 # -- the pieces ---------------------------------------------------------------------------

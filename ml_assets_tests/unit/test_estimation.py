@@ -112,28 +112,6 @@ def test_certain_probabilities_estimate_the_realised_metrics_exactly():
         assert band.high - band.low < 0.05, name
 
 
-def _aa_days(rng, calibrator, days, rows, shift=0.0):
-    """Days whose labels follow the calibrated probabilities (the A/A world); `shift`
-    moves the rows' true P(b) towards 0.5 (a harmful covariate shift: less certain rows)."""
-    results = []
-    for _ in range(days):
-        proba, _, true = _world(rng, rows)
-        if shift:
-            true = (1 - shift) * true + shift * 0.5
-            raw = true ** 3 / (true ** 3 + (1 - true) ** 3)
-            proba = np.column_stack([1 - raw, raw])
-        labels = np.where(rng.random(rows) < true, "b", "a")
-        predicted = np.where(proba[:, 1] >= 0.5, "b", "a")
-        estimate = estimate_performance(proba, calibrator, predicted, draws=400,
-                                        seed=int(rng.integers(1 << 30)))
-        results.append((estimate, float(np.mean(labels == predicted))))
-    return results
-
-
-
-
-
-
 def test_evidence_retrains_on_drift_with_a_drop_and_warns_on_harmless_drift():
     day = evidence.DayEvidence
     assert evidence.decide(day("d", drift_failed=False)).action == "quiet"
