@@ -59,13 +59,18 @@ def find(names: list[str]) -> str | None:
     return None
 
 
-def resolve(python: str, lock: Path) -> list[tuple[str, str]]:
-    """(name, version) pip would install from the repo with the lock as constraints."""
+REPO_WITH_DEV = ("-e", ".[dev]")
+
+
+def resolve(python: str, lock: Path, requirements: tuple[str, ...] = REPO_WITH_DEV
+            ) -> list[tuple[str, str]]:
+    """(name, version) pip would install for `requirements` (default: the repo with its
+    dev extra) with the lock as constraints."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
         done = subprocess.run(
             [python, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
-             "--report", str(report), "-c", str(lock), "-e", ".[dev]"],
+             "--report", str(report), "-c", str(lock), *requirements],
             cwd=REPO, capture_output=True, text=True)
         if done.returncode:
             raise SystemExit(f"{python}: pip could not resolve with the lock:\n"
@@ -74,10 +79,13 @@ def resolve(python: str, lock: Path) -> list[tuple[str, str]]:
                 for item in json.loads(report.read_text())["install"]]
 
 
-def problems(python: str, lock: Path) -> list[str]:
+def problems(python: str, lock: Path, requirements: tuple[str, ...] = REPO_WITH_DEV
+             ) -> list[str]:
+    """What `requirements` resolve to on `python` that `lock` does not pin (or pins at
+    another version)."""
     pinned = pins(lock.read_text())
     out = []
-    for name, version in resolve(python, lock):
+    for name, version in resolve(python, lock, requirements):
         key = normal(name)
         if key == "ml-assets":
             continue
