@@ -55,16 +55,23 @@ def _shapes(operator) -> None:
         operator.outputs[0].set_type(types.FloatTensorType(shape=[rows, 1]))
 
 
+def not_exportable(model) -> str | None:
+    """Why CatBoost's exporter cannot export the fitted CatBoostModel `model`, or None."""
+    categorical = list(getattr(model, "cat_features_", []) or [])
+    if categorical:
+        return (f"CatBoost's ONNX export does not support categorical features "
+                f"({', '.join(categorical)}); the model is served by scikit-learn's runtime")
+    return None
+
+
 def exported_node(model):
     """The one tree-ensemble node of CatBoost's ONNX export of `model` (a fitted
     CatBoostModel). Raises ValueError when CatBoost cannot export it."""
     import onnx
 
-    categorical = list(getattr(model, "cat_features_", []) or [])
-    if categorical:
-        raise ValueError(f"CatBoost's ONNX export does not support categorical features "
-                         f"({', '.join(categorical)}): the model is served by its own "
-                         "runtime")
+    problem = not_exportable(model)
+    if problem:
+        raise ValueError(problem)
     graph = onnx.load_model_from_string(model.onnx_bytes()).graph
     trees = [node for node in graph.node if node.op_type in _EXPORTED_OPS]
     others = sorted({node.op_type for node in graph.node} - _EXPORTED_OPS - {"ZipMap"})

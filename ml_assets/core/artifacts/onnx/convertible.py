@@ -66,9 +66,14 @@ def _components(estimator):
 
 
 def _unsupported(pipeline) -> str | None:
+    from ml_assets.core.artifacts.onnx.catboost_export import not_exportable
+    from ml_assets.core.modeling.catboost_model import CatBoostModel
+
     sklearn_operator_name_map = _lib("skl2onnx._supported_operators").sklearn_operator_name_map
 
     for component in _components(pipeline):
+        if isinstance(component, CatBoostModel) and not_exportable(component):
+            return not_exportable(component)
         if type(component) not in sklearn_operator_name_map and not hasattr(
                 component, "onnx_converter"):
             return f"skl2onnx has no converter for {_qualname(component)}"
