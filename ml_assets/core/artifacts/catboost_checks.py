@@ -213,14 +213,14 @@ def _trees(trees: Any, borders: list[list[float]], one_hot: list[list[int]],
            dimension: int, where: str) -> None:
     if not isinstance(trees, list) or not trees:
         raise fail("catboost.record", where, "oblivious_trees is not a non-empty list")
-    offsets, total = [], 0
-    for values in borders:
+    # Binary features are numbered float borders first, then one-hot values, in order.
+    offsets, hot_offsets, total = [], [], 0
+    for feature_borders in borders:
         offsets.append(total)
-        total += len(values)
-    hot_offsets = []
-    for values in one_hot:
+        total += len(feature_borders)
+    for feature_values in one_hot:
         hot_offsets.append(total)
-        total += len(values)
+        total += len(feature_values)
     for t, tree in enumerate(trees):
         here = f"tree {t} of {where}"
         _keys(tree, TREE, here, ("leaf_values", "splits"))

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from sklearn.base import BaseEstimator, clone, is_classifier, is_regressor
-from sklearn.utils import get_tags
 from sklearn.pipeline import Pipeline
+from sklearn.utils import get_tags
 
 
 class UserModelError(ValueError):
@@ -172,8 +172,9 @@ def _check_estimator(estimator, origin: str, task: str) -> None:
                              f"follow scikit-learn's estimator protocol: it has no "
                              f"{', '.join(missing)} (the platform needs "
                              f"{', '.join(PROTOCOL)}, and predict_proba for a classifier; "
-                             "deriving from sklearn.base.BaseEstimator and ClassifierMixin "
-                             "or RegressorMixin gives the last three)")
+                             "sklearn.base.BaseEstimator gives get_params, set_params and "
+                             "__sklearn_tags__, with ClassifierMixin or RegressorMixin "
+                             "saying which it is)")
     try:
         kind = get_tags(estimator).estimator_type
     except Exception as exc:  # noqa: BLE001 - the user's tags: named, never a traceback
