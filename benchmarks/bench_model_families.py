@@ -35,7 +35,7 @@ def families():
     import xgboost
     from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 
-    return {
+    found = {
         "RandomForest (built in, 200 trees)": lambda: RandomForestClassifier(
             n_estimators=200, random_state=42, n_jobs=-1),
         "HistGradientBoostingClassifier": lambda: HistGradientBoostingClassifier(
@@ -45,6 +45,13 @@ def families():
         "xgboost.XGBClassifier (labels encoded)": lambda: xgboost.XGBClassifier(
             random_state=42),
     }
+    try:  # the `catboost` extra
+        import catboost
+    except ImportError:
+        return found
+    found["catboost.CatBoostClassifier (held as CatBoostModel)"] = (
+        lambda: catboost.CatBoostClassifier(random_seed=42))
+    return found
 
 
 def _median_seconds(call, calls: int) -> float:
@@ -59,6 +66,7 @@ def _median_seconds(call, calls: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=300)
+    parser.add_argument("--only", default="", help="only the families whose name has this")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
 
@@ -68,8 +76,8 @@ def main() -> None:
     from ml_assets.core.data.datasets import BREAST_CANCER_TARGET, load_breast_cancer_frame
     from ml_assets.core.data.preprocessing import build_preprocessor, split_frame
     from ml_assets.core.data.schemas import breast_cancer_schema, feature_columns
-    from ml_assets.core.modeling.labels import encode_labels_for
     from ml_assets.core.modeling.pipeline import fit_final_pipeline
+    from ml_assets.core.modeling.training import platform_estimator
 
     frame = load_breast_cancer_frame()
     schema = breast_cancer_schema([c for c in frame.columns if c != BREAST_CANCER_TARGET])
@@ -87,7 +95,9 @@ def main() -> None:
           "onnx 1k (per row) | sklearn 1k (per row) |")
     print("|---|---|---|---|---|---|---|")
     for name, build in families().items():
-        pipeline = fit_final_pipeline(preprocessor, encode_labels_for(build(), split.y_train),
+        if args.only not in name:
+            continue
+        pipeline = fit_final_pipeline(preprocessor, platform_estimator(build(), split.y_train),
                                       split.X_train, split.y_train)
         data, report = compile_and_check(pipeline, split.X_train, X_test, split.task)
         runtime = "onnx" if data is not None and report.passed else "sklearn"

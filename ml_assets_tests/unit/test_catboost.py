@@ -245,7 +245,7 @@ def _split(document, key, value):
     (_one_class, "catboost.classes", r"class_names \[0, 1, 2\] are not the platform's label "
                                      r"codes 0\.\.1"),
     (_drop_feature, "catboost.features", "the model has 19 float and 0 categorical features, "
-                                         "the estimator takes 20"),
+                                         r"the estimator takes 20 \(0 categorical\)"),
     (_duplicate_flat_index, "catboost.features", "flat_feature_index values are not each of"),
 ])
 def test_crafted_catboost_models_are_refused_before_catboost_parses_them(

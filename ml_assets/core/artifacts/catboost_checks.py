@@ -117,7 +117,7 @@ def parse(text: Any, where: str) -> dict:
                  ("features_info", "model_info", "oblivious_trees", "scale_and_bias"))
 
 
-def _features(info: Any, n_features: int, where: str
+def _features(info: Any, n_features: int, n_categorical: int, where: str
               ) -> tuple[list[list[float]], list[list[int]]]:
     """Float features' borders and categorical features' one-hot values."""
     info = _keys(info, FEATURES_INFO, f"{where}: features_info")
@@ -125,9 +125,10 @@ def _features(info: Any, n_features: int, where: str
     cats = info.get("categorical_features", [])
     if not isinstance(floats, list) or not isinstance(cats, list):
         raise fail("catboost.record", where, "features_info's feature lists are not lists")
-    if len(floats) + len(cats) != n_features:
+    if len(floats) + len(cats) != n_features or len(cats) != n_categorical:
         raise fail("catboost.features", where, f"the model has {len(floats)} float and "
-                   f"{len(cats)} categorical features, the estimator takes {n_features}")
+                   f"{len(cats)} categorical features, the estimator takes {n_features} "
+                   f"({n_categorical} categorical)")
     flat: list[int] = []
     borders: list[list[float]] = []
     for i, feature in enumerate(floats):
@@ -281,16 +282,18 @@ def _check_split(split: Any, where: str, borders: list[list[float]], one_hot: li
 
 
 def check_catboost_model(text: Any, where: str, n_features: int,
-                         n_classes: int | None) -> str:
+                         n_classes: int | None, n_categorical: int = 0) -> str:
     """Check a CatBoost JSON export (see the module docstring) for an estimator taking
-    `n_features` columns and answering `n_classes` classes (None: a regressor); returns
-    the document written back out (`canonical`). Raises ModelCheckError."""
+    `n_features` columns (`n_categorical` of them categorical) and answering `n_classes`
+    classes (None: a regressor); returns the document written back out (`canonical`).
+    Raises ModelCheckError."""
     document = parse(text, where)
     if document.get("ctr_data"):
         raise fail("catboost.kind", where, "it holds CTR features (categorical features "
                    "with more values than one_hot_max_size), which the platform does not "
                    "check, so it is not loaded")
-    borders, one_hot = _features(document["features_info"], n_features, where)
+    borders, one_hot = _features(document["features_info"], n_features, n_categorical,
+                                 where)
     loss = _loss(document["model_info"], where)
     dimension = _dimension(document["model_info"], loss, n_classes, where)
     scale_bias = document["scale_and_bias"]

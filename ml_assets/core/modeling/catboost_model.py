@@ -151,7 +151,8 @@ class CatBoostModel(MetaEstimatorMixin, BaseEstimator):
     def _checked(self, text: Any, where: str) -> str:
         classes = getattr(self, "classes_", None)
         return check_catboost_model(text, where, self.n_features_in_,
-                                    None if classes is None else len(classes))
+                                    None if classes is None else len(classes),
+                                    len(self.cat_features_))
 
     @staticmethod
     def _load(name: str, checked_json: str) -> Any:
@@ -231,8 +232,12 @@ class CatBoostModel(MetaEstimatorMixin, BaseEstimator):
             raise fail("catboost.classes", where, "classes_ is not a list of two or more "
                        "classes")
         cats = state.get("cat_features_")
-        if not (isinstance(cats, list) and all(isinstance(c, str) for c in cats)):
-            raise fail("catboost.record", where, "cat_features_ is not a list of names")
+        names = state.get("feature_names_in_")
+        known = set(names.tolist()) if isinstance(names, np.ndarray) else set()
+        if not (isinstance(cats, list) and all(isinstance(c, str) and c in known
+                                               for c in cats)):
+            raise fail("catboost.record", where, "cat_features_ is not a list of the "
+                       "estimator's feature names")
         checked = self._checked(text, where)
         if self.estimator is None:
             raise fail("catboost.record", where, "it names no CatBoost class")
