@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
+import textwrap
 import time
-import zipfile
 from pathlib import Path
 
 import mlflow
@@ -29,6 +31,7 @@ from ml_assets.core.data.schemas import model_signature, schema_yaml
 from ml_assets.core.modeling.catboost_model import CatBoostModel, wrap_catboost
 from ml_assets.core.modeling.pipeline import SKOPS_TRUSTED_TYPES
 from ml_assets.core.modeling.run_params import run_params
+from ml_assets_tests.support.crafted_catboost import edit_model_json, edit_skops, holder_state
 from ml_assets_tests.support.models import (
     TrainedPipeline,
     diabetes_frame,
@@ -68,40 +71,6 @@ def _save(path: Path, pipeline: Pipeline, cancer: TrainedPipeline) -> Path:
                               skops_trusted_types=SKOPS_TRUSTED_TYPES, metadata=metadata,
                               signature=signature, pip_requirements=["scikit-learn"])
     return path
-
-
-def _holder_state(schema: dict) -> dict:
-    found = []
-
-    def walk(node):
-        if isinstance(node, dict):
-            if node.get("__class__") == "CatBoostModel":
-                found.append(node)
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-    walk(schema)
-    (node,) = found
-    return node["content"]["content"]
-
-
-def edit_model_json(model_dir: Path, edit) -> None:
-    """Replace the JSON export the skops file stores with `edit(document)`, as an
-    attacker with write access to the artifact store would."""
-    path = model_dir / "model.skops"
-    with zipfile.ZipFile(path) as archive:
-        entries = {i.filename: archive.read(i) for i in archive.infolist()}
-    schema = json.loads(entries["schema.json"])
-    node = _holder_state(schema)["model_json_"]
-    document = json.loads(json.loads(node["content"]))
-    edit(document)
-    node["content"] = json.dumps(json.dumps(document))  # NaN written as the literal NaN
-    entries["schema.json"] = json.dumps(schema).encode()
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
-        for name, data in entries.items():
-            archive.writestr(name, data)
 
 
 def refused(model_dir: Path) -> InvalidModelError:
@@ -193,6 +162,35 @@ def test_wrap_catboost_holds_the_estimator_of_a_pipeline_too():
 
 # -- crafted JSON exports -------------------------------------------------------------------
 
+CONTROL = textwrap.dedent("""
+    import sys, numpy as np
+    from catboost import CatBoostClassifier
+    model = CatBoostClassifier()
+    model.load_model(sys.argv[1], format="json")
+    print("loaded", flush=True)
+    model.predict_proba(np.zeros((2, int(sys.argv[2]))))
+    print("predicted", flush=True)
+""")
+
+
+def test_control_an_unchecked_deep_tree_crashes_catboost(fitted, tmp_path):
+    """Without the check (CatBoost alone, in a subprocess), a tree made 40 deep loads and
+    the first prediction kills the process: what the check prevents."""
+    model = fitted.named_steps["model"]
+    document = json.loads(model.model_json_)
+    tree = document["oblivious_trees"][0]
+    tree["splits"] = tree["splits"] * 14  # depth 42, its 8 leaf values unchanged
+    (tmp_path / "deep.json").write_text(json.dumps(document))
+    done = subprocess.run([sys.executable, "-c", CONTROL, str(tmp_path / "deep.json"),
+                           str(model.n_features_in_)], capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path)
+    assert "loaded" in done.stdout and "predicted" not in done.stdout
+    assert done.returncode == -11, (done.returncode, done.stderr[-500:])  # SIGSEGV
+    with pytest.raises(ModelCheckError, match="its depth 42 is over CatBoost's 16") as caught:
+        check_catboost_model(json.dumps(document), "m", model.n_features_in_, 2)
+    assert caught.value.check == "catboost.splits"
+
+
 def _trees(document):
     return document["oblivious_trees"]
 
@@ -259,16 +257,10 @@ def test_crafted_catboost_models_are_refused_before_catboost_parses_them(
 
 def test_a_holder_naming_another_class_is_refused(fitted, cancer, tmp_path):
     model_dir = _save(tmp_path / "m", fitted, cancer)
-    path = model_dir / "model.skops"
-    with zipfile.ZipFile(path) as archive:
-        entries = {i.filename: archive.read(i) for i in archive.infolist()}
-    schema = json.loads(entries["schema.json"])
-    spec = _holder_state(schema)["estimator"]["content"]["class"]
-    spec["content"] = json.dumps("Pool")
-    entries["schema.json"] = json.dumps(schema).encode()
-    with zipfile.ZipFile(path, "w") as archive:
-        for name, data in entries.items():
-            archive.writestr(name, data)
+
+    def rename(schema):
+        holder_state(schema)["estimator"]["content"]["class"]["content"] = json.dumps("Pool")
+    edit_skops(model_dir / "model.skops", rename)
     error = refused(model_dir)
     assert error.check == "catboost.record" and "is not one of" in str(error)
 
