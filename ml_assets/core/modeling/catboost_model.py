@@ -2,7 +2,8 @@
 `CatBoostClassifier` / `CatBoostRegressor` (no wrapper of theirs needed).
 
 - Labels: a classifier is fitted on the labels' index in the sorted classes and
-  answers with the labels themselves (`classes_`), its probabilities in that order.
+  answers with the labels themselves (`classes_`), its probabilities in that order
+  (`class_names` is refused; a `class_weights` list is in that order).
 - Native categorical handling: on a DataFrame (the user's own preprocessing,
   ML_MODEL_PREPROCESSING=own), the non-numeric columns are CatBoost's `cat_features`
   unless the user names them, their missing values fed as MISSING_CATEGORY; with
