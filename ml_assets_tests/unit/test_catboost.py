@@ -265,6 +265,14 @@ def test_a_holder_naming_another_class_is_refused(fitted, cancer, tmp_path):
     assert error.check == "catboost.record" and "is not one of" in str(error)
 
 
+def test_without_catboost_installed_the_refusal_says_how_to_install_it(fitted, cancer,
+                                                                       tmp_path, monkeypatch):
+    model_dir = _save(tmp_path / "m", fitted, cancer)
+    monkeypatch.setitem(sys.modules, "catboost", None)  # `import catboost` fails
+    error = refused(model_dir)
+    assert error.check == "catboost.installed" and '".[catboost]"' in str(error)
+
+
 def test_the_check_is_what_catboost_parses():
     """Duplicate keys: Python keeps the last, so the checked document (and only it) is
     written out for CatBoost."""

@@ -58,6 +58,17 @@ def wrap_catboost(estimator: Any) -> Any:
     return CatBoostModel(estimator) if is_catboost(estimator) else estimator
 
 
+def _catboost(where: str) -> Any:
+    """The catboost package, or a refusal saying how to install it."""
+    try:
+        import catboost
+    except ImportError:
+        raise fail("catboost.installed", where, "the catboost package is not installed "
+                   "where this model is opened; install the platform's `catboost` extra "
+                   "(pip install -c requirements.lock -e \".[catboost]\")") from None
+    return catboost
+
+
 def _is_classifier(estimator: Any) -> bool:
     return get_tags(estimator).estimator_type == "classifier"
 
@@ -159,9 +170,7 @@ class CatBoostModel(MetaEstimatorMixin, BaseEstimator):
     def _load(name: str, checked_json: str) -> Any:
         """A CatBoost estimator of class `name` (one of CLASSES) from JSON that passed
         `check_catboost_model`."""
-        import catboost
-
-        estimator = getattr(catboost, name)()
+        estimator = getattr(_catboost("CatBoostModel"), name)()
         with tempfile.TemporaryDirectory(prefix="catboost-") as tmp:
             path = Path(tmp) / "model.json"
             path.write_text(checked_json, encoding="utf-8")
@@ -219,9 +228,7 @@ class CatBoostModel(MetaEstimatorMixin, BaseEstimator):
         self.estimator = None
         if spec is not None:
             name, params = self._spec(spec, where)
-            import catboost
-
-            self.estimator = getattr(catboost, name)(**params)
+            self.estimator = getattr(_catboost(where), name)(**params)
         if text is None:
             return
         n = state.get("n_features_in_")
