@@ -349,6 +349,37 @@ def test_an_estimator_following_the_protocol_without_scikit_learns_bases_is_acce
         sys.path[:] = saved_path
 
 
+def test_a_factory_returning_catboost_unfitted_is_accepted_and_fitted_is_refused(tmp_path):
+    name = _factory(tmp_path, """
+        import numpy as np
+        from catboost import CatBoostClassifier
+        from sklearn.pipeline import Pipeline
+        from sklearn.preprocessing import StandardScaler
+
+
+        def build():
+            return Pipeline([("scale", StandardScaler()),
+                             ("model", CatBoostClassifier(iterations=5))])
+
+
+        def fitted():
+            return CatBoostClassifier(iterations=2, logging_level="Silent",
+                                      allow_writing_files=False).fit(
+                np.arange(8.0).reshape(4, 2), [0, 1, 0, 1])
+        """)
+    saved_path = list(sys.path)
+    try:
+        user = from_factory(f"{name}:build", "binary", owns_preprocessing=True,
+                            project_dir=tmp_path)
+        assert type(user.estimator.steps[-1][1]).__name__ == "CatBoostClassifier"
+        with pytest.raises(UserModelError, match="returned a fitted estimator"):
+            from_factory(f"{name}:fitted", "binary", owns_preprocessing=False,
+                         project_dir=tmp_path)
+    finally:
+        sys.modules.pop(name, None)
+        sys.path[:] = saved_path
+
+
 def test_catboost_by_import_path_needs_no_wrapper():
     user = from_class("catboost:CatBoostClassifier", {"iterations": 5}, "binary")
     assert type(user.estimator).__name__ == "CatBoostClassifier"

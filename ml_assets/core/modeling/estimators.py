@@ -216,6 +216,15 @@ def from_class(path: str, params: dict, task: str,
     return UserModel(estimator, code, owns_preprocessing=False, params=dict(params))
 
 
+def _fitted(estimator: Any) -> bool:
+    """Whether `estimator` was fitted: its own `is_fitted()` where it has one (CatBoost's
+    `n_features_in_` is a property, there before fitting), else `n_features_in_`."""
+    is_fitted = getattr(estimator, "is_fitted", None)
+    if callable(is_fitted):
+        return bool(is_fitted())
+    return hasattr(estimator, "n_features_in_")
+
+
 def from_factory(path: str, task: str, owns_preprocessing: bool,
                  project_dir: str | Path | None = None, params: dict | None = None
                  ) -> UserModel:
@@ -229,9 +238,8 @@ def from_factory(path: str, task: str, owns_preprocessing: bool,
     except Exception as exc:  # noqa: BLE001 - the user's code: named, never a traceback
         raise UserModelError(f"the model factory {path} failed: {exc}") from None
     _check_estimator(estimator, path, task)
-    if hasattr(estimator, "n_features_in_") or (
-            isinstance(estimator, Pipeline) and hasattr(estimator.steps[-1][1],
-                                                        "n_features_in_")):
+    if _fitted(estimator) or (isinstance(estimator, Pipeline)
+                              and _fitted(estimator.steps[-1][1])):
         raise UserModelError(f"the model factory {path} returned a fitted estimator; "
                              "return it unfitted (the platform fits it on the training split)")
     return UserModel(estimator, code, owns_preprocessing=owns_preprocessing,
