@@ -31,8 +31,9 @@ number spellings).
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
+
+import numpy as np
 
 from ml_assets.core.artifacts.checks import ModelCheckError, fail
 
@@ -82,11 +83,11 @@ def _whole(value: Any, name: str, where: str, low: int = 0, high: int | None = N
 
 
 def _finite(values: Any, name: str, where: str) -> list[float]:
-    if not isinstance(values, list) or not all(
-            isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+    if not isinstance(values, list) or not {type(v) for v in values} <= {int, float}:
         raise fail("catboost.record", where, f"{name} is not a list of numbers")
-    bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
-    if bad is not None:
+    finite = np.isfinite(np.asarray(values, dtype=np.float64))
+    if not finite.all():
+        bad = int(np.flatnonzero(~finite)[0])
         raise fail("catboost.values", where, f"{name}[{bad}] {values[bad]!r} is not finite")
     return [float(v) for v in values]
 
@@ -111,10 +112,12 @@ def parse(text: Any, where: str) -> dict:
     except (ValueError, RecursionError) as exc:
         raise fail("catboost.record", where, f"the model JSON cannot be read "
                    f"({type(exc).__name__}: {str(exc)[:120]})") from None
-    if _depth(document) > MAX_NESTING:
-        raise fail("catboost.record", where, f"the model JSON nests over {MAX_NESTING} deep")
-    return _keys(document, TOP_LEVEL, where,
-                 ("features_info", "model_info", "oblivious_trees", "scale_and_bias"))
+    document = _keys(document, TOP_LEVEL, where,
+                     ("features_info", "model_info", "oblivious_trees", "scale_and_bias"))
+    # Everything else is checked key by key below; model_info is passed on as it is.
+    if _depth(document["model_info"]) > MAX_NESTING:
+        raise fail("catboost.record", where, f"model_info nests over {MAX_NESTING} deep")
+    return document
 
 
 def _features(info: Any, n_features: int, n_categorical: int, where: str
@@ -146,6 +149,8 @@ def _features(info: Any, n_features: int, n_categorical: int, where: str
             raise fail("catboost.record", here, "nan_value_treatment "
                        f"{feature.get('nan_value_treatment')!r} is not one of "
                        f"{sorted(NAN_TREATMENTS)}")
+        if not all(isinstance(feature.get(k, ""), str) for k in ("feature_id", "feature_name")):
+            raise fail("catboost.record", here, "its feature_id or feature_name is not text")
         if not isinstance(feature.get("has_nans", False), bool):
             raise fail("catboost.record", here, "has_nans is not true or false")
         borders.append(values)
@@ -158,6 +163,8 @@ def _features(info: Any, n_features: int, n_categorical: int, where: str
                        f"{feature['feature_index']}, not {i}")
         flat.append(_whole(feature["flat_feature_index"], "flat_feature_index", here,
                            high=n_features - 1))
+        if not all(isinstance(feature.get(k, ""), str) for k in ("feature_id", "feature_name")):
+            raise fail("catboost.record", here, "its feature_id or feature_name is not text")
         values = feature.get("values", [])
         if not isinstance(values, list):
             raise fail("catboost.record", here, "values is not a list")
