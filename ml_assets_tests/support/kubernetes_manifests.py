@@ -8,6 +8,7 @@ creates for a run, built by dagster-k8s itself. No cluster is needed.
 from __future__ import annotations
 
 import copy
+import functools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBERNETES = ROOT / "deploy" / "kubernetes"
@@ -121,6 +123,32 @@ def resolved_env(docs: list[Doc], container: dict,
                 f"{item['name']}: Secret {ref['name']} key {ref['key']} is not documented")
             env[item["name"]] = secrets[ref["name"]][ref["key"]]
     return env
+
+
+@functools.cache
+def _validator(version: str, kind: str, api_version: str):
+    """kubernetes-validate's strict validator for one kind, built once (its validate()
+    reloads the schema definitions on every call)."""
+    import jsonschema
+    from kubernetes_validate import utils
+    from referencing import Registry, Resource
+
+    # as kubernetes_validate.utils.validate: the newest schemas not newer than `version`
+    schemas = [v for v in utils.all_versions()
+               if Version(utils.major_minor(v)) <= Version(version)][-1]
+    group = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", api_version)
+    folder = f"kubernetes-json-schema/v{schemas}-local-strict"
+    schema = utils.schema_contents(f"{folder}/{kind.lower()}-{group}.json", version)
+    definitions = utils.schema_contents(f"{folder}/_definitions.json", version)
+    registry = Resource.from_contents(definitions) @ (
+        Resource.from_contents(schema) @ Registry())
+    return jsonschema.validators.Draft202012Validator(schema, registry=registry)
+
+
+def validate(body: dict, version: str) -> None:
+    """Validate a manifest against the Kubernetes `version` API schemas (strict: no
+    unknown field); raises jsonschema.ValidationError."""
+    _validator(version, body["kind"], body["apiVersion"]).validate(body)
 
 
 def run_launcher_config(docs: list[Doc]) -> dict:

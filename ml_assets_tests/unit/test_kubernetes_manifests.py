@@ -15,6 +15,7 @@ that each one fails on a manifest changed the way a real mistake would change it
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import re
 import shutil
@@ -22,6 +23,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
@@ -53,6 +55,7 @@ from ml_assets_tests.support.kubernetes_manifests import (
     resolved_env,
     run_job,
     run_launcher_config,
+    validate,
 )
 
 # The oldest Kubernetes release still commonly run and the newest kubernetes-validate
@@ -62,8 +65,6 @@ NAMESPACE = "ml-platform"
 CODE_IMAGE = SERVICES["user_code"]["image"]  # ml-platform-code:local, as compose builds it
 API_IMAGE = SERVICES["api"]["image"]
 DB_INIT_IMAGE = SERVICES["db_init"]["image"]
-THIRD_PARTY_ENV = {"MLFLOW_BACKEND_STORE_URI": "mlflow.cli",
-                   "MLFLOW_ARTIFACTS_DESTINATION": "mlflow.cli"}
 LIBPQ_ENV = {"PGHOST", "PGPORT", "PGUSER", "PGPASSWORD"}
 SECRET_NAMES = re.compile(r"PASSWORD|API_KEY|SECRET|TOKEN")
 DAGSTER_HOME = CODE.env()["DAGSTER_HOME"]
@@ -83,6 +84,12 @@ def service_ports(docs: Docs, name: str) -> list[tuple[int, int]]:
     return [(p["port"], p["targetPort"]) for p in find(docs, "Service", name)["spec"]["ports"]]
 
 
+@functools.cache
+def source_words() -> frozenset[str]:
+    """Every word of ml_assets/, serving/, docker/dagster.yaml and the entrypoint."""
+    return frozenset(re.findall(r"\w+", source_text()))
+
+
 # --- the checks ---------------------------------------------------------------------------
 
 def check_schemas(docs: Docs) -> None:
@@ -93,8 +100,8 @@ def check_schemas(docs: Docs) -> None:
             continue
         for version in KUBERNETES_VERSIONS:
             try:
-                kubernetes_validate.validate(doc.body, version, strict=True)
-            except kubernetes_validate.ValidationError as exc:
+                validate(doc.body, version)
+            except jsonschema.ValidationError as exc:
                 path = ".".join(str(p) for p in exc.path)
                 raise AssertionError(f"{doc} is invalid on Kubernetes {version}: {path}: "
                                      f"{exc.message}") from None
@@ -105,8 +112,8 @@ def validate_pod(spec: dict, what: str) -> None:
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "check"}, "spec": spec}
     for version in KUBERNETES_VERSIONS:
         try:
-            kubernetes_validate.validate(pod, version, strict=True)
-        except kubernetes_validate.ValidationError as exc:
+            validate(pod, version)
+        except jsonschema.ValidationError as exc:
             raise AssertionError(f"{what} on Kubernetes {version}: "
                                  f"{'.'.join(map(str, exc.path))}: {exc.message}") from None
 
@@ -284,17 +291,22 @@ def check_probes(docs: Docs) -> None:
 
 
 def check_environment(docs: Docs) -> None:
-    ours = source_text()
-    names: dict[str, str] = {}
+    """Every variable a container gets is read: by our code, the instance config or the
+    entrypoint, or as an option's envvar by the program the container runs (click)."""
+    ours = source_words()
+    unread: dict[str, str] = {}
     for doc, _, container in containers(docs):
         if container["image"] == DB_INIT_IMAGE:
             continue
+        names = {item["name"] for item in container.get("env", [])}
         for source in container.get("envFrom", []):
-            names.update(dict.fromkeys(config_map(docs, source["configMapRef"]["name"]),
-                                       str(doc)))
-        names.update({item["name"]: str(doc) for item in container.get("env", [])})
-    unread = {n: where for n, where in names.items() if not re.search(rf"\b{n}\b", ours)
-              and not (n in THIRD_PARTY_ENV and n in module_text(THIRD_PARTY_ENV[n]))}
+            names |= set(config_map(docs, source["configMapRef"]["name"]))
+        program: set[str] = set()
+        if container.get("args", [""])[0] == "mlflow":
+            command, _ = parse_cli(container["args"])
+            program = {p.envvar for p in command.params if isinstance(p.envvar, str)}
+        unread |= {n: str(doc) for n in names
+                   if n not in ours and n not in program}
     assert not unread, f"variables nothing reads: {unread}"
     env = config_map(docs, "ml-platform-env")
     instance_vars = set(re.findall(r"env: (\w+)", config_map(
@@ -321,6 +333,10 @@ def check_secrets(docs: Docs) -> None:
             if SECRET_NAMES.search(item["name"]):
                 assert "secretKeyRef" in item.get("valueFrom", {}), (
                     f"{doc}: {item['name']} must come from a Secret")
+            ref = item.get("valueFrom", {}).get("secretKeyRef")
+            if ref:  # only the Secrets docs/kubernetes.md creates
+                assert ref["key"] in SAMPLE_SECRETS.get(ref["name"], {}), (
+                    f"{doc}: {item['name']} reads Secret {ref['name']} key {ref['key']}")
             value = item.get("value", "")
             for credentials in re.findall(r"://([^/@]*)@", value):
                 assert credentials.endswith(":$(DAGSTER_PG_PASSWORD)"), (
@@ -330,6 +346,11 @@ def check_secrets(docs: Docs) -> None:
             for key, value in doc.body["data"].items():
                 assert not SECRET_NAMES.search(key) and "@" not in value.split("\n")[0], (
                     f"{doc}: {key} looks like a secret")
+    guide = (Path(__file__).parents[2] / "docs" / "kubernetes.md").read_text()
+    for secret, keys in SAMPLE_SECRETS.items():
+        for key in keys:
+            assert re.search(rf"create secret generic {secret} \\\n\s+--from-literal={key}=",
+                             guide), f"docs/kubernetes.md must say how to create {secret}/{key}"
     from dagster_k8s.job import DAGSTER_PG_PASSWORD_SECRET_KEY
 
     launcher = run_launcher_config(docs)
@@ -396,7 +417,10 @@ def check_instance(docs: Docs, tmp_path: Path) -> None:
             f"{name} and the run pods must share the storage volume")
     job = run_job(docs, tmp_path)
     for version in KUBERNETES_VERSIONS:
-        kubernetes_validate.validate(job, version, strict=True)
+        try:
+            validate(job, version)
+        except jsonschema.ValidationError as exc:
+            raise AssertionError(f"the run Job on Kubernetes {version}: {exc.message}") from None
     spec = job["spec"]["template"]["spec"]
     (container,) = spec["containers"]
     assert container["image"] == CODE_IMAGE and "command" not in container
@@ -526,11 +550,17 @@ MUTATIONS: list[tuple[str, str, Callable[[Docs], None]]] = [
      .update(path="/ready")),
     ("check_environment", "a misspelt variable",
      lambda d: find(d, "ConfigMap", "ml-platform-env")["data"].update(ML_API_WORKER="2")),
+    ("check_environment", "a variable mlflow server does not read",
+     lambda d: find(d, "ConfigMap", "mlflow-env")["data"].update(
+         MLFLOW_ARTIFACT_DESTINATION="s3://bucket")),
     ("check_environment", "the Celery executor in run pods",
      lambda d: find(d, "ConfigMap", "ml-platform-env")["data"].update(ML_EXECUTOR="celery")),
     ("check_secrets", "a literal password",
      lambda d: _container(d, "Deployment", "mlflow")["env"].__setitem__(
          0, {"name": "DAGSTER_PG_PASSWORD", "value": "hunter2"})),
+    ("check_secrets", "a Secret key nobody creates",
+     lambda d: _env(_container(d, "ServingRuntime", "ml-platform-api"), "ML_API_KEY")[
+         "valueFrom"]["secretKeyRef"].update(key="apikey")),
     ("check_secrets", "a password in a URL",
      lambda d: _env(_container(d, "Deployment", "mlflow"), "MLFLOW_BACKEND_STORE_URI").update(
          value="postgresql://mlplatform:hunter2@db:5432/mlflow")),
@@ -587,3 +617,21 @@ def test_kubectl_renders_the_kustomizations_to_these_documents():
                       for d in docs if Path(d.path).parent == folder
                       and d.kind != "Kustomization")
         assert got == want, folder
+
+
+def test_validator_is_kubernetes_validates():
+    """validate() is kubernetes-validate's strict validation, with the schemas loaded once:
+    both accept every core manifest and both refuse a broken one."""
+    docs = [d for d in load_manifests()
+            if d.kind not in ("Kustomization", "ServingRuntime", "InferenceService")]
+    for doc in docs:
+        for version in KUBERNETES_VERSIONS:
+            validate(doc.body, version)
+            assert kubernetes_validate.validate(doc.body, version, strict=True) == version
+    broken = copy.deepcopy(find(docs, "Deployment", "ml-platform-api"))
+    pod_spec(broken)["containers"][0]["ports"][0]["containerPort"] = "8000"
+    for version in KUBERNETES_VERSIONS:
+        with pytest.raises(jsonschema.ValidationError):
+            validate(broken, version)
+        with pytest.raises(kubernetes_validate.ValidationError):
+            kubernetes_validate.validate(broken, version, strict=True)
