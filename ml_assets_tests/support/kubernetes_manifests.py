@@ -180,8 +180,8 @@ def run_job(docs: list[Doc], tmp_path: Path) -> dict:
         "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
         "users": [{"name": "u", "user": {"token": "unused"}}],
         "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}]}))
-    config: dict[str, Any] = {**copy.deepcopy(processed.value), "load_incluster_config": False,
-                              "kubeconfig_file": str(kubeconfig)}
+    config: dict[str, Any] = copy.deepcopy(dict(processed.value or {}))
+    config.update(load_incluster_config=False, kubeconfig_file=str(kubeconfig))
     launcher = K8sRunLauncher(**config)
     # The code image's interpreter (/opt/venv, Dockerfile.code) and the code location.
     origin = JobPythonOrigin("__ASSET_JOB", RepositoryPythonOrigin(

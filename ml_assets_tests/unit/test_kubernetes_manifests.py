@@ -415,7 +415,18 @@ def check_instance(docs: Docs, tmp_path: Path) -> None:
         run_mounts = {m["mountPath"]: m.get("subPath") for m in launcher["volume_mounts"]}
         assert {p: mounts[p].get("subPath") for p in run_mounts} == run_mounts, (
             f"{name} and the run pods must share the storage volume")
-    job = run_job(docs, tmp_path)
+    # A run pod has no Kubernetes API token (automount off, ml-platform-run has no role):
+    # its instance must come up without building the launcher, which needs the in-cluster
+    # config (absent here too: building it fails, so the check can tell).
+    from dagster._core.test_utils import instance_for_test
+    from kubernetes.config import ConfigException
+
+    job = run_job(docs, tmp_path)  # first: it checks the launcher's config
+    overrides = {k: instance[k] for k in ("run_launcher", "run_monitoring")}
+    with instance_for_test(overrides=overrides) as run_instance:
+        assert run_instance.run_monitoring_enabled
+        with pytest.raises(ConfigException):
+            run_instance.run_launcher  # noqa: B018
     for version in KUBERNETES_VERSIONS:
         try:
             validate(job, version)
