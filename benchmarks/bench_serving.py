@@ -1,8 +1,10 @@
 """Benchmark: this service's compiled (ONNX Runtime) and scikit-learn runtimes, 1 and 2
-workers, against `mlflow models serve`; same model, same load, one run.
+workers, against `mlflow models serve`; same model, same load, one run. Then a table
+per model family: compiled vs scikit-learn runtime on each (`serving_families`).
 
     python benchmarks/bench_serving.py [--seconds 8] [--repeats 3] [--json out.json]
                                        [--profile profile.html]
+                                       [--tables all|runtimes|families]
 
 One run trains and registers the platform's default model (RandomForest, 200 trees,
 breast cancer) in a fresh MLflow store in a temporary directory; registration
@@ -24,6 +26,12 @@ lists, scikit-learn's predict_proba) and a per-stage profile of one 1,000-row
 /predict/batch request: parse and validate, rows, predict, respond, log (a real
 SQLite prediction log, commit mode). `--profile` writes a pyinstrument profile of
 in-process 1,000-row requests through the whole app.
+
+The per-family table (`--tables families` for it alone): RandomForest, HistGradient-
+Boosting, LightGBM, XGBoost and a Pipeline with a user's own step (its converter
+registered), each served by a compiled and a scikit-learn service at once, one row at
+c=1 and 1,000 rows at c=4, rounds interleaved, answers checked against the Pipeline
+first (see benchmarks/serving_families.py).
 """
 
 from __future__ import annotations
@@ -43,6 +51,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the tests' support package: one way to build models
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its per-family table
+from serving_families import print_families, run_families  # noqa: E402
 
 from ml_assets_tests.support.services import free_port, wait_http  # noqa: E402
 
@@ -350,6 +361,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--profile", type=Path, help="write a pyinstrument profile (HTML) of "
                         "in-process 1,000-row requests here")
+    parser.add_argument("--tables", choices=["all", "runtimes", "families"], default="all",
+                        help="runtimes: the servers' table; families: compiled vs "
+                        "scikit-learn runtime per model family; all: both")
     args = parser.parse_args(argv)
     if args.client:  # the httpx load generator's own process
         url, body, concurrency, seconds = args.client
@@ -378,6 +392,28 @@ MLFLOW = "mlflow models serve"
 
 
 def run(args, load, workdir: Path) -> int:
+    figures: dict = {}
+    if args.tables in ("all", "runtimes"):
+        figures.update(run_runtimes(args, load, workdir))
+    if args.tables in ("all", "families"):
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir / 'mlflow.db'}"
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        bin_dir = Path(sys.executable).parent
+        env = {**os.environ, "PYTHONUNBUFFERED": "1",
+               "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+        families = run_families(args, load, Server, env, workdir)
+        print_families(families, args)
+        figures["families"] = {" | ".join(key): value
+                               for key, value in families["results"].items()}
+        figures["family_checks"] = {" | ".join(key): value
+                                    for key, value in families["checks"].items()}
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+def run_runtimes(args, load, workdir: Path) -> dict:
+    """The servers' table: this service's runtimes and workers against MLflow's."""
     setup = prepare(workdir)
     paths, name = setup["paths"], setup["name"]
     if args.profile:
@@ -425,12 +461,9 @@ def run(args, load, workdir: Path) -> int:
                       f"errors {result['errors']}", flush=True)
 
     print_table(results, setup, args)
-    if args.json:
-        args.json.write_text(json.dumps({
-            "results": {f"{k[0]} | {k[1]}": v for k, v in results.items()},
+    return {"results": {f"{k[0]} | {k[1]}": v for k, v in results.items()},
             "limits": setup["limits"], "stages_ms": setup["stages"],
-            "parity": setup["parity"]}, indent=2))
-    return 0
+            "parity": setup["parity"]}
 
 
 def print_table(results: dict, setup: dict, args) -> None:

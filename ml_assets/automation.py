@@ -51,7 +51,6 @@ from ml_assets.settings import PlatformSettings
 from ml_assets.shared import (
     DRIFT_CHECK,
     ESTIMATE_CHECK,
-    PROMOTION_CHECK,
     check_evaluation,
     daily_partitions,
 )
@@ -484,18 +483,18 @@ def names_within(names: list[str], limit: int = 200) -> str:
                     monitor_all_code_locations=False)
 def alert_on_run_failure(context: RunFailureSensorContext) -> None:
     """Records every failed run in $ML_PLATFORM_HOME/alerts.jsonl and posts it to
-    ML_ALERT_WEBHOOK_URL when set. A refused promotion is recorded as such, not paged."""
+    ML_ALERT_WEBHOOK_URL when set. A refused promotion is a decision, not a failed run
+    (champion_comparison's check warns; the run succeeds): it is never paged."""
     run = context.dagster_run
     message = context.failure_event.message or ""
-    refused = _only_refused_promotion(context)
     alert = {"run_id": run.run_id, "job": run.job_name, "tags": dict(run.tags),
-             "message": message[:2000], "kind": "promotion_refused" if refused else "failure",
+             "message": message[:2000], "kind": "failure",
              "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     path = SETTINGS.home / "alerts.jsonl"
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(alert) + "\n")
-    if SETTINGS.alert_webhook_url and not refused:
+    if SETTINGS.alert_webhook_url:
         request = urllib.request.Request(SETTINGS.alert_webhook_url,
                                          data=json.dumps(alert).encode(), method="POST",
                                          headers={"Content-Type": "application/json"})
@@ -503,21 +502,6 @@ def alert_on_run_failure(context: RunFailureSensorContext) -> None:
             urllib.request.urlopen(request, timeout=10).close()
         except OSError as exc:
             context.log.warning("alert webhook %s failed: %s", SETTINGS.alert_webhook_url, exc)
-
-
-def _only_refused_promotion(context: RunFailureSensorContext) -> bool:
-    """True when the run failed only because the challenger did not beat the champion
-    (a normal outcome of retraining, recorded but not paged)."""
-    from dagster import DagsterEventType
-
-    evaluations = [_check_evaluation(entry) for entry in context.instance.all_logs(
-        context.dagster_run.run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION)]
-    failed_checks = {evaluation.check_name for evaluation in evaluations
-                     if evaluation is not None and not evaluation.passed}
-    failed_steps = {entry.step_key for entry in context.instance.all_logs(
-        context.dagster_run.run_id, of_type=DagsterEventType.STEP_FAILURE)}
-    return failed_checks == {PROMOTION_CHECK} and failed_steps <= {
-        "champion_comparison"}
 
 
 def freshness_policies() -> dict[str, FreshnessPolicy]:

@@ -31,8 +31,7 @@ import time
 from pathlib import Path
 
 from ml_assets.settings import PlatformSettings
-from ml_assets.shared import PROMOTION_CHECK
-from ml_assets.status import failure_reasons
+from ml_assets.status import failure_reasons, failures_beyond_refusal
 
 DAGSTER_YAML = """\
 # Embedded default instance: SQLite storage under this directory.
@@ -85,9 +84,8 @@ def train(if_missing: bool = False, allow_breaking_change: bool = False,
     result = defs.resolve_job_def("train_model").execute_in_process(
         instance=instance, raise_on_error=False, run_config=run_config,
         resources=build_resources())
-    reasons = failure_reasons(result)
-    refused = [r for r in reasons if r.startswith(f"check {PROMOTION_CHECK} ")]
-    if not result.success and reasons != refused:
+    if not result.success:
+        reasons = failures_beyond_refusal(failure_reasons(result))
         print(f"training run {result.run_id} failed:\n  " + "\n  ".join(reasons),
               file=sys.stderr)
         return 1
@@ -96,7 +94,7 @@ def train(if_missing: bool = False, allow_breaking_change: bool = False,
           + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
     registered = result.output_for_node("registered_model")
     decision = result.output_for_node("champion_comparison").decision
-    if refused:
+    if not decision.promote:  # a decision: the run succeeded, tagged ml/promotion=refused
         print(f"registered {registered.name} version {registered.version} as challenger; "
               f"not promoted: {decision.reason}")
         if decision.breaking_change and not decision.breaking_change_allowed:

@@ -61,7 +61,7 @@ from ml_assets.core.rollout.plan import (
 )
 from ml_assets.resources import DataSourceResource, MlflowTracking
 from ml_assets.settings import PlatformSettings
-from ml_assets.shared import PROMOTION_CHECK
+from ml_assets.shared import PROMOTION_CHECK, PROMOTION_TAG
 
 
 @dataclass(frozen=True)
@@ -284,10 +284,13 @@ def _compare_with_champion(context: AssetExecutionContext, challenger: Registere
     group_name="registry",
     kinds={"mlflow"},
     check_specs=[AssetCheckSpec(
-        PROMOTION_CHECK, asset="champion_comparison", blocking=True,
+        PROMOTION_CHECK, asset="champion_comparison",
         description="The challenger keeps the API's inputs compatible (or the run allows "
         "the breaking change) and beats the champion on the same held-out data by the "
-        "margin (or there is no champion yet); otherwise it is not promoted.")],
+        "margin (or there is no champion yet); otherwise it is not promoted. A refusal is "
+        "a decision, not a failure: the check warns (red when the champion could not be "
+        "compared at all), champion_model is skipped and the run succeeds, tagged "
+        "ml/promotion=refused.")],
 )
 def champion_comparison(context: AssetExecutionContext, config: PromotionConfig,
                         registered_model: RegisteredModel, model_metrics: dict,
@@ -375,25 +378,46 @@ def champion_comparison(context: AssetExecutionContext, config: PromotionConfig,
                "rollout": mode, "margin_scale": decision.scale,
                **(decision.evidence.as_record() if decision.evidence else {})}
     yield Output(comparison, metadata={**summary, "comparison": MetadataValue.md(table)})
+    # Not comparable at all (the champion cannot be opened or scored here) needs a fix:
+    # ERROR. A challenger that lost, or that would break clients, is a decision: WARN.
+    uncompared = side is not None and side.error is not None
     yield AssetCheckResult(
         check_name=PROMOTION_CHECK, passed=decision.promote,
-        severity=AssetCheckSeverity.ERROR, description=decision.reason,
+        severity=AssetCheckSeverity.ERROR if uncompared else AssetCheckSeverity.WARN,
+        description=decision.reason,
         metadata={**summary, "challenger_metrics": MetadataValue.json(decision.challenger),
                   "champion_metrics": MetadataValue.json(decision.champion or {}),
                   "deltas": MetadataValue.json(decision.deltas)})
 
 
-@asset(group_name="registry", kinds={"mlflow"})
+@asset(group_name="registry", kinds={"mlflow"}, output_required=False)
 def champion_model(context: AssetExecutionContext, champion_comparison: ChampionComparison,
-                   mlflow_tracking: MlflowTracking) -> Output:
+                   mlflow_tracking: MlflowTracking) -> Iterator[Output]:
     """The model the prediction API serves: the registry's `champion` alias.
 
-    Moves only when the comparison's blocking check passed; the previous champion
-    stays in the history for a one-step `ml-platform rollback`. With `rollout: canary`
-    or `shadow` the champion stays and the challenger starts a rollout instead (alias
+    Moves only when the comparison promoted the challenger; after a refusal it is not
+    materialized (nor is anything downstream) and the run, a decision rather than a
+    failure, succeeds with the tag `ml/promotion=refused`. The previous champion stays
+    in the history for a one-step `ml-platform rollback`. With `rollout: canary` or
+    `shadow` the champion stays and the challenger starts a rollout instead (alias
     `canary`, plan in `rollout.*` tags): `rollout_evaluation` decides it on live
     traffic. A rollout still running is replaced by a newer winner.
     """
+    challenger = champion_comparison.challenger
+    decision = champion_comparison.decision
+    if not decision.promote:
+        context.instance.add_run_tags(context.run_id, {
+            PROMOTION_TAG: "refused", f"{PROMOTION_TAG}_version": challenger.version})
+        context.log.info("version %s not promoted: %s", challenger.version, decision.reason)
+        return
+    context.instance.add_run_tags(context.run_id, {
+        PROMOTION_TAG: champion_comparison.rollout if champion_comparison.champion_version
+        else "immediate", f"{PROMOTION_TAG}_version": challenger.version})
+    yield _champion_moved(context, champion_comparison, mlflow_tracking)
+
+
+def _champion_moved(context: AssetExecutionContext, champion_comparison: ChampionComparison,
+                    mlflow_tracking: MlflowTracking) -> Output:
     challenger = champion_comparison.challenger
     client = mlflow_tracking.client
     decision = champion_comparison.decision

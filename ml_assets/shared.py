@@ -17,8 +17,10 @@ daily_partitions = DailyPartitionsDefinition(
 
 # drift_scores' check: a failure (ERROR) triggers retrain_on_drift.
 DRIFT_CHECK = "drift_within_limits"
-# champion_comparison's blocking check: a refusal is a normal outcome, not paged.
+# champion_comparison's check: a refusal is a decision (WARN), never a failed run.
 PROMOTION_CHECK = "challenger_beats_champion"
+# Run tag set by champion_model: refused | immediate | canary | shadow (and _version).
+PROMOTION_TAG = "ml/promotion"
 # production_data's and live_performance's check: a labels or landing file left out.
 EVIDENCE_CHECK = "evidence_files_readable"
 

@@ -96,6 +96,13 @@ def failure_reasons(result) -> list[str]:
     return _reasons(result.all_events)
 
 
+def failures_beyond_refusal(reasons: list[str]) -> list[str]:
+    """`reasons` without the promotion refusal, which is a decision (a WARN check in a
+    run that succeeds), not a cause of failure."""
+    kept = [r for r in reasons if not r.startswith(f"check {PROMOTION_CHECK} ")]
+    return kept or ["run failed; see the Dagster UI for its logs"]
+
+
 def _reasons(events: Iterable[Any]) -> list[str]:
     reasons = []
     for event in events:
@@ -287,6 +294,10 @@ class StatusWatcher:
                     lines.append(drift_line(
                         evaluation.passed, evaluation.severity.value, evaluation.metadata,
                         evaluation.description, getattr(evaluation, "partition", None)))
+                elif evaluation.check_name == PROMOTION_CHECK and not evaluation.passed:
+                    # A decision, in a run that succeeds: said once, with its reason.
+                    lines.append(f"challenger not promoted (run {run_id[:8]}): "
+                                 f"{_short(evaluation.description or '')}")
                 elif evaluation.check_name == EVIDENCE_CHECK and not evaluation.passed:
                     where = evaluation.asset_key.to_user_string()
                     partition = getattr(evaluation, "partition", None)
@@ -296,11 +307,7 @@ class StatusWatcher:
         return lines
 
     def _failure_lines(self, run, events: Sequence[Any]) -> list[str]:
-        reasons = _reasons(events)
-        refused = [r for r in reasons if r.startswith(f"check {PROMOTION_CHECK} ")]
-        if refused and refused == reasons:  # a refusal is an outcome, not a breakdown
-            why = refused[0].split(": ", 1)[-1]
-            return [f"challenger not promoted (run {run.run_id[:8]}): {_short(why)}"]
+        reasons = failures_beyond_refusal(_reasons(events))  # a refusal: _step_lines
         where = f"{self.ui_url.rstrip('/')}/runs/{run.run_id}" if self.ui_url else \
             f"run {run.run_id} in the Dagster UI"
         if self.log_hint:

@@ -34,6 +34,7 @@ from serving.http.middleware import (
     RequestContext,
     request_id_of,
 )
+from serving.http.registry_webhook import register_webhook, webhook_routes
 from serving.http.responses import ErrorResponse, OrjsonResponse, unavailable
 from serving.model.request_models import BATCH_MODEL, INVOCATIONS_RECORD_MODEL, RECORD_MODEL
 from serving.model.store import ModelStore
@@ -83,6 +84,25 @@ async def _follow_rollout(service: Service, retry_rejected: bool = False) -> dic
     except Exception:  # noqa: BLE001 - polling must survive anything
         logger.exception("following the rollout failed")
         return None
+
+
+async def _register_webhook(service: Service) -> None:
+    """This service's MLflow webhook, registered off the loop; a failure leaves
+    polling in charge and says so (a local store has no server to send events)."""
+    settings = service.settings
+    if not settings.tracking_uri.startswith(("http://", "https://")):
+        logger.warning("ML_API_WEBHOOK_URL is set but the registry (%s) is not an MLflow "
+                       "server: no events will come; polling every %ss",
+                       settings.tracking_uri, settings.poll_seconds)
+        return
+    try:
+        done = await asyncio.wait_for(asyncio.to_thread(
+            register_webhook, service.store.client, settings.model_name,
+            str(settings.webhook_url), str(settings.webhook_secret)), STARTUP_LOAD_SECONDS)
+        logger.info("registry events: %s", done)
+    except Exception as exc:  # noqa: BLE001 - polling remains the fallback
+        logger.error("registering the registry webhook failed (%s: %s); polling every %ss",
+                     type(exc).__name__, exc, settings.poll_seconds)
 
 
 def open_log(settings: ServingSettings) -> PredictionLog:
@@ -150,6 +170,8 @@ def create_app(settings: ServingSettings | None = None, *,
             if not (await asyncio.wait({following}, timeout=STARTUP_LOAD_SECONDS))[0]:
                 logger.warning("rollout challenger still loading after %ss; starting "
                                "without it", STARTUP_LOAD_SECONDS)
+        if settings.webhook_url and settings.webhook_secret:
+            await _register_webhook(service)
         poller = (asyncio.create_task(_poll(service), name="champion-poller")
                   if settings.poll_seconds > 0 else None)
         follower = (asyncio.create_task(sync.run(service), name="worker-sync")
@@ -201,6 +223,7 @@ def create_app(settings: ServingSettings | None = None, *,
     app.include_router(open_routes)
     app.include_router(protected_routes, dependencies=auth, responses=unauthorized)
     include_open_inference(app, auth)  # /v2: the Open Inference Protocol (KServe V2)
+    app.include_router(webhook_routes)  # signed by MLflow's secret, not the API key
 
     @app.exception_handler(PredictionLogUnavailable)
     async def log_unavailable(request: Request, exc: PredictionLogUnavailable):

@@ -85,6 +85,11 @@ class ServingSettings:
     max_body_bytes: int = 4 * 1024 * 1024
     # How often the alias is polled for a new champion; 0 turns polling off.
     poll_seconds: float = 30.0
+    # MLflow registry webhooks (serving/http/registry_webhook.py): the secret events are
+    # signed with, and the URL at which the MLflow server reaches this service (set
+    # both to register the webhook at start). Left out of repr: a secret.
+    webhook_secret: str | None = field(default=None, repr=False)
+    webhook_url: str | None = None
     # Micro-batching: most rows per predict_proba call, and the longest a batch
     # waits for requests that are on their way.
     micro_batch_rows: int = 64
@@ -153,6 +158,8 @@ class ServingSettings:
             max_batch=_number("ML_API_MAX_BATCH", 1000, int, 1),
             max_body_bytes=_number("ML_API_MAX_BODY_BYTES", 4 * 1024 * 1024, int, 1024),
             poll_seconds=_number("ML_API_POLL_SECONDS", 30.0, float, 0.0),
+            webhook_secret=_env("ML_REGISTRY_WEBHOOK_SECRET", "") or None,
+            webhook_url=_env("ML_API_WEBHOOK_URL", "") or None,
             micro_batch_rows=_number("ML_API_MICRO_BATCH_ROWS", 64, int, 1),
             micro_batch_wait_ms=_number("ML_API_MICRO_BATCH_WAIT_MS", 1.5, float, 0.0),
             log_queue_rows=_number("ML_PREDICTION_LOG_QUEUE_ROWS", 50_000, int, 1),
@@ -183,6 +190,13 @@ class ServingSettings:
         if settings.runtime not in RUNTIMES:
             raise SettingsError(f"ML_API_RUNTIME={settings.runtime!r}: use one of "
                                 f"{', '.join(RUNTIMES)}")
+        if settings.webhook_url and not settings.webhook_secret:
+            raise SettingsError("ML_API_WEBHOOK_URL is set but ML_REGISTRY_WEBHOOK_SECRET is "
+                                "not: registry events are only accepted signed")
+        if settings.webhook_url and not settings.webhook_url.startswith(("http://",
+                                                                         "https://")):
+            raise SettingsError(f"ML_API_WEBHOOK_URL={settings.webhook_url!r}: an http(s) "
+                                "URL at which the MLflow server reaches this service")
         if settings.log_queue_rows < settings.max_batch:
             raise SettingsError(
                 f"ML_PREDICTION_LOG_QUEUE_ROWS={settings.log_queue_rows} is smaller than "

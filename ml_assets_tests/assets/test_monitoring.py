@@ -292,9 +292,12 @@ def test_run_failure_alerts_page_failures_but_not_refusals(instance, tmp_path, m
         resources={**good, "data_source": DataSourceResource(kind="files",
                                                              path=str(tmp_path / "x.csv"),
                                                              target="y")})
-    assert not refused.success and not broken.success
+    # A refusal is a decision: the run succeeds (tagged), so the failure sensor never
+    # sees it; only the broken run is recorded and paged.
+    assert refused.success and not broken.success
+    assert instance.get_run_by_id(refused.run_id).tags["ml/promotion"] == "refused"
     try:
-        for result in (refused, broken):
+        for result in (broken,):
             run = instance.get_run_by_id(result.run_id)
             assert run.status == DagsterRunStatus.FAILURE
             (failure,) = [e.dagster_event for e in instance.all_logs(
@@ -306,7 +309,7 @@ def test_run_failure_alerts_page_failures_but_not_refusals(instance, tmp_path, m
         server.shutdown()
     alerts = [json.loads(line) for line in
               (tmp_path / "home" / "alerts.jsonl").read_text().splitlines()]
-    assert [a["kind"] for a in alerts] == ["promotion_refused", "failure"]
+    assert [(a["kind"], a["run_id"]) for a in alerts] == [("failure", broken.run_id)]
     assert [a["run_id"] for a in received] == [broken.run_id]
 
 

@@ -162,9 +162,13 @@ def test_promotion_paths_and_rollback_through_the_assets(tracking, tmp_path):
         assert tags["promotion.by"] and tags["promotion.at"]
 
         worse = _run(instance, tracking, STUMP)
-        assert not worse.success and not materialized(worse, "champion_model")
+        # A refusal is a decision: the run succeeds, the check warns, the run is tagged.
+        assert worse.success and not materialized(worse, "champion_model")
         evaluation = check_evaluation(worse, PROMOTION_CHECK)
         assert "is worse than" in evaluation.description
+        assert evaluation.severity.value == "WARN"
+        assert instance.get_run_by_id(worse.run_id).tags["ml/promotion"] == "refused"
+        assert instance.get_run_by_id(better.run_id).tags["ml/promotion"] == "immediate"
         assert evaluation.metadata["champion_version"].value == "2"
         assert str(registry.alias_version(client, name, "champion").version) == "2"
         assert str(registry.alias_version(client, name, "challenger").version) == "3"

@@ -22,6 +22,7 @@ from ml_assets.definitions import defs
 from ml_assets.resources import DataSourceResource, MlflowTracking
 from ml_assets.resources.production import ProductionDataResource
 from ml_assets.shared import ESTIMATE_CHECK
+from ml_assets_tests.support.loop_days import calm_rows, conflicting_rows, ignored_shift
 
 
 @pytest.fixture
@@ -86,34 +87,17 @@ SIZES = (50, 120, 200)
 
 
 def _conflicting(loop, rng, size) -> pd.DataFrame:
-    """Benign rows whose values of two of the model's features come from malignant rows:
-    the pair (of the features the model keeps) that leaves the model least sure."""
-    frame = load_breast_cancer_frame()
-    labels = frame.pop("diagnosis").astype(str)
-    benign = frame[labels == "benign"].iloc[rng.integers(0, 300, size)].reset_index(drop=True)
-    malignant = frame[labels == "malignant"].iloc[rng.integers(0, 200, size)].reset_index(
-        drop=True)
-    kept = sorted(loop["kept"])
-    candidates = []
-    for i, first in enumerate(kept):
-        for second in kept[i + 1:]:
-            rows = benign.copy()
-            rows[[first, second]] = malignant[[first, second]]
-            confidence = loop["model"].pipeline.predict_proba(rows).max(axis=1).mean()
-            candidates.append((confidence, first, second, rows))
-    return min(candidates, key=lambda c: c[0])[3]
+    return conflicting_rows(loop["model"].pipeline, loop["kept"], rng, size)
 
 
 def _calm(loop, rng, size):
-    held_out = loop["split"].X_test
-    return held_out.iloc[rng.integers(0, len(held_out), size)].reset_index(drop=True)
+    return calm_rows(loop["split"].X_test, rng, size)
 
 
 def test_quiet_days_retrain_nothing_a_harmful_shift_once_and_an_ignored_one_warns(loop):
     rng = np.random.default_rng(0)
     start = dt.date(2026, 11, 2)
     features = load_breast_cancer_frame().drop(columns="diagnosis")
-    std = features.std()
 
     # The calibrator was stored beside the reference profile, as JSON.
     artifact = loop["tracking"].client.download_artifacts(loop["model"].mlflow_run_id,
@@ -151,10 +135,8 @@ def test_quiet_days_retrain_nothing_a_harmful_shift_once_and_an_ignored_one_warn
     # features the model does not use: drift fails, the estimate does not move, a warning
     # and no retrain.
     _day(loop, _calm(loop, rng, 120), start + dt.timedelta(days=16))
-    ignored = [c for c in features.columns if c not in loop["kept"]]
-    assert len(ignored) == 25
-    rows = _calm(loop, rng, 120)
-    rows[ignored] = rows[ignored] + 3 * std[ignored]
+    assert len([c for c in features.columns if c not in loop["kept"]]) == 25
+    rows = ignored_shift(_calm(loop, rng, 120), loop["kept"])
     tick, estimate, value = _day(loop, rows, start + dt.timedelta(days=17))
     drift = loop["instance"].get_latest_materialization_event(AssetKey("drift_scores"))
     assert drift is not None

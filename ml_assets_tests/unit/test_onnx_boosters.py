@@ -16,7 +16,7 @@ import pytest
 import xgboost
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OrdinalEncoder
 from threadpoolctl import threadpool_limits
@@ -29,32 +29,14 @@ from ml_assets.core.artifacts.onnx.parity import (
     rows_of,
 )
 from ml_assets.core.artifacts.onnx.runtime import CompiledModel, near_ties
-from ml_assets.core.data.datasets import BREAST_CANCER_TARGET, load_breast_cancer_frame
-from ml_assets.core.data.preprocessing import build_preprocessor, split_frame
-from ml_assets.core.data.schema_inference import infer_schema
-from ml_assets.core.data.schemas import breast_cancer_schema, feature_columns
 from ml_assets.core.modeling.labels import EncodedLabelsClassifier, encode_labels_for
-from ml_assets.core.modeling.pipeline import fit_final_pipeline
-from ml_assets_tests.support.models import DIABETES_TARGET, diabetes_frame
+from ml_assets_tests.support.families import DATASETS, FAMILIES, TASKS, TREES, train_family
+from ml_assets_tests.support.user_steps import CenterScale
 
-TREES = 15  # few trees: each case converts and compares in well under a second
-
-CLASSIFIERS = {
-    "lightgbm": lambda: lightgbm.LGBMClassifier(n_estimators=TREES, num_leaves=8, verbose=-1,
-                                                n_jobs=1, random_state=0),
-    "xgboost": lambda: xgboost.XGBClassifier(n_estimators=TREES, max_depth=3, random_state=0,
-                                             n_jobs=1),
-    "hist_gradient_boosting": lambda: HistGradientBoostingClassifier(max_iter=TREES,
-                                                                     random_state=0),
-}
-REGRESSORS = {
-    "lightgbm": lambda: lightgbm.LGBMRegressor(n_estimators=TREES, num_leaves=8, verbose=-1,
-                                               n_jobs=1, random_state=0),
-    "xgboost": lambda: xgboost.XGBRegressor(n_estimators=TREES, max_depth=3, random_state=0,
-                                            n_jobs=1),
-    "hist_gradient_boosting": lambda: HistGradientBoostingRegressor(max_iter=TREES,
-                                                                    random_state=0),
-}
+CLASSIFIERS = {family: lambda family=family: FAMILIES[family]("binary")
+               for family in ("lightgbm", "xgboost", "hist_gradient_boosting")}
+REGRESSORS = {family: lambda family=family: FAMILIES[family]("regression")
+              for family in ("lightgbm", "xgboost", "hist_gradient_boosting")}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -65,47 +47,15 @@ def _one_thread():
         yield
 
 
-def _cancer():
-    frame = load_breast_cancer_frame()
-    return frame, breast_cancer_schema([c for c in frame.columns
-                                        if c != BREAST_CANCER_TARGET]), BREAST_CANCER_TARGET
-
-
-def _penguins(target: str):
-    frame = palmerpenguins.load_penguins()
-    if target != "species":
-        frame = frame.dropna(subset=[target])
-    return frame, infer_schema(frame, target), target
-
-
 def _diabetes():
-    frame = diabetes_frame()
-    return frame, infer_schema(frame, DIABETES_TARGET), DIABETES_TARGET
-
-
-DATASETS = {
-    # binary, numeric only
-    "cancer": _cancer,
-    # multiclass; string categoricals (island, sex) with missing values
-    "penguins": lambda: _penguins("species"),
-    # regression, numeric only
-    "diabetes": _diabetes,
-    # regression with string categoricals and missing values
-    "penguin_mass": lambda: _penguins("body_mass_g"),
-}
+    return DATASETS["diabetes"]()
 
 
 def _platform(dataset: str, estimator):
     """The platform's served shape, as training builds it (labels encoded where the
     estimator needs numbers): (pipeline, X_train, X_test, task)."""
-    frame, schema, target = DATASETS[dataset]()
-    split = split_frame(frame, target, seed=42)
-    kinds = feature_columns(schema, target)
-    preprocessor = build_preprocessor(split.X_train, kinds, task=split.task).fit(
-        split.X_train, split.y_train)
-    pipeline = fit_final_pipeline(preprocessor, encode_labels_for(estimator, split.y_train),
-                                  split.X_train, split.y_train)
-    return pipeline, split.X_train, split.X_test[list(kinds)], split.task
+    trained = train_family("", dataset, estimator)
+    return trained.pipeline, trained.X_train, trained.X_test, TASKS[dataset]
 
 
 def _compiled(pipeline, X_train, X_test, task):
@@ -269,3 +219,34 @@ def test_a_users_step_compiles_once_its_converter_is_registered():
     update_registered_converter(Ratio, "UserRatio", _ratio_shape, _ratio_converter)
     compiled, report = _compiled(pipeline, X.iloc[:350], X.iloc[350:], "regression")
     assert report.max_relative_error <= RELATIVE_TOLERANCE
+
+
+@pytest.mark.parametrize("dataset", sorted(DATASETS))
+def test_a_pipeline_with_a_users_registered_step_compiles_for_every_task(dataset):
+    """The user's own step (ml_assets_tests/support/user_steps.py, its converter and
+    shape calculator registered on import) inside the user's Pipeline, behind the
+    platform's preprocessor: binary, multiclass and regression, numeric and categorical
+    inputs with missing values; the gate's labels identical and values within its
+    tolerances, independently checked here."""
+    trained = train_family("user_step", dataset)
+    pipeline, task = trained.pipeline, TASKS[dataset]
+    assert any(isinstance(step, CenterScale) for step in _all_steps(pipeline))
+    compiled, report = _compiled(pipeline, trained.X_train, trained.X_test, task)
+    if task == "regression":
+        got = compiled.predict_values(rows_of(trained.X_test))
+        expected = pipeline.predict(trained.X_test)
+        assert report.max_relative_error <= RELATIVE_TOLERANCE
+        assert np.abs(got - expected).max() <= RELATIVE_TOLERANCE * float(np.std(expected))
+        return
+    proba = compiled.predict_proba(rows_of(trained.X_test))
+    assert report.label_mismatches == 0
+    assert np.abs(proba - pipeline.predict_proba(trained.X_test)).max() <= PROBABILITY_TOLERANCE
+    assert (np.asarray(pipeline.classes_)[proba.argmax(axis=1)]
+            == pipeline.predict(trained.X_test)).all()
+
+
+def _all_steps(pipeline) -> list:
+    steps = []
+    for _, step in getattr(pipeline, "steps", []):
+        steps += [step, *_all_steps(step)]
+    return steps

@@ -30,6 +30,7 @@ from ml_assets.core.data.provenance import code_version, frame_fingerprint, libr
 from ml_assets.core.data.schemas import schema_yaml
 from ml_assets.core.modeling import estimators, tuning
 from ml_assets.core.modeling.labels import encode_labels_for
+from ml_assets.core.modeling.native_logs import summarised_native_logs
 from ml_assets.core.modeling.pipeline import (
     CVResult,
     ModelParams,
@@ -233,11 +234,14 @@ def train_in_run(plan: TrainingPlan, split: Split, schema: pa.DataFrameSchema, t
     orchestrator's run id) goes into the model's metadata and the trials' tags."""
     base: Any = plan.base
     tuned: dict[str, Any] = {}
-    if settings.tuning_trials > 0:
-        base, tuned = tune_in_run(plan, split, settings, log=log, on_trial=lambda trial:
-                                  record_trial(client, experiment_id, run_id, lineage,
-                                               plan.scoring, trial))
-    cv, pipeline = fit(plan, base, split, settings)
+    with summarised_native_logs() as native:
+        if settings.tuning_trials > 0:
+            base, tuned = tune_in_run(plan, split, settings, log=log, on_trial=lambda trial:
+                                      record_trial(client, experiment_id, run_id, lineage,
+                                                   plan.scoring, trial))
+        cv, pipeline = fit(plan, base, split, settings)
+    if (said := native.summary()) is not None:
+        log.info("%s", said)
     needed = trusted_types(plan, pipeline, log)
     mlflow.log_params(run_params(settings.params, pipeline, plan.user is not None,
                                  {"train_rows": len(split.X_train),
