@@ -288,3 +288,23 @@ def _served(trained: TrainedPipeline) -> ServedModel:
         loaded_at=datetime.now(timezone.utc), metadata={},
         task="binary" if len(classes) == 2 else "multiclass")
 
+
+
+def test_serving_n_jobs_reaches_a_wrappers_fitted_estimator():
+    """XGBoost on string labels is served inside EncodedLabelsClassifier: its fitted
+    booster must predict on one thread too (its unfitted template is not what runs)."""
+    import xgboost
+
+    from ml_assets.core.data.datasets import BREAST_CANCER_TARGET, load_breast_cancer_frame
+    from ml_assets.core.data.schemas import breast_cancer_schema
+    from ml_assets.core.modeling.labels import EncodedLabelsClassifier
+
+    frame = load_breast_cancer_frame()
+    schema = breast_cancer_schema([c for c in frame.columns if c != BREAST_CANCER_TARGET])
+    trained = train_estimator(frame, schema, BREAST_CANCER_TARGET,
+                              xgboost.XGBClassifier(n_estimators=5, n_jobs=2))
+    wrapper = trained.pipeline[-1]
+    assert isinstance(wrapper, EncodedLabelsClassifier)
+    assert wrapper.estimator_.n_jobs == 2
+    serving_n_jobs(trained.pipeline)
+    assert wrapper.estimator.n_jobs == wrapper.estimator_.n_jobs == 1

@@ -345,5 +345,11 @@ def serving_n_jobs(pipeline: Pipeline) -> Pipeline:
     more than the prediction, and the service batches rows itself."""
     params = pipeline.get_params(deep=True)
     pipeline.set_params(**{k: 1 for k in params if k == "n_jobs" or k.endswith("__n_jobs")})
+    # A wrapper's fitted estimator (EncodedLabelsClassifier.estimator_ around XGBoost) is
+    # no parameter: set_params above reached only its unfitted template.
+    for estimator in _estimators(pipeline):
+        fitted = getattr(estimator, "estimator_", None)
+        if fitted is not None and hasattr(fitted, "set_params"):
+            serving_n_jobs(fitted)
     return pipeline
 
