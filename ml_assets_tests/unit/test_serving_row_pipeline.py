@@ -8,6 +8,7 @@ the Pipeline, whose answer or error stands unchanged."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from datetime import datetime, timezone
 from importlib.resources import files
@@ -308,3 +309,22 @@ def test_serving_n_jobs_reaches_a_wrappers_fitted_estimator():
     assert wrapper.estimator_.n_jobs == 2
     serving_n_jobs(trained.pipeline)
     assert wrapper.estimator.n_jobs == wrapper.estimator_.n_jobs == 1
+
+
+def test_the_load_time_check_compares_in_bounded_chunks(monkeypatch):
+    """A wide encoder's probe rows are compared a chunk at a time (bounded memory at
+    load), and a difference in any chunk still refuses the replay."""
+    import serving.model.row_pipeline as module
+
+    trained = train_synthetic(SyntheticSpec(n_rows=600, n_categorical=1, n_categories=70),
+                              n_estimators=3)
+    specs = _specs(trained)
+    fast, reason = row_pipeline(trained.pipeline, specs, np.nan)
+    assert fast is not None, reason
+    monkeypatch.setattr(module, "PROBE_CELLS", 3 * fast.blocks.width)  # 3 rows a chunk
+    assert len(probe_rows(fast)) > 20
+    steps = _leaves(trained.pipeline)[:-1]
+    assert _disagreement(fast, steps) == ""
+    steps = copy.deepcopy(steps)  # the replay reads the fitted arrays it was built from
+    steps[0].transformers_[0][1].named_steps["scale"].mean_[-1] += 1e-9
+    assert _disagreement(fast, steps) == "the numpy replay differs from scikit-learn on probe rows"

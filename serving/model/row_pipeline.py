@@ -35,6 +35,7 @@ from serving.model.numpy_steps import (
 __all__ = ["Fallback", "RowPipeline", "row_pipeline"]
 
 MAX_PROBE_ROWS = 20_000  # a feature with more categories is probed on its first ones
+PROBE_CELLS = 1_000_000  # output values per probe chunk (8 MB of float64)
 _NUMBER_PROBES = (0.0, 1.5, -2.25, 1234.5678, None, 3e-7, -0.0)
 _INTEGER_PROBES = (0, 1, -7, 40_000, None, 2 ** 40)
 _BOOLEAN_PROBES = (True, False, None)
@@ -153,8 +154,18 @@ def _disagreement(fast: RowPipeline, steps: list) -> str:
     """'' when the replay gives the fitted steps' own output on the probe rows, byte for
     byte (dtype and shape included), the ColumnTransformer's whole output too (so a
     column a selector drops today cannot hide a difference); otherwise why the Pipeline
-    answers instead."""
+    answers instead. Compared in chunks of at most PROBE_CELLS output values, so a wide
+    encoder costs bounded memory at load."""
     rows = probe_rows(fast)
+    size = max(1, PROBE_CELLS // max(1, fast.blocks.width))
+    for start in range(0, len(rows), size):
+        problem = _chunk_disagreement(fast, steps, rows[start:start + size])
+        if problem:
+            return problem
+    return ""
+
+
+def _chunk_disagreement(fast: RowPipeline, steps: list, rows: list[list]) -> str:
     try:
         expected: list[Any] = [frame_from_rows(rows, fast.specs, fast.missing)]
         for step in steps:
