@@ -36,7 +36,7 @@ from ml_assets.core.prediction_log import numeric_predictions
 from ml_assets.core.registry import champion as registry
 from ml_assets.resources import DataSourceResource, MlflowTracking
 from ml_assets.resources.production import ProductionDataResource, answered_rows
-from ml_assets.shared import EVIDENCE_CHECK, daily_partitions, lineage_of
+from ml_assets.shared import EVIDENCE_CHECK, daily_partitions, lineage_of, warm_drift_nulls
 
 PROFILE_ARTIFACT = "reference_profile/profile.npz"
 
@@ -87,7 +87,10 @@ def reference_profile(context: AssetExecutionContext, champion_model: dict,
                           allow_retries=False) from None
         profile = ReferenceProfile.from_bytes(Path(local).read_bytes())
     size = len(profile.to_bytes())
+    # Training time, not the scoring path: the resampled nulls every later day reads.
+    warmed = warm_drift_nulls(context.instance, profile)
     return Output(profile, metadata={
+        **warmed,
         "champion_version": str(version.version), "mlflow_run_id": version.run_id,
         "features": len(profile.features), "prediction_columns": len(profile.predictions),
         "reference_rows": profile.n_rows, "stored_bytes": size,
