@@ -5,7 +5,7 @@ docs/drift.md ("Measured false alarms and power") come from this script.
     python benchmarks/drift_power.py --power                  # shifts in 1, 3, 10 features
     python benchmarks/drift_power.py --min-rows               # the n behind min_rows
     python benchmarks/drift_power.py --check                  # the drift check (asset)
-    python benchmarks/drift_power.py --ties                   # grid of nulls: off-grid days
+    python benchmarks/drift_power.py --ties --repeats 60      # grid of nulls: off-grid days
     python benchmarks/drift_power.py --all --repeats 400      # what docs/drift.md shows
 
 A/A: each repeat draws a fresh reference of m rows and, from the same distribution, one
