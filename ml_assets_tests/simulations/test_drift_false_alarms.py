@@ -115,9 +115,9 @@ def test_aa_ties_at_day_sizes_off_the_grid_of_nulls(m):
     the day's): on no-drift days of sizes off the grid, each column's false-alarm rate
     stays within alpha (+ simulation error), for KS (the default) and Wasserstein (a
     per-column override), per (column, day size) cell and pooled over the sizes. A
-    fresh reference per repeat: the grid is drawn anew each time (~20 s of CPU per m)."""
+    fresh reference per repeat: the grid is drawn anew each time (~40 s of CPU per m)."""
     rng = np.random.default_rng([2027, m])
-    repeats = 80
+    repeats = 40
     hits: dict[tuple[str, int], int] = {}
     for test in ("ks", "wasserstein"):
         config = DriftConfig(numeric_test=test, missing_rate_threshold=None)
