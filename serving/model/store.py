@@ -7,7 +7,11 @@ the model under a request in flight. A candidate version is only swapped in
 after it loads and passes a smoke prediction; otherwise it is rejected, counted,
 and the old model keeps serving. Models are opened only by the platform's safe
 loader (`ml_assets.core.artifacts.loading`): a version it refuses (pickle, unreviewed
-skops types) is rejected as `untrusted_model` and never runs a line of its code.
+skops types) is rejected as `untrusted_model` and never runs a line of its code. While
+a version serves, a new one that passes the loader's checks is first loaded and
+smoke-predicted in a child process with time and memory limits
+(serving/model/load_probe.py): if that child crashes, hangs or runs out of memory, the
+version is rejected as `load_probe_failed` and the served one keeps serving.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from ml_assets.core.artifacts.loading import (
 from ml_assets.core.artifacts.onnx.runtime import CompiledModel
 from ml_assets.core.data.schemas import excluded_columns
 from serving.http.metrics import ServiceMetrics
+from serving.model import load_probe
 from serving.model.feature_specs import example_rows, feature_specs
 from serving.model.request_models import OUT_OF_RANGE, UNSEEN_CATEGORY, build_request_models
 from serving.model.served import (
@@ -118,6 +123,17 @@ class ModelStore:
         mlflow.set_tracking_uri(settings.tracking_uri)
         self.client = MlflowClient(settings.tracking_uri)
         metrics.set_model(settings.model_name, None)
+
+    @classmethod
+    def loader(cls, settings: ServingSettings) -> ModelStore:
+        """A store that only loads versions (`load`), never serves or swaps them: the
+        load probe's child uses it. It has no metrics."""
+        store = cls.__new__(cls)
+        store.settings = settings
+        store.current = None
+        mlflow.set_tracking_uri(settings.tracking_uri)
+        store.client = MlflowClient(settings.tracking_uri)
+        return store
 
     def champion_version(self) -> str | None:
         """The version the alias points at now; None when there is none (yet)."""
@@ -198,16 +214,19 @@ class ModelStore:
         return (f"serving version {current.version}; version {refused['version']} refused "
                 f"({refused['reason']}): {refused['detail']}")
 
-    def load(self, version: str) -> ServedModel:
-        """Load one registry version and smoke-test it; raises ModelRejected."""
+    def load(self, version: str, directory: str | None = None) -> ServedModel:
+        """Load one registry version (from its downloaded `directory` when given) and
+        smoke-test it; raises ModelRejected. While a version serves, one that passes the
+        loader's checks is probed in a child process first (`_probe`)."""
         name = self.settings.model_name
         started = time.perf_counter()
         try:
             with tempfile.TemporaryDirectory(prefix="serving-model-") as tmp:
-                local = mlflow.artifacts.download_artifacts(
+                local = directory or mlflow.artifacts.download_artifacts(
                     artifact_uri=f"models:/{name}/{version}", dst_path=tmp)
                 loaded: LoadedModel = load_pipeline(
                     local, source=f"version {version} (models:/{name}/{version})")
+                self._probe(version, local)
                 specs = feature_specs(loaded.schema, loaded.target)
                 example = _input_example(local, [spec.name for spec in specs])
                 details = self.client.get_model_version(name, version)
@@ -233,6 +252,8 @@ class ModelStore:
                 loaded_at=datetime.now(timezone.utc), metadata=loaded.metadata,
                 excluded_columns=excluded_columns(loaded.schema, loaded.target),
                 missing_string=None if learned_none_category(pipeline) else np.nan)
+        except ModelRejected:
+            raise
         except UntrustedModelError as exc:  # refused unopened: nothing of it ran
             # A file that is no readable archive at all is broken, not hostile: a load
             # error, as before the archive checks; every other refusal is untrusted.
@@ -249,6 +270,24 @@ class ModelStore:
                     time.perf_counter() - started, model.runtime,
                     f": {model.runtime_reason}" if model.runtime_reason else "")
         return model
+
+    def _probe(self, version: str, directory: str) -> None:
+        """Load `version` from `directory` in a child process first (load_probe), when a
+        version serves (nothing else to protect at start-up) and ML_API_LOAD_PROBE_SECONDS
+        is above 0. Raises ModelRejected with the child's refusal, or `load_probe_failed`
+        when the child crashed, timed out or ran out of memory."""
+        if self.current is None or self.settings.load_probe_seconds <= 0:
+            return
+        try:
+            report = load_probe.probe(self.settings, version, directory)
+        except load_probe.ProbeFailed as exc:
+            raise ModelRejected(version, load_probe.REASON,
+                                f"version {version} refused: {exc}") from exc
+        if report["status"] == "rejected":
+            raise ModelRejected(version, report["reason"], report["message"])
+        logger.info("version %s loaded in its probe in %.2fs (%.0f MiB peak); %.2fs with "
+                    "the child's start", version, report["seconds"],
+                    report["peak_bytes"] / 2**20, report["wall_seconds"])
 
     def _compiled(self, directory: Path, tags: dict, names: list[str], task: str,
                   classes: list, interval: bool) -> tuple[CompiledModel | None, str]:
