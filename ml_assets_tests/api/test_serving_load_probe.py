@@ -1,20 +1,26 @@
 """The load probe: while a version serves, a new one is loaded and smoke-predicted in a
 child process first, with a time and a memory limit (serving/model/load_probe.py). A
 version whose load outruns them is refused (409, `load_probe_failed`), as champion and
-as canary, and the served version keeps answering; within them it swaps as before."""
+as canary, and the served version keeps answering; within them it swaps as before. A
+child that crashes, runs out of memory or hangs is reported as such, and the next probe
+still runs."""
 
 from __future__ import annotations
 
 import time
 import warnings
+from dataclasses import replace
 
 import pytest
 from mlflow import MlflowClient
 
 from ml_assets.core.rollout.plan import CLIENT_KEY_HEADER, start_rollout
+from ml_assets_tests.support import probe_children
 from ml_assets_tests.support.models import experiment_id, register, train_breast_cancer
 from serving.app import create_app
-from serving.model.store import ModelRejected, ModelStore
+from serving.http.metrics import ServiceMetrics
+from serving.model import load_probe
+from serving.model.store import ModelRejected, ModelStore, VersionRecord
 from serving.settings import ServingSettings
 
 with warnings.catch_warnings():  # starlette prefers httpx2 over the pinned httpx
@@ -68,14 +74,12 @@ def test_a_version_within_the_limits_is_probed_and_swapped(mlflow_store, registr
         _answers_with(client, models, "2")
 
 
-@pytest.mark.parametrize("limit, says", [
-    ({"load_probe_memory_bytes": 8 * 2**20}, "and 8 MiB more memory"),
-    ({"load_probe_seconds": 0.05}, "did not finish within 0.05 s"),
-])
 def test_a_version_over_the_limits_is_refused_and_the_champion_keeps_serving(
-        mlflow_store, registry, models, tmp_path, limit, says):
+        mlflow_store, registry, models, tmp_path):
     name, _ = registry
-    with TestClient(create_app(_settings(mlflow_store, name, tmp_path, **limit))) as client:
+    says = "did not finish within 0.05 s"
+    settings = _settings(mlflow_store, name, tmp_path, load_probe_seconds=0.05)
+    with TestClient(create_app(settings)) as client:
         _answers_with(client, models, "1")  # the start-up load is not probed
         status, body, _ = _promote_and_reload(client, name)
         assert status == 409, body
@@ -93,7 +97,7 @@ def test_a_version_over_the_limits_is_refused_and_the_champion_keeps_serving(
 def test_a_canary_over_the_limits_is_refused_and_the_champion_answers(
         mlflow_store, registry, models, tmp_path):
     name, _ = registry
-    settings = _settings(mlflow_store, name, tmp_path, load_probe_memory_bytes=8 * 2**20)
+    settings = _settings(mlflow_store, name, tmp_path, load_probe_seconds=0.05)
     with TestClient(create_app(settings)) as client:
         start_rollout(MlflowClient(), name, "canary", "2", "1", ((0.0, 1.0),))  # everyone
         body = client.post("/admin/reload", json={}).json()
@@ -107,17 +111,40 @@ def test_a_canary_over_the_limits_is_refused_and_the_champion_answers(
 
 
 def test_the_probe_is_a_setting(mlflow_store, registry, tmp_path):
-    """ML_API_LOAD_PROBE_SECONDS=0 turns it off: the same 8 MiB limit no longer refuses."""
+    """ML_API_LOAD_PROBE_SECONDS=0 turns it off: a version is then loaded in-process."""
     name, _ = registry
-    store = ModelStore.loader(_settings(mlflow_store, name, tmp_path, load_probe_seconds=0,
-                                        load_probe_memory_bytes=8 * 2**20))
+    store = ModelStore(_settings(mlflow_store, name, tmp_path, load_probe_seconds=0),
+                       ServiceMetrics())
     store.current = store.load("1")  # as if serving
     assert store.load("2").version == "2"
-    store.settings = _settings(mlflow_store, name, tmp_path,
-                               load_probe_memory_bytes=8 * 2**20)
+    store.settings = _settings(mlflow_store, name, tmp_path, load_probe_seconds=0.05)
     with pytest.raises(ModelRejected) as refused:
         store.load("2")
     assert refused.value.reason == "load_probe_failed"
+
+
+@pytest.mark.parametrize("work, says", [
+    (probe_children.crash, "killed a child process limited to 30 s (ML_API_LOAD_PROBE_"
+                           "SECONDS) and 64 MiB more memory (ML_API_LOAD_PROBE_MEMORY_BYTES) "
+                           "(SIGSEGV)"),
+    (probe_children.allocate, "ran out of memory in a child process limited to 30 s"),
+    (probe_children.hang, "did not finish within 2 s"),
+])
+def test_a_child_that_crashes_runs_out_of_memory_or_hangs_is_reported(tmp_path, work, says):
+    """The real forkserver, limits and reporting, with a child that dies instead of
+    loading; the serving process (this one) carries on, in bounded time."""
+    settings = ServingSettings(load_probe_seconds=30 if work is not probe_children.hang
+                               else 2, load_probe_memory_bytes=64 * 2**20,
+                               prediction_log_path=tmp_path / "log.db")
+    started = time.perf_counter()
+    with pytest.raises(load_probe.ProbeFailed) as failed:
+        load_probe.probe(settings, "2", str(tmp_path), VersionRecord(None, {}, {}), work=work)
+    assert says in str(failed.value), str(failed.value)
+    assert time.perf_counter() - started < 60  # a cold forkserver start included
+    # The next probe still works: the forkserver survived its child.
+    with pytest.raises(load_probe.ProbeFailed, match="did not finish within 0.5 s"):
+        load_probe.probe(replace(settings, load_probe_seconds=0.5), "2", str(tmp_path),
+                         VersionRecord(None, {}, {}), work=probe_children.hang)
 
 
 def test_the_settings_are_read_from_the_environment(monkeypatch):

@@ -102,15 +102,15 @@ def _folded(data: bytes, branch) -> bytes:
     graph = model.graph
     first = graph.input[0].name
     producer = next(n for n in graph.node if PROBABILITIES_OUTPUT in n.output)
-    producer.output[list(producer.output).index(PROBABILITIES_OUTPUT)] = "crafted_proba_before"
-    nodes, initializers, out = branch("crafted_x_float")
-    zero = numpy_helper.from_array(np.zeros(1, np.float32), "crafted_zero")
+    producer.output[list(producer.output).index(PROBABILITIES_OUTPUT)] = "cr_proba_before"
+    nodes, initializers, out = branch("cr_x_float")
+    zero = numpy_helper.from_array(np.zeros(1, np.float32), "cr_zero")
     graph.initializer.extend([*initializers, zero])
     graph.node.extend([
-        helper.make_node("Cast", [first], ["crafted_x_float"], to=TensorProto.FLOAT),
+        helper.make_node("Cast", [first], ["cr_x_float"], to=TensorProto.FLOAT),
         *nodes,
-        helper.make_node("Mul", [out, "crafted_zero"], ["crafted_branch_zero"]),
-        helper.make_node("Add", ["crafted_proba_before", "crafted_branch_zero"], [PROBABILITIES_OUTPUT]),
+        helper.make_node("Mul", [out, "cr_zero"], ["cr_branch_zero"]),
+        helper.make_node("Add", ["cr_proba_before", "cr_branch_zero"], [PROBABILITIES_OUTPUT]),
     ])
     return model.SerializeToString()
 
@@ -123,16 +123,16 @@ def matmul_chain(width: int, links: int):
     """x [N,1] -> [N,width] -> `links` MatMuls by one [width,width] matrix -> [N,1]."""
     def branch(x):
         rng = np.random.default_rng(0)
-        weights = [numpy_helper.from_array(np.ones((1, width), np.float32), "crafted_w_in"),
+        weights = [numpy_helper.from_array(np.ones((1, width), np.float32), "cr_w_in"),
                    numpy_helper.from_array(rng.normal(0, 1 / width, (width, width))
-                                           .astype(np.float32), "crafted_w_square"),
-                   _axes("crafted_axes_1", 1)]
-        nodes = [helper.make_node("MatMul", [x, "crafted_w_in"], ["crafted_h0"])]
+                                           .astype(np.float32), "cr_w_square"),
+                   _axes("cr_axes_1", 1)]
+        nodes = [helper.make_node("MatMul", [x, "cr_w_in"], ["cr_h0"])]
         for i in range(links):
-            nodes.append(helper.make_node("MatMul", [f"crafted_h{i}", "crafted_w_square"], [f"crafted_h{i + 1}"]))
-        nodes.append(helper.make_node("ReduceSum", [f"crafted_h{links}", "crafted_axes_1"], ["crafted_chain_sum"],
+            nodes.append(helper.make_node("MatMul", [f"cr_h{i}", "cr_w_square"], [f"cr_h{i + 1}"]))
+        nodes.append(helper.make_node("ReduceSum", [f"cr_h{links}", "cr_axes_1"], ["cr_chain_sum"],
                                       keepdims=1))
-        return nodes, weights, "crafted_chain_sum"
+        return nodes, weights, "cr_chain_sum"
     return branch
 
 
@@ -140,27 +140,27 @@ def gather_fan_out(first: int, second: int):
     """x [N,1] -> Gather to [N,first] -> Reshape [N,first,1] -> Gather to
     [N,first,second] -> summed back to [N,1]."""
     def branch(x):
-        weights = [numpy_helper.from_array(np.zeros(first, np.int64), "crafted_fan_1"),
-                   numpy_helper.from_array(np.zeros(second, np.int64), "crafted_fan_2"),
-                   _axes("crafted_shape_3d", -1, first, 1), _axes("crafted_axes_12", 1, 2)]
-        nodes = [helper.make_node("Gather", [x, "crafted_fan_1"], ["crafted_wide"], axis=1),
-                 helper.make_node("Reshape", ["crafted_wide", "crafted_shape_3d"], ["crafted_wide_3d"]),
-                 helper.make_node("Gather", ["crafted_wide_3d", "crafted_fan_2"], ["crafted_cube"], axis=2),
-                 helper.make_node("ReduceSum", ["crafted_cube", "crafted_axes_12"], ["crafted_fan_sum"],
+        weights = [numpy_helper.from_array(np.zeros(first, np.int64), "cr_fan_1"),
+                   numpy_helper.from_array(np.zeros(second, np.int64), "cr_fan_2"),
+                   _axes("cr_shape_3d", -1, first, 1), _axes("cr_axes_12", 1, 2)]
+        nodes = [helper.make_node("Gather", [x, "cr_fan_1"], ["cr_wide"], axis=1),
+                 helper.make_node("Reshape", ["cr_wide", "cr_shape_3d"], ["cr_wide_3d"]),
+                 helper.make_node("Gather", ["cr_wide_3d", "cr_fan_2"], ["cr_cube"], axis=2),
+                 helper.make_node("ReduceSum", ["cr_cube", "cr_axes_12"], ["cr_fan_sum"],
                                   keepdims=0),
-                 helper.make_node("Reshape", ["crafted_fan_sum", "crafted_shape_col"], ["crafted_fan_col"])]
-        return nodes, [*weights, _axes("crafted_shape_col", -1, 1)], "crafted_fan_col"
+                 helper.make_node("Reshape", ["cr_fan_sum", "cr_shape_col"], ["cr_fan_col"])]
+        return nodes, [*weights, _axes("cr_shape_col", -1, 1)], "cr_fan_col"
     return branch
 
 
 def rows_times_rows(x):
     """x [N,1] -> Reshape [1,N] -> MatMul [N,1] x [1,N] = [N,N]: rows multiplied with
     each other (quadratic in the rows), summed back to [N,1]."""
-    nodes = [helper.make_node("Reshape", [x, "crafted_shape_row"], ["crafted_x_row"]),
-             helper.make_node("MatMul", [x, "crafted_x_row"], ["crafted_square"]),
-             helper.make_node("ReduceSum", ["crafted_square", "crafted_axes_1"], ["crafted_square_sum"],
+    nodes = [helper.make_node("Reshape", [x, "cr_shape_row"], ["cr_x_row"]),
+             helper.make_node("MatMul", [x, "cr_x_row"], ["cr_square"]),
+             helper.make_node("ReduceSum", ["cr_square", "cr_axes_1"], ["cr_square_sum"],
                               keepdims=1)]
-    return nodes, [_axes("crafted_shape_row", 1, -1), _axes("crafted_axes_1", 1)], "crafted_square_sum"
+    return nodes, [_axes("cr_shape_row", 1, -1), _axes("cr_axes_1", 1)], "cr_square_sum"
 
 
 def _refused(data: bytes, names, classes, check: str) -> GraphCostError:

@@ -32,7 +32,9 @@ logger = logging.getLogger(__name__)
 REASON = "load_probe_failed"
 # What the forkserver imports once, so that a child only pays for the load itself.
 PRELOAD = ["serving.model.store", "ml_assets.core.artifacts.onnx.runtime", "onnx",
-           "onnxruntime", "skops.io", "lightgbm", "xgboost"]
+           "onnxruntime", "skops.io", "sklearn.ensemble", "sklearn.compose",
+           "sklearn.preprocessing", "sklearn.impute", "sklearn.feature_selection",
+           "lightgbm", "xgboost"]
 _ENV_PREFIXES = ("ML_", "MLFLOW_")
 _context_lock = threading.Lock()
 _context: Any = None
@@ -67,7 +69,14 @@ def _memory_error(exc: BaseException | None) -> bool:
     return False
 
 
-def _child(settings, version: str, directory: str, memory_bytes: int,
+def load(settings, version: str, directory: str, record) -> None:
+    """The child's work: the service's own `ModelStore.load`."""
+    from serving.model.store import ModelStore
+
+    ModelStore.loader(settings).load(version, directory, record)
+
+
+def _child(work, settings, version: str, directory: str, record, memory_bytes: int,
            environment: dict[str, str], workdir: str, conn: Connection) -> None:
     """Run in the child: the service's own `ModelStore.load` of the downloaded
     `directory` (checks, load, smoke prediction, compiled graph), then report
@@ -80,9 +89,9 @@ def _child(settings, version: str, directory: str, memory_bytes: int,
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     started = time.perf_counter()
     try:
-        from serving.model.store import ModelRejected, ModelStore
+        from serving.model.store import ModelRejected
 
-        ModelStore.loader(settings).load(version, directory)
+        work(settings, version, directory, record)
     except BaseException as exc:  # noqa: BLE001 - everything is reported to the parent
         if _memory_error(exc):
             conn.send({"status": "memory"})
@@ -102,12 +111,14 @@ def _signal_name(code: int) -> str:
         return f"signal {-code}"
 
 
-def probe(settings, version: str, directory: str) -> dict:
-    """Load `version` (downloaded in `directory`) in a child process within the settings' limits. Returns the child's
+def probe(settings, version: str, directory: str, record, work=load) -> dict:
+    """Load `version` (downloaded in `directory`, with its registry `record`) in a child
+    process within the settings' limits. Returns the child's
     report ({"status": "ok", "seconds", "peak_bytes", "wall_seconds"} or {"status":
     "rejected", "reason", "message"}: the child's own refusal, for the caller to raise);
     raises ProbeFailed when the child crashed, timed out, ran out of memory or failed
-    otherwise."""
+    otherwise. `work` is what the child runs (`load`; a module-level function taking the
+    same arguments, for tests of what a child's death looks like)."""
     seconds = settings.load_probe_seconds
     memory = settings.load_probe_memory_bytes
     limits = (f"a child process limited to {seconds:g} s (ML_API_LOAD_PROBE_SECONDS) and "
@@ -118,8 +129,8 @@ def probe(settings, version: str, directory: str) -> dict:
     workdir = tempfile.mkdtemp(prefix="serving-probe-")
     receiver, sender = context.Pipe(duplex=False)
     child = context.Process(target=_child, name=f"load-probe-{version}", daemon=True,
-                            args=(replace(settings, load_probe_seconds=0.0), version,
-                                  directory, memory, environment, workdir, sender))
+                            args=(work, replace(settings, load_probe_seconds=0.0), version,
+                                  directory, record, memory, environment, workdir, sender))
     started = time.perf_counter()
     try:
         child.start()

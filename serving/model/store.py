@@ -23,7 +23,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, cast
@@ -67,6 +67,16 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 # The smoke rows' compiled regression answers must be this close (relative, as in the
 # parity gate) to the Pipeline's.
 SMOKE_RELATIVE_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    """What the registry says about a version that its loading needs (read once, by the
+    serving process: the load probe's child never opens the registry)."""
+
+    run_id: str | None
+    tags: dict[str, str]
+    metrics: dict[str, float]
 
 
 class ModelRejected(Exception):
@@ -126,13 +136,12 @@ class ModelStore:
 
     @classmethod
     def loader(cls, settings: ServingSettings) -> ModelStore:
-        """A store that only loads versions (`load`), never serves or swaps them: the
-        load probe's child uses it. It has no metrics."""
+        """A store that only loads versions (`load`, given their directory and registry
+        record), never serves or swaps them: the load probe's child uses it. It has no
+        metrics and opens no registry."""
         store = cls.__new__(cls)
         store.settings = settings
         store.current = None
-        mlflow.set_tracking_uri(settings.tracking_uri)
-        store.client = MlflowClient(settings.tracking_uri)
         return store
 
     def champion_version(self) -> str | None:
@@ -214,33 +223,38 @@ class ModelStore:
         return (f"serving version {current.version}; version {refused['version']} refused "
                 f"({refused['reason']}): {refused['detail']}")
 
-    def load(self, version: str, directory: str | None = None) -> ServedModel:
-        """Load one registry version (from its downloaded `directory` when given) and
-        smoke-test it; raises ModelRejected. While a version serves, one that passes the
-        loader's checks is probed in a child process first (`_probe`)."""
+    def load(self, version: str, directory: str | None = None,
+             record: VersionRecord | None = None) -> ServedModel:
+        """Load one registry version (from its downloaded `directory` and registry
+        `record` when given) and smoke-test it; raises ModelRejected. While a version
+        serves, one that passes the loader's checks is probed in a child process first
+        (`_probe`)."""
         name = self.settings.model_name
         started = time.perf_counter()
         try:
+            if record is None:
+                details = self.client.get_model_version(name, version)
+                record = VersionRecord(details.run_id, dict(details.tags or {}),
+                                       self._run_metrics(details.run_id))
             with tempfile.TemporaryDirectory(prefix="serving-model-") as tmp:
                 local = directory or mlflow.artifacts.download_artifacts(
                     artifact_uri=f"models:/{name}/{version}", dst_path=tmp)
                 loaded: LoadedModel = load_pipeline(
                     local, source=f"version {version} (models:/{name}/{version})")
-                self._probe(version, local)
+                self._probe(version, local, record)
                 specs = feature_specs(loaded.schema, loaded.target)
                 example = _input_example(local, [spec.name for spec in specs])
-                details = self.client.get_model_version(name, version)
                 pipeline = serving_n_jobs(loaded.pipeline)
                 task = model_task(loaded.metadata, pipeline)
                 classes = [] if task == REGRESSION else pipeline.classes_.tolist()
                 interval = task == REGRESSION and offers_std(pipeline)
                 compiled, runtime_reason = self._compiled(
-                    Path(local), dict(details.tags or {}), [spec.name for spec in specs],
+                    Path(local), record.tags, [spec.name for spec in specs],
                     task, classes, interval)
             rows = example or example_rows(specs)
             model = ServedModel(
                 name=name, version=version, alias=self.settings.model_alias,
-                run_id=details.run_id, pipeline=pipeline, target=loaded.target,
+                run_id=record.run_id, pipeline=pipeline, target=loaded.target,
                 labels=[str(c) for c in classes], class_values=classes,
                 task=task, interval=interval, compiled=compiled,
                 runtime_reason=runtime_reason,
@@ -248,7 +262,7 @@ class ModelStore:
                     specs, self.settings.max_batch, rows[0], pipeline,
                     self.settings.input_policy,
                     ignored=excluded_columns(loaded.schema, loaded.target)),
-                metrics=self._run_metrics(details.run_id),
+                metrics=record.metrics,
                 loaded_at=datetime.now(timezone.utc), metadata=loaded.metadata,
                 excluded_columns=excluded_columns(loaded.schema, loaded.target),
                 missing_string=None if learned_none_category(pipeline) else np.nan)
@@ -271,7 +285,7 @@ class ModelStore:
                     f": {model.runtime_reason}" if model.runtime_reason else "")
         return model
 
-    def _probe(self, version: str, directory: str) -> None:
+    def _probe(self, version: str, directory: str, record: VersionRecord) -> None:
         """Load `version` from `directory` in a child process first (load_probe), when a
         version serves (nothing else to protect at start-up) and ML_API_LOAD_PROBE_SECONDS
         is above 0. Raises ModelRejected with the child's refusal, or `load_probe_failed`
@@ -279,7 +293,7 @@ class ModelStore:
         if self.current is None or self.settings.load_probe_seconds <= 0:
             return
         try:
-            report = load_probe.probe(self.settings, version, directory)
+            report = load_probe.probe(self.settings, version, directory, record)
         except load_probe.ProbeFailed as exc:
             raise ModelRejected(version, load_probe.REASON,
                                 f"version {version} refused: {exc}") from exc
