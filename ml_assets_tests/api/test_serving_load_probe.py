@@ -138,13 +138,13 @@ def test_a_child_that_crashes_runs_out_of_memory_or_hangs_is_reported(tmp_path, 
                                prediction_log_path=tmp_path / "log.db")
     started = time.perf_counter()
     with pytest.raises(load_probe.ProbeFailed) as failed:
-        load_probe.probe(settings, "2", str(tmp_path), VersionRecord(None, {}, {}), work=work)
+        load_probe.probe(work, settings, "2", str(tmp_path), VersionRecord(None, {}, {}))
     assert says in str(failed.value), str(failed.value)
     assert time.perf_counter() - started < 60  # a cold forkserver start included
     # The next probe still works: the forkserver survived its child.
     with pytest.raises(load_probe.ProbeFailed, match="did not finish within 0.5 s"):
-        load_probe.probe(replace(settings, load_probe_seconds=0.5), "2", str(tmp_path),
-                         VersionRecord(None, {}, {}), work=probe_children.hang)
+        load_probe.probe(probe_children.hang, replace(settings, load_probe_seconds=0.5), "2",
+                         str(tmp_path), VersionRecord(None, {}, {}))
 
 
 def test_the_settings_are_read_from_the_environment(monkeypatch):

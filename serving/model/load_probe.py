@@ -69,17 +69,10 @@ def _memory_error(exc: BaseException | None) -> bool:
     return False
 
 
-def load(settings, version: str, directory: str, record) -> None:
-    """The child's work: the service's own `ModelStore.load`."""
-    from serving.model.store import ModelStore
-
-    ModelStore.loader(settings).load(version, directory, record)
-
-
 def _child(work, settings, version: str, directory: str, record, memory_bytes: int,
            environment: dict[str, str], workdir: str, conn: Connection) -> None:
-    """Run in the child: the service's own `ModelStore.load` of the downloaded
-    `directory` (checks, load, smoke prediction, compiled graph), then report
+    """Run in the child: `work` (the service's own `ModelStore.load` of the downloaded
+    `directory`: checks, load, smoke prediction, compiled graph), then report
     {status, ...} on `conn`."""
     for key in [k for k in os.environ if k.startswith(_ENV_PREFIXES)]:
         del os.environ[key]
@@ -89,14 +82,13 @@ def _child(work, settings, version: str, directory: str, record, memory_bytes: i
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     started = time.perf_counter()
     try:
-        from serving.model.store import ModelRejected
-
         work(settings, version, directory, record)
     except BaseException as exc:  # noqa: BLE001 - everything is reported to the parent
         if _memory_error(exc):
             conn.send({"status": "memory"})
-        elif isinstance(exc, ModelRejected):
-            conn.send({"status": "rejected", "reason": exc.reason, "message": str(exc)})
+        elif type(exc).__name__ == "ModelRejected":  # the store's refusal, as it says it
+            conn.send({"status": "rejected", "reason": str(getattr(exc, "reason", "load_error")),
+                       "message": str(exc)})
         else:
             conn.send({"status": "error", "message": f"{type(exc).__name__}: {exc}"[:300]})
         return
@@ -111,14 +103,15 @@ def _signal_name(code: int) -> str:
         return f"signal {-code}"
 
 
-def probe(settings, version: str, directory: str, record, work=load) -> dict:
+def probe(work, settings, version: str, directory: str, record) -> dict:
     """Load `version` (downloaded in `directory`, with its registry `record`) in a child
     process within the settings' limits. Returns the child's
     report ({"status": "ok", "seconds", "peak_bytes", "wall_seconds"} or {"status":
     "rejected", "reason", "message"}: the child's own refusal, for the caller to raise);
     raises ProbeFailed when the child crashed, timed out, ran out of memory or failed
-    otherwise. `work` is what the child runs (`load`; a module-level function taking the
-    same arguments, for tests of what a child's death looks like)."""
+    otherwise. `work(settings, version, directory, record)` is what the child runs: a
+    module-level function (the store's `load_in_child`; tests pass others to see what a
+    child's death looks like)."""
     seconds = settings.load_probe_seconds
     memory = settings.load_probe_memory_bytes
     limits = (f"a child process limited to {seconds:g} s (ML_API_LOAD_PROBE_SECONDS) and "

@@ -115,6 +115,12 @@ def _input_example(local_path: str, names: list[str]) -> list[dict] | None:
     return frame.where(frame.notna(), None).to_dict(orient="records")
 
 
+def load_in_child(settings: ServingSettings, version: str, directory: str,
+                  record: VersionRecord) -> None:
+    """The load probe's work in its child: `ModelStore.load` of the downloaded version."""
+    ModelStore.loader(settings).load(version, directory, record)
+
+
 class ModelStore:
     """Loads `models:/<name>@<alias>` and keeps the one served reference."""
 
@@ -293,7 +299,8 @@ class ModelStore:
         if self.current is None or self.settings.load_probe_seconds <= 0:
             return
         try:
-            report = load_probe.probe(self.settings, version, directory, record)
+            report = load_probe.probe(load_in_child, self.settings, version, directory,
+                                      record)
         except load_probe.ProbeFailed as exc:
             raise ModelRejected(version, load_probe.REASON,
                                 f"version {version} refused: {exc}") from exc
