@@ -92,6 +92,11 @@ class PlatformSettings:
     model_max_uncompressed_bytes: int = 1024 * 1024 * 1024
     model_max_entries: int = 10_000
     model_max_compression_ratio: float = 200.0
+    # Caps on a compiled graph's cost per row, checked before ONNX Runtime opens it
+    # (ml_assets/core/artifacts/onnx/graph_cost.py): ML_ONNX_MAX_OPERATIONS_PER_ROW,
+    # ML_ONNX_MAX_TENSOR_BYTES_PER_ROW.
+    onnx_max_operations_per_row: int = 20_000_000
+    onnx_max_tensor_bytes_per_row: int = 16 * 1024 * 1024
     # Retrain on any failed drift check (ML_RETRAIN_ON_ANY_DRIFT=true), the former rule;
     # by default a drift retrains only with an estimated or realised performance drop.
     retrain_on_any_drift: bool = False
@@ -153,6 +158,10 @@ class PlatformSettings:
                                                   str(1024 * 1024 * 1024))),
             model_max_entries=int(_env("ML_MODEL_MAX_ENTRIES", "10000")),
             model_max_compression_ratio=float(_env("ML_MODEL_MAX_COMPRESSION_RATIO", "200")),
+            onnx_max_operations_per_row=int(_env("ML_ONNX_MAX_OPERATIONS_PER_ROW",
+                                                 "20000000")),
+            onnx_max_tensor_bytes_per_row=int(_env("ML_ONNX_MAX_TENSOR_BYTES_PER_ROW",
+                                                   str(16 * 1024 * 1024))),
             retrain_on_any_drift=_env("ML_RETRAIN_ON_ANY_DRIFT", "false").lower()
             in ("1", "true", "yes"),
         )

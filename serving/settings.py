@@ -135,6 +135,11 @@ class ServingSettings:
     body_timeout_seconds: float = 30.0
     keepalive_seconds: float = 5.0
     max_connections: int = 1000
+    # The load probe (serving/model/load_probe.py): while a version serves, a new one is
+    # first loaded and smoke-predicted in a child process with this time limit (0: no
+    # probe) and this much memory beyond what the child starts with (RLIMIT_AS).
+    load_probe_seconds: float = 120.0
+    load_probe_memory_bytes: int = 4 * 1024**3
 
     @classmethod
     def from_env(cls, **overrides) -> ServingSettings:
@@ -182,6 +187,9 @@ class ServingSettings:
             body_timeout_seconds=_number("ML_API_BODY_TIMEOUT_SECONDS", 30.0, float, 0.1),
             keepalive_seconds=_number("ML_API_KEEPALIVE_SECONDS", 5.0, float, 0.1),
             max_connections=_number("ML_API_MAX_CONNECTIONS", 1000, int, 1),
+            load_probe_seconds=_number("ML_API_LOAD_PROBE_SECONDS", 120.0, float, 0.0),
+            load_probe_memory_bytes=_number("ML_API_LOAD_PROBE_MEMORY_BYTES", 4 * 1024**3,
+                                            int, 1),
         )
         settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
         if settings.input_policy not in INPUT_POLICIES:

@@ -31,7 +31,8 @@ disable_created_metrics()  # the *_created series only add noise to every scrape
 
 # Why a model version was rejected or could not be looked up ("untrusted_model": the
 # safe loader refused it unopened: pickle/cloudpickle, or skops types nobody reviewed).
-FAILURE_REASONS = ("load_error", "smoke_test_failed", "untrusted_model", "registry")
+FAILURE_REASONS = ("load_error", "smoke_test_failed", "untrusted_model", "registry",
+                   "load_probe_failed")
 
 RUNTIMES = ("onnx", "sklearn")  # what answers: the compiled graph or the Pipeline
 

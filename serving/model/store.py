@@ -7,7 +7,11 @@ the model under a request in flight. A candidate version is only swapped in
 after it loads and passes a smoke prediction; otherwise it is rejected, counted,
 and the old model keeps serving. Models are opened only by the platform's safe
 loader (`ml_assets.core.artifacts.loading`): a version it refuses (pickle, unreviewed
-skops types) is rejected as `untrusted_model` and never runs a line of its code.
+skops types) is rejected as `untrusted_model` and never runs a line of its code. While
+a version serves, a new one that passes the loader's checks is first loaded and
+smoke-predicted in a child process with time and memory limits
+(serving/model/load_probe.py): if that child crashes, hangs or runs out of memory, the
+version is rejected as `load_probe_failed` and the served one keeps serving.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, cast
@@ -41,6 +45,7 @@ from ml_assets.core.artifacts.loading import (
 from ml_assets.core.artifacts.onnx.runtime import CompiledModel
 from ml_assets.core.data.schemas import excluded_columns
 from serving.http.metrics import ServiceMetrics
+from serving.model import load_probe
 from serving.model.feature_specs import example_rows, feature_specs
 from serving.model.request_models import OUT_OF_RANGE, UNSEEN_CATEGORY, build_request_models
 from serving.model.served import (
@@ -62,6 +67,16 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 # The smoke rows' compiled regression answers must be this close (relative, as in the
 # parity gate) to the Pipeline's.
 SMOKE_RELATIVE_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    """What the registry says about a version that its loading needs (read once, by the
+    serving process: the load probe's child never opens the registry)."""
+
+    run_id: str | None
+    tags: dict[str, str]
+    metrics: dict[str, float]
 
 
 class ModelRejected(Exception):
@@ -100,6 +115,12 @@ def _input_example(local_path: str, names: list[str]) -> list[dict] | None:
     return frame.where(frame.notna(), None).to_dict(orient="records")
 
 
+def load_in_child(settings: ServingSettings, version: str, directory: str,
+                  record: VersionRecord) -> None:
+    """The load probe's work in its child: `ModelStore.load` of the downloaded version."""
+    ModelStore.loader(settings).load(version, directory, record)
+
+
 class ModelStore:
     """Loads `models:/<name>@<alias>` and keeps the one served reference."""
 
@@ -118,6 +139,16 @@ class ModelStore:
         mlflow.set_tracking_uri(settings.tracking_uri)
         self.client = MlflowClient(settings.tracking_uri)
         metrics.set_model(settings.model_name, None)
+
+    @classmethod
+    def loader(cls, settings: ServingSettings) -> ModelStore:
+        """A store that only loads versions (`load`, given their directory and registry
+        record), never serves or swaps them: the load probe's child uses it. It has no
+        metrics and opens no registry."""
+        store = cls.__new__(cls)
+        store.settings = settings
+        store.current = None
+        return store
 
     def champion_version(self) -> str | None:
         """The version the alias points at now; None when there is none (yet)."""
@@ -198,30 +229,38 @@ class ModelStore:
         return (f"serving version {current.version}; version {refused['version']} refused "
                 f"({refused['reason']}): {refused['detail']}")
 
-    def load(self, version: str) -> ServedModel:
-        """Load one registry version and smoke-test it; raises ModelRejected."""
+    def load(self, version: str, directory: str | None = None,
+             record: VersionRecord | None = None) -> ServedModel:
+        """Load one registry version (from its downloaded `directory` and registry
+        `record` when given) and smoke-test it; raises ModelRejected. While a version
+        serves, one that passes the loader's checks is probed in a child process first
+        (`_probe`)."""
         name = self.settings.model_name
         started = time.perf_counter()
         try:
+            if record is None:
+                details = self.client.get_model_version(name, version)
+                record = VersionRecord(details.run_id, dict(details.tags or {}),
+                                       self._run_metrics(details.run_id))
             with tempfile.TemporaryDirectory(prefix="serving-model-") as tmp:
-                local = mlflow.artifacts.download_artifacts(
+                local = directory or mlflow.artifacts.download_artifacts(
                     artifact_uri=f"models:/{name}/{version}", dst_path=tmp)
                 loaded: LoadedModel = load_pipeline(
                     local, source=f"version {version} (models:/{name}/{version})")
+                self._probe(version, local, record)
                 specs = feature_specs(loaded.schema, loaded.target)
                 example = _input_example(local, [spec.name for spec in specs])
-                details = self.client.get_model_version(name, version)
                 pipeline = serving_n_jobs(loaded.pipeline)
                 task = model_task(loaded.metadata, pipeline)
                 classes = [] if task == REGRESSION else pipeline.classes_.tolist()
                 interval = task == REGRESSION and offers_std(pipeline)
                 compiled, runtime_reason = self._compiled(
-                    Path(local), dict(details.tags or {}), [spec.name for spec in specs],
+                    Path(local), record.tags, [spec.name for spec in specs],
                     task, classes, interval)
             rows = example or example_rows(specs)
             model = ServedModel(
                 name=name, version=version, alias=self.settings.model_alias,
-                run_id=details.run_id, pipeline=pipeline, target=loaded.target,
+                run_id=record.run_id, pipeline=pipeline, target=loaded.target,
                 labels=[str(c) for c in classes], class_values=classes,
                 task=task, interval=interval, compiled=compiled,
                 runtime_reason=runtime_reason,
@@ -229,10 +268,12 @@ class ModelStore:
                     specs, self.settings.max_batch, rows[0], pipeline,
                     self.settings.input_policy,
                     ignored=excluded_columns(loaded.schema, loaded.target)),
-                metrics=self._run_metrics(details.run_id),
+                metrics=record.metrics,
                 loaded_at=datetime.now(timezone.utc), metadata=loaded.metadata,
                 excluded_columns=excluded_columns(loaded.schema, loaded.target),
                 missing_string=None if learned_none_category(pipeline) else np.nan)
+        except ModelRejected:
+            raise
         except UntrustedModelError as exc:  # refused unopened: nothing of it ran
             # A file that is no readable archive at all is broken, not hostile: a load
             # error, as before the archive checks; every other refusal is untrusted.
@@ -249,6 +290,25 @@ class ModelStore:
                     time.perf_counter() - started, model.runtime,
                     f": {model.runtime_reason}" if model.runtime_reason else "")
         return model
+
+    def _probe(self, version: str, directory: str, record: VersionRecord) -> None:
+        """Load `version` from `directory` in a child process first (load_probe), when a
+        version serves (nothing else to protect at start-up) and ML_API_LOAD_PROBE_SECONDS
+        is above 0. Raises ModelRejected with the child's refusal, or `load_probe_failed`
+        when the child crashed, timed out or ran out of memory."""
+        if self.current is None or self.settings.load_probe_seconds <= 0:
+            return
+        try:
+            report = load_probe.probe(load_in_child, self.settings, version, directory,
+                                      record)
+        except load_probe.ProbeFailed as exc:
+            raise ModelRejected(version, load_probe.REASON,
+                                f"version {version} refused: {exc}") from exc
+        if report["status"] == "rejected":
+            raise ModelRejected(version, report["reason"], report["message"])
+        logger.info("version %s loaded in its probe in %.2fs (%.0f MiB peak); %.2fs with "
+                    "the child's start", version, report["seconds"],
+                    report["peak_bytes"] / 2**20, report["wall_seconds"])
 
     def _compiled(self, directory: Path, tags: dict, names: list[str], task: str,
                   classes: list, interval: bool) -> tuple[CompiledModel | None, str]:

@@ -2,7 +2,8 @@
 the operators of ALLOWED_OPS from the allowed domains, no subgraphs, local functions or
 external data, constant tensors and Reshape shapes of sane sizes (MAX_BYTES, the file's
 own cap, is checked by `runtime.CompiledModel.from_bytes` before parsing), inputs
-exactly the model's features, the task's output of the right width."""
+exactly the model's features, the task's output of the right width, and a cost per row
+under the caps (`graph_cost`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from ml_assets.core.artifacts.onnx.contract import (
     CompiledModelError,
     _short,
 )
+from ml_assets.core.artifacts.onnx.graph_cost import CostLimits, check_cost
 
 ALLOWED_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
 MAX_BYTES = 512 * 2**20  # a larger file is refused unread
@@ -135,8 +137,11 @@ def _check_operators(graph) -> None:
         raise CompiledModelError(f"a Reshape's shape has a dimension over {MAX_DIMENSION}")
 
 
-def _check_graph(model, feature_names: list[str], task: str, classes: Sequence | None) -> None:
-    """Refuse a graph the platform did not make, or that does not fit the served model."""
+def _check_graph(model, feature_names: list[str], task: str, classes: Sequence | None,
+                 limits: CostLimits | None = None) -> None:
+    """Refuse a graph the platform did not make, that does not fit the served model, or
+    whose cost per row is over `limits` (`graph_cost.check_cost`; default: the
+    settings)."""
     from onnx import TensorProto
 
     if len(model.functions):
@@ -176,3 +181,4 @@ def _check_graph(model, feature_names: list[str], task: str, classes: Sequence |
         what = "value" if task == "regression" else "classes"
         raise CompiledModelError(f"the graph's {wanted!r} output has {width.dim_value} "
                                  f"columns for {expected} {what}")
+    check_cost(model, limits)

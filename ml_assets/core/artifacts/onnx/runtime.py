@@ -32,6 +32,7 @@ from ml_assets.core.artifacts.onnx.contract import (
     _short,
 )
 from ml_assets.core.artifacts.onnx.graph_check import MAX_BYTES, _check_graph
+from ml_assets.core.artifacts.onnx.graph_cost import CostLimits
 
 # A row whose top two probabilities are within this is a near tie (`near_ties`): float32
 # sums cannot say which class scikit-learn's float64 argmax picks (an even forest's exact
@@ -78,14 +79,17 @@ class CompiledModel:
 
     @classmethod
     def from_bytes(cls, data: bytes, feature_names: Sequence[str], task: str,
-                   classes: Sequence | None) -> CompiledModel:
+                   classes: Sequence | None, limits: CostLimits | None = None
+                   ) -> CompiledModel:
         """Check and load graph bytes, treated as untrusted: at most MAX_BYTES, only the
         operators of ALLOWED_OPS (no control flow, sequences or data-sized allocations),
         no subgraphs, external data or local functions, constant tensors of sane sizes
         (all checked before ONNX Runtime sees the bytes, which it loads with basic
         optimizations and no constant folding: no node runs at load), inputs exactly
         `feature_names` in order (double or string, [None, 1]), the task's output with one
-        column per class. Raises CompiledModelError naming what is wrong."""
+        column per class, a cost per row under `limits` (operations and tensor bytes,
+        `graph_cost`; default: the ML_ONNX_MAX_* settings). Raises CompiledModelError
+        naming what is wrong."""
         import onnx
         from onnx import TensorProto
 
@@ -107,7 +111,7 @@ class CompiledModel:
         names = [str(n) for n in feature_names]
         if task != "regression" and (classes is None or len(classes) == 0):
             raise CompiledModelError("a classifier's graph needs its classes")
-        _check_graph(model, names, task, classes)
+        _check_graph(model, names, task, classes, limits)
         meta = {p.key: p.value for p in model.metadata_props}
         declared = meta.get(f"{_META_PREFIX}task")
         if declared is not None and declared != task:
