@@ -344,7 +344,9 @@ def serving_n_jobs(pipeline: Pipeline) -> Pipeline:
     """Set every n_jobs in the pipeline to 1: for one row, starting joblib workers costs
     more than the prediction, and the service batches rows itself."""
     params = pipeline.get_params(deep=True)
-    pipeline.set_params(**{k: 1 for k in params if k == "n_jobs" or k.endswith("__n_jobs")})
+    jobs = {k: 1 for k in params if k == "n_jobs" or k.endswith("__n_jobs")}
+    if jobs:  # CatBoost refuses any set_params once fitted, even an empty one
+        pipeline.set_params(**jobs)
     # A wrapper's fitted estimator (EncodedLabelsClassifier.estimator_ around XGBoost) is
     # no parameter: set_params above reached only its unfitted template.
     for estimator in _estimators(pipeline):
