@@ -13,7 +13,15 @@ estimator and its library defaults (breast cancer, 569 x 30, binary: `build_prep
                hot path for the compiled runtime), median over `--calls`;
 * sklearn row  `Pipeline.predict_proba` on a one-row DataFrame (the scikit-learn
                runtime's work for one row, without the service around it), median;
-* onnx / sklearn 1k  the same for 1,000 rows in one call, per row.
+* onnx / sklearn 1k  the same for 1,000 rows in one call, per row;
+* served row: before / after  what the service's scikit-learn runtime spends on one
+               validated row: before issue 21 a DataFrame (`frame_from_rows`) through
+               the Pipeline; after, `ServedModel.sklearn_proba`'s path, the rows through
+               the numpy replay of the preprocessing (serving/model/row_pipeline.py);
+               both under the service's one warning filter, alternating call by call.
+
+A last family is the case compilation refuses: a Pipeline of the user's own step
+(ClipScaler, no converter) and a LogisticRegression, behind the platform's preprocessing.
 
 Threads: ONNX Runtime one intra-op thread (as served); the libraries their defaults.
 The figures are in-process model costs, not HTTP latencies (benchmarks/bench_serving.py
@@ -23,19 +31,27 @@ measures the service).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' support package
 
 
 def families():
     import lightgbm
     import xgboost
     from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
 
-    return {
+    from ml_assets_tests.support.user_factory import ClipScaler
+
+    found = {
         "RandomForest (built in, 200 trees)": lambda: RandomForestClassifier(
             n_estimators=200, random_state=42, n_jobs=-1),
         "HistGradientBoostingClassifier": lambda: HistGradientBoostingClassifier(
@@ -44,7 +60,16 @@ def families():
                                                                    random_state=42),
         "xgboost.XGBClassifier (labels encoded)": lambda: xgboost.XGBClassifier(
             random_state=42),
+        "a Pipeline with your own step (ClipScaler + LogisticRegression)": lambda: Pipeline(
+            [("clip", ClipScaler()), ("logit", LogisticRegression(max_iter=1000))]),
     }
+    try:  # the `catboost` extra
+        import catboost
+    except ImportError:
+        return found
+    found["catboost.CatBoostClassifier (held as CatBoostModel)"] = (
+        lambda: catboost.CatBoostClassifier(random_seed=42))
+    return found
 
 
 def _median_seconds(call, calls: int) -> float:
@@ -56,9 +81,35 @@ def _median_seconds(call, calls: int) -> float:
     return float(np.median(times))
 
 
+def _served_row(pipeline, schema, target: str, row: list, calls: int) -> tuple[float, float]:
+    """Median seconds of one validated row on the service's scikit-learn runtime: before
+    (a DataFrame through the Pipeline) and after (the rows path), alternating."""
+    from serving.model.feature_specs import feature_specs, frame_from_rows
+    from serving.model.row_pipeline import row_pipeline
+    from serving.model.served import quiet_warnings, serving_n_jobs
+
+    specs = tuple(feature_specs(schema, target))
+    serving_n_jobs(pipeline)
+    with quiet_warnings():
+        fast, reason = row_pipeline(pipeline, specs, np.nan)
+    if fast is None:
+        raise SystemExit(f"no rows path: {reason}")
+    before, after = [], []
+    with quiet_warnings():
+        for _ in range(calls):
+            started = time.perf_counter()
+            pipeline.predict_proba(frame_from_rows([row], specs))
+            middle = time.perf_counter()
+            fast.predict_proba([row])
+            after.append(time.perf_counter() - middle)
+            before.append(middle - started)
+    return float(np.median(before)), float(np.median(after))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=300)
+    parser.add_argument("--only", default="", help="only the families whose name has this")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
 
@@ -68,8 +119,8 @@ def main() -> None:
     from ml_assets.core.data.datasets import BREAST_CANCER_TARGET, load_breast_cancer_frame
     from ml_assets.core.data.preprocessing import build_preprocessor, split_frame
     from ml_assets.core.data.schemas import breast_cancer_schema, feature_columns
-    from ml_assets.core.modeling.labels import encode_labels_for
     from ml_assets.core.modeling.pipeline import fit_final_pipeline
+    from ml_assets.core.modeling.training import platform_estimator
 
     frame = load_breast_cancer_frame()
     schema = breast_cancer_schema([c for c in frame.columns if c != BREAST_CANCER_TARGET])
@@ -84,10 +135,12 @@ def main() -> None:
     many_rows = rows_of(many_frame)
 
     print("| model | runtime served | parity (max abs diff) | onnx row | sklearn row | "
-          "onnx 1k (per row) | sklearn 1k (per row) |")
-    print("|---|---|---|---|---|---|---|")
+          "onnx 1k (per row) | sklearn 1k (per row) | served sklearn row: before / after |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, build in families().items():
-        pipeline = fit_final_pipeline(preprocessor, encode_labels_for(build(), split.y_train),
+        if args.only not in name:
+            continue
+        pipeline = fit_final_pipeline(preprocessor, platform_estimator(build(), split.y_train),
                                       split.X_train, split.y_train)
         data, report = compile_and_check(pipeline, split.X_train, X_test, split.task)
         runtime = "onnx" if data is not None and report.passed else "sklearn"
@@ -101,8 +154,10 @@ def main() -> None:
             shown = f"{onnx_row * 1e3:.3f} ms", f"{onnx_many * 1e6:.1f} µs"
         else:
             shown = "-", "-"
+        served = _served_row(pipeline, schema, BREAST_CANCER_TARGET, one_row[0], args.calls)
         print(f"| {name} | {runtime} | {report.max_probability_diff or 0:.1e} | {shown[0]} | "
-              f"{sk_row * 1e3:.2f} ms | {shown[1]} | {sk_many * 1e6:.1f} µs |")
+              f"{sk_row * 1e3:.2f} ms | {shown[1]} | {sk_many * 1e6:.1f} µs | "
+              f"{served[0] * 1e3:.2f} ms / {served[1] * 1e3:.3f} ms |")
 
 
 if __name__ == "__main__":

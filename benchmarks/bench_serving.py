@@ -3,7 +3,9 @@ workers, against `mlflow models serve`; same model, same load, one run. Then a t
 per model family: compiled vs scikit-learn runtime on each (`serving_families`).
 
     python benchmarks/bench_serving.py [--seconds 8] [--repeats 3] [--json out.json]
-                                       [--profile profile.html]
+                                       [--profile profile.html] [--model forest|user-step]
+                                       [--servers sklearn-1,...] [--loads c1,...]
+                                       [--baseline-tree DIR]
                                        [--tables all|runtimes|families]
 
 One run trains and registers the platform's default model (RandomForest, 200 trees,
@@ -32,12 +34,23 @@ Boosting, LightGBM, XGBoost and a Pipeline with a user's own step (its converter
 registered), each served by a compiled and a scikit-learn service at once, one row at
 c=1 and 1,000 rows at c=4, rounds interleaved, answers checked against the Pipeline
 first (see benchmarks/serving_families.py).
+
+The scikit-learn runtime (issue 21): the stages of one /predict row (decode, frame
+build, transform, predict, log, respond) in process, the path before (a DataFrame
+through the Pipeline) and after (rows through the numpy replay of the preprocessing)
+interleaved (benchmarks/sklearn_row_stages.py). `--model user-step` serves the case
+compilation refuses: the platform's preprocessing then a Pipeline of the user's own
+step (ClipScaler, no converter) and a LogisticRegression. `--servers` and `--loads`
+pick cells; `--baseline-tree DIR` also serves each chosen server from another checkout
+(e.g. `git archive main`), all servers up at once and every run interleaved with its
+baseline's, so before/after share the machine's load.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -149,16 +162,16 @@ class Server:
     """A server subprocess, stopped (by its own pid) on exit."""
 
     def __init__(self, name: str, command: list[str], env: dict, ready_path: str,
-                 log: Path):
-        self.name, self.command, self.env, self.ready_path, self.log = (
-            name, command, env, ready_path, log)
+                 log: Path, cwd: Path = REPO):
+        self.name, self.command, self.env, self.ready_path, self.log, self.cwd = (
+            name, command, env, ready_path, log, cwd)
 
     def __enter__(self):
         self.port = free_port()
         command = [c.replace("{port}", str(self.port)) for c in self.command]
         env = {k: v.replace("{port}", str(self.port)) for k, v in self.env.items()}
         self.out = open(self.log, "wb")  # noqa: SIM115 - closed in __exit__
-        self.process = subprocess.Popen(command, env=env, cwd=REPO, stdout=self.out,
+        self.process = subprocess.Popen(command, env=env, cwd=self.cwd, stdout=self.out,
                                         stderr=subprocess.STDOUT, start_new_session=True)
         self.url = f"http://127.0.0.1:{self.port}"
         wait_http(self.url + self.ready_path, self.process, timeout=180)
@@ -178,18 +191,41 @@ class Server:
 
 # -- the benchmark ----------------------------------------------------------------------
 
-def prepare(workdir: Path) -> dict:
-    """Train and register the default model (compiled at registration); write request
-    bodies; time the in-process limits and the stages of a 1,000-row request."""
+def _train(model: str):
+    """The benchmark's model: the default forest, or the case compilation refuses (the
+    platform's preprocessing, then the user's own step and a logistic regression)."""
+    from ml_assets_tests.support.models import train_breast_cancer, train_estimator
+
+    if model == "forest":
+        return train_breast_cancer(n_estimators=200)
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+
+    from ml_assets.core.data.datasets import BREAST_CANCER_TARGET, load_breast_cancer_frame
+    from ml_assets.core.data.schemas import breast_cancer_schema
+    from ml_assets_tests.support.user_factory import TRUSTED, ClipScaler
+
+    os.environ["ML_SKOPS_TRUSTED_TYPES"] = TRUSTED  # servers inherit it
+    frame = load_breast_cancer_frame()
+    schema = breast_cancer_schema([c for c in frame.columns if c != BREAST_CANCER_TARGET])
+    return train_estimator(frame, schema, BREAST_CANCER_TARGET, Pipeline([
+        ("clip", ClipScaler()), ("logit", LogisticRegression(max_iter=1000))]))
+
+
+def prepare(workdir: Path, model: str = "forest") -> dict:
+    """Train and register the model (compiled at registration when it converts); write
+    request bodies; time the in-process limits and the stages of a 1,000-row request
+    (compiled models), and of one row on the scikit-learn runtime."""
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir / 'mlflow.db'}"
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
     import numpy as np
+    from sklearn_row_stages import single_row_stages
 
-    from ml_assets_tests.support.models import experiment_id, register, train_breast_cancer
+    from ml_assets_tests.support.models import experiment_id, register
 
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
-    trained = train_breast_cancer(n_estimators=200)
+    trained = _train(model)
     name = "bench_model"
     register(trained, name, experiment_id("bench", (workdir / "artifacts").as_uri()),
              infer_requirements=True, compile=True)
@@ -212,9 +248,13 @@ def prepare(workdir: Path) -> dict:
     for key, body in bodies.items():
         paths[key] = workdir / f"{key}.json"
         paths[key].write_text(json.dumps(body))
-    limits = in_process_limits(name, row, batch)
-    stages = stage_profile(name, paths["records_1000"].read_bytes(), workdir)
+    compiled = tags.get("onnx.parity") == "passed"
+    limits = in_process_limits(name, row, batch) if compiled else {}
+    stages = stage_profile(name, paths["records_1000"].read_bytes(), workdir) if compiled else {}
+    row_stages = single_row_stages(_served(name, "sklearn"), paths["record"].read_bytes(),
+                                   workdir)
     return {"name": name, "paths": paths, "limits": limits, "stages": stages,
+            "row_stages": row_stages, "compiled": compiled,
             "parity": {k: v for k, v in tags.items() if k.startswith("onnx.")}}
 
 
@@ -343,7 +383,10 @@ def pyinstrument_profile(name: str, body: bytes, workdir: Path, out: Path) -> No
 
 def measure(load, url: str, body: Path, concurrency: int, seconds: float, repeats: int,
             workdir: Path) -> dict:
-    runs = [load(url, body, concurrency, seconds, workdir) for _ in range(repeats)]
+    return _median([load(url, body, concurrency, seconds, workdir) for _ in range(repeats)])
+
+
+def _median(runs: list[dict]) -> dict:
     median = {key: statistics.median(run[key] for run in runs)
               for key in ("rps", "p50_ms", "p99_ms")}
     median["errors"] = sum(run["errors"] for run in runs)
@@ -364,6 +407,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tables", choices=["all", "runtimes", "families"], default="all",
                         help="runtimes: the servers' table; families: compiled vs "
                         "scikit-learn runtime per model family; all: both")
+    parser.add_argument("--model", choices=["forest", "user-step"], default="forest",
+                        help="the default forest, or a Pipeline with the user's own step")
+    parser.add_argument("--servers", default=",".join(SERVER_KEYS),
+                        help=f"servers to run, of {','.join(SERVER_KEYS)}")
+    parser.add_argument("--loads", default=",".join(LOAD_KEYS),
+                        help=f"loads to run, of {','.join(LOAD_KEYS)}")
+    parser.add_argument("--baseline-tree", type=Path, help="also serve each chosen server "
+                        "from this checkout, runs interleaved with ours")
     args = parser.parse_args(argv)
     if args.client:  # the httpx load generator's own process
         url, body, concurrency, seconds = args.client
@@ -389,6 +440,10 @@ SERVERS = (  # (label, ML_API_RUNTIME, ML_API_WORKERS); MLflow's server comes la
     ("service sklearn, 1 worker", "sklearn", 1),
 )
 MLFLOW = "mlflow models serve"
+SERVER_KEYS = ("onnx-1", "onnx-2", "sklearn-1", "mlflow")
+LOAD_KEYS = tuple(f"c{c}" for c in SINGLE_CONCURRENCY) + tuple(
+    f"batch-c{c}" for c in BATCH_CONCURRENCY)
+BASELINE = " (baseline)"
 
 
 def run(args, load, workdir: Path) -> int:
@@ -414,82 +469,122 @@ def run(args, load, workdir: Path) -> int:
 
 def run_runtimes(args, load, workdir: Path) -> dict:
     """The servers' table: this service's runtimes and workers against MLflow's."""
-    setup = prepare(workdir)
+    setup = prepare(workdir, args.model)
     paths, name = setup["paths"], setup["name"]
-    if args.profile:
+    if args.profile and setup["compiled"]:
         pyinstrument_profile(name, paths["records_1000"].read_bytes(), workdir, args.profile)
+    chosen = set(args.servers.split(","))
+    loads = args.loads.split(",")
     bin_dir = Path(sys.executable).parent
     # As in an activated virtualenv: `mlflow models serve` execs `uvicorn` from PATH.
     env = {**os.environ, "MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"],
            "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1",
            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    trees = [("", REPO)] + ([(BASELINE, args.baseline_tree.resolve())]
+                            if args.baseline_tree else [])
     servers = []
-    for label, runtime, workers in SERVERS:
-        servers.append(Server(label, [sys.executable, "-m", "serving", "--port", "{port}",
-                                      "--log-level", "warning"],
-                              {**env, "ML_REGISTERED_MODEL_NAME": name,
-                               "ML_API_HOST": "127.0.0.1", "ML_API_POLL_SECONDS": "0",
-                               "ML_PLATFORM_HOME": str(workdir / f"home-{runtime}-{workers}"),
-                               "ML_API_MAX_BATCH": str(BATCH_ROWS), "ML_API_RUNTIME": runtime,
-                               "ML_API_WORKERS": str(workers)},
-                              "/ready", workdir / f"service-{runtime}-{workers}.log"))
-    mlflow_cli = str(bin_dir / "mlflow") if (bin_dir / "mlflow").exists() else "mlflow"
-    servers.append(Server(MLFLOW, [mlflow_cli, "models", "serve", "-m",
-                                   f"models:/{name}@champion", "--env-manager", "local",
-                                   "-w", "1", "-h", "127.0.0.1", "-p", "{port}"],
-                          env, "/ping", workdir / "mlflow.log"))
-    cases = [(f"1 row, c={c}", c, False) for c in SINGLE_CONCURRENCY]
-    cases += [(f"{BATCH_ROWS:,} rows, c={c}", c, True) for c in BATCH_CONCURRENCY]
+    for (label, runtime, workers), key in zip(SERVERS, SERVER_KEYS, strict=False):
+        if key not in chosen:
+            continue
+        for suffix, tree in trees:
+            tag = f"{runtime}-{workers}{'-baseline' if suffix else ''}"
+            servers.append(Server(label + suffix, [sys.executable, "-m", "serving", "--port",
+                                                   "{port}", "--log-level", "warning"],
+                                  {**env, "PYTHONPATH": str(tree),
+                                   "ML_REGISTERED_MODEL_NAME": name,
+                                   "ML_API_HOST": "127.0.0.1", "ML_API_POLL_SECONDS": "0",
+                                   "ML_PLATFORM_HOME": str(workdir / f"home-{tag}"),
+                                   "ML_API_MAX_BATCH": str(BATCH_ROWS),
+                                   "ML_API_RUNTIME": runtime, "ML_API_WORKERS": str(workers)},
+                                  "/ready", workdir / f"service-{tag}.log", cwd=tree))
+    if "mlflow" in chosen:
+        mlflow_cli = str(bin_dir / "mlflow") if (bin_dir / "mlflow").exists() else "mlflow"
+        servers.append(Server(MLFLOW, [mlflow_cli, "models", "serve", "-m",
+                                       f"models:/{name}@champion", "--env-manager", "local",
+                                       "-w", "1", "-h", "127.0.0.1", "-p", "{port}"],
+                              env, "/ping", workdir / "mlflow.log"))
+    cases = [(f"1 row, c={c}", c, False) for c in SINGLE_CONCURRENCY if f"c{c}" in loads]
+    cases += [(f"{BATCH_ROWS:,} rows, c={c}", c, True) for c in BATCH_CONCURRENCY
+              if f"batch-c{c}" in loads]
+
+    def targets(server):
+        ours = server.name != MLFLOW
+        single = (server.url + ("/predict" if ours else "/invocations"),
+                  paths["record" if ours else "split_1"])
+        many = (server.url + ("/predict/batch" if ours else "/invocations"),
+                paths["records_1000" if ours else "split_1000"])
+        return single, many
+
+    def report(label, server, result):
+        results[(label, server.name)] = result
+        print(f"  {label:<20} {server.name:<37} {result['rps']:9.1f} req/s  "
+              f"p50 {result['p50_ms']:7.2f} ms  p99 {result['p99_ms']:7.2f} ms  "
+              f"errors {result['errors']}", flush=True)
 
     results: dict[tuple[str, str], dict] = {}
-    for server in servers:
-        ours = server.name != MLFLOW
-        with server:
-            print(f"{server.name} ready at {server.url}", flush=True)
-            single = (server.url + ("/predict" if ours else "/invocations"),
-                      paths["record" if ours else "split_1"])
-            many = (server.url + ("/predict/batch" if ours else "/invocations"),
-                    paths["records_1000" if ours else "split_1000"])
-            load(*single, 8, 2.0, workdir)  # warm-up
-            load(*many, 2, 2.0, workdir)
+    if args.baseline_tree:  # every server up; each run interleaved with the others'
+        with contextlib.ExitStack() as stack:
+            for server in servers:
+                stack.enter_context(server)
+                print(f"{server.name} ready at {server.url}", flush=True)
+            for server in servers:
+                single, many = targets(server)
+                load(*single, 8, 2.0, workdir)  # warm-up
             for label, c, is_batch in cases:
-                url, body = many if is_batch else single
-                result = measure(load, url, body, c, args.seconds, args.repeats, workdir)
-                results[(label, server.name)] = result
-                print(f"  {label:<20} {server.name:<26} {result['rps']:9.1f} req/s  "
-                      f"p50 {result['p50_ms']:7.2f} ms  p99 {result['p99_ms']:7.2f} ms  "
-                      f"errors {result['errors']}", flush=True)
+                runs: dict[str, list[dict]] = {server.name: [] for server in servers}
+                for _ in range(args.repeats):
+                    for server in servers:
+                        url, body = targets(server)[1 if is_batch else 0]
+                        runs[server.name].append(load(url, body, c, args.seconds, workdir))
+                for server in servers:
+                    report(label, server, _median(runs[server.name]))
+    else:
+        for server in servers:
+            with server:
+                print(f"{server.name} ready at {server.url}", flush=True)
+                single, many = targets(server)
+                load(*single, 8, 2.0, workdir)  # warm-up
+                load(*many, 2, 2.0, workdir)
+                for label, c, is_batch in cases:
+                    url, body = many if is_batch else single
+                    report(label, server, measure(load, url, body, c, args.seconds,
+                                                  args.repeats, workdir))
 
     print_table(results, setup, args)
     return {"results": {f"{k[0]} | {k[1]}": v for k, v in results.items()},
             "limits": setup["limits"], "stages_ms": setup["stages"],
+            "single_row_sklearn_stages_ms": setup["row_stages"],
             "parity": setup["parity"]}
 
 
 def print_table(results: dict, setup: dict, args) -> None:
+    from sklearn_row_stages import print_stages
+
     sklearn = SERVERS[2][0]
-    print(f"\n## Results (median of {args.repeats} x {args.seconds:g} s; wrk, 127.0.0.1)\n")
+    print(f"\n## Results (median of {args.repeats} x {args.seconds:g} s; 127.0.0.1)\n")
     print("| load | server | req/s | rows/s | p50 ms | p99 ms | vs sklearn runtime "
           "| vs MLflow |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for label in dict.fromkeys(k[0] for k in results):
         rows = BATCH_ROWS if label.startswith(f"{BATCH_ROWS:,}") else 1
-        base_sk = results[(label, sklearn)]["rps"]
-        base_mlflow = results[(label, MLFLOW)]["rps"]
+        bases = [results.get((label, base), {}).get("rps") for base in (sklearn, MLFLOW)]
         for (case, target), r in results.items():
             if case != label:
                 continue
             errors = f" ({r['errors']} errors)" if r["errors"] else ""
+            ratios = [f"{r['rps'] / base:.2f}x" if base else "" for base in bases]
             print(f"| {label} | {target}{errors} | {r['rps']:,.1f} | {r['rps'] * rows:,.0f} | "
-                  f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['rps'] / base_sk:.2f}x | "
-                  f"{r['rps'] / base_mlflow:.1f}x |")
-    print("\n| in-process limit (one thread) | rows/s |\n|---|---:|")
-    for label, value in setup["limits"].items():
-        print(f"| {label} | {value:,.0f} |")
-    print("\n| stage of one 1,000-row /predict/batch (in-process, onnx) | median ms |")
-    print("|---|---:|")
-    for label, value in setup["stages"].items():
-        print(f"| {label} | {value:.2f} |")
+                  f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {ratios[0]} | {ratios[1]} |")
+    if setup["limits"]:
+        print("\n| in-process limit (one thread) | rows/s |\n|---|---:|")
+        for label, value in setup["limits"].items():
+            print(f"| {label} | {value:,.0f} |")
+    if setup["stages"]:
+        print("\n| stage of one 1,000-row /predict/batch (in-process, onnx) | median ms |")
+        print("|---|---:|")
+        for label, value in setup["stages"].items():
+            print(f"| {label} | {value:.2f} |")
+    print_stages(setup["row_stages"], f"scikit-learn runtime, model {args.model}")
 
 
 if __name__ == "__main__":

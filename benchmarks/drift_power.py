@@ -5,6 +5,7 @@ docs/drift.md ("Measured false alarms and power") come from this script.
     python benchmarks/drift_power.py --power                  # shifts in 1, 3, 10 features
     python benchmarks/drift_power.py --min-rows               # the n behind min_rows
     python benchmarks/drift_power.py --check                  # the drift check (asset)
+    python benchmarks/drift_power.py --ties --repeats 60      # grid of nulls: off-grid days
     python benchmarks/drift_power.py --all --repeats 400      # what docs/drift.md shows
 
 A/A: each repeat draws a fresh reference of m rows and, from the same distribution, one
@@ -26,12 +27,18 @@ model (ml_assets_tests.support.drift_frames.model_world: a logistic regression o
 features, outputs profiled on held-out rows): no-drift windows that fail / warn, with the
 check's budget split between the feature and prediction verdicts (the default) and, for
 comparison, both at the full dataset_alpha; and the power of the check by window size.
+Ties: integer columns (Poisson(3), codes 0-99, three values 80/15/5 %, Poisson(30)),
+whose KS null is resampled once per column for a grid of day sizes (a day of n rows
+reads the null of the grid size at or below n): A/A rates at day sizes off the grid,
+and power (Poisson(3) + Bernoulli(0.5), a 0.29-std shift; KS significance at alpha)
+with the grid's null against a null drawn at the day's own size.
 Seeded; rates over --repeats days (the binomial standard error is given).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 import time
@@ -42,6 +49,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from ml_assets.core.drift import nulls  # noqa: E402
 from ml_assets.core.drift.check import CheckSettings, decide  # noqa: E402
 from ml_assets.core.drift.config import DriftConfig  # noqa: E402
 from ml_assets.core.drift.nulls import NULL_CACHE  # noqa: E402
@@ -248,6 +256,70 @@ def check_rates(repeats: int, seed: int = 5) -> str:
     return "\n".join(lines)
 
 
+TIED = {"poisson3": lambda rng, n: rng.poisson(3, n),
+        "codes100": lambda rng, n: rng.integers(0, 100, n),
+        "three_values": lambda rng, n: rng.choice(3, n, p=[0.8, 0.15, 0.05]),
+        "poisson30": lambda rng, n: rng.poisson(30, n)}
+OFF_GRID = (12, 28, 46, 77, 92, 129, 182, 200, 305, 432, 500, 800)
+
+
+def _tied(rng, n: int, shift: bool = False) -> pd.DataFrame:
+    frame = pd.DataFrame({name: draw(rng, n).astype(float) for name, draw in TIED.items()})
+    if shift:
+        frame["poisson3"] += rng.integers(0, 2, n)
+    return frame
+
+
+@contextlib.contextmanager
+def _null_at_the_days_size(n: int):
+    """The former rule, for comparison: the null drawn at the day's own size."""
+    saved = nulls.null_grid
+    nulls.null_grid = lambda m: np.array([n], dtype=np.int64)
+    try:
+        yield
+    finally:
+        nulls.null_grid = saved
+
+
+def ties(repeats: int, seed: int = 20261208) -> str:
+    """A/A rates off the grid, and power of the grid's null against the day's own."""
+    config = DriftConfig(missing_rate_threshold=None)
+    lines = ["Integer columns with ties, KS at alpha = 0.01, days off the grid of nulls "
+             f"({repeats} days per cell): share of no-drift days a column is significant "
+             "(4 columns pooled), and power on Poisson(3) + Bernoulli(0.5) with the grid's "
+             "null / with a null drawn at the day's own size:", "",
+             "| m | n | grid size used | A/A (grid) | power (grid) | power (own size) |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    for m in (500, 5_000, 100_000):
+        rng = np.random.default_rng([seed, m])
+        aa = {n: 0 for n in OFF_GRID}
+        power_grid = {n: 0 for n in OFF_GRID}
+        power_own = {n: 0 for n in OFF_GRID}
+        start = time.perf_counter()
+        for _ in range(repeats):
+            profile = build_reference_profile(_tied(rng, m), dict.fromkeys(TIED, "numeric"))
+            cache = nulls.NullCache()
+            for n in OFF_GRID:
+                table = score_drift(profile, _tied(rng, n), config, cache=cache).features
+                aa[n] += int(table["significant"].sum())
+                shifted = _tied(rng, n, shift=True)
+                row = score_drift(profile, shifted, config, cache=cache).features.iloc[0]
+                power_grid[n] += bool(row["significant"])
+                with _null_at_the_days_size(n):
+                    own = score_drift(profile, shifted[["poisson3"]], config,
+                                      cache=nulls.NullCache())  # the others: absent
+                power_own[n] += bool(own.features.iloc[0]["significant"])
+        print(f"  ties m={m:,}: {repeats} repeats in {time.perf_counter() - start:.0f} s",
+              file=sys.stderr, flush=True)
+        grid = nulls.null_grid(m)
+        for n in OFF_GRID:
+            below = grid[grid <= n]
+            used = f"{below.max():,}" if below.size and n * m / (n + m) < 1000 else "bridge"
+            lines.append(f"| {m:,} | {n:,} | {used} | {_pct(aa[n] / (4 * repeats))} "
+                         f"| {_pct(power_grid[n] / repeats)} | {_pct(power_own[n] / repeats)} |")
+    return "\n".join(lines)
+
+
 def _pct(rate: float) -> str:
     return f"{100 * rate:.1f} %"
 
@@ -260,14 +332,17 @@ def main() -> None:
     parser.add_argument("--min-rows", action="store_true", help="power by n (min_rows)")
     parser.add_argument("--check", action="store_true",
                         help="the drift check's false alarms and power (with a model)")
+    parser.add_argument("--ties", action="store_true",
+                        help="integer columns: A/A and power off the grid of nulls")
     parser.add_argument("--all", action="store_true")
     parser.add_argument("--repeats", type=int, default=200,
                         help="A/A repeats for m = 500 and 5,000 (half for 100,000); "
                              "days per power cell")
     parser.add_argument("--power-repeats", type=int, default=200)
     args = parser.parse_args()
-    if not (args.calibration or args.power or args.min_rows or args.check or args.all):
-        parser.error("choose --calibration, --power, --min-rows, --check or --all")
+    if not (args.calibration or args.power or args.min_rows or args.check or args.ties
+            or args.all):
+        parser.error("choose --calibration, --power, --min-rows, --check, --ties or --all")
     out = []
     if args.calibration or args.all:
         reps = {500: args.repeats, 5_000: args.repeats, 100_000: max(1, args.repeats // 2)}
@@ -278,6 +353,8 @@ def main() -> None:
         out.append(min_rows_curve(args.power_repeats))
     if args.check or args.all:
         out.append(check_rates(args.repeats))
+    if args.ties or args.all:
+        out.append(ties(args.repeats))
     print("\n\n".join(out))
 
 

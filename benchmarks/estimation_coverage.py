@@ -4,6 +4,7 @@ the tables of docs/drift.md ("Performance estimated before labels") come from th
     python benchmarks/estimation_coverage.py --real       # seattle-weather, palmerpenguins
     python benchmarks/estimation_coverage.py --aa         # A/A coverage and false alarms
     python benchmarks/estimation_coverage.py --power      # detection of a real drop
+    python benchmarks/estimation_coverage.py --family     # the gate on all five metrics
     python benchmarks/estimation_coverage.py --all        # what docs/drift.md shows
 
 Real: per table and seed (a deployment: its own train / held-out / pool split), a
@@ -120,6 +121,44 @@ def power(repeats: int) -> None:
         print(f"| {rows} | " + " | ".join(cells) + " |")
 
 
+def family(deployments: int, days: int) -> None:
+    """The gate on all five gated metrics, each at the model's population value (the
+    model is not below the gate): the share of days called "below" by the family-wise
+    rule (Bonferroni, 2.5 % / 5 per metric) and by the former one (any band wholly
+    below), by the held-out rows the calibrator was fitted on."""
+    from scipy.stats import rankdata
+
+    from ml_assets.core.estimation.cbpe import GATED, _metrics_of_draws
+
+    rng = np.random.default_rng(21)
+    proba, _, true = _world(rng, 200_000)
+    predicted = (proba[:, 1] >= 0.5).astype(np.int64)
+    ranks = np.column_stack([rankdata(proba[:, c]) for c in range(2)])
+    labels = (rng.random(true.size) < true).astype(np.int64)
+    population = {k: float(v[0]) for k, v in
+                  _metrics_of_draws(labels[None, :], predicted, ranks, 2).items()}
+    gate = {name: population[name] for name in GATED}
+    print("| calibrator fitted on | rows a day | days | called below: family-wise rule "
+          "| former rule (any band below) |")
+    print("|---:|---:|---:|---:|---:|")
+    for held in (2000, 1000, 300):
+        for rows in (50, 200, 1000):
+            new = old = 0
+            for _ in range(deployments):
+                held_proba, held_labels, _ = _world(rng, held)
+                calibrator = fit_calibrator(held_proba, held_labels, ["a", "b"])
+                for _ in range(days):
+                    day, _, _ = _world(rng, rows)
+                    answered = np.where(day[:, 1] >= 0.5, "b", "a")
+                    estimate = estimate_performance(day, calibrator, answered, draws=400,
+                                                    seed=int(rng.integers(1 << 30)))
+                    new += verdict(estimate, gate)[0] == evidence.BELOW
+                    old += any(estimate.metrics[m].high < gate[m] for m in GATED
+                               if m in estimate.metrics)
+            total = deployments * days
+            print(f"| {held:,} | {rows:,} | {total} | {new / total:.3f} | {old / total:.3f} |")
+
+
 def _acc(rng, shift):
     _, _, true = _world(rng, 20000, shift)
     return np.maximum(true, 1 - true)
@@ -130,6 +169,8 @@ def main() -> None:
     parser.add_argument("--real", action="store_true")
     parser.add_argument("--aa", action="store_true")
     parser.add_argument("--power", action="store_true")
+    parser.add_argument("--family", action="store_true",
+                        help="the gate on all five metrics: family-wise vs former rule")
     parser.add_argument("--all", action="store_true")
     parser.add_argument("--days", type=int, default=100)
     parser.add_argument("--seeds", type=int, default=6)
@@ -143,6 +184,8 @@ def main() -> None:
         aa(args.repeats)
     if args.power or args.all:
         power(args.repeats // 2)
+    if args.family or args.all:
+        family(15, 40)
     print(f"\n({time.perf_counter() - started:.0f} s)")
 
 

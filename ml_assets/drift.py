@@ -7,7 +7,6 @@ import datetime as dt
 import io
 import warnings
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,7 +36,7 @@ from ml_assets.core.drift.nulls import NullCache
 from ml_assets.core.drift.pooling import pool_day, score_window
 from ml_assets.core.drift.profile import ReferenceProfile
 from ml_assets.core.drift.scoring import DriftReport
-from ml_assets.shared import DRIFT_CHECK, daily_partitions
+from ml_assets.shared import DRIFT_CHECK, daily_partitions, null_cache
 
 # The days of production_data one evaluation reads: the day and the 6 before it. This
 # bounds `max_pooled_days`; every day of it that has been materialized is loaded.
@@ -243,9 +242,7 @@ def _calendar_days(day: str, loaded: Mapping[str, pd.DataFrame],
 
 
 def _null_cache(context: AssetExecutionContext) -> NullCache:
-    """Resampled nulls kept beside the instance's storage: every run is a new process, so
-    an in-memory cache would start empty every day (docs/drift.md, "Cost")."""
-    return NullCache(directory=Path(context.instance.storage_directory()) / "drift_nulls")
+    return null_cache(context.instance)
 
 
 def _profile_version(context: AssetExecutionContext) -> str | None:

@@ -110,10 +110,11 @@ def _estimate_version(rows: pd.DataFrame, model: Calibrator | NotEstimated,
     automation_condition=AutomationCondition.eager(),
     check_specs=[AssetCheckSpec(
         ESTIMATE_CHECK, asset="estimated_performance",
-        description="Fails when some gated metric's estimated band lies wholly below the "
-        "metrics gate's minimum (the model is below the gate beyond the day's noise); warns "
-        "when only the point estimate does. With a failed drift check, a failure asks "
-        "retrain_on_drift for a retrain.")],
+        description="Fails when the day is estimated below the metrics gate's minimums "
+        "beyond its noise, with a family-wise error over the gated metrics (Bonferroni: "
+        "P(realised >= minimum) <= (1 - level) / 2 / k for some of the k metrics); warns "
+        "when only a point estimate is under its minimum. With a failed drift check, a "
+        "failure asks retrain_on_drift for a retrain.")],
 )
 def estimated_performance(context: AssetExecutionContext, config: EstimationConfig,
                           production_data: pd.DataFrame,

@@ -36,7 +36,7 @@ from ml_assets.core.prediction_log import numeric_predictions
 from ml_assets.core.registry import champion as registry
 from ml_assets.resources import DataSourceResource, MlflowTracking
 from ml_assets.resources.production import ProductionDataResource, answered_rows
-from ml_assets.shared import EVIDENCE_CHECK, daily_partitions, lineage_of
+from ml_assets.shared import EVIDENCE_CHECK, daily_partitions, lineage_of, warm_drift_nulls
 
 PROFILE_ARTIFACT = "reference_profile/profile.npz"
 
@@ -87,7 +87,10 @@ def reference_profile(context: AssetExecutionContext, champion_model: dict,
                           allow_retries=False) from None
         profile = ReferenceProfile.from_bytes(Path(local).read_bytes())
     size = len(profile.to_bytes())
+    # Training time, not the scoring path: the resampled nulls every later day reads.
+    warmed = warm_drift_nulls(context.instance, profile)
     return Output(profile, metadata={
+        **warmed,
         "champion_version": str(version.version), "mlflow_run_id": version.run_id,
         "features": len(profile.features), "prediction_columns": len(profile.predictions),
         "reference_rows": profile.n_rows, "stored_bytes": size,
@@ -116,8 +119,8 @@ RECENT_DAYS = AutomationCondition.in_latest_time_window(timedelta(days=7))
 BATCH_SCORED = (RECENT_DAYS & AutomationCondition.any_deps_updated().since_last_handled()
                 & ~AutomationCondition.in_progress()).with_label("batch scored")
 
-# Live performance follows its day's production data (new rows; the labels sensor
-# requests it when labels arrive).
+# Live performance follows its day's production data and the day's estimate (new rows;
+# the labels sensor requests it when labels arrive).
 AFTER_PRODUCTION_DATA = (RECENT_DAYS & AutomationCondition.any_deps_updated()
                          .since_last_handled() & ~AutomationCondition.any_deps_missing()
                          & ~AutomationCondition.in_progress()).with_label(
@@ -253,27 +256,44 @@ def _flagged(logged: pd.DataFrame) -> tuple[int, dict[str, int]]:
     return len(flags), reasons
 
 
-def _estimate_against_realised(context: AssetExecutionContext,
-                               headline: dict) -> list[EstimateCheck]:
-    """The day's estimated_performance (its headline version's bands, read from the
-    instance) against the champion's realised metrics, when both are of one version."""
-    if not headline.get("labelled_rows"):
-        return []
+def _latest(context: AssetExecutionContext, asset: str):
+    """The newest materialization record of `asset` for this run's partition, or None."""
     records = context.instance.fetch_materializations(AssetRecordsFilter(
-        asset_key=AssetKey("estimated_performance"),
-        asset_partitions=[context.partition_key]), limit=1).records
-    materialization = records[0].asset_materialization if records else None
-    if materialization is None:
-        return []
+        asset_key=AssetKey(asset), asset_partitions=[context.partition_key]), limit=1).records
+    return records[0] if records else None
+
+
+def _estimate_against_realised(context: AssetExecutionContext,
+                               headline: dict) -> tuple[list[EstimateCheck], str]:
+    """The day's estimated_performance (its headline version's bands, read from the
+    instance) against the champion's realised metrics, when both are of one version and
+    the estimate was made on the production data this run judges (estimated_performance
+    is an upstream of live_performance, so in one run it is materialized first). An
+    estimate older than the day's production data is not compared: the note says so."""
+    if not headline.get("labelled_rows"):
+        return [], ""
+    record = _latest(context, "estimated_performance")
+    materialization = record.asset_materialization if record else None
+    if record is None or materialization is None:
+        return [], "no estimated_performance for this day"
+    data = _latest(context, "production_data")
+    if data is not None and data.storage_id > record.storage_id:
+        return [], ("the day's estimate predates its production data (rebuilt since): "
+                    "not compared until estimated_performance runs on it")
     bands, version = (materialization.metadata.get(k) for k in ("bands", "model_version"))
-    if bands is None or version is None or str(version.value) != str(
-            headline.get("champion_version")):
-        return []
-    return compare_with_realised(dict(bands.value), headline, int(headline["labelled_rows"]))
+    if bands is None or version is None:
+        return [], "the day was not estimated (estimated_performance has no bands)"
+    if str(version.value) != str(headline.get("champion_version")):
+        return [], (f"the estimate is of version {version.value}, the realised values of "
+                    f"{headline.get('champion_version')}")
+    return compare_with_realised(dict(bands.value), headline,
+                                 int(headline["labelled_rows"])), ""
 
 
 @asset(group_name="monitoring", partitions_def=daily_partitions, kinds={"scikit-learn"},
-       automation_condition=AFTER_PRODUCTION_DATA,
+       # Ordering, not data: in one run (score_drift) the day's estimate is made before
+       # it is compared with the realised values; never the previous run's estimate.
+       deps=["estimated_performance"], automation_condition=AFTER_PRODUCTION_DATA,
        check_specs=[AssetCheckSpec(
            EVIDENCE_CHECK, asset="live_performance",
            description="Warns when a labels file cannot be used (not UTF-8 CSV, no "
@@ -303,7 +323,9 @@ def live_performance(context: AssetExecutionContext, production_data: pd.DataFra
     if not report.per_version:
         metadata["note"] = "no labels yet for this day's predictions"
     value = report.as_value()
-    compared = _estimate_against_realised(context, headline)
+    compared, not_compared = _estimate_against_realised(context, headline)
+    if not_compared:
+        metadata["estimate_vs_realised"] = f"not compared: {not_compared}"
     if compared:
         value["estimate_vs_realised"] = [{**dataclasses.asdict(c), "error": c.error,
                                           "within_band": c.within_band} for c in compared]

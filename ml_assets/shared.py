@@ -2,11 +2,25 @@
 stage modules (ingestion ... batch) import this module and the core, never each other:
 the daily partitions of monitoring and batch scoring, the names of the checks that
 sensors and the CLI look for, how a check's evaluation is read from the event log, and
-the model lineage production rows are scoped to. It imports no stage module."""
+the model lineage production rows are scoped to, and the instance's cache of drift
+nulls (filled by reference_profile, read by drift_scores). It imports no stage module."""
 
-from dagster import AssetCheckEvaluation, DailyPartitionsDefinition, EventLogEntry, Failure
+import time
+from pathlib import Path
+from typing import Any
+
+from dagster import (
+    AssetCheckEvaluation,
+    DagsterInstance,
+    DailyPartitionsDefinition,
+    EventLogEntry,
+    Failure,
+)
 
 from ml_assets.core.data.production_rows import Lineage
+from ml_assets.core.drift.check import CheckSettings
+from ml_assets.core.drift.nulls import NullCache, warm_nulls
+from ml_assets.core.drift.profile import ReferenceProfile
 from ml_assets.core.registry.lineage import model_lineage
 from ml_assets.resources import DataSourceResource, MlflowTracking
 from ml_assets.settings import PlatformSettings
@@ -49,3 +63,21 @@ def check_evaluation(entry: EventLogEntry | None) -> AssetCheckEvaluation | None
         return None
     data = entry.dagster_event.event_specific_data
     return data if isinstance(data, AssetCheckEvaluation) else None
+
+
+def null_cache(instance: DagsterInstance) -> NullCache:
+    """Resampled drift nulls kept beside the instance's storage: every run is a new
+    process, so an in-memory cache would start empty every day (docs/drift.md, "Cost")."""
+    return NullCache(directory=Path(instance.storage_directory()) / "drift_nulls")
+
+
+def warm_drift_nulls(instance: DagsterInstance, profile: ReferenceProfile) -> dict[str, Any]:
+    """Draw into the instance's null cache the resampled nulls the drift check (default
+    settings: drift_scores' config defaults are CheckSettings') will read for `profile`:
+    the bridge limits and the grid of day sizes of columns with ties. Run at training
+    time, so that no day's scoring draws one. Returns metadata for the profile asset."""
+    config = CheckSettings().drift_config(bool(profile.predictions))
+    start = time.process_time()
+    drawn = warm_nulls(profile, config, null_cache(instance))
+    return {"drift_nulls_drawn": drawn,
+            "drift_nulls_cpu_seconds": round(time.process_time() - start, 3)}

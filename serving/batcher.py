@@ -3,7 +3,8 @@ predict call for regressors). A compiled (ONNX) model answers small requests inl
 
 A sklearn Pipeline costs about the same for 1 row as for 64 (the per-call
 overhead dominates), so one worker coalesces whatever requests are waiting into
-one DataFrame and runs the pipeline in a thread, keeping the event loop free.
+one batch of rows and runs the pipeline on it in a thread (from the rows, or one
+DataFrame: serving/model/row_pipeline.py), keeping the event loop free.
 It waits (at most `max_wait_s`) only when more requests are in flight than are
 queued, or recent batches were larger than what is queued; a lone request is
 never delayed. Requests are grouped by model, so a request that started on the

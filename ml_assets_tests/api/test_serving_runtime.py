@@ -246,3 +246,35 @@ def test_a_model_that_learned_none_as_a_category_gets_none(mlflow_store, tmp_pat
     got = np.array([[p["probabilities"][str(c)] for c in pipeline.classes_]
                     for p in answers["predictions"]])
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+
+
+def test_the_sklearn_runtime_answers_from_rows_with_the_pipelines_own_numbers(
+        mlflow_store, tmp_path):
+    """A version without a graph is answered by the Pipeline from rows (its preprocessing
+    replayed in numpy, serving/model/row_pipeline.py): every probability is the one the
+    Pipeline gives on the DataFrame, exactly, with missing values and unseen categories,
+    one row or a batch."""
+    from serving.model.feature_specs import frame_from_rows
+
+    frame = pd.read_csv(PENGUINS)
+    schema = checked_schema(frame, "species", name="penguins")
+    trained = train_frame(frame, schema, "species", n_estimators=30)
+    name = f"runtime_rows_{uuid.uuid4().hex[:8]}"
+    register(trained, name, experiment_id(name, mlflow_store["artifact_root"]))
+    records = _records(trained.X_test)
+    records[0] = {**records[0], "sex": None, "bill_length_mm": None}
+    records[1] = {**records[1], "island": "Atlantis"}  # unseen (accept policy)
+    with _client(mlflow_store, name, tmp_path, input_policy="accept") as client:
+        served = client.app.state.service.store.current
+        assert served.runtime == "sklearn" and served.rows_pipeline is not None, \
+            served.rows_reason
+        batch = client.post("/predict/batch", json={"records": records})
+        one = client.post("/predict", json=records[0])
+    assert batch.status_code == one.status_code == 200, (batch.text, one.text)
+    rows = [[r[spec.name] for spec in served.features] for r in records]
+    expected = trained.pipeline.predict_proba(frame_from_rows(rows, served.features))
+    classes = [str(c) for c in trained.pipeline.classes_]
+    got = np.array([[p["probabilities"][c] for c in classes]
+                    for p in batch.json()["predictions"]])
+    assert np.array_equal(got, expected)
+    assert [one.json()["probabilities"][c] for c in classes] == expected[0].tolist()

@@ -53,3 +53,16 @@ def test_every_asset_has_a_docstring_for_the_ui():
     for key in defs.resolve_asset_graph().get_all_asset_keys():
         description = defs.get_assets_def(key).descriptions_by_key.get(key)
         assert description and len(description) > 40, key
+
+
+def test_live_performance_runs_after_the_days_estimate_in_score_drift():
+    """In one score_drift run the day's estimate is made before live_performance compares
+    it with the realised values (an upstream edge, not luck in the step order)."""
+    from dagster._core.execution.api import create_execution_plan
+
+    plan = create_execution_plan(defs.resolve_job_def("score_drift"),
+                                 tags={"dagster/partition": "2026-11-03"})
+    level = {step.key: number for number, steps in
+             enumerate(plan.get_steps_to_execute_by_level()) for step in steps}
+    assert level["production_data"] < level["estimated_performance"] < level[
+        "live_performance"], level

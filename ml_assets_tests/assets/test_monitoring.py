@@ -212,6 +212,13 @@ def test_monitoring_assets_on_a_real_champion(instance, tmp_path, mlflow_store, 
     artifacts = tracking.client.list_artifacts(
         trained.output_for_node("trained_model").mlflow_run_id, "reference_profile")
     assert [a.path for a in artifacts] == ["reference_profile/profile.npz"]
+    # The resampled nulls (the forest's probabilities repeat: multiples of 1/30) were
+    # drawn at training time into the instance's cache; scoring below draws none.
+    event = instance.get_latest_materialization_event(AssetKey("reference_profile"))
+    drawn = event.asset_materialization.metadata["drift_nulls_drawn"].value
+    nulls_dir = Path(instance.storage_directory()) / "drift_nulls"
+    warmed = sorted(nulls_dir.glob("*.npy"))
+    assert drawn > 0 and len(warmed) >= drawn
 
     frame = load_breast_cancer_frame()
     features = frame.drop(columns="diagnosis")
@@ -231,6 +238,7 @@ def test_monitoring_assets_on_a_real_champion(instance, tmp_path, mlflow_store, 
         (evaluation,) = [e for e in result.get_asset_check_evaluations()
                          if e.check_name == DRIFT_CHECK]
         outcomes[day] = evaluation
+        assert sorted(nulls_dir.glob("*.npy")) == warmed  # read, never drawn
         drift = result.output_for_node("drift_scores")
         assert drift["n_rows"] == 200
     assert outcomes["2026-11-20"].passed, outcomes["2026-11-20"].description

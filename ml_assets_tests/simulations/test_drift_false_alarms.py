@@ -92,6 +92,59 @@ def test_aa_false_alarms_within_the_stated_rates(m):
     assert not failures, failures
 
 
+TIED = {"poisson3": lambda rng, n: rng.poisson(3, n),
+        "codes100": lambda rng, n: rng.integers(0, 100, n),
+        "three_values": lambda rng, n: rng.choice(3, n, p=[0.8, 0.15, 0.05]),
+        "poisson30": lambda rng, n: rng.poisson(30, n)}
+# Off the grid of resampled nulls (8, 10, 11, 13, 16, 19, 23, 27, 32, 38, 45, 54, 64,
+# 76, 91, 108, 128, 152, 181, 215, 256, 304, 362, 431, ...): just above a grid size (its
+# null serves them: the day has up to 19 % more rows), between two, and under the grid.
+OFF_GRID = (7, 9, 12, 28, 46, 77, 92, 129, 182, 200, 305, 432, 500)
+
+
+def _tied(rng, n: int, test: str) -> tuple[pd.DataFrame, dict[str, str]]:
+    frame = pd.DataFrame({name: draw(rng, n).astype(float) for name, draw in TIED.items()})
+    if test == "wasserstein":
+        frame = frame.rename(columns=lambda name: f"{name}_w")
+    return frame, dict.fromkeys(frame.columns, "numeric")
+
+
+@pytest.mark.parametrize("m", [500, 5_000])
+def test_aa_ties_at_day_sizes_off_the_grid_of_nulls(m):
+    """Integer columns with ties (resampled nulls, read from the grid size at or below
+    the day's): on no-drift days of sizes off the grid, each column's false-alarm rate
+    stays within alpha (+ simulation error), for KS (the default) and Wasserstein (a
+    per-column override), per (column, day size) cell and pooled over the sizes. A
+    fresh reference per repeat: the grid is drawn anew each time (~40 s of CPU per m)."""
+    rng = np.random.default_rng([2027, m])
+    repeats = 40
+    hits: dict[tuple[str, int], int] = {}
+    for test in ("ks", "wasserstein"):
+        config = DriftConfig(numeric_test=test, missing_rate_threshold=None)
+        for _ in range(repeats // 2 if test == "wasserstein" else repeats):
+            reference, kinds = _tied(rng, m, test)
+            profile = build_reference_profile(reference, kinds)
+            cache = NullCache()
+            for n in OFF_GRID:
+                table = score_drift(profile, _tied(rng, n, test)[0], config,
+                                    cache=cache).features
+                for name, drifted in zip(table["feature"], table["significant"],
+                                         strict=True):
+                    hits[(name, n)] = hits.get((name, n), 0) + bool(drifted)
+            assert cache.misses <= 2 * len(TIED)  # one grid (+ the n < 8 draw) per column
+    failures = []
+    for (name, n), count in hits.items():
+        trials = repeats // 2 if name.endswith("_w") else repeats
+        if stats.binom.sf(count - 1, trials, ALPHA) < CELL_KIND_PVALUE:
+            failures.append(f"m={m} {name} n={n}: {count}/{trials}")
+    for name in {key[0] for key in hits}:
+        trials = (repeats // 2 if name.endswith("_w") else repeats) * len(OFF_GRID)
+        rate = sum(c for (k, _), c in hits.items() if k == name) / trials
+        if rate > tolerance(ALPHA, trials):
+            failures.append(f"m={m} {name}: {rate:.4f} over {trials} day-columns")
+    assert not failures, failures
+
+
 def test_the_former_fixed_rule_fails_where_the_calibrated_one_holds():
     """The problem this replaces: reference 5,000 x 10 N(0, 1), days from the same
     distribution. Fixed thresholds (normed Wasserstein >= 0.1, share >= 0.5) declare

@@ -75,6 +75,49 @@ def test_aa_days_are_covered_at_the_stated_level_and_rarely_called_below_the_gat
         assert alarms <= 0.025 + 0.03, (rows, alarms)
 
 
+def _realised(proba, labels):
+    """The five gated metrics of one day's true labels, computed as the gate does."""
+    from scipy.stats import rankdata
+
+    from ml_assets.core.estimation.cbpe import _metrics_of_draws
+
+    predicted = (proba[:, 1] >= 0.5).astype(np.int64)
+    ranks = np.column_stack([rankdata(proba[:, c]) for c in range(2)])
+    return {name: float(values[0]) for name, values in
+            _metrics_of_draws(labels[None, :], predicted, ranks, 2).items()}
+
+
+def test_aa_a_gate_on_all_five_metrics_is_called_below_at_most_at_its_family_rate():
+    """Seeded A/A with the gate on all five gated metrics, each at the model's population
+    value (200,000 rows): the model is not below the gate. Five deployments (their own
+    2,000-row calibrator) x 40 days of 50, 200 and 1,000 rows: the family-wise rule
+    (Bonferroni over the metrics, 2.5 % / 5 each) calls "below" on at most 2.5 % + the
+    simulation error of the days; the former rule (any band wholly below) is counted
+    beside it (docs/drift.md, "The gate verdict's error rate")."""
+    from ml_assets.core.estimation.cbpe import GATED
+
+    rng = np.random.default_rng(21)
+    proba, _, true = _world(rng, 200_000)
+    population = _realised(proba, (rng.random(true.size) < true).astype(np.int64))
+    gate = {name: population[name] for name in GATED}
+    for rows in (50, 200, 1000):
+        family, former, days = 0, 0, 0
+        for _ in range(5):
+            held_proba, held_labels, _ = _world(rng, 2000)
+            calibrator = fit_calibrator(held_proba, held_labels, CLASSES)
+            for _ in range(40):
+                proba, _, _ = _world(rng, rows)
+                predicted = np.where(proba[:, 1] >= 0.5, "b", "a")
+                estimate = estimate_performance(proba, calibrator, predicted, draws=400,
+                                                seed=int(rng.integers(1 << 30)))
+                family += verdict(estimate, gate)[0] == evidence.BELOW
+                former += any(estimate.metrics[m].high < gate[m] for m in GATED
+                              if m in estimate.metrics)
+                days += 1
+        assert family <= former, (rows, family, former)  # the rule only removes calls
+        assert family / days <= 0.025 + 2 * np.sqrt(0.025 * 0.975 / days), (rows, family)
+
+
 def test_power_a_harmful_shift_is_called_below_the_gate():
     """Rows moved towards the decision boundary (true accuracy ~0.87 -> ~0.70): with the
     gate at 0.8, a 200-row day's band lies wholly below it on most days."""

@@ -187,3 +187,39 @@ def test_live_performance_shows_the_estimate_against_the_realised_value(loop, tm
     metadata = event.asset_materialization.metadata
     assert "accuracy" in metadata["estimate_outside_band"].value
     assert "concept drift" in metadata["estimate_vs_realised"].value
+
+
+def test_live_performance_compares_with_the_estimate_of_its_own_run(loop, tmp_path):
+    """A day scored, then more of its traffic and its labels arrive: the next score_drift
+    run compares the realised values with the estimate it just made on the whole day
+    (estimated_performance runs first), never with the earlier run's estimate of part of
+    it."""
+    rng = np.random.default_rng(12)
+    day = dt.date(2026, 11, 4)
+    job = defs.resolve_job_def("score_drift")
+
+    def run():
+        result = job.execute_in_process(instance=loop["instance"],
+                                        resources=loop["resources"],
+                                        partition_key=day.isoformat())
+        assert result.success
+        return result
+
+    ids = _answer(loop, _calm(loop, rng, 60), day)
+    early = run().output_for_node("estimated_performance")
+    late_rows = _calm(loop, rng, 140)
+    ids += _answer(loop, late_rows, day)
+    labels = loop["model"].pipeline.predict(late_rows)  # any labels: the bands are compared
+    (tmp_path / "labels").mkdir(exist_ok=True)
+    pd.DataFrame({"request_id": ids[60:], "label": labels}).to_csv(
+        tmp_path / "labels" / "late.csv", index=False)
+    result = run()
+    estimate = result.output_for_node("estimated_performance")
+    compared = {c["metric"]: c for c in result.output_for_node("live_performance")[
+        "estimate_vs_realised"]}
+    this_run = estimate["per_version"][estimate["model_version"]]["estimate"]["metrics"]
+    before = early["per_version"][early["model_version"]]["estimate"]["metrics"]
+    assert this_run["accuracy"] != before["accuracy"]  # 200 rows now, 60 before
+    assert compared["accuracy"]["estimate"] == this_run["accuracy"]["estimate"]
+    assert (compared["accuracy"]["low"], compared["accuracy"]["high"]) == (
+        this_run["accuracy"]["low"], this_run["accuracy"]["high"])

@@ -76,6 +76,23 @@ def train_frame(frame: pd.DataFrame, schema: pa.DataFrameSchema, target: str,
                                                              seed=seed))
 
 
+def train_estimator(frame: pd.DataFrame, schema: pa.DataFrameSchema, target: str,
+                    estimator: BaseEstimator, seed: int = 42) -> TrainedPipeline:
+    """Any estimator behind the platform's preprocessing, as `ml-platform train` builds it
+    with ML_ESTIMATOR (the task detected from the target; identifiers and other columns
+    the schema excludes dropped first)."""
+    from ml_assets.core.modeling.labels import encode_labels_for
+
+    frame = frame[[*feature_columns(schema, target), target]]
+    split = split_frame(frame, target, seed=seed)
+    kinds = feature_columns(schema, target)
+    preprocessor = build_preprocessor(split.X_train, kinds, task=split.task).fit(
+        split.X_train, split.y_train)
+    model = estimator if split.is_regression else encode_labels_for(estimator, split.y_train)
+    pipeline = fit_final_pipeline(preprocessor, model, split.X_train, split.y_train)
+    return TrainedPipeline(pipeline, split.X_train, split.X_test, schema, target)
+
+
 DIABETES_TARGET = "progression"
 
 

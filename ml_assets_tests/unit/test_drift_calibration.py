@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from ml_assets.core.drift import nulls as drift_nulls
 from ml_assets.core.drift import stats as drift_stats
 from ml_assets.core.drift.config import DEFAULT_MIN_ROWS, REPORT_COLUMNS, DriftConfig
-from ml_assets.core.drift.nulls import NullCache
+from ml_assets.core.drift.nulls import NullCache, null_grid, warm_nulls
 from ml_assets.core.drift.pooling import pool_windows, score_window
 from ml_assets.core.drift.profile import build_reference_profile
 from ml_assets.core.drift.scoring import score_drift
@@ -54,26 +55,72 @@ def test_continuous_ks_null_is_scipys_and_threshold_matches_the_verdict(m, n):
     assert (row["statistic"] >= critical) == (row["p_value"] <= ALPHA)
 
 
-def test_ties_get_a_resampled_null_that_is_cached_per_size():
-    """Integers (ties): the KS null is resampled from the stored distribution at (n, m),
-    once; the next day of that size reuses it (a cache hit), another size draws anew."""
+def test_ties_get_a_resampled_null_drawn_once_for_a_grid_of_day_sizes():
+    """Integers (ties): the KS null is resampled from the stored distribution, once per
+    column for a geometric grid of day sizes; a day of n rows reads the null of the grid
+    size at or below n, so days of 300 and 301 rows (and a profile loaded again) share
+    one draw, and the threshold is the grid size's (conservative: fewer rows)."""
     rng = np.random.default_rng(3)
     profile = build_reference_profile(pd.DataFrame({"x": rng.poisson(3, size=4_000)}),
                                       {"x": "numeric"})
+    sizes = null_grid(4_000)
+    below = int(sizes[sizes <= 300].max())
+    assert sizes[0] == 8 and below < 300 < int(sizes[sizes > 300].min()) < 1.2 * below
     cache = NullCache()
     first = score_drift(profile, pd.DataFrame({"x": rng.poisson(3, size=300)}), cache=cache)
-    assert first.features.iloc[0]["null"] == "resampled (2000 draws)"
+    assert first.features.iloc[0]["null"] == (
+        f"resampled (2000 draws, grid size {below} <= 300 rows)")
     assert (cache.misses, cache.hits) == (1, 0)
     score_drift(profile, pd.DataFrame({"x": rng.poisson(3, size=300)}), cache=cache)
     assert (cache.misses, cache.hits) == (1, 1)
     copy = type(profile).from_bytes(profile.to_bytes())  # the fingerprint is the content
-    score_drift(copy, pd.DataFrame({"x": rng.poisson(3, size=300)}), cache=cache)
+    score_drift(copy, pd.DataFrame({"x": rng.poisson(3, size=301)}), cache=cache)
     assert (cache.misses, cache.hits) == (1, 2)
-    score_drift(profile, pd.DataFrame({"x": rng.poisson(3, size=301)}), cache=cache)
-    assert cache.misses == 2
     # Resampled p-values and thresholds agree: drifted iff statistic > threshold.
     row = first.features.iloc[0]
     assert (row["statistic"] > row["threshold"]) == (row["p_value"] <= ALPHA)
+    # The grid size's threshold is above the one drawn at the day's own size.
+    at_size = drift_nulls._from_draws(np.sort(drift_nulls._support_null(
+        np.random.default_rng(1), profile.features["x"].values, profile.features["x"].counts,
+        300, 4000, "ks")), 0.0, ALPHA / 2)["threshold"]
+    assert first.features.iloc[0]["threshold"] >= at_size
+
+
+def test_warming_at_training_time_leaves_nothing_to_draw_when_scoring():
+    """warm_nulls (the reference_profile asset calls it) draws the grid and the bridge
+    limit of every column with ties; scoring days of any size then draws nothing."""
+    rng = np.random.default_rng(5)
+    frame = pd.DataFrame({"visits": rng.poisson(3, 5_000), "code": rng.integers(0, 80, 5_000),
+                          "score": rng.normal(size=5_000)})
+    profile = build_reference_profile(frame, dict.fromkeys(frame.columns, "numeric"))
+    cache = NullCache()
+    assert warm_nulls(profile, DriftConfig(), cache) == 4  # two columns: grid + bridge
+    assert warm_nulls(profile, DriftConfig(), cache) == 0
+    for n in (40, 137, 650, 3_000):  # below, on and above the grid; the bridge
+        day = pd.DataFrame({"visits": rng.poisson(3, n), "code": rng.integers(0, 80, n),
+                            "score": rng.normal(size=n)})
+        score_drift(profile, day, cache=cache)
+    assert cache.misses == 4
+    assert warm_nulls(profile, DriftConfig(calibration="fixed"), NullCache()) == 0
+
+
+def test_the_drift_checks_defaults_are_the_ones_warmed_at_training():
+    from ml_assets.core.drift.check import CheckSettings
+    from ml_assets.drift import DriftScoringConfig
+
+    assert DriftScoringConfig().settings() == CheckSettings()
+
+
+def test_few_ties_keep_the_continuous_null():
+    """Nearly continuous values (more than half distinct) with a few ties keep the
+    continuous KS null: conservative with ties, and nothing to resample."""
+    rng = np.random.default_rng(8)
+    reference = np.round(rng.normal(size=2_000), 3)
+    assert len(np.unique(reference)) > 1_000
+    row = _one(reference, np.round(rng.normal(size=300), 3))
+    assert row["null"] == "exact"
+
+
 
 
 def test_resampled_pvalue_and_critical_value_agree():

@@ -16,6 +16,7 @@ from ml_assets.core.estimation.calibration import (
 from ml_assets.core.estimation.cbpe import (
     compare_with_realised,
     estimate_performance,
+    verdict,
 )
 from ml_assets.core.estimation.store import NotEstimated, calibrate_model, load_estimation
 from ml_assets.core.modeling.metrics import classification_metrics
@@ -147,3 +148,25 @@ def test_estimate_and_realised_compared_once_labels_arrive():
     assert "concept drift" in outside.sentence()
 
 
+
+
+def test_the_gate_verdict_adjusts_over_the_gated_metrics():
+    """Bonferroni over the metrics' one-sided tests: a draw distribution with 1 % of its
+    mass at or above the minimum is "below" when one metric is gated (1 % <= 2.5 %), but
+    only "possibly_below" when five are (1 % > 2.5 % / 5); at 0.3 % it is below either way."""
+    from ml_assets.core.estimation.cbpe import GATED, MetricEstimate, PerformanceEstimate
+
+    def estimate(share_above: float) -> PerformanceEstimate:
+        draws = np.sort(np.r_[np.full(int(round(1000 * (1 - share_above))), 0.70),
+                              np.full(int(round(1000 * share_above)), 0.90)])
+        band = MetricEstimate(float(draws.mean()), float(np.quantile(draws, 0.025)),
+                              float(np.quantile(draws, 0.975)), draws)
+        return PerformanceEstimate(200, dict.fromkeys(GATED, band), 0.95, 1000)
+
+    gate = dict.fromkeys(GATED, 0.8)
+    assert verdict(estimate(0.01), {"accuracy": 0.8})[0] == "below"
+    outcome, reasons = verdict(estimate(0.01), gate)
+    assert outcome == "possibly_below", reasons
+    assert "0.005" in reasons["accuracy"]
+    outcome, reasons = verdict(estimate(0.003), gate)
+    assert outcome == "below" and "over 5 metrics" in reasons["roc_auc"], reasons

@@ -9,6 +9,7 @@ import textwrap
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.pipeline import Pipeline
@@ -229,8 +230,9 @@ def test_a_failing_factory_is_named_without_a_traceback(user_module):
 
 def test_a_factory_returning_something_else(user_module):
     name, _, project = user_module
-    with pytest.raises(UserModelError, match="returned dict, which is not a scikit-learn "
-                                             "estimator"):
+    with pytest.raises(UserModelError, match="returned dict, which does not follow "
+                                             "scikit-learn's estimator protocol: it has no "
+                                             "fit, predict"):
         from_factory(f"{name}:not_an_estimator", "binary", owns_preprocessing=False,
                      project_dir=project)
 
@@ -257,9 +259,14 @@ def test_a_factory_given_parameters_it_does_not_take(user_module):
                      project_dir=project, params={"depth": 3})
 
 
-def test_a_duck_typed_estimator_gets_a_clear_message(tmp_path):
+def _factory(tmp_path, source: str) -> str:
     name = f"user_duck_{uuid.uuid4().hex[:8]}"
-    (tmp_path / f"{name}.py").write_text(textwrap.dedent("""
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
+    return name
+
+
+def test_a_duck_typed_estimator_is_told_what_it_lacks(tmp_path):
+    name = _factory(tmp_path, """
         class Duck:
             def fit(self, X, y):
                 return self
@@ -276,16 +283,110 @@ def test_a_duck_typed_estimator_gets_a_clear_message(tmp_path):
 
         def build():
             return Duck()
-        """))
+        """)
     saved_path = list(sys.path)
     try:
-        with pytest.raises(UserModelError, match="returned Duck, which does not derive from "
-                                                 "sklearn.base.BaseEstimator"):
+        with pytest.raises(UserModelError, match=r"returned Duck, which does not follow "
+                                                 r"scikit-learn's estimator protocol: it has "
+                                                 r"no set_params, __sklearn_tags__ \(the "
+                                                 r"platform needs fit, predict"):
             from_factory(f"{name}:build", "binary", owns_preprocessing=False,
                          project_dir=tmp_path)
     finally:
         sys.modules.pop(name, None)
         sys.path[:] = saved_path
+
+
+def test_an_estimator_following_the_protocol_without_scikit_learns_bases_is_accepted(
+        tmp_path):
+    name = _factory(tmp_path, """
+        import numpy as np
+        from sklearn.utils import ClassifierTags, InputTags, Tags, TargetTags
+
+
+        class Majority:
+            def __init__(self, prior=1.0):
+                self.prior = prior
+
+            def fit(self, X, y):
+                self.classes_, counts = np.unique(y, return_counts=True)
+                self.share_ = (counts + self.prior) / (counts + self.prior).sum()
+                return self
+
+            def predict_proba(self, X):
+                return np.tile(self.share_, (len(X), 1))
+
+            def predict(self, X):
+                return self.classes_[self.predict_proba(X).argmax(axis=1)]
+
+            def get_params(self, deep=True):
+                return {"prior": self.prior}
+
+            def set_params(self, **params):
+                self.prior = params.get("prior", self.prior)
+                return self
+
+            def __sklearn_tags__(self):
+                return Tags(estimator_type="classifier", target_tags=TargetTags(required=True),
+                            classifier_tags=ClassifierTags(), input_tags=InputTags())
+
+
+        def build(prior=1.0):
+            return Majority(prior)
+        """)
+    saved_path = list(sys.path)
+    try:
+        user = from_factory(f"{name}:build", "binary", owns_preprocessing=False,
+                            project_dir=tmp_path, params={"prior": 2.0})
+        fitted = user.fresh().fit(np.zeros((4, 1)), np.array(["a", "b", "b", "b"]))
+        assert list(fitted.predict(np.zeros((2, 1)))) == ["b", "b"]
+        with pytest.raises(UserModelError, match="is a classifier but the target is a "
+                                                 "regression target"):
+            from_factory(f"{name}:build", "regression", owns_preprocessing=False,
+                         project_dir=tmp_path)
+    finally:
+        sys.modules.pop(name, None)
+        sys.path[:] = saved_path
+
+
+def test_a_factory_returning_catboost_unfitted_is_accepted_and_fitted_is_refused(tmp_path):
+    name = _factory(tmp_path, """
+        import numpy as np
+        from catboost import CatBoostClassifier
+        from sklearn.pipeline import Pipeline
+        from sklearn.preprocessing import StandardScaler
+
+
+        def build():
+            return Pipeline([("scale", StandardScaler()),
+                             ("model", CatBoostClassifier(iterations=5))])
+
+
+        def fitted():
+            return CatBoostClassifier(iterations=2, logging_level="Silent",
+                                      allow_writing_files=False).fit(
+                np.arange(8.0).reshape(4, 2), [0, 1, 0, 1])
+        """)
+    saved_path = list(sys.path)
+    try:
+        user = from_factory(f"{name}:build", "binary", owns_preprocessing=True,
+                            project_dir=tmp_path)
+        assert type(user.estimator.steps[-1][1]).__name__ == "CatBoostClassifier"
+        with pytest.raises(UserModelError, match="returned a fitted estimator"):
+            from_factory(f"{name}:fitted", "binary", owns_preprocessing=False,
+                         project_dir=tmp_path)
+    finally:
+        sys.modules.pop(name, None)
+        sys.path[:] = saved_path
+
+
+def test_catboost_by_import_path_needs_no_wrapper():
+    user = from_class("catboost:CatBoostClassifier", {"iterations": 5}, "binary")
+    assert type(user.estimator).__name__ == "CatBoostClassifier"
+    regressor = from_class("catboost:CatBoostRegressor", {}, "regression")
+    assert type(regressor.estimator).__name__ == "CatBoostRegressor"
+    with pytest.raises(UserModelError, match="is a regressor but the target is a binary"):
+        from_class("catboost:CatBoostRegressor", {}, "binary")
 
 
 @pytest.mark.parametrize("text", ["", "   ", "\n"])

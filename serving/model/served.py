@@ -8,6 +8,7 @@ and swaps versions.
 from __future__ import annotations
 
 import inspect
+import logging
 import threading
 import warnings
 from collections.abc import Iterator
@@ -24,6 +25,9 @@ from sklearn.pipeline import Pipeline
 from ml_assets.core.artifacts.onnx.runtime import CompiledModel, near_ties
 from serving.model.feature_specs import FeatureSpec, frame_from_rows
 from serving.model.request_models import RequestModels
+from serving.model.row_pipeline import RowPipeline, row_pipeline
+
+logger = logging.getLogger(__name__)
 
 # Held by the champion's Pipeline predictions (the predict thread); SHADOW_LOCK by the
 # shadow lane's (serving/shadow_lane.py), so a slow shadow never holds up the champion.
@@ -104,6 +108,28 @@ class ServedModel:
     # What a missing categorical reaches the Pipeline as: NaN (its imputer's marker, as
     # in training frames), or None for a model that learned None as a category.
     missing_string: Any = np.nan
+    # The scikit-learn runtime's hot path (serving/model/row_pipeline.py): the Pipeline
+    # answered from rows, its preprocessing replayed in numpy; None: the Pipeline
+    # answers from a DataFrame, and `rows_reason` says why. Built at construction
+    # (kept by dataclasses.replace while pipeline, features and missing marker stay).
+    rows_pipeline: RowPipeline | None = field(default=None, repr=False, compare=False)
+    rows_reason: str = field(default="", repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        kept = self.rows_pipeline
+        if kept is not None and kept.serves(self.pipeline, self.features,
+                                            self.missing_string):
+            return
+        try:
+            with quiet_warnings():  # probe rows may be unseen categories to an encoder
+                fast, reason = row_pipeline(self.pipeline, self.features,
+                                            self.missing_string)
+        except Exception as exc:  # noqa: BLE001 - a fast path is never worth a failed load
+            fast, reason = None, f"the numpy replay failed to build ({type(exc).__name__}: {exc})"
+        object.__setattr__(self, "rows_pipeline", fast)
+        object.__setattr__(self, "rows_reason", reason)
+        logger.info("%s version %s, scikit-learn path: %s", self.name, self.version,
+                    reason if fast is not None else f"DataFrame through the Pipeline ({reason})")
 
     @property
     def is_regression(self) -> bool:
@@ -178,13 +204,22 @@ class ServedModel:
     def sklearn_proba(self, rows: list[list], lock: threading.Lock = PREDICT_LOCK
                       ) -> np.ndarray:
         """The Pipeline's class probabilities for validated rows. `lock`: PREDICT_LOCK
-        (the champion's predict thread) or SHADOW_LOCK (the shadow lane)."""
-        frame = self.frame(rows)
+        (the champion's predict thread) or SHADOW_LOCK (the shadow lane). From the rows
+        (`rows_pipeline`) when it can; any rows it hands back, or any error it meets,
+        go through the Pipeline from a DataFrame, whose answer or error stands."""
         # scikit-learn's joblib wrapper re-installs every process-wide warning filter
         # for every tree of every call: with the ~15 filters mlflow & co. install, ~40%
         # of a one-row call of a 200-tree forest. Predict under one filter instead; the
         # smoke test at load time shows the warnings a model raises. The lock keeps the
         # smoke test of a candidate from interleaving its filter swaps with these.
+        fast = self.rows_pipeline
+        if fast is not None:
+            with lock, quiet_warnings():
+                try:
+                    return fast.predict_proba(rows)
+                except Exception:  # noqa: BLE001, S110 - the Pipeline answers or raises
+                    pass
+        frame = self.frame(rows)
         with lock, quiet_warnings():
             return self.pipeline.predict_proba(frame)
 
@@ -197,8 +232,15 @@ class ServedModel:
         values = self.compiled_values(rows)
         if values is not None:
             return values, None
+        fast = self.rows_pipeline
+        if fast is not None:
+            with lock, quiet_warnings():  # see sklearn_proba
+                try:
+                    return regression_output(fast, rows, self.interval)
+                except Exception:  # noqa: BLE001, S110 - the Pipeline answers or raises
+                    pass
         frame = self.frame(rows)
-        with lock, quiet_warnings():  # see sklearn_proba
+        with lock, quiet_warnings():
             return regression_output(self.pipeline, frame, self.interval)
 
     def describe(self) -> dict:
@@ -303,5 +345,11 @@ def serving_n_jobs(pipeline: Pipeline) -> Pipeline:
     more than the prediction, and the service batches rows itself."""
     params = pipeline.get_params(deep=True)
     pipeline.set_params(**{k: 1 for k in params if k == "n_jobs" or k.endswith("__n_jobs")})
+    # A wrapper's fitted estimator (EncodedLabelsClassifier.estimator_ around XGBoost) is
+    # no parameter: set_params above reached only its unfitted template.
+    for estimator in _estimators(pipeline):
+        fitted = getattr(estimator, "estimator_", None)
+        if fitted is not None and hasattr(fitted, "set_params"):
+            serving_n_jobs(fitted)
     return pipeline
 

@@ -25,6 +25,8 @@ so a crafted artifact could pick pickle or trust `builtins.exec`. Instead:
 6a. before step 6, a LightGBM or XGBoost booster in the file is checked as the file
    records it (`booster_checks.check_booster_records`: tree sizes, child and feature
    indices, acyclic trees), because skops hands it to the library's C++ parser;
+6b. a CatBoost model is stored as its JSON export, checked while skops builds its
+   holder, before CatBoost parses it (`catboost_checks`, `CatBoostModel.__setstate__`);
 7. before anything predicts with it, every array-carrying object in it is validated
    (`validation.validate_model`: tree links and indices, per-feature array shapes),
    because compiled prediction code trusts those indices.
@@ -269,6 +271,8 @@ def load_estimator(model: ModelFile, extra: Sequence[str] | None = None) -> Base
         # arrays, LightGBM / XGBoost refusing a model they cannot parse
         if isinstance(exc, skops.io.exceptions.UntrustedTypesFoundException):
             raise
+        if isinstance(exc, ModelCheckError):  # a check run while building (CatBoost)
+            raise InvalidModelError(model.source, exc) from exc
         raise InvalidModelError(model.source, ModelCheckError(
             "construct", f"skops could not rebuild it: {type(exc).__name__}: {exc}")) from exc
     if not isinstance(estimator, BaseEstimator) or not callable(

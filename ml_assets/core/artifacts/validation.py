@@ -93,6 +93,7 @@ from ml_assets.core.artifacts.tree_checks import (
     check_tree,
     check_tree_predictor,
 )
+from ml_assets.core.modeling.catboost_model import CatBoostModel
 from ml_assets.core.modeling.labels import EncodedLabelsClassifier
 
 __all__ = ["NAMED_VALIDATORS", "VALIDATORS", "ModelCheckError", "validate_model",
@@ -111,6 +112,23 @@ def check_encoded_labels(est: EncodedLabelsClassifier, where: str) -> None:
             count is not None and int(count) != len(classes)):
         raise fail("labels.classes", where, f"classes_ does not name the {count} classes "
                    "its estimator answers")
+
+
+def check_catboost(est: CatBoostModel, where: str) -> None:
+    """CatBoost: its JSON was checked before CatBoost parsed it (`__setstate__`); the
+    model CatBoost built takes the estimator's features and answers its classes."""
+    state = vars(est)
+    inner = state.get("estimator_")
+    if inner is None:
+        return
+    n = state.get("n_features_in_")
+    if len(inner.feature_names_) != n:
+        raise fail("catboost.features", where, f"the model takes {len(inner.feature_names_)} "
+                   f"features, the estimator {n}")
+    classes = state.get("classes_")
+    if classes is not None and len(inner.classes_) != len(classes):
+        raise fail("catboost.classes", where, f"the model answers {len(inner.classes_)} "
+                   f"classes, the estimator names {len(classes)}")
 
 
 VALIDATORS: dict[type, Validator] = {
@@ -140,6 +158,7 @@ VALIDATORS: dict[type, Validator] = {
     SelectKBest: check_select_k_best,
     ColumnTransformer: check_column_transformer,
     EncodedLabelsClassifier: check_encoded_labels,
+    CatBoostModel: check_catboost,
     sparse.csr_matrix: check_sparse,
     sparse.csc_matrix: check_sparse,
     sparse.bsr_matrix: check_sparse,

@@ -29,6 +29,7 @@ from ml_assets.core.drift.nulls import (
     _ks_critical_cached,
     _resampled,
     _support_test,
+    uses_resampled_support,
 )
 from ml_assets.core.drift.profile import (
     CategoricalProfile,
@@ -166,8 +167,7 @@ def _numeric_value_test(ref: NumericProfile, cur_sorted: np.ndarray, test: str,
 def _discrete(ref: NumericProfile, config: DriftConfig) -> bool:
     """Ties in an exactly stored reference with few distinct values: the KS null of
     continuous data would be conservative, so it is resampled from the stored values."""
-    return bool(ref.exact and ref.values.size < ref.n_valid
-                and ref.values.size <= config.discrete_max_support)
+    return uses_resampled_support(ref, "ks", config)
 
 
 def _psi_bins(ref: NumericProfile, bins: int,

@@ -36,9 +36,21 @@ DEFAULT_RESAMPLES = 2000
 KS_EXACT_MAX_PRODUCT = 1_000_000  # calibrated 'auto': exact KS null when n * m <= this
 CHI2_MIN_EXPECTED = 5.0  # Cochran: the chi-squared null needs expected counts >= 5
 DISCRETE_MAX_SUPPORT = 500
+# ...and at most this share of the stored rows distinct: with fewer ties (nearly
+# continuous values) the continuous KS null is used, conservative with ties and close.
+DISCRETE_MAX_SHARE = 0.5
 # Resampled KS / Wasserstein nulls of a stored distribution: drawn at (n, m) below this
 # n m / (n + m), from the size-free Brownian-bridge limit above it (checked by the A/A).
 BRIDGE_MIN_N_EFF = 1000
+# Below that, the null is drawn once per profile on a geometric grid of day sizes (8,
+# then GRID_STEPS_PER_DOUBLING sizes per doubling, up to the bridge or
+# GRID_MAX_REFERENCE_MULTIPLE x m, where n m / (n + m) is within 20 % of m); a day of n
+# rows uses the null of the grid size at or below n: fewer rows give a larger statistic,
+# so its threshold is conservative (docs/drift.md, "Cost"). Days under GRID_START rows
+# get a null drawn at their size.
+GRID_START = 8
+GRID_STEPS_PER_DOUBLING = 4
+GRID_MAX_REFERENCE_MULTIPLE = 4
 WASSERSTEIN_MIN_NORM = 0.001  # a constant reference column is normed by this, not by 0
 _RESAMPLE_BLOCK = 2_000_000  # cells of a (draws x support) count table built at once
 REPORT_COLUMNS = [
@@ -72,8 +84,9 @@ class DriftConfig:
     resamples: least number of draws of a resampled null (default 2000; raised to
         4 K / dataset_alpha for a family of K columns so that Holm can reject, and to
         4 / alpha);
-        seed: their seed. discrete_max_support: a numeric reference with ties and at most
-        this many distinct values gets a resampled KS null (default 500).
+        seed: their seed. discrete_max_support: a numeric reference with ties, at most
+        this many distinct values (default 500) and at most DISCRETE_MAX_SHARE (half) of
+        its rows distinct gets a resampled KS null; other ties get the continuous null.
     ks_method: 'auto' (exact null when n * m <= 1e6, else asymptotic) | 'exact' | 'asymp'.
     missing_rate_threshold: a feature also drifts when its missing rate moves by more
         than this (absolute) and Fisher's exact test finds the move significant; None

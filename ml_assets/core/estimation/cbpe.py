@@ -34,12 +34,24 @@ _CELLS_PER_BLOCK = 2_000_000  # draws x rows simulated at once (bounded memory)
 
 @dataclass(frozen=True)
 class MetricEstimate:
+    """One metric's estimate and band; `draws` (sorted simulated values, not serialised)
+    give the one-sided p-value the gate verdict adjusts over the gated metrics."""
+
     estimate: float
     low: float
     high: float
+    draws: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, float]:
         return {"estimate": self.estimate, "low": self.low, "high": self.high}
+
+    def p_at_or_above(self, minimum: float) -> float:
+        """Monte Carlo p-value of "the day's realised value is at or above `minimum`":
+        (1 + draws >= minimum) / (1 + draws). NaN without draws."""
+        if self.draws is None or not self.draws.size:
+            return math.nan
+        above = self.draws.size - int(np.searchsorted(self.draws, minimum, side="left"))
+        return (1 + above) / (1 + self.draws.size)
 
 
 @dataclass(frozen=True)
@@ -167,26 +179,40 @@ def estimate_performance(proba, calibrator: Calibrator, predicted=None, *,
             continue
         metrics[name] = MetricEstimate(float(finite.mean()),
                                        float(np.quantile(finite, tail)),
-                                       float(np.quantile(finite, 1 - tail)))
+                                       float(np.quantile(finite, 1 - tail)),
+                                       np.sort(finite))
     return PerformanceEstimate(n, metrics, level, draws, notes=notes)
 
 
 def verdict(estimate: PerformanceEstimate, minimums: dict[str, float]
             ) -> tuple[str, dict[str, str]]:
-    """"below" when some gated metric's whole band lies under its minimum (the model is
-    below the gate beyond the day's noise), "possibly_below" when a point estimate does
-    but its band reaches the minimum, "within" otherwise; with the reason per metric."""
+    """"below" when the day is below the gate beyond its noise, with a family-wise error
+    rate over the gated metrics; "possibly_below" when some point estimate is under its
+    minimum without that; "within" otherwise; with the reason per metric.
+
+    The rule (Bonferroni over the metrics' one-sided tests): with alpha = (1 - level) / 2
+    (the band's one-sided tail, 2.5 % at level 0.95) and k the gated metrics that have an
+    estimate, a metric is below when P(realised >= minimum), estimated from the draws, is
+    <= alpha / k. When the calibrated probabilities are right, a day whose realised
+    metrics all meet their minimums is called "below" with probability <= alpha whatever
+    k (docs/drift.md, "The gate verdict's error rate"). A MetricEstimate built without
+    draws falls back to its band: below when the whole band lies under the minimum."""
+    judged = {name: (minimum, estimate.metrics[name]) for name, minimum in minimums.items()
+              if name in estimate.metrics}
+    alpha = (1 - estimate.level) / 2
+    level = alpha / max(len(judged), 1)
     below, possibly = {}, {}
-    for name, minimum in minimums.items():
-        value = estimate.metrics.get(name)
-        if value is None:
-            continue
-        if value.high < minimum:
-            below[name] = (f"{value.estimate:.4f} [{value.low:.4f}, {value.high:.4f}] "
-                           f"< {minimum:.4f}")
+    for name, (minimum, value) in judged.items():
+        p_value = value.p_at_or_above(minimum)
+        beyond = (p_value <= level) if math.isfinite(p_value) else value.high < minimum
+        band = f"{value.estimate:.4f} [{value.low:.4f}, {value.high:.4f}]"
+        if beyond:
+            below[name] = (f"{band} < {minimum:.4f}: P(at or above) {p_value:.4f} <= "
+                           f"{level:.4g} (alpha {alpha:.4g} over {len(judged)} metrics)")
         elif value.estimate < minimum:
-            possibly[name] = (f"{value.estimate:.4f} < {minimum:.4f}, band reaches it "
-                              f"[{value.low:.4f}, {value.high:.4f}]")
+            possibly[name] = (f"{value.estimate:.4f} < {minimum:.4f}, within the day's noise "
+                              f"(band [{value.low:.4f}, {value.high:.4f}], P(at or above) "
+                              f"{p_value:.4f} > {level:.4g})")
     if below:
         return "below", below
     return ("possibly_below", possibly) if possibly else ("within", {})

@@ -4,8 +4,8 @@ drop below the gate, or a realised drop once labels exist.
 Pure: the retrain sensor gathers one `DayEvidence` per daily partition from the Dagster
 instance and `decide` says what to do with it:
 - `retrain` when the labels say the model is worse (a realised drop), or when the day's
-  drift verdict failed AND the estimated performance lies below the gate (the whole
-  band of some gated metric under its minimum: `cbpe.verdict` "below");
+  drift verdict failed AND the estimated performance lies below the gate beyond the
+  day's noise (`cbpe.verdict` "below": Bonferroni over the gated metrics);
 - `retrain` also when drift failed and the day could not be estimated (a regressor, no
   calibrator, a day too quiet for the estimate): the calibrated drift verdict decides;
 - `warn` when drift failed but the estimate stays within the gate (the model does not

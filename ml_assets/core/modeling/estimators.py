@@ -24,6 +24,7 @@ from typing import Any
 
 from sklearn.base import BaseEstimator, clone, is_classifier, is_regressor
 from sklearn.pipeline import Pipeline
+from sklearn.utils import get_tags
 
 
 class UserModelError(ValueError):
@@ -154,16 +155,35 @@ def parse_params(text: str, source: str = "ML_ESTIMATOR_PARAMS") -> dict:
     return params
 
 
+# What the platform calls on an estimator, deriving from scikit-learn's base classes or
+# not (CatBoost's do not): fit and predict; get_params and set_params, which clone and
+# tuning use; __sklearn_tags__, which scikit-learn 1.6+ reads to tell a classifier from a
+# regressor (a Pipeline, cross-validation and scoring fail without it); predict_proba on
+# a classifier (checked below, once the task is known).
+PROTOCOL = ("fit", "predict", "get_params", "set_params", "__sklearn_tags__")
+
+
 def _check_estimator(estimator, origin: str, task: str) -> None:
-    if not (hasattr(estimator, "fit") and hasattr(estimator, "predict")
-            and hasattr(estimator, "get_params")):
-        raise UserModelError(f"{origin} returned {type(estimator).__name__}, which is not a "
-                             "scikit-learn estimator (it needs fit, predict and get_params)")
-    if not isinstance(estimator, BaseEstimator):
+    """The scikit-learn estimator protocol, subclassing scikit-learn or not: each
+    missing method is named."""
+    missing = [name for name in PROTOCOL if not callable(getattr(estimator, name, None))]
+    if missing:
         raise UserModelError(f"{origin} returned {type(estimator).__name__}, which does not "
-                             "derive from sklearn.base.BaseEstimator; subclass it (and a "
-                             "mixin such as ClassifierMixin or RegressorMixin) so the "
-                             "platform can clone, tag and save it")
+                             f"follow scikit-learn's estimator protocol: it has no "
+                             f"{', '.join(missing)} (the platform needs "
+                             f"{', '.join(PROTOCOL)}, and predict_proba for a classifier; "
+                             "sklearn.base.BaseEstimator gives get_params, set_params and "
+                             "__sklearn_tags__, with ClassifierMixin or RegressorMixin "
+                             "saying which it is)")
+    try:
+        kind = get_tags(estimator).estimator_type
+    except Exception as exc:  # noqa: BLE001 - the user's tags: named, never a traceback
+        raise UserModelError(f"{origin}: scikit-learn cannot read its __sklearn_tags__ "
+                             f"({type(exc).__name__}: {str(exc)[:200]})") from None
+    if not isinstance(estimator, BaseEstimator) and kind not in ("classifier", "regressor"):
+        raise UserModelError(f"{origin} returned {type(estimator).__name__}, whose "
+                             f"__sklearn_tags__ says estimator_type {kind!r}, neither "
+                             "'classifier' nor 'regressor'")
     if task == "regression" and is_classifier(estimator):
         raise UserModelError(f"{origin} is a classifier but the target is a regression "
                              "target; use a regressor or set ML_TASK=classification")
@@ -196,6 +216,15 @@ def from_class(path: str, params: dict, task: str,
     return UserModel(estimator, code, owns_preprocessing=False, params=dict(params))
 
 
+def _fitted(estimator: Any) -> bool:
+    """Whether `estimator` was fitted: its own `is_fitted()` where it has one (CatBoost's
+    `n_features_in_` is a property, there before fitting), else `n_features_in_`."""
+    is_fitted = getattr(estimator, "is_fitted", None)
+    if callable(is_fitted):
+        return bool(is_fitted())
+    return hasattr(estimator, "n_features_in_")
+
+
 def from_factory(path: str, task: str, owns_preprocessing: bool,
                  project_dir: str | Path | None = None, params: dict | None = None
                  ) -> UserModel:
@@ -209,9 +238,8 @@ def from_factory(path: str, task: str, owns_preprocessing: bool,
     except Exception as exc:  # noqa: BLE001 - the user's code: named, never a traceback
         raise UserModelError(f"the model factory {path} failed: {exc}") from None
     _check_estimator(estimator, path, task)
-    if hasattr(estimator, "n_features_in_") or (
-            isinstance(estimator, Pipeline) and hasattr(estimator.steps[-1][1],
-                                                        "n_features_in_")):
+    if _fitted(estimator) or (isinstance(estimator, Pipeline)
+                              and _fitted(estimator.steps[-1][1])):
         raise UserModelError(f"the model factory {path} returned a fitted estimator; "
                              "return it unfitted (the platform fits it on the training split)")
     return UserModel(estimator, code, owns_preprocessing=owns_preprocessing,
@@ -241,7 +269,7 @@ def user_model(estimator: str, estimator_params: str, model_factory: str,
     return None
 
 
-def describe(estimator: BaseEstimator) -> str:
+def describe(estimator: Any) -> str:
     """`module.Class` of an estimator (the last step's, for a Pipeline)."""
     final = estimator.steps[-1][1] if isinstance(estimator, Pipeline) else estimator
     return f"{type(final).__module__}.{type(final).__name__}"

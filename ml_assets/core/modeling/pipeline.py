@@ -34,7 +34,10 @@ ModelType = Literal["random_forest", "hist_gradient_boosting"]
 # reviewed too: their estimators are parameter holders, and their Boosters are checked
 # in the file before the library parses them (ml_assets/core/artifacts/booster_checks.py);
 # collections.OrderedDict is LightGBM's plain parameter mapping. The platform's own
-# label encoding for estimators that need numeric classes is its own reviewed code.
+# label encoding for estimators that need numeric classes is its own reviewed code, and
+# so is CatBoostModel, which holds a CatBoost estimator as its JSON export (checked by
+# ml_assets/core/artifacts/catboost_checks.py before CatBoost parses it): no CatBoost
+# type is ever in the file.
 SKOPS_TRUSTED_TYPES = [
     "numpy.dtype",
     "sklearn.tree._tree.Tree",
@@ -49,6 +52,7 @@ SKOPS_TRUSTED_TYPES = [
     "xgboost.sklearn.XGBClassifier",
     "xgboost.sklearn.XGBRegressor",
     "ml_assets.core.modeling.labels.EncodedLabelsClassifier",
+    "ml_assets.core.modeling.catboost_model.CatBoostModel",
 ]
 
 

@@ -3,7 +3,8 @@ estimator its effective parameters (defaults included) instead of the built-in m
 
 A user's estimator is logged with `get_params()` of what was fitted (the final
 estimator's, or a factory Pipeline's deep parameters: `classifier__C`), every default
-included; parameters a library leaves at None to mean "its own default" (XGBoost) are
+included (CatBoost's: `get_all_params()` of the fitted model, the platform's quiet
+defaults among them); parameters a library leaves at None to mean "its own default" (XGBoost) are
 filled from the fitted booster's configuration where it records them. The built-in
 model's settings (`model_type`, `n_estimators`, ...), unused then, are not logged; the
 platform's own (folds, seed, scoring, preprocessing, tuning) are. A platform setting
@@ -19,6 +20,7 @@ from typing import Any
 from sklearn.base import BaseEstimator
 from sklearn.pipeline import Pipeline
 
+from ml_assets.core.modeling.catboost_model import CatBoostModel
 from ml_assets.core.modeling.labels import EncodedLabelsClassifier
 
 # TrainingConfig fields that configure the built-in estimator only.
@@ -36,7 +38,7 @@ def _served(fitted: Any) -> Any:
     a whole), the platform's label encoding unwrapped."""
     if isinstance(fitted, Pipeline):
         fitted = fitted.steps[-1][1]
-    while isinstance(fitted, EncodedLabelsClassifier):
+    while isinstance(fitted, EncodedLabelsClassifier | CatBoostModel):
         fitted = fitted.estimator_
     return fitted
 
@@ -71,8 +73,12 @@ def _value(value: Any) -> str | None:
 
 def estimator_params(fitted: Any) -> dict[str, str]:
     """The fitted user estimator's effective parameters as MLflow param values."""
+    final = fitted.steps[-1][1] if isinstance(fitted, Pipeline) else fitted
     estimator = _served(fitted)
-    params = estimator.get_params(deep=isinstance(estimator, Pipeline))
+    if isinstance(final, CatBoostModel):  # CatBoost's get_params lists only what was set
+        params = final.effective_params()
+    else:
+        params = estimator.get_params(deep=isinstance(estimator, Pipeline))
     recorded = _library_defaults(estimator)
     values: dict[str, str] = {}
     for name, value in sorted(params.items()):

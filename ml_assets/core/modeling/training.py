@@ -29,6 +29,7 @@ from ml_assets.core.data.preprocessing import Split
 from ml_assets.core.data.provenance import code_version, frame_fingerprint, library_versions
 from ml_assets.core.data.schemas import schema_yaml
 from ml_assets.core.modeling import estimators, tuning
+from ml_assets.core.modeling.catboost_model import wrap_catboost
 from ml_assets.core.modeling.labels import encode_labels_for
 from ml_assets.core.modeling.native_logs import summarised_native_logs
 from ml_assets.core.modeling.pipeline import (
@@ -162,7 +163,7 @@ def tune_in_run(plan: TrainingPlan, split: Split, settings: TrainingSettings, *,
     try:
         space = settings.search_space()
         result = tuning.tune(
-            lambda params: assemble(plan.preprocessor, encode_labels_for(
+            lambda params: assemble(plan.preprocessor, platform_estimator(
                 clone(plan.base).set_params(**params), split.y_train)),
             split.X_train, split.y_train, space, n_trials=settings.tuning_trials,
             timeout_seconds=settings.tuning_timeout_seconds, seed=settings.seed,
@@ -188,12 +189,19 @@ def tune_in_run(plan: TrainingPlan, split: Split, settings: TrainingSettings, *,
     return base, tuned
 
 
+def platform_estimator(base: Any, y: Any) -> Any:
+    """`base` as the platform fits it: class labels encoded for an estimator that needs
+    numbers (`labels`), a CatBoost estimator held by `CatBoostModel` (stored as checked
+    JSON, its labels and categorical columns handled)."""
+    return wrap_catboost(encode_labels_for(base, y))
+
+
 def fit(plan: TrainingPlan, base: Any, split: Split, settings: TrainingSettings
         ) -> tuple[CVResult, Pipeline]:
-    """k-fold CV, then the final fit on the whole training split (class labels encoded
-    by the platform for an estimator that needs numbers, `labels`). The user's code
-    failing is a TrainingFailed naming it; the built-in estimator failing is a bug."""
-    base = encode_labels_for(base, split.y_train)
+    """k-fold CV, then the final fit on the whole training split (`platform_estimator`).
+    The user's code failing is a TrainingFailed naming it; the built-in estimator
+    failing is a bug."""
+    base = platform_estimator(base, split.y_train)
     try:
         cv = cross_validate_pipeline(plan.preprocessor, base, split.X_train, split.y_train,
                                      settings.cv_folds, settings.seed, plan.scoring,

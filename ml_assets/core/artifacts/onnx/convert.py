@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ml_assets.core.artifacts.onnx.boosters import register_booster_converters
+from ml_assets.core.artifacts.onnx.catboost_export import register_catboost_converter
 from ml_assets.core.artifacts.onnx.columns import _column_kind
 from ml_assets.core.artifacts.onnx.contract import (
     _META_PREFIX,
@@ -180,6 +181,7 @@ def compile_pipeline(pipeline, X_sample: pd.DataFrame, task: str,
     sample = X_sample[columns]
     kinds = {c: _column_kind(c, sample[c]) for c in columns}
     register_booster_converters()
+    register_catboost_converter()
     problem = _unsupported(pipeline)
     if problem:
         raise ConversionError(problem)

@@ -66,9 +66,14 @@ def _components(estimator):
 
 
 def _unsupported(pipeline) -> str | None:
+    from ml_assets.core.artifacts.onnx.catboost_export import not_exportable
+    from ml_assets.core.modeling.catboost_model import CatBoostModel
+
     sklearn_operator_name_map = _lib("skl2onnx._supported_operators").sklearn_operator_name_map
 
     for component in _components(pipeline):
+        if isinstance(component, CatBoostModel) and not_exportable(component):
+            return not_exportable(component)
         if type(component) not in sklearn_operator_name_map and not hasattr(
                 component, "onnx_converter"):
             return f"skl2onnx has no converter for {_qualname(component)}"
@@ -135,12 +140,14 @@ def _float32_input(estimator) -> bool:
     """Whether the graph feeds the final estimator float32: scikit-learn's tree module
     does so itself (forests, gradient boosting, decision trees cast X to float32 before
     thresholding), and so does XGBoost, so the graph's float32 trees see exactly their
-    values; onnxmltools' LightGBM trees take float32 too (`boosters`)."""
+    values; onnxmltools' LightGBM trees take float32 too (`boosters`), and CatBoost
+    compares float32 values with float32 borders (`catboost_export`)."""
     from sklearn.ensemble._forest import BaseForest
 
     from ml_assets.core.artifacts.onnx.boosters import is_booster
+    from ml_assets.core.modeling.catboost_model import CatBoostModel
 
-    if is_booster(estimator):
+    if is_booster(estimator) or isinstance(estimator, CatBoostModel):
         return True
     from sklearn.ensemble._gb import BaseGradientBoosting
     from sklearn.tree import BaseDecisionTree
