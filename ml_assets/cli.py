@@ -40,9 +40,22 @@ telemetry:
 """
 
 
+# Settings that name a file or directory: made absolute for the processes `up` starts,
+# which do not share this directory (`dg dev` runs the code location from the project).
+PATH_VARIABLES = ("ML_DATA_PATH", "ML_PREDICTION_LOG_PATH", "ML_LANDING_DIR",
+                  "ML_LABELS_DIR", "ML_BATCH_INPUT_DIR", "ML_BATCH_OUTPUT_DIR")
+
+
 def prepare_environment(settings: PlatformSettings) -> Path:
-    """Create the platform home and a DAGSTER_HOME in it unless one is configured."""
+    """Create the platform home and a DAGSTER_HOME in it unless one is configured; the
+    home and every relative path setting are made absolute in the environment, so the
+    daemon, the webserver's code location and the API see what this directory sees."""
     settings.home.mkdir(parents=True, exist_ok=True)
+    os.environ["ML_PLATFORM_HOME"] = str(settings.home)
+    for name in PATH_VARIABLES:
+        value = os.environ.get(name, "").strip()
+        if value and "://" not in value:
+            os.environ[name] = str(Path(value).expanduser().resolve())
     os.environ.setdefault("DAGSTER_HOME", str(settings.home / "dagster_home"))
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

@@ -11,7 +11,8 @@ matters, read from the Dagster instance (the same one the UI shows).
   drifted features, the partition),
 - a labels or landing file left out of the evidence (the `evidence_files_readable`
   check warned: the file and why),
-- a retrain launched by drift (a run tagged `ml/trigger=drift`),
+- a retrain launched by drift or a realised performance drop (a run tagged
+  `ml/trigger=drift` or `realised_drop`),
 - a rollout decided (`rollout_evaluation` materialized: promote, rollback or continue),
 - a run failed or was canceled (job, first reason, where its log is).
 
@@ -42,6 +43,8 @@ PROMOTION_CHECK = "challenger_beats_champion"  # ml_assets.registry.PROMOTION_CH
 DRIFT_CHECK = "drift_within_limits"  # ml_assets.monitoring.DRIFT_CHECK
 EVIDENCE_CHECK = "evidence_files_readable"  # ml_assets.shared.EVIDENCE_CHECK
 TRIGGER_TAG = "ml/trigger"  # ml_assets.automation.TRIGGER_TAG
+# retrain_on_drift's triggers (ml_assets.automation._evidence_tags) as said on a line.
+_RETRAIN_CAUSES = {"drift": "drift", "realised_drop": "a realised performance drop"}
 
 _LAUNCHED: tuple[RunStatusChangeEventType, ...] = (DagsterEventType.RUN_ENQUEUED,
                                                    DagsterEventType.RUN_START)
@@ -245,10 +248,11 @@ class StatusWatcher:
         if run is None:
             return []
         if event_type in _LAUNCHED:
-            if run.tags.get(TRIGGER_TAG) != "drift" or not self._first(run.run_id):
+            cause = _RETRAIN_CAUSES.get(run.tags.get(TRIGGER_TAG, ""))
+            if cause is None or not self._first(run.run_id):
                 return []
             partition = run.tags.get("ml/drift_partition", "?")
-            return [f"retrain launched by drift in {partition}: {job_label(run)} run "
+            return [f"retrain launched by {cause} in {partition}: {job_label(run)} run "
                     f"{run.run_id[:8]}"]
         events = [r.event_log_entry for r in self.instance.get_records_for_run(
             run.run_id, of_type=_STEP_EVENTS, limit=2000).records]

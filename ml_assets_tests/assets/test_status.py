@@ -128,8 +128,12 @@ def test_a_drift_retrain_is_announced_once_with_its_partition(instance):
             "ml/drifted_features": "radius,area"}
     run_id = _run(instance, _asset("raw_data", {}), tags=tags)
     _run(instance, _asset("raw_data", {}), tags={"ml/trigger": "weekly_schedule"})
-    assert watcher.poll() == [f"retrain launched by drift in 2026-12-01: asset "
-                              f"materialization run {run_id[:8]}"]
+    dropped = _run(instance, _asset("raw_data", {}), tags={
+        "ml/trigger": "realised_drop", "ml/drift_partition": "2026-12-02"})
+    assert watcher.poll() == [
+        f"retrain launched by drift in 2026-12-01: asset materialization run {run_id[:8]}",
+        "retrain launched by a realised performance drop in 2026-12-02: asset "
+        f"materialization run {dropped[:8]}"]
 
 
 def test_rollout_decisions_and_a_repeated_continue_said_once(instance):

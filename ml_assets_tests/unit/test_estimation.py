@@ -38,13 +38,30 @@ def test_the_calibrator_corrects_a_distorted_model_and_round_trips_as_json():
     calibrator = fit_calibrator(proba, labels, CLASSES, seed=1)
     calibrated = calibrator.calibrate(proba)[:, 1]
     assert np.mean((calibrated - true) ** 2) < 0.25 * np.mean((proba[:, 1] - true) ** 2)
-    assert calibrator.per_class[0].method == "isotonic"  # >= 500 rows each side, lower CV
-    assert set(calibrator.per_class[0].cv_brier) == {"sigmoid", "isotonic"}
+    # The distortion is a power of the odds: the log-odds' Platt map is the exact form,
+    # and the cross-validated Brier score finds it among the three.
+    assert calibrator.per_class[0].method == "logit"
+    assert set(calibrator.per_class[0].cv_brier) == {"logit", "sigmoid", "isotonic"}
+    scores = calibrator.per_class[0].cv_brier
+    assert scores["logit"] < scores["sigmoid"]
     assert len(calibrator.per_class[0].replicates) == 20
     text = calibrator.to_json()
     assert Calibrator.from_json(text) == calibrator
     small = fit_calibrator(proba[:200], labels[:200], CLASSES)
-    assert small.per_class[0].method == "sigmoid"  # too few rows for isotonic
+    assert set(small.per_class[0].cv_brier) == {"logit", "sigmoid"}  # too few for isotonic
+
+
+def test_the_log_odds_map_leaves_a_calibrated_model_alone_and_takes_certainties():
+    """A calibrated model's probabilities stay (the identity is a log-odds map: the
+    estimate is not biased by the calibrator's form), and p = 0 or 1 stay finite."""
+    rng = np.random.default_rng(3)
+    p = rng.beta(0.5, 0.5, 20_000)
+    labels = np.where(rng.random(p.size) < p, "b", "a")
+    fitted = fit_calibrator(np.column_stack([1 - p, p]), labels, CLASSES, seed=1)
+    point = fitted.per_class[0].point
+    assert point.method == "logit" and abs(point.a - 1) < 0.05 and abs(point.b) < 0.05
+    certain = fitted.calibrate(np.array([[1.0, 0.0], [0.0, 1.0]]))
+    assert np.all(np.isfinite(certain)) and certain[0, 1] < 0.01 and certain[1, 1] > 0.99
 
 
 def test_a_multiclass_calibration_renormalises_each_row():
@@ -62,7 +79,7 @@ def test_a_multiclass_calibration_renormalises_each_row():
     (lambda d: d["per_class"][0]["point"].update(a="__import__('os')"), "not a finite"),
     (lambda d: d["per_class"][0].update(replicates=[]), "no bootstrap replicates"),
     (lambda d: d.update(classes=["a", "b", "c"]), "class maps for 3 classes"),
-    (lambda d: d["per_class"][0]["point"].update(method="eval"), "not sigmoid or isotonic"),
+    (lambda d: d["per_class"][0]["point"].update(method="eval"), "not logit, sigmoid or"),
 ])
 def test_a_stored_calibrator_is_checked_field_by_field(mutate, message):
     rng = np.random.default_rng(3)

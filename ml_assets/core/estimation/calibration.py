@@ -2,8 +2,10 @@
 JSON numbers.
 
 The rule (`fit_calibrator`), per class (binary: the positive class only):
-- candidates: Platt scaling of the model's probability (two numbers, with
-  Platt's smoothed targets so a separable held-out set gives a finite slope), and
+- candidates: Platt scaling of the model's log-odds (two numbers; the identity is one
+  of its maps, so a well-calibrated model is left as it is) and of its probability
+  (bounded, so a confident mistake at p = 0 or 1 does not flatten the curve), both with
+  Platt's smoothed targets so a separable held-out set gives a finite slope, and
   isotonic regression only when the held-out rows hold at least ISOTONIC_MIN_ROWS of
   the class and of the rest (isotonic over-fits smaller sets, as scikit-learn's
   calibration guide warns);
@@ -44,21 +46,23 @@ class CalibrationError(ValueError):
 class ClassMap:
     """One class's map from the model's probability to a calibrated one."""
 
-    method: str  # "sigmoid" or "isotonic"
-    a: float = 1.0  # sigmoid: q = 1 / (1 + exp(-(a * p + b)))
+    method: str  # "logit", "sigmoid" or "isotonic"
+    a: float = 1.0  # sigmoid: q = 1 / (1 + exp(-(a * p + b))); logit: of logit(p), not p
     b: float = 0.0
     x: tuple[float, ...] = ()  # isotonic: q = interp(p, x, y), clipped at the ends
     y: tuple[float, ...] = ()
 
     def apply(self, p: np.ndarray) -> np.ndarray:
         p = np.asarray(p, dtype=np.float64)
+        if self.method == "logit":
+            return 1.0 / (1.0 + np.exp(-(self.a * log_odds(p) + self.b)))
         if self.method == "sigmoid":
             return 1.0 / (1.0 + np.exp(-(self.a * p + self.b)))
         return np.interp(p, np.asarray(self.x), np.asarray(self.y))
 
     def to_dict(self) -> dict[str, Any]:
-        if self.method == "sigmoid":
-            return {"method": "sigmoid", "a": self.a, "b": self.b}
+        if self.method in ("logit", "sigmoid"):
+            return {"method": self.method, "a": self.a, "b": self.b}
         return {"method": "isotonic", "x": list(self.x), "y": list(self.y)}
 
     @classmethod
@@ -66,9 +70,9 @@ class ClassMap:
         if not isinstance(data, dict):
             raise ValueError(f"calibrator: {where} is not an object")
         method = data.get("method")
-        if method == "sigmoid":
+        if method in ("logit", "sigmoid"):
             a, b = _number(data.get("a"), f"{where}.a"), _number(data.get("b"), f"{where}.b")
-            return cls("sigmoid", a=a, b=b)
+            return cls(method, a=a, b=b)
         if method == "isotonic":
             x = [_number(v, f"{where}.x") for v in _list(data.get("x"), f"{where}.x")]
             y = [_number(v, f"{where}.y") for v in _list(data.get("y"), f"{where}.y")]
@@ -79,7 +83,8 @@ class ClassMap:
             if any(not 0.0 <= v <= 1.0 for v in y):
                 raise ValueError(f"calibrator: {where}.y holds a value outside [0, 1]")
             return cls("isotonic", x=tuple(x), y=tuple(y))
-        raise ValueError(f"calibrator: {where}.method is {method!r}, not sigmoid or isotonic")
+        raise ValueError(f"calibrator: {where}.method is {method!r}, not logit, sigmoid or "
+                         "isotonic")
 
 
 def _number(value: Any, where: str) -> float:
@@ -95,14 +100,36 @@ def _list(value: Any, where: str) -> list:
     return value
 
 
+# Probabilities of exactly 0 or 1 (a forest's unanimous trees) are held this far inside
+# (0, 1) before their log-odds are taken: |logit| <= 9.2.
+LOGIT_CLIP = 1e-4
+
+
+def log_odds(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), LOGIT_CLIP, 1 - LOGIT_CLIP)
+    return np.log(p) - np.log1p(-p)
+
+
+def fit_logit(p: np.ndarray, y: np.ndarray) -> ClassMap:
+    """Platt scaling of the log-odds (Platt's own form, on the model's score; with a = 1,
+    b = 0 it is the identity, so a well-calibrated model keeps its probabilities, and an
+    over- or under-confident one is rescaled as temperature scaling does)."""
+    fitted = _platt(log_odds(p), y)
+    return ClassMap("logit", a=fitted[0], b=fitted[1])
+
+
 def fit_sigmoid(p: np.ndarray, y: np.ndarray) -> ClassMap:
-    """Platt scaling of the probability (as scikit-learn's CalibratedClassifierCV does
-    for a predict_proba model: bounded inputs, so a confident mistake at p = 0 or 1 does
-    not flatten the curve), with Platt's smoothed targets ((N+ + 1) / (N+ + 2) for a
+    """Platt scaling of the probability itself (see `_platt`)."""
+    fitted = _platt(np.asarray(p, dtype=np.float64), y)
+    return ClassMap("sigmoid", a=fitted[0], b=fitted[1])
+
+
+def _platt(z: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(a, b) of the sigmoid of a * z + b fitted to the labels `y`, with Platt's
+    smoothed targets ((N+ + 1) / (N+ + 2) for a
     positive, 1 / (N- + 2) for a negative), which keep the optimum finite on separable
     rows. Newton's method with step halving on the two parameters (Platt's own
     algorithm; the loss is strictly convex)."""
-    z = np.asarray(p, dtype=np.float64)
     positives, negatives = float(y.sum()), float(len(y) - y.sum())
     target = np.where(y == 1, (positives + 1) / (positives + 2), 1 / (negatives + 2))
     X = np.column_stack([z, np.ones_like(z)])
@@ -130,7 +157,7 @@ def fit_sigmoid(p: np.ndarray, y: np.ndarray) -> ClassMap:
             theta, current = (candidate, value) if value < current else (theta, current)
             break
         theta, current = candidate, value
-    return ClassMap("sigmoid", a=float(theta[0]), b=float(theta[1]))
+    return float(theta[0]), float(theta[1])
 
 
 def fit_isotonic(p: np.ndarray, y: np.ndarray) -> ClassMap:
@@ -140,7 +167,7 @@ def fit_isotonic(p: np.ndarray, y: np.ndarray) -> ClassMap:
                     y=tuple(float(v) for v in model.y_thresholds_))
 
 
-_FITTERS = {"sigmoid": fit_sigmoid, "isotonic": fit_isotonic}
+_FITTERS = {"logit": fit_logit, "sigmoid": fit_sigmoid, "isotonic": fit_isotonic}
 
 
 def _cv_brier(p: np.ndarray, y: np.ndarray, method: str, seed: int) -> float:
@@ -265,7 +292,8 @@ def _check_proba(proba: Any, width: int) -> np.ndarray:
     return np.clip(array, 0.0, 1.0)
 
 
-RULE = (f"per class one-vs-rest: Platt (a sigmoid of the probability) or, with >= "
+RULE = (f"per class one-vs-rest: Platt (a sigmoid of the log-odds, or of the probability) "
+        f"or, with >= "
         f"{ISOTONIC_MIN_ROWS} held-out rows on each side, isotonic; the lower {CV_FOLDS}-fold "
         f"cross-validated Brier score wins; {BOOTSTRAP_REPLICATES} bootstrap refits carry "
         "its uncertainty")
@@ -278,7 +306,7 @@ def _calibrate_class(label: str, p: np.ndarray, y: np.ndarray, rng: np.random.Ge
         raise CalibrationError(
             f"class {label!r} has {positives} held-out rows and the rest {negatives}: at "
             f"least {MIN_CLASS_ROWS} of each are needed to calibrate it")
-    candidates = ["sigmoid"] + (["isotonic"] if min(positives, negatives)
+    candidates = ["logit", "sigmoid"] + (["isotonic"] if min(positives, negatives)
                                 >= ISOTONIC_MIN_ROWS else [])
     scores = {method: _cv_brier(p, y, method, seed) for method in candidates}
     method = min(candidates, key=lambda m: scores[m])
