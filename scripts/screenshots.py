@@ -8,15 +8,16 @@ What it does, as a newcomer would, in a throw-away platform home (ML_PLATFORM_HO
 DAGSTER_HOME inside it, free ports in ML_UI_PORT and ML_API_PORT):
 
 1. `ml-platform up`: trains the first model (the champion) and starts the prediction
-   API and the Dagster UI (webserver + daemon);
+   API and the Dagster UI (webserver + daemon); Chromium (Playwright driving an
+   installed browser; nothing is downloaded) then shoots Lineage with every group
+   expanded and `model_metrics` at the champion's confusion matrix;
 2. `ml-platform train` with a one-split tree: a challenger that is refused (the run
    succeeds, `challenger_beats_champion` warns, tag `ml/promotion=refused`);
 3. `ml-platform simulate`: 300 requests, the last 200 shifted by two standard
    deviations, no labels; the daemon's sensors then materialize today's
    `production_data` and `drift_scores` partitions (README, "Watch the loop close");
-4. Chromium (Playwright driving an installed browser; nothing is downloaded) opens
-   Lineage with every group expanded, `model_metrics` at its confusion matrix,
-   `drift_scores` at its per-feature evidence and the refused challenger's run.
+4. Chromium shoots `drift_scores` at its per-feature table and the refused
+   challenger's run, its log filtered to the refusal.
 
 Each page is waited for by the text it must show (bounded), never by a fixed sleep
 alone. Every process started here is stopped, on failure too; the exit status is 1
@@ -230,44 +231,54 @@ def shoot(page: Any, path: Path) -> None:
     print(f"  wrote {path} ({path.stat().st_size // 1024} KiB)", flush=True)
 
 
-def take_screenshots(platform: Platform, facts: dict[str, str], chromium: str, out: Path,
-                     timeout_ms: int) -> list[Path]:
+@contextmanager
+def browser(chromium: str, profile: Path) -> Iterator[Any]:
+    """Headless Chromium with a new, empty profile (Playwright drives it; closed after)."""
     sync_playwright = importlib.import_module("playwright.sync_api").sync_playwright
-    written: list[Path] = []
     with sync_playwright() as playwright:
-        context = launch_browser(playwright, chromium, platform.home / "chromium-profile")
+        with step(f"start {chromium} (headless, a new profile)"):
+            context = launch_browser(playwright, chromium, profile)
         try:
-            with step("screenshot: Lineage, every group expanded"):
-                page = open_page(context, platform.ui + lineage_path(), "drift_scores",
-                                 timeout_ms)
-                shoot(page, out / "lineage.png")
-                written.append(out / "lineage.png")
-            with step("screenshot: model_metrics with its confusion matrix"):
-                page = open_page(context, f"{platform.ui}/assets/model_metrics",
-                                 "confusion_matrix", timeout_ms)
-                page.get_by_text("pred malignant").first.wait_for(state="visible",
-                                                                  timeout=timeout_ms)
-                scroll_to(page, "accuracy", 80, timeout_ms)
-                shoot(page, out / "model_metrics.png")
-                written.append(out / "model_metrics.png")
-            with step("screenshot: drift_scores with its per-feature evidence"):
-                page = open_page(context, f"{platform.ui}/assets/drift_scores",
-                                 "per_feature", timeout_ms)
-                page.get_by_text("Show schema").first.wait_for(state="visible",
-                                                               timeout=timeout_ms)
-                scroll_to(page, "per_feature", 20, timeout_ms)
-                shoot(page, out / "drift_scores.png")
-                written.append(out / "drift_scores.png")
-            with step("screenshot: the refused challenger's run"):
-                run = facts["refused_run"]
-                phrase = facts.get("log_filter", "promot")
-                page = open_page(context, f"{platform.ui}/runs/{run}?logs="
-                                 + urllib.parse.quote(phrase), "not promoted", timeout_ms)
-                shoot(page, out / "refused_run.png")
-                written.append(out / "refused_run.png")
+            yield context
         finally:
             context.close()
-    return written
+
+
+def shoot_lineage(context: Any, ui: str, out: Path, timeout_ms: int) -> Path:
+    with step("screenshot: Lineage, every group expanded"):
+        page = open_page(context, ui + lineage_path(), "model_metrics", timeout_ms)
+        shoot(page, out / "lineage.png")
+    return out / "lineage.png"
+
+
+def shoot_model_metrics(context: Any, ui: str, out: Path, timeout_ms: int) -> Path:
+    with step("screenshot: model_metrics (the champion's) with its confusion matrix"):
+        page = open_page(context, f"{ui}/assets/model_metrics", "confusion_matrix",
+                         timeout_ms)
+        page.get_by_text("pred malignant").first.wait_for(state="visible", timeout=timeout_ms)
+        scroll_to(page, "accuracy", 80, timeout_ms)
+        shoot(page, out / "model_metrics.png")
+    return out / "model_metrics.png"
+
+
+def shoot_drift_scores(context: Any, ui: str, out: Path, timeout_ms: int) -> Path:
+    with step("screenshot: drift_scores with its per-feature table"):
+        page = open_page(context, f"{ui}/assets/drift_scores", "per_feature", timeout_ms)
+        page.get_by_text("Show schema").first.wait_for(state="visible", timeout=timeout_ms)
+        scroll_to(page, "per_feature", 20, timeout_ms)
+        shoot(page, out / "drift_scores.png")
+    return out / "drift_scores.png"
+
+
+def shoot_refused_run(context: Any, ui: str, out: Path, timeout_ms: int, run_id: str,
+                      phrase: str) -> Path:
+    """The run's page, its log filtered to the words of the refusal (the check's
+    evaluation and champion_model's line both carry them)."""
+    with step("screenshot: the refused challenger's run"):
+        page = open_page(context, f"{ui}/runs/{run_id}?logs={urllib.parse.quote(phrase)}",
+                         "not promoted", timeout_ms)
+        shoot(page, out / "refused_run.png")
+    return out / "refused_run.png"
 
 
 def check_browser(chromium: str) -> str | None:
@@ -306,27 +317,31 @@ def main(argv: list[str] | None = None) -> int:
     home = Path(tempfile.mkdtemp(prefix="ml-screenshots-"))
     platform = Platform(home, args.timeout)
     started = time.monotonic()
+    timeout_ms = int(args.timeout * 1000 / 3)
+    written: list[Path] = []
     try:
-        with step(f"ml-platform up in {home} (UI {platform.ui}, API {platform.api})"):
-            platform.start()
-        with step("ml-platform train with a one-split tree (a challenger to refuse)"):
-            output = platform.run("train", extra_env=WEAK_CHALLENGER)
-            if "not promoted" not in output:
-                raise RuntimeError(f"the challenger was not refused:\n{output[-2000:]}")
-            # The run's log filtered to the words of the refusal: the check's evaluation
-            # and champion_model's line both carry them.
+        with browser(args.chromium, home / "chromium-profile") as context:
+            with step(f"ml-platform up in {home} (UI {platform.ui}, API {platform.api})"):
+                platform.start()
+            # Before the challenger: model_metrics shows the champion's matrix.
+            written.append(shoot_lineage(context, platform.ui, args.out, timeout_ms))
+            written.append(shoot_model_metrics(context, platform.ui, args.out, timeout_ms))
+            with step("ml-platform train with a one-split tree (a challenger to refuse)"):
+                output = platform.run("train", extra_env=WEAK_CHALLENGER)
+                if "not promoted" not in output:
+                    raise RuntimeError(f"the challenger was not refused:\n{output[-2000:]}")
             phrase = "worse than champion" if "worse than champion" in output else "promot"
-        day = dt.datetime.now(dt.timezone.utc).date().isoformat()
-        with step("ml-platform simulate: 300 requests, the last 200 shifted"):
-            platform.run("simulate", "--requests", "300", "--shift-after", "100",
-                         "--shift", "2", "--no-labels", "--url", platform.api)
-        with step(f"the daemon scores drift for {day} (production_data_sensor, "
-                  "monitoring_automation)"):
-            facts = wait_until(f"drift_scores {day}", lambda: instance_facts(platform, day),
-                               args.timeout, platform.up, platform.log)
-            facts["log_filter"] = phrase
-        written = take_screenshots(platform, facts, args.chromium, args.out,
-                                   int(args.timeout * 1000 / 3))
+            day = dt.datetime.now(dt.timezone.utc).date().isoformat()
+            with step("ml-platform simulate: 300 requests, the last 200 shifted"):
+                platform.run("simulate", "--requests", "300", "--shift-after", "100",
+                             "--shift", "2", "--no-labels", "--url", platform.api)
+            with step(f"the daemon scores drift for {day} (production_data_sensor, "
+                      "monitoring_automation)"):
+                facts = wait_until(f"drift_scores {day}", lambda: instance_facts(platform, day),
+                                   args.timeout, platform.up, platform.log)
+            written.append(shoot_drift_scores(context, platform.ui, args.out, timeout_ms))
+            written.append(shoot_refused_run(context, platform.ui, args.out, timeout_ms,
+                                             facts["refused_run"], phrase))
     except StepFailed as exc:
         print(f"screenshots failed at {exc} (ml-platform up's log: {platform.log}; kept)",
               file=sys.stderr)
