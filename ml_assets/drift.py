@@ -25,6 +25,9 @@ from dagster import (
     Failure,
     MetadataValue,
     Output,
+    TableColumn,
+    TableRecord,
+    TableSchema,
     TimeWindowPartitionMapping,
     asset,
 )
@@ -115,13 +118,14 @@ class DriftScoringConfig(Config):
             fail_share=self.fail_share)
 
 
-# What the per-feature tables show: statistic against its critical value, the p-value,
-# the effect size against its threshold, and the null the threshold came from.
-CALIBRATED_COLUMNS = ["feature", "test", "statistic", "threshold", "p_value", "effect_measure",
-                      "effect_size", "effect_threshold", "null", "p_adjusted", "drifted",
-                      "dataset_drifted", "missing_rate_ref", "missing_rate_cur", "n_cur",
+# What the per-feature tables show: the verdict first (the UI's table scrolls sideways),
+# then the statistic against its critical value, the p-value, the effect size against
+# its threshold, and the null the threshold came from.
+CALIBRATED_COLUMNS = ["feature", "drifted", "statistic", "threshold", "p_value", "p_adjusted",
+                      "effect_size", "effect_threshold", "dataset_drifted", "test",
+                      "effect_measure", "null", "missing_rate_ref", "missing_rate_cur", "n_cur",
                       "status"]
-FIXED_COLUMNS = ["feature", "test", "statistic", "p_value", "threshold", "drifted",
+FIXED_COLUMNS = ["feature", "drifted", "test", "statistic", "p_value", "threshold",
                  "missing_rate_ref", "missing_rate_cur", "status"]
 
 
@@ -211,7 +215,7 @@ def drift_scores(context: AssetExecutionContext, config: DriftScoringConfig,
     value = {**report.to_dict(), **summary}
     yield Output(value, metadata={
         **_metadata(summary),
-        "per_feature": MetadataValue.md(shown.to_markdown(index=False, floatfmt=".4g")),
+        "per_feature": metadata_table(shown),
         "predictions": MetadataValue.md(report.predictions[
             [c for c in columns if c in report.predictions.columns]].to_markdown(
                 index=False, floatfmt=".4g")),
@@ -278,6 +282,30 @@ def _summary(day: str, status: str, day_rows: int, report: DriftReport, outcome:
 
 def _finite(value: float) -> float | None:
     return float(value) if np.isfinite(value) else None
+
+
+def metadata_table(frame: pd.DataFrame) -> Any:
+    """A frame as a Dagster table (floats to 4 significant digits, NaN as empty): the UI
+    draws a table on the asset page itself, where markdown over 1,000 characters would
+    sit behind a "[Show Markdown]" click."""
+    kinds = {"b": "bool", "i": "int", "u": "int", "f": "float"}
+    schema = TableSchema(columns=[TableColumn(str(name), kinds.get(dtype.kind, "string"))
+                                  for name, dtype in frame.dtypes.items()])
+
+    def cell(value: Any) -> str | int | float | bool | None:
+        if value is None or (isinstance(value, float | np.floating) and not np.isfinite(value)):
+            return None
+        if isinstance(value, bool | np.bool_):
+            return bool(value)
+        if isinstance(value, int | np.integer):
+            return int(value)
+        if isinstance(value, float | np.floating):
+            return float(f"{value:.4g}")
+        return str(value)
+
+    records = [TableRecord({str(k): cell(v) for k, v in row.items()})
+               for row in frame.to_dict(orient="records")]
+    return MetadataValue.table(records, schema=schema)
 
 
 def _metadata(summary: Mapping[str, Any]) -> dict[str, Any]:

@@ -197,10 +197,13 @@ def test_the_per_feature_table_shows_each_verdicts_evidence(world):
         resources=world.resources)
     (materialization,) = [e.materialization for e in result.get_asset_materialization_events()
                           if e.asset_key == AssetKey("drift_scores")]
-    header = materialization.metadata["per_feature"].value.splitlines()[0]
+    table = materialization.metadata["per_feature"]  # a table: drawn on the asset page
+    header = [column.name for column in table.schema.columns]
     for column in ("statistic", "threshold", "p_value", "effect_size", "effect_threshold",
                    "null", "drifted", "dataset_drifted"):
-        assert f" {column} " in header, header
+        assert column in header, header
+    assert {r.data["feature"] for r in table.records} == set(world.reference.columns)
+    assert all(isinstance(r.data["statistic"], float) for r in table.records)
     assert materialization.metadata["status"].value == "ok"
     assert materialization.metadata["drift_plot"].value.startswith("![drift](data:image/png")
     value = result.output_for_node("drift_scores")
