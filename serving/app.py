@@ -36,6 +36,7 @@ from serving.http.middleware import (
 )
 from serving.http.registry_webhook import register_webhook, webhook_routes
 from serving.http.responses import ErrorResponse, OrjsonResponse, unavailable
+from serving.model import load_probe
 from serving.model.request_models import BATCH_MODEL, INVOCATIONS_RECORD_MODEL, RECORD_MODEL
 from serving.model.store import ModelStore
 from serving.protocols.native import open_routes, protected_routes
@@ -84,6 +85,15 @@ async def _follow_rollout(service: Service, retry_rejected: bool = False) -> dic
     except Exception:  # noqa: BLE001 - polling must survive anything
         logger.exception("following the rollout failed")
         return None
+
+
+def _warm_probe() -> None:
+    """The load probe's forkserver started in the background (a failure here only
+    means the first probe starts it)."""
+    try:
+        load_probe.warm()
+    except Exception:  # noqa: BLE001 - the probe starts its server itself if need be
+        logger.exception("starting the load probe's server failed")
 
 
 async def _register_webhook(service: Service) -> None:
@@ -172,6 +182,8 @@ def create_app(settings: ServingSettings | None = None, *,
                                "without it", STARTUP_LOAD_SECONDS)
         if settings.webhook_url and settings.webhook_secret:
             await _register_webhook(service)
+        warming = (asyncio.ensure_future(asyncio.to_thread(_warm_probe))
+                   if settings.load_probe_seconds > 0 else None)
         poller = (asyncio.create_task(_poll(service), name="champion-poller")
                   if settings.poll_seconds > 0 else None)
         follower = (asyncio.create_task(sync.run(service), name="worker-sync")
@@ -179,7 +191,7 @@ def create_app(settings: ServingSettings | None = None, *,
         try:
             yield
         finally:
-            for task in (poller, follower):
+            for task in (poller, follower, warming):
                 if task is not None:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):

@@ -5,6 +5,7 @@ from mlflow.webhooks.delivery import _generate_hmac_signature
 
 from serving.http.registry_webhook import (
     DELIVERY_HEADER,
+    _first_delivery,
     MAX_AGE_SECONDS,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
@@ -50,3 +51,10 @@ def test_forged_tampered_stale_and_unsigned_deliveries_are_refused():
     bad_time = verification_problem("s3cret", {**_headers("s3cret", now),
                                                TIMESTAMP_HEADER: "soon"}, BODY, now)
     assert bad_time is not None and "Unix time" in bad_time
+
+
+def test_a_delivery_id_is_accepted_once():
+    """A captured, validly signed delivery re-sent within its 5 minutes is refused."""
+    assert _first_delivery("delivery-under-test")
+    assert not _first_delivery("delivery-under-test")
+    assert _first_delivery("another-delivery")

@@ -3,9 +3,10 @@
 MLflow's tracking server (`mlflow server`, 3.17, SQL store) sends webhooks for
 `model_version_alias.created` and `.deleted`, signed with the webhook's secret:
 `X-MLflow-Signature: v1,<base64 HMAC-SHA256 of "{delivery id}.{timestamp}.{body}">`.
-`POST /admin/registry-events` checks the signature and the timestamp (a replayed or
-forged event is refused), answers 202 at once and then looks the alias up exactly as
-`POST /admin/reload` does (the rollout too). Polling (`ML_API_POLL_SECONDS`) stays the
+`POST /admin/registry-events` checks the signature, the timestamp and the delivery id
+(a forged, stale or replayed event is refused), answers 202 at once and then looks the
+alias up as polling does (the rollout too; a burst of events costs at most two
+lookups, and a version already refused is not retried). Polling (`ML_API_POLL_SECONDS`) stays the
 fallback for a lost event and for a local store, which has no server to send events.
 
 At start the service registers its own webhook (one per model and URL, updated in
@@ -118,6 +119,8 @@ async def registry_event(request: Request, service: ServiceDep) -> Response:
         return OrjsonResponse({"detail": f"a webhook body is at most {MAX_BODY_BYTES} "
                                "bytes"}, status_code=413)
     problem = verification_problem(secret, request.headers, body, time.time())
+    if problem is None and not _first_delivery(request.headers[DELIVERY_HEADER]):
+        problem = f"delivery {request.headers[DELIVERY_HEADER][:64]!r} was already received"
     if problem is not None:
         return OrjsonResponse({"detail": problem}, status_code=401)
     event = _event(body)
@@ -131,21 +134,51 @@ async def registry_event(request: Request, service: ServiceDep) -> Response:
     return OrjsonResponse({"status": "accepted", "event": kind}, status_code=202)
 
 
-_pending: set[asyncio.Task] = set()  # strong references until each refresh ends
+# Delivery ids seen within MAX_AGE_SECONDS: a replayed delivery (same id, still fresh)
+# is refused; older ones are refused by their timestamp.
+_seen: dict[str, float] = {}
+_SEEN_MAX = 10_000
+# At most one refresh runs and one waits: a burst of events costs two lookups.
+_running: asyncio.Task | None = None
+_again = False
+
+
+def _first_delivery(delivery: str) -> bool:
+    now = time.monotonic()
+    for old in [k for k, at in _seen.items() if now - at > MAX_AGE_SECONDS]:
+        del _seen[old]
+    if delivery in _seen or len(_seen) >= _SEEN_MAX:
+        return False
+    _seen[delivery] = now
+    return True
 
 
 def _schedule_refresh(service: Service, kind: str) -> None:
+    """Look the alias up (as polling does: a refused version is not retried) once now,
+    and once more after it if events arrived meanwhile."""
+    global _running, _again
+
     async def refresh() -> None:
+        global _running, _again
         try:
-            result = await asyncio.to_thread(service.store.refresh, False, True)
-            logger.info("registry event %s: %s", kind, result.get("status"))
-            if service.router is not None:
-                await asyncio.to_thread(service.router.refresh, True)
-        except Exception:  # noqa: BLE001 - polling remains; the event is only a hint
-            logger.exception("registry event %s: looking the alias up failed", kind)
-    task = asyncio.get_running_loop().create_task(refresh(), name="registry-event")
-    _pending.add(task)
-    task.add_done_callback(_pending.discard)
+            while True:
+                _again = False
+                try:
+                    result = await asyncio.to_thread(service.store.refresh, False, False)
+                    logger.info("registry event %s: %s", kind, result.get("status"))
+                    if service.router is not None:
+                        await asyncio.to_thread(service.router.refresh, False)
+                except Exception:  # noqa: BLE001 - polling remains; an event is a hint
+                    logger.exception("registry event %s: looking the alias up failed", kind)
+                if not _again:
+                    break
+        finally:
+            _running = None
+
+    if _running is not None and not _running.done():
+        _again = True
+        return
+    _running = asyncio.get_running_loop().create_task(refresh(), name="registry-event")
 
 
 def register_webhook(client: Any, model_name: str, url: str, secret: str) -> str:

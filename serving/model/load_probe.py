@@ -6,10 +6,12 @@ kills the child, never the serving process: the version is refused and the serve
 keeps serving.
 
 Children are forked from one forkserver that has already imported the loader (started
-at the first probe, single-threaded: no lock of a serving thread, no OpenMP or ONNX
-Runtime pool, no MLflow connection is inherited); a probe then costs a fork plus the
-load itself. The child sees the service's ML_* and MLFLOW_* environment as it is at the
-probe, and works in a temporary directory the parent removes whatever happens.
+in the background once the service serves, `warm`; single-threaded: no lock of a
+serving thread, no OpenMP or ONNX Runtime pool, no MLflow connection is inherited); a
+probe then costs a fork plus the load itself. The child sees the service's ML_* and
+MLFLOW_* environment as it is at the probe, and works in a temporary directory the
+parent removes whatever happens. Under a container's memory limit the child offers
+itself to the kernel's OOM killer first (oom_score_adj 1000).
 """
 
 from __future__ import annotations
@@ -54,6 +56,18 @@ def _forkserver():
         return _context
 
 
+def _nothing() -> None:
+    """What the warm-up child runs."""
+
+
+def warm() -> None:
+    """Start the forkserver (its imports) now, off any request, so that the first probe
+    costs a fork and the load rather than the server's start too."""
+    child = _forkserver().Process(target=_nothing, name="load-probe-warm-up", daemon=True)
+    child.start()
+    child.join(60)
+
+
 def _virtual_bytes() -> int:
     with open("/proc/self/statm") as handle:
         return int(handle.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
@@ -74,6 +88,11 @@ def _child(work, settings, version: str, directory: str, record, memory_bytes: i
     """Run in the child: `work` (the service's own `ModelStore.load` of the downloaded
     `directory`: checks, load, smoke prediction, compiled graph), then report
     {status, ...} on `conn`."""
+    try:  # under a container's memory limit the kernel kills the child, not the service
+        with open("/proc/self/oom_score_adj", "w") as handle:
+            handle.write("1000")
+    except OSError:
+        pass
     for key in [k for k in os.environ if k.startswith(_ENV_PREFIXES)]:
         del os.environ[key]
     os.environ.update(environment)

@@ -38,6 +38,7 @@ from ml_assets.core.artifacts.compilation import read_compiled
 from ml_assets.core.artifacts.loading import (
     LoadedModel,
     UntrustedModelError,
+    inspect_model,
     load_pipeline,
     model_file_path,
     read_mlmodel,
@@ -245,9 +246,13 @@ class ModelStore:
             with tempfile.TemporaryDirectory(prefix="serving-model-") as tmp:
                 local = directory or mlflow.artifacts.download_artifacts(
                     artifact_uri=f"models:/{name}/{version}", dst_path=tmp)
-                loaded: LoadedModel = load_pipeline(
-                    local, source=f"version {version} (models:/{name}/{version})")
+                source = f"version {version} (models:/{name}/{version})"
+                # The static checks (archive, types) here; anything that parses the
+                # file natively (skops' build, boosters, CatBoost) runs in the probe's
+                # child first, and only then in this process.
+                inspect_model(Path(local), source)
                 self._probe(version, local, record)
+                loaded: LoadedModel = load_pipeline(local, source=source)
                 specs = feature_specs(loaded.schema, loaded.target)
                 example = _input_example(local, [spec.name for spec in specs])
                 pipeline = serving_n_jobs(loaded.pipeline)
