@@ -112,18 +112,26 @@ def test_the_readme_walkthroughs_run_as_written(tmp_path):
             time.sleep(1)
         output, env = _run("# the API follows on its next poll" + after, env, tmp_path, ports)
         assert "rollout" in output.lower(), output
-        # "no verdict yet": as the README says, the same traffic again until it decides.
+        # "no verdict yet" (after the loop the two versions are close): as the README
+        # says, the same traffic once more, then `rollout stop`.
         (again,) = [line for line in after.splitlines() if "ml-platform simulate" in line]
-        for _ in range(4):
+        try:
+            _until_printed(up, "rollout decided", 90)
+        except AssertionError:
+            assert "no verdict yet" in up.log(), up.log(4000)
+            _run(again, env, tmp_path, ports)
             try:
-                _until_printed(up, "rollout decided", 120)
-                break
+                _until_printed(up, "rollout decided", 90)
             except AssertionError:
-                assert "no verdict yet" in up.log(), up.log(4000)
-                _run(again, env, tmp_path, ports)
-        else:
-            _until_printed(up, "rollout decided", 120)
-        timings["canary rollout: challenger, start, traffic, verdict"] = (
+                assert "ml-platform rollout stop" in README
+                output, env = _run(".venv/bin/ml-platform rollout stop", env, tmp_path,
+                                   ports)
+                deadline = time.monotonic() + 90  # the API's next poll (30 s)
+                while httpx.get(f"http://127.0.0.1:{api}/model", timeout=5).json().get(
+                        "rollout"):
+                    assert time.monotonic() < deadline, output + up.log(4000)
+                    time.sleep(1)
+        timings["canary rollout: challenger, start, traffic, verdict or stop"] = (
             time.monotonic() - start)
 
         start = time.monotonic()
