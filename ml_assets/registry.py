@@ -80,6 +80,9 @@ class ChampionComparison:
     # canary | shadow: champion_model starts a rollout instead of promoting.
     rollout: str = "immediate"
     rollout_steps: tuple[tuple[float, float], ...] = ()
+    # The champion could not be opened or scored here: refused, and the run fails so
+    # that someone fixes it (alert_on_run_failure pages it).
+    uncompared: bool = False
 
 
 def _shares(text: str) -> list[float]:
@@ -359,9 +362,10 @@ def champion_comparison(context: AssetExecutionContext, config: PromotionConfig,
         client.set_model_version_tag(name, registered_model.version, key, value[:5000])
     # A first model has nothing to be compared with live: it serves at once.
     mode = config.rollout if champion is not None else "immediate"
+    uncompared = side is not None and side.error is not None
     comparison = ChampionComparison(registered_model,
                                     str(champion.version) if champion else None, decision,
-                                    mode, steps)
+                                    mode, steps, uncompared=uncompared)
     table = "| metric | challenger | champion | delta |\n|---|---:|---:|---:|\n" + "\n".join(
         f"| {m} | {decision.challenger[m]:.4f} | "
         + (f"{decision.champion[m]:.4f} | {decision.deltas.get(m, 0.0):+.4f} |"
@@ -380,7 +384,6 @@ def champion_comparison(context: AssetExecutionContext, config: PromotionConfig,
     yield Output(comparison, metadata={**summary, "comparison": MetadataValue.md(table)})
     # Not comparable at all (the champion cannot be opened or scored here) needs a fix:
     # ERROR. A challenger that lost, or that would break clients, is a decision: WARN.
-    uncompared = side is not None and side.error is not None
     yield AssetCheckResult(
         check_name=PROMOTION_CHECK, passed=decision.promote,
         severity=AssetCheckSeverity.ERROR if uncompared else AssetCheckSeverity.WARN,
@@ -397,7 +400,9 @@ def champion_model(context: AssetExecutionContext, champion_comparison: Champion
 
     Moves only when the comparison promoted the challenger; after a refusal it is not
     materialized (nor is anything downstream) and the run, a decision rather than a
-    failure, succeeds with the tag `ml/promotion=refused`. The previous champion stays
+    failure, succeeds with the tag `ml/promotion=refused`; except when the champion could
+    not be compared at all (it cannot be opened or scored here): that run fails with the
+    cause and the fix, so that it is paged. The previous champion stays
     in the history for a one-step `ml-platform rollback`. With `rollout: canary` or
     `shadow` the champion stays and the challenger starts a rollout instead (alias
     `canary`, plan in `rollout.*` tags): `rollout_evaluation` decides it on live
@@ -409,6 +414,8 @@ def champion_model(context: AssetExecutionContext, champion_comparison: Champion
         context.instance.add_run_tags(context.run_id, {
             PROMOTION_TAG: "refused", f"{PROMOTION_TAG}_version": challenger.version})
         context.log.info("version %s not promoted: %s", challenger.version, decision.reason)
+        if champion_comparison.uncompared:  # a breakdown to fix, not a decision: paged
+            raise Failure(description=decision.reason, allow_retries=False)
         return
     context.instance.add_run_tags(context.run_id, {
         PROMOTION_TAG: champion_comparison.rollout if champion_comparison.champion_version

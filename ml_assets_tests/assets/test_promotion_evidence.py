@@ -114,11 +114,16 @@ def user_champion(tmp_path, monkeypatch, tracking):
 
 
 def _assert_kept(result, tracking, *fragments: str) -> str:
-    assert result.success and not materialized(result, "champion_model")
+    # Not comparable at all needs a fix: a red check, and a failed run (paged) whose
+    # reason is the same sentence.
+    assert not result.success and not materialized(result, "champion_model")
     evaluation = check_evaluation(result, PROMOTION_CHECK)
     description = evaluation.description
-    # Not comparable at all needs a fix: red, though the run (a decision) succeeds.
     assert not evaluation.passed and evaluation.severity.value == "ERROR"
+    failures = [e.step_failure_data.user_failure_data.description
+                for e in result.all_events if e.is_step_failure]
+    assert failures == [description]
+    assert result.dagster_run.tags["ml/promotion"] == "refused"
     assert description.startswith("not promoted without a comparison: the champion "
                                   "(version 1) cannot be opened in this process: ")
     for fragment in fragments:
