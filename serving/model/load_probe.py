@@ -1,9 +1,10 @@
 """The load probe: a new version is first loaded and smoke-predicted in a child process
 with a time limit (ML_API_LOAD_PROBE_SECONDS) and a memory limit
 (ML_API_LOAD_PROBE_MEMORY_BYTES, added to what the child starts with, as RLIMIT_AS),
-so a file that passes every static check and still crashes, hangs or exhausts memory
-kills the child, never the serving process: the version is refused and the served one
-keeps serving.
+so a file that passes every check and still crashes, hangs or exhausts memory in its
+smoke prediction or compiled graph kills the child, not the serving process: the
+version is refused and the served one keeps serving. (The build itself, skops' rebuild
+after the array and booster-record checks, runs in the serving process first.)
 
 Children are forked from one forkserver that has already imported the loader (started
 in the background once the service serves, `warm`; single-threaded: no lock of a

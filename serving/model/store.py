@@ -38,7 +38,6 @@ from ml_assets.core.artifacts.compilation import read_compiled
 from ml_assets.core.artifacts.loading import (
     LoadedModel,
     UntrustedModelError,
-    inspect_model,
     load_pipeline,
     model_file_path,
     read_mlmodel,
@@ -247,12 +246,13 @@ class ModelStore:
                 local = directory or mlflow.artifacts.download_artifacts(
                     artifact_uri=f"models:/{name}/{version}", dst_path=tmp)
                 source = f"version {version} (models:/{name}/{version})"
-                # The static checks (archive, types) here; anything that parses the
-                # file natively (skops' build, boosters, CatBoost) runs in the probe's
-                # child first, and only then in this process.
-                inspect_model(Path(local), source)
-                self._probe(version, local, record)
+                # Built here first: every static and array check refuses a crafted file
+                # in this process within seconds (booster records are checked before
+                # their parsers run; a tree's arrays after skops builds it, before any
+                # prediction). The probe then runs what the checks cannot bound, the
+                # smoke prediction and the compiled graph, in a child first.
                 loaded: LoadedModel = load_pipeline(local, source=source)
+                self._probe(version, local, record)
                 specs = feature_specs(loaded.schema, loaded.target)
                 example = _input_example(local, [spec.name for spec in specs])
                 pipeline = serving_n_jobs(loaded.pipeline)
