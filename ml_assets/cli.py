@@ -14,7 +14,8 @@
                                canary or shadow; `rollout status` shows it, `rollout
                                stop` ends it (the champion stays)
     ml-platform reexecute ID   re-run a failed run from its failure (steps that succeeded
-                               are not run again; with Celery the workers execute it)
+                               are not run again; with Celery the workers execute it);
+                               exit 0: succeeded, 3: refused by a blocking check, 1: failed
     ml-platform simulate       send realistic (optionally drifted) traffic to the API
 """
 
@@ -24,7 +25,6 @@ import argparse
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -37,7 +37,26 @@ DAGSTER_YAML = """\
 # Embedded default instance: SQLite storage under this directory.
 telemetry:
   enabled: false
+
+# The daemon fails a run whose worker never started (start_timeout_seconds) and ends a
+# cancellation that never finishes (cancel_timeout_seconds). The laptop's run launcher
+# cannot say whether a started run's process is alive: `ml-platform up` marks runs left
+# STARTED by a process that is gone failed when it starts (ml_assets/orphans.py). No
+# runtime limit: training on a big table has no natural bound (tag a job with
+# dagster/max_runtime to set one).
+run_monitoring:
+  enabled: true
+  start_timeout_seconds: 180
+  cancel_timeout_seconds: 180
+  max_resume_run_attempts: 0
+  poll_interval_seconds: 30
 """
+# Defaults written by earlier versions, replaced by DAGSTER_YAML (never a user's file).
+_OLD_DAGSTER_YAMLS = ("""\
+# Embedded default instance: SQLite storage under this directory.
+telemetry:
+  enabled: false
+""",)
 
 
 # Settings that name a file or directory: made absolute for the processes `up` starts,
@@ -62,7 +81,7 @@ def prepare_environment(settings: PlatformSettings) -> Path:
     dagster_home = Path(os.environ["DAGSTER_HOME"])
     dagster_home.mkdir(parents=True, exist_ok=True)
     config = dagster_home / "dagster.yaml"
-    if not config.exists():
+    if not config.exists() or config.read_text(encoding="utf-8") in _OLD_DAGSTER_YAMLS:
         config.write_text(DAGSTER_YAML)
     return dagster_home
 
@@ -190,11 +209,40 @@ def watch_status(stop: threading.Event, ui_url: str, log_hint: str,
         print(f"status lines stopped: {exc}", file=sys.stderr, flush=True)
 
 
+def sweep_orphaned_runs() -> None:
+    """Mark runs left in progress by a process that is gone failed, one line each."""
+    from dagster import DagsterInstance
+
+    from ml_assets.orphans import sweep_orphans
+
+    try:
+        with DagsterInstance.get() as instance:
+            orphans = sweep_orphans(instance)
+    except Exception as exc:  # noqa: BLE001 - the platform starts without it
+        print(f"could not look for runs left by a crash: {exc}", file=sys.stderr, flush=True)
+        return
+    for orphan in orphans:
+        print(f"run {orphan.run_id} ({orphan.job_name}) was left {orphan.status}: "
+              f"marked failed; {orphan.message()}", flush=True)
+
+
 def up(host: str, port: int, api_port: int, no_api: bool = False) -> int:
-    """Train once if needed, then run the prediction API and `dg dev` (webserver +
-    daemon; `dagster dev` without dg) until Ctrl-C; stopping one stops both (the API
-    flushes its log first). Their output goes to $ML_PLATFORM_HOME/logs/; the terminal
-    gets one line per event that matters (ml_assets.status)."""
+    """Mark runs orphaned by a crash failed, train once if needed, then run the
+    prediction API and `dg dev` (webserver + daemon; `dagster dev` without dg) until
+    Ctrl-C. A child that dies is restarted (ml_assets.supervision: growing pauses, at
+    most ML_UP_MAX_RESTARTS=3 times in 10 minutes); the API keeps answering while
+    Dagster restarts. When a child dies once more, everything stops (the API flushes
+    its log first) and `up` exits 1 naming it. Their output goes to
+    $ML_PLATFORM_HOME/logs/; the terminal gets one line per event that matters
+    (ml_assets.status)."""
+    from ml_assets.supervision import RestartPolicy, Supervisor, dagster_death
+
+    try:
+        policy = RestartPolicy.from_env()
+    except ValueError as exc:
+        print(f"ml-platform up: {exc}", file=sys.stderr)
+        return 2
+    sweep_orphaned_runs()
     code = train(if_missing=True)
     if code:
         return code
@@ -202,7 +250,6 @@ def up(host: str, port: int, api_port: int, no_api: bool = False) -> int:
     logs = settings.home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     command = dagster_command(host, port)
-    processes: list[tuple[str, subprocess.Popen, Path]] = []
 
     def stop(signum, frame):  # SIGTERM stops the children too, like Ctrl-C
         raise KeyboardInterrupt
@@ -213,25 +260,26 @@ def up(host: str, port: int, api_port: int, no_api: bool = False) -> int:
         # then not be stopped at all. They get the default back before they start.
         signal.signal(signal.SIGINT, signal.SIG_DFL)
 
-    def start(name: str, argv: list[str], log: Path) -> None:
-        with open(log, "ab") as out:  # the child keeps its own descriptor
-            out.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(argv)}\n"
-                      .encode())
-            out.flush()
-            processes.append((name, subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                preexec_fn=interruptible), log))
+    def before_restart(child) -> None:  # runs the dead code server left behind
+        if child.name == "Dagster":
+            sweep_orphaned_runs()
 
+    def say(line: str) -> None:
+        print(f"{time.strftime('%H:%M:%S')}  {line}", flush=True)
+
+    supervisor = Supervisor(policy, say=say, preexec_fn=interruptible,
+                            before_restart=before_restart)
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     ui_url = f"http://{host}:{port}"
     dagster_log, api_log = logs / "dagster.log", logs / "api.log"
     if not no_api:
-        start("prediction API",
-              [sys.executable, "-m", "serving", "--host", host, "--port", str(api_port)],
-              api_log)
+        supervisor.start(
+            "prediction API",
+            [sys.executable, "-m", "serving", "--host", host, "--port", str(api_port)],
+            api_log)
         print(f"Prediction API on http://{host}:{api_port}  (docs at /docs; log {api_log})")
-    start("Dagster", command, dagster_log)
+    supervisor.start("Dagster", command, dagster_log, describe=dagster_death)
     tool = "dg dev" if Path(command[0]).name == "dg" else "dagster dev"
     print(f"Dagster UI on {ui_url}  ({tool}: webserver + daemon; log {dagster_log})")
     print("Ctrl-C stops everything. Status (training, promotion, drift, retrains, "
@@ -240,30 +288,22 @@ def up(host: str, port: int, api_port: int, no_api: bool = False) -> int:
     watcher = threading.Thread(target=watch_status, name="ml-platform-status", daemon=True,
                                args=(halt, ui_url, f"Dagster's output in {dagster_log}"))
     watcher.start()
-    stopped: set[str] = set()  # interrupted by us: their exit code is no failure
+    gave_up = None
     try:
-        while all(p.poll() is None for _, p, _ in processes):
-            time.sleep(0.5)
+        gave_up = supervisor.watch()
     except KeyboardInterrupt:
         pass
     finally:
         halt.set()
-        for name, process, _ in processes:
-            if process.poll() is None:
-                stopped.add(name)  # `dg dev` may exit 1 ("Aborted!") on the interrupt
-                process.send_signal(signal.SIGINT)
-        for _, process, _ in processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        supervisor.stop_all()
         watcher.join(timeout=5)
-    failures = [(name, p.returncode, log) for name, p, log in processes
-                if p.returncode and p.returncode > 0 and name not in stopped]
-    for name, returncode, log in failures:
-        print(f"{name} exited with code {returncode}; see {log}", file=sys.stderr)
-    return failures[0][1] if failures else 0
+    if gave_up is None:
+        return 0
+    print(f"ml-platform up: {gave_up.name} died {gave_up.deaths} times within "
+          f"{policy.window_seconds / 60:g} min, the last time: {gave_up.what}; not "
+          "restarting it again: everything is stopped (the prediction API too). Its "
+          f"output: {gave_up.log}", file=sys.stderr)
+    return 1
 
 
 def rollback(to_version: str | None, reason: str) -> int:
@@ -365,19 +405,38 @@ def rollout(action: str, mode: str = "canary", version: str | None = None,
     return 0
 
 
-def reexecute(run_id: str) -> int:
-    """Re-execute failed run `run_id` from its failure and wait for the new run."""
+REFUSED_EXIT = 3  # `reexecute`: the new run was refused by a blocking check
+
+
+def reexecute(run_id: str, verbose: bool = False) -> int:
+    """Re-execute failed run `run_id` from its failure and wait for the new run. Exit 0
+    when it succeeds, 3 when a blocking check refuses (a decision, said in one line),
+    1 when it fails or cannot be re-executed (the reason, never a traceback)."""
     from ml_assets.recovery import RecoveryError, reexecute_from_failure
 
     try:
-        outcome = reexecute_from_failure(run_id)
+        outcome = reexecute_from_failure(run_id, verbose=verbose)
     except RecoveryError as exc:
         print(f"reexecute refused: {exc}", file=sys.stderr)
         return 1
-    state = "succeeded" if outcome.success else "failed"
-    print(f"run {outcome.run_id} ({outcome.job_name}, re-execution of {run_id}) {state}; "
-          f"steps: {', '.join(outcome.steps) or 'none'}")
-    return 0 if outcome.success else 1
+    if outcome.orphan is not None:
+        print(f"run {run_id} was left {outcome.orphan.status} by process "
+              f"{outcome.orphan.pid}, which no longer exists: marked failed", flush=True)
+    run = f"run {outcome.run_id} ({outcome.job_name}, re-execution of {run_id})"
+    steps = ", ".join(outcome.steps) or "none"
+    if outcome.success:
+        print(f"{run} succeeded; steps: {steps}")
+        return 0
+    if outcome.refused:
+        more = (f" (and {len(outcome.refused) - 1} more check(s), in the Dagster UI)"
+                if len(outcome.refused) > 1 else "")
+        why = " ".join(outcome.refused[0].split())
+        why = why if len(why) <= 400 else why[:399] + "…"  # the whole text is in the UI
+        print(f"{run} ran and was refused by {why}{more}", file=sys.stderr)
+        return REFUSED_EXIT
+    print(f"{run} failed; steps: {steps}:\n  " + "\n  ".join(outcome.reasons),
+          file=sys.stderr)
+    return 1
 
 
 def held_out_traffic(settings: PlatformSettings, frame, target: str):
@@ -492,6 +551,8 @@ def main(argv: list[str] | None = None) -> int:
     roll.add_argument("--reason", default="stopped by hand", help="recorded by `stop`")
     reexec = sub.add_parser("reexecute", help="re-run a failed run from its failure")
     reexec.add_argument("run_id", help="the failed run's id (Dagster UI, `dagster run list`)")
+    reexec.add_argument("--verbose", action="store_true",
+                        help="print Dagster's event log (every step, stack traces)")
     sim = sub.add_parser("simulate", help="send realistic traffic to the prediction API")
     sim.add_argument("--url", default=f"http://127.0.0.1:{_port('ML_API_PORT', 8000)}")
     sim.add_argument("--requests", type=int, default=300)
@@ -520,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "rollback":
         return rollback(args.to_version, args.reason)
     if args.command == "reexecute":
-        return reexecute(args.run_id)
+        return reexecute(args.run_id, args.verbose)
     if args.command == "rollout":
         return rollout(args.action, args.mode, args.version, args.share, args.steps,
                        args.step_minutes, args.reason)
