@@ -409,32 +409,40 @@ REFUSED_EXIT = 3  # `reexecute`: the new run was refused by a blocking check
 
 
 def reexecute(run_id: str, verbose: bool = False) -> int:
-    """Re-execute failed run `run_id` from its failure and wait for the new run. Exit 0
-    when it succeeds, 3 when a blocking check refuses (a decision, said in one line),
-    1 when it fails or cannot be re-executed (the reason, never a traceback)."""
-    from ml_assets.recovery import RecoveryError, reexecute_from_failure
+    """Re-execute failed run `run_id` from its failure (a run left STARTED by a process
+    that is gone is marked failed first) and wait for the new run. Exit 0 when it
+    succeeds, 3 when blocking checks refuse it (a decision, said in one line), 1 when it
+    fails or cannot be re-executed (the reason, never a traceback)."""
+    from dagster import DagsterInstance
 
-    try:
-        outcome = reexecute_from_failure(run_id, verbose=verbose)
-    except RecoveryError as exc:
-        print(f"reexecute refused: {exc}", file=sys.stderr)
-        return 1
-    if outcome.orphan is not None:
-        print(f"run {run_id} was left {outcome.orphan.status} by process "
-              f"{outcome.orphan.pid}, which no longer exists: marked failed", flush=True)
+    from ml_assets.orphans import mark_orphan, orphan_of
+    from ml_assets.recovery import RecoveryError, reexecute_from_failure
+    from ml_assets.status import refused_checks
+
+    with DagsterInstance.get() as instance:
+        parent = instance.get_run_by_id(run_id)
+        orphan = orphan_of(instance, parent) if parent is not None else None
+        if orphan is not None and mark_orphan(instance, orphan):
+            print(f"run {run_id} was left {orphan.status} by process {orphan.pid}, which no "
+                  "longer exists: marked failed", flush=True)
+        try:
+            outcome = reexecute_from_failure(run_id, instance, verbose=verbose)
+        except RecoveryError as exc:
+            print(f"reexecute refused: {exc}", file=sys.stderr)
+            return 1
     run = f"run {outcome.run_id} ({outcome.job_name}, re-execution of {run_id})"
     steps = ", ".join(outcome.steps) or "none"
     if outcome.success:
         print(f"{run} succeeded; steps: {steps}")
         return 0
-    if outcome.refused:
-        more = (f" (and {len(outcome.refused) - 1} more check(s), in the Dagster UI)"
-                if len(outcome.refused) > 1 else "")
-        why = " ".join(outcome.refused[0].split())
+    refused = refused_checks(outcome.all_events)
+    if refused:
+        why = " ".join(refused[0].split())
         why = why if len(why) <= 400 else why[:399] + "…"  # the whole text is in the UI
+        more = f" (and {len(refused) - 1} more, in the Dagster UI)" if len(refused) > 1 else ""
         print(f"{run} ran and was refused by {why}{more}", file=sys.stderr)
         return REFUSED_EXIT
-    print(f"{run} failed; steps: {steps}:\n  " + "\n  ".join(outcome.reasons),
+    print(f"{run} failed; steps: {steps}:\n  " + "\n  ".join(failure_reasons(outcome)),
           file=sys.stderr)
     return 1
 

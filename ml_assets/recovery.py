@@ -6,18 +6,14 @@ The new run executes with the code location's executor (ML_EXECUTOR), so with Ce
 its steps go to the workers; this process orchestrates it and waits (it does not go
 through the run queue: the UI's re-execution does, when the queue matters).
 
-A run left STARTED by a process that is gone (ml_assets/orphans.py) is marked failed
-first. A new run that fails only on blocking checks was refused (a decision: its
-`refused` sentences), not broken (`reasons`).
+When the new run fails its events come back with the outcome (`all_events`), so the
+caller can tell a refusal (only blocking checks failed) from a breakdown.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-
-from ml_assets.orphans import Orphan, mark_orphan, orphan_of
-from ml_assets.status import failure_reasons
 
 REEXECUTION_TAG = "ml/reexecution_of"
 JOB_MODULE = "ml_assets.definitions"
@@ -35,21 +31,7 @@ class Reexecution:
     job_name: str
     success: bool
     steps: tuple[str, ...]  # the steps the new run executed
-    refused: tuple[str, ...] = ()  # failed only on these blocking checks (sentences)
-    reasons: tuple[str, ...] = ()  # why it failed otherwise (sentences)
-    orphan: Orphan | None = None  # the parent, marked failed first
-
-
-def refusal(result) -> tuple[str, ...]:
-    """The failed checks' sentences when every failed step of run `result` (anything
-    with `all_events`) failed on a blocking check (a refusal), else ()."""
-    step_failures = [e for e in result.all_events if e.is_step_failure]
-    if not step_failures or any(
-            (e.step_failure_data.error is None
-             or e.step_failure_data.error.cls_name != "DagsterAssetCheckFailedError")
-            for e in step_failures):
-        return ()
-    return tuple(r for r in failure_reasons(result) if r.startswith("check "))
+    all_events: tuple = ()  # the new run's DagsterEvents when it failed
 
 
 def reexecution_tags(parent_tags: dict[str, str], parent_run_id: str) -> dict[str, str]:
@@ -67,7 +49,7 @@ def reexecution_tags(parent_tags: dict[str, str], parent_run_id: str) -> dict[st
 
 def reexecute_from_failure(run_id: str, instance=None, verbose: bool = False) -> Reexecution:
     """Run again what failed (or never finished) in failed or canceled run `run_id`, in
-    a new run (a run whose process is gone is marked failed first). Refused while
+    a new run. Refused while
     another re-execution of it runs or after one succeeded: each would retrain and
     register another model. Dagster's event log goes to the terminal only with
     `verbose` (it is always in the UI)."""
@@ -86,11 +68,6 @@ def reexecute_from_failure(run_id: str, instance=None, verbose: bool = False) ->
         where = os.environ.get("DAGSTER_HOME") or "the default instance"
         raise RecoveryError(f"run {run_id!r} does not exist in the Dagster instance at "
                             f"{where} (set DAGSTER_HOME to the instance that ran it)")
-    orphan = orphan_of(instance, parent)
-    if orphan is not None and mark_orphan(instance, orphan):
-        parent = instance.get_run_by_id(run_id)
-    else:
-        orphan = None
     if parent.status not in (DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED):
         raise RecoveryError(f"run {run_id} is {parent.status.value}; only a failed or "
                             "canceled run can be re-executed from failure")
@@ -113,8 +90,6 @@ def reexecute_from_failure(run_id: str, instance=None, verbose: bool = False) ->
                          reexecution_options=ReexecutionOptions.from_failure(run_id, instance))
     new_run = instance.get_run_by_id(result.run_id)
     steps = tuple(sorted(new_run.step_keys_to_execute or ())) if new_run else ()
-    refused = () if result.success else refusal(result)
-    reasons = () if result.success or refused else tuple(failure_reasons(result))
     return Reexecution(parent_run_id=run_id, run_id=result.run_id, job_name=parent.job_name,
-                       success=result.success, steps=steps, refused=refused,
-                       reasons=reasons, orphan=orphan)
+                       success=result.success, steps=steps,
+                       all_events=() if result.success else tuple(result.all_events))

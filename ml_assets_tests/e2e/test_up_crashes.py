@@ -164,7 +164,7 @@ def test_a_run_orphaned_by_a_killed_up_is_marked_failed_then_reexecuted(
         assert "registered_model" in done.stdout and "trained_model" not in done.stdout
         client = mlflow.MlflowClient(mlflow_store["tracking_uri"])
         assert len(client.search_model_versions(f"name = '{unique_name}'")) == 1
-        assert client.get_model_version_by_alias(unique_name, "champion").version == "1"
+        assert str(client.get_model_version_by_alias(unique_name, "champion").version) == "1"
 
         # A refusal is said as one: an identical challenger, refused, re-executed.
         assert cli("train").returncode == 0
