@@ -299,7 +299,8 @@ def up(host: str, port: int, api_port: int, no_api: bool = False) -> int:
         watcher.join(timeout=5)
     if gave_up is None:
         return 0
-    print(f"ml-platform up: {gave_up.name} died {gave_up.deaths} times within "
+    times = "once" if gave_up.deaths == 1 else f"{gave_up.deaths} times"
+    print(f"ml-platform up: {gave_up.name} died {times} within "
           f"{policy.window_seconds / 60:g} min, the last time: {gave_up.what}; not "
           "restarting it again: everything is stopped (the prediction API too). Its "
           f"output: {gave_up.log}", file=sys.stderr)

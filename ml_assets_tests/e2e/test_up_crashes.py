@@ -147,11 +147,19 @@ def test_a_run_orphaned_by_a_killed_up_is_marked_failed_then_reexecuted(
                 run_id, of_type=DagsterEventType.STEP_SUCCESS).records}
             assert "model_metrics" in finished and "registered_model" not in finished
 
-        again = LoggedProcess(argv, env, tmp_path / "up-again.out")
-        _wait(lambda: "Dagster UI on" in again.log(), 120, "the second start", again)
+        # Started again, with no restart allowed: the sweep comes first; then a killed
+        # daemon makes `up` stop and exit 1, naming it.
+        again = LoggedProcess(argv, {**env, "ML_UP_MAX_RESTARTS": "0"},
+                              tmp_path / "up-again.out")
+        (daemon,) = _wait(lambda: _daemons(again), 180, "the daemon", again)
         assert f"run {run_id} (train_model) was left STARTED: marked failed; its process " \
                f"(pid {up.pid}) no longer exists" in again.log(), again.log(3000)
-        assert again.stop(signal.SIGTERM, timeout=90).code == 0
+        os.kill(daemon, signal.SIGKILL)
+        stopped = again.stop(None, timeout=120)
+        assert stopped.code == 1, stopped.log[-3000:]
+        assert "ml-platform up: Dagster died once within 10 min, the last time: the Dagster " \
+               "daemon (dagster-daemon) was killed by SIGKILL" in stopped.log, \
+            stopped.log[-3000:]
         with DagsterInstance.from_config(dagster_home) as instance:
             assert instance.get_run_by_id(run_id).status.value == "FAILURE"
 
