@@ -302,8 +302,9 @@ def up(host: str, port: int, api_port: int, no_api: bool = False) -> int:
     times = "once" if gave_up.deaths == 1 else f"{gave_up.deaths} times"
     print(f"ml-platform up: {gave_up.name} died {times} within "
           f"{policy.window_seconds / 60:g} min, the last time: {gave_up.what}; not "
-          "restarting it again: everything is stopped (the prediction API too). Its "
-          f"output: {gave_up.log}", file=sys.stderr)
+          "restarting it again: everything is stopped"
+          f"{'' if no_api else ' (the prediction API too)'}. Its output: {gave_up.log}",
+          file=sys.stderr)
     return 1
 
 
