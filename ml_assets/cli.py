@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from ml_assets.settings import PlatformSettings
+from ml_assets.shared import PROMOTION_TAG
 from ml_assets.status import failure_reasons, failures_beyond_refusal
 
 DAGSTER_YAML = """\
@@ -432,10 +433,14 @@ def reexecute(run_id: str, verbose: bool = False) -> int:
         except RecoveryError as exc:
             print(f"reexecute refused: {exc}", file=sys.stderr)
             return 1
+        new_run = instance.get_run_by_id(outcome.run_id)
+        promotion = new_run.tags.get(PROMOTION_TAG) if new_run is not None else None
     run = f"run {outcome.run_id} ({outcome.job_name}, re-execution of {run_id})"
     steps = ", ".join(outcome.steps) or "none"
     if outcome.success:
-        print(f"{run} succeeded; steps: {steps}")
+        decided = ("; the challenger was not promoted (a decision: the champion stays)"
+                   if promotion == "refused" else "")
+        print(f"{run} succeeded{decided}; steps: {steps}")
         return 0
     refused = refused_checks(outcome.all_events)
     if refused:

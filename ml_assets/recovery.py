@@ -36,13 +36,15 @@ class Reexecution:
 
 def reexecution_tags(parent_tags: dict[str, str], parent_run_id: str) -> dict[str, str]:
     """The parent's tags (partition, trigger, limits, Celery queue) minus those that
-    describe its own attempt (failure reason, retry counters, backfill, lineage), plus
-    `ml/reexecution_of`. The UI's re-execution keeps the same ones."""
+    describe its own attempt (failure reason, retry counters, backfill, lineage, its
+    promotion outcome `ml/promotion*`), plus `ml/reexecution_of`. The UI's re-execution
+    keeps the same ones, the promotion outcome aside."""
     from dagster._core.storage.tags import TAGS_TO_MAYBE_OMIT_ON_RETRY
 
     lineage = {"dagster/parent_run_id", "dagster/root_run_id"}
     tags = {k: v for k, v in parent_tags.items()
-            if k not in TAGS_TO_MAYBE_OMIT_ON_RETRY and k not in lineage}
+            if k not in TAGS_TO_MAYBE_OMIT_ON_RETRY and k not in lineage
+            and not k.startswith("ml/promotion")}
     tags[REEXECUTION_TAG] = parent_run_id
     return tags
 

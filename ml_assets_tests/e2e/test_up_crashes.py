@@ -2,8 +2,8 @@
 restarted (the API answering meanwhile) and runs still launch through the queue; a
 training run orphaned by a SIGKILL of the whole `up` is marked failed when `up` starts
 again, and `ml-platform reexecute` finishes it, or says in one line that a blocking
-check refused it. Also the supervisor alone, on tiny processes: restart, backoff, and
-giving up with the child's name."""
+check refused it; `up` allowed no restart exits 1 naming what died. Also the supervisor
+alone, on tiny processes: restart, backoff, and giving up with the child's name."""
 
 from __future__ import annotations
 
@@ -163,7 +163,7 @@ def test_a_run_orphaned_by_a_killed_up_is_marked_failed_then_reexecuted(
         with DagsterInstance.from_config(dagster_home) as instance:
             assert instance.get_run_by_id(run_id).status.value == "FAILURE"
 
-        def cli(*args: str) -> subprocess.CompletedProcess:
+        def cli(*args: str, env: dict[str, str] = env) -> subprocess.CompletedProcess:
             return subprocess.run([CLI, *args], env=env, capture_output=True, text=True,
                                   timeout=300)
 
@@ -174,17 +174,19 @@ def test_a_run_orphaned_by_a_killed_up_is_marked_failed_then_reexecuted(
         assert len(client.search_model_versions(f"name = '{unique_name}'")) == 1
         assert str(client.get_model_version_by_alias(unique_name, "champion").version) == "1"
 
-        # A refusal is said as one: an identical challenger, refused, re-executed.
-        assert cli("train").returncode == 0
+        # A refusal by a blocking check is said as one: a metrics gate the model cannot
+        # pass, re-executed.
+        strict = {**env, "ML_METRIC_THRESHOLD": "0.99"}
+        assert cli("train", env=strict).returncode == 1
         with DagsterInstance.from_config(dagster_home) as instance:
             refused = instance.get_runs(limit=1)[0]
             assert refused.status.value == "FAILURE"
-        done = cli("reexecute", refused.run_id)
+        done = cli("reexecute", refused.run_id, env=strict)
         assert done.returncode == 3, done.stdout[-2000:] + done.stderr[-2000:]
         line = done.stderr.strip()
         assert "\n" not in line and "Traceback" not in line, line
         assert f"re-execution of {refused.run_id}) ran and was refused by check " \
-               "challenger_beats_champion on champion_comparison: " in line, line
+               "metrics_above_thresholds on model_metrics: " in line, line
     finally:
         up.stop(signal.SIGKILL, timeout=30, group=True)
         if again is not None:
