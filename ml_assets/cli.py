@@ -210,23 +210,6 @@ def watch_status(stop: threading.Event, ui_url: str, log_hint: str,
         print(f"status lines stopped: {exc}", file=sys.stderr, flush=True)
 
 
-def sweep_orphaned_runs() -> None:
-    """Mark runs left in progress by a process that is gone failed, one line each."""
-    from dagster import DagsterInstance
-
-    from ml_assets.orphans import sweep_orphans
-
-    try:
-        with DagsterInstance.get() as instance:
-            orphans = sweep_orphans(instance)
-    except Exception as exc:  # noqa: BLE001 - the platform starts without it
-        print(f"could not look for runs left by a crash: {exc}", file=sys.stderr, flush=True)
-        return
-    for orphan in orphans:
-        print(f"run {orphan.run_id} ({orphan.job_name}) was left {orphan.status}: "
-              f"marked failed; {orphan.message()}", flush=True)
-
-
 def up(host: str, port: int, api_port: int, no_api: bool = False) -> int:
     """Mark runs orphaned by a crash failed, train once if needed, then run the
     prediction API and `dg dev` (webserver + daemon; `dagster dev` without dg) until
@@ -236,6 +219,7 @@ def up(host: str, port: int, api_port: int, no_api: bool = False) -> int:
     its log first) and `up` exits 1 naming it. Their output goes to
     $ML_PLATFORM_HOME/logs/; the terminal gets one line per event that matters
     (ml_assets.status)."""
+    from ml_assets.orphans import say_orphans
     from ml_assets.supervision import RestartPolicy, Supervisor, dagster_death
 
     try:
@@ -243,7 +227,7 @@ def up(host: str, port: int, api_port: int, no_api: bool = False) -> int:
     except ValueError as exc:
         print(f"ml-platform up: {exc}", file=sys.stderr)
         return 2
-    sweep_orphaned_runs()
+    say_orphans()
     code = train(if_missing=True)
     if code:
         return code
@@ -263,7 +247,7 @@ def up(host: str, port: int, api_port: int, no_api: bool = False) -> int:
 
     def before_restart(child) -> None:  # runs the dead code server left behind
         if child.name == "Dagster":
-            sweep_orphaned_runs()
+            say_orphans()
 
     def say(line: str) -> None:
         print(f"{time.strftime('%H:%M:%S')}  {line}", flush=True)

@@ -12,6 +12,7 @@ process whose state cannot be read counts as alive.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,3 +117,18 @@ def sweep_orphans(instance: DagsterInstance) -> list[Orphan]:
         if orphan is not None and mark_orphan(instance, orphan):
             marked.append(orphan)
     return marked
+
+
+def say_orphans() -> None:
+    """`sweep_orphans` on the instance of DAGSTER_HOME, one printed line per run marked
+    (what `ml-platform up` does at start and before restarting Dagster)."""
+    try:
+        with DagsterInstance.get() as instance:
+            orphans = sweep_orphans(instance)
+    except Exception as exc:  # noqa: BLE001 - the platform starts without it
+        print(f"could not look for runs left by a crash: {exc}", file=sys.stderr, flush=True)
+        return
+    for orphan in orphans:
+        marked = "canceled" if orphan.status == DagsterRunStatus.CANCELING.value else "failed"
+        print(f"run {orphan.run_id} ({orphan.job_name}) was left {orphan.status}: "
+              f"marked {marked}; {orphan.message()}", flush=True)
