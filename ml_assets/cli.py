@@ -14,7 +14,8 @@
                                canary or shadow; `rollout status` shows it, `rollout
                                stop` ends it (the champion stays)
     ml-platform reexecute ID   re-run a failed run from its failure (steps that succeeded
-                               are not run again; with Celery the workers execute it)
+                               are not run again; with Celery the workers execute it);
+                               exit 0: succeeded, 3: refused by a blocking check, 1: failed
     ml-platform simulate       send realistic (optionally drifted) traffic to the API
 """
 
@@ -24,20 +25,39 @@ import argparse
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
 from ml_assets.settings import PlatformSettings
+from ml_assets.shared import PROMOTION_TAG
 from ml_assets.status import failure_reasons, failures_beyond_refusal
 
 DAGSTER_YAML = """\
 # Embedded default instance: SQLite storage under this directory.
 telemetry:
   enabled: false
+
+# The daemon fails a run whose worker never started (start_timeout_seconds) and ends a
+# cancellation that never finishes (cancel_timeout_seconds). The laptop's run launcher
+# cannot say whether a started run's process is alive: `ml-platform up` marks runs left
+# STARTED by a process that is gone failed when it starts (ml_assets/orphans.py). No
+# runtime limit: training on a big table has no natural bound (tag a job with
+# dagster/max_runtime to set one).
+run_monitoring:
+  enabled: true
+  start_timeout_seconds: 180
+  cancel_timeout_seconds: 180
+  max_resume_run_attempts: 0
+  poll_interval_seconds: 30
 """
+# Defaults written by earlier versions, replaced by DAGSTER_YAML (never a user's file).
+_OLD_DAGSTER_YAMLS = ("""\
+# Embedded default instance: SQLite storage under this directory.
+telemetry:
+  enabled: false
+""",)
 
 
 # Settings that name a file or directory: made absolute for the processes `up` starts,
@@ -62,7 +82,7 @@ def prepare_environment(settings: PlatformSettings) -> Path:
     dagster_home = Path(os.environ["DAGSTER_HOME"])
     dagster_home.mkdir(parents=True, exist_ok=True)
     config = dagster_home / "dagster.yaml"
-    if not config.exists():
+    if not config.exists() or config.read_text(encoding="utf-8") in _OLD_DAGSTER_YAMLS:
         config.write_text(DAGSTER_YAML)
     return dagster_home
 
@@ -191,10 +211,23 @@ def watch_status(stop: threading.Event, ui_url: str, log_hint: str,
 
 
 def up(host: str, port: int, api_port: int, no_api: bool = False) -> int:
-    """Train once if needed, then run the prediction API and `dg dev` (webserver +
-    daemon; `dagster dev` without dg) until Ctrl-C; stopping one stops both (the API
-    flushes its log first). Their output goes to $ML_PLATFORM_HOME/logs/; the terminal
-    gets one line per event that matters (ml_assets.status)."""
+    """Mark runs orphaned by a crash failed, train once if needed, then run the
+    prediction API and `dg dev` (webserver + daemon; `dagster dev` without dg) until
+    Ctrl-C. A child that dies is restarted (ml_assets.supervision: growing pauses, at
+    most ML_UP_MAX_RESTARTS=3 times in 10 minutes); the API keeps answering while
+    Dagster restarts. When a child dies once more, everything stops (the API flushes
+    its log first) and `up` exits 1 naming it. Their output goes to
+    $ML_PLATFORM_HOME/logs/; the terminal gets one line per event that matters
+    (ml_assets.status)."""
+    from ml_assets.orphans import say_orphans
+    from ml_assets.supervision import RestartPolicy, Supervisor, dagster_death
+
+    try:
+        policy = RestartPolicy.from_env()
+    except ValueError as exc:
+        print(f"ml-platform up: {exc}", file=sys.stderr)
+        return 2
+    say_orphans()
     code = train(if_missing=True)
     if code:
         return code
@@ -202,7 +235,6 @@ def up(host: str, port: int, api_port: int, no_api: bool = False) -> int:
     logs = settings.home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     command = dagster_command(host, port)
-    processes: list[tuple[str, subprocess.Popen, Path]] = []
 
     def stop(signum, frame):  # SIGTERM stops the children too, like Ctrl-C
         raise KeyboardInterrupt
@@ -213,25 +245,26 @@ def up(host: str, port: int, api_port: int, no_api: bool = False) -> int:
         # then not be stopped at all. They get the default back before they start.
         signal.signal(signal.SIGINT, signal.SIG_DFL)
 
-    def start(name: str, argv: list[str], log: Path) -> None:
-        with open(log, "ab") as out:  # the child keeps its own descriptor
-            out.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(argv)}\n"
-                      .encode())
-            out.flush()
-            processes.append((name, subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                preexec_fn=interruptible), log))
+    def before_restart(child) -> None:  # runs the dead code server left behind
+        if child.name == "Dagster":
+            say_orphans()
 
+    def say(line: str) -> None:
+        print(f"{time.strftime('%H:%M:%S')}  {line}", flush=True)
+
+    supervisor = Supervisor(policy, say=say, preexec_fn=interruptible,
+                            before_restart=before_restart)
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     ui_url = f"http://{host}:{port}"
     dagster_log, api_log = logs / "dagster.log", logs / "api.log"
     if not no_api:
-        start("prediction API",
-              [sys.executable, "-m", "serving", "--host", host, "--port", str(api_port)],
-              api_log)
+        supervisor.start(
+            "prediction API",
+            [sys.executable, "-m", "serving", "--host", host, "--port", str(api_port)],
+            api_log)
         print(f"Prediction API on http://{host}:{api_port}  (docs at /docs; log {api_log})")
-    start("Dagster", command, dagster_log)
+    supervisor.start("Dagster", command, dagster_log, describe=dagster_death)
     tool = "dg dev" if Path(command[0]).name == "dg" else "dagster dev"
     print(f"Dagster UI on {ui_url}  ({tool}: webserver + daemon; log {dagster_log})")
     print("Ctrl-C stops everything. Status (training, promotion, drift, retrains, "
@@ -240,30 +273,24 @@ def up(host: str, port: int, api_port: int, no_api: bool = False) -> int:
     watcher = threading.Thread(target=watch_status, name="ml-platform-status", daemon=True,
                                args=(halt, ui_url, f"Dagster's output in {dagster_log}"))
     watcher.start()
-    stopped: set[str] = set()  # interrupted by us: their exit code is no failure
+    gave_up = None
     try:
-        while all(p.poll() is None for _, p, _ in processes):
-            time.sleep(0.5)
+        gave_up = supervisor.watch()
     except KeyboardInterrupt:
         pass
     finally:
         halt.set()
-        for name, process, _ in processes:
-            if process.poll() is None:
-                stopped.add(name)  # `dg dev` may exit 1 ("Aborted!") on the interrupt
-                process.send_signal(signal.SIGINT)
-        for _, process, _ in processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        supervisor.stop_all()
         watcher.join(timeout=5)
-    failures = [(name, p.returncode, log) for name, p, log in processes
-                if p.returncode and p.returncode > 0 and name not in stopped]
-    for name, returncode, log in failures:
-        print(f"{name} exited with code {returncode}; see {log}", file=sys.stderr)
-    return failures[0][1] if failures else 0
+    if gave_up is None:
+        return 0
+    times = "once" if gave_up.deaths == 1 else f"{gave_up.deaths} times"
+    print(f"ml-platform up: {gave_up.name} died {times} within "
+          f"{policy.window_seconds / 60:g} min, the last time: {gave_up.what}; not "
+          "restarting it again: everything is stopped"
+          f"{'' if no_api else ' (the prediction API too)'}. Its output: {gave_up.log}",
+          file=sys.stderr)
+    return 1
 
 
 def rollback(to_version: str | None, reason: str) -> int:
@@ -365,19 +392,50 @@ def rollout(action: str, mode: str = "canary", version: str | None = None,
     return 0
 
 
-def reexecute(run_id: str) -> int:
-    """Re-execute failed run `run_id` from its failure and wait for the new run."""
-    from ml_assets.recovery import RecoveryError, reexecute_from_failure
+REFUSED_EXIT = 3  # `reexecute`: the new run was refused by a blocking check
 
-    try:
-        outcome = reexecute_from_failure(run_id)
-    except RecoveryError as exc:
-        print(f"reexecute refused: {exc}", file=sys.stderr)
-        return 1
-    state = "succeeded" if outcome.success else "failed"
-    print(f"run {outcome.run_id} ({outcome.job_name}, re-execution of {run_id}) {state}; "
-          f"steps: {', '.join(outcome.steps) or 'none'}")
-    return 0 if outcome.success else 1
+
+def reexecute(run_id: str, verbose: bool = False) -> int:
+    """Re-execute failed run `run_id` from its failure (a run left STARTED by a process
+    that is gone is marked failed first) and wait for the new run. Exit 0 when it
+    succeeds, 3 when blocking checks refuse it (a decision, said in one line), 1 when it
+    fails or cannot be re-executed (the reason, never a traceback)."""
+    from dagster import DagsterInstance
+
+    from ml_assets.orphans import mark_orphan, orphan_of
+    from ml_assets.recovery import RecoveryError, reexecute_from_failure
+    from ml_assets.status import refused_checks
+
+    with DagsterInstance.get() as instance:
+        parent = instance.get_run_by_id(run_id)
+        orphan = orphan_of(instance, parent) if parent is not None else None
+        if orphan is not None and mark_orphan(instance, orphan):
+            print(f"run {run_id} was left {orphan.status} by process {orphan.pid}, which no "
+                  "longer exists: marked failed", flush=True)
+        try:
+            outcome = reexecute_from_failure(run_id, instance, verbose=verbose)
+        except RecoveryError as exc:
+            print(f"reexecute refused: {exc}", file=sys.stderr)
+            return 1
+        new_run = instance.get_run_by_id(outcome.run_id)
+        promotion = new_run.tags.get(PROMOTION_TAG) if new_run is not None else None
+    run = f"run {outcome.run_id} ({outcome.job_name}, re-execution of {run_id})"
+    steps = ", ".join(outcome.steps) or "none"
+    if outcome.success:
+        decided = ("; the challenger was not promoted (a decision: the champion stays)"
+                   if promotion == "refused" else "")
+        print(f"{run} succeeded{decided}; steps: {steps}")
+        return 0
+    refused = refused_checks(outcome.all_events)
+    if refused:
+        why = " ".join(refused[0].split())
+        why = why if len(why) <= 400 else why[:399] + "…"  # the whole text is in the UI
+        more = f" (and {len(refused) - 1} more, in the Dagster UI)" if len(refused) > 1 else ""
+        print(f"{run} ran and was refused by {why}{more}", file=sys.stderr)
+        return REFUSED_EXIT
+    print(f"{run} failed; steps: {steps}:\n  " + "\n  ".join(failure_reasons(outcome)),
+          file=sys.stderr)
+    return 1
 
 
 def held_out_traffic(settings: PlatformSettings, frame, target: str):
@@ -492,6 +550,8 @@ def main(argv: list[str] | None = None) -> int:
     roll.add_argument("--reason", default="stopped by hand", help="recorded by `stop`")
     reexec = sub.add_parser("reexecute", help="re-run a failed run from its failure")
     reexec.add_argument("run_id", help="the failed run's id (Dagster UI, `dagster run list`)")
+    reexec.add_argument("--verbose", action="store_true",
+                        help="print Dagster's event log (every step, stack traces)")
     sim = sub.add_parser("simulate", help="send realistic traffic to the prediction API")
     sim.add_argument("--url", default=f"http://127.0.0.1:{_port('ML_API_PORT', 8000)}")
     sim.add_argument("--requests", type=int, default=300)
@@ -520,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "rollback":
         return rollback(args.to_version, args.reason)
     if args.command == "reexecute":
-        return reexecute(args.run_id)
+        return reexecute(args.run_id, args.verbose)
     if args.command == "rollout":
         return rollout(args.action, args.mode, args.version, args.share, args.steps,
                        args.step_minutes, args.reason)

@@ -23,7 +23,8 @@ has ended, so a line never misses an event still being written. Each poll reads 
 `limit` status events per type: a busy instance is caught up over several polls.
 
 Also here: `failure_reasons`, one sentence per failed step or check of a run, used by
-`ml-platform train` and by the run-failed line.
+`ml-platform train` and by the run-failed line, and `refused_checks`, which tells a run
+refused by blocking checks from a broken one (`ml-platform reexecute`).
 """
 
 from __future__ import annotations
@@ -122,6 +123,17 @@ def _reasons(events: Iterable[Any]) -> list[str]:
                                f"{evaluation.asset_key.to_user_string()}: "
                                f"{evaluation.description}")
     return reasons or ["run failed; see the Dagster UI for its logs"]
+
+
+def refused_checks(events: Sequence[Any]) -> list[str]:
+    """The failed checks' sentences when every failed step of a run failed on a blocking
+    check (the run was refused, a decision), else [] (it broke, or did not fail)."""
+    failures = [e for e in events if e.is_step_failure]
+    if not failures or any(e.step_failure_data.error is None
+                           or e.step_failure_data.error.cls_name
+                           != "DagsterAssetCheckFailedError" for e in failures):
+        return []
+    return [r for r in _reasons(events) if r.startswith("check ")]
 
 
 # ---------------------------------------------------------------------------------------

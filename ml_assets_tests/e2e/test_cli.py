@@ -116,7 +116,8 @@ def test_reexecution_keeps_the_partition_and_drops_the_attempts_own_tags():
     parent = {"dagster/partition": "2026-11-20", "ml/trigger": "drift",
               "dagster-celery/queue": "gpu", "dagster/failure_reason": "STEP_FAILURE",
               "dagster/retry_number": "1", "dagster/backfill": "abc",
-              "dagster/parent_run_id": "p", "dagster/root_run_id": "r"}
+              "dagster/parent_run_id": "p", "dagster/root_run_id": "r",
+              "ml/promotion": "refused", "ml/promotion_version": "2"}
     assert reexecution_tags(parent, "run-1") == {
         "dagster/partition": "2026-11-20", "ml/trigger": "drift",
         "dagster-celery/queue": "gpu", "ml/reexecution_of": "run-1"}

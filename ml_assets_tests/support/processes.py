@@ -65,3 +65,21 @@ class LoggedProcess:
             self.process.wait(30)
         self.send(signal.SIGKILL, group=True)  # stragglers (grandchildren)
         return Stopped(self.process.returncode, self.log())
+
+
+def session_processes(session: int) -> dict[int, str]:
+    """The live processes of session `session` (a LoggedProcess's pid, or any program
+    started with start_new_session=True) and their command lines, from /proc (Linux)."""
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[3]) != session or fields[0] in ("Z", "X"):  # 6th: the session
+                continue
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue  # exited meanwhile
+        found[int(entry.name)] = " ".join(a.decode(errors="replace") for a in argv if a)
+    return found
