@@ -5,10 +5,10 @@ from mlflow.webhooks.delivery import _generate_hmac_signature
 
 from serving.http.registry_webhook import (
     DELIVERY_HEADER,
-    _first_delivery,
     MAX_AGE_SECONDS,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
+    _first_delivery,
     signature,
     verification_problem,
 )
