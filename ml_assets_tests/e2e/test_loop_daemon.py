@@ -21,10 +21,14 @@ import numpy as np
 import pytest
 from dagster import DagsterInstance, RunsFilter
 
-from ml_assets.core.data.preprocessing import selected_features
 from ml_assets.definitions import defs
 from ml_assets.resources.factory import build_resources
-from ml_assets_tests.support.loop_days import calm_rows, conflicting_rows, ignored_shift
+from ml_assets_tests.support.loop_days import (
+    calm_rows,
+    conflicting_rows,
+    ignored_shift,
+    train_loop_champion,
+)
 from ml_assets_tests.support.processes import LoggedProcess
 from ml_assets_tests.support.production_days import log_day
 
@@ -79,14 +83,7 @@ def _retrains(instance: DagsterInstance) -> list:
 def test_the_daemon_retrains_once_on_a_harmful_shift_and_never_on_quiet_days(home, tmp_path):
     instance = DagsterInstance.get()
     resources = build_resources()
-    trained = defs.resolve_job_def("train_model").execute_in_process(
-        instance=instance, resources=resources, run_config={"ops": {
-            "trained_model": {"config": {"n_estimators": 30, "cv_folds": 2}},
-            "feature_preprocessor": {"config": {"k_best": 5}}}})
-    assert trained.success
-    model = trained.output_for_node("trained_model")
-    kept = {name.split("__", 1)[-1] for name in
-            selected_features(trained.output_for_node("feature_preprocessor"))}
+    trained, model, kept = train_loop_champion(instance, resources)
     held_out = trained.output_for_node("data_split").X_test
     log = Path(resources["production"].prediction_log_path)  # the API's, by default
     name = os.environ["ML_REGISTERED_MODEL_NAME"]

@@ -15,14 +15,18 @@ from dagster import AssetKey, build_sensor_context
 
 from ml_assets import automation
 from ml_assets.core.data.datasets import load_breast_cancer_frame
-from ml_assets.core.data.preprocessing import selected_features
 from ml_assets.core.estimation.store import ARTIFACT, load_estimation
 from ml_assets.core.prediction_log import PredictionRecord, SQLitePredictionLog
 from ml_assets.definitions import defs
 from ml_assets.resources import DataSourceResource, MlflowTracking
 from ml_assets.resources.production import ProductionDataResource
 from ml_assets.shared import ESTIMATE_CHECK
-from ml_assets_tests.support.loop_days import calm_rows, conflicting_rows, ignored_shift
+from ml_assets_tests.support.loop_days import (
+    calm_rows,
+    conflicting_rows,
+    ignored_shift,
+    train_loop_champion,
+)
 
 
 @pytest.fixture
@@ -37,14 +41,7 @@ def loop(instance, tmp_path, mlflow_store, unique_name, monkeypatch):
                                         labels_dir=str(tmp_path / "labels"))
     resources = {"data_source": DataSourceResource(kind="breast_cancer"),
                  "mlflow_tracking": tracking, "production": production}
-    trained = defs.resolve_job_def("train_model").execute_in_process(
-        instance=instance, resources=resources, run_config={"ops": {
-            "trained_model": {"config": {"n_estimators": 30, "cv_folds": 2}},
-            "feature_preprocessor": {"config": {"k_best": 5}}}})
-    assert trained.success
-    model = trained.output_for_node("trained_model")
-    kept = {name.split("__", 1)[-1] for name in
-            selected_features(trained.output_for_node("feature_preprocessor"))}
+    trained, model, kept = train_loop_champion(instance, resources)
     return {"instance": instance, "resources": resources, "model": model, "kept": kept,
             "split": trained.output_for_node("data_split"), "tracking": tracking,
             "log": tmp_path / "log.db", "cursor": None}

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from ml_assets.core.data.datasets import load_breast_cancer_frame
+from ml_assets.core.data.preprocessing import selected_features
 
 
 def calm_rows(held_out: pd.DataFrame, rng: np.random.Generator, size: int) -> pd.DataFrame:
@@ -43,3 +44,19 @@ def ignored_shift(rows: pd.DataFrame, kept: set[str], stds: float = 3.0) -> pd.D
     shifted = rows.copy()
     shifted[ignored] = shifted[ignored] + stds * features[ignored].std()
     return shifted
+
+
+def train_loop_champion(instance, resources: dict):
+    """The loop's champion: the training job on breast cancer, 30 trees, 5 of 30
+    features kept (SelectKBest). Returns (the job's result, the trained model, the
+    names of the features the model uses)."""
+    from ml_assets.definitions import defs
+
+    trained = defs.resolve_job_def("train_model").execute_in_process(
+        instance=instance, resources=resources, run_config={"ops": {
+            "trained_model": {"config": {"n_estimators": 30, "cv_folds": 2}},
+            "feature_preprocessor": {"config": {"k_best": 5}}}})
+    assert trained.success
+    kept = {name.split("__", 1)[-1] for name in
+            selected_features(trained.output_for_node("feature_preprocessor"))}
+    return trained, trained.output_for_node("trained_model"), kept
