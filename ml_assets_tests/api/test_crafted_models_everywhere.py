@@ -171,8 +171,8 @@ def test_the_api_refuses_a_crafted_canary_and_the_champion_answers(api, crafted,
     with bounded():
         response = api.post("/admin/reload", json={})
     body = response.json()
-    # The champion itself did not change (so no 409): the rollout part says refused.
-    assert response.status_code == 200 and body["status"] == "unchanged", body
+    # The champion did not change; the reload's only candidate, the canary, was refused.
+    assert response.status_code == 409 and body["status"] == "unchanged", body
     assert body["rollout"]["status"] == "rejected" and body["rollout"]["version"] == version
     names_the_check(body["rollout"]["detail"], name, kind, version)
     for key in ("a", "b", "c"):  # a 100% canary share: every client would get it

@@ -341,8 +341,9 @@ async def model_info(service: ServiceDep) -> Response:
 
 @protected_routes.post(
     "/admin/reload", response_model=ReloadResult, tags=["operations"],
-    responses={409: {"model": ReloadResult, "description": "The candidate was rejected; the "
-                     "previous model keeps serving."},
+    responses={409: {"model": ReloadResult, "description": "The candidate was rejected (the "
+                     "champion, or with the champion unchanged a rollout's challenger, "
+                     "`rollout.status: rejected`); the previous model keeps serving."},
                502: {"model": ReloadResult, "description": "The registry is unreachable."},
                503: {"model": ReloadResult, "description": "No champion exists yet."},
                413: _ERRORS[413], **UNSUPPORTED_MEDIA_TYPE,
@@ -378,6 +379,8 @@ async def reload_model(request: Request, service: ServiceDep, force: Annotated[b
             rollout = {"status": "error", "detail": f"{type(exc).__name__}: {exc}"}
         if rollout.get("status") not in ("none", None):
             result = {**result, "rollout": rollout}
+        if rollout.get("status") == "rejected" and result["status"] == "unchanged":
+            status = 409  # the only candidate of this reload, a challenger, was refused
     return OrjsonResponse(result, status_code=status)
 
 
