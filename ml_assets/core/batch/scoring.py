@@ -92,7 +92,12 @@ def validate_input(frame: pd.DataFrame, schema: pa.DataFrameSchema, target: str,
         values = pd.to_numeric(validated[name], errors="coerce").to_numpy(dtype=float)
         infinite = np.flatnonzero(np.isinf(values))
         if len(infinite):
-            shown = ", ".join(str(i + 1) for i in infinite[:5])
+            # data rows counted from 1 by the frame's index (a shard's batch starts
+            # where it starts in its file), by position for other indexes
+            index = validated.index
+            numbers = (index[infinite[:5]] if pd.api.types.is_integer_dtype(index)
+                       else infinite[:5])
+            shown = ", ".join(str(int(i) + 1) for i in numbers)
             raise BatchInputError(
                 file, "not_finite",
                 f"{file}: column {name!r} holds {len(infinite)} infinite value(s) in data "
