@@ -126,6 +126,7 @@ class ShardResult:
     runtime: str
     outcomes: list[CheckOutcome]
     ignored: list[str] = field(default_factory=list)
+    peak_rss_mib: float = 0.0
 
     @property
     def passed(self) -> bool:
@@ -161,20 +162,46 @@ def _batches(shard: Shard, csv_options: CsvOptions, features: list[str],
         yield frame
 
 
-def _output_frame(rows: pd.DataFrame, outputs: pd.DataFrame, plan: ShardPlan,
-                  shard: Shard, scored_at: pd.Timestamp) -> pd.DataFrame:
-    """One output row per input row, in the columns `scoring.scored_frame` writes."""
-    frame = rows.reset_index(drop=True)
+def _output_table(rows: pd.DataFrame, outputs: pd.DataFrame, plan: ShardPlan,
+                  shard: Shard, scored_at: pd.Timestamp):
+    """One output row per input row, in the columns `scoring.scored_frame` writes, as an
+    Arrow table built column by column (no pandas copy of the features)."""
+    import pyarrow as pa
+
+    table = pa.Table.from_pandas(rows, preserve_index=False)
+    n = len(rows)
     prefix = f"batch-{plan.day}-{shard.key}-"
     numbers = (rows.index.to_numpy() + 1).astype(str)
-    frame["request_id"] = np.char.add(prefix, numbers).astype(object)
-    frame["model_name"] = plan.model_name
-    frame["model_version"] = str(plan.model_version)
-    frame["scored_at"] = scored_at
-    for column in outputs.columns:
-        frame[column] = outputs[column].to_numpy()
-    frame["source_file"] = shard.file_name
-    return frame
+    columns = {
+        "request_id": pa.array(np.char.add(prefix, numbers), type=pa.string()),
+        "model_name": pa.repeat(pa.scalar(plan.model_name), n),
+        "model_version": pa.repeat(pa.scalar(str(plan.model_version)), n),
+        "scored_at": pa.repeat(pa.scalar(scored_at.to_pydatetime(),
+                                         type=pa.timestamp("us", tz="UTC")), n),
+        **{str(c): pa.array(outputs[c].to_numpy()) for c in outputs.columns},
+        "source_file": pa.repeat(pa.scalar(shard.file_name), n),
+    }
+    for name, values in columns.items():
+        table = table.append_column(name, values)
+    return table
+
+
+# Dictionary encoding only where values repeat: tried on every column, Parquet spends
+# time building dictionaries of distinct floats and ids before falling back.
+_DICTIONARY_COLUMNS = ["model_name", "model_version", "prediction", "source_file"]
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory (VmHWM, reset by exec unlike ru_maxrss)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def merge_outcomes(groups: list[list[CheckOutcome]]) -> list[CheckOutcome]:
@@ -235,7 +262,6 @@ def score_shard(plan: ShardPlan, shard: Shard, model: ScoringModel, day_dir: Pat
     validated (BatchInputError names the file, column and data rows), answered by
     `scorer`, written to a temporary file that is read back, checked, and renamed over
     the part only when every check passes. The temporary file never outlives the call."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     check_unchanged(shard)
@@ -253,11 +279,11 @@ def score_shard(plan: ShardPlan, shard: Shard, model: ScoringModel, day_dir: Pat
             ignored = raw.attrs.get("ignored", [])
             rows = validate_input(raw, loaded.schema, loaded.target, shard.file_name, label)
             outputs, slow = scorer(model, rows)
-            table = pa.Table.from_pandas(_output_frame(rows, outputs, plan, shard, scored_at),
-                                         preserve_index=False)
+            table = _output_table(rows, outputs, plan, shard, scored_at)
             if writer is None:  # the directory made once a batch is valid
                 part.parent.mkdir(parents=True, exist_ok=True)
-                writer = pq.ParquetWriter(temporary, table.schema.remove_metadata())
+                writer = pq.ParquetWriter(temporary, table.schema.remove_metadata(),
+                                          use_dictionary=_DICTIONARY_COLUMNS)
             writer.write_table(table.cast(writer.schema))
             rows_in += len(rows)
             pipeline_rows += slow
@@ -278,7 +304,8 @@ def score_shard(plan: ShardPlan, shard: Shard, model: ScoringModel, day_dir: Pat
             writer.close()
         temporary.unlink(missing_ok=True)
     return ShardResult(shard.index, shard.file_name, str(part.relative_to(day_dir)), rows_in,
-                       written, pipeline_rows, model.runtime, outcomes, list(ignored))
+                       written, pipeline_rows, model.runtime, outcomes, list(ignored),
+                       peak_rss_mib())
 
 
 def publish(plan: ShardPlan, results: list[ShardResult], day_dir: Path,
@@ -331,7 +358,8 @@ def publish(plan: ShardPlan, results: list[ShardResult], day_dir: Path,
         "scored_at": plan.scored_at, "rows": read,
         "files": per_file, "feature_columns": features,
         "pipeline_rows": sum(r.pipeline_rows for r in results),
-        "parts": [{"path": r.part, "rows": r.input_rows, "file": r.file} for r in ordered],
+        "parts": [{"path": r.part, "rows": r.input_rows, "file": r.file,
+                   "peak_rss_mib": round(r.peak_rss_mib, 1)} for r in ordered],
     }
     write_json_atomically(manifest, day_dir / MANIFEST)
     remove_other_plans(day_dir, plan)
