@@ -148,18 +148,21 @@ def _batches(shard: Shard, csv_options: CsvOptions, features: list[str],
         return
     import pyarrow.parquet as pq
 
-    reader = pq.ParquetFile(file)
+    # No pre-buffering, and one row group at a time: asked for a range of row groups,
+    # the reader fetches all of them up front (memory growing with the shard).
+    reader = pq.ParquetFile(file, pre_buffer=False)
     names = reader.schema_arrow.names
     wanted = [name for name in names if name in set(features)]
     ignored = sorted(set(names) - set(wanted))
     offset = shard.first_row
-    for batch in reader.iter_batches(batch_size=batch_rows, columns=wanted,
-                                     row_groups=range(*shard.row_groups)):
-        frame = parse_dates(batch.to_pandas())
-        frame.index = pd.RangeIndex(offset, offset + len(frame))
-        frame.attrs["ignored"] = ignored
-        offset += len(frame)
-        yield frame
+    for group in range(*shard.row_groups):
+        for batch in reader.iter_batches(batch_size=batch_rows, columns=wanted,
+                                         row_groups=[group], use_threads=False):
+            frame = parse_dates(batch.to_pandas())
+            frame.index = pd.RangeIndex(offset, offset + len(frame))
+            frame.attrs["ignored"] = ignored
+            offset += len(frame)
+            yield frame
 
 
 def _output_table(rows: pd.DataFrame, outputs: pd.DataFrame, plan: ShardPlan,
@@ -233,7 +236,7 @@ def check_written(path: Path, input_rows: int, regression: bool,
     record batches of the output columns only."""
     import pyarrow.parquet as pq
 
-    reader = pq.ParquetFile(path)
+    reader = pq.ParquetFile(path, pre_buffer=False)
     columns = [c for c in reader.schema_arrow.names
                if c in ("prediction", "model_version") or c.startswith("proba_")]
     groups, written = [], 0
