@@ -137,13 +137,13 @@ def _sharded(env: dict, shard_rows: int, queue) -> None:
                 run_config={"ops": {"batch_predictions": {"ops": {"plan_batch_shards": {
                     "config": {"shard_rows": shard_rows}}}}}})
             wall = time.perf_counter() - started
-            steps = [e for e in instance.all_logs(result.run_id)
-                     if e.is_dagster_event and e.dagster_event.event_type_value
-                     in ("STEP_START", "STEP_SUCCESS") and "score_batch_shard" in e.step_key]
-    starts = {e.step_key: e.timestamp for e in steps if e.dagster_event.event_type_value
-              == "STEP_START"}
-    step_seconds = sum(e.timestamp - starts[e.step_key] for e in steps
-                       if e.dagster_event.event_type_value == "STEP_SUCCESS")
+            steps = [(e.step_key, e.dagster_event.event_type_value, e.timestamp)
+                     for e in instance.all_logs(result.run_id)
+                     if e.dagster_event is not None and e.step_key
+                     and "score_batch_shard" in e.step_key
+                     and e.dagster_event.event_type_value in ("STEP_START", "STEP_SUCCESS")]
+    starts = {key: at for key, kind, at in steps if kind == "STEP_START"}
+    step_seconds = sum(at - starts[key] for key, kind, at in steps if kind == "STEP_SUCCESS")
     manifest = json.loads((Path(env["BENCH_OUTPUT_DIR"]) / DAY / "manifest.json").read_text())
     queue.put({"success": result.success, "wall": wall, "step_seconds": step_seconds,
                "shards": len(starts), "orchestrator_mib": _peak_mib(),
@@ -203,7 +203,9 @@ def _drift(env: dict, mode: str, queue) -> None:
 
     profile = ReferenceProfile.from_bytes(Path(env["BENCH_PROFILE"]).read_bytes())
     day_dir = Path(env["BENCH_OUTPUT_DIR"]) / DAY
-    parts = manifest_parts(day_dir, read_manifest(day_dir))
+    manifest = read_manifest(day_dir)
+    assert manifest is not None, f"{day_dir} was not completely scored"
+    parts = manifest_parts(day_dir, manifest)
     columns = [*profile.features, *profile.predictions]
     started = time.perf_counter()
     if mode == "sketch":
