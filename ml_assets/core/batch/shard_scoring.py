@@ -167,7 +167,7 @@ def _batches(shard: Shard, csv_options: CsvOptions, features: list[str],
 
 def _output_table(rows: pd.DataFrame, outputs: pd.DataFrame, plan: ShardPlan,
                   shard: Shard, scored_at: pd.Timestamp):
-    """One output row per input row, in the columns `scoring.scored_frame` writes, as an
+    """One output row per input row, in the columns the day always had, as an
     Arrow table built column by column (no pandas copy of the features)."""
     import pyarrow as pa
 
