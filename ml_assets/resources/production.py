@@ -14,6 +14,7 @@ import pandas as pd
 from dagster import ConfigurableResource, EnvVar
 from pydantic import Field
 
+from ml_assets.core.batch.shards import MANIFEST, read_day
 from ml_assets.core.data.production_rows import (
     LabelFiles,
     Lineage,
@@ -35,8 +36,9 @@ from ml_assets.core.prediction_log import (
 _PG_READERS: dict[tuple[int, str], PredictionLog] = {}
 _PG_READERS_LOCK = threading.Lock()
 
-# Daily batch scoring (ml_assets/batch.py) writes <batch_output_dir>/<day>/BATCH_FILE.
-BATCH_FILE = "predictions.parquet"
+# Daily batch scoring (ml_assets/batch.py) writes <batch_output_dir>/<day>/BATCH_MANIFEST
+# naming the day's Parquet parts (ml_assets/core/batch/shards.py).
+BATCH_MANIFEST = MANIFEST
 # Its columns besides the features (and proba_<class> per class of a classifier).
 BATCH_META_COLUMNS = ("request_id", "model_name", "model_version", "scored_at",
                       "prediction", "source_file")
@@ -84,7 +86,8 @@ class ProductionDataResource(ConfigurableResource):
         "*.parquet with the champion's feature columns (ML_BATCH_INPUT_DIR).")
     batch_output_dir: str = Field(
         default="", description="Daily batch scoring output: <dir>/<YYYY-MM-DD>/"
-        f"{BATCH_FILE}, one scored row per input row (ML_BATCH_OUTPUT_DIR).")
+        f"{BATCH_MANIFEST} and the Parquet parts it names, one scored row per input row "
+        "(ML_BATCH_OUTPUT_DIR).")
 
     def prediction_days(self) -> list[date]:
         if not self._log_exists():
@@ -150,28 +153,32 @@ class ProductionDataResource(ConfigurableResource):
         """day -> newest file mtime, for every day directory of batch input."""
         return _day_folders(Path(self.batch_input_dir)) if self.batch_input_dir else {}
 
-    def batch_output_path(self, day: str) -> Path:
-        """Where batch scoring writes (and this resource reads) `day`'s predictions."""
+    def batch_output_dir_of(self, day: str) -> Path:
+        """Where batch scoring writes (and this resource reads) `day`'s parts."""
         if not self.batch_output_dir:
             raise ValueError("no batch output directory is configured (batch_output_dir, "
                              "ML_BATCH_OUTPUT_DIR)")
-        return day_folder(self.batch_output_dir, day) / BATCH_FILE
+        return day_folder(self.batch_output_dir, day)
+
+    def batch_manifest_path(self, day: str) -> Path:
+        """`day`'s manifest: written last, when every shard of the day is scored."""
+        return self.batch_output_dir_of(day) / BATCH_MANIFEST
 
     def batch_predictions(self, day: str) -> pd.DataFrame:
         """`day`'s batch-scored rows shaped like production_data's logged rows: the
         feature columns, request_id, model_name, model_version, prediction (the class, or a
         regressor's value), proba_<class>... and source="batch". Empty when the day
-        was not batch-scored (or no output directory is configured)."""
+        was not completely batch-scored (or no output directory is configured)."""
         if not self.batch_output_dir:
             return pd.DataFrame()
-        path = self.batch_output_path(day)
-        if not path.is_file():
-            return pd.DataFrame()
+        folder = self.batch_output_dir_of(day)
         try:
-            scored = pd.read_parquet(path)
+            scored = read_day(folder)
         except Exception as exc:  # noqa: BLE001 - pyarrow raises many types
-            raise ValueError(f"batch predictions of {day} ({path}) cannot be read: "
+            raise ValueError(f"batch predictions of {day} ({folder}) cannot be read: "
                              f"{exc}") from exc
+        if scored.empty:
+            return pd.DataFrame()
         probabilities = [c for c in scored.columns if str(c).startswith("proba_")]
         features = scored.attrs.get("feature_columns") or [
             c for c in scored.columns if c not in BATCH_META_COLUMNS and c not in probabilities]

@@ -15,6 +15,7 @@ from dagster import DagsterInstance, materialize
 
 from ml_assets import batch
 from ml_assets.core.artifacts.loading import load_pipeline
+from ml_assets.core.batch.shards import read_day
 from ml_assets.core.data.datasets import BREAST_CANCER_TARGET, load_breast_cancer_frame
 from ml_assets.core.registry import champion as registry
 from ml_assets.definitions import defs
@@ -23,7 +24,7 @@ from ml_assets.resources.production import ProductionDataResource
 
 DAY = "2026-11-20"
 CHECKS = {batch.ROW_COUNT_CHECK, batch.COMPLETE_CHECK, batch.PROBABILITY_CHECK,
-          batch.FINITE_CHECK}
+          batch.FINITE_CHECK, batch.SHARDS_CHECK}
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +80,12 @@ def _failure(result):
     return data.description, data.metadata
 
 
+def metadata_of(result):
+    (materialization,) = [m for m in result.get_asset_materialization_events()
+                          if m.asset_key.to_user_string() == "batch_predictions"]
+    return materialization.materialization.metadata
+
+
 def _output_dir_files(production, day=DAY) -> list[str]:
     folder = Path(production.batch_output_dir) / day
     return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
@@ -107,8 +114,9 @@ def test_a_day_of_csv_and_parquet_files_is_scored_by_the_champion(
 
     version = str(registry.alias_version(champion.client, champion.registered_model_name,
                                          registry.CHAMPION).version)
-    path = Path(production.batch_output_dir) / DAY / "predictions.parquet"
-    written = pd.read_parquet(path)
+    day_dir = Path(production.batch_output_dir) / DAY
+    path = day_dir / "manifest.json"
+    written = read_day(day_dir)
     assert len(written) == 100
     assert (written["model_version"] == version).all()
     assert (written["model_name"] == champion.registered_model_name).all()
@@ -128,15 +136,19 @@ def test_a_day_of_csv_and_parquet_files_is_scored_by_the_champion(
     rows = pd.concat([labelled.drop(columns=BREAST_CANCER_TARGET), features])
     expected = model.pipeline.predict_proba(rows)
     classes = list(model.pipeline.classes_)
+    # The compiled graph answers (float32 trees: within its parity tolerance), with the
+    # Pipeline's labels.
+    assert metadata_of(result)["runtime"].value == ["onnx"]
     np.testing.assert_allclose(proba[:, [classes.index("benign"),
-                                         classes.index("malignant")]], expected, rtol=1e-9)
+                                         classes.index("malignant")]], expected, atol=1e-5)
+    assert (written["prediction"].to_numpy()
+            == model.pipeline.classes_[expected.argmax(axis=1)].astype(str)).all()
     np.testing.assert_allclose(written[list(features.columns)].to_numpy(), rows.to_numpy())
     # A misclassification rate fit for the breast cancer data: the model really scored.
     truth = labelled[BREAST_CANCER_TARGET].to_numpy()
     assert (written["prediction"].iloc[:60].to_numpy() == truth).mean() > 0.85
 
-    (materialization,) = result.asset_materializations_for_node("batch_predictions")
-    metadata = materialization.metadata
+    metadata = metadata_of(result)
     assert metadata["rows"].value == 100
     assert metadata["model_version"].value == version
     assert metadata["files"].value == {"clinic_a.csv": 60, "clinic_b.parquet": 40}
@@ -159,9 +171,11 @@ def test_a_day_of_csv_and_parquet_files_is_scored_by_the_champion(
     table.sample(7, random_state=3).to_csv(folder / "clinic_a.csv", index=False)
     again = _score(instance, production, champion)
     assert again.success
-    rescored = pd.read_parquet(path)
+    rescored = read_day(day_dir)
     assert len(rescored) == 7 and set(rescored["source_file"]) == {"clinic_a.csv"}
-    assert _output_dir_files(production) == ["predictions.parquet"]
+    assert _output_dir_files(production) == ["manifest.json", "parts"]
+    (plan_dir,) = (day_dir / "parts").iterdir()  # the first run's parts are gone
+    assert sorted(p.name for p in plan_dir.iterdir()) == ["part-00000.parquet"]
     assert len(production.batch_predictions(DAY)) == 7
 
 
@@ -219,15 +233,16 @@ def test_a_failing_output_check_blocks_and_keeps_the_last_good_output(
         champion, production, instance, table, monkeypatch):
     table.head(30).to_csv(_day_dir(production) / "a.csv", index=False)
     assert _score(instance, production, champion).success
-    path = Path(production.batch_output_dir) / DAY / "predictions.parquet"
-    before = path.read_bytes()
+    day_dir = Path(production.batch_output_dir) / DAY
+    before = (day_dir / "manifest.json").read_bytes()
+    rows_before = read_day(day_dir)
 
     real = batch.score
 
     def unbalanced(model, rows):
-        outputs = real(model, rows)
+        outputs, slow = real(model, rows)
         outputs["proba_benign"] = outputs["proba_benign"] * 0.5
-        return outputs
+        return outputs, slow
 
     monkeypatch.setattr(batch, "score", unbalanced)
     result = _score(instance, production, champion)
@@ -238,8 +253,9 @@ def test_a_failing_output_check_blocks_and_keeps_the_last_good_output(
     description, _ = _failure(result)
     assert batch.PROBABILITY_CHECK in description and "do not sum to 1" in description
     assert not result.get_asset_materialization_events()
-    assert path.read_bytes() == before
-    assert _output_dir_files(production) == ["predictions.parquet"]
+    assert (day_dir / "manifest.json").read_bytes() == before
+    pd.testing.assert_frame_equal(read_day(day_dir), rows_before)
+    assert _output_dir_files(production) == ["manifest.json", "parts"]
 
 
 def test_output_checks_judge_what_was_written():

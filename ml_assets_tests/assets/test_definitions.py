@@ -7,9 +7,19 @@ import json
 import os
 from pathlib import Path
 
+from dagster import GraphDefinition
+
 from ml_assets.definitions import defs
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "definitions.json"
+
+
+def _retries(node) -> bool | dict[str, bool]:
+    """An op-backed asset: whether its op retries; a graph-backed one (batch_predictions:
+    a step per shard): the same per op of the graph."""
+    if isinstance(node, GraphDefinition):
+        return {op.name: bool(op.retry_policy) for op in node.iterate_op_defs()}
+    return bool(node.retry_policy)
 
 
 def describe(definitions) -> dict:
@@ -21,7 +31,7 @@ def describe(definitions) -> dict:
             "group": node.group_name,
             "deps": sorted(d.to_user_string() for d in node.parent_keys),
             "checks": sorted(c.name for c in node.check_keys),
-            "retry": bool(definitions.get_assets_def(key).op.retry_policy),
+            "retry": _retries(definitions.get_assets_def(key).node_def),
         }
     checks = {}
     for check_key in sorted(graph.asset_check_keys, key=lambda k: (k.asset_key.path, k.name)):

@@ -1,28 +1,22 @@
-"""Batch scoring without Dagster: a day's input files read as training reads files,
-validated against the champion's own feature schema as the API validates requests,
-scored, and written (a temporary file renamed into place) only when the checks of what
-was written pass. The `batch_predictions` asset (ml_assets/batch.py) adds the day's
-partition, the champion's lookup, the asset checks and the metadata."""
+"""Batch scoring's rules without Dagster: which files of a day are input, a file read as
+training reads files and validated against the champion's own feature schema as the
+API validates requests, and the checks of what was written. Shards and their scoring:
+ml_assets/core/batch/shards.py and shard_scoring.py; the `batch_predictions` asset
+(ml_assets/batch.py) adds the day's partition, the champion's lookup and the checks."""
 
 from __future__ import annotations
 
-import os
 import re
-import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 
-from ml_assets.core.artifacts.loading import LoadedModel
 from ml_assets.core.data.datasets import CsvOptions, DataSourceError
 from ml_assets.core.data.datasets import _read as read_tabular_file
 from ml_assets.core.data.schemas import feature_columns, validate_frame
-from ml_assets.core.drift.scoring import model_outputs
 
 ROW_COUNT_CHECK = "row_count_matches_input"
 COMPLETE_CHECK = "no_missing_predictions"
@@ -92,7 +86,12 @@ def validate_input(frame: pd.DataFrame, schema: pa.DataFrameSchema, target: str,
         values = pd.to_numeric(validated[name], errors="coerce").to_numpy(dtype=float)
         infinite = np.flatnonzero(np.isinf(values))
         if len(infinite):
-            shown = ", ".join(str(i + 1) for i in infinite[:5])
+            # data rows counted from 1 by the frame's index (a shard's batch starts
+            # where it starts in its file), by position for other indexes
+            index = validated.index
+            numbers = (index[infinite[:5]] if pd.api.types.is_integer_dtype(index)
+                       else infinite[:5])
+            shown = ", ".join(str(int(i) + 1) for i in numbers)
             raise BatchInputError(
                 file, "not_finite",
                 f"{file}: column {name!r} holds {len(infinite)} infinite value(s) in data "
@@ -107,31 +106,6 @@ def file_keys(files: list[Path]) -> dict[Path, str]:
     the day's files share a stem (a.csv and a.parquet)."""
     stems = [f.stem for f in files]
     return {f: f.name if stems.count(f.stem) > 1 else f.stem for f in files}
-
-
-def score(model: LoadedModel, rows: pd.DataFrame) -> pd.DataFrame:
-    """The model's answer per row: 'prediction' (the class, or a regressor's value) and,
-    for a classifier, 'proba_<class>' per class (the prediction is the most probable
-    class, as the API answers)."""
-    outputs, _ = model_outputs(model.pipeline, rows)
-    return outputs
-
-
-def scored_frame(rows: pd.DataFrame, outputs: pd.DataFrame, *, day: str, key: str,
-                 source_file: str, model_name: str, model_version: str,
-                 scored_at: datetime) -> pd.DataFrame:
-    """One output row per input row: features, request_id (batch-<day>-<file>-<data
-    row, counted from 1 as validation messages count them>), model name and version,
-    scored_at, prediction, proba_<class>..., source_file."""
-    frame = rows.reset_index(drop=True).copy()
-    frame["request_id"] = [f"batch-{day}-{key}-{i}" for i in range(1, len(frame) + 1)]
-    frame["model_name"] = model_name
-    frame["model_version"] = str(model_version)
-    frame["scored_at"] = pd.Timestamp(scored_at)
-    for column in outputs.columns:
-        frame[column] = outputs[column].to_numpy()
-    frame["source_file"] = source_file
-    return frame
 
 
 @dataclass(frozen=True)
@@ -186,68 +160,3 @@ def output_checks(written: pd.DataFrame, input_rows: int, regression: bool
                                  if np.isfinite(values).all() else
                                  "a classifier with non-finite probabilities"))
     return outcomes
-
-
-def write_atomically(frame: pd.DataFrame, path: Path) -> Path:
-    """`frame` as Parquet in a temporary file next to `path` (same file system), for
-    `os.replace` once its checks pass. Returns the temporary file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        frame.to_parquet(temporary, index=False)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return temporary
-
-
-@dataclass
-class ScoredDay:
-    """The day's files scored: one frame (attrs["feature_columns"]: the model's features
-    in order), rows per file, and the input columns that are no feature (ignored)."""
-
-    frame: pd.DataFrame
-    per_file: dict[str, int]
-    ignored: set[str]
-
-    @property
-    def input_rows(self) -> int:
-        return sum(self.per_file.values())
-
-
-def score_day(files: list[Path], model: LoadedModel, csv_options: CsvOptions, *, day: str,
-              model_name: str, model_version: str, scored_at: datetime,
-              scorer: Callable[[LoadedModel, pd.DataFrame], pd.DataFrame] = score
-              ) -> ScoredDay:
-    """Every file read, validated and scored by `model` (`scorer`: `score`), in order;
-    the first file that cannot be raises its BatchInputError and nothing is scored."""
-    keys = file_keys(files)
-    model_label = f"champion version {model_version} of {model_name}"
-    frames, per_file, ignored = [], {}, set()
-    for file in files:
-        raw = read_input(file, csv_options)
-        rows = validate_input(raw, model.schema, model.target, file.name, model_label)
-        ignored |= set(raw.columns) - set(rows.columns)
-        per_file[file.name] = len(rows)
-        frames.append(scored_frame(rows, scorer(model, rows), day=day, key=keys[file],
-                                   source_file=file.name, model_name=model_name,
-                                   model_version=model_version, scored_at=scored_at))
-    scored = pd.concat(frames, ignore_index=True)
-    scored.attrs["feature_columns"] = list(feature_columns(model.schema, model.target))
-    return ScoredDay(scored, per_file, ignored)
-
-
-def write_checked(frame: pd.DataFrame, path: Path, input_rows: int, regression: bool
-                  ) -> tuple[pd.DataFrame, list[CheckOutcome]]:
-    """`frame` written to a temporary file next to `path`, read back and checked
-    (`output_checks`); it replaces `path` only when every check passes, and the
-    temporary file never outlives the call. Returns what was written and the checks."""
-    temporary = write_atomically(frame, path)
-    try:
-        written = pd.read_parquet(temporary)  # check what was written, not what was meant
-        outcomes = output_checks(written, input_rows, regression)
-        if all(o.passed for o in outcomes):
-            os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return written, outcomes

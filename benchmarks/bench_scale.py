@@ -1,0 +1,305 @@
+"""Past one machine's memory: a day of generated rows (30 numeric features, Parquet)
+scored by the sharded `batch_predictions` asset with 1 and 2 worker processes (Dagster's
+multiprocess executor: one process per shard step), against a plain ONNX Runtime script
+over the same files; then drift over the same rows from merged per-part sketches, against
+single-pass `score_drift`.
+
+    python benchmarks/bench_scale.py                       # 2,000,000 rows, 3 repeats
+    python benchmarks/bench_scale.py --rows 20000000       # the issue's 20M rows
+    python benchmarks/bench_scale.py --rows 200000 --repeats 1   # quick
+
+Setup (not timed): a 50-tree forest on the synthetic generator's 30 features, registered
+and compiled (ONNX, parity-checked) in a temporary MLflow store, with its reference
+profile; the day as Parquet files of --file-rows rows (row groups of 100,000), the second
+half of the files shifted by 0.2 std on 15 features (so the drift verdicts have
+something to find). Every measured thing runs in its own child process; peak RSS is
+VmHWM: of each child itself, and of each shard step process (the step records its own
+in the day's manifest). Runs alternate (plain, 1 worker, 2 workers) per repeat;
+medians. rows/s per core = rows / wall time / worker processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import multiprocessing
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+MODEL = "bench_scale_model"
+DAY = "2026-11-20"
+FEATURES = 30
+
+
+def _peak_mib() -> float:
+    """This process's peak RSS: VmHWM (ru_maxrss would carry the parent's over exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# -- setup ----------------------------------------------------------------------------------
+
+def setup(root: Path, rows: int, file_rows: int) -> dict:
+    """The champion (registered, compiled) and its reference profile, and the day's files."""
+    import mlflow
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ml_assets.core.data.datasets import SyntheticSpec, make_synthetic
+    from ml_assets.core.drift.profile import build_reference_profile
+    from ml_assets.core.drift.scoring import model_outputs
+    from ml_assets_tests.support.models import experiment_id, register, train_synthetic
+
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    spec = SyntheticSpec(n_rows=20_000, n_numeric=FEATURES, seed=0)
+    trained = train_synthetic(spec, n_estimators=50)
+    version, _ = register(trained, MODEL, experiment_id(MODEL, (root / "art").as_uri()),
+                          compile=True)
+    # as the reference_profile asset builds it: features on the training split, model
+    # outputs on the held-out split
+    features = build_reference_profile(trained.X_train,
+                                       dict.fromkeys(trained.X_train.columns, "numeric"))
+    outputs, output_kinds = model_outputs(trained.pipeline, trained.X_test)
+    predictions = build_reference_profile(outputs, {}, output_kinds)
+    profile = dataclasses.replace(features, predictions=predictions.predictions)
+    (root / "profile.npz").write_bytes(profile.to_bytes())
+    day = root / "in" / DAY
+    day.mkdir(parents=True)
+    files = -(-rows // file_rows)
+    written = 0
+    for i in range(files):
+        n = min(file_rows, rows - written)
+        path = day / f"drop_{i:03d}.parquet"
+        with pq.ParquetWriter(path, pa.schema([(c, pa.float64())
+                                               for c in spec.numeric_columns])) as writer:
+            for start in range(0, n, 250_000):
+                chunk = make_synthetic(SyntheticSpec(
+                    n_rows=min(250_000, n - start), n_numeric=FEATURES,
+                    seed=1000 + i * 1000 + start // 250_000,
+                    shift=0.2 if i >= files / 2 else 0.0))
+                table = pa.Table.from_pandas(chunk[spec.numeric_columns].astype(np.float64),
+                                             preserve_index=False)
+                writer.write_table(table.replace_schema_metadata(None),
+                                   row_group_size=100_000)
+        written += n
+    return {"tracking_uri": mlflow.get_tracking_uri(), "version": version,
+            "input_dir": str(root / "in"), "profile": str(root / "profile.npz")}
+
+
+# -- the sharded asset ------------------------------------------------------------------------
+
+def bench_job():
+    """The batch_predictions asset on the multiprocess executor (settings from BENCH_*)."""
+    from dagster import Definitions, define_asset_job, multiprocess_executor
+
+    from ml_assets import batch
+    from ml_assets.resources import DataSourceResource, MlflowTracking
+    from ml_assets.resources.production import ProductionDataResource
+
+    out = os.environ["BENCH_OUTPUT_DIR"]
+    return Definitions(
+        assets=[batch.batch_predictions],
+        resources={"production": ProductionDataResource(
+            prediction_log_path=os.path.join(out, "log.db"),
+            landing_dir=os.path.join(out, "landing"), labels_dir=os.path.join(out, "labels"),
+            batch_input_dir=os.environ["BENCH_INPUT_DIR"], batch_output_dir=out),
+            "data_source": DataSourceResource(kind="synthetic"),
+            "mlflow_tracking": MlflowTracking(
+                tracking_uri=os.environ["MLFLOW_TRACKING_URI"], experiment_name=MODEL,
+                registered_model_name=MODEL)},
+        jobs=[define_asset_job("bench_scale", selection=["batch_predictions"])],
+        executor=multiprocess_executor.configured(
+            {"max_concurrent": int(os.environ["BENCH_WORKERS"])}),
+    ).resolve_job_def("bench_scale")
+
+
+def _sharded(env: dict, shard_rows: int, queue) -> None:
+    os.environ.update(env)
+    from dagster import DagsterInstance, execute_job, reconstructable
+
+    with tempfile.TemporaryDirectory(prefix="bench-dagster-") as home:
+        with DagsterInstance.local_temp(home) as instance:
+            started = time.perf_counter()
+            result = execute_job(
+                reconstructable(bench_job), instance=instance, tags={"dagster/partition": DAY},
+                run_config={"ops": {"batch_predictions": {"ops": {"plan_batch_shards": {
+                    "config": {"shard_rows": shard_rows}}}}}})
+            wall = time.perf_counter() - started
+            steps = [(e.step_key, e.dagster_event.event_type_value, e.timestamp)
+                     for e in instance.all_logs(result.run_id)
+                     if e.dagster_event is not None and e.step_key
+                     and "score_batch_shard" in e.step_key
+                     and e.dagster_event.event_type_value in ("STEP_START", "STEP_SUCCESS")]
+    starts = {key: at for key, kind, at in steps if kind == "STEP_START"}
+    step_seconds = sum(at - starts[key] for key, kind, at in steps if kind == "STEP_SUCCESS")
+    manifest = json.loads((Path(env["BENCH_OUTPUT_DIR"]) / DAY / "manifest.json").read_text())
+    queue.put({"success": result.success, "wall": wall, "step_seconds": step_seconds,
+               "shards": len(starts), "orchestrator_mib": _peak_mib(),
+               # each shard step's own VmHWM, recorded in the manifest by the step
+               "step_peak_mib": max(p["peak_rss_mib"] for p in manifest["parts"])})
+
+
+# -- the plain ONNX Runtime script ---------------------------------------------------------------
+
+def _plain(env: dict, queue) -> None:
+    """Read each file's record batches, feed the graph, write prediction + probabilities:
+    what a person would write with onnxruntime and pyarrow alone."""
+    import numpy as np
+    import onnxruntime as ort
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ml_assets.core.artifacts.onnx.contract import PROBABILITIES_OUTPUT
+
+    started = time.perf_counter()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(Path(env["BENCH_GRAPH"]).read_bytes(), options,
+                                   providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    out = Path(env["BENCH_OUTPUT_DIR"])
+    out.mkdir(parents=True, exist_ok=True)
+    rows = 0
+    for file in sorted((Path(env["BENCH_INPUT_DIR"]) / DAY).glob("*.parquet")):
+        with pq.ParquetWriter(out / file.name, pa.schema(
+                [("prediction", pa.int64()), ("proba_0", pa.float64()),
+                 ("proba_1", pa.float64())])) as writer:
+            for batch in pq.ParquetFile(file).iter_batches(batch_size=65_536):
+                feed = {name: batch.column(name).to_numpy().reshape(-1, 1) for name in names}
+                proba = session.run([PROBABILITIES_OUTPUT], feed)[0]
+                writer.write_table(pa.table({"prediction": proba.argmax(axis=1),
+                                             "proba_0": proba[:, 0].astype(np.float64),
+                                             "proba_1": proba[:, 1].astype(np.float64)}))
+                rows += batch.num_rows
+    queue.put({"wall": time.perf_counter() - started, "rows": rows,
+               "peak_mib": _peak_mib()})
+
+
+# -- drift ------------------------------------------------------------------------------------
+
+def _drift(env: dict, mode: str, queue) -> None:
+    """Drift of the scored day: from per-record-batch sketches merged (`sketch`), or the
+    whole day read into one frame and scored in one pass (`single`)."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from ml_assets.core.batch.shards import manifest_parts, read_manifest
+    from ml_assets.core.drift.profile import ReferenceProfile
+    from ml_assets.core.drift.scoring import score_drift
+    from ml_assets.core.drift.sketch import merge_sketches, sketch_frame
+    from ml_assets.core.drift.sketch_scoring import score_sketch
+
+    profile = ReferenceProfile.from_bytes(Path(env["BENCH_PROFILE"]).read_bytes())
+    day_dir = Path(env["BENCH_OUTPUT_DIR"]) / DAY
+    manifest = read_manifest(day_dir)
+    assert manifest is not None, f"{day_dir} was not completely scored"
+    parts = manifest_parts(day_dir, manifest)
+    columns = [*profile.features, *profile.predictions]
+    started = time.perf_counter()
+    if mode == "sketch":
+        merged = merge_sketches(
+            sketch_frame(profile, batch.to_pandas())
+            for part in parts
+            for batch in pq.ParquetFile(part).iter_batches(batch_size=65_536,
+                                                           columns=columns))
+        report = score_sketch(profile, merged)
+    else:
+        frame = pd.concat([pd.read_parquet(part, columns=columns) for part in parts],
+                          ignore_index=True)
+        report = score_drift(profile, frame)
+    queue.put({"wall": time.perf_counter() - started, "peak_mib": _peak_mib(),
+               "rows": report.n_rows, "dataset_drifted": report.dataset_drifted,
+               "prediction_drifted": report.prediction_drifted,
+               "drifted": sorted(report.drifted_features),
+               "prediction_columns_drifted": sorted(report.prediction_drifted_columns),
+               "max_effect_error": float(report.features["effect_error"].max())
+               if "effect_error" in report.features else 0.0})
+
+
+def _child(target, *args) -> dict:
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=target, args=(*args, queue))
+    process.start()
+    answer = queue.get()
+    process.join()
+    if process.exitcode != 0:
+        raise RuntimeError(f"{target.__name__} exited {process.exitcode}")
+    return answer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=2_000_000)
+    parser.add_argument("--file-rows", type=int, default=1_000_000,
+                        help="rows per input Parquet file (a shard never spans two files)")
+    parser.add_argument("--shard-rows", type=int, default=1_000_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--single-pass-max", type=int, default=5_000_000,
+                        help="largest day also scored single-pass for the drift check")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
+        root = Path(tmp)
+        started = time.perf_counter()
+        ready = setup(root, args.rows, args.file_rows)
+        print(f"setup: {args.rows:,} rows in {-(-args.rows // args.file_rows)} files, "
+              f"model version {ready['version']} ({time.perf_counter() - started:.0f} s)",
+              flush=True)
+        graph = next((root / "art").rglob("model.onnx"))
+        env = {"MLFLOW_TRACKING_URI": ready["tracking_uri"],
+               "BENCH_INPUT_DIR": ready["input_dir"], "BENCH_GRAPH": str(graph),
+               "BENCH_PROFILE": ready["profile"]}
+        results: dict[str, list[dict]] = {"plain": [], "1": [], "2": []}
+        for repeat in range(args.repeats):
+            results["plain"].append(_child(_plain, {**env, "BENCH_OUTPUT_DIR": str(
+                root / f"plain{repeat}")}))
+            for workers in ("1", "2"):
+                run = _child(_sharded, {**env, "BENCH_WORKERS": workers,
+                                        "BENCH_OUTPUT_DIR": str(root / f"out{workers}")},
+                             args.shard_rows)
+                assert run["success"], run
+                results[workers].append(run)
+            print(f"repeat {repeat + 1}: " + ", ".join(
+                f"{k} {v[-1]['wall']:.1f} s" for k, v in results.items()), flush=True)
+        median = {k: statistics.median(r["wall"] for r in v) for k, v in results.items()}
+        per_core = {"plain": args.rows / median["plain"],
+                    "1": args.rows / median["1"], "2": args.rows / median["2"] / 2}
+        summary = {
+            "rows": args.rows, "repeats": args.repeats,
+            "wall_seconds": median, "rows_per_s_per_core": per_core,
+            "ratio_plain_to_sharded_per_core": {k: per_core["plain"] / per_core[k]
+                                                for k in ("1", "2")},
+            "step_seconds_1_worker": statistics.median(r["step_seconds"]
+                                                       for r in results["1"]),
+            "peak_rss_mib": {"plain": max(r["peak_mib"] for r in results["plain"]),
+                             "step_process": max(r["step_peak_mib"]
+                                                 for k in ("1", "2") for r in results[k]),
+                             "orchestrator": max(r["orchestrator_mib"]
+                                                 for k in ("1", "2") for r in results[k])},
+            "shards": results["1"][0]["shards"],
+        }
+        drift_env = {**env, "BENCH_OUTPUT_DIR": str(root / "out1")}
+        summary["drift_sketch"] = _child(_drift, drift_env, "sketch")
+        if args.rows <= args.single_pass_max:
+            summary["drift_single_pass"] = _child(_drift, drift_env, "single")
+            keys = ("dataset_drifted", "prediction_drifted", "drifted",
+                    "prediction_columns_drifted")
+            summary["verdicts_equal"] = all(summary["drift_sketch"][k]
+                                            == summary["drift_single_pass"][k] for k in keys)
+        print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()
