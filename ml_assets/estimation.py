@@ -13,7 +13,6 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
-    AutomationCondition,
     Config,
     MetadataValue,
     Output,
@@ -35,6 +34,7 @@ from ml_assets.core.registry import champion as registry
 from ml_assets.resources import MlflowTracking
 from ml_assets.settings import PlatformSettings
 from ml_assets.shared import (
+    AFTER_PRODUCTION_DATA,
     ESTIMATE_CHECK,
     METRICS_CHECK,
     check_evaluation,
@@ -107,7 +107,7 @@ def _estimate_version(rows: pd.DataFrame, model: Calibrator | NotEstimated,
     partitions_def=daily_partitions,
     kinds={"numpy", "mlflow"},
     deps=["reference_profile"],
-    automation_condition=AutomationCondition.eager(),
+    automation_condition=AFTER_PRODUCTION_DATA,
     check_specs=[AssetCheckSpec(
         ESTIMATE_CHECK, asset="estimated_performance",
         description="Fails when the day is estimated below the metrics gate's minimums "

@@ -4,7 +4,6 @@ performance once labels arrive (drift scores: ml_assets/drift.py)."""
 import dataclasses
 import tempfile
 from collections.abc import Iterator
-from datetime import timedelta
 from pathlib import Path
 
 import mlflow
@@ -36,7 +35,14 @@ from ml_assets.core.prediction_log import numeric_predictions
 from ml_assets.core.registry import champion as registry
 from ml_assets.resources import DataSourceResource, MlflowTracking
 from ml_assets.resources.production import ProductionDataResource, answered_rows
-from ml_assets.shared import EVIDENCE_CHECK, daily_partitions, lineage_of, warm_drift_nulls
+from ml_assets.shared import (
+    AFTER_PRODUCTION_DATA,
+    EVIDENCE_CHECK,
+    RECENT_DAYS,
+    daily_partitions,
+    lineage_of,
+    warm_drift_nulls,
+)
 
 PROFILE_ARTIFACT = "reference_profile/profile.npz"
 
@@ -111,20 +117,11 @@ def _log_profile(client, run_id: str, profile: ReferenceProfile) -> None:
         client.log_artifact(run_id, str(path), "reference_profile")
 
 
-# Recent days only: labels and batch files for a day long past re-materialize nothing.
-RECENT_DAYS = AutomationCondition.in_latest_time_window(timedelta(days=7))
-
 # A day's production data is rebuilt when that day's batch scoring lands (the API's
 # log and the landing area are watched by production_data_sensor).
 BATCH_SCORED = (RECENT_DAYS & AutomationCondition.any_deps_updated().since_last_handled()
                 & ~AutomationCondition.in_progress()).with_label("batch scored")
 
-# Live performance follows its day's production data and the day's estimate (new rows;
-# the labels sensor requests it when labels arrive).
-AFTER_PRODUCTION_DATA = (RECENT_DAYS & AutomationCondition.any_deps_updated()
-                         .since_last_handled() & ~AutomationCondition.any_deps_missing()
-                         & ~AutomationCondition.in_progress()).with_label(
-                             "after production data")
 
 
 @asset(group_name="monitoring", partitions_def=daily_partitions, kinds={"pandas"},

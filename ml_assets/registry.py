@@ -362,7 +362,10 @@ def champion_comparison(context: AssetExecutionContext, config: PromotionConfig,
         client.set_model_version_tag(name, registered_model.version, key, value[:5000])
     # A first model has nothing to be compared with live: it serves at once.
     mode = config.rollout if champion is not None else "immediate"
-    uncompared = side is not None and side.error is not None
+    # Refused because the champion could not be opened or scored here (not because the
+    # challenger breaks clients, which is decided before any comparison).
+    uncompared = (side is not None and side.error is not None and not decision.promote
+                  and not (decision.breaking_change and not decision.breaking_change_allowed))
     comparison = ChampionComparison(registered_model,
                                     str(champion.version) if champion else None, decision,
                                     mode, steps, uncompared=uncompared)

@@ -1,16 +1,19 @@
 """Dagster objects that more than one module of the code location uses, kept here so the
 stage modules (ingestion ... batch) import this module and the core, never each other:
-the daily partitions of monitoring and batch scoring, the names of the checks that
+the daily partitions of monitoring and batch scoring and their automation conditions,
+the names of the checks that
 sensors and the CLI look for, how a check's evaluation is read from the event log, and
 the model lineage production rows are scoped to, and the instance's cache of drift
 nulls (filled by reference_profile, read by drift_scores). It imports no stage module."""
 
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from dagster import (
     AssetCheckEvaluation,
+    AutomationCondition,
     DagsterInstance,
     DailyPartitionsDefinition,
     EventLogEntry,
@@ -28,6 +31,17 @@ from ml_assets.settings import PlatformSettings
 # One UTC day of production data, drift scores, live performance and batch predictions.
 daily_partitions = DailyPartitionsDefinition(
     start_date=PlatformSettings.from_env().monitoring_start_date, end_offset=1)
+
+# Recent days only: labels and batch files for a day long past re-materialize nothing.
+RECENT_DAYS = AutomationCondition.in_latest_time_window(timedelta(days=7))
+
+# A day's estimate and live performance follow its production data (a rebuilt day
+# included, not only the latest: eager() would leave a past day's estimate stale, and
+# its live_performance waiting on it); the labels sensor requests them when labels come.
+AFTER_PRODUCTION_DATA = (RECENT_DAYS & AutomationCondition.any_deps_updated()
+                         .since_last_handled() & ~AutomationCondition.any_deps_missing()
+                         & ~AutomationCondition.in_progress()).with_label(
+                             "after production data")
 
 # drift_scores' check: a failure (ERROR) triggers retrain_on_drift.
 DRIFT_CHECK = "drift_within_limits"

@@ -87,7 +87,10 @@ def test_a_shadow_100x_slower_does_not_delay_the_champion(mlflow_store, tmp_path
     p50_alone, p50_shadow = statistics.median(alone), statistics.median(with_shadow)
     print(f"champion p50 alone {p50_alone * 1000:.2f} ms, with a {slow.seconds:.2f} s "
           f"shadow {p50_shadow * 1000:.2f} ms; shadow calls {slow.calls}")
-    assert p50_shadow <= 1.2 * p50_alone, (
+    # 20 % of the no-shadow figure, or 1.5 ms where that is less: the numpy-replay
+    # champion answers in ~2.5 ms, and 0.5 ms is below a loaded 2-core machine's
+    # scheduling noise. Sharing the predict thread cost the champion 47 -> 869 ms.
+    assert p50_shadow <= max(1.2 * p50_alone, p50_alone + 0.0015), (
         f"champion p50 {p50_shadow * 1000:.1f} ms with a {slow.seconds:.2f} s shadow, "
         f"{p50_alone * 1000:.1f} ms without")
     # The shadow did score (in its lane), and the copies past the bound were shed.

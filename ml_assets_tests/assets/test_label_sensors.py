@@ -123,7 +123,11 @@ def test_batch_scoring_and_new_production_data_cascade_by_automation_condition(i
     from dagster import AssetMaterialization, evaluate_automation_conditions
 
     when = dt.datetime(2026, 11, 22, 12, tzinfo=dt.timezone.utc)
-    selection = AssetSelection.assets("production_data", "live_performance")
+    # live_performance compares the day's own estimate: estimated_performance (which
+    # needs a reference profile, i.e. a trained champion) runs in the same cascade.
+    instance.report_runless_asset_event(AssetMaterialization("reference_profile"))
+    selection = AssetSelection.assets("production_data", "estimated_performance",
+                                      "live_performance")
     first = evaluate_automation_conditions(defs, instance, asset_selection=selection,
                                            evaluation_time=when)
     assert first.total_requested == 0
@@ -133,6 +137,8 @@ def test_batch_scoring_and_new_production_data_cascade_by_automation_condition(i
                                             evaluation_time=when, cursor=first.cursor)
     # Both in one run: live_performance after its day's data.
     assert scored.get_requested_partitions(AssetKey("production_data")) == {"2026-11-21"}
+    assert scored.get_requested_partitions(AssetKey("estimated_performance")) == {
+        "2026-11-21"}
     assert scored.get_requested_partitions(AssetKey("live_performance")) == {"2026-11-21"}
     # New rows from the API's log (production_data_sensor's run): live_performance follows.
     instance.report_runless_asset_event(AssetMaterialization("production_data",
@@ -143,8 +149,8 @@ def test_batch_scoring_and_new_production_data_cascade_by_automation_condition(i
     assert after.get_num_requested(AssetKey("production_data")) == 0
     # Handled: nothing more until something changes again.
     for day in ("2026-11-20", "2026-11-21"):
-        instance.report_runless_asset_event(AssetMaterialization("live_performance",
-                                                                 partition=day))
+        for key in ("estimated_performance", "live_performance"):
+            instance.report_runless_asset_event(AssetMaterialization(key, partition=day))
     calm = evaluate_automation_conditions(defs, instance, asset_selection=selection,
                                           evaluation_time=when, cursor=after.cursor)
     assert calm.total_requested == 0

@@ -9,7 +9,9 @@ def _chatty_fit() -> None:
     # min_child_samples above the rows a leaf can hold: every round warns.
     rng = np.random.default_rng(0)
     X = rng.random((200, 3))
-    lightgbm.LGBMClassifier(n_estimators=40, min_child_samples=150).fit(
+    # verbose=1 explicitly: LightGBM's log level is global to the process, and another
+    # test may have fitted with verbose=-1 before.
+    lightgbm.LGBMClassifier(n_estimators=40, min_child_samples=150, verbose=1).fit(
         X, (X[:, 0] > 0.5).astype(int))
 
 
