@@ -37,7 +37,8 @@ CRAFTED = tuple(CRAFTED_CHECKS)
 
 # -- editing a skops file --------------------------------------------------------------
 
-def _entries(skops_file: Path) -> dict[str, bytes]:
+def archive_entries(skops_file: Path) -> dict[str, bytes]:
+    """Every entry of a skops archive, by name."""
     with zipfile.ZipFile(skops_file) as archive:
         return {info.filename: archive.read(info) for info in archive.infolist()}
 
@@ -71,7 +72,7 @@ def write_zip(path: Path, entries: list[tuple[str, bytes, int, int, int]]) -> No
 def edit_array(skops_file: Path, original: np.ndarray,
                edit: Callable[[np.ndarray], np.ndarray]) -> None:
     """Replace the one `.npy` entry holding `original` with `edit(copy)`."""
-    entries = _entries(skops_file)
+    entries = archive_entries(skops_file)
     found = [name for name, data in entries.items() if name.endswith(".npy")
              and _same(np.load(io.BytesIO(data), allow_pickle=False), original)]
     assert len(found) == 1, f"{len(found)} entries hold that array"
@@ -105,7 +106,7 @@ def craft(kind: str, skops_file: Path, trained: TrainedPipeline) -> None:
     """Edit `skops_file` (the skops file of `trained.pipeline`) into crafted `kind`."""
     if kind == "zip_bomb":
         entries = [(name, data, zipfile.ZIP_STORED, len(data), zlib.crc32(data))
-                   for name, data in _entries(skops_file).items()]
+                   for name, data in archive_entries(skops_file).items()]
         size = 2 * 1024 * MiB  # past the 1 GiB default cap; 2 MB on disk
         write_zip(skops_file, [*entries, ("bomb.npy", zeros_deflated(size),
                                           zipfile.ZIP_DEFLATED, size, 0)])

@@ -11,7 +11,6 @@ SIGSEGV the worker): the controls that show the attacks are live run in a subpro
 from __future__ import annotations
 
 import copy
-import io
 import json
 import shutil
 import struct
@@ -50,6 +49,8 @@ from ml_assets.core.artifacts.validation import (
 )
 from ml_assets.core.data.schemas import model_signature, schema_yaml
 from ml_assets.core.modeling.pipeline import SKOPS_TRUSTED_TYPES
+from ml_assets_tests.support import crafted_models as crafted
+from ml_assets_tests.support.crafted_models import zeros_deflated
 from ml_assets_tests.support.models import TrainedPipeline, train_breast_cancer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -101,38 +102,11 @@ def copy_of(saved, tmp_path) -> Callable[[str], Path]:
 
 # -- editing a skops file as an attacker would ------------------------------------------
 
-def _entries(skops_file: Path) -> dict[str, bytes]:
-    with zipfile.ZipFile(skops_file) as archive:
-        return {info.filename: archive.read(info) for info in archive.infolist()}
-
-
-def _rewrite(skops_file: Path, entries: dict[str, bytes]) -> None:
-    with zipfile.ZipFile(skops_file, "w", zipfile.ZIP_STORED) as archive:
-        for name, data in entries.items():
-            archive.writestr(name, data)
-
-
-def _same(stored: np.ndarray, original: np.ndarray) -> bool:
-    """Equal arrays, field by field (a record's padding bytes are not compared)."""
-    if stored.dtype != original.dtype or stored.shape != original.shape:
-        return False
-    fields = original.dtype.names or (None,)
-    return all(np.array_equal(stored if f is None else stored[f],
-                              original if f is None else original[f]) for f in fields)
-
-
 def edit_array(model_dir: Path, original: np.ndarray,
                edit: Callable[[np.ndarray], np.ndarray]) -> None:
-    """Find the `.npy` entry holding `original`, replace it with `edit(copy)`."""
-    skops_file = model_dir / "model.skops"
-    entries = _entries(skops_file)
-    found = [name for name, data in entries.items() if name.endswith(".npy")
-             and _same(np.load(io.BytesIO(data), allow_pickle=False), original)]
-    assert len(found) == 1, f"{len(found)} entries hold that array"
-    buffer = io.BytesIO()
-    np.save(buffer, edit(np.load(io.BytesIO(entries[found[0]])).copy()), allow_pickle=False)
-    entries[found[0]] = buffer.getvalue()
-    _rewrite(skops_file, entries)
+    """Find the `.npy` entry of the model's archive holding `original`, replace it with
+    `edit(copy)` (support/crafted_models.py, shared with the per-consumer tests)."""
+    crafted.edit_array(model_dir / "model.skops", original, edit)
 
 
 def _forest(trained):
@@ -485,38 +459,11 @@ def test_hist_gradient_boosting_known_categories_must_be_codes():
 
 # -- zip bombs and the archive caps -----------------------------------------------------
 
-def _zeros_deflated(size: int) -> bytes:
-    """A raw deflate stream of `size` zero bytes (a whole number of MiB), built from
-    one repeated 1 MiB segment: 3 GiB cost 3 MB and no time to build."""
-    compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
-    segment = compressor.compress(bytes(MiB)) + compressor.flush(zlib.Z_FULL_FLUSH)
-    assert size % MiB == 0
-    return segment * (size // MiB) + compressor.flush(zlib.Z_FINISH)
-
-
-def write_zip(path: Path, entries: list[tuple[str, bytes, int, int, int]]) -> None:
-    """A zip written by hand: (name, data as stored, method, declared size, crc) per
-    entry, the declared size written in both headers whatever the data holds."""
-    out, central = io.BytesIO(), io.BytesIO()
-    for name, data, method, declared, crc in entries:
-        offset, raw = out.tell(), name.encode()
-        out.write(struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, method, 0, 0, crc,
-                              len(data), declared, len(raw), 0) + raw + data)
-        central.write(struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, method, 0, 0,
-                                  crc, len(data), declared, len(raw), 0, 0, 0, 0, 0,
-                                  offset) + raw)
-    start = out.tell()
-    out.write(central.getvalue())
-    out.write(struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, len(entries), len(entries),
-                          len(central.getvalue()), start, 0))
-    path.write_bytes(out.getvalue())
-
-
 def add_entries(model_dir: Path, extra: list[tuple[str, bytes, int, int, int]]) -> None:
     skops_file = model_dir / "model.skops"
     entries = [(name, data, zipfile.ZIP_STORED, len(data), zlib.crc32(data))
-               for name, data in _entries(skops_file).items()]
-    write_zip(skops_file, entries + extra)
+               for name, data in crafted.archive_entries(skops_file).items()]
+    crafted.write_zip(skops_file, entries + extra)
 
 
 def test_the_hand_written_zip_is_what_skops_reads(copy_of, trained):
@@ -530,7 +477,7 @@ def test_the_hand_written_zip_is_what_skops_reads(copy_of, trained):
 
 def test_an_entry_inflating_past_the_cap_is_refused_before_decompression(copy_of):
     model_dir = copy_of("rf")
-    bomb = _zeros_deflated(3 * GiB)  # 3 MB on disk
+    bomb = zeros_deflated(3 * GiB)  # 3 MB on disk
     add_entries(model_dir, [("bomb.npy", bomb, zipfile.ZIP_DEFLATED, 3 * GiB, 0)])
     assert (model_dir / "model.skops").stat().st_size < 10 * MiB
     error, _, _ = refused(model_dir)
@@ -541,7 +488,7 @@ def test_an_entry_inflating_past_the_cap_is_refused_before_decompression(copy_of
 
 def test_an_absurd_compression_ratio_is_refused(copy_of):
     model_dir = copy_of("rf")
-    bomb = _zeros_deflated(100 * MiB)  # 100 KB
+    bomb = zeros_deflated(100 * MiB)  # 100 KB
     add_entries(model_dir, [("ratio.npy", bomb, zipfile.ZIP_DEFLATED, 100 * MiB, 0)])
     error, _, _ = refused(model_dir)
     assert error.check == "archive.compression_ratio"
@@ -551,7 +498,7 @@ def test_an_absurd_compression_ratio_is_refused(copy_of):
 def test_a_central_directory_lying_about_the_size_is_caught_while_streaming(copy_of):
     """Declares 1 MiB (ratio and total fine); the deflate stream holds 3 GiB."""
     model_dir = copy_of("rf")
-    bomb = _zeros_deflated(3 * GiB)
+    bomb = zeros_deflated(3 * GiB)
     add_entries(model_dir, [("liar.npy", bomb, zipfile.ZIP_DEFLATED, MiB,
                              zlib.crc32(bytes(MiB)))])
     error, elapsed, peak = refused(model_dir)
@@ -564,7 +511,7 @@ def test_a_central_directory_lying_about_the_size_is_caught_while_streaming(copy
 def test_a_lying_bomb_costs_little_rss_in_a_child_process(copy_of, tmp_path):
     """Peak RSS of a fresh process refusing the lying 3 GiB bomb, over its RSS before."""
     model_dir = copy_of("rf")
-    add_entries(model_dir, [("liar.npy", _zeros_deflated(3 * GiB), zipfile.ZIP_DEFLATED,
+    add_entries(model_dir, [("liar.npy", zeros_deflated(3 * GiB), zipfile.ZIP_DEFLATED,
                              MiB, 0)])
     script = textwrap.dedent("""
         import json, os, resource, sys, time
@@ -635,7 +582,7 @@ def test_too_many_entries_are_refused(copy_of):
 def test_a_central_directory_lying_about_its_entry_count_is_counted(tmp_path):
     """The end record claims 1 entry; the central directory holds 50: counted raw."""
     path = tmp_path / "m.skops"
-    write_zip(path, [(f"e{i}", b"", zipfile.ZIP_STORED, 0, 0) for i in range(50)])
+    crafted.write_zip(path, [(f"e{i}", b"", zipfile.ZIP_STORED, 0, 0) for i in range(50)])
     raw = bytearray(path.read_bytes())
     struct.pack_into("<2H", raw, len(raw) - 22 + 8, 1, 1)
     path.write_bytes(bytes(raw))
