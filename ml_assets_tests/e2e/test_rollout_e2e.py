@@ -107,7 +107,10 @@ def test_canary_promoted_then_a_worse_one_rolled_back_and_the_api_follows(
         labelled = verdict["challenger"]["labelled"]
         assert 100 <= labelled <= MAX_ROUNDS * BATCH, verdict
         canary = sum(r.variants.get("canary", 0) for r in results)
-        assert 0.3 < canary / (rounds * BATCH) < 0.7  # keyed traffic split as planned
+        # Keyed traffic split as planned: 40 sticky keys under a salt drawn per rollout,
+        # so the share of keys is Binomial(40, 0.5) / 40 (sd 0.079); 0.2-0.8 is about
+        # 3.8 sd (0.3-0.7, 2.5 sd, failed about 1 run in 100: 115 of 400 was seen).
+        assert 0.2 < canary / (rounds * BATCH) < 0.8
         assert until(lambda: httpx.get(f"{url}/ready").json().get("model_version") == "2")
         assert until(lambda: rollout() is None)
         after = simulate(url, frame, BREAST_CANCER_TARGET, requests=40, seed=1, client_keys=10)
