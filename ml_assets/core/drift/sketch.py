@@ -20,6 +20,7 @@ the interval's spread of values, reported per column as `effect_error`).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from collections.abc import Iterable, Mapping
@@ -50,6 +51,21 @@ def profile_grid(column: NumericProfile, psi_bins: Iterable[int] = ()) -> np.nda
         if column.values.size:
             parts.append(quantile_edges(column.values, column.counts, bins))
     return np.unique(np.concatenate(parts).astype(np.float64))
+
+
+def sketch_basis(profile: ReferenceProfile, psi_bins: Iterable[int] = ()) -> str:
+    """A digest of what a sketch against `profile` depends on (each column's role, name,
+    kind and numeric grid): sketches with the same basis merge and are judged by that
+    profile; a sketch of another basis (another champion's profile) is not used."""
+    extra = sorted({int(b) for b in psi_bins} - {profile.psi_bins})
+    digest = hashlib.blake2b(digest_size=12)
+    digest.update(json.dumps(extra).encode())
+    for role, group in (("features", profile.features), ("predictions", profile.predictions)):
+        for name, column in group.items():
+            digest.update(json.dumps([role, name, isinstance(column, NumericProfile)]).encode())
+            if isinstance(column, NumericProfile):
+                digest.update(profile_grid(column, extra).tobytes())
+    return digest.hexdigest()
 
 
 @dataclass(eq=False)

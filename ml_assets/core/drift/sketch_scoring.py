@@ -281,3 +281,22 @@ def score_sketch(profile: ReferenceProfile, sketch: DriftSketch,
     report.features["effect_error"] = [row["effect_error"] for row in features]
     report.predictions["effect_error"] = [row["effect_error"] for row in predictions]
     return report
+
+
+def uncertain_columns(report: DriftReport) -> list[str]:
+    """Columns of a sketch-scored report whose verdict could differ from the single-pass
+    one: the effect size within its error of the effect threshold (the materiality
+    could flip), or a Wasserstein test whose statistic itself carries the error. Empty:
+    every verdict equals `score_drift`'s on the rows (KS, PSI, chi-squared,
+    Jensen-Shannon and missing rates are exact)."""
+    out = []
+    for table in (report.features, report.predictions):
+        if "effect_error" not in table.columns or not len(table):
+            continue
+        error = table["effect_error"].astype(float).to_numpy()
+        gap = np.abs(table["effect_size"].astype(float).to_numpy()
+                     - table["effect_threshold"].astype(float).to_numpy())
+        tested = table["status"].to_numpy() == "ok"
+        close = (error > 0) & ((gap <= error) | (table["test"].to_numpy() == "wasserstein"))
+        out += table["feature"][tested & close].astype(str).tolist()
+    return out
