@@ -38,11 +38,10 @@ from ml_assets.core.drift.sketch_store import PROFILE_ARTIFACT
 from ml_assets.core.rollout.traffic import shift_rows
 from ml_assets.drift import drift_scores
 from ml_assets.monitoring import _profile_for, production_data
-from ml_assets.resources import DataSourceResource, MlflowTracking
-from ml_assets.resources.production import ProductionDataResource
+from ml_assets.resources import MlflowTracking
 from ml_assets_tests.support.graph import lineage_version
 from ml_assets_tests.support.models import train_frame
-from ml_assets_tests.support.production_days import log_day
+from ml_assets_tests.support.production_days import log_day, monitoring_resources
 
 SPEC = SyntheticSpec(n_rows=3_000, n_numeric=5, n_categorical=2, seed=11)
 DAYS = [(dt.date(2026, 11, 2) + dt.timedelta(days=i)).isoformat() for i in range(30)]
@@ -103,14 +102,8 @@ def month(tmp_path_factory, mlflow_store):
     rng = np.random.default_rng(20260601)
     (root / "dagster").mkdir()
     with DagsterInstance.local_temp(str(root / "dagster")) as instance:
-        resources = {
-            "io_manager": RecordingIOManager(base_dir=str(root / "storage")),
-            "production": ProductionDataResource(
-                prediction_log_path=str(root / "log.db"), landing_dir=str(root / "landing"),
-                labels_dir=str(root / "labels")),
-            "data_source": DataSourceResource(kind="breast_cancer"),
-            "mlflow_tracking": tracking,
-        }
+        recording = RecordingIOManager(base_dir=str(root / "storage"))
+        resources = monitoring_resources(root, tracking, recording)
         assets = [stored_profile, production_data, drift_scores]
         assert materialize([stored_profile], instance=instance, resources=resources).success
         for position, day in enumerate(DAYS):

@@ -21,7 +21,6 @@ the interval's spread of values, reported per column as `effect_error`).
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -35,6 +34,8 @@ from ml_assets.core.drift.profile import (
     NumericProfile,
     ReferenceProfile,
     category_counts,
+    npz_bytes,
+    npz_read,
     numeric_values,
     quantile_edges,
 )
@@ -220,16 +221,11 @@ class DriftSketch:
                     meta["kind"] = "categorical"
                     meta["counts"] = entry.sketch.counts
                 header[role][name] = meta
-        buffer = io.BytesIO()
-        np.savez(buffer, allow_pickle=False,
-                 header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8), **arrays)
-        return buffer.getvalue()
+        return npz_bytes(header, arrays)
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> DriftSketch:
-        with np.load(io.BytesIO(blob), allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
-        header = json.loads(arrays.pop("header").tobytes())
+        header, arrays = npz_read(blob)
         if header.get("format") != FORMAT or header.get("version") != FORMAT_VERSION:
             raise ValueError(f"not a {FORMAT} v{FORMAT_VERSION}: {header.get('format')!r} "
                              f"v{header.get('version')!r}")
