@@ -235,7 +235,7 @@ def drift_scores(context: AssetExecutionContext, config: DriftScoringConfig,
         raise Failure(description=f"drift_scores config: {exc}", allow_retries=False) from None
     report, window = judged.report, judged.window
     outcome = decide(report, settings)
-    summary = {**_summary(day, window.status, days[-1].rows, report, outcome,
+    summary = {**_summary(day, window.status, judged.day_rows, report, outcome,
                           judged.prediction_rows, version),
                "judged_from": judged.source, "loaded_days": list(judged.loaded)}
     columns = CALIBRATED_COLUMNS if settings.calibrated else FIXED_COLUMNS
@@ -282,14 +282,13 @@ def _window_days(context: AssetExecutionContext, day: str, loaded: Mapping[str, 
             days.append(WindowDay(key, 0, None, lambda: None))
             continue
         rows = metadata.get("dagster/row_count")
-        path = metadata.get("drift_sketch")
-        usable = (path is not None and isinstance(path.value, str)
-                  and metadata.get("drift_sketch_basis") is not None
-                  and metadata["drift_sketch_basis"].value == digest
-                  and str(metadata["drift_sketch_version"].value) == wanted
-                  and Path(path.value).is_file())
+        sketch = {k: str(v.value) for k, v in metadata.items() if k.startswith("drift_sketch")}
+        # a sketch on this profile's grid, of this version's answers, still on disk
+        usable = (sketch.get("drift_sketch_basis") == digest
+                  and sketch.get("drift_sketch_version") == wanted
+                  and Path(sketch["drift_sketch"]).is_file())
         days.append(WindowDay(key, int(rows.value) if rows is not None else None,
-                              str(path.value) if usable else None, _loader(source)))
+                              sketch["drift_sketch"] if usable else None, _loader(source)))
     return days
 
 

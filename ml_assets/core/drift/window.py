@@ -35,14 +35,15 @@ class WindowDay:
 
 @dataclass(frozen=True, eq=False)
 class JudgedWindow:
-    """The window's report, how it was judged ('sketches' or 'rows') and the days whose
-    rows were read."""
+    """The window's report, how it was judged ('sketches' or 'rows'), the days whose
+    rows were read, the rows whose outputs were judged and the day's own rows."""
 
     report: DriftReport
     window: Window
     source: str
     loaded: tuple[str, ...]
     prediction_rows: int
+    day_rows: int
 
 
 class _Days:
@@ -73,18 +74,19 @@ def judge_window(profile: ReferenceProfile, days: Sequence[WindowDay],
     verdict could differ (`uncertain_columns`: a Wasserstein effect within its error of
     its threshold)."""
     store = _Days(days)
-    window = plan_day([(d.day, store.rows(d)) for d in days], settings.min_rows,
-                      settings.max_pooled_days)
+    counts = [(d.day, store.rows(d)) for d in days]
+    window = plan_day(counts, settings.min_rows, settings.max_pooled_days)
+    day_rows = counts[-1][1]
     if window.status in ("empty", "insufficient"):
         report = score_window(profile, window, config, cache=cache)
-        return JudgedWindow(report, window, "rows", tuple(store.frames), 0)
+        return JudgedWindow(report, window, "rows", tuple(store.frames), 0, day_rows)
     chosen = [store.days[d] for d in window.days]
     if config.calibrated and any(d.sketch for d in chosen):
         sketch = merge_sketches(_sketch(d, store, profile, version) for d in chosen)
         report = score_window(profile, window, config, cache=cache, sketch=sketch)
         if not uncertain_columns(report):
             return JudgedWindow(report, window, "sketches", tuple(store.frames),
-                                sketch.n_prediction_rows)
+                                sketch.n_prediction_rows, day_rows)
     parts = [store.frame(d.day) for d in chosen]
     frame = pd.concat([f for f in parts if len(f)], ignore_index=True) if any(
         len(f) for f in parts) else pd.DataFrame()
@@ -92,7 +94,7 @@ def judge_window(profile: ReferenceProfile, days: Sequence[WindowDay],
     report = score_window(profile, window, config,
                           lambda rows: judged_answers(rows, version), cache=cache)
     return JudgedWindow(report, window, "rows", tuple(store.frames),
-                        len(judged_answers(frame, version)))
+                        len(judged_answers(frame, version)), day_rows)
 
 
 def _sketch(day: WindowDay, store: _Days, profile: ReferenceProfile,
