@@ -23,13 +23,16 @@ from dagster import (
 )
 
 from ml_assets.core.artifacts.loading import UntrustedModelError, load_pipeline
+from ml_assets.core.batch.shards import manifest_sketches, read_manifest
 from ml_assets.core.data.preprocessing import Split, feature_kinds
 from ml_assets.core.data.production_rows import Lineage, SkippedFile, scope_rows, skipped_sentences
 from ml_assets.core.drift.profile import ReferenceProfile, build_reference_profile
 from ml_assets.core.drift.scoring import model_outputs
+from ml_assets.core.drift.sketch import DriftSketch, merge_sketches
 from ml_assets.core.drift.sketch_store import (
     PROFILE_ARTIFACT,
     SketchBasis,
+    read_sketch,
     run_profile,
     write_day_sketch,
 )
@@ -40,7 +43,11 @@ from ml_assets.core.modeling.pipeline import TrainedModel
 from ml_assets.core.prediction_log import numeric_predictions
 from ml_assets.core.registry import champion as registry
 from ml_assets.resources import DataSourceResource, MlflowTracking
-from ml_assets.resources.production import ProductionDataResource, answered_rows
+from ml_assets.resources.production import (
+    BATCH_SOURCE,
+    ProductionDataResource,
+    answered_rows,
+)
 from ml_assets.shared import (
     AFTER_PRODUCTION_DATA,
     EVIDENCE_CHECK,
@@ -183,7 +190,7 @@ def production_data(context: AssetExecutionContext, production: ProductionDataRe
         "lineage": lineage.describe(),
         "excluded_rows": MetadataValue.json(excluded),
         "skipped_files": MetadataValue.json(skipped_sentences(skipped)),
-        **_day_sketch(context, data, mlflow_tracking),
+        **_day_sketch(context, data, mlflow_tracking, production),
     })
     yield evidence_check(EVIDENCE_CHECK, skipped, "landing")
 
@@ -194,20 +201,46 @@ SKETCH_KEYS = ("drift_sketch", "drift_sketch_rows", "drift_sketch_basis",
 
 
 def _day_sketch(context: AssetExecutionContext, data: pd.DataFrame,
-                mlflow_tracking: MlflowTracking) -> dict:
+                mlflow_tracking: MlflowTracking, production: ProductionDataResource) -> dict:
     """The day's drift sketch against the current reference profile, written beside the
     instance's storage and named in the metadata with its rows, so that drift_scores
-    pools this day into later windows without loading it. No profile yet (or it cannot
-    be read): no sketch, and drift_scores loads the day's rows instead."""
+    pools this day into later windows without loading it. The batch-scored rows enter
+    it as the merge of their shards' sketches when every shard has one on this profile
+    (`drift_sketch_from_shards`: their rows). No profile yet (or it cannot be read): no
+    sketch, and drift_scores loads the day's rows instead."""
     basis = _sketch_basis(context, mlflow_tracking)
     if isinstance(basis, str):
         return {"drift_sketch": f"none ({basis})"}
-    sketch = basis.sketch(data)
+    shards = _batch_sketch(production, context.partition_key, basis)
+    batch = (data["source"] == BATCH_SOURCE if "source" in data
+             else pd.Series(False, index=data.index))
+    if shards is not None and int(batch.sum()) == shards.n_rows:
+        sketch = merge_sketches([basis.sketch(data[~batch]), shards])
+    else:
+        shards, sketch = None, basis.sketch(data)
     folder = Path(context.instance.storage_directory()) / "drift_sketches" / "production_data"
     path = write_day_sketch(folder / context.partition_key, context.run_id, sketch)
     return {"drift_sketch": MetadataValue.path(str(path)),
             "drift_sketch_rows": sketch.n_rows, "drift_sketch_basis": basis.digest,
-            "drift_sketch_version": basis.version or "any"}
+            "drift_sketch_version": basis.version or "any",
+            "drift_sketch_from_shards": shards.n_rows if shards is not None else 0}
+
+
+def _batch_sketch(production: ProductionDataResource, day: str,
+                  basis: SketchBasis) -> DriftSketch | None:
+    """The day's batch-scored rows as their shards' merged sketches, when every shard
+    was sketched on `basis` by the model version it judges; else None."""
+    if not production.batch_output_dir:
+        return None
+    folder = production.batch_output_dir_of(day)
+    try:
+        manifest = read_manifest(folder)
+        if manifest is None or basis.version not in (None, str(manifest["model_version"])):
+            return None
+        paths = manifest_sketches(folder, manifest, basis.digest)
+        return merge_sketches(read_sketch(p) for p in paths) if paths else None
+    except (OSError, ValueError, KeyError):  # unreadable: the rows are sketched instead
+        return None
 
 
 def _sketch_basis(context: AssetExecutionContext,
