@@ -218,7 +218,10 @@ def drift_scores(context: AssetExecutionContext, config: DriftScoringConfig,
     practical effect size; the day drifts when Holm's procedure over the features
     rejects (the dataset verdict), and the champion's outputs are judged the same way.
     A day with fewer than `min_rows` rows is pooled with the days just before it (at most
-    `max_pooled_days` in all); still too few: "not enough data yet", no verdict."""
+    `max_pooled_days` in all); still too few: "not enough data yet", no verdict.
+    The window is judged from its days' merged sketches (production_data's metadata names
+    each day's), with the verdicts of its rows; a day is loaded only without a usable
+    sketch (`judged_from`, `loaded_days` say so; docs/drift.md)."""
     day = context.partition_key
     try:
         settings = config.settings()
