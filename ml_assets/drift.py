@@ -232,15 +232,15 @@ def drift_scores(context: AssetExecutionContext, config: DriftScoringConfig,
     days = _window_days(context, day, production_data or {}, settings.max_pooled_days,
                         SketchBasis(reference_profile, version))
     try:
-        judged = judge_window(reference_profile, days, settings, drift_config, version,
+        scored = judge_window(reference_profile, days, settings, drift_config, version,
                               _null_cache(context))
     except ValueError as exc:  # e.g. a per-column override naming an unknown column
         raise Failure(description=f"drift_scores config: {exc}", allow_retries=False) from None
-    report, window = judged.report, judged.window
+    report, window = scored.report, scored.window
     outcome = decide(report, settings)
-    summary = {**_summary(day, window.status, judged.day_rows, report, outcome,
-                          judged.prediction_rows, version),
-               "judged_from": judged.source, "loaded_days": list(judged.loaded)}
+    summary = {**_summary(day, window.status, scored.day_rows, report, outcome,
+                          scored.prediction_rows, version),
+               "judged_from": scored.source, "loaded_days": list(scored.loaded)}
     columns = CALIBRATED_COLUMNS if settings.calibrated else FIXED_COLUMNS
     shown = report.features[[c for c in columns if c in report.features.columns]]
     judged = report.features["status"].isin(["ok", "absent", "all missing"]).any()

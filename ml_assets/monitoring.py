@@ -195,11 +195,6 @@ def production_data(context: AssetExecutionContext, production: ProductionDataRe
     yield evidence_check(EVIDENCE_CHECK, skipped, "landing")
 
 
-# production_data's drift sketch: where drift_scores finds it (ml_assets/drift.py).
-SKETCH_KEYS = ("drift_sketch", "drift_sketch_rows", "drift_sketch_basis",
-               "drift_sketch_version")
-
-
 def _day_sketch(context: AssetExecutionContext, data: pd.DataFrame,
                 mlflow_tracking: MlflowTracking, production: ProductionDataResource) -> dict:
     """The day's drift sketch against the current reference profile, written beside the
