@@ -192,22 +192,27 @@ def production_data_window(context) -> dict[str, Callable[[], pd.DataFrame | Non
     return {key: loader(key) for key in context.asset_partition_keys}
 
 
-@asset(
-    group_name="monitoring",
-    partitions_def=daily_partitions,
-    kinds={"numpy", "scipy"},
-    automation_condition=DAY_UPDATED,
-    ins={"production_data": AssetIn(partition_mapping=POOLING_WINDOW,
-                                    input_manager_key=WINDOW_LOADER,
-                                    metadata={"allow_missing_partitions": True})},
-    resource_defs={WINDOW_LOADER: production_data_window},
-    check_specs=[AssetCheckSpec(
-        DRIFT_CHECK, asset="drift_scores",
-        description="Fails (ERROR) on a calibrated dataset verdict or prediction drift: a "
-        "no-drift day fails it with probability <= dataset_alpha (2 %). Warns when a feature "
-        "drifts on its own test without a dataset verdict; passes, saying so, when there is "
-        "not enough data yet. A failure triggers retrain_on_drift.")],
-)
+with warnings.catch_warnings():  # resource_defs on an asset is a beta parameter
+    warnings.simplefilter("ignore", BetaWarning)
+    _drift_asset = asset(
+        group_name="monitoring",
+        partitions_def=daily_partitions,
+        kinds={"numpy", "scipy"},
+        automation_condition=DAY_UPDATED,
+        ins={"production_data": AssetIn(partition_mapping=POOLING_WINDOW,
+                                        input_manager_key=WINDOW_LOADER,
+                                        metadata={"allow_missing_partitions": True})},
+        resource_defs={WINDOW_LOADER: production_data_window},
+        check_specs=[AssetCheckSpec(
+            DRIFT_CHECK, asset="drift_scores",
+            description="Fails (ERROR) on a calibrated dataset verdict or prediction drift: a "
+            "no-drift day fails it with probability <= dataset_alpha (2 %). Warns when a feature "
+            "drifts on its own test without a dataset verdict; passes, saying so, when there is "
+            "not enough data yet. A failure triggers retrain_on_drift.")],
+    )
+
+
+@_drift_asset
 def drift_scores(context: AssetExecutionContext, config: DriftScoringConfig,
                  production_data: Mapping[str, Any] | None,
                  reference_profile: ReferenceProfile) -> Iterator:
