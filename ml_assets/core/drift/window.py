@@ -72,7 +72,7 @@ def judge_window(profile: ReferenceProfile, days: Sequence[WindowDay],
     without one is loaded and sketched). Read from the rows instead: the fixed
     thresholds, a window none of whose days has a sketch, and a window where a sketch
     verdict could differ (`uncertain_columns`: a Wasserstein effect within its error of
-    its threshold)."""
+    its threshold), and PSI bins other than the profile's."""
     store = _Days(days)
     counts = [(d.day, store.rows(d)) for d in days]
     window = plan_day(counts, settings.min_rows, settings.max_pooled_days)
@@ -81,7 +81,9 @@ def judge_window(profile: ReferenceProfile, days: Sequence[WindowDay],
         report = score_window(profile, window, config, cache=cache)
         return JudgedWindow(report, window, "rows", tuple(store.frames), 0, day_rows)
     chosen = [store.days[d] for d in window.days]
-    if config.calibrated and any(d.sketch for d in chosen):
+    # day sketches hold the profile's own PSI bins (`SketchBasis.sketch`)
+    sketchable = config.calibrated and config.psi_bins == profile.psi_bins
+    if sketchable and any(d.sketch for d in chosen):
         sketch = merge_sketches(_sketch(d, store, profile, version) for d in chosen)
         report = score_window(profile, window, config, cache=cache, sketch=sketch)
         if not uncertain_columns(report):
