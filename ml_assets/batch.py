@@ -65,6 +65,7 @@ from ml_assets.core.batch.shard_scoring import answer as score
 from ml_assets.core.batch.shards import DEFAULT_SHARD_ROWS, Shard, ShardPlan, plan_shards
 from ml_assets.core.data.datasets import CsvOptions
 from ml_assets.core.data.schemas import feature_columns
+from ml_assets.core.drift.sketch_store import SketchBasis, run_profile
 from ml_assets.core.registry import champion as registry
 from ml_assets.resources import DataSourceResource, MlflowTracking
 from ml_assets.resources.production import (
@@ -178,8 +179,8 @@ def score_batch_shard(context: OpExecutionContext, task: ShardTask,
     plan, shard = task.plan, task.shard
     day = plan.day
     uri = f"models:/{plan.model_name}/{plan.model_version}"
-    tags = dict(mlflow_tracking.client.get_model_version(
-        plan.model_name, plan.model_version).tags or {})
+    registered = mlflow_tracking.client.get_model_version(plan.model_name, plan.model_version)
+    tags = dict(registered.tags or {})
     csv_options = CsvOptions(delimiter=data_source.csv_delimiter,
                              decimal=data_source.csv_decimal,
                              encoding=data_source.csv_encoding)
@@ -207,7 +208,9 @@ def score_batch_shard(context: OpExecutionContext, task: ShardTask,
     try:
         # `score` looked up here, at run time: a test may replace batch.score.
         result = score_shard(plan, shard, model, day_folder(production.batch_output_dir, day),
-                             csv_options, scorer=score)
+                             csv_options, scorer=score,
+                             sketch=_sketch_basis(context, mlflow_tracking, registered.run_id,
+                                                  plan.model_version))
     except BatchInputError as error:
         context.log.error(error.message)
         raise _blocked(error, day) from None
@@ -215,6 +218,20 @@ def score_batch_shard(context: OpExecutionContext, task: ShardTask,
                      f"{shard.file_name} ({result.runtime}, {result.pipeline_rows} by the "
                      f"Pipeline), checks {'passed' if result.passed else 'FAILED'}")
     return result
+
+
+def _sketch_basis(context: OpExecutionContext, mlflow_tracking: MlflowTracking,
+                  run_id: str | None, version: str) -> SketchBasis | None:
+    """The champion's reference profile (from its run) to sketch the shard against, so
+    that the day's drift merges the shards' sketches instead of reading their rows; a
+    version without a stored profile: no sketch (drift reads the rows)."""
+    try:
+        profile = run_profile(mlflow_tracking.client.tracking_uri, str(run_id))
+    except Exception as exc:  # noqa: BLE001 - a sketch is an optimisation: say why not
+        context.log.info(f"no drift sketch: version {version} has no reference profile "
+                         f"({type(exc).__name__})")
+        return None
+    return SketchBasis(profile, version)
 
 
 def _preview(day_dir: Path, manifest: dict) -> str:
@@ -269,6 +286,9 @@ def publish_batch_day(context: OpExecutionContext, plan: ShardPlan,
         "ignored_columns": MetadataValue.json(ignored),
         "scored_at": datetime.fromisoformat(plan.scored_at).isoformat(timespec="seconds"),
         "preview": MetadataValue.md(_preview(day_dir, manifest)),
+        "drift_sketches": sum(1 for part in manifest["parts"] if part.get("sketch")),
+        "drift_sketch_rows": sum(part["rows"] for part in manifest["parts"]
+                                 if part.get("sketch")),
     })
     yield from checks
 

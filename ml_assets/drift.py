@@ -6,7 +6,8 @@ import base64
 import datetime as dt
 import io
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ from dagster import (
     AssetExecutionContext,
     AssetIn,
     AssetKey,
+    AssetRecordsFilter,
     AssetSelection,
     AutomationCondition,
     BetaWarning,
@@ -30,20 +32,24 @@ from dagster import (
     TableSchema,
     TimeWindowPartitionMapping,
     asset,
+    build_input_context,
+    input_manager,
 )
 from pydantic import Field
 
-from ml_assets.core.drift.check import CheckOutcome, CheckSettings, decide, judged_answers
+from ml_assets.core.drift.check import CheckOutcome, CheckSettings, decide
 from ml_assets.core.drift.config import DEFAULT_MAX_POOLED_DAYS, DEFAULT_MIN_ROWS
 from ml_assets.core.drift.nulls import NullCache
-from ml_assets.core.drift.pooling import pool_day, score_window
 from ml_assets.core.drift.profile import ReferenceProfile
 from ml_assets.core.drift.scoring import DriftReport
+from ml_assets.core.drift.sketch_store import SketchBasis
+from ml_assets.core.drift.window import WindowDay, judge_window
 from ml_assets.shared import DRIFT_CHECK, daily_partitions, null_cache
 
-# The days of production_data one evaluation reads: the day and the 6 before it. This
-# bounds `max_pooled_days`; every day of it that has been materialized is loaded.
-POOLING_WINDOW_DAYS = DEFAULT_MAX_POOLED_DAYS
+# The days of production_data one evaluation may pool: the day and the 30 before it. This
+# bounds `max_pooled_days` (default 7); a day is pooled from its sketch, and its rows are
+# loaded only without one (production_data_window hands drift_scores loaders, not frames).
+POOLING_WINDOW_DAYS = 31
 with warnings.catch_warnings():  # allow_nonexistent_upstream_partitions is a beta flag
     warnings.simplefilter("ignore", BetaWarning)
     POOLING_WINDOW = TimeWindowPartitionMapping(
@@ -164,22 +170,51 @@ def drift_picture(table: pd.DataFrame, calibrated: bool = True) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-@asset(
-    group_name="monitoring",
-    partitions_def=daily_partitions,
-    kinds={"numpy", "scipy"},
-    automation_condition=DAY_UPDATED,
-    ins={"production_data": AssetIn(partition_mapping=POOLING_WINDOW,
-                                    metadata={"allow_missing_partitions": True})},
-    check_specs=[AssetCheckSpec(
-        DRIFT_CHECK, asset="drift_scores",
-        description="Fails (ERROR) on a calibrated dataset verdict or prediction drift: a "
-        "no-drift day fails it with probability <= dataset_alpha (2 %). Warns when a feature "
-        "drifts on its own test without a dataset verdict; passes, saying so, when there is "
-        "not enough data yet. A failure triggers retrain_on_drift.")],
-)
+WINDOW_LOADER = "production_data_window"
+
+
+@input_manager(required_resource_keys={"io_manager"})
+def production_data_window(context) -> dict[str, Callable[[], pd.DataFrame | None]]:
+    """production_data's days of a drift window as loaders rather than frames: the IO
+    manager reads a day only when drift_scores calls its loader (a day without a usable
+    sketch). A day never materialized loads as None."""
+    io_manager = context.resources.io_manager
+
+    def loader(key: str) -> Callable[[], pd.DataFrame | None]:
+        def load() -> pd.DataFrame | None:
+            return io_manager.load_input(build_input_context(
+                asset_key=context.asset_key, partition_key=key,
+                asset_partitions_def=context.asset_partitions_def,
+                instance=context.instance,
+                definition_metadata={"allow_missing_partitions": True}))
+        return load
+
+    return {key: loader(key) for key in context.asset_partition_keys}
+
+
+with warnings.catch_warnings():  # resource_defs on an asset is a beta parameter
+    warnings.simplefilter("ignore", BetaWarning)
+    _drift_asset = asset(
+        group_name="monitoring",
+        partitions_def=daily_partitions,
+        kinds={"numpy", "scipy"},
+        automation_condition=DAY_UPDATED,
+        ins={"production_data": AssetIn(partition_mapping=POOLING_WINDOW,
+                                        input_manager_key=WINDOW_LOADER,
+                                        metadata={"allow_missing_partitions": True})},
+        resource_defs={WINDOW_LOADER: production_data_window},
+        check_specs=[AssetCheckSpec(
+            DRIFT_CHECK, asset="drift_scores",
+            description="Fails (ERROR) on a calibrated dataset verdict or prediction drift: a "
+            "no-drift day fails it with probability <= dataset_alpha (2 %). Warns when a feature "
+            "drifts on its own test without a dataset verdict; passes, saying so, when there is "
+            "not enough data yet. A failure triggers retrain_on_drift.")],
+    )
+
+
+@_drift_asset
 def drift_scores(context: AssetExecutionContext, config: DriftScoringConfig,
-                 production_data: dict[str, pd.DataFrame] | None,
+                 production_data: Mapping[str, Any] | None,
                  reference_profile: ReferenceProfile) -> Iterator:
     """Drift of one day's production data against the champion's reference profile.
 
@@ -188,27 +223,29 @@ def drift_scores(context: AssetExecutionContext, config: DriftScoringConfig,
     practical effect size; the day drifts when Holm's procedure over the features
     rejects (the dataset verdict), and the champion's outputs are judged the same way.
     A day with fewer than `min_rows` rows is pooled with the days just before it (at most
-    `max_pooled_days` in all); still too few: "not enough data yet", no verdict."""
+    `max_pooled_days` in all); still too few: "not enough data yet", no verdict.
+    The window is judged from its days' merged sketches (production_data's metadata names
+    each day's), with the verdicts of its rows; a day is loaded only without a usable
+    sketch (`judged_from`, `loaded_days` say so; docs/drift.md)."""
     day = context.partition_key
     try:
         settings = config.settings()
         drift_config = settings.drift_config(bool(reference_profile.predictions))
     except ValueError as exc:
         raise Failure(description=f"drift_scores config: {exc}", allow_retries=False) from None
-    days = _calendar_days(day, production_data or {}, settings.max_pooled_days)
-    window = pool_day(days, settings.min_rows, settings.max_pooled_days)
     version = _profile_version(context)
+    days = _window_days(context, day, production_data or {}, settings.max_pooled_days,
+                        SketchBasis(reference_profile, version))
     try:
-        report = score_window(reference_profile, window, drift_config,
-                              lambda rows: judged_answers(rows, version),
-                              cache=_null_cache(context))
+        scored = judge_window(reference_profile, days, settings, drift_config, version,
+                              _null_cache(context))
     except ValueError as exc:  # e.g. a per-column override naming an unknown column
         raise Failure(description=f"drift_scores config: {exc}", allow_retries=False) from None
+    report, window = scored.report, scored.window
     outcome = decide(report, settings)
-    prediction_rows = (len(judged_answers(window.frame, version))
-                       if window.status in ("ok", "pooled") else 0)
-    summary = _summary(day, window.status, len(days[-1][1]), report, outcome,
-                       prediction_rows, version)
+    summary = {**_summary(day, window.status, scored.day_rows, report, outcome,
+                          scored.prediction_rows, version),
+               "judged_from": scored.source, "loaded_days": list(scored.loaded)}
     columns = CALIBRATED_COLUMNS if settings.calibrated else FIXED_COLUMNS
     shown = report.features[[c for c in columns if c in report.features.columns]]
     judged = report.features["status"].isin(["ok", "absent", "all missing"]).any()
@@ -234,15 +271,47 @@ def drift_scores(context: AssetExecutionContext, config: DriftScoringConfig,
                      if not settings.calibrated else {})})
 
 
-def _calendar_days(day: str, loaded: Mapping[str, pd.DataFrame],
-                   count: int) -> list[tuple[str, pd.DataFrame]]:
-    """The `count` calendar days ending with `day`, oldest first, each with its production
-    data (an empty frame for a day never materialized: no traffic, or before the
-    partitions start)."""
+def _window_days(context: AssetExecutionContext, day: str, loaded: Mapping[str, Any],
+                 count: int, basis: SketchBasis) -> list[WindowDay]:
+    """The `count` calendar days ending with `day`, oldest first: each day's rows and
+    usable sketch from production_data's latest materialization (a day never
+    materialized: no traffic, or before the partitions start, has 0 rows), and how to
+    load its frame when it must be read."""
     last = dt.date.fromisoformat(day)
     keys = [(last - dt.timedelta(days=back)).isoformat() for back in range(count - 1, -1, -1)]
-    empty = pd.DataFrame()
-    return [(key, loaded[key] if loaded.get(key) is not None else empty) for key in keys]
+    digest, wanted = basis.digest, basis.version or "any"
+    days = []
+    for key in keys:
+        record = _latest_production_data(context, key)
+        metadata = record.asset_materialization.metadata if record is not None and (
+            record.asset_materialization is not None) else {}
+        source = loaded.get(key)
+        if source is None or (record is None and callable(source)):
+            days.append(WindowDay(key, 0, None, lambda: None))
+            continue
+        rows = metadata.get("dagster/row_count")
+        sketch = {k: str(v.value) for k, v in metadata.items() if k.startswith("drift_sketch")}
+        # a sketch on this profile's grid, of this version's answers, still on disk
+        usable = (sketch.get("drift_sketch_basis") == digest
+                  and sketch.get("drift_sketch_version") == wanted
+                  and Path(sketch["drift_sketch"]).is_file())
+        days.append(WindowDay(key, int(rows.value) if rows is not None else None,
+                              sketch["drift_sketch"] if usable else None, _loader(source)))
+    return days
+
+
+def _loader(source: Any) -> Any:
+    """production_data's value for a day, loaded when called (the window's input
+    manager hands over loaders; a direct call may hand over frames)."""
+    if callable(source):
+        return source
+    return lambda: source
+
+
+def _latest_production_data(context: AssetExecutionContext, day: str):
+    records = context.instance.fetch_materializations(AssetRecordsFilter(
+        asset_key=AssetKey("production_data"), asset_partitions=[day]), limit=1).records
+    return records[0] if records else None
 
 
 def _null_cache(context: AssetExecutionContext) -> NullCache:

@@ -23,10 +23,19 @@ from dagster import (
 )
 
 from ml_assets.core.artifacts.loading import UntrustedModelError, load_pipeline
+from ml_assets.core.batch.shards import manifest_sketches, read_manifest
 from ml_assets.core.data.preprocessing import Split, feature_kinds
 from ml_assets.core.data.production_rows import Lineage, SkippedFile, scope_rows, skipped_sentences
 from ml_assets.core.drift.profile import ReferenceProfile, build_reference_profile
 from ml_assets.core.drift.scoring import model_outputs
+from ml_assets.core.drift.sketch import DriftSketch, merge_sketches
+from ml_assets.core.drift.sketch_store import (
+    PROFILE_ARTIFACT,
+    SketchBasis,
+    read_sketch,
+    run_profile,
+    write_day_sketch,
+)
 from ml_assets.core.estimation.cbpe import EstimateCheck, compare_with_realised
 from ml_assets.core.estimation.store import calibrate_model, log_estimation
 from ml_assets.core.modeling.live_performance import live_report, per_version_markdown
@@ -34,7 +43,11 @@ from ml_assets.core.modeling.pipeline import TrainedModel
 from ml_assets.core.prediction_log import numeric_predictions
 from ml_assets.core.registry import champion as registry
 from ml_assets.resources import DataSourceResource, MlflowTracking
-from ml_assets.resources.production import ProductionDataResource, answered_rows
+from ml_assets.resources.production import (
+    BATCH_SOURCE,
+    ProductionDataResource,
+    answered_rows,
+)
 from ml_assets.shared import (
     AFTER_PRODUCTION_DATA,
     EVIDENCE_CHECK,
@@ -43,8 +56,6 @@ from ml_assets.shared import (
     lineage_of,
     warm_drift_nulls,
 )
-
-PROFILE_ARTIFACT = "reference_profile/profile.npz"
 
 
 def _profile_for(pipeline, split: Split) -> ReferenceProfile:
@@ -179,8 +190,69 @@ def production_data(context: AssetExecutionContext, production: ProductionDataRe
         "lineage": lineage.describe(),
         "excluded_rows": MetadataValue.json(excluded),
         "skipped_files": MetadataValue.json(skipped_sentences(skipped)),
+        **_day_sketch(context, data, mlflow_tracking, production),
     })
     yield evidence_check(EVIDENCE_CHECK, skipped, "landing")
+
+
+def _day_sketch(context: AssetExecutionContext, data: pd.DataFrame,
+                mlflow_tracking: MlflowTracking, production: ProductionDataResource) -> dict:
+    """The day's drift sketch against the current reference profile, written beside the
+    instance's storage and named in the metadata with its rows, so that drift_scores
+    pools this day into later windows without loading it. The batch-scored rows enter
+    it as the merge of their shards' sketches when every shard has one on this profile
+    (`drift_sketch_from_shards`: their rows). No profile yet (or it cannot be read): no
+    sketch, and drift_scores loads the day's rows instead."""
+    basis = _sketch_basis(context, mlflow_tracking)
+    if isinstance(basis, str):
+        return {"drift_sketch": f"none ({basis})"}
+    shards = _batch_sketch(production, context.partition_key, basis)
+    batch = (data["source"] == BATCH_SOURCE if "source" in data
+             else pd.Series(False, index=data.index))
+    if shards is not None and int(batch.sum()) == shards.n_rows:
+        sketch = merge_sketches([basis.sketch(data[~batch]), shards])
+    else:
+        shards, sketch = None, basis.sketch(data)
+    folder = Path(context.instance.storage_directory()) / "drift_sketches" / "production_data"
+    path = write_day_sketch(folder / context.partition_key, context.run_id, sketch)
+    return {"drift_sketch": MetadataValue.path(str(path)),
+            "drift_sketch_rows": sketch.n_rows, "drift_sketch_basis": basis.digest,
+            "drift_sketch_version": basis.version or "any",
+            "drift_sketch_from_shards": shards.n_rows if shards is not None else 0}
+
+
+def _batch_sketch(production: ProductionDataResource, day: str,
+                  basis: SketchBasis) -> DriftSketch | None:
+    """The day's batch-scored rows as their shards' merged sketches, when every shard
+    was sketched on `basis` by the model version it judges; else None."""
+    if not production.batch_output_dir:
+        return None
+    folder = production.batch_output_dir_of(day)
+    try:
+        manifest = read_manifest(folder)
+        if manifest is None or basis.version not in (None, str(manifest["model_version"])):
+            return None
+        paths = manifest_sketches(folder, manifest, basis.digest)
+        return merge_sketches(read_sketch(p) for p in paths) if paths else None
+    except (OSError, ValueError, KeyError):  # unreadable: the rows are sketched instead
+        return None
+
+
+def _sketch_basis(context: AssetExecutionContext,
+                  mlflow_tracking: MlflowTracking) -> SketchBasis | str:
+    """The profile reference_profile last materialized (from its MLflow run) and the
+    champion version it holds, or why there is none."""
+    event = context.instance.get_latest_materialization_event(AssetKey("reference_profile"))
+    metadata = event.asset_materialization.metadata if (
+        event is not None and event.asset_materialization is not None) else {}
+    if "mlflow_run_id" not in metadata:
+        return "no reference profile materialized yet"
+    version = metadata.get("champion_version")
+    try:
+        profile = run_profile(mlflow_tracking.tracking_uri, str(metadata["mlflow_run_id"].value))
+    except Exception as exc:  # noqa: BLE001 - a sketch is an optimisation: say why not
+        return f"the reference profile cannot be read: {type(exc).__name__}"
+    return SketchBasis(profile, str(version.value) if version is not None else None)
 
 
 def _logged_frame(logged: pd.DataFrame) -> pd.DataFrame:

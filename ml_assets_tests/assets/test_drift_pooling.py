@@ -20,7 +20,6 @@ from dagster import (
     AssetMaterialization,
     AssetSelection,
     DagsterInstance,
-    FilesystemIOManager,
     Output,
     asset,
     evaluate_automation_conditions,
@@ -33,12 +32,11 @@ from ml_assets.core.rollout.traffic import shift_rows
 from ml_assets.definitions import defs
 from ml_assets.drift import drift_scores
 from ml_assets.monitoring import _profile_for, production_data
-from ml_assets.resources import DataSourceResource, MlflowTracking
-from ml_assets.resources.production import ProductionDataResource
+from ml_assets.resources import MlflowTracking
 from ml_assets.shared import DRIFT_CHECK, daily_partitions
 from ml_assets_tests.support.graph import lineage_version
 from ml_assets_tests.support.models import train_frame
-from ml_assets_tests.support.production_days import log_day
+from ml_assets_tests.support.production_days import log_day, monitoring_resources
 
 SPEC = SyntheticSpec(n_rows=4_000, n_numeric=6, n_categorical=2, seed=7)
 
@@ -65,14 +63,7 @@ def world(tmp_path_factory, mlflow_store):
 
     (root / "dagster").mkdir()
     with DagsterInstance.local_temp(str(root / "dagster")) as instance:
-        resources = {
-            "io_manager": FilesystemIOManager(base_dir=str(root / "storage")),
-            "production": ProductionDataResource(
-                prediction_log_path=str(root / "log.db"), landing_dir=str(root / "landing"),
-                labels_dir=str(root / "labels")),
-            "data_source": DataSourceResource(kind="breast_cancer"),
-            "mlflow_tracking": tracking,
-        }
+        resources = monitoring_resources(root, tracking)
         assert materialize([stored_profile], instance=instance, resources=resources).success
         fresh = frame.iloc[1_500:].drop(columns=SPEC.target).reset_index(drop=True)
         yield SimpleNamespace(instance=instance, resources=resources, root=root,

@@ -30,3 +30,22 @@ def log_day(path: Path, rows: pd.DataFrame, day: str, model, version: str = "1",
         ]).result(30)
     finally:
         log.close()
+
+
+def monitoring_resources(root: Path, tracking, io_manager=None) -> dict:
+    """The resources of production_data and drift_scores on a test's own days under
+    `root`: a filesystem IO manager (or `io_manager`) keeping the days for later
+    windows, the SQLite prediction log `root`/log.db, and `tracking`'s registry."""
+    from dagster import FilesystemIOManager
+
+    from ml_assets.resources import DataSourceResource
+    from ml_assets.resources.production import ProductionDataResource
+
+    return {
+        "io_manager": io_manager or FilesystemIOManager(base_dir=str(root / "storage")),
+        "production": ProductionDataResource(
+            prediction_log_path=str(root / "log.db"), landing_dir=str(root / "landing"),
+            labels_dir=str(root / "labels")),
+        "data_source": DataSourceResource(kind="breast_cancer"),
+        "mlflow_tracking": tracking,
+    }

@@ -6,6 +6,8 @@ random frames of every column kind, random shift, random shard cuts."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -133,3 +135,97 @@ def test_bad_use_is_refused_with_the_reason(profile):
         sketch.merged(with_bins)
     with pytest.raises(ValueError, match="not a ml_assets.drift.DriftSketch"):
         DriftSketch.from_bytes(profile.to_bytes())
+
+
+# -- a window of days judged from their sketches (core/drift/window.py) -----------------
+
+def _month(profile, seed: int, tmp_path):
+    """30 days of 5 to 40 rows (the second half shifted), each with its sketch on disk
+    and a loader that counts its calls."""
+    from ml_assets.core.drift.sketch_store import SketchBasis, write_sketch
+    from ml_assets.core.drift.window import WindowDay
+
+    rng = np.random.default_rng(seed)
+    frames, days, loads = [], [], []
+    for i in range(30):
+        frame = _with_outputs(mixed_frame(rng, int(rng.integers(5, 40))), rng)
+        if i >= 15:
+            frame["normal"] += 0.4
+            frame.loc[rng.random(len(frame)) < 0.2, "balanced"] = "c0"
+        path = write_sketch(tmp_path / f"day{i}.sketch.npz",
+                            SketchBasis(profile, None).sketch(frame))
+        frames.append(frame)
+
+        def load(i=i):
+            loads.append(i)
+            return frames[i]
+        days.append(WindowDay(f"d{i:02d}", len(frame), str(path), load))
+    return frames, days, loads
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_month_of_day_sketches_gives_the_single_pass_verdicts_without_loading(
+        profile, seed, tmp_path):
+    """30 days (integer-valued 'poisson_ints' with ties, categorical and boolean
+    columns), merged from their sketch files: the verdicts of score_drift on the
+    concatenated rows, and no day loaded."""
+    from ml_assets.core.drift.check import CheckSettings
+    from ml_assets.core.drift.nulls import NullCache
+    from ml_assets.core.drift.pooling import plan_day, pool_day
+    from ml_assets.core.drift.window import judge_window
+
+    frames, days, loads = _month(profile, seed, tmp_path)
+    # the window reaches back to the first day exactly
+    settings = CheckSettings(min_rows=sum(len(f) for f in frames), max_pooled_days=30)
+    config = settings.drift_config(True)
+    judged = judge_window(profile, days, settings, config, None, NullCache())
+    planned = plan_day([(d.day, d.rows) for d in days], settings.min_rows, 30)
+    pooled = pool_day([(d.day, f) for d, f in zip(days, frames, strict=True)],
+                      settings.min_rows, 30)
+    assert (planned.days, planned.status, planned.n_rows) == (
+        pooled.days, pooled.status, pooled.n_rows)
+    assert len(judged.window.days) == 30 and judged.window.status == "pooled"
+    assert judged.source == "sketches" and loads == [] and judged.loaded == ()
+    expected = score_drift(profile, pd.concat(frames, ignore_index=True), config)
+    assert judged.report.dataset_drifted == expected.dataset_drifted  # True: shifted
+    assert judged.report.prediction_drifted == expected.prediction_drifted
+    got = judged.report.features.set_index("feature")
+    want = expected.features.set_index("feature")
+    for column in ("drifted", "dataset_drifted", "n_cur"):
+        assert got[column].tolist() == want[column].tolist(), column
+    for column in ("statistic", "p_value", "p_adjusted"):
+        np.testing.assert_allclose(got[column].astype(float), want[column].astype(float),
+                                   rtol=1e-9, atol=1e-12, err_msg=column)
+
+
+def test_a_window_whose_effect_sits_within_its_error_is_judged_from_the_rows(profile,
+                                                                             tmp_path):
+    """The effect threshold of a column put at its sketch effect size (inside the
+    Wasserstein bound): the sketch could decide either way, so the days are loaded and
+    the window judged by score_drift; the verdicts are the rows' ones."""
+    from ml_assets.core.drift.check import CheckSettings
+    from ml_assets.core.drift.nulls import NullCache
+    from ml_assets.core.drift.sketch_scoring import uncertain_columns
+    from ml_assets.core.drift.window import judge_window
+
+    frames, days, loads = _month(profile, 7, tmp_path)
+    rows = sum(len(f) for f in frames)
+    first = judge_window(profile, days, CheckSettings(min_rows=rows, max_pooled_days=30),
+                         CheckSettings(min_rows=rows).drift_config(True), None, NullCache())
+    table = first.report.features
+    bounded = table[(table["effect_error"] > 0) & (table["effect_measure"] == "wasserstein")]
+    assert len(bounded), "the 300-point profile leaves some Wasserstein bound open"
+    row = bounded.iloc[0]
+    settings = CheckSettings(min_rows=rows, max_pooled_days=30,
+                             effect_thresholds={"wasserstein": float(row["effect_size"])})
+    loads.clear()
+    sketched = judge_window(profile, days, settings, settings.drift_config(True), None,
+                            NullCache())
+    assert row["feature"] in uncertain_columns(dataclasses.replace(
+        first.report, features=table.assign(effect_threshold=float(row["effect_size"]))))
+    assert sketched.source == "rows" and sorted(loads) == list(range(30))
+    expected = score_drift(profile, pd.concat(frames, ignore_index=True),
+                           settings.drift_config(True))
+    assert sketched.report.features["drifted"].tolist() == expected.features[
+        "drifted"].tolist()
+    assert sketched.report.dataset_drifted == expected.dataset_drifted

@@ -39,6 +39,8 @@ from ml_assets.core.batch.shards import (
 from ml_assets.core.data.datasets import CsvOptions, parse_dates
 from ml_assets.core.data.schemas import feature_columns
 from ml_assets.core.drift.scoring import model_outputs, prediction_columns
+from ml_assets.core.drift.sketch import DriftSketch
+from ml_assets.core.drift.sketch_store import SketchBasis, write_sketch
 from ml_assets.core.modeling.tasks import is_regression_model
 
 RUNTIMES = ("auto", "onnx", "sklearn")
@@ -127,6 +129,8 @@ class ShardResult:
     outcomes: list[CheckOutcome]
     ignored: list[str] = field(default_factory=list)
     peak_rss_mib: float = 0.0
+    sketch: str = ""  # the part's drift sketch beside it (relative path), if any
+    sketch_basis: str = ""  # `SketchBasis.digest` of the profile it is on
 
     @property
     def passed(self) -> bool:
@@ -260,11 +264,14 @@ Scorer = Callable[[ScoringModel, pd.DataFrame], tuple[pd.DataFrame, int]]
 
 def score_shard(plan: ShardPlan, shard: Shard, model: ScoringModel, day_dir: Path,
                 csv_options: CsvOptions | None = None, *, scorer: Scorer = answer,
-                batch_rows: int = BATCH_ROWS) -> ShardResult:
+                batch_rows: int = BATCH_ROWS,
+                sketch: SketchBasis | None = None) -> ShardResult:
     """Score one shard into its part file (`plan.part_path`): record batches read,
     validated (BatchInputError names the file, column and data rows), answered by
     `scorer`, written to a temporary file that is read back, checked, and renamed over
-    the part only when every check passes. The temporary file never outlives the call."""
+    the part only when every check passes. The temporary file never outlives the call.
+    `sketch`: the profile to sketch the answered rows against, batch by batch (merged:
+    bounded memory), written beside the part (`plan.sketch_path`) with it."""
     import pyarrow.parquet as pq
 
     check_unchanged(shard)
@@ -273,10 +280,12 @@ def score_shard(plan: ShardPlan, shard: Shard, model: ScoringModel, day_dir: Pat
     label = f"champion version {plan.model_version} of {plan.model_name}"
     scored_at = pd.Timestamp(plan.scored_at)
     part = plan.part_path(day_dir, shard)
+    sketch_file = plan.sketch_path(day_dir, shard)
     temporary = part.with_name(f".{part.stem}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
     rows_in = pipeline_rows = 0
     ignored: list[str] = []
     writer = None
+    sketched: DriftSketch | None = None
     try:
         for raw in _batches(shard, csv_options or CsvOptions(), features, batch_rows):
             ignored = raw.attrs.get("ignored", [])
@@ -288,6 +297,9 @@ def score_shard(plan: ShardPlan, shard: Shard, model: ScoringModel, day_dir: Pat
                 writer = pq.ParquetWriter(temporary, table.schema.remove_metadata(),
                                           use_dictionary=_DICTIONARY_COLUMNS)
             writer.write_table(table.cast(writer.schema))
+            if sketch is not None:
+                day_rows = sketch.sketch(pd.concat([rows, outputs], axis=1))
+                sketched = day_rows if sketched is None else sketched.merged(day_rows)
             rows_in += len(rows)
             pipeline_rows += slow
         if writer is None:
@@ -300,15 +312,21 @@ def score_shard(plan: ShardPlan, shard: Shard, model: ScoringModel, day_dir: Pat
                                   f"rows where the plan counted {shard.rows}: score the day "
                                   "again")
         written, outcomes = check_written(temporary, rows_in, model.regression, batch_rows)
+        sketch_file.unlink(missing_ok=True)  # a sketch never outlives its part's rows
         if all(o.passed for o in outcomes):
             os.replace(temporary, part)
+            if sketched is not None:
+                write_sketch(sketch_file, sketched)
     finally:
         if writer is not None:
             writer.close()
         temporary.unlink(missing_ok=True)
+    has_sketch = sketched is not None and sketch_file.is_file()
     return ShardResult(shard.index, shard.file_name, str(part.relative_to(day_dir)), rows_in,
                        written, pipeline_rows, model.runtime, outcomes, list(ignored),
-                       peak_rss_mib())
+                       peak_rss_mib(),
+                       str(sketch_file.relative_to(day_dir)) if has_sketch else "",
+                       sketch.digest if has_sketch and sketch is not None else "")
 
 
 def publish(plan: ShardPlan, results: list[ShardResult], day_dir: Path,
@@ -362,7 +380,9 @@ def publish(plan: ShardPlan, results: list[ShardResult], day_dir: Path,
         "files": per_file, "feature_columns": features,
         "pipeline_rows": sum(r.pipeline_rows for r in results),
         "parts": [{"path": r.part, "rows": r.input_rows, "file": r.file,
-                   "peak_rss_mib": round(r.peak_rss_mib, 1)} for r in ordered],
+                   "peak_rss_mib": round(r.peak_rss_mib, 1),
+                   **({"sketch": r.sketch, "sketch_basis": r.sketch_basis}
+                      if r.sketch else {})} for r in ordered],
     }
     write_json_atomically(manifest, day_dir / MANIFEST)
     remove_other_plans(day_dir, plan)

@@ -92,6 +92,10 @@ class ShardPlan:
     def part_path(self, day_dir: Path, shard: Shard) -> Path:
         return self.parts_dir(day_dir) / f"{shard.name}.parquet"
 
+    def sketch_path(self, day_dir: Path, shard: Shard) -> Path:
+        """The part's drift sketch, beside it."""
+        return self.parts_dir(day_dir) / f"{shard.name}.sketch.npz"
+
 
 def parquet_row_groups(file: Path) -> list[int]:
     """Rows per row group of a Parquet file (its footer only); unreadable: BatchInputError
@@ -207,6 +211,16 @@ def manifest_parts(day_dir: Path, manifest: dict) -> list[Path]:
     return parts
 
 
+def manifest_sketches(day_dir: Path, manifest: dict, basis: str) -> list[Path] | None:
+    """The drift sketches of a manifest's parts when every part has one on `basis` (a
+    `SketchBasis.digest`), else None (the day's drift then reads its rows)."""
+    parts = manifest.get("parts") or []
+    if not parts or any(p.get("sketch_basis") != basis or not p.get("sketch") for p in parts):
+        return None
+    named = manifest_parts(day_dir, {"parts": [{"path": p["sketch"]} for p in parts]})
+    return named if all(path.is_file() for path in named) else None
+
+
 def read_day(day_dir: Path) -> pd.DataFrame:
     """Every row of a completely scored day (the manifest's parts, in order); an empty
     frame when the day has no manifest."""
@@ -229,7 +243,8 @@ def remove_other_plans(day_dir: Path, plan: ShardPlan) -> list[str]:
             if entry.name != plan.plan_id:
                 shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
                 removed.append(entry.name)
-    keep = {plan.part_path(day_dir, s).name for s in plan.shards}
+    keep = {path(day_dir, s).name for s in plan.shards
+            for path in (plan.part_path, plan.sketch_path)}
     own = plan.parts_dir(day_dir)
     if own.is_dir():
         for entry in own.iterdir():

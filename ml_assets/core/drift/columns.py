@@ -6,7 +6,8 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -43,9 +44,11 @@ from ml_assets.core.drift.profile import (
     quantile_edges,
 )
 from ml_assets.core.drift.stats import (
+    bonferroni,
     chi2_batch,
     chi2_homogeneity,
     chi2_merged,
+    holm,
     jensenshannon,
     jensenshannon_batch,
     ks_numerator,
@@ -60,8 +63,90 @@ from ml_assets.core.drift.stats import (
 
 # -- one column, calibrated ----------------------------------------------------------------
 
-def _score_column(name: str, ref: ColumnProfile, current: pd.DataFrame, config: DriftConfig,
-                  profile_bins: int, draws: int, cache: NullCache) -> dict[str, Any]:
+@dataclass(frozen=True, eq=False)
+class SortedSample:
+    """A numeric column's current values (finite, sorted): its statistics exactly."""
+
+    values: np.ndarray
+
+    @property
+    def n_valid(self) -> int:
+        return int(self.values.size)
+
+    def wasserstein(self, ref: NumericProfile) -> tuple[float, float]:
+        """(W1 to the reference, its largest error: 0, exact)."""
+        return wasserstein(ref.values, ref.counts, self.values), 0.0
+
+    def ks_numerator(self, ref: NumericProfile) -> int:
+        return ks_numerator(ref.values, ref.counts, self.values)
+
+    def bin_counts(self, edges: np.ndarray) -> np.ndarray:
+        return bin_counts_sorted(edges, self.values)
+
+
+@dataclass(frozen=True, eq=False)
+class CategorySample:
+    """A categorical column's current counts per label (sorted labels)."""
+
+    labels: tuple[str, ...]
+    counts: np.ndarray
+
+    @property
+    def n_valid(self) -> int:
+        return int(self.counts.sum())
+
+
+class NumericSample(Protocol):
+    """What a numeric test reads of the current values: the rows (`SortedSample`) or
+    their merged sketch (`sketch_scoring.SketchSample`)."""
+
+    @property
+    def n_valid(self) -> int: ...
+
+    def wasserstein(self, ref: NumericProfile) -> tuple[float, float]: ...
+
+    def ks_numerator(self, ref: NumericProfile) -> int: ...
+
+    def bin_counts(self, edges: np.ndarray) -> np.ndarray: ...
+
+
+ColumnSample = NumericSample | CategorySample
+
+
+def frame_sample(ref: ColumnProfile, frame: pd.DataFrame, name: str) -> ColumnSample | None:
+    """A column of `frame` as the tests read it (None: the frame lacks it)."""
+    if name not in frame.columns:
+        return None
+    if isinstance(ref, NumericProfile):
+        return SortedSample(finite_sorted(numeric_values(frame[name])))
+    return CategorySample(*category_counts(frame[name]))
+
+
+def score_columns(group: Mapping[str, ColumnProfile],
+                  sample_of: Callable[[str, ColumnProfile], ColumnSample | None],
+                  n_rows: int, config: DriftConfig, profile_bins: int,
+                  cache: NullCache) -> list[dict[str, Any]]:
+    """One family's calibrated rows (features, or prediction columns) over `n_rows`
+    current rows, `sample_of` giving each column's values; Holm (or Bonferroni) over
+    the family's p_drift gives each row's p_adjusted and dataset verdict."""
+    draws = config.draws_for(len(group))
+    rows = [_score_column(name, column, n_rows,
+                          sample_of(name, column) if n_rows else None, config,
+                          profile_bins, draws, cache)
+            for name, column in group.items()]
+    judged = [row for row in rows if row["status"] != "empty"]
+    if judged:
+        adjust = holm if config.dataset_rule == "holm" else bonferroni
+        adjusted = adjust(np.array([row["p_drift"] for row in judged], dtype=np.float64))
+        for row, value in zip(judged, adjusted.tolist(), strict=True):
+            row["p_adjusted"] = value
+            row["dataset_drifted"] = value <= config.dataset_alpha
+    return rows
+
+
+def _score_column(name: str, ref: ColumnProfile, n_rows: int, sample: ColumnSample | None,
+                  config: DriftConfig, profile_bins: int, draws: int,
+                  cache: NullCache) -> dict[str, Any]:
     test = config.test_for(name, ref.kind, ref.n_valid)
     measure = EFFECT_OF_TEST[test]
     row: dict[str, Any] = {
@@ -73,21 +158,15 @@ def _score_column(name: str, ref: ColumnProfile, current: pd.DataFrame, config: 
         "significant": False, "effect_measure": measure, "effect_size": math.nan,
         "effect_threshold": config.effect_threshold_for(name, measure), "material": False,
         "p_missing": math.nan, "p_drift": math.nan, "p_adjusted": math.nan,
-        "dataset_drifted": False,
+        "dataset_drifted": False, "effect_error": 0.0,
     }
-    n_rows = len(current)
     if n_rows == 0:
         row["status"] = "empty"
         return row
-    values: Any = None
-    if name not in current.columns:
+    if sample is None:
         row["status"] = "absent"
-    elif isinstance(ref, NumericProfile):
-        values = finite_sorted(numeric_values(current[name]))
-        row["n_cur"] = values.size
     else:
-        values = category_counts(current[name])
-        row["n_cur"] = int(values[1].sum())
+        row["n_cur"] = sample.n_valid
     n_cur = row["n_cur"]
     row["missing_rate_cur"] = 1 - n_cur / n_rows
     if row["status"] == "ok" and n_cur == 0:
@@ -107,13 +186,13 @@ def _score_column(name: str, ref: ColumnProfile, current: pd.DataFrame, config: 
     level = config.alpha / aspects  # Bonferroni over the feature's two questions
     if value_tested:
         if isinstance(ref, NumericProfile):
-            row.update(_numeric_value_test(ref, values, test, config, profile_bins, level,
+            assert not isinstance(sample, CategorySample) and sample is not None
+            row.update(_numeric_value_test(ref, sample, test, config, profile_bins, level,
                                            draws, cache))
         else:
-            assert isinstance(ref, CategoricalProfile)
-            labels, counts = values
-            row.update(_categorical_value_test(ref, labels, counts, test, config, level,
-                                               draws))
+            assert isinstance(ref, CategoricalProfile) and isinstance(sample, CategorySample)
+            row.update(_categorical_value_test(ref, sample.labels, sample.counts, test,
+                                               config, level, draws))
         row["significant"] = bool(aspects * row["p_value"] <= config.alpha)
         row["material"] = bool(row["effect_size"] >= row["effect_threshold"])
     candidates = []
@@ -133,15 +212,18 @@ def _score_column(name: str, ref: ColumnProfile, current: pd.DataFrame, config: 
     return row
 
 
-def _numeric_value_test(ref: NumericProfile, cur_sorted: np.ndarray, test: str,
+def _numeric_value_test(ref: NumericProfile, sample: NumericSample, test: str,
                         config: DriftConfig, profile_bins: int, level: float, draws: int,
                         cache: NullCache) -> dict[str, Any]:
-    n, m = cur_sorted.size, ref.n_valid
+    """The value test of a numeric column; `effect_error`: the largest error of the
+    Wasserstein effect size (0 from the rows; a sketch's bound)."""
+    n, m = sample.n_valid, ref.n_valid
     norm = max(ref.std, WASSERSTEIN_MIN_NORM)
-    w1 = wasserstein(ref.values, ref.counts, cur_sorted) / norm
-    out: dict[str, Any] = {"exact": ref.exact, "effect_size": w1}
+    w1, error = sample.wasserstein(ref)
+    w1, error = w1 / norm, error / norm
+    out: dict[str, Any] = {"exact": ref.exact, "effect_size": w1, "effect_error": error}
     if test == "ks":
-        numerator = ks_numerator(ref.values, ref.counts, cur_sorted)
+        numerator = sample.ks_numerator(ref)
         if _discrete(ref, config):
             d = numerator / (m * n)
             return {**out, "statistic": d, **_support_test(ref, d, n, "ks", 1.0, level,
@@ -156,12 +238,12 @@ def _numeric_value_test(ref: NumericProfile, cur_sorted: np.ndarray, test: str,
         return {**out, "statistic": w1, **_support_test(ref, w1, n, "wasserstein", norm,
                                                         level, draws, config, cache)}
     edges, ref_counts, exact = _psi_bins(ref, config.psi_bins, profile_bins)
-    statistic = psi(ref_counts, bin_counts_sorted(edges, cur_sorted))
+    statistic = psi(ref_counts, sample.bin_counts(edges))
     null = _resampled(cache, ("psi", n, draws, config.seed, _fingerprint(ref_counts)),
                       lambda rng: _counts_null(rng, ref_counts / ref_counts.sum(), m, n,
                                                draws, psi_batch))
     return {"exact": exact, "statistic": statistic, "effect_size": statistic,
-            **_from_draws(null, statistic, level)}
+            "effect_error": 0.0, **_from_draws(null, statistic, level)}
 
 
 def _discrete(ref: NumericProfile, config: DriftConfig) -> bool:

@@ -20,6 +20,8 @@ from ml_assets.core.drift.profile import (
     ReferenceProfile,
 )
 from ml_assets.core.drift.scoring import DriftReport, score_drift
+from ml_assets.core.drift.sketch import DriftSketch
+from ml_assets.core.drift.sketch_scoring import score_sketch
 
 # -- quiet days: pooling ---------------------------------------------------------------------
 
@@ -78,31 +80,55 @@ def pool_day(days: Sequence[tuple[Any, pd.DataFrame]], min_rows: int = DEFAULT_M
     return _window(days, len(days) - 1, min_rows, max_days)
 
 
+def plan_day(days: Sequence[tuple[Any, int]], min_rows: int = DEFAULT_MIN_ROWS,
+             max_days: int = DEFAULT_MAX_POOLED_DAYS) -> Window:
+    """`pool_day` from the days' row counts alone ((label, rows) pairs, in time order):
+    the same days, rows and status, with an empty `frame` (the rows are not read: the
+    window is then judged from its days' merged sketches, `score_window(sketch=...)`)."""
+    _require(min_rows >= 1 and max_days >= 1, "min_rows and max_days must be >= 1")
+    _require(len(days) > 0, "plan_day needs at least the day itself")
+    counts = [n for _, n in days]
+    first, total, status = _span(counts, len(days) - 1, min_rows, max_days)
+    return Window(days[-1][0], pd.DataFrame(), tuple(d for d, _ in days[first:]), total,
+                  status, min_rows)
+
+
+def _span(counts: Sequence[int], position: int, min_rows: int,
+          max_days: int) -> tuple[int, int, str]:
+    """(first day of the window ending at `position`, its rows, its status): the pooling
+    rule on row counts, whether the rows are at hand or only counted."""
+    if counts[position] == 0:
+        return position, 0, "empty"
+    first, total = position, counts[position]
+    while total < min_rows and first > 0 and position - first + 1 < max_days:
+        first -= 1
+        total += counts[first]
+    status = ("insufficient" if total < min_rows else
+              "ok" if first == position else "pooled")
+    return first, total, status
+
+
 def _window(days: Sequence[tuple[Any, pd.DataFrame]], position: int, min_rows: int,
             max_days: int) -> Window:
     day, frame = days[position]
-    if len(frame) == 0:
-        return Window(day, frame, (day,), 0, "empty", min_rows)
-    first, total = position, len(frame)
-    while total < min_rows and first > 0 and position - first + 1 < max_days:
-        first -= 1
-        total += len(days[first][1])
+    first, total, status = _span([len(f) for _, f in days], position, min_rows, max_days)
     chosen = days[first:position + 1]
     pooled = (frame if len(chosen) == 1 else
               pd.concat([f for _, f in chosen if len(f)], ignore_index=True))
-    status = ("insufficient" if total < min_rows else
-              "ok" if len(chosen) == 1 else "pooled")
     return Window(day, pooled, tuple(d for d, _ in chosen), total, status, min_rows)
 
 
 def score_window(profile: ReferenceProfile, window: Window,
                  config: DriftConfig | None = None,
                  prediction_rows: Callable[[pd.DataFrame], pd.DataFrame] | None = None, *,
-                 cache: NullCache | None = None) -> DriftReport:
+                 cache: NullCache | None = None,
+                 sketch: DriftSketch | None = None) -> DriftReport:
     """`score_drift` on a window of `pool_windows`: status 'insufficient' (no verdict,
     per-column rows say so) below min_rows, 'empty' for an empty day; otherwise the
     report of the (pooled) frame, saying which days it covers. `prediction_rows` picks
-    the rows whose outputs are judged from the window's frame."""
+    the rows whose outputs are judged from the window's frame. `sketch`: the window's
+    merged sketch (its days' sketches, `plan_day`'s window), judged by `score_sketch`
+    instead of the frame (calibrated verdicts only)."""
     config = config or DriftConfig()
     extra: dict[str, Any] = {"pooled_days": window.pooled_days, "note": window.note,
                              "window_days": [str(d) for d in window.days]}
@@ -117,6 +143,11 @@ def score_window(profile: ReferenceProfile, window: Window,
             tables[name] = table
         return dataclasses.replace(report, **tables, status=window.status,
                                    n_rows=window.n_rows, **extra)
+    if sketch is not None:
+        _require(sketch.n_rows == window.n_rows, f"the sketch holds {sketch.n_rows} rows, "
+                 f"the window {window.n_rows}")
+        return dataclasses.replace(score_sketch(profile, sketch, config, cache=cache),
+                                   **extra)
     rows = prediction_rows(window.frame) if prediction_rows is not None else None
     report = score_drift(profile, window.frame, config, rows, cache=cache)
     return dataclasses.replace(report, **extra)

@@ -29,6 +29,25 @@ FORMAT = "ml_assets.drift.ReferenceProfile"
 FORMAT_VERSION = 1
 
 
+# -- the binary form (profiles and sketches) ------------------------------------------
+
+def npz_bytes(header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> bytes:
+    """Arrays in an .npz archive plus a JSON header: no pickle, either way."""
+    buffer = io.BytesIO()
+    # allow_pickle given explicitly so mypy does not map **arrays onto it; npz_read loads
+    # with allow_pickle=False, so nothing here may need pickling anyway.
+    np.savez(buffer, allow_pickle=False,
+             header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8), **arrays)
+    return buffer.getvalue()
+
+
+def npz_read(blob: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(header, arrays) of `npz_bytes`."""
+    with np.load(io.BytesIO(blob), allow_pickle=False) as archive:
+        arrays = {key: archive[key] for key in archive.files}
+    return json.loads(arrays.pop("header").tobytes()), arrays
+
+
 # -- reading columns -------------------------------------------------------------------
 
 def numeric_values(series: pd.Series) -> np.ndarray:
@@ -251,19 +270,11 @@ class ReferenceProfile:
             arrays[key] = array
             return key
 
-        header = json.dumps(self._meta(stash)).encode()
-        buffer = io.BytesIO()
-        # allow_pickle given explicitly so mypy does not map **arrays onto it; from_bytes
-        # loads with allow_pickle=False, so nothing here may need pickling anyway.
-        np.savez(buffer, allow_pickle=False, header=np.frombuffer(header, dtype=np.uint8),
-                 **arrays)
-        return buffer.getvalue()
+        return npz_bytes(self._meta(stash), arrays)
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> ReferenceProfile:
-        with np.load(io.BytesIO(blob), allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
-        meta = json.loads(arrays.pop("header").tobytes())
+        meta, arrays = npz_read(blob)
         return cls._from_meta(meta, lambda key: arrays[key])
 
     def _meta(self, encode) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ml_assets.core.drift.columns import _score_column, _score_column_fixed
+from ml_assets.core.drift.columns import _score_column_fixed, frame_sample, score_columns
 from ml_assets.core.drift.config import (
     CATEGORICAL_TESTS,
     NUMERIC_TESTS,
@@ -44,10 +44,6 @@ from ml_assets.core.drift.nulls import NULL_CACHE, NullCache
 from ml_assets.core.drift.profile import (
     ColumnProfile,
     ReferenceProfile,
-)
-from ml_assets.core.drift.stats import (
-    bonferroni,
-    holm,
 )
 from ml_assets.core.modeling.tasks import is_regression_model
 
@@ -168,17 +164,8 @@ def _score_family(group: Mapping[str, ColumnProfile], frame: pd.DataFrame,
     if not config.calibrated:
         return [_score_column_fixed(name, column, frame, config, profile_bins)
                 for name, column in group.items()]
-    draws = config.draws_for(len(group))
-    rows = [_score_column(name, column, frame, config, profile_bins, draws, cache)
-            for name, column in group.items()]
-    judged = [row for row in rows if row["status"] != "empty"]
-    if judged:
-        adjust = holm if config.dataset_rule == "holm" else bonferroni
-        adjusted = adjust(np.array([row["p_drift"] for row in judged], dtype=np.float64))
-        for row, value in zip(judged, adjusted.tolist(), strict=True):
-            row["p_adjusted"] = value
-            row["dataset_drifted"] = value <= config.dataset_alpha
-    return rows
+    return score_columns(group, lambda name, column: frame_sample(column, frame, name),
+                         len(frame), config, profile_bins, cache)
 
 
 def _table(rows: list[dict[str, Any]]) -> pd.DataFrame:

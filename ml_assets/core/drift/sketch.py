@@ -20,7 +20,7 @@ the interval's spread of values, reported per column as `effect_error`).
 
 from __future__ import annotations
 
-import io
+import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -34,6 +34,8 @@ from ml_assets.core.drift.profile import (
     NumericProfile,
     ReferenceProfile,
     category_counts,
+    npz_bytes,
+    npz_read,
     numeric_values,
     quantile_edges,
 )
@@ -50,6 +52,21 @@ def profile_grid(column: NumericProfile, psi_bins: Iterable[int] = ()) -> np.nda
         if column.values.size:
             parts.append(quantile_edges(column.values, column.counts, bins))
     return np.unique(np.concatenate(parts).astype(np.float64))
+
+
+def sketch_basis(profile: ReferenceProfile, psi_bins: Iterable[int] = ()) -> str:
+    """A digest of what a sketch against `profile` depends on (each column's role, name,
+    kind and numeric grid): sketches with the same basis merge and are judged by that
+    profile; a sketch of another basis (another champion's profile) is not used."""
+    extra = sorted({int(b) for b in psi_bins} - {profile.psi_bins})
+    digest = hashlib.blake2b(digest_size=12)
+    digest.update(json.dumps(extra).encode())
+    for role, group in (("features", profile.features), ("predictions", profile.predictions)):
+        for name, column in group.items():
+            digest.update(json.dumps([role, name, isinstance(column, NumericProfile)]).encode())
+            if isinstance(column, NumericProfile):
+                digest.update(profile_grid(column, extra).tobytes())
+    return digest.hexdigest()
 
 
 @dataclass(eq=False)
@@ -204,16 +221,11 @@ class DriftSketch:
                     meta["kind"] = "categorical"
                     meta["counts"] = entry.sketch.counts
                 header[role][name] = meta
-        buffer = io.BytesIO()
-        np.savez(buffer, allow_pickle=False,
-                 header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8), **arrays)
-        return buffer.getvalue()
+        return npz_bytes(header, arrays)
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> DriftSketch:
-        with np.load(io.BytesIO(blob), allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
-        header = json.loads(arrays.pop("header").tobytes())
+        header, arrays = npz_read(blob)
         if header.get("format") != FORMAT or header.get("version") != FORMAT_VERSION:
             raise ValueError(f"not a {FORMAT} v{FORMAT_VERSION}: {header.get('format')!r} "
                              f"v{header.get('version')!r}")

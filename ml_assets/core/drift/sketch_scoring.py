@@ -8,54 +8,16 @@ one only when the effect threshold lies within that error of the effect size."""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
-from ml_assets.core.drift.columns import (
-    _categorical_value_test,
-    _discrete,
-    _psi_bins,
-)
-from ml_assets.core.drift.config import (
-    EFFECT_OF_TEST,
-    KS_EXACT_MAX_PRODUCT,
-    WASSERSTEIN_MIN_NORM,
-    DriftConfig,
-)
-from ml_assets.core.drift.nulls import (
-    NULL_CACHE,
-    NullCache,
-    _counts_null,
-    _fingerprint,
-    _from_draws,
-    _ks_critical_cached,
-    _resampled,
-    _support_test,
-)
-from ml_assets.core.drift.profile import (
-    CategoricalProfile,
-    ColumnProfile,
-    NumericProfile,
-    ReferenceProfile,
-)
+from ml_assets.core.drift.columns import CategorySample, ColumnSample, score_columns
+from ml_assets.core.drift.config import DriftConfig
+from ml_assets.core.drift.nulls import NULL_CACHE, NullCache
+from ml_assets.core.drift.profile import NumericProfile, ReferenceProfile
 from ml_assets.core.drift.scoring import DriftReport, _check_overrides, _report
-from ml_assets.core.drift.sketch import (
-    CategoricalSketch,
-    ColumnEntry,
-    DriftSketch,
-    NumericSketch,
-)
-from ml_assets.core.drift.stats import (
-    bonferroni,
-    holm,
-    ks_pvalue_mode,
-    missing_rate_pvalue,
-    psi,
-    psi_batch,
-)
+from ml_assets.core.drift.sketch import ColumnEntry, DriftSketch, NumericSketch
 
 
 def _cumulative(sketch: NumericSketch) -> tuple[np.ndarray, np.ndarray]:
@@ -135,121 +97,32 @@ def wasserstein_sketch(ref: NumericProfile, sketch: NumericSketch) -> tuple[floa
     return float(total), float(error.sum())
 
 
-def _numeric_value_test(name: str, ref: NumericProfile, sketch: NumericSketch, test: str,
-                        config: DriftConfig, profile_bins: int, level: float, draws: int,
-                        cache: NullCache) -> dict[str, Any]:
-    """`columns._numeric_value_test` with the sample's statistics read from the sketch."""
-    n, m = sketch.n_valid, ref.n_valid
-    norm = max(ref.std, WASSERSTEIN_MIN_NORM)
-    w1, error = wasserstein_sketch(ref, sketch)
-    w1, error = w1 / norm, error / norm
-    out: dict[str, Any] = {"exact": ref.exact, "effect_size": w1, "effect_error": error}
-    if test == "ks":
-        numerator = ks_numerator_sketch(ref, sketch)
-        if _discrete(ref, config):
-            d = numerator / (m * n)
-            return {**out, "statistic": d, **_support_test(ref, d, n, "ks", 1.0, level,
-                                                           draws, config, cache)}
-        method = config.ks_method
-        if method == "auto":
-            method = "exact" if n * m <= KS_EXACT_MAX_PRODUCT else "asymp"
-        d, p, source = ks_pvalue_mode(numerator, m, n, method)
-        return {**out, "statistic": d, "p_value": p, "null": source,
-                "threshold": _ks_critical_cached(m, n, level, source)}
-    if test == "wasserstein":
-        return {**out, "statistic": w1, **_support_test(ref, w1, n, "wasserstein", norm,
-                                                        level, draws, config, cache)}
-    edges, ref_counts, exact = _psi_bins(ref, config.psi_bins, profile_bins)
-    statistic = psi(ref_counts, bin_counts_sketch(edges, sketch))
-    null = _resampled(cache, ("psi", n, draws, config.seed, _fingerprint(ref_counts)),
-                      lambda rng: _counts_null(rng, ref_counts / ref_counts.sum(), m, n,
-                                               draws, psi_batch))
-    return {"exact": exact, "statistic": statistic, "effect_size": statistic,
-            "effect_error": 0.0, **_from_draws(null, statistic, level)}
+@dataclass(frozen=True, eq=False)
+class SketchSample:
+    """A numeric column's sketch as the value tests read it (`columns.NumericSample`)."""
+
+    sketch: NumericSketch
+
+    @property
+    def n_valid(self) -> int:
+        return self.sketch.n_valid
+
+    def wasserstein(self, ref: NumericProfile) -> tuple[float, float]:
+        return wasserstein_sketch(ref, self.sketch)
+
+    def ks_numerator(self, ref: NumericProfile) -> int:
+        return ks_numerator_sketch(ref, self.sketch)
+
+    def bin_counts(self, edges: np.ndarray) -> np.ndarray:
+        return bin_counts_sketch(edges, self.sketch)
 
 
-def _score_column(name: str, ref: ColumnProfile, entry: ColumnEntry, n_rows: int,
-                  config: DriftConfig, profile_bins: int, draws: int,
-                  cache: NullCache) -> dict[str, Any]:
-    """`columns._score_column` on a sketched column (same fields, plus effect_error)."""
-    test = config.test_for(name, ref.kind, ref.n_valid)
-    measure = EFFECT_OF_TEST[test]
-    row: dict[str, Any] = {
-        "feature": name, "kind": ref.kind, "test": test, "statistic": math.nan,
-        "p_value": math.nan, "threshold": math.nan, "drifted": False,
-        "missing_rate_ref": ref.missing_rate, "missing_rate_cur": math.nan,
-        "missing_drifted": False, "unseen_rate": math.nan, "n_ref": ref.n_valid,
-        "n_cur": 0, "exact": True, "status": "ok", "null": None, "alpha": config.alpha,
-        "significant": False, "effect_measure": measure, "effect_size": math.nan,
-        "effect_threshold": config.effect_threshold_for(name, measure), "material": False,
-        "p_missing": math.nan, "p_drift": math.nan, "p_adjusted": math.nan,
-        "dataset_drifted": False, "effect_error": 0.0,
-    }
-    if n_rows == 0:
-        row["status"] = "empty"
-        return row
+def _sample(entry: ColumnEntry) -> ColumnSample | None:
     if not entry.present:
-        row["status"] = "absent"
-    else:
-        row["n_cur"] = entry.sketch.n_valid
-    n_cur = row["n_cur"]
-    row["missing_rate_cur"] = 1 - n_cur / n_rows
-    if row["status"] == "ok" and n_cur == 0:
-        row["status"] = "all missing"
-    elif row["status"] == "ok" and ref.n_valid == 0:
-        row["status"] = "reference all missing"
-    value_tested = row["status"] == "ok"
-    if config.missing_rate_threshold is not None:
-        row["p_missing"] = missing_rate_pvalue(ref.n_rows - ref.n_valid, ref.n_rows,
-                                               n_rows - n_cur, n_rows)
-    missing_tested = math.isfinite(row["p_missing"])
-    aspects = int(value_tested) + int(missing_tested)
-    if aspects == 0:
-        row["p_drift"] = 1.0
-        return row
-    level = config.alpha / aspects
-    if value_tested:
-        if isinstance(ref, NumericProfile):
-            assert isinstance(entry.sketch, NumericSketch)
-            row.update(_numeric_value_test(name, ref, entry.sketch, test, config,
-                                           profile_bins, level, draws, cache))
-        else:
-            assert isinstance(ref, CategoricalProfile)
-            assert isinstance(entry.sketch, CategoricalSketch)
-            labels, counts = entry.sketch.labelled()
-            row.update(_categorical_value_test(ref, labels, counts, test, config, level,
-                                               draws))
-        row["significant"] = bool(aspects * row["p_value"] <= config.alpha)
-        row["material"] = bool(row["effect_size"] >= row["effect_threshold"])
-    candidates = []
-    if value_tested and row["material"]:
-        candidates.append(row["p_value"])
-    if missing_tested:
-        moved = abs(row["missing_rate_cur"] - row["missing_rate_ref"])
-        assert config.missing_rate_threshold is not None
-        if moved > config.missing_rate_threshold:
-            candidates.append(row["p_missing"])
-            row["missing_drifted"] = bool(aspects * row["p_missing"] <= config.alpha)
-    finite = [p for p in candidates if math.isfinite(p)]
-    row["p_drift"] = min(1.0, aspects * min(finite)) if finite else 1.0
-    row["drifted"] = bool(row["p_drift"] <= config.alpha)
-    return row
-
-
-def _score_family(group: Mapping[str, ColumnProfile], entries: Mapping[str, ColumnEntry],
-                  n_rows: int, config: DriftConfig, profile_bins: int,
-                  cache: NullCache) -> list[dict[str, Any]]:
-    draws = config.draws_for(len(group))
-    rows = [_score_column(name, column, entries[name], n_rows, config, profile_bins,
-                          draws, cache) for name, column in group.items()]
-    judged = [row for row in rows if row["status"] != "empty"]
-    if judged:
-        adjust = holm if config.dataset_rule == "holm" else bonferroni
-        adjusted = adjust(np.array([row["p_drift"] for row in judged], dtype=np.float64))
-        for row, value in zip(judged, adjusted.tolist(), strict=True):
-            row["p_adjusted"] = value
-            row["dataset_drifted"] = value <= config.dataset_alpha
-    return rows
+        return None
+    if isinstance(entry.sketch, NumericSketch):
+        return SketchSample(entry.sketch)
+    return CategorySample(*entry.sketch.labelled())
 
 
 def score_sketch(profile: ReferenceProfile, sketch: DriftSketch,
@@ -272,12 +145,32 @@ def score_sketch(profile: ReferenceProfile, sketch: DriftSketch,
                          f"with psi_bins=({config.psi_bins},)")
     cache = NULL_CACHE if cache is None else cache
     _check_overrides(profile, config)
-    features = _score_family(profile.features, sketch.features, sketch.n_rows, config,
-                             profile.psi_bins, cache)
-    predictions = _score_family(profile.predictions, sketch.predictions,
+    features = score_columns(profile.features, lambda name, _: _sample(sketch.features[name]),
+                             sketch.n_rows, config, profile.psi_bins, cache)
+    predictions = score_columns(profile.predictions,
+                                lambda name, _: _sample(sketch.predictions[name]),
                                 sketch.n_prediction_rows, config, profile.psi_bins, cache)
     report = _report(features, predictions, config, sketch.n_rows,
                      "ok" if sketch.n_rows else "empty")
     report.features["effect_error"] = [row["effect_error"] for row in features]
     report.predictions["effect_error"] = [row["effect_error"] for row in predictions]
     return report
+
+
+def uncertain_columns(report: DriftReport) -> list[str]:
+    """Columns of a sketch-scored report whose verdict could differ from the single-pass
+    one: the effect size within its error of the effect threshold (the materiality
+    could flip), or a Wasserstein test whose statistic itself carries the error. Empty:
+    every verdict equals `score_drift`'s on the rows (KS, PSI, chi-squared,
+    Jensen-Shannon and missing rates are exact)."""
+    out = []
+    for table in (report.features, report.predictions):
+        if "effect_error" not in table.columns or not len(table):
+            continue
+        error = table["effect_error"].astype(float).to_numpy()
+        gap = np.abs(table["effect_size"].astype(float).to_numpy()
+                     - table["effect_threshold"].astype(float).to_numpy())
+        tested = table["status"].to_numpy() == "ok"
+        close = (error > 0) & ((gap <= error) | (table["test"].to_numpy() == "wasserstein"))
+        out += table["feature"][tested & close].astype(str).tolist()
+    return out

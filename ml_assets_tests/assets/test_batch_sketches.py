@@ -1,0 +1,127 @@
+"""Batch scoring's shard sketches: each shard's answered rows sketched against the
+champion's reference profile as they stream, written beside the part and named in the
+manifest; their merge is exactly the sketch of the day's rows read back, and the day's
+production_data takes its batch rows' share of the drift sketch from them."""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from dagster import AssetSelection, Output, asset, materialize
+
+from ml_assets import batch
+from ml_assets.core.batch.shards import manifest_sketches, read_day, read_manifest
+from ml_assets.core.data.datasets import BREAST_CANCER_TARGET, load_breast_cancer_frame
+from ml_assets.core.drift.sketch import NumericSketch, merge_sketches
+from ml_assets.core.drift.sketch_store import PROFILE_ARTIFACT, SketchBasis, read_sketch
+from ml_assets.core.registry.lineage import DATASET_TAG
+from ml_assets.monitoring import _profile_for, production_data
+from ml_assets.resources import DataSourceResource, MlflowTracking
+from ml_assets.resources.production import ProductionDataResource
+from ml_assets_tests.support.models import experiment_id, register, train_breast_cancer
+
+DAY = "2026-11-24"
+RUN_CONFIG = {"ops": {"batch_predictions": {"ops": {"plan_batch_shards": {
+    "config": {"shard_rows": 100}}}}}}
+
+
+@pytest.fixture(scope="module")
+def champion(tmp_path_factory, mlflow_store):
+    """A small breast-cancer forest registered as its own champion (of the breast-cancer
+    lineage), its reference profile stored with its run as reference_profile stores it."""
+    root = tmp_path_factory.mktemp("batch_sketches")
+    trained = train_breast_cancer(n_estimators=5)
+    name = f"batch_sketch_{uuid.uuid4().hex[:8]}"
+    version, info = register(trained, name, experiment_id(name, mlflow_store["artifact_root"]))
+    tracking = MlflowTracking(tracking_uri=mlflow_store["tracking_uri"], experiment_name=name,
+                              registered_model_name=name)
+    tracking.client.set_model_version_tag(name, version, DATASET_TAG, "breast_cancer")
+    profile = _profile_for(trained.pipeline, SimpleNamespace(X_train=trained.X_train,
+                                                             X_test=trained.X_test))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(PROFILE_ARTIFACT).name
+        path.write_bytes(profile.to_bytes())
+        tracking.client.log_artifact(info.run_id, str(path),
+                                     str(Path(PROFILE_ARTIFACT).parent))
+    resources = {
+        "production": ProductionDataResource(
+            prediction_log_path=str(root / "log.db"), landing_dir=str(root / "landing"),
+            labels_dir=str(root / "labels"), batch_input_dir=str(root / "in"),
+            batch_output_dir=str(root / "out")),
+        "data_source": DataSourceResource(kind="breast_cancer"),
+        "mlflow_tracking": tracking,
+    }
+    return SimpleNamespace(root=root, profile=profile, version=version, run_id=info.run_id,
+                           resources=resources, out=root / "out" / DAY)
+
+
+def _write_day(root: Path) -> None:
+    """300 rows in a Parquet file of six 50-row groups, 40 rows in a CSV file."""
+    table = load_breast_cancer_frame()
+    folder = root / "in" / DAY
+    folder.mkdir(parents=True)
+    rows = table.drop(columns=BREAST_CANCER_TARGET).sample(300, random_state=4, replace=True)
+    pq.write_table(pa.Table.from_pandas(rows, preserve_index=False),
+                   folder / "big.parquet", row_group_size=50)
+    table.sample(40, random_state=5).to_csv(folder / "small.csv", index=False)
+
+
+def _same(a, b) -> None:
+    """Two sketches equal: counts, extremes exactly; distance sums to rounding."""
+    assert (a.n_rows, a.n_prediction_rows) == (b.n_rows, b.n_prediction_rows)
+    for role in ("features", "predictions"):
+        for name, entry in getattr(a, role).items():
+            other = getattr(b, role)[name]
+            assert entry.present == other.present, name
+            if isinstance(entry.sketch, NumericSketch):
+                for part in ("at", "between", "low", "high"):
+                    np.testing.assert_array_equal(getattr(entry.sketch, part),
+                                                  getattr(other.sketch, part), err_msg=name)
+                np.testing.assert_allclose(entry.sketch.distance, other.sketch.distance,
+                                           rtol=1e-12, atol=1e-9)
+            else:
+                assert entry.sketch.counts == other.sketch.counts, name
+
+
+def test_shards_write_sketches_that_merge_into_the_days_sketch(champion, instance):
+    _write_day(champion.root)
+    result = materialize([batch.batch_predictions], partition_key=DAY, instance=instance,
+                         resources=champion.resources, run_config=RUN_CONFIG)
+    assert result.success
+    manifest = read_manifest(champion.out)
+    basis = SketchBasis(champion.profile, champion.version)
+    paths = manifest_sketches(champion.out, manifest, basis.digest)
+    assert paths is not None and len(paths) == len(manifest["parts"]) == 4
+    assert all(p.name.endswith(".sketch.npz") and p.parent == (champion.out / m["path"]).parent
+               for p, m in zip(paths, manifest["parts"], strict=True))
+    (materialization,) = [e.materialization for e in result.get_asset_materialization_events()]
+    assert materialization.metadata["drift_sketches"].value == 4
+    assert materialization.metadata["drift_sketch_rows"].value == 340
+    merged = merge_sketches(read_sketch(p) for p in paths)
+    _same(merged, basis.sketch(read_day(champion.out)))
+
+    # production_data of the day: its batch rows' share of the sketch is the shards'.
+    @asset(name="reference_profile", group_name="monitoring")
+    def stored_profile() -> Output:
+        return Output(champion.profile, metadata={"champion_version": champion.version,
+                                                  "mlflow_run_id": champion.run_id})
+
+    assert materialize([stored_profile], instance=instance,
+                       resources=champion.resources).success
+    day = materialize([stored_profile, production_data], selection=AssetSelection.assets(
+        "production_data"), partition_key=DAY, instance=instance,
+        resources=champion.resources)
+    metadata = next(e.materialization for e in day.get_asset_materialization_events()
+                    if e.materialization.asset_key.path == ["production_data"]).metadata
+    assert metadata["from_batch"].value == 340
+    assert metadata["drift_sketch_from_shards"].value == 340
+    assert metadata["drift_sketch_rows"].value == 340
+    _same(read_sketch(metadata["drift_sketch"].value),
+          basis.sketch(day.output_for_node("production_data")))
