@@ -14,6 +14,9 @@ matters, read from the Dagster instance (the same one the UI shows).
 - a retrain launched by drift or a realised performance drop (a run tagged
   `ml/trigger=drift` or `realised_drop`),
 - a rollout decided (`rollout_evaluation` materialized: promote, rollback or continue),
+- a day scored in batch (`batch_predictions`: rows, shards, model version, manifest),
+- a day's live performance once labels arrived (`live_performance`: the champion's
+  realised metrics on its labelled rows; days without labels say nothing),
 - a run failed or was canceled (job, first reason, where its log is).
 
 The cursor is a storage id of the instance's run status events (RUN_ENQUEUED, RUN_START,
@@ -157,10 +160,28 @@ def _share(value: Any) -> str:
         return "?"
 
 
-def materialization_line(asset: str, metadata: dict[str, Any], run_id: str) -> str | None:
-    """The status line of one materialization of `asset`, or None when it does not matter."""
+def materialization_line(asset: str, metadata: dict[str, Any], run_id: str,
+                         partition: str | None = None) -> str | None:
+    """The status line of one materialization of `asset` (of `partition`, for the daily
+    assets), or None when it does not matter."""
     meta = _values(metadata)
     run = run_id[:8]
+    day = partition or str(meta.get("partition") or "?")
+    if asset == "batch_predictions":
+        shards = meta.get("shards")
+        return (f"batch scored for {day}: {meta.get('rows', '?')} rows in {shards} "
+                f"shard{'' if shards == 1 else 's'} by {meta.get('model_name', 'model')} "
+                f"version {meta.get('model_version', '?')}; manifest "
+                f"{meta.get('output_path', '?')}")
+    if asset == "live_performance":
+        labelled = meta.get("labelled_rows")
+        if not isinstance(labelled, (int, float)) or labelled <= 0:
+            return None  # no labels yet: every day would say so
+        shown = [f"{k}={float(meta[k]):.4f}" for k in _HEADLINE_METRICS
+                 if isinstance(meta.get(k), (int, float))][:3]
+        return (f"live performance for {day}: champion version "
+                f"{meta.get('champion_version', '?')} {', '.join(shown) or 'scored'} on "
+                f"{int(labelled)} labelled rows")
     if asset == "model_metrics":
         shown = [f"{k}={float(meta[k]):.4f}" for k in _HEADLINE_METRICS
                  if isinstance(meta.get(k), (int, float))][:3]
@@ -194,14 +215,15 @@ def drift_line(passed: bool, severity: str, metadata: dict[str, Any],
     """The status line of one `drift_within_limits` evaluation."""
     meta = _values(metadata)
     partition = meta.get("partition") or partition or "unpartitioned"
+    if passed and description and description.startswith("only "):
+        # Too few rows to judge: no verdict, so none is claimed ("passed" would be one).
+        return f"drift not judged for {partition}: {_short(description, 120)}"
     verdict = "passed" if passed else ("warned" if severity == "WARN" else "failed")
     line = (f"drift scored for {partition}: {verdict}, {_share(meta.get('share_drifted'))} "
             "of features drifted")
     if meta.get("prediction_drifted"):
         line += ", predictions drifted"
-    if passed and description and description.startswith("only "):
-        line += f" ({_short(description, 80)})"
-    elif not passed:
+    if not passed:
         drifted = meta.get("drifted_features")
         if isinstance(drifted, list) and drifted:
             names = ", ".join(_short(name, 40) for name in map(str, drifted[:3]))
@@ -294,7 +316,8 @@ class StatusWatcher:
             if event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
                 materialization = event.event_specific_data.materialization
                 asset = materialization.asset_key.to_user_string()
-                line = materialization_line(asset, materialization.metadata, run_id)
+                line = materialization_line(asset, materialization.metadata, run_id,
+                                            materialization.partition)
                 if asset == "rollout_evaluation" and line and " continues: " in line:
                     # "continue" is decided on every evaluation: said again only when new.
                     version = str(_values(materialization.metadata).get("challenger_version"))

@@ -228,7 +228,25 @@ def test_materialization_lines(asset_name, metadata, expected):
 
 
 def test_too_few_rows_is_said_on_the_drift_line():
-    assert drift_line(True, "WARN", {"share_drifted": 0.0, "partition": "2026-12-01"},
-                      "only 12 rows (< 50): no verdict", None) == (
-        "drift scored for 2026-12-01: passed, 0% of features drifted "
-        "(only 12 rows (< 50): no verdict)")
+    """No verdict is claimed for a day too small to judge ("passed ... no verdict" said
+    two things at once)."""
+    line = drift_line(True, "WARN", {"share_drifted": 0.0, "partition": "2026-12-01"},
+                      "only 12 rows (< 50): no verdict", None)
+    assert line == "drift not judged for 2026-12-01: only 12 rows (< 50): no verdict"
+    assert "passed" not in line
+
+
+def test_batch_and_live_performance_lines():
+    batch = materialization_line("batch_predictions", {
+        "rows": 1200, "shards": 2, "model_name": "m", "model_version": "3",
+        "output_path": "/b/2026-12-01/manifest.json"}, "abcdef0123", "2026-12-01")
+    assert batch == ("batch scored for 2026-12-01: 1200 rows in 2 shards by m version 3; "
+                     "manifest /b/2026-12-01/manifest.json")
+    live = materialization_line("live_performance", {
+        "labelled_rows": 40, "champion_version": "3", "accuracy": 0.9, "f1_weighted": 0.88},
+        "abcdef0123", "2026-12-01")
+    assert live == ("live performance for 2026-12-01: champion version 3 "
+                    "f1_weighted=0.8800, accuracy=0.9000 on 40 labelled rows")
+    # A day whose labels have not arrived says nothing (every day would).
+    assert materialization_line("live_performance", {"labelled_rows": 0}, "abcdef0123",
+                                "2026-12-01") is None
