@@ -127,13 +127,19 @@ class Network:
         return f"mlh-{self.tag}-{role}"
 
     def _remove_leftovers(self) -> None:
-        """A run killed before its cleanup, whose pid this process now has."""
-        listed = _ip("netns", "list", check=False).stdout.split("\n")
-        for line in listed:
+        """Namespaces and bridges of runs killed before their cleanup (their process is
+        gone, or this process now has its id)."""
+        def stale(pid: str) -> bool:
+            return pid.isdigit() and (int(pid) == self.tag or not Path(f"/proc/{pid}").exists())
+
+        for line in _ip("netns", "list", check=False).stdout.splitlines():
             name = line.split(" ")[0]
-            if name.startswith(f"mlh-{self.tag}-"):
+            if name.startswith("mlh-") and stale(name.split("-")[1]):
                 self._delete_namespace(name)
-        _ip("link", "del", self.bridge, check=False)
+        for line in _ip("-br", "link", "show", "type", "bridge", check=False).stdout.splitlines():
+            name = line.split(" ")[0]
+            if name.startswith("mlb") and stale(name[3:]):
+                _ip("link", "del", name, check=False)
 
     def add_host(self, role: str) -> Host:
         """A namespace with loopback and one veth on the bridge at the next address."""
@@ -164,6 +170,11 @@ class Network:
             time.sleep(0.05)
         return process
 
+    def stop_forwarder(self) -> None:
+        """Stop what forward() started (its connections close with it)."""
+        for process in self.processes:
+            process.stop(signal.SIGTERM, timeout=10, group=True)
+
     def kill_host(self, host: Host, timeout: float = 30) -> list[int]:
         """Lose `host` as a machine is lost: SIGKILL every process in it, then unplug it
         from the bridge (its veth deleted). The killed pids."""
@@ -193,8 +204,7 @@ class Network:
     def close(self) -> None:
         """Kill every process started in the hosts and by forward(), delete the
         namespaces (their veths go with them) and the bridge."""
-        for process in self.processes:
-            process.stop(signal.SIGTERM, timeout=10, group=True)
+        self.stop_forwarder()
         for host in self.hosts.values():
             self._delete_namespace(host.namespace)
         _ip("link", "del", self.bridge, check=False)
