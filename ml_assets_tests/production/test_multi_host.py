@@ -38,6 +38,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pyarrow as pa
@@ -48,6 +49,7 @@ from ml_assets_tests.support import netns
 from ml_assets_tests.support.processes import LoggedProcess
 from ml_assets_tests.support.production_stack import (
     ENTRYPOINT,
+    PG_HOST,
     PG_PORT,
     PG_USER,
     RABBITMQ_URL,
@@ -63,7 +65,7 @@ API_PORT, LB_PORT, REQUESTS = 8000, 8080, 240
 
 
 @pytest.fixture(scope="module")
-def network(tmp_path_factory) -> Iterator[netns.Network]:
+def network() -> Iterator[netns.Network]:
     missing = netns.unavailable()
     if missing:
         skip_or_fail(f"no network namespaces: {missing}")
@@ -79,12 +81,19 @@ def stack(network, tmp_path_factory) -> Iterator[ProductionStack]:
     registered."""
     root = tmp_path_factory.mktemp("multi_host")
     hub = network.hub
-    broker = RABBITMQ_URL.replace("127.0.0.1", hub)
+    rabbit = urlsplit(RABBITMQ_URL)  # CI may name its own user (guest is loopback-only)
+    rabbit_host, rabbit_port = rabbit.hostname or "127.0.0.1", rabbit.port or 5672
+    user = rabbit.netloc.rpartition("@")[0]
+    broker = urlunsplit(rabbit._replace(netloc=f"{user}@{hub}:{rabbit_port}" if user
+                                        else f"{hub}:{rabbit_port}"))
+    redis = urlsplit(REDIS_URL)
     stack = ProductionStack(root, broker=broker, redis_db=13)
+    forwarded = {PG_PORT: (PG_HOST, PG_PORT), rabbit_port: (rabbit_host, rabbit_port),
+                 redis.port or 6379: (redis.hostname or "127.0.0.1", redis.port or 6379)}
     stack.extra_env.update({
         "DAGSTER_PG_HOST": hub,
         "MLFLOW_TRACKING_URI": f"http://{hub}:{stack.mlflow_port}",
-        "ML_CELERY_BACKEND": f"{REDIS_URL.replace('127.0.0.1', hub)}/13",
+        "ML_CELERY_BACKEND": f"redis://{hub}:{redis.port or 6379}/13",
         "ML_PREDICTION_LOG_URL": f"postgresql://{PG_USER}@{hub}:{PG_PORT}/"
                                  f"{stack.predictions_db}",
         "ML_BATCH_INPUT_DIR": str(root / "batch_in"),
@@ -93,13 +102,15 @@ def stack(network, tmp_path_factory) -> Iterator[ProductionStack]:
     try:
         stack.create_databases()
         stack.start_mlflow()
-        network.forward(PG_PORT, 6379, 5672, stack.mlflow_port, log=root / "forwarder.log")
+        network.forward({**forwarded, stack.mlflow_port: ("127.0.0.1", stack.mlflow_port)},
+                        log=root / "forwarder.log")
         stack.wait_http("mlflow", f"{stack.mlflow_uri}/health")
         _register_champion(stack.mlflow_uri)
         yield stack
     finally:
-        network.stop_forwarder()
-        # Nothing to flush (its store is PostgreSQL, dropped next); a graceful stop
+        # The forwarder stays up until the network fixture closes: the APIs' graceful
+        # stop flushes their log, and the stack deletes its queue, through it.
+        # The MLflow server has nothing to flush (its store is PostgreSQL, dropped next); a graceful stop
         # waits up to 30 s for its connections.
         stack.stop("mlflow", signal.SIGKILL)
         stack.close()

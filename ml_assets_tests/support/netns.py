@@ -5,7 +5,7 @@ MLflow server) on the bridge, and haproxy from Debian's packages.
 
     with Network() as net:                    # bridge mlb<pid>, subnet 10.a.b.0/24
         w1 = net.add_host("w1")               # namespace mlh-<pid>-w1 at 10.a.b.2
-        net.forward(5432, 6379)               # <net.hub>:5432 -> 127.0.0.1:5432 ...
+        net.forward({5432: ("127.0.0.1", 5432)}, log=path)  # <net.hub>:5432 -> ...
         argv = w1.run(["python", "-m", ...])  # `ip netns exec mlh-<pid>-w1 python ...`
         net.kill_host(w1)                     # SIGKILL all its processes, unplug it
 
@@ -14,7 +14,8 @@ workers, CI jobs on one machine) never collide; a leftover of a killed run with 
 id is removed first. Everything is removed on close, also after a failure.
 Needs root (CAP_NET_ADMIN) and iproute2; `unavailable()` says what is missing.
 
-`python -m ml_assets_tests.support.netns forward HOST PORT...` is the forwarder itself.
+`python -m ml_assets_tests.support.netns forward HOST PORT=TARGET_HOST:TARGET_PORT...`
+is the forwarder itself.
 """
 
 from __future__ import annotations
@@ -113,7 +114,11 @@ class Network:
         self.prefix = prefix
         self.hub = f"{prefix}.1"  # the root namespace's address on the bridge
         self._remove_leftovers()
-        _ip("link", "add", self.bridge, "type", "bridge")
+        # A fixed address: a bridge otherwise takes the lowest of its ports' addresses,
+        # and unplugging that port changes it under the hosts' ARP caches, which stalls
+        # every other host's connections to the hub for seconds.
+        mac = "02:" + ":".join(f"{(self.tag >> s) & 0xFF:02x}" for s in (24, 16, 8, 0)) + ":01"
+        _ip("link", "add", self.bridge, "address", mac, "type", "bridge")
         _ip("addr", "add", f"{self.hub}/24", "dev", self.bridge)
         _ip("link", "set", self.bridge, "up")
 
@@ -156,15 +161,17 @@ class Network:
         _ip("-n", namespace, "link", "set", "lo", "up")
         return host
 
-    def forward(self, *ports: int, log: Path) -> LoggedProcess:
-        """A forwarder in the root namespace: <hub>:port -> 127.0.0.1:port for each port
-        (the servers listen on loopback only and are not reconfigured for the test; they
-        see the forwarder as a local client). Returns once every port accepts."""
+    def forward(self, targets: dict[int, tuple[str, int]], log: Path) -> LoggedProcess:
+        """A forwarder in the root namespace: <hub>:port -> host:port for each entry of
+        `targets` (the servers listen on loopback only and are not reconfigured for the
+        test; they see the forwarder as a local client). Returns once it listens."""
+        rules = [f"{port}={host}:{target}" for port, (host, target) in targets.items()]
+        offset = log.stat().st_size if log.exists() else 0  # the log is appended to
         process = LoggedProcess([sys.executable, "-m", "ml_assets_tests.support.netns",
-                                 "forward", self.hub, *map(str, ports)], os.environ, log)
+                                 "forward", self.hub, *rules], os.environ, log)
         self.processes.append(process)
         deadline = time.monotonic() + 30
-        while "listening" not in process.log():
+        while "listening" not in process.log()[offset:]:
             if not process.running or time.monotonic() > deadline:
                 raise RuntimeError(f"forwarder did not start:\n{process.log(2000)}")
             time.sleep(0.05)
@@ -233,14 +240,15 @@ async def _pipe(reader, writer) -> None:
         writer.close()
 
 
-async def _forward(host: str, ports: list[int]) -> None:
+async def _forward(host: str, rules: list[str]) -> None:
+    """Listen on host:PORT for each rule PORT=TARGET_HOST:TARGET_PORT."""
     import asyncio
 
-    def handler(port: int):
+    def handler(target: str, port: int):
         async def connect(client_reader, client_writer) -> None:
             try:
                 upstream_reader, upstream_writer = await asyncio.open_connection(
-                    "127.0.0.1", port)
+                    target, port)
             except OSError:
                 client_writer.close()
                 return
@@ -248,14 +256,20 @@ async def _forward(host: str, ports: list[int]) -> None:
                                  _pipe(upstream_reader, client_writer))
         return connect
 
-    servers = [await asyncio.start_server(handler(port), host, port) for port in ports]
-    print(f"listening on {host}: {', '.join(map(str, ports))}", flush=True)
+    servers = []
+    for rule in rules:
+        port, target = rule.split("=")
+        target_host, target_port = target.rsplit(":", 1)
+        servers.append(await asyncio.start_server(
+            handler(target_host, int(target_port)), host, int(port)))
+    print(f"listening on {host}: {', '.join(rules)}", flush=True)
     await asyncio.gather(*(server.serve_forever() for server in servers))
 
 
-if __name__ == "__main__":  # python -m ml_assets_tests.support.netns forward HOST PORT...
+if __name__ == "__main__":
     import asyncio
 
     if len(sys.argv) < 4 or sys.argv[1] != "forward":
-        sys.exit("usage: python -m ml_assets_tests.support.netns forward HOST PORT...")
-    asyncio.run(_forward(sys.argv[2], [int(p) for p in sys.argv[3:]]))
+        sys.exit("usage: python -m ml_assets_tests.support.netns forward HOST "
+                 "PORT=TARGET_HOST:TARGET_PORT...")
+    asyncio.run(_forward(sys.argv[2], sys.argv[3:]))
