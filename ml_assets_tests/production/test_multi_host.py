@@ -109,9 +109,9 @@ def stack(network, tmp_path_factory) -> Iterator[ProductionStack]:
         yield stack
     finally:
         # The forwarder stays up until the network fixture closes: the APIs' graceful
-        # stop flushes their log, and the stack deletes its queue, through it.
-        # The MLflow server has nothing to flush (its store is PostgreSQL, dropped next); a graceful stop
-        # waits up to 30 s for its connections.
+        # stop flushes their log, and the stack deletes its queue, through it. The
+        # MLflow server has nothing to flush (its store is PostgreSQL, dropped next),
+        # and a graceful stop waits up to 30 s for its connections.
         stack.stop("mlflow", signal.SIGKILL)
         stack.close()
 
