@@ -13,12 +13,11 @@ address and port space.
 - `lb`: haproxy from Debian's packages in front of the two API hosts.
 
 What it proves: one day of batch_predictions is scored shard by shard on the two worker
-hosts; the host running a shard is lost mid-run (every process SIGKILLed, its veth
-deleted), the broker hands its unacknowledged shard to the other host (late
-acknowledgement, ml_assets/execution.py), the run succeeds and the output holds every
-input row exactly once. Then a load through the
-load balancer is answered by both replicas and every acknowledged row is in the log
-exactly once.
+hosts; the host running a shard hangs (SIGSTOP) and is then lost mid-run (every process
+SIGKILLed, its veth deleted); the broker hands its unacknowledged shard to the other
+host (late acknowledgement, ml_assets/execution.py), the run succeeds and the output
+holds every input row exactly once. Then a load through the load balancer is answered
+by both replicas and every acknowledged row is in the log exactly once.
 
 Needs root (namespaces), the three servers, and haproxy (installed with apt-get when
 missing and possible): otherwise it skips with the reason, and fails under CI=true.
@@ -60,7 +59,8 @@ from ml_assets_tests.support.production_stack import (
 from ml_assets_tests.support.services import require, skip_or_fail, wait_http
 
 MODEL_NAME = "ml_platform_model"
-ROWS, ROW_GROUP, SHARD_ROWS = 24_000, 3_000, 3_000  # eight shards
+# Eight shards, each big enough that a step outlasts the test's polling by seconds.
+ROWS, ROW_GROUP, SHARD_ROWS = 64_000, 8_000, 8_000
 API_PORT, LB_PORT, REQUESTS = 8000, 8080, 240
 
 
@@ -190,11 +190,10 @@ def _run_id(instance, process: LoggedProcess, timeout: float = 120) -> str:
     raise AssertionError(f"no run after {timeout}s:\n{process.log(4000)}")
 
 
-def _wait_for_victim(instance, run_id: str, process: LoggedProcess,
-                     timeout: float = 240) -> tuple[str, str]:
-    """(worker, shard step) to lose: a shard step that started under two seconds ago
-    (steps take several, so it is still running when its host goes), once another
-    shard has finished (the run is well under way)."""
+def _running_shard(instance, run_id: str, process: LoggedProcess,
+                   timeout: float = 240) -> tuple[str, str]:
+    """(worker, shard step): a shard step started and not finished, once another shard
+    has finished (the run is well under way)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         steps = _shard_events(instance, run_id)
@@ -202,14 +201,30 @@ def _wait_for_victim(instance, run_id: str, process: LoggedProcess,
             running = [(s["starts"][-1], s["workers"][-1], k) for k, s in steps.items()
                        if s["starts"] and s["workers"] and not s["successes"]]
             if running:
-                start, worker, step = max(running)
-                if time.time() - start < 2.0:
-                    return worker, step
+                _, worker, step = max(running)
+                return worker, step
         assert process.running, f"the run ended before a host could be lost:\n" \
             f"{process.log(4000)}"
         time.sleep(0.05)
     raise AssertionError(f"no shard step to interrupt in {timeout}s: "
                          f"{_shard_events(instance, run_id)}")
+
+
+def _freeze_mid_shard(network: netns.Network, instance, run_id: str, hosts: dict,
+                      process: LoggedProcess) -> tuple[netns.Host, str]:
+    """The host running a shard, frozen (SIGSTOP) before that shard finished: a shard
+    step takes a second or two, so the one seen running may finish before the freeze;
+    then the host goes on and the next one is tried. Deterministic where a kill
+    timed by polling would race the step's end."""
+    for _ in range(20):
+        worker, step = _running_shard(instance, run_id, process)
+        host = hosts[worker]
+        network.signal_host(host, signal.SIGSTOP)
+        time.sleep(0.5)  # an event the frozen step had already sent lands
+        if not _shard_events(instance, run_id)[step]["successes"]:
+            return host, step
+        network.signal_host(host, signal.SIGCONT)
+    raise AssertionError("every shard finished before its host could be frozen")
 
 
 def test_a_lost_worker_host_s_shards_are_retried_on_the_other_host(network, stack):
@@ -232,8 +247,9 @@ def test_a_lost_worker_host_s_shards_are_retried_on_the_other_host(network, stac
     instance = stack.instance()
     try:
         run_id = _run_id(instance, run)
-        worker, victim = _wait_for_victim(instance, run_id, run)
-        lost, survivor = (w1, w2) if worker == f"w1-{stack.tag}" else (w2, w1)
+        lost, victim = _freeze_mid_shard(network, instance, run_id,
+                                         {f"{h.role}-{stack.tag}": h for h in (w1, w2)}, run)
+        survivor = w2 if lost is w1 else w1
         lost_wall = time.time()
         killed = network.kill_host(lost)
         lost_at = time.monotonic() - started
@@ -245,15 +261,16 @@ def test_a_lost_worker_host_s_shards_are_retried_on_the_other_host(network, stac
 
         steps = _shard_events(instance, run_id)
         names = {k: [w.rsplit("-", 1)[0] for w in s["workers"]] for k, s in steps.items()}
-        # The lost shard: started on the lost host, never finished there, run again on
-        # the survivor.
-        assert names[victim] == [lost.role, survivor.role], names
-        assert len(steps[victim]["starts"]) == 2 and len(steps[victim]["successes"]) == 1
+        assert all(len(s["successes"]) == 1 for s in steps.values()), steps
+        # Interrupted: the shard the lost host was running, finished only after the
+        # loss, on the survivor.
+        interrupted = {k for k, v in names.items() if v == [lost.role, survivor.role]}
+        assert interrupted == {victim}, names
+        assert all(steps[k]["successes"][0] > lost_wall for k in interrupted), steps
         # Every other shard ran once, on one host (on the lost one only if it finished
         # there before the loss): retried alone.
-        others = {k: v for k, v in names.items() if k != victim}
+        others = {k: v for k, v in names.items() if k not in interrupted}
         assert all(len(v) == 1 for v in others.values()), names
-        assert all(len(s["successes"]) == 1 for s in steps.values()), steps
         assert all(steps[k]["successes"][0] < lost_wall for k, v in others.items()
                    if v == [lost.role]), steps
         assert len(steps) == ROWS // SHARD_ROWS

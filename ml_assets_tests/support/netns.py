@@ -182,15 +182,21 @@ class Network:
         for process in self.processes:
             process.stop(signal.SIGTERM, timeout=10, group=True)
 
+    def signal_host(self, host: Host, sig: int) -> list[int]:
+        """Send `sig` to every process in `host` (SIGSTOP: the machine hangs; SIGCONT:
+        it goes on). The pids signalled."""
+        pids = host.pids()
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        return pids
+
     def kill_host(self, host: Host, timeout: float = 30) -> list[int]:
         """Lose `host` as a machine is lost: SIGKILL every process in it, then unplug it
         from the bridge (its veth deleted). The killed pids."""
-        killed = host.pids()
-        for pid in killed:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        killed = self.signal_host(host, signal.SIGKILL)
         deadline = time.monotonic() + timeout
         while any(Path(f"/proc/{pid}").exists() and not _zombie(pid) for pid in killed):
             if time.monotonic() > deadline:
