@@ -1,7 +1,7 @@
 """The README's walk-throughs, run as written, in order, in one home: the quick start
-(`ml-platform up`), the loop closing by itself, a canary rollout, your own data, a
-regressor. The commands are read from README.md's bash blocks, so a README that stops
-working fails here.
+(`ml-platform up`), the loop closing by itself, a canary rollout, batch scoring (the
+sensor, then `dg launch`), your own data, a regressor. The commands are read from
+README.md's bash blocks, so a README that stops working fails here.
 
 What the test adds to the text: free ports instead of 8000/8001/3000 (the variables the
 README names), the waits the README describes in words (until `up` says it), and the
@@ -133,6 +133,16 @@ def test_the_readme_walkthroughs_run_as_written(tmp_path):
                     time.sleep(1)
         timings["canary rollout: challenger, start, traffic, verdict or stop"] = (
             time.monotonic() - start)
+
+        start = time.monotonic()
+        output, env = _run(bash_block("Score a day in batch"), env, tmp_path, ports)
+        _until_printed(up, "batch scored for ", 300)
+        assert "2000 rows in 1 shard by ml_platform_model" in up.log(), up.log(4000)
+        timings["batch scoring: a day's file, the sensor"] = time.monotonic() - start
+        start = time.monotonic()
+        output, env = _run(bash_block("Score a day in batch", 1), env, tmp_path, ports)
+        assert "2000 rows in 2 parts" in output, output
+        timings["batch scoring: the same day by hand (dg launch)"] = time.monotonic() - start
 
         start = time.monotonic()
         output, env = _run(bash_block("Your own data"), env, tmp_path, ports)
