@@ -29,7 +29,9 @@ Then every chosen server is started on 127.0.0.1, all at once:
 * MLServer 1.7.1 (`mlserver`) with its scikit-learn runtime serving the same fitted
   Pipeline, one server per adaptive-batching setting of `--mlserver-batching`, on
   /v2 infer (it has no /invocations for scikit-learn); installed in a venv of its own
-  on first use (benchmarks/serving_peers.py).
+  on first use (benchmarks/serving_peers.py);
+* BentoML 1.4.40 (`bentoml`, optional: skipped with the reason printed when it does not
+  install), its adaptive batching on, on its own JSON API.
 
 Every server's answers on every case it is timed on are checked against the
 Pipeline's first (benchmarks/serving_wires.py). Loads (`--loads`): one row at c=1, 8,
@@ -60,7 +62,7 @@ build, transform, predict, log, respond) in process, the path before (a DataFram
 through the Pipeline) and after (rows through the numpy replay of the preprocessing)
 interleaved (benchmarks/sklearn_row_stages.py). `--model user-step` serves the case
 compilation refuses: the platform's preprocessing then a Pipeline of the user's own
-step (ClipScaler, no converter) and a LogisticRegression (MLServer is then skipped).
+step (ClipScaler, no converter) and a LogisticRegression (MLServer and BentoML are then skipped).
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ from serving_families import print_families, run_families  # noqa: E402
 from serving_floors import floor_servers  # noqa: E402
 from serving_goals import print_goals  # noqa: E402
 from serving_load import Server, median_of, run_httpx, run_wrk  # noqa: E402
-from serving_peers import DEFAULT_BATCHING, mlserver_servers  # noqa: E402
+from serving_peers import DEFAULT_BATCHING, bentoml_servers, mlserver_servers  # noqa: E402
 from serving_wires import check_answers, write_bodies  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -280,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=8.0, help="length of one run")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds (each figure their median)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="interleaved rounds (each figure their median)")
     parser.add_argument("--load", choices=["auto", "wrk", "httpx"], default="auto")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--profile", type=Path, help="write a pyinstrument profile (HTML) of "
@@ -317,7 +320,7 @@ SERVERS = (  # (label, ML_API_RUNTIME, ML_API_WORKERS)
     ("service sklearn, 1 worker", "sklearn", 1),
 )
 MLFLOW = "mlflow models serve"
-SERVER_KEYS = ("onnx-1", "onnx-2", "sklearn-1", "mlflow", "floors", "mlserver")
+SERVER_KEYS = ("onnx-1", "onnx-2", "sklearn-1", "mlflow", "floors", "mlserver", "bentoml")
 LOAD_KEYS = tuple(f"c{c}" for c in SINGLE_CONCURRENCY) + tuple(
     f"batch-c{c}" for c in BATCH_CONCURRENCY)
 DEFAULT_LOADS = "c1,c8,c32,batch-c4"
@@ -406,7 +409,8 @@ def build_servers(args, setup: dict, workdir: Path) -> list[Server]:
             servers.append(server)
     if "mlserver" in chosen:
         if args.model != "forest":
-            print("MLServer skipped: it serves the default forest only", flush=True)
+            print("MLServer and BentoML skipped: they serve the default forest only",
+                  flush=True)
         else:
             v2 = ("/v2/models/{name}/infer", "mlserver_1000", "mlserver")
             for server in mlserver_servers(Server, setup["trained"].pipeline, name,
@@ -414,6 +418,14 @@ def build_servers(args, setup: dict, workdir: Path) -> list[Server]:
                 server.cases = cases((v2[0].replace("{name}", name), paths["mlserver_1"],
                                       "mlserver"), {"/v2": v2})
                 servers.append(server)
+    if "bentoml" in chosen and args.model == "forest":
+        bento = ("/predict_proba", "bentoml_1000", "bentoml")
+        for server in bentoml_servers(Server, setup["trained"].pipeline,
+                                      [str(c) for c in setup["frames"]["row"].columns],
+                                      workdir, REPO):
+            server.cases = cases((bento[0], paths["bentoml_1"], "bentoml"),
+                                 {"/predict_proba": bento})
+            servers.append(server)
     for server in servers:
         server.compiled = getattr(server, "compiled", False)
     return servers

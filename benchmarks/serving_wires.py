@@ -10,7 +10,8 @@ Bodies (floats written exactly by json.dumps; pandas' to_json rounds them):
   as this service's /v2 takes it;
 - `mlserver_1`, `mlserver_1000`: the same tensors with MLServer's `content_type: pd`
   (its scikit-learn runtime builds a DataFrame, so the Pipeline sees named columns) and
-  the `predict_proba` output, the work this service does for every row.
+  the `predict_proba` output, the work this service does for every row;
+- `bentoml_1`, `bentoml_1000`: {"rows": [[...], ...]} for BentoML's batchable API.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def write_bodies(row, batch, workdir: Path) -> dict[str, Path]:
     bodies = {"record": records(row)[0], "records_1000": {"records": records(batch)},
               "split_1": split(row), "split_1000": split(batch),
               "v2_1": {"inputs": _tensors(row)}, "v2_1000": {"inputs": _tensors(batch)},
-              "mlserver_1": mlserver(row), "mlserver_1000": mlserver(batch)}
+              "mlserver_1": mlserver(row), "mlserver_1000": mlserver(batch),
+              "bentoml_1": {"rows": rows_of(row)}, "bentoml_1000": {"rows": rows_of(batch)}}
     paths = {}
     for key, body in bodies.items():
         paths[key] = workdir / f"{key}.json"
@@ -75,6 +77,9 @@ def _answer(kind: str, payload: dict, classes: list[str]) -> tuple[list[str], np
                 np.array([[a["probabilities"][c] for c in classes] for a in answers]))
     if kind == "invocations":
         return [str(p) for p in payload["predictions"]], None
+    if kind == "bentoml":
+        proba = np.array(payload)
+        return [classes[i] for i in proba.argmax(axis=1)], proba  # classes_ order
     outputs = {o["name"]: o for o in payload["outputs"]}
     if kind == "v2":
         probabilities = outputs["probabilities"]
