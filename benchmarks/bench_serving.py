@@ -1,33 +1,55 @@
 """Benchmark: this service's compiled (ONNX Runtime) and scikit-learn runtimes, 1 and 2
-workers, against `mlflow models serve`; same model, same load, one run. Then a table
-per model family: compiled vs scikit-learn runtime on each (`serving_families`).
+workers, against its peers (MLServer 1.7.1 with adaptive batching, `mlflow models
+serve`) and the HTTP floors; same model, same load, one run, rounds interleaved. Then a
+table per model family: compiled vs scikit-learn runtime on each (`serving_families`).
 
     python benchmarks/bench_serving.py [--seconds 8] [--repeats 3] [--json out.json]
                                        [--profile profile.html] [--model forest|user-step]
-                                       [--servers sklearn-1,...] [--loads c1,...]
+                                       [--servers onnx-1,...] [--loads c1,...]
+                                       [--mlserver-batching 8:0.001,32:0.005]
                                        [--baseline-tree DIR]
                                        [--tables all|runtimes|families]
 
-One run trains and registers the platform's default model (RandomForest, 200 trees,
-breast cancer) in a fresh MLflow store in a temporary directory; registration
-compiles it to ONNX and checks parity, as the pipeline does. Then, one server at a
-time on 127.0.0.1:
+The load generator is wrk (Debian's package: `apt-get install -y wrk`; the issue's
+figures are wrk's), else a bounded asyncio httpx client in a subprocess
+(benchmarks/serving_load.py). One run trains and registers the platform's default
+model (RandomForest, 200 trees, breast cancer) in a fresh MLflow store in a temporary
+directory; registration compiles it to ONNX and checks parity, as the pipeline does.
+Then every chosen server is started on 127.0.0.1, all at once:
 
-* this service (`python -m serving`, prediction log on, SQLite, commit mode) with
-  ML_API_RUNTIME=onnx and 1 worker, ML_API_RUNTIME=onnx and 2 workers
-  (ML_API_WORKERS=2), and ML_API_RUNTIME=sklearn and 1 worker: single rows on /predict
-  at c=1, 8, 32 and 1,000-row batches on /predict/batch at c=4;
-* MLflow's scoring server (`mlflow models serve -m models:/<name>@champion
-  --env-manager local -w 1`): the same loads on /invocations;
+* this service (`python -m serving`, prediction log on, SQLite, commit mode: the
+  defaults) with ML_API_RUNTIME=onnx and 1 worker (`onnx-1`), onnx and 2 workers
+  (`onnx-2`), sklearn and 1 worker (`sklearn-1`): single rows on /predict; 1,000-row
+  batches on each wire format, /predict/batch, /invocations (dataframe_split) and /v2
+  infer (one tensor per feature);
+* MLflow's scoring server (`mlflow`: `mlflow models serve --env-manager local -w 1`),
+  on /invocations;
+* the HTTP floors (`floors`: a FastAPI route returning a constant and a raw ASGI app,
+  both on uvicorn with 1 worker; benchmarks/serving_floors.py), single rows only;
+* MLServer 1.7.1 (`mlserver`) with its scikit-learn runtime serving the same fitted
+  Pipeline, one server per adaptive-batching setting of `--mlserver-batching`, on
+  /v2 infer (it has no /invocations for scikit-learn); installed in a venv of its own
+  on first use (benchmarks/serving_peers.py);
+* BentoML 1.4.40 (`bentoml`, optional: skipped with the reason printed when it does not
+  install), its adaptive batching on, on its own JSON API.
 
-driven from a separate process by wrk when it is installed (`apt-get install wrk`),
-else by a bounded asyncio httpx client in a subprocess. Every cell is the median of
-`--repeats` runs of `--seconds` each, after a warm-up. In-process, it also times the
-limits (the bare onnxruntime call on ready tensors, the compiled model from row
-lists, scikit-learn's predict_proba) and a per-stage profile of one 1,000-row
-/predict/batch request: parse and validate, rows, predict, respond, log (a real
-SQLite prediction log, commit mode). `--profile` writes a pyinstrument profile of
-in-process 1,000-row requests through the whole app.
+Every server's answers on every case it is timed on are checked against the
+Pipeline's first (benchmarks/serving_wires.py). Loads (`--loads`): one row at c=1, 8,
+32 (`c1,c8,c32`) on every server, 1,000 rows at c=4 (`batch-c4`; `batch-c1` too if
+asked). Then `--repeats` rounds of `--seconds` per cell; each round visits every
+server on every case, the servers' order turning from round to round; every figure is
+the median over the rounds. The tables: the figures with ratios against the
+scikit-learn runtime, MLflow, MLServer's best setting and the FastAPI floor; then
+issue 23's goals, PASS or MISS with the figures (benchmarks/serving_goals.py).
+`--baseline-tree DIR` also serves each of our servers from another checkout (e.g.
+`git archive main` extracted), interleaved in the same rounds, so before/after share
+the machine's load, with the goals for both.
+
+In-process, it also times the limits (the bare onnxruntime call on ready tensors, the
+compiled model from row lists, scikit-learn's predict_proba) and a per-stage profile of
+one 1,000-row /predict/batch request: parse and validate, rows, predict, respond, log
+(a real SQLite prediction log, commit mode). `--profile` writes a pyinstrument profile
+of in-process 1,000-row requests through the whole app.
 
 The per-family table (`--tables families` for it alone): RandomForest, HistGradient-
 Boosting, LightGBM, XGBoost and a Pipeline with a user's own step (its converter
@@ -40,10 +62,7 @@ build, transform, predict, log, respond) in process, the path before (a DataFram
 through the Pipeline) and after (rows through the numpy replay of the preprocessing)
 interleaved (benchmarks/sklearn_row_stages.py). `--model user-step` serves the case
 compilation refuses: the platform's preprocessing then a Pipeline of the user's own
-step (ClipScaler, no converter) and a LogisticRegression. `--servers` and `--loads`
-pick cells; `--baseline-tree DIR` also serves each chosen server from another checkout
-(e.g. `git archive main`), all servers up at once and every run interleaved with its
-baseline's, so before/after share the machine's load.
+step (ClipScaler, no converter) and a LogisticRegression (MLServer and BentoML are then skipped).
 """
 
 from __future__ import annotations
@@ -54,9 +73,7 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -65,129 +82,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the tests' support package: one way to build models
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # its per-family table
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling modules
 from serving_families import print_families, run_families  # noqa: E402
-
-from ml_assets_tests.support.services import free_port, wait_http  # noqa: E402
+from serving_floors import floor_servers  # noqa: E402
+from serving_goals import print_goals  # noqa: E402
+from serving_load import Server, median_of, run_httpx, run_wrk  # noqa: E402
+from serving_peers import DEFAULT_BATCHING, bentoml_servers, mlserver_servers  # noqa: E402
+from serving_wires import check_answers, write_bodies  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SINGLE_CONCURRENCY = (1, 8, 32)
 BATCH_ROWS = 1000
 BATCH_CONCURRENCY = (1, 4)
-
-WRK_SCRIPT = """
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-local f = io.open(os.getenv("BENCH_BODY"), "rb")
-wrk.body = f:read("*a")
-f:close()
-"""
-
-
-# -- load generators --------------------------------------------------------------------
-
-def _wrk_ms(text: str) -> float:
-    units = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
-    for unit in ("us", "ms", "s"):
-        if text.endswith(unit):
-            return float(text[: -len(unit)]) * units[unit]
-    raise ValueError(text)
-
-
-def run_wrk(url: str, body: Path, concurrency: int, seconds: float, workdir: Path) -> dict:
-    script = workdir / "post.lua"
-    script.write_text(WRK_SCRIPT)
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "--latency", "--timeout", "10s",
-         "-s", str(script), url],
-        env={**os.environ, "BENCH_BODY": str(body)}, capture_output=True, text=True,
-        timeout=seconds + 60, check=True).stdout
-    result = {"errors": 0}
-    for line in out.splitlines():
-        parts = line.split()
-        if line.startswith("Requests/sec:"):
-            result["rps"] = float(parts[1])
-        elif parts[:1] == ["50.000%"] or parts[:1] == ["50%"]:
-            result["p50_ms"] = _wrk_ms(parts[1])
-        elif parts[:1] == ["99.000%"] or parts[:1] == ["99%"]:
-            result["p99_ms"] = _wrk_ms(parts[1])
-        elif line.strip().startswith("Non-2xx"):
-            result["errors"] += int(parts[-1])
-        elif line.strip().startswith("Socket errors"):
-            result["errors"] += sum(int(p.rstrip(",")) for p in parts[3::2])
-    return result
-
-
-async def _httpx_load(url: str, body: bytes, concurrency: int, seconds: float) -> dict:
-    import httpx
-
-    latencies: list[float] = []
-    errors = 0
-    deadline = time.perf_counter() + seconds
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
-        async def worker():
-            nonlocal errors
-            while time.perf_counter() < deadline and len(latencies) < 5_000_000:
-                started = time.perf_counter()
-                try:
-                    response = await client.post(url, content=body, headers={
-                        "Content-Type": "application/json"})
-                    if response.status_code != 200:
-                        errors += 1
-                except Exception:  # noqa: BLE001 - counted, not fatal
-                    errors += 1
-                latencies.append(time.perf_counter() - started)
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    latencies.sort()
-    pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000  # noqa: E731
-    return {"rps": len(latencies) / elapsed, "p50_ms": pick(0.50), "p99_ms": pick(0.99),
-            "errors": errors}
-
-
-def run_httpx(url: str, body: Path, concurrency: int, seconds: float, workdir: Path) -> dict:
-    """The httpx client, in its own process like wrk."""
-    out = subprocess.run(
-        [sys.executable, __file__, "--client", url, str(body), str(concurrency), str(seconds)],
-        capture_output=True, text=True, timeout=seconds + 120, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
-
-
-# -- servers ----------------------------------------------------------------------------
-
-class Server:
-    """A server subprocess, stopped (by its own pid) on exit."""
-
-    def __init__(self, name: str, command: list[str], env: dict, ready_path: str,
-                 log: Path, cwd: Path = REPO):
-        self.name, self.command, self.env, self.ready_path, self.log, self.cwd = (
-            name, command, env, ready_path, log, cwd)
-
-    def __enter__(self):
-        self.port = free_port()
-        command = [c.replace("{port}", str(self.port)) for c in self.command]
-        env = {k: v.replace("{port}", str(self.port)) for k, v in self.env.items()}
-        self.out = open(self.log, "wb")  # noqa: SIM115 - closed in __exit__
-        self.process = subprocess.Popen(command, env=env, cwd=self.cwd, stdout=self.out,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
-        self.url = f"http://127.0.0.1:{self.port}"
-        wait_http(self.url + self.ready_path, self.process, timeout=180)
-        return self
-
-    def __exit__(self, *exc):
-        if self.process.poll() is None:
-            # mlflow models serve runs uvicorn as a child: stop the session it leads.
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=30)
-        self.out.close()
-
 
 # -- the benchmark ----------------------------------------------------------------------
 
@@ -237,24 +143,15 @@ def prepare(workdir: Path, model: str = "forest") -> dict:
     row = X.iloc[[0]]
     rng = np.random.default_rng(0)
     batch = X.iloc[rng.integers(0, len(X), BATCH_ROWS)]
-    bodies = {
-        "record": {k: float(v) for k, v in row.iloc[0].items()},
-        "split_1": {"dataframe_split": json.loads(row.to_json(orient="split", index=False))},
-        "records_1000": {"records": json.loads(batch.to_json(orient="records"))},
-        "split_1000": {"dataframe_split": json.loads(batch.to_json(orient="split",
-                                                                   index=False))},
-    }
-    paths = {}
-    for key, body in bodies.items():
-        paths[key] = workdir / f"{key}.json"
-        paths[key].write_text(json.dumps(body))
+    paths = write_bodies(row, batch, workdir)
     compiled = tags.get("onnx.parity") == "passed"
     limits = in_process_limits(name, row, batch) if compiled else {}
     stages = stage_profile(name, paths["records_1000"].read_bytes(), workdir) if compiled else {}
     row_stages = single_row_stages(_served(name, "sklearn"), paths["record"].read_bytes(),
                                    workdir)
     return {"name": name, "paths": paths, "limits": limits, "stages": stages,
-            "row_stages": row_stages, "compiled": compiled,
+            "row_stages": row_stages, "compiled": compiled, "trained": trained,
+            "frames": {"row": row, "batch": batch},
             "parity": {k: v for k, v in tags.items() if k.startswith("onnx.")}}
 
 
@@ -381,25 +278,12 @@ def pyinstrument_profile(name: str, body: bytes, workdir: Path, out: Path) -> No
     asyncio.run(drive())
 
 
-def measure(load, url: str, body: Path, concurrency: int, seconds: float, repeats: int,
-            workdir: Path) -> dict:
-    return _median([load(url, body, concurrency, seconds, workdir) for _ in range(repeats)])
-
-
-def _median(runs: list[dict]) -> dict:
-    median = {key: statistics.median(run[key] for run in runs)
-              for key in ("rps", "p50_ms", "p99_ms")}
-    median["errors"] = sum(run["errors"] for run in runs)
-    median["runs"] = runs
-    return median
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=8.0, help="length of one run")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per cell (median)")
-    parser.add_argument("--client", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="interleaved rounds (each figure their median)")
     parser.add_argument("--load", choices=["auto", "wrk", "httpx"], default="auto")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--profile", type=Path, help="write a pyinstrument profile (HTML) of "
@@ -411,18 +295,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="the default forest, or a Pipeline with the user's own step")
     parser.add_argument("--servers", default=",".join(SERVER_KEYS),
                         help=f"servers to run, of {','.join(SERVER_KEYS)}")
-    parser.add_argument("--loads", default=",".join(LOAD_KEYS),
+    parser.add_argument("--loads", default=DEFAULT_LOADS,
                         help=f"loads to run, of {','.join(LOAD_KEYS)}")
     parser.add_argument("--baseline-tree", type=Path, help="also serve each chosen server "
                         "from this checkout, runs interleaved with ours")
+    parser.add_argument("--mlserver-batching", default=DEFAULT_BATCHING,
+                        help="MLServer's adaptive batching settings to try, each "
+                        "max_batch_size:max_batch_time (seconds), one server each")
     args = parser.parse_args(argv)
-    if args.client:  # the httpx load generator's own process
-        url, body, concurrency, seconds = args.client
-        result = asyncio.run(_httpx_load(url, Path(body).read_bytes(), int(concurrency),
-                                         float(seconds)))
-        print(json.dumps(result))
-        return 0
-
     use_wrk = args.load == "wrk" or (args.load == "auto" and shutil.which("wrk"))
     load = run_wrk if use_wrk else run_httpx
     workdir = Path(tempfile.mkdtemp(prefix="bench_serving_"))
@@ -434,16 +314,21 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-SERVERS = (  # (label, ML_API_RUNTIME, ML_API_WORKERS); MLflow's server comes last
+SERVERS = (  # (label, ML_API_RUNTIME, ML_API_WORKERS)
     ("service onnx, 1 worker", "onnx", 1),
     ("service onnx, 2 workers", "onnx", 2),
     ("service sklearn, 1 worker", "sklearn", 1),
 )
 MLFLOW = "mlflow models serve"
-SERVER_KEYS = ("onnx-1", "onnx-2", "sklearn-1", "mlflow")
+SERVER_KEYS = ("onnx-1", "onnx-2", "sklearn-1", "mlflow", "floors", "mlserver", "bentoml")
 LOAD_KEYS = tuple(f"c{c}" for c in SINGLE_CONCURRENCY) + tuple(
     f"batch-c{c}" for c in BATCH_CONCURRENCY)
+DEFAULT_LOADS = "c1,c8,c32,batch-c4"
 BASELINE = " (baseline)"
+# wire -> (path, body key, answer kind): the 1,000-row formats each kind of server takes
+OURS_WIRES = {"/predict/batch": ("/predict/batch", "records_1000", "predict"),
+              "/invocations": ("/invocations", "split_1000", "invocations"),
+              "/v2": ("/v2/models/{name}/infer", "v2_1000", "v2")}
 
 
 def run(args, load, workdir: Path) -> int:
@@ -467,14 +352,23 @@ def run(args, load, workdir: Path) -> int:
     return 0
 
 
-def run_runtimes(args, load, workdir: Path) -> dict:
-    """The servers' table: this service's runtimes and workers against MLflow's."""
-    setup = prepare(workdir, args.model)
+def build_servers(args, setup: dict, workdir: Path) -> list[Server]:
+    """The chosen servers (ours from each tree, MLflow's, the floors, MLServer), each
+    with `cases`: case label -> (path, body, answer kind)."""
     paths, name = setup["paths"], setup["name"]
-    if args.profile and setup["compiled"]:
-        pyinstrument_profile(name, paths["records_1000"].read_bytes(), workdir, args.profile)
     chosen = set(args.servers.split(","))
     loads = args.loads.split(",")
+    singles = [f"1 row, c={c}" for c in SINGLE_CONCURRENCY if f"c{c}" in loads]
+    batches = [f"{BATCH_ROWS:,} rows, c={c}" for c in BATCH_CONCURRENCY
+               if f"batch-c{c}" in loads]
+
+    def cases(single: tuple, wires: dict) -> dict:
+        found = {case: single for case in singles}
+        for case in batches:
+            for wire, (path, key, kind) in wires.items():
+                found[f"{case}, {wire}"] = (path.replace("{name}", name), paths[key], kind)
+        return found
+
     bin_dir = Path(sys.executable).parent
     # As in an activated virtualenv: `mlflow models serve` execs `uvicorn` from PATH.
     env = {**os.environ, "MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"],
@@ -488,93 +382,135 @@ def run_runtimes(args, load, workdir: Path) -> dict:
             continue
         for suffix, tree in trees:
             tag = f"{runtime}-{workers}{'-baseline' if suffix else ''}"
-            servers.append(Server(label + suffix, [sys.executable, "-m", "serving", "--port",
-                                                   "{port}", "--log-level", "warning"],
-                                  {**env, "PYTHONPATH": str(tree),
-                                   "ML_REGISTERED_MODEL_NAME": name,
-                                   "ML_API_HOST": "127.0.0.1", "ML_API_POLL_SECONDS": "0",
-                                   "ML_PLATFORM_HOME": str(workdir / f"home-{tag}"),
-                                   "ML_API_MAX_BATCH": str(BATCH_ROWS),
-                                   "ML_API_RUNTIME": runtime, "ML_API_WORKERS": str(workers)},
-                                  "/ready", workdir / f"service-{tag}.log", cwd=tree))
+            server = Server(label + suffix, [sys.executable, "-m", "serving", "--port",
+                                             "{port}", "--log-level", "warning"],
+                            {**env, "PYTHONPATH": str(tree),
+                             "ML_REGISTERED_MODEL_NAME": name,
+                             "ML_API_HOST": "127.0.0.1", "ML_API_POLL_SECONDS": "0",
+                             "ML_PLATFORM_HOME": str(workdir / f"home-{tag}"),
+                             "ML_API_MAX_BATCH": str(BATCH_ROWS),
+                             "ML_API_RUNTIME": runtime, "ML_API_WORKERS": str(workers)},
+                            "/ready", workdir / f"service-{tag}.log", cwd=tree)
+            server.cases = cases(("/predict", paths["record"], "predict"), OURS_WIRES)
+            server.compiled = runtime == "onnx"
+            servers.append(server)
     if "mlflow" in chosen:
         mlflow_cli = str(bin_dir / "mlflow") if (bin_dir / "mlflow").exists() else "mlflow"
-        servers.append(Server(MLFLOW, [mlflow_cli, "models", "serve", "-m",
-                                       f"models:/{name}@champion", "--env-manager", "local",
-                                       "-w", "1", "-h", "127.0.0.1", "-p", "{port}"],
-                              env, "/ping", workdir / "mlflow.log"))
-    cases = [(f"1 row, c={c}", c, False) for c in SINGLE_CONCURRENCY if f"c{c}" in loads]
-    cases += [(f"{BATCH_ROWS:,} rows, c={c}", c, True) for c in BATCH_CONCURRENCY
-              if f"batch-c{c}" in loads]
+        server = Server(MLFLOW, [mlflow_cli, "models", "serve", "-m",
+                                 f"models:/{name}@champion", "--env-manager", "local",
+                                 "-w", "1", "-h", "127.0.0.1", "-p", "{port}"],
+                        env, "/ping", workdir / "mlflow.log")
+        server.cases = cases(("/invocations", paths["split_1"], "invocations"),
+                             {"/invocations": OURS_WIRES["/invocations"]})
+        servers.append(server)
+    if "floors" in chosen:
+        for server in floor_servers(Server, env, workdir):
+            server.cases = {case: ("/predict", paths["record"], "constant") for case in singles}
+            servers.append(server)
+    if "mlserver" in chosen:
+        if args.model != "forest":
+            print("MLServer and BentoML skipped: they serve the default forest only",
+                  flush=True)
+        else:
+            v2 = ("/v2/models/{name}/infer", "mlserver_1000", "mlserver")
+            for server in mlserver_servers(Server, setup["trained"].pipeline, name,
+                                           args.mlserver_batching, workdir, REPO):
+                server.cases = cases((v2[0].replace("{name}", name), paths["mlserver_1"],
+                                      "mlserver"), {"/v2": v2})
+                servers.append(server)
+    if "bentoml" in chosen and args.model == "forest":
+        bento = ("/predict_proba", "bentoml_1000", "bentoml")
+        for server in bentoml_servers(Server, setup["trained"].pipeline,
+                                      [str(c) for c in setup["frames"]["row"].columns],
+                                      workdir, REPO):
+            server.cases = cases((bento[0], paths["bentoml_1"], "bentoml"),
+                                 {"/predict_proba": bento})
+            servers.append(server)
+    for server in servers:
+        server.compiled = getattr(server, "compiled", False)
+    return servers
 
-    def targets(server):
-        ours = server.name != MLFLOW
-        single = (server.url + ("/predict" if ours else "/invocations"),
-                  paths["record" if ours else "split_1"])
-        many = (server.url + ("/predict/batch" if ours else "/invocations"),
-                paths["records_1000" if ours else "split_1000"])
-        return single, many
 
-    def report(label, server, result):
-        results[(label, server.name)] = result
-        print(f"  {label:<20} {server.name:<37} {result['rps']:9.1f} req/s  "
-              f"p50 {result['p50_ms']:7.2f} ms  p99 {result['p99_ms']:7.2f} ms  "
-              f"errors {result['errors']}", flush=True)
-
+def run_runtimes(args, load, workdir: Path) -> dict:
+    """The servers' table: this service's runtimes and workers against MLflow's, MLServer
+    and the HTTP floors; all servers up at once, every round visiting each of them."""
+    setup = prepare(workdir, args.model)
+    name = setup["name"]
+    if args.profile and setup["compiled"]:
+        pyinstrument_profile(name, setup["paths"]["records_1000"].read_bytes(), workdir,
+                             args.profile)
+    servers = build_servers(args, setup, workdir)
+    pipeline = setup["trained"].pipeline
+    checks: dict[str, str] = {}
     results: dict[tuple[str, str], dict] = {}
-    if args.baseline_tree:  # every server up; each run interleaved with the others'
-        with contextlib.ExitStack() as stack:
-            for server in servers:
-                stack.enter_context(server)
-                print(f"{server.name} ready at {server.url}", flush=True)
-            for server in servers:
-                single, many = targets(server)
-                load(*single, 8, 2.0, workdir)  # warm-up
-            for label, c, is_batch in cases:
-                runs: dict[str, list[dict]] = {server.name: [] for server in servers}
-                for _ in range(args.repeats):
-                    for server in servers:
-                        url, body = targets(server)[1 if is_batch else 0]
-                        runs[server.name].append(load(url, body, c, args.seconds, workdir))
-                for server in servers:
-                    report(label, server, _median(runs[server.name]))
-    else:
+    with contextlib.ExitStack() as stack:
         for server in servers:
-            with server:
-                print(f"{server.name} ready at {server.url}", flush=True)
-                single, many = targets(server)
-                load(*single, 8, 2.0, workdir)  # warm-up
-                load(*many, 2, 2.0, workdir)
-                for label, c, is_batch in cases:
-                    url, body = many if is_batch else single
-                    report(label, server, measure(load, url, body, c, args.seconds,
-                                                  args.repeats, workdir))
-
-    print_table(results, setup, args)
+            stack.enter_context(server)
+            print(f"{server.name} ready at {server.url}", flush=True)
+        for server in servers:  # answers checked, then warmed up, before any timing
+            checks[server.name] = check_answers(server, pipeline, setup["frames"],
+                                                server.compiled)
+            print(f"  {server.name}: " + ("answers 200 (a constant, no model)"
+                                          if checks[server.name] == "constant" else
+                                          f"answers match the Pipeline on "
+                                          f"{len(server.cases)} cases (max |dp| "
+                                          f"{checks[server.name]})"), flush=True)
+            for case, (path, body, _kind) in server.cases.items():
+                load(server.url + path, body, 2 if case.startswith("1,000") else 8, 1.0,
+                     workdir)
+        labels = list(dict.fromkeys(case for s in servers for case in s.cases))
+        runs: dict[tuple[str, str], list[dict]] = {}
+        for round_ in range(args.repeats):
+            # each round visits every server per case; the order turns from round to round
+            order = servers[round_ % len(servers):] + servers[:round_ % len(servers)]
+            for label in labels:
+                c = int(label.split("c=")[1].split(",")[0])
+                for server in order:
+                    if label in server.cases:
+                        path, body, _kind = server.cases[label]
+                        runs.setdefault((label, server.name), []).append(
+                            load(server.url + path, body, c, args.seconds, workdir))
+            print(f"round {round_ + 1} of {args.repeats} done", flush=True)
+    for label in labels:
+        for server in servers:
+            if (label, server.name) in runs:
+                result = results[(label, server.name)] = median_of(runs[(label, server.name)])
+                print(f"  {label:<32} {server.name:<40} {result['rps']:9.1f} req/s  "
+                      f"p50 {result['p50_ms']:7.2f} ms  p99 {result['p99_ms']:7.2f} ms  "
+                      f"errors {result['errors']}", flush=True)
+    print_table(results, setup, args, checks)
+    goals = print_goals(results, ("", BASELINE) if args.baseline_tree else ("",))
     return {"results": {f"{k[0]} | {k[1]}": v for k, v in results.items()},
+            "goals": goals, "answer_checks": checks,
             "limits": setup["limits"], "stages_ms": setup["stages"],
             "single_row_sklearn_stages_ms": setup["row_stages"],
             "parity": setup["parity"]}
 
-
-def print_table(results: dict, setup: dict, args) -> None:
+def print_table(results: dict, setup: dict, args, checks: dict) -> None:
     from sklearn_row_stages import print_stages
 
     sklearn = SERVERS[2][0]
-    print(f"\n## Results (median of {args.repeats} x {args.seconds:g} s; 127.0.0.1)\n")
+    print(f"\n## Results (median of {args.repeats} interleaved rounds x {args.seconds:g} s; "
+          "127.0.0.1)\n")
     print("| load | server | req/s | rows/s | p50 ms | p99 ms | vs sklearn runtime "
-          "| vs MLflow |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+          "| vs MLflow | vs MLServer's best | vs FastAPI floor |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for label in dict.fromkeys(k[0] for k in results):
         rows = BATCH_ROWS if label.startswith(f"{BATCH_ROWS:,}") else 1
+        load = label.rsplit(", /", 1)[0]  # MLServer's best and the floor: any wire
+        peer = max((r["rps"] for (case, s), r in results.items()
+                    if s.startswith("MLServer") and case.startswith(load)), default=None)
         bases = [results.get((label, base), {}).get("rps") for base in (sklearn, MLFLOW)]
+        bases += [peer, results.get((load, "FastAPI route returning a constant"), {}).get("rps")]
         for (case, target), r in results.items():
             if case != label:
                 continue
             errors = f" ({r['errors']} errors)" if r["errors"] else ""
-            ratios = [f"{r['rps'] / base:.2f}x" if base else "" for base in bases]
+            ratios = " | ".join(f"{r['rps'] / base:.2f}x" if base else "" for base in bases)
             print(f"| {label} | {target}{errors} | {r['rps']:,.1f} | {r['rps'] * rows:,.0f} | "
-                  f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {ratios[0]} | {ratios[1]} |")
+                  f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {ratios} |")
+    print("\nAnswers checked against the Pipeline before timing (labels equal; max |dp|): "
+          + "; ".join(f"{name} {dp}" for name, dp in checks.items()))
     if setup["limits"]:
         print("\n| in-process limit (one thread) | rows/s |\n|---|---:|")
         for label, value in setup["limits"].items():
