@@ -1,5 +1,5 @@
 """Adaptive micro-batching: concurrent requests share one predict_proba call (one
-predict call for regressors). A compiled (ONNX) model answers small requests inline.
+predict call for regressors), on either runtime.
 
 A sklearn Pipeline costs about the same for 1 row as for 64 (the per-call
 overhead dominates), so one worker coalesces whatever requests are waiting into
@@ -9,6 +9,13 @@ It waits (at most `max_wait_s`) only when more requests are in flight than are
 queued, or recent batches were larger than what is queued; a lone request is
 never delayed. Requests are grouped by model, so a request that started on the
 old model during a swap finishes on it.
+
+A compiled (ONNX) model answers a lone small request on the event loop itself (tens of
+microseconds: less than the thread hop). Concurrent small requests are queued instead,
+and the worker, one loop tick later (no timed wait: the graph call is too cheap to wait
+for), answers everything queued on that model in one graph call, still on the loop.
+Rows the graph cannot answer alone (near ties, non-finite values) and larger batches go
+to the predict thread, where the Pipeline answers them.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ class _Job:
     model: ServedModel
     rows: list[list]
     future: asyncio.Future
+    graph: bool = True  # False: the compiled graph already declined these rows alone
 
 
 def _predict(model: ServedModel, rows: list[list]) -> tuple[np.ndarray, np.ndarray | None]:
@@ -128,20 +136,27 @@ class MicroBatcher:
         (predicted values, standard deviations or None) under a regressor."""
         if self._task is None:
             raise RuntimeError("the micro-batcher is not running")
-        if self.inline and model.compiled is not None and len(rows) <= INLINE_ROWS:
-            # A compiled graph answers a few rows in tens of microseconds: less than
-            # handing them to the predict thread and back; batching would only add wait.
-            # Rows it cannot answer alone (near ties, non-finite values) need the
-            # Pipeline: that goes to the predict thread, never on the event loop.
-            inline = model.compiled_answer(rows)
+        if (self._answers_inline(model, len(rows)) and self.in_flight <= 1
+                and not self._jobs and not self._running_batch):
+            # Alone: nothing to coalesce with, so no queue and no wait. Rows the graph
+            # cannot answer alone (near ties, non-finite values) need the Pipeline: that
+            # goes to the predict thread, never on the event loop.
+            inline = _compiled_answer(model, rows)
             if inline is not None:
                 if self.metrics is not None:
                     self.metrics.batch_rows.observe(len(rows))
                 return inline
+            graph = False
+        else:
+            graph = True
         future = asyncio.get_running_loop().create_future()
-        self._jobs.append(_Job(model, rows, future))
+        self._jobs.append(_Job(model, rows, future, graph))
         self._wakeup.set()
         return await future
+
+    def _answers_inline(self, model: ServedModel, rows: int) -> bool:
+        """Whether the compiled graph may answer `rows` rows on the event loop."""
+        return self.inline and model.compiled is not None and rows <= INLINE_ROWS
 
     def _expected_jobs(self) -> float:
         return max(self.in_flight, self._recent_jobs)
@@ -153,8 +168,12 @@ class MicroBatcher:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
+            if self._answers_inline(self._jobs[0].model, len(self._jobs[0].rows)):
+                # One tick, no timer: requests already on the loop queue themselves.
+                await asyncio.sleep(0)
             deadline = loop.time() + self.max_wait_s
-            while (len(self._jobs) < self._expected_jobs() - 0.5
+            while (not self._answers_inline(self._jobs[0].model, len(self._jobs[0].rows))
+                   and len(self._jobs) < self._expected_jobs() - 0.5
                    and sum(len(j.rows) for j in self._jobs) < self.max_rows):
                 remaining = deadline - loop.time()
                 if remaining <= 0:
@@ -188,6 +207,11 @@ class MicroBatcher:
         rows = batch[0].rows if len(batch) == 1 else [r for job in batch for r in job.rows]
         if self.metrics is not None:
             self.metrics.batch_rows.observe(len(rows))
+        answer = (_compiled_answer(model, rows) if self._answers_inline(model, len(rows))
+                  and all(job.graph for job in batch) else None)
+        if answer is not None:
+            _split(batch, *answer)
+            return
         try:
             outputs, extra = await loop.run_in_executor(self._executor, self._predict_fn, model,
                                                         rows)
@@ -198,12 +222,27 @@ class MicroBatcher:
             for job in batch:  # one bad job must not fail the others
                 await self._execute([job], loop)
             return
-        start = 0
-        for job in batch:
-            end = start + len(job.rows)
-            _settle(job.future, result=(outputs[start:end],
-                                        None if extra is None else extra[start:end]))
-            start = end
+        _split(batch, outputs, extra)
+
+
+def _compiled_answer(model: ServedModel, rows: list[list]
+                     ) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """The compiled graph's answer to `rows` when it answers every row alone; None when
+    it cannot (or fails: the predict thread then answers, or isolates the bad job)."""
+    try:
+        return model.compiled_answer(rows)
+    except Exception:  # noqa: BLE001 - the Pipeline's answer or error stands
+        return None
+
+
+def _split(batch: list[_Job], outputs: np.ndarray, extra: np.ndarray | None) -> None:
+    """Each job's rows of a batch's outputs, in order."""
+    start = 0
+    for job in batch:
+        end = start + len(job.rows)
+        _settle(job.future, result=(outputs[start:end],
+                                    None if extra is None else extra[start:end]))
+        start = end
 
 
 def _settle(future: asyncio.Future, result=None, exception: BaseException | None = None):
