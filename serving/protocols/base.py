@@ -74,8 +74,11 @@ class Adapter(Protocol):
         ...
 
 
-async def handle(request: Request, service: Service, adapter: Adapter) -> Response:
-    """Answer one prediction request in `adapter`'s wire format."""
+async def handle(request: Request, adapter: Adapter) -> Response:
+    """Answer one prediction request in `adapter`'s wire format. The service comes from
+    the app's state, not a FastAPI dependency: resolving one costs more than the graph
+    call of a row."""
+    service: Service = request.app.state.service
     champion = adapter.served(service, request)  # this request's model, even if a swap
     if isinstance(champion, Response):           # happens now
         return champion

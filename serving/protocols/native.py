@@ -108,20 +108,20 @@ async def mlflow_version() -> Response:
     dependencies=_JSON_ONLY,
     openapi_extra=_json_body(RECORD_MODEL, "One record: the served model's features by "
                              "name (schema in components.schemas.PredictRequest)."))
-async def predict(request: Request, service: ServiceDep) -> Response:
+async def predict(request: Request) -> Response:
     """Predict one record. Classifier: the class, its confidence, every class
     probability. Regressor: the predicted number, and `prediction_interval` (95%) when
     the estimator gives a standard deviation. Both: request id, model name and version."""
-    return await handle(request, service, RECORD)
+    return await handle(request, RECORD)
 
 
 @protected_routes.post(
     "/predict/batch", response_model=PredictBatchResponse, tags=["predict"], responses=_ERRORS,
     dependencies=_JSON_ONLY,
     openapi_extra=_json_body(BATCH_MODEL, "Records to predict, at most ML_API_MAX_BATCH."))
-async def predict_batch(request: Request, service: ServiceDep) -> Response:
+async def predict_batch(request: Request) -> Response:
     """Predict many records (answered in order)."""
-    return await handle(request, service, BATCH)
+    return await handle(request, BATCH)
 
 
 _INVOCATION_ROW = {"$ref": f"#/components/schemas/{INVOCATIONS_RECORD_MODEL}"}
@@ -165,11 +165,11 @@ _INVOCATION_FORMATS = {
         "text/csv": {"schema": {"type": "string", "description": "pandas.DataFrame.to_csv()"}},
         "application/vnd.apache.parquet": {"schema": {"type": "string", "format": "binary"}},
     }}})
-async def invocations_endpoint(request: Request, service: ServiceDep) -> Response:
+async def invocations_endpoint(request: Request) -> Response:
     """MLflow's scoring protocol; answers {"predictions": [...]} like `mlflow models serve`
     (the predicted class per row, or a regressor's predicted number; model name, version
     and request id in X-Model-Name, X-Model-Version, X-Request-ID)."""
-    return await handle(request, service, INVOCATIONS)
+    return await handle(request, INVOCATIONS)
 
 
 # -- model and operations -----------------------------------------------------------

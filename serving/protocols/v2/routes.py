@@ -295,17 +295,17 @@ class V2Infer:
 
 @protected_routes.post(f"{PREFIX}/models/{{name}}/infer", response_model=InferenceResponse,
                        responses=_INFER_ERRORS, openapi_extra=_INFER_BODY)
-async def infer(request: Request, name: NamePath, service: ServiceDep) -> Response:
+async def infer(request: Request, name: NamePath) -> Response:
     """Inference on the served model: one input per feature (or one [n, n_features]
     numeric tensor for all-numeric models); answers label and probabilities
     (classifiers) or prediction (regressors). Every row is logged like /predict's."""
-    return await handle(request, service, V2Infer(name, None))
+    return await handle(request, V2Infer(name, None))
 
 
 @protected_routes.post(f"{PREFIX}/models/{{name}}/versions/{{version}}/infer",
                        response_model=InferenceResponse, responses=_INFER_ERRORS,
                        openapi_extra=_INFER_BODY)
-async def infer_version(request: Request, name: NamePath, version: VersionPath,
-                        service: ServiceDep) -> Response:
+async def infer_version(request: Request, name: NamePath, version: VersionPath
+                        ) -> Response:
     """Inference on the served version (another version is a 404)."""
-    return await handle(request, service, V2Infer(name, version))
+    return await handle(request, V2Infer(name, version))
