@@ -5,6 +5,7 @@ batcher, SQLite log in commit mode; no sockets) one at a time (c=1) and 32 at on
 (c=32), for each source tree, rounds interleaved between the trees.
 
     python benchmarks/serving_stages.py [--baseline-tree DIR] [--rounds 5] [--json out.json]
+                                        [--repeats 400] [--tmpdir /dev/shm]
 
 One run trains and registers the platform's default model (RandomForest, 200 trees,
 breast cancer), compiled to ONNX with its parity gate, in a fresh MLflow store in a
@@ -64,11 +65,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=400, help="requests per round")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--tmpdir", type=Path, help="where the MLflow store and the logs "
+                        "go (e.g. /dev/shm: the log's fsync then costs little and varies "
+                        "less with other processes' disk traffic)")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         return worker(Path(args.worker[0]), Path(args.worker[1]), args.repeats)
-    workdir = Path(tempfile.mkdtemp(prefix="serving_stages_"))
+    workdir = Path(tempfile.mkdtemp(prefix="serving_stages_", dir=args.tmpdir))
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir / 'mlflow.db'}"
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     try:
