@@ -192,36 +192,16 @@ def _round(app, served, log, body: bytes, repeats: int) -> dict[str, float]:
 
 def _stages(model, log, body: bytes, repeats: int) -> dict[str, float]:
     """Median ms of each stage of one /predict row, as the handler runs them."""
-    from datetime import datetime, timezone
-
-    import orjson
-
-    from ml_assets.core.prediction_log import PredictionRecord
-    from serving.http.key_flood import key_flood
+    from sklearn_row_stages import decode_row, log_and_respond
 
     columns = len(model.feature_names) + len(model.excluded_columns)
     times: dict[str, list[float]] = {stage: [] for stage in STAGES}
-    labels = model.labels
     for _ in range(repeats):
         t0 = time.perf_counter()
-        key_flood(body, columns, 1)
-        rows = [model.requests.row_of(model.requests.record.model_validate_json(body))]
-        t1 = time.perf_counter()
-        model.requests.input_flags(rows)
-        t2 = time.perf_counter()
-        proba, best = model.compiled_answer(rows)
+        rows, t1, t2 = decode_row(model, body, columns)
+        proba, _ = model.compiled_answer(rows)
         t3 = time.perf_counter()
-        predicted = labels[int(best[0])]
-        probabilities = dict(zip(labels, proba[0].tolist(), strict=True))
-        log.append([PredictionRecord(datetime.now(timezone.utc), "x", 0, model.name,
-                                     model.version, model.feature_names, rows[0], predicted,
-                                     probabilities, "")]).result(timeout=30)
-        t4 = time.perf_counter()
-        orjson.dumps({"prediction": predicted, "confidence": probabilities[predicted],
-                      "probabilities": probabilities, "request_id": "x",
-                      "model_name": model.name, "model_version": model.version,
-                      "variant": "champion"})
-        t5 = time.perf_counter()
+        t4, t5 = log_and_respond(log, model, rows[0], proba[0])
         for stage, (a, b) in zip(STAGES, ((t0, t1), (t1, t2), (t2, t3), (t3, t4), (t4, t5)),
                                  strict=True):
             times[stage].append((b - a) * 1000)

@@ -151,13 +151,14 @@ class FakeCompiledModel(FakeModel):
         return proba, proba.argmax(axis=1)
 
 
-async def _concurrent(batcher, model_of, n: int):
-    """n requests in flight at once (as n HTTP requests on the loop are)."""
+async def _concurrent(batcher, model_of, n: int, rows_of=lambda i: [[i / 100]]):
+    """n requests in flight at once (as n HTTP requests on the loop are); a request's
+    error is its result."""
     async def one(i):
         with batcher.tracking():
             await asyncio.sleep(0)
-            return await batcher.predict(model_of(i), [[i / 100]])
-    return await asyncio.gather(*(one(i) for i in range(n)))
+            return await batcher.predict(model_of(i), rows_of(i))
+    return await asyncio.gather(*(one(i) for i in range(n)), return_exceptions=True)
 
 
 def test_concurrent_compiled_requests_share_one_graph_call_on_the_loop():
@@ -206,15 +207,8 @@ def test_compiled_requests_across_a_swap_finish_on_their_own_model():
 
 def test_rows_the_graph_cannot_answer_alone_go_to_the_predict_thread():
     model = FakeCompiledModel("a")
-
-    async def body(batcher):
-        async def one(i):
-            with batcher.tracking():
-                await asyncio.sleep(0)
-                return await batcher.predict(model, [[0.5 if i == 3 else 0.2]])
-        return await asyncio.gather(*(one(i) for i in range(8)))
-
-    results = run(_with_batcher(body, max_rows=64))
+    results = run(_with_batcher(lambda b: _concurrent(
+        b, lambda i: model, 8, lambda i: [[0.5 if i == 3 else 0.2]]), max_rows=64))
     assert model.graph_calls == [8]  # the graph declined the batch with the near tie
     assert model.calls == [8]  # the Pipeline (in the predict thread) answered it
     assert results[3][0].tolist() == [[0.5, 0.5]]
@@ -223,18 +217,11 @@ def test_rows_the_graph_cannot_answer_alone_go_to_the_predict_thread():
 
 def test_a_request_failing_the_graph_does_not_fail_its_coalesced_batch():
     model = FakeCompiledModel("a")
-
-    async def body(batcher):
-        async def one(i):
-            with batcher.tracking():
-                await asyncio.sleep(0)
-                return await batcher.predict(model, [[float("nan") if i == 3 else 0.2]])
-        return await asyncio.gather(*(one(i) for i in range(6)), return_exceptions=True)
-
-    # NaN: the graph answers nothing finite here (our fake), the Pipeline raises: only
-    # the guilty request gets the error.
+    # The graph declines the batch (as with a value it cannot hold); the Pipeline raises
+    # on the NaN: only the guilty request gets the error.
     model.compiled_answer = lambda rows: None
-    results = run(_with_batcher(body, max_rows=64))
+    results = run(_with_batcher(lambda b: _concurrent(
+        b, lambda i: model, 6, lambda i: [[float("nan") if i == 3 else 0.2]]), max_rows=64))
     assert isinstance(results[3], ValueError)
     assert all(isinstance(r, tuple) for i, r in enumerate(results) if i != 3)
 
