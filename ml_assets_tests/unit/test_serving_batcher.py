@@ -125,10 +125,10 @@ def test_predict_needs_a_running_batcher():
 # answered on the event loop; a lone one is answered at once ---------------------------
 
 class FakeCompiledModel(FakeModel):
-    """A model with a compiled graph: `compiled_answer` records the graph calls and the
+    """A model with a compiled graph: `compiled_rows` records the graph calls and the
     thread that made them; a row of value 0.5 is a near tie the graph cannot answer
-    alone (the Pipeline's `predict_proba`, in the predict thread, answers it); a row of
-    value -1 makes the graph raise."""
+    alone (the Pipeline's `predict_proba`, in the predict thread, answers it); a NaN is
+    not finite (the Pipeline raises on it); a row of value -1 makes the graph raise."""
 
     compiled = object()
 
@@ -137,7 +137,7 @@ class FakeCompiledModel(FakeModel):
         self.graph_calls: list[int] = []
         self.graph_threads: set[str] = set()
 
-    def compiled_answer(self, rows):
+    def compiled_rows(self, rows):
         import threading
 
         self.graph_calls.append(len(rows))
@@ -145,10 +145,12 @@ class FakeCompiledModel(FakeModel):
         values = np.array([row[0] for row in rows], dtype=float)
         if (values == -1).any():
             raise RuntimeError("graph failed")
-        if (values == 0.5).any():
-            return None
         proba = np.column_stack([values, 1 - values])
-        return proba, proba.argmax(axis=1)
+        return proba, proba.argmax(axis=1), (values != 0.5) & np.isfinite(values)
+
+    def compiled_answer(self, rows):
+        proba, best, alone = self.compiled_rows(rows)
+        return (proba, best) if alone.all() else None
 
 
 async def _concurrent(batcher, model_of, n: int, rows_of=lambda i: [[i / 100]]):
@@ -209,17 +211,16 @@ def test_rows_the_graph_cannot_answer_alone_go_to_the_predict_thread():
     model = FakeCompiledModel("a")
     results = run(_with_batcher(lambda b: _concurrent(
         b, lambda i: model, 8, lambda i: [[0.5 if i == 3 else 0.2]]), max_rows=64))
-    assert model.graph_calls == [8]  # the graph declined the batch with the near tie
-    assert model.calls == [8]  # the Pipeline (in the predict thread) answered it
+    assert model.graph_calls == [8]  # one graph call answered all but the near tie
+    assert model.calls == [1]  # the Pipeline (in the predict thread) answered that one
     assert results[3][0].tolist() == [[0.5, 0.5]]
     assert results[0][0].tolist() == [[0.2, 0.8]]
 
 
 def test_a_request_failing_the_graph_does_not_fail_its_coalesced_batch():
     model = FakeCompiledModel("a")
-    # The graph declines the batch (as with a value it cannot hold); the Pipeline raises
-    # on the NaN: only the guilty request gets the error.
-    model.compiled_answer = lambda rows: None
+    # The graph's answer to the NaN is not finite; the Pipeline raises on it: only the
+    # guilty request gets the error.
     results = run(_with_batcher(lambda b: _concurrent(
         b, lambda i: model, 6, lambda i: [[float("nan") if i == 3 else 0.2]]), max_rows=64))
     assert isinstance(results[3], ValueError)
@@ -236,3 +237,29 @@ def test_a_graph_that_raises_leaves_the_answer_to_the_pipeline():
     proba, _ = run(_with_batcher(body))
     assert model.graph_calls == [1]  # declined once: not tried again by the worker
     assert proba.tolist() == [[-1.0, 2.0]] and model.calls == [1]
+
+
+def test_compiled_requests_are_not_held_behind_a_batch_in_the_predict_thread():
+    model = FakeCompiledModel("a")
+    model.seconds = 0.5  # the Pipeline, in the predict thread: slow
+
+    async def body(batcher):
+        async def timed(i):
+            started = time.perf_counter()
+            await _concurrent(batcher, lambda _: model, 1, lambda _: [[0.5 if i == 0 else 0.2]])
+            return time.perf_counter() - started
+        with batcher.tracking():  # the near tie below shares the loop with 8 others
+            return await asyncio.gather(*(timed(i) for i in range(9)))
+
+    seconds = run(_with_batcher(body, max_rows=64))
+    assert seconds[0] >= 0.5  # the near tie: answered by the Pipeline
+    assert max(seconds[1:]) < 0.25  # the others: by the graph, not after the Pipeline
+
+
+def test_a_graph_failing_on_a_coalesced_batch_leaves_every_job_to_the_pipeline():
+    model = FakeCompiledModel("a")
+    results = run(_with_batcher(lambda b: _concurrent(
+        b, lambda i: model, 5, lambda i: [[-1.0 if i == 2 else 0.2]]), max_rows=64))
+    assert model.graph_calls == [5] and sum(model.calls) == 5
+    assert [r[0].tolist() for r in results] == [[[0.2, 0.8]]] * 2 + [[[-1.0, 2.0]]] + [
+        [[0.2, 0.8]]] * 2
