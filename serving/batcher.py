@@ -180,19 +180,20 @@ class MicroBatcher:
             answered = batch[0].model.compiled_rows(rows)
         except Exception:  # noqa: BLE001 - the Pipeline's answer or error stands
             answered = None
-        if answered is not None and self.metrics is not None:
-            self.metrics.batch_rows.observe(len(rows))
-        start = 0
+        start = graph_rows = 0
         for job in batch:
             end = start + len(job.rows)
             if answered is not None and answered[2][start:end].all():
                 outputs, extra, _ = answered
                 _settle(job.future, result=(outputs[start:end],
                                             None if extra is None else extra[start:end]))
+                graph_rows += end - start
             elif not job.future.done():  # the client is still there
                 self._jobs.append(job)
                 self._wakeup.set()
             start = end
+        if graph_rows and self.metrics is not None:  # the rest are counted in the thread
+            self.metrics.batch_rows.observe(graph_rows)
 
     def _answers_inline(self, model: ServedModel, rows: int) -> bool:
         """Whether the compiled graph may answer `rows` rows on the event loop."""
