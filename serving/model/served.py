@@ -172,8 +172,12 @@ class ServedModel:
             values = self.compiled.predict_values(rows)
             return values, None, np.isfinite(values)
         proba = self.compiled.predict_proba(rows)
-        alone = np.isfinite(proba).all(axis=1)
-        alone[alone] = ~near_ties(proba[alone])
+        finite = np.isfinite(proba)
+        if finite.all():  # the usual case: no row to pick out
+            alone = ~near_ties(proba)
+        else:
+            alone = finite.all(axis=1)
+            alone[alone] = ~near_ties(proba[alone])
         # float32 sums of a forest land a hair outside [0, 1] (-1.2e-7, 1.0000001)
         np.clip(proba, 0.0, 1.0, out=proba)
         return proba, proba.argmax(axis=1), alone
