@@ -22,16 +22,46 @@ def _leaves(pipeline) -> list:
     return leaves(pipeline)
 
 
+def decode_row(model, body: bytes, columns: int) -> tuple[list[list], float, float]:
+    """One /predict body to its row as the handler decodes it, then its input flags:
+    (rows, perf_counter after the decoding, after the flags)."""
+    from serving.http.key_flood import key_flood
+
+    key_flood(body, columns, 1)
+    rows = [model.requests.row_of(model.requests.record.model_validate_json(body))]
+    decoded = time.perf_counter()
+    model.requests.input_flags(rows)
+    return rows, decoded, time.perf_counter()
+
+
+def log_and_respond(log, model, row: list, proba) -> tuple[float, float]:
+    """One answered row committed to `log`, then its /predict answer rendered:
+    (perf_counter after the commit, after the rendering)."""
+    import orjson
+
+    from ml_assets.core.prediction_log import PredictionRecord
+
+    labels = model.labels
+    predicted = labels[int(proba.argmax())]
+    probabilities = dict(zip(labels, proba.tolist(), strict=True))
+    log.append([PredictionRecord(datetime.now(timezone.utc), "x", 0, model.name,
+                                 model.version, model.feature_names, row, predicted,
+                                 probabilities, "")]).result(timeout=30)
+    logged = time.perf_counter()
+    orjson.dumps({"prediction": predicted, "confidence": probabilities[predicted],
+                  "probabilities": probabilities, "request_id": "x",
+                  "model_name": model.name, "model_version": model.version,
+                  "variant": "champion"})
+    return logged, time.perf_counter()
+
+
 def single_row_stages(model, body: bytes, workdir: Path, repeats: int = 300) -> dict:
     """{"before": {stage: median ms}, "after": {...}, "model call": {...}} for one
     /predict row of `model` (a ServedModel on the scikit-learn runtime), the two paths
     alternating. `model call` is the prediction alone as the predict thread runs it:
     `Pipeline.predict_proba(frame)` before, `ServedModel.sklearn_proba(rows)` after
     (locks and warning filter included in both)."""
-    import orjson
-
-    from ml_assets.core.prediction_log import PredictionRecord, open_prediction_log
-    from serving.http.key_flood import key_flood
+    from ml_assets.core.prediction_log import open_prediction_log
     from serving.model.served import PREDICT_LOCK, quiet_warnings
 
     fast = model.rows_pipeline
@@ -43,15 +73,10 @@ def single_row_stages(model, body: bytes, workdir: Path, repeats: int = 300) -> 
     times: dict[str, dict[str, list[float]]] = {
         path: {stage: [] for stage in STAGES} for path in ("before", "after")}
     calls: dict[str, list[float]] = {"before": [], "after": []}
-    labels = model.labels
 
     def one(path: str) -> None:
         t0 = time.perf_counter()
-        key_flood(body, columns, 1)
-        rows = [model.requests.row_of(model.requests.record.model_validate_json(body))]
-        t1 = time.perf_counter()
-        model.requests.input_flags(rows)
-        t2 = time.perf_counter()
+        rows, t1, t2 = decode_row(model, body, columns)
         with PREDICT_LOCK, quiet_warnings():
             if path == "before":
                 X = model.frame(rows)
@@ -66,17 +91,7 @@ def single_row_stages(model, body: bytes, workdir: Path, repeats: int = 300) -> 
             t4 = time.perf_counter()
             proba = leaves[-1].predict_proba(X)
         t5 = time.perf_counter()
-        predicted = labels[int(proba[0].argmax())]
-        probabilities = dict(zip(labels, proba[0].tolist(), strict=True))
-        log.append([PredictionRecord(datetime.now(timezone.utc), "x", 0, model.name,
-                                     model.version, model.feature_names, rows[0], predicted,
-                                     probabilities, "")]).result(timeout=30)
-        t6 = time.perf_counter()
-        orjson.dumps({"prediction": predicted, "confidence": probabilities[predicted],
-                      "probabilities": probabilities, "request_id": "x",
-                      "model_name": model.name, "model_version": model.version,
-                      "variant": "champion"})
-        t7 = time.perf_counter()
+        t6, t7 = log_and_respond(log, model, rows[0], proba[0])
         marks = (t0, t1, t2, t3, t4, t5, t6, t7)
         spans = [b - a for a, b in zip(marks, marks[1:], strict=False)] + [t7 - t0]
         for stage, span in zip(STAGES, spans, strict=True):

@@ -1,8 +1,9 @@
 """The service's shared state, and the one path every prediction takes.
 
-Routes reach it through the `get_service` dependency. `predict_rows` runs
-validated rows through the micro-batcher on the model the request started with,
-then appends every row to the prediction log and, in the default commit mode,
+The one prediction handler (serving/protocols/base.py) reaches it through the app's
+state, the other routes through the `get_service` dependency. `answer` runs validated
+rows through the micro-batcher on the model the request started with, then appends
+every row to the prediction log and, in the default commit mode,
 waits until the log has committed them before the answer goes out: a 200 means
 the rows are stored. When the log cannot take or commit them in time it raises
 `PredictionLogUnavailable`, which the app answers 503 with Retry-After.
@@ -66,27 +67,6 @@ class Service:
     @property
     def durable(self) -> bool:
         return self.settings.log_ack == "commit"
-
-    async def predict_rows(self, model: ServedModel, rows: list[list], request_id: str
-                           ) -> tuple[list[str], list[dict[str, float]], list]:
-        """(predicted labels, class probabilities per row, predicted class values) of
-        `rows`; every row is appended to the prediction log (and, in commit mode,
-        committed) and counted; values the accept policy answered although the schema's
-        checks exclude them are counted and flagged in their log rows.
-        PredictionLogUnavailable when the log cannot take
-        or commit the rows in time: nothing is acknowledged then."""
-        answer = await self._run(model, rows, request_id, CHAMPION)
-        return answer.labels, answer.probabilities, answer.values
-
-    async def predict_values(self, model: ServedModel, rows: list[list], request_id: str
-                             ) -> tuple[list[float], list[dict[str, float]] | None]:
-        """A regressor's predicted values of `rows`, and their 95% prediction intervals
-        ({lower, upper, level}) when its estimator gives a standard deviation (else
-        None). Logged like `predict_rows`: the value as text in `prediction`, no
-        probabilities (so no confidence); the predicted values are observed in
-        ml_api_predicted_value."""
-        answer = await self._run(model, rows, request_id, CHAMPION)
-        return answer.values, answer.intervals
 
     def choose(self, champion: ServedModel, scope, request_id: str
                ) -> tuple[ServedModel, str, ServedModel | None]:

@@ -15,6 +15,7 @@ import time
 from collections import Counter as Tally
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -86,6 +87,10 @@ class ServiceMetrics:
             raise RuntimeError("multiprocess metrics need PROMETHEUS_MULTIPROC_DIR in the "
                                "environment before prometheus_client is imported")
         self._backlog: Callable[[], float] | None = None
+        # Metric children by label values, looked up once (the hot path's labels are few).
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._prediction_children: dict[tuple[str, str], Any] = {}
+        self._variant_children: dict[tuple[str, str], Any] = {}
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("ml_api_requests", "HTTP requests by endpoint, method and "
@@ -189,12 +194,23 @@ class ServiceMetrics:
             self.input_flags.labels(feature, reason).inc(n)
 
     def observe_request(self, endpoint: str, method: str, status: int, started: float) -> None:
-        self.requests.labels(endpoint, method, str(status)).inc()
-        self.latency.labels(endpoint).observe(time.perf_counter() - started)
+        key = (endpoint, method, status)
+        children = self._request_children.get(key)
+        if children is None:  # `labels()` takes a lock and builds a key: once per key
+            children = self._request_children[key] = (
+                self.requests.labels(endpoint, method, str(status)),
+                self.latency.labels(endpoint))
+        children[0].inc()
+        children[1].observe(time.perf_counter() - started)
 
     def count_predictions(self, model_version: str, labels: list[str]) -> None:
-        for label, n in Tally(labels).items():
-            self.predictions.labels(model_version, label).inc(n)
+        children = self._prediction_children
+        for label, n in (((labels[0], 1),) if len(labels) == 1 else Tally(labels).items()):
+            child = children.get((model_version, label))
+            if child is None:
+                child = children[(model_version, label)] = self.predictions.labels(
+                    model_version, label)
+            child.inc(n)
 
     def observe_values(self, model_version: str, values: list[float]) -> None:
         histogram = self.predicted_values.labels(model_version)
@@ -202,7 +218,11 @@ class ServiceMetrics:
             histogram.observe(value)
 
     def count_variant(self, variant: str, model_version: str, rows: int) -> None:
-        self.variant_predictions.labels(variant, model_version).inc(rows)
+        child = self._variant_children.get((variant, model_version))
+        if child is None:
+            child = self._variant_children[(variant, model_version)] = (
+                self.variant_predictions.labels(variant, model_version))
+        child.inc(rows)
 
     def set_rollout(self, mode: str | None, challenger_version: str | None) -> None:
         """ml_api_rollout_info: 1 for (mode, challenger_version), 0 for the previous one;

@@ -152,28 +152,35 @@ class ServedModel:
         """The Pipeline's DataFrame for validated rows (training's dtypes)."""
         return frame_from_rows(rows, self.features, self.missing_string)
 
-    def compiled_proba(self, rows: list[list]) -> np.ndarray | None:
-        """The compiled graph's probabilities when it can answer every row itself; None
-        when there is no graph, or a row's answer is not finite (a value its float32
-        arithmetic cannot hold) or a near tie (the top two within float32 error, where
-        its argmax could differ from the Pipeline's): those go to `predict_proba`."""
-        if self.compiled is None:
-            return None
-        proba = self.compiled.predict_proba(rows)
-        if not np.isfinite(proba).all() or near_ties(proba).any():
-            return None
-        # float32 sums of a forest land a hair outside [0, 1] (-1.2e-7, 1.0000001)
-        return np.clip(proba, 0.0, 1.0, out=proba)
-
     def compiled_answer(self, rows: list[list]
                         ) -> tuple[np.ndarray, np.ndarray | None] | None:
         """What the batcher returns for `rows` ((probabilities, predicted index) or
         (values, None)) when the compiled graph answers every row alone, else None."""
+        answered = self.compiled_rows(rows)
+        if answered is None or not answered[2].all():
+            return None
+        return answered[0], answered[1]
+
+    def compiled_rows(self, rows: list[list]
+                      ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray] | None:
+        """One graph call for `rows`: what the batcher returns for them, and per row
+        whether the graph answered it alone (finite, and for a classifier no near tie:
+        rows that are not need the Pipeline). None without a graph."""
+        if self.compiled is None:
+            return None
         if self.is_regression:
-            values = self.compiled_values(rows)
-            return None if values is None else (values, None)
-        proba = self.compiled_proba(rows)
-        return None if proba is None else (proba, proba.argmax(axis=1))
+            values = self.compiled.predict_values(rows)
+            return values, None, np.isfinite(values)
+        proba = self.compiled.predict_proba(rows)
+        finite = np.isfinite(proba)
+        if finite.all():  # the usual case: no row to pick out
+            alone = ~near_ties(proba)
+        else:
+            alone = finite.all(axis=1)
+            alone[alone] = ~near_ties(proba[alone])
+        # float32 sums of a forest land a hair outside [0, 1] (-1.2e-7, 1.0000001)
+        np.clip(proba, 0.0, 1.0, out=proba)
+        return proba, proba.argmax(axis=1), alone
 
     def compiled_values(self, rows: list[list]) -> np.ndarray | None:
         """The compiled graph's predicted values when all are finite; None otherwise or

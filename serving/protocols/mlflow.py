@@ -6,7 +6,8 @@ ignored `params`), `text/csv`, and `application/vnd.apache.parquet`; charset
 must be UTF-8. Columns the model does not know are ignored, as MLflow does.
 Rows are then validated by the same generated request model as /predict.
 Errors use MLflow's shape, {"error_code": ..., "message": ...}, with status 400
-(bad input) or 415 (content type). The route itself is in serving/protocols/native.py.
+(bad input) or 415 (content type). `Invocations` is the format's adapter of the one
+prediction handler; the route itself is in serving/protocols/native.py.
 """
 
 from __future__ import annotations
@@ -15,22 +16,31 @@ import csv
 import io
 import json
 import math
+from functools import partial
 from typing import Any
 
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from fastapi import Request
+from fastapi.responses import Response
 from pydantic import ValidationError
 
+from serving.http.guards import in_parser, off_loop
+from serving.http.responses import OrjsonResponse
 from serving.model.feature_specs import FeatureSpec
-from serving.model.input_limits import excerpt
+from serving.model.input_limits import InputOverflow, excerpt
 from serving.model.request_models import RequestModels
+from serving.model.served import ServedModel
+from serving.protocols.base import Decoded
+from serving.protocols.platform_json import VARIANT_HEADER, overflow_answer, unavailable_answer
 from serving.protocols.validation_errors import (
     error_summary,
     validation_detail,
     validation_message,
 )
+from serving.service import Answer, Service
 
 FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 CONTENT_JSON = "application/json"
@@ -400,3 +410,47 @@ def _parquet_byte_limit(max_rows: int, n_columns: int) -> int:
     """Uncompressed bytes the known columns may hold: 1 KiB per cell (far more than any
     number or category needs), at least 16 MiB."""
     return max(16 * 1024 * 1024, max_rows * max(1, n_columns) * 1024)
+
+
+class Invocations:
+    """MLflow's /invocations as an adapter of the one prediction handler
+    (serving/protocols/base.py): answers `{"predictions": [...]}` like `mlflow models
+    serve`, with model name, version and variant in headers; errors in MLflow's shape."""
+
+    client_errors: tuple[type[Exception], ...] = (InvocationError,)
+
+    def served(self, service: Service, request: Request) -> ServedModel | Response:
+        model = service.store.current
+        return unavailable_answer(service, mlflow_style=True) if model is None else model
+
+    def rollout(self) -> bool:
+        return True
+
+    async def decode(self, request: Request, body: bytes, model: ServedModel,
+                     service: Service) -> Decoded:
+        content_type = request.headers.get("content-type")
+        # A large body, and any Parquet one, is parsed in a parser thread.
+        parse = in_parser if is_parquet(content_type) else partial(off_loop, body)
+        rows = await parse(parse_rows, body, content_type, model.requests,
+                           service.settings.max_batch)
+        return Decoded(rows, content_type)
+
+    def rows_for(self, body: bytes, decoded: Decoded, other: ServedModel,
+                 service: Service) -> list[list]:
+        return parse_rows(body, decoded.context, other.requests, service.settings.max_batch)
+
+    def client_error(self, exc: Exception, model: ServedModel) -> Response:
+        assert isinstance(exc, InvocationError)
+        return OrjsonResponse(exc.body(), status_code=exc.status)
+
+    def overflow(self, exc: InputOverflow) -> Response:
+        return overflow_answer(exc, mlflow_style=True)
+
+    def render(self, result: Answer, decoded: Decoded, request_id: str) -> Response:
+        model = result.model
+        return OrjsonResponse({"predictions": result.values}, headers={
+            "X-Model-Name": model.name, "X-Model-Version": model.version,
+            VARIANT_HEADER: result.variant})
+
+
+INVOCATIONS = Invocations()

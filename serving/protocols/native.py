@@ -1,7 +1,9 @@
 """The REST endpoints outside /v2: the platform's own JSON routes (/health, /ready,
 /predict, /predict/batch, /model, /admin/reload, /metrics) and MLflow's scoring-server
-routes (/ping, /version, /invocations, whose body formats serving/protocols/mlflow.py
-parses). `open_routes` never ask for a key; `protected_routes` do when one is set.
+routes (/ping, /version, /invocations). `open_routes` never ask for a key;
+`protected_routes` do when one is set. The prediction routes are one line each: the one
+handler (serving/protocols/base.py) with their format's adapter (platform_json.py,
+mlflow.py).
 
 Prediction bodies are validated by the served model's generated request models
 (not a static FastAPI body parameter) because they change when the model swaps;
@@ -11,18 +13,14 @@ their OpenAPI schemas are injected by the app factory from the same models.
 from __future__ import annotations
 
 import asyncio
-from functools import partial
 from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from mlflow.version import VERSION as MLFLOW_VERSION
-from pydantic import ValidationError
 
-from serving.http.guards import UNSUPPORTED_MEDIA_TYPE, in_parser, off_loop, require_json
-from serving.http.key_flood import key_flood
-from serving.http.middleware import request_id_of
+from serving.http.guards import UNSUPPORTED_MEDIA_TYPE, require_json
 from serving.http.responses import (
     ErrorResponse,
     Health,
@@ -34,13 +32,11 @@ from serving.http.responses import (
     PredictResponse,
     Readiness,
     ReloadResult,
-    unavailable,
 )
-from serving.model.input_limits import InputOverflow
 from serving.model.request_models import BATCH_MODEL, INVOCATIONS_RECORD_MODEL, RECORD_MODEL
-from serving.model.served import ServedModel
-from serving.protocols.mlflow import InvocationError, is_parquet, parse_rows
-from serving.protocols.validation_errors import validation_detail, validation_message
+from serving.protocols.base import handle
+from serving.protocols.mlflow import INVOCATIONS
+from serving.protocols.platform_json import BATCH, RECORD, unavailable_answer
 from serving.service import Service, get_service
 
 ServiceDep = Annotated[Service, Depends(get_service)]
@@ -60,49 +56,11 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
           "prediction log cannot commit the rows now (Retry-After says when to retry)."},
 }
 _JSON_ONLY = [Depends(require_json)]
-# Which variant answered (champion, or canary during a canary rollout): ml_assets.core.rollout.plan.
-VARIANT_HEADER = "X-Model-Variant"
 
 
 def _json_body(schema_name: str, description: str) -> dict:
     return {"requestBody": {"required": True, "description": description, "content": {
         "application/json": {"schema": {"$ref": f"#/components/schemas/{schema_name}"}}}}}
-
-
-def _unavailable(service: Service, mlflow_style: bool = False) -> Response:
-    return unavailable(service.not_ready_reason(), int(service.settings.poll_seconds or 5),
-                       mlflow_style)
-
-
-def _invalid(exc: ValidationError, index_word: str, features: tuple[str, ...]) -> Response:
-    names = frozenset(features)
-    return OrjsonResponse({"detail": validation_detail(exc, features=names),
-                           "message": validation_message(exc, index_word, names)},
-                          status_code=422)
-
-
-async def _flooded(body: bytes, model: ServedModel, max_records: int = 1
-                   ) -> Response | None:
-    """422 naming the problem when the body's records carry far more keys than the
-    schema has columns (serving/http/key_flood.py), before pydantic sees it; else None.
-    Counted off the event loop for large bodies."""
-    columns = len(model.feature_names) + len(model.excluded_columns)
-    problem = await off_loop(body, key_flood, body, columns, max_records)
-    if problem is None:
-        return None
-    return OrjsonResponse({"detail": [{"loc": ["body"], "msg": problem,
-                                       "type": "too_many_fields"}],
-                           "message": f"invalid input: {problem}"}, status_code=422)
-
-
-def _overflow(exc: InputOverflow, mlflow_style: bool = False) -> Response:
-    """Client values the model cannot hold even after validation: 422 (400 MLflow-style
-    on /invocations) naming the features, never a 500."""
-    if mlflow_style:
-        return OrjsonResponse({"error_code": "BAD_REQUEST", "message": f"invalid input: {exc}",
-                               "detail": exc.detail()}, status_code=400)
-    return OrjsonResponse({"detail": exc.detail(), "message": f"invalid input: {exc}"},
-                          status_code=422)
 
 
 # -- health -------------------------------------------------------------------------
@@ -150,99 +108,20 @@ async def mlflow_version() -> Response:
     dependencies=_JSON_ONLY,
     openapi_extra=_json_body(RECORD_MODEL, "One record: the served model's features by "
                              "name (schema in components.schemas.PredictRequest)."))
-async def predict(request: Request, service: ServiceDep) -> Response:
+async def predict(request: Request) -> Response:
     """Predict one record. Classifier: the class, its confidence, every class
     probability. Regressor: the predicted number, and `prediction_interval` (95%) when
     the estimator gives a standard deviation. Both: request id, model name and version."""
-    champion = service.store.current  # this request's model, even if a swap happens now
-    if champion is None:
-        return _unavailable(service)
-    request_id = request_id_of(request.scope)
-    model, variant, shadow = service.choose(champion, request.scope, request_id)
-    with service.batcher.tracking():
-        body = await request.body()
-        flooded = await _flooded(body, model)
-        if flooded is not None:
-            return flooded
-        try:  # a large body is validated in a parser thread, off the event loop
-            record = await off_loop(body, model.requests.record.model_validate_json, body)
-        except ValidationError as exc:
-            return _invalid(exc, "record", model.feature_names)
-        rows = [model.requests.row_of(record)]
-
-        def rows_for(other: ServedModel) -> list[list]:
-            return [other.requests.row_of(other.requests.record.model_validate_json(body))]
-
-        try:
-            result = await service.answer(champion, model, variant, shadow, rows, request_id,
-                                          rows_for)
-        except InputOverflow as exc:
-            return _overflow(exc)
-        except ValidationError as exc:  # the champion's schema, after a canary failed
-            return _invalid(exc, "record", champion.feature_names)
-    model = result.model
-    if model.is_regression:
-        answer = _value(result.values[0], result.intervals[0] if result.intervals else None)
-    else:
-        label, probabilities = result.labels[0], result.probabilities[0]
-        answer = {"prediction": label, "confidence": probabilities[label],
-                  "probabilities": probabilities}
-    return OrjsonResponse({**answer, "request_id": request_id, "model_name": model.name,
-                           "model_version": model.version, "variant": result.variant},
-                          headers={VARIANT_HEADER: result.variant})
-
-
-def _value(value: float, interval: dict | None) -> dict:
-    """A regressor's answer for one row: no confidence, no probabilities."""
-    return {"prediction": value} if interval is None else {"prediction": value,
-                                                           "prediction_interval": interval}
+    return await handle(request, RECORD)
 
 
 @protected_routes.post(
     "/predict/batch", response_model=PredictBatchResponse, tags=["predict"], responses=_ERRORS,
     dependencies=_JSON_ONLY,
     openapi_extra=_json_body(BATCH_MODEL, "Records to predict, at most ML_API_MAX_BATCH."))
-async def predict_batch(request: Request, service: ServiceDep) -> Response:
+async def predict_batch(request: Request) -> Response:
     """Predict many records (answered in order)."""
-    champion = service.store.current
-    if champion is None:
-        return _unavailable(service)
-    request_id = request_id_of(request.scope)
-    model, variant, shadow = service.choose(champion, request.scope, request_id)
-    with service.batcher.tracking():
-        body = await request.body()
-        flooded = await _flooded(body, model, service.settings.max_batch)
-        if flooded is not None:
-            return flooded
-        try:  # a large body is validated in a parser thread, off the event loop
-            batch = await off_loop(body, model.requests.batch.model_validate_json, body)
-        except ValidationError as exc:
-            return _invalid(exc, "record", model.feature_names)
-        rows = [model.requests.row_of(record) for record in model.requests.records_of(batch)]
-
-        def rows_for(other: ServedModel) -> list[list]:
-            parsed = other.requests.batch.model_validate_json(body)
-            return [other.requests.row_of(record) for record in other.requests.records_of(parsed)]
-
-        try:
-            result = await service.answer(champion, model, variant, shadow, rows, request_id,
-                                          rows_for)
-        except InputOverflow as exc:
-            return _overflow(exc)
-        except ValidationError as exc:  # the champion's schema, after a canary failed
-            return _invalid(exc, "record", champion.feature_names)
-    model = result.model
-    if model.is_regression:
-        bounds = result.intervals
-        answers = [_value(v, bounds[i] if bounds else None)
-                   for i, v in enumerate(result.values)]
-    else:
-        answers = [{"prediction": label, "confidence": p[label], "probabilities": p}
-                   for label, p in zip(result.labels, result.probabilities, strict=True)]
-    return OrjsonResponse({
-        "request_id": request_id, "model_name": model.name, "model_version": model.version,
-        "variant": result.variant, "predictions": answers},
-        headers={VARIANT_HEADER: result.variant})
+    return await handle(request, BATCH)
 
 
 _INVOCATION_ROW = {"$ref": f"#/components/schemas/{INVOCATIONS_RECORD_MODEL}"}
@@ -286,40 +165,11 @@ _INVOCATION_FORMATS = {
         "text/csv": {"schema": {"type": "string", "description": "pandas.DataFrame.to_csv()"}},
         "application/vnd.apache.parquet": {"schema": {"type": "string", "format": "binary"}},
     }}})
-async def invocations_endpoint(request: Request, service: ServiceDep) -> Response:
+async def invocations_endpoint(request: Request) -> Response:
     """MLflow's scoring protocol; answers {"predictions": [...]} like `mlflow models serve`
     (the predicted class per row, or a regressor's predicted number; model name, version
     and request id in X-Model-Name, X-Model-Version, X-Request-ID)."""
-    champion = service.store.current
-    if champion is None:
-        return _unavailable(service, mlflow_style=True)
-    request_id = request_id_of(request.scope)
-    model, variant, shadow = service.choose(champion, request.scope, request_id)
-    content_type = request.headers.get("content-type")
-    with service.batcher.tracking():
-        body = await request.body()
-        # A large body, and any Parquet one, is parsed in a parser thread.
-        parse = in_parser if is_parquet(content_type) else partial(off_loop, body)
-        try:
-            rows = await parse(parse_rows, body, content_type, model.requests,
-                               service.settings.max_batch)
-        except InvocationError as exc:
-            return OrjsonResponse(exc.body(), status_code=exc.status)
-
-        def rows_for(other: ServedModel) -> list[list]:
-            return parse_rows(body, content_type, other.requests, service.settings.max_batch)
-
-        try:
-            result = await service.answer(champion, model, variant, shadow, rows, request_id,
-                                          rows_for)
-        except InputOverflow as exc:
-            return _overflow(exc, mlflow_style=True)
-        except InvocationError as exc:  # the champion's schema, after a canary failed
-            return OrjsonResponse(exc.body(), status_code=exc.status)
-    model = result.model
-    return OrjsonResponse({"predictions": result.values}, headers={
-        "X-Model-Name": model.name, "X-Model-Version": model.version,
-        VARIANT_HEADER: result.variant})
+    return await handle(request, INVOCATIONS)
 
 
 # -- model and operations -----------------------------------------------------------
@@ -332,7 +182,7 @@ async def model_info(service: ServiceDep) -> Response:
     `refused`: the candidate version last refused while this one kept serving."""
     model = service.store.current
     if model is None:
-        return _unavailable(service)
+        return unavailable_answer(service)
     rollout = service.router.describe() if service.router is not None else None
     return OrjsonResponse({**model.describe(),
                            "model_uri": f"models:/{model.name}/{model.version}",

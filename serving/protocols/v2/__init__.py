@@ -17,7 +17,7 @@ served model's own generated field validators (`RequestModels.record`), except w
 vectorised check decides the same answer for a clean column, or a clean all-number
 request, at once (serving/protocols/v2/columns.py; a property test in
 ml_assets_tests/api/test_open_inference.py checks they agree with /predict). Rows then
-take the one prediction path (`Service.predict_rows` / `predict_values`), so they are
+take the one prediction handler (serving/protocols/base.py), so they are
 logged and counted like every other prediction. docs/open_inference.md has the details.
 
 Modules: `types` (datatypes, output names, the OpenAPI message models), `errors` (the

@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Annotated, Any
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Request
 from fastapi.responses import Response
 
 from ml_assets.core.rollout.plan import CHAMPION
 from serving.http.guards import json_content_type, off_loop
-from serving.http.middleware import request_id_of
 from serving.http.responses import OrjsonResponse
 from serving.model.input_limits import InputOverflow, excerpt
 from serving.model.served import ServedModel
+from serving.protocols.base import Decoded, handle
 from serving.protocols.v2.codec import all_numeric, decode_request, response_outputs
 from serving.protocols.v2.errors import V2Error, error_response, quote
 from serving.protocols.v2.types import (
@@ -39,7 +40,7 @@ from serving.protocols.v2.types import (
     ServerMetadata,
     V2ErrorBody,
 )
-from serving.service import Service, get_service
+from serving.service import Answer, Service, get_service
 
 
 def _inline(schema: dict) -> dict:
@@ -237,63 +238,74 @@ def _content_problem(request: Request) -> str | None:
     return None
 
 
-async def _infer(request: Request, service: Service, name: str, version: str | None
-                 ) -> Response:
-    champion = _served(service, name, version)  # this request's model, even if a swap
-    if isinstance(champion, OrjsonResponse):    # happens now
-        return champion
-    problem = _content_problem(request)
-    if problem is not None:
-        binary = problem.startswith("the binary")
-        return error_response(problem, 400 if binary else 415)
-    request_id = request_id_of(request.scope)
-    # A rollout routes requests to the model, not those addressing one version.
-    model, variant, shadow = (service.choose(champion, request.scope, request_id)
-                              if version is None else (champion, CHAMPION, None))
-    with service.batcher.tracking():
-        body = await request.body()
-        try:  # a large body is parsed and validated in a parser thread
-            decoded = await off_loop(body, decode_request, body, model,
-                                     service.settings.max_batch)
-        except V2Error as exc:
-            return error_response(exc.message, exc.status)
+@dataclass(frozen=True, slots=True)
+class V2Infer:
+    """An infer request as an adapter of the one prediction handler
+    (serving/protocols/base.py): the served model by name (and version), tensors decoded
+    into rows (serving/protocols/v2/codec.py), answers as output tensors, errors as
+    `{"error": ...}`. A request addressing one version bypasses the rollout."""
 
-        def rows_for(other: ServedModel) -> list[list]:
-            return decode_request(body, other, service.settings.max_batch).rows
+    name: str
+    version: str | None
+    client_errors: ClassVar[tuple[type[Exception], ...]] = (V2Error,)
 
-        try:
-            result = await service.answer(champion, model, variant, shadow, decoded.rows,
-                                          request_id, rows_for)
-        except InputOverflow as exc:  # NonFinitePrediction too
-            return error_response(f"invalid input: {exc}", 400)
-        except V2Error as exc:  # the champion's schema, after a canary failed
-            return error_response(exc.message, exc.status)
-    model = result.model
-    answer = ((result.values, result.intervals) if model.is_regression
-              else (result.labels, result.probabilities))
-    outputs = response_outputs(model, decoded.outputs, len(decoded.rows), answer)
-    parameters = {"request_id": request_id}
-    if result.variant != CHAMPION:
-        parameters["variant"] = result.variant
-    return OrjsonResponse({"model_name": model.name, "model_version": model.version,
-                           "id": decoded.id if decoded.id is not None else request_id,
-                           "parameters": parameters, "outputs": outputs},
-                          headers={"X-Model-Variant": result.variant})
+    def served(self, service: Service, request: Request) -> ServedModel | Response:
+        model = _served(service, self.name, self.version)
+        if isinstance(model, OrjsonResponse):
+            return model
+        problem = _content_problem(request)
+        if problem is not None:
+            binary = problem.startswith("the binary")
+            return error_response(problem, 400 if binary else 415)
+        return model
+
+    def rollout(self) -> bool:
+        return self.version is None
+
+    async def decode(self, request: Request, body: bytes, model: ServedModel,
+                     service: Service) -> Decoded:
+        # A large body is parsed and validated in a parser thread.
+        decoded = await off_loop(body, decode_request, body, model, service.settings.max_batch)
+        return Decoded(decoded.rows, decoded)
+
+    def rows_for(self, body: bytes, decoded: Decoded, other: ServedModel,
+                 service: Service) -> list[list]:
+        return decode_request(body, other, service.settings.max_batch).rows
+
+    def client_error(self, exc: Exception, model: ServedModel) -> Response:
+        assert isinstance(exc, V2Error)
+        return error_response(exc.message, exc.status)
+
+    def overflow(self, exc: InputOverflow) -> Response:
+        return error_response(f"invalid input: {exc}", 400)
+
+    def render(self, result: Answer, decoded: Decoded, request_id: str) -> Response:
+        model, request = result.model, decoded.context
+        answer = ((result.values, result.intervals) if model.is_regression
+                  else (result.labels, result.probabilities))
+        outputs = response_outputs(model, request.outputs, len(decoded.rows), answer)
+        parameters = {"request_id": request_id}
+        if result.variant != CHAMPION:
+            parameters["variant"] = result.variant
+        return OrjsonResponse({"model_name": model.name, "model_version": model.version,
+                               "id": request.id if request.id is not None else request_id,
+                               "parameters": parameters, "outputs": outputs},
+                              headers={"X-Model-Variant": result.variant})
 
 
 @protected_routes.post(f"{PREFIX}/models/{{name}}/infer", response_model=InferenceResponse,
                        responses=_INFER_ERRORS, openapi_extra=_INFER_BODY)
-async def infer(request: Request, name: NamePath, service: ServiceDep) -> Response:
+async def infer(request: Request, name: NamePath) -> Response:
     """Inference on the served model: one input per feature (or one [n, n_features]
     numeric tensor for all-numeric models); answers label and probabilities
     (classifiers) or prediction (regressors). Every row is logged like /predict's."""
-    return await _infer(request, service, name, None)
+    return await handle(request, V2Infer(name, None))
 
 
 @protected_routes.post(f"{PREFIX}/models/{{name}}/versions/{{version}}/infer",
                        response_model=InferenceResponse, responses=_INFER_ERRORS,
                        openapi_extra=_INFER_BODY)
-async def infer_version(request: Request, name: NamePath, version: VersionPath,
-                        service: ServiceDep) -> Response:
+async def infer_version(request: Request, name: NamePath, version: VersionPath
+                        ) -> Response:
     """Inference on the served version (another version is a 404)."""
-    return await _infer(request, service, name, version)
+    return await handle(request, V2Infer(name, version))

@@ -1,0 +1,154 @@
+"""Batching end to end on the compiled (ONNX) runtime, through the one prediction handler:
+concurrent requests coalesce into few graph calls (seen in ml_api_micro_batch_rows),
+a lone request is not delayed, every wire format shares the batches, and a swap in the
+middle of a burst leaves each answer to one whole model. Real models in the session
+MLflow store, the app in process over httpx's ASGI transport."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import httpx
+import pytest
+
+from ml_assets_tests.support.models import experiment_id, register, train_breast_cancer
+from serving.app import create_app
+from serving.settings import ServingSettings
+
+
+def _app(mlflow_store, name: str, tmp_path, **overrides):
+    settings = ServingSettings(tracking_uri=mlflow_store["tracking_uri"], model_name=name,
+                               prediction_log_path=tmp_path / f"log-{uuid.uuid4().hex}.db",
+                               poll_seconds=0, **overrides)
+    return create_app(settings)
+
+
+def _batches(app) -> tuple[float, float]:
+    """(graph or predict calls, rows) observed by ml_api_micro_batch_rows."""
+    registry = app.state.service.metrics.registry
+    return (registry.get_sample_value("ml_api_micro_batch_rows_count") or 0.0,
+            registry.get_sample_value("ml_api_micro_batch_rows_sum") or 0.0)
+
+
+async def _served(app, scenario):
+    async with app.router.lifespan_context(app):
+        assert app.state.service.store.current.runtime == "onnx"
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            return await scenario(client)
+
+
+def _records(trained, n: int) -> list[dict]:
+    return [{k: float(v) for k, v in row.items()}
+            for _, row in trained.X_test.head(n).iterrows()]
+
+
+def test_concurrent_compiled_requests_coalesce_and_get_their_own_answers(
+        mlflow_store, cancer_champion, tmp_path):
+    trained = cancer_champion.trained
+    records = _records(trained, 32)
+    app = _app(mlflow_store, cancer_champion.name, tmp_path)
+
+    async def scenario(client):
+        before = _batches(app)
+        answers = await asyncio.gather(*(client.post("/predict", json=r) for r in records))
+        return answers, before, _batches(app)
+
+    answers, before, after = asyncio.run(_served(app, scenario))
+    assert all(a.status_code == 200 for a in answers)
+    expected = trained.pipeline.predict(trained.X_test.head(32)).tolist()
+    assert [a.json()["prediction"] for a in answers] == expected  # each its own row
+    calls, rows = after[0] - before[0], after[1] - before[1]
+    assert rows == 32
+    assert calls <= 4, f"32 concurrent rows took {calls:g} graph calls"
+
+
+def test_every_wire_format_shares_the_compiled_batches(mlflow_store, cancer_champion,
+                                                       tmp_path):
+    trained = cancer_champion.trained
+    records = _records(trained, 8)
+    name = cancer_champion.name
+    app = _app(mlflow_store, name, tmp_path)
+    v2_inputs = [{"name": column, "datatype": "FP64", "shape": [1],
+                  "data": [records[0][column]]} for column in records[0]]
+
+    async def scenario(client):
+        before = _batches(app)
+        answers = await asyncio.gather(
+            *(client.post("/predict", json=r) for r in records),
+            client.post("/predict/batch", json={"records": records}),
+            client.post("/invocations", json={"dataframe_records": records}),
+            client.post(f"/v2/models/{name}/infer", json={"inputs": v2_inputs}))
+        return answers, before, _batches(app)
+
+    answers, before, after = asyncio.run(_served(app, scenario))
+    assert [a.status_code for a in answers] == [200] * 11
+    expected = trained.pipeline.predict(trained.X_test.head(8)).tolist()
+    assert [a.json()["prediction"] for a in answers[:8]] == expected
+    assert [p["prediction"] for p in answers[8].json()["predictions"]] == expected
+    assert answers[9].json()["predictions"] == expected
+    assert answers[10].json()["outputs"][0]["data"] == [str(expected[0])]
+    calls, rows = after[0] - before[0], after[1] - before[1]
+    assert rows == 8 + 8 + 8 + 1
+    assert calls < 11, f"11 concurrent requests took {calls:g} graph calls"
+
+
+def test_a_lone_compiled_request_is_not_delayed(mlflow_store, cancer_champion, tmp_path):
+    """A batching wait of 2 s would show in every answer: a lone request never waits."""
+    record = _records(cancer_champion.trained, 1)[0]
+    app = _app(mlflow_store, cancer_champion.name, tmp_path, micro_batch_wait_ms=2000.0)
+
+    async def scenario(client):
+        before = _batches(app)
+        started = time.perf_counter()
+        for _ in range(5):
+            assert (await client.post("/predict", json=record)).status_code == 200
+        return (time.perf_counter() - started) / 5, before, _batches(app)
+
+    seconds, before, after = asyncio.run(_served(app, scenario))
+    assert seconds < 0.5
+    assert (after[0] - before[0], after[1] - before[1]) == (5, 5)  # one call each
+
+
+@pytest.fixture
+def two_compiled_versions(mlflow_store, unique_name):
+    """A registered model with two compiled versions (different forests); the alias on
+    version 1."""
+    from mlflow import MlflowClient
+
+    experiment = experiment_id(unique_name, mlflow_store["artifact_root"])
+    first, second = train_breast_cancer(n_estimators=10, seed=1), train_breast_cancer(
+        n_estimators=10, seed=2, max_depth=2)
+    register(first, unique_name, experiment, compile=True)
+    return unique_name, experiment, (first, second), MlflowClient()
+
+
+def test_a_swap_mid_burst_leaves_each_answer_to_one_whole_compiled_model(
+        mlflow_store, two_compiled_versions, tmp_path):
+    name, experiment, (first, second), _ = two_compiled_versions
+    app = _app(mlflow_store, name, tmp_path)
+    records = _records(first, 40)
+
+    async def scenario(client):
+        register(second, name, experiment, compile=True)
+        before = asyncio.ensure_future(asyncio.gather(
+            *(client.post("/predict", json=r) for r in records)))
+        reload = asyncio.ensure_future(client.post("/admin/reload", json={}))
+        during = await asyncio.gather(*(client.post("/predict", json=r) for r in records))
+        swapped = (await reload).json()
+        after = await asyncio.gather(*(client.post("/predict", json=r) for r in records))
+        return [*(await before), *during], swapped, after
+
+    around, swapped, after = asyncio.run(_served(app, scenario))
+    assert swapped["status"] == "swapped"
+    assert all(r.status_code == 200 for r in around + after)
+    assert {r.json()["model_version"] for r in after} == {"2"}
+    models = {"1": first, "2": second}
+    for i, response in enumerate(around + after):
+        body = response.json()
+        pipeline = models[body["model_version"]].pipeline
+        row = first.X_test.iloc[[i % len(records)]]
+        proba = dict(zip(pipeline.classes_, pipeline.predict_proba(row)[0], strict=True))
+        assert body["probabilities"] == pytest.approx(proba, abs=1e-5)
