@@ -1,0 +1,383 @@
+"""The prediction log's storage format: a commit's rows of one day encoded once as an
+Arrow IPC stream (one schema, one record batch), and decoded with bounds.
+
+A batch holds the META_COLUMNS (`probabilities` as JSON text per row, so each row
+keeps its own classes and key order) and one column per feature, named
+`FEATURE_PREFIX + name`. A feature column is typed (bool, int64, float64 or text) when
+all its values are of one such kind (int and float mixed: float64), else each value is
+stored as JSON text (the field's metadata says so): what a value reads back as is what
+the JSON rows of the first format gave (non-finite floats read as missing).
+
+Decoding trusts nothing in the bytes: the stream must be one schema and one
+uncompressed record batch of the known column types, its declared size is checked
+against the blob's before anything is allocated, and the batch is fully validated
+(offsets, UTF-8) before it reaches pandas. Anything else is a `CorruptBatch` naming the
+day and the batch.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ml_assets.core.prediction_log.base import (
+    META_COLUMNS,
+    PredictionLogError,
+    PredictionRecord,
+    numeric_predictions,
+)
+
+FORMAT = 1  # stored with each batch; a reader refuses formats it does not know
+FEATURE_PREFIX = "f:"
+_JSON = {b"encoding": b"json"}
+_STRING_META = ("request_id", "model_name", "model_version", "prediction", "probabilities",
+                "input_flags", "variant", "error")
+_META_TYPES = {"timestamp": pa.timestamp("us", tz="UTC"), "row_index": pa.int64(),
+               "confidence": pa.float64(), "latency_ms": pa.float64(),
+               **{name: pa.string() for name in _STRING_META}}
+_FEATURE_TYPES = (pa.null(), pa.bool_(), pa.int64(), pa.float64(), pa.string())
+# Decoding bounds: a batch may not declare more cells (rows x columns) than this many
+# per stored byte plus a floor (a real batch has a few cells per 8 bytes; all-missing
+# features cost no bytes), nor more columns than MAX_COLUMNS.
+CELLS_PER_BYTE = 64
+CELL_FLOOR = 1 << 20
+MAX_COLUMNS = 20_000
+# What read_day's frame has always held (pandas' reading of ISO text as UTC).
+_TIMESTAMP_DTYPE = pd.to_datetime(["2026-01-01T00:00:00+00:00"], utc=True,
+                                  format="ISO8601").dtype
+
+
+class CorruptBatch(PredictionLogError):
+    """A stored batch that cannot be decoded (damaged or crafted bytes)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedBatch:
+    """One day's rows of a commit: the Arrow IPC bytes and the request-id index runs
+    (request_id, first row, rows) in row order."""
+
+    day: str
+    rows: int
+    runs: list[tuple[str, int, int]]
+    data: pa.Buffer
+
+
+# -- encoding ---------------------------------------------------------------------------
+
+def encode(records: Sequence[PredictionRecord]) -> list[EncodedBatch]:
+    """`records` as one batch per UTC day they fall on (one, but at midnight), in order."""
+    days: dict[str, list[PredictionRecord]] = {}
+    seen: dict[object, str] = {}  # a request's records share one timestamp object
+    for record in records:
+        stamp = record.timestamp
+        day = seen.get(stamp)
+        if day is None:
+            day = seen[stamp] = stamp.date().isoformat()
+        days.setdefault(day, []).append(record)
+    return [_encode_day(day, rows) for day, rows in days.items()]
+
+
+def _encode_day(day: str, records: list[PredictionRecord]) -> EncodedBatch:
+    n = len(records)
+    meta = {
+        "timestamp": pa.array([r.timestamp for r in records], _META_TYPES["timestamp"]),
+        "request_id": pa.array([r.request_id for r in records], pa.string()),
+        "row_index": pa.array([r.row_index for r in records], pa.int64()),
+        "model_name": pa.array([r.model_name for r in records], pa.string()),
+        "model_version": pa.array([r.model_version for r in records], pa.string()),
+        "prediction": pa.array([r.prediction for r in records], pa.string()),
+        "confidence": _finite(pa.array([r.confidence for r in records], pa.float64())),
+        "probabilities": pa.array([orjson.dumps(r.probabilities).decode()
+                                   for r in records], pa.string()),
+        "input_flags": pa.array([r.input_flags for r in records], pa.string()),
+        "variant": pa.array([r.variant for r in records], pa.string()),
+        "latency_ms": _finite(pa.array([r.latency_ms for r in records], pa.float64())),
+        "error": pa.array([r.error for r in records], pa.string()),
+    }
+    fields = [pa.field(name, _META_TYPES[name], nullable=True) for name in META_COLUMNS]
+    arrays = [meta[name] for name in META_COLUMNS]
+    for name, values in _feature_columns(records, n).items():
+        array, metadata = _feature_array(values)
+        fields.append(pa.field(FEATURE_PREFIX + name, array.type, metadata=metadata))
+        arrays.append(array)
+    schema = pa.schema(fields)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, schema) as writer:
+        writer.write_batch(pa.record_batch(arrays, schema=schema))
+    return EncodedBatch(day, n, _runs(records), sink.getvalue())
+
+
+def _feature_columns(records: list[PredictionRecord], n: int) -> dict[str, list]:
+    """Feature name -> its value in every row (None where a row lacks the feature), in
+    order of first appearance; rows of one request share their names and are transposed
+    at once."""
+    columns: dict[str, list] = {}
+    filled = 0
+    start = 0
+    while start < n:
+        names = records[start].feature_names
+        end = start + 1
+        while end < n and (records[end].feature_names is names
+                           or records[end].feature_names == names):
+            end += 1
+        run = records[start:end]
+        width = len(names)
+        if len(set(names)) == width and all(len(r.feature_values) == width for r in run):
+            pairs = zip(names, zip(*(r.feature_values for r in run), strict=True),
+                        strict=True)
+            filled = _extend(columns, pairs, filled, len(run))
+        else:  # duplicate names or ragged values: the dict a record's JSON held
+            for record in run:
+                filled = _extend(columns, ((k, (v,)) for k, v in record.features.items()),
+                                 filled, 1)
+        start = end
+    for values in columns.values():
+        if len(values) < n:
+            values.extend([None] * (n - len(values)))
+    return columns
+
+
+def _extend(columns: dict[str, list], pairs, filled: int, rows: int) -> int:
+    for name, values in pairs:
+        column = columns.get(name)
+        if column is None:
+            column = columns[name] = [None] * filled
+        elif len(column) < filled:
+            column.extend([None] * (filled - len(column)))
+        column.extend(values)
+    return filled + rows
+
+
+def _feature_array(values: list) -> tuple[pa.Array, dict | None]:
+    kinds = set(map(type, values))
+    kinds.discard(type(None))
+    try:
+        if not kinds:
+            return pa.nulls(len(values)), None
+        if kinds <= {float, int}:
+            if kinds == {int}:
+                return pa.array(values, pa.int64()), None
+            return _finite(pa.array(values, pa.float64())), None
+        if kinds == {str}:
+            return pa.array(values, pa.string()), None
+        if kinds == {bool}:
+            return pa.array(values, pa.bool_()), None
+    except OverflowError:  # an int beyond int64: JSON keeps it
+        pass
+    # Mixed kinds (or others JSON turns into text): each value as the JSON it was.
+    return pa.array([None if v is None else orjson.dumps(v).decode() for v in values],
+                    pa.string()), _JSON
+
+
+def _finite(array: pa.Array) -> pa.Array:
+    """NaN and infinities as missing, as the JSON rows stored them."""
+    if array.null_count == len(array) or pc.all(pc.is_finite(array)).as_py():
+        return array
+    return pc.if_else(pc.is_finite(array), array, pa.scalar(None, pa.float64()))
+
+
+def _runs(records: list[PredictionRecord]) -> list[tuple[str, int, int]]:
+    runs: list[tuple[str, int, int]] = []
+    start = 0
+    for i in range(1, len(records) + 1):
+        if i == len(records) or records[i].request_id != records[start].request_id:
+            runs.append((records[start].request_id, start, i - start))
+            start = i
+    return runs
+
+
+# -- decoding ---------------------------------------------------------------------------
+
+def decode(data, where: str, stored_format: int = FORMAT) -> pa.Table:
+    """The table a stored batch holds; CorruptBatch naming `where` ("batch 12 of
+    2026-03-01") when the bytes are not a batch this format wrote."""
+    if stored_format != FORMAT:
+        raise CorruptBatch(f"prediction log: {where} is in format {stored_format}, which "
+                           f"this version cannot read (it reads format {FORMAT})")
+    try:
+        buffer = pa.py_buffer(data)
+        reader = pa.ipc.MessageReader.open_stream(buffer)
+        first = reader.read_next_message()
+        if first.type != "schema":
+            raise ValueError(f"starts with a {first.type} message, not the schema")
+        schema = pa.ipc.read_schema(first)
+        _check_schema(schema)
+        message = reader.read_next_message()
+        if message.type != "record batch":
+            raise ValueError(f"holds a {message.type} message where the rows should be")
+        rows, compressed = _batch_header(message.metadata)
+        if compressed:
+            raise ValueError("its rows are compressed (this format never is)")
+        budget = CELLS_PER_BYTE * buffer.size + CELL_FLOOR
+        if rows < 0 or rows * len(schema) > budget:
+            raise ValueError(f"declares {rows} rows of {len(schema)} columns, more than "
+                             f"{buffer.size} bytes can hold")
+        batch = pa.ipc.read_record_batch(message, schema)
+        try:
+            extra = reader.read_next_message()
+        except StopIteration:
+            extra = None
+        if extra is not None:
+            raise ValueError(f"holds a {extra.type} message after its rows")
+        batch.validate(full=True)
+    except CorruptBatch:
+        raise
+    except (pa.ArrowException, ValueError, TypeError, KeyError, IndexError, OSError,
+            StopIteration, struct.error) as exc:
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise CorruptBatch(f"prediction log: {where} cannot be decoded: {reason}") from None
+    return pa.Table.from_batches([batch])
+
+
+def _check_schema(schema: pa.Schema) -> None:
+    if len(schema) > MAX_COLUMNS:
+        raise ValueError(f"has {len(schema)} columns (at most {MAX_COLUMNS})")
+    names = schema.names
+    if names[:len(META_COLUMNS)] != META_COLUMNS:
+        raise ValueError("does not start with the log's columns")
+    for field in schema:
+        expected = _META_TYPES.get(field.name)
+        if expected is not None:
+            if field.type != expected:
+                raise ValueError(f"column {field.name} is {field.type}, not {expected}")
+        elif not field.name.startswith(FEATURE_PREFIX):
+            raise ValueError(f"has an unknown column {field.name[:80]!r}")
+        elif field.type not in _FEATURE_TYPES:
+            raise ValueError(f"feature {field.name[2:82]!r} is of type {field.type}")
+    if len(set(names)) != len(names):
+        raise ValueError("names a column twice")
+
+
+def _batch_header(metadata: pa.Buffer) -> tuple[int, bool]:
+    """(rows, compressed) from a record batch message's flatbuffer (Message.header:
+    RecordBatch{length, nodes, buffers, compression}), read with bounds checks."""
+    raw = metadata.to_pybytes()
+
+    def u32(pos: int) -> int:
+        if pos < 0:
+            raise ValueError("its header points outside itself")
+        return struct.unpack_from("<I", raw, pos)[0]
+
+    def table_field(table: int, index: int) -> int:
+        """Absolute position of field `index` of the table at `table` (0: absent)."""
+        vtable = table - struct.unpack_from("<i", raw, table)[0]
+        if vtable < 0:
+            raise ValueError("its header points outside itself")
+        size = struct.unpack_from("<H", raw, vtable)[0]
+        slot = 4 + 2 * index
+        offset = struct.unpack_from("<H", raw, vtable + slot)[0] if slot < size else 0
+        return table + offset if offset else 0
+
+    root = u32(0)
+    header = table_field(root, 2)  # Message.header
+    if not header:
+        raise ValueError("its record batch header is missing")
+    batch = header + u32(header)
+    length = table_field(batch, 0)
+    rows = struct.unpack_from("<q", raw, length)[0] if length else 0
+    return rows, bool(table_field(batch, 3))
+
+
+# -- reading ----------------------------------------------------------------------------
+
+def frame(tables: Sequence[pa.Table], features: bool = True) -> pd.DataFrame:
+    """read_day's frame of decoded batches, in order (see base.META_COLUMNS); without
+    the feature columns when not `features`."""
+    if not tables:
+        return empty_frame()
+    if not features:
+        tables = [t.select(META_COLUMNS) for t in tables]
+    try:
+        parts = [pa.concat_tables(list(tables), promote_options="permissive")] \
+            if len(tables) > 1 else list(tables)
+    except pa.ArrowInvalid:  # a feature typed differently in two batches: pandas joins
+        parts = list(tables)
+    frames = [_table_frame(t) for t in parts]
+    if len(frames) == 1:
+        return numeric(frames[0])
+    return concat_frames(frames)
+
+
+def _table_frame(table: pa.Table) -> pd.DataFrame:
+    meta = table.select(META_COLUMNS).to_pandas()
+    meta["timestamp"] = meta["timestamp"].astype(_TIMESTAMP_DTYPE)
+    meta["probabilities"] = [orjson.loads(p) for p in meta["probabilities"]]
+    meta["input_flags"] = meta["input_flags"].fillna("")
+    variant = meta["variant"]
+    meta["variant"] = variant.where(variant.notna() & (variant != ""), "champion")
+    meta["error"] = meta["error"].fillna("")
+    fields = [f for f in table.schema if f.name.startswith(FEATURE_PREFIX)]
+    columns = {}
+    for field in fields:
+        column = table.column(field.name)
+        name = field.name[len(FEATURE_PREFIX):]
+        if field.metadata == _JSON:
+            columns[name] = pd.Series([None if v is None else orjson.loads(v)
+                                       for v in column.to_pylist()], dtype=object)
+        else:
+            columns[name] = column.to_pandas()
+    features = pd.DataFrame(columns) if columns else pd.DataFrame(index=meta.index)
+    return _assemble(meta, features)
+
+
+def _assemble(meta: pd.DataFrame, features: pd.DataFrame) -> pd.DataFrame:
+    # A feature named like a meta column keeps its values under "feature.<name>".
+    features.columns = [f"feature.{c}" if c in META_COLUMNS else c for c in features.columns]
+    result = pd.concat([meta, features.set_axis(meta.index)], axis=1)
+    result.attrs["feature_columns"] = list(features.columns)
+    return result
+
+
+def concat_frames(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """Frames of read_day (old rows, batches) as one: rows in order, features joined."""
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return empty_frame()
+    if len(frames) == 1:
+        return frames[0]
+    names: dict[str, None] = {}
+    for part in frames:
+        names.update(dict.fromkeys(part.attrs.get("feature_columns", [])))
+    texts = []
+    for part in frames:  # numbers again below, once, over every row
+        part = part.copy()
+        if part["prediction"].dtype != object:
+            part["prediction"] = [repr(float(v)) for v in part["prediction"]]
+        texts.append(part)
+    result = pd.concat(texts, ignore_index=True)
+    result = result[META_COLUMNS + list(names)]
+    values = numeric_predictions(result)
+    if values is not None:
+        result["prediction"] = values
+    result.attrs["feature_columns"] = list(names)
+    return result
+
+
+def numeric(frame_: pd.DataFrame) -> pd.DataFrame:
+    """`frame_` with a regressor day's predictions as float64 (base.numeric_predictions)."""
+    values = numeric_predictions(frame_)
+    if values is not None:
+        frame_["prediction"] = values
+    return frame_
+
+
+def empty_frame() -> pd.DataFrame:
+    return pd.DataFrame({name: pd.Series(dtype=object) for name in META_COLUMNS})
+
+
+def take_rows(table: pa.Table, runs: Sequence[tuple[int, int]]) -> pa.Table:
+    """The rows of `table` in `runs` ((first row, rows), bounds-checked), in order."""
+    indices = []
+    for first, count in runs:
+        if first < 0 or count < 0 or first + count > table.num_rows:
+            raise CorruptBatch(f"prediction log: an index entry points at rows {first}-"
+                               f"{first + count} of a batch of {table.num_rows}")
+        indices.append(np.arange(first, first + count))
+    return table.take(pa.array(np.concatenate(indices) if indices else [], pa.int64()))
