@@ -91,13 +91,14 @@ def test_roundtrip_reads_back_exactly_what_sqlite_does(pg_url, database, tmp_pat
         assert str(frame["timestamp"].dt.tz) == "UTC"
         assert frame["timestamp"].iloc[-1] == pd.Timestamp(DAY_ONE + timedelta(seconds=10))
         assert pg.row_count(date(2026, 3, 1)) == 2
-    # Indexed by day; features and probabilities are JSON (queryable, key order kept).
-    indexes = _admin("SELECT indexdef FROM pg_indexes WHERE tablename = 'predictions'",
+    # One batch per commit and day, indexed by day; one index entry per request.
+    indexes = _admin("SELECT indexdef FROM pg_indexes WHERE tablename = 'predictions_batches'",
                      database=database)
     assert any("(day)" in definition for (definition,) in indexes)
-    assert _admin("SELECT features->>'mean radius', probabilities::text FROM predictions"
-                  " WHERE request_id = 'req-1'", database=database) == [
-        ("1.0", '{"benign":0.75,"malignant":0.25}')]
+    assert _admin("SELECT day::text, rows FROM predictions_batches ORDER BY id",
+                  database=database) == [("2026-03-01", 1), ("2026-03-01", 1),
+                                         ("2026-03-02", 5)]
+    assert _admin("SELECT count(*) FROM predictions_requests", database=database) == [(7,)]
 
 
 def test_a_reopened_log_keeps_its_rows_and_a_second_table_is_separate(pg_url):
@@ -117,11 +118,11 @@ def test_read_only_log_creates_nothing_and_reads_empty_until_written(pg_url, dat
     assert reader.days() == [] and reader.row_count("2026-03-01") == 0
     empty = reader.read_day("2026-03-01")
     assert empty.empty and list(empty.columns) == META_COLUMNS
-    assert not _table_exists(database)
+    assert not _table_exists(database, "predictions_batches")
     with pytest.raises(RuntimeError, match="read-only"):
         reader.append_many([_record(1)])
     with PostgresPredictionLog(pg_url) as writer:
-        assert _table_exists(database)
+        assert _table_exists(database, "predictions_batches")
         writer.append_many([_record(1, DAY_ONE)])
         writer.flush(timeout=10)
         # The same reader, while the writer is open.

@@ -508,7 +508,8 @@ def _frame(rows: list[tuple], features: bool = True) -> pd.DataFrame:
     feature_frame = (pd.DataFrame.from_records([orjson.loads(row[8]) for row in rows])
                if features else pd.DataFrame(index=meta.index))
     # A feature named like a meta column keeps its values under "feature.<name>".
-    feature_frame.columns = [f"feature.{c}" if c in META_COLUMNS else c for c in feature_frame.columns]
+    feature_frame.columns = [f"feature.{c}" if c in META_COLUMNS else c
+                             for c in feature_frame.columns]
     frame = pd.concat([meta, feature_frame], axis=1)
     frame.attrs["feature_columns"] = list(feature_frame.columns)
     return frame

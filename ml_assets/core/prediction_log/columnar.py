@@ -20,6 +20,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 import numpy as np
 import orjson
@@ -49,6 +50,7 @@ _FEATURE_TYPES = (pa.null(), pa.bool_(), pa.int64(), pa.float64(), pa.string())
 CELLS_PER_BYTE = 64
 CELL_FLOOR = 1 << 20
 MAX_COLUMNS = 20_000
+_EPOCH = datetime(1970, 1, 1)
 # What read_day's frame has always held (pandas' reading of ISO text as UTC).
 _TIMESTAMP_DTYPE = pd.to_datetime(["2026-01-01T00:00:00+00:00"], utc=True,
                                   format="ISO8601").dtype
@@ -73,21 +75,32 @@ class EncodedBatch:
 
 def encode(records: Sequence[PredictionRecord]) -> list[EncodedBatch]:
     """`records` as one batch per UTC day they fall on (one, but at midnight), in order."""
-    days: dict[str, list[PredictionRecord]] = {}
-    seen: dict[object, str] = {}  # a request's records share one timestamp object
+    days: dict[str, tuple[list[PredictionRecord], list[int]]] = {}
+    seen: dict[datetime, tuple[str, int]] = {}  # a request's rows share one timestamp
     for record in records:
         stamp = record.timestamp
-        day = seen.get(stamp)
-        if day is None:
-            day = seen[stamp] = stamp.date().isoformat()
-        days.setdefault(day, []).append(record)
-    return [_encode_day(day, rows) for day, rows in days.items()]
+        known = seen.get(stamp)
+        if known is None:
+            known = seen[stamp] = (stamp.date().isoformat(), _micros(stamp))
+        rows, micros = days.setdefault(known[0], ([], []))
+        rows.append(record)
+        micros.append(known[1])
+    return [_encode_day(day, rows, micros) for day, (rows, micros) in days.items()]
 
 
-def _encode_day(day: str, records: list[PredictionRecord]) -> EncodedBatch:
+def _micros(stamp: datetime) -> int:
+    """Microseconds since the epoch of a UTC time (naive means UTC, as it always did)."""
+    if stamp.tzinfo is not None:
+        stamp = stamp.astimezone(timezone.utc).replace(tzinfo=None)
+    delta = stamp - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _encode_day(day: str, records: list[PredictionRecord], micros: list[int]
+                ) -> EncodedBatch:
     n = len(records)
     meta = {
-        "timestamp": pa.array([r.timestamp for r in records], _META_TYPES["timestamp"]),
+        "timestamp": pa.array(micros, pa.int64()).cast(_META_TYPES["timestamp"]),
         "request_id": pa.array([r.request_id for r in records], pa.string()),
         "row_index": pa.array([r.row_index for r in records], pa.int64()),
         "model_name": pa.array([r.model_name for r in records], pa.string()),
@@ -231,7 +244,8 @@ def decode(data, where: str, stored_format: int = FORMAT) -> pa.Table:
         raise
     except (pa.ArrowException, ValueError, TypeError, KeyError, IndexError, OSError,
             StopIteration, struct.error) as exc:
-        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+        reason = ("it ends before its rows" if isinstance(exc, StopIteration)
+                  else " ".join(str(exc).split())[:300] or type(exc).__name__)
         raise CorruptBatch(f"prediction log: {where} cannot be decoded: {reason}") from None
     return pa.Table.from_batches([batch])
 
@@ -294,15 +308,27 @@ def frame(tables: Sequence[pa.Table], features: bool = True) -> pd.DataFrame:
         return empty_frame()
     if not features:
         tables = [t.select(META_COLUMNS) for t in tables]
-    try:
-        parts = [pa.concat_tables(list(tables), promote_options="permissive")] \
-            if len(tables) > 1 else list(tables)
-    except pa.ArrowInvalid:  # a feature typed differently in two batches: pandas joins
-        parts = list(tables)
+    parts = list(tables)
+    if len(parts) > 1 and _promotable(parts):
+        parts = [pa.concat_tables(parts, promote_options="permissive")]
     frames = [_table_frame(t) for t in parts]
     if len(frames) == 1:
         return numeric(frames[0])
     return concat_frames(frames)
+
+
+def _promotable(tables: Sequence[pa.Table]) -> bool:
+    """Whether Arrow can join the batches as pandas would join their frames: each
+    feature of one type in every batch (or missing: null), int64 beside float64 at most,
+    no JSON-encoded column. Otherwise each batch becomes a frame and pandas joins them."""
+    kinds: dict[str, set] = {}
+    for table in tables:
+        for field in table.schema:
+            if field.metadata == _JSON:
+                return False
+            if field.type != pa.null():
+                kinds.setdefault(field.name, set()).add(field.type)
+    return all(len(k) == 1 or k == {pa.int64(), pa.float64()} for k in kinds.values())
 
 
 def _table_frame(table: pa.Table) -> pd.DataFrame:
