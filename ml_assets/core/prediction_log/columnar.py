@@ -26,7 +26,6 @@ import numpy as np
 import orjson
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from ml_assets.core.prediction_log.base import (
     META_COLUMNS,
@@ -51,6 +50,8 @@ CELLS_PER_BYTE = 64
 CELL_FLOOR = 1 << 20
 MAX_COLUMNS = 20_000
 _EPOCH = datetime(1970, 1, 1)
+_END_OF_STREAM = b"\xff\xff\xff\xff\x00\x00\x00\x00"
+_SCHEMAS: dict[tuple, tuple[pa.Schema, bytes]] = {}
 # What read_day's frame has always held (pandas' reading of ISO text as UTC).
 _TIMESTAMP_DTYPE = pd.to_datetime(["2026-01-01T00:00:00+00:00"], utc=True,
                                   format="ISO8601").dtype
@@ -68,7 +69,7 @@ class EncodedBatch:
     day: str
     rows: int
     runs: list[tuple[str, int, int]]
-    data: pa.Buffer
+    data: bytes
 
 
 # -- encoding ---------------------------------------------------------------------------
@@ -100,18 +101,18 @@ def _encode_day(day: str, records: list[PredictionRecord], micros: list[int]
                 ) -> EncodedBatch:
     n = len(records)
     meta = {
-        "timestamp": pa.array(micros, pa.int64()).cast(_META_TYPES["timestamp"]),
+        "timestamp": pa.array(micros, _META_TYPES["timestamp"]),
         "request_id": pa.array([r.request_id for r in records], pa.string()),
         "row_index": pa.array([r.row_index for r in records], pa.int64()),
         "model_name": pa.array([r.model_name for r in records], pa.string()),
         "model_version": pa.array([r.model_version for r in records], pa.string()),
         "prediction": pa.array([r.prediction for r in records], pa.string()),
-        "confidence": _finite(pa.array([r.confidence for r in records], pa.float64())),
+        "confidence": _floats([r.confidence for r in records]),
         "probabilities": pa.array([orjson.dumps(r.probabilities).decode()
                                    for r in records], pa.string()),
         "input_flags": pa.array([r.input_flags for r in records], pa.string()),
         "variant": pa.array([r.variant for r in records], pa.string()),
-        "latency_ms": _finite(pa.array([r.latency_ms for r in records], pa.float64())),
+        "latency_ms": _floats([r.latency_ms for r in records]),
         "error": pa.array([r.error for r in records], pa.string()),
     }
     fields = [pa.field(name, _META_TYPES[name], nullable=True) for name in META_COLUMNS]
@@ -120,11 +121,19 @@ def _encode_day(day: str, records: list[PredictionRecord], micros: list[int]
         array, metadata = _feature_array(values)
         fields.append(pa.field(FEATURE_PREFIX + name, array.type, metadata=metadata))
         arrays.append(array)
-    schema = pa.schema(fields)
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, schema) as writer:
-        writer.write_batch(pa.record_batch(arrays, schema=schema))
-    return EncodedBatch(day, n, _runs(records), sink.getvalue())
+    key = tuple((f.name, f.type.id, f.metadata is not None) for f in fields)
+    cached = _SCHEMAS.get(key)
+    if cached is None:
+        if len(_SCHEMAS) > 64:  # models come and go; keep the recent ones
+            _SCHEMAS.clear()
+        schema = pa.schema(fields)
+        cached = _SCHEMAS[key] = (schema, schema.serialize().to_pybytes())
+    schema, header = cached
+    # An IPC stream by hand: the schema message (serialized once per shape), the record
+    # batch message, the end-of-stream marker.
+    batch = pa.RecordBatch.from_arrays(arrays, schema=schema)
+    data = b"".join((header, batch.serialize().to_pybytes(), _END_OF_STREAM))
+    return EncodedBatch(day, n, _runs(records), data)
 
 
 def _feature_columns(records: list[PredictionRecord], n: int) -> dict[str, list]:
@@ -177,7 +186,7 @@ def _feature_array(values: list) -> tuple[pa.Array, dict | None]:
         if kinds <= {float, int}:
             if kinds == {int}:
                 return pa.array(values, pa.int64()), None
-            return _finite(pa.array(values, pa.float64())), None
+            return _floats(values), None
         if kinds == {str}:
             return pa.array(values, pa.string()), None
         if kinds == {bool}:
@@ -189,11 +198,14 @@ def _feature_array(values: list) -> tuple[pa.Array, dict | None]:
                     pa.string()), _JSON
 
 
-def _finite(array: pa.Array) -> pa.Array:
-    """NaN and infinities as missing, as the JSON rows stored them."""
-    if array.null_count == len(array) or pc.all(pc.is_finite(array)).as_py():
-        return array
-    return pc.if_else(pc.is_finite(array), array, pa.scalar(None, pa.float64()))
+_INFINITE = (float("inf"), float("-inf"))
+
+
+def _floats(values: list) -> pa.Array:
+    """float64 with NaN and infinities as missing, as the JSON rows stored them."""
+    if _INFINITE[0] in values or _INFINITE[1] in values:  # a C loop: cheap
+        values = [None if v in _INFINITE else v for v in values]
+    return pa.array(values, pa.float64(), from_pandas=True)  # from_pandas: NaN -> null
 
 
 def _runs(records: list[PredictionRecord]) -> list[tuple[str, int, int]]:
