@@ -18,6 +18,7 @@ from ml_assets_tests.support.first_format_log import write_sqlite
 
 DAY = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 NAMES = ("radius", "colour", "count", "flag")
+FLOATS = ("radius", "area", "texture")
 
 
 def _row(request_id: str, i: int = 0, names=NAMES, values=(1.5, "red", 3, True),
@@ -51,6 +52,8 @@ def _variety() -> list[list[PredictionRecord]]:
         [_row("empty-variant", variant="")],
         [_row("elsewhere", when=later.astimezone(timezone(timedelta(hours=5))))],
         [_row(f"burst-{i}", values=(float(i), "c", i, i % 2 == 0)) for i in range(50)],
+        [_row("floats", names=FLOATS, values=(1.0, None, float("inf")))],  # one block
+        [_row("floats-2", names=FLOATS, values=(2.0, float("nan"), 3.0))],
     ]
 
 
@@ -91,7 +94,7 @@ def test_reads_back_the_frame_the_first_format_gave(tmp_path, grouping):
     new = _columnar(tmp_path, stored)
     old = _first_format(tmp_path, commits)
     assert new.days() == old.days() == [DAY.date()]
-    assert new.row_count(DAY.date()) == old.row_count(DAY.date()) == 67
+    assert new.row_count(DAY.date()) == old.row_count(DAY.date()) == 69
     _assert_same(new.read_day(DAY.date()), old.read_day(DAY.date()))
     meta = new.read_day(DAY.date(), features=False)
     _assert_same(meta, old.read_day(DAY.date(), features=False))
@@ -102,7 +105,9 @@ def test_reads_back_the_frame_the_first_format_gave(tmp_path, grouping):
 @pytest.mark.parametrize("kind", ["classifier", "regressor"])
 def test_a_day_of_one_kind_reads_the_same(tmp_path, kind):
     extra = {} if kind == "classifier" else {"prediction": "0.25", "probabilities": {}}
-    commits = [[_row(f"r{i}", values=(float(i), "c", i, True), **extra)] for i in range(5)]
+    # Float features only: each batch holds them as one block.
+    commits = [[_row(f"r{i}", names=FLOATS, values=(float(i), None, i / 3), **extra)]
+               for i in range(5)]
     new = _columnar(tmp_path, commits)
     expected = _first_format(tmp_path, commits).read_day(DAY.date())
     got = new.read_day(DAY.date())
@@ -212,6 +217,11 @@ def _crafted() -> dict[str, bytes]:
         "nested feature": _stream(meta.append_column("f:x", pa.array([[1], [2]]))),
         "two batches": blob[:-8] + blob[len(_stream(good.slice(0, 0))) - 8:],
         "declares too many rows": _declare_rows(_stream(huge), 10**12),
+        "unnamed block": _stream(meta.append_column(
+            "features", pa.array([[1.0], [2.0]], pa.list_(pa.float64(), 1)))),
+        "block with missing rows": _stream(meta.append_column(pa.field(
+            "features", pa.list_(pa.float64(), 1), metadata={"names": '["x"]'}),
+            pa.array([[1.0], None], pa.list_(pa.float64(), 1)))),
     }
 
 

@@ -5,7 +5,9 @@ rows on the queue (never touching storage); the writer takes everything queued (
 to `batch_rows`, whole requests only) into ONE transaction and then resolves the
 future of every request in it, so concurrent requests share one commit (group
 commit). A backend implements only storage: `_write` (one transaction, all rows or
-none), `read_day`, `days`, `_close_storage` and `row_count` when it counts cheaply.
+none; the rows of a commit are stored as one columnar batch per day, see `columnar`),
+`read_day`, `read_requests` (by request id, through an index), `days`,
+`_close_storage` and `row_count` when it counts cheaply.
 
 Three ways in:
 

@@ -36,6 +36,9 @@ from ml_assets.core.prediction_log.base import (
 
 FORMAT = 1  # stored with each batch; a reader refuses formats it does not know
 FEATURE_PREFIX = "f:"
+# A batch whose every feature is a float holds them as one fixed-size list column (the
+# names in its metadata) instead of a column each.
+BLOCK = "features"
 _JSON = {b"encoding": b"json"}
 _STRING_META = ("request_id", "model_name", "model_version", "prediction", "probabilities",
                 "input_flags", "variant", "error")
@@ -117,11 +120,23 @@ def _encode_day(day: str, records: list[PredictionRecord], micros: list[int]
     }
     fields = [pa.field(name, _META_TYPES[name], nullable=True) for name in META_COLUMNS]
     arrays = [meta[name] for name in META_COLUMNS]
-    for name, values in _feature_columns(records, n).items():
-        array, metadata = _feature_array(values)
-        fields.append(pa.field(FEATURE_PREFIX + name, array.type, metadata=metadata))
-        arrays.append(array)
-    key = tuple((f.name, f.type.id, f.metadata is not None) for f in fields)
+    columns = _feature_columns(records, n)
+    kinds = [set(map(type, values)) for values in columns.values()]
+    if columns and all(k - {type(None)} == {float} for k in kinds):
+        # Every feature a float (the common model): one block, one array, not one each.
+        matrix = np.array(list(columns.values()), dtype=np.float64).T  # None -> NaN
+        matrix[np.isinf(matrix)] = np.nan  # as the JSON rows stored them: missing
+        block = pa.FixedSizeListArray.from_arrays(
+            pa.array(matrix.ravel(), pa.float64(), from_pandas=True), len(columns))
+        fields.append(pa.field(BLOCK, block.type, metadata={
+            b"names": orjson.dumps(list(columns))}))
+        arrays.append(block)
+    else:
+        for (name, values), kind in zip(columns.items(), kinds, strict=True):
+            array, metadata = _feature_array(values, kind)
+            fields.append(pa.field(FEATURE_PREFIX + name, array.type, metadata=metadata))
+            arrays.append(array)
+    key = tuple((f.name, f.type, f.metadata and f.metadata.get(b"names")) for f in fields)
     cached = _SCHEMAS.get(key)
     if cached is None:
         if len(_SCHEMAS) > 64:  # models come and go; keep the recent ones
@@ -177,9 +192,8 @@ def _extend(columns: dict[str, list], pairs, filled: int, rows: int) -> int:
     return filled + rows
 
 
-def _feature_array(values: list) -> tuple[pa.Array, dict | None]:
-    kinds = set(map(type, values))
-    kinds.discard(type(None))
+def _feature_array(values: list, kinds: set) -> tuple[pa.Array, dict | None]:
+    kinds = kinds - {type(None)}
     try:
         if not kinds:
             return pa.nulls(len(values)), None
@@ -241,9 +255,9 @@ def decode(data, where: str, stored_format: int = FORMAT) -> pa.Table:
         if compressed:
             raise ValueError("its rows are compressed (this format never is)")
         budget = CELLS_PER_BYTE * buffer.size + CELL_FLOOR
-        if rows < 0 or rows * len(schema) > budget:
-            raise ValueError(f"declares {rows} rows of {len(schema)} columns, more than "
-                             f"{buffer.size} bytes can hold")
+        if rows < 0 or rows * _width(schema) > budget:
+            raise ValueError(f"declares {rows} rows of {_width(schema)} columns, more "
+                             f"than {buffer.size} bytes can hold")
         batch = pa.ipc.read_record_batch(message, schema)
         try:
             extra = reader.read_next_message()
@@ -252,10 +266,12 @@ def decode(data, where: str, stored_format: int = FORMAT) -> pa.Table:
         if extra is not None:
             raise ValueError(f"holds a {extra.type} message after its rows")
         batch.validate(full=True)
+        if BLOCK in schema.names and batch.column(BLOCK).null_count:
+            raise ValueError("its block of features has missing rows")
     except CorruptBatch:
         raise
     except (pa.ArrowException, ValueError, TypeError, KeyError, IndexError, OSError,
-            StopIteration, struct.error) as exc:
+            StopIteration, struct.error, orjson.JSONDecodeError) as exc:
         reason = ("it ends before its rows" if isinstance(exc, StopIteration)
                   else " ".join(str(exc).split())[:300] or type(exc).__name__)
         raise CorruptBatch(f"prediction log: {where} cannot be decoded: {reason}") from None
@@ -273,12 +289,33 @@ def _check_schema(schema: pa.Schema) -> None:
         if expected is not None:
             if field.type != expected:
                 raise ValueError(f"column {field.name} is {field.type}, not {expected}")
+        elif field.name == BLOCK:
+            if len(schema) != len(META_COLUMNS) + 1:
+                raise ValueError("holds a block of features beside other features")
+            _block_names(field)
         elif not field.name.startswith(FEATURE_PREFIX):
             raise ValueError(f"has an unknown column {field.name[:80]!r}")
         elif field.type not in _FEATURE_TYPES:
             raise ValueError(f"feature {field.name[2:82]!r} is of type {field.type}")
     if len(set(names)) != len(names):
         raise ValueError("names a column twice")
+
+
+def _block_names(field: pa.Field) -> list[str]:
+    """The feature names of a block field (ValueError unless it is one as written)."""
+    names = orjson.loads((field.metadata or {}).get(b"names", b"null"))
+    if (not isinstance(names, list) or not names
+            or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names)):
+        raise ValueError("its block of features does not name its features")
+    if field.type != pa.list_(pa.float64(), len(names)):
+        raise ValueError(f"its block of {len(names)} features is {field.type}")
+    return names
+
+
+def _width(schema: pa.Schema) -> int:
+    """Columns a batch becomes (a block counts as its features)."""
+    block = schema.get_field_index(BLOCK)
+    return len(schema) + (schema.field(block).type.list_size - 1 if block >= 0 else 0)
 
 
 def _batch_header(metadata: pa.Buffer) -> tuple[int, bool]:
@@ -321,6 +358,9 @@ def frame(tables: Sequence[pa.Table], features: bool = True) -> pd.DataFrame:
     if not features:
         tables = [t.select(META_COLUMNS) for t in tables]
     parts = list(tables)
+    if len({t.schema.field(BLOCK).metadata[b"names"] if BLOCK in t.schema.names else None
+            for t in parts}) > 1:
+        parts = [_expand(t) for t in parts]  # blocks of other features, or typed columns
     if len(parts) > 1 and _promotable(parts):
         parts = [pa.concat_tables(parts, promote_options="permissive")]
     frames = [_table_frame(t) for t in parts]
@@ -343,6 +383,25 @@ def _promotable(tables: Sequence[pa.Table]) -> bool:
     return all(len(k) == 1 or k == {pa.int64(), pa.float64()} for k in kinds.values())
 
 
+def _expand(table: pa.Table) -> pa.Table:
+    """`table` with its block of features (if any) as a float64 column per feature."""
+    if BLOCK not in table.schema.names:
+        return table
+    names = _block_names(table.schema.field(BLOCK))
+    matrix = _block_matrix(table, len(names))
+    table = table.drop_columns([BLOCK])
+    for j, name in enumerate(names):
+        table = table.append_column(FEATURE_PREFIX + name, pa.array(
+            matrix[:, j], pa.float64(), from_pandas=True))
+    return table
+
+
+def _block_matrix(table: pa.Table, width: int) -> np.ndarray:
+    block = table.column(BLOCK).combine_chunks()
+    values = block.flatten().to_numpy(zero_copy_only=False)  # missing -> NaN
+    return values.reshape(len(block), width)
+
+
 def _table_frame(table: pa.Table) -> pd.DataFrame:
     meta = table.select(META_COLUMNS).to_pandas()
     meta["timestamp"] = meta["timestamp"].astype(_TIMESTAMP_DTYPE)
@@ -353,6 +412,10 @@ def _table_frame(table: pa.Table) -> pd.DataFrame:
     meta["error"] = meta["error"].fillna("")
     fields = [f for f in table.schema if f.name.startswith(FEATURE_PREFIX)]
     columns = {}
+    if BLOCK in table.schema.names:
+        names = _block_names(table.schema.field(BLOCK))
+        matrix = _block_matrix(table, len(names))
+        columns = {name: matrix[:, j] for j, name in enumerate(names)}
     for field in fields:
         column = table.column(field.name)
         name = field.name[len(FEATURE_PREFIX):]
@@ -391,6 +454,11 @@ def concat_frames(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
         texts.append(part)
     result = pd.concat(texts, ignore_index=True)
     result = result[META_COLUMNS + list(names)]
+    for name in names:  # a column missing from some parts: typed as one frame would be
+        if result[name].dtype == object:
+            inferred = pd.Series(result[name].tolist(), index=result.index)
+            if inferred.dtype != object:
+                result[name] = inferred
     values = numeric_predictions(result)
     if values is not None:
         result["prediction"] = values
