@@ -2,7 +2,7 @@
 row per prediction, features and probabilities as JSON), both behind the same queue,
 writer thread and group commit.
 
-    python benchmarks/bench_prediction_log.py [--rounds 3] [--read-rows 1000000]
+    python benchmarks/bench_prediction_log.py [--rounds 3] [--read-rows 1000000] [--small-rows 5000]
         [--dir /var/tmp] [--synchronous FULL] [--postgres postgresql://...] [--json out.json]
 
 Writes: `append(records).result()` round trips (a request's rows queued, committed,
@@ -11,7 +11,9 @@ requests from 1 and 4 threads, for `--seconds` each; rows of the breast-cancer s
 (30 float features, two classes). Reads: `read_day` of a day of `--read-rows` rows
 written as 1,000-row requests, and a label join of 1,000 request ids spread over that
 day (the first format reads the whole day and merges; the columnar log looks the ids up
-in its request-id index: `read_requests`). Formats alternate within each round (first
+in its request-id index: `read_requests`), and `read_day` of a quiet day of
+`--small-rows` one-row requests each committed alone (one batch per row: the columnar
+format's worst case). Formats alternate within each round (first
 format, columnar; the order flips every round) so the load of a shared machine hits
 both alike; every figure is the median over `--rounds`, and each ratio is of medians
 from the same run. SQLite is always measured (a file under `--dir`, WAL,
@@ -52,6 +54,7 @@ from ml_assets_tests.support.first_format_log import (  # noqa: E402
 
 FEATURES = tuple(f"feature {i:02d}" for i in range(30))
 DAY = datetime(2026, 3, 1, 12, tzinfo=timezone.utc)
+SMALL_DAY = DAY + timedelta(days=1)
 COLUMNS = ("day, logged_at, request_id, row_index, model_name, model_version, prediction,"
            " confidence, probabilities, features, input_flags, variant, latency_ms, error")
 
@@ -168,8 +171,16 @@ def timed(fn, *args) -> tuple[float, object]:
     return time.perf_counter() - began, result
 
 
-def backend_cases(name: str, make_old, make_new, read_rows: int, rounds: int,
-                  seconds: float) -> dict:
+def fill_small(log: PredictionLog, rows: int) -> None:
+    """`rows` one-row requests on SMALL_DAY, each committed before the next (a quiet
+    service: one row per commit, one batch per row)."""
+    rng = random.Random(3)
+    for n in range(rows):
+        log.append_many(records(f"small-{n}", 1, SMALL_DAY, rng)).result(60)
+
+
+def backend_cases(name: str, make_old, make_new, read_rows: int, small_rows: int,
+                  rounds: int, seconds: float) -> dict:
     loads = [("1 row, 1 producer", 1, 1), ("1 row, 16 producers", 1, 16),
              ("1,000 rows, 1 producer", 1000, 1), ("1,000 rows, 4 producers", 1000, 4)]
     results: dict = {"writes": {}, "reads": {}}
@@ -194,9 +205,11 @@ def backend_cases(name: str, make_old, make_new, read_rows: int, rounds: int,
     for fmt, log in logs.items():
         began = time.perf_counter()
         ids[fmt] = fill(log, read_rows)
-        print(f"{name} filled {fmt} with {read_rows:,} rows in "
-              f"{time.perf_counter() - began:.1f}s", flush=True)
-    reads = {"read_day": {f: [] for f in formats}, "label join": {f: [] for f in formats}}
+        fill_small(log, small_rows)
+        print(f"{name} filled {fmt} with {read_rows:,} rows and {small_rows:,} one-row "
+              f"commits in {time.perf_counter() - began:.1f}s", flush=True)
+    reads = {"read_day": {f: [] for f in formats}, "label join": {f: [] for f in formats},
+             f"read_day of {small_rows:,} one-row commits": {f: [] for f in formats}}
     for round_ in range(rounds):
         order = list(formats) if round_ % 2 == 0 else list(reversed(formats))
         for fmt in order:
@@ -204,6 +217,9 @@ def backend_cases(name: str, make_old, make_new, read_rows: int, rounds: int,
             assert len(frame) == read_rows
             del frame
             reads["read_day"][fmt].append(seconds_)
+            seconds_, frame = timed(logs[fmt].read_day, SMALL_DAY.date())
+            assert len(frame) == small_rows
+            reads[f"read_day of {small_rows:,} one-row commits"][fmt].append(seconds_)
             join = label_join_whole_day if fmt == "first format" else label_join_index
             seconds_, found = timed(join, logs[fmt], ids[fmt])
             assert found == len(ids[fmt]) * 1000, found
@@ -233,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--read-rows", type=int, default=1_000_000)
+    parser.add_argument("--small-rows", type=int, default=5_000)
     parser.add_argument("--dir", default=None, help="where the SQLite files go")
     parser.add_argument("--synchronous", default="FULL")
     parser.add_argument("--postgres", default="", help="a server URL (a database is "
@@ -252,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
 
         report["sqlite"] = backend_cases("sqlite", sqlite_log(FirstFormatSQLite),
                                          sqlite_log(SQLitePredictionLog), args.read_rows,
-                                         args.rounds, args.seconds)
+                                         args.small_rows, args.rounds, args.seconds)
         if args.postgres:
             report["postgres"] = postgres_cases(args)
     finally:
@@ -277,8 +294,8 @@ def postgres_cases(args) -> dict:
                                     max_queue_rows=200_000)
 
         return backend_cases("postgres", make(FirstFormatPostgres),
-                             make(PostgresPredictionLog), args.read_rows, args.rounds,
-                             args.seconds)
+                             make(PostgresPredictionLog), args.read_rows,
+                             args.small_rows, args.rounds, args.seconds)
     finally:
         with admin.cursor() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
