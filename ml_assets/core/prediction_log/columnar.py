@@ -18,6 +18,7 @@ day and the batch.
 from __future__ import annotations
 
 import struct
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -452,7 +453,11 @@ def concat_frames(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
         if part["prediction"].dtype != object:
             part["prediction"] = [repr(float(v)) for v in part["prediction"]]
         texts.append(part)
-    result = pd.concat(texts, ignore_index=True)
+    with warnings.catch_warnings():
+        # pandas will stop ignoring all-missing parts when typing a joined column; the
+        # loop below types such a column from its values either way.
+        warnings.simplefilter("ignore", FutureWarning)
+        result = pd.concat(texts, ignore_index=True)
     result = result[META_COLUMNS + list(names)]
     for name in names:  # a column missing from some parts: typed as one frame would be
         if result[name].dtype == object:
