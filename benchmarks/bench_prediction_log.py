@@ -9,9 +9,9 @@ Writes: `append(records).result()` round trips (a request's rows queued, committ
 acknowledged) of 1-row requests from 1 and 16 producer threads and of 1,000-row
 requests from 1 and 4 threads, for `--seconds` each; rows of the breast-cancer shape
 (30 float features, two classes). Reads: `read_day` of a day of `--read-rows` rows
-written as 1,000-row requests, and a label join of 1% of that day's requests (their
-ids spread over the day) (the first format reads the whole day and merges; the columnar log looks the ids up
-in its request-id index: `read_requests`), and `read_day` of a quiet day of
+written as 1,000-row requests, and a label join of 1% of that day's requests, their
+ids spread over the day (the first format reads the whole day and merges; the columnar
+log looks the ids up in its request-id index: `read_requests`), and `read_day` of a quiet day of
 `--small-rows` one-row requests each committed alone (one batch per row: the columnar
 format's worst case). Formats alternate within each round (first
 format, columnar; the order flips every round) so the load of a shared machine hits
@@ -90,18 +90,22 @@ class FirstFormatPostgres(PostgresPredictionLog):
         with self._writer_guard:
             conn, _ = self._writer_connection()
             with conn.cursor() as cur:
-                for statement in POSTGRES_DDL:
-                    cur.execute(statement)
+                for statement in POSTGRES_DDL:  # under this log's table name
+                    cur.execute(statement.replace("predictions", self.table))
             conn.commit()
 
     def _insert_batch(self, conn, records):
         batch_id = str(uuid.uuid4())
         rows = [(*row, batch_id) for row in first_format_rows(records)]
-        with conn.cursor() as cur:
-            self._pg.extras.execute_values(
-                cur, f"INSERT INTO {self._table} ({COLUMNS}, batch_id) VALUES %s", rows,
-                page_size=1000)
-        conn.commit()
+        try:
+            with conn.cursor() as cur:
+                self._pg.extras.execute_values(
+                    cur, f"INSERT INTO {self._table} ({COLUMNS}, batch_id) VALUES %s",
+                    rows, page_size=1000)
+            conn.commit()
+        except BaseException as exc:
+            self._reset_writer(self._lost(conn, exc))
+            raise
 
 
 def records(request_id: str, rows: int, when: datetime, rng: random.Random
@@ -292,7 +296,8 @@ def postgres_cases(args) -> dict:
     try:
         def make(kind):
             return lambda tag: kind(url, table=f"t_{tag}_{uuid.uuid4().hex[:6]}",
-                                    max_queue_rows=200_000)
+                                    max_queue_rows=200_000,
+                                    spill_path=Path(tempfile.gettempdir()) / "bench-log.db")
 
         return backend_cases("postgres", make(FirstFormatPostgres),
                              make(PostgresPredictionLog), args.read_rows,
