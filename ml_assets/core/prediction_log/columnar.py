@@ -56,6 +56,7 @@ MAX_COLUMNS = 20_000
 _EPOCH = datetime(1970, 1, 1)
 _END_OF_STREAM = b"\xff\xff\xff\xff\x00\x00\x00\x00"
 _SCHEMAS: dict[tuple, tuple[pa.Schema, bytes]] = {}
+_CHECKED: dict[bytes, pa.Schema] = {}  # schema messages already read and checked
 # What read_day's frame has always held (pandas' reading of ISO text as UTC).
 _TIMESTAMP_DTYPE = pd.to_datetime(["2026-01-01T00:00:00+00:00"], utc=True,
                                   format="ISO8601").dtype
@@ -247,8 +248,14 @@ def decode(data, where: str, stored_format: int = FORMAT) -> pa.Table:
         first = reader.read_next_message()
         if first.type != "schema":
             raise ValueError(f"starts with a {first.type} message, not the schema")
-        schema = pa.ipc.read_schema(first)
-        _check_schema(schema)
+        key = first.metadata.to_pybytes()
+        schema = _CHECKED.get(key)
+        if schema is None:  # checked once per distinct schema message
+            schema = pa.ipc.read_schema(first)
+            _check_schema(schema)
+            if len(_CHECKED) > 256:
+                _CHECKED.clear()
+            _CHECKED[key] = schema
         message = reader.read_next_message()
         if message.type != "record batch":
             raise ValueError(f"holds a {message.type} message where the rows should be")
