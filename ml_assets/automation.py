@@ -184,14 +184,11 @@ def live_performance_on_labels(context: SensorEvaluationContext,
     valid = set(daily_partitions.get_partition_keys())
     days = sorted((d.isoformat() for d in production.prediction_days()), reverse=True)
     days = [d for d in days if d in valid][: SETTINGS.label_lookback_days]
-    labelled_days = []
-    for day in days:  # newest first: labels usually follow their predictions closely
-        if not wanted:
-            break
-        ids = set(production.predictions(day)["request_id"].astype(str))
-        if ids & wanted:
-            labelled_days.append(day)
-            wanted -= ids
+    # The log's request-id index finds the labelled requests: no day is decoded whole.
+    found = production.predictions_of(wanted, features=False) if wanted else None
+    found_days = (set() if found is None or not len(found)
+                  else set(found["timestamp"].dt.strftime("%Y-%m-%d")))
+    labelled_days = [day for day in days if day in found_days]
     stamp = hashlib.sha1(json.dumps(files, sort_keys=True).encode()).hexdigest()[:12]
     # production_data is rebuilt in the same run, before live_performance: a day's
     # materialization may predate the very predictions these labels are for.

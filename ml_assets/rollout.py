@@ -70,9 +70,10 @@ class RolloutEvaluationConfig(Config):
 
 
 def rollout_log_rows(production: ProductionDataResource, since: date) -> pd.DataFrame:
-    """The prediction log's rows of every day from `since` to today (UTC)."""
+    """The prediction log's rows of every day from `since` to today (UTC), without the
+    feature columns (the verdict needs answers, not inputs: they are never decoded)."""
     days = [d for d in production.prediction_days() if d >= since]
-    frames = [production.predictions(d.isoformat()) for d in days]
+    frames = [production.predictions(d.isoformat(), features=False) for d in days]
     frames = [f for f in frames if len(f)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -100,11 +101,21 @@ class ProductionDataResource(ConfigurableResource):
             return 0
         return self._log().row_count(day)
 
-    def predictions(self, day: str) -> pd.DataFrame:
-        """The API's predictions of `day` (empty frame when there are none)."""
+    def predictions(self, day: str, features: bool = True) -> pd.DataFrame:
+        """The API's predictions of `day` (empty frame when there are none); without the
+        feature columns (not decoded) when not `features`."""
         if not self._log_exists():
             return pd.DataFrame()
-        return self._log().read_day(day)
+        return self._log().read_day(day, features=features)
+
+    def predictions_of(self, request_ids: Iterable[str],
+                       features: bool = True) -> pd.DataFrame:
+        """The API's logged rows of these requests, whatever their day (empty frame when
+        there are none): found through the log's request-id index, so only the batches
+        holding them are decoded, not whole days."""
+        if not self._log_exists():
+            return pd.DataFrame()
+        return self._log().read_requests(request_ids, features=features)
 
     def _log_url(self) -> str:
         url = self.prediction_log_url
@@ -232,22 +243,22 @@ class LabelledProduction:
 def labelled_production_rows(production: ProductionDataResource, columns: list[str],
                              target: str, lineage: Lineage) -> LabelledProduction:
     """Every production row of `lineage` whose true label is known, as training rows
-    (`columns`, target last): the lineage's logged predictions joined with late labels
-    on request_id, plus the labelled landing drops (the dataset's own files: a file
-    without `target` or unreadable is left out and named)."""
+    (`columns`, target last): the lineage's logged predictions of the labelled requests
+    (looked up by request id, not by reading every day) joined with their labels, plus
+    the labelled landing drops (the dataset's own files: a file without `target` or
+    unreadable is left out and named). `excluded` counts the labelled rows of other
+    lineages."""
     frames = []
     excluded: dict[str, int] = {}
     label_files = production.label_files()
     skipped = list(label_files.skipped)
     if len(label_files.labels):
-        for day in production.prediction_days():
-            scoped = scope_rows(answered_rows(production.predictions(day.isoformat())),
-                                lineage)
-            for reason, count in scoped.excluded.items():
-                excluded[reason] = excluded.get(reason, 0) + count
-            joined = labelled_rows(scoped.rows, label_files.labels, columns, target)
-            if len(joined):
-                frames.append(joined)
+        logged = production.predictions_of(label_files.labels["request_id"].astype(str))
+        scoped = scope_rows(answered_rows(logged), lineage)
+        excluded.update(scoped.excluded)
+        joined = labelled_rows(scoped.rows, label_files.labels, columns, target)
+        if len(joined):
+            frames.append(joined)
     for landing_day in sorted(production.landing_days()):
         landed, bad = production.landing_files(landing_day, target)
         skipped.extend(bad)

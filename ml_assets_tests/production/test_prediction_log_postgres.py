@@ -27,8 +27,10 @@ from ml_assets.core.prediction_log import (
     SQLitePredictionLog,
     open_prediction_log,
 )
+from ml_assets.core.prediction_log.columnar import CorruptBatch
 from ml_assets.resources.production import ProductionDataResource
 from ml_assets_tests.api.test_serving_prediction_log import NAMES, _record
+from ml_assets_tests.support.first_format_log import write_postgres, write_sqlite
 from ml_assets_tests.support.services import PG_SERVER
 from ml_assets_tests.support.services import pg_admin as _admin
 
@@ -91,13 +93,14 @@ def test_roundtrip_reads_back_exactly_what_sqlite_does(pg_url, database, tmp_pat
         assert str(frame["timestamp"].dt.tz) == "UTC"
         assert frame["timestamp"].iloc[-1] == pd.Timestamp(DAY_ONE + timedelta(seconds=10))
         assert pg.row_count(date(2026, 3, 1)) == 2
-    # Indexed by day; features and probabilities are JSON (queryable, key order kept).
-    indexes = _admin("SELECT indexdef FROM pg_indexes WHERE tablename = 'predictions'",
+    # One batch per commit and day, indexed by day; one index entry per request.
+    indexes = _admin("SELECT indexdef FROM pg_indexes WHERE tablename = 'predictions_batches'",
                      database=database)
     assert any("(day)" in definition for (definition,) in indexes)
-    assert _admin("SELECT features->>'mean radius', probabilities::text FROM predictions"
-                  " WHERE request_id = 'req-1'", database=database) == [
-        ("1.0", '{"benign":0.75,"malignant":0.25}')]
+    assert _admin("SELECT day::text, sum(rows) FROM predictions_batches GROUP BY day"
+                  " ORDER BY day", database=database) == [("2026-03-01", 2),
+                                                           ("2026-03-02", 5)]
+    assert _admin("SELECT count(*) FROM predictions_requests", database=database) == [(7,)]
 
 
 def test_a_reopened_log_keeps_its_rows_and_a_second_table_is_separate(pg_url):
@@ -117,11 +120,11 @@ def test_read_only_log_creates_nothing_and_reads_empty_until_written(pg_url, dat
     assert reader.days() == [] and reader.row_count("2026-03-01") == 0
     empty = reader.read_day("2026-03-01")
     assert empty.empty and list(empty.columns) == META_COLUMNS
-    assert not _table_exists(database)
+    assert not _table_exists(database, "predictions_batches")
     with pytest.raises(RuntimeError, match="read-only"):
         reader.append_many([_record(1)])
     with PostgresPredictionLog(pg_url) as writer:
-        assert _table_exists(database)
+        assert _table_exists(database, "predictions_batches")
         writer.append_many([_record(1, DAY_ONE)])
         writer.flush(timeout=10)
         # The same reader, while the writer is open.
@@ -426,22 +429,39 @@ def test_close_does_not_wait_for_a_write_hung_on_the_network(pg_url, tmp_path, m
         release.set()
 
 
-def test_an_old_postgres_log_gains_input_flags_in_place(pg_url, database):
-    url = pg_url
-    log = PostgresPredictionLog(url)
-    log.append_many([_record(0, DAY_ONE)]).result(10)
-    log.close()
-    _admin("ALTER TABLE predictions DROP COLUMN input_flags", database=database)  # as before
-    old = PostgresPredictionLog(url, read_only=True)
-    assert old.read_day(DAY_ONE.date())["input_flags"].tolist() == [""]
-    old.close()
-    log = PostgresPredictionLog(url)  # opened for writing: ALTER TABLE ADD COLUMN
+def test_a_first_format_log_is_read_beside_new_batches(pg_url, database, tmp_path):
+    old = _records()
+    write_postgres(pg_url, old)  # the table the first format wrote, by its own SQL
+    _admin("ALTER TABLE predictions DROP COLUMN input_flags", database=database)  # older
+    reader = PostgresPredictionLog(pg_url, read_only=True)
+    assert reader.days() == [date(2026, 3, 1), date(2026, 3, 2)]
+    assert reader.read_day(DAY_ONE.date())["input_flags"].tolist() == ["", ""]
+    reader.close()
     flagged = PredictionRecord(DAY_ONE, "new", 0, "m", "1", list(NAMES), [1.0] * len(NAMES),
                                "malignant", {"malignant": 0.6, "benign": 0.4},
                                "x:out_of_range")
-    log.append_many([flagged]).result(10)
-    log.close()
-    reader = PostgresPredictionLog(url, read_only=True)
-    frame = reader.read_day(DAY_ONE.date())
-    reader.close()
-    assert frame["input_flags"].tolist() == ["", "x:out_of_range"]
+    with PostgresPredictionLog(pg_url) as log, \
+            SQLitePredictionLog(tmp_path / "log.db") as lite:
+        write_sqlite(lite.path, old)
+        for each in (log, lite):
+            each.append_many([flagged]).result(10)
+        frame = log.read_day(DAY_ONE.date())
+        assert frame["request_id"].tolist() == ["req-0", "req-1", "new"]
+        assert frame["input_flags"].tolist() == ["", "", "x:out_of_range"]
+        assert log.row_count(DAY_ONE.date()) == 3
+        for day in log.days():  # the same as SQLite's reading of the same two formats
+            pd.testing.assert_frame_equal(log.read_day(day), lite.read_day(day),
+                                          check_dtype=True)
+        found = log.read_requests(["new", "req-odd", "req-0", "absent"])
+        assert found["request_id"].tolist() == ["req-0", "new", "req-odd"]
+        pd.testing.assert_frame_equal(found, lite.read_requests(["new", "req-odd", "req-0"]))
+        assert log.read_requests(["absent"]).empty
+
+
+def test_a_crafted_batch_is_refused_by_name(pg_url, database):
+    with PostgresPredictionLog(pg_url) as log:
+        log.append_many([_record(1, DAY_ONE)]).result(10)
+        _admin("UPDATE predictions_batches SET data = %s", (b"\xff" * 64,), database)
+        with pytest.raises(CorruptBatch, match="batch 1 of 2026-03-01 in predictions"):
+            log.read_day(DAY_ONE.date())
+        assert log.row_count(DAY_ONE.date()) == 1

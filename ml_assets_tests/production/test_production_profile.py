@@ -160,7 +160,6 @@ def test_tracking_server_holds_the_run_and_the_registry(stack, first_run):
 def served(stack, first_run) -> dict:
     """The API image's command against the tracking server: the model it loaded, and
     the prediction-log rows in PostgreSQL after its graceful stop."""
-    import psycopg2
     from sklearn.datasets import load_breast_cancer
 
     with stack.api(ML_API_POLL_SECONDS="2") as api:
@@ -172,14 +171,14 @@ def served(stack, first_run) -> dict:
         responses.append(httpx.post(f"{url}/predict/batch", json={"records": rows},
                                     timeout=30))
         api.stop(timeout=60)  # SIGTERM, graceful: flushes the log
-    conn = psycopg2.connect(host=PG_HOST, port=PG_PORT, user=PG_USER,
-                            dbname=stack.predictions_db, connect_timeout=10)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT COUNT(*), COUNT(DISTINCT model_version) FROM predictions")
-            logged = cur.fetchone()
-    finally:
-        conn.close()
+    from ml_assets.core.prediction_log import PostgresPredictionLog
+
+    with PostgresPredictionLog(f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/"
+                               f"{stack.predictions_db}", read_only=True) as log:
+        days = log.days()  # today's, or two across midnight UTC
+        frames = [log.read_day(day) for day in days]
+    logged = (sum(len(f) for f in frames),
+              len({v for f in frames for v in f["model_version"]}))
     return {"model": model, "responses": responses, "logged": logged}
 
 

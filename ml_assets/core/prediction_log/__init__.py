@@ -4,7 +4,8 @@ Shared by both sides (it imports neither Dagster nor `serving`). `open_predictio
 picks a backend from a URL or a path: `SQLitePredictionLog` (the embedded default,
 one WAL file) or `PostgresPredictionLog` (the production profile). The buffering and
 group commit live in `base.PredictionLog` (see its docstring for `append`, `offer`,
-`append_many`, `close`).
+`append_many`, `close`); the storage format (a commit's rows of a day as one Arrow IPC
+batch, decoded with bounds) in `columnar`.
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ rows on the queue (never touching storage); the writer takes everything queued (
 to `batch_rows`, whole requests only) into ONE transaction and then resolves the
 future of every request in it, so concurrent requests share one commit (group
 commit). A backend implements only storage: `_write` (one transaction, all rows or
-none), `read_day`, `days`, `_close_storage` and `row_count` when it counts cheaply.
+none; the rows of a commit are stored as one columnar batch per day, see `columnar`),
+`read_day`, `read_requests` (by request id, through an index), `days`,
+`_close_storage` and `row_count` when it counts cheaply.
 
 Three ways in:
 
@@ -31,7 +33,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
@@ -174,8 +176,16 @@ class PredictionLog(ABC):
         """Store `records` durably in one transaction (or raise, storing none)."""
 
     @abstractmethod
-    def read_day(self, day: date | str) -> pd.DataFrame:
-        """Every prediction of one UTC day: META_COLUMNS then one column per feature."""
+    def read_day(self, day: date | str, features: bool = True) -> pd.DataFrame:
+        """Every prediction of one UTC day: META_COLUMNS then one column per feature
+        (only META_COLUMNS when not `features`: the feature columns are not decoded)."""
+
+    @abstractmethod
+    def read_requests(self, request_ids: Iterable[str],
+                      features: bool = True) -> pd.DataFrame:
+        """Every logged row of these requests, whatever their day, as read_day reads
+        them (days in order, each in log order); found through the request-id index,
+        so only the batches holding them are decoded."""
 
     @abstractmethod
     def days(self) -> list[date]:
@@ -475,11 +485,11 @@ def numeric_predictions(frame: pd.DataFrame) -> pd.Series | None:
     return values.astype("float64")
 
 
-def _frame(rows: list[tuple]) -> pd.DataFrame:
-    """read_day's frame from stored rows (logged_at, request_id, row_index, model_name,
-    model_version, prediction, confidence, probabilities JSON, features JSON[,
-    input_flags, variant, latency_ms, error: NULL or missing in logs written before they
-    existed reads as "", "champion", NaN, ""])."""
+def _frame(rows: list[tuple], features: bool = True) -> pd.DataFrame:
+    """read_day's frame from rows of the first format, one SQL row per prediction
+    (logged_at, request_id, row_index, model_name, model_version, prediction, confidence,
+    probabilities JSON, features JSON[, input_flags, variant, latency_ms, error: NULL or
+    missing in logs written before they existed reads as "", "champion", NaN, ""])."""
     if not rows:
         return pd.DataFrame({name: pd.Series(dtype=object) for name in META_COLUMNS})
     meta = pd.DataFrame([row[:7] for row in rows], columns=META_COLUMNS[:7])
@@ -497,9 +507,11 @@ def _frame(rows: list[tuple]) -> pd.DataFrame:
     values = numeric_predictions(meta)
     if values is not None:
         meta["prediction"] = values
-    features = pd.DataFrame.from_records([orjson.loads(row[8]) for row in rows])
+    feature_frame = (pd.DataFrame.from_records([orjson.loads(row[8]) for row in rows])
+               if features else pd.DataFrame(index=meta.index))
     # A feature named like a meta column keeps its values under "feature.<name>".
-    features.columns = [f"feature.{c}" if c in META_COLUMNS else c for c in features.columns]
-    frame = pd.concat([meta, features], axis=1)
-    frame.attrs["feature_columns"] = list(features.columns)
+    feature_frame.columns = [f"feature.{c}" if c in META_COLUMNS else c
+                             for c in feature_frame.columns]
+    frame = pd.concat([meta, feature_frame], axis=1)
+    frame.attrs["feature_columns"] = list(feature_frame.columns)
     return frame

@@ -7,28 +7,30 @@ import logging
 import re
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date, timezone
+from datetime import date
 from typing import Any
 
-import orjson
 import pandas as pd
 
+from ml_assets.core.prediction_log import columnar
 from ml_assets.core.prediction_log.base import (
     PredictionLog,
     PredictionLogError,
     PredictionRecord,
     _day,
-    _finite_or_none,
     _frame,
 )
 from ml_assets.core.prediction_log.location import redact_url, resolve_log_location
 
 logger = logging.getLogger("ml_assets.core.prediction_log")
 
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,55}")
-# Columns added after the first release (created in place at open when missing).
+# 48 characters at most: the batch table's index, "<table>_batches_day", stays within
+# PostgreSQL's 63.
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,47}")
+_IDS_PER_QUERY = 20_000
+# Columns the first format's table gained after its first release (NULL when missing).
 _ADDED = (("input_flags", "TEXT"), ("variant", "TEXT"), ("latency_ms", "DOUBLE PRECISION"),
           ("error", "TEXT"))
 
@@ -48,33 +50,36 @@ def _psycopg2():
 class _Uncertain:
     """A batch whose COMMIT was cut off: stored or not, only the database knows."""
 
-    batch_id: str
+    commit_id: str
     days: list[str]
     records: dict[int, PredictionRecord]  # id -> record (held, so ids stay unique)
 
 
 class PostgresPredictionLog(PredictionLog):
-    """The shared log of the production profile: one PostgreSQL table indexed by day,
-    written in one transaction per batch.
-
-    Columns mirror the SQLite table (`day` DATE, `logged_at` TIMESTAMPTZ, probabilities
-    and features as JSON text, which keeps the key order), plus `batch_id`: a write whose
-    connection breaks during COMMIT is looked up by it on reconnect, so the retry neither
-    loses nor duplicates the batch. Writes use one connection and reads another (each
-    behind a lock); a broken connection is replaced on next use, and a write that finds
-    its idle connection closed by the server reconnects and retries at once."""
+    """The shared log of the production profile: each commit stores its rows of a day as
+    one columnar batch (`<table>_batches`: day DATE, rows, format, the Arrow IPC bytes as
+    BYTEA, `commit_id`) and each request's place in it (`<table>_requests`, keyed by
+    request id), in one transaction. A commit whose connection breaks during COMMIT is
+    looked up by its `commit_id` on reconnect, so the retry neither loses nor
+    duplicates it. A `<table>` of the first format (one row per prediction, JSON
+    features) is read alongside, its rows first in each day. Writes use one connection
+    and reads another (each behind a lock); a broken connection is replaced on next use,
+    and a write that finds its idle connection closed by the server reconnects and
+    retries at once."""
 
     def __init__(self, url: str, read_only: bool = False, table: str = "predictions",
                  connect_timeout: float = 10.0, **kwargs):
         """`read_only`: nothing is created or written and nothing connects until the
-        first read; a missing table reads as empty. Otherwise the table and its index
-        are created if missing (PredictionLogError if the database is unreachable)."""
+        first read; a missing table reads as empty. Otherwise the tables and their
+        indexes are created if missing (PredictionLogError if the database is
+        unreachable). `table`: the name the log's tables start with (48 characters at
+        most, optionally schema.table)."""
         kind, libpq_url = resolve_log_location(url)
         if kind != "postgres":
             raise ValueError(f"not a PostgreSQL URL: {redact_url(str(url))!r}")
         if not all(_IDENTIFIER.fullmatch(part) for part in table.split(".", 1)):
-            raise ValueError(f"table {table!r}: use letters, digits and _ (optionally "
-                             "schema.table)")
+            raise ValueError(f"table {table!r}: use letters, digits and _, at most 48 "
+                             "(optionally schema.table)")
         self._pg = _psycopg2()
         try:
             self._params = self._pg.extensions.parse_dsn(str(libpq_url))
@@ -95,47 +100,46 @@ class PostgresPredictionLog(PredictionLog):
         self.where = (f"PostgreSQL database {self._params.get('dbname', '(default)')!r} on "
                       f"{host}:{port}" + (f" as {self._params['user']!r}"
                                           if self._params.get("user") else ""))
-        quoted = [f'"{part}"' for part in table.split(".", 1)]
-        self._table = ".".join(quoted)
-        index = f'"{table.split(".", 1)[-1]}_by_day"'
-        columns = ("day, logged_at, request_id, row_index, model_name, model_version, "
-                   "prediction, confidence, probabilities, features, input_flags, variant, "
-                   "latency_ms, error")
+        parts = table.split(".", 1)
+        schema = f'"{parts[0]}".' if len(parts) == 2 else ""
+        name = parts[-1]
+        self._table = f'{schema}"{name}"'  # the first format's, read only
+        self._batches = f'{schema}"{name}_batches"'
+        self._requests = f'{schema}"{name}_requests"'
         self._ddl = (
-            f"CREATE TABLE IF NOT EXISTS {self._table} ("
+            f"CREATE TABLE IF NOT EXISTS {self._batches} ("
             " id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
             " day DATE NOT NULL,"
-            " logged_at TIMESTAMPTZ NOT NULL,"
+            " rows INTEGER NOT NULL,"
+            " format SMALLINT NOT NULL,"
+            " commit_id UUID NOT NULL,"
+            " data BYTEA NOT NULL)",
+            f'CREATE INDEX IF NOT EXISTS "{name}_batches_day" ON {self._batches} (day)',
+            f"CREATE TABLE IF NOT EXISTS {self._requests} ("
             " request_id TEXT NOT NULL,"
-            " row_index INTEGER NOT NULL,"
-            " model_name TEXT NOT NULL,"
-            " model_version TEXT NOT NULL,"
-            " prediction TEXT NOT NULL,"
-            " confidence DOUBLE PRECISION,"
-            " probabilities JSON NOT NULL,"
-            " features JSON NOT NULL,"
-            " batch_id UUID NOT NULL,"
-            " input_flags TEXT,"
-            " variant TEXT,"
-            " latency_ms DOUBLE PRECISION,"
-            " error TEXT)",
-            f"CREATE INDEX IF NOT EXISTS {index} ON {self._table} (day)",
+            " batch_id BIGINT NOT NULL,"
+            " first_row INTEGER NOT NULL,"
+            " rows INTEGER NOT NULL,"
+            " PRIMARY KEY (request_id, batch_id, first_row))",
         )
-        # A table created before a column of _ADDED existed is migrated in place (the
-        # ALTER, which locks the table, runs only when a column is missing).
+        # The Arrow bytes are stored as they are: PostgreSQL's own compression of large
+        # values (pglz) costs the writer more than it saves on float columns.
+        self._storage = f"ALTER TABLE {self._batches} ALTER COLUMN data SET STORAGE EXTERNAL"
         self._present = ("SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass"
                          " AND attnum > 0 AND NOT attisdropped")
-        self._insert = f"INSERT INTO {self._table} ({columns}, batch_id) VALUES %s"
+        self._insert_batch_sql = (f"INSERT INTO {self._batches} (day, rows, format, commit_id,"
+                              f" data) VALUES (%s, %s, %s, %s, %s) RETURNING id")
+        self._insert_requests = (f"INSERT INTO {self._requests} (request_id, batch_id,"
+                                 f" first_row, rows) VALUES %s")
         self._base = ("logged_at, request_id, row_index, model_name, model_version,"
                       " prediction, confidence, probabilities::text, features::text")
-        self._select = (f"SELECT {self._base}, input_flags, variant, latency_ms, error"
-                        f" FROM {self._table} WHERE day = %s ORDER BY id")
-        # Distinct days by walking the index (one probe per day, not a scan of the table).
-        self._days = (f"WITH RECURSIVE d(day) AS (SELECT min(day) FROM {self._table}"
-                      f" UNION ALL SELECT (SELECT min(day) FROM {self._table} t"
-                      f" WHERE t.day > d.day) FROM d WHERE d.day IS NOT NULL)"
-                      f" SELECT day FROM d WHERE day IS NOT NULL")
-        self._count = f"SELECT COUNT(*) FROM {self._table} WHERE day = %s"
+        self._old_columns = f"{self._base}, input_flags, variant, latency_ms, error"
+        # Distinct days by walking an index (one probe per day, not a scan of the table).
+        self._days = [(f"WITH RECURSIVE d(day) AS (SELECT min(day) FROM {t}"
+                       f" UNION ALL SELECT (SELECT min(day) FROM {t} t"
+                       f" WHERE t.day > d.day) FROM d WHERE d.day IS NOT NULL)"
+                       f" SELECT day FROM d WHERE day IS NOT NULL")
+                      for t in (self._batches, self._table)]
         self._writer_conn: Any = None  # psycopg2 connections (untyped library)
         self._reader_conn: Any = None
         self._writer_guard = threading.Lock()
@@ -196,25 +200,18 @@ class PostgresPredictionLog(PredictionLog):
                     # Replicas starting together must not race on CREATE TABLE.
                     cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
                                 (f"prediction-log:{self.table}",))
+                    cur.execute("SELECT to_regclass(%s)", (self._batches,))
+                    (existed,) = cur.fetchone()
                     for statement in self._ddl:
                         cur.execute(statement)
-                    cur.execute(self._present, (self._table,))
-                    present = {name for (name,) in cur.fetchall()}
-                    missing = [(name, kind) for name, kind in _ADDED if name not in present]
-                    if missing:
-                        # Queued behind a long read, the ALTER's lock would block every
-                        # writer behind it: give up after 5 s, with the error below.
-                        cur.execute("SET LOCAL lock_timeout = '5s'")
-                        cur.execute(f"ALTER TABLE {self._table} " + ", ".join(
-                            f"ADD COLUMN IF NOT EXISTS {name} {kind}"
-                            for name, kind in missing))
-                        logger.info("prediction log %s: added columns %s", self.table,
-                                    ", ".join(name for name, _ in missing))
+                    if existed is None:
+                        cur.execute(self._storage)
                 conn.commit()
             except self._pg.Error as exc:
                 self._reset_writer(self._lost(conn, exc))
-                raise PredictionLogError(f"prediction log: cannot create table {self.table} "
-                                         f"in {self.where}: {self._scrub(exc)}") from exc
+                raise PredictionLogError(f"prediction log: cannot create table "
+                                         f"{self.table}_batches in {self.where}: "
+                                         f"{self._scrub(exc)}") from exc
 
     # -- writes ----------------------------------------------------------------------
     def _write(self, records: Sequence[PredictionRecord]) -> None:
@@ -243,23 +240,18 @@ class PostgresPredictionLog(PredictionLog):
                         f"{self.where}: {self._scrub(exc)}") from exc
 
     def _insert_batch(self, conn, records: Sequence[PredictionRecord]) -> None:
-        batch_id = str(uuid.uuid4())
-        rows = []
-        for r in records:
-            confidence = float(r.confidence)
-            stamp = r.timestamp if r.timestamp.tzinfo else r.timestamp.replace(
-                tzinfo=timezone.utc)  # naive means UTC, as read_day reads SQLite's
-            rows.append((r.timestamp.date().isoformat(), stamp, r.request_id,
-                         int(r.row_index), r.model_name, r.model_version, r.prediction,
-                         # NULL like SQLite stores NaN, so both read back the same
-                         confidence if confidence == confidence else None,
-                         orjson.dumps(r.probabilities).decode(),
-                         orjson.dumps(r.features).decode(), r.input_flags or None,
-                         r.variant or None, _finite_or_none(r.latency_ms), r.error or None,
-                         batch_id))
+        commit_id = str(uuid.uuid4())
+        batches = columnar.encode(records)
         try:
             with conn.cursor() as cur:
-                self._pg.extras.execute_values(cur, self._insert, rows, page_size=1000)
+                for batch in batches:
+                    cur.execute(self._insert_batch_sql, (batch.day, batch.rows, columnar.FORMAT,
+                                                     commit_id, memoryview(batch.data)))
+                    (batch_id,) = cur.fetchone()
+                    self._pg.extras.execute_values(
+                        cur, self._insert_requests,
+                        [(request_id, batch_id, first, rows)
+                         for request_id, first, rows in batch.runs], page_size=1000)
         except BaseException as exc:
             self._reset_writer(self._lost(conn, exc))
             raise
@@ -268,7 +260,7 @@ class PostgresPredictionLog(PredictionLog):
         except BaseException as exc:
             lost = self._lost(conn, exc)
             if lost:  # the COMMIT may or may not have landed
-                self._uncertain = _Uncertain(batch_id, sorted({row[0] for row in rows}),
+                self._uncertain = _Uncertain(commit_id, sorted({b.day for b in batches}),
                                              {id(r): r for r in records})
             self._reset_writer(lost)
             raise
@@ -285,9 +277,9 @@ class PostgresPredictionLog(PredictionLog):
             conn, _ = self._writer_connection()
             try:
                 with conn.cursor() as cur:
-                    cur.execute(f"SELECT EXISTS (SELECT 1 FROM {self._table} WHERE"
-                                f" day = ANY(%s::date[]) AND batch_id = %s)",
-                                (uncertain.days, uncertain.batch_id))
+                    cur.execute(f"SELECT EXISTS (SELECT 1 FROM {self._batches} WHERE"
+                                f" day = ANY(%s::date[]) AND commit_id = %s)",
+                                (uncertain.days, uncertain.commit_id))
                     (stored,) = cur.fetchone()
                 conn.rollback()
             except self._pg.Error as exc:
@@ -338,27 +330,71 @@ class PostgresPredictionLog(PredictionLog):
                             f"reading: {self._scrub(exc)}") from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def read_day(self, day: date | str) -> pd.DataFrame:
+    def read_day(self, day: date | str, features: bool = True) -> pd.DataFrame:
+        day = _day(day)
+        old = self._old_rows(" WHERE day = %s ORDER BY id", (day,))
+        stored = self._query(f"SELECT id, format, data FROM {self._batches} WHERE day = %s"
+                             f" ORDER BY id", (day,))
+        tables = [columnar.decode(data, f"batch {batch_id} of {day} in {self.table}", fmt)
+                  for batch_id, fmt, data in stored]
+        return columnar.concat_frames([_frame(old, features),
+                                       columnar.frame(tables, features)])
+
+    def read_requests(self, request_ids: Iterable[str],
+                      features: bool = True) -> pd.DataFrame:
+        ids = sorted({str(i) for i in request_ids})
+        parts: dict[str, list] = {}  # day -> [old rows, {batch id: [table, runs]}]
+        for start in range(0, len(ids), _IDS_PER_QUERY):
+            chunk = ids[start:start + _IDS_PER_QUERY]
+            for day, *row in self._old_rows(" WHERE request_id = ANY(%s) ORDER BY id",
+                                            (chunk,), with_day=True):
+                parts.setdefault(str(day), [[], {}])[0].append(tuple(row))
+            hits = self._query(
+                f"SELECT b.id, b.day, b.format, b.data, r.first_row, r.rows"
+                f" FROM {self._requests} r JOIN {self._batches} b ON b.id = r.batch_id"
+                f" WHERE r.request_id = ANY(%s)", (chunk,))
+            for batch_id, day, fmt, data, first, rows in hits:
+                day = str(day)
+                batches = parts.setdefault(day, [[], {}])[1]
+                if batch_id not in batches:
+                    batches[batch_id] = [columnar.decode(
+                        data, f"batch {batch_id} of {day} in {self.table}", fmt), []]
+                batches[batch_id][1].append((first, rows))
+        frames = []
+        for day in sorted(parts):
+            old, batches = parts[day]
+            tables = [columnar.take_rows(table, sorted(runs))
+                      for _, (table, runs) in sorted(batches.items())]
+            frames.append(columnar.concat_frames([_frame(old, features),
+                                                  columnar.frame(tables, features)]))
+        return columnar.concat_frames(frames)
+
+    def _old_rows(self, where: str, params: tuple, with_day: bool = False) -> list[tuple]:
+        """Rows of the first format's table (none when there is no such table), with
+        `logged_at` as ISO text; a table lacking later columns reads them as NULL."""
+        day = "day, " if with_day else ""
         try:
-            rows = self._query(self._select, (_day(day),))
+            rows = self._query(f"SELECT {day}{self._old_columns} FROM {self._table}{where}",
+                               params)
         except PredictionLogError as exc:
             if not isinstance(exc.__cause__, self._pg.errors.UndefinedColumn):
                 raise
-            # An old table read without being migrated (read-only): NULL for the
-            # columns it lacks.
             present = {name for (name,) in self._query(self._present, (self._table,))}
             added = ", ".join(name if name in present else f"NULL AS {name}"
                               for name, _ in _ADDED)
-            rows = self._query(f"SELECT {self._base}, {added} FROM {self._table}"
-                               f" WHERE day = %s ORDER BY id", (_day(day),))
-        return _frame([(stamp.isoformat(), *rest) for stamp, *rest in rows])
+            rows = self._query(f"SELECT {day}{self._base}, {added} FROM {self._table}"
+                               f"{where}", params)
+        at = 1 if with_day else 0  # logged_at's place
+        return [(*row[:at], row[at].isoformat(), *row[at + 1:]) for row in rows]
 
     def days(self) -> list[date]:
-        return [day for (day,) in self._query(self._days)]
+        return sorted({day for query in self._days for (day,) in self._query(query)})
 
     def row_count(self, day: date | str) -> int:
-        found = self._query(self._count, (_day(day),))
-        return int(found[0][0]) if found else 0
+        new = self._query(f"SELECT SUM(rows) FROM {self._batches} WHERE day = %s",
+                          (_day(day),))
+        old = self._query(f"SELECT COUNT(*) FROM {self._table} WHERE day = %s", (_day(day),))
+        return sum(int(found[0][0] or 0) for found in (new, old) if found)
 
     def _close_storage(self, timeout: float = 5.0) -> None:
         """Close both connections. A connection whose lock is still held after `timeout`

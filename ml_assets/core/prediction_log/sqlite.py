@@ -7,7 +7,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import closing
 from datetime import date
 from pathlib import Path
@@ -15,20 +15,26 @@ from pathlib import Path
 import orjson
 import pandas as pd
 
+from ml_assets.core.prediction_log import columnar
 from ml_assets.core.prediction_log.base import (
     PredictionLog,
     PredictionLogError,
     PredictionRecord,
     _day,
-    _finite_or_none,
     _frame,
 )
 
 logger = logging.getLogger("ml_assets.core.prediction_log")
+# Request ids per lookup statement (SQLite binds them as one JSON array).
+_IDS_PER_QUERY = 20_000
 
 
 class SQLitePredictionLog(PredictionLog):
-    """The embedded default: one SQLite file (WAL), one table indexed by day.
+    """The embedded default: one SQLite file (WAL). Each commit stores its rows of a day
+    as one columnar batch (`prediction_batches`, indexed by day; see `columnar`) and
+    each request's place in it (`prediction_requests`, keyed by request id), in one
+    transaction. A log written by the first format (`predictions`, one SQL row per
+    prediction) is read alongside: its rows come first in each day.
 
     Durability: every commit is written to the WAL file before its requests are
     answered, so a process crash loses nothing committed. With `synchronous="NORMAL"`
@@ -39,37 +45,29 @@ class SQLitePredictionLog(PredictionLog):
     docs/serving.md); the service's default."""
 
     _DDL = (
-        "CREATE TABLE IF NOT EXISTS predictions ("
+        "CREATE TABLE IF NOT EXISTS prediction_batches ("
         " id INTEGER PRIMARY KEY,"
         " day TEXT NOT NULL,"
-        " logged_at TEXT NOT NULL,"
+        " rows INTEGER NOT NULL,"
+        " format INTEGER NOT NULL,"
+        " data BLOB NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS prediction_batches_by_day ON prediction_batches (day)",
+        "CREATE TABLE IF NOT EXISTS prediction_requests ("
         " request_id TEXT NOT NULL,"
-        " row_index INTEGER NOT NULL,"
-        " model_name TEXT NOT NULL,"
-        " model_version TEXT NOT NULL,"
-        " prediction TEXT NOT NULL,"
-        " confidence REAL,"
-        " probabilities TEXT NOT NULL,"
-        " features TEXT NOT NULL,"
-        " input_flags TEXT,"
-        " variant TEXT,"
-        " latency_ms REAL,"
-        " error TEXT)",
-        "CREATE INDEX IF NOT EXISTS predictions_by_day ON predictions (day)",
+        " batch INTEGER NOT NULL,"
+        " first_row INTEGER NOT NULL,"
+        " rows INTEGER NOT NULL,"
+        " PRIMARY KEY (request_id, batch, first_row)) WITHOUT ROWID",
     )
-    # Columns added after the first release: a table created before one existed gets
-    # it at open, in place (old rows read as unflagged, variant "champion", no latency,
-    # no error).
+    _INSERT_BATCH = "INSERT INTO prediction_batches (day, rows, format, data) VALUES (?, ?, ?, ?)"
+    _INSERT_REQUESTS = ("INSERT INTO prediction_requests (request_id, batch, first_row, rows)"
+                        " VALUES (?, ?, ?, ?)")
+    # The first format's table, read where a log still has one (never written).
     _ADDED = (("input_flags", "TEXT"), ("variant", "TEXT"), ("latency_ms", "REAL"),
               ("error", "TEXT"))
-    _INSERT = ("INSERT INTO predictions (day, logged_at, request_id, row_index, model_name,"
-               " model_version, prediction, confidence, probabilities, features, input_flags,"
-               " variant, latency_ms, error)"
-               " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
     _BASE = ("logged_at, request_id, row_index, model_name, model_version, prediction,"
              " confidence, probabilities, features")
-    _SELECT = (f"SELECT {_BASE}, input_flags, variant, latency_ms, error FROM predictions"
-               " WHERE day = ? ORDER BY id")
+    _COLUMNS = f"{_BASE}, input_flags, variant, latency_ms, error"
 
     def __init__(self, path: str | Path, read_only: bool = False,
                  busy_timeout: float = 5.0, synchronous: str = "FULL",
@@ -100,7 +98,6 @@ class SQLitePredictionLog(PredictionLog):
                 with self._conn:
                     for statement in self._DDL:
                         self._conn.execute(statement)
-                self._add_columns(self._conn)
                 # Writes wait for another process's lock in _write's own loop (short
                 # sleeps), not SQLite's busy handler, whose back-off sleeps grow to
                 # 25-100 ms: with several API workers on one file that was the p99.
@@ -120,22 +117,6 @@ class SQLitePredictionLog(PredictionLog):
     def __repr__(self) -> str:
         return f"SQLitePredictionLog({str(self.path)!r})"
 
-    def _add_columns(self, conn: sqlite3.Connection) -> None:
-        """ALTER TABLE ADD COLUMN for each of `_ADDED` a log created before it existed
-        lacks (old rows read with its default); another process migrating at the same
-        time is fine."""
-        columns = {row[1] for row in conn.execute("PRAGMA table_info(predictions)")}
-        for name, kind in self._ADDED:
-            if name in columns:
-                continue
-            try:
-                with conn:
-                    conn.execute(f"ALTER TABLE predictions ADD COLUMN {name} {kind}")
-            except sqlite3.OperationalError as exc:
-                if "duplicate column" not in str(exc):
-                    raise
-            logger.info("prediction log %s: added column %s", self.path, name)
-
     def _connect(self) -> sqlite3.Connection:
         # Used by the writer thread only, after the table is created at open.
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout, check_same_thread=False,
@@ -149,26 +130,25 @@ class SQLitePredictionLog(PredictionLog):
     def _write(self, records: Sequence[PredictionRecord]) -> None:
         if self._conn is None:
             raise RuntimeError(f"{self.path} was opened read-only")
-        rows = []
-        for r in records:
-            stamp = r.timestamp
-            rows.append((stamp.date().isoformat(), stamp.isoformat(), r.request_id, r.row_index,
-                         r.model_name, r.model_version, r.prediction, r.confidence,
-                         orjson.dumps(r.probabilities).decode(),
-                         orjson.dumps(r.features).decode(), r.input_flags or None,
-                         r.variant or None, _finite_or_none(r.latency_ms), r.error or None))
+        batches = columnar.encode(records)  # before the lock: encoding holds no lock
         conn = self._conn
         try:
             self._locked(conn, "BEGIN IMMEDIATE")  # one transaction: all rows or none
             try:
-                conn.executemany(self._INSERT, rows)
+                for batch in batches:
+                    cursor = conn.execute(self._INSERT_BATCH, (
+                        batch.day, batch.rows, columnar.FORMAT, memoryview(batch.data)))
+                    batch_id = cursor.lastrowid
+                    conn.executemany(self._INSERT_REQUESTS, [
+                        (request_id, batch_id, first, rows)
+                        for request_id, first, rows in batch.runs])
                 self._locked(conn, "COMMIT")
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
-            raise PredictionLogError(f"prediction log: writing {len(rows)} rows to "
+            raise PredictionLogError(f"prediction log: writing {len(records)} rows to "
                                      f"{self.path}: {exc}") from exc
         with self._sync_lock:
             self._unsynced += 1
@@ -220,26 +200,69 @@ class SQLitePredictionLog(PredictionLog):
             except OSError as exc:
                 logger.error("prediction log: fsync of %s-wal failed: %s", self.path, exc)
 
-    def read_day(self, day: date | str) -> pd.DataFrame:
+    def read_day(self, day: date | str, features: bool = True) -> pd.DataFrame:
+        day = _day(day)
+        old = self._old_rows(" WHERE day = ? ORDER BY id", (day,))
+        stored = self._query("SELECT id, format, data FROM prediction_batches WHERE day = ?"
+                             " ORDER BY id", (day,))
+        tables = [columnar.decode(data, f"batch {batch_id} of {day} in {self.path}", fmt)
+                  for batch_id, fmt, data in stored]
+        return columnar.concat_frames([_frame(old, features),
+                                       columnar.frame(tables, features)])
+
+    def read_requests(self, request_ids: Iterable[str],
+                      features: bool = True) -> pd.DataFrame:
+        ids = sorted({str(i) for i in request_ids})
+        parts: dict[str, list] = {}  # day -> [old rows, [(batch id, table)]]
+        for start in range(0, len(ids), _IDS_PER_QUERY):
+            chunk = orjson.dumps(ids[start:start + _IDS_PER_QUERY]).decode()
+            for row in self._old_rows(" WHERE request_id IN (SELECT value FROM json_each(?))"
+                                      " ORDER BY id", (chunk,), with_day=True):
+                parts.setdefault(row[0], [[], {}])[0].append(row[1:])
+            hits = self._query(
+                "SELECT b.id, b.day, b.format, b.data, r.first_row, r.rows"
+                " FROM prediction_requests r JOIN prediction_batches b ON b.id = r.batch"
+                " WHERE r.request_id IN (SELECT value FROM json_each(?))", (chunk,))
+            for batch_id, day, fmt, data, first, rows in hits:
+                batches = parts.setdefault(day, [[], {}])[1]
+                if batch_id not in batches:
+                    batches[batch_id] = [columnar.decode(
+                        data, f"batch {batch_id} of {day} in {self.path}", fmt), []]
+                batches[batch_id][1].append((first, rows))
+        frames = []
+        for day in sorted(parts):
+            old, batches = parts[day]
+            tables = [columnar.take_rows(table, sorted(runs))
+                      for _, (table, runs) in sorted(batches.items())]
+            frames.append(columnar.concat_frames([_frame(old, features),
+                                                  columnar.frame(tables, features)]))
+        return columnar.concat_frames(frames)
+
+    def _old_rows(self, where: str, params: tuple, with_day: bool = False) -> list[tuple]:
+        """Rows of the first format's table (none when the log has no such table); an
+        old table lacking later columns reads them as NULL."""
+        day = "day, " if with_day else ""
         try:
-            return _frame(self._query(self._SELECT, (_day(day),)))
+            return self._query(f"SELECT {day}{self._COLUMNS} FROM predictions{where}", params)
         except sqlite3.OperationalError as exc:
             if "no such column" not in str(exc):
                 raise
-        # An old log opened read-only (never migrated): NULL for the columns it lacks.
         present = {row[1] for row in self._query("PRAGMA table_info(predictions)")}
         added = ", ".join(name if name in present else f"NULL AS {name}"
                           for name, _ in self._ADDED)
-        return _frame(self._query(f"SELECT {self._BASE}, {added} FROM predictions"
-                                  " WHERE day = ? ORDER BY id", (_day(day),)))
+        return self._query(f"SELECT {day}{self._BASE}, {added} FROM predictions{where}",
+                           params)
 
     def days(self) -> list[date]:
-        found = self._query("SELECT DISTINCT day FROM predictions ORDER BY day")
-        return [date.fromisoformat(day) for (day,) in found]
+        found = self._query("SELECT DISTINCT day FROM prediction_batches")
+        found += self._query("SELECT DISTINCT day FROM predictions")
+        return sorted({date.fromisoformat(day) for (day,) in found})
 
     def row_count(self, day: date | str) -> int:
-        found = self._query("SELECT COUNT(*) FROM predictions WHERE day = ?", (_day(day),))
-        return int(found[0][0]) if found else 0
+        new = self._query("SELECT SUM(rows) FROM prediction_batches WHERE day = ?",
+                          (_day(day),))
+        old = self._query("SELECT COUNT(*) FROM predictions WHERE day = ?", (_day(day),))
+        return sum(int(found[0][0] or 0) for found in (new, old) if found)
 
     def _query(self, sql: str, params: tuple = ()) -> list[tuple]:
         """Rows of `sql` on a short-lived connection (WAL: readers never block the writer);
