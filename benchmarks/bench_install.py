@@ -78,7 +78,8 @@ def freeze_matches_lock(clone: Path, variant: str) -> str:
     frozen = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     installed = pins("\n".join(line for line in frozen.splitlines()
                                if "==" in line and not line.startswith("-e")))
-    installed.pop("ml-assets", None)
+    for name in ("ml-assets", "pip", "setuptools"):  # the project, the venv's own tools
+        installed.pop(name, None)
     locked = pins((clone / "requirements.lock").read_text())
     wrong = [f"{name}=={version} (lock: {locked.get(name, 'absent')})"
              for name, version in installed.items() if locked.get(name) != version]
