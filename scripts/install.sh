@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Install the platform into .venv at exactly requirements.lock's versions: with uv (itself
+# pinned in the lock, installed from PyPI by the venv's pip) in seconds, with pip when uv
+# cannot be had or fails.
+#
+#   scripts/install.sh                 # the platform (README command 1)
+#   scripts/install.sh dev             # and the test tools (README command 2); any extra
+#   PYTHON=/usr/bin/python3 VENV=.venv-debian scripts/install.sh dev   # another Python
+#   ML_INSTALL_WITH=pip scripts/install.sh                             # pip only
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python=${PYTHON:-python3}
+venv=${VENV:-.venv}
+target=.
+if [ -n "${1:-}" ]; then target=".[$1]"; fi
+
+# A clear refusal instead of a resolver error about numpy: the lock's scikit-learn,
+# numpy, scipy, matplotlib, fastapi, schemathesis and onnxruntime need Python >= 3.11.
+if ! "$python" -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 13))'; then
+    echo "install: $("$python" -V 2>&1) ($python) is not supported: ml-assets needs" \
+         "Python 3.11, 3.12 or 3.13 (choose one with PYTHON=/path/to/python3.X)" >&2
+    exit 2
+fi
+"$python" -m venv "$venv"
+if [ "${ML_INSTALL_WITH:-uv}" = uv ]; then
+    if "$venv/bin/pip" install -q --disable-pip-version-check -c requirements.lock uv \
+        && "$venv/bin/uv" pip install --python "$venv/bin/python" -c requirements.lock -e "$target"; then
+        exit 0
+    fi
+    echo "install: uv failed (above); installing with pip instead" >&2
+fi
+"$venv/bin/pip" install --disable-pip-version-check -c requirements.lock -e "$target"
