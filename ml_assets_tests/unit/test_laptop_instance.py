@@ -3,7 +3,8 @@ monitoring on, an earlier default upgraded, a person's own file left alone."""
 
 from dagster import DagsterInstance
 
-from ml_assets.cli import _OLD_DAGSTER_YAMLS, DAGSTER_YAML, prepare_environment
+from ml_assets.cli import prepare_environment
+from ml_assets.laptop_instance import _OLD_DAGSTER_YAMLS, DAGSTER_YAML
 from ml_assets.settings import PlatformSettings
 
 
