@@ -22,6 +22,7 @@ import tracemalloc
 import zipfile
 import zlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import mlflow
@@ -190,9 +191,21 @@ def test_control_unvalidated_cycle_never_returns(copy_of, trained, tmp_path):
         nodes["left_child"][node] = nodes["right_child"][node] = parent
         return nodes
     edit_array(model_dir, _nodes(tree), loop)
-    with pytest.raises(subprocess.TimeoutExpired) as caught:
-        _control(model_dir, x, tmp_path, timeout=10)
-    assert "loaded" in (caught.value.stdout or b"").decode()
+    np.save(tmp_path / "x.npy", x)
+    # Loading takes seconds (imports), more on a loaded machine: wait for "loaded" (at
+    # most 120 s), then the prediction must still be running 5 s later.
+    process = subprocess.Popen([sys.executable, "-c", CONTROL, str(model_dir / "model.skops"),
+                                str(tmp_path / "x.npy")], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True,
+                               env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    try:
+        reader = ThreadPoolExecutor(max_workers=1).submit(process.stdout.readline)
+        assert reader.result(timeout=120).strip() == "loaded"
+        with pytest.raises(subprocess.TimeoutExpired):
+            process.wait(timeout=5)  # never returns: the cycle loops forever
+    finally:
+        process.kill()
+        process.wait(timeout=30)
 
 
 # -- crafted trees, refused ------------------------------------------------------------
