@@ -87,9 +87,9 @@ def open_model(directory: Path, version_tags: dict, runtime: str = "auto",
 def _graph_answer(model: ScoringModel, feed: dict[str, np.ndarray], n: int,
                   missing_text: np.ndarray, rows_at: Callable[[np.ndarray], pd.DataFrame]
                   ) -> tuple[np.ndarray, np.ndarray, int]:
-    """(predictions, probabilities or None, rows the Pipeline answered) for a feed of `n`
-    rows: the graph's answers, the Pipeline's (`rows_at(positions)` gives it those rows)
-    where the graph cannot answer. The classes' names are the Pipeline's."""
+    """(a regressor's values or None, a classifier's probabilities or None, rows the
+    Pipeline answered) for a feed of `n` rows: the graph's answers, the Pipeline's
+    (`rows_at(positions)` gives it those rows) where the graph cannot answer."""
     compiled, pipeline = model.compiled, model.loaded.pipeline
     assert compiled is not None
     raw = np.asarray(compiled.run(feed), dtype=np.float64)
@@ -110,7 +110,7 @@ def _graph_answer(model: ScoringModel, feed: dict[str, np.ndarray], n: int,
     slow = np.flatnonzero(~finite | missing_text | near_ties(proba))
     if slow.size:
         proba[slow] = pipeline.predict_proba(rows_at(slow))
-    return pipeline.classes_[proba.argmax(axis=1)].astype(str), proba, slow.size
+    return None, proba, slow.size
 
 
 def answer(model: ScoringModel, rows: pd.DataFrame) -> tuple[pd.DataFrame, int]:
@@ -126,13 +126,13 @@ def answer(model: ScoringModel, rows: pd.DataFrame) -> tuple[pd.DataFrame, int]:
                if kind == "string"]
     missing_text = (rows[strings].isna().any(axis=1).to_numpy() if strings
                     else np.zeros(len(rows), dtype=bool))
-    predicted, proba, slow = _graph_answer(model, compiled.inputs_from_frame(rows),
-                                           len(rows), missing_text,
-                                           lambda at: rows.iloc[at])
-    if model.regression:
-        return prediction_columns(predicted, index=rows.index, regression=True)[0], slow
-    classes = [str(c) for c in model.loaded.pipeline.classes_]
-    return prediction_columns(predicted, proba, classes, index=rows.index)[0], slow
+    values, proba, slow = _graph_answer(model, compiled.inputs_from_frame(rows), len(rows),
+                                        missing_text, lambda at: rows.iloc[at])
+    if proba is None:
+        return prediction_columns(values, index=rows.index, regression=True)[0], slow
+    classes = model.loaded.pipeline.classes_
+    return prediction_columns(classes[proba.argmax(axis=1)].astype(str), proba,
+                              [str(c) for c in classes], index=rows.index)[0], slow
 
 
 def _answer_batch(model: ScoringModel, batch, features: list[str]
@@ -144,17 +144,23 @@ def _answer_batch(model: ScoringModel, batch, features: list[str]
     if compiled is None or any(kind != "number" for kind in compiled.kinds) or not len(batch):
         return None
     # float64 as inputs_from_frame feeds it: nulls as NaN, integers widened
+    import pyarrow as pa
+
     feed = {name: np.ascontiguousarray(batch.column(name).to_numpy(zero_copy_only=False),
                                        dtype=np.float64).reshape(-1, 1)
             for name in compiled.feature_names}
     features_only = batch.select(features)
-    predicted, proba, slow = _graph_answer(
+    values, proba, slow = _graph_answer(
         model, feed, len(batch), np.zeros(len(batch), dtype=bool),
         lambda at: features_only.take(at).to_pandas())
-    outputs = {"prediction": predicted}
-    if proba is not None:
-        for position, label in enumerate(model.loaded.pipeline.classes_):
-            outputs[f"proba_{label}"] = proba[:, position]
+    if proba is None:
+        return {"prediction": values}, slow
+    classes = [str(c) for c in model.loaded.pipeline.classes_]
+    # the class names taken by index in Arrow: no NumPy array of strings on the way
+    outputs: dict[str, Any] = {"prediction": pa.array(classes, type=pa.string()).take(
+        pa.array(proba.argmax(axis=1)))}
+    for position, label in enumerate(classes):
+        outputs[f"proba_{label}"] = proba[:, position]
     return outputs, slow
 
 
@@ -248,7 +254,8 @@ def _output_table(features: Any, outputs: dict[str, Any], first_row: int,
         "model_version": pa.repeat(pa.scalar(str(plan.model_version)), n),
         "scored_at": pa.repeat(pa.scalar(scored_at.to_pydatetime(),
                                          type=pa.timestamp("us", tz="UTC")), n),
-        **{str(c): pa.array(np.asarray(values)) for c, values in outputs.items()},
+        **{str(c): values if isinstance(values, pa.Array) else pa.array(np.asarray(values))
+           for c, values in outputs.items()},
         "source_file": pa.repeat(pa.scalar(shard.file_name), n),
     }
     for name, values in columns.items():
@@ -301,8 +308,14 @@ def _batch_checks(outputs: dict[str, Any], model_version: str, regression: bool
                   ) -> list[CheckOutcome]:
     """`output_checks` of the output columns handed to the writer (all but the row
     count, which the written file's footer gives)."""
-    frame = pd.DataFrame({name: np.asarray(values) for name, values in outputs.items()})
-    frame["model_version"] = model_version
+    import pyarrow as pa
+
+    n = len(outputs["prediction"])
+    frame = pd.DataFrame({name: pd.arrays.ArrowExtensionArray(values)
+                          if isinstance(values, pa.Array) else np.asarray(values)
+                          for name, values in outputs.items()})
+    frame["model_version"] = pd.arrays.ArrowExtensionArray(
+        pa.repeat(pa.scalar(model_version), n))
     return [o for o in output_checks(frame, len(frame), regression)
             if o.name != ROW_COUNT_CHECK]
 
