@@ -221,8 +221,8 @@ def test_only_batches_that_certainly_pass_skip_pandas():
     name = features[0]
     column = good.schema.get_field_index(name)
 
-    def with_first(values, type_=pa.float64()):
-        return good.set_column(column, name, pa.array(values, type=type_))
+    def with_first(values, type_=None):
+        return good.set_column(column, name, pa.array(values, type=type_ or pa.float64()))
 
     first = good.column(name).to_pylist()
     refused = {
@@ -233,5 +233,5 @@ def test_only_batches_that_certainly_pass_skip_pandas():
         "float32 (coerced)": with_first(first, pa.float32()),
         "missing column": good.drop_columns([name]),
     }
-    for why, batch in refused.items():
-        assert not passes_without_pandas(batch, schema, BREAST_CANCER_TARGET), why
+    for why, record_batch in refused.items():
+        assert not passes_without_pandas(record_batch, schema, BREAST_CANCER_TARGET), why

@@ -86,7 +86,7 @@ def open_model(directory: Path, version_tags: dict, runtime: str = "auto",
 
 def _graph_answer(model: ScoringModel, feed: dict[str, np.ndarray], n: int,
                   missing_text: np.ndarray, rows_at: Callable[[np.ndarray], pd.DataFrame]
-                  ) -> tuple[np.ndarray, np.ndarray, int]:
+                  ) -> tuple[np.ndarray | None, np.ndarray | None, int]:
     """(a regressor's values or None, a classifier's probabilities or None, rows the
     Pipeline answered) for a feed of `n` rows: the graph's answers, the Pipeline's
     (`rows_at(positions)` gives it those rows) where the graph cannot answer."""
@@ -136,7 +136,7 @@ def answer(model: ScoringModel, rows: pd.DataFrame) -> tuple[pd.DataFrame, int]:
 
 
 def _answer_batch(model: ScoringModel, batch, features: list[str]
-                  ) -> tuple[dict[str, np.ndarray], int] | None:
+                  ) -> tuple[dict[str, Any], int] | None:
     """`answer` for a validated pyarrow RecordBatch of numeric features, fed to the graph
     from Arrow's buffers with no pandas frame (only the Pipeline's rows become one);
     None when the model has no graph or takes text (then `answer` on a frame)."""
