@@ -40,6 +40,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from queue import Empty
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -145,7 +146,9 @@ def _sharded(env: dict, shard_rows: int, queue) -> None:
     os.environ.update(env)
     from dagster import DagsterInstance, execute_job, reconstructable
 
-    with tempfile.TemporaryDirectory(prefix="bench-dagster-") as home:
+    # the instance inside the benchmark's own directory (nothing else cleans it up)
+    with tempfile.TemporaryDirectory(prefix="dagster-",
+                                     dir=Path(env["BENCH_OUTPUT_DIR"]).parent) as home:
         with DagsterInstance.local_temp(home) as instance:
             started = time.perf_counter()
             result = execute_job(
@@ -250,7 +253,14 @@ def _child(target, *args) -> dict:
     queue = context.Queue()
     process = context.Process(target=target, args=(*args, queue))
     process.start()
-    answer = queue.get()
+    while True:  # a child that died without answering fails the benchmark, not hangs it
+        try:
+            answer = queue.get(timeout=5)
+            break
+        except Empty:
+            if not process.is_alive():
+                raise RuntimeError(f"{target.__name__} exited {process.exitcode} "
+                                   "without a result") from None
     process.join()
     if process.exitcode != 0:
         raise RuntimeError(f"{target.__name__} exited {process.exitcode}")
