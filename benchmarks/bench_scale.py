@@ -7,6 +7,15 @@ single-pass `score_drift`.
     python benchmarks/bench_scale.py                       # 2,000,000 rows, 3 repeats
     python benchmarks/bench_scale.py --rows 20000000       # the issue's 20M rows
     python benchmarks/bench_scale.py --rows 200000 --repeats 1   # quick
+    python benchmarks/bench_scale.py --start-methods spawn,forkserver   # also warm steps
+
+`--start-methods`: how the multiprocess executor starts a step's process: `spawn`
+(Dagster's default: a fresh interpreter importing Dagster, MLflow, scikit-learn and ONNX
+Runtime per step) and/or `forkserver` (steps forked from one server that imported them
+once, `PRELOAD`). Each shard step records its seconds per stage (read, validate, score,
+write, check) in the day's manifest; the summary gives their medians, the steps' own
+durations, and what the run spent outside its shard steps (process start-up, the plan
+and publish steps, hand-offs).
 
 Setup (not timed): a 50-tree forest on the synthetic generator's 30 features, registered
 and compiled (ONNX, parity-checked) in a temporary MLflow store, with its reference
@@ -31,6 +40,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from queue import Empty
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -38,6 +48,9 @@ sys.path.insert(0, str(ROOT))
 MODEL = "bench_scale_model"
 DAY = "2026-11-20"
 FEATURES = 30
+# What a forkserver imports once for every step it forks.
+PRELOAD = ["ml_assets.batch", "ml_assets.resources", "mlflow.artifacts", "sklearn.ensemble",
+           "skops.io", "onnxruntime", "pyarrow.parquet"]
 
 
 def _peak_mib() -> float:
@@ -109,6 +122,9 @@ def bench_job():
     from ml_assets.resources.production import ProductionDataResource
 
     out = os.environ["BENCH_OUTPUT_DIR"]
+    start = os.environ.get("BENCH_START_METHOD", "spawn")
+    start_method = ({"forkserver": {"preload_modules": PRELOAD}} if start == "forkserver"
+                    else {start: {}})
     return Definitions(
         assets=[batch.batch_predictions],
         resources={"production": ProductionDataResource(
@@ -121,7 +137,8 @@ def bench_job():
                 registered_model_name=MODEL)},
         jobs=[define_asset_job("bench_scale", selection=["batch_predictions"])],
         executor=multiprocess_executor.configured(
-            {"max_concurrent": int(os.environ["BENCH_WORKERS"])}),
+            {"max_concurrent": int(os.environ["BENCH_WORKERS"]),
+             "start_method": start_method}),
     ).resolve_job_def("bench_scale")
 
 
@@ -129,7 +146,9 @@ def _sharded(env: dict, shard_rows: int, queue) -> None:
     os.environ.update(env)
     from dagster import DagsterInstance, execute_job, reconstructable
 
-    with tempfile.TemporaryDirectory(prefix="bench-dagster-") as home:
+    # the instance inside the benchmark's own directory (nothing else cleans it up)
+    with tempfile.TemporaryDirectory(prefix="dagster-",
+                                     dir=Path(env["BENCH_OUTPUT_DIR"]).parent) as home:
         with DagsterInstance.local_temp(home) as instance:
             started = time.perf_counter()
             result = execute_job(
@@ -143,9 +162,10 @@ def _sharded(env: dict, shard_rows: int, queue) -> None:
                      and "score_batch_shard" in e.step_key
                      and e.dagster_event.event_type_value in ("STEP_START", "STEP_SUCCESS")]
     starts = {key: at for key, kind, at in steps if kind == "STEP_START"}
-    step_seconds = sum(at - starts[key] for key, kind, at in steps if kind == "STEP_SUCCESS")
+    durations = [at - starts[key] for key, kind, at in steps if kind == "STEP_SUCCESS"]
     manifest = json.loads((Path(env["BENCH_OUTPUT_DIR"]) / DAY / "manifest.json").read_text())
-    queue.put({"success": result.success, "wall": wall, "step_seconds": step_seconds,
+    queue.put({"success": result.success, "wall": wall, "step_seconds": sum(durations),
+               "step_durations": durations, "stages": [p["seconds"] for p in manifest["parts"]],
                "shards": len(starts), "orchestrator_mib": _peak_mib(),
                # each shard step's own VmHWM, recorded in the manifest by the step
                "step_peak_mib": max(p["peak_rss_mib"] for p in manifest["parts"])})
@@ -233,7 +253,14 @@ def _child(target, *args) -> dict:
     queue = context.Queue()
     process = context.Process(target=target, args=(*args, queue))
     process.start()
-    answer = queue.get()
+    while True:  # a child that died without answering fails the benchmark, not hangs it
+        try:
+            answer = queue.get(timeout=5)
+            break
+        except Empty:
+            if not process.is_alive():
+                raise RuntimeError(f"{target.__name__} exited {process.exitcode} "
+                                   "without a result") from None
     process.join()
     if process.exitcode != 0:
         raise RuntimeError(f"{target.__name__} exited {process.exitcode}")
@@ -241,12 +268,16 @@ def _child(target, *args) -> dict:
 
 
 def main() -> None:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # quiet steps
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=2_000_000)
     parser.add_argument("--file-rows", type=int, default=1_000_000,
                         help="rows per input Parquet file (a shard never spans two files)")
     parser.add_argument("--shard-rows", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json-out", type=Path, help="also write the summary here")
+    parser.add_argument("--start-methods", default="spawn",
+                        help="comma-separated: spawn, forkserver (how step processes start)")
     parser.add_argument("--single-pass-max", type=int, default=5_000_000,
                         help="largest day also scored single-pass for the drift check")
     args = parser.parse_args()
@@ -261,34 +292,56 @@ def main() -> None:
         env = {"MLFLOW_TRACKING_URI": ready["tracking_uri"],
                "BENCH_INPUT_DIR": ready["input_dir"], "BENCH_GRAPH": str(graph),
                "BENCH_PROFILE": ready["profile"]}
-        results: dict[str, list[dict]] = {"plain": [], "1": [], "2": []}
+        methods = [m.strip() for m in args.start_methods.split(",") if m.strip()]
+        unknown = sorted(set(methods) - {"spawn", "forkserver"})
+        if unknown or not methods:
+            parser.error(f"--start-methods: {', '.join(unknown) or 'none given'}")
+        variants = {f"{method} {workers}": (method, workers)
+                    for method in methods for workers in ("1", "2")}
+        results: dict[str, list[dict]] = {"plain": [], **{v: [] for v in variants}}
         for repeat in range(args.repeats):
             results["plain"].append(_child(_plain, {**env, "BENCH_OUTPUT_DIR": str(
                 root / f"plain{repeat}")}))
-            for workers in ("1", "2"):
+            for variant, (method, workers) in variants.items():
                 run = _child(_sharded, {**env, "BENCH_WORKERS": workers,
+                                        "BENCH_START_METHOD": method,
                                         "BENCH_OUTPUT_DIR": str(root / f"out{workers}")},
                              args.shard_rows)
                 assert run["success"], run
-                results[workers].append(run)
+                results[variant].append(run)
             print(f"repeat {repeat + 1}: " + ", ".join(
                 f"{k} {v[-1]['wall']:.1f} s" for k, v in results.items()), flush=True)
         median = {k: statistics.median(r["wall"] for r in v) for k, v in results.items()}
-        per_core = {"plain": args.rows / median["plain"],
-                    "1": args.rows / median["1"], "2": args.rows / median["2"] / 2}
+        workers_of = {"plain": 1, **{v: int(w) for v, (_, w) in variants.items()}}
+        per_core = {k: args.rows / median[k] / workers_of[k] for k in results}
+        sharded = list(variants)
         summary = {
             "rows": args.rows, "repeats": args.repeats,
             "wall_seconds": median, "rows_per_s_per_core": per_core,
             "ratio_plain_to_sharded_per_core": {k: per_core["plain"] / per_core[k]
-                                                for k in ("1", "2")},
-            "step_seconds_1_worker": statistics.median(r["step_seconds"]
-                                                       for r in results["1"]),
+                                                for k in sharded},
+            # the steps' own durations (STEP_START to STEP_SUCCESS), summed, and the rest
+            # of the run with 1 worker (start-ups, plan and publish, hand-offs)
+            "step_seconds_1_worker": {k: statistics.median(r["step_seconds"]
+                                                           for r in results[k])
+                                      for k in sharded if k.endswith(" 1")},
+            "outside_shard_steps_1_worker": {
+                k: statistics.median(r["wall"] - r["step_seconds"] for r in results[k])
+                for k in sharded if k.endswith(" 1")},
+            "shard_step_seconds": {k: statistics.median(d for r in results[k]
+                                                        for d in r["step_durations"])
+                                   for k in sharded},
+            # median seconds per stage of one shard step (score_shard's own clock)
+            "shard_stages": {stage: statistics.median(s[stage] for k in sharded
+                                                      for r in results[k]
+                                                      for s in r["stages"])
+                             for stage in results[sharded[0]][0]["stages"][0]},
             "peak_rss_mib": {"plain": max(r["peak_mib"] for r in results["plain"]),
                              "step_process": max(r["step_peak_mib"]
-                                                 for k in ("1", "2") for r in results[k]),
+                                                 for k in sharded for r in results[k]),
                              "orchestrator": max(r["orchestrator_mib"]
-                                                 for k in ("1", "2") for r in results[k])},
-            "shards": results["1"][0]["shards"],
+                                                 for k in sharded for r in results[k])},
+            "shards": results[sharded[0]][0]["shards"],
         }
         drift_env = {**env, "BENCH_OUTPUT_DIR": str(root / "out1")}
         summary["drift_sketch"] = _child(_drift, drift_env, "sketch")
@@ -299,6 +352,8 @@ def main() -> None:
             summary["verdicts_equal"] = all(summary["drift_sketch"][k]
                                             == summary["drift_single_pass"][k] for k in keys)
         print(json.dumps(summary, indent=1))
+        if args.json_out:
+            args.json_out.write_text(json.dumps(summary, indent=1))
 
 
 if __name__ == "__main__":

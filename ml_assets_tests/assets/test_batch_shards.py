@@ -157,3 +157,81 @@ def test_a_failing_shard_is_retried_alone_and_the_day_waits_for_it(resources, in
                                            "batch_predictions.publish_batch_day"}
     written = production.batch_predictions(day)
     assert len(written) == 340 and set(written["request_id"]) == _expected_ids(day)
+
+
+@pytest.fixture(scope="module")
+def scoring_model(tmp_path_factory, mlflow_store, cancer_champion):
+    """The session champion as a shard step opens it (downloaded, safe loader, graph)."""
+    import mlflow.artifacts
+    from mlflow import MlflowClient
+
+    from ml_assets.core.batch.shard_scoring import open_model
+
+    uri = f"models:/{cancer_champion.name}/{cancer_champion.version}"
+    local = Path(mlflow.artifacts.download_artifacts(
+        artifact_uri=uri, dst_path=str(tmp_path_factory.mktemp("champion")),
+        tracking_uri=mlflow_store["tracking_uri"]))
+    tags = MlflowClient(mlflow_store["tracking_uri"]).get_model_version(
+        cancer_champion.name, cancer_champion.version).tags
+    model = open_model(local, dict(tags or {}), "auto", source=uri)
+    assert model.runtime == "onnx"
+    return model
+
+
+def test_the_arrow_path_writes_what_the_frame_path_writes(tmp_path, scoring_model,
+                                                          cancer_champion):
+    """A Parquet shard scored from Arrow (no pandas frame) and through validate_input and
+    a frame (any scorer other than `answer` takes that path) give the same part, byte
+    for byte in its rows and schema."""
+    from ml_assets.core.batch.shard_scoring import STAGES, answer, score_shard
+
+    rows = load_breast_cancer_frame().drop(columns=BREAST_CANCER_TARGET)
+    rows = rows.sample(400, random_state=7, replace=True)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    pq.write_table(pa.Table.from_pandas(rows, preserve_index=False),
+                   folder / "big.parquet", row_group_size=150)
+    plan = plan_shards(input_files(folder), day="2026-11-22", model_name=cancer_champion.name,
+                       model_version=str(cancer_champion.version),
+                       scored_at="2026-11-22T00:00:00+00:00", shard_rows=1_000)
+    (shard,) = plan.shards
+    written = {}
+    for path, scorer in (("arrow", answer), ("frame", lambda m, r: answer(m, r))):
+        result = score_shard(plan, shard, scoring_model, tmp_path / path, scorer=scorer,
+                             batch_rows=64)
+        assert result.passed and result.input_rows == result.written_rows == 400
+        assert set(result.seconds) == set(STAGES)
+        written[path] = pq.read_table(plan.part_path(tmp_path / path, shard))
+    assert written["arrow"].schema == written["frame"].schema
+    assert written["arrow"].equals(written["frame"])
+    assert written["arrow"].column("request_id")[-1].as_py() == "batch-2026-11-22-big-400"
+
+
+def test_only_batches_that_certainly_pass_skip_pandas():
+    """The Arrow fast path says yes only when validate_input would pass unchanged; every
+    doubt goes to validate_input (which words the error)."""
+    from ml_assets.core.batch.scoring import passes_without_pandas
+    from ml_assets.core.data.schemas import breast_cancer_schema
+
+    table = load_breast_cancer_frame()
+    features = [c for c in table.columns if c != BREAST_CANCER_TARGET]
+    schema = breast_cancer_schema(features)
+    good = pa.RecordBatch.from_pandas(table[features].head(20), preserve_index=False)
+    assert passes_without_pandas(good, schema, BREAST_CANCER_TARGET)
+    name = features[0]
+    column = good.schema.get_field_index(name)
+
+    def with_first(values, type_=None):
+        return good.set_column(column, name, pa.array(values, type=type_ or pa.float64()))
+
+    first = good.column(name).to_pylist()
+    refused = {
+        "negative (Check.ge(0))": with_first([-1.0, *first[1:]]),
+        "infinite": with_first([float("inf"), *first[1:]]),
+        "NaN where not nullable": with_first([float("nan"), *first[1:]]),
+        "null where not nullable": with_first([None, *first[1:]]),
+        "float32 (coerced)": with_first(first, pa.float32()),
+        "missing column": good.drop_columns([name]),
+    }
+    for why, record_batch in refused.items():
+        assert not passes_without_pandas(record_batch, schema, BREAST_CANCER_TARGET), why

@@ -108,3 +108,25 @@ def test_check_outcomes_of_shards_merge_into_the_day_s():
     assert not merged.passed and merged.description == "2 rows outside"
     assert merged.metadata == {"rows_outside_unit_interval": 2, "max_sum_error": 1e-3}
     assert merge_outcomes([[ok], [ok]])[0].passed
+
+
+def test_output_rows_from_arrow_write_a_nan_as_pandas_does(tmp_path):
+    """A nullable float feature's NaN, written from a record batch, is a null as
+    `Table.from_pandas` makes it; request ids count on from the shard's first row."""
+    import numpy as np
+
+    from ml_assets.core.batch.shard_scoring import _output_table
+
+    plan = plan_shards([_parquet(tmp_path / "a.parquet", 4, 2)], day="2026-11-20",
+                       model_name="m", model_version="3", scored_at="2026-11-20T00:00:00Z",
+                       shard_rows=2)
+    batch = pa.RecordBatch.from_pydict({"f": pa.array([1.0, np.nan], pa.float64())})
+    outputs = {"prediction": np.array(["a", "b"]), "proba_a": np.array([0.9, 0.2])}
+    scored_at = pd.Timestamp(plan.scored_at)
+    from_arrow = _output_table(batch, outputs, 2, plan, plan.shards[1], scored_at)
+    from_pandas = _output_table(pd.DataFrame({"f": [1.0, np.nan]}), outputs, 2, plan,
+                                plan.shards[1], scored_at)
+    assert from_arrow.column("f").null_count == 1
+    assert from_arrow.equals(from_pandas.replace_schema_metadata(None))
+    assert from_arrow.column("request_id").to_pylist() == ["batch-2026-11-20-a-3",
+                                                          "batch-2026-11-20-a-4"]

@@ -160,3 +160,53 @@ def output_checks(written: pd.DataFrame, input_rows: int, regression: bool
                                  if np.isfinite(values).all() else
                                  "a classifier with non-finite probabilities"))
     return outcomes
+
+
+# Built-in pandera checks a record batch can be judged by without pandas: name -> test of
+# the non-missing values (pandera's default ignore_na).
+_BOUND_CHECKS = {
+    "greater_than_or_equal_to": lambda v, s: v >= s["min_value"],
+    "greater_than": lambda v, s: v > s["min_value"],
+    "less_than_or_equal_to": lambda v, s: v <= s["max_value"],
+    "less_than": lambda v, s: v < s["max_value"],
+    "in_range": lambda v, s: ((v >= s["min_value"]) if s.get("include_min", True)
+                              else (v > s["min_value"]))
+    & ((v <= s["max_value"]) if s.get("include_max", True) else (v < s["max_value"])),
+}
+# Schema dtypes whose Arrow counterpart pandera's coercion leaves unchanged.
+_ARROW_TYPES = {"float64": "double", "int64": "int64"}
+
+
+def passes_without_pandas(batch, schema: pa.DataFrameSchema, target: str) -> bool:
+    """True only when a pyarrow RecordBatch's feature columns certainly pass
+    `validate_input` unchanged: every feature present with the Arrow type of its schema
+    dtype (float64/int64: coercion is then the identity), no missing value where the
+    schema forbids one, finite, within the built-in bound checks. Anything else (other
+    types or checks, a failing value) is False: `validate_input` then decides, and words
+    the error. A fast path only: it never rejects."""
+    if (schema.checks or getattr(schema, "parsers", None) or schema.unique
+            or schema.index is not None):
+        return False
+    names = set(batch.schema.names)
+    for name in feature_columns(schema, target):
+        column = schema.columns[name]
+        if (name not in names or column.unique or column.regex
+                or getattr(column, "parsers", None)
+                or _ARROW_TYPES.get(str(column.dtype)) != str(batch.schema.field(name).type)):
+            return False
+        array = batch.column(name)
+        if array.null_count and (not column.nullable or str(column.dtype) == "int64"):
+            return False  # an int64 column with nulls becomes float64 in pandas
+        values = array.to_numpy(zero_copy_only=False)
+        if values.dtype.kind == "f":
+            finite = np.isfinite(values)
+            if not finite.all():
+                if np.isinf(values).any() or not column.nullable:
+                    return False
+                values = values[finite]
+        for check in column.checks:
+            test = _BOUND_CHECKS.get(check.name)
+            if (type(check) is not pa.Check or test is None or not check.ignore_na
+                    or not bool(np.all(test(values, check.statistics)))):
+                return False
+    return True

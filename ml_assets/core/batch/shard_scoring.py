@@ -8,10 +8,12 @@ then says whether the day is complete and writes its manifest."""
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -24,6 +26,7 @@ from ml_assets.core.batch.scoring import (
     BatchInputError,
     CheckOutcome,
     output_checks,
+    passes_without_pandas,
     read_input,
     validate_input,
 )
@@ -83,6 +86,35 @@ def open_model(directory: Path, version_tags: dict, runtime: str = "auto",
     return ScoringModel(loaded, compiled, reason, regression)
 
 
+def _graph_answer(model: ScoringModel, feed: dict[str, np.ndarray], n: int,
+                  missing_text: np.ndarray, rows_at: Callable[[np.ndarray], pd.DataFrame]
+                  ) -> tuple[np.ndarray | None, np.ndarray | None, int]:
+    """(a regressor's values or None, a classifier's probabilities or None, rows the
+    Pipeline answered) for a feed of `n` rows: the graph's answers, the Pipeline's
+    (`rows_at(positions)` gives it those rows) where the graph cannot answer."""
+    compiled, pipeline = model.compiled, model.loaded.pipeline
+    assert compiled is not None
+    raw = np.asarray(compiled.run(feed), dtype=np.float64)
+    if model.regression:
+        values = raw.reshape(-1)
+        if values.shape != (n,):
+            raise ValueError(f"the graph gave {values.shape[0]} values for {n} rows")
+        slow = np.flatnonzero(~np.isfinite(values) | missing_text)
+        if slow.size:
+            values[slow] = pipeline.predict(rows_at(slow))
+        return values, None, slow.size
+    proba = raw
+    if proba.shape != (n, len(compiled.classes)):
+        raise ValueError(f"the graph gave probabilities of shape {proba.shape} for {n} "
+                         f"rows of {len(compiled.classes)} classes")
+    finite = np.isfinite(proba).all(axis=1)
+    np.clip(proba, 0.0, 1.0, out=proba)  # float32 sums land a hair outside [0, 1]
+    slow = np.flatnonzero(~finite | missing_text | near_ties(proba))
+    if slow.size:
+        proba[slow] = pipeline.predict_proba(rows_at(slow))
+    return None, proba, slow.size
+
+
 def answer(model: ScoringModel, rows: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     """The model's answer per validated row, as `model_outputs` gives it ('prediction',
     'proba_<class>'), and how many rows the Pipeline answered. The graph answers the
@@ -92,32 +124,53 @@ def answer(model: ScoringModel, rows: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     compiled = model.compiled
     if compiled is None or not len(rows):
         return model_outputs(model.loaded.pipeline, rows)[0], len(rows)
-    pipeline = model.loaded.pipeline
     strings = [name for name, kind in zip(compiled.feature_names, compiled.kinds, strict=True)
                if kind == "string"]
     missing_text = (rows[strings].isna().any(axis=1).to_numpy() if strings
                     else np.zeros(len(rows), dtype=bool))
-    if model.regression:
-        values = compiled.predict_values_frame(rows)
-        slow = np.flatnonzero(~np.isfinite(values) | missing_text)
-        if slow.size:
-            values[slow] = pipeline.predict(rows.iloc[slow])
-        return prediction_columns(values, index=rows.index, regression=True)[0], slow.size
-    proba = compiled.predict_proba_frame(rows)
-    finite = np.isfinite(proba).all(axis=1)
-    np.clip(proba, 0.0, 1.0, out=proba)  # float32 sums land a hair outside [0, 1]
-    slow = np.flatnonzero(~finite | missing_text | near_ties(proba))
-    if slow.size:
-        proba[slow] = pipeline.predict_proba(rows.iloc[slow])
-    classes = pipeline.classes_
+    values, proba, slow = _graph_answer(model, compiled.inputs_from_frame(rows), len(rows),
+                                        missing_text, lambda at: rows.iloc[at])
+    if proba is None:
+        return prediction_columns(values, index=rows.index, regression=True)[0], slow
+    classes = model.loaded.pipeline.classes_
     return prediction_columns(classes[proba.argmax(axis=1)].astype(str), proba,
-                              [str(c) for c in classes], index=rows.index)[0], slow.size
+                              [str(c) for c in classes], index=rows.index)[0], slow
+
+
+def _answer_batch(model: ScoringModel, batch, features: list[str]
+                  ) -> tuple[dict[str, Any], int] | None:
+    """`answer` for a validated pyarrow RecordBatch of numeric features, fed to the graph
+    from Arrow's buffers with no pandas frame (only the Pipeline's rows become one);
+    None when the model has no graph or takes text (then `answer` on a frame)."""
+    compiled = model.compiled
+    if compiled is None or any(kind != "number" for kind in compiled.kinds) or not len(batch):
+        return None
+    # float64 as inputs_from_frame feeds it: nulls as NaN, integers widened
+    import pyarrow as pa
+
+    feed = {name: np.ascontiguousarray(batch.column(name).to_numpy(zero_copy_only=False),
+                                       dtype=np.float64).reshape(-1, 1)
+            for name in compiled.feature_names}
+    features_only = batch.select(features)
+    values, proba, slow = _graph_answer(
+        model, feed, len(batch), np.zeros(len(batch), dtype=bool),
+        lambda at: features_only.take(at).to_pandas())
+    if proba is None:
+        return {"prediction": values}, slow
+    classes = [str(c) for c in model.loaded.pipeline.classes_]
+    # the class names taken by index in Arrow: no NumPy array of strings on the way
+    outputs: dict[str, Any] = {"prediction": pa.array(classes, type=pa.string()).take(
+        pa.array(proba.argmax(axis=1)))}
+    for position, label in enumerate(classes):
+        outputs[f"proba_{label}"] = proba[:, position]
+    return outputs, slow
 
 
 @dataclass
 class ShardResult:
     """What one shard step did: rows read and written, rows the Pipeline answered, the
-    checks of what it wrote (its part replaced only when all passed), ignored columns."""
+    checks of what it wrote (its part replaced only when all passed), ignored columns,
+    and the seconds it spent per stage (`STAGES`)."""
 
     index: int
     file: str
@@ -131,24 +184,29 @@ class ShardResult:
     peak_rss_mib: float = 0.0
     sketch: str = ""  # the part's drift sketch beside it (relative path), if any
     sketch_basis: str = ""  # `SketchBasis.digest` of the profile it is on
+    seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
         return all(o.passed for o in self.outcomes)
 
 
+# Where a shard step's time goes, as ShardResult.seconds and the manifest report it.
+STAGES = ("read", "validate", "score", "write", "check")
+
+
 def _batches(shard: Shard, csv_options: CsvOptions, features: list[str],
-             batch_rows: int) -> Iterator[pd.DataFrame]:
-    """The shard's rows, `batch_rows` at a time, indexed by their 0-based data row in the
-    file (validation messages count from it); a Parquet shard reads only the feature
-    columns (the others are named in `attrs['ignored']`)."""
+             batch_rows: int) -> Iterator[tuple[int, Any, list[str]]]:
+    """The shard's rows, `batch_rows` at a time, with the 0-based data row in the file of
+    each piece's first row (validation messages and request ids count from it) and the
+    file's columns that are no feature (ignored). A Parquet shard gives pyarrow record
+    batches of the feature columns only; a CSV file gives pandas frames."""
     file = Path(shard.file)
     if shard.row_groups is None:
         frame = read_input(file, csv_options)
+        ignored = sorted(set(frame.columns) - set(features))
         for start in range(0, len(frame), batch_rows):
-            chunk = frame.iloc[start:start + batch_rows]
-            chunk.attrs["ignored"] = sorted(set(frame.columns) - set(features))
-            yield chunk
+            yield start, frame.iloc[start:start + batch_rows], ignored
         return
     import pyarrow.parquet as pq
 
@@ -162,30 +220,46 @@ def _batches(shard: Shard, csv_options: CsvOptions, features: list[str],
     for group in range(*shard.row_groups):
         for batch in reader.iter_batches(batch_size=batch_rows, columns=wanted,
                                          row_groups=[group], use_threads=False):
-            frame = parse_dates(batch.to_pandas())
-            frame.index = pd.RangeIndex(offset, offset + len(frame))
-            frame.attrs["ignored"] = ignored
-            offset += len(frame)
-            yield frame
+            yield offset, batch, ignored
+            offset += batch.num_rows
 
 
-def _output_table(rows: pd.DataFrame, outputs: pd.DataFrame, plan: ShardPlan,
-                  shard: Shard, scored_at: pd.Timestamp):
-    """One output row per input row, in the columns the day always had, as an
-    Arrow table built column by column (no pandas copy of the features)."""
+def _as_frame(batch, offset: int) -> pd.DataFrame:
+    """A record batch as pandas, indexed by data row in the file, dates parsed as
+    training's reader parses them."""
+    frame = parse_dates(batch.to_pandas())
+    frame.index = pd.RangeIndex(offset, offset + len(frame))
+    return frame
+
+
+def _output_table(features: Any, outputs: dict[str, Any], first_row: int,
+                  plan: ShardPlan, shard: Shard, scored_at: pd.Timestamp):
+    """One output row per input row, in the columns the day always had: the validated
+    feature columns (a pyarrow RecordBatch, or a validated frame), request_id,
+    model_name, model_version, scored_at, the model's outputs, source_file."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
-    table = pa.Table.from_pandas(rows, preserve_index=False)
-    n = len(rows)
-    prefix = f"batch-{plan.day}-{shard.key}-"
-    numbers = (rows.index.to_numpy() + 1).astype(str)
+    if isinstance(features, pd.DataFrame):
+        table = pa.Table.from_pandas(features, preserve_index=False)
+    else:
+        # as pandas would write it: a float NaN as a null
+        table = pa.Table.from_batches([features])
+        for i, column in enumerate(table.columns):
+            if pa.types.is_floating(column.type) and pc.any(pc.is_nan(column)).as_py():
+                table = table.set_column(i, table.field(i), pc.if_else(
+                    pc.is_nan(column), pa.scalar(None, column.type), column))
+    n = table.num_rows
+    numbers = pc.cast(pa.array(np.arange(first_row + 1, first_row + n + 1)), pa.string())
     columns = {
-        "request_id": pa.array(np.char.add(prefix, numbers), type=pa.string()),
+        "request_id": pc.binary_join_element_wise(
+            f"batch-{plan.day}-{shard.key}-", numbers, ""),
         "model_name": pa.repeat(pa.scalar(plan.model_name), n),
         "model_version": pa.repeat(pa.scalar(str(plan.model_version)), n),
         "scored_at": pa.repeat(pa.scalar(scored_at.to_pydatetime(),
                                          type=pa.timestamp("us", tz="UTC")), n),
-        **{str(c): pa.array(outputs[c].to_numpy()) for c in outputs.columns},
+        **{str(c): values if isinstance(values, pa.Array) else pa.array(np.asarray(values))
+           for c, values in outputs.items()},
         "source_file": pa.repeat(pa.scalar(shard.file_name), n),
     }
     for name, values in columns.items():
@@ -234,29 +308,20 @@ def merge_outcomes(groups: list[list[CheckOutcome]]) -> list[CheckOutcome]:
     return list(merged.values())
 
 
-def check_written(path: Path, input_rows: int, regression: bool,
-                  batch_rows: int = BATCH_ROWS) -> tuple[int, list[CheckOutcome]]:
-    """(rows in the Parquet file, `output_checks` of what it holds), read back in
-    record batches of the output columns only."""
-    import pyarrow.parquet as pq
+def _batch_checks(outputs: dict[str, Any], model_version: str, regression: bool
+                  ) -> list[CheckOutcome]:
+    """`output_checks` of the output columns handed to the writer (all but the row
+    count, which the written file's footer gives)."""
+    import pyarrow as pa
 
-    reader = pq.ParquetFile(path, pre_buffer=False)
-    columns = [c for c in reader.schema_arrow.names
-               if c in ("prediction", "model_version") or c.startswith("proba_")]
-    groups, written = [], 0
-    for batch in reader.iter_batches(batch_size=batch_rows, columns=columns):
-        frame = batch.to_pandas()
-        written += len(frame)
-        groups.append([o for o in output_checks(frame, len(frame), regression)
-                       if o.name != ROW_COUNT_CHECK])
-    count = CheckOutcome(ROW_COUNT_CHECK, written == input_rows,
-                         f"{written} rows written for {input_rows} input rows",
-                         {"written_rows": written, "input_rows": input_rows})
-    if not groups:  # nothing written: the other checks on an empty frame
-        empty = pd.DataFrame({"prediction": [], "model_version": []})
-        groups.append([o for o in output_checks(empty, 0, regression)
-                       if o.name != ROW_COUNT_CHECK])
-    return written, [count, *merge_outcomes(groups)]
+    n = len(outputs["prediction"])
+    frame = pd.DataFrame({name: pd.arrays.ArrowExtensionArray(values)
+                          if isinstance(values, pa.Array) else np.asarray(values)
+                          for name, values in outputs.items()})
+    frame["model_version"] = pd.arrays.ArrowExtensionArray(
+        pa.repeat(pa.scalar(model_version), n))
+    return [o for o in output_checks(frame, len(frame), regression)
+            if o.name != ROW_COUNT_CHECK]
 
 
 Scorer = Callable[[ScoringModel, pd.DataFrame], tuple[pd.DataFrame, int]]
@@ -268,10 +333,15 @@ def score_shard(plan: ShardPlan, shard: Shard, model: ScoringModel, day_dir: Pat
                 sketch: SketchBasis | None = None) -> ShardResult:
     """Score one shard into its part file (`plan.part_path`): record batches read,
     validated (BatchInputError names the file, column and data rows), answered by
-    `scorer`, written to a temporary file that is read back, checked, and renamed over
-    the part only when every check passes. The temporary file never outlives the call.
+    `scorer`, written to a temporary file renamed over the part only when every check
+    passes: the output checks of each batch as it is handed to the writer, the row
+    count from the written file's footer. The temporary file never outlives the call.
     `sketch`: the profile to sketch the answered rows against, batch by batch (merged:
-    bounded memory), written beside the part (`plan.sketch_path`) with it."""
+    bounded memory), written beside the part (`plan.sketch_path`) with it.
+
+    A Parquet batch whose features certainly pass (`passes_without_pandas`) is scored
+    and written from Arrow without a pandas frame; others, CSV files, and a `scorer`
+    other than `answer`, go through `validate_input` and a frame as they always did."""
     import pyarrow.parquet as pq
 
     check_unchanged(shard)
@@ -284,39 +354,80 @@ def score_shard(plan: ShardPlan, shard: Shard, model: ScoringModel, day_dir: Pat
     temporary = part.with_name(f".{part.stem}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
     rows_in = pipeline_rows = 0
     ignored: list[str] = []
+    checks: list[list[CheckOutcome]] = []
+    seconds = dict.fromkeys(STAGES, 0.0)
     writer = None
     sketched: DriftSketch | None = None
+    clock = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[stage] += now - clock
+        clock = now
+
     try:
-        for raw in _batches(shard, csv_options or CsvOptions(), features, batch_rows):
-            ignored = raw.attrs.get("ignored", [])
-            rows = validate_input(raw, loaded.schema, loaded.target, shard.file_name, label)
-            outputs, slow = scorer(model, rows)
-            table = _output_table(rows, outputs, plan, shard, scored_at)
+        for first_row, piece, not_features in _batches(
+                shard, csv_options or CsvOptions(), features, batch_rows):
+            lap("read")
+            ignored = not_features
+            fast = False
+            if isinstance(piece, pd.DataFrame):
+                rows = validate_input(piece, loaded.schema, loaded.target, shard.file_name,
+                                      label)
+            elif passes_without_pandas(piece, loaded.schema, loaded.target):
+                rows, fast = piece.select(features), True
+            else:
+                rows = validate_input(_as_frame(piece, first_row), loaded.schema,
+                                      loaded.target, shard.file_name, label)
+            lap("validate")
+            answered = _answer_batch(model, rows, features) if fast and scorer is answer \
+                else None
+            if answered is None:
+                if fast:
+                    rows = _as_frame(rows, first_row)
+                frame_outputs, slow = scorer(model, rows)
+                outputs = {str(c): frame_outputs[c].to_numpy() for c in frame_outputs.columns}
+            else:
+                outputs, slow = answered
+            lap("score")
+            checks.append(_batch_checks(outputs, str(plan.model_version), model.regression))
+            lap("check")
+            table = _output_table(rows, outputs, first_row, plan, shard, scored_at)
             if writer is None:  # the directory made once a batch is valid
                 part.parent.mkdir(parents=True, exist_ok=True)
                 writer = pq.ParquetWriter(temporary, table.schema.remove_metadata(),
                                           use_dictionary=_DICTIONARY_COLUMNS)
             writer.write_table(table.cast(writer.schema))
             if sketch is not None:
-                day_rows = sketch.sketch(pd.concat([rows, outputs], axis=1))
+                frame = rows if isinstance(rows, pd.DataFrame) else rows.to_pandas()
+                answered_frame = pd.DataFrame(outputs, index=frame.index)
+                day_rows = sketch.sketch(pd.concat([frame, answered_frame], axis=1))
                 sketched = day_rows if sketched is None else sketched.merged(day_rows)
-            rows_in += len(rows)
+            rows_in += table.num_rows
             pipeline_rows += slow
+            lap("write")
         if writer is None:
             raise BatchInputError(shard.file_name, "no rows", f"{shard.file} has a header "
                                   "but 0 data rows: add rows or remove the file")
         writer.close()
         writer = None
+        lap("write")
         if shard.rows is not None and rows_in != shard.rows:
             raise BatchInputError(shard.file_name, "changed", f"{shard.file} gave {rows_in} "
                                   f"rows where the plan counted {shard.rows}: score the day "
                                   "again")
-        written, outcomes = check_written(temporary, rows_in, model.regression, batch_rows)
+        written = pq.ParquetFile(temporary).metadata.num_rows
+        outcomes = [CheckOutcome(ROW_COUNT_CHECK, written == rows_in,
+                                 f"{written} rows written for {rows_in} input rows",
+                                 {"written_rows": written, "input_rows": rows_in}),
+                    *merge_outcomes(checks)]
         sketch_file.unlink(missing_ok=True)  # a sketch never outlives its part's rows
         if all(o.passed for o in outcomes):
             os.replace(temporary, part)
             if sketched is not None:
                 write_sketch(sketch_file, sketched)
+        lap("check")
     finally:
         if writer is not None:
             writer.close()
@@ -325,8 +436,9 @@ def score_shard(plan: ShardPlan, shard: Shard, model: ScoringModel, day_dir: Pat
     return ShardResult(shard.index, shard.file_name, str(part.relative_to(day_dir)), rows_in,
                        written, pipeline_rows, model.runtime, outcomes, list(ignored),
                        peak_rss_mib(),
-                       str(sketch_file.relative_to(day_dir)) if has_sketch else "",
-                       sketch.digest if has_sketch and sketch is not None else "")
+                       sketch=str(sketch_file.relative_to(day_dir)) if has_sketch else "",
+                       sketch_basis=sketch.digest if has_sketch and sketch is not None else "",
+                       seconds={k: round(v, 3) for k, v in seconds.items()})
 
 
 def publish(plan: ShardPlan, results: list[ShardResult], day_dir: Path,
@@ -380,7 +492,7 @@ def publish(plan: ShardPlan, results: list[ShardResult], day_dir: Path,
         "files": per_file, "feature_columns": features,
         "pipeline_rows": sum(r.pipeline_rows for r in results),
         "parts": [{"path": r.part, "rows": r.input_rows, "file": r.file,
-                   "peak_rss_mib": round(r.peak_rss_mib, 1),
+                   "peak_rss_mib": round(r.peak_rss_mib, 1), "seconds": r.seconds,
                    **({"sketch": r.sketch, "sketch_basis": r.sketch_basis}
                       if r.sketch else {})} for r in ordered],
     }
