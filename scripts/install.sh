@@ -21,7 +21,11 @@ if ! "$python" -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (
          "Python 3.11, 3.12 or 3.13 (choose one with PYTHON=/path/to/python3.X)" >&2
     exit 2
 fi
-"$python" -m venv "$venv"
+if ! "$python" -m venv "$venv"; then
+    echo "install: '$python -m venv' failed (above): on Debian or Ubuntu install the" \
+         "python3-venv package (apt), or choose another Python with PYTHON=..." >&2
+    exit 1
+fi
 if [ "${ML_INSTALL_WITH:-uv}" = uv ]; then
     if "$venv/bin/pip" install -q --disable-pip-version-check -c requirements.lock uv \
         && "$venv/bin/uv" pip install --python "$venv/bin/python" -c requirements.lock -e "$target"; then

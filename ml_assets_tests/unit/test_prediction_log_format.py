@@ -219,6 +219,8 @@ def _crafted() -> dict[str, bytes]:
         "declares too many rows": _declare_rows(_stream(huge), 10**12),
         "unnamed block": _stream(meta.append_column(
             "features", pa.array([[1.0], [2.0]], pa.list_(pa.float64(), 1)))),
+        "missing request ids": _stream(good.set_column(
+            1, "request_id", pa.nulls(2, pa.string()))),
         "block with missing rows": _stream(meta.append_column(pa.field(
             "features", pa.list_(pa.float64(), 1), metadata={"names": '["x"]'}),
             pa.array([[1.0], None], pa.list_(pa.float64(), 1)))),
@@ -265,3 +267,19 @@ def test_decoding_bounds_cells_by_the_bytes_stored():
     rows = budget // table.num_columns + 1  # just over what the bytes may declare
     with pytest.raises(CorruptBatch, match=f"declares {rows} rows"):
         columnar.decode(_declare_rows(blob, rows), "batch 1")
+
+
+def test_text_that_is_not_json_is_refused_by_name(tmp_path):
+    """Valid Arrow whose JSON-written text is damaged: a CorruptBatch saying so, never a
+    JSONDecodeError from the reader."""
+    good = _good_table()
+    index = good.schema.get_field_index("probabilities")
+    damaged = _stream(good.set_column(index, "probabilities", pa.array(["{", "{"])))
+    log = SQLitePredictionLog(tmp_path / "log.db")
+    log.append_many([_row("fine")]).result(10)
+    with sqlite3.connect(log.path) as conn:
+        conn.execute("UPDATE prediction_batches SET data = ?", (damaged,))
+    conn.close()
+    with pytest.raises(CorruptBatch, match="not JSON"):
+        log.read_day(DAY.date())
+    log.close()

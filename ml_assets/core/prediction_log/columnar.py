@@ -47,6 +47,8 @@ _META_TYPES = {"timestamp": pa.timestamp("us", tz="UTC"), "row_index": pa.int64(
                "confidence": pa.float64(), "latency_ms": pa.float64(),
                **{name: pa.string() for name in _STRING_META}}
 _FEATURE_TYPES = (pa.null(), pa.bool_(), pa.int64(), pa.float64(), pa.string())
+_NEVER_NULL = ("timestamp", "request_id", "row_index", "model_name", "model_version",
+               "prediction", "probabilities")
 # Decoding bounds: a batch may not declare more cells (rows x columns) than this many
 # per stored byte plus a floor (a real batch has a few cells per 8 bytes; all-missing
 # features cost no bytes), nor more columns than MAX_COLUMNS.
@@ -276,6 +278,9 @@ def decode(data, where: str, stored_format: int = FORMAT) -> pa.Table:
         batch.validate(full=True)
         if BLOCK in schema.names and batch.column(BLOCK).null_count:
             raise ValueError("its block of features has missing rows")
+        for name in _NEVER_NULL:  # the encoder always writes these
+            if batch.column(name).null_count:
+                raise ValueError(f"its column {name} has missing values")
     except CorruptBatch:
         raise
     except (pa.ArrowException, ValueError, TypeError, KeyError, IndexError, OSError,
@@ -371,7 +376,11 @@ def frame(tables: Sequence[pa.Table], features: bool = True) -> pd.DataFrame:
         parts = [_expand(t) for t in parts]  # blocks of other features, or typed columns
     if len(parts) > 1 and _promotable(parts):
         parts = [pa.concat_tables(parts, promote_options="permissive")]
-    frames = [_table_frame(t) for t in parts]
+    try:
+        frames = [_table_frame(t) for t in parts]
+    except orjson.JSONDecodeError as exc:  # valid Arrow, damaged text inside
+        raise CorruptBatch(f"prediction log: a stored batch holds text that is not JSON "
+                           f"where JSON was written ({exc})") from None
     if len(frames) == 1:
         return numeric(frames[0])
     return concat_frames(frames)
