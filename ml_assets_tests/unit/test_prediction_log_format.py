@@ -283,3 +283,17 @@ def test_text_that_is_not_json_is_refused_by_name(tmp_path):
     with pytest.raises(CorruptBatch, match="not JSON"):
         log.read_day(DAY.date())
     log.close()
+
+
+def test_all_missing_columns_are_bounded_on_their_own():
+    """Null-typed columns cost no stored bytes, so the byte budget does not bound them;
+    they become object arrays in pandas, so a batch may declare at most NULL_CELLS."""
+    good = _good_table()
+    meta = {n: good.column(n) for n in columnar.META_COLUMNS}
+    padding = pa.array(["x" * 600_000] * 2)  # bytes enough for the byte budget to pass
+    wide = _stream(pa.table({**meta, "f:note": padding,
+                             **{f"f:x{i}": pa.nulls(2) for i in range(2000)}}))
+    assert columnar.decode(wide, "batch 1").num_rows == 2
+    rows = columnar.NULL_CELLS // 2000 + 1
+    with pytest.raises(CorruptBatch, match="all-missing columns"):
+        columnar.decode(_declare_rows(wide, rows), "batch 1")

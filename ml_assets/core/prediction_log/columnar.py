@@ -54,6 +54,7 @@ _NEVER_NULL = ("timestamp", "request_id", "row_index", "model_name", "model_vers
 # features cost no bytes), nor more columns than MAX_COLUMNS.
 CELLS_PER_BYTE = 64
 CELL_FLOOR = 1 << 20
+NULL_CELLS = 1 << 24  # all-missing feature cells of one batch (a commit is <= 5,000 rows)
 MAX_COLUMNS = 20_000
 _EPOCH = datetime(1970, 1, 1)
 _END_OF_STREAM = b"\xff\xff\xff\xff\x00\x00\x00\x00"
@@ -268,6 +269,12 @@ def decode(data, where: str, stored_format: int = FORMAT) -> pa.Table:
         if rows < 0 or rows * _width(schema) > budget:
             raise ValueError(f"declares {rows} rows of {_width(schema)} columns, more "
                              f"than {buffer.size} bytes can hold")
+        # All-missing columns cost no stored bytes but become object arrays in pandas
+        # (8 bytes a cell): bounded on their own, not by the bytes.
+        nulls = sum(1 for field in schema if field.type == pa.null())
+        if rows * nulls > NULL_CELLS:
+            raise ValueError(f"declares {rows} rows of {nulls} all-missing columns "
+                             f"(at most {NULL_CELLS} such cells)")
         batch = pa.ipc.read_record_batch(message, schema)
         try:
             extra = reader.read_next_message()
