@@ -1078,8 +1078,10 @@ def test_api_starts_and_passes_its_healthcheck(live):
                         headers={"Authorization": f"Bearer {DOT_ENV['ML_API_KEY']}"})
     assert scraped.status_code == 200 and "ml_api_requests_total" in scraped.text
     assert httpx.get(f"{base}/ready").status_code == 503  # no champion in a new store
-    # It opened its prediction log from compose's ML_PREDICTION_LOG_URL: the table exists.
-    assert _admin_sql("SELECT to_regclass('predictions') IS NOT NULL",
+    # It opened its prediction log from compose's ML_PREDICTION_LOG_URL: its tables exist
+    # (the columnar batches and their request-id index).
+    assert _admin_sql("SELECT to_regclass('predictions_batches') IS NOT NULL AND "
+                      "to_regclass('predictions_requests') IS NOT NULL",
                       state.log_db) == [(True,)]
 
 

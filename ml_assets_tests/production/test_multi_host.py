@@ -328,17 +328,17 @@ def _start_api(stack: ProductionStack, host: netns.Host) -> LoggedProcess:
 
 
 def _logged(stack: ProductionStack, request_ids: list[str]) -> Counter:
-    import psycopg2
+    """(request id, row index) of every logged row of `request_ids`, read through the
+    log's own reader (its request-id index), duplicates counted."""
+    from ml_assets.core.prediction_log import open_prediction_log
 
-    conn = psycopg2.connect(host="127.0.0.1", port=PG_PORT, user=PG_USER,
-                            dbname=stack.predictions_db, connect_timeout=10)
+    url = f"postgresql://{PG_USER}@127.0.0.1:{PG_PORT}/{stack.predictions_db}"
+    log = open_prediction_log(url, read_only=True)
     try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT request_id, row_index FROM predictions "
-                        "WHERE request_id = ANY(%s)", (request_ids,))
-            return Counter(cur.fetchall())
+        rows = log.read_requests(request_ids, features=False)
     finally:
-        conn.close()
+        log.close()
+    return Counter(zip(rows["request_id"], rows["row_index"].astype(int), strict=True))
 
 
 def test_two_api_replicas_behind_haproxy_log_every_acknowledged_row_once(network, stack):
