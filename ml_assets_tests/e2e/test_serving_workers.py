@@ -32,6 +32,9 @@ WORKERS = 2
 REQUESTS = 400  # K concurrent one-row predictions
 CONCURRENCY = 16
 SETTLE_SECONDS = 20.0  # bound for both workers to be ready / to follow a reload
+# A replacement worker is a fresh interpreter: it imports the service and loads the model
+# (over 20 s on a loaded 2-core CI machine, where the first two took 5 s to load alone).
+REPLACE_SECONDS = 120.0
 
 
 class Workers:
@@ -78,10 +81,11 @@ class Workers:
         """On a new connection, so that either worker may answer it."""
         return self.client.get(path)
 
-    def wait_for_workers(self, exclude: frozenset[int] = frozenset()) -> set[int]:
+    def wait_for_workers(self, exclude: frozenset[int] = frozenset(),
+                         seconds: float = SETTLE_SECONDS) -> set[int]:
         """The pids of WORKERS workers answering /ready 200 (none of `exclude`)."""
         seen: set[int] = set()
-        deadline = time.monotonic() + SETTLE_SECONDS
+        deadline = time.monotonic() + seconds
         while len(seen) < WORKERS and time.monotonic() < deadline:
             response = self.get("/ready")
             pid = int(response.headers["x-worker-pid"])
@@ -246,7 +250,8 @@ def test_a_killed_worker_is_replaced_and_the_exit_status_says_rows_may_be_lost(
         victim = min(server.pids)
         os.kill(victim, signal.SIGKILL)  # no lifespan shutdown: its log never closes
         survivors = server.pids - {victim}
-        replaced = server.wait_for_workers(exclude=frozenset({victim}))
+        replaced = server.wait_for_workers(exclude=frozenset({victim}),
+                                           seconds=REPLACE_SECONDS)
         assert survivors < replaced and victim not in replaced
         metrics = server.metrics()
         # The dead worker's counts stay in the sums; its live gauges are gone.
