@@ -1,7 +1,8 @@
 """The platform's own JSON wire format (/predict: one record; /predict/batch: records),
 as adapters of the one prediction handler (serving/protocols/base.py).
 
-Bodies are validated by the served model's generated request models; a body whose
+Bodies are validated by the served model's generated request models (a batch of plainly
+valid records column by column, serving/protocols/v2/columns.py); a body whose
 records carry far more keys than the schema has columns is refused before pydantic sees
 it (serving/http/key_flood.py). Errors are `{"detail": [...], "message": "..."}` (422).
 """

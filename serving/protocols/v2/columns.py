@@ -1,7 +1,9 @@
 """A tensor's data and the feature columns in it: the shape and its flattening, the values
 its datatype holds, and every column validated exactly as /predict validates the feature
 (the served model's own field validators), with vectorised checks that decide a clean
-column (`_fast_column`), or a clean all-number request (`number_rows`), at once.
+column (`_fast_column`), or a clean all-number request (`number_rows`), at once. The
+same checks decide plainly valid JSON records of /predict/batch and /invocations
+(`record_rows`), whose other bodies the generated pydantic models decide.
 """
 
 from __future__ import annotations
