@@ -2,8 +2,9 @@
 the stages (decode, validate, predict, log, respond) timed in process, and whole
 requests through the app's ASGI stack (middleware, routing, the one prediction handler,
 batcher, SQLite log in commit mode; no sockets) one at a time (c=1) and 32 at once
-(c=32), wall clock and CPU time per request, for each source tree, rounds interleaved
-between the trees.
+(c=32), wall clock and CPU time per request, and the CPU time of 1,000-row requests on
+/predict/batch and /invocations (JSON records) one at a time, for each source tree,
+rounds interleaved between the trees.
 
     python benchmarks/serving_stages.py [--baseline-tree DIR] [--rounds 5] [--json out.json]
                                         [--repeats 400] [--tmpdir /dev/shm]
@@ -37,6 +38,10 @@ STAGES = ("decode (key count, pydantic, row)", "validate (input flags)",
           "predict (graph, inline)", "log (1 row committed)", "respond (answer, orjson)")
 WHOLE = ("whole request, c=1: wall", "whole request, c=1: CPU",
          "whole request, c=32: wall per request", "whole request, c=32: CPU per request")
+# 1,000-row requests (the row repeated), one at a time: CPU per request.
+BATCHES = {"/predict/batch 1,000 rows, c=1: CPU": ("/predict/batch", "records"),
+           "/invocations 1,000 rows, c=1: CPU": ("/invocations", "dataframe_records")}
+BATCH_ROWS = 1000
 NAME = "stages_model"
 
 
@@ -189,7 +194,13 @@ def _round(app, served, log, body: bytes, repeats: int) -> dict[str, float]:
     loop = _loop[0]
     one = loop.run_until_complete(_requests(app, body, repeats, 1))
     many = loop.run_until_complete(_requests(app, body, repeats, 32))
-    return {**stages, **dict(zip(WHOLE, (*one, *many), strict=True))}
+    record = json.loads(body)
+    batches = {}
+    for label, (path, key) in BATCHES.items():
+        batch = json.dumps({key: [record] * BATCH_ROWS}).encode()
+        batches[label] = loop.run_until_complete(
+            _requests(app, batch, max(repeats // 40, 2), 1, path))[1]
+    return {**stages, **dict(zip(WHOLE, (*one, *many), strict=True)), **batches}
 
 
 def _stages(model, log, body: bytes, repeats: int) -> dict[str, float]:
@@ -210,8 +221,8 @@ def _stages(model, log, body: bytes, repeats: int) -> dict[str, float]:
     return {stage: statistics.median(values) for stage, values in times.items()}
 
 
-async def _requests(app, body: bytes, repeats: int, concurrency: int
-                    ) -> tuple[float, float]:
+async def _requests(app, body: bytes, repeats: int, concurrency: int,
+                    path: str = "/predict") -> tuple[float, float]:
     """(wall-clock ms, CPU ms of the process: every thread) per request of `repeats`
     /predict requests through the ASGI app, `concurrency` at a time (each client sends
     its next request when answered). On a loaded machine the wall clock also measures
@@ -223,8 +234,8 @@ async def _requests(app, body: bytes, repeats: int, concurrency: int
     async def one() -> None:
         nonlocal failures
         scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-                 "method": "POST", "scheme": "http", "path": "/predict", "raw_path":
-                 b"/predict", "query_string": b"", "root_path": "", "headers": headers,
+                 "method": "POST", "scheme": "http", "path": path, "raw_path":
+                 path.encode(), "query_string": b"", "root_path": "", "headers": headers,
                  "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80), "app": app}
         sent = False
 

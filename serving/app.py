@@ -29,7 +29,6 @@ from serving.http.docs import add_offline_docs
 from serving.http.metrics import VALUE_BUCKETS, ServiceMetrics
 from serving.http.middleware import (
     BodyReadTimeout,
-    BodySizeLimit,
     BodyTooLarge,
     RequestContext,
     request_id_of,
@@ -255,9 +254,8 @@ def create_app(settings: ServingSettings | None = None, *,
         return OrjsonResponse({"detail": str(exc)}, status_code=408,
                               headers={"Connection": "close"})
 
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes,
+    app.add_middleware(RequestContext, metrics=metrics, max_bytes=settings.max_body_bytes,
                        timeout_seconds=settings.body_timeout_seconds)
-    app.add_middleware(RequestContext, metrics=metrics)
     # /v2 paths: the shared error answers above (413, 401, 503, 404) as {"error": ...}
     app.add_middleware(V2ErrorShape)
     if sync is not None:  # X-Worker-Pid; a 200 from /admin/reload reaches every worker

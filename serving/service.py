@@ -5,7 +5,9 @@ state, the other routes through the `get_service` dependency. `answer` runs vali
 rows through the micro-batcher on the model the request started with, then appends
 every row to the prediction log and, in the default commit mode,
 waits until the log has committed them before the answer goes out: a 200 means
-the rows are stored. When the log cannot take or commit them in time it raises
+the rows are stored. Small requests answered while others are in flight (the compiled
+runtime's coalesced rows) share one log append and one metrics update per loop tick;
+a lone request appends at once. When the log cannot take or commit them in time it raises
 `PredictionLogUnavailable`, which the app answers 503 with Retry-After.
 
 During a gradual rollout (serving/rollout.py) `choose` picks who answers a request and
@@ -19,7 +21,8 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections import Counter as Tally
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -32,7 +35,7 @@ from ml_assets.core.prediction_log import (
     PredictionRecord,
 )
 from ml_assets.core.rollout.plan import CANARY, CHAMPION, SHADOW
-from serving.batcher import MicroBatcher
+from serving.batcher import INLINE_ROWS, MicroBatcher
 from serving.http.metrics import ServiceMetrics
 from serving.model.input_limits import InputOverflow, NonFinitePrediction
 from serving.model.served import ServedModel, intervals
@@ -43,6 +46,9 @@ from serving.settings import ServingSettings
 logger = logging.getLogger(__name__)
 
 DROP_LOG_INTERVAL_SECONDS = 10.0  # at most one "rows dropped" error line per interval
+# Requests of at most this many rows share one log append per loop tick when others
+# are in flight (the compiled runtime's coalesced requests; larger ones append alone).
+SHARED_ROWS = INLINE_ROWS
 # Re-validates a request's body for another model (its rows for that model's inputs);
 # raises the route's client error (ValidationError, InvocationError, V2Error).
 RowsFor = Callable[[ServedModel], list[list]]
@@ -59,6 +65,7 @@ class Service:
     router: RolloutRouter | None = None
     _dropped_since_report: int = field(default=0, repr=False)
     _last_drop_report: float = field(default=0.0, repr=False)
+    _shared: _SharedAppend | None = field(default=None, repr=False)  # this tick's append
 
     def not_ready_reason(self) -> str:
         return ("no model is being served: "
@@ -123,16 +130,94 @@ class Service:
         outputs, extra = await self.batcher.predict(model, rows)
         latency = (time.perf_counter() - started) * 1000.0
         answer, predicted, probabilities = _answer(model, variant, outputs, extra)
+        counted = (answer, len(rows), flag_counts)
+        if self.durable and len(rows) <= SHARED_ROWS and (
+                self._shared is not None or self.batcher.in_flight > 1):
+            # Others are in flight: one log append (and one metrics update) for every
+            # request that gets here in this loop tick. Alone: appended at once.
+            await self._share(log, _records(model, rows, request_id, predicted,
+                                            probabilities, flags, variant, latency, failed),
+                              counted)
+            return answer
         await self._store(log, model, rows, request_id, predicted, probabilities, flags,
                           variant, latency, failed)
-        if model.is_regression:
-            self.metrics.observe_values(model.version, answer.values)
-        else:
-            self.metrics.count_predictions(model.version, predicted)
-        self.metrics.count_variant(variant, model.version, len(rows))
-        if flag_counts:
-            self.metrics.count_input_flags(flag_counts)
+        self._count((counted,))
         return answer
+
+    def _count(self, answered: Sequence[tuple[Answer, int, dict]]) -> None:
+        """Metrics of answered requests ((answer, rows, input flag counts)), one update
+        per label set."""
+        if len(answered) == 1:
+            (answer, rows, flag_counts), = answered
+            model = answer.model
+            if model.is_regression:
+                self.metrics.observe_values(model.version, answer.values)
+            else:
+                self.metrics.count_predictions(model.version, answer.labels)
+            self.metrics.count_variant(answer.variant, model.version, rows)
+            if flag_counts:
+                self.metrics.count_input_flags(flag_counts)
+            return
+        labels: dict[str, list[str]] = {}
+        variants: Tally = Tally()
+        flags: Tally = Tally()
+        for answer, rows, flag_counts in answered:
+            model = answer.model
+            if model.is_regression:
+                self.metrics.observe_values(model.version, answer.values)
+            else:
+                labels.setdefault(model.version, []).extend(answer.labels)
+            variants[(answer.variant, model.version)] += rows
+            if flag_counts:
+                flags.update(flag_counts)
+        for version, predicted in labels.items():
+            self.metrics.count_predictions(version, predicted)
+        for (variant, version), rows in variants.items():
+            self.metrics.count_variant(variant, version, rows)
+        if flags:
+            self.metrics.count_input_flags(dict(flags))
+
+    async def _share(self, log: PredictionLog, records: list[PredictionRecord],
+                     counted: tuple[Answer, int, dict]) -> None:
+        """Wait for `records` to be committed as part of this loop tick's shared append
+        (see `_SharedAppend`); counted in the metrics once committed."""
+        loop = asyncio.get_running_loop()
+        group = self._shared
+        if group is None or len(group.records) + len(records) > log.batch_rows:
+            # (a full group is appended as it is; the rest share a new one)
+            group = self._shared = _SharedAppend()
+            loop.call_soon(self._append_shared, log, group)
+        waiter = loop.create_future()
+        group.records += records
+        group.waiters.append((waiter, len(records), counted))
+        await waiter
+
+    def _append_shared(self, log: PredictionLog, group: _SharedAppend) -> None:
+        """Append a tick's rows as one log entry; its commit settles every waiter."""
+        if self._shared is group:
+            self._shared = None
+        try:
+            committed = log.append(group.records)
+        except Exception as exc:  # noqa: BLE001 - refused: every request hears why
+            group.settle(exc)
+            return
+        loop = asyncio.get_running_loop()
+        timeout = self.settings.log_commit_timeout_seconds
+        timer = loop.call_later(timeout, group.expire, timeout)
+
+        def done(future) -> None:  # in the writer thread
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(self._committed, group, future, timer)
+
+        committed.add_done_callback(done)
+
+    def _committed(self, group: _SharedAppend, future, timer: asyncio.TimerHandle) -> None:
+        timer.cancel()
+        error = future.exception()
+        if error is None:  # the requests still waiting are answered: count them
+            self._count([counted for waiter, _, counted in group.waiters
+                         if not waiter.done()])
+        group.settle(error)
 
     def _copy_to_shadow(self, shadow: ServedModel, model: ServedModel, rows: list[list],
                         request_id: str, rows_for: RowsFor) -> None:
@@ -189,13 +274,8 @@ class Service:
                      failed: list[PredictionRecord] | None = None) -> None:
         """Log one request's rows (after `failed`, the canary's failure rows it had):
         committed (commit mode) or offered (async mode)."""
-        now = datetime.now(timezone.utc)
-        names = model.feature_names
-        records = [*(failed or ()),
-                   *(PredictionRecord(now, request_id, i, model.name, model.version, names,
-                                      row, predicted[i], probabilities[i],
-                                      flags[i] if flags else "", variant, latency_ms)
-                     for i, row in enumerate(rows))]
+        records = _records(model, rows, request_id, predicted, probabilities, flags,
+                           variant, latency_ms, failed)
         if self.durable:
             await self._commit(log, records)
         elif not log.offer(records):
@@ -208,10 +288,7 @@ class Service:
         try:
             await asyncio.wait_for(committed, timeout)
         except asyncio.TimeoutError:
-            raise PredictionLogUnavailable(
-                f"the prediction log did not commit this request's {len(records)} rows "
-                f"within {timeout:g}s (ML_PREDICTION_LOG_COMMIT_TIMEOUT_SECONDS)",
-                max(1.0, math.ceil(timeout))) from None
+            raise _not_committed(len(records), timeout) from None
 
     def _dropped(self, rows: int) -> None:
         self.metrics.log_dropped_rows.inc(rows)
@@ -262,6 +339,53 @@ def _answer(model: ServedModel, variant: str, outputs: np.ndarray, extra: np.nda
     probabilities = [dict(zip(labels, p, strict=True)) for p in outputs.tolist()]
     return (Answer(model, variant, predicted, probabilities,
                    [model.class_values[i] for i in indices]), predicted, probabilities)
+
+
+@dataclass(slots=True)
+class _SharedAppend:
+    """The log rows of the requests that reached `Service._share` in one loop tick:
+    appended as one entry (one Future, one lock, one wake-up of the writer, one hop
+    back to the loop) where each request used to append its own."""
+
+    records: list[PredictionRecord] = field(default_factory=list)
+    # (the request's waiter, its rows, what its answer adds to the metrics)
+    waiters: list[tuple[asyncio.Future, int, tuple]] = field(default_factory=list)
+
+    def settle(self, error: BaseException | None) -> None:
+        for waiter, _, _ in self.waiters:
+            if not waiter.done():  # not timed out, client still there
+                if error is None:
+                    waiter.set_result(None)
+                else:
+                    waiter.set_exception(error)
+
+    def expire(self, timeout: float) -> None:
+        """The commit timeout passed: each waiting request is answered 503 (the text
+        each one got when it appended alone)."""
+        for waiter, rows, _ in self.waiters:
+            if not waiter.done():
+                waiter.set_exception(_not_committed(rows, timeout))
+
+
+def _not_committed(rows: int, timeout: float) -> PredictionLogUnavailable:
+    return PredictionLogUnavailable(
+        f"the prediction log did not commit this request's {rows} rows "
+        f"within {timeout:g}s (ML_PREDICTION_LOG_COMMIT_TIMEOUT_SECONDS)",
+        max(1.0, math.ceil(timeout)))
+
+
+def _records(model: ServedModel, rows: list[list], request_id: str, predicted: list[str],
+             probabilities: list[dict[str, float]], flags: list[str] | None, variant: str,
+             latency_ms: float, failed: list[PredictionRecord] | None
+             ) -> list[PredictionRecord]:
+    """One request's log rows (after `failed`, the canary's failure rows it had)."""
+    now = datetime.now(timezone.utc)
+    names = model.feature_names
+    return [*(failed or ()),
+            *(PredictionRecord(now, request_id, i, model.name, model.version, names, row,
+                               predicted[i], probabilities[i], flags[i] if flags else "",
+                               variant, latency_ms)
+              for i, row in enumerate(rows))]
 
 
 def same_inputs(a: ServedModel, b: ServedModel) -> bool:

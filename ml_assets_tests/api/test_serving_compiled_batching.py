@@ -152,3 +152,48 @@ def test_a_swap_mid_burst_leaves_each_answer_to_one_whole_compiled_model(
         row = first.X_test.iloc[[i % len(records)]]
         proba = dict(zip(pipeline.classes_, pipeline.predict_proba(row)[0], strict=True))
         assert body["probabilities"] == pytest.approx(proba, abs=1e-5)
+
+
+def _predicted(app) -> float:
+    """Rows counted by ml_api_predictions_total, every class."""
+    registry = app.state.service.metrics.registry
+    return sum(s.value for m in registry.collect() if m.name == "ml_api_predictions"
+               for s in m.samples if s.name == "ml_api_predictions_total")
+
+
+def test_concurrent_compiled_requests_share_log_appends_and_lone_ones_append_alone(
+        mlflow_store, cancer_champion, tmp_path):
+    """32 concurrent rows: far fewer log appends than requests (one per loop tick), every
+    row committed under its own request id before its 200, every answer counted once.
+    Then a lone request appends at once, alone."""
+    trained = cancer_champion.trained
+    records = _records(trained, 32)
+    app = _app(mlflow_store, cancer_champion.name, tmp_path)
+    appends: list[int] = []
+
+    async def scenario(client):
+        log = app.state.service.log
+        original = log.append
+
+        def counting(rows):
+            appends.append(len(rows))
+            return original(rows)
+
+        log.append = counting
+        counted = _predicted(app)
+        answers = await asyncio.gather(*(client.post("/predict", json=r) for r in records))
+        burst, counted_burst = list(appends), _predicted(app) - counted
+        alone = await client.post("/predict", json=records[0])
+        ids = [a.json()["request_id"] for a in [*answers, alone]]
+        return answers, burst, counted_burst, alone, log.read_requests(ids)
+
+    answers, burst, counted, alone, logged = asyncio.run(_served(app, scenario))
+    assert [a.status_code for a in answers] == [200] * 32 and alone.status_code == 200
+    assert sum(burst) == 32 and len(burst) <= 8, f"32 requests took {len(burst)} appends"
+    assert appends[len(burst):] == [1]  # the lone request: its own append
+    assert counted == 32
+    assert sorted(logged["request_id"]) == sorted(a.json()["request_id"]
+                                                  for a in [*answers, alone])
+    assert list(logged.sort_values("request_id")["prediction"]) == [
+        a.json()["prediction"] for a in sorted([*answers, alone],
+                                               key=lambda a: a.json()["request_id"])]

@@ -236,6 +236,26 @@ def _declare_rows(blob: bytes, rows: int) -> bytes:
     return head + tail.replace(old, rows.to_bytes(8, "little", signed=True))
 
 
+def test_the_float_block_shortcut_stores_what_the_general_path_stores(monkeypatch):
+    """Rows of one all-float schema take a shortcut to the block of features (and reuse
+    text columns that hold one value); the table must be the one the general path
+    writes, infinities missing, NaN missing, several requests and models in turn."""
+    rows = [_row(f"r{i}", i % 3, names=FLOATS, values=(float(i), 0.5, float("nan")),
+                 model_name=f"m{i % 2}", prediction="benign" if i % 4 else "malignant")
+            for i in range(9)]
+    rows[4] = _row("inf", names=FLOATS, values=(float("inf"), -float("inf"), 1.0))
+    fast = [columnar.decode(b.data, "fast") for b in columnar.encode(rows)]
+    fast_one = columnar.decode(columnar.encode(rows[:1])[0].data, "fast")
+    monkeypatch.setattr(columnar, "_float_block", lambda records: None)
+    monkeypatch.setattr(columnar, "_text", lambda values: pa.array(values, pa.string()))
+    general = [columnar.decode(b.data, "general") for b in columnar.encode(rows)]
+    assert [t.equals(g) for t, g in zip(fast, general, strict=True)] == [True]
+    names = fast[0].schema.field(columnar.BLOCK).metadata[b"names"]
+    assert names == b'["radius","area","texture"]'
+    assert fast_one.equals(columnar.decode(columnar.encode(rows[:1])[0].data, "general"))
+    assert fast[0].column("model_name").to_pylist() == [r.model_name for r in rows]
+
+
 @pytest.mark.parametrize("kind", list(_crafted()))
 def test_a_damaged_or_crafted_batch_is_refused_by_name(tmp_path, kind):
     log = SQLitePredictionLog(tmp_path / "log.db")
@@ -297,3 +317,14 @@ def test_all_missing_columns_are_bounded_on_their_own():
     rows = columnar.NULL_CELLS // 2000 + 1
     with pytest.raises(CorruptBatch, match="all-missing columns"):
         columnar.decode(_declare_rows(wide, rows), "batch 1")
+
+
+def test_a_text_column_and_a_json_column_of_one_name_are_two_shapes():
+    """A feature stored as plain text in one batch and as JSON text (mixed kinds) in the
+    next reads back as each was sent: the schema cache tells the two apart."""
+    first = [_row("plain", names=("x",), values=("text",))]
+    mixed = [_row("mixed", names=("x",), values=("text",)),
+             _row("mixed", 1, names=("x",), values=(1,))]
+    for records, expected in ((first, ["text"]), (mixed, ["text", 1])):
+        (batch,) = columnar.encode(records)
+        assert columnar.frame([columnar.decode(batch.data, "b")])["x"].tolist() == expected

@@ -1,11 +1,10 @@
 """Pure ASGI middleware (cheaper per request than BaseHTTPMiddleware).
 
-`RequestContext`: a request id per request (X-Request-ID echoed or made up),
-request count and latency by endpoint template and status, and a last-resort
-500 that logs the error server-side and never shows a stack trace.
-`BodySizeLimit`: 413 for bodies over the limit, by Content-Length or while
-streaming a chunked body; 408 for a body that does not arrive within the body timeout
-(a client trickling it: slowloris).
+`RequestContext`, one layer: a request id per request (X-Request-ID echoed or made
+up), request count and latency by endpoint template and status, a last-resort 500
+that logs the error server-side and never shows a stack trace, 413 for bodies over the
+limit (by Content-Length or while streaming a chunked body) and 408 for a body that
+does not arrive within the body timeout (a client trickling it: slowloris).
 """
 
 from __future__ import annotations
@@ -62,20 +61,32 @@ def request_id_of(scope) -> str:
 
 
 class RequestContext:
-    """Request id, metrics and the last-resort error answer."""
+    """One ASGI layer for what every request needs: its id, its metrics, the
+    last-resort error answer, and the body's bounds (413 for bodies over `max_bytes`,
+    by Content-Length before the app reads anything or while a chunked body streams in:
+    BodyTooLarge; BodyReadTimeout, 408, for a body that takes longer than
+    `timeout_seconds` to arrive)."""
 
-    def __init__(self, app, metrics: ServiceMetrics):
+    def __init__(self, app, metrics: ServiceMetrics, max_bytes: int,
+                 timeout_seconds: float = 30.0):
         self.app = app
         self.metrics = metrics
+        self.max_bytes = max_bytes
+        self.timeout_seconds = timeout_seconds
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        offered = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"").decode(
-            "latin-1")
-        request_id = offered if _REQUEST_ID.match(offered) else new_request_id()
+        offered = length = None  # the first of each header, as before
+        for key, value in scope["headers"]:
+            if key == b"x-request-id" and offered is None:
+                offered = value
+            elif key == b"content-length" and length is None:
+                length = value
+        text = (offered or b"").decode("latin-1")
+        request_id = text if _REQUEST_ID.match(text) else new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
         id_header = (b"x-request-id", request_id.encode())
         status = 500
@@ -90,7 +101,14 @@ class RequestContext:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            if length is not None and length.isdigit() and int(length) > self.max_bytes:
+                await _send_json(send_with_id, 413, {
+                    "detail": f"request body of {int(length)} bytes exceeds the limit of "
+                              f"{self.max_bytes} bytes (ML_API_MAX_BODY_BYTES)"},
+                    [(b"connection", b"close")])
+                return
+            await self.app(scope, self._bounded(receive, counted=length is None),
+                           send_with_id)
         except Exception:
             logger.exception("unhandled error in %s %s (request %s)", scope["method"],
                              scope["path"], request_id)
@@ -103,30 +121,11 @@ class RequestContext:
             endpoint = getattr(route, "path", None) or "unmatched"
             self.metrics.observe_request(endpoint, scope["method"], status, started)
 
-
-class BodySizeLimit:
-    """Refuse bodies larger than `max_bytes` with 413 before the app reads them, and
-    bodies that take longer than `timeout_seconds` to arrive (BodyReadTimeout, 408)."""
-
-    def __init__(self, app, max_bytes: int, timeout_seconds: float = 30.0):
-        self.app = app
-        self.max_bytes = max_bytes
-        self.timeout_seconds = timeout_seconds
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            await _send_json(send, 413, {"detail": f"request body of {int(length)} bytes "
-                                         f"exceeds the limit of {self.max_bytes} bytes "
-                                         "(ML_API_MAX_BODY_BYTES)"},
-                             [(b"connection", b"close")])
-            return
+    def _bounded(self, receive, counted: bool):
+        """`receive` bounded in time (the whole body within timeout_seconds of the first
+        read) and, for a body without Content-Length (`counted`), in size."""
         received = 0
         limit = self.max_bytes
-        counted = length is None
         seconds = self.timeout_seconds
         deadline: float | None = None
         complete = False
@@ -150,4 +149,4 @@ class BodySizeLimit:
                         raise BodyTooLarge(limit)
             return message
 
-        await self.app(scope, bounded_receive, send)
+        return bounded_receive

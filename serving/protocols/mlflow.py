@@ -35,6 +35,7 @@ from serving.model.request_models import RequestModels
 from serving.model.served import ServedModel
 from serving.protocols.base import Decoded
 from serving.protocols.platform_json import VARIANT_HEADER, overflow_answer, unavailable_answer
+from serving.protocols.v2.columns import record_rows
 from serving.protocols.validation_errors import (
     error_summary,
     validation_detail,
@@ -93,6 +94,9 @@ def parse_rows(body: bytes, content_type: str | None, requests: RequestModels,
     if not records:
         raise InvocationError("the input holds no rows")
     _check_rows(len(records), max_rows)
+    rows = record_rows(records, requests, max_rows, others=True)  # plainly valid: columns
+    if rows is not None:
+        return rows
     try:
         validated = requests.lenient_rows.validate_python(records)
     except ValidationError as exc:

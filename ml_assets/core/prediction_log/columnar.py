@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import struct
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from itertools import chain
 
 import numpy as np
 import orjson
@@ -32,6 +33,7 @@ from ml_assets.core.prediction_log.base import (
     META_COLUMNS,
     PredictionLogError,
     PredictionRecord,
+    _frame,
     numeric_predictions,
 )
 
@@ -59,6 +61,7 @@ MAX_COLUMNS = 20_000
 _EPOCH = datetime(1970, 1, 1)
 _END_OF_STREAM = b"\xff\xff\xff\xff\x00\x00\x00\x00"
 _SCHEMAS: dict[tuple, tuple[pa.Schema, bytes]] = {}
+_CONSTANT: dict[tuple[str, int], pa.Array] = {}  # see _text
 _CHECKED: dict[bytes, pa.Schema] = {}  # schema messages already read and checked
 # What read_day's frame has always held (pandas' reading of ISO text as UTC).
 _TIMESTAMP_DTYPE = pd.to_datetime(["2026-01-01T00:00:00+00:00"], utc=True,
@@ -107,32 +110,100 @@ def _micros(stamp: datetime) -> int:
 
 def _encode_day(day: str, records: list[PredictionRecord], micros: list[int]
                 ) -> EncodedBatch:
-    n = len(records)
-    meta = {
-        "timestamp": pa.array(micros, _META_TYPES["timestamp"]),
-        "request_id": pa.array([r.request_id for r in records], pa.string()),
-        "row_index": pa.array([r.row_index for r in records], pa.int64()),
-        "model_name": pa.array([r.model_name for r in records], pa.string()),
-        "model_version": pa.array([r.model_version for r in records], pa.string()),
-        "prediction": pa.array([r.prediction for r in records], pa.string()),
-        "confidence": _floats([r.confidence for r in records]),
-        "probabilities": pa.array([orjson.dumps(r.probabilities).decode()
-                                   for r in records], pa.string()),
-        "input_flags": pa.array([r.input_flags for r in records], pa.string()),
-        "variant": pa.array([r.variant for r in records], pa.string()),
-        "latency_ms": _floats([r.latency_ms for r in records]),
-        "error": pa.array([r.error for r in records], pa.string()),
-    }
-    fields = [pa.field(name, _META_TYPES[name], nullable=True) for name in META_COLUMNS]
-    arrays = [meta[name] for name in META_COLUMNS]
-    columns = _feature_columns(records, n)
+    arrays = _meta_arrays(records, micros)
+    block = _float_block(records)
+    if block is not None:  # the common model: every feature a float, one block
+        names, array = block
+        arrays.append(array)
+        cached = _schema((BLOCK, names), lambda: [pa.field(
+            BLOCK, array.type, metadata={b"names": orjson.dumps(names)})])
+    else:
+        cached = _general_schema(records, arrays)
+    schema, header = cached
+    # An IPC stream by hand: the schema message (serialized once per shape), the record
+    # batch message, the end-of-stream marker.
+    batch = pa.RecordBatch.from_arrays(arrays, schema=schema)
+    data = b"".join((header, batch.serialize().to_pybytes(), _END_OF_STREAM))
+    return EncodedBatch(day, len(records), _runs(records), data)
+
+
+def _meta_arrays(records: list[PredictionRecord], micros: list[int]) -> list[pa.Array]:
+    """The META_COLUMNS of `records`, in order."""
+    return [pa.array(micros, _META_TYPES["timestamp"]),
+            pa.array([r.request_id for r in records], pa.string()),
+            pa.array([r.row_index for r in records], pa.int64()),
+            _text([r.model_name for r in records]),
+            _text([r.model_version for r in records]),
+            _text([r.prediction for r in records]),
+            _floats([r.confidence for r in records]),
+            # str, not orjson's bytes: pyarrow takes bytes for text ~7x slower
+            pa.array([orjson.dumps(r.probabilities).decode() for r in records], pa.string()),
+            _text([r.input_flags for r in records]),
+            _text([r.variant for r in records]),
+            _floats([r.latency_ms for r in records]),
+            _text([r.error for r in records])]
+
+
+def _text(values: list) -> pa.Array:
+    """A text column; one that holds one value throughout (a model's name, "" for no
+    error...) is built once per value and length and reused (arrays are immutable)."""
+    first = values[0]
+    if values.count(first) != len(values) or not isinstance(first, str) or len(first) > 200:
+        return pa.array(values, pa.string())
+    key = (first, len(values))
+    if key not in _CONSTANT:
+        if len(_CONSTANT) > 1024:
+            _CONSTANT.clear()
+        _CONSTANT[key] = pa.array(values, pa.string())
+    return _CONSTANT[key]
+
+
+def _schema(key: tuple, features: Callable[[], list[pa.Field]]) -> tuple[pa.Schema, bytes]:
+    """The schema of a batch shape (the log's columns, then `features()`) and its IPC
+    message, built once per shape."""
+    cached = _SCHEMAS.get(key)
+    if cached is None:
+        if len(_SCHEMAS) > 64:  # models come and go; keep the recent ones
+            _SCHEMAS.clear()
+        schema = pa.schema([*(pa.field(name, _META_TYPES[name]) for name in META_COLUMNS),
+                            *features()])
+        cached = _SCHEMAS[key] = (schema, schema.serialize().to_pybytes())
+    return cached
+
+
+def _float_block(records: list[PredictionRecord]) -> tuple[tuple[str, ...], pa.Array] | None:
+    """(names, block) when every row has the same distinct feature names and every
+    value is a float (none missing); None otherwise (the general path decides)."""
+    names = records[0].feature_names
+    width = len(names)
+    if not width or any(r.feature_names is not names and r.feature_names != names
+                        for r in records):
+        return None
+    values = [r.feature_values for r in records]
+    if (any(len(v) != width for v in values)
+            or set(map(type, chain.from_iterable(values))) != {float}):
+        return None
+    key = tuple(names)
+    return (key, _block(np.array(values, dtype=np.float64))) if len(set(key)) == width else None
+
+
+def _block(matrix: np.ndarray) -> pa.Array:
+    """A block of features from a rows x features matrix (None -> NaN already)."""
+    matrix[np.isinf(matrix)] = np.nan  # as the JSON rows stored them: missing
+    return pa.FixedSizeListArray.from_arrays(
+        pa.array(matrix.ravel(), pa.float64(), from_pandas=True), matrix.shape[1])
+
+
+def _general_schema(records: list[PredictionRecord], arrays: list[pa.Array]
+                    ) -> tuple[pa.Schema, bytes]:
+    """Any other rows: the feature columns appended to `arrays` (a block when every
+    feature is a float, else a typed or JSON column each), and their schema."""
+    fields = []
+    columns = _feature_columns(records, len(records))
     kinds = [set(map(type, values)) for values in columns.values()]
     if columns and all(k - {type(None)} == {float} for k in kinds):
-        # Every feature a float (the common model): one block, one array, not one each.
-        matrix = np.array(list(columns.values()), dtype=np.float64).T  # None -> NaN
-        matrix[np.isinf(matrix)] = np.nan  # as the JSON rows stored them: missing
-        block = pa.FixedSizeListArray.from_arrays(
-            pa.array(matrix.ravel(), pa.float64(), from_pandas=True), len(columns))
+        # Every feature a float: one block, one array, not one each.
+        block = _block(np.array(list(columns.values()), dtype=np.float64).T)  # None: NaN
         fields.append(pa.field(BLOCK, block.type, metadata={
             b"names": orjson.dumps(list(columns))}))
         arrays.append(block)
@@ -141,19 +212,10 @@ def _encode_day(day: str, records: list[PredictionRecord], micros: list[int]
             array, metadata = _feature_array(values, kind)
             fields.append(pa.field(FEATURE_PREFIX + name, array.type, metadata=metadata))
             arrays.append(array)
-    key = tuple((f.name, f.type, f.metadata and f.metadata.get(b"names")) for f in fields)
-    cached = _SCHEMAS.get(key)
-    if cached is None:
-        if len(_SCHEMAS) > 64:  # models come and go; keep the recent ones
-            _SCHEMAS.clear()
-        schema = pa.schema(fields)
-        cached = _SCHEMAS[key] = (schema, schema.serialize().to_pybytes())
-    schema, header = cached
-    # An IPC stream by hand: the schema message (serialized once per shape), the record
-    # batch message, the end-of-stream marker.
-    batch = pa.RecordBatch.from_arrays(arrays, schema=schema)
-    data = b"".join((header, batch.serialize().to_pybytes(), _END_OF_STREAM))
-    return EncodedBatch(day, n, _runs(records), data)
+    # The whole metadata in the key: a JSON-encoded text column is not a plain one.
+    key = tuple((f.name, f.type, tuple(sorted((f.metadata or {}).items())))
+                for f in fields)
+    return _schema(key, lambda: fields)
 
 
 def _feature_columns(records: list[PredictionRecord], n: int) -> dict[str, list]:
@@ -515,3 +577,23 @@ def take_rows(table: pa.Table, runs: Sequence[tuple[int, int]]) -> pa.Table:
                                f"{first + count} of a batch of {table.num_rows}")
         indices.append(np.arange(first, first + count))
     return table.take(pa.array(np.concatenate(indices) if indices else [], pa.int64()))
+
+
+
+def requests_frame(old: Iterable[tuple], hits: Iterable[tuple], where: str,
+                   features: bool = True) -> pd.DataFrame:
+    """read_requests' frame, from the first format's rows ((day, *row)) and the
+    request-id index's hits ((batch id, day, format, data, first row, rows)): days in
+    order, in each the old rows, then each batch's rows in row order (a batch decoded
+    once, named by `where`)."""
+    days: dict[str, tuple[list, dict]] = {}
+    for day, *row in old:
+        days.setdefault(str(day), ([], {}))[0].append(tuple(row))
+    for batch_id, day, fmt, data, first, rows in hits:
+        batches = days.setdefault(str(day), ([], {}))[1]
+        if batch_id not in batches:  # decoded once
+            batches[batch_id] = (decode(data, f"batch {batch_id} of {day} in {where}", fmt), [])
+        batches[batch_id][1].append((first, rows))
+    return concat_frames([concat_frames([_frame(rows, features), frame(
+        [take_rows(table, sorted(runs)) for _, (table, runs) in sorted(batches.items())],
+        features)]) for _, (rows, batches) in sorted(days.items())])

@@ -343,31 +343,16 @@ class PostgresPredictionLog(PredictionLog):
     def read_requests(self, request_ids: Iterable[str],
                       features: bool = True) -> pd.DataFrame:
         ids = sorted({str(i) for i in request_ids})
-        parts: dict[str, list] = {}  # day -> [old rows, {batch id: [table, runs]}]
-        for start in range(0, len(ids), _IDS_PER_QUERY):
-            chunk = ids[start:start + _IDS_PER_QUERY]
-            for day, *row in self._old_rows(" WHERE request_id = ANY(%s) ORDER BY id",
-                                            (chunk,), with_day=True):
-                parts.setdefault(str(day), [[], {}])[0].append(tuple(row))
-            hits = self._query(
-                f"SELECT b.id, b.day, b.format, b.data, r.first_row, r.rows"
-                f" FROM {self._requests} r JOIN {self._batches} b ON b.id = r.batch_id"
-                f" WHERE r.request_id = ANY(%s)", (chunk,))
-            for batch_id, day, fmt, data, first, rows in hits:
-                day = str(day)
-                batches = parts.setdefault(day, [[], {}])[1]
-                if batch_id not in batches:
-                    batches[batch_id] = [columnar.decode(
-                        data, f"batch {batch_id} of {day} in {self.table}", fmt), []]
-                batches[batch_id][1].append((first, rows))
-        frames = []
-        for day in sorted(parts):
-            old, batches = parts[day]
-            tables = [columnar.take_rows(table, sorted(runs))
-                      for _, (table, runs) in sorted(batches.items())]
-            frames.append(columnar.concat_frames([_frame(old, features),
-                                                  columnar.frame(tables, features)]))
-        return columnar.concat_frames(frames)
+        chunks = [ids[start:start + _IDS_PER_QUERY]
+                  for start in range(0, len(ids), _IDS_PER_QUERY)]
+        old = (row for chunk in chunks  # each query run when the reader gets to it
+               for row in self._old_rows(" WHERE request_id = ANY(%s) ORDER BY id",
+                                         (chunk,), with_day=True))
+        hits = (hit for chunk in chunks for hit in self._query(
+            f"SELECT b.id, b.day, b.format, b.data, r.first_row, r.rows"
+            f" FROM {self._requests} r JOIN {self._batches} b ON b.id = r.batch_id"
+            f" WHERE r.request_id = ANY(%s)", (chunk,)))
+        return columnar.requests_frame(old, hits, self.table, features)
 
     def _old_rows(self, where: str, params: tuple, with_day: bool = False) -> list[tuple]:
         """Rows of the first format's table (none when there is no such table), with

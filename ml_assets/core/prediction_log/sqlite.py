@@ -213,30 +213,16 @@ class SQLitePredictionLog(PredictionLog):
     def read_requests(self, request_ids: Iterable[str],
                       features: bool = True) -> pd.DataFrame:
         ids = sorted({str(i) for i in request_ids})
-        parts: dict[str, list] = {}  # day -> [old rows, [(batch id, table)]]
-        for start in range(0, len(ids), _IDS_PER_QUERY):
-            chunk = orjson.dumps(ids[start:start + _IDS_PER_QUERY]).decode()
-            for row in self._old_rows(" WHERE request_id IN (SELECT value FROM json_each(?))"
-                                      " ORDER BY id", (chunk,), with_day=True):
-                parts.setdefault(row[0], [[], {}])[0].append(row[1:])
-            hits = self._query(
-                "SELECT b.id, b.day, b.format, b.data, r.first_row, r.rows"
-                " FROM prediction_requests r JOIN prediction_batches b ON b.id = r.batch"
-                " WHERE r.request_id IN (SELECT value FROM json_each(?))", (chunk,))
-            for batch_id, day, fmt, data, first, rows in hits:
-                batches = parts.setdefault(day, [[], {}])[1]
-                if batch_id not in batches:
-                    batches[batch_id] = [columnar.decode(
-                        data, f"batch {batch_id} of {day} in {self.path}", fmt), []]
-                batches[batch_id][1].append((first, rows))
-        frames = []
-        for day in sorted(parts):
-            old, batches = parts[day]
-            tables = [columnar.take_rows(table, sorted(runs))
-                      for _, (table, runs) in sorted(batches.items())]
-            frames.append(columnar.concat_frames([_frame(old, features),
-                                                  columnar.frame(tables, features)]))
-        return columnar.concat_frames(frames)
+        chunks = [orjson.dumps(ids[start:start + _IDS_PER_QUERY]).decode()
+                  for start in range(0, len(ids), _IDS_PER_QUERY)]
+        where = " WHERE request_id IN (SELECT value FROM json_each(?))"
+        old = (row for chunk in chunks  # each query run when the reader gets to it
+               for row in self._old_rows(f"{where} ORDER BY id", (chunk,), with_day=True))
+        hits = (hit for chunk in chunks for hit in self._query(
+            "SELECT b.id, b.day, b.format, b.data, r.first_row, r.rows FROM"
+            f" prediction_requests r JOIN prediction_batches b ON b.id = r.batch{where}",
+            (chunk,)))
+        return columnar.requests_frame(old, hits, str(self.path), features)
 
     def _old_rows(self, where: str, params: tuple, with_day: bool = False) -> list[tuple]:
         """Rows of the first format's table (none when the log has no such table); an

@@ -1,7 +1,9 @@
 """A tensor's data and the feature columns in it: the shape and its flattening, the values
 its datatype holds, and every column validated exactly as /predict validates the feature
 (the served model's own field validators), with vectorised checks that decide a clean
-column (`_fast_column`), or a clean all-number request (`number_rows`), at once.
+column (`_fast_column`), or a clean all-number request (`number_rows`), at once. The
+same checks decide plainly valid JSON records of /predict/batch and /invocations
+(`record_rows`), whose other bodies the generated pydantic models decide.
 """
 
 from __future__ import annotations
@@ -272,3 +274,38 @@ def number_rows(columns: list[list], types: list[set], datatypes: list[str],
         for j, i in np.argwhere(missing).tolist():
             rows[i][j] = None
     return rows
+
+
+def record_rows(records: Any, requests: RequestModels, limit: int,
+                others: bool = False) -> list[list] | None:
+    """The rows of JSON records (objects keyed by feature name: /predict/batch's
+    `records`, /invocations' rows) validated column by column with the checks above,
+    when every record holds exactly the features (`others`: and any other keys, which
+    are ignored) and every column is plainly valid; None whenever anything is not: the
+    generated pydantic models then decide, and word every error as they always have."""
+    if type(records) is not list or not 0 < len(records) <= limit:
+        return None
+    names = requests.feature_names
+    width = len(names)
+    if not all(type(r) is dict and (len(r) == width or others and len(r) > width)
+               for r in records):
+        return None
+    try:
+        columns = [[r[name] for r in records] for name in names]
+    except KeyError:  # a feature missing (or, with `others`, misnamed): pydantic says so
+        return None
+    plan = column_plan(requests)
+    types = [set(map(type, column)) for column in columns]
+    rows = number_rows(columns, types, ["FP64"] * width, plan)
+    if rows is not None:
+        return rows
+    checked = []
+    for values, kinds, feature in zip(columns, types, plan, strict=True):
+        column = _fast_column(values, kinds, feature) if feature.fast else None
+        if column is None:
+            try:
+                column = feature.adapter.validate_python(values)
+            except ValidationError:
+                return None
+        checked.append(column)
+    return [list(row) for row in zip(*checked, strict=True)]
