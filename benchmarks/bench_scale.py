@@ -6,6 +6,8 @@ single-pass `score_drift`.
 
     python benchmarks/bench_scale.py                       # 2,000,000 rows, 3 repeats
     python benchmarks/bench_scale.py --rows 20000000       # the issue's 20M rows
+    python benchmarks/bench_scale.py --rows 20000000 --file-rows 5000000 \
+        --shard-rows 5000000 --repeats 2 --start-methods forkserver,spawn   # as recorded
     python benchmarks/bench_scale.py --rows 200000 --repeats 1   # quick
     python benchmarks/bench_scale.py --start-methods spawn,forkserver   # also warm steps
 
@@ -29,6 +31,8 @@ medians. rows/s per core = rows / wall time / worker processes. CPU seconds: use
 system of everything a variant ran while its wall clock ran (the run process, its
 children, the forkserver with the steps it forked; the plain script's own process).
 
+Drift runs once, after the first repeat (every repeat scores the same day); with
+--json-out, the runs so far are written after each repeat, so a run cut short leaves them.
 Drift's single-pass reference: the whole day in one frame (`score_drift`) up to
 `--single-pass-max` rows; above it, still in one exact pass but one column of all rows at
 a time (`score_drift_by_column`), so that its memory is bounded too.
@@ -303,6 +307,21 @@ def _child(target, *args) -> dict:
     return answer
 
 
+def _drift_runs(args, env: dict) -> dict:
+    """Drift of the scored day from merged sketches, and its single-pass reference."""
+    drift = {"drift_sketch": _child(_drift, env, "sketch")}
+    if not args.no_single_pass:
+        mode = "single" if args.rows <= args.single_pass_max else "columns"
+        drift["drift_single_pass"] = {"mode": mode, **_child(_drift, env, mode)}
+        keys = ("dataset_drifted", "prediction_drifted", "drifted",
+                "prediction_columns_drifted")
+        drift["verdicts_equal"] = all(drift["drift_sketch"][k]
+                                      == drift["drift_single_pass"][k] for k in keys)
+    walls = {k: v.get("wall") if isinstance(v, dict) else v for k, v in drift.items()}
+    print(f"drift: {json.dumps(walls)}", flush=True)
+    return drift
+
+
 def main() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # quiet steps
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -338,6 +357,7 @@ def main() -> None:
         variants = {f"{method} {workers}": (method, workers)
                     for method in methods for workers in ("1", "2")}
         results: dict[str, list[dict]] = {"plain": [], **{v: [] for v in variants}}
+        drift: dict = {}
         for repeat in range(args.repeats):
             results["plain"].append(_child(_plain, {**env, "BENCH_OUTPUT_DIR": str(
                 root / f"plain{repeat}")}))
@@ -350,6 +370,11 @@ def main() -> None:
                 results[variant].append(run)
             print(f"repeat {repeat + 1}: " + ", ".join(
                 f"{k} {v[-1]['wall']:.1f} s" for k, v in results.items()), flush=True)
+            if repeat == 0:  # the scored day is the same in every repeat
+                drift = _drift_runs(args, {**env, "BENCH_OUTPUT_DIR": str(root / "out1")})
+            if args.json_out:  # what a run cut short leaves
+                args.json_out.write_text(json.dumps({"partial": True, "runs": results,
+                                                     **drift}, indent=1))
         median = {k: statistics.median(r["wall"] for r in v) for k, v in results.items()}
         workers_of = {"plain": 1, **{v: int(w) for v, (_, w) in variants.items()}}
         per_core = {k: args.rows / median[k] / workers_of[k] for k in results}
@@ -390,16 +415,7 @@ def main() -> None:
                                                  for k in sharded for r in results[k])},
             "shards": results[sharded[0]][0]["shards"],
         }
-        drift_env = {**env, "BENCH_OUTPUT_DIR": str(root / "out1")}
-        summary["drift_sketch"] = _child(_drift, drift_env, "sketch")
-        if not args.no_single_pass:
-            mode = "single" if args.rows <= args.single_pass_max else "columns"
-            summary["drift_single_pass"] = {"mode": mode,
-                                            **_child(_drift, drift_env, mode)}
-            keys = ("dataset_drifted", "prediction_drifted", "drifted",
-                    "prediction_columns_drifted")
-            summary["verdicts_equal"] = all(summary["drift_sketch"][k]
-                                            == summary["drift_single_pass"][k] for k in keys)
+        summary.update(drift)
         print(json.dumps(summary, indent=1))
         if args.json_out:
             args.json_out.write_text(json.dumps(summary, indent=1))
