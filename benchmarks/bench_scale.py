@@ -6,16 +6,19 @@ single-pass `score_drift`.
 
     python benchmarks/bench_scale.py                       # 2,000,000 rows, 3 repeats
     python benchmarks/bench_scale.py --rows 20000000       # the issue's 20M rows
+    python benchmarks/bench_scale.py --rows 20000000 --file-rows 5000000 \
+        --shard-rows 5000000 --repeats 2 --start-methods forkserver,spawn   # as recorded
     python benchmarks/bench_scale.py --rows 200000 --repeats 1   # quick
     python benchmarks/bench_scale.py --start-methods spawn,forkserver   # also warm steps
 
-`--start-methods`: how the multiprocess executor starts a step's process: `spawn`
-(Dagster's default: a fresh interpreter importing Dagster, MLflow, scikit-learn and ONNX
-Runtime per step) and/or `forkserver` (steps forked from one server that imported them
-once, `PRELOAD`). Each shard step records its seconds per stage (read, validate, score,
-write, check) in the day's manifest; the summary gives their medians, the steps' own
-durations, and what the run spent outside its shard steps (process start-up, the plan
-and publish steps, hand-offs).
+The executor is the product's (`build_executor("multiprocess")`, ml_assets/execution.py,
+with ML_MAX_CONCURRENT = the workers and ML_START_METHOD per `--start-methods`):
+`forkserver` (the product's default: steps forked from one server that imported
+`PRELOAD_MODULES` once) and/or `spawn` (Dagster's default: a fresh interpreter importing
+Dagster, MLflow, scikit-learn and skops per step). Each shard step records its seconds per
+stage (read, validate, score, write, check) in the day's manifest; the summary gives their
+medians, the steps' own durations, and what the run spent outside its shard steps
+(process start-up, the plan and publish steps, hand-offs).
 
 Setup (not timed): a 50-tree forest on the synthetic generator's 30 features, registered
 and compiled (ONNX, parity-checked) in a temporary MLflow store, with its reference
@@ -24,7 +27,15 @@ half of the files shifted by 0.2 std on 15 features (so the drift verdicts have
 something to find). Every measured thing runs in its own child process; peak RSS is
 VmHWM: of each child itself, and of each shard step process (the step records its own
 in the day's manifest). Runs alternate (plain, 1 worker, 2 workers) per repeat;
-medians. rows/s per core = rows / wall time / worker processes.
+medians. rows/s per core = rows / wall time / worker processes. CPU seconds: user +
+system of everything a variant ran while its wall clock ran (the run process, its
+children, the forkserver with the steps it forked; the plain script's own process).
+
+Drift runs once, after the first repeat (every repeat scores the same day); with
+--json-out, the runs so far are written after each repeat, so a run cut short leaves them.
+Drift's single-pass reference: the whole day in one frame (`score_drift`) up to
+`--single-pass-max` rows; above it, still in one exact pass but one column of all rows at
+a time (`score_drift_by_column`), so that its memory is bounded too.
 """
 
 from __future__ import annotations
@@ -45,12 +56,27 @@ from queue import Empty
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from ml_assets.execution import PRELOAD_MODULES  # noqa: E402 - after the path
+
 MODEL = "bench_scale_model"
 DAY = "2026-11-20"
 FEATURES = 30
-# What a forkserver imports once for every step it forks.
-PRELOAD = ["ml_assets.batch", "ml_assets.resources", "mlflow.artifacts", "sklearn.ensemble",
-           "skops.io", "onnxruntime", "pyarrow.parquet"]
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU of this process, its reaped children and the forkserver it
+    started, if any (the forkserver reaps the steps it forked: their CPU is its
+    children's)."""
+    from multiprocessing import forkserver
+
+    total = sum(getattr(resource.getrusage(who), field)
+                for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+                for field in ("ru_utime", "ru_stime"))
+    pid = forkserver._forkserver._forkserver_pid  # private: the server this process started
+    if pid:  # fields 14-17 of /proc/<pid>/stat: utime stime cutime cstime, in ticks
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def _peak_mib() -> float:
@@ -114,17 +140,16 @@ def setup(root: Path, rows: int, file_rows: int) -> dict:
 # -- the sharded asset ------------------------------------------------------------------------
 
 def bench_job():
-    """The batch_predictions asset on the multiprocess executor (settings from BENCH_*)."""
-    from dagster import Definitions, define_asset_job, multiprocess_executor
+    """The batch_predictions asset on the product's multiprocess executor (ML_START_METHOD,
+    ML_MAX_CONCURRENT; directories from BENCH_*)."""
+    from dagster import Definitions, define_asset_job
 
     from ml_assets import batch
+    from ml_assets.execution import build_executor
     from ml_assets.resources import DataSourceResource, MlflowTracking
     from ml_assets.resources.production import ProductionDataResource
 
     out = os.environ["BENCH_OUTPUT_DIR"]
-    start = os.environ.get("BENCH_START_METHOD", "spawn")
-    start_method = ({"forkserver": {"preload_modules": PRELOAD}} if start == "forkserver"
-                    else {start: {}})
     return Definitions(
         assets=[batch.batch_predictions],
         resources={"production": ProductionDataResource(
@@ -136,9 +161,7 @@ def bench_job():
                 tracking_uri=os.environ["MLFLOW_TRACKING_URI"], experiment_name=MODEL,
                 registered_model_name=MODEL)},
         jobs=[define_asset_job("bench_scale", selection=["batch_predictions"])],
-        executor=multiprocess_executor.configured(
-            {"max_concurrent": int(os.environ["BENCH_WORKERS"]),
-             "start_method": start_method}),
+        executor=build_executor("multiprocess"),
     ).resolve_job_def("bench_scale")
 
 
@@ -150,12 +173,13 @@ def _sharded(env: dict, shard_rows: int, queue) -> None:
     with tempfile.TemporaryDirectory(prefix="dagster-",
                                      dir=Path(env["BENCH_OUTPUT_DIR"]).parent) as home:
         with DagsterInstance.local_temp(home) as instance:
-            started = time.perf_counter()
+            started, cpu_before = time.perf_counter(), _cpu_seconds()
             result = execute_job(
                 reconstructable(bench_job), instance=instance, tags={"dagster/partition": DAY},
                 run_config={"ops": {"batch_predictions": {"ops": {"plan_batch_shards": {
                     "config": {"shard_rows": shard_rows}}}}}})
             wall = time.perf_counter() - started
+            cpu = _cpu_seconds() - cpu_before
             steps = [(e.step_key, e.dagster_event.event_type_value, e.timestamp)
                      for e in instance.all_logs(result.run_id)
                      if e.dagster_event is not None and e.step_key
@@ -164,7 +188,8 @@ def _sharded(env: dict, shard_rows: int, queue) -> None:
     starts = {key: at for key, kind, at in steps if kind == "STEP_START"}
     durations = [at - starts[key] for key, kind, at in steps if kind == "STEP_SUCCESS"]
     manifest = json.loads((Path(env["BENCH_OUTPUT_DIR"]) / DAY / "manifest.json").read_text())
-    queue.put({"success": result.success, "wall": wall, "step_seconds": sum(durations),
+    queue.put({"success": result.success, "wall": wall, "cpu": cpu,
+               "load": os.getloadavg()[0], "step_seconds": sum(durations),
                "step_durations": durations, "stages": [p["seconds"] for p in manifest["parts"]],
                "shards": len(starts), "orchestrator_mib": _peak_mib(),
                # each shard step's own VmHWM, recorded in the manifest by the step
@@ -183,7 +208,7 @@ def _plain(env: dict, queue) -> None:
 
     from ml_assets.core.artifacts.onnx.contract import PROBABILITIES_OUTPUT
 
-    started = time.perf_counter()
+    started, cpu_before = time.perf_counter(), _cpu_seconds()
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(Path(env["BENCH_GRAPH"]).read_bytes(), options,
@@ -204,20 +229,23 @@ def _plain(env: dict, queue) -> None:
                                              "proba_1": proba[:, 1].astype(np.float64)}))
                 rows += batch.num_rows
     queue.put({"wall": time.perf_counter() - started, "rows": rows,
-               "peak_mib": _peak_mib()})
+               "cpu": _cpu_seconds() - cpu_before,
+               "load": os.getloadavg()[0], "peak_mib": _peak_mib()})
 
 
 # -- drift ------------------------------------------------------------------------------------
 
 def _drift(env: dict, mode: str, queue) -> None:
-    """Drift of the scored day: from per-record-batch sketches merged (`sketch`), or the
-    whole day read into one frame and scored in one pass (`single`)."""
+    """Drift of the scored day: from per-record-batch sketches merged (`sketch`), the
+    whole day read into one frame and scored in one pass (`single`), or scored in one
+    exact pass a column of all rows at a time (`columns`)."""
     import pandas as pd
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from ml_assets.core.batch.shards import manifest_parts, read_manifest
     from ml_assets.core.drift.profile import ReferenceProfile
-    from ml_assets.core.drift.scoring import score_drift
+    from ml_assets.core.drift.scoring import score_drift, score_drift_by_column
     from ml_assets.core.drift.sketch import merge_sketches, sketch_frame
     from ml_assets.core.drift.sketch_scoring import score_sketch
 
@@ -227,20 +255,36 @@ def _drift(env: dict, mode: str, queue) -> None:
     assert manifest is not None, f"{day_dir} was not completely scored"
     parts = manifest_parts(day_dir, manifest)
     columns = [*profile.features, *profile.predictions]
-    started = time.perf_counter()
+    started, cpu_before = time.perf_counter(), _cpu_seconds()
     if mode == "sketch":
+        # one row group at a time, no pre-buffering (as a shard step reads): pyarrow's
+        # reader over a whole file reads ahead, and its memory grows with the file
+        files = [pq.ParquetFile(part, pre_buffer=False) for part in parts]
         merged = merge_sketches(
             sketch_frame(profile, batch.to_pandas())
-            for part in parts
-            for batch in pq.ParquetFile(part).iter_batches(batch_size=65_536,
-                                                           columns=columns))
+            for file in files for group in range(file.num_row_groups)
+            for batch in file.iter_batches(batch_size=65_536, columns=columns,
+                                           row_groups=[group], use_threads=False))
         report = score_sketch(profile, merged)
+    elif mode == "columns":
+        names = set(pq.ParquetFile(parts[0]).schema_arrow.names)
+
+        def column_of(name: str) -> pd.DataFrame:
+            if name not in names:
+                return pd.DataFrame(index=pd.RangeIndex(manifest["rows"]))
+            # the Arrow buffers released as they convert (a NumPy concatenation of the
+            # parts' columns measured 2.0 GiB at 20M rows, this 1.1 GiB)
+            return pa.concat_tables(pq.read_table(part, columns=[name]) for part in parts
+                                    ).to_pandas(self_destruct=True, split_blocks=True)
+
+        report = score_drift_by_column(profile, column_of, manifest["rows"])
     else:
         frame = pd.concat([pd.read_parquet(part, columns=columns) for part in parts],
                           ignore_index=True)
         report = score_drift(profile, frame)
-    queue.put({"wall": time.perf_counter() - started, "peak_mib": _peak_mib(),
-               "rows": report.n_rows, "dataset_drifted": report.dataset_drifted,
+    queue.put({"wall": time.perf_counter() - started, "cpu": _cpu_seconds() - cpu_before,
+               "peak_mib": _peak_mib(), "rows": report.n_rows,
+               "dataset_drifted": report.dataset_drifted,
                "prediction_drifted": report.prediction_drifted,
                "drifted": sorted(report.drifted_features),
                "prediction_columns_drifted": sorted(report.prediction_drifted_columns),
@@ -267,6 +311,21 @@ def _child(target, *args) -> dict:
     return answer
 
 
+def _drift_runs(args, env: dict) -> dict:
+    """Drift of the scored day from merged sketches, and its single-pass reference."""
+    drift = {"drift_sketch": _child(_drift, env, "sketch")}
+    if not args.no_single_pass:
+        mode = "single" if args.rows <= args.single_pass_max else "columns"
+        drift["drift_single_pass"] = {"mode": mode, **_child(_drift, env, mode)}
+        keys = ("dataset_drifted", "prediction_drifted", "drifted",
+                "prediction_columns_drifted")
+        drift["verdicts_equal"] = all(drift["drift_sketch"][k]
+                                      == drift["drift_single_pass"][k] for k in keys)
+    walls = {k: v.get("wall") if isinstance(v, dict) else v for k, v in drift.items()}
+    print(f"drift: {json.dumps(walls)}", flush=True)
+    return drift
+
+
 def main() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # quiet steps
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -279,8 +338,23 @@ def main() -> None:
     parser.add_argument("--start-methods", default="spawn",
                         help="comma-separated: spawn, forkserver (how step processes start)")
     parser.add_argument("--single-pass-max", type=int, default=5_000_000,
-                        help="largest day also scored single-pass for the drift check")
+                        help="largest day scored single-pass in one frame for the drift "
+                        "check; a larger day is scored single-pass one column at a time")
+    parser.add_argument("--no-single-pass", action="store_true",
+                        help="drift from merged sketches only")
+    parser.add_argument("--drift-only", type=Path, metavar="DIR",
+                        help="only the drift runs, over a day this benchmark scored and "
+                        "kept: DIR/out1/<day>/ (manifest and parts) and DIR/profile.npz")
     args = parser.parse_args()
+    if args.drift_only:  # the day's own size picks the single-pass mode
+        args.rows = json.loads((args.drift_only / "out1" / DAY / "manifest.json")
+                               .read_text())["rows"]
+        drift = _drift_runs(args, {"BENCH_OUTPUT_DIR": str(args.drift_only / "out1"),
+                                   "BENCH_PROFILE": str(args.drift_only / "profile.npz")})
+        print(json.dumps(drift, indent=1))
+        if args.json_out:
+            args.json_out.write_text(json.dumps(drift, indent=1))
+        return
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         root = Path(tmp)
         started = time.perf_counter()
@@ -299,25 +373,39 @@ def main() -> None:
         variants = {f"{method} {workers}": (method, workers)
                     for method in methods for workers in ("1", "2")}
         results: dict[str, list[dict]] = {"plain": [], **{v: [] for v in variants}}
+        drift: dict = {}
         for repeat in range(args.repeats):
             results["plain"].append(_child(_plain, {**env, "BENCH_OUTPUT_DIR": str(
                 root / f"plain{repeat}")}))
             for variant, (method, workers) in variants.items():
-                run = _child(_sharded, {**env, "BENCH_WORKERS": workers,
-                                        "BENCH_START_METHOD": method,
+                run = _child(_sharded, {**env, "ML_MAX_CONCURRENT": workers,
+                                        "ML_START_METHOD": method,
                                         "BENCH_OUTPUT_DIR": str(root / f"out{workers}")},
                              args.shard_rows)
                 assert run["success"], run
                 results[variant].append(run)
             print(f"repeat {repeat + 1}: " + ", ".join(
                 f"{k} {v[-1]['wall']:.1f} s" for k, v in results.items()), flush=True)
+            if repeat == 0:  # the scored day is the same in every repeat
+                drift = _drift_runs(args, {**env, "BENCH_OUTPUT_DIR": str(root / "out1")})
+            if args.json_out:  # what a run cut short leaves
+                args.json_out.write_text(json.dumps({"partial": True, "runs": results,
+                                                     **drift}, indent=1))
         median = {k: statistics.median(r["wall"] for r in v) for k, v in results.items()}
         workers_of = {"plain": 1, **{v: int(w) for v, (_, w) in variants.items()}}
         per_core = {k: args.rows / median[k] / workers_of[k] for k in results}
         sharded = list(variants)
         summary = {
             "rows": args.rows, "repeats": args.repeats,
+            "preload_modules": list(PRELOAD_MODULES),
+            "load_average_1min": {k: [round(r["load"], 1) for r in v]
+                                  for k, v in results.items()},
             "wall_seconds": median, "rows_per_s_per_core": per_core,
+            "cpu_seconds": {k: statistics.median(r["cpu"] for r in v)
+                            for k, v in results.items()},
+            "cpu_ratio_sharded_to_plain": {
+                k: statistics.median(r["cpu"] for r in results[k])
+                / statistics.median(r["cpu"] for r in results["plain"]) for k in sharded},
             "ratio_plain_to_sharded_per_core": {k: per_core["plain"] / per_core[k]
                                                 for k in sharded},
             # the steps' own durations (STEP_START to STEP_SUCCESS), summed, and the rest
@@ -343,14 +431,7 @@ def main() -> None:
                                                  for k in sharded for r in results[k])},
             "shards": results[sharded[0]][0]["shards"],
         }
-        drift_env = {**env, "BENCH_OUTPUT_DIR": str(root / "out1")}
-        summary["drift_sketch"] = _child(_drift, drift_env, "sketch")
-        if args.rows <= args.single_pass_max:
-            summary["drift_single_pass"] = _child(_drift, drift_env, "single")
-            keys = ("dataset_drifted", "prediction_drifted", "drifted",
-                    "prediction_columns_drifted")
-            summary["verdicts_equal"] = all(summary["drift_sketch"][k]
-                                            == summary["drift_single_pass"][k] for k in keys)
+        summary.update(drift)
         print(json.dumps(summary, indent=1))
         if args.json_out:
             args.json_out.write_text(json.dumps(summary, indent=1))

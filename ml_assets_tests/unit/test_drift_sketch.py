@@ -14,7 +14,11 @@ import pytest
 
 from ml_assets.core.drift.config import DriftConfig
 from ml_assets.core.drift.profile import build_reference_profile
-from ml_assets.core.drift.scoring import prediction_columns, score_drift
+from ml_assets.core.drift.scoring import (
+    prediction_columns,
+    score_drift,
+    score_drift_by_column,
+)
 from ml_assets.core.drift.sketch import DriftSketch, merge_sketches, sketch_frame
 from ml_assets.core.drift.sketch_scoring import score_sketch, wasserstein_sketch
 from ml_assets.core.drift.stats import wasserstein
@@ -87,6 +91,35 @@ def test_merged_sketches_give_the_single_pass_verdicts(profile, seed):
         gap = (sketched["effect_size"] - exact["effect_size"]).abs().fillna(0)
         assert (gap <= sketched["effect_error"] + 1e-12).all(), (gap, sketched["effect_error"])
     assert sum(single.features["drifted"]) or seed in (0, 1, 3, 4)  # some days drift
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("calibration", ["calibrated", "fixed"])
+def test_column_by_column_is_the_single_pass(profile, seed, calibration):
+    """The exact reference for a day too big for one frame: each column read on its own."""
+    rng = np.random.default_rng(seed)
+    window = _with_outputs(_shifted(mixed_frame(rng, int(rng.integers(150, 3000))), rng), rng)
+    if seed == 2:
+        window = window.drop(columns=["rare"])
+    config = DriftConfig(resamples=500, calibration=calibration)
+    read: list[str] = []
+
+    def column_of(name: str) -> pd.DataFrame:
+        read.append(name)
+        return window[[name]] if name in window else pd.DataFrame(index=window.index)
+
+    by_column = score_drift_by_column(profile, column_of, len(window), config)
+    single = score_drift(profile, window, config)
+    assert sorted(read) == sorted(name for _, name, _ in profile.columns())
+    assert by_column.to_dict() == single.to_dict()
+    assert by_column.dataset_drifted == single.dataset_drifted
+
+
+def test_column_by_column_refuses_a_column_of_another_length(profile):
+    rng = np.random.default_rng(0)
+    window = _with_outputs(mixed_frame(rng, 200), rng)
+    with pytest.raises(ValueError, match="column 'normal' has 199 rows, not the batch's 200"):
+        score_drift_by_column(profile, lambda name: window[[name]].iloc[:199], 200)
 
 
 def test_a_merge_is_the_sketch_of_all_rows(profile):

@@ -25,7 +25,7 @@ rate (Fisher's exact test). `calibration="fixed"` restores the former fixed thre
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -150,7 +150,8 @@ def score_drift(profile: ReferenceProfile, current: pd.DataFrame,
     _check_overrides(profile, config)
     n_rows = len(current)
     judged_outputs = current if prediction_rows is None else prediction_rows
-    families = {role: _score_family(group, frame, config, profile.psi_bins, cache)
+    families = {role: _score_family(group, _whole(frame), len(frame), config,
+                                    profile.psi_bins, cache)
                 for role, group, frame in (("feature", profile.features, current),
                                            ("prediction", profile.predictions,
                                             judged_outputs))}
@@ -158,14 +159,46 @@ def score_drift(profile: ReferenceProfile, current: pd.DataFrame,
                    "ok" if n_rows else "empty")
 
 
-def _score_family(group: Mapping[str, ColumnProfile], frame: pd.DataFrame,
+def _whole(frame: pd.DataFrame) -> Callable[[str], pd.DataFrame]:
+    """Every column read from the one frame."""
+    return lambda _name: frame
+
+
+def score_drift_by_column(profile: ReferenceProfile, column_of: Callable[[str], pd.DataFrame],
+                          n_rows: int, config: DriftConfig | None = None, *,
+                          cache: NullCache | None = None) -> DriftReport:
+    """`score_drift` over a batch too big for one frame, exactly: `column_of(name)` gives
+    one column of all `n_rows` rows (a frame of `n_rows` rows without it: absent), read
+    when its test needs it and dropped after, so one column is held at a time. The same
+    tests on the same values as `score_drift` on the whole frame, every output judged."""
+    config = config or DriftConfig()
+    cache = NULL_CACHE if cache is None else cache
+    _check_overrides(profile, config)
+
+    def checked(name: str) -> pd.DataFrame:
+        frame = column_of(name)
+        if len(frame) != n_rows:
+            raise ValueError(f"column {name!r} has {len(frame)} rows, not the batch's "
+                             f"{n_rows}")
+        return frame
+
+    families = {role: _score_family(group, checked, n_rows, config, profile.psi_bins, cache)
+                for role, group in (("feature", profile.features),
+                                    ("prediction", profile.predictions))}
+    return _report(families["feature"], families["prediction"], config, n_rows,
+                   "ok" if n_rows else "empty")
+
+
+def _score_family(group: Mapping[str, ColumnProfile],
+                  frame_of: Callable[[str], pd.DataFrame], n_rows: int,
                   config: DriftConfig, profile_bins: int,
                   cache: NullCache) -> list[dict[str, Any]]:
     if not config.calibrated:
-        return [_score_column_fixed(name, column, frame, config, profile_bins)
+        return [_score_column_fixed(name, column, frame_of(name), config, profile_bins)
                 for name, column in group.items()]
-    return score_columns(group, lambda name, column: frame_sample(column, frame, name),
-                         len(frame), config, profile_bins, cache)
+    return score_columns(group, lambda name, column: frame_sample(column, frame_of(name),
+                                                                  name),
+                         n_rows, config, profile_bins, cache)
 
 
 def _table(rows: list[dict[str, Any]]) -> pd.DataFrame:
