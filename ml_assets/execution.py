@@ -22,8 +22,10 @@ START_METHODS = ("forkserver", "spawn")
 
 # What the forkserver imports once before forking every step: the code location (what
 # a step process reconstructs its job from) and the heavy modules steps import lazily.
-# Forking is safe only from a process that has no other thread and no open file or
-# socket, so nothing here may create one at import (a test checks). onnxruntime does:
+# Forking is safe only from a process with no other thread and no open file or socket
+# that is not fork-aware, so nothing here may create one at import (a test checks: no
+# Python thread, no file, no native thread beyond the fork-aware pools of OpenBLAS and
+# pyarrow's jemalloc that any numpy/pyarrow process has). onnxruntime does:
 # its telemetry (1.31) opens a SQLite file and starts a thread at import, so each step
 # imports it itself (about 0.1 s).
 PRELOAD_MODULES = ("ml_assets.definitions", "mlflow.artifacts", "skops.io", "onnx",

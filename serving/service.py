@@ -196,9 +196,19 @@ class Service:
         """Append a tick's rows as one log entry; its commit settles every waiter."""
         if self._shared is group:
             self._shared = None
+        self._append_group(log, group)
+
+    def _append_group(self, log: PredictionLog, group: _SharedAppend) -> None:
         try:
             committed = log.append(group.records)
         except Exception as exc:  # noqa: BLE001 - refused: every request hears why
+            if len(group.waiters) > 1:
+                # Refused as a whole (e.g. more rows than the queue has room for): each
+                # request appends alone, so as many as fit are taken and the others
+                # hear the queue as it is.
+                for alone in group.split():
+                    self._append_group(log, alone)
+                return
             group.settle(exc)
             return
         loop = asyncio.get_running_loop()
@@ -358,6 +368,17 @@ class _SharedAppend:
                     waiter.set_result(None)
                 else:
                     waiter.set_exception(error)
+
+    def split(self) -> list[_SharedAppend]:
+        """One group per request still waiting, with its own rows."""
+        alone: list[_SharedAppend] = []
+        start = 0
+        for waiter, rows, counted in self.waiters:
+            if not waiter.done():
+                alone.append(_SharedAppend(self.records[start:start + rows],
+                                           [(waiter, rows, counted)]))
+            start += rows
+        return alone
 
     def expire(self, timeout: float) -> None:
         """The commit timeout passed: each waiting request is answered 503 (the text

@@ -197,3 +197,29 @@ def test_concurrent_compiled_requests_share_log_appends_and_lone_ones_append_alo
     assert list(logged.sort_values("request_id")["prediction"]) == [
         a.json()["prediction"] for a in sorted([*answers, alone],
                                                key=lambda a: a.json()["request_id"])]
+
+
+def test_a_shared_append_too_big_for_the_queue_takes_as_many_requests_as_fit(
+        mlflow_store, cancer_champion, tmp_path):
+    """A queue of 8 rows (the smallest valid with ML_API_MAX_BATCH=8) and 32 concurrent
+    one-row requests: a tick's shared append of more rows than the queue holds is not
+    refused as a whole; its requests append alone, so the queue is filled before anyone
+    hears it is full, and every refusal describes the queue as it was (full). Every
+    answered row is in the log; no refused one is."""
+    trained = cancer_champion.trained
+    records = _records(trained, 32)
+    app = _app(mlflow_store, cancer_champion.name, tmp_path, max_batch=8, log_queue_rows=8)
+
+    async def scenario(client):
+        answers = await asyncio.gather(*(client.post("/predict", json=r) for r in records))
+        ids = [a.json()["request_id"] for a in answers if a.status_code == 200]
+        return answers, app.state.service.log.read_requests(ids)
+
+    answers, logged = asyncio.run(_served(app, scenario))
+    answered = [a for a in answers if a.status_code == 200]
+    refused = [a for a in answers if a.status_code != 200]
+    assert len(answered) >= 8, [a.status_code for a in answers]
+    for answer in refused:
+        assert answer.status_code == 503, answer.text
+        assert "the prediction log queue is full (8 of 8 rows waiting)" in answer.text
+    assert sorted(logged["request_id"]) == sorted(a.json()["request_id"] for a in answered)

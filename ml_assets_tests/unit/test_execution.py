@@ -88,7 +88,15 @@ for fd in sorted(set(os.listdir("/proc/self/fd")) - before):
     except OSError:  # the listing's own descriptor, closed since
         pass
 print(json.dumps({"threads": [t.name for t in threading.enumerate()], "opened": opened,
+                  "native": len(os.listdir("/proc/self/task")),
                   "onnxruntime": "onnxruntime" in sys.modules}))
+"""
+# The native threads every numeric process has: the thread pools of numpy's and scipy's
+# OpenBLAS and the background thread of pyarrow's jemalloc, all of which handle fork.
+BASELINE = """
+import os
+import numpy, pyarrow.parquet, scipy.linalg
+print(len(os.listdir("/proc/self/task")))
 """
 
 
@@ -97,12 +105,16 @@ def test_preloaded_modules_import_and_leave_nothing_a_fork_would_share():
     started a thread, or opened a file or socket, at import would leave its state in
     every step (a lock held by a thread that does not exist there, one SQLite
     connection written by several processes)."""
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
     done = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300, env={"PYTHONPATH": str(ROOT),
-                                                       "PATH": "/usr/bin:/bin"})
+                          text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     probe = json.loads(done.stdout.strip().splitlines()[-1])
     assert probe["threads"] == ["MainThread"]
+    baseline = subprocess.run([sys.executable, "-c", BASELINE], cwd=ROOT, check=True,
+                              capture_output=True, text=True, timeout=300, env=env)
+    assert probe["native"] == int(baseline.stdout.strip().splitlines()[-1]), \
+        "a preloaded module started a native thread of its own at import"
     assert probe["opened"] == [], "a preloaded module opened a file or socket at import"
     # onnxruntime 1.31's telemetry opens a SQLite file and starts a thread at import
     assert probe["onnxruntime"] is False

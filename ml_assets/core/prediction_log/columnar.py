@@ -145,17 +145,18 @@ def _meta_arrays(records: list[PredictionRecord], micros: list[int]) -> list[pa.
 
 
 def _text(values: list) -> pa.Array:
-    """A text column; one that holds one value throughout (a model's name, "" for no
-    error...) is built once per value and length and reused (arrays are immutable)."""
+    """A text column; one of <= 64 rows of one value throughout (a model's name...) is
+    built once per value and length, then reused (arrays are immutable; bounded cache)."""
     first = values[0]
-    if values.count(first) != len(values) or not isinstance(first, str) or len(first) > 200:
+    if (len(values) > 64 or not isinstance(first, str) or len(first) > 200
+            or values.count(first) != len(values)):
         return pa.array(values, pa.string())
-    key = (first, len(values))
-    if key not in _CONSTANT:
+    array = _CONSTANT.get(key := (first, len(values)))  # once: another writer may clear it
+    if array is None:
         if len(_CONSTANT) > 1024:
             _CONSTANT.clear()
-        _CONSTANT[key] = pa.array(values, pa.string())
-    return _CONSTANT[key]
+        array = _CONSTANT[key] = pa.array(values, pa.string())
+    return array
 
 
 def _schema(key: tuple, features: Callable[[], list[pa.Field]]) -> tuple[pa.Schema, bytes]:
