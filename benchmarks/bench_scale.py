@@ -198,9 +198,9 @@ def _sharded(env: dict, shard_rows: int, queue) -> None:
 
 # -- the plain ONNX Runtime script ---------------------------------------------------------------
 
-def _plain(env: dict, queue) -> None:
+def score_plain(graph: bytes, files: list[Path], out: Path) -> int:
     """Read each file's record batches, feed the graph, write prediction + probabilities:
-    what a person would write with onnxruntime and pyarrow alone."""
+    what a person would write with onnxruntime and pyarrow alone. The rows scored."""
     import numpy as np
     import onnxruntime as ort
     import pyarrow as pa
@@ -208,16 +208,13 @@ def _plain(env: dict, queue) -> None:
 
     from ml_assets.core.artifacts.onnx.contract import PROBABILITIES_OUTPUT
 
-    started, cpu_before = time.perf_counter(), _cpu_seconds()
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
-    session = ort.InferenceSession(Path(env["BENCH_GRAPH"]).read_bytes(), options,
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
-    out = Path(env["BENCH_OUTPUT_DIR"])
     out.mkdir(parents=True, exist_ok=True)
     rows = 0
-    for file in sorted((Path(env["BENCH_INPUT_DIR"]) / DAY).glob("*.parquet")):
+    for file in files:
         with pq.ParquetWriter(out / file.name, pa.schema(
                 [("prediction", pa.int64()), ("proba_0", pa.float64()),
                  ("proba_1", pa.float64())])) as writer:
@@ -228,6 +225,15 @@ def _plain(env: dict, queue) -> None:
                                              "proba_0": proba[:, 0].astype(np.float64),
                                              "proba_1": proba[:, 1].astype(np.float64)}))
                 rows += batch.num_rows
+    return rows
+
+
+def _plain(env: dict, queue) -> None:
+    """The plain script over the day's files, timed (its own child process)."""
+    started, cpu_before = time.perf_counter(), _cpu_seconds()
+    rows = score_plain(Path(env["BENCH_GRAPH"]).read_bytes(),
+                       sorted((Path(env["BENCH_INPUT_DIR"]) / DAY).glob("*.parquet")),
+                       Path(env["BENCH_OUTPUT_DIR"]))
     queue.put({"wall": time.perf_counter() - started, "rows": rows,
                "cpu": _cpu_seconds() - cpu_before,
                "load": os.getloadavg()[0], "peak_mib": _peak_mib()})

@@ -32,32 +32,14 @@ ROOT = Path(__file__).resolve().parent.parent  # children import from their PYTH
 
 
 def plain(ready: dict) -> dict:
-    """What a person would write with onnxruntime and pyarrow alone."""
-    import numpy as np
-    import onnxruntime as ort
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from ml_assets.core.artifacts.onnx.contract import PROBABILITIES_OUTPUT
+    """What a person would write with onnxruntime and pyarrow alone (bench_scale's)."""
+    from bench_scale import score_plain
 
     graph = next((Path(ready["root"]) / "art").rglob("model.onnx"))
     started, cpu = time.perf_counter(), time.process_time()
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(graph.read_bytes(), options,
-                                   providers=["CPUExecutionProvider"])
-    names = [i.name for i in session.get_inputs()]
-    out = Path(tempfile.mkdtemp(prefix="plain-", dir=ready["root"]))
-    for file in sorted((Path(ready["input_dir"]) / ready["day"]).glob("*.parquet")):
-        with pq.ParquetWriter(out / file.name, pa.schema(
-                [("prediction", pa.int64()), ("proba_0", pa.float64()),
-                 ("proba_1", pa.float64())])) as writer:
-            for batch in pq.ParquetFile(file).iter_batches(batch_size=65_536):
-                feed = {name: batch.column(name).to_numpy().reshape(-1, 1) for name in names}
-                proba = session.run([PROBABILITIES_OUTPUT], feed)[0]
-                writer.write_table(pa.table({"prediction": proba.argmax(axis=1),
-                                             "proba_0": proba[:, 0].astype(np.float64),
-                                             "proba_1": proba[:, 1].astype(np.float64)}))
+    score_plain(graph.read_bytes(),
+                sorted((Path(ready["input_dir"]) / ready["day"]).glob("*.parquet")),
+                Path(tempfile.mkdtemp(prefix="plain-", dir=ready["root"])))
     return {"wall": time.perf_counter() - started, "cpu": time.process_time() - cpu}
 
 
