@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install the platform into .venv at exactly requirements.lock's versions: with uv (itself
 # pinned in the lock, installed from PyPI by the venv's pip) in seconds, with pip when uv
-# cannot be had or fails.
+# cannot be had or fails. Both compile the bytecode at install (uv does not by default):
+# where PYTHONDONTWRITEBYTECODE is set, every interpreter would otherwise compile its
+# imports again, 8.7 s instead of 3.8 s for the code location's imports on this machine.
 #
 #   scripts/install.sh                 # the platform (README command 1)
 #   scripts/install.sh dev             # and the test tools (README command 2); any extra
@@ -28,7 +30,8 @@ if ! "$python" -m venv "$venv"; then
 fi
 if [ "${ML_INSTALL_WITH:-uv}" = uv ]; then
     if "$venv/bin/pip" install -q --disable-pip-version-check -c requirements.lock uv \
-        && "$venv/bin/uv" pip install --python "$venv/bin/python" -c requirements.lock -e "$target"; then
+        && "$venv/bin/uv" pip install --compile-bytecode --python "$venv/bin/python" \
+            -c requirements.lock -e "$target"; then
         exit 0
     fi
     echo "install: uv failed (above); installing with pip instead" >&2
