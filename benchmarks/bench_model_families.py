@@ -84,12 +84,13 @@ def _median_seconds(call, calls: int) -> float:
 def _served_row(pipeline, schema, target: str, row: list, calls: int) -> tuple[float, float]:
     """Median seconds of one validated row on the service's scikit-learn runtime: before
     (a DataFrame through the Pipeline) and after (the rows path), alternating."""
+    from ml_assets.core.modeling.jobs import one_job
     from serving.model.feature_specs import feature_specs, frame_from_rows
     from serving.model.row_pipeline import row_pipeline
-    from serving.model.served import quiet_warnings, serving_n_jobs
+    from serving.model.served import quiet_warnings
 
     specs = tuple(feature_specs(schema, target))
-    serving_n_jobs(pipeline)
+    one_job(pipeline)
     with quiet_warnings():
         fast, reason = row_pipeline(pipeline, specs, np.nan)
     if fast is None:

@@ -29,7 +29,10 @@ START_METHODS = ("forkserver", "spawn")
 # its telemetry (1.31) opens a SQLite file and starts a thread at import, so each step
 # imports it itself (about 0.1 s).
 PRELOAD_MODULES = ("ml_assets.definitions", "mlflow.artifacts", "skops.io", "onnx",
-                   "sklearn.ensemble", "pyarrow.parquet")
+                   "sklearn.ensemble", "pyarrow.parquet",
+                   # a step's MlflowClient on a database store (SQLite, PostgreSQL): ~1 s
+                   "mlflow.store.tracking.sqlalchemy_store",
+                   "mlflow.store.model_registry.sqlalchemy_store")
 
 
 # Celery settings shared by the executor and the workers (docker/entrypoint-code.sh

@@ -178,6 +178,19 @@ def scoring_model(tmp_path_factory, mlflow_store, cancer_champion):
     return model
 
 
+def test_a_step_opens_the_champion_to_predict_on_one_thread(scoring_model, cancer_champion):
+    """A forest trained with n_jobs=-1 starts a joblib pool (and polls it with 10 ms
+    sleeps) on every predict: a shard step's Pipeline, which answers near ties a few
+    rows at a time, runs with every n_jobs at 1."""
+    def jobs(pipeline) -> dict:
+        return {k: v for k, v in pipeline.get_params(deep=True).items()
+                if k == "n_jobs" or k.endswith("__n_jobs")}
+
+    assert -1 in jobs(cancer_champion.trained.pipeline).values()  # as trained
+    assert jobs(scoring_model.loaded.pipeline) and set(
+        jobs(scoring_model.loaded.pipeline).values()) == {1}
+
+
 def test_the_arrow_path_writes_what_the_frame_path_writes(tmp_path, scoring_model,
                                                           cancer_champion):
     """A Parquet shard scored from Arrow (no pandas frame) and through validate_input and

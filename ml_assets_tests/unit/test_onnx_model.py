@@ -33,6 +33,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from ml_assets.core.artifacts.compilation import compile_version, read_compiled
+from ml_assets.core.artifacts.onnx import runtime
 from ml_assets.core.artifacts.onnx.columns import _served_dtypes
 from ml_assets.core.artifacts.onnx.contract import (
     NAN_STRING,
@@ -440,6 +441,46 @@ def test_rows_and_frames_give_the_same_inputs_and_answers(forest, penguin_forest
     assert penguin.inputs([row])["sex"].tolist() == [[NAN_STRING]]
     assert np.isnan(penguin.inputs([row])["bill_depth_mm"][0, 0])
     assert penguin.predict_proba([]).shape == (0, 3)
+
+
+def test_a_feed_above_run_rows_runs_in_pieces_with_the_whole_runs_answers(
+        forest, penguin_forest, monkeypatch):
+    """`run` splits a feed of more than RUN_ROWS rows into pieces (numbers and strings
+    alike) and joins their answers in order: the same array one whole session.run
+    gives; a graph whose pieces do not join is a ValueError naming the rows."""
+    for trained, _, _, compiled in (forest, penguin_forest):
+        frame = pd.concat([trained.X_test] * 3, ignore_index=True)
+        feed = compiled.inputs_from_frame(frame)
+        whole = compiled.session.run(compiled._output, feed)[0]
+        monkeypatch.setattr(runtime, "RUN_ROWS", 7)  # a piece count that leaves a rest
+        calls = []
+        real_run = compiled.session.run
+        monkeypatch.setattr(compiled, "session", _Counting(real_run, calls))
+        np.testing.assert_array_equal(compiled.run(feed), whole)
+        assert calls == [min(7, len(frame) - s) for s in range(0, len(frame), 7)]
+        monkeypatch.setattr(runtime, "RUN_ROWS", len(frame))  # at the limit: one run
+        calls.clear()
+        np.testing.assert_array_equal(compiled.run(feed), whole)
+        assert calls == [len(frame)]
+        monkeypatch.undo()
+    trained, _, _, compiled = forest
+    feed = compiled.inputs_from_frame(trained.X_test)
+    monkeypatch.setattr(runtime, "RUN_ROWS", 7)
+    monkeypatch.setattr(compiled, "session", _Counting(
+        lambda names, piece: [np.float64(len(next(iter(piece.values()))))], []))
+    with pytest.raises(ValueError, match=f"outputs for {len(trained.X_test)} rows"):
+        compiled.run(feed)
+
+
+class _Counting:
+    """A session stand-in: counts the rows of each run and answers with `run`'s."""
+
+    def __init__(self, run, calls: list) -> None:
+        self._run, self._calls = run, calls
+
+    def run(self, names, feed):
+        self._calls.append(len(next(iter(feed.values()))))
+        return self._run(names, feed)
 
 
 def test_concurrent_calls_give_the_sequential_answers(forest):

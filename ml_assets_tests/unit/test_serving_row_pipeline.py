@@ -27,6 +27,7 @@ from sklearn.pipeline import Pipeline
 
 from ml_assets.core.data.datasets import SyntheticSpec
 from ml_assets.core.data.schema_inference import checked_schema
+from ml_assets.core.modeling.jobs import one_job
 from ml_assets_tests.support.models import (
     TrainedPipeline,
     train_breast_cancer,
@@ -39,7 +40,7 @@ from serving.model.feature_specs import feature_specs, frame_from_rows
 from serving.model.numpy_steps import Fallback
 from serving.model.request_models import build_request_models
 from serving.model.row_pipeline import _disagreement, _leaves, probe_rows, row_pipeline
-from serving.model.served import ServedModel, regression_output, serving_n_jobs
+from serving.model.served import ServedModel, regression_output
 
 PENGUINS = files("palmerpenguins") / "data" / "penguins.csv"
 
@@ -108,7 +109,7 @@ def _hard_rows(rows: list[list], specs) -> list[list]:
 @pytest.fixture(scope="module", params=list(MODELS))
 def model(request):
     trained = MODELS[request.param]()
-    serving_n_jobs(trained.pipeline)
+    one_job(trained.pipeline)
     specs = _specs(trained)
     fast, reason = row_pipeline(trained.pipeline, specs, np.nan)
     return trained, specs, fast, reason
@@ -283,7 +284,7 @@ def _served(trained: TrainedPipeline) -> ServedModel:
     classes = trained.pipeline.classes_.tolist()
     return ServedModel(
         name="row-pipeline", version="1", alias="champion", run_id=None,
-        pipeline=serving_n_jobs(trained.pipeline), target=trained.target,
+        pipeline=one_job(trained.pipeline), target=trained.target,
         labels=[str(c) for c in classes], class_values=classes,
         requests=build_request_models(specs, 100), metrics={},
         loaded_at=datetime.now(timezone.utc), metadata={},
@@ -291,7 +292,7 @@ def _served(trained: TrainedPipeline) -> ServedModel:
 
 
 
-def test_serving_n_jobs_reaches_a_wrappers_fitted_estimator():
+def test_one_job_reaches_a_wrappers_fitted_estimator():
     """XGBoost on string labels is served inside EncodedLabelsClassifier: its fitted
     booster must predict on one thread too (its unfitted template is not what runs)."""
     import xgboost
@@ -307,7 +308,7 @@ def test_serving_n_jobs_reaches_a_wrappers_fitted_estimator():
     wrapper = trained.pipeline[-1]
     assert isinstance(wrapper, EncodedLabelsClassifier)
     assert wrapper.estimator_.n_jobs == 2
-    serving_n_jobs(trained.pipeline)
+    one_job(trained.pipeline)
     assert wrapper.estimator.n_jobs == wrapper.estimator_.n_jobs == 1
 
 

@@ -23,6 +23,7 @@ from sklearn.base import is_regressor
 from sklearn.pipeline import Pipeline
 
 from ml_assets.core.artifacts.onnx.runtime import CompiledModel, near_ties
+from ml_assets.core.modeling.jobs import nested_estimators
 from serving.model.feature_specs import FeatureSpec, frame_from_rows
 from serving.model.request_models import RequestModels
 from serving.model.row_pipeline import RowPipeline, row_pipeline
@@ -326,39 +327,12 @@ def intervals(values: list[float], std: list[float]) -> list[dict[str, float]]:
             for v, s in zip(values, std, strict=True)]
 
 
-def _estimators(estimator):
-    """`estimator` and every estimator inside it (Pipeline steps, ColumnTransformer
-    transformers, ...), depth first."""
-    yield estimator
-    for attribute in ("steps", "transformers_", "transformer_list"):
-        for item in getattr(estimator, attribute, None) or ():
-            if isinstance(item, tuple) and len(item) >= 2 and hasattr(item[1], "get_params"):
-                yield from _estimators(item[1])
-
-
 def learned_none_category(pipeline) -> bool:
     """Whether a fitted encoder of the pipeline holds None as a category: the model was
     trained on frames whose missing strings were None (before training normalised them
     to NaN), so a missing categorical must reach it as None, not NaN."""
-    for estimator in _estimators(pipeline):
+    for estimator in nested_estimators(pipeline):
         for categories in getattr(estimator, "categories_", None) or ():
             if any(value is None for value in np.asarray(categories, dtype=object).tolist()):
                 return True
     return False
-
-
-def serving_n_jobs(pipeline: Pipeline) -> Pipeline:
-    """Set every n_jobs in the pipeline to 1: for one row, starting joblib workers costs
-    more than the prediction, and the service batches rows itself."""
-    params = pipeline.get_params(deep=True)
-    jobs = {k: 1 for k in params if k == "n_jobs" or k.endswith("__n_jobs")}
-    if jobs:  # CatBoost refuses any set_params once fitted, even an empty one
-        pipeline.set_params(**jobs)
-    # A wrapper's fitted estimator (EncodedLabelsClassifier.estimator_ around XGBoost) is
-    # no parameter: set_params above reached only its unfitted template.
-    for estimator in _estimators(pipeline):
-        fitted = getattr(estimator, "estimator_", None)
-        if fitted is not None and hasattr(fitted, "set_params"):
-            serving_n_jobs(fitted)
-    return pipeline
-

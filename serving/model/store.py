@@ -44,6 +44,7 @@ from ml_assets.core.artifacts.loading import (
 )
 from ml_assets.core.artifacts.onnx.runtime import CompiledModel
 from ml_assets.core.data.schemas import excluded_columns
+from ml_assets.core.modeling.jobs import one_job
 from serving.http.metrics import ServiceMetrics
 from serving.model import load_probe
 from serving.model.feature_specs import example_rows, feature_specs
@@ -57,7 +58,6 @@ from serving.model.served import (
     model_task,
     offers_std,
     regression_output,
-    serving_n_jobs,
 )
 from serving.settings import ServingSettings
 
@@ -255,7 +255,7 @@ class ModelStore:
                 self._probe(version, local, record)
                 specs = feature_specs(loaded.schema, loaded.target)
                 example = _input_example(local, [spec.name for spec in specs])
-                pipeline = serving_n_jobs(loaded.pipeline)
+                pipeline = one_job(loaded.pipeline)
                 task = model_task(loaded.metadata, pipeline)
                 classes = [] if task == REGRESSION else pipeline.classes_.tolist()
                 interval = task == REGRESSION and offers_std(pipeline)

@@ -44,6 +44,7 @@ from ml_assets.core.data.schemas import feature_columns
 from ml_assets.core.drift.scoring import model_outputs, prediction_columns
 from ml_assets.core.drift.sketch import DriftSketch
 from ml_assets.core.drift.sketch_store import SketchBasis, write_sketch
+from ml_assets.core.modeling.jobs import one_job
 from ml_assets.core.modeling.tasks import is_regression_model
 
 RUNTIMES = ("auto", "onnx", "sklearn")
@@ -69,11 +70,13 @@ class ScoringModel:
 def open_model(directory: Path, version_tags: dict, runtime: str = "auto",
                source: str | None = None) -> ScoringModel:
     """A downloaded model version (its directory and registry tags) opened by the one
-    safe loader, with its compiled graph per `runtime`: 'auto' (the graph when it passed
-    parity), 'onnx' (required: ValueError without one), 'sklearn' (never)."""
+    safe loader, predicting on one thread (`one_job`), with its compiled graph per
+    `runtime`: 'auto' (the graph when it passed parity), 'onnx' (required: ValueError
+    without one), 'sklearn' (never)."""
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
     loaded = load_pipeline(str(directory), source=source)
+    one_job(loaded.pipeline)  # a step's parallelism is the other shards' steps
     regression = is_regression_model(loaded.pipeline)
     if runtime == "sklearn":
         return ScoringModel(loaded, None, "runtime sklearn", regression)
@@ -211,7 +214,8 @@ def _batches(shard: Shard, csv_options: CsvOptions, features: list[str],
     import pyarrow.parquet as pq
 
     # No pre-buffering, and one row group at a time: asked for a range of row groups,
-    # the reader fetches all of them up front (memory growing with the shard).
+    # the reader fetches all of them up front (memory growing with the shard). Columns
+    # are decoded on pyarrow's threads (a row group's memory either way).
     reader = pq.ParquetFile(file, pre_buffer=False)
     names = reader.schema_arrow.names
     wanted = [name for name in names if name in set(features)]
@@ -219,7 +223,7 @@ def _batches(shard: Shard, csv_options: CsvOptions, features: list[str],
     offset = shard.first_row
     for group in range(*shard.row_groups):
         for batch in reader.iter_batches(batch_size=batch_rows, columns=wanted,
-                                         row_groups=[group], use_threads=False):
+                                         row_groups=[group], use_threads=True):
             yield offset, batch, ignored
             offset += batch.num_rows
 

