@@ -445,24 +445,32 @@ def test_rows_and_frames_give_the_same_inputs_and_answers(forest, penguin_forest
 
 def test_a_feed_above_run_rows_runs_in_pieces_with_the_whole_runs_answers(
         forest, penguin_forest, monkeypatch):
-    """`run` splits a feed of more than RUN_ROWS rows into pieces (numbers and strings
-    alike) and joins their answers in order: the same array one whole session.run
-    gives; a graph whose pieces do not join is a ValueError naming the rows."""
-    for trained, _, _, compiled in (forest, penguin_forest):
-        frame = pd.concat([trained.X_test] * 3, ignore_index=True)
+    """`run` splits a feed of more than RUN_ROWS rows into pieces (numbers and strings,
+    probabilities and a regressor's values) and joins their answers in order: the same
+    array one whole session.run gives. A graph whose pieces do not join is a ValueError
+    naming the rows; one whose joined pieces hold other rows than asked is still refused
+    by the shape checks after the join."""
+    ridge = train_regression(Ridge())
+    data, report = compile_and_check(ridge.pipeline, ridge.X_train, ridge.X_test, "regression")
+    assert data is not None, report.reason
+    regressor = CompiledModel.from_bytes(data, list(ridge.X_train.columns), "regression", None)
+    for frame, compiled in ((forest[0].X_test, forest[3]), (penguin_forest[0].X_test,
+                                                           penguin_forest[3]),
+                            (ridge.X_test, regressor)):
+        frame = pd.concat([frame] * 3, ignore_index=True)
         feed = compiled.inputs_from_frame(frame)
         whole = compiled.session.run(compiled._output, feed)[0]
-        monkeypatch.setattr(runtime, "RUN_ROWS", 7)  # a piece count that leaves a rest
-        calls = []
-        real_run = compiled.session.run
-        monkeypatch.setattr(compiled, "session", _Counting(real_run, calls))
-        np.testing.assert_array_equal(compiled.run(feed), whole)
-        assert calls == [min(7, len(frame) - s) for s in range(0, len(frame), 7)]
-        monkeypatch.setattr(runtime, "RUN_ROWS", len(frame))  # at the limit: one run
-        calls.clear()
-        np.testing.assert_array_equal(compiled.run(feed), whole)
-        assert calls == [len(frame)]
-        monkeypatch.undo()
+        assert len(whole) == len(frame)
+        with monkeypatch.context() as patch:
+            patch.setattr(runtime, "RUN_ROWS", 7)  # a piece count that leaves a rest
+            calls: list[int] = []
+            patch.setattr(compiled, "session", _Counting(compiled.session.run, calls))
+            np.testing.assert_array_equal(compiled.run(feed), whole)
+            assert calls == [min(7, len(frame) - s) for s in range(0, len(frame), 7)]
+            patch.setattr(runtime, "RUN_ROWS", len(frame))  # at the limit: one run
+            calls.clear()
+            np.testing.assert_array_equal(compiled.run(feed), whole)
+            assert calls == [len(frame)]
     trained, _, _, compiled = forest
     feed = compiled.inputs_from_frame(trained.X_test)
     monkeypatch.setattr(runtime, "RUN_ROWS", 7)
@@ -470,6 +478,11 @@ def test_a_feed_above_run_rows_runs_in_pieces_with_the_whole_runs_answers(
         lambda names, piece: [np.float64(len(next(iter(piece.values()))))], []))
     with pytest.raises(ValueError, match=f"outputs for {len(trained.X_test)} rows"):
         compiled.run(feed)
+    monkeypatch.setattr(compiled, "session", _Counting(  # one row per piece, whatever asked
+        lambda names, piece: [np.array([[0.25, 0.75]], dtype=np.float32)], []))
+    pieces = -(-len(trained.X_test) // 7)
+    with pytest.raises(ValueError, match=rf"shape \({pieces}, 2\) for {len(trained.X_test)}"):
+        compiled.predict_proba_frame(trained.X_test)
 
 
 class _Counting:

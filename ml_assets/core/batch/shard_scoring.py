@@ -70,13 +70,13 @@ class ScoringModel:
 def open_model(directory: Path, version_tags: dict, runtime: str = "auto",
                source: str | None = None) -> ScoringModel:
     """A downloaded model version (its directory and registry tags) opened by the one
-    safe loader, predicting on one thread (`one_job`), with its compiled graph per
-    `runtime`: 'auto' (the graph when it passed parity), 'onnx' (required: ValueError
-    without one), 'sklearn' (never)."""
+    safe loader, with its compiled graph per `runtime`: 'auto' (the graph when it passed
+    parity), 'onnx' (required: ValueError without one), 'sklearn' (never). With a graph,
+    the Pipeline (near ties, a few rows per batch) predicts on one thread (`one_job`);
+    without one it keeps its own n_jobs, as it scores every row."""
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
     loaded = load_pipeline(str(directory), source=source)
-    one_job(loaded.pipeline)  # a step's parallelism is the other shards' steps
     regression = is_regression_model(loaded.pipeline)
     if runtime == "sklearn":
         return ScoringModel(loaded, None, "runtime sklearn", regression)
@@ -86,6 +86,8 @@ def open_model(directory: Path, version_tags: dict, runtime: str = "auto",
     compiled, reason = read_compiled(directory, version_tags, features, task, classes)
     if compiled is None and runtime == "onnx":
         raise ValueError(f"runtime onnx requires a compiled graph that passed parity: {reason}")
+    if compiled is not None:  # its Pipeline answers a few rows a batch: no joblib pool
+        one_job(loaded.pipeline)
     return ScoringModel(loaded, compiled, reason, regression)
 
 
