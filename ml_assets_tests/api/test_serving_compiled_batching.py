@@ -223,3 +223,100 @@ def test_a_shared_append_too_big_for_the_queue_takes_as_many_requests_as_fit(
         assert answer.status_code == 503, answer.text
         assert "the prediction log queue is full (8 of 8 rows waiting)" in answer.text
     assert sorted(logged["request_id"]) == sorted(a.json()["request_id"] for a in answered)
+
+
+def _burst_while(app, records, break_log, mend_log, all_queued=None):
+    """32 concurrent one-row requests while `break_log(log)` holds (bounded: 60 s); then
+    `mend_log(log)` and the log flushed; `all_queued` (an Event) is set once every row
+    was handed to the log. (answers, rows counted by the burst, rows counted in all,
+    rows per log append of the burst)."""
+    appends: list[int] = []
+
+    async def scenario(client):
+        log = app.state.service.log
+        original = log.append
+
+        def counting(rows):
+            appends.append(len(rows))
+            try:
+                return original(rows)
+            finally:
+                if all_queued is not None and sum(appends) == len(records):
+                    all_queued.set()
+
+        log.append = counting
+        counted = _predicted(app)
+        break_log(log)
+        answers = await asyncio.wait_for(asyncio.gather(
+            *(client.post("/predict", json=r) for r in records)), 60)
+        during = _predicted(app) - counted
+        mend_log(log)
+        assert await asyncio.to_thread(log.flush, 30)
+        await asyncio.sleep(0.1)  # a late commit's hop back to the loop
+        return answers, during, _predicted(app) - counted
+
+    answers, during, after = asyncio.run(_served(app, scenario))
+    return answers, during, after, appends
+
+
+def test_a_shared_append_whose_write_fails_answers_every_request_503_and_counts_none(
+        mlflow_store, cancer_champion, tmp_path):
+    """Storage failing under a burst: the first write fails once every request's rows
+    are queued (most of them in shared appends), and every request hears the storage's
+    own error as a 503 (none hangs, none is answered 200); none is counted in
+    ml_api_predictions_total, then or after storage recovers."""
+    import threading
+
+    records = _records(cancer_champion.trained, 32)
+    app = _app(mlflow_store, cancer_champion.name, tmp_path)
+    queued = threading.Event()
+
+    def broken(rows):
+        queued.wait(20)
+        raise OSError("disk on fire")
+
+    answers, during, after, appends = _burst_while(
+        app, records, lambda log: setattr(log, "_write", broken),
+        lambda log: delattr(log, "_write"), all_queued=queued)
+    assert queued.is_set() and sum(appends) == 32
+    assert max(appends) > 1, appends  # a shared append of several requests failed
+    assert [a.status_code for a in answers] == [503] * 32, [a.text for a in answers]
+    for answer in answers:
+        assert "the prediction log cannot store rows: disk on fire" in answer.text
+        assert answer.headers.get("retry-after")
+    assert during == 0 and after == 0
+
+
+def test_a_shared_append_not_committed_in_time_answers_503_and_a_late_commit_counts_none(
+        mlflow_store, cancer_champion, tmp_path):
+    """A write slower than ML_PREDICTION_LOG_COMMIT_TIMEOUT_SECONDS (0.3 s): every request
+    of the shared append is answered 503 with the per-request text once the timeout
+    passes, and when the commit lands later it counts none of them (they were refused)."""
+    import threading
+
+    records = _records(cancer_champion.trained, 32)
+    app = _app(mlflow_store, cancer_champion.name, tmp_path, log_commit_timeout_seconds=0.3)
+    release = threading.Event()
+
+    def slow(log):
+        write = log._write
+
+        def stuck(rows):
+            release.wait(20)
+            return write(rows)
+
+        log._write = stuck
+
+    def mend(log):
+        release.set()
+        del log._write
+
+    started = time.perf_counter()
+    answers, during, after, appends = _burst_while(app, records, slow, mend)
+    assert time.perf_counter() - started < 20  # answered by the timeout, not the write
+    assert sum(appends) == 32 and len(appends) < 32, appends  # shared appends
+    assert [a.status_code for a in answers] == [503] * 32, [a.text for a in answers]
+    for answer in answers:
+        assert ("the prediction log did not commit this request's 1 rows within 0.3s"
+                in answer.text)
+    assert during == 0 and after == 0
