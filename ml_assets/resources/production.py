@@ -183,23 +183,26 @@ class ProductionDataResource(ConfigurableResource):
         if not self.batch_output_dir:
             return pd.DataFrame()
         folder = self.batch_output_dir_of(day)
+
+        def needed(names: list[str], features: list[str]) -> list[str]:
+            probabilities = [c for c in names if str(c).startswith("proba_")]
+            features = features or [c for c in names if c not in BATCH_META_COLUMNS
+                                    and c not in probabilities]
+            return [*features, "request_id", "model_name", "model_version", "prediction",
+                    *probabilities]
+
         try:
-            scored = read_day(folder)
+            # only the columns below, converted once: no copy of the features
+            frame = read_day(folder, columns=needed)
         except Exception as exc:  # noqa: BLE001 - pyarrow raises many types
             raise ValueError(f"batch predictions of {day} ({folder}) cannot be read: "
                              f"{exc}") from exc
-        if scored.empty:
+        if frame.empty:
             return pd.DataFrame()
-        probabilities = [c for c in scored.columns if str(c).startswith("proba_")]
-        features = scored.attrs.get("feature_columns") or [
-            c for c in scored.columns if c not in BATCH_META_COLUMNS and c not in probabilities]
-        frame = scored[list(features)].copy()
-        frame["request_id"] = scored["request_id"].astype(str).to_numpy()
-        frame["model_name"] = scored["model_name"].astype(str).to_numpy()
-        frame["model_version"] = scored["model_version"].astype(str).to_numpy()
-        frame["prediction"] = scored["prediction"].to_numpy()
-        for column in probabilities:
-            frame[column] = scored[column].to_numpy(dtype=float)
+        for column in ("request_id", "model_name", "model_version"):
+            frame[column] = frame[column].astype(str).to_numpy()
+        for column in (c for c in frame.columns if str(c).startswith("proba_")):
+            frame[column] = frame[column].to_numpy(dtype=float)
         frame["source"] = BATCH_SOURCE
         return frame
 

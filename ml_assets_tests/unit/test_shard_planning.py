@@ -16,10 +16,14 @@ import pytest
 from ml_assets.core.batch.scoring import BatchInputError, CheckOutcome
 from ml_assets.core.batch.shard_scoring import merge_outcomes
 from ml_assets.core.batch.shards import (
+    MANIFEST,
+    MANIFEST_FORMAT,
     _row_group_ranges,
     check_unchanged,
     manifest_parts,
     plan_shards,
+    read_day,
+    write_json_atomically,
 )
 
 
@@ -130,3 +134,47 @@ def test_output_rows_from_arrow_write_a_nan_as_pandas_does(tmp_path):
     assert from_arrow.equals(from_pandas.replace_schema_metadata(None))
     assert from_arrow.column("request_id").to_pylist() == ["batch-2026-11-20-a-3",
                                                           "batch-2026-11-20-a-4"]
+
+
+def _day(tmp_path: Path, parts: list[pd.DataFrame], features: list[str]) -> Path:
+    """A scored day by hand: the parts as Parquet files and a manifest naming them."""
+    day_dir = tmp_path / "2026-11-20"
+    (day_dir / "parts" / "p").mkdir(parents=True)
+    entries = []
+    for i, part in enumerate(parts):
+        path = day_dir / "parts" / "p" / f"part-{i:05d}.parquet"
+        pq.write_table(pa.Table.from_pandas(part, preserve_index=False), path)
+        entries.append({"path": f"parts/p/{path.name}", "rows": len(part)})
+    write_json_atomically({"format": MANIFEST_FORMAT, "day": "2026-11-20", "parts": entries,
+                           "feature_columns": features, "rows": sum(map(len, parts))},
+                          day_dir / MANIFEST)
+    return day_dir
+
+
+def test_read_day_gives_the_parts_rows_in_order_with_the_columns_picked(tmp_path):
+    """Parts of one schema (one Arrow table, converted once) and parts whose types differ
+    (an integer column in one, floats with a gap in the other: pandas upcasts) read back
+    as pandas concatenating the parts reads them; `columns` picks from the parts' names
+    with the manifest's feature columns; a day without a manifest is an empty frame."""
+    a = pd.DataFrame({"x": [1.5, 2.5], "n": [1, 2], "text": ["a", None],
+                      "request_id": ["r1", "r2"]})
+    b = pd.DataFrame({"x": [3.5, float("nan")], "n": [3, 4], "text": ["c", "d"],
+                      "request_id": ["r3", "r4"]})
+    expected = pd.concat([a, b], ignore_index=True)
+    same = read_day(_day(tmp_path / "same", [a, b], ["x", "n", "text"]))
+    pd.testing.assert_frame_equal(same, expected)
+    assert same.attrs["feature_columns"] == ["x", "n", "text"]
+    c = b.assign(n=[3.0, float("nan")])  # another type in this part
+    mixed = read_day(_day(tmp_path / "mixed", [a, c], ["x", "n", "text"]))
+    pd.testing.assert_frame_equal(mixed, pd.concat([a, c], ignore_index=True))
+    assert mixed["n"].dtype == float and mixed["n"].isna().sum() == 1
+    seen = []
+
+    def pick(names, features):
+        seen.append((names, features))
+        return ["request_id", *features[:1]]
+
+    picked = read_day(_day(tmp_path / "picked", [a, b], ["x", "n", "text"]), columns=pick)
+    assert seen == [(["x", "n", "text", "request_id"], ["x", "n", "text"])]
+    pd.testing.assert_frame_equal(picked, expected[["request_id", "x"]])
+    assert read_day(tmp_path / "nothing").empty

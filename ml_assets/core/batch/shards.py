@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -227,15 +228,37 @@ def manifest_sketches(day_dir: Path, manifest: dict, basis: str) -> list[Path] |
     return named if all(path.is_file() for path in named) else None
 
 
-def read_day(day_dir: Path) -> pd.DataFrame:
-    """Every row of a completely scored day (the manifest's parts, in order); an empty
-    frame when the day has no manifest."""
+# (the parts' column names, the manifest's feature columns) -> the columns to read
+ColumnPick = Callable[[list[str], list[str]], list[str]]
+
+
+def read_day(day_dir: Path, columns: ColumnPick | None = None) -> pd.DataFrame:
+    """Every row of a completely scored day (the manifest's parts, in order), with the
+    columns `columns` picks (all by default); an empty frame when the day has no
+    manifest. Parts of one schema (every Parquet input) are read as one Arrow table
+    converted once, its buffers released as they convert; parts that differ (CSV files
+    typed apart) are concatenated by pandas, which upcasts."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     manifest = read_manifest(day_dir)
     if manifest is None:
         return pd.DataFrame()
-    frames = [pd.read_parquet(path) for path in manifest_parts(day_dir, manifest)]
-    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    frame.attrs["feature_columns"] = list(manifest.get("feature_columns", []))
+    features = list(manifest.get("feature_columns", []))
+    parts = manifest_parts(day_dir, manifest)
+    frame = pd.DataFrame()
+    if parts:
+        names = pq.ParquetFile(parts[0]).schema_arrow.names
+        wanted = names if columns is None else columns(names, features)
+        tables = [pq.read_table(path, columns=wanted) for path in parts]
+        if all(table.schema.equals(tables[0].schema) for table in tables):
+            table = pa.concat_tables(tables)
+            tables.clear()
+            frame = table.to_pandas(split_blocks=True, self_destruct=True)
+            del table
+        else:
+            frame = pd.concat([table.to_pandas() for table in tables], ignore_index=True)
+    frame.attrs["feature_columns"] = features
     return frame
 
 
