@@ -137,13 +137,15 @@ def test_output_rows_from_arrow_write_a_nan_as_pandas_does(tmp_path):
 
 
 def _day(tmp_path: Path, parts: list[pd.DataFrame], features: list[str]) -> Path:
-    """A scored day by hand: the parts as Parquet files and a manifest naming them."""
+    """A scored day by hand: the parts as Parquet files without pandas metadata (as
+    score_shard writes them) and a manifest naming them."""
     day_dir = tmp_path / "2026-11-20"
     (day_dir / "parts" / "p").mkdir(parents=True)
     entries = []
     for i, part in enumerate(parts):
         path = day_dir / "parts" / "p" / f"part-{i:05d}.parquet"
-        pq.write_table(pa.Table.from_pandas(part, preserve_index=False), path)
+        table = pa.Table.from_pandas(part, preserve_index=False)
+        pq.write_table(table.replace_schema_metadata(None), path)
         entries.append({"path": f"parts/p/{path.name}", "rows": len(part)})
     write_json_atomically({"format": MANIFEST_FORMAT, "day": "2026-11-20", "parts": entries,
                            "feature_columns": features, "rows": sum(map(len, parts))},
@@ -151,30 +153,59 @@ def _day(tmp_path: Path, parts: list[pd.DataFrame], features: list[str]) -> Path
     return day_dir
 
 
-def test_read_day_gives_the_parts_rows_in_order_with_the_columns_picked(tmp_path):
-    """Parts of one schema (one Arrow table, converted once) and parts whose types differ
-    (an integer column in one, floats with a gap in the other: pandas upcasts) read back
-    as pandas concatenating the parts reads them; `columns` picks from the parts' names
-    with the manifest's feature columns; a day without a manifest is an empty frame."""
-    a = pd.DataFrame({"x": [1.5, 2.5], "n": [1, 2], "text": ["a", None],
+def _as_pandas_concatenates(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    """What the parts give read one by one and concatenated by pandas (the old reader)."""
+    return pd.concat([pa.Table.from_pandas(p, preserve_index=False)
+                      .replace_schema_metadata(None).to_pandas() for p in parts],
+                     ignore_index=True)
+
+
+def test_read_day_gives_the_parts_rows_in_order_with_the_columns_picked(tmp_path,
+                                                                         monkeypatch):
+    """Parts of one schema are read as one Arrow table (pandas never concatenates them)
+    and give what pandas concatenating the parts gives: integers with a gap in one part,
+    text with nulls, a categorical whose parts' categories differ (text, as pandas
+    gives). Parts whose types differ fall back to pandas, which upcasts. `columns` picks
+    from the parts' names with the manifest's feature columns; a part lacking a picked
+    column is a ValueError naming it; a day without a manifest is an empty frame."""
+    import ml_assets.core.batch.shards as shards
+
+    a = pd.DataFrame({"x": [1.5, 2.5], "n": pd.array([1, None], dtype="Int64"),
+                      "text": ["a", None], "kind": pd.Categorical(["p", "q"]),
                       "request_id": ["r1", "r2"]})
-    b = pd.DataFrame({"x": [3.5, float("nan")], "n": [3, 4], "text": ["c", "d"],
+    b = pd.DataFrame({"x": [3.5, float("nan")], "n": pd.array([3, 4], dtype="Int64"),
+                      "text": ["c", "d"], "kind": pd.Categorical(["q", "r"]),
                       "request_id": ["r3", "r4"]})
-    expected = pd.concat([a, b], ignore_index=True)
-    same = read_day(_day(tmp_path / "same", [a, b], ["x", "n", "text"]))
+    features = ["x", "n", "text", "kind"]
+    concatenations = []
+    real_concat = pd.concat
+
+    def counting(*args, **kwargs):
+        concatenations.append(1)
+        return real_concat(*args, **kwargs)
+
+    expected = _as_pandas_concatenates([a, b])
+    assert expected["kind"].dtype == object  # pandas: categories that differ give text
+    monkeypatch.setattr(shards.pd, "concat", counting)
+    same = read_day(_day(tmp_path / "same", [a, b], features))
+    assert not concatenations  # one Arrow table
     pd.testing.assert_frame_equal(same, expected)
-    assert same.attrs["feature_columns"] == ["x", "n", "text"]
-    c = b.assign(n=[3.0, float("nan")])  # another type in this part
-    mixed = read_day(_day(tmp_path / "mixed", [a, c], ["x", "n", "text"]))
-    pd.testing.assert_frame_equal(mixed, pd.concat([a, c], ignore_index=True))
-    assert mixed["n"].dtype == float and mixed["n"].isna().sum() == 1
+    assert same.attrs["feature_columns"] == features
+    c = b.assign(n=[3.5, float("nan")])  # another type in this part
+    mixed = read_day(_day(tmp_path / "mixed", [a, c], features))
+    assert concatenations  # the fallback
+    pd.testing.assert_frame_equal(mixed, _as_pandas_concatenates([a, c]))
+    assert mixed["n"].dtype == float and mixed["n"].isna().sum() == 2
     seen = []
 
     def pick(names, features):
         seen.append((names, features))
-        return ["request_id", *features[:1]]
+        return ["request_id", *features[:1], "request_id"]
 
-    picked = read_day(_day(tmp_path / "picked", [a, b], ["x", "n", "text"]), columns=pick)
-    assert seen == [(["x", "n", "text", "request_id"], ["x", "n", "text"])]
+    picked = read_day(_day(tmp_path / "picked", [a, b], features), columns=pick)
+    assert seen == [(["x", "n", "text", "kind", "request_id"], features)]
     pd.testing.assert_frame_equal(picked, expected[["request_id", "x"]])
+    with pytest.raises(ValueError, match="part-00000.parquet lacks the column.s. gone"):
+        read_day(_day(tmp_path / "lacking", [a, b], features),
+                 columns=lambda names, features: ["x", "gone"])
     assert read_day(tmp_path / "nothing").empty

@@ -235,9 +235,11 @@ ColumnPick = Callable[[list[str], list[str]], list[str]]
 def read_day(day_dir: Path, columns: ColumnPick | None = None) -> pd.DataFrame:
     """Every row of a completely scored day (the manifest's parts, in order), with the
     columns `columns` picks (all by default); an empty frame when the day has no
-    manifest. Parts of one schema (every Parquet input) are read as one Arrow table
-    converted once, its buffers released as they convert; parts that differ (CSV files
-    typed apart) are concatenated by pandas, which upcasts."""
+    manifest. ValueError names a part that lacks a picked column. Parts of one schema
+    (every Parquet input) are read as one Arrow table converted once, its buffers
+    released as they convert; parts that differ (CSV files typed apart) are concatenated
+    by pandas, which upcasts. Either way the frame is what pandas concatenating the
+    parts gives (a categorical whose parts' categories differ becomes text)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -249,17 +251,37 @@ def read_day(day_dir: Path, columns: ColumnPick | None = None) -> pd.DataFrame:
     frame = pd.DataFrame()
     if parts:
         names = pq.ParquetFile(parts[0]).schema_arrow.names
-        wanted = names if columns is None else columns(names, features)
-        tables = [pq.read_table(path, columns=wanted) for path in parts]
+        wanted = list(dict.fromkeys(names if columns is None else columns(names, features)))
+        tables = []
+        for path in parts:
+            lacking = [c for c in wanted if c not in pq.ParquetFile(path).schema_arrow.names]
+            if lacking:
+                raise ValueError(f"{path.name} lacks the column(s) {', '.join(lacking)}")
+            tables.append(pq.read_table(path, columns=wanted))
         if all(table.schema.equals(tables[0].schema) for table in tables):
-            table = pa.concat_tables(tables)
+            table = _same_categories(pa.concat_tables(tables))
             tables.clear()
-            frame = table.to_pandas(split_blocks=True, self_destruct=True)
+            frame = table.to_pandas(self_destruct=True)
             del table
         else:
             frame = pd.concat([table.to_pandas() for table in tables], ignore_index=True)
     frame.attrs["feature_columns"] = features
     return frame
+
+
+def _same_categories(table):
+    """Dictionary (categorical) columns whose chunks have different dictionaries decoded
+    to their values, as pandas concatenating categoricals of different categories
+    gives text; the others left as they are."""
+    import pyarrow as pa
+
+    for i, field in enumerate(table.schema):
+        if pa.types.is_dictionary(field.type):
+            chunks = table.column(i).chunks
+            if any(not chunk.dictionary.equals(chunks[0].dictionary) for chunk in chunks[1:]):
+                table = table.set_column(i, field.name,
+                                         table.column(i).cast(field.type.value_type))
+    return table
 
 
 def remove_other_plans(day_dir: Path, plan: ShardPlan) -> list[str]:
