@@ -154,6 +154,22 @@ def test_a_swap_mid_burst_leaves_each_answer_to_one_whole_compiled_model(
         assert body["probabilities"] == pytest.approx(proba, abs=1e-5)
 
 
+def _count_appends(log, appends: list[int], all_queued=None, rows: int = 0) -> None:
+    """`log.append` wrapped to record each append's row count in `appends`, setting the
+    Event `all_queued` (if any) once `rows` rows were handed to the log."""
+    original = log.append
+
+    def counting(records):
+        appends.append(len(records))
+        try:
+            return original(records)
+        finally:
+            if all_queued is not None and sum(appends) == rows:
+                all_queued.set()
+
+    log.append = counting
+
+
 def _predicted(app) -> float:
     """Rows counted by ml_api_predictions_total, every class."""
     registry = app.state.service.metrics.registry
@@ -173,13 +189,7 @@ def test_concurrent_compiled_requests_share_log_appends_and_lone_ones_append_alo
 
     async def scenario(client):
         log = app.state.service.log
-        original = log.append
-
-        def counting(rows):
-            appends.append(len(rows))
-            return original(rows)
-
-        log.append = counting
+        _count_appends(log, appends)
         counted = _predicted(app)
         answers = await asyncio.gather(*(client.post("/predict", json=r) for r in records))
         burst, counted_burst = list(appends), _predicted(app) - counted
@@ -234,17 +244,7 @@ def _burst_while(app, records, break_log, mend_log, all_queued=None):
 
     async def scenario(client):
         log = app.state.service.log
-        original = log.append
-
-        def counting(rows):
-            appends.append(len(rows))
-            try:
-                return original(rows)
-            finally:
-                if all_queued is not None and sum(appends) == len(records):
-                    all_queued.set()
-
-        log.append = counting
+        _count_appends(log, appends, all_queued, len(records))
         counted = _predicted(app)
         break_log(log)
         answers = await asyncio.wait_for(asyncio.gather(
