@@ -250,14 +250,18 @@ def read_day(day_dir: Path, columns: ColumnPick | None = None) -> pd.DataFrame:
     parts = manifest_parts(day_dir, manifest)
     frame = pd.DataFrame()
     if parts:
-        names = pq.ParquetFile(parts[0]).schema_arrow.names
-        wanted = list(dict.fromkeys(names if columns is None else columns(names, features)))
-        tables = []
-        for path in parts:
-            lacking = [c for c in wanted if c not in pq.ParquetFile(path).schema_arrow.names]
-            if lacking:
-                raise ValueError(f"{path.name} lacks the column(s) {', '.join(lacking)}")
-            tables.append(pq.read_table(path, columns=wanted))
+        wanted: list[str] = []
+        tables: list[pa.Table] = []
+        for path in parts:  # each part's footer read once
+            with pq.ParquetFile(path) as file:
+                names = file.schema_arrow.names
+                if not tables:
+                    wanted = list(dict.fromkeys(names if columns is None
+                                                else columns(names, features)))
+                lacking = [c for c in wanted if c not in names]
+                if lacking:
+                    raise ValueError(f"{path.name} lacks the column(s) {', '.join(lacking)}")
+                tables.append(file.read(columns=wanted))
         if all(table.schema.equals(tables[0].schema) for table in tables):
             table = _same_categories(pa.concat_tables(tables))
             tables.clear()
