@@ -13,6 +13,11 @@ mean; the band their central `level` interval: where the realised value falls on
 `level` of days when the assumptions hold (calibration carries over to the day, and
 P(label | features) has not changed: no concept drift).
 
+The rows are simulated as the cells of their score sketch (score_sketch.py: rows with the
+same answer and the same probabilities up to a grid step, a cell's labels drawn at once),
+so a day's estimate costs its cells, not its rows, and a day of merged shard sketches is
+estimated without its rows. The sketch's stated error is recorded with the estimate.
+
 Seeded: the same rows, calibrator and seed give the same estimate and band.
 """
 
@@ -22,14 +27,13 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.stats import rankdata
-
 from ml_assets.core.estimation.calibration import Calibrator
+from ml_assets.core.estimation.score_sketch import ScoreSketch
 
 GATED = ("accuracy", "precision_weighted", "recall_weighted", "f1_weighted", "roc_auc")
 METRICS = (*GATED, "f1_macro")
 DEFAULT_DRAWS = 1000
-_CELLS_PER_BLOCK = 2_000_000  # draws x rows simulated at once (bounded memory)
+_CELLS_PER_BLOCK = 2_000_000  # draws x cells x classes simulated at once (bounded memory)
 
 
 @dataclass(frozen=True)
@@ -64,10 +68,13 @@ class PerformanceEstimate:
     draws: int
     method: str = "CBPE"
     notes: list[str] = field(default_factory=list)
+    binning: dict[str, float] = field(default_factory=dict)  # BinningError.to_dict()
+    cells: int = 0  # of the score sketch estimated from
 
     def to_dict(self) -> dict:
         return {"rows": self.rows, "level": self.level, "draws": self.draws,
                 "method": self.method, "notes": list(self.notes),
+                "binning_error": dict(self.binning), "sketch_cells": self.cells,
                 "metrics": {k: v.to_dict() for k, v in self.metrics.items()}}
 
 
@@ -85,13 +92,8 @@ def predicted_indices(proba: np.ndarray, predicted, classes) -> np.ndarray:
     return np.asarray([index[a] for a in answers], dtype=np.int64)
 
 
-def _metrics_of_draws(labels: np.ndarray, predicted: np.ndarray, ranks: np.ndarray,
-                      k: int) -> dict[str, np.ndarray]:
-    """Every metric for each simulated row of labels (draws x rows)."""
-    draws, n = labels.shape
-    offsets = (np.arange(draws) * k * k)[:, None]
-    cells = np.bincount((offsets + predicted[None, :] * k + labels).ravel(),
-                        minlength=draws * k * k).reshape(draws, k, k)  # [draw, pred, true]
+def _metrics_of_confusion(cells: np.ndarray, n: int) -> dict[str, np.ndarray]:
+    """The count metrics of each draw's confusion matrix (draws x [pred, true])."""
     tp = np.diagonal(cells, axis1=1, axis2=2).astype(np.float64)
     predicted_count = cells.sum(axis=2).astype(np.float64)
     true_count = cells.sum(axis=1).astype(np.float64)
@@ -102,30 +104,49 @@ def _metrics_of_draws(labels: np.ndarray, predicted: np.ndarray, ranks: np.ndarr
         f1 = np.where(both > 0, 2 * tp / both, 0.0)
     weights = true_count / n
     present = (true_count + predicted_count) > 0  # sklearn's labels: in y_true or y_pred
-    out = {"accuracy": tp.sum(axis=1) / n,
-           "precision_weighted": (precision * weights).sum(axis=1),
-           "recall_weighted": (recall * weights).sum(axis=1),
-           "f1_weighted": (f1 * weights).sum(axis=1),
-           "f1_macro": (f1 * present).sum(axis=1) / np.maximum(present.sum(axis=1), 1)}
-    out["roc_auc"] = _auc(labels, ranks, true_count, k)
-    return out
+    return {"accuracy": tp.sum(axis=1) / n,
+            "precision_weighted": (precision * weights).sum(axis=1),
+            "recall_weighted": (recall * weights).sum(axis=1),
+            "f1_weighted": (f1 * weights).sum(axis=1),
+            "f1_macro": (f1 * present).sum(axis=1) / np.maximum(present.sum(axis=1), 1)}
 
 
-def _auc(labels: np.ndarray, ranks: np.ndarray, true_count: np.ndarray, k: int
-         ) -> np.ndarray:
-    """ROC AUC per draw by the rank-sum (Mann-Whitney) identity on the model's scores:
-    binary on class 1; multiclass one-vs-rest weighted by the class's share."""
-    n = labels.shape[1]
-    classes = [1] if k == 2 else range(k)
+@dataclass(frozen=True)
+class _Levels:
+    """One class's cells grouped by their level of its raw score, in ascending order:
+    ROC AUC by the rank-sum (Mann-Whitney) identity, rows of one level as ties."""
+
+    order: np.ndarray  # cells sorted by level
+    starts: np.ndarray  # where each level begins in `order`
+    rows: np.ndarray  # rows per level
+
+    @classmethod
+    def of(cls, sketch: ScoreSketch, c: int) -> _Levels:
+        level = sketch.keys[:, 1 + c]
+        order = np.argsort(level, kind="stable")
+        starts = np.flatnonzero(np.r_[True, np.diff(level[order]) != 0])
+        return cls(order, starts, np.add.reduceat(sketch.counts[order], starts))
+
+    def auc(self, positives: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per draw: the AUC of class c from its positives per cell (draws x cells), and
+        the class's positives."""
+        pos = np.add.reduceat(positives[:, self.order], self.starts, axis=1).astype(float)
+        neg = self.rows[None, :] - pos
+        below = np.cumsum(neg, axis=1) - neg  # negatives on lower levels
+        p, n = pos.sum(axis=1), neg.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            auc = (pos * (below + neg / 2)).sum(axis=1) / (p * n)
+        return np.where((p > 0) & (n > 0), auc, np.nan), p
+
+
+def _auc(labels: np.ndarray, levels: list[_Levels], k: int) -> np.ndarray:
+    """ROC AUC per draw on the model's scores: binary on class 1; multiclass one-vs-rest
+    weighted by the class's share."""
     total = np.zeros(labels.shape[0])
     weight = np.zeros(labels.shape[0])
-    for c in classes:
-        positives = true_count[:, c]
-        rank_sum = (labels == c).astype(np.float64) @ ranks[:, c]
-        negatives = n - positives
-        with np.errstate(invalid="ignore", divide="ignore"):
-            auc = (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
-        defined = (positives > 0) & (negatives > 0)
+    for c, grouped in zip([1] if k == 2 else range(k), levels, strict=True):
+        auc, positives = grouped.auc(labels[:, :, c])
+        defined = np.isfinite(auc)
         w = positives if k > 2 else np.ones_like(positives)
         total += np.where(defined, auc * w, 0.0)
         weight += np.where(defined, w, 0.0)
@@ -133,40 +154,72 @@ def _auc(labels: np.ndarray, ranks: np.ndarray, true_count: np.ndarray, k: int
         return np.where(weight > 0, total / weight, np.nan)
 
 
+def _draw_labels(rng: np.random.Generator, counts: np.ndarray, q: np.ndarray,
+                 size: int) -> np.ndarray:
+    """Each cell's labels for `size` draws (draws x cells x classes): multinomial over
+    its rows with its calibrated probabilities `q` (cells x classes)."""
+    if q.shape[1] == 2:
+        positives = rng.binomial(counts[None, :], np.clip(q[:, 1], 0.0, 1.0)[None, :],
+                                 size=(size, len(counts)))
+        return np.stack([counts[None, :] - positives, positives], axis=2)
+    q = np.clip(q, 0.0, None)
+    q = q / q.sum(axis=1, keepdims=True)
+    return rng.multinomial(counts, q, size=(size, len(counts)))
+
+
 def estimate_performance(proba, calibrator: Calibrator, predicted=None, *,
                          level: float = 0.95, draws: int = DEFAULT_DRAWS, seed: int = 0
                          ) -> PerformanceEstimate:
     """CBPE for one day's rows: `proba` the model's raw probabilities (columns in
-    `calibrator.classes` order), `predicted` the classes it answered (default: argmax)."""
+    `calibrator.classes` order), `predicted` the classes it answered (default: argmax).
+    The rows are sketched (score_sketch: exact when their probabilities take few
+    values) and estimated from the sketch."""
+    raw = np.asarray(proba, dtype=np.float64)
+    if raw.ndim != 2 or raw.shape[0] == 0:
+        raise ValueError("no rows to estimate performance on")
+    sketch = ScoreSketch.from_rows(raw, predicted_indices(raw, predicted, calibrator.classes),
+                                   calibrator.classes)
+    return estimate_from_sketch(sketch, calibrator, level=level, draws=draws, seed=seed)
+
+
+def estimate_from_sketch(sketch: ScoreSketch, calibrator: Calibrator, *,
+                         level: float = 0.95, draws: int = DEFAULT_DRAWS, seed: int = 0
+                         ) -> PerformanceEstimate:
+    """CBPE from a day's score sketch (merged shards or log segments): each draw picks a
+    bootstrap replicate of the calibrator, draws every cell's labels from that
+    replicate's probabilities at the cell's mean raw score, and computes the metrics
+    from the counts. Its binning error (`ScoreSketch.binning_error`) is recorded."""
     if not 0 < level < 1:
         raise ValueError(f"level must be between 0 and 1, not {level}")
     if draws < 20:
         raise ValueError(f"draws must be at least 20, not {draws}")
-    raw = np.asarray(proba, dtype=np.float64)
-    if raw.ndim != 2 or raw.shape[0] == 0:
+    if not sketch.n_rows:
         raise ValueError("no rows to estimate performance on")
+    sketch = sketch.reordered(calibrator.classes)
     k = len(calibrator.classes)
-    predicted_idx = predicted_indices(raw, predicted, calibrator.classes)
-    ranks = np.column_stack([rankdata(raw[:, c]) for c in range(k)])
-    n = raw.shape[0]
+    n = sketch.n_rows
+    means = sketch.means
     rng = np.random.default_rng(seed)
     replicates = calibrator.replicates
-    calibrated = [np.cumsum(calibrator.calibrate(raw, r), axis=1) for r in range(replicates)]
-    block = max(1, min(draws, _CELLS_PER_BLOCK // n))
+    calibrated = [calibrator.calibrate(means, r) for r in range(replicates)]
+    answered = np.eye(k, dtype=np.int64)[sketch.predicted]  # cells x k
+    levels = [_Levels.of(sketch, c) for c in ([1] if k == 2 else range(k))]
+    block = max(1, min(draws, _CELLS_PER_BLOCK // (sketch.cells * k)))
     results: dict[str, list[np.ndarray]] = {name: [] for name in METRICS}
     done = 0
     while done < draws:
         size = min(block, draws - done)
-        which = (np.arange(done, done + size) % replicates)
-        u = rng.random((size, n))
-        labels = np.empty((size, n), dtype=np.int64)
+        which = np.arange(done, done + size) % replicates
+        labels = np.empty((size, sketch.cells, k), dtype=np.int64)
         for r in np.unique(which):
-            rows = which == r
-            cdf = calibrated[r]
-            # label = the first class whose cumulative probability exceeds u
-            labels[rows] = (u[rows][:, :, None] > cdf[None, :, :-1]).sum(axis=2)
-        for name, values in _metrics_of_draws(labels, predicted_idx, ranks, k).items():
-            results[name].append(values)
+            picked = which == r
+            labels[picked] = _draw_labels(rng, sketch.counts, calibrated[r],
+                                          int(picked.sum()))
+        confusion = np.einsum("dct,cp->dpt", labels, answered)  # [draw, pred, true]
+        values = _metrics_of_confusion(confusion, n)
+        values["roc_auc"] = _auc(labels, levels, k)
+        for name, value in values.items():
+            results[name].append(value)
         done += size
     tail = (1 - level) / 2
     metrics = {}
@@ -181,7 +234,9 @@ def estimate_performance(proba, calibrator: Calibrator, predicted=None, *,
                                        float(np.quantile(finite, tail)),
                                        float(np.quantile(finite, 1 - tail)),
                                        np.sort(finite))
-    return PerformanceEstimate(n, metrics, level, draws, notes=notes)
+    error = sketch.binning_error(calibrator.calibrate)
+    return PerformanceEstimate(n, metrics, level, draws, notes=notes,
+                               binning=error.to_dict(), cells=sketch.cells)
 
 
 def verdict(estimate: PerformanceEstimate, minimums: dict[str, float]
