@@ -221,33 +221,55 @@ def _check_grid(levels: int, max_cells: int) -> None:
 
 
 def _grouped(classes, levels, max_cells, keys, counts, sums, low, high) -> ScoreSketch:
-    """Rows (or cells) with equal keys pooled into one cell each, keys sorted."""
-    unique, inverse = _unique_rows(keys)
-    cells, k = len(unique), len(classes)
-    pooled = np.bincount(inverse, counts, cells).astype(np.int64)
-    total = np.column_stack([np.bincount(inverse, sums[:, c], cells) for c in range(k)])
+    """Rows (or cells) with equal keys pooled into one cell each, cells in key order.
+    Grouped by hashing (pandas.factorize, no sort of the rows): a shard step sketches
+    each record batch, so this is on the scoring path."""
+    import pandas as pd
+
+    keys = np.asarray(keys, dtype=np.int64)
+    k = len(classes)
+    if not len(keys):
+        return ScoreSketch.empty(classes, levels, max_cells)
+    if _bits(keys) > 62:
+        _, ids = np.unique(keys, axis=0, return_inverse=True)
+        ids = ids.reshape(-1)
+    else:
+        ids = pd.factorize(_codes(keys), sort=False)[0]
+    cells = int(ids.max()) + 1
+    first = np.full(cells, len(ids), np.int64)
+    np.minimum.at(first, ids, np.arange(len(ids)))
+    pooled_sums = np.empty((cells, k))
     lo = np.full((cells, k), np.inf)
     hi = np.full((cells, k), -np.inf)
-    np.minimum.at(lo, inverse, low)
-    np.maximum.at(hi, inverse, high)
-    return ScoreSketch(tuple(classes), levels, unique, pooled, total, lo, hi, max_cells)
+    for c in range(k):
+        pooled_sums[:, c] = np.bincount(ids, np.asarray(sums[:, c], np.float64), cells)
+        column_lo, column_hi = lo[:, c].copy(), hi[:, c].copy()
+        np.minimum.at(column_lo, ids, np.asarray(low[:, c], np.float64))
+        np.maximum.at(column_hi, ids, np.asarray(high[:, c], np.float64))
+        lo[:, c], hi[:, c] = column_lo, column_hi
+    unique = keys[first]
+    order = np.lexsort(unique.T[::-1])
+    return ScoreSketch(tuple(classes), levels, unique[order],
+                       np.bincount(ids, np.asarray(counts, np.float64), cells)
+                       .round().astype(np.int64)[order],
+                       pooled_sums[order], lo[order], hi[order], max_cells)
 
 
-def _unique_rows(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """np.unique(keys, axis=0, return_inverse=True), by one integer per row when the
-    row's fields fit in 62 bits (much faster)."""
-    keys = np.asarray(keys, dtype=np.int64)
-    if not len(keys):
-        return keys.reshape(0, keys.shape[1]), np.zeros(0, np.int64)
-    widths = [max(int(keys[:, j].max()).bit_length(), 1) for j in range(keys.shape[1])]
-    if sum(widths) > 62:
-        unique, inverse = np.unique(keys, axis=0, return_inverse=True)
-        return unique, inverse.reshape(-1)
+def _bits(keys: np.ndarray) -> int:
+    return sum(_widths(keys))
+
+
+def _widths(keys: np.ndarray) -> list[int]:
+    return [max(int(keys[:, j].max()).bit_length(), 1) for j in range(keys.shape[1])]
+
+
+def _codes(keys: np.ndarray) -> np.ndarray:
+    """One integer per row of non-negative `keys` whose fields fit in 62 bits, ordered
+    as the rows are lexicographically."""
     code = np.zeros(len(keys), np.int64)
-    for j, width in enumerate(widths):
+    for j, width in enumerate(_widths(keys)):
         code = (code << width) | keys[:, j]
-    _, first, inverse = np.unique(code, return_index=True, return_inverse=True)
-    return keys[first], inverse.reshape(-1)
+    return code
 
 
 def _checked(fields: dict) -> ScoreSketch:
@@ -282,6 +304,6 @@ def _checked(fields: dict) -> ScoreSketch:
     if cells and ((sums < counts[:, None] * low - slack).any()
                   or (sums > counts[:, None] * high + slack).any()):
         raise ValueError("score sketch sums lie outside their cells' bounds")
-    if cells and len(_unique_rows(keys)[0]) != cells:
+    if cells > 1 and len(np.unique(keys, axis=0)) != cells:
         raise ValueError("score sketch has a cell twice")
     return ScoreSketch(classes, levels, keys, counts, sums, low, high, max_cells)
