@@ -2,7 +2,10 @@
 calibrator stored at training), with its band and a check against the metrics gate's
 thresholds."""
 
+import warnings
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -12,7 +15,10 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
+    AssetIn,
     AssetKey,
+    AssetRecordsFilter,
+    BetaWarning,
     Config,
     MetadataValue,
     Output,
@@ -26,11 +32,14 @@ from ml_assets.core.estimation.calibration import Calibrator
 from ml_assets.core.estimation.cbpe import (
     GATED,
     PerformanceEstimate,
-    estimate_performance,
+    estimate_from_sketch,
     verdict,
 )
+from ml_assets.core.estimation.day_scores import DayScores, sketch_rows
+from ml_assets.core.estimation.score_sketch import ScoreSketch
 from ml_assets.core.estimation.store import NotEstimated, read_estimation
 from ml_assets.core.registry import champion as registry
+from ml_assets.drift import WINDOW_LOADER, production_data_window
 from ml_assets.resources import MlflowTracking
 from ml_assets.settings import PlatformSettings
 from ml_assets.shared import (
@@ -73,72 +82,94 @@ def gate_thresholds(context: AssetExecutionContext, config: EstimationConfig
     return dict.fromkeys(GATED, default), "metrics gate defaults (ML_METRIC_THRESHOLD)"
 
 
-def _served_rows(data: pd.DataFrame) -> pd.DataFrame:
-    """Rows a model answered with probabilities (shadow copies are not in the data)."""
-    if not len(data) or "model_version" not in data:
-        return data.iloc[0:0]
-    return data[data["model_version"].notna()]
-
-
-def _estimate_version(rows: pd.DataFrame, model: Calibrator | NotEstimated,
+def _estimate_version(sketch: ScoreSketch, model: Calibrator | NotEstimated,
                       config: EstimationConfig) -> dict:
     if isinstance(model, NotEstimated):
-        return {"verdict": evidence.NOT_ESTIMATED, "reason": model.reason, "rows": len(rows)}
-    columns = [f"proba_{c}" for c in model.classes]
-    missing = [c for c in columns if c not in rows]
-    if missing:
-        return {"verdict": evidence.NOT_ESTIMATED, "rows": len(rows),
-                "reason": f"the rows have no probability columns {missing[:3]}"}
-    usable = rows[rows[columns].notna().all(axis=1)]
-    if len(usable) < config.min_rows:
-        return {"verdict": evidence.TOO_FEW_ROWS, "rows": len(usable),
-                "reason": f"{len(usable)} rows with probabilities (< {config.min_rows})"}
-    predicted = usable["prediction"].astype(str) if "prediction" in usable else None
-    estimate = estimate_performance(usable[columns].to_numpy(float), model, predicted,
-                                    level=config.level, draws=config.draws,
+        return {"verdict": evidence.NOT_ESTIMATED, "reason": model.reason,
+                "rows": sketch.n_rows}
+    if sorted(sketch.classes) != sorted(model.classes):
+        return {"verdict": evidence.NOT_ESTIMATED, "rows": sketch.n_rows,
+                "reason": f"the rows have probabilities of {list(sketch.classes)[:5]}, the "
+                          f"calibrator of {list(model.classes)[:5]}"}
+    if sketch.n_rows < config.min_rows:
+        return {"verdict": evidence.TOO_FEW_ROWS, "rows": sketch.n_rows,
+                "reason": f"{sketch.n_rows} rows with probabilities (< {config.min_rows})"}
+    estimate = estimate_from_sketch(sketch, model, level=config.level, draws=config.draws,
                                     seed=config.seed)
-    return {"verdict": None, "rows": len(usable), "estimate": estimate,
+    return {"verdict": None, "rows": sketch.n_rows, "estimate": estimate,
             "reference": model.reference, "calibration": sorted(
                 {c.method for c in model.per_class}), "notes": estimate.notes}
 
 
-@asset(
-    group_name="monitoring",
-    partitions_def=daily_partitions,
-    kinds={"numpy", "mlflow"},
-    deps=["reference_profile"],
-    automation_condition=AFTER_PRODUCTION_DATA,
-    check_specs=[AssetCheckSpec(
-        ESTIMATE_CHECK, asset="estimated_performance",
-        description="Fails when the day is estimated below the metrics gate's minimums "
-        "beyond its noise, with a family-wise error over the gated metrics (Bonferroni: "
-        "P(realised >= minimum) <= (1 - level) / 2 / k for some of the k metrics); warns "
-        "when only a point estimate is under its minimum. With a failed drift check, a "
-        "failure asks retrain_on_drift for a retrain.")],
-)
+def day_scores(context: AssetExecutionContext, production_data: Any
+               ) -> tuple[DayScores, str]:
+    """The day's score sketches, and where they came from: the file production_data's
+    latest materialization of the day names, or (none, or unreadable) its rows, loaded
+    only then (`production_data`: a frame, or {day: loader} from the window loader)."""
+    day = context.partition_key
+    records = context.instance.fetch_materializations(AssetRecordsFilter(
+        asset_key=AssetKey("production_data"), asset_partitions=[day]), limit=1).records
+    event = records[0].asset_materialization if records else None
+    named = event.metadata.get("score_sketch") if event is not None else None
+    if named is not None:
+        try:
+            return (DayScores.from_bytes(Path(str(named.value)).read_bytes()),
+                    "production_data's score sketches")
+        except (OSError, ValueError) as exc:
+            context.log.warning("the day's score sketches are not usable (%s): reading "
+                                "its rows", exc)
+    source = production_data.get(day) if isinstance(production_data, dict) else production_data
+    rows = source() if callable(source) else source
+    return sketch_rows(rows if rows is not None else pd.DataFrame()), "production_data's rows"
+
+
+with warnings.catch_warnings():  # resource_defs on an asset is a beta parameter
+    warnings.simplefilter("ignore", BetaWarning)
+    _estimate_asset = asset(
+        group_name="monitoring",
+        partitions_def=daily_partitions,
+        kinds={"numpy", "mlflow"},
+        deps=["reference_profile"],
+        ins={"production_data": AssetIn(input_manager_key=WINDOW_LOADER,
+                                        metadata={"allow_missing_partitions": True})},
+        resource_defs={WINDOW_LOADER: production_data_window},
+        required_resource_keys={"mlflow_tracking"},  # typed: resource_defs forbid the arg
+        automation_condition=AFTER_PRODUCTION_DATA,
+        check_specs=[AssetCheckSpec(
+            ESTIMATE_CHECK, asset="estimated_performance",
+            description="Fails when the day is estimated below the metrics gate's minimums "
+            "beyond its noise, with a family-wise error over the gated metrics (Bonferroni: "
+            "P(realised >= minimum) <= (1 - level) / 2 / k for some of the k metrics); warns "
+            "when only a point estimate is under its minimum. With a failed drift check, a "
+            "failure asks retrain_on_drift for a retrain.")],
+    )
+
+
+@_estimate_asset
 def estimated_performance(context: AssetExecutionContext, config: EstimationConfig,
-                          production_data: pd.DataFrame,
-                          mlflow_tracking: MlflowTracking) -> Iterator:
+                          production_data: Any) -> Iterator:
     """The day's accuracy, precision, recall, F1 and ROC AUC estimated before any label
     arrives (confidence-based performance estimation: the model's probabilities
     calibrated on its held-out rows at training, labels simulated from them), each with a
     band that holds the realised value on `level` of days when calibration carries over
     and labels still follow the features as at training. Per model version answering the
     day's rows; the headline is the current champion's. Regressors are not estimated
-    (the reason is recorded)."""
+    (the reason is recorded). Estimated from the day's score sketches (production_data
+    writes them, merging batch shards'), so the day's rows are not loaded."""
+    mlflow_tracking: MlflowTracking = context.resources.mlflow_tracking
     minimums, source = gate_thresholds(context, config)
-    rows = _served_rows(production_data)
+    scores, scores_from = day_scores(context, production_data)
     client, name = mlflow_tracking.client, mlflow_tracking.registered_model_name
     champion = registry.alias_version(client, name, registry.CHAMPION)
     per_version: dict[str, dict] = {}
-    for version, group in rows.groupby(rows["model_version"].astype(str)) if len(rows) else []:
+    for version, sketch in sorted(scores.versions.items()):
         try:
             run_id = client.get_model_version(name, str(version)).run_id or ""
             model: Calibrator | NotEstimated = read_estimation(run_id,
                                                                mlflow_tracking.tracking_uri)
         except Exception as exc:  # noqa: BLE001 - a version the registry does not hold
             model = NotEstimated(f"version {version} of {name} cannot be read: {exc}"[:300])
-        per_version[str(version)] = _estimate_version(group, model, config)
+        per_version[str(version)] = _estimate_version(sketch, model, config)
     # The headline (its verdict feeds the retrain rule) is the champion's, never another
     # version's: a day the champion did not answer has no estimate of it.
     headline = (str(champion.version) if champion is not None
@@ -167,7 +198,8 @@ def estimated_performance(context: AssetExecutionContext, config: EstimationConf
         "thresholds": MetadataValue.json(minimums), "thresholds_from": source,
         "per_version": MetadataValue.json({v: {k: r[k] for k in ("verdict", "rows", "reason")
                                                if k in r} for v, r in per_version.items()}),
-        "level": config.level})
+        "level": config.level, "estimated_from": scores_from,
+        "rows_left_out": MetadataValue.json(scores.left_out)})
     description = {
         evidence.BELOW: "estimated below the gate: ",
         evidence.POSSIBLY_BELOW: "estimate under the gate, band reaches it: ",

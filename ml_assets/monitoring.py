@@ -23,7 +23,11 @@ from dagster import (
 )
 
 from ml_assets.core.artifacts.loading import UntrustedModelError, load_pipeline
-from ml_assets.core.batch.shards import manifest_sketches, read_manifest
+from ml_assets.core.batch.shards import (
+    manifest_score_sketches,
+    manifest_sketches,
+    read_manifest,
+)
 from ml_assets.core.data.preprocessing import Split, feature_kinds
 from ml_assets.core.data.production_rows import Lineage, SkippedFile, scope_rows, skipped_sentences
 from ml_assets.core.drift.profile import ReferenceProfile, build_reference_profile
@@ -37,6 +41,8 @@ from ml_assets.core.drift.sketch_store import (
     write_day_sketch,
 )
 from ml_assets.core.estimation.cbpe import EstimateCheck, compare_with_realised
+from ml_assets.core.estimation.day_scores import DayScores, sketch_rows
+from ml_assets.core.estimation.score_sketch import ScoreSketch, merge_score_sketches
 from ml_assets.core.estimation.store import calibrate_model, log_estimation
 from ml_assets.core.modeling.live_performance import live_report, per_version_markdown
 from ml_assets.core.modeling.pipeline import TrainedModel
@@ -191,6 +197,7 @@ def production_data(context: AssetExecutionContext, production: ProductionDataRe
         "excluded_rows": MetadataValue.json(excluded),
         "skipped_files": MetadataValue.json(skipped_sentences(skipped)),
         **_day_sketch(context, data, mlflow_tracking, production),
+        **_day_scores(context, data, production),
     })
     yield evidence_check(EVIDENCE_CHECK, skipped, "landing")
 
@@ -219,6 +226,46 @@ def _day_sketch(context: AssetExecutionContext, data: pd.DataFrame,
             "drift_sketch_rows": sketch.n_rows, "drift_sketch_basis": basis.digest,
             "drift_sketch_version": basis.version or "any",
             "drift_sketch_from_shards": shards.n_rows if shards is not None else 0}
+
+
+def _day_scores(context: AssetExecutionContext, data: pd.DataFrame,
+                production: ProductionDataResource) -> dict:
+    """The day's score sketches per model version (what estimated_performance reads
+    instead of the rows), written beside the instance's storage and named in the
+    metadata. The batch-scored rows enter as the merge of their shards' sketches when
+    every part has one and they hold exactly the day's batch rows."""
+    batch = (data["source"] == BATCH_SOURCE if "source" in data
+             else pd.Series(False, index=data.index))
+    shards = _batch_scores(production, context.partition_key)
+    if shards is not None and shards.n_rows == int(batch.sum()):
+        scores = sketch_rows(data[~batch]).merged(shards)
+    else:
+        shards, scores = None, sketch_rows(data)
+    folder = Path(context.instance.storage_directory()) / "score_sketches" / "production_data"
+    path = write_day_sketch(folder / context.partition_key, context.run_id, scores)
+    return {"score_sketch": MetadataValue.path(str(path)),
+            "score_sketch_rows": MetadataValue.json(
+                {v: s.n_rows for v, s in sorted(scores.versions.items())}),
+            "score_sketch_from_shards": shards.n_rows if shards is not None else 0,
+            "score_sketch_left_out": MetadataValue.json(scores.left_out)}
+
+
+def _batch_scores(production: ProductionDataResource, day: str) -> DayScores | None:
+    """The day's batch-scored rows as the merge of their parts' score sketches, under
+    the manifest's model version, when every part has one; else None."""
+    if not production.batch_output_dir:
+        return None
+    folder = production.batch_output_dir_of(day)
+    try:
+        manifest = read_manifest(folder)
+        paths = manifest_score_sketches(folder, manifest) if manifest is not None else None
+        merged = merge_score_sketches(ScoreSketch.from_bytes(p.read_bytes())
+                                      for p in paths or [])
+        if manifest is None or merged is None:
+            return None
+        return DayScores({str(manifest["model_version"]): merged})
+    except (OSError, ValueError, KeyError):  # unreadable: the rows are sketched instead
+        return None
 
 
 def _batch_sketch(production: ProductionDataResource, day: str,

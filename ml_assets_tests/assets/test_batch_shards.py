@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -25,6 +26,8 @@ from ml_assets import batch
 from ml_assets.core.batch.scoring import input_files
 from ml_assets.core.batch.shards import plan_shards, read_day, read_manifest
 from ml_assets.core.data.datasets import BREAST_CANCER_TARGET, load_breast_cancer_frame
+from ml_assets.core.estimation.day_scores import sketch_rows
+from ml_assets.core.estimation.score_sketch import ScoreSketch, merge_score_sketches
 from ml_assets.resources import DataSourceResource, MlflowTracking
 from ml_assets.resources.production import ProductionDataResource
 
@@ -126,8 +129,16 @@ def test_a_day_is_scored_in_shards_and_a_shard_re_runs_alone(resources, instance
     assert len(rescored) == 340 and rescored["request_id"].is_unique
     pd.testing.assert_frame_equal(rescored, written)  # same plan: the same rows
     (plan_dir,) = (day_dir / "parts").iterdir()
-    assert sorted(p.name for p in plan_dir.iterdir()) == [
-        f"part-0000{i}.parquet" for i in range(4)]
+    assert sorted(p.name for p in plan_dir.iterdir()) == sorted(
+        f"part-0000{i}.{kind}" for i in range(4) for kind in ("parquet", "scores.npz"))
+    # each part's score sketch merged: the sketch of the day's rows, in one pass
+    merged = merge_score_sketches(
+        ScoreSketch.from_bytes((day_dir / p["scores"]).read_bytes())
+        for p in read_manifest(day_dir)["parts"])
+    (version, whole), = sketch_rows(rescored).versions.items()
+    assert version == str(read_manifest(day_dir)["model_version"])
+    assert merged.n_rows == whole.n_rows == 340
+    np.testing.assert_array_equal(merged.keys, whole.reordered(merged.classes).keys)
 
 
 def test_a_failing_shard_is_retried_alone_and_the_day_waits_for_it(resources, instance,

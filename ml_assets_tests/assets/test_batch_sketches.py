@@ -21,7 +21,10 @@ from ml_assets.core.batch.shards import manifest_sketches, read_day, read_manife
 from ml_assets.core.data.datasets import BREAST_CANCER_TARGET, load_breast_cancer_frame
 from ml_assets.core.drift.sketch import NumericSketch, merge_sketches
 from ml_assets.core.drift.sketch_store import PROFILE_ARTIFACT, SketchBasis, read_sketch
+from ml_assets.core.estimation.day_scores import DayScores, sketch_rows
+from ml_assets.core.estimation.store import calibrate_model, log_estimation
 from ml_assets.core.registry.lineage import DATASET_TAG
+from ml_assets.estimation import estimated_performance
 from ml_assets.monitoring import _profile_for, production_data
 from ml_assets.resources import DataSourceResource, MlflowTracking
 from ml_assets.resources.production import ProductionDataResource
@@ -50,6 +53,9 @@ def champion(tmp_path_factory, mlflow_store):
         path.write_bytes(profile.to_bytes())
         tracking.client.log_artifact(info.run_id, str(path),
                                      str(Path(PROFILE_ARTIFACT).parent))
+    labels = load_breast_cancer_frame()[BREAST_CANCER_TARGET].loc[trained.X_test.index]
+    log_estimation(tracking.client, info.run_id, calibrate_model(
+        trained.pipeline, trained.X_test, labels, "binary"))
     resources = {
         "production": ProductionDataResource(
             prediction_log_path=str(root / "log.db"), landing_dir=str(root / "landing"),
@@ -125,3 +131,33 @@ def test_shards_write_sketches_that_merge_into_the_days_sketch(champion, instanc
     assert metadata["drift_sketch_rows"].value == 340
     _same(read_sketch(metadata["drift_sketch"].value),
           basis.sketch(day.output_for_node("production_data")))
+
+    # The score sketches: production_data merges the parts', estimated_performance
+    # reads them instead of the rows, and reads the rows when the file is unusable.
+    assert metadata["score_sketch_from_shards"].value == 340
+    assert metadata["score_sketch_rows"].value == {str(champion.version): 340}
+    stored = DayScores.from_bytes(Path(metadata["score_sketch"].value).read_bytes())
+    (whole,) = sketch_rows(day.output_for_node("production_data")).versions.values()
+    np.testing.assert_array_equal(stored.versions[str(champion.version)].keys,
+                                  whole.reordered(stored.versions[str(champion.version)]
+                                                  .classes).keys)
+
+    def estimate():
+        result = materialize([stored_profile, production_data, estimated_performance],
+                             selection=AssetSelection.assets("estimated_performance"),
+                             partition_key=DAY, instance=instance,
+                             resources=champion.resources)
+        assert result.success
+        event = next(e.materialization for e in result.get_asset_materialization_events())
+        return event.metadata, result.output_for_node("estimated_performance")
+
+    from_sketch, value = estimate()
+    assert from_sketch["estimated_from"].value == "production_data's score sketches"
+    assert value["per_version"][str(champion.version)]["rows"] == 340, value
+    Path(metadata["score_sketch"].value).write_bytes(b"torn")
+    from_rows, again = estimate()
+    assert from_rows["estimated_from"].value == "production_data's rows"
+    assert again["per_version"] == value["per_version"]
+    assert value["verdict"] in ("within", "possibly_below", "below")
+    assert value["per_version"][str(champion.version)]["estimate"]["binning_error"] == {
+        "label_probability": 0.0, "accuracy": 0.0, "roc_auc": 0.0}  # a forest: exact

@@ -44,6 +44,7 @@ from ml_assets.core.data.schemas import feature_columns
 from ml_assets.core.drift.scoring import model_outputs, prediction_columns
 from ml_assets.core.drift.sketch import DriftSketch
 from ml_assets.core.drift.sketch_store import SketchBasis, write_sketch
+from ml_assets.core.estimation.score_sketch import ScoreSketch
 from ml_assets.core.modeling.jobs import one_job
 from ml_assets.core.modeling.tasks import is_regression_model
 
@@ -189,6 +190,7 @@ class ShardResult:
     peak_rss_mib: float = 0.0
     sketch: str = ""  # the part's drift sketch beside it (relative path), if any
     sketch_basis: str = ""  # `SketchBasis.digest` of the profile it is on
+    scores: str = ""  # the part's score sketch beside it (relative path); classifiers
     seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -357,6 +359,7 @@ def score_shard(plan: ShardPlan, shard: Shard, model: ScoringModel, day_dir: Pat
     scored_at = pd.Timestamp(plan.scored_at)
     part = plan.part_path(day_dir, shard)
     sketch_file = plan.sketch_path(day_dir, shard)
+    scores_file = plan.scores_path(day_dir, shard)
     temporary = part.with_name(f".{part.stem}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
     rows_in = pipeline_rows = 0
     ignored: list[str] = []
@@ -364,6 +367,8 @@ def score_shard(plan: ShardPlan, shard: Shard, model: ScoringModel, day_dir: Pat
     seconds = dict.fromkeys(STAGES, 0.0)
     writer = None
     sketched: DriftSketch | None = None
+    scored: ScoreSketch | None = None
+    classes = None if model.regression else [str(c) for c in model.loaded.pipeline.classes_]
     clock = time.perf_counter()
 
     def lap(stage: str) -> None:
@@ -410,6 +415,9 @@ def score_shard(plan: ShardPlan, shard: Shard, model: ScoringModel, day_dir: Pat
                 answered_frame = pd.DataFrame(outputs, index=frame.index)
                 day_rows = sketch.sketch(pd.concat([frame, answered_frame], axis=1))
                 sketched = day_rows if sketched is None else sketched.merged(day_rows)
+            if classes is not None:
+                batch_scores = score_sketch(outputs, classes)
+                scored = batch_scores if scored is None else scored.merged(batch_scores)
             rows_in += table.num_rows
             pipeline_rows += slow
             lap("write")
@@ -429,10 +437,13 @@ def score_shard(plan: ShardPlan, shard: Shard, model: ScoringModel, day_dir: Pat
                                  {"written_rows": written, "input_rows": rows_in}),
                     *merge_outcomes(checks)]
         sketch_file.unlink(missing_ok=True)  # a sketch never outlives its part's rows
+        scores_file.unlink(missing_ok=True)
         if all(o.passed for o in outcomes):
             os.replace(temporary, part)
             if sketched is not None:
                 write_sketch(sketch_file, sketched)
+            if scored is not None:
+                write_sketch(scores_file, scored)
         lap("check")
     finally:
         if writer is not None:
@@ -444,7 +455,24 @@ def score_shard(plan: ShardPlan, shard: Shard, model: ScoringModel, day_dir: Pat
                        peak_rss_mib(),
                        sketch=str(sketch_file.relative_to(day_dir)) if has_sketch else "",
                        sketch_basis=sketch.digest if has_sketch and sketch is not None else "",
+                       scores=(str(scores_file.relative_to(day_dir))
+                               if scored is not None and scores_file.is_file() else ""),
                        seconds={k: round(v, 3) for k, v in seconds.items()})
+
+
+def score_sketch(outputs: dict[str, Any], classes: list[str]) -> ScoreSketch:
+    """The score sketch of one batch's answers (`outputs`: prediction, proba_<class>):
+    rows whose probabilities are not numbers in [0, 1] or whose answer is not a class
+    are left out (the batch's output checks fail on them, so the part is not kept)."""
+    proba = np.column_stack([np.asarray(outputs[f"proba_{c}"], dtype=np.float64)
+                             for c in classes])
+    prediction = outputs["prediction"]
+    if not isinstance(prediction, np.ndarray):
+        prediction = prediction.to_numpy(zero_copy_only=False)
+    answered = pd.Categorical(prediction.astype(str), categories=classes).codes
+    usable = (answered >= 0) & np.isfinite(proba).all(axis=1) & (
+        (proba >= 0) & (proba <= 1)).all(axis=1)
+    return ScoreSketch.from_rows(proba[usable], answered[usable], classes)
 
 
 def publish(plan: ShardPlan, results: list[ShardResult], day_dir: Path,
@@ -500,7 +528,8 @@ def publish(plan: ShardPlan, results: list[ShardResult], day_dir: Path,
         "parts": [{"path": r.part, "rows": r.input_rows, "file": r.file,
                    "peak_rss_mib": round(r.peak_rss_mib, 1), "seconds": r.seconds,
                    **({"sketch": r.sketch, "sketch_basis": r.sketch_basis}
-                      if r.sketch else {})} for r in ordered],
+                      if r.sketch else {}),
+                   **({"scores": r.scores} if r.scores else {})} for r in ordered],
     }
     write_json_atomically(manifest, day_dir / MANIFEST)
     remove_other_plans(day_dir, plan)

@@ -103,6 +103,10 @@ class ShardPlan:
         """The part's drift sketch, beside it."""
         return self.parts_dir(day_dir) / f"{shard.name}.sketch.npz"
 
+    def scores_path(self, day_dir: Path, shard: Shard) -> Path:
+        """The part's score sketch (what performance estimation reads), beside it."""
+        return self.parts_dir(day_dir) / f"{shard.name}.scores.npz"
+
 
 def parquet_row_groups(file: Path) -> list[int]:
     """Rows per row group of a Parquet file (its footer only); unreadable: BatchInputError
@@ -228,6 +232,16 @@ def manifest_sketches(day_dir: Path, manifest: dict, basis: str) -> list[Path] |
     return named if all(path.is_file() for path in named) else None
 
 
+def manifest_score_sketches(day_dir: Path, manifest: dict) -> list[Path] | None:
+    """The score sketches of a manifest's parts when every part has one, else None
+    (the day's estimate then reads its rows)."""
+    parts = manifest.get("parts") or []
+    if not parts or any(not p.get("scores") for p in parts):
+        return None
+    named = manifest_parts(day_dir, {"parts": [{"path": p["scores"]} for p in parts]})
+    return named if all(path.is_file() for path in named) else None
+
+
 # (the parts' column names, the manifest's feature columns) -> the columns to read
 ColumnPick = Callable[[list[str], list[str]], list[str]]
 
@@ -299,7 +313,7 @@ def remove_other_plans(day_dir: Path, plan: ShardPlan) -> list[str]:
                 shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
                 removed.append(entry.name)
     keep = {path(day_dir, s).name for s in plan.shards
-            for path in (plan.part_path, plan.sketch_path)}
+            for path in (plan.part_path, plan.sketch_path, plan.scores_path)}
     own = plan.parts_dir(day_dir)
     if own.is_dir():
         for entry in own.iterdir():

@@ -9,6 +9,7 @@ import uuid
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Protocol
 
 import pandas as pd
 
@@ -48,7 +49,13 @@ def run_profile(tracking_uri: str, run_id: str) -> ReferenceProfile:
     return ReferenceProfile.from_bytes(Path(local).read_bytes())
 
 
-def write_sketch(path: Path, sketch: DriftSketch) -> Path:
+class Sketch(Protocol):
+    """A sketch kept as a file: a drift sketch, a score sketch, a day's score sketches."""
+
+    def to_bytes(self) -> bytes: ...
+
+
+def write_sketch(path: Path, sketch: Sketch) -> Path:
     """`sketch` at `path`, whole or not at all (a temporary file renamed into place)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
@@ -60,7 +67,7 @@ def write_sketch(path: Path, sketch: DriftSketch) -> Path:
     return path
 
 
-def write_day_sketch(folder: Path, name: str, sketch: DriftSketch) -> Path:
+def write_day_sketch(folder: Path, name: str, sketch: Sketch) -> Path:
     """A day's sketch as `folder`/`name`.sketch.npz, the folder's other sketches removed
     (a rebuilt day's older sketch: its materialization is superseded; a reader that
     still names it finds no file and loads the day's rows instead)."""

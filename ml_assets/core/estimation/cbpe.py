@@ -27,6 +27,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from ml_assets.core.estimation.calibration import Calibrator
 from ml_assets.core.estimation.score_sketch import ScoreSketch
 
@@ -225,8 +226,8 @@ def estimate_from_sketch(sketch: ScoreSketch, calibrator: Calibrator, *,
     metrics = {}
     notes = []
     for name in METRICS:
-        values = np.concatenate(results[name])
-        finite = values[np.isfinite(values)]
+        simulated = np.concatenate(results[name])
+        finite = simulated[np.isfinite(simulated)]
         if len(finite) < 0.5 * draws:
             notes.append(f"{name}: undefined on most draws (one class only)")
             continue
