@@ -31,6 +31,10 @@ medians. rows/s per core = rows / wall time / worker processes. CPU seconds: use
 system of everything a variant ran while its wall clock ran (the run process, its
 children, the forkserver with the steps it forked; the plain script's own process).
 
+Performance estimation runs then too: the parts' score sketches merged and estimated
+(CBPE on the setup's calibrator), against one sketch of all the day's rows read at once;
+the verdicts (gate 0.8 on the gated metrics) and the largest difference of the bands.
+
 Drift runs once, after the first repeat (every repeat scores the same day); with
 --json-out, the runs so far are written after each repeat, so a run cut short leaves them.
 Drift's single-pass reference: the whole day in one frame (`score_drift`) up to
@@ -99,6 +103,7 @@ def setup(root: Path, rows: int, file_rows: int) -> dict:
     from ml_assets.core.data.datasets import SyntheticSpec, make_synthetic
     from ml_assets.core.drift.profile import build_reference_profile
     from ml_assets.core.drift.scoring import model_outputs
+    from ml_assets.core.estimation.store import calibrate_model
     from ml_assets_tests.support.models import experiment_id, register, train_synthetic
 
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
@@ -114,6 +119,10 @@ def setup(root: Path, rows: int, file_rows: int) -> dict:
     predictions = build_reference_profile(outputs, {}, output_kinds)
     profile = dataclasses.replace(features, predictions=predictions.predictions)
     (root / "profile.npz").write_bytes(profile.to_bytes())
+    # as reference_profile stores it: the calibrator of the held-out rows
+    labels = make_synthetic(spec)[spec.target].loc[trained.X_test.index]
+    calibrator = calibrate_model(trained.pipeline, trained.X_test, labels, "binary")
+    (root / "calibrator.json").write_text(calibrator.to_json())
     day = root / "in" / DAY
     day.mkdir(parents=True)
     files = -(-rows // file_rows)
@@ -134,7 +143,8 @@ def setup(root: Path, rows: int, file_rows: int) -> dict:
                                    row_group_size=100_000)
         written += n
     return {"tracking_uri": mlflow.get_tracking_uri(), "version": version,
-            "input_dir": str(root / "in"), "profile": str(root / "profile.npz")}
+            "input_dir": str(root / "in"), "profile": str(root / "profile.npz"),
+            "calibrator": str(root / "calibrator.json")}
 
 
 # -- the sharded asset ------------------------------------------------------------------------
@@ -298,6 +308,64 @@ def _drift(env: dict, mode: str, queue) -> None:
                if "effect_error" in report.features else 0.0})
 
 
+def _estimate(env: dict, mode: str, queue) -> None:
+    """Performance of the scored day estimated before labels: from the parts' score
+    sketches (written by the shard steps) merged (`sketch`), or from one sketch of all
+    the day's rows read at once (`single`: the rows' probabilities in memory)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ml_assets.core.batch.shards import (
+        manifest_parts,
+        manifest_score_sketches,
+        read_manifest,
+    )
+    from ml_assets.core.estimation.calibration import Calibrator
+    from ml_assets.core.estimation.cbpe import GATED, estimate_from_sketch, verdict
+    from ml_assets.core.estimation.score_sketch import ScoreSketch, merge_score_sketches
+
+    calibrator = Calibrator.from_json(Path(env["BENCH_CALIBRATOR"]).read_text())
+    classes = list(calibrator.classes)
+    day_dir = Path(env["BENCH_OUTPUT_DIR"]) / DAY
+    manifest = read_manifest(day_dir)
+    assert manifest is not None, f"{day_dir} was not completely scored"
+    started, cpu_before = time.perf_counter(), _cpu_seconds()
+    if mode == "sketch":
+        paths = manifest_score_sketches(day_dir, manifest)
+        assert paths, "the parts have no score sketches"
+        sketch = merge_score_sketches(ScoreSketch.from_bytes(p.read_bytes()) for p in paths)
+    else:
+        columns = [f"proba_{c}" for c in classes]
+        table = pa.concat_tables(pq.read_table(part, columns=[*columns, "prediction"])
+                                 for part in manifest_parts(day_dir, manifest))
+        proba = np.column_stack([table[c].to_numpy() for c in columns])
+        answers = table["prediction"].combine_chunks().dictionary_encode()
+        index = np.asarray([classes.index(str(v)) for v in answers.dictionary.to_pylist()])
+        del table
+        sketch = ScoreSketch.from_rows(proba, index[answers.indices.to_numpy()], classes)
+    estimate = estimate_from_sketch(sketch, calibrator)
+    gate = {name: 0.8 for name in GATED}
+    queue.put({"wall": time.perf_counter() - started, "cpu": _cpu_seconds() - cpu_before,
+               "peak_mib": _peak_mib(), "rows": estimate.rows, "cells": sketch.cells,
+               "verdict": verdict(estimate, gate)[0], "binning_error": estimate.binning,
+               "metrics": estimate.to_dict()["metrics"]})
+
+
+def _estimate_runs(env: dict) -> dict:
+    """Performance estimated from merged score sketches, and from one pass over the rows."""
+    runs = {"estimate_sketch": _child(_estimate, env, "sketch"),
+            "estimate_single_pass": _child(_estimate, env, "single")}
+    one, two = runs["estimate_sketch"], runs["estimate_single_pass"]
+    runs["estimate_verdicts_equal"] = one["verdict"] == two["verdict"]
+    runs["estimate_max_difference"] = max(
+        abs(one["metrics"][m][k] - two["metrics"][m][k])
+        for m in one["metrics"] for k in ("estimate", "low", "high"))
+    walls = {k: v.get("wall") if isinstance(v, dict) else v for k, v in runs.items()}
+    print(f"estimate: {json.dumps(walls)}", flush=True)
+    return runs
+
+
 def _child(target, *args) -> dict:
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
@@ -371,7 +439,7 @@ def main() -> None:
         graph = next((root / "art").rglob("model.onnx"))
         env = {"MLFLOW_TRACKING_URI": ready["tracking_uri"],
                "BENCH_INPUT_DIR": ready["input_dir"], "BENCH_GRAPH": str(graph),
-               "BENCH_PROFILE": ready["profile"]}
+               "BENCH_PROFILE": ready["profile"], "BENCH_CALIBRATOR": ready["calibrator"]}
         methods = [m.strip() for m in args.start_methods.split(",") if m.strip()]
         unknown = sorted(set(methods) - {"spawn", "forkserver"})
         if unknown or not methods:
@@ -394,6 +462,7 @@ def main() -> None:
                 f"{k} {v[-1]['wall']:.1f} s" for k, v in results.items()), flush=True)
             if repeat == 0:  # the scored day is the same in every repeat
                 drift = _drift_runs(args, {**env, "BENCH_OUTPUT_DIR": str(root / "out1")})
+                drift.update(_estimate_runs({**env, "BENCH_OUTPUT_DIR": str(root / "out1")}))
             if args.json_out:  # what a run cut short leaves
                 args.json_out.write_text(json.dumps({"partial": True, "runs": results,
                                                      **drift}, indent=1))

@@ -6,7 +6,7 @@ import base64
 import datetime as dt
 import io
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +32,6 @@ from dagster import (
     TableSchema,
     TimeWindowPartitionMapping,
     asset,
-    build_input_context,
-    input_manager,
 )
 from pydantic import Field
 
@@ -44,7 +42,13 @@ from ml_assets.core.drift.profile import ReferenceProfile
 from ml_assets.core.drift.scoring import DriftReport
 from ml_assets.core.drift.sketch_store import SketchBasis
 from ml_assets.core.drift.window import WindowDay, judge_window
-from ml_assets.shared import DRIFT_CHECK, daily_partitions, null_cache
+from ml_assets.shared import (
+    DRIFT_CHECK,
+    WINDOW_LOADER,
+    daily_partitions,
+    null_cache,
+    production_data_window,
+)
 
 # The days of production_data one evaluation may pool: the day and the 30 before it. This
 # bounds `max_pooled_days` (default 7); a day is pooled from its sketch, and its rows are
@@ -168,28 +172,6 @@ def drift_picture(table: pd.DataFrame, calibrated: bool = True) -> str:
     fig.savefig(buffer, format="png")
     plt.close(fig)
     return base64.b64encode(buffer.getvalue()).decode()
-
-
-WINDOW_LOADER = "production_data_window"
-
-
-@input_manager(required_resource_keys={"io_manager"})
-def production_data_window(context) -> dict[str, Callable[[], pd.DataFrame | None]]:
-    """production_data's days of a drift window as loaders rather than frames: the IO
-    manager reads a day only when drift_scores calls its loader (a day without a usable
-    sketch). A day never materialized loads as None."""
-    io_manager = context.resources.io_manager
-
-    def loader(key: str) -> Callable[[], pd.DataFrame | None]:
-        def load() -> pd.DataFrame | None:
-            return io_manager.load_input(build_input_context(
-                asset_key=context.asset_key, partition_key=key,
-                asset_partitions_def=context.asset_partitions_def,
-                instance=context.instance,
-                definition_metadata={"allow_missing_partitions": True}))
-        return load
-
-    return {key: loader(key) for key in context.asset_partition_keys}
 
 
 with warnings.catch_warnings():  # resource_defs on an asset is a beta parameter

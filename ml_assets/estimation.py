@@ -39,15 +39,16 @@ from ml_assets.core.estimation.day_scores import DayScores, sketch_rows
 from ml_assets.core.estimation.score_sketch import ScoreSketch
 from ml_assets.core.estimation.store import NotEstimated, read_estimation
 from ml_assets.core.registry import champion as registry
-from ml_assets.drift import WINDOW_LOADER, production_data_window
 from ml_assets.resources import MlflowTracking
 from ml_assets.settings import PlatformSettings
 from ml_assets.shared import (
     AFTER_PRODUCTION_DATA,
     ESTIMATE_CHECK,
     METRICS_CHECK,
+    WINDOW_LOADER,
     check_evaluation,
     daily_partitions,
+    production_data_window,
 )
 
 

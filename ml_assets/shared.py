@@ -7,10 +7,12 @@ the model lineage production rows are scoped to, and the instance's cache of dri
 nulls (filled by reference_profile, read by drift_scores). It imports no stage module."""
 
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from dagster import (
     AssetCheckEvaluation,
     AutomationCondition,
@@ -18,6 +20,8 @@ from dagster import (
     DailyPartitionsDefinition,
     EventLogEntry,
     Failure,
+    build_input_context,
+    input_manager,
 )
 
 from ml_assets.core.data.production_rows import Lineage
@@ -95,3 +99,25 @@ def warm_drift_nulls(instance: DagsterInstance, profile: ReferenceProfile) -> di
     drawn = warm_nulls(profile, config, null_cache(instance))
     return {"drift_nulls_drawn": drawn,
             "drift_nulls_cpu_seconds": round(time.process_time() - start, 3)}
+
+
+WINDOW_LOADER = "production_data_window"
+
+
+@input_manager(required_resource_keys={"io_manager"})
+def production_data_window(context) -> dict[str, Callable[[], pd.DataFrame | None]]:
+    """production_data's days (a drift window's, or estimated_performance's one) as
+    loaders rather than frames: the IO manager reads a day only when its loader is
+    called (a day without a usable sketch). A day never materialized loads as None."""
+    io_manager = context.resources.io_manager
+
+    def loader(key: str) -> Callable[[], pd.DataFrame | None]:
+        def load() -> pd.DataFrame | None:
+            return io_manager.load_input(build_input_context(
+                asset_key=context.asset_key, partition_key=key,
+                asset_partitions_def=context.asset_partitions_def,
+                instance=context.instance,
+                definition_metadata={"allow_missing_partitions": True}))
+        return load
+
+    return {key: loader(key) for key in context.asset_partition_keys}

@@ -175,9 +175,10 @@ def test_a_day_of_csv_and_parquet_files_is_scored_by_the_champion(
     assert len(rescored) == 7 and set(rescored["source_file"]) == {"clinic_a.csv"}
     assert _output_dir_files(production) == ["manifest.json", "parts"]
     (plan_dir,) = (day_dir / "parts").iterdir()  # the first run's parts are gone
-    # the part and its drift sketch (the champion has a reference profile)
-    assert sorted(p.name for p in plan_dir.iterdir()) == ["part-00000.parquet",
-                                                          "part-00000.sketch.npz"]
+    # the part, its score sketch, and its drift sketch (the champion has a reference
+    # profile)
+    assert sorted(p.name for p in plan_dir.iterdir()) == [
+        "part-00000.parquet", "part-00000.scores.npz", "part-00000.sketch.npz"]
     assert len(production.batch_predictions(DAY)) == 7
 
 

@@ -5,6 +5,7 @@ that is checked as untrusted input."""
 import io
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.datasets import load_breast_cancer, load_wine
 from sklearn.ensemble import RandomForestClassifier
@@ -13,6 +14,7 @@ from sklearn.model_selection import train_test_split
 
 from ml_assets.core.estimation.calibration import fit_calibrator
 from ml_assets.core.estimation.cbpe import estimate_from_sketch, estimate_performance
+from ml_assets.core.estimation.day_scores import DayScores, sketch_rows
 from ml_assets.core.estimation.score_sketch import ScoreSketch, merge_score_sketches
 
 
@@ -191,3 +193,35 @@ def test_a_sketch_round_trips_and_a_crafted_file_is_refused_by_name():
 def test_rows_that_are_not_probabilities_are_refused(proba, predicted, message):
     with pytest.raises(ValueError, match=message):
         ScoreSketch.from_rows(proba, predicted, ["a", "b"])
+
+
+def test_a_days_rows_are_sketched_per_version_and_unusable_rows_counted_by_reason():
+    rows = pd.DataFrame({
+        "model_version": ["1", "1", "1", "1", "2", "2", None, "3"],
+        "prediction": ["a", "b", "zz", "a", "b", "b", "a", 1.5],
+        "proba_a": [0.9, 0.2, 0.5, np.nan, 0.1, 0.3, 0.5, np.nan],
+        "proba_b": [0.1, 0.8, 0.5, 0.4, 0.9, 0.7, 0.5, np.nan],
+    })
+    day = sketch_rows(rows)
+    assert sorted(day.versions) == ["1", "2"]  # no version: not answered; 3: a regressor
+    assert day.versions["1"].n_rows == 2 and day.versions["2"].n_rows == 2
+    assert day.left_out == {"answer or probabilities unusable (missing, or not a class)": 2,
+                            "without probabilities (a regressor's, or none logged)": 1}
+    back = DayScores.from_bytes(day.to_bytes())
+    assert back.left_out == day.left_out and sorted(back.versions) == ["1", "2"]
+    np.testing.assert_array_equal(back.versions["1"].keys, day.versions["1"].keys)
+    merged = back.merged(day)
+    assert merged.n_rows == 8 and merged.left_out["without probabilities (a regressor's, "
+                                                  "or none logged)"] == 2
+    for data, message in ((b"PK\x03\x04 torn", "unreadable"),
+                          (_without(day.to_bytes(), "v0_sums"), "no 'sums'")):
+        with pytest.raises(ValueError, match=message):
+            DayScores.from_bytes(data)
+
+
+def _without(data: bytes, name: str) -> bytes:
+    with np.load(io.BytesIO(data), allow_pickle=False) as stored:
+        arrays = {k: stored[k] for k in stored.files if k != name}
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
