@@ -5,6 +5,11 @@ columns included), in a fresh process whose peak RSS (VmHWM) is measured.
 
     python benchmarks/production_data_memory.py                 # 1M and 2M rows
     python benchmarks/production_data_memory.py --rows 1000000,4000000
+    python benchmarks/production_data_memory.py --in-parts --rows 1000000,4000000
+
+--in-parts: the day left in its parts (above ML_BATCH_ROWS_IN_MEMORY) as production_data
+then handles it: the parts' score sketches merged, and, as when the parts have none, the
+day's score sketches and drift sketch built from the parts a record batch at a time.
 
 Setup as bench_scale.py's (30 generated features, a 50-tree forest compiled to ONNX,
 Parquet files of --file-rows); the day is scored shard by shard in this process
@@ -78,11 +83,49 @@ def _read(out: str, day: str, queue) -> None:
                "frame_mib": float(frame.memory_usage(deep=True).sum()) / 2 ** 20})
 
 
+def _in_parts(out: str, day: str, profile: str, queue) -> None:
+    """What production_data does with a day left in its parts, in this fresh process."""
+    from ml_assets.core.batch.shards import manifest_score_sketches
+    from ml_assets.core.drift.profile import ReferenceProfile
+    from ml_assets.core.drift.sketch import merge_sketches
+    from ml_assets.core.drift.sketch_store import SketchBasis
+    from ml_assets.core.estimation.score_sketch import ScoreSketch, merge_score_sketches
+    from ml_assets.resources.production import ProductionDataResource
+    from ml_assets.shared import batch_scores_of
+
+    resource = ProductionDataResource(prediction_log_path=str(Path(out) / "log.db"),
+                                      landing_dir=str(Path(out) / "landing"),
+                                      labels_dir=str(Path(out) / "labels"),
+                                      batch_output_dir=out)
+    manifest = resource.batch_manifest(day)
+    assert manifest is not None
+    basis = SketchBasis(ReferenceProfile.from_bytes(Path(profile).read_bytes()),
+                        str(manifest["model_version"]))
+    baseline = _peak_mib()
+    clock = time.perf_counter()
+    paths = manifest_score_sketches(resource.batch_output_dir_of(day), manifest)
+    merged = merge_score_sketches(ScoreSketch.from_bytes(p.read_bytes()) for p in paths or [])
+    merge_seconds, merge_peak = time.perf_counter() - clock, _peak_mib()
+    clock = time.perf_counter()
+    scores = batch_scores_of(resource, day, manifest)
+    scores_seconds = time.perf_counter() - clock
+    clock = time.perf_counter()
+    drift = merge_sketches(basis.sketch(rows) for rows in resource.batch_batches(day, manifest))
+    drift_seconds = time.perf_counter() - clock
+    queue.put({"rows": scores.n_rows, "merged_part_sketches_rows": merged.n_rows if merged
+               else 0, "drift_sketch_rows": drift.n_rows, "baseline_mib": baseline,
+               "peak_after_merge_mib": merge_peak, "peak_mib": _peak_mib(),
+               "merge_seconds": merge_seconds, "score_sketches_seconds": scores_seconds,
+               "drift_sketch_seconds": drift_seconds})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", default="1000000,2000000",
                         help="comma-separated day sizes")
     parser.add_argument("--file-rows", type=int, default=1_000_000)
+    parser.add_argument("--in-parts", action="store_true",
+                        help="the day left in its parts, sketched part by part")
     args = parser.parse_args()
     import bench_scale
 
@@ -94,8 +137,10 @@ def main() -> None:
             scored = _score_day(ready, root / "out", bench_scale.DAY, bench_scale.MODEL)
             context = multiprocessing.get_context("spawn")
             queue = context.Queue()
-            process = context.Process(target=_read, args=(str(root / "out"),
-                                                          bench_scale.DAY, queue))
+            process = (context.Process(target=_in_parts, args=(
+                str(root / "out"), bench_scale.DAY, ready["profile"], queue))
+                if args.in_parts else context.Process(target=_read, args=(
+                    str(root / "out"), bench_scale.DAY, queue)))
             process.start()
             answer = queue.get(timeout=1800)
             process.join()

@@ -48,6 +48,7 @@ from ml_assets.shared import (
     daily_partitions,
     null_cache,
     production_data_window,
+    with_parts,
 )
 
 # The days of production_data one evaluation may pool: the day and the 30 before it. This
@@ -185,6 +186,7 @@ with warnings.catch_warnings():  # resource_defs on an asset is a beta parameter
                                         input_manager_key=WINDOW_LOADER,
                                         metadata={"allow_missing_partitions": True})},
         resource_defs={WINDOW_LOADER: production_data_window},
+        required_resource_keys={"production"},  # a day's batch rows left in their parts
         check_specs=[AssetCheckSpec(
             DRIFT_CHECK, asset="drift_scores",
             description="Fails (ERROR) on a calibrated dataset verdict or prediction drift: a "
@@ -277,8 +279,9 @@ def _window_days(context: AssetExecutionContext, day: str, loaded: Mapping[str, 
         usable = (sketch.get("drift_sketch_basis") == digest
                   and sketch.get("drift_sketch_version") == wanted
                   and Path(sketch["drift_sketch"]).is_file())
+        load = with_parts(_loader(source), metadata, context.resources.production, key)
         days.append(WindowDay(key, int(rows.value) if rows is not None else None,
-                              sketch["drift_sketch"] if usable else None, _loader(source)))
+                              sketch["drift_sketch"] if usable else None, load))
     return days
 
 

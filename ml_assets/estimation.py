@@ -46,8 +46,11 @@ from ml_assets.shared import (
     ESTIMATE_CHECK,
     METRICS_CHECK,
     WINDOW_LOADER,
+    batch_scores_of,
     check_evaluation,
     daily_partitions,
+    in_parts,
+    parts_manifest,
     production_data_window,
 )
 
@@ -121,7 +124,12 @@ def day_scores(context: AssetExecutionContext, production_data: Any
                                 "its rows", exc)
     source = production_data.get(day) if isinstance(production_data, dict) else production_data
     rows = source() if callable(source) else source
-    return sketch_rows(rows if rows is not None else pd.DataFrame()), "production_data's rows"
+    scores = sketch_rows(rows if rows is not None else pd.DataFrame())
+    if event is not None and in_parts(event.metadata):  # and its batch rows, part by part
+        production = context.resources.production
+        scores = scores.merged(batch_scores_of(production, day, parts_manifest(
+            production, day, event.metadata)))
+    return scores, "production_data's rows"
 
 
 with warnings.catch_warnings():  # resource_defs on an asset is a beta parameter
@@ -134,7 +142,7 @@ with warnings.catch_warnings():  # resource_defs on an asset is a beta parameter
         ins={"production_data": AssetIn(input_manager_key=WINDOW_LOADER,
                                         metadata={"allow_missing_partitions": True})},
         resource_defs={WINDOW_LOADER: production_data_window},
-        required_resource_keys={"mlflow_tracking"},  # typed: resource_defs forbid the arg
+        required_resource_keys={"mlflow_tracking", "production"},  # resource_defs: no args
         automation_condition=AFTER_PRODUCTION_DATA,
         check_specs=[AssetCheckSpec(
             ESTIMATE_CHECK, asset="estimated_performance",

@@ -29,7 +29,13 @@ from ml_assets.core.batch.shards import (
     read_manifest,
 )
 from ml_assets.core.data.preprocessing import Split, feature_kinds
-from ml_assets.core.data.production_rows import Lineage, SkippedFile, scope_rows, skipped_sentences
+from ml_assets.core.data.production_rows import (
+    Lineage,
+    ScopedRows,
+    SkippedFile,
+    scope_rows,
+    skipped_sentences,
+)
 from ml_assets.core.drift.profile import ReferenceProfile, build_reference_profile
 from ml_assets.core.drift.scoring import model_outputs
 from ml_assets.core.drift.sketch import DriftSketch, merge_sketches
@@ -56,10 +62,14 @@ from ml_assets.resources.production import (
 )
 from ml_assets.shared import (
     AFTER_PRODUCTION_DATA,
+    BATCH_IN_PARTS,
     EVIDENCE_CHECK,
     RECENT_DAYS,
+    batch_scores_of,
     daily_partitions,
+    in_parts,
     lineage_of,
+    parts_manifest,
     warm_drift_nulls,
 )
 
@@ -165,7 +175,12 @@ def production_data(context: AssetExecutionContext, production: ProductionDataRe
     frames = []
     if len(logged):
         frames.append(_logged_frame(logged))
-    batch = scope_rows(production.batch_predictions(day), lineage)  # batch_predictions' rows
+    manifest = production.batch_manifest(day)
+    if manifest is not None and int(manifest["rows"]) > production.batch_rows_in_memory:
+        # a big day stays in its parts, all answered by the manifest's model version
+        batch, reference = _batch_by_reference(manifest, lineage)
+    else:
+        batch, reference = scope_rows(production.batch_predictions(day), lineage), None
     for reason, count in batch.excluded.items():
         excluded[reason] = excluded.get(reason, 0) + count
     if len(batch.rows):
@@ -185,25 +200,29 @@ def production_data(context: AssetExecutionContext, production: ProductionDataRe
     data = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     versions = sorted(set(data.get("model_version", pd.Series(dtype=str)).dropna()))
     flagged, by_reason = _flagged(logged)
+    kept_out = int(reference["rows"]) if reference is not None else 0
     yield Output(data, metadata={
-        "dagster/row_count": len(data),
+        "dagster/row_count": len(data) + kept_out,
         "from_prediction_log": int(len(logged)),
         "flagged_rows": flagged,
         "flags_by_reason": MetadataValue.json(by_reason),
-        "from_batch": int(len(batch.rows)),
+        "from_batch": int(len(batch.rows)) + kept_out,
+        BATCH_IN_PARTS: kept_out,
+        **({"batch_plan_id": str(reference["plan_id"])} if reference is not None else {}),
         "from_landing": int(len(landed)),
         "model_versions": MetadataValue.json(versions),
         "lineage": lineage.describe(),
         "excluded_rows": MetadataValue.json(excluded),
         "skipped_files": MetadataValue.json(skipped_sentences(skipped)),
-        **_day_sketch(context, data, mlflow_tracking, production),
-        **_day_scores(context, data, production),
+        **_day_sketch(context, data, mlflow_tracking, production, reference),
+        **_day_scores(context, data, production, reference),
     })
     yield evidence_check(EVIDENCE_CHECK, skipped, "landing")
 
 
 def _day_sketch(context: AssetExecutionContext, data: pd.DataFrame,
-                mlflow_tracking: MlflowTracking, production: ProductionDataResource) -> dict:
+                mlflow_tracking: MlflowTracking, production: ProductionDataResource,
+                reference: dict | None) -> dict:
     """The day's drift sketch against the current reference profile, written beside the
     instance's storage and named in the metadata with its rows, so that drift_scores
     pools this day into later windows without loading it. The batch-scored rows enter
@@ -213,23 +232,35 @@ def _day_sketch(context: AssetExecutionContext, data: pd.DataFrame,
     basis = _sketch_basis(context, mlflow_tracking)
     if isinstance(basis, str):
         return {"drift_sketch": f"none ({basis})"}
-    shards = _batch_sketch(production, context.partition_key, basis)
+    day = context.partition_key
+    shards = _batch_sketch(production, day, basis)
+    if reference is not None:  # the batch rows are not in `data`: their parts are read
+        if shards is None or shards.n_rows != int(reference["rows"]):
+            shards = merge_sketches(basis.sketch(rows) for rows
+                                    in production.batch_batches(day, reference))
+        sketch = merge_sketches([basis.sketch(data), shards])
+        return _sketch_metadata(context, sketch, basis, shards.n_rows)
     batch = (data["source"] == BATCH_SOURCE if "source" in data
              else pd.Series(False, index=data.index))
     if shards is not None and int(batch.sum()) == shards.n_rows:
         sketch = merge_sketches([basis.sketch(data[~batch]), shards])
     else:
         shards, sketch = None, basis.sketch(data)
+    return _sketch_metadata(context, sketch, basis, shards.n_rows if shards is not None else 0)
+
+
+def _sketch_metadata(context: AssetExecutionContext, sketch: DriftSketch,
+                     basis: SketchBasis, from_shards: int) -> dict:
     folder = Path(context.instance.storage_directory()) / "drift_sketches" / "production_data"
     path = write_day_sketch(folder / context.partition_key, context.run_id, sketch)
     return {"drift_sketch": MetadataValue.path(str(path)),
             "drift_sketch_rows": sketch.n_rows, "drift_sketch_basis": basis.digest,
             "drift_sketch_version": basis.version or "any",
-            "drift_sketch_from_shards": shards.n_rows if shards is not None else 0}
+            "drift_sketch_from_shards": from_shards}
 
 
 def _day_scores(context: AssetExecutionContext, data: pd.DataFrame,
-                production: ProductionDataResource) -> dict:
+                production: ProductionDataResource, reference: dict | None) -> dict:
     """The day's score sketches per model version (what estimated_performance reads
     instead of the rows), written beside the instance's storage and named in the
     metadata. The batch-scored rows enter as the merge of their shards' sketches when
@@ -237,7 +268,11 @@ def _day_scores(context: AssetExecutionContext, data: pd.DataFrame,
     batch = (data["source"] == BATCH_SOURCE if "source" in data
              else pd.Series(False, index=data.index))
     shards = _batch_scores(production, context.partition_key)
-    if shards is not None and shards.n_rows == int(batch.sum()):
+    if reference is not None:  # the batch rows are not in `data`: their parts are read
+        if shards is None or shards.n_rows != int(reference["rows"]):
+            shards = batch_scores_of(production, context.partition_key, reference)
+        scores = sketch_rows(data).merged(shards)
+    elif shards is not None and shards.n_rows == int(batch.sum()):
         scores = sketch_rows(data[~batch]).merged(shards)
     else:
         shards, scores = None, sketch_rows(data)
@@ -248,6 +283,17 @@ def _day_scores(context: AssetExecutionContext, data: pd.DataFrame,
                 {v: s.n_rows for v, s in sorted(scores.versions.items())}),
             "score_sketch_from_shards": shards.n_rows if shards is not None else 0,
             "score_sketch_left_out": MetadataValue.json(scores.left_out)}
+
+
+def _batch_by_reference(manifest: dict, lineage: Lineage) -> tuple[ScopedRows, dict | None]:
+    """A batch day kept in its parts: none of its rows in the frame, and the manifest
+    when the lineage admits its model version (else all its rows left out, counted)."""
+    probe = pd.DataFrame({"model_name": [str(manifest["model_name"])],
+                          "model_version": [str(manifest["model_version"])]})
+    scoped = scope_rows(probe, lineage)
+    rows = int(manifest["rows"])
+    return (ScopedRows(probe.iloc[0:0], {k: rows for k in scoped.excluded}),
+            manifest if len(scoped.rows) else None)
 
 
 def _batch_scores(production: ProductionDataResource, day: str) -> DayScores | None:
@@ -379,6 +425,24 @@ def _latest(context: AssetExecutionContext, asset: str):
     return records[0] if records else None
 
 
+def _with_labelled_parts(context: AssetExecutionContext, rows: pd.DataFrame,
+                         production: ProductionDataResource, labels: pd.DataFrame
+                         ) -> tuple[pd.DataFrame, int]:
+    """The day's rows, plus the batch rows production_data left in their parts whose
+    labels arrived (only those are read), and the day's row count."""
+    record = _latest(context, "production_data")
+    metadata = record.asset_materialization.metadata if (
+        record is not None and record.asset_materialization is not None) else {}
+    if not in_parts(metadata):
+        return rows, len(rows)
+    day = context.partition_key
+    ids = labels["request_id"].astype(str) if len(labels) else pd.Series(dtype=str)
+    labelled = production.batch_labelled(day, parts_manifest(production, day, metadata), ids)
+    if len(labelled):
+        rows = pd.concat([rows, labelled.drop(columns="model_name")], ignore_index=True)
+    return rows, len(rows) - len(labelled) + in_parts(metadata)
+
+
 def _estimate_against_realised(context: AssetExecutionContext,
                                headline: dict) -> tuple[list[EstimateCheck], str]:
     """The day's estimated_performance (its headline version's bands, read from the
@@ -426,7 +490,8 @@ def live_performance(context: AssetExecutionContext, production_data: pd.DataFra
     files = production.label_files()
     for file in files.skipped:
         context.log.warning("labels file left out: %s", file.sentence())
-    report = live_report(production_data, files.labels)
+    rows, total = _with_labelled_parts(context, production_data, production, files.labels)
+    report = live_report(rows, files.labels, total)
     headline = report.headline
     metadata: dict = {k: (MetadataValue.float(v) if isinstance(v, float) else v)
                       for k, v in headline.items()}

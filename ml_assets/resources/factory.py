@@ -36,5 +36,6 @@ def build_resources(settings: PlatformSettings | None = None) -> dict:
             prediction_log_url=log_url,
             landing_dir=str(settings.landing_dir), labels_dir=str(settings.labels_dir),
             batch_input_dir=str(settings.batch_input_dir),
-            batch_output_dir=str(settings.batch_output_dir)),
+            batch_output_dir=str(settings.batch_output_dir),
+            batch_rows_in_memory=settings.batch_rows_in_memory),
     }

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -15,7 +15,7 @@ import pandas as pd
 from dagster import ConfigurableResource, EnvVar
 from pydantic import Field
 
-from ml_assets.core.batch.shards import MANIFEST, read_day
+from ml_assets.core.batch.shards import MANIFEST, manifest_parts, read_day, read_manifest
 from ml_assets.core.data.production_rows import (
     LabelFiles,
     Lineage,
@@ -44,6 +44,27 @@ BATCH_MANIFEST = MANIFEST
 BATCH_META_COLUMNS = ("request_id", "model_name", "model_version", "scored_at",
                       "prediction", "source_file")
 BATCH_SOURCE = "batch"
+
+
+def _needed(names: list[str], features: list[str]) -> list[str]:
+    """The columns of batch parts production_data reads (features, ids, outputs)."""
+    probabilities = [c for c in names if str(c).startswith("proba_")]
+    features = features or [c for c in names if c not in BATCH_META_COLUMNS
+                            and c not in probabilities]
+    return [*features, "request_id", "model_name", "model_version", "prediction",
+            *probabilities]
+
+
+def _batch_shaped(frame: pd.DataFrame) -> pd.DataFrame:
+    """Batch parts' rows as production_data holds them (ids as text, source="batch")."""
+    if frame.empty:
+        return pd.DataFrame()
+    for column in ("request_id", "model_name", "model_version"):
+        frame[column] = frame[column].astype(str).to_numpy()
+    for column in (c for c in frame.columns if str(c).startswith("proba_")):
+        frame[column] = frame[column].to_numpy(dtype=float)
+    frame["source"] = BATCH_SOURCE
+    return frame
 
 
 def day_folder(root: str | Path, day: str) -> Path:
@@ -89,6 +110,11 @@ class ProductionDataResource(ConfigurableResource):
         default="", description="Daily batch scoring output: <dir>/<YYYY-MM-DD>/"
         f"{BATCH_MANIFEST} and the Parquet parts it names, one scored row per input row "
         "(ML_BATCH_OUTPUT_DIR).")
+    batch_rows_in_memory: int = Field(
+        default=2_000_000, ge=0, description="A batch-scored day of more rows stays in "
+        "its Parquet parts: production_data holds the prediction log's and landing rows "
+        "and names the parts; drift and estimated performance read the parts' sketches, "
+        "live_performance only the rows whose labels arrived (ML_BATCH_ROWS_IN_MEMORY).")
 
     def prediction_days(self) -> list[date]:
         if not self._log_exists():
@@ -183,28 +209,63 @@ class ProductionDataResource(ConfigurableResource):
         if not self.batch_output_dir:
             return pd.DataFrame()
         folder = self.batch_output_dir_of(day)
-
-        def needed(names: list[str], features: list[str]) -> list[str]:
-            probabilities = [c for c in names if str(c).startswith("proba_")]
-            features = features or [c for c in names if c not in BATCH_META_COLUMNS
-                                    and c not in probabilities]
-            return [*features, "request_id", "model_name", "model_version", "prediction",
-                    *probabilities]
-
         try:
             # only the columns below, converted once: no copy of the features
-            frame = read_day(folder, columns=needed)
+            frame = read_day(folder, columns=_needed)
         except Exception as exc:  # noqa: BLE001 - pyarrow raises many types
             raise ValueError(f"batch predictions of {day} ({folder}) cannot be read: "
                              f"{exc}") from exc
-        if frame.empty:
+        return _batch_shaped(frame)
+
+    def batch_manifest(self, day: str) -> dict | None:
+        """`day`'s batch manifest (rows, model_name, model_version, plan_id, parts), or
+        None when the day was not completely batch-scored."""
+        if not self.batch_output_dir:
+            return None
+        return read_manifest(self.batch_output_dir_of(day))
+
+    def batch_batches(self, day: str, manifest: dict,
+                      batch_rows: int = 65_536) -> Iterator[pd.DataFrame]:
+        """`manifest`'s rows as `batch_predictions` shapes them, a record batch at a time
+        (bounded memory: one batch of one part converted at once)."""
+        import pyarrow.parquet as pq
+
+        folder = self.batch_output_dir_of(day)
+        for part in manifest_parts(folder, manifest):
+            file = pq.ParquetFile(part, pre_buffer=False)
+            columns = _needed(file.schema_arrow.names, list(manifest.get("feature_columns")
+                                                            or []))
+            for batch in file.iter_batches(batch_size=batch_rows, columns=columns,
+                                           use_threads=False):
+                yield _batch_shaped(batch.to_pandas())
+
+    def batch_labelled(self, day: str, manifest: dict,
+                       request_ids: Iterable[str]) -> pd.DataFrame:
+        """`manifest`'s rows whose request_id is among `request_ids` (labels arrived),
+        shaped as `batch_predictions` shapes them; only those rows are converted."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        wanted = pa.array(sorted({str(r) for r in request_ids}), type=pa.string())
+        if not len(wanted):
             return pd.DataFrame()
-        for column in ("request_id", "model_name", "model_version"):
-            frame[column] = frame[column].astype(str).to_numpy()
-        for column in (c for c in frame.columns if str(c).startswith("proba_")):
-            frame[column] = frame[column].to_numpy(dtype=float)
-        frame["source"] = BATCH_SOURCE
-        return frame
+        folder = self.batch_output_dir_of(day)
+        tables = []
+        for part in manifest_parts(folder, manifest):
+            file = pq.ParquetFile(part, pre_buffer=False)
+            columns = _needed(file.schema_arrow.names, list(manifest.get("feature_columns")
+                                                            or []))
+            for batch in file.iter_batches(batch_size=65_536, columns=columns,
+                                           use_threads=False):
+                table = pa.Table.from_batches([batch])
+                hit = pc.is_in(table["request_id"].cast(pa.string()),
+                                       value_set=wanted)
+                if pc.any(hit).as_py():
+                    tables.append(table.filter(hit))
+        if not tables:
+            return pd.DataFrame()
+        return _batch_shaped(pa.concat_tables(tables).to_pandas())
 
     def label_files(self) -> LabelFiles:
         """Every readable late label (request_id, label; later files win on duplicates)

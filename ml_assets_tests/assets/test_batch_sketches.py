@@ -11,6 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -24,10 +25,12 @@ from ml_assets.core.drift.sketch_store import PROFILE_ARTIFACT, SketchBasis, rea
 from ml_assets.core.estimation.day_scores import DayScores, sketch_rows
 from ml_assets.core.estimation.store import calibrate_model, log_estimation
 from ml_assets.core.registry.lineage import DATASET_TAG
+from ml_assets.drift import drift_scores
 from ml_assets.estimation import estimated_performance
-from ml_assets.monitoring import _profile_for, production_data
+from ml_assets.monitoring import _profile_for, live_performance, production_data
 from ml_assets.resources import DataSourceResource, MlflowTracking
 from ml_assets.resources.production import ProductionDataResource
+from ml_assets.shared import BATCH_IN_PARTS
 from ml_assets_tests.support.models import experiment_id, register, train_breast_cancer
 
 DAY = "2026-11-24"
@@ -72,6 +75,8 @@ def _write_day(root: Path) -> None:
     """300 rows in a Parquet file of six 50-row groups, 40 rows in a CSV file."""
     table = load_breast_cancer_frame()
     folder = root / "in" / DAY
+    if folder.exists():  # written by an earlier test of the module
+        return
     folder.mkdir(parents=True)
     rows = table.drop(columns=BREAST_CANCER_TARGET).sample(300, random_state=4, replace=True)
     pq.write_table(pa.Table.from_pandas(rows, preserve_index=False),
@@ -161,3 +166,93 @@ def test_shards_write_sketches_that_merge_into_the_days_sketch(champion, instanc
     assert value["verdict"] in ("within", "possibly_below", "below")
     assert value["per_version"][str(champion.version)]["estimate"]["binning_error"] == {
         "label_probability": 0.0, "accuracy": 0.0, "roc_auc": 0.0}  # a forest: exact
+
+
+def test_a_day_above_the_memory_limit_stays_in_its_parts_and_is_judged_the_same(
+        champion, instance):
+    """batch_rows_in_memory below the day's 340 batch rows: production_data's frame holds
+    none of them and names the parts; its drift and score sketches, drift_scores,
+    estimated_performance and live_performance (labels for 30 batch rows, read back
+    alone) come out as with the rows in memory; a sketch file gone makes drift_scores
+    read the parts' rows, with the same verdicts; a day scored again since is named."""
+    _write_day(champion.root)
+    assert materialize([batch.batch_predictions], partition_key=DAY, instance=instance,
+                       resources=champion.resources, run_config=RUN_CONFIG).success
+
+    @asset(name="reference_profile", group_name="monitoring")
+    def stored_profile() -> Output:
+        return Output(champion.profile, metadata={"champion_version": champion.version,
+                                                  "mlflow_run_id": champion.run_id})
+
+    assert materialize([stored_profile], instance=instance,
+                       resources=champion.resources).success
+    rows = read_day(champion.out)
+    labels = champion.root / "labels"
+    labels.mkdir(exist_ok=True)
+    truth = rows["prediction"].astype(str).to_numpy()[:30].copy()
+    truth[:8] = np.where(truth[:8] == "benign", "malignant", "benign")
+    pd.DataFrame({"request_id": rows["request_id"][:30], "label": truth}).to_csv(
+        labels / f"{DAY}.csv", index=False)
+    monitored = ["production_data", "drift_scores", "estimated_performance",
+                 "live_performance"]
+
+    def run(resources):
+        result = materialize([stored_profile, production_data, drift_scores,
+                              estimated_performance, live_performance],
+                             selection=AssetSelection.assets(*monitored), partition_key=DAY,
+                             instance=instance, resources=resources)
+        assert result.success
+        metadata = {e.materialization.asset_key.path[-1]: e.materialization.metadata
+                    for e in result.get_asset_materialization_events()}
+        return result, metadata
+
+    try:
+        whole, whole_meta = run(champion.resources)
+        whole_sketch = read_sketch(whole_meta["production_data"]["drift_sketch"].value)
+        small = {**champion.resources, "production": ProductionDataResource(**{
+            **champion.resources["production"].model_dump(), "batch_rows_in_memory": 100})}
+        parts, parts_meta = run(small)
+    finally:
+        (labels / f"{DAY}.csv").unlink()
+    assert len(whole.output_for_node("production_data")) == 340
+    assert len(parts.output_for_node("production_data")) == 0
+    day = parts_meta["production_data"]
+    assert day[BATCH_IN_PARTS].value == 340 and day["from_batch"].value == 340
+    assert day["dagster/row_count"].value == 340
+    assert whole_meta["production_data"][BATCH_IN_PARTS].value == 0
+    _same(read_sketch(day["drift_sketch"].value), whole_sketch)
+    assert day["score_sketch_rows"].value == {str(champion.version): 340}
+    for key in ("drift_scores", "estimated_performance"):
+        one, two = whole.output_for_node(key), parts.output_for_node(key)
+        fields = (("verdict", "per_version") if key == "estimated_performance" else (
+            "status", "rows", "day_rows", "drifted_features", "dataset_drifted",
+            "dataset_p_value", "prediction_drifted", "prediction_p_value", "judged_from",
+            "loaded_days"))
+        for field in fields:
+            assert one[field] == two[field], (key, field, one[field], two[field])
+    live_one = whole.output_for_node("live_performance")
+    live_two = parts.output_for_node("live_performance")
+    assert live_two == live_one and live_one["all_labelled_rows"] == 30, live_two
+    assert parts_meta["live_performance"]["labelled_share"].value == round(30 / 340, 4)
+
+    # no usable drift sketch: drift_scores reads the day's rows, its parts' included
+    Path(day["drift_sketch"].value).unlink()
+    again = materialize([stored_profile, production_data, drift_scores],
+                        selection=AssetSelection.assets("drift_scores"), partition_key=DAY,
+                        instance=instance, resources=small)
+    assert again.success
+    value = again.output_for_node("drift_scores")
+    assert value["loaded_days"] == [DAY] and value["day_rows"] == 340
+    assert value["dataset_drifted"] == whole.output_for_node("drift_scores")["dataset_drifted"]
+
+    # the day scored again: the parts production_data named are gone, and it says so
+    assert materialize([batch.batch_predictions], partition_key=DAY, instance=instance,
+                       resources=champion.resources, run_config={"ops": {
+                           "batch_predictions": {"ops": {"plan_batch_shards": {
+                               "config": {"shard_rows": 170}}}}}}).success
+    stale = materialize([stored_profile, production_data, drift_scores],
+                        selection=AssetSelection.assets("drift_scores"), partition_key=DAY,
+                        instance=instance, resources=small, raise_on_error=False)
+    assert not stale.success
+    failure = next(e for e in stale.all_events if e.is_step_failure)
+    assert "materialize production_data of" in str(failure.step_failure_data.error)

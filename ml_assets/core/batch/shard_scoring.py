@@ -464,15 +464,23 @@ def score_sketch(outputs: dict[str, Any], classes: list[str]) -> ScoreSketch:
     """The score sketch of one batch's answers (`outputs`: prediction, proba_<class>):
     rows whose probabilities are not numbers in [0, 1] or whose answer is not a class
     are left out (the batch's output checks fail on them, so the part is not kept)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     proba = np.column_stack([np.asarray(outputs[f"proba_{c}"], dtype=np.float64)
                              for c in classes])
     prediction = outputs["prediction"]
-    if not isinstance(prediction, np.ndarray):
-        prediction = prediction.to_numpy(zero_copy_only=False)
-    answered = pd.Categorical(prediction.astype(str), categories=classes).codes
-    usable = (answered >= 0) & np.isfinite(proba).all(axis=1) & (
-        (proba >= 0) & (proba <= 1)).all(axis=1)
-    return ScoreSketch.from_rows(proba[usable], answered[usable], classes)
+    if isinstance(prediction, pa.Array | pa.ChunkedArray):  # the Arrow path: hashed in C++
+        answered = pc.index_in(prediction.cast(pa.string()), value_set=pa.array(
+            classes, type=pa.string())).fill_null(-1).to_numpy(zero_copy_only=False)
+    else:
+        answered = pd.Categorical(np.asarray(prediction).astype(str), categories=classes).codes
+    if not (answered.min(initial=0) >= 0 and 0 <= proba.min(initial=0)
+            and proba.max(initial=1) <= 1):  # NaN fails every comparison
+        usable = (answered >= 0) & np.isfinite(proba).all(axis=1) & (
+            (proba >= 0) & (proba <= 1)).all(axis=1)
+        proba, answered = proba[usable], answered[usable]
+    return ScoreSketch.from_rows(proba, answered, classes)
 
 
 def publish(plan: ShardPlan, results: list[ShardResult], day_dir: Path,

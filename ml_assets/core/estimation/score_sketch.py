@@ -98,15 +98,15 @@ class ScoreSketch:
         k = len(classes)
         if raw.ndim != 2 or raw.shape[1] != k:
             raise ValueError(f"probabilities of shape {raw.shape} for {k} classes")
-        if not np.isfinite(raw).all() or (raw < 0).any() or (raw > 1).any():
-            raise ValueError("probabilities must be finite numbers in [0, 1]")
         answered = np.asarray(predicted, dtype=np.int64).reshape(-1)
         if answered.size != raw.shape[0]:
             raise ValueError(f"{answered.size} answers for {raw.shape[0]} rows")
-        if answered.size and (answered.min() < 0 or answered.max() >= k):
-            raise ValueError(f"answered class indices must be in [0, {k})")
         if not raw.shape[0]:
             return cls.empty(classes, levels, max_cells)
+        if not 0 <= raw.min() <= raw.max() <= 1:  # NaN fails every comparison
+            raise ValueError("probabilities must be finite numbers in [0, 1]")
+        if answered.min() < 0 or answered.max() >= k:
+            raise ValueError(f"answered class indices must be in [0, {k})")
         grid = np.minimum((raw * levels).astype(np.int64), levels - 1)
         keys = np.column_stack([answered, grid])
         return _grouped(classes, levels, max_cells, keys, np.ones(len(raw), np.int64),
@@ -230,11 +230,12 @@ def _grouped(classes, levels, max_cells, keys, counts, sums, low, high) -> Score
     k = len(classes)
     if not len(keys):
         return ScoreSketch.empty(classes, levels, max_cells)
-    if _bits(keys) > 62:
+    widths = [max((k - 1).bit_length(), 1)] + [max((levels - 1).bit_length(), 1)] * k
+    if sum(widths) > 62:
         _, ids = np.unique(keys, axis=0, return_inverse=True)
         ids = ids.reshape(-1)
     else:
-        ids = pd.factorize(_codes(keys), sort=False)[0]
+        ids = pd.factorize(_codes(keys, widths), sort=False)[0]
     cells = int(ids.max()) + 1
     first = np.full(cells, len(ids), np.int64)
     np.minimum.at(first, ids, np.arange(len(ids)))
@@ -255,20 +256,13 @@ def _grouped(classes, levels, max_cells, keys, counts, sums, low, high) -> Score
                        pooled_sums[order], lo[order], hi[order], max_cells)
 
 
-def _bits(keys: np.ndarray) -> int:
-    return sum(_widths(keys))
-
-
-def _widths(keys: np.ndarray) -> list[int]:
-    return [max(int(keys[:, j].max()).bit_length(), 1) for j in range(keys.shape[1])]
-
-
-def _codes(keys: np.ndarray) -> np.ndarray:
-    """One integer per row of non-negative `keys` whose fields fit in 62 bits, ordered
-    as the rows are lexicographically."""
-    code = np.zeros(len(keys), np.int64)
-    for j, width in enumerate(_widths(keys)):
-        code = (code << width) | keys[:, j]
+def _codes(keys: np.ndarray, widths: list[int]) -> np.ndarray:
+    """One integer per row of `keys`, field j in `widths[j]` bits (in range: checked
+    where keys come from), ordered as the rows are lexicographically."""
+    code = keys[:, 0].copy()
+    for j, width in enumerate(widths[1:], start=1):
+        code <<= width
+        code |= keys[:, j]
     return code
 
 

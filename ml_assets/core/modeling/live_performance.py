@@ -93,12 +93,15 @@ def _order(version: str) -> tuple[int, str]:
     return (int(version), "") if version.isdigit() else (1 << 62, version)
 
 
-def live_report(rows: pd.DataFrame, labels: pd.DataFrame) -> LiveReport:
+def live_report(rows: pd.DataFrame, labels: pd.DataFrame,
+                day_rows: int | None = None) -> LiveReport:
     """One day's live performance: per (model version, variant), and the champion's as
-    the headline (see the module's docstring)."""
+    the headline (see the module's docstring). `day_rows`: the day's rows when `rows`
+    holds only some of them (batch rows read back only where labelled)."""
+    total = len(rows) if day_rows is None else day_rows
     scored = join_labels(rows, labels)
     if not len(scored):
-        return LiveReport({"labelled_rows": 0}, [], len(rows))
+        return LiveReport({"labelled_rows": 0}, [], total)
     scored = scored.assign(
         model_version=(scored["model_version"].astype(str) if "model_version" in scored
                        else "unknown"),
@@ -117,7 +120,7 @@ def live_report(rows: pd.DataFrame, labels: pd.DataFrame) -> LiveReport:
             headline = {k: v for k, v in row.items() if k not in ("variant",)}
             headline["champion_version"] = headline.pop("model_version")
     headline["all_labelled_rows"] = int(sum(r["labelled_rows"] for r in per_version))
-    return LiveReport(headline, per_version, len(rows))
+    return LiveReport(headline, per_version, total)
 
 
 def per_version_markdown(per_version: list[dict[str, Any]]) -> str:
