@@ -86,11 +86,16 @@ def gate_thresholds(context: AssetExecutionContext, config: EstimationConfig
     return dict.fromkeys(GATED, default), "metrics gate defaults (ML_METRIC_THRESHOLD)"
 
 
-def _estimate_version(sketch: ScoreSketch, model: Calibrator | NotEstimated,
-                      config: EstimationConfig) -> dict:
+def _estimate_version(sketch: ScoreSketch | None, model: Calibrator | NotEstimated,
+                      config: EstimationConfig, without: int = 0) -> dict:
+    """One version's estimate from its sketch (None: none of its `without` rows had
+    probabilities), or why there is none."""
     if isinstance(model, NotEstimated):
         return {"verdict": evidence.NOT_ESTIMATED, "reason": model.reason,
-                "rows": sketch.n_rows}
+                "rows": (sketch.n_rows if sketch is not None else 0) + without}
+    if sketch is None:
+        return {"verdict": evidence.TOO_FEW_ROWS, "rows": 0,
+                "reason": f"0 rows with probabilities (of {without} answered)"}
     if sorted(sketch.classes) != sorted(model.classes):
         return {"verdict": evidence.NOT_ESTIMATED, "rows": sketch.n_rows,
                 "reason": f"the rows have probabilities of {list(sketch.classes)[:5]}, the "
@@ -171,14 +176,15 @@ def estimated_performance(context: AssetExecutionContext, config: EstimationConf
     client, name = mlflow_tracking.client, mlflow_tracking.registered_model_name
     champion = registry.alias_version(client, name, registry.CHAMPION)
     per_version: dict[str, dict] = {}
-    for version, sketch in sorted(scores.versions.items()):
+    for version in sorted(set(scores.versions) | set(scores.unsketched)):
         try:
             run_id = client.get_model_version(name, str(version)).run_id or ""
             model: Calibrator | NotEstimated = read_estimation(run_id,
                                                                mlflow_tracking.tracking_uri)
         except Exception as exc:  # noqa: BLE001 - a version the registry does not hold
             model = NotEstimated(f"version {version} of {name} cannot be read: {exc}"[:300])
-        per_version[str(version)] = _estimate_version(sketch, model, config)
+        per_version[str(version)] = _estimate_version(
+            scores.versions.get(version), model, config, scores.unsketched.get(version, 0))
     # The headline (its verdict feeds the retrain rule) is the champion's, never another
     # version's: a day the champion did not answer has no estimate of it.
     headline = (str(champion.version) if champion is not None

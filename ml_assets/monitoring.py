@@ -26,7 +26,6 @@ from ml_assets.core.artifacts.loading import UntrustedModelError, load_pipeline
 from ml_assets.core.batch.shards import (
     manifest_score_sketches,
     manifest_sketches,
-    read_manifest,
 )
 from ml_assets.core.data.preprocessing import Split, feature_kinds
 from ml_assets.core.data.production_rows import (
@@ -50,7 +49,11 @@ from ml_assets.core.estimation.cbpe import EstimateCheck, compare_with_realised
 from ml_assets.core.estimation.day_scores import DayScores, sketch_rows
 from ml_assets.core.estimation.score_sketch import ScoreSketch, merge_score_sketches
 from ml_assets.core.estimation.store import calibrate_model, log_estimation
-from ml_assets.core.modeling.live_performance import live_report, per_version_markdown
+from ml_assets.core.modeling.live_performance import (
+    champion_version,
+    live_report,
+    per_version_markdown,
+)
 from ml_assets.core.modeling.pipeline import TrainedModel
 from ml_assets.core.prediction_log import numeric_predictions
 from ml_assets.core.registry import champion as registry
@@ -175,12 +178,17 @@ def production_data(context: AssetExecutionContext, production: ProductionDataRe
     frames = []
     if len(logged):
         frames.append(_logged_frame(logged))
-    manifest = production.batch_manifest(day)
+    manifest = production.batch_manifest(day)  # read once: the sketches follow this plan
     if manifest is not None and int(manifest["rows"]) > production.batch_rows_in_memory:
         # a big day stays in its parts, all answered by the manifest's model version
         batch, reference = _batch_by_reference(manifest, lineage)
     else:
-        batch, reference = scope_rows(production.batch_predictions(day), lineage), None
+        read = production.batch_predictions(day)
+        if manifest is not None and (len(read) != int(manifest["rows"])
+                                     or "model_version" not in read or set(read["model_version"])
+                                     != {str(manifest["model_version"])}):
+            manifest = None  # scored again while being read: the rows are sketched
+        batch, reference = scope_rows(read, lineage), None
     for reason, count in batch.excluded.items():
         excluded[reason] = excluded.get(reason, 0) + count
     if len(batch.rows):
@@ -198,7 +206,8 @@ def production_data(context: AssetExecutionContext, production: ProductionDataRe
         context.log.info("left out of %s: %s", day, "; ".join(
             f"{count} rows {reason}" for reason, count in excluded.items()))
     data = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    versions = sorted(set(data.get("model_version", pd.Series(dtype=str)).dropna()))
+    versions = sorted(set(data.get("model_version", pd.Series(dtype=str)).dropna())
+                      | ({str(reference["model_version"])} if reference is not None else set()))
     flagged, by_reason = _flagged(logged)
     kept_out = int(reference["rows"]) if reference is not None else 0
     yield Output(data, metadata={
@@ -214,15 +223,15 @@ def production_data(context: AssetExecutionContext, production: ProductionDataRe
         "lineage": lineage.describe(),
         "excluded_rows": MetadataValue.json(excluded),
         "skipped_files": MetadataValue.json(skipped_sentences(skipped)),
-        **_day_sketch(context, data, mlflow_tracking, production, reference),
-        **_day_scores(context, data, production, reference),
+        **_day_sketch(context, data, mlflow_tracking, production, manifest, reference),
+        **_day_scores(context, data, production, manifest, reference),
     })
     yield evidence_check(EVIDENCE_CHECK, skipped, "landing")
 
 
 def _day_sketch(context: AssetExecutionContext, data: pd.DataFrame,
                 mlflow_tracking: MlflowTracking, production: ProductionDataResource,
-                reference: dict | None) -> dict:
+                manifest: dict | None, reference: dict | None) -> dict:
     """The day's drift sketch against the current reference profile, written beside the
     instance's storage and named in the metadata with its rows, so that drift_scores
     pools this day into later windows without loading it. The batch-scored rows enter
@@ -233,11 +242,13 @@ def _day_sketch(context: AssetExecutionContext, data: pd.DataFrame,
     if isinstance(basis, str):
         return {"drift_sketch": f"none ({basis})"}
     day = context.partition_key
-    shards = _batch_sketch(production, day, basis)
+    shards = _batch_sketch(production, day, basis, manifest)
     if reference is not None:  # the batch rows are not in `data`: their parts are read
         if shards is None or shards.n_rows != int(reference["rows"]):
-            shards = merge_sketches(basis.sketch(rows) for rows
-                                    in production.batch_batches(day, reference))
+            parts = merge_sketches(basis.sketch(rows) for rows
+                                   in production.batch_batches(day, reference))
+            return _sketch_metadata(context, merge_sketches([basis.sketch(data), parts]),
+                                    basis, 0, parts.n_rows)
         sketch = merge_sketches([basis.sketch(data), shards])
         return _sketch_metadata(context, sketch, basis, shards.n_rows)
     batch = (data["source"] == BATCH_SOURCE if "source" in data
@@ -250,28 +261,34 @@ def _day_sketch(context: AssetExecutionContext, data: pd.DataFrame,
 
 
 def _sketch_metadata(context: AssetExecutionContext, sketch: DriftSketch,
-                     basis: SketchBasis, from_shards: int) -> dict:
+                     basis: SketchBasis, from_shards: int, from_parts: int = 0) -> dict:
     folder = Path(context.instance.storage_directory()) / "drift_sketches" / "production_data"
     path = write_day_sketch(folder / context.partition_key, context.run_id, sketch)
     return {"drift_sketch": MetadataValue.path(str(path)),
             "drift_sketch_rows": sketch.n_rows, "drift_sketch_basis": basis.digest,
             "drift_sketch_version": basis.version or "any",
-            "drift_sketch_from_shards": from_shards}
+            "drift_sketch_from_shards": from_shards,
+            **({"drift_sketch_from_parts": from_parts} if from_parts else {})}
 
 
 def _day_scores(context: AssetExecutionContext, data: pd.DataFrame,
-                production: ProductionDataResource, reference: dict | None) -> dict:
+                production: ProductionDataResource, manifest: dict | None,
+                reference: dict | None) -> dict:
     """The day's score sketches per model version (what estimated_performance reads
     instead of the rows), written beside the instance's storage and named in the
     metadata. The batch-scored rows enter as the merge of their shards' sketches when
     every part has one and they hold exactly the day's batch rows."""
     batch = (data["source"] == BATCH_SOURCE if "source" in data
              else pd.Series(False, index=data.index))
-    shards = _batch_scores(production, context.partition_key)
+    shards = _batch_scores(production, context.partition_key, manifest)
+    from_parts = 0
     if reference is not None:  # the batch rows are not in `data`: their parts are read
         if shards is None or shards.n_rows != int(reference["rows"]):
-            shards = batch_scores_of(production, context.partition_key, reference)
-        scores = sketch_rows(data).merged(shards)
+            parts = batch_scores_of(production, context.partition_key, reference)
+            shards, from_parts = None, parts.n_rows + sum(parts.unsketched.values())
+            scores = sketch_rows(data).merged(parts)
+        else:
+            scores = sketch_rows(data).merged(shards)
     elif shards is not None and shards.n_rows == int(batch.sum()):
         scores = sketch_rows(data[~batch]).merged(shards)
     else:
@@ -282,6 +299,7 @@ def _day_scores(context: AssetExecutionContext, data: pd.DataFrame,
             "score_sketch_rows": MetadataValue.json(
                 {v: s.n_rows for v, s in sorted(scores.versions.items())}),
             "score_sketch_from_shards": shards.n_rows if shards is not None else 0,
+            **({"score_sketch_from_parts": from_parts} if from_parts else {}),
             "score_sketch_left_out": MetadataValue.json(scores.left_out)}
 
 
@@ -296,18 +314,18 @@ def _batch_by_reference(manifest: dict, lineage: Lineage) -> tuple[ScopedRows, d
             manifest if len(scoped.rows) else None)
 
 
-def _batch_scores(production: ProductionDataResource, day: str) -> DayScores | None:
+def _batch_scores(production: ProductionDataResource, day: str,
+                  manifest: dict | None) -> DayScores | None:
     """The day's batch-scored rows as the merge of their parts' score sketches, under
-    the manifest's model version, when every part has one; else None."""
-    if not production.batch_output_dir:
+    `manifest`'s model version, when every part has one; else None."""
+    if manifest is None:
         return None
     folder = production.batch_output_dir_of(day)
     try:
-        manifest = read_manifest(folder)
         paths = manifest_score_sketches(folder, manifest) if manifest is not None else None
         merged = merge_score_sketches(ScoreSketch.from_bytes(p.read_bytes())
                                       for p in paths or [])
-        if manifest is None or merged is None:
+        if merged is None:
             return None
         return DayScores({str(manifest["model_version"]): merged})
     except (OSError, ValueError, KeyError):  # unreadable: the rows are sketched instead
@@ -315,15 +333,14 @@ def _batch_scores(production: ProductionDataResource, day: str) -> DayScores | N
 
 
 def _batch_sketch(production: ProductionDataResource, day: str,
-                  basis: SketchBasis) -> DriftSketch | None:
-    """The day's batch-scored rows as their shards' merged sketches, when every shard
-    was sketched on `basis` by the model version it judges; else None."""
-    if not production.batch_output_dir:
+                  basis: SketchBasis, manifest: dict | None) -> DriftSketch | None:
+    """The day's batch-scored rows as `manifest`'s shards' merged sketches, when every
+    shard was sketched on `basis` by the model version it judges; else None."""
+    if manifest is None:
         return None
     folder = production.batch_output_dir_of(day)
     try:
-        manifest = read_manifest(folder)
-        if manifest is None or basis.version not in (None, str(manifest["model_version"])):
+        if basis.version not in (None, str(manifest["model_version"])):
             return None
         paths = manifest_sketches(folder, manifest, basis.digest)
         return merge_sketches(read_sketch(p) for p in paths) if paths else None
@@ -427,20 +444,28 @@ def _latest(context: AssetExecutionContext, asset: str):
 
 def _with_labelled_parts(context: AssetExecutionContext, rows: pd.DataFrame,
                          production: ProductionDataResource, labels: pd.DataFrame
-                         ) -> tuple[pd.DataFrame, int]:
+                         ) -> tuple[pd.DataFrame, int, str | None]:
     """The day's rows, plus the batch rows production_data left in their parts whose
-    labels arrived (only those are read), and the day's row count."""
+    labels arrived (only those are read); the day's row count; and the day's champion
+    as with every row in memory (None: from the rows). The frame's rows come in the
+    order log, batch, landing, so the last champion answer is a landing row's, else the
+    batch's (the manifest's version), else the log's."""
     record = _latest(context, "production_data")
     metadata = record.asset_materialization.metadata if (
         record is not None and record.asset_materialization is not None) else {}
     if not in_parts(metadata):
-        return rows, len(rows)
+        return rows, len(rows), None
     day = context.partition_key
+    manifest = parts_manifest(production, day, metadata)
     ids = labels["request_id"].astype(str) if len(labels) else pd.Series(dtype=str)
-    labelled = production.batch_labelled(day, parts_manifest(production, day, metadata), ids)
+    labelled = production.batch_labelled(day, manifest, ids)
+    landing = rows["source"] == "landing" if "source" in rows else pd.Series(
+        False, index=rows.index)
+    champion = champion_version(rows[landing]) or str(manifest["model_version"])
+    total = len(rows) + in_parts(metadata)
     if len(labelled):
         rows = pd.concat([rows, labelled.drop(columns="model_name")], ignore_index=True)
-    return rows, len(rows) - len(labelled) + in_parts(metadata)
+    return rows, total, champion
 
 
 def _estimate_against_realised(context: AssetExecutionContext,
@@ -490,8 +515,9 @@ def live_performance(context: AssetExecutionContext, production_data: pd.DataFra
     files = production.label_files()
     for file in files.skipped:
         context.log.warning("labels file left out: %s", file.sentence())
-    rows, total = _with_labelled_parts(context, production_data, production, files.labels)
-    report = live_report(rows, files.labels, total)
+    rows, total, champion = _with_labelled_parts(context, production_data, production,
+                                                 files.labels)
+    report = live_report(rows, files.labels, total, champion)
     headline = report.headline
     metadata: dict = {k: (MetadataValue.float(v) if isinstance(v, float) else v)
                       for k, v in headline.items()}

@@ -159,7 +159,8 @@ def with_parts(load: Callable[[], pd.DataFrame | None], metadata: Mapping[str, A
     def both() -> pd.DataFrame | None:
         parts_manifest(production, day, metadata)  # still the parts it left out
         frame = load()
-        batch = production.batch_predictions(day).drop(columns="model_name")
+        batch = production.batch_predictions(day).drop(columns="model_name",
+                                                       errors="ignore")
         return pd.concat([f for f in (frame, batch) if f is not None and len(f)],
                          ignore_index=True)
 
@@ -170,6 +171,6 @@ def batch_scores_of(production: ProductionDataResource, day: str,
                     manifest: dict) -> DayScores:
     """The score sketches of a batch day's rows, read a record batch at a time."""
     scores = DayScores({})
-    for rows in production.batch_batches(day, manifest):
+    for rows in production.batch_batches(day, manifest, features=False):
         scores = scores.merged(sketch_rows(rows))
     return scores

@@ -224,10 +224,11 @@ class ProductionDataResource(ConfigurableResource):
             return None
         return read_manifest(self.batch_output_dir_of(day))
 
-    def batch_batches(self, day: str, manifest: dict,
+    def batch_batches(self, day: str, manifest: dict, features: bool = True,
                       batch_rows: int = 65_536) -> Iterator[pd.DataFrame]:
         """`manifest`'s rows as `batch_predictions` shapes them, a record batch at a time
-        (bounded memory: one batch of one part converted at once)."""
+        (bounded memory: one batch of one part converted at once); without the feature
+        columns (not read) when not `features`."""
         import pyarrow.parquet as pq
 
         folder = self.batch_output_dir_of(day)
@@ -235,6 +236,9 @@ class ProductionDataResource(ConfigurableResource):
             file = pq.ParquetFile(part, pre_buffer=False)
             columns = _needed(file.schema_arrow.names, list(manifest.get("feature_columns")
                                                             or []))
+            if not features:
+                columns = [c for c in columns if c in BATCH_META_COLUMNS
+                           or str(c).startswith("proba_")]
             for batch in file.iter_batches(batch_size=batch_rows, columns=columns,
                                            use_threads=False):
                 yield _batch_shaped(batch.to_pandas())

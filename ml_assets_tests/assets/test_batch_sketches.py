@@ -235,6 +235,18 @@ def test_a_day_above_the_memory_limit_stays_in_its_parts_and_is_judged_the_same(
     assert live_two == live_one and live_one["all_labelled_rows"] == 30, live_two
     assert parts_meta["live_performance"]["labelled_share"].value == round(30 / 340, 4)
 
+    # parts without sketches (scored before them, or their files lost): production_data
+    # builds the day's sketches from the parts, a record batch at a time
+    for path in champion.out.glob("parts/*/*.npz"):
+        path.unlink()
+    rebuilt, rebuilt_meta = run(small)
+    day = rebuilt_meta["production_data"]
+    assert day["drift_sketch_from_parts"].value == day["score_sketch_from_parts"].value == 340
+    assert day["drift_sketch_from_shards"].value == day["score_sketch_from_shards"].value == 0
+    _same(read_sketch(day["drift_sketch"].value), whole_sketch)
+    assert (rebuilt.output_for_node("estimated_performance")["per_version"]
+            == whole.output_for_node("estimated_performance")["per_version"])
+
     # no usable drift sketch: drift_scores reads the day's rows, its parts' included
     Path(day["drift_sketch"].value).unlink()
     again = materialize([stored_profile, production_data, drift_scores],

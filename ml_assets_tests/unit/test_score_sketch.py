@@ -175,9 +175,18 @@ def test_a_sketch_round_trips_and_a_crafted_file_is_refused_by_name():
         (crafted(keys=bad_keys), "out of range"),
         (crafted(low=swapped), "not finite probabilities"),
         (crafted(sums=sketch.sums * 3), "outside their cells' bounds"),
-        (crafted(keys=np.repeat(sketch.keys[:1], len(sketch.keys), axis=0)), "a cell twice"),
-        (crafted(max_cells=np.int64(1)), "above its max_cells"),
+        (crafted(**{name: np.repeat(getattr(sketch, name)[:1], 2, axis=0)
+                    for name in ("keys", "counts", "sums", "low", "high")}), "a cell twice"),
+        (crafted(max_cells=np.int64(1)), "below its 3 classes"),
+        (crafted(max_cells=np.int64(3)), "above its max_cells"),
         (crafted(keys=np.asarray([object()] * 3, dtype=object)), "unreadable"),
+        (crafted(levels=np.asarray([8, 8])), "'levels' is not one integer"),
+        (crafted(format=np.float64(np.inf)), "'format' is not one integer"),
+        (crafted(max_cells=np.asarray([], dtype=np.int64)), "'max_cells' is not one"),
+        (crafted(counts=np.full_like(sketch.counts, 1 << 60),
+                 sums=sketch.sums / sketch.counts[:, None] * float(1 << 60)),
+         "more than"),
+        (crafted(keys=_shifted_level(sketch.keys)), "disagree with their cells' bounds"),
     ]
     for data, message in cases:
         with pytest.raises(ValueError, match=message):
@@ -217,6 +226,13 @@ def test_a_days_rows_are_sketched_per_version_and_unusable_rows_counted_by_reaso
                           (_without(day.to_bytes(), "v0_sums"), "no 'sums'")):
         with pytest.raises(ValueError, match=message):
             DayScores.from_bytes(data)
+
+
+def _shifted_level(keys: np.ndarray) -> np.ndarray:
+    """The first cell's level of class 0 moved one step (its bounds stay)."""
+    moved = keys.copy()
+    moved[0, 1] = moved[0, 1] + 1 if moved[0, 1] == 0 else moved[0, 1] - 1
+    return moved
 
 
 def _without(data: bytes, name: str) -> bytes:

@@ -14,6 +14,8 @@ import pandas as pd
 
 from ml_assets.core.estimation.score_sketch import ScoreSketch
 
+NO_PROBABILITIES = "without probabilities (a regressor's, or none logged)"
+UNUSABLE = "answer or probabilities unusable (missing, or not a class)"
 _FIELDS = ("format", "levels", "max_cells", "classes", "keys", "counts", "sums", "low",
            "high")
 
@@ -21,10 +23,12 @@ _FIELDS = ("format", "levels", "max_cells", "classes", "keys", "counts", "sums",
 @dataclass(frozen=True)
 class DayScores:
     """Model version -> the score sketch of the rows it answered with probabilities;
-    `left_out`: rows it answered that no sketch holds, by reason."""
+    `left_out`: rows answered that no sketch holds, by reason; `unsketched`: those rows
+    per model version (a regressor's, say: estimated_performance names why)."""
 
     versions: dict[str, ScoreSketch]
     left_out: dict[str, int] = field(default_factory=dict)
+    unsketched: dict[str, int] = field(default_factory=dict)
 
     @property
     def n_rows(self) -> int:
@@ -32,13 +36,22 @@ class DayScores:
 
     def merged(self, other: DayScores) -> DayScores:
         versions = dict(self.versions)
+        left_out = _added(self.left_out, other.left_out)
+        unsketched = _added(self.unsketched, other.unsketched)
         for version, sketch in other.versions.items():
-            versions[version] = (versions[version].merged(sketch) if version in versions
-                                 else sketch)
-        left_out = dict(self.left_out)
-        for reason, count in other.left_out.items():
-            left_out[reason] = left_out.get(reason, 0) + count
-        return DayScores(versions, left_out)
+            mine = versions.get(version)
+            if mine is None:
+                versions[version] = sketch
+            elif sorted(mine.classes) == sorted(sketch.classes):
+                versions[version] = mine.merged(sketch.reordered(mine.classes))
+            else:  # one version, two sets of classes: the larger kept, the other counted
+                kept, dropped = (mine, sketch) if mine.n_rows >= sketch.n_rows else (
+                    sketch, mine)
+                versions[version] = kept
+                left_out = _added(left_out, {"probabilities of other classes than the "
+                                             "version's other rows": dropped.n_rows})
+                unsketched = _added(unsketched, {version: dropped.n_rows})
+        return DayScores(versions, left_out, unsketched)
 
     def to_bytes(self) -> bytes:
         arrays: dict[str, Any] = {}  # savez: names -> arrays
@@ -48,7 +61,8 @@ class DayScores:
                          allow_pickle=False) as one:
                 arrays.update({f"v{i}_{k}": one[k] for k in one.files})
         arrays["header"] = np.asarray(json.dumps({"versions": names,
-                                                  "left_out": self.left_out}))
+                                                  "left_out": self.left_out,
+                                                  "unsketched": self.unsketched}))
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **arrays)
         return buffer.getvalue()
@@ -63,6 +77,7 @@ class DayScores:
             header = json.loads(str(arrays.pop("header")))
             names = [str(v) for v in header["versions"]]
             left_out = {str(k): int(v) for k, v in dict(header["left_out"]).items()}
+            unsketched = {str(k): int(v) for k, v in dict(header["unsketched"]).items()}
         except Exception as exc:  # noqa: BLE001 - any unreadable file is one error
             raise ValueError(f"day score sketches unreadable: {type(exc).__name__}: "
                              f"{exc}"[:300]) from None
@@ -72,7 +87,7 @@ class DayScores:
             np.savez(buffer, **{k: arrays[f"v{i}_{k}"] for k in _FIELDS
                                 if f"v{i}_{k}" in arrays})
             versions[version] = ScoreSketch.from_bytes(buffer.getvalue())
-        return cls(versions, left_out)
+        return cls(versions, left_out, unsketched)
 
 
 def sketch_rows(rows: pd.DataFrame) -> DayScores:
@@ -85,13 +100,13 @@ def sketch_rows(rows: pd.DataFrame) -> DayScores:
     answered = rows[rows["model_version"].notna()]
     versions: dict[str, ScoreSketch] = {}
     left_out: dict[str, int] = {}
+    unsketched: dict[str, int] = {}
     for version, group in answered.groupby(answered["model_version"].astype(str)):
-        columns = [c for c in group.columns
-                   if str(c).startswith("proba_") and group[c].notna().any()]
+        columns = sorted(c for c in group.columns
+                         if str(c).startswith("proba_") and group[c].notna().any())
         if len(columns) < 2:
-            left_out["without probabilities (a regressor's, or none logged)"] = (
-                left_out.get("without probabilities (a regressor's, or none logged)", 0)
-                + len(group))
+            left_out = _added(left_out, {NO_PROBABILITIES: len(group)})
+            unsketched = _added(unsketched, {str(version): len(group)})
             continue
         classes = [str(c)[len("proba_"):] for c in columns]
         proba = group[columns].to_numpy(dtype=np.float64)
@@ -99,7 +114,14 @@ def sketch_rows(rows: pd.DataFrame) -> DayScores:
         usable = (index >= 0) & np.isfinite(proba).all(axis=1) & (
             (proba >= 0) & (proba <= 1)).all(axis=1)
         if (~usable).any():
-            reason = "answer or probabilities unusable (missing, or not a class)"
-            left_out[reason] = left_out.get(reason, 0) + int((~usable).sum())
+            left_out = _added(left_out, {UNUSABLE: int((~usable).sum())})
+            unsketched = _added(unsketched, {str(version): int((~usable).sum())})
         versions[str(version)] = ScoreSketch.from_rows(proba[usable], index[usable], classes)
-    return DayScores(versions, left_out)
+    return DayScores(versions, left_out, unsketched)
+
+
+def _added(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+    out = dict(a)
+    for key, count in b.items():
+        out[key] = out.get(key, 0) + int(count)
+    return out

@@ -33,6 +33,7 @@ import numpy as np
 LEVELS = 4096  # grid steps per class's raw probability (a power of two)
 MAX_CELLS = 1 << 16  # more cells: the grid is halved until they fit
 _FORMAT = 1
+_MAX_ROWS = 2.0 ** 53  # a file's counts above this are not rows (float sums lose them)
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,8 @@ class ScoreSketch:
         _check_grid(levels, max_cells)
         raw = np.asarray(proba, dtype=np.float64)
         k = len(classes)
+        if max_cells < k:
+            raise ValueError(f"max_cells {max_cells} is below the {k} classes")
         if raw.ndim != 2 or raw.shape[1] != k:
             raise ValueError(f"probabilities of shape {raw.shape} for {k} classes")
         answered = np.asarray(predicted, dtype=np.int64).reshape(-1)
@@ -107,8 +110,7 @@ class ScoreSketch:
             raise ValueError("probabilities must be finite numbers in [0, 1]")
         if answered.min() < 0 or answered.max() >= k:
             raise ValueError(f"answered class indices must be in [0, {k})")
-        grid = np.minimum((raw * levels).astype(np.int64), levels - 1)
-        keys = np.column_stack([answered, grid])
+        keys = np.column_stack([answered, _grid(raw, levels)])
         return _grouped(classes, levels, max_cells, keys, np.ones(len(raw), np.int64),
                         raw, raw, raw)._fitted()
 
@@ -213,6 +215,11 @@ def merge_score_sketches(sketches) -> ScoreSketch | None:
     return merged
 
 
+def _grid(raw: np.ndarray, levels: int) -> np.ndarray:
+    """The grid level of each raw probability in [0, 1]."""
+    return np.minimum((raw * levels).astype(np.int64), levels - 1)
+
+
 def _check_grid(levels: int, max_cells: int) -> None:
     if levels < 1 or levels & (levels - 1) or levels > 1 << 20:
         raise ValueError(f"levels must be a power of two up to 2**20, not {levels}")
@@ -272,14 +279,22 @@ def _checked(fields: dict) -> ScoreSketch:
             raise ValueError(f"score sketch has no {name!r}")
         return fields[name]
 
-    if int(need("format")) != _FORMAT:
-        raise ValueError(f"score sketch format {int(need('format'))} is not {_FORMAT}")
-    levels, max_cells = int(need("levels")), int(need("max_cells"))
+    def number(name: str) -> int:
+        value = need(name)
+        if value.shape != () or value.dtype.kind not in "iu":
+            raise ValueError(f"score sketch {name!r} is not one integer")
+        return int(value)
+
+    if number("format") != _FORMAT:
+        raise ValueError(f"score sketch format {number('format')} is not {_FORMAT}")
+    levels, max_cells = number("levels"), number("max_cells")
     _check_grid(levels, max_cells)
     classes = tuple(str(c) for c in need("classes").reshape(-1))
     k = len(classes)
     if k < 2 or len(set(classes)) != k:
         raise ValueError(f"score sketch classes {list(classes)[:5]} are not 2+ distinct names")
+    if max_cells < k:
+        raise ValueError(f"score sketch max_cells {max_cells} is below its {k} classes")
     keys, counts = need("keys"), need("counts")
     sums, low, high = need("sums"), need("low"), need("high")
     cells = counts.shape[0] if counts.ndim == 1 else -1
@@ -298,6 +313,11 @@ def _checked(fields: dict) -> ScoreSketch:
     if cells and ((sums < counts[:, None] * low - slack).any()
                   or (sums > counts[:, None] * high + slack).any()):
         raise ValueError("score sketch sums lie outside their cells' bounds")
+    if cells and counts.astype(np.float64).sum() > _MAX_ROWS:
+        raise ValueError(f"score sketch counts add up to more than {_MAX_ROWS:.0f} rows")
+    if cells and ((_grid(low, levels) != keys[:, 1:]).any()
+                  or (_grid(high, levels) != keys[:, 1:]).any()):
+        raise ValueError("score sketch keys disagree with their cells' bounds")
     if cells > 1 and len(np.unique(keys, axis=0)) != cells:
         raise ValueError("score sketch has a cell twice")
     return ScoreSketch(classes, levels, keys, counts, sums, low, high, max_cells)

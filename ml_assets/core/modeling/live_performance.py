@@ -93,11 +93,12 @@ def _order(version: str) -> tuple[int, str]:
     return (int(version), "") if version.isdigit() else (1 << 62, version)
 
 
-def live_report(rows: pd.DataFrame, labels: pd.DataFrame,
-                day_rows: int | None = None) -> LiveReport:
+def live_report(rows: pd.DataFrame, labels: pd.DataFrame, day_rows: int | None = None,
+                champion: str | None = None) -> LiveReport:
     """One day's live performance: per (model version, variant), and the champion's as
-    the headline (see the module's docstring). `day_rows`: the day's rows when `rows`
-    holds only some of them (batch rows read back only where labelled)."""
+    the headline (see the module's docstring). When `rows` holds only some of the day's
+    rows (batch rows read back only where labelled): `day_rows`, the day's rows, and
+    `champion`, the version of its last champion answer."""
     total = len(rows) if day_rows is None else day_rows
     scored = join_labels(rows, labels)
     if not len(scored):
@@ -113,7 +114,7 @@ def live_report(rows: pd.DataFrame, labels: pd.DataFrame,
                             **extra, **metrics})
     per_version.sort(key=lambda r: (r["variant"] != CHAMPION, _order(r["model_version"]),
                                     r["variant"]))
-    current = champion_version(rows)
+    current = champion if champion is not None else champion_version(rows)
     headline: dict[str, Any] = {"labelled_rows": 0}
     for row in per_version:
         if row["variant"] == CHAMPION and row["model_version"] == current:
