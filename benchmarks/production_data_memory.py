@@ -153,8 +153,8 @@ def main() -> None:
                  - (first["peak_mib"] - first["baseline_mib"])) / (
                      (last["rows"] - first["rows"]) / 1e6)
         print(json.dumps({"peak_mib_per_million_rows": slope,
-                          "estimated_20m_rows_gib": (last["baseline_mib"] + slope * 20)
-                          / 1024}))
+                          "estimated_20m_rows_gib": (first["peak_mib"] + slope * (
+                              20 - first["rows"] / 1e6)) / 1024}))
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ from ml_assets.shared import (
     WINDOW_LOADER,
     daily_partitions,
     null_cache,
+    parts_sketcher,
     production_data_window,
     with_parts,
 )
@@ -279,9 +280,11 @@ def _window_days(context: AssetExecutionContext, day: str, loaded: Mapping[str, 
         usable = (sketch.get("drift_sketch_basis") == digest
                   and sketch.get("drift_sketch_version") == wanted
                   and Path(sketch["drift_sketch"]).is_file())
-        load = with_parts(_loader(source), metadata, context.resources.production, key)
+        production = context.resources.production
+        load = with_parts(_loader(source), metadata, production, key)
         days.append(WindowDay(key, int(rows.value) if rows is not None else None,
-                              sketch["drift_sketch"] if usable else None, load))
+                              sketch["drift_sketch"] if usable else None, load,
+                              parts_sketcher(_loader(source), metadata, production, key)))
     return days
 
 

@@ -97,7 +97,7 @@ def _estimate_version(sketch: ScoreSketch | None, model: Calibrator | NotEstimat
         return {"verdict": evidence.TOO_FEW_ROWS, "rows": 0,
                 "reason": f"0 rows with probabilities (of {without} answered)"}
     if sorted(sketch.classes) != sorted(model.classes):
-        return {"verdict": evidence.NOT_ESTIMATED, "rows": sketch.n_rows,
+        return {"verdict": evidence.NOT_ESTIMATED, "rows": sketch.n_rows + without,
                 "reason": f"the rows have probabilities of {list(sketch.classes)[:5]}, the "
                           f"calibrator of {list(model.classes)[:5]}"}
     if sketch.n_rows < config.min_rows:

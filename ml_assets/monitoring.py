@@ -245,8 +245,12 @@ def _day_sketch(context: AssetExecutionContext, data: pd.DataFrame,
     shards = _batch_sketch(production, day, basis, manifest)
     if reference is not None:  # the batch rows are not in `data`: their parts are read
         if shards is None or shards.n_rows != int(reference["rows"]):
-            parts = merge_sketches(basis.sketch(rows) for rows
-                                   in production.batch_batches(day, reference))
+            try:
+                parts = merge_sketches(basis.sketch(rows) for rows
+                                       in production.batch_batches(day, reference))
+            except OSError as exc:  # the parts replaced while being read
+                raise Failure(f"the batch parts of {day} changed while being read ({exc}): "
+                              "materialize production_data again") from None
             return _sketch_metadata(context, merge_sketches([basis.sketch(data), parts]),
                                     basis, 0, parts.n_rows)
         sketch = merge_sketches([basis.sketch(data), shards])

@@ -24,11 +24,14 @@ from dagster import (
     input_manager,
 )
 
+from ml_assets.core.batch.shards import manifest_parts
 from ml_assets.core.data.production_rows import Lineage
 from ml_assets.core.drift.check import CheckSettings
 from ml_assets.core.drift.nulls import NullCache, warm_nulls
 from ml_assets.core.drift.profile import ReferenceProfile
-from ml_assets.core.estimation.day_scores import DayScores, sketch_rows
+from ml_assets.core.drift.sketch import DriftSketch, merge_sketches
+from ml_assets.core.drift.sketch_store import SketchBasis
+from ml_assets.core.estimation.day_scores import NO_PROBABILITIES, DayScores, sketch_rows
 from ml_assets.core.registry.lineage import model_lineage
 from ml_assets.resources import DataSourceResource, MlflowTracking
 from ml_assets.resources.production import ProductionDataResource
@@ -167,10 +170,47 @@ def with_parts(load: Callable[[], pd.DataFrame | None], metadata: Mapping[str, A
     return both
 
 
+def parts_sketcher(load: Callable[[], pd.DataFrame | None], metadata: Mapping[str, Any],
+                   production: ProductionDataResource, day: str
+                   ) -> Callable[[SketchBasis], DriftSketch] | None:
+    """For a day whose batch rows are in their parts: its drift sketch on any basis,
+    built from its frame (`load`) and its parts a record batch at a time (bounded)."""
+    if not in_parts(metadata):
+        return None
+
+    def build(basis: SketchBasis) -> DriftSketch:
+        manifest = parts_manifest(production, day, metadata)
+        frame = load()
+        rows = frame if frame is not None else pd.DataFrame()
+        try:
+            return merge_sketches([basis.sketch(rows), *(
+                basis.sketch(batch) for batch in production.batch_batches(day, manifest))])
+        except OSError as exc:  # the parts replaced while being read
+            raise Failure(f"the batch parts of {day} changed while being read ({exc}): "
+                          f"materialize production_data of {day} again") from None
+
+    return build
+
+
 def batch_scores_of(production: ProductionDataResource, day: str,
                     manifest: dict) -> DayScores:
-    """The score sketches of a batch day's rows, read a record batch at a time."""
-    scores = DayScores({})
-    for rows in production.batch_batches(day, manifest, features=False):
-        scores = scores.merged(sketch_rows(rows))
-    return scores
+    """The score sketches of a batch day's rows, read a record batch at a time (only
+    its answers, no features); parts with no probabilities (a regressor's) are counted
+    from their footers, not read."""
+    import pyarrow.parquet as pq
+
+    version = str(manifest["model_version"])
+    try:
+        parts = manifest_parts(production.batch_output_dir_of(day), manifest)
+        schema = pq.ParquetFile(parts[0]).schema_arrow.names if parts else []
+        if not any(str(c).startswith("proba_") for c in schema):
+            rows = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
+            return DayScores({}, {NO_PROBABILITIES: rows} if rows else {},
+                             {version: rows} if rows else {})
+        scores = DayScores({})
+        for rows_ in production.batch_batches(day, manifest, features=False):
+            scores = scores.merged(sketch_rows(rows_))
+        return scores
+    except OSError as exc:  # the parts replaced while being read
+        raise Failure(f"the batch parts of {day} changed while being read ({exc}): "
+                      f"materialize production_data of {day} again") from None

@@ -247,15 +247,29 @@ def test_a_day_above_the_memory_limit_stays_in_its_parts_and_is_judged_the_same(
     assert (rebuilt.output_for_node("estimated_performance")["per_version"]
             == whole.output_for_node("estimated_performance")["per_version"])
 
-    # no usable drift sketch: drift_scores reads the day's rows, its parts' included
+    # no usable drift sketch (a new profile, a lost file): drift_scores sketches the day
+    # from its frame and its parts, a record batch at a time, without loading it
     Path(day["drift_sketch"].value).unlink()
-    again = materialize([stored_profile, production_data, drift_scores],
-                        selection=AssetSelection.assets("drift_scores"), partition_key=DAY,
-                        instance=instance, resources=small)
-    assert again.success
-    value = again.output_for_node("drift_scores")
-    assert value["loaded_days"] == [DAY] and value["day_rows"] == 340
-    assert value["dataset_drifted"] == whole.output_for_node("drift_scores")["dataset_drifted"]
+
+    def drift(run_config=None):
+        result = materialize([stored_profile, production_data, drift_scores],
+                             selection=AssetSelection.assets("drift_scores"),
+                             partition_key=DAY, instance=instance, resources=small,
+                             run_config=run_config)
+        assert result.success
+        return result.output_for_node("drift_scores")
+
+    expected = whole.output_for_node("drift_scores")
+    value = drift()
+    assert value["judged_from"] == "sketches" and value["loaded_days"] == []
+    assert value["day_rows"] == 340
+    assert (value["dataset_drifted"], value["dataset_p_value"]) == (
+        expected["dataset_drifted"], expected["dataset_p_value"])
+    # where the rows are needed (the fixed thresholds), the parts' rows are read too
+    fixed = {"ops": {"drift_scores": {"config": {"calibration": "fixed"}}}}
+    value = drift(fixed)
+    assert value["judged_from"] == "rows" and value["loaded_days"] == [DAY]
+    assert value["day_rows"] == value["rows"] == 340
 
     # the day scored again: the parts production_data named are gone, and it says so
     assert materialize([batch.batch_predictions], partition_key=DAY, instance=instance,

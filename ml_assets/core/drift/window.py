@@ -25,12 +25,14 @@ from ml_assets.core.drift.sketch_store import SketchBasis, read_sketch
 class WindowDay:
     """One calendar day of a window: its rows (None: not recorded, count them by
     loading), its usable sketch file (None: there is none on this profile and model
-    version), and how to load its rows (None for a day without data)."""
+    version), how to load its rows (None for a day without data), and how to sketch it
+    without loading it whole (`build`: a day whose batch rows are in their parts)."""
 
     day: str
     rows: int | None
     sketch: str | None
     load: Callable[[], pd.DataFrame | None]
+    build: Callable[[SketchBasis], DriftSketch] | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -83,7 +85,7 @@ def judge_window(profile: ReferenceProfile, days: Sequence[WindowDay],
     chosen = [store.days[d] for d in window.days]
     # day sketches hold the profile's own PSI bins (`SketchBasis.sketch`)
     sketchable = config.calibrated and config.psi_bins == profile.psi_bins
-    if sketchable and any(d.sketch for d in chosen):
+    if sketchable and any(d.sketch or d.build for d in chosen):
         sketch = merge_sketches(_sketch(d, store, profile, version) for d in chosen)
         report = score_window(profile, window, config, cache=cache, sketch=sketch)
         if not uncertain_columns(report):
@@ -103,4 +105,6 @@ def _sketch(day: WindowDay, store: _Days, profile: ReferenceProfile,
             version: str | None) -> DriftSketch:
     if day.sketch is not None:
         return read_sketch(day.sketch)
+    if day.build is not None:
+        return day.build(SketchBasis(profile, version))
     return SketchBasis(profile, version).sketch(store.frame(day.day))

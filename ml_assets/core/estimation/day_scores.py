@@ -77,7 +77,8 @@ class DayScores:
             header = json.loads(str(arrays.pop("header")))
             names = [str(v) for v in header["versions"]]
             left_out = {str(k): int(v) for k, v in dict(header["left_out"]).items()}
-            unsketched = {str(k): int(v) for k, v in dict(header["unsketched"]).items()}
+            unsketched = {str(k): int(v)
+                          for k, v in dict(header.get("unsketched", {})).items()}
         except Exception as exc:  # noqa: BLE001 - any unreadable file is one error
             raise ValueError(f"day score sketches unreadable: {type(exc).__name__}: "
                              f"{exc}"[:300]) from None
