@@ -101,6 +101,19 @@ def _same(a, b) -> None:
                 assert entry.sketch.counts == other.sketch.counts, name
 
 
+def _stored_profile(champion, instance):
+    """reference_profile as the champion's run holds it, materialized in `instance`."""
+
+    @asset(name="reference_profile", group_name="monitoring")
+    def stored_profile() -> Output:
+        return Output(champion.profile, metadata={"champion_version": champion.version,
+                                                  "mlflow_run_id": champion.run_id})
+
+    assert materialize([stored_profile], instance=instance,
+                       resources=champion.resources).success
+    return stored_profile
+
+
 def test_shards_write_sketches_that_merge_into_the_days_sketch(champion, instance):
     _write_day(champion.root)
     result = materialize([batch.batch_predictions], partition_key=DAY, instance=instance,
@@ -119,13 +132,7 @@ def test_shards_write_sketches_that_merge_into_the_days_sketch(champion, instanc
     _same(merged, basis.sketch(read_day(champion.out)))
 
     # production_data of the day: its batch rows' share of the sketch is the shards'.
-    @asset(name="reference_profile", group_name="monitoring")
-    def stored_profile() -> Output:
-        return Output(champion.profile, metadata={"champion_version": champion.version,
-                                                  "mlflow_run_id": champion.run_id})
-
-    assert materialize([stored_profile], instance=instance,
-                       resources=champion.resources).success
+    stored_profile = _stored_profile(champion, instance)
     day = materialize([stored_profile, production_data], selection=AssetSelection.assets(
         "production_data"), partition_key=DAY, instance=instance,
         resources=champion.resources)
@@ -179,13 +186,7 @@ def test_a_day_above_the_memory_limit_stays_in_its_parts_and_is_judged_the_same(
     assert materialize([batch.batch_predictions], partition_key=DAY, instance=instance,
                        resources=champion.resources, run_config=RUN_CONFIG).success
 
-    @asset(name="reference_profile", group_name="monitoring")
-    def stored_profile() -> Output:
-        return Output(champion.profile, metadata={"champion_version": champion.version,
-                                                  "mlflow_run_id": champion.run_id})
-
-    assert materialize([stored_profile], instance=instance,
-                       resources=champion.resources).success
+    stored_profile = _stored_profile(champion, instance)
     rows = read_day(champion.out)
     labels = champion.root / "labels"
     labels.mkdir(exist_ok=True)
