@@ -17,9 +17,7 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
-    AssetIn,
     AssetKey,
-    AssetRecordsFilter,
     AssetSelection,
     AutomationCondition,
     BetaWarning,
@@ -31,7 +29,6 @@ from dagster import (
     TableRecord,
     TableSchema,
     TimeWindowPartitionMapping,
-    asset,
 )
 from pydantic import Field
 
@@ -44,11 +41,11 @@ from ml_assets.core.drift.sketch_store import SketchBasis
 from ml_assets.core.drift.window import WindowDay, judge_window
 from ml_assets.shared import (
     DRIFT_CHECK,
-    WINDOW_LOADER,
     daily_partitions,
+    latest_production_data,
     null_cache,
     parts_sketcher,
-    production_data_window,
+    production_data_asset,
     with_parts,
 )
 
@@ -176,28 +173,20 @@ def drift_picture(table: pd.DataFrame, calibrated: bool = True) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-with warnings.catch_warnings():  # resource_defs on an asset is a beta parameter
-    warnings.simplefilter("ignore", BetaWarning)
-    _drift_asset = asset(
-        group_name="monitoring",
-        partitions_def=daily_partitions,
-        kinds={"numpy", "scipy"},
-        automation_condition=DAY_UPDATED,
-        ins={"production_data": AssetIn(partition_mapping=POOLING_WINDOW,
-                                        input_manager_key=WINDOW_LOADER,
-                                        metadata={"allow_missing_partitions": True})},
-        resource_defs={WINDOW_LOADER: production_data_window},
-        required_resource_keys={"production"},  # a day's batch rows left in their parts
-        check_specs=[AssetCheckSpec(
-            DRIFT_CHECK, asset="drift_scores",
-            description="Fails (ERROR) on a calibrated dataset verdict or prediction drift: a "
-            "no-drift day fails it with probability <= dataset_alpha (2 %). Warns when a feature "
-            "drifts on its own test without a dataset verdict; passes, saying so, when there is "
-            "not enough data yet. A failure triggers retrain_on_drift.")],
-    )
-
-
-@_drift_asset
+@production_data_asset(
+    group_name="monitoring",
+    partitions_def=daily_partitions,
+    kinds={"numpy", "scipy"},
+    automation_condition=DAY_UPDATED,
+    partition_mapping=POOLING_WINDOW,
+    required_resource_keys={"production"},  # a day's batch rows left in their parts
+    check_specs=[AssetCheckSpec(
+        DRIFT_CHECK, asset="drift_scores",
+        description="Fails (ERROR) on a calibrated dataset verdict or prediction drift: a "
+        "no-drift day fails it with probability <= dataset_alpha (2 %). Warns when a feature "
+        "drifts on its own test without a dataset verdict; passes, saying so, when there is "
+        "not enough data yet. A failure triggers retrain_on_drift.")],
+)
 def drift_scores(context: AssetExecutionContext, config: DriftScoringConfig,
                  production_data: Mapping[str, Any] | None,
                  reference_profile: ReferenceProfile) -> Iterator:
@@ -267,7 +256,7 @@ def _window_days(context: AssetExecutionContext, day: str, loaded: Mapping[str, 
     digest, wanted = basis.digest, basis.version or "any"
     days = []
     for key in keys:
-        record = _latest_production_data(context, key)
+        record = latest_production_data(context.instance, key)
         metadata = record.asset_materialization.metadata if record is not None and (
             record.asset_materialization is not None) else {}
         source = loaded.get(key)
@@ -282,7 +271,7 @@ def _window_days(context: AssetExecutionContext, day: str, loaded: Mapping[str, 
                   and Path(sketch["drift_sketch"]).is_file())
         production = context.resources.production
         load = with_parts(_loader(source), metadata, production, key)
-        days.append(WindowDay(key, int(rows.value) if rows is not None else None,
+        days.append(WindowDay(key, int(str(rows.value)) if rows is not None else None,
                               sketch["drift_sketch"] if usable else None, load,
                               parts_sketcher(_loader(source), metadata, production, key)))
     return days
@@ -294,12 +283,6 @@ def _loader(source: Any) -> Any:
     if callable(source):
         return source
     return lambda: source
-
-
-def _latest_production_data(context: AssetExecutionContext, day: str):
-    records = context.instance.fetch_materializations(AssetRecordsFilter(
-        asset_key=AssetKey("production_data"), asset_partitions=[day]), limit=1).records
-    return records[0] if records else None
 
 
 def _null_cache(context: AssetExecutionContext) -> NullCache:

@@ -2,7 +2,6 @@
 calibrator stored at training), with its band and a check against the metrics gate's
 thresholds."""
 
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,14 +14,10 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
-    AssetIn,
     AssetKey,
-    AssetRecordsFilter,
-    BetaWarning,
     Config,
     MetadataValue,
     Output,
-    asset,
 )
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 from pydantic import Field
@@ -45,13 +40,13 @@ from ml_assets.shared import (
     AFTER_PRODUCTION_DATA,
     ESTIMATE_CHECK,
     METRICS_CHECK,
-    WINDOW_LOADER,
     batch_scores_of,
     check_evaluation,
     daily_partitions,
     in_parts,
+    latest_production_data,
     parts_manifest,
-    production_data_window,
+    production_data_asset,
 )
 
 
@@ -116,9 +111,8 @@ def day_scores(context: AssetExecutionContext, production_data: Any
     latest materialization of the day names, or (none, or unreadable) its rows, loaded
     only then (`production_data`: a frame, or {day: loader} from the window loader)."""
     day = context.partition_key
-    records = context.instance.fetch_materializations(AssetRecordsFilter(
-        asset_key=AssetKey("production_data"), asset_partitions=[day]), limit=1).records
-    event = records[0].asset_materialization if records else None
+    record = latest_production_data(context.instance, day)
+    event = record.asset_materialization if record is not None else None
     named = event.metadata.get("score_sketch") if event is not None else None
     if named is not None:
         try:
@@ -137,29 +131,21 @@ def day_scores(context: AssetExecutionContext, production_data: Any
     return scores, "production_data's rows"
 
 
-with warnings.catch_warnings():  # resource_defs on an asset is a beta parameter
-    warnings.simplefilter("ignore", BetaWarning)
-    _estimate_asset = asset(
-        group_name="monitoring",
-        partitions_def=daily_partitions,
-        kinds={"numpy", "mlflow"},
-        deps=["reference_profile"],
-        ins={"production_data": AssetIn(input_manager_key=WINDOW_LOADER,
-                                        metadata={"allow_missing_partitions": True})},
-        resource_defs={WINDOW_LOADER: production_data_window},
-        required_resource_keys={"mlflow_tracking", "production"},  # resource_defs: no args
-        automation_condition=AFTER_PRODUCTION_DATA,
-        check_specs=[AssetCheckSpec(
-            ESTIMATE_CHECK, asset="estimated_performance",
-            description="Fails when the day is estimated below the metrics gate's minimums "
-            "beyond its noise, with a family-wise error over the gated metrics (Bonferroni: "
-            "P(realised >= minimum) <= (1 - level) / 2 / k for some of the k metrics); warns "
-            "when only a point estimate is under its minimum. With a failed drift check, a "
-            "failure asks retrain_on_drift for a retrain.")],
-    )
-
-
-@_estimate_asset
+@production_data_asset(
+    group_name="monitoring",
+    partitions_def=daily_partitions,
+    kinds={"numpy", "mlflow"},
+    deps=["reference_profile"],
+    required_resource_keys={"mlflow_tracking", "production"},  # resource_defs: no args
+    automation_condition=AFTER_PRODUCTION_DATA,
+    check_specs=[AssetCheckSpec(
+        ESTIMATE_CHECK, asset="estimated_performance",
+        description="Fails when the day is estimated below the metrics gate's minimums "
+        "beyond its noise, with a family-wise error over the gated metrics (Bonferroni: "
+        "P(realised >= minimum) <= (1 - level) / 2 / k for some of the k metrics); warns "
+        "when only a point estimate is under its minimum. With a failed drift check, a "
+        "failure asks retrain_on_drift for a retrain.")],
+)
 def estimated_performance(context: AssetExecutionContext, config: EstimationConfig,
                           production_data: Any) -> Iterator:
     """The day's accuracy, precision, recall, F1 and ROC AUC estimated before any label

@@ -326,7 +326,7 @@ def _batch_scores(production: ProductionDataResource, day: str,
         return None
     folder = production.batch_output_dir_of(day)
     try:
-        paths = manifest_score_sketches(folder, manifest) if manifest is not None else None
+        paths = manifest_score_sketches(folder, manifest)
         merged = merge_score_sketches(ScoreSketch.from_bytes(p.read_bytes())
                                       for p in paths or [])
         if merged is None:

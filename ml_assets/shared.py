@@ -7,6 +7,7 @@ the model lineage production rows are scoped to, and the instance's cache of dri
 nulls (filled by reference_profile, read by drift_scores). It imports no stage module."""
 
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -15,11 +16,18 @@ from typing import Any
 import pandas as pd
 from dagster import (
     AssetCheckEvaluation,
+    AssetIn,
+    AssetKey,
+    AssetRecordsFilter,
     AutomationCondition,
+    BetaWarning,
     DagsterInstance,
     DailyPartitionsDefinition,
     EventLogEntry,
+    EventLogRecord,
     Failure,
+    PartitionMapping,
+    asset,
     build_input_context,
     input_manager,
 )
@@ -208,9 +216,27 @@ def batch_scores_of(production: ProductionDataResource, day: str,
             return DayScores({}, {NO_PROBABILITIES: rows} if rows else {},
                              {version: rows} if rows else {})
         scores = DayScores({})
-        for rows_ in production.batch_batches(day, manifest, features=False):
-            scores = scores.merged(sketch_rows(rows_))
+        for batch in production.batch_batches(day, manifest, features=False):
+            scores = scores.merged(sketch_rows(batch))
         return scores
     except OSError as exc:  # the parts replaced while being read
         raise Failure(f"the batch parts of {day} changed while being read ({exc}): "
                       f"materialize production_data of {day} again") from None
+
+
+def production_data_asset(partition_mapping: PartitionMapping | None = None, **kwargs: Any):
+    """@asset(**kwargs) of an asset that reads production_data through
+    `production_data_window` (its days as loaders, a day read only when called)."""
+    with warnings.catch_warnings():  # resource_defs on an asset is a beta parameter
+        warnings.simplefilter("ignore", BetaWarning)
+        return asset(ins={"production_data": AssetIn(
+            partition_mapping=partition_mapping, input_manager_key=WINDOW_LOADER,
+            metadata={"allow_missing_partitions": True})},
+            resource_defs={WINDOW_LOADER: production_data_window}, **kwargs)
+
+
+def latest_production_data(instance: DagsterInstance, day: str) -> EventLogRecord | None:
+    """production_data's latest materialization of `day` (None: never materialized)."""
+    records = instance.fetch_materializations(AssetRecordsFilter(
+        asset_key=AssetKey("production_data"), asset_partitions=[day]), limit=1).records
+    return records[0] if records else None

@@ -246,7 +246,8 @@ class ProductionDataResource(ConfigurableResource):
     def batch_labelled(self, day: str, manifest: dict,
                        request_ids: Iterable[str]) -> pd.DataFrame:
         """`manifest`'s rows whose request_id is among `request_ids` (labels arrived),
-        shaped as `batch_predictions` shapes them; only those rows are converted."""
+        shaped as `batch_predictions` shapes them without the features (live metrics
+        need the answers only); only those rows are converted."""
         import pyarrow as pa
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
@@ -258,8 +259,8 @@ class ProductionDataResource(ConfigurableResource):
         tables = []
         for part in manifest_parts(folder, manifest):
             file = pq.ParquetFile(part, pre_buffer=False)
-            columns = _needed(file.schema_arrow.names, list(manifest.get("feature_columns")
-                                                            or []))
+            columns = [c for c in file.schema_arrow.names
+                       if c in BATCH_META_COLUMNS or str(c).startswith("proba_")]
             for batch in file.iter_batches(batch_size=65_536, columns=columns,
                                            use_threads=False):
                 table = pa.Table.from_batches([batch])
