@@ -90,8 +90,8 @@ def _in_parts(out: str, day: str, profile: str, queue) -> None:
     from ml_assets.core.drift.sketch import merge_sketches
     from ml_assets.core.drift.sketch_store import SketchBasis
     from ml_assets.core.estimation.score_sketch import ScoreSketch, merge_score_sketches
+    from ml_assets.in_place import batch_scores_of
     from ml_assets.resources.production import ProductionDataResource
-    from ml_assets.shared import batch_scores_of
 
     resource = ProductionDataResource(prediction_log_path=str(Path(out) / "log.db"),
                                       landing_dir=str(Path(out) / "landing"),

@@ -39,14 +39,13 @@ from ml_assets.core.drift.profile import ReferenceProfile
 from ml_assets.core.drift.scoring import DriftReport
 from ml_assets.core.drift.sketch_store import SketchBasis
 from ml_assets.core.drift.window import WindowDay, judge_window
+from ml_assets.in_place import in_place_sketcher, with_rows_in_place
 from ml_assets.shared import (
     DRIFT_CHECK,
     daily_partitions,
     latest_production_data,
     null_cache,
-    parts_sketcher,
     production_data_asset,
-    with_parts,
 )
 
 # The days of production_data one evaluation may pool: the day and the 30 before it. This
@@ -270,10 +269,10 @@ def _window_days(context: AssetExecutionContext, day: str, loaded: Mapping[str, 
                   and sketch.get("drift_sketch_version") == wanted
                   and Path(sketch["drift_sketch"]).is_file())
         production = context.resources.production
-        load = with_parts(_loader(source), metadata, production, key)
+        load = with_rows_in_place(_loader(source), metadata, production, key)
         days.append(WindowDay(key, int(str(rows.value)) if rows is not None else None,
                               sketch["drift_sketch"] if usable else None, load,
-                              parts_sketcher(_loader(source), metadata, production, key)))
+                              in_place_sketcher(_loader(source), metadata, production, key)))
     return days
 
 

@@ -34,18 +34,16 @@ from ml_assets.core.estimation.day_scores import DayScores, sketch_rows
 from ml_assets.core.estimation.score_sketch import ScoreSketch
 from ml_assets.core.estimation.store import NotEstimated, read_estimation
 from ml_assets.core.registry import champion as registry
+from ml_assets.in_place import scores_in_place
 from ml_assets.resources import MlflowTracking
 from ml_assets.settings import PlatformSettings
 from ml_assets.shared import (
     AFTER_PRODUCTION_DATA,
     ESTIMATE_CHECK,
     METRICS_CHECK,
-    batch_scores_of,
     check_evaluation,
     daily_partitions,
-    in_parts,
     latest_production_data,
-    parts_manifest,
     production_data_asset,
 )
 
@@ -124,10 +122,9 @@ def day_scores(context: AssetExecutionContext, production_data: Any
     source = production_data.get(day) if isinstance(production_data, dict) else production_data
     rows = source() if callable(source) else source
     scores = sketch_rows(rows if rows is not None else pd.DataFrame())
-    if event is not None and in_parts(event.metadata):  # and its batch rows, part by part
-        production = context.resources.production
-        scores = scores.merged(batch_scores_of(production, day, parts_manifest(
-            production, day, event.metadata)))
+    if event is not None:  # and the rows it kept in place, a batch or segment at a time
+        scores = scores.merged(scores_in_place(context.resources.production, day,
+                                               event.metadata))
     return scores, "production_data's rows"
 
 

@@ -27,6 +27,11 @@ from ml_assets.core.batch.shards import (
     manifest_score_sketches,
     manifest_sketches,
 )
+from ml_assets.core.data.logged_rows import (
+    answered_rows,
+    flagged_counts,
+    logged_frame,
+)
 from ml_assets.core.data.preprocessing import Split, feature_kinds
 from ml_assets.core.data.production_rows import (
     Lineage,
@@ -46,33 +51,34 @@ from ml_assets.core.drift.sketch_store import (
     write_day_sketch,
 )
 from ml_assets.core.estimation.cbpe import EstimateCheck, compare_with_realised
-from ml_assets.core.estimation.day_scores import DayScores, sketch_rows
+from ml_assets.core.estimation.day_scores import DayScores
+from ml_assets.core.estimation.day_scores import sketch_rows as sketch_frame_rows
 from ml_assets.core.estimation.score_sketch import ScoreSketch, merge_score_sketches
 from ml_assets.core.estimation.store import calibrate_model, log_estimation
 from ml_assets.core.modeling.live_performance import (
-    champion_version,
     live_report,
     per_version_markdown,
 )
 from ml_assets.core.modeling.pipeline import TrainedModel
-from ml_assets.core.prediction_log import numeric_predictions
 from ml_assets.core.registry import champion as registry
+from ml_assets.in_place import (
+    BATCH_IN_PARTS,
+    LANDING_SOURCE,
+    InLog,
+    batch_scores_of,
+    with_labelled_in_place,
+)
 from ml_assets.resources import DataSourceResource, MlflowTracking
 from ml_assets.resources.production import (
     BATCH_SOURCE,
     ProductionDataResource,
-    answered_rows,
 )
 from ml_assets.shared import (
     AFTER_PRODUCTION_DATA,
-    BATCH_IN_PARTS,
     EVIDENCE_CHECK,
     RECENT_DAYS,
-    batch_scores_of,
     daily_partitions,
-    in_parts,
     lineage_of,
-    parts_manifest,
     warm_drift_nulls,
 )
 
@@ -170,14 +176,17 @@ def production_data(context: AssetExecutionContext, production: ProductionDataRe
     current champion scores so their predictions are monitored too."""
     day = context.partition_key
     lineage = lineage_of(mlflow_tracking, data_source)
-    logged = answered_rows(production.predictions(day))  # no shadows, no failed canaries
-    scoped = scope_rows(logged, lineage)
-    logged = scoped.rows
-    excluded = dict(scoped.excluded)
+    basis = _sketch_basis(context, mlflow_tracking)
+    log, logged = InLog.read(production, day, lineage, basis), pd.DataFrame()
+    if log is None:  # a day small enough to hold
+        scoped = scope_rows(answered_rows(production.predictions(day)), lineage)
+        excluded, (flagged, by_reason) = dict(scoped.excluded), flagged_counts(scoped.rows)
+        logged = logged_frame(scoped.rows) if len(scoped.rows) else logged
+    else:  # no shadows, no failed canaries, of this lineage: sketched as it streamed
+        excluded, flagged, by_reason = dict(log.day.excluded), log.day.flagged, dict(
+            log.day.flags_by_reason)
     target = data_source.target_column
-    frames = []
-    if len(logged):
-        frames.append(_logged_frame(logged))
+    frames = [logged] if len(logged) else []
     manifest = production.batch_manifest(day)  # read once: the sketches follow this plan
     if manifest is not None and int(manifest["rows"]) > production.batch_rows_in_memory:
         # a big day stays in its parts, all answered by the manifest's model version
@@ -198,7 +207,7 @@ def production_data(context: AssetExecutionContext, production: ProductionDataRe
         labels = landed.pop(target).astype(str)
         landed = _score_with_champion(landed, mlflow_tracking, lineage)
         landed["label"] = labels.to_numpy()
-        landed["source"] = "landing"
+        landed["source"] = LANDING_SOURCE
         frames.append(landed)
     for file in skipped:
         context.log.warning("landing file left out of %s: %s", day, file.sentence())
@@ -207,12 +216,14 @@ def production_data(context: AssetExecutionContext, production: ProductionDataRe
             f"{count} rows {reason}" for reason, count in excluded.items()))
     data = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     versions = sorted(set(data.get("model_version", pd.Series(dtype=str)).dropna())
-                      | ({str(reference["model_version"])} if reference is not None else set()))
-    flagged, by_reason = _flagged(logged)
+                      | ({str(reference["model_version"])} if reference is not None else set())
+                      | (log.day.versions if log is not None else set()))
     kept_out = int(reference["rows"]) if reference is not None else 0
+    in_log = log.day.kept if log is not None else 0
     yield Output(data, metadata={
-        "dagster/row_count": len(data) + kept_out,
-        "from_prediction_log": int(len(logged)),
+        "dagster/row_count": len(data) + kept_out + in_log,
+        "from_prediction_log": int(len(logged)) + in_log,
+        **(log.metadata() if log is not None else {}),
         "flagged_rows": flagged,
         "flags_by_reason": MetadataValue.json(by_reason),
         "from_batch": int(len(batch.rows)) + kept_out,
@@ -223,25 +234,31 @@ def production_data(context: AssetExecutionContext, production: ProductionDataRe
         "lineage": lineage.describe(),
         "excluded_rows": MetadataValue.json(excluded),
         "skipped_files": MetadataValue.json(skipped_sentences(skipped)),
-        **_day_sketch(context, data, mlflow_tracking, production, manifest, reference),
-        **_day_scores(context, data, production, manifest, reference),
+        **_day_sketch(context, data, basis, production, manifest, reference, log),
+        **_day_scores(context, data, production, manifest, reference, log),
     })
     yield evidence_check(EVIDENCE_CHECK, skipped, "landing")
 
 
 def _day_sketch(context: AssetExecutionContext, data: pd.DataFrame,
-                mlflow_tracking: MlflowTracking, production: ProductionDataResource,
-                manifest: dict | None, reference: dict | None) -> dict:
+                basis: SketchBasis | str, production: ProductionDataResource,
+                manifest: dict | None, reference: dict | None, log: InLog | None) -> dict:
     """The day's drift sketch against the current reference profile, written beside the
     instance's storage and named in the metadata with its rows, so that drift_scores
     pools this day into later windows without loading it. The batch-scored rows enter
     it as the merge of their shards' sketches when every shard has one on this profile
-    (`drift_sketch_from_shards`: their rows). No profile yet (or it cannot be read): no
-    sketch, and drift_scores loads the day's rows instead."""
-    basis = _sketch_basis(context, mlflow_tracking)
+    (`drift_sketch_from_shards`: their rows); a log day kept in the log, as the merge of
+    its segments' sketches. No profile yet (or it cannot be read): no sketch, and
+    drift_scores loads the day's rows instead."""
     if isinstance(basis, str):
         return {"drift_sketch": f"none ({basis})"}
     day = context.partition_key
+    from_log = log.day.drift if log is not None else None
+
+    def own(rows: pd.DataFrame) -> DriftSketch:  # the frame's rows, and the log's
+        sketch = basis.sketch(rows)
+        return sketch if from_log is None else merge_sketches([sketch, from_log])
+
     shards = _batch_sketch(production, day, basis, manifest)
     if reference is not None:  # the batch rows are not in `data`: their parts are read
         if shards is None or shards.n_rows != int(reference["rows"]):
@@ -251,16 +268,16 @@ def _day_sketch(context: AssetExecutionContext, data: pd.DataFrame,
             except OSError as exc:  # the parts replaced while being read
                 raise Failure(f"the batch parts of {day} changed while being read ({exc}): "
                               "materialize production_data again") from None
-            return _sketch_metadata(context, merge_sketches([basis.sketch(data), parts]),
+            return _sketch_metadata(context, merge_sketches([own(data), parts]),
                                     basis, 0, parts.n_rows)
-        sketch = merge_sketches([basis.sketch(data), shards])
+        sketch = merge_sketches([own(data), shards])
         return _sketch_metadata(context, sketch, basis, shards.n_rows)
     batch = (data["source"] == BATCH_SOURCE if "source" in data
              else pd.Series(False, index=data.index))
     if shards is not None and int(batch.sum()) == shards.n_rows:
-        sketch = merge_sketches([basis.sketch(data[~batch]), shards])
+        sketch = merge_sketches([own(data[~batch]), shards])
     else:
-        shards, sketch = None, basis.sketch(data)
+        shards, sketch = None, own(data)
     return _sketch_metadata(context, sketch, basis, shards.n_rows if shards is not None else 0)
 
 
@@ -277,11 +294,17 @@ def _sketch_metadata(context: AssetExecutionContext, sketch: DriftSketch,
 
 def _day_scores(context: AssetExecutionContext, data: pd.DataFrame,
                 production: ProductionDataResource, manifest: dict | None,
-                reference: dict | None) -> dict:
+                reference: dict | None, log: InLog | None) -> dict:
     """The day's score sketches per model version (what estimated_performance reads
     instead of the rows), written beside the instance's storage and named in the
     metadata. The batch-scored rows enter as the merge of their shards' sketches when
-    every part has one and they hold exactly the day's batch rows."""
+    every part has one and they hold exactly the day's batch rows; a log day kept in
+    the log, as its segments' merged sketches."""
+
+    def sketch_rows(rows: pd.DataFrame) -> DayScores:  # the frame's rows, and the log's
+        scores = sketch_frame_rows(rows)
+        return scores if log is None else scores.merged(log.day.scores)
+
     batch = (data["source"] == BATCH_SOURCE if "source" in data
              else pd.Series(False, index=data.index))
     shards = _batch_scores(production, context.partition_key, manifest)
@@ -369,26 +392,6 @@ def _sketch_basis(context: AssetExecutionContext,
     return SketchBasis(profile, str(version.value) if version is not None else None)
 
 
-def _logged_frame(logged: pd.DataFrame) -> pd.DataFrame:
-    """Logged rows as production_data holds them: features, request_id, model_version,
-    variant, prediction (a regressor's as numbers), proba_<class>..., source."""
-    feature_names = logged.attrs.get("feature_columns") or [
-        c for c in logged.columns if c not in _LOG_META]
-    frame = logged[feature_names].copy()
-    frame["request_id"] = logged["request_id"].astype(str).values
-    frame["model_version"] = logged["model_version"].astype(str).values
-    frame["variant"] = (logged["variant"].fillna("champion").astype(str).values
-                        if "variant" in logged else "champion")
-    values = numeric_predictions(logged)  # a regressor's rows: numbers
-    frame["prediction"] = (logged["prediction"].astype(str).values if values is None
-                           else values.to_numpy(dtype=float))
-    probabilities = pd.DataFrame(list(logged["probabilities"]))
-    for label in probabilities.columns:
-        frame[f"proba_{label}"] = probabilities[label].to_numpy(dtype=float)
-    frame["source"] = "prediction_log"
-    return frame
-
-
 def evidence_check(name: str, skipped: list[SkippedFile], kind: str) -> AssetCheckResult:
     """Passes when every file was used; warns naming each file left out and why."""
     if not skipped:
@@ -420,56 +423,11 @@ def _score_with_champion(rows: pd.DataFrame, mlflow_tracking: MlflowTracking,
     return pd.concat([rows, outputs], axis=1).assign(model_version=str(champion.version))
 
 
-_LOG_META = {"timestamp", "request_id", "row_index", "model_name", "model_version",
-             "prediction", "confidence", "probabilities", "input_flags", "variant",
-             "latency_ms", "error"}
-
-
-def _flagged(logged: pd.DataFrame) -> tuple[int, dict[str, int]]:
-    """Logged rows the API answered although the schema's checks exclude a value
-    (ML_API_INPUT_POLICY=accept), and the count of flags per reason."""
-    if "input_flags" not in logged:
-        return 0, {}
-    flags = logged["input_flags"].fillna("").astype(str)
-    flags = flags[flags != ""]
-    reasons: dict[str, int] = {}
-    for flag in (f for row in flags for f in row.split(";")):
-        reason = flag.rpartition(":")[2]
-        reasons[reason] = reasons.get(reason, 0) + 1
-    return len(flags), reasons
-
-
 def _latest(context: AssetExecutionContext, asset: str):
     """The newest materialization record of `asset` for this run's partition, or None."""
     records = context.instance.fetch_materializations(AssetRecordsFilter(
         asset_key=AssetKey(asset), asset_partitions=[context.partition_key]), limit=1).records
     return records[0] if records else None
-
-
-def _with_labelled_parts(context: AssetExecutionContext, rows: pd.DataFrame,
-                         production: ProductionDataResource, labels: pd.DataFrame
-                         ) -> tuple[pd.DataFrame, int, str | None]:
-    """The day's rows, plus the batch rows production_data left in their parts whose
-    labels arrived (only those are read); the day's row count; and the day's champion
-    as with every row in memory (None: from the rows). The frame's rows come in the
-    order log, batch, landing, so the last champion answer is a landing row's, else the
-    batch's (the manifest's version), else the log's."""
-    record = _latest(context, "production_data")
-    metadata = record.asset_materialization.metadata if (
-        record is not None and record.asset_materialization is not None) else {}
-    if not in_parts(metadata):
-        return rows, len(rows), None
-    day = context.partition_key
-    manifest = parts_manifest(production, day, metadata)
-    ids = labels["request_id"].astype(str) if len(labels) else pd.Series(dtype=str)
-    labelled = production.batch_labelled(day, manifest, ids)
-    landing = rows["source"] == "landing" if "source" in rows else pd.Series(
-        False, index=rows.index)
-    champion = champion_version(rows[landing]) or str(manifest["model_version"])
-    total = len(rows) + in_parts(metadata)
-    if len(labelled):
-        rows = pd.concat([rows, labelled.drop(columns="model_name")], ignore_index=True)
-    return rows, total, champion
 
 
 def _estimate_against_realised(context: AssetExecutionContext,
@@ -519,8 +477,11 @@ def live_performance(context: AssetExecutionContext, production_data: pd.DataFra
     files = production.label_files()
     for file in files.skipped:
         context.log.warning("labels file left out: %s", file.sentence())
-    rows, total, champion = _with_labelled_parts(context, production_data, production,
-                                                 files.labels)
+    record = _latest(context, "production_data")
+    rows, total, champion = with_labelled_in_place(
+        production_data, record.asset_materialization.metadata if record is not None and (
+            record.asset_materialization is not None) else {}, production,
+        context.partition_key, files.labels)
     report = live_report(rows, files.labels, total, champion)
     headline = report.headline
     metadata: dict = {k: (MetadataValue.float(v) if isinstance(v, float) else v)

@@ -87,6 +87,9 @@ class PlatformSettings:
     # ML_BATCH_ROWS_IN_MEMORY: a batch day of more rows stays in its Parquet parts
     # (production_data names them; monitoring reads their sketches).
     batch_rows_in_memory: int = 2_000_000
+    # ML_LOG_ROWS_IN_MEMORY: a prediction-log day of more rows is read a segment at a
+    # time (production_data keeps its sketches, not its rows).
+    log_rows_in_memory: int = 2_000_000
     # Caps on a model's skops file (a zip), checked before anything is decompressed
     # (ml_assets/core/artifacts/archive.py): ML_MODEL_MAX_FILE_BYTES,
     # ML_MODEL_MAX_UNCOMPRESSED_BYTES, ML_MODEL_MAX_ENTRIES, ML_MODEL_MAX_COMPRESSION_RATIO
@@ -157,6 +160,7 @@ class PlatformSettings:
             batch_output_dir=Path(_env("ML_BATCH_OUTPUT_DIR",
                                        str(home / "batch" / "output"))),
             batch_rows_in_memory=int(_env("ML_BATCH_ROWS_IN_MEMORY", "2000000")),
+            log_rows_in_memory=int(_env("ML_LOG_ROWS_IN_MEMORY", "2000000")),
             model_max_file_bytes=int(_env("ML_MODEL_MAX_FILE_BYTES", str(512 * 1024 * 1024))),
             model_max_uncompressed_bytes=int(_env("ML_MODEL_MAX_UNCOMPRESSED_BYTES",
                                                   str(1024 * 1024 * 1024))),

@@ -8,7 +8,7 @@ nulls (filled by reference_profile, read by drift_scores). It imports no stage m
 
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -32,17 +32,12 @@ from dagster import (
     input_manager,
 )
 
-from ml_assets.core.batch.shards import manifest_parts
 from ml_assets.core.data.production_rows import Lineage
 from ml_assets.core.drift.check import CheckSettings
 from ml_assets.core.drift.nulls import NullCache, warm_nulls
 from ml_assets.core.drift.profile import ReferenceProfile
-from ml_assets.core.drift.sketch import DriftSketch, merge_sketches
-from ml_assets.core.drift.sketch_store import SketchBasis
-from ml_assets.core.estimation.day_scores import NO_PROBABILITIES, DayScores, sketch_rows
 from ml_assets.core.registry.lineage import model_lineage
 from ml_assets.resources import DataSourceResource, MlflowTracking
-from ml_assets.resources.production import ProductionDataResource
 from ml_assets.settings import PlatformSettings
 
 # One UTC day of production data, drift scores, live performance and batch predictions.
@@ -114,10 +109,6 @@ def warm_drift_nulls(instance: DagsterInstance, profile: ReferenceProfile) -> di
             "drift_nulls_cpu_seconds": round(time.process_time() - start, 3)}
 
 
-# production_data's metadata: a batch day's rows left in their Parquet parts (above
-# ML_BATCH_ROWS_IN_MEMORY), not in its frame; readers of its rows add them from the parts.
-BATCH_IN_PARTS = "batch_rows_in_parts"
-
 WINDOW_LOADER = "production_data_window"
 
 
@@ -138,90 +129,6 @@ def production_data_window(context) -> dict[str, Callable[[], pd.DataFrame | Non
         return load
 
     return {key: loader(key) for key in context.asset_partition_keys}
-
-
-def in_parts(metadata: Mapping[str, Any]) -> int:
-    """Batch rows a production_data materialization left in their parts (its metadata)."""
-    value = metadata.get(BATCH_IN_PARTS)
-    return int(value.value) if value is not None else 0
-
-
-def parts_manifest(production: ProductionDataResource, day: str,
-                   metadata: Mapping[str, Any]) -> dict:
-    """The manifest of the batch parts production_data of `day` left out of its frame;
-    a Failure naming the fix when the day was batch-scored again since."""
-    manifest = production.batch_manifest(day)
-    plan = metadata.get("batch_plan_id")
-    if manifest is None or plan is None or str(manifest["plan_id"]) != str(plan.value):
-        raise Failure(f"production_data of {day} left its batch rows in the parts of plan "
-                      f"{plan.value if plan is not None else '?'}, which batch scoring has "
-                      f"replaced since: materialize production_data of {day} again")
-    return manifest
-
-
-def with_parts(load: Callable[[], pd.DataFrame | None], metadata: Mapping[str, Any],
-               production: ProductionDataResource, day: str
-               ) -> Callable[[], pd.DataFrame | None]:
-    """`load` (production_data's frame of `day`), plus the batch rows it left in their
-    parts, read back whole: only where a day's sketch cannot answer."""
-    if not in_parts(metadata):
-        return load
-
-    def both() -> pd.DataFrame | None:
-        parts_manifest(production, day, metadata)  # still the parts it left out
-        frame = load()
-        batch = production.batch_predictions(day).drop(columns="model_name",
-                                                       errors="ignore")
-        return pd.concat([f for f in (frame, batch) if f is not None and len(f)],
-                         ignore_index=True)
-
-    return both
-
-
-def parts_sketcher(load: Callable[[], pd.DataFrame | None], metadata: Mapping[str, Any],
-                   production: ProductionDataResource, day: str
-                   ) -> Callable[[SketchBasis], DriftSketch] | None:
-    """For a day whose batch rows are in their parts: its drift sketch on any basis,
-    built from its frame (`load`) and its parts a record batch at a time (bounded)."""
-    if not in_parts(metadata):
-        return None
-
-    def build(basis: SketchBasis) -> DriftSketch:
-        manifest = parts_manifest(production, day, metadata)
-        frame = load()
-        rows = frame if frame is not None else pd.DataFrame()
-        try:
-            return merge_sketches([basis.sketch(rows), *(
-                basis.sketch(batch) for batch in production.batch_batches(day, manifest))])
-        except OSError as exc:  # the parts replaced while being read
-            raise Failure(f"the batch parts of {day} changed while being read ({exc}): "
-                          f"materialize production_data of {day} again") from None
-
-    return build
-
-
-def batch_scores_of(production: ProductionDataResource, day: str,
-                    manifest: dict) -> DayScores:
-    """The score sketches of a batch day's rows, read a record batch at a time (only
-    its answers, no features); parts with no probabilities (a regressor's) are counted
-    from their footers, not read."""
-    import pyarrow.parquet as pq
-
-    version = str(manifest["model_version"])
-    try:
-        parts = manifest_parts(production.batch_output_dir_of(day), manifest)
-        schema = pq.ParquetFile(parts[0]).schema_arrow.names if parts else []
-        if not any(str(c).startswith("proba_") for c in schema):
-            rows = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
-            return DayScores({}, {NO_PROBABILITIES: rows} if rows else {},
-                             {version: rows} if rows else {})
-        scores = DayScores({})
-        for batch in production.batch_batches(day, manifest, features=False):
-            scores = scores.merged(sketch_rows(batch))
-        return scores
-    except OSError as exc:  # the parts replaced while being read
-        raise Failure(f"the batch parts of {day} changed while being read ({exc}): "
-                      f"materialize production_data of {day} again") from None
 
 
 def production_data_asset(partition_mapping: PartitionMapping | None = None, **kwargs: Any):

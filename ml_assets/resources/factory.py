@@ -37,5 +37,6 @@ def build_resources(settings: PlatformSettings | None = None) -> dict:
             landing_dir=str(settings.landing_dir), labels_dir=str(settings.labels_dir),
             batch_input_dir=str(settings.batch_input_dir),
             batch_output_dir=str(settings.batch_output_dir),
-            batch_rows_in_memory=settings.batch_rows_in_memory),
+            batch_rows_in_memory=settings.batch_rows_in_memory,
+            log_rows_in_memory=settings.log_rows_in_memory),
     }

@@ -16,6 +16,7 @@ from dagster import ConfigurableResource, EnvVar
 from pydantic import Field
 
 from ml_assets.core.batch.shards import MANIFEST, manifest_parts, read_day, read_manifest
+from ml_assets.core.data.logged_rows import answered_rows
 from ml_assets.core.data.production_rows import (
     LabelFiles,
     Lineage,
@@ -26,6 +27,7 @@ from ml_assets.core.data.production_rows import (
     scope_rows,
 )
 from ml_assets.core.prediction_log import (
+    LogMark,
     PredictionLog,
     open_prediction_log,
     resolve_log_location,
@@ -110,6 +112,15 @@ class ProductionDataResource(ConfigurableResource):
         default="", description="Daily batch scoring output: <dir>/<YYYY-MM-DD>/"
         f"{BATCH_MANIFEST} and the Parquet parts it names, one scored row per input row "
         "(ML_BATCH_OUTPUT_DIR).")
+    log_rows_in_memory: int = Field(
+        default=2_000_000, ge=0, description="A prediction-log day of more rows is read "
+        "a segment at a time and stays in the log: production_data holds its sketches, "
+        "not its rows; live_performance reads back only the rows whose labels arrived "
+        "(ML_LOG_ROWS_IN_MEMORY).")
+    log_segment_rows: int = Field(
+        default=65_536, ge=1, description="Rows per segment when a prediction-log day "
+        "above log_rows_in_memory is read (whole commits: a segment may hold up to one "
+        "commit's rows more).")
     batch_rows_in_memory: int = Field(
         default=2_000_000, ge=0, description="A batch-scored day of more rows stays in "
         "its Parquet parts: production_data holds the prediction log's and landing rows "
@@ -142,6 +153,34 @@ class ProductionDataResource(ConfigurableResource):
         if not self._log_exists():
             return pd.DataFrame()
         return self._log().read_requests(request_ids, features=features)
+
+    def log_mark(self, day: str) -> LogMark:
+        """How far `day`'s log reaches now (its newest batch, the rows up to it)."""
+        if not self._log_exists():
+            return LogMark(0, 0)
+        return self._log().day_mark(day)
+
+    def log_rows_through(self, day: str, through: int) -> int:
+        """`day`'s logged rows in batches up to `through` (counted, not decoded)."""
+        if not self._log_exists():
+            return 0
+        return self._log().day_mark(day, through).rows
+
+    def log_segments(self, day: str, through: int,
+                     features: bool = True) -> Iterator[pd.DataFrame]:
+        """`day`'s logged rows up to batch `through` (a `log_mark`), a segment of about
+        `log_segment_rows` rows at a time (whole commits), as `predictions` reads them."""
+        if not self._log_exists():
+            return iter(())
+        return self._log().read_segments(day, through, self.log_segment_rows,
+                                         features=features)
+
+    def predictions_through(self, request_ids: Iterable[str], day: str,
+                            through: int) -> pd.DataFrame:
+        """The logged rows of these requests on `day`, in batches up to `through`."""
+        if not self._log_exists():
+            return pd.DataFrame()
+        return self._log().read_requests(request_ids, day=day, through=through)
 
     def _log_url(self) -> str:
         url = self.prediction_log_url
@@ -283,20 +322,6 @@ class ProductionDataResource(ConfigurableResource):
         """Every readable late label (request_id, label); `label_files` names the files
         left out."""
         return self.label_files().labels
-
-
-def answered_rows(logged: pd.DataFrame) -> pd.DataFrame:
-    """The logged rows whose answer reached a client: without a shadow's copies (never
-    returned; they share the champion's request ids) and a canary's failed attempts."""
-    if not len(logged) or "variant" not in logged:
-        return logged
-    attrs = dict(logged.attrs)
-    kept = logged["variant"].fillna("champion") != "shadow"
-    if "error" in logged:
-        kept &= logged["error"].fillna("") == ""
-    answered = logged[kept].reset_index(drop=True)
-    answered.attrs.update(attrs)
-    return answered
 
 
 @dataclass(frozen=True)

@@ -27,10 +27,10 @@ from ml_assets.core.estimation.store import calibrate_model, log_estimation
 from ml_assets.core.registry.lineage import DATASET_TAG
 from ml_assets.drift import drift_scores
 from ml_assets.estimation import estimated_performance
+from ml_assets.in_place import BATCH_IN_PARTS
 from ml_assets.monitoring import _profile_for, live_performance, production_data
 from ml_assets.resources import DataSourceResource, MlflowTracking
 from ml_assets.resources.production import ProductionDataResource
-from ml_assets.shared import BATCH_IN_PARTS
 from ml_assets_tests.support.models import experiment_id, register, train_breast_cancer
 
 DAY = "2026-11-24"

@@ -465,3 +465,12 @@ def test_a_crafted_batch_is_refused_by_name(pg_url, database):
         with pytest.raises(CorruptBatch, match="batch 1 of 2026-03-01 in predictions"):
             log.read_day(DAY_ONE.date())
         assert log.row_count(DAY_ONE.date()) == 1
+
+
+def test_segments_of_a_postgres_day(pg_url):
+    """A day read a segment at a time, up to a mark (unit/test_log_segments' checks)."""
+    from ml_assets_tests.unit.test_log_segments import check_segments
+
+    with (PostgresPredictionLog(pg_url) as writer,
+          PostgresPredictionLog(pg_url, read_only=True) as reader):
+        check_segments(writer, reader)

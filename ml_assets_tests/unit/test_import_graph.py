@@ -26,10 +26,10 @@ PACKAGES = ("ml_assets", "serving")
 # ml_assets/*.py that may import the stage modules: the definitions (they assemble every
 # stage), the automation (jobs and sensors over the whole graph) and the CLI (a front
 # door onto all of it). `shared` holds the Dagster objects several stages use (the daily
-# partitions, check names) and `settings` the environment: stages import them, they
-# import no stage.
+# partitions, check names), `in_place` the readers of rows production_data kept in place
+# and `settings` the environment: stages import them, they import no stage.
 ASSEMBLERS = {"definitions", "automation", "cli"}
-SHARED = {"shared", "settings"}
+SHARED = {"shared", "in_place", "settings"}
 
 
 # --- the graph ----------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ml_assets.core.prediction_log.base import (
     META_COLUMNS,
+    LogMark,
     PredictionLog,
     PredictionLogError,
     PredictionLogUnavailable,
@@ -24,8 +25,9 @@ from ml_assets.core.prediction_log.location import redact_url, resolve_log_locat
 from ml_assets.core.prediction_log.postgres import PostgresPredictionLog
 from ml_assets.core.prediction_log.sqlite import SQLitePredictionLog
 
-__all__ = ["META_COLUMNS", "PostgresPredictionLog", "PredictionLog", "PredictionLogError",
-           "PredictionLogUnavailable", "PredictionRecord", "SQLitePredictionLog",
+__all__ = ["META_COLUMNS", "LogMark", "PostgresPredictionLog", "PredictionLog",
+           "PredictionLogError", "PredictionLogUnavailable", "PredictionRecord",
+           "SQLitePredictionLog",
            "numeric_predictions", "open_prediction_log", "redact_url", "resolve_log_location"]
 
 

@@ -6,8 +6,10 @@ to `batch_rows`, whole requests only) into ONE transaction and then resolves the
 future of every request in it, so concurrent requests share one commit (group
 commit). A backend implements only storage: `_write` (one transaction, all rows or
 none; the rows of a commit are stored as one columnar batch per day, see `columnar`),
-`read_day`, `read_requests` (by request id, through an index), `days`,
-`_close_storage` and `row_count` when it counts cheaply.
+the reads of a day's batches (`_day_index`, `_day_batches`) and of the first format's
+rows, `read_requests` (by request id, through an index), `days` and `_close_storage`.
+A day is read whole (`read_day`) or a segment at a time up to a mark (`day_mark`,
+`read_segments`): monitoring sketches a big day without holding it.
 
 Three ways in:
 
@@ -33,79 +35,28 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, InvalidStateError
-from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import orjson
 import pandas as pd
 
+from ml_assets.core.prediction_log import columnar
+from ml_assets.core.prediction_log.records import (  # noqa: F401 - importers' names
+    META_COLUMNS,
+    SEGMENT_ROWS,
+    LogMark,
+    PredictionLogError,
+    PredictionLogUnavailable,
+    PredictionRecord,
+    _day,
+    _frame,
+    numeric_predictions,
+)
+
 logger = logging.getLogger("ml_assets.core.prediction_log")
-
-# Columns of read_day's frame besides the features (one column per feature).
-# input_flags: "feature:reason;..." for values the service answered although the
-# schema's checks exclude them (ML_API_INPUT_POLICY=accept; reason unseen_category or
-# out_of_range), "" for a clean row and for rows logged before the column existed.
-# prediction: the predicted class (text); a regression model's rows carry the
-# predicted number as text (repr of the float, exact) with no probabilities and a NaN
-# confidence; read_day returns the column as float64 for a day whose every row has no
-# probabilities (all from regressors). See `numeric_predictions`.
-# variant: who answered ("champion", "canary": the challenger answered a canary share,
-# "shadow": the challenger scored a copy, never returned; see ml_assets.core.rollout.plan);
-# rows logged before the column existed read as "champion". latency_ms: the model time
-# of the row's request (NaN when unknown). error: non-empty when the challenger failed
-# on this request ("<Type>: <message>"; its prediction is "" then), "" otherwise.
-META_COLUMNS = ["timestamp", "request_id", "row_index", "model_name", "model_version",
-                "prediction", "confidence", "probabilities", "input_flags", "variant",
-                "latency_ms", "error"]
-
-
-@dataclass(frozen=True, slots=True)
-class PredictionRecord:
-    """One predicted row: what was asked, what was answered, by which model, when."""
-
-    timestamp: datetime  # UTC
-    request_id: str
-    row_index: int
-    model_name: str
-    model_version: str
-    feature_names: Sequence[str]
-    feature_values: Sequence
-    prediction: str  # the class; a regressor's value as repr(float)
-    probabilities: dict[str, float]  # {} for a regressor
-    input_flags: str = ""  # "island:unseen_category;year:out_of_range", "" when clean
-    variant: str = "champion"  # champion | canary | shadow
-    latency_ms: float = float("nan")  # model time of the request, in milliseconds
-    error: str = ""  # the challenger failed on this request: "<Type>: <msg>"
-
-    @property
-    def features(self) -> dict:
-        return dict(zip(self.feature_names, self.feature_values, strict=False))
-
-    @property
-    def confidence(self) -> float:
-        return max(self.probabilities.values()) if self.probabilities else float("nan")
-
-
-def _day(value: date | str) -> str:
-    return value if isinstance(value, str) else value.isoformat()
-
-
-class PredictionLogError(RuntimeError):
-    """The log's storage cannot be reached or used; the message says where (never with
-    a password)."""
-
-
-class PredictionLogUnavailable(PredictionLogError):
-    """The log cannot take (or did not commit in time) these rows; nothing about them
-    was acknowledged. `retry_after` is a hint in seconds."""
-
-    def __init__(self, message: str, retry_after: float = 1.0):
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 class _Entry:
@@ -176,16 +127,76 @@ class PredictionLog(ABC):
         """Store `records` durably in one transaction (or raise, storing none)."""
 
     @abstractmethod
+    def _old_day_rows(self, day: str) -> list[tuple]:
+        """The day's rows of the first format's table, in order (see `_frame`)."""
+
+    @abstractmethod
+    def _old_day_count(self, day: str) -> int:
+        """How many rows of the day the first format's table holds."""
+
+    @abstractmethod
+    def _day_index(self, day: str) -> list[tuple[int, int]]:
+        """(batch id, rows) of the day's stored batches, by id."""
+
+    @abstractmethod
+    def _day_batches(self, day: str, span: tuple[int, int] | None) -> list[tuple]:
+        """(batch id, format, data) of the day's batches with ids in `span` (inclusive;
+        None: all), by id."""
+
+    @abstractmethod
+    def read_requests(self, request_ids: Iterable[str], features: bool = True,
+                      day: str | None = None, through: int | None = None) -> pd.DataFrame:
+        """Every logged row of these requests, whatever their day (only `day`'s, in
+        batches up to id `through`, when given), as read_day reads them (days in order,
+        each in log order); found through the request-id index, so only the batches
+        holding them are decoded."""
+
     def read_day(self, day: date | str, features: bool = True) -> pd.DataFrame:
         """Every prediction of one UTC day: META_COLUMNS then one column per feature
         (only META_COLUMNS when not `features`: the feature columns are not decoded)."""
+        day = _day(day)
+        old = _frame(self._old_day_rows(day), features)
+        return columnar.concat_frames([old, columnar.frame(
+            self._decoded(day, self._day_batches(day, None)), features)])
 
-    @abstractmethod
-    def read_requests(self, request_ids: Iterable[str],
-                      features: bool = True) -> pd.DataFrame:
-        """Every logged row of these requests, whatever their day, as read_day reads
-        them (days in order, each in log order); found through the request-id index,
-        so only the batches holding them are decoded."""
+    def day_mark(self, day: date | str, through: int | None = None) -> LogMark:
+        """How far the day's log reaches now: its newest batch id and the rows up to it
+        (up to `through` when given), counted without decoding."""
+        day = _day(day)
+        index = self._day_index(day)
+        last = max((i for i, _ in index), default=0) if through is None else through
+        return LogMark(last, self._old_day_count(day)
+                       + sum(rows for i, rows in index if i <= last))
+
+    def read_segments(self, day: date | str, through: int,
+                      segment_rows: int = SEGMENT_ROWS,
+                      features: bool = True) -> Iterator[pd.DataFrame]:
+        """The day's rows up to batch `through` (a `day_mark`), as read_day reads them,
+        in frames of about `segment_rows` rows (whole batches; the first format's rows
+        first, as one frame): a day is read without holding it."""
+        day = _day(day)
+        old = self._old_day_rows(day)
+        if old:
+            yield _frame(old, features)
+        segment: list[int] = []
+        filled = 0
+        index = [(i, rows) for i, rows in self._day_index(day) if i <= through]
+        for position, (batch_id, rows) in enumerate(index):
+            segment.append(batch_id)
+            filled += rows
+            if filled >= segment_rows or position == len(index) - 1:
+                wanted = set(segment)  # a batch committed late inside the span: not read
+                stored = [b for b in self._day_batches(day, (segment[0], segment[-1]))
+                          if b[0] in wanted]
+                if len(stored) != len(wanted):
+                    raise PredictionLogError(f"prediction log: batches of {day} up to "
+                                             f"{segment[-1]} went missing while being read")
+                yield columnar.frame(self._decoded(day, stored), features)
+                segment, filled = [], 0
+
+    def _decoded(self, day: str, stored: list[tuple]) -> list:
+        return [columnar.decode(data, f"batch {batch_id} of {day} in {self._named}", fmt)
+                for batch_id, fmt, data in stored]
 
     @abstractmethod
     def days(self) -> list[date]:
@@ -196,8 +207,8 @@ class PredictionLog(ABC):
         """Release connections."""
 
     def row_count(self, day: date | str) -> int:
-        """How many predictions `day` holds (backends count without decoding rows)."""
-        return len(self.read_day(day))
+        """How many predictions `day` holds (counted without decoding rows)."""
+        return self.day_mark(day).rows
 
     def __enter__(self) -> PredictionLog:
         return self
@@ -466,52 +477,3 @@ def _finite_or_none(value: float) -> float | None:
     """NaN (and infinities) as None: stored as NULL, which both backends read as NaN."""
     value = float(value)
     return value if math.isfinite(value) else None
-
-
-def numeric_predictions(frame: pd.DataFrame) -> pd.Series | None:
-    """The `prediction` column as float64 when every row comes from a regression model
-    (no probabilities, a number as prediction); None otherwise (classes, or a day that
-    mixes a classifier's rows with a regressor's)."""
-    if not len(frame) or "probabilities" not in frame:
-        return None
-    if any(bool(p) for p in frame["probabilities"]):
-        return None
-    values = pd.to_numeric(frame["prediction"], errors="coerce")
-    # A challenger's failed rows (error set) have no prediction: NaN there.
-    failed = (frame["error"].astype(bool).to_numpy() if "error" in frame
-              else np.zeros(len(frame), dtype=bool))
-    if values[~failed].isna().any() or failed.all():
-        return None
-    return values.astype("float64")
-
-
-def _frame(rows: list[tuple], features: bool = True) -> pd.DataFrame:
-    """read_day's frame from rows of the first format, one SQL row per prediction
-    (logged_at, request_id, row_index, model_name, model_version, prediction, confidence,
-    probabilities JSON, features JSON[, input_flags, variant, latency_ms, error: NULL or
-    missing in logs written before they existed reads as "", "champion", NaN, ""])."""
-    if not rows:
-        return pd.DataFrame({name: pd.Series(dtype=object) for name in META_COLUMNS})
-    meta = pd.DataFrame([row[:7] for row in rows], columns=META_COLUMNS[:7])
-    meta["timestamp"] = pd.to_datetime(meta["timestamp"], utc=True, format="ISO8601")
-    # NULL (no probabilities: a regressor's row) reads as NaN, not None.
-    meta["confidence"] = pd.to_numeric(meta["confidence"], errors="coerce").astype("float64")
-    meta["probabilities"] = [orjson.loads(row[7]) for row in rows]
-    meta["input_flags"] = [(row[9] or "") if len(row) > 9 else "" for row in rows]
-    meta["variant"] = [(row[10] or "champion") if len(row) > 10 else "champion"
-                       for row in rows]
-    meta["latency_ms"] = pd.to_numeric(
-        pd.Series([row[11] if len(row) > 11 else None for row in rows], dtype=object),
-        errors="coerce").astype("float64")
-    meta["error"] = [(row[12] or "") if len(row) > 12 else "" for row in rows]
-    values = numeric_predictions(meta)
-    if values is not None:
-        meta["prediction"] = values
-    feature_frame = (pd.DataFrame.from_records([orjson.loads(row[8]) for row in rows])
-               if features else pd.DataFrame(index=meta.index))
-    # A feature named like a meta column keeps its values under "feature.<name>".
-    feature_frame.columns = [f"feature.{c}" if c in META_COLUMNS else c
-                             for c in feature_frame.columns]
-    frame = pd.concat([meta, feature_frame], axis=1)
-    frame.attrs["feature_columns"] = list(feature_frame.columns)
-    return frame

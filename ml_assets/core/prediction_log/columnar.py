@@ -29,7 +29,7 @@ import orjson
 import pandas as pd
 import pyarrow as pa
 
-from ml_assets.core.prediction_log.base import (
+from ml_assets.core.prediction_log.records import (
     META_COLUMNS,
     PredictionLogError,
     PredictionRecord,

@@ -19,8 +19,6 @@ from ml_assets.core.prediction_log.base import (
     PredictionLog,
     PredictionLogError,
     PredictionRecord,
-    _day,
-    _frame,
 )
 from ml_assets.core.prediction_log.location import redact_url, resolve_log_location
 
@@ -330,28 +328,46 @@ class PostgresPredictionLog(PredictionLog):
                             f"reading: {self._scrub(exc)}") from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def read_day(self, day: date | str, features: bool = True) -> pd.DataFrame:
-        day = _day(day)
-        old = self._old_rows(" WHERE day = %s ORDER BY id", (day,))
-        stored = self._query(f"SELECT id, format, data FROM {self._batches} WHERE day = %s"
-                             f" ORDER BY id", (day,))
-        tables = [columnar.decode(data, f"batch {batch_id} of {day} in {self.table}", fmt)
-                  for batch_id, fmt, data in stored]
-        return columnar.concat_frames([_frame(old, features),
-                                       columnar.frame(tables, features)])
+    @property
+    def _named(self) -> str:
+        return self.table
 
-    def read_requests(self, request_ids: Iterable[str],
-                      features: bool = True) -> pd.DataFrame:
+    def _old_day_rows(self, day: str) -> list[tuple]:
+        return self._old_rows(" WHERE day = %s ORDER BY id", (day,))
+
+    def _old_day_count(self, day: str) -> int:
+        found = self._query(f"SELECT COUNT(*) FROM {self._table} WHERE day = %s", (day,))
+        return int(found[0][0]) if found else 0
+
+    def _day_index(self, day: str) -> list[tuple[int, int]]:
+        return self._query(f"SELECT id, rows FROM {self._batches} WHERE day = %s"
+                           " ORDER BY id", (day,))
+
+    def _day_batches(self, day: str, span: tuple[int, int] | None) -> list[tuple]:
+        if span is None:
+            return self._query(f"SELECT id, format, data FROM {self._batches}"
+                               " WHERE day = %s ORDER BY id", (day,))
+        return self._query(f"SELECT id, format, data FROM {self._batches} WHERE day = %s"
+                           " AND id BETWEEN %s AND %s ORDER BY id", (day, *span))
+
+    def read_requests(self, request_ids: Iterable[str], features: bool = True,
+                      day: str | None = None, through: int | None = None) -> pd.DataFrame:
         ids = sorted({str(i) for i in request_ids})
         chunks = [ids[start:start + _IDS_PER_QUERY]
                   for start in range(0, len(ids), _IDS_PER_QUERY)]
+        old_where = " WHERE request_id = ANY(%s)" + (" AND day = %s" if day is not None else "")
+        scope = (day,) if day is not None else ()
+        batch_where = " WHERE r.request_id = ANY(%s)" + "".join(
+            clause for clause, value in ((" AND b.day = %s", day), (" AND b.id <= %s", through))
+            if value is not None)
+        bounds = tuple(v for v in (day, through) if v is not None)
         old = (row for chunk in chunks  # each query run when the reader gets to it
-               for row in self._old_rows(" WHERE request_id = ANY(%s) ORDER BY id",
-                                         (chunk,), with_day=True))
+               for row in self._old_rows(f"{old_where} ORDER BY id", (chunk, *scope),
+                                         with_day=True))
         hits = (hit for chunk in chunks for hit in self._query(
             f"SELECT b.id, b.day, b.format, b.data, r.first_row, r.rows"
             f" FROM {self._requests} r JOIN {self._batches} b ON b.id = r.batch_id"
-            f" WHERE r.request_id = ANY(%s)", (chunk,)))
+            f"{batch_where}", (chunk, *bounds)))
         return columnar.requests_frame(old, hits, self.table, features)
 
     def _old_rows(self, where: str, params: tuple, with_day: bool = False) -> list[tuple]:
@@ -374,12 +390,6 @@ class PostgresPredictionLog(PredictionLog):
 
     def days(self) -> list[date]:
         return sorted({day for query in self._days for (day,) in self._query(query)})
-
-    def row_count(self, day: date | str) -> int:
-        new = self._query(f"SELECT SUM(rows) FROM {self._batches} WHERE day = %s",
-                          (_day(day),))
-        old = self._query(f"SELECT COUNT(*) FROM {self._table} WHERE day = %s", (_day(day),))
-        return sum(int(found[0][0] or 0) for found in (new, old) if found)
 
     def _close_storage(self, timeout: float = 5.0) -> None:
         """Close both connections. A connection whose lock is still held after `timeout`

@@ -20,8 +20,6 @@ from ml_assets.core.prediction_log.base import (
     PredictionLog,
     PredictionLogError,
     PredictionRecord,
-    _day,
-    _frame,
 )
 
 logger = logging.getLogger("ml_assets.core.prediction_log")
@@ -200,28 +198,48 @@ class SQLitePredictionLog(PredictionLog):
             except OSError as exc:
                 logger.error("prediction log: fsync of %s-wal failed: %s", self.path, exc)
 
-    def read_day(self, day: date | str, features: bool = True) -> pd.DataFrame:
-        day = _day(day)
-        old = self._old_rows(" WHERE day = ? ORDER BY id", (day,))
-        stored = self._query("SELECT id, format, data FROM prediction_batches WHERE day = ?"
-                             " ORDER BY id", (day,))
-        tables = [columnar.decode(data, f"batch {batch_id} of {day} in {self.path}", fmt)
-                  for batch_id, fmt, data in stored]
-        return columnar.concat_frames([_frame(old, features),
-                                       columnar.frame(tables, features)])
+    @property
+    def _named(self) -> str:
+        return str(self.path)
 
-    def read_requests(self, request_ids: Iterable[str],
-                      features: bool = True) -> pd.DataFrame:
+    def _old_day_rows(self, day: str) -> list[tuple]:
+        return self._old_rows(" WHERE day = ? ORDER BY id", (day,))
+
+    def _old_day_count(self, day: str) -> int:
+        found = self._query("SELECT COUNT(*) FROM predictions WHERE day = ?", (day,))
+        return int(found[0][0]) if found else 0
+
+    def _day_index(self, day: str) -> list[tuple[int, int]]:
+        return self._query("SELECT id, rows FROM prediction_batches WHERE day = ?"
+                           " ORDER BY id", (day,))
+
+    def _day_batches(self, day: str, span: tuple[int, int] | None) -> list[tuple]:
+        if span is None:
+            return self._query("SELECT id, format, data FROM prediction_batches"
+                               " WHERE day = ? ORDER BY id", (day,))
+        return self._query("SELECT id, format, data FROM prediction_batches WHERE day = ?"
+                           " AND id BETWEEN ? AND ? ORDER BY id", (day, *span))
+
+    def read_requests(self, request_ids: Iterable[str], features: bool = True,
+                      day: str | None = None, through: int | None = None) -> pd.DataFrame:
         ids = sorted({str(i) for i in request_ids})
         chunks = [orjson.dumps(ids[start:start + _IDS_PER_QUERY]).decode()
                   for start in range(0, len(ids), _IDS_PER_QUERY)]
         where = " WHERE request_id IN (SELECT value FROM json_each(?))"
+        old_where, scope = where, ()
+        if day is not None:
+            old_where, scope = f"{where} AND day = ?", (day,)
+        batch_where = where + "".join(
+            clause for clause, value in ((" AND b.day = ?", day), (" AND b.id <= ?", through))
+            if value is not None)
+        bounds = tuple(v for v in (day, through) if v is not None)
         old = (row for chunk in chunks  # each query run when the reader gets to it
-               for row in self._old_rows(f"{where} ORDER BY id", (chunk,), with_day=True))
+               for row in self._old_rows(f"{old_where} ORDER BY id", (chunk, *scope),
+                                         with_day=True))
         hits = (hit for chunk in chunks for hit in self._query(
             "SELECT b.id, b.day, b.format, b.data, r.first_row, r.rows FROM"
-            f" prediction_requests r JOIN prediction_batches b ON b.id = r.batch{where}",
-            (chunk,)))
+            f" prediction_requests r JOIN prediction_batches b ON b.id = r.batch{batch_where}",
+            (chunk, *bounds)))
         return columnar.requests_frame(old, hits, str(self.path), features)
 
     def _old_rows(self, where: str, params: tuple, with_day: bool = False) -> list[tuple]:
@@ -243,12 +261,6 @@ class SQLitePredictionLog(PredictionLog):
         found = self._query("SELECT DISTINCT day FROM prediction_batches")
         found += self._query("SELECT DISTINCT day FROM predictions")
         return sorted({date.fromisoformat(day) for (day,) in found})
-
-    def row_count(self, day: date | str) -> int:
-        new = self._query("SELECT SUM(rows) FROM prediction_batches WHERE day = ?",
-                          (_day(day),))
-        old = self._query("SELECT COUNT(*) FROM predictions WHERE day = ?", (_day(day),))
-        return sum(int(found[0][0] or 0) for found in (new, old) if found)
 
     def _query(self, sql: str, params: tuple = ()) -> list[tuple]:
         """Rows of `sql` on a short-lived connection (WAL: readers never block the writer);
