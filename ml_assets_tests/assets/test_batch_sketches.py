@@ -5,70 +5,36 @@ production_data takes its batch rows' share of the drift sketch from them."""
 
 from __future__ import annotations
 
-import tempfile
-import uuid
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from dagster import AssetSelection, Output, asset, materialize
+from dagster import AssetSelection, materialize
 
 from ml_assets import batch
 from ml_assets.core.batch.shards import manifest_sketches, read_day, read_manifest
 from ml_assets.core.data.datasets import BREAST_CANCER_TARGET, load_breast_cancer_frame
-from ml_assets.core.drift.sketch import NumericSketch, merge_sketches
-from ml_assets.core.drift.sketch_store import PROFILE_ARTIFACT, SketchBasis, read_sketch
+from ml_assets.core.drift.sketch import merge_sketches
+from ml_assets.core.drift.sketch_store import SketchBasis, read_sketch
 from ml_assets.core.estimation.day_scores import DayScores, sketch_rows
-from ml_assets.core.estimation.store import calibrate_model, log_estimation
-from ml_assets.core.registry.lineage import DATASET_TAG
 from ml_assets.drift import drift_scores
 from ml_assets.estimation import estimated_performance
 from ml_assets.in_place import BATCH_IN_PARTS
-from ml_assets.monitoring import _profile_for, live_performance, production_data
-from ml_assets.resources import DataSourceResource, MlflowTracking
+from ml_assets.monitoring import live_performance, production_data
 from ml_assets.resources.production import ProductionDataResource
-from ml_assets_tests.support.models import experiment_id, register, train_breast_cancer
+from ml_assets_tests.support.sketch_champion import profile_asset, same_sketch, sketch_champion
 
 DAY = "2026-11-24"
-RUN_CONFIG = {"ops": {"batch_predictions": {"ops": {"plan_batch_shards": {
-    "config": {"shard_rows": 100}}}}}}
 
 
 @pytest.fixture(scope="module")
 def champion(tmp_path_factory, mlflow_store):
-    """A small breast-cancer forest registered as its own champion (of the breast-cancer
-    lineage), its reference profile stored with its run as reference_profile stores it."""
-    root = tmp_path_factory.mktemp("batch_sketches")
-    trained = train_breast_cancer(n_estimators=5)
-    name = f"batch_sketch_{uuid.uuid4().hex[:8]}"
-    version, info = register(trained, name, experiment_id(name, mlflow_store["artifact_root"]))
-    tracking = MlflowTracking(tracking_uri=mlflow_store["tracking_uri"], experiment_name=name,
-                              registered_model_name=name)
-    tracking.client.set_model_version_tag(name, version, DATASET_TAG, "breast_cancer")
-    profile = _profile_for(trained.pipeline, SimpleNamespace(X_train=trained.X_train,
-                                                             X_test=trained.X_test))
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / Path(PROFILE_ARTIFACT).name
-        path.write_bytes(profile.to_bytes())
-        tracking.client.log_artifact(info.run_id, str(path),
-                                     str(Path(PROFILE_ARTIFACT).parent))
-    labels = load_breast_cancer_frame()[BREAST_CANCER_TARGET].loc[trained.X_test.index]
-    log_estimation(tracking.client, info.run_id, calibrate_model(
-        trained.pipeline, trained.X_test, labels, "binary"))
-    resources = {
-        "production": ProductionDataResource(
-            prediction_log_path=str(root / "log.db"), landing_dir=str(root / "landing"),
-            labels_dir=str(root / "labels"), batch_input_dir=str(root / "in"),
-            batch_output_dir=str(root / "out")),
-        "data_source": DataSourceResource(kind="breast_cancer"),
-        "mlflow_tracking": tracking,
-    }
-    return SimpleNamespace(root=root, profile=profile, version=version, run_id=info.run_id,
-                           resources=resources, out=root / "out" / DAY)
+    return sketch_champion(tmp_path_factory.mktemp("batch_sketches"), mlflow_store, DAY)
+RUN_CONFIG = {"ops": {"batch_predictions": {"ops": {"plan_batch_shards": {
+    "config": {"shard_rows": 100}}}}}}
 
 
 def _write_day(root: Path) -> None:
@@ -82,36 +48,6 @@ def _write_day(root: Path) -> None:
     pq.write_table(pa.Table.from_pandas(rows, preserve_index=False),
                    folder / "big.parquet", row_group_size=50)
     table.sample(40, random_state=5).to_csv(folder / "small.csv", index=False)
-
-
-def _same(a, b) -> None:
-    """Two sketches equal: counts, extremes exactly; distance sums to rounding."""
-    assert (a.n_rows, a.n_prediction_rows) == (b.n_rows, b.n_prediction_rows)
-    for role in ("features", "predictions"):
-        for name, entry in getattr(a, role).items():
-            other = getattr(b, role)[name]
-            assert entry.present == other.present, name
-            if isinstance(entry.sketch, NumericSketch):
-                for part in ("at", "between", "low", "high"):
-                    np.testing.assert_array_equal(getattr(entry.sketch, part),
-                                                  getattr(other.sketch, part), err_msg=name)
-                np.testing.assert_allclose(entry.sketch.distance, other.sketch.distance,
-                                           rtol=1e-12, atol=1e-9)
-            else:
-                assert entry.sketch.counts == other.sketch.counts, name
-
-
-def _stored_profile(champion, instance):
-    """reference_profile as the champion's run holds it, materialized in `instance`."""
-
-    @asset(name="reference_profile", group_name="monitoring")
-    def stored_profile() -> Output:
-        return Output(champion.profile, metadata={"champion_version": champion.version,
-                                                  "mlflow_run_id": champion.run_id})
-
-    assert materialize([stored_profile], instance=instance,
-                       resources=champion.resources).success
-    return stored_profile
 
 
 def test_shards_write_sketches_that_merge_into_the_days_sketch(champion, instance):
@@ -129,10 +65,10 @@ def test_shards_write_sketches_that_merge_into_the_days_sketch(champion, instanc
     assert materialization.metadata["drift_sketches"].value == 4
     assert materialization.metadata["drift_sketch_rows"].value == 340
     merged = merge_sketches(read_sketch(p) for p in paths)
-    _same(merged, basis.sketch(read_day(champion.out)))
+    same_sketch(merged, basis.sketch(read_day(champion.out)))
 
     # production_data of the day: its batch rows' share of the sketch is the shards'.
-    stored_profile = _stored_profile(champion, instance)
+    stored_profile = profile_asset(champion, instance)
     day = materialize([stored_profile, production_data], selection=AssetSelection.assets(
         "production_data"), partition_key=DAY, instance=instance,
         resources=champion.resources)
@@ -141,7 +77,7 @@ def test_shards_write_sketches_that_merge_into_the_days_sketch(champion, instanc
     assert metadata["from_batch"].value == 340
     assert metadata["drift_sketch_from_shards"].value == 340
     assert metadata["drift_sketch_rows"].value == 340
-    _same(read_sketch(metadata["drift_sketch"].value),
+    same_sketch(read_sketch(metadata["drift_sketch"].value),
           basis.sketch(day.output_for_node("production_data")))
 
     # The score sketches: production_data merges the parts', estimated_performance
@@ -175,7 +111,7 @@ def test_shards_write_sketches_that_merge_into_the_days_sketch(champion, instanc
         "label_probability": 0.0, "accuracy": 0.0, "roc_auc": 0.0}  # a forest: exact
 
 
-def test_a_day_above_the_memory_limit_stays_in_its_parts_and_is_judged_the_same(
+def test_a_day_above_the_memory_limit_stays_in_its_parts_and_is_judged_thesame_sketch(
         champion, instance):
     """batch_rows_in_memory below the day's 340 batch rows: production_data's frame holds
     none of them and names the parts; its drift and score sketches, drift_scores,
@@ -186,7 +122,7 @@ def test_a_day_above_the_memory_limit_stays_in_its_parts_and_is_judged_the_same(
     assert materialize([batch.batch_predictions], partition_key=DAY, instance=instance,
                        resources=champion.resources, run_config=RUN_CONFIG).success
 
-    stored_profile = _stored_profile(champion, instance)
+    stored_profile = profile_asset(champion, instance)
     rows = read_day(champion.out)
     labels = champion.root / "labels"
     labels.mkdir(exist_ok=True)
@@ -221,7 +157,7 @@ def test_a_day_above_the_memory_limit_stays_in_its_parts_and_is_judged_the_same(
     assert day[BATCH_IN_PARTS].value == 340 and day["from_batch"].value == 340
     assert day["dagster/row_count"].value == 340
     assert whole_meta["production_data"][BATCH_IN_PARTS].value == 0
-    _same(read_sketch(day["drift_sketch"].value), whole_sketch)
+    same_sketch(read_sketch(day["drift_sketch"].value), whole_sketch)
     assert day["score_sketch_rows"].value == {str(champion.version): 340}
     for key in ("drift_scores", "estimated_performance"):
         one, two = whole.output_for_node(key), parts.output_for_node(key)
@@ -244,7 +180,7 @@ def test_a_day_above_the_memory_limit_stays_in_its_parts_and_is_judged_the_same(
     day = rebuilt_meta["production_data"]
     assert day["drift_sketch_from_parts"].value == day["score_sketch_from_parts"].value == 340
     assert day["drift_sketch_from_shards"].value == day["score_sketch_from_shards"].value == 0
-    _same(read_sketch(day["drift_sketch"].value), whole_sketch)
+    same_sketch(read_sketch(day["drift_sketch"].value), whole_sketch)
     assert (rebuilt.output_for_node("estimated_performance")["per_version"]
             == whole.output_for_node("estimated_performance")["per_version"])
 
