@@ -173,7 +173,9 @@ def production_data(context: AssetExecutionContext, production: ProductionDataRe
     dataset (rows of another model, or of a version trained on another dataset, are left
     out and counted): what the API saw and answered (from its prediction log), the day's
     batch-scored rows, plus labelled drops from the landing directory, if any, which the
-    current champion scores so their predictions are monitored too."""
+    current champion scores so their predictions are monitored too. A log or batch day
+    too big to hold stays where it is, read a segment or record batch at a time into the
+    day's drift and score sketches (`log_rows_in_log`, `batch_rows_in_parts`)."""
     day = context.partition_key
     lineage = lineage_of(mlflow_tracking, data_source)
     basis = _sketch_basis(context, mlflow_tracking)
