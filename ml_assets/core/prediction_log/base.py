@@ -126,6 +126,11 @@ class PredictionLog(ABC):
     def _write(self, records: Sequence[PredictionRecord]) -> None:
         """Store `records` durably in one transaction (or raise, storing none)."""
 
+    @property
+    @abstractmethod
+    def _named(self) -> str:
+        """Where the log is, as errors name it (a file, a table)."""
+
     @abstractmethod
     def _old_day_rows(self, day: str) -> list[tuple]:
         """The day's rows of the first format's table, in order (see `_frame`)."""

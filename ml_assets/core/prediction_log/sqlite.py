@@ -226,9 +226,8 @@ class SQLitePredictionLog(PredictionLog):
         chunks = [orjson.dumps(ids[start:start + _IDS_PER_QUERY]).decode()
                   for start in range(0, len(ids), _IDS_PER_QUERY)]
         where = " WHERE request_id IN (SELECT value FROM json_each(?))"
-        old_where, scope = where, ()
-        if day is not None:
-            old_where, scope = f"{where} AND day = ?", (day,)
+        old_where = f"{where} AND day = ?" if day is not None else where
+        scope = (day,) if day is not None else ()
         batch_where = where + "".join(
             clause for clause, value in ((" AND b.day = ?", day), (" AND b.id <= ?", through))
             if value is not None)
