@@ -70,9 +70,9 @@ class InLog:
         if mark.rows <= production.log_rows_in_memory:
             return None
         sketch = basis.sketch if isinstance(basis, SketchBasis) else None
-        try:
-            read = LogDay.read_segments(production.log_segments(day, mark.through),
-                                        lineage, sketch)
+        try:  # the features decoded only to be sketched
+            read = LogDay.read_segments(production.log_segments(
+                day, mark.through, features=sketch is not None), lineage, sketch)
         except PredictionLogError as exc:
             raise Failure(f"the prediction log of {day} cannot be read: {exc}") from None
         return cls(LogMark(mark.through, read.read), read, lineage)
@@ -108,13 +108,20 @@ def log_rows(production: ProductionDataResource, day: str, metadata: Mapping[str
     """The logged rows production_data of `day` kept in the log, a segment at a time,
     as its frame would hold them (answered, of its lineage)."""
     through, lineage = _log_scope(production, day, metadata)
+    read = 0
     try:
         for segment in production.log_segments(day, through, features=features):
+            read += len(segment)
             rows = lineage_rows(segment, lineage)
             if len(rows):
                 yield rows
     except PredictionLogError as exc:
-        raise Failure(f"the prediction log of {day} cannot be read: {exc}") from None
+        raise Failure(f"the prediction log of {day} cannot be read ({exc}): materialize "
+                      f"production_data of {day} again") from None
+    if read != _count(metadata, "log_rows_read"):  # a commit landed below the mark since
+        _log_scope(production, day, metadata)  # names the fix
+        raise Failure(f"the prediction log of {day} changed while being read: "
+                      f"materialize production_data of {day} again")
 
 
 # -- batch parts ------------------------------------------------------------------------
@@ -253,7 +260,11 @@ def with_labelled_in_place(rows: pd.DataFrame, metadata: Mapping[str, Any],
         champions.append(champion_version(rows[source == BATCH_SOURCE]))
     if in_log(metadata):
         through, lineage = _log_scope(production, day, metadata)
-        logged = production.predictions_through(ids, day, through) if len(ids) else None
+        try:
+            logged = production.predictions_through(ids, day, through) if len(ids) else None
+        except PredictionLogError as exc:
+            raise Failure(f"the prediction log of {day} cannot be read: {exc}") from None
+        _log_scope(production, day, metadata)  # and nothing landed below the mark meanwhile
         frames.append(lineage_rows(logged, lineage) if logged is not None and len(logged)
                       else pd.DataFrame())
         champions.append(str(metadata["log_champion_version"].value) or None)

@@ -33,6 +33,8 @@ DAY = "2026-11-24"
 @pytest.fixture(scope="module")
 def champion(tmp_path_factory, mlflow_store):
     return sketch_champion(tmp_path_factory.mktemp("batch_sketches"), mlflow_store, DAY)
+
+
 RUN_CONFIG = {"ops": {"batch_predictions": {"ops": {"plan_batch_shards": {
     "config": {"shard_rows": 100}}}}}}
 
@@ -111,7 +113,7 @@ def test_shards_write_sketches_that_merge_into_the_days_sketch(champion, instanc
         "label_probability": 0.0, "accuracy": 0.0, "roc_auc": 0.0}  # a forest: exact
 
 
-def test_a_day_above_the_memory_limit_stays_in_its_parts_and_is_judged_thesame_sketch(
+def test_a_day_above_the_memory_limit_stays_in_its_parts_and_is_judged_the_same(
         champion, instance):
     """batch_rows_in_memory below the day's 340 batch rows: production_data's frame holds
     none of them and names the parts; its drift and score sketches, drift_scores,

@@ -97,3 +97,53 @@ def test_a_batch_lost_below_the_mark_changes_its_count_and_is_never_silently_ski
     with pytest.raises(Exception, match="went missing while being read"):
         list(segments)
     assert reader.day_mark(day, mark.through).rows == mark.rows - 30
+
+
+def test_a_batch_committed_late_inside_a_segments_span_is_not_read(tmp_path):
+    """On PostgreSQL an identity id is taken before its commit lands: a batch the index
+    did not list (committed after it was read) may lie between two listed ones. The
+    segment reads the listed batches only, and its rows are what the index counted."""
+    path = tmp_path / "log.db"
+    with SQLitePredictionLog(path) as writer:
+        write_commits(writer, [40, 25, 60, 10, 33, 50])
+    day = DAY.date().isoformat()
+
+    class LateCommit(SQLitePredictionLog):
+        """The index as read before the fourth batch (10 rows) committed."""
+
+        def _day_index(self, day, after, through, limit):
+            listed = super()._day_index(day, after, through, limit)
+            return [entry for entry in listed if entry[1] != 10]
+
+    reader = LateCommit(path, read_only=True)
+    mark = reader.day_mark(day)
+    segments = list(reader.read_segments(day, mark.through, segment_rows=10_000))
+    assert [len(s) for s in segments] == [208]
+    assert "req-125" not in set(segments[0]["request_id"])  # the fourth batch's first row
+    assert mark.rows == 218  # so a reader comparing counts sees the difference
+
+
+def test_the_index_is_read_a_page_at_a_time(tmp_path, monkeypatch):
+    """A day of many small commits: the index is paged, the segments are the same."""
+    from ml_assets.core.prediction_log import base
+
+    path = tmp_path / "log.db"
+    with SQLitePredictionLog(path) as writer:
+        write_commits(writer, [3] * 25)
+    day = DAY.date().isoformat()
+    reader = SQLitePredictionLog(path, read_only=True)
+    mark = reader.day_mark(day)
+    whole = [len(s) for s in reader.read_segments(day, mark.through, segment_rows=10)]
+    monkeypatch.setattr(base, "INDEX_PAGE", 4)
+    pages = []
+    original = SQLitePredictionLog._day_index
+
+    def counted(self, *args):
+        pages.append(args)
+        return original(self, *args)
+
+    monkeypatch.setattr(SQLitePredictionLog, "_day_index", counted)
+    paged = list(reader.read_segments(day, mark.through, segment_rows=10))
+    assert [len(s) for s in paged] == whole == [12] * 6 + [3]
+    assert len(pages) == 7 and all(limit == 4 for *_, limit in pages)
+    pd.testing.assert_frame_equal(concat_frames(paged), reader.read_day(day))

@@ -124,6 +124,7 @@ class LogDay:
             if sketch is not None:
                 part = sketch(rows)
                 running = part if running is None else merge_sketches([running, part])
+            del segment, scoped, rows  # not alive while the next segment decodes
         if sketch is not None:
             day.drift = running if running is not None else sketch(pd.DataFrame())
         return day

@@ -45,6 +45,7 @@ import pandas as pd
 
 from ml_assets.core.prediction_log import columnar
 from ml_assets.core.prediction_log.records import (  # noqa: F401 - importers' names
+    INDEX_PAGE,
     META_COLUMNS,
     SEGMENT_ROWS,
     LogMark,
@@ -140,8 +141,15 @@ class PredictionLog(ABC):
         """How many rows of the day the first format's table holds."""
 
     @abstractmethod
-    def _day_index(self, day: str) -> list[tuple[int, int]]:
-        """(batch id, rows) of the day's stored batches, by id."""
+    def _day_total(self, day: str, through: int | None) -> tuple[int, int]:
+        """The day's newest batch id (0: none) and the rows of its batches (up to id
+        `through` when given), counted in the store."""
+
+    @abstractmethod
+    def _day_index(self, day: str, after: int, through: int,
+                   limit: int) -> list[tuple[int, int]]:
+        """(batch id, rows) of the day's batches with after < id <= through, by id, at
+        most `limit` of them."""
 
     @abstractmethod
     def _day_batches(self, day: str, span: tuple[int, int] | None) -> list[tuple]:
@@ -168,36 +176,48 @@ class PredictionLog(ABC):
         """How far the day's log reaches now: its newest batch id and the rows up to it
         (up to `through` when given), counted without decoding."""
         day = _day(day)
-        index = self._day_index(day)
-        last = max((i for i, _ in index), default=0) if through is None else through
-        return LogMark(last, self._old_day_count(day)
-                       + sum(rows for i, rows in index if i <= last))
+        last, rows = self._day_total(day, through)
+        return LogMark(last if through is None else through,
+                       self._old_day_count(day) + rows)
 
     def read_segments(self, day: date | str, through: int,
                       segment_rows: int = SEGMENT_ROWS,
                       features: bool = True) -> Iterator[pd.DataFrame]:
         """The day's rows up to batch `through` (a `day_mark`), as read_day reads them,
-        in frames of about `segment_rows` rows (whole batches; the first format's rows
-        first, as one frame): a day is read without holding it."""
+        in frames of about `segment_rows` rows (whole batches, their index read a page
+        at a time): a day is read without holding it. The first format's rows (logs
+        written before the columnar format) come first, as one frame."""
         day = _day(day)
         old = self._old_day_rows(day)
         if old:
-            yield _frame(old, features)
+            first, old = _frame(old, features), []
+            yield first
+            del first
         segment: list[int] = []
-        filled = 0
-        index = [(i, rows) for i, rows in self._day_index(day) if i <= through]
-        for position, (batch_id, rows) in enumerate(index):
-            segment.append(batch_id)
-            filled += rows
-            if filled >= segment_rows or position == len(index) - 1:
-                wanted = set(segment)  # a batch committed late inside the span: not read
-                stored = [b for b in self._day_batches(day, (segment[0], segment[-1]))
-                          if b[0] in wanted]
-                if len(stored) != len(wanted):
-                    raise PredictionLogError(f"prediction log: batches of {day} up to "
-                                             f"{segment[-1]} went missing while being read")
-                yield columnar.frame(self._decoded(day, stored), features)
-                segment, filled = [], 0
+        filled, after = 0, 0
+        while True:
+            page = self._day_index(day, after, through, INDEX_PAGE)
+            for batch_id, rows in page:
+                segment.append(batch_id)
+                filled += rows
+                if filled >= segment_rows:
+                    yield self._segment(day, segment, features)
+                    segment, filled = [], 0
+            if len(page) < INDEX_PAGE:
+                break
+            after = page[-1][0]
+        if segment:
+            yield self._segment(day, segment, features)
+
+    def _segment(self, day: str, ids: list[int], features: bool) -> pd.DataFrame:
+        """The batches `ids` (in order) as one frame; a batch committed late inside
+        their span (not in `ids`) is not read."""
+        wanted = set(ids)
+        stored = [b for b in self._day_batches(day, (ids[0], ids[-1])) if b[0] in wanted]
+        if len(stored) != len(wanted):
+            raise PredictionLogError(f"prediction log: batches {ids[0]}-{ids[-1]} of {day} "
+                                     f"in {self._named} went missing while being read")
+        return columnar.frame(self._decoded(day, stored), features)
 
     def _decoded(self, day: str, stored: list[tuple]) -> list:
         return [columnar.decode(data, f"batch {batch_id} of {day} in {self._named}", fmt)

@@ -339,9 +339,16 @@ class PostgresPredictionLog(PredictionLog):
         found = self._query(f"SELECT COUNT(*) FROM {self._table} WHERE day = %s", (day,))
         return int(found[0][0]) if found else 0
 
-    def _day_index(self, day: str) -> list[tuple[int, int]]:
-        return self._query(f"SELECT id, rows FROM {self._batches} WHERE day = %s"
-                           " ORDER BY id", (day,))
+    def _day_total(self, day: str, through: int | None) -> tuple[int, int]:
+        bound = " AND id <= %s" if through is not None else ""
+        found = self._query(f"SELECT MAX(id), SUM(rows) FROM {self._batches} WHERE day = %s"
+                            + bound, (day,) if through is None else (day, through))
+        return (int(found[0][0] or 0), int(found[0][1] or 0)) if found else (0, 0)
+
+    def _day_index(self, day: str, after: int, through: int,
+                   limit: int) -> list[tuple[int, int]]:
+        return self._query(f"SELECT id, rows FROM {self._batches} WHERE day = %s AND id > %s"
+                           " AND id <= %s ORDER BY id LIMIT %s", (day, after, through, limit))
 
     def _day_batches(self, day: str, span: tuple[int, int] | None) -> list[tuple]:
         if span is None:

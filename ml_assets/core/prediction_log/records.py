@@ -30,8 +30,10 @@ META_COLUMNS = ["timestamp", "request_id", "row_index", "model_name", "model_ver
                 "latency_ms", "error"]
 
 
-# Rows per frame of read_segments (whole batches: a commit's rows of a day, <= 5,000).
+# Rows per frame of read_segments (whole batches: a commit's rows of a day, up to the
+# log's batch_rows, more for one bigger request), and batches per page of its index.
 SEGMENT_ROWS = 65_536
+INDEX_PAGE = 10_000
 
 
 @dataclass(frozen=True, slots=True)

@@ -209,9 +209,16 @@ class SQLitePredictionLog(PredictionLog):
         found = self._query("SELECT COUNT(*) FROM predictions WHERE day = ?", (day,))
         return int(found[0][0]) if found else 0
 
-    def _day_index(self, day: str) -> list[tuple[int, int]]:
-        return self._query("SELECT id, rows FROM prediction_batches WHERE day = ?"
-                           " ORDER BY id", (day,))
+    def _day_total(self, day: str, through: int | None) -> tuple[int, int]:
+        bound = " AND id <= ?" if through is not None else ""
+        found = self._query("SELECT MAX(id), SUM(rows) FROM prediction_batches WHERE day = ?"
+                            + bound, (day,) if through is None else (day, through))
+        return (int(found[0][0] or 0), int(found[0][1] or 0)) if found else (0, 0)
+
+    def _day_index(self, day: str, after: int, through: int,
+                   limit: int) -> list[tuple[int, int]]:
+        return self._query("SELECT id, rows FROM prediction_batches WHERE day = ? AND id > ?"
+                           " AND id <= ? ORDER BY id LIMIT ?", (day, after, through, limit))
 
     def _day_batches(self, day: str, span: tuple[int, int] | None) -> list[tuple]:
         if span is None:
