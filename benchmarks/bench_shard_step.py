@@ -3,6 +3,7 @@ no Dagster around it: where a step's time goes, without the executor's start-ups
 
     python benchmarks/bench_shard_step.py                          # 1,000,000 rows, 3 rounds
     python benchmarks/bench_shard_step.py --baseline /path/to/other/checkout
+    python benchmarks/bench_shard_step.py --sketch       # steps also sketch drift
 
 Setup as bench_scale.py's (a 50-tree forest on 30 generated features, registered and
 compiled; one Parquet file, row groups of 100,000). Each round runs, each in its own
@@ -64,9 +65,17 @@ def step(ready: dict) -> dict:
             tracking_uri=ready["tracking_uri"]))
         model = open_model(local, dict(tags or {}), "auto")
     load = time.perf_counter() - started
+    basis = None
+    if ready.get("sketch"):  # as a champion with a stored reference profile is scored
+        from ml_assets.core.drift.profile import ReferenceProfile
+        from ml_assets.core.drift.sketch_store import SketchBasis
+
+        basis = SketchBasis(ReferenceProfile.from_bytes(Path(ready["profile"]).read_bytes()),
+                            str(ready["version"]))
     started, cpu = time.perf_counter(), time.process_time()
     result = score_shard(plan, plan.shards[0], model,
-                         Path(tempfile.mkdtemp(prefix="step-", dir=ready["root"])))
+                         Path(tempfile.mkdtemp(prefix="step-", dir=ready["root"])),
+                         sketch=basis)
     assert result.passed, result.outcomes
     return {"wall": time.perf_counter() - started, "cpu": time.process_time() - cpu,
             "load": load, "seconds": getattr(result, "seconds", {}),
@@ -88,6 +97,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--baseline", type=Path, help="another checkout to compare")
+    parser.add_argument("--sketch", action="store_true",
+                        help="steps also sketch drift against the setup's reference profile "
+                        "(what a champion with a stored profile costs a step)")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -101,7 +113,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-step-") as tmp:
         root = Path(tmp)
         ready = bench_scale.setup(root, args.rows, args.rows)
-        ready.update(root=str(root), day=bench_scale.DAY, model=bench_scale.MODEL)
+        ready.update(root=str(root), day=bench_scale.DAY, model=bench_scale.MODEL,
+                     sketch=args.sketch)
         ready_file = root / "ready.json"
         ready_file.write_text(json.dumps(ready))
         variants = {"plain": ("plain", ROOT), "step": ("step", ROOT)}
@@ -116,7 +129,8 @@ def main() -> None:
     median = {k: {m: statistics.median(r[m] for r in v) for m in ("wall", "cpu")}
               for k, v in results.items()}
     summary = {
-        "rows": args.rows, "rounds": args.rounds, "median_seconds": median,
+        "rows": args.rows, "rounds": args.rounds, "drift_sketch": args.sketch,
+        "median_seconds": median,
         "ratio_to_plain": {k: {m: median[k][m] / median["plain"][m] for m in ("wall", "cpu")}
                            for k in results if k != "plain"},
         "model_load_seconds": statistics.median(r["load"] for r in results["step"]),
