@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -44,14 +45,93 @@ FORMAT = "ml_assets.drift.DriftSketch"
 FORMAT_VERSION = 1
 
 
+# Grids (and their indexes) per column profile, by identity, and PSI bins: a step
+# sketches every record batch on the same grids, so each is built once (read-only).
+_GRIDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_INDEXES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# Buckets of a GridIndex per grid point, and at most this many buckets.
+BUCKETS_PER_POINT = 16
+MAX_BUCKETS = 1 << 18
+
+
+@dataclass(frozen=True, eq=False)
+class GridIndex:
+    """Where values fall on a sorted grid (`np.searchsorted(grid, v)`) without a binary
+    search for most of them: the grid's range cut into equal buckets, with the count of
+    grid points below each bucket's start. A value in a bucket holding no grid point
+    has that count as its place; the others (about one in seven on a quantile grid) are
+    searched. Exact: a value's bucket is checked against the bucket's float edges."""
+
+    grid: np.ndarray
+    width: float
+    below: np.ndarray  # grid points below edge b (edge 0: -inf, edge M+2: +inf)
+
+    @classmethod
+    def of(cls, grid: np.ndarray) -> GridIndex | None:
+        """The index of `grid`, or None when it cannot have one (fewer than two points,
+        or a range no float width spans)."""
+        if grid.size < 2:
+            return None
+        buckets = min(BUCKETS_PER_POINT * grid.size, MAX_BUCKETS)
+        with np.errstate(over="ignore"):
+            width = float(grid[-1] - grid[0]) / buckets
+        if not np.isfinite(width) or width <= 0:
+            return None
+        edges = _bucket_edges(grid[0], width, np.arange(buckets + 3), buckets + 3)
+        return cls(grid, width, np.searchsorted(grid, edges).astype(np.int64))
+
+    def places(self, values: np.ndarray) -> np.ndarray:
+        """np.searchsorted(grid, values) for finite `values`."""
+        grid, top = self.grid, self.below.size - 2  # buckets 0 .. top
+        origin, width = grid[0], self.width
+        with np.errstate(over="ignore", invalid="ignore"):
+            guess = np.floor((values - origin) / width)
+        bucket = np.clip(guess, -1, top - 1).astype(np.int64) + 1
+        # exact: edge[bucket] <= value < edge[bucket + 1], the edges computed as the
+        # index computed them (rounding moves a guess by one at most)
+        bucket -= (values < origin + width * (bucket - 1).astype(np.float64)) & (bucket > 0)
+        bucket += (values >= origin + width * bucket.astype(np.float64)) & (bucket < top)
+        place = self.below[bucket]
+        mixed = np.flatnonzero(self.below[bucket + 1] > place)  # buckets with points
+        if mixed.size:
+            place[mixed] = np.searchsorted(grid, values[mixed])
+        return place
+
+
+def _bucket_edges(origin: float, width: float, buckets: np.ndarray,
+                  count: int) -> np.ndarray:
+    """The start of each bucket in `buckets`: -inf for 0, origin + width * (b - 1), +inf
+    from count - 1 on (`GridIndex.places` computes them alike, to the bit)."""
+    edges = origin + width * (buckets - 1).astype(np.float64)
+    edges[buckets <= 0] = -np.inf
+    edges[buckets >= count - 1] = np.inf
+    return edges
+
+
+def grid_index(column: NumericProfile, psi_bins: Iterable[int] = ()) -> GridIndex | None:
+    """The (cached) GridIndex of `profile_grid(column, psi_bins)`."""
+    bins_asked = tuple(psi_bins)
+    known = _INDEXES.setdefault(column, {})
+    if bins_asked not in known:
+        known[bins_asked] = GridIndex.of(profile_grid(column, bins_asked))
+    return known[bins_asked]
+
+
 def profile_grid(column: NumericProfile, psi_bins: Iterable[int] = ()) -> np.ndarray:
     """A numeric column's grid: its stored support, its PSI edges, and the quantile edges
     of any other PSI bin counts asked for (`psi_bins`), sorted and distinct."""
+    bins_asked = tuple(psi_bins)
+    known = _GRIDS.get(column)
+    if known is not None and bins_asked in known:
+        return known[bins_asked]
     parts = [column.values, column.psi_edges]
-    for bins in psi_bins:
+    for bins in bins_asked:
         if column.values.size:
             parts.append(quantile_edges(column.values, column.counts, bins))
-    return np.unique(np.concatenate(parts).astype(np.float64))
+    grid = np.unique(np.concatenate(parts).astype(np.float64))
+    grid.flags.writeable = False
+    _GRIDS.setdefault(column, {})[bins_asked] = grid
+    return grid
 
 
 def sketch_basis(profile: ReferenceProfile, psi_bins: Iterable[int] = ()) -> str:
@@ -94,14 +174,16 @@ class NumericSketch:
                    np.zeros(k + 1), np.full(k + 1, np.inf), np.full(k + 1, -np.inf))
 
     @classmethod
-    def of(cls, values: np.ndarray, grid: np.ndarray) -> NumericSketch:
-        """The sketch of float values (NaN and +/-inf are missing: not counted)."""
+    def of(cls, values: np.ndarray, grid: np.ndarray,
+           index: GridIndex | None = None) -> NumericSketch:
+        """The sketch of float values (NaN and +/-inf are missing: not counted), with
+        `index` (built on `grid`) to place them when given."""
         sketch = cls.empty(grid)
-        kept = np.sort(values[np.isfinite(values)])
+        kept = values[np.isfinite(values)]
         if not kept.size:
             return sketch
         k = grid.size
-        left = np.searchsorted(grid, kept, side="left")
+        left = index.places(kept) if index is not None else np.searchsorted(grid, kept)
         equal = (left < k) & (grid[np.minimum(left, k - 1)] == kept) if k else np.zeros(
             kept.size, bool)
         sketch.at += np.bincount(left[equal], minlength=k).astype(np.int64)[:k]
@@ -114,11 +196,8 @@ class NumericSketch:
             anchor = grid[np.maximum(where - 1, 0)]
             gaps = np.where(where == 0, anchor - inside, inside - anchor)
             sketch.distance += np.bincount(where, weights=gaps, minlength=k + 1)
-        # sorted values with non-decreasing interval index: a run's ends are its extremes
-        starts = np.flatnonzero(np.r_[True, where[1:] != where[:-1]])
-        ends = np.r_[starts[1:], where.size] - 1
-        sketch.low[where[starts]] = inside[starts]
-        sketch.high[where[ends]] = inside[ends]
+        np.minimum.at(sketch.low, where, inside)
+        np.maximum.at(sketch.high, where, inside)
         return sketch
 
     def merged(self, other: NumericSketch) -> NumericSketch:
@@ -255,7 +334,8 @@ def _sketch_column(column: ColumnProfile, frame: pd.DataFrame, name: str,
         grid = profile_grid(column, psi_bins)
         if not present:
             return ColumnEntry(NumericSketch.empty(grid), False)
-        return ColumnEntry(NumericSketch.of(numeric_values(frame[name]), grid), True)
+        return ColumnEntry(NumericSketch.of(numeric_values(frame[name]), grid,
+                                            grid_index(column, psi_bins)), True)
     assert isinstance(column, CategoricalProfile)
     if not present:
         return ColumnEntry(CategoricalSketch(), False)
