@@ -93,8 +93,11 @@ def _peak_mib() -> float:
 
 # -- setup ----------------------------------------------------------------------------------
 
-def setup(root: Path, rows: int, file_rows: int) -> dict:
-    """The champion (registered, compiled) and its reference profile, and the day's files."""
+def setup(root: Path, rows: int, file_rows: int, store_profile: bool = True) -> dict:
+    """The champion (registered, compiled) and its reference profile, and the day's files.
+    `store_profile`: the profile stored with the champion's run, as reference_profile
+    stores it, so that each shard step sketches drift (the product after training);
+    without it the steps score and sketch performance only."""
     import mlflow
     import numpy as np
     import pyarrow as pa
@@ -109,8 +112,8 @@ def setup(root: Path, rows: int, file_rows: int) -> dict:
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
     spec = SyntheticSpec(n_rows=20_000, n_numeric=FEATURES, seed=0)
     trained = train_synthetic(spec, n_estimators=50)
-    version, _ = register(trained, MODEL, experiment_id(MODEL, (root / "art").as_uri()),
-                          compile=True)
+    version, info = register(trained, MODEL, experiment_id(MODEL, (root / "art").as_uri()),
+                             compile=True)
     # as the reference_profile asset builds it: features on the training split, model
     # outputs on the held-out split
     features = build_reference_profile(trained.X_train,
@@ -119,6 +122,15 @@ def setup(root: Path, rows: int, file_rows: int) -> dict:
     predictions = build_reference_profile(outputs, {}, output_kinds)
     profile = dataclasses.replace(features, predictions=predictions.predictions)
     (root / "profile.npz").write_bytes(profile.to_bytes())
+    if store_profile:
+        from mlflow import MlflowClient
+
+        from ml_assets.core.drift.sketch_store import PROFILE_ARTIFACT
+
+        stored = root / "stored" / Path(PROFILE_ARTIFACT).name
+        stored.parent.mkdir()
+        stored.write_bytes(profile.to_bytes())
+        MlflowClient().log_artifact(info.run_id, str(stored), str(Path(PROFILE_ARTIFACT).parent))
     # as reference_profile stores it: the calibrator of the held-out rows
     labels = make_synthetic(spec)[spec.target].loc[trained.X_test.index]
     calibrator = calibrate_model(trained.pipeline, trained.X_test, labels, "binary")
@@ -272,7 +284,14 @@ def _drift(env: dict, mode: str, queue) -> None:
     parts = manifest_parts(day_dir, manifest)
     columns = [*profile.features, *profile.predictions]
     started, cpu_before = time.perf_counter(), _cpu_seconds()
-    if mode == "sketch":
+    from ml_assets.core.batch.shards import manifest_sketches
+    from ml_assets.core.drift.sketch_store import SketchBasis, read_sketch
+
+    from_steps = manifest_sketches(day_dir, manifest, SketchBasis(profile, None).digest)
+    if mode == "sketch" and from_steps:
+        # what production_data does: the shard steps' sketches, merged
+        report = score_sketch(profile, merge_sketches(read_sketch(p) for p in from_steps))
+    elif mode == "sketch":
         # one row group at a time, no pre-buffering (as a shard step reads): pyarrow's
         # reader over a whole file reads ahead, and its memory grows with the file
         files = [pq.ParquetFile(part, pre_buffer=False) for part in parts]
@@ -300,7 +319,8 @@ def _drift(env: dict, mode: str, queue) -> None:
         report = score_drift(profile, frame)
     queue.put({"wall": time.perf_counter() - started, "cpu": _cpu_seconds() - cpu_before,
                "peak_mib": _peak_mib(), "rows": report.n_rows,
-               "dataset_drifted": report.dataset_drifted,
+               "sketched_by": ("the shard steps" if from_steps else "this pass over the parts")
+               if mode == "sketch" else "", "dataset_drifted": report.dataset_drifted,
                "prediction_drifted": report.prediction_drifted,
                "drifted": sorted(report.drifted_features),
                "prediction_columns_drifted": sorted(report.prediction_drifted_columns),
@@ -414,6 +434,9 @@ def main() -> None:
     parser.add_argument("--single-pass-max", type=int, default=5_000_000,
                         help="largest day scored single-pass in one frame for the drift "
                         "check; a larger day is scored single-pass one column at a time")
+    parser.add_argument("--no-step-sketch", action="store_true",
+                        help="the champion's run holds no reference profile: shard steps do "
+                        "not sketch drift (drift then sketches the parts in its own pass)")
     parser.add_argument("--no-single-pass", action="store_true",
                         help="drift from merged sketches only")
     parser.add_argument("--drift-only", type=Path, metavar="DIR",
@@ -432,7 +455,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         root = Path(tmp)
         started = time.perf_counter()
-        ready = setup(root, args.rows, args.file_rows)
+        ready = setup(root, args.rows, args.file_rows, store_profile=not args.no_step_sketch)
         print(f"setup: {args.rows:,} rows in {-(-args.rows // args.file_rows)} files, "
               f"model version {ready['version']} ({time.perf_counter() - started:.0f} s)",
               flush=True)
@@ -472,6 +495,7 @@ def main() -> None:
         sharded = list(variants)
         summary = {
             "rows": args.rows, "repeats": args.repeats,
+            "steps_sketch_drift": not args.no_step_sketch,
             "preload_modules": list(PRELOAD_MODULES),
             "load_average_1min": {k: [round(r["load"], 1) for r in v]
                                   for k, v in results.items()},
