@@ -198,8 +198,9 @@ class ShardResult:
         return all(o.passed for o in self.outcomes)
 
 
-# Where a shard step's time goes, as ShardResult.seconds and the manifest report it.
-STAGES = ("read", "validate", "score", "write", "check")
+# Where a shard step's time goes, as ShardResult.seconds and the manifest report it
+# ("sketch": the drift and score sketches of each batch).
+STAGES = ("read", "validate", "score", "write", "sketch", "check")
 
 
 def _batches(shard: Shard, csv_options: CsvOptions, features: list[str],
@@ -410,6 +411,7 @@ def score_shard(plan: ShardPlan, shard: Shard, model: ScoringModel, day_dir: Pat
                 writer = pq.ParquetWriter(temporary, table.schema.remove_metadata(),
                                           use_dictionary=_DICTIONARY_COLUMNS)
             writer.write_table(table.cast(writer.schema))
+            lap("write")
             if sketch is not None:
                 frame = rows if isinstance(rows, pd.DataFrame) else rows.to_pandas()
                 answered_frame = pd.DataFrame(outputs, index=frame.index)
@@ -420,7 +422,7 @@ def score_shard(plan: ShardPlan, shard: Shard, model: ScoringModel, day_dir: Pat
                 scored = batch_scores if scored is None else scored.merged(batch_scores)
             rows_in += table.num_rows
             pipeline_rows += slow
-            lap("write")
+            lap("sketch")
         if writer is None:
             raise BatchInputError(shard.file_name, "no rows", f"{shard.file} has a header "
                                   "but 0 data rows: add rows or remove the file")

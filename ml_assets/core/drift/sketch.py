@@ -78,7 +78,7 @@ class GridIndex:
         if not np.isfinite(width) or width <= 0:
             return None
         edges = _bucket_edges(grid[0], width, np.arange(buckets + 3), buckets + 3)
-        return cls(grid, width, np.searchsorted(grid, edges).astype(np.int64))
+        return cls(grid, width, np.searchsorted(grid, edges).astype(np.int32))
 
     def places(self, values: np.ndarray) -> np.ndarray:
         """np.searchsorted(grid, values) for finite `values`."""
@@ -86,11 +86,12 @@ class GridIndex:
         origin, width = grid[0], self.width
         with np.errstate(over="ignore", invalid="ignore"):
             guess = np.floor((values - origin) / width)
-        bucket = np.clip(guess, -1, top - 1).astype(np.int64) + 1
-        # exact: edge[bucket] <= value < edge[bucket + 1], the edges computed as the
-        # index computed them (rounding moves a guess by one at most)
-        bucket -= (values < origin + width * (bucket - 1).astype(np.float64)) & (bucket > 0)
-        bucket += (values >= origin + width * bucket.astype(np.float64)) & (bucket < top)
+            bucket = np.clip(guess, -1, top - 1).astype(np.int64) + 1
+            # exact: edge[bucket] <= value < edge[bucket + 1], the edges computed as the
+            # index computed them (rounding moves a guess by one at most)
+            bucket -= (values < origin + width * (bucket - 1).astype(np.float64)) & (
+                bucket > 0)
+            bucket += (values >= origin + width * bucket.astype(np.float64)) & (bucket < top)
         place = self.below[bucket]
         mixed = np.flatnonzero(self.below[bucket + 1] > place)  # buckets with points
         if mixed.size:
@@ -102,7 +103,8 @@ def _bucket_edges(origin: float, width: float, buckets: np.ndarray,
                   count: int) -> np.ndarray:
     """The start of each bucket in `buckets`: -inf for 0, origin + width * (b - 1), +inf
     from count - 1 on (`GridIndex.places` computes them alike, to the bit)."""
-    edges = origin + width * (buckets - 1).astype(np.float64)
+    with np.errstate(over="ignore"):
+        edges = origin + width * (buckets - 1).astype(np.float64)
     edges[buckets <= 0] = -np.inf
     edges[buckets >= count - 1] = np.inf
     return edges
@@ -179,22 +181,27 @@ class NumericSketch:
         """The sketch of float values (NaN and +/-inf are missing: not counted), with
         `index` (built on `grid`) to place them when given."""
         sketch = cls.empty(grid)
-        kept = values[np.isfinite(values)]
+        finite = np.isfinite(values)
+        kept = values if finite.all() else values[finite]
         if not kept.size:
             return sketch
         k = grid.size
         left = index.places(kept) if index is not None else np.searchsorted(grid, kept)
-        equal = (left < k) & (grid[np.minimum(left, k - 1)] == kept) if k else np.zeros(
-            kept.size, bool)
-        sketch.at += np.bincount(left[equal], minlength=k).astype(np.int64)[:k]
-        inside, where = kept[~equal], left[~equal]
+        inside, where = kept, left
+        if k:
+            equal = (left < k) & (grid[np.minimum(left, k - 1)] == kept)
+            if equal.any():  # values on grid points (a continuous column: rarely)
+                sketch.at += np.bincount(left[equal], minlength=k).astype(np.int64)[:k]
+                inside, where = kept[~equal], left[~equal]
         if not inside.size:
             return sketch
         sketch.between += np.bincount(where, minlength=k + 1).astype(np.int64)
         if k:
             # below g_0: distance g_0 - x; elsewhere x - g_{j-1} (the interval's left end)
-            anchor = grid[np.maximum(where - 1, 0)]
-            gaps = np.where(where == 0, anchor - inside, inside - anchor)
+            gaps = inside - grid[np.maximum(where - 1, 0)]
+            below = where == 0
+            if below.any():
+                gaps[below] = -gaps[below]
             sketch.distance += np.bincount(where, weights=gaps, minlength=k + 1)
         np.minimum.at(sketch.low, where, inside)
         np.maximum.at(sketch.high, where, inside)

@@ -36,7 +36,8 @@ class SketchBasis:
     def sketch(self, rows: pd.DataFrame) -> DriftSketch:
         """The sketch drift scoring reads for `rows`: features of every row, model
         outputs of the rows this version answered as champion."""
-        outputs = [c for c in (*self.profile.predictions, "variant", "model_version")
+        outputs = [c for c in dict.fromkeys((*self.profile.predictions, "variant",
+                                             "model_version"))
                    if c in rows.columns]  # the answers only, not a copy of the features
         return sketch_frame(self.profile, rows, judged_answers(rows[outputs], self.version))
 
