@@ -16,13 +16,16 @@ with ML_MAX_CONCURRENT = the workers and ML_START_METHOD per `--start-methods`):
 `forkserver` (the product's default: steps forked from one server that imported
 `PRELOAD_MODULES` once) and/or `spawn` (Dagster's default: a fresh interpreter importing
 Dagster, MLflow, scikit-learn and skops per step). Each shard step records its seconds per
-stage (read, validate, score, write, check) in the day's manifest; the summary gives their
+stage (read, validate, score, write, sketch, check) in the day's manifest; the summary gives their
 medians, the steps' own durations, and what the run spent outside its shard steps
 (process start-up, the plan and publish steps, hand-offs).
 
 Setup (not timed): a 50-tree forest on the synthetic generator's 30 features, registered
 and compiled (ONNX, parity-checked) in a temporary MLflow store, with its reference
-profile; the day as Parquet files of --file-rows rows (row groups of 100,000), the second
+profile stored with its run as `reference_profile` stores it, so that each shard step
+sketches drift as the product's do (`--no-step-sketch`: no stored profile, the steps
+sketch performance only; the configuration of the runs before 8 December); the day as
+Parquet files of --file-rows rows (row groups of 100,000), the second
 half of the files shifted by 0.2 std on 15 features (so the drift verdicts have
 something to find). Every measured thing runs in its own child process; peak RSS is
 VmHWM: of each child itself, and of each shard step process (the step records its own
@@ -35,7 +38,9 @@ Performance estimation runs then too: the parts' score sketches merged and estim
 (CBPE on the setup's calibrator), against one sketch of all the day's rows read at once;
 the verdicts (gate 0.8 on the gated metrics) and the largest difference of the bands.
 
-Drift runs once, after the first repeat (every repeat scores the same day); with
+Drift runs once, after the first repeat (every repeat scores the same day): `drift_sketch`
+merges the steps' sketches when they made them (`sketched_by`), else sketches the parts in
+its own pass; with
 --json-out, the runs so far are written after each repeat, so a run cut short leaves them.
 Drift's single-pass reference: the whole day in one frame (`score_drift`) up to
 `--single-pass-max` rows; above it, still in one exact pass but one column of all rows at
