@@ -59,6 +59,7 @@ def sketch_champion(root: Path, mlflow_store: dict, day: str) -> SimpleNamespace
 def same_sketch(a, b) -> None:
     """Two sketches equal: counts, extremes exactly; distance sums to rounding."""
     assert (a.n_rows, a.n_prediction_rows) == (b.n_rows, b.n_prediction_rows)
+    assert (set(a.features), set(a.predictions)) == (set(b.features), set(b.predictions))
     for role in ("features", "predictions"):
         for name, entry in getattr(a, role).items():
             other = getattr(b, role)[name]

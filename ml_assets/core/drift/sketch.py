@@ -59,8 +59,9 @@ class GridIndex:
     """Where values fall on a sorted grid (`np.searchsorted(grid, v)`) without a binary
     search for most of them: the grid's range cut into equal buckets, with the count of
     grid points below each bucket's start. A value in a bucket holding no grid point
-    has that count as its place; the others (about one in seven on a quantile grid) are
-    searched. Exact: a value's bucket is checked against the bucket's float edges."""
+    has that count as its place; the others (about one in nine on the benchmark's
+    quantile grids) are searched. Exact: a value's bucket is checked against the
+    bucket's float edges."""
 
     grid: np.ndarray
     width: float

@@ -26,7 +26,8 @@ class WindowDay:
     """One calendar day of a window: its rows (None: not recorded, count them by
     loading), its usable sketch file (None: there is none on this profile and model
     version), how to load its rows (None for a day without data), and how to sketch it
-    without loading it whole (`build`: a day whose batch rows are in their parts)."""
+    without loading it whole (`build`: a day that kept rows in place, in batch parts or
+    in the prediction log)."""
 
     day: str
     rows: int | None
