@@ -27,11 +27,7 @@ from ml_assets.core.batch.shards import (
     manifest_score_sketches,
     manifest_sketches,
 )
-from ml_assets.core.data.logged_rows import (
-    answered_rows,
-    flagged_counts,
-    logged_frame,
-)
+from ml_assets.core.data.logged_rows import LogDay
 from ml_assets.core.data.preprocessing import Split, feature_kinds
 from ml_assets.core.data.production_rows import (
     Lineage,
@@ -179,14 +175,13 @@ def production_data(context: AssetExecutionContext, production: ProductionDataRe
     day = context.partition_key
     lineage = lineage_of(mlflow_tracking, data_source)
     basis = _sketch_basis(context, mlflow_tracking)
-    log, logged = InLog.read(production, day, lineage, basis), pd.DataFrame()
-    if log is None:  # a day small enough to hold
-        scoped = scope_rows(answered_rows(production.predictions(day)), lineage)
-        excluded, (flagged, by_reason) = dict(scoped.excluded), flagged_counts(scoped.rows)
-        logged = logged_frame(scoped.rows) if len(scoped.rows) else logged
-    else:  # no shadows, no failed canaries, of this lineage: sketched as it streamed
-        excluded, flagged, by_reason = dict(log.day.excluded), log.day.flagged, dict(
-            log.day.flags_by_reason)
+    log = InLog.read(production, day, lineage, basis)  # None: a day small enough to hold
+    # no shadows, no failed canaries, of this lineage (a big day: counted as it streamed)
+    counted = log.day if log is not None else LogDay()
+    logged = (counted.take(production.predictions(day), lineage) if log is None
+              else pd.DataFrame())
+    excluded, flagged, by_reason = (dict(counted.excluded), counted.flagged,
+                                    dict(counted.flags_by_reason))
     target = data_source.target_column
     frames = [logged] if len(logged) else []
     manifest = production.batch_manifest(day)  # read once: the sketches follow this plan

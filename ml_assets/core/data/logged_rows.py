@@ -97,6 +97,26 @@ class LogDay:
     drift: DriftSketch | None = None
     scores: DayScores = field(default_factory=lambda: DayScores({}))
 
+    def take(self, logged: pd.DataFrame, lineage: Lineage) -> pd.DataFrame:
+        """`logged` (a day or a segment of the log) as production_data keeps it:
+        answered, of `lineage`, shaped by `logged_frame` (empty: none kept), with what
+        it read, kept and left out counted into this day."""
+        self.read += len(logged)
+        scoped = scope_rows(answered_rows(logged), lineage)
+        for reason, count in scoped.excluded.items():
+            self.excluded[reason] = self.excluded.get(reason, 0) + count
+        if not len(scoped.rows):
+            return pd.DataFrame()
+        flagged, reasons = flagged_counts(scoped.rows)
+        self.flagged += flagged
+        for reason, count in reasons.items():
+            self.flags_by_reason[reason] = self.flags_by_reason.get(reason, 0) + count
+        rows = logged_frame(scoped.rows)
+        self.kept += len(rows)
+        self.versions.update(rows["model_version"].dropna().astype(str))
+        self.champion = champion_version(rows) or self.champion
+        return rows
+
     @classmethod
     def read_segments(cls, segments: Iterable[pd.DataFrame], lineage: Lineage,
                       sketch: Callable[[pd.DataFrame], DriftSketch] | None) -> LogDay:
@@ -106,25 +126,15 @@ class LogDay:
         day = cls()
         running: DriftSketch | None = None
         for segment in segments:
-            day.read += len(segment)
-            scoped = scope_rows(answered_rows(segment), lineage)
-            for reason, count in scoped.excluded.items():
-                day.excluded[reason] = day.excluded.get(reason, 0) + count
-            if not len(scoped.rows):
+            rows = day.take(segment, lineage)
+            del segment  # not alive while the next segment decodes
+            if not len(rows):
                 continue
-            flagged, reasons = flagged_counts(scoped.rows)
-            day.flagged += flagged
-            for reason, count in reasons.items():
-                day.flags_by_reason[reason] = day.flags_by_reason.get(reason, 0) + count
-            rows = logged_frame(scoped.rows)
-            day.kept += len(rows)
-            day.versions.update(rows["model_version"].dropna().astype(str))
-            day.champion = champion_version(rows) or day.champion
             day.scores = day.scores.merged(sketch_rows(rows))
             if sketch is not None:
                 part = sketch(rows)
                 running = part if running is None else merge_sketches([running, part])
-            del segment, scoped, rows  # not alive while the next segment decodes
+            del rows
         if sketch is not None:
             day.drift = running if running is not None else sketch(pd.DataFrame())
         return day
