@@ -264,21 +264,30 @@ def test_a_window_whose_effect_sits_within_its_error_is_judged_from_the_rows(pro
     assert sketched.report.dataset_drifted == expected.dataset_drifted
 
 
-@pytest.mark.parametrize("grid_kind", ["quantiles", "integers", "two", "clustered", "tiny"])
-def test_the_grid_index_places_values_as_a_binary_search_does(grid_kind):
+@pytest.mark.parametrize("max_steps", [0, 1, 2, 8])
+@pytest.mark.parametrize("grid_kind", ["quantiles", "integers", "two", "clustered", "tiny",
+                                       "huge"])
+def test_the_grid_index_places_values_as_a_binary_search_does(grid_kind, max_steps,
+                                                               monkeypatch):
     """GridIndex.places is np.searchsorted(grid, v) for every finite value: on the grid's
-    points, one float either side of them, far outside, and at bucket edges; a sketch
-    with the index is the sketch without it (counts and extremes exactly)."""
+    points, one float either side of them, far outside, and either side of bucket
+    boundaries; with values stepping over none, some or all of a bucket's points (the
+    rest binary-searched); a sketch with the index is the sketch without it."""
+    from ml_assets.core.drift import sketch as module
     from ml_assets.core.drift.sketch import GridIndex, NumericSketch
+
+    monkeypatch.setattr(module, "MAX_STEPS", max_steps)
 
     rng = np.random.default_rng(7)
     grid = {"quantiles": np.unique(rng.normal(size=10_000)),
             "integers": np.arange(0.0, 5.0), "two": np.array([0.0, 1.0]),
             "clustered": np.unique(np.r_[rng.normal(size=3_000) * 1e-9, 1e6]),
-            "tiny": np.unique(rng.normal(size=50) * 1e-300)}[grid_kind]
+            "tiny": np.unique(rng.normal(size=50) * 1e-300),
+            "huge": np.unique(np.r_[rng.normal(size=500) * 1e300, 1e307])}[grid_kind]
     index = GridIndex.of(grid)
-    assert index is not None
-    edges = grid[0] + index.width * np.arange(-1.0, index.below.size)
+    assert index is not None and index.steps <= max_steps
+    assert (index.crowded is not None) == (np.diff(index.below).max() > max_steps)
+    edges = (np.arange(index.top + 1) - index.shift) / index.scale
     values = np.r_[rng.normal(size=50_000), np.round(rng.normal(size=5_000), 1),
                    grid, np.nextafter(grid, np.inf), np.nextafter(grid, -np.inf),
                    edges, np.nextafter(edges, -np.inf), rng.normal(size=100) * 1e300,
@@ -288,7 +297,7 @@ def test_the_grid_index_places_values_as_a_binary_search_does(grid_kind):
     with_index, without = NumericSketch.of(values, grid, index), NumericSketch.of(values, grid)
     for part in ("at", "between", "low", "high"):
         np.testing.assert_array_equal(getattr(with_index, part), getattr(without, part))
-    np.testing.assert_allclose(with_index.distance, without.distance, rtol=1e-12)
+    np.testing.assert_array_equal(with_index.distance, without.distance)
 
 
 def test_a_grid_without_a_float_width_has_no_index():

@@ -276,6 +276,21 @@ def _output_table(features: Any, outputs: dict[str, Any], first_row: int,
     return table
 
 
+def _with_answers(rows: Any, outputs: dict[str, Any]) -> pd.DataFrame:
+    """The rows (a validated frame or record batch) and their answers as one frame, as
+    drift sketching reads them; a record batch converted column by column, with no
+    consolidated copy of the features."""
+    import pyarrow as pa
+
+    if isinstance(rows, pd.DataFrame):
+        return pd.concat([rows, pd.DataFrame(outputs, index=rows.index)], axis=1)
+    table = pa.Table.from_batches([rows])
+    for name, values in outputs.items():
+        table = table.append_column(name, values if isinstance(values, pa.Array)
+                                    else pa.array(np.asarray(values)))
+    return table.to_pandas(split_blocks=True)
+
+
 # Dictionary encoding only where values repeat: tried on every column, Parquet spends
 # time building dictionaries of distinct floats and ids before falling back.
 _DICTIONARY_COLUMNS = ["model_name", "model_version", "prediction", "source_file"]
@@ -413,9 +428,7 @@ def score_shard(plan: ShardPlan, shard: Shard, model: ScoringModel, day_dir: Pat
             writer.write_table(table.cast(writer.schema))
             lap("write")
             if sketch is not None:
-                frame = rows if isinstance(rows, pd.DataFrame) else rows.to_pandas()
-                answered_frame = pd.DataFrame(outputs, index=frame.index)
-                day_rows = sketch.sketch(pd.concat([frame, answered_frame], axis=1))
+                day_rows = sketch.sketch(_with_answers(rows, outputs))
                 sketched = day_rows if sketched is None else sketched.merged(day_rows)
             if classes is not None:
                 batch_scores = score_sketch(outputs, classes)

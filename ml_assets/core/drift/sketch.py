@@ -49,66 +49,73 @@ FORMAT_VERSION = 1
 # sketches every record batch on the same grids, so each is built once (read-only).
 _GRIDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _INDEXES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-# Buckets of a GridIndex per grid point, and at most this many buckets.
-BUCKETS_PER_POINT = 16
+# Buckets of a GridIndex per grid point, at most this many buckets, and at most this
+# many points a bucket's values step over (buckets holding more are binary-searched).
+BUCKETS_PER_POINT = 8
 MAX_BUCKETS = 1 << 18
+MAX_STEPS = 1
 
 
 @dataclass(frozen=True, eq=False)
 class GridIndex:
     """Where values fall on a sorted grid (`np.searchsorted(grid, v)`) without a binary
-    search for most of them: the grid's range cut into equal buckets, with the count of
-    grid points below each bucket's start. A value in a bucket holding no grid point
-    has that count as its place; the others (about one in nine on the benchmark's
-    quantile grids) are searched. Exact: a value's bucket is checked against the
-    bucket's float edges."""
+    search: the grid's range cut into equal buckets by one monotone float function
+    `bucket(v) = int(clip(v * scale + shift, 0, top))`, with the count of grid points in
+    lower buckets. A value's place is that count plus the points of its own bucket below
+    it, found by stepping over them (at most `steps`; buckets crowded with more are
+    binary-searched). Exact by construction, not by rounding analysis: `bucket` is
+    applied to the grid itself, and since it never decreases, a point in a lower bucket
+    is below the value and one in a higher bucket above it."""
 
     grid: np.ndarray
-    width: float
-    below: np.ndarray  # grid points below edge b (edge 0: -inf, edge M+2: +inf)
+    scale: float
+    shift: float
+    top: int
+    below: np.ndarray  # grid points in buckets < b, b = 0 .. top + 1
+    padded: np.ndarray  # the grid, then `steps` x +inf
+    steps: int
+    crowded: np.ndarray | None  # buckets holding more than `steps` points, if any
 
     @classmethod
     def of(cls, grid: np.ndarray) -> GridIndex | None:
         """The index of `grid`, or None when it cannot have one (fewer than two points,
-        or a range no float width spans)."""
+        or a range no float scale spans)."""
         if grid.size < 2:
             return None
         buckets = min(BUCKETS_PER_POINT * grid.size, MAX_BUCKETS)
-        with np.errstate(over="ignore"):
-            width = float(grid[-1] - grid[0]) / buckets
-        if not np.isfinite(width) or width <= 0:
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            scale = buckets / float(grid[-1] - grid[0])
+            shift = 1.0 - float(grid[0]) * scale
+        if not (np.isfinite(scale) and np.isfinite(shift) and scale > 0):
             return None
-        edges = _bucket_edges(grid[0], width, np.arange(buckets + 3), buckets + 3)
-        return cls(grid, width, np.searchsorted(grid, edges).astype(np.int32))
+        top = buckets + 1  # bucket 0: below grid[0] as computed; top: at and above grid[-1]
+        index = cls(grid, scale, shift, top, np.zeros(0, np.int32), grid, 0, None)
+        at = index._buckets(grid)
+        below = np.searchsorted(at, np.arange(top + 2)).astype(np.int32)
+        held = np.diff(below)
+        steps = int(min(held.max(), MAX_STEPS))
+        return cls(grid, scale, shift, top, below, np.r_[grid, np.full(steps, np.inf)],
+                   steps, held > steps if held.max() > steps else None)
+
+    def _buckets(self, values: np.ndarray) -> np.ndarray:
+        with np.errstate(over="ignore", invalid="ignore"):
+            scaled = values * self.scale
+            scaled += self.shift
+        np.clip(scaled, 0, self.top, out=scaled)
+        return scaled.astype(np.intp)
 
     def places(self, values: np.ndarray) -> np.ndarray:
         """np.searchsorted(grid, values) for finite `values`."""
-        grid, top = self.grid, self.below.size - 2  # buckets 0 .. top
-        origin, width = grid[0], self.width
-        with np.errstate(over="ignore", invalid="ignore"):
-            guess = np.floor((values - origin) / width)
-            bucket = np.clip(guess, -1, top - 1).astype(np.int64) + 1
-            # exact: edge[bucket] <= value < edge[bucket + 1], the edges computed as the
-            # index computed them (rounding moves a guess by one at most)
-            bucket -= (values < origin + width * (bucket - 1).astype(np.float64)) & (
-                bucket > 0)
-            bucket += (values >= origin + width * bucket.astype(np.float64)) & (bucket < top)
-        place = self.below[bucket]
-        mixed = np.flatnonzero(self.below[bucket + 1] > place)  # buckets with points
-        if mixed.size:
-            place[mixed] = np.searchsorted(grid, values[mixed])
+        bucket = self._buckets(values)
+        place = self.below[bucket].astype(np.intp)
+        padded = self.padded
+        for _ in range(self.steps):
+            place += padded[place] < values
+        if self.crowded is not None:
+            search = np.flatnonzero(self.crowded[bucket])
+            if search.size:
+                place[search] = np.searchsorted(self.grid, values[search])
         return place
-
-
-def _bucket_edges(origin: float, width: float, buckets: np.ndarray,
-                  count: int) -> np.ndarray:
-    """The start of each bucket in `buckets`: -inf for 0, origin + width * (b - 1), +inf
-    from count - 1 on (`GridIndex.places` computes them alike, to the bit)."""
-    with np.errstate(over="ignore"):
-        edges = origin + width * (buckets - 1).astype(np.float64)
-    edges[buckets <= 0] = -np.inf
-    edges[buckets >= count - 1] = np.inf
-    return edges
 
 
 def grid_index(column: NumericProfile, psi_bins: Iterable[int] = ()) -> GridIndex | None:
@@ -187,25 +194,24 @@ class NumericSketch:
         if not kept.size:
             return sketch
         k = grid.size
-        left = index.places(kept) if index is not None else np.searchsorted(grid, kept)
-        inside, where = kept, left
+        where = index.places(kept) if index is not None else np.searchsorted(grid, kept)
         if k:
-            equal = (left < k) & (grid[np.minimum(left, k - 1)] == kept)
+            equal = np.r_[grid, np.inf][where] == kept
             if equal.any():  # values on grid points (a continuous column: rarely)
-                sketch.at += np.bincount(left[equal], minlength=k).astype(np.int64)[:k]
-                inside, where = kept[~equal], left[~equal]
-        if not inside.size:
-            return sketch
+                sketch.at += np.bincount(where[equal], minlength=k + 1).astype(np.int64)[:k]
+                kept, where = kept[~equal], where[~equal]
+                if not kept.size:
+                    return sketch
         sketch.between += np.bincount(where, minlength=k + 1).astype(np.int64)
         if k:
-            # below g_0: distance g_0 - x; elsewhere x - g_{j-1} (the interval's left end)
-            gaps = inside - grid[np.maximum(where - 1, 0)]
-            below = where == 0
-            if below.any():
-                gaps[below] = -gaps[below]
-            sketch.distance += np.bincount(where, weights=gaps, minlength=k + 1)
-        np.minimum.at(sketch.low, where, inside)
-        np.maximum.at(sketch.high, where, inside)
+            # x - g_{j-1} (the interval's left end); below g_0, g_0 - x: summed as x - g_0
+            # and negated (exactly the sum of the negated terms)
+            distance = np.bincount(where, weights=kept - np.r_[grid[0], grid][where],
+                                   minlength=k + 1)
+            distance[0] = -distance[0]
+            sketch.distance += distance
+        np.minimum.at(sketch.low, where, kept)
+        np.maximum.at(sketch.high, where, kept)
         return sketch
 
     def merged(self, other: NumericSketch) -> NumericSketch:
