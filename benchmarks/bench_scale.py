@@ -225,9 +225,11 @@ def _sharded(env: dict, shard_rows: int, queue) -> None:
 
 # -- the plain ONNX Runtime script ---------------------------------------------------------------
 
-def score_plain(graph: bytes, files: list[Path], out: Path) -> int:
+def score_plain(graph: bytes, files: list[Path], out: Path, carry: bool = False) -> int:
     """Read each file's record batches, feed the graph, write prediction + probabilities:
-    what a person would write with onnxruntime and pyarrow alone. The rows scored."""
+    what a person would write with onnxruntime and pyarrow alone. The rows scored.
+    `carry`: the features written beside the answers too, as batch_predictions' parts
+    hold them (so the day's monitoring reads one file), for a like-for-like output."""
     import numpy as np
     import onnxruntime as ort
     import pyarrow as pa
@@ -241,16 +243,23 @@ def score_plain(graph: bytes, files: list[Path], out: Path) -> int:
     names = [i.name for i in session.get_inputs()]
     out.mkdir(parents=True, exist_ok=True)
     rows = 0
+    answers = [("prediction", pa.int64()), ("proba_0", pa.float64()),
+               ("proba_1", pa.float64())]
     for file in files:
-        with pq.ParquetWriter(out / file.name, pa.schema(
-                [("prediction", pa.int64()), ("proba_0", pa.float64()),
-                 ("proba_1", pa.float64())])) as writer:
-            for batch in pq.ParquetFile(file).iter_batches(batch_size=65_536):
+        source = pq.ParquetFile(file)
+        schema = pa.schema([*(source.schema_arrow if carry else []), *answers])
+        with pq.ParquetWriter(out / file.name, schema) as writer:
+            for batch in source.iter_batches(batch_size=65_536):
                 feed = {name: batch.column(name).to_numpy().reshape(-1, 1) for name in names}
                 proba = session.run([PROBABILITIES_OUTPUT], feed)[0]
-                writer.write_table(pa.table({"prediction": proba.argmax(axis=1),
-                                             "proba_0": proba[:, 0].astype(np.float64),
-                                             "proba_1": proba[:, 1].astype(np.float64)}))
+                table = pa.table({"prediction": proba.argmax(axis=1),
+                                  "proba_0": proba[:, 0].astype(np.float64),
+                                  "proba_1": proba[:, 1].astype(np.float64)})
+                if carry:
+                    table = pa.Table.from_batches([batch]).append_column(
+                        "prediction", table["prediction"]).append_column(
+                        "proba_0", table["proba_0"]).append_column("proba_1", table["proba_1"])
+                writer.write_table(table.replace_schema_metadata(None))
                 rows += batch.num_rows
     return rows
 
@@ -260,7 +269,7 @@ def _plain(env: dict, queue) -> None:
     started, cpu_before = time.perf_counter(), _cpu_seconds()
     rows = score_plain(Path(env["BENCH_GRAPH"]).read_bytes(),
                        sorted((Path(env["BENCH_INPUT_DIR"]) / DAY).glob("*.parquet")),
-                       Path(env["BENCH_OUTPUT_DIR"]))
+                       Path(env["BENCH_OUTPUT_DIR"]), carry=env.get("BENCH_CARRY") == "1")
     queue.put({"wall": time.perf_counter() - started, "rows": rows,
                "cpu": _cpu_seconds() - cpu_before,
                "load": os.getloadavg()[0], "peak_mib": _peak_mib()})
@@ -442,6 +451,9 @@ def main() -> None:
     parser.add_argument("--no-step-sketch", action="store_true",
                         help="the champion's run holds no reference profile: shard steps do "
                         "not sketch drift (drift then sketches the parts in its own pass)")
+    parser.add_argument("--plain-carrying", action="store_true",
+                        help="also a plain script that writes the features beside its "
+                        "answers, as batch_predictions' parts hold them (like-for-like)")
     parser.add_argument("--no-single-pass", action="store_true",
                         help="drift from merged sketches only")
     parser.add_argument("--drift-only", type=Path, metavar="DIR",
@@ -474,11 +486,15 @@ def main() -> None:
             parser.error(f"--start-methods: {', '.join(unknown) or 'none given'}")
         variants = {f"{method} {workers}": (method, workers)
                     for method in methods for workers in ("1", "2")}
-        results: dict[str, list[dict]] = {"plain": [], **{v: [] for v in variants}}
+        plains = ["plain", *(["plain carrying"] if args.plain_carrying else [])]
+        results: dict[str, list[dict]] = {**{p: [] for p in plains},
+                                          **{v: [] for v in variants}}
         drift: dict = {}
         for repeat in range(args.repeats):
-            results["plain"].append(_child(_plain, {**env, "BENCH_OUTPUT_DIR": str(
-                root / f"plain{repeat}")}))
+            for plain in plains:
+                results[plain].append(_child(_plain, {
+                    **env, "BENCH_OUTPUT_DIR": str(root / f"{plain}{repeat}".replace(" ", "-")),
+                    "BENCH_CARRY": "1" if plain == "plain carrying" else "0"}))
             for variant, (method, workers) in variants.items():
                 run = _child(_sharded, {**env, "ML_MAX_CONCURRENT": workers,
                                         "ML_START_METHOD": method,
@@ -495,7 +511,7 @@ def main() -> None:
                 args.json_out.write_text(json.dumps({"partial": True, "runs": results,
                                                      **drift}, indent=1))
         median = {k: statistics.median(r["wall"] for r in v) for k, v in results.items()}
-        workers_of = {"plain": 1, **{v: int(w) for v, (_, w) in variants.items()}}
+        workers_of = {**dict.fromkeys(plains, 1), **{v: int(w) for v, (_, w) in variants.items()}}
         per_core = {k: args.rows / median[k] / workers_of[k] for k in results}
         sharded = list(variants)
         summary = {
@@ -512,6 +528,12 @@ def main() -> None:
                 / statistics.median(r["cpu"] for r in results["plain"]) for k in sharded},
             "ratio_plain_to_sharded_per_core": {k: per_core["plain"] / per_core[k]
                                                 for k in sharded},
+            **({"ratio_plain_carrying_to_sharded_per_core": {
+                k: per_core["plain carrying"] / per_core[k] for k in sharded},
+                "cpu_ratio_sharded_to_plain_carrying": {
+                k: statistics.median(r["cpu"] for r in results[k])
+                / statistics.median(r["cpu"] for r in results["plain carrying"])
+                for k in sharded}} if args.plain_carrying else {}),
             # the steps' own durations (STEP_START to STEP_SUCCESS), summed, and the rest
             # of the run with 1 worker (start-ups, plan and publish, hand-offs)
             "step_seconds_1_worker": {k: statistics.median(r["step_seconds"]
@@ -528,7 +550,7 @@ def main() -> None:
                                                       for r in results[k]
                                                       for s in r["stages"])
                              for stage in results[sharded[0]][0]["stages"][0]},
-            "peak_rss_mib": {"plain": max(r["peak_mib"] for r in results["plain"]),
+            "peak_rss_mib": {**{p: max(r["peak_mib"] for r in results[p]) for p in plains},
                              "step_process": max(r["step_peak_mib"]
                                                  for k in sharded for r in results[k]),
                              "orchestrator": max(r["orchestrator_mib"]

@@ -43,7 +43,7 @@ from ml_assets.in_place import in_place_sketcher, with_rows_in_place
 from ml_assets.shared import (
     DRIFT_CHECK,
     daily_partitions,
-    latest_production_data,
+    latest_materialization,
     null_cache,
     production_data_asset,
 )
@@ -255,7 +255,7 @@ def _window_days(context: AssetExecutionContext, day: str, loaded: Mapping[str, 
     digest, wanted = basis.digest, basis.version or "any"
     days = []
     for key in keys:
-        record = latest_production_data(context.instance, key)
+        record = latest_materialization(context.instance, key)
         metadata = record.asset_materialization.metadata if record is not None and (
             record.asset_materialization is not None) else {}
         source = loaded.get(key)

@@ -43,7 +43,7 @@ from ml_assets.shared import (
     METRICS_CHECK,
     check_evaluation,
     daily_partitions,
-    latest_production_data,
+    latest_materialization,
     production_data_asset,
 )
 
@@ -109,7 +109,7 @@ def day_scores(context: AssetExecutionContext, production_data: Any
     latest materialization of the day names, or (none, or unreadable) its rows, loaded
     only then (`production_data`: a frame, or {day: loader} from the window loader)."""
     day = context.partition_key
-    record = latest_production_data(context.instance, day)
+    record = latest_materialization(context.instance, day)
     event = record.asset_materialization if record is not None else None
     named = event.metadata.get("score_sketch") if event is not None else None
     if named is not None:

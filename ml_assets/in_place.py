@@ -16,7 +16,7 @@ import pandas as pd
 from dagster import Failure, MetadataValue
 
 from ml_assets.core.batch.shards import manifest_parts
-from ml_assets.core.data.logged_rows import LOG_SOURCE, LogDay, lineage_rows
+from ml_assets.core.data.logged_rows import LOG_SOURCE, LogDay
 from ml_assets.core.data.production_rows import Lineage
 from ml_assets.core.drift.sketch import DriftSketch, merge_sketches
 from ml_assets.core.drift.sketch_store import SketchBasis
@@ -112,7 +112,7 @@ def log_rows(production: ProductionDataResource, day: str, metadata: Mapping[str
     try:
         for segment in production.log_segments(day, through, features=features):
             read += len(segment)
-            rows = lineage_rows(segment, lineage)
+            rows = LogDay().take(segment, lineage)
             if len(rows):
                 yield rows
     except PredictionLogError as exc:
@@ -265,7 +265,7 @@ def with_labelled_in_place(rows: pd.DataFrame, metadata: Mapping[str, Any],
         except PredictionLogError as exc:
             raise Failure(f"the prediction log of {day} cannot be read: {exc}") from None
         _log_scope(production, day, metadata)  # and nothing landed below the mark meanwhile
-        frames.append(lineage_rows(logged, lineage) if logged is not None and len(logged)
+        frames.append(LogDay().take(logged, lineage) if logged is not None and len(logged)
                       else pd.DataFrame())
         champions.append(str(metadata["log_champion_version"].value) or None)
     else:

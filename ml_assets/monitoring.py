@@ -3,7 +3,7 @@ performance once labels arrive (drift scores: ml_assets/drift.py)."""
 
 import dataclasses
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import mlflow
@@ -14,7 +14,6 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
-    AssetRecordsFilter,
     AutomationCondition,
     Failure,
     MetadataValue,
@@ -74,6 +73,7 @@ from ml_assets.shared import (
     EVIDENCE_CHECK,
     RECENT_DAYS,
     daily_partitions,
+    latest_materialization,
     lineage_of,
     warm_drift_nulls,
 )
@@ -420,13 +420,6 @@ def _score_with_champion(rows: pd.DataFrame, mlflow_tracking: MlflowTracking,
     return pd.concat([rows, outputs], axis=1).assign(model_version=str(champion.version))
 
 
-def _latest(context: AssetExecutionContext, asset: str):
-    """The newest materialization record of `asset` for this run's partition, or None."""
-    records = context.instance.fetch_materializations(AssetRecordsFilter(
-        asset_key=AssetKey(asset), asset_partitions=[context.partition_key]), limit=1).records
-    return records[0] if records else None
-
-
 def _estimate_against_realised(context: AssetExecutionContext,
                                headline: dict) -> tuple[list[EstimateCheck], str]:
     """The day's estimated_performance (its headline version's bands, read from the
@@ -436,16 +429,17 @@ def _estimate_against_realised(context: AssetExecutionContext,
     estimate older than the day's production data is not compared: the note says so."""
     if not headline.get("labelled_rows"):
         return [], ""
-    record = _latest(context, "estimated_performance")
+    record = latest_materialization(context.instance, context.partition_key,
+                                    "estimated_performance")
     materialization = record.asset_materialization if record else None
     if record is None or materialization is None:
         return [], "no estimated_performance for this day"
-    data = _latest(context, "production_data")
+    data = latest_materialization(context.instance, context.partition_key)
     if data is not None and data.storage_id > record.storage_id:
         return [], ("the day's estimate predates its production data (rebuilt since): "
                     "not compared until estimated_performance runs on it")
     bands, version = (materialization.metadata.get(k) for k in ("bands", "model_version"))
-    if bands is None or version is None:
+    if bands is None or version is None or not isinstance(bands.value, Mapping):
         return [], "the day was not estimated (estimated_performance has no bands)"
     if str(version.value) != str(headline.get("champion_version")):
         return [], (f"the estimate is of version {version.value}, the realised values of "
@@ -474,7 +468,7 @@ def live_performance(context: AssetExecutionContext, production_data: pd.DataFra
     files = production.label_files()
     for file in files.skipped:
         context.log.warning("labels file left out: %s", file.sentence())
-    record = _latest(context, "production_data")
+    record = latest_materialization(context.instance, context.partition_key)
     rows, total, champion = with_labelled_in_place(
         production_data, record.asset_materialization.metadata if record is not None and (
             record.asset_materialization is not None) else {}, production,

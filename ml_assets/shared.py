@@ -142,8 +142,9 @@ def production_data_asset(partition_mapping: PartitionMapping | None = None, **k
             resource_defs={WINDOW_LOADER: production_data_window}, **kwargs)
 
 
-def latest_production_data(instance: DagsterInstance, day: str) -> EventLogRecord | None:
-    """production_data's latest materialization of `day` (None: never materialized)."""
+def latest_materialization(instance: DagsterInstance, day: str,
+                           asset: str = "production_data") -> EventLogRecord | None:
+    """`asset`'s latest materialization of `day` (None: never materialized)."""
     records = instance.fetch_materializations(AssetRecordsFilter(
-        asset_key=AssetKey("production_data"), asset_partitions=[day]), limit=1).records
+        asset_key=AssetKey(asset), asset_partitions=[day]), limit=1).records
     return records[0] if records else None

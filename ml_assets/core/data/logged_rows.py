@@ -73,13 +73,6 @@ def flagged_counts(logged: pd.DataFrame) -> tuple[int, dict[str, int]]:
     return len(flags), reasons
 
 
-def lineage_rows(segment: pd.DataFrame, lineage: Lineage) -> pd.DataFrame:
-    """A read of the log (a day, a segment, some requests) as production_data keeps it:
-    answered, of `lineage`, shaped by `logged_frame` (empty: no such row)."""
-    kept = scope_rows(answered_rows(segment), lineage).rows
-    return logged_frame(kept) if len(kept) else pd.DataFrame()
-
-
 @dataclass
 class LogDay:
     """A log day read a segment at a time, kept as what monitoring needs of it: rows
