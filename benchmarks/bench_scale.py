@@ -55,6 +55,7 @@ import json
 import multiprocessing
 import os
 import resource
+import shutil
 import statistics
 import sys
 import tempfile
@@ -248,7 +249,9 @@ def score_plain(graph: bytes, files: list[Path], out: Path, carry: bool = False)
     for file in files:
         source = pq.ParquetFile(file)
         schema = pa.schema([*(source.schema_arrow if carry else []), *answers])
-        with pq.ParquetWriter(out / file.name, schema) as writer:
+        # dictionary encoding only where values repeat, as batch_predictions writes: by
+        # default Parquet tries it on every column (distinct floats) before falling back
+        with pq.ParquetWriter(out / file.name, schema, use_dictionary=["prediction"]) as writer:
             for batch in source.iter_batches(batch_size=65_536):
                 feed = {name: batch.column(name).to_numpy().reshape(-1, 1) for name in names}
                 proba = session.run([PROBABILITIES_OUTPUT], feed)[0]
@@ -492,9 +495,11 @@ def main() -> None:
         drift: dict = {}
         for repeat in range(args.repeats):
             for plain in plains:
+                out = root / f"{plain}{repeat}".replace(" ", "-")
                 results[plain].append(_child(_plain, {
-                    **env, "BENCH_OUTPUT_DIR": str(root / f"{plain}{repeat}".replace(" ", "-")),
+                    **env, "BENCH_OUTPUT_DIR": str(out),
                     "BENCH_CARRY": "1" if plain == "plain carrying" else "0"}))
+                shutil.rmtree(out, ignore_errors=True)  # a copy of the day per repeat
             for variant, (method, workers) in variants.items():
                 run = _child(_sharded, {**env, "ML_MAX_CONCURRENT": workers,
                                         "ML_START_METHOD": method,

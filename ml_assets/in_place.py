@@ -108,17 +108,16 @@ def log_rows(production: ProductionDataResource, day: str, metadata: Mapping[str
     """The logged rows production_data of `day` kept in the log, a segment at a time,
     as its frame would hold them (answered, of its lineage)."""
     through, lineage = _log_scope(production, day, metadata)
-    read = 0
+    counted = LogDay()
     try:
         for segment in production.log_segments(day, through, features=features):
-            read += len(segment)
-            rows = LogDay().take(segment, lineage)
+            rows = counted.take(segment, lineage)
             if len(rows):
                 yield rows
     except PredictionLogError as exc:
         raise Failure(f"the prediction log of {day} cannot be read ({exc}): materialize "
                       f"production_data of {day} again") from None
-    if read != _count(metadata, "log_rows_read"):  # a commit landed below the mark since
+    if counted.read != _count(metadata, "log_rows_read"):  # a commit landed below the mark since
         _log_scope(production, day, metadata)  # names the fix
         raise Failure(f"the prediction log of {day} changed while being read: "
                       f"materialize production_data of {day} again")

@@ -266,7 +266,7 @@ def test_a_window_whose_effect_sits_within_its_error_is_judged_from_the_rows(pro
 
 @pytest.mark.parametrize("max_steps", [0, 1, 2, 8])
 @pytest.mark.parametrize("grid_kind", ["quantiles", "integers", "two", "clustered", "tiny",
-                                       "huge"])
+                                       "huge", "offset"])
 def test_the_grid_index_places_values_as_a_binary_search_does(grid_kind, max_steps,
                                                                monkeypatch):
     """GridIndex.places is np.searchsorted(grid, v) for every finite value: on the grid's
@@ -283,14 +283,17 @@ def test_the_grid_index_places_values_as_a_binary_search_does(grid_kind, max_ste
             "integers": np.arange(0.0, 5.0), "two": np.array([0.0, 1.0]),
             "clustered": np.unique(np.r_[rng.normal(size=3_000) * 1e-9, 1e6]),
             "tiny": np.unique(rng.normal(size=50) * 1e-300),
-            "huge": np.unique(np.r_[rng.normal(size=500) * 1e300, 1e307])}[grid_kind]
+            "huge": np.unique(np.r_[rng.normal(size=500) * 1e300, 1e307]),
+            "offset": 1e15 + np.arange(5.0)}[grid_kind]
     index = GridIndex.of(grid)
     assert index is not None and index.steps <= max_steps
     assert (index.crowded is not None) == (np.diff(index.below).max() > max_steps)
     edges = (np.arange(index.top + 1) - index.shift) / index.scale
     values = np.r_[rng.normal(size=50_000), np.round(rng.normal(size=5_000), 1),
                    grid, np.nextafter(grid, np.inf), np.nextafter(grid, -np.inf),
-                   edges, np.nextafter(edges, -np.inf), rng.normal(size=100) * 1e300,
+                   edges, np.nextafter(edges, -np.inf), np.nextafter(edges, np.inf),
+                   grid[0] + (grid[-1] - grid[0]) * rng.random(5_000),
+                   rng.normal(size=100) * 1e300,
                    [1.7e308, -1.7e308, 5e-324, -0.0]]
     values = values[np.isfinite(values)]
     np.testing.assert_array_equal(index.places(values), np.searchsorted(grid, values))
@@ -305,3 +308,36 @@ def test_a_grid_without_a_float_width_has_no_index():
 
     assert GridIndex.of(np.array([])) is None and GridIndex.of(np.array([1.0])) is None
     assert GridIndex.of(np.array([-1.7e308, 0.0, 1.7e308])) is None  # the range overflows
+
+
+@pytest.mark.parametrize("grid_size", [0, 1, 3, 300])
+def test_a_numeric_sketch_is_what_a_loop_over_the_values_counts(grid_size):
+    """NumericSketch.of against a plain loop (bisect per value): values equal to grid
+    points, between them, below and above the grid, NaN and infinities left out, -0.0."""
+    import bisect
+
+    from ml_assets.core.drift.sketch import GridIndex, NumericSketch
+
+    rng = np.random.default_rng(grid_size)
+    grid = np.unique(np.round(rng.normal(size=grid_size), 2))
+    values = np.r_[np.round(rng.normal(size=2_000), 2), rng.normal(size=2_000) * 3,
+                   grid, [np.nan, np.inf, -np.inf, -0.0, 0.0]]
+    k = grid.size
+    at, between = np.zeros(k, np.int64), np.zeros(k + 1, np.int64)
+    distance = np.zeros(k + 1)
+    low, high = np.full(k + 1, np.inf), np.full(k + 1, -np.inf)
+    for v in values[np.isfinite(values)]:
+        j = bisect.bisect_left(grid.tolist(), v)
+        if j < k and grid[j] == v:
+            at[j] += 1
+            continue
+        between[j] += 1
+        if k:
+            distance[j] += grid[0] - v if j == 0 else v - grid[j - 1]
+        low[j], high[j] = min(low[j], v), max(high[j], v)
+    for index in (None, GridIndex.of(grid)):
+        sketch = NumericSketch.of(values, grid, index)
+        for part, expected in (("at", at), ("between", between), ("low", low),
+                               ("high", high)):
+            np.testing.assert_array_equal(getattr(sketch, part), expected)
+        np.testing.assert_allclose(sketch.distance, distance, rtol=1e-12, atol=1e-12)

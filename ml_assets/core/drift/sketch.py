@@ -106,6 +106,7 @@ class GridIndex:
 
     def places(self, values: np.ndarray) -> np.ndarray:
         """np.searchsorted(grid, values) for finite `values`."""
+        values = np.asarray(values, dtype=np.float64)  # the grid's own bucket function
         bucket = self._buckets(values)
         place = self.below[bucket].astype(np.intp)
         padded = self.padded
