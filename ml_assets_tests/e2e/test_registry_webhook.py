@@ -107,9 +107,12 @@ def test_without_webhooks_polling_finds_it_within_one_interval(registry_server, 
     poll = 2.0
     env = {"MLFLOW_TRACKING_URI": registry_server, "ML_REGISTERED_MODEL_NAME": name,
            "ML_API_POLL_SECONDS": str(poll), "ML_API_LOAD_PROBE_SECONDS": "0"}
-    with api_process(env, tmp_path) as api:
+    with api_process(env, tmp_path, log_level="info") as api:
         off = httpx.post(f"{api.url}/admin/registry-events", json={"data": {}})
         assert off.status_code == 404 and "ML_REGISTRY_WEBHOOK_SECRET" in off.json()["detail"]
         MlflowClient(registry_server).set_registered_model_alias(name, "champion", "2")
-        # One interval, plus the load of a small forest (well under a second here).
-        assert _seconds_until_served(api, "2", 3 * poll) < poll + 1.0
+        # From the alias change to the new answers, less the version's own load (timed
+        # by the service; on a loaded CI machine it alone passed a second): one interval
+        # at most, plus the registry look-up.
+        assert _seconds_until_served(api, "2", 3 * poll) - _load_seconds(api, "2") \
+            < poll + 1.0
