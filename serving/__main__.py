@@ -92,6 +92,10 @@ class _Stopped(Exception):
 
 
 def _stopped(signum, frame):
+    # Raised once: uvicorn re-raises the SIGTERM it caught, and the event loop may still
+    # hold the first delivery; run again from the loop's callback during its shutdown,
+    # the exception would be logged as a traceback. Shutdown is under way either way.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise _Stopped
 
 
